@@ -1,0 +1,272 @@
+// Element types: sizes, safetensors spellings, and exact conversions between
+// fp32 and bf16 / fp16 / fp8 (e4m3, e5m2), rounding to nearest even.
+// Integer and bool tensors are only described here, never converted.
+#include "common/dtype.h"
+
+#include <math.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    size_t size;
+    bool is_float;
+} ep_dtype_info[EP_DTYPE_COUNT] = {
+    [EP_DTYPE_F32] = {"F32", 4, true},         [EP_DTYPE_F16] = {"F16", 2, true},
+    [EP_DTYPE_BF16] = {"BF16", 2, true},       [EP_DTYPE_F8_E4M3] = {"F8_E4M3", 1, true},
+    [EP_DTYPE_F8_E5M2] = {"F8_E5M2", 1, true}, [EP_DTYPE_F64] = {"F64", 8, true},
+    [EP_DTYPE_I64] = {"I64", 8, false},        [EP_DTYPE_I32] = {"I32", 4, false},
+    [EP_DTYPE_I16] = {"I16", 2, false},        [EP_DTYPE_I8] = {"I8", 1, false},
+    [EP_DTYPE_U8] = {"U8", 1, false},          [EP_DTYPE_BOOL] = {"BOOL", 1, false},
+};
+
+size_t ep_dtype_size(ep_dtype t)
+{
+    EP_ASSERT((unsigned)t < EP_DTYPE_COUNT);
+    return ep_dtype_info[t].size;
+}
+
+const char *ep_dtype_name(ep_dtype t)
+{
+    if ((unsigned)t >= EP_DTYPE_COUNT) return "?";
+    return ep_dtype_info[t].name;
+}
+
+bool ep_dtype_parse(const char *s, ep_dtype *out)
+{
+    if (!s) return false;
+    for (int i = 0; i < EP_DTYPE_COUNT; i++) {
+        if (strcmp(s, ep_dtype_info[i].name) == 0) {
+            *out = (ep_dtype)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool ep_dtype_is_float(ep_dtype t)
+{
+    return (unsigned)t < EP_DTYPE_COUNT && ep_dtype_info[t].is_float;
+}
+
+// ---- bit casts -------------------------------------------------------------
+
+static inline uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// ---- bf16 ------------------------------------------------------------------
+
+float ep_bf16_to_f32(uint16_t h)
+{
+    return bits_f32((uint32_t)h << 16);
+}
+
+uint16_t ep_f32_to_bf16(float f)
+{
+    uint32_t u = f32_bits(f);
+    // A NaN whose payload sits only in the low 16 bits would truncate to Inf:
+    // force the quiet bit so it stays NaN.
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    // Adding 0x7fff plus the lowest kept bit rounds to nearest, ties to even;
+    // a carry out of the mantissa correctly bumps the exponent (up to Inf).
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+// ---- fp16 ------------------------------------------------------------------
+
+float ep_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (mant << 13)); // Inf / NaN
+    if (exp != 0) return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+    // Subnormal: mant * 2^-24, exact in fp32.
+    float v = (float)mant * 0x1p-24f;
+    return sign ? -v : v;
+}
+
+uint16_t ep_f32_to_f16(float f)
+{
+    uint32_t u = f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu)); // NaN, quiet
+    if (a == 0x7f800000u) return (uint16_t)(sign | 0x7c00u);
+    // 65520 = halfway between 65504 (max) and 65536; the tie goes to the even
+    // neighbour, which is the overflow, so everything >= 65520 becomes Inf.
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
+    int e = (int)(a >> 23) - 127;
+    uint32_t m = (a & 0x7fffffu) | 0x800000u; // 24-bit significand
+    if (a < 0x00800000u) return sign;         // fp32 subnormals are far below fp16's range
+    int shift;
+    uint32_t base;
+    if (e >= -14) { // normal in fp16
+        shift = 13;
+        base = (uint32_t)(e + 15) << 10;
+        m &= 0x7fffffu;
+    } else {            // subnormal in fp16: units of 2^-24
+        shift = -e - 1; // 14 .. 24 for e in [-15, -25]
+        if (shift > 24) return sign;
+        base = 0;
+    }
+    uint32_t q = m >> shift;
+    uint32_t rem = m & ((1u << shift) - 1u);
+    uint32_t half = 1u << (shift - 1);
+    uint32_t h = base + q;
+    if (rem > half || (rem == half && (h & 1u))) h++; // carry may promote to the next exponent
+    return (uint16_t)(sign | h);
+}
+
+// ---- fp8 -------------------------------------------------------------------
+// e4m3 (OCP "FN" variant): bias 7, no Inf, S.1111.111 is NaN, max 448.
+// e5m2: bias 15, IEEE-like (Inf and NaN), i.e. the top byte of an fp16.
+
+float ep_fp8_e4m3_to_f32(uint8_t v)
+{
+    bool neg = v & 0x80u;
+    uint32_t exp = (v >> 3) & 0xfu;
+    uint32_t mant = v & 0x7u;
+    float r;
+    if (exp == 0xf && mant == 0x7) return bits_f32((neg ? 0x80000000u : 0) | 0x7fc00000u);
+    if (exp == 0)
+        r = (float)mant * 0x1p-9f;
+    else
+        r = bits_f32(((exp + 120u) << 23) | (mant << 20));
+    return neg ? -r : r;
+}
+
+// Round to nearest integer, ties to even, without depending on the FP
+// environment's rounding mode. x is non-negative and small.
+static float round_even(float x)
+{
+    float r = floorf(x);
+    float d = x - r;
+    if (d > 0.5f || (d == 0.5f && fmodf(r, 2.0f) != 0.0f)) r += 1.0f;
+    return r;
+}
+
+uint8_t ep_f32_to_fp8_e4m3(float f)
+{
+    uint32_t u = f32_bits(f);
+    uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+    if (isnan(f)) return 0x7f;
+    float a = fabsf(f);
+    // Saturating (as the fp8 training/serving kernels do): Inf and anything
+    // at or past 448 become +-448, never NaN.
+    if (a >= 448.0f) return (uint8_t)(sign | 0x7eu);
+    if (a < 0x1p-6f) { // subnormal range: units of 2^-9; q == 8 encodes 2^-6 exactly
+        uint32_t q = (uint32_t)round_even(a * 512.0f);
+        return (uint8_t)(sign | q);
+    }
+    int e = (int)((u >> 23) & 0xffu) - 127; // -6 .. 8
+    float scaled = ldexpf(a, 3 - e);        // [8, 16)
+    uint32_t q = (uint32_t)round_even(scaled);
+    if (q == 16) {
+        q = 8;
+        e++;
+    }
+    uint32_t bits = ((uint32_t)(e + 7) << 3) | (q - 8);
+    if (bits > 0x7eu) bits = 0x7eu; // cannot happen below 448, kept for safety of the encoding
+    return (uint8_t)(sign | bits);
+}
+
+float ep_fp8_e5m2_to_f32(uint8_t v)
+{
+    return ep_f16_to_f32((uint16_t)((uint16_t)v << 8));
+}
+
+// ---- bulk conversion ---------------------------------------------------------
+// Sources may be unaligned (safetensors offsets are arbitrary): read with memcpy.
+
+ep_status ep_dtype_to_f32(ep_dtype t, const void *src, float *dst, size_t n)
+{
+    const unsigned char *p = src;
+    switch (t) {
+    case EP_DTYPE_F32:
+        memcpy(dst, src, n * 4);
+        return EP_OK;
+    case EP_DTYPE_F64:
+        for (size_t i = 0; i < n; i++) {
+            double d;
+            memcpy(&d, p + 8 * i, 8);
+            dst[i] = (float)d;
+        }
+        return EP_OK;
+    case EP_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = ep_bf16_to_f32(h);
+        }
+        return EP_OK;
+    case EP_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = ep_f16_to_f32(h);
+        }
+        return EP_OK;
+    case EP_DTYPE_F8_E4M3:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = ep_fp8_e4m3_to_f32(p[i]);
+        return EP_OK;
+    case EP_DTYPE_F8_E5M2:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = ep_fp8_e5m2_to_f32(p[i]);
+        return EP_OK;
+    default:
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "cannot convert dtype %s to F32: expected a float dtype "
+                         "(F32, F64, F16, BF16, F8_E4M3, F8_E5M2)",
+                         ep_dtype_name(t));
+    }
+}
+
+ep_status ep_dtype_from_f32(ep_dtype t, const float *src, void *dst, size_t n)
+{
+    unsigned char *p = dst;
+    switch (t) {
+    case EP_DTYPE_F32:
+        memcpy(dst, src, n * 4);
+        return EP_OK;
+    case EP_DTYPE_F64:
+        for (size_t i = 0; i < n; i++) {
+            double d = src[i];
+            memcpy(p + 8 * i, &d, 8);
+        }
+        return EP_OK;
+    case EP_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = ep_f32_to_bf16(src[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        return EP_OK;
+    case EP_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = ep_f32_to_f16(src[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        return EP_OK;
+    case EP_DTYPE_F8_E4M3:
+        for (size_t i = 0; i < n; i++)
+            p[i] = ep_f32_to_fp8_e4m3(src[i]);
+        return EP_OK;
+    default:
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "cannot convert F32 to dtype %s: expected one of F32, F64, F16, "
+                         "BF16, F8_E4M3",
+                         ep_dtype_name(t));
+    }
+}

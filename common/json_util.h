@@ -1,0 +1,29 @@
+// Small helpers shared by the safetensors writer and the config.json writer:
+// atomic file replacement (temp file, fsync, rename) and JSON dumping.
+// No parsing lives here; readers use jansson directly with their own messages.
+#ifndef EP_JSON_UTIL_H
+#define EP_JSON_UTIL_H
+
+#include "common/ep.h"
+
+#include <jansson.h>
+
+// Writes the concatenation of n buffers to `path` atomically: the bytes go
+// to "<path>.tmp.<pid>", are fsynced, then renamed over `path`. On any
+// failure the temp file is removed and `path` is left untouched (EP_ERR_IO,
+// message names the path and the failing call).
+ep_status ep_file_write_atomic(const char *path, const void *const *bufs, const size_t *lens,
+                               int n);
+
+// Dumps `root` with jansson `flags` plus a trailing newline, atomically.
+ep_status ep_json_write_atomic(const char *path, const json_t *root, size_t flags);
+
+// The double closest to the shortest decimal that reads back as `f`, so that
+// 1e-6f is written as 1e-06 and not 9.9999999747524271e-07. Use with
+// JSON_REAL_PRECISION(9) when dumping.
+double ep_json_float(float f);
+
+// "an integer", "a string", ... for messages about a JSON value's type.
+const char *ep_json_type_name(const json_t *v);
+
+#endif

@@ -1,0 +1,412 @@
+// Hugging Face config.json for Qwen3-MoE and DeepSeek-V2: the reader (only
+// the keys epserve needs; unknown keys ignored, unsupported features refused)
+// and the writer used by make-model. Validation is model_cfg.c's.
+#include "common/json_util.h"
+#include "common/model_cfg_impl.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+// ---- Hugging Face config.json ------------------------------------------------
+
+// "an integer (5)", "a string (\"abc\")", ... for "found" in messages.
+static const char *json_describe(const json_t *v, char *buf, size_t n)
+{
+    if (!v) {
+        snprintf(buf, n, "nothing");
+        return buf;
+    }
+    if (json_is_null(v)) {
+        snprintf(buf, n, "null");
+        return buf;
+    }
+    char *text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    size_t len = text ? strlen(text) : 0;
+    snprintf(buf, n, "%s %.*s%s", ep_json_type_name(v), (int)(len > 48 ? 48 : len),
+             text ? text : "", len > 48 ? "..." : "");
+    free(text);
+    return buf;
+}
+
+// Looks up key; absent or null is an error only when required. `key` may be
+// a dotted path for messages ("rope_scaling.factor"): the lookup in `root`
+// uses its last component (no HF config key contains a dot).
+static ep_status js_get(const char *path, json_t *root, const char *key, const char *expect,
+                        bool required, json_t **out)
+{
+    const char *dot = strrchr(key, '.');
+    json_t *v = json_object_get(root, dot ? dot + 1 : key);
+    *out = v && !json_is_null(v) ? v : NULL;
+    if (!*out && required)
+        return ep_errorf(EP_ERR_CONFIG, "%s: key '%s': expected %s, found %s", path, key, expect,
+                         v ? "null" : "no such key");
+    return EP_OK;
+}
+
+static ep_status js_int(const char *path, json_t *root, const char *key, bool required, int *out)
+{
+    json_t *v;
+    char found[128];
+    ep_status st = js_get(path, root, key, "an integer", required, &v);
+    if (st != EP_OK || !v) return st;
+    if (!json_is_integer(v) || json_integer_value(v) < INT_MIN || json_integer_value(v) > INT_MAX)
+        return ep_errorf(EP_ERR_CONFIG, "%s: key '%s': expected an integer, found %s", path, key,
+                         json_describe(v, found, sizeof found));
+    *out = (int)json_integer_value(v);
+    return EP_OK;
+}
+
+static ep_status js_float(const char *path, json_t *root, const char *key, bool required,
+                          float *out)
+{
+    json_t *v;
+    char found[128];
+    ep_status st = js_get(path, root, key, "a number", required, &v);
+    if (st != EP_OK || !v) return st;
+    if (!json_is_number(v))
+        return ep_errorf(EP_ERR_CONFIG, "%s: key '%s': expected a number, found %s", path, key,
+                         json_describe(v, found, sizeof found));
+    *out = (float)json_number_value(v);
+    return EP_OK;
+}
+
+static ep_status js_bool(const char *path, json_t *root, const char *key, bool required, bool *out)
+{
+    json_t *v;
+    char found[128];
+    ep_status st = js_get(path, root, key, "a boolean", required, &v);
+    if (st != EP_OK || !v) return st;
+    if (!json_is_boolean(v))
+        return ep_errorf(EP_ERR_CONFIG, "%s: key '%s': expected a boolean, found %s", path, key,
+                         json_describe(v, found, sizeof found));
+    *out = json_is_true(v);
+    return EP_OK;
+}
+
+// Keys that must hold one specific value when present (features epserve
+// does not implement must not be silently ignored).
+static ep_status js_expect_str(const char *path, json_t *root, const char *key, const char *want,
+                               const char *why)
+{
+    json_t *v = json_object_get(root, key);
+    char found[128];
+    if (!v || json_is_null(v)) return EP_OK;
+    if (!json_is_string(v) || strcmp(json_string_value(v), want) != 0)
+        return ep_errorf(EP_ERR_UNSUPPORTED, "%s: key '%s': expected \"%s\" (%s), found %s", path,
+                         key, want, why, json_describe(v, found, sizeof found));
+    return EP_OK;
+}
+
+static ep_status hf_common(const char *path, json_t *r, ep_model_cfg *c)
+{
+    ep_status st;
+    if ((st = js_int(path, r, "hidden_size", true, &c->hidden)) ||
+        (st = js_int(path, r, "num_hidden_layers", true, &c->n_layers)) ||
+        (st = js_int(path, r, "num_attention_heads", true, &c->n_heads)) ||
+        (st = js_int(path, r, "intermediate_size", true, &c->intermediate)) ||
+        (st = js_int(path, r, "vocab_size", true, &c->vocab)) ||
+        (st = js_int(path, r, "max_position_embeddings", true, &c->max_pos)) ||
+        (st = js_float(path, r, "rms_norm_eps", true, &c->rms_eps)) ||
+        (st = js_float(path, r, "rope_theta", true, &c->rope_theta)) ||
+        (st = js_bool(path, r, "tie_word_embeddings", false, &c->tie_embeddings)) ||
+        (st = js_int(path, r, "num_experts_per_tok", true, &c->k_base)) ||
+        (st = js_int(path, r, "moe_intermediate_size", true, &c->moe_inter)) ||
+        (st = js_bool(path, r, "norm_topk_prob", true, &c->norm_topk_prob)) ||
+        (st = js_expect_str(path, r, "hidden_act", "silu", "experts are SwiGLU")))
+        return st;
+    json_t *seed = json_object_get(r, "epserve_seed");
+    if (!seed || json_is_null(seed)) return EP_OK;
+    if (json_is_integer(seed) && json_integer_value(seed) >= 0) {
+        c->seed = (uint64_t)json_integer_value(seed);
+        return EP_OK;
+    }
+    // Seeds above 2^63 - 1 are written as decimal strings (jansson integers are signed).
+    if (json_is_string(seed)) {
+        const char *s = json_string_value(seed);
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (s[0] >= '0' && s[0] <= '9' && *end == '\0' && errno == 0) {
+            c->seed = v;
+            return EP_OK;
+        }
+    }
+    char found[128];
+    return ep_errorf(EP_ERR_CONFIG,
+                     "%s: key 'epserve_seed': expected a non-negative integer, found %s", path,
+                     json_describe(seed, found, sizeof found));
+}
+
+static ep_status hf_qwen3(const char *path, json_t *r, ep_model_cfg *c)
+{
+    ep_status st;
+    char found[128];
+    c->arch = EP_ARCH_QWEN3_MOE;
+    if ((st = js_int(path, r, "num_key_value_heads", true, &c->n_kv_heads)) ||
+        (st = js_int(path, r, "head_dim", true, &c->head_dim)) ||
+        (st = js_int(path, r, "num_experts", true, &c->n_experts)))
+        return st;
+    // FACTS: every layer is MoE for the served configs (decoder_sparse_step 1, mlp_only_layers []).
+    json_t *v = json_object_get(r, "decoder_sparse_step");
+    if (v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 1))
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'decoder_sparse_step': epserve supports only all-MoE Qwen3 "
+                         "layers: expected 1, found %s",
+                         path, json_describe(v, found, sizeof found));
+    v = json_object_get(r, "mlp_only_layers");
+    if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'mlp_only_layers': epserve supports only all-MoE Qwen3 layers: "
+                         "expected [], found %s",
+                         path, json_describe(v, found, sizeof found));
+    v = json_object_get(r, "rope_scaling");
+    if (v && !json_is_null(v))
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'rope_scaling': rope scaling is not implemented for qwen3_moe: "
+                         "expected null, found %s",
+                         path, json_describe(v, found, sizeof found));
+    v = json_object_get(r, "use_sliding_window");
+    if (json_is_true(v))
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'use_sliding_window': sliding-window attention is not "
+                         "implemented: expected false, found true",
+                         path);
+    c->qk_norm = true;
+    c->n_shared = 0;
+    c->first_k_dense = 0;
+    c->topk_method = EP_TOPK_GREEDY;
+    c->n_group = c->topk_group = 1;
+    c->routed_scaling_factor = 1.0f;
+    return EP_OK;
+}
+
+static ep_status hf_yarn(const char *path, json_t *rs, ep_model_cfg *c)
+{
+    char found[128];
+    if (!json_is_object(rs))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'rope_scaling': expected null or an object, found %s", path,
+                         json_describe(rs, found, sizeof found));
+    json_t *t = json_object_get(rs, "type");
+    if (!t) t = json_object_get(rs, "rope_type"); // newer transformers spelling
+    if (!json_is_string(t) || strcmp(json_string_value(t), "yarn") != 0)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'rope_scaling.type': expected \"yarn\" (the only rope scaling "
+                         "epserve implements), found %s",
+                         path, json_describe(t, found, sizeof found));
+    c->has_yarn = true;
+    ep_status st;
+    if ((st = js_float(path, rs, "rope_scaling.factor", true, &c->yarn_factor)) ||
+        (st = js_int(path, rs, "rope_scaling.original_max_position_embeddings", true,
+                     &c->yarn_orig_max_pos)) ||
+        (st = js_float(path, rs, "rope_scaling.beta_fast", false, &c->yarn_beta_fast)) ||
+        (st = js_float(path, rs, "rope_scaling.beta_slow", false, &c->yarn_beta_slow)) ||
+        (st = js_float(path, rs, "rope_scaling.mscale", false, &c->yarn_mscale)) ||
+        (st = js_float(path, rs, "rope_scaling.mscale_all_dim", false, &c->yarn_mscale_all_dim)))
+        return st;
+    return EP_OK;
+}
+
+static ep_status hf_deepseek(const char *path, json_t *r, ep_model_cfg *c)
+{
+    ep_status st;
+    char found[128];
+    c->arch = EP_ARCH_DEEPSEEK_V2;
+    c->n_kv_heads = c->n_heads; // MLA: HF's num_key_value_heads is not used by the attention
+    c->qk_norm = false;
+    if ((st = js_int(path, r, "n_routed_experts", true, &c->n_experts)) ||
+        (st = js_int(path, r, "n_shared_experts", true, &c->n_shared)) ||
+        (st = js_int(path, r, "first_k_dense_replace", true, &c->first_k_dense)) ||
+        (st = js_int(path, r, "n_group", false, &c->n_group)) ||
+        (st = js_int(path, r, "topk_group", false, &c->topk_group)) ||
+        (st = js_float(path, r, "routed_scaling_factor", false, &c->routed_scaling_factor)) ||
+        (st = js_int(path, r, "kv_lora_rank", true, &c->kv_lora_rank)) ||
+        (st = js_int(path, r, "qk_nope_head_dim", true, &c->qk_nope_dim)) ||
+        (st = js_int(path, r, "qk_rope_head_dim", true, &c->qk_rope_dim)) ||
+        (st = js_int(path, r, "v_head_dim", true, &c->v_head_dim)) ||
+        (st = js_expect_str(path, r, "scoring_func", "softmax", "DeepSeek-V2 gates use softmax")))
+        return st;
+    // q_lora_rank must be present; null means no q LoRA (V2-Lite).
+    if (!json_object_get(r, "q_lora_rank"))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'q_lora_rank': expected an integer or null, found no such key",
+                         path);
+    if ((st = js_int(path, r, "q_lora_rank", false, &c->q_lora_rank))) return st;
+
+    json_t *tm;
+    if ((st = js_get(path, r, "topk_method", "a string", true, &tm))) return st;
+    const char *m = json_is_string(tm) ? json_string_value(tm) : "";
+    // Some DeepSeek copies spell greedy as "gready" (FACTS.md).
+    if (!strcmp(m, "greedy") || !strcmp(m, "gready"))
+        c->topk_method = EP_TOPK_GREEDY;
+    else if (!strcmp(m, "group_limited_greedy"))
+        c->topk_method = EP_TOPK_GROUP_LIMITED;
+    else
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'topk_method': expected \"greedy\" or \"group_limited_greedy\", "
+                         "found %s",
+                         path, json_describe(tm, found, sizeof found));
+
+    json_t *v = json_object_get(r, "moe_layer_freq");
+    if (v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 1))
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'moe_layer_freq': epserve supports MoE in every layer after "
+                         "first_k_dense_replace: expected 1, found %s",
+                         path, json_describe(v, found, sizeof found));
+    v = json_object_get(r, "rope_scaling");
+    if (v && !json_is_null(v) && (st = hf_yarn(path, v, c))) return st;
+    return EP_OK;
+}
+
+ep_status ep_model_cfg_from_hf_json(const char *path, ep_model_cfg *cfg)
+{
+    ep_model_cfg c;
+    ep_model_cfg_defaults(&c);
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return ep_errorf(EP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    json_error_t jerr;
+    json_t *r = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!r)
+        return ep_errorf(EP_ERR_FORMAT, "%s: not valid JSON (line %d, column %d): %s", path,
+                         jerr.line, jerr.column, jerr.text);
+    ep_status st;
+    char found[128];
+    json_t *mt = json_object_get(r, "model_type");
+    if (!json_is_object(r)) {
+        st = ep_errorf(EP_ERR_CONFIG, "%s: expected a JSON object, found %s", path,
+                       ep_json_type_name(r));
+    } else if (!json_is_string(mt)) {
+        st = ep_errorf(EP_ERR_CONFIG,
+                       "%s: key 'model_type': expected \"qwen3_moe\" or \"deepseek_v2\", found %s",
+                       path, mt ? json_describe(mt, found, sizeof found) : "no such key");
+    } else if (!strcmp(json_string_value(mt), "qwen3_moe")) {
+        if (!(st = hf_common(path, r, &c))) st = hf_qwen3(path, r, &c);
+    } else if (!strcmp(json_string_value(mt), "deepseek_v2")) {
+        if (!(st = hf_common(path, r, &c))) st = hf_deepseek(path, r, &c);
+    } else {
+        st = ep_errorf(EP_ERR_UNSUPPORTED,
+                       "%s: key 'model_type': expected \"qwen3_moe\" or \"deepseek_v2\", found "
+                       "\"%s\"",
+                       path, json_string_value(mt));
+    }
+    json_decref(r);
+    if (st != EP_OK) return st;
+
+    char dir[1024];
+    ep_path_dir(path, dir, sizeof dir);
+    if (strlen(dir) >= sizeof c.checkpoint || strlen(path) >= sizeof c.source)
+        return ep_errorf(EP_ERR_ARG, "%s: path longer than %zu characters", path,
+                         sizeof c.checkpoint - 1);
+    ep_copy_str(c.checkpoint, sizeof c.checkpoint, dir);
+    ep_copy_str(c.source, sizeof c.source, path);
+    // The model's name is its directory's name, as HF hub repos are named.
+    char abs[PATH_MAX];
+    const char *base = dir;
+    if (realpath(dir, abs)) base = abs;
+    const char *slash = strrchr(base, '/');
+    // A longer directory name is cut: the name is a label, the path is in checkpoint.
+    snprintf(c.name, sizeof c.name, "%.*s", (int)sizeof c.name - 1,
+             slash && slash[1] ? slash + 1 : base);
+    if ((st = ep_model_cfg_validate(&c)) != EP_OK) return st;
+    *cfg = c;
+    return EP_OK;
+}
+
+static json_t *jfloat(float f)
+{
+    return json_real(ep_json_float(f));
+}
+
+ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
+{
+    ep_status st = ep_model_cfg_validate(c);
+    if (st != EP_OK) return st;
+    bool q = c->arch == EP_ARCH_QWEN3_MOE;
+    json_t *r = json_object();
+    json_object_set_new(r, "architectures",
+                        json_pack("[s]", q ? "Qwen3MoeForCausalLM" : "DeepseekV2ForCausalLM"));
+    json_object_set_new(r, "model_type", json_string(q ? "qwen3_moe" : "deepseek_v2"));
+    json_object_set_new(r, "torch_dtype", json_string("bfloat16"));
+    json_object_set_new(r, "hidden_size", json_integer(c->hidden));
+    json_object_set_new(r, "intermediate_size", json_integer(c->intermediate));
+    json_object_set_new(r, "moe_intermediate_size", json_integer(c->moe_inter));
+    json_object_set_new(r, "num_hidden_layers", json_integer(c->n_layers));
+    json_object_set_new(r, "num_attention_heads", json_integer(c->n_heads));
+    json_object_set_new(r, "num_key_value_heads", json_integer(c->n_kv_heads));
+    if (q) {
+        json_object_set_new(r, "head_dim", json_integer(c->head_dim));
+        json_object_set_new(r, "num_experts", json_integer(c->n_experts));
+        json_object_set_new(r, "num_experts_per_tok", json_integer(c->k_base));
+        json_object_set_new(r, "norm_topk_prob", json_boolean(c->norm_topk_prob));
+        json_object_set_new(r, "decoder_sparse_step", json_integer(1));
+        json_object_set_new(r, "mlp_only_layers", json_array());
+        json_object_set_new(r, "output_router_logits", json_false());
+        json_object_set_new(r, "router_aux_loss_coef", json_real(0.001));
+        json_object_set_new(r, "use_sliding_window", json_false());
+        json_object_set_new(r, "sliding_window", json_null());
+        json_object_set_new(r, "max_window_layers", json_integer(c->n_layers));
+        json_object_set_new(r, "rope_scaling", json_null());
+    } else {
+        json_object_set_new(r, "n_routed_experts", json_integer(c->n_experts));
+        json_object_set_new(r, "n_shared_experts", json_integer(c->n_shared));
+        json_object_set_new(r, "num_experts_per_tok", json_integer(c->k_base));
+        json_object_set_new(r, "first_k_dense_replace", json_integer(c->first_k_dense));
+        json_object_set_new(r, "moe_layer_freq", json_integer(1));
+        json_object_set_new(
+            r, "topk_method",
+            json_string(c->topk_method == EP_TOPK_GREEDY ? "greedy" : "group_limited_greedy"));
+        json_object_set_new(r, "n_group", json_integer(c->n_group));
+        json_object_set_new(r, "topk_group", json_integer(c->topk_group));
+        json_object_set_new(r, "norm_topk_prob", json_boolean(c->norm_topk_prob));
+        json_object_set_new(r, "routed_scaling_factor", jfloat(c->routed_scaling_factor));
+        json_object_set_new(r, "scoring_func", json_string("softmax"));
+        json_object_set_new(r, "aux_loss_alpha", json_real(0.001));
+        json_object_set_new(r, "seq_aux", json_true());
+        json_object_set_new(r, "q_lora_rank",
+                            c->q_lora_rank ? json_integer(c->q_lora_rank) : json_null());
+        json_object_set_new(r, "kv_lora_rank", json_integer(c->kv_lora_rank));
+        json_object_set_new(r, "qk_nope_head_dim", json_integer(c->qk_nope_dim));
+        json_object_set_new(r, "qk_rope_head_dim", json_integer(c->qk_rope_dim));
+        json_object_set_new(r, "v_head_dim", json_integer(c->v_head_dim));
+        if (c->has_yarn) {
+            json_t *y = json_object();
+            json_object_set_new(y, "type", json_string("yarn"));
+            json_object_set_new(y, "factor", jfloat(c->yarn_factor));
+            json_object_set_new(y, "original_max_position_embeddings",
+                                json_integer(c->yarn_orig_max_pos));
+            json_object_set_new(y, "beta_fast", jfloat(c->yarn_beta_fast));
+            json_object_set_new(y, "beta_slow", jfloat(c->yarn_beta_slow));
+            json_object_set_new(y, "mscale", jfloat(c->yarn_mscale));
+            json_object_set_new(y, "mscale_all_dim", jfloat(c->yarn_mscale_all_dim));
+            json_object_set_new(r, "rope_scaling", y);
+        } else {
+            json_object_set_new(r, "rope_scaling", json_null());
+        }
+    }
+    json_object_set_new(r, "max_position_embeddings", json_integer(c->max_pos));
+    json_object_set_new(r, "vocab_size", json_integer(c->vocab));
+    json_object_set_new(r, "rms_norm_eps", jfloat(c->rms_eps));
+    json_object_set_new(r, "rope_theta", jfloat(c->rope_theta));
+    json_object_set_new(r, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+    json_object_set_new(r, "hidden_act", json_string("silu"));
+    json_object_set_new(r, "attention_bias", json_false());
+    json_object_set_new(r, "attention_dropout", json_real(0.0));
+    json_object_set_new(r, "initializer_range", json_real(0.02));
+    json_object_set_new(r, "use_cache", json_true());
+    if (c->seed <= (uint64_t)INT64_MAX) {
+        json_object_set_new(r, "epserve_seed", json_integer((json_int_t)c->seed));
+    } else {
+        char s[32];
+        snprintf(s, sizeof s, "%llu", (unsigned long long)c->seed);
+        json_object_set_new(r, "epserve_seed", json_string(s));
+    }
+    st = ep_json_write_atomic(path, r, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
+    json_decref(r);
+    return st;
+}
