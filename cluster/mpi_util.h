@@ -1,0 +1,32 @@
+// MPI helpers private to the MPI side of epserve (cluster/ and the MPI
+// transport in comm/): the EP_MPI_CHECK macro and access to the cluster's
+// communicator. Only .c files that link MPI include this; public headers never do.
+#ifndef EP_MPI_UTIL_H
+#define EP_MPI_UTIL_H
+
+#include <mpi.h>
+
+#include "cluster/cluster.h"
+
+// Formats "<call> failed at <file>:<line>: <MPI error string>" into the
+// last-error message and returns EP_ERR_COMM.
+ep_status ep_mpi_error(int rc, const char *call, const char *file, int line);
+
+// Evaluates an MPI call; on failure returns EP_ERR_COMM from the enclosing
+// function with the call quoted. Needs MPI_ERRORS_RETURN on the communicator
+// (the cluster sets it on its own), otherwise MPI aborts before we see rc.
+#define EP_MPI_CHECK(call)                                                                         \
+    do {                                                                                           \
+        int ep_mpi_rc_ = (call);                                                                   \
+        if (ep_mpi_rc_ != MPI_SUCCESS) return ep_mpi_error(ep_mpi_rc_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+// The cluster's communicator (a duplicate of MPI_COMM_WORLD with
+// MPI_ERRORS_RETURN). ep_cluster_mpi_comm() returns a pointer to it, because
+// MPI_Comm is a pointer in Open MPI but an int in MPICH.
+static inline MPI_Comm ep_cluster_comm(ep_cluster *c)
+{
+    return *(MPI_Comm *)ep_cluster_mpi_comm(c);
+}
+
+#endif

@@ -1,0 +1,537 @@
+// Dispatch and combine of one MoE layer: groups each token's pairs by
+// destination rank, packs one record per (token, remote rank) in the wire
+// format (docs/wire-format.md), moves them with a transport, decodes them into
+// the work the experts compute, and sends the partial sums back. Own-rank
+// records never touch the wire. Which experts compute, and how, is experts/'.
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/comm_impl.h"
+
+struct ep_comm {
+    ep_cluster *cluster; // borrowed
+    ep_transport *t;     // borrowed
+    int hidden, rank, world;
+    ep_dtype wire;
+    int64_t row_bytes; // one hidden row on the wire, a multiple of 4
+
+    // Per peer ([world]). Dispatch sizes in bytes; combine reverses them.
+    int64_t *send_bytes, *send_off, *recv_bytes, *recv_off;
+    int64_t *c_send_bytes, *c_send_off, *c_recv_bytes, *c_recv_off;
+    int64_t *cursor;   // [world] packing position per destination
+    int *send_rec;     // [world] groups for each destination (own ones at [rank])
+    int *send_rec_off; // [world + 1] prefix of send_rec, rows of send_tok
+    int *tok_cur;      // [world] fill position in send_tok
+    int *recv_rec_off; // [world + 1] work records that came from each source rank
+
+    // The plan of the last dispatch: one group per (token, destination rank),
+    // tokens ascending, ranks in the order of their first pair in the row.
+    int n_grp;
+    size_t grp_cap; // capacity of grp_* (groups <= pairs)
+    int *grp_tok;   // [grp_cap] token of the group
+    int *grp_dest;  // [grp_cap] destination rank
+    int *grp_off;   // [grp_cap + 1] into grp_pair
+    int *send_tok;  // [grp_cap] tokens per destination: send_tok[send_rec_off[d] + k]
+    size_t gpair_cap;
+    int *grp_pair; // [gpair_cap] pair index into the routes, grouped
+    int own_pairs; // pairs of the groups whose destination is this rank
+
+    // Wire buffers in bytes. Combine packs into recvbuf and receives into
+    // sendbuf: a combine record is smaller than the dispatch record it answers.
+    uint8_t *sendbuf;
+    size_t sendbuf_cap;
+    uint8_t *recvbuf;
+    size_t recvbuf_cap;
+
+    // The work handed to the experts.
+    int n_rec;
+    size_t rec_cap;
+    int *pair_off; // [rec_cap + 1]
+    float *x, *y;  // [rec_cap, hidden]
+    size_t pair_cap;
+    int *pair_expert;   // [pair_cap]
+    float *pair_weight; // [pair_cap]
+    float *row;         // [hidden] decode scratch
+
+    int T;        // tokens of the last dispatch: rows of combine's out
+    bool pending; // a dispatch waits for its combine
+};
+
+// ---- buffers ----------------------------------------------------------------
+
+// The capacity to grow to for `need` elements, or 0 when `cap` suffices.
+// Growth is by at least half again, so a slowly growing step reallocates
+// O(log) times and a steady one never.
+static size_t ep_grown(size_t cap, size_t need)
+{
+    return need <= cap ? 0 : EP_MAX(need, cap + cap / 2);
+}
+
+static void ep_comm_grow_bytes(uint8_t **buf, size_t *cap, size_t need)
+{
+    size_t n = ep_grown(*cap, need);
+    if (!n) return;
+    *buf = ep_xrealloc(*buf, n);
+    *cap = n;
+}
+
+static void ep_comm_grow_groups(ep_comm *m, size_t n_pairs)
+{
+    // A token has at most as many groups as pairs.
+    size_t n = ep_grown(m->grp_cap, n_pairs);
+    if (n) {
+        m->grp_tok = ep_xrealloc(m->grp_tok, n * sizeof(int));
+        m->grp_dest = ep_xrealloc(m->grp_dest, n * sizeof(int));
+        m->grp_off = ep_xrealloc(m->grp_off, (n + 1) * sizeof(int));
+        m->send_tok = ep_xrealloc(m->send_tok, n * sizeof(int));
+        m->grp_cap = n;
+    }
+    n = ep_grown(m->gpair_cap, n_pairs);
+    if (n) {
+        m->grp_pair = ep_xrealloc(m->grp_pair, n * sizeof(int));
+        m->gpair_cap = n;
+    }
+}
+
+static void ep_comm_grow_work(ep_comm *m, size_t n_rec, size_t n_pairs)
+{
+    size_t n = ep_grown(m->rec_cap, n_rec);
+    if (n) {
+        m->pair_off = ep_xrealloc(m->pair_off, (n + 1) * sizeof(int));
+        m->x = ep_xrealloc(m->x, n * (size_t)m->hidden * sizeof(float));
+        m->y = ep_xrealloc(m->y, n * (size_t)m->hidden * sizeof(float));
+        m->rec_cap = n;
+    }
+    n = ep_grown(m->pair_cap, n_pairs);
+    if (n) {
+        m->pair_expert = ep_xrealloc(m->pair_expert, n * sizeof(int));
+        m->pair_weight = ep_xrealloc(m->pair_weight, n * sizeof(float));
+        m->pair_cap = n;
+    }
+}
+
+ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire, int cap_tokens,
+                       int max_k, ep_comm **out)
+{
+    *out = NULL;
+    if (hidden < 1) return ep_errorf(EP_ERR_ARG, "comm: hidden: expected >= 1, found %d", hidden);
+    if (cap_tokens < 0 || max_k < 1)
+        return ep_errorf(EP_ERR_ARG,
+                         "comm: capacity: expected cap_tokens >= 0 and max_k >= 1, found %d and %d",
+                         cap_tokens, max_k);
+    if (wire != EP_DTYPE_F32 && wire != EP_DTYPE_BF16 && wire != EP_DTYPE_F16)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "comm: wire dtype: expected F32, BF16 or F16, found %s",
+                         ep_dtype_name(wire));
+    if (t->world_size != c->world_size || t->rank != c->rank)
+        return ep_errorf(EP_ERR_ARG,
+                         "comm: transport '%s' is rank %d of %d, cluster is rank %d of %d",
+                         t->vt->name, t->rank, t->world_size, c->rank, c->world_size);
+
+    ep_comm *m = ep_xcalloc(1, sizeof *m);
+    m->cluster = c;
+    m->t = t;
+    m->hidden = hidden;
+    m->wire = wire;
+    m->rank = c->rank;
+    m->world = c->world_size;
+    m->row_bytes = ep_comm_row_bytes(hidden, wire);
+    size_t w = (size_t)m->world;
+    m->send_bytes = ep_xcalloc(w, sizeof(int64_t));
+    m->send_off = ep_xcalloc(w, sizeof(int64_t));
+    m->recv_bytes = ep_xcalloc(w, sizeof(int64_t));
+    m->recv_off = ep_xcalloc(w, sizeof(int64_t));
+    m->c_send_bytes = ep_xcalloc(w, sizeof(int64_t));
+    m->c_send_off = ep_xcalloc(w, sizeof(int64_t));
+    m->c_recv_bytes = ep_xcalloc(w, sizeof(int64_t));
+    m->c_recv_off = ep_xcalloc(w, sizeof(int64_t));
+    m->cursor = ep_xcalloc(w, sizeof(int64_t));
+    m->send_rec = ep_xcalloc(w, sizeof(int));
+    m->send_rec_off = ep_xcalloc(w + 1, sizeof(int));
+    m->tok_cur = ep_xcalloc(w, sizeof(int));
+    m->recv_rec_off = ep_xcalloc(w + 1, sizeof(int));
+    m->row = ep_xcalloc((size_t)hidden, sizeof(float));
+    m->grp_off = ep_xcalloc(1, sizeof(int));
+    m->pair_off = ep_xcalloc(1, sizeof(int)); // rec_cap + 1 entries, rec_cap = 0 so far
+
+    // Sized for a balanced step: cap_tokens tokens out, each reaching at most
+    // min(max_k, world) ranks, and about as many records and pairs coming in.
+    size_t pairs = (size_t)cap_tokens * (size_t)max_k;
+    size_t recs = (size_t)cap_tokens * (size_t)EP_MIN(max_k, m->world);
+    ep_comm_grow_groups(m, pairs);
+    ep_comm_grow_work(m, recs, pairs);
+    size_t wire_bytes =
+        recs * (size_t)(EP_COMM_REC_HEADER_BYTES + m->row_bytes) + pairs * EP_COMM_REC_PAIR_BYTES;
+    ep_comm_grow_bytes(&m->sendbuf, &m->sendbuf_cap, wire_bytes);
+    ep_comm_grow_bytes(&m->recvbuf, &m->recvbuf_cap, wire_bytes);
+    *out = m;
+    return EP_OK;
+}
+
+void ep_comm_free(ep_comm *m)
+{
+    if (!m) return;
+    free(m->send_bytes);
+    free(m->send_off);
+    free(m->recv_bytes);
+    free(m->recv_off);
+    free(m->c_send_bytes);
+    free(m->c_send_off);
+    free(m->c_recv_bytes);
+    free(m->c_recv_off);
+    free(m->cursor);
+    free(m->send_rec);
+    free(m->send_rec_off);
+    free(m->tok_cur);
+    free(m->recv_rec_off);
+    free(m->grp_tok);
+    free(m->grp_dest);
+    free(m->grp_off);
+    free(m->send_tok);
+    free(m->grp_pair);
+    free(m->sendbuf);
+    free(m->recvbuf);
+    free(m->pair_off);
+    free(m->x);
+    free(m->y);
+    free(m->pair_expert);
+    free(m->pair_weight);
+    free(m->row);
+    free(m);
+}
+
+void ep_transport_free(ep_transport *t)
+{
+    if (t && t->vt && t->vt->free) t->vt->free(t);
+}
+
+// ---- rows on the wire -----------------------------------------------------------
+
+static void ep_comm_encode_row(const ep_comm *m, const float *src, uint8_t *dst)
+{
+    size_t vb = (size_t)m->hidden * ep_dtype_size(m->wire);
+    if (m->wire == EP_DTYPE_F32) {
+        memcpy(dst, src, vb);
+    } else {
+        ep_status st = ep_dtype_from_f32(m->wire, src, dst, (size_t)m->hidden);
+        EP_ASSERT(st == EP_OK); // init admitted only convertible wire dtypes
+    }
+    // The rounding to 4 bytes leaves padding: zero it so payloads are reproducible.
+    if ((size_t)m->row_bytes > vb) memset(dst + vb, 0, (size_t)m->row_bytes - vb);
+}
+
+static void ep_comm_decode_row(const ep_comm *m, const uint8_t *src, float *dst)
+{
+    if (m->wire == EP_DTYPE_F32) {
+        memcpy(dst, src, (size_t)m->hidden * sizeof(float));
+    } else {
+        ep_status st = ep_dtype_to_f32(m->wire, src, dst, (size_t)m->hidden);
+        EP_ASSERT(st == EP_OK);
+    }
+}
+
+static inline void ep_put_i32(uint8_t *p, int32_t v)
+{
+    memcpy(p, &v, 4);
+}
+static inline int32_t ep_get_i32(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+// ---- dispatch ---------------------------------------------------------------------
+
+// Groups every token's pairs by destination rank (the plan) and sizes the
+// payload per destination. Own-rank groups are planned but carry no bytes.
+static void ep_comm_plan(ep_comm *m, const ep_routes *r, const ep_placement *p,
+                         const int *pair_rank)
+{
+    const int T = r->n_tokens;
+    const int nnz = T > 0 ? r->offsets[T] : 0;
+    ep_comm_grow_groups(m, (size_t)nnz);
+    memset(m->send_rec, 0, (size_t)m->world * sizeof(int));
+    memset(m->send_bytes, 0, (size_t)m->world * sizeof(int64_t));
+    int q = 0, np = 0;
+    m->own_pairs = 0;
+    for (int i = 0; i < T; i++) {
+        int b = r->offsets[i], e = r->offsets[i + 1];
+        for (int j = b; j < e; j++) {
+            int d = ep_comm_pair_dest(r, p, pair_rank, j);
+            EP_ASSERT(d >= 0 && d < m->world);
+            bool first = true;
+            for (int k = b; k < j && first; k++)
+                first = ep_comm_pair_dest(r, p, pair_rank, k) != d;
+            if (!first) continue;
+            m->grp_tok[q] = i;
+            m->grp_dest[q] = d;
+            m->grp_off[q] = np;
+            for (int k = j; k < e; k++)
+                if (ep_comm_pair_dest(r, p, pair_rank, k) == d) m->grp_pair[np++] = k;
+            int n = np - m->grp_off[q];
+            m->send_rec[d]++;
+            if (d == m->rank)
+                m->own_pairs += n;
+            else
+                m->send_bytes[d] += ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
+            q++;
+        }
+    }
+    m->grp_off[q] = np;
+    m->n_grp = q;
+    EP_ASSERT(np == nnz);
+
+    // Tokens per destination, in token order, for combine to route rows home.
+    m->send_rec_off[0] = 0;
+    for (int d = 0; d < m->world; d++) {
+        m->send_rec_off[d + 1] = m->send_rec_off[d] + m->send_rec[d];
+        m->tok_cur[d] = m->send_rec_off[d];
+    }
+    for (int g = 0; g < q; g++)
+        m->send_tok[m->tok_cur[m->grp_dest[g]]++] = m->grp_tok[g];
+}
+
+static void ep_comm_pack(ep_comm *m, const ep_routes *r, const float *x)
+{
+    const size_t H = (size_t)m->hidden;
+    for (int d = 0; d < m->world; d++)
+        m->cursor[d] = m->send_off[d];
+    for (int g = 0; g < m->n_grp; g++) {
+        int d = m->grp_dest[g];
+        if (d == m->rank) continue;
+        int i = m->grp_tok[g], b = m->grp_off[g], n = m->grp_off[g + 1] - b;
+        uint8_t *rec = m->sendbuf + m->cursor[d];
+        ep_put_i32(rec, i);
+        ep_put_i32(rec + 4, n);
+        uint8_t *ids = rec + EP_COMM_REC_HEADER_BYTES, *wts = ids + 4 * (size_t)n;
+        for (int k = 0; k < n; k++) {
+            int j = m->grp_pair[b + k];
+            ep_put_i32(ids + 4 * (size_t)k, r->expert[j]);
+            memcpy(wts + 4 * (size_t)k, &r->weight[j], 4);
+        }
+        ep_comm_encode_row(m, x + (size_t)i * H, wts + 4 * (size_t)n);
+        m->cursor[d] += ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
+    }
+    for (int d = 0; d < m->world; d++)
+        EP_ASSERT(m->cursor[d] == m->send_off[d] + m->send_bytes[d]);
+}
+
+// Counts the records and pairs a source rank sent, checking that its payload
+// is a whole number of well-formed records.
+static ep_status ep_comm_walk(const ep_comm *m, int src, int *n_rec, int64_t *n_pairs)
+{
+    const uint8_t *buf = m->recvbuf + m->recv_off[src];
+    const int64_t len = m->recv_bytes[src];
+    int64_t pos = 0;
+    *n_rec = 0;
+    *n_pairs = 0;
+    while (pos < len) {
+        if (len - pos < EP_COMM_REC_HEADER_BYTES)
+            return ep_errorf(
+                EP_ERR_COMM,
+                "dispatch from rank %d: record header at byte %lld: expected %d bytes, "
+                "found %lld left of %lld",
+                src, (long long)pos, EP_COMM_REC_HEADER_BYTES, (long long)(len - pos),
+                (long long)len);
+        int32_t tok = ep_get_i32(buf + pos), n = ep_get_i32(buf + pos + 4);
+        int64_t rb = n >= 1 ? ep_comm_dispatch_record_bytes(n, m->hidden, m->wire) : 0;
+        if (tok < 0 || n < 1 || rb > len - pos)
+            return ep_errorf(EP_ERR_COMM,
+                             "dispatch from rank %d: record at byte %lld: expected token >= 0 and "
+                             "1 <= n pairs fitting the %lld bytes left, found token %d, n %d",
+                             src, (long long)pos, (long long)(len - pos), tok, n);
+        pos += rb;
+        (*n_rec)++;
+        *n_pairs += n;
+    }
+    return EP_OK;
+}
+
+// Fills the work arrays: records by source rank, each source's records in
+// the order it packed them (its token order); own groups straight from the routes.
+static ep_status ep_comm_unpack(ep_comm *m, const ep_routes *r, const ep_placement *p,
+                                const int *pair_rank, const float *x)
+{
+    const size_t H = (size_t)m->hidden;
+    int64_t total_pairs = 0;
+    m->recv_rec_off[0] = 0;
+    for (int s = 0; s < m->world; s++) {
+        int n_rec;
+        int64_t n_pairs;
+        if (s == m->rank) {
+            n_rec = m->send_rec[s];
+            n_pairs = m->own_pairs;
+        } else {
+            ep_status st = ep_comm_walk(m, s, &n_rec, &n_pairs);
+            if (st != EP_OK) return st;
+        }
+        m->recv_rec_off[s + 1] = m->recv_rec_off[s] + n_rec;
+        total_pairs += n_pairs;
+    }
+    if (total_pairs > INT32_MAX)
+        return ep_errorf(EP_ERR_COMM, "dispatch: %lld pairs received, expected at most %d",
+                         (long long)total_pairs, INT32_MAX);
+    m->n_rec = m->recv_rec_off[m->world];
+    ep_comm_grow_work(m, (size_t)m->n_rec, (size_t)total_pairs);
+
+    int k = 0, pk = 0;
+    for (int s = 0; s < m->world; s++) {
+        if (s == m->rank) {
+            for (int g = 0; g < m->n_grp; g++) {
+                if (m->grp_dest[g] != m->rank) continue;
+                m->pair_off[k] = pk;
+                for (int q = m->grp_off[g]; q < m->grp_off[g + 1]; q++) {
+                    int j = m->grp_pair[q];
+                    m->pair_expert[pk] = r->expert[j];
+                    m->pair_weight[pk] = r->weight[j];
+                    pk++;
+                }
+                memcpy(m->x + (size_t)k * H, x + (size_t)m->grp_tok[g] * H, H * sizeof(float));
+                k++;
+            }
+            continue;
+        }
+        const uint8_t *rec = m->recvbuf + m->recv_off[s];
+        for (int c = m->recv_rec_off[s]; c < m->recv_rec_off[s + 1]; c++) {
+            int n = ep_get_i32(rec + 4);
+            const uint8_t *ids = rec + EP_COMM_REC_HEADER_BYTES, *wts = ids + 4 * (size_t)n;
+            m->pair_off[k] = pk;
+            for (int q = 0; q < n; q++) {
+                int e = ep_get_i32(ids + 4 * (size_t)q);
+                // With home placement every expert must live here; with replicas
+                // the sender chose the rank, so only the id range can be checked.
+                if (e < 0 || e >= p->n_experts || (!pair_rank && p->rank_of[e] != m->rank))
+                    return ep_errorf(
+                        EP_ERR_COMM,
+                        "dispatch from rank %d: record %d names expert %d, expected an "
+                        "expert of rank %d among %d (placements differ between ranks?)",
+                        s, c - m->recv_rec_off[s], e, m->rank, p->n_experts);
+                m->pair_expert[pk] = e;
+                memcpy(&m->pair_weight[pk], wts + 4 * (size_t)q, 4);
+                pk++;
+            }
+            ep_comm_decode_row(m, wts + 4 * (size_t)n, m->x + (size_t)k * H);
+            rec += ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
+            k++;
+        }
+    }
+    m->pair_off[k] = pk;
+    EP_ASSERT(k == m->n_rec && pk == total_pairs);
+    return EP_OK;
+}
+
+ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p,
+                           const int *pair_rank, const float *x, ep_comm_work *work,
+                           ep_comm_stats *st)
+{
+    if (p->world_size != m->world)
+        return ep_errorf(EP_ERR_ARG, "comm dispatch: placement is for %d ranks, the cluster has %d",
+                         p->world_size, m->world);
+    if (r->n_tokens < 0 || (r->n_tokens > 0 && !x))
+        return ep_errorf(EP_ERR_ARG, "comm dispatch: %d tokens with %s activations", r->n_tokens,
+                         x ? "some" : "no");
+    ep_comm_count(r, p, pair_rank, m->rank, m->cluster->node_of, m->hidden, m->wire, st);
+    ep_comm_plan(m, r, p, pair_rank);
+
+    ep_status s = m->t->vt->exchange_counts(m->t, m->send_bytes, m->recv_bytes);
+    if (s != EP_OK) return ep_error_prefix(s, "comm dispatch: exchanging sizes");
+    int64_t so = 0, ro = 0;
+    for (int d = 0; d < m->world; d++) {
+        if (m->recv_bytes[d] < 0 || (d == m->rank && m->recv_bytes[d] != 0))
+            return ep_errorf(EP_ERR_COMM,
+                             "comm dispatch: rank %d announces %lld bytes, expected %s", d,
+                             (long long)m->recv_bytes[d], d == m->rank ? "0 (self)" : ">= 0");
+        m->send_off[d] = so;
+        m->recv_off[d] = ro;
+        so += m->send_bytes[d];
+        ro += m->recv_bytes[d];
+    }
+    ep_comm_grow_bytes(&m->sendbuf, &m->sendbuf_cap, (size_t)so);
+    ep_comm_grow_bytes(&m->recvbuf, &m->recvbuf_cap, (size_t)ro);
+    ep_comm_pack(m, r, x);
+
+    int64_t moved0 = m->t->bytes_moved;
+    s = m->t->vt->alltoallv(m->t, m->sendbuf, m->send_bytes, m->send_off, m->recvbuf, m->recv_bytes,
+                            m->recv_off);
+    if (s != EP_OK) return ep_error_prefix(s, "comm dispatch");
+    st->measured_bytes += m->t->bytes_moved - moved0;
+
+    s = ep_comm_unpack(m, r, p, pair_rank, x);
+    if (s != EP_OK) return s;
+    m->T = r->n_tokens;
+    m->pending = true;
+
+    work->n_rec = m->n_rec;
+    work->pair_off = m->pair_off;
+    work->pair_expert = m->pair_expert;
+    work->pair_weight = m->pair_weight;
+    work->x = m->x;
+    work->y = m->y;
+    st->recv_pairs = m->pair_off[m->n_rec];
+    st->recv_tokens = m->n_rec;
+    return EP_OK;
+}
+
+// ---- combine ----------------------------------------------------------------------
+
+ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_comm_stats *st)
+{
+    if (!m->pending)
+        return ep_errorf(EP_ERR_ARG, "comm combine: expected a dispatch before it, found none");
+    if (work->n_rec != m->n_rec || (m->n_rec > 0 && !work->y))
+        return ep_errorf(EP_ERR_ARG,
+                         "comm combine: work has %d records (y %s), the dispatch made %d",
+                         work->n_rec, work->y ? "set" : "missing", m->n_rec);
+    if (m->T > 0 && !out)
+        return ep_errorf(EP_ERR_ARG, "comm combine: %d tokens to write and no output", m->T);
+    m->pending = false;
+    const size_t H = (size_t)m->hidden;
+    const int64_t rb = m->row_bytes;
+
+    // Reverse path: one row back per record received, one row in per record sent.
+    int64_t so = 0, ro = 0, incoming = 0;
+    for (int d = 0; d < m->world; d++) {
+        bool self = d == m->rank;
+        m->c_send_bytes[d] = self ? 0 : (m->recv_rec_off[d + 1] - m->recv_rec_off[d]) * rb;
+        m->c_recv_bytes[d] = self ? 0 : m->send_rec[d] * rb;
+        m->c_send_off[d] = so;
+        m->c_recv_off[d] = ro;
+        so += m->c_send_bytes[d];
+        ro += m->c_recv_bytes[d];
+        incoming += m->c_recv_bytes[d];
+    }
+    EP_ASSERT((size_t)so <= m->recvbuf_cap && (size_t)ro <= m->sendbuf_cap);
+    for (int s = 0; s < m->world; s++) {
+        if (s == m->rank) continue;
+        uint8_t *dst = m->recvbuf + m->c_send_off[s];
+        for (int c = m->recv_rec_off[s]; c < m->recv_rec_off[s + 1]; c++, dst += rb)
+            ep_comm_encode_row(m, work->y + (size_t)c * H, dst);
+    }
+    ep_status rc = m->t->vt->alltoallv(m->t, m->recvbuf, m->c_send_bytes, m->c_send_off, m->sendbuf,
+                                       m->c_recv_bytes, m->c_recv_off);
+    if (rc != EP_OK) return ep_error_prefix(rc, "comm combine");
+    // The combine bytes of a token are billed to the token's rank (they are
+    // its return traffic), so per rank measured matches planned; summed over
+    // ranks it equals what the transports sent (see docs/wire-format.md).
+    st->measured_bytes += incoming;
+
+    // Sum in rank order (own records at position `rank`) for reproducible results.
+    if (m->T > 0) memset(out, 0, (size_t)m->T * H * sizeof(float));
+    for (int d = 0; d < m->world; d++) {
+        const int *tok = m->send_tok + m->send_rec_off[d];
+        for (int k = 0; k < m->send_rec[d]; k++) {
+            const float *src;
+            if (d == m->rank) {
+                src = work->y + (size_t)(m->recv_rec_off[d] + k) * H;
+            } else {
+                ep_comm_decode_row(m, m->sendbuf + m->c_recv_off[d] + (int64_t)k * rb, m->row);
+                src = m->row;
+            }
+            float *o = out + (size_t)tok[k] * H;
+            for (size_t h = 0; h < H; h++)
+                o[h] += src[h];
+        }
+    }
+    return EP_OK;
+}

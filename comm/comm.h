@@ -1,0 +1,99 @@
+// Dispatch and combine of one MoE layer across ranks, and the byte
+// accounting. A token is sent once per destination rank however many of its
+// experts live there; a token whose experts are all on its own rank costs no
+// bytes. The plan is pure (no communication) so the simulator can reuse it;
+// the payload moves through an ep_transport (MPI here; NCCL on GPUs).
+#ifndef EP_COMM_H
+#define EP_COMM_H
+
+#include "cluster/cluster.h"
+#include "cluster/placement.h"
+#include "common/dtype.h"
+#include "common/routes.h"
+
+// Wire format of one dispatch record (token i -> rank r), 4-byte aligned:
+//   int32 token (index on the source rank), int32 n (pairs for rank r),
+//   n x int32 expert id, n x float32 weight, hidden x wire-dtype values
+// (bf16 wire rounds the row up to a multiple of 2 elements).
+// One combine record (rank r -> token i's rank): hidden x wire-dtype values
+// of the weighted partial sum, in the order the dispatch records arrived.
+int64_t ep_comm_dispatch_record_bytes(int n_pairs, int hidden, ep_dtype wire);
+int64_t ep_comm_combine_record_bytes(int hidden, ep_dtype wire);
+
+// Counters for one layer on one rank (sum them over layers and ranks).
+// "bytes" are payload bytes to *other* ranks; intra = total - inter.
+typedef struct {
+    int64_t tokens;           // tokens routed on this rank
+    int64_t pairs;            // (token, expert) pairs kept, Σ K_i
+    int64_t sends;            // (token, remote rank) records sent
+    int64_t dest_ranks;       // Σ over tokens of distinct ranks holding its experts (own incl.)
+    int64_t dispatch_bytes, combine_bytes;
+    int64_t dispatch_bytes_inter, combine_bytes_inter; // part crossing nodes
+    // The fixed-k_base counterfactual (routes->base_expert) on the same placement.
+    int64_t base_pairs, base_sends, base_dest_ranks;
+    int64_t base_dispatch_bytes, base_combine_bytes;
+    int64_t base_dispatch_bytes_inter, base_combine_bytes_inter;
+    int64_t planned_bytes;    // dispatch_bytes + combine_bytes, from the plan
+    int64_t measured_bytes;   // what the transport moved to other ranks
+    int64_t recv_pairs;       // (token, expert) pairs computed on this rank (its load)
+    int64_t recv_tokens;      // records computed on this rank (own local ones incl.)
+} ep_comm_stats;
+void ep_comm_stats_add(ep_comm_stats *acc, const ep_comm_stats *s);
+
+// Pure accounting: what dispatching `r` under placement `p` from `rank`
+// costs, actual and counterfactual (fills every field but measured_bytes,
+// recv_*). node_of: [world] node of each rank. pair_rank: NULL (home rank of
+// each expert) or [nnz] the rank chosen for each pair (replicas).
+void ep_comm_count(const ep_routes *r, const ep_placement *p, const int *pair_rank, int rank,
+                   const int *node_of, int hidden, ep_dtype wire, ep_comm_stats *st);
+
+// ---- transport -----------------------------------------------------------
+typedef struct ep_transport ep_transport;
+typedef struct {
+    const char *name;
+    // One int64 to and from every peer (index = rank).
+    ep_status (*exchange_counts)(ep_transport *t, const int64_t *send, int64_t *recv);
+    // Byte payloads per peer at the given offsets; the self part is copied
+    // locally. Adds the bytes sent to other ranks to t->bytes_moved.
+    ep_status (*alltoallv)(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
+                           const int64_t *send_off, void *recvbuf, const int64_t *recv_bytes,
+                           const int64_t *recv_off);
+    void (*free)(ep_transport *t);
+} ep_transport_vt;
+struct ep_transport {
+    const ep_transport_vt *vt;
+    void *ctx;
+    int rank, world_size;
+    int64_t bytes_moved; // payload bytes sent to other ranks, since creation
+};
+ep_status ep_transport_mpi_init(ep_cluster *c, ep_transport **out);
+void ep_transport_free(ep_transport *t); // NULL ok
+
+// ---- dispatch / combine --------------------------------------------------
+// The work one rank receives: records (token from some rank, its pairs for
+// this rank's experts), own local tokens included (no bytes).
+typedef struct {
+    int n_rec;
+    const int *pair_off;      // [n_rec + 1]
+    const int *pair_expert;   // [pairs] global expert ids (all on this rank)
+    const float *pair_weight; // [pairs]
+    const float *x;           // [n_rec, hidden] fp32 (decoded from the wire)
+    float *y;                 // [n_rec, hidden] filled by the experts: Σ_j w_j E_j(x)
+} ep_comm_work;
+
+typedef struct ep_comm ep_comm;
+// Buffers are sized for cap_tokens tokens of at most max_k pairs and grow
+// only when a step receives more than ever before. The transport is borrowed.
+ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire, int cap_tokens,
+                       int max_k, ep_comm **out);
+void ep_comm_free(ep_comm *m); // NULL ok
+// Plans (ep_comm_count into st), exchanges counts, sends x [T, hidden] and
+// fills `work`. Every rank must call it for every layer, even with T = 0.
+ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p,
+                           const int *pair_rank, const float *x, ep_comm_work *work,
+                           ep_comm_stats *st);
+// Returns work->y to the source ranks and writes out[T, hidden] = Σ of the
+// partial sums of each token (0 rows for none). Adds measured bytes to st.
+ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_comm_stats *st);
+
+#endif

@@ -1,0 +1,25 @@
+// Helpers shared by the files of comm/ (plan.c and comm.c), not part of the
+// public interface: where a (token, expert) pair goes and how wide a wire row is.
+#ifndef EP_COMM_IMPL_H
+#define EP_COMM_IMPL_H
+
+#include "comm/comm.h"
+
+// Rank that computes pair j of the routes: the scheduler's choice when it
+// chose one (replicas), else the expert's home rank.
+static inline int ep_comm_pair_dest(const ep_routes *r, const ep_placement *p, const int *pair_rank,
+                                    int j)
+{
+    return pair_rank ? pair_rank[j] : p->rank_of[r->expert[j]];
+}
+
+// Bytes of one hidden row in the wire dtype, rounded up to 4 so that every
+// record stays 4-byte aligned (bf16/f16: an even element count).
+int64_t ep_comm_row_bytes(int hidden, ep_dtype wire);
+
+// Fixed part of a dispatch record: int32 token + int32 n.
+#define EP_COMM_REC_HEADER_BYTES 8
+// Per pair: int32 expert id + float32 weight.
+#define EP_COMM_REC_PAIR_BYTES 8
+
+#endif
