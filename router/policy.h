@@ -1,0 +1,187 @@
+// Routing policies behind one vtable (baseline, ban, pick, banpick, topp, des;
+// one file and one `static const` table each), the parsed routing YAML
+// (ep_routing_cfg: loader, validator, atomic writer) and the pure helpers the
+// policies share (Ban's K, Pick's strategies, automatic Pick domain). No MPI,
+// no CUDA: the router calls a policy once per token with that token's scores.
+#ifndef EP_POLICY_H
+#define EP_POLICY_H
+
+#include "router/router.h"
+
+#include <stdio.h>
+
+// ---- routing config (configs/routing/*.yaml, docs/routing.md) -------------
+
+typedef enum {
+    EP_POLICY_BASELINE,
+    EP_POLICY_BAN,
+    EP_POLICY_PICK,
+    EP_POLICY_BANPICK,
+    EP_POLICY_TOPP,
+    EP_POLICY_DES,
+    EP_POLICY_COUNT
+} ep_policy_kind;
+
+typedef enum { EP_PICK_A, EP_PICK_B, EP_PICK_C, EP_PICK_D, EP_PICK_E } ep_pick_strategy;
+
+// One calibrated domain profile (math, code, general, ...).
+typedef struct {
+    char name[64];
+    uint8_t *key;     // [n_layers * n_experts] 1 = key expert of that layer
+    float *frequency; // [n_layers * n_experts] expert activation frequency, or NULL
+} ep_pick_domain;
+
+typedef struct {
+    ep_policy_kind policy;
+    struct {
+        int k_min;                // K_min, 1 <= k_min <= k_base
+        float lambda, beta;       // lambda in (0, 1], beta in [0, 1]
+        float r_min, r_max;       // R_i normalisation, 0 <= r_min <= r_max <= 1
+        float *layer_sensitivity; // [n_layers] W_l, or NULL (then L'_l = 0)
+        bool locality;            // comm-aware Ban (needs ep_policy_set_placement)
+        float locality_ratio;     // rho in (0, 1]
+    } ban;
+    struct {
+        ep_pick_strategy strategy; // default D for pick, C for banpick
+        int range;                 // candidates = top range*k_base (every policy)
+        bool domain_auto;          // `domain: auto`
+        int domain;                // active domain index, -1 none
+        int n_domains;
+        ep_pick_domain *domains; // [n_domains]
+    } pick;
+    struct {
+        float threshold; // (0, 1]
+    } topp;
+    struct {
+        int k_lo, k_hi;      // 1 <= k_lo <= k_hi <= k_base
+        float *median_ratio; // [n_layers * (k_base - 1)]: entry j-1 = median of
+                             // r_(j)/r_(j+1), j = 1..k_base-1; or NULL (all 1.0)
+    } des;
+    // Model dimensions the arrays above are sized for.
+    int n_layers, n_experts, k_base, first_k_dense;
+    char source[1024]; // file it was read from ("" for defaults), for messages
+} ep_routing_cfg;
+
+const char *ep_policy_kind_name(ep_policy_kind k);
+ep_status ep_policy_kind_parse(const char *s, ep_policy_kind *out); // EP_ERR_ARG when unknown
+
+// Defaults of docs/routing.md for model m and policy kind.
+void ep_routing_cfg_default(ep_routing_cfg *rc, const ep_model_cfg *m, ep_policy_kind kind);
+// Parses and validates a routing YAML against model m. On error rc is left
+// empty (freed) and the message names the file, the key (with line), what was
+// expected and what was found. Unknown keys are errors.
+ep_status ep_routing_cfg_load(const char *path, const ep_model_cfg *m, ep_routing_cfg *rc);
+ep_status ep_routing_cfg_validate(const ep_routing_cfg *rc);
+// Writes rc as routing YAML that ep_routing_cfg_load reads back to an equal
+// config. Atomic: a temporary file in the same directory, then rename.
+ep_status ep_routing_cfg_write(const ep_routing_cfg *rc, const ep_model_cfg *m, const char *path);
+void ep_routing_cfg_copy(ep_routing_cfg *dst, const ep_routing_cfg *src); // deep copy
+void ep_routing_cfg_free(ep_routing_cfg *rc); // NULL ok; leaves rc zeroed
+// Adds an empty domain profile (no key experts, no frequency); returns its index.
+int ep_routing_cfg_add_domain(ep_routing_cfg *rc, const char *name);
+int ep_routing_cfg_find_domain(const ep_routing_cfg *rc, const char *name); // -1 if none
+
+// Automatic Pick domain: the domain whose frequency vector (all MoE layers
+// concatenated) has the largest cosine with hist [n_layers * n_experts] (a
+// request's routing histogram). Domains without frequency are skipped; ties
+// go to the lower index. Returns -1 when no domain has frequencies or hist is
+// all zero. Optionally reports the winning cosine.
+int ep_pick_domain_auto(const ep_routing_cfg *rc, const float *hist, float *cos_out);
+// hist_layer [n_experts] += 1 for every (token, kept expert) of r.
+void ep_routes_histogram_add(const ep_routes *r, int n_experts, float *hist_layer);
+
+// ---- the policy interface --------------------------------------------------
+
+// What a policy sees of one token at one MoE layer.
+typedef struct {
+    int layer;
+    int n_experts, k_base;
+    int n_cand;              // min(range*k_base, allowed experts)
+    const int *cand;         // [n_cand] candidate ids, score descending, ties lower id first
+    const float *cand_score; // [n_cand] their softmax scores
+    const float *score;      // [n_experts] softmax scores of all experts (fp32)
+    const uint8_t *allowed;  // [n_experts] group-limited mask, NULL when all are allowed
+    int *scratch;            // [n_experts] free for the policy during select
+} ep_policy_token;
+
+typedef struct {
+    const char *name;
+    // Writes the kept expert ids to kept[0..K) and returns K, 1 <= K <=
+    // ep_policy_max_k(p); no duplicates. The router sorts them by score and
+    // computes the combine weights.
+    int (*select)(const ep_policy *p, const ep_policy_token *t, int *kept);
+} ep_policy_vtable;
+
+// Per-domain key experts as CSR (derived once from ep_pick_domain.key).
+typedef struct {
+    int *off; // [n_layers + 1]
+    int *ids; // [off[n_layers]] ascending per layer
+} ep_pick_keys;
+
+// Derived, read-only once created (except through the setters below).
+typedef struct {
+    float *ban_lterm;   // [n_layers] L'_l in [0, 1]; 0 for dense layers
+    ep_pick_keys *keys; // [n_domains]
+    int max_k;
+    // comm-aware Ban (NULL / -1 until ep_policy_set_placement)
+    int *rank_of;      // [n_experts]
+    int *node_of_rank; // [world_size]
+    int world_size, my_rank;
+} ep_policy_params;
+
+struct ep_policy {
+    const ep_policy_vtable *vt;
+    ep_routing_cfg cfg; // owned deep copy
+    ep_policy_params params;
+};
+
+// Creates a policy from an in-memory config (deep-copied, validated).
+ep_status ep_policy_create_cfg(const ep_routing_cfg *rc, ep_policy **out);
+// The active Pick domain (name from the config, or "" for none). A policy
+// with `domain: auto` starts with none (Pick then keeps the baseline) until
+// the caller sets the domain that ep_pick_domain_auto chose for a request.
+ep_status ep_policy_set_domain(ep_policy *p, const char *name);
+// Comm-aware Ban: rank_of [n_experts] home rank of each expert,
+// node_of_rank [world_size], my_rank the rank whose tokens this policy
+// routes (a token on its own rank costs no bytes). Copied. Without it,
+// `ban.locality: true` behaves as plain Ban.
+void ep_policy_set_placement(ep_policy *p, const int *rank_of, const int *node_of_rank,
+                             int world_size, int my_rank);
+int ep_policy_range(const ep_policy *p);
+
+// ---- shared policy steps (tested directly) --------------------------------
+
+// Ban's K for one token: floor(K_min + (k_base - K_min) * lambda * S), clamped
+// to [K_min, k_base] and to n_cand. Reports R_i and S when non-NULL.
+int ep_ban_k(const ep_routing_cfg *rc, float lterm, const float *cand_score, int n_cand,
+             float *r_out, float *s_out);
+// Keeps K of the candidates, comm-aware when p has locality and a placement.
+void ep_ban_fill(const ep_policy *p, const ep_policy_token *t, int K, int *kept);
+// Applies Pick strategy s for domain keys to kept[0..K) (at most max_k
+// entries are written); returns the new K.
+int ep_pick_apply(const ep_policy *p, const ep_policy_token *t, ep_pick_strategy s, int *kept,
+                  int K);
+// The number of keys of the active domain at layer l (0 without a domain).
+int ep_pick_n_keys(const ep_policy *p, int layer);
+
+extern const ep_policy_vtable ep_policy_baseline_vt, ep_policy_ban_vt, ep_policy_pick_vt,
+    ep_policy_banpick_vt, ep_policy_topp_vt, ep_policy_des_vt;
+
+// ---- atomic output files -------------------------------------------------
+
+// Opens a temporary file next to path (tmp receives its name, n >= strlen(path) + 16).
+ep_status ep_file_atomic_open(const char *path, char *tmp, size_t n, FILE **f);
+// ok: flush, sync and rename tmp over path; !ok (or any failure): remove tmp.
+// Closes f either way. Returns EP_ERR_IO naming path when writing failed.
+ep_status ep_file_atomic_commit(FILE *f, const char *tmp, const char *path, bool ok);
+
+// ---- `epserve route` ------------------------------------------------------
+
+// Routes raw little-endian float32 gate logits (T rows x n_experts) of MoE
+// layer `layer` from `input` with policy p and writes one JSON object per
+// token to out_path (atomically): {"token":i,"k":K,"experts":[..],"weights":[..]}.
+// The file size must equal T * n_experts * 4.
+ep_status ep_route_file(const ep_model_cfg *m, const ep_policy *p, int layer, const char *input,
+                        int64_t T, const char *out_path);
+
+#endif

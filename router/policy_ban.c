@@ -1,0 +1,112 @@
+// Ban, the Ban&Pick paper's dynamic pruning: per token and layer keep
+// K = floor(K_min + (k_base - K_min) * lambda * S) of the top-k_base, where
+// S mixes the layer's calibrated sensitivity and the token's score
+// concentration. With ban.locality and a placement it is comm-aware: it
+// prefers near-tie candidates on ranks/nodes the token already visits. It
+// never adds experts beyond k_base (that is Pick).
+#include "router/policy.h"
+
+#include <math.h>
+#include <string.h>
+
+// floor() must not drop an exact integer that float arithmetic left a hair
+// below it (e.g. 3 + 5 * 1.0 * 0.4): docs/routing.md states this epsilon.
+#define EP_BAN_FLOOR_EPS 1e-6
+
+int ep_ban_k(const ep_routing_cfg *rc, float lterm, const float *cand_score, int n_cand,
+             float *r_out, float *s_out)
+{
+    int kb = EP_MIN(rc->k_base, n_cand);
+    double top3 = 0.0, topk = 0.0;
+    for (int j = 0; j < kb; j++) {
+        topk += cand_score[j];
+        if (j < 3) top3 += cand_score[j];
+    }
+    double R = topk > 0.0 ? top3 / topk : 1.0;
+    double tterm = 0.0; // R_max == R_min: the token term is 0 (no division)
+    if (rc->ban.r_max > rc->ban.r_min) {
+        tterm = (rc->ban.r_max - R) / ((double)rc->ban.r_max - rc->ban.r_min);
+        tterm = tterm < 0.0 ? 0.0 : tterm > 1.0 ? 1.0 : tterm;
+    }
+    double S = rc->ban.beta * (double)lterm + (1.0 - rc->ban.beta) * tterm;
+    double x = rc->ban.k_min + (double)(rc->k_base - rc->ban.k_min) * rc->ban.lambda * S;
+    int K = (int)floor(x + EP_BAN_FLOOR_EPS);
+    K = EP_MAX(rc->ban.k_min, EP_MIN(rc->k_base, K));
+    K = EP_MIN(K, n_cand);
+    if (r_out) *r_out = (float)R;
+    if (s_out) *s_out = (float)S;
+    return K;
+}
+
+static bool in_list(const int *a, int n, int v)
+{
+    for (int i = 0; i < n; i++)
+        if (a[i] == v) return true;
+    return false;
+}
+
+// Does a token whose experts are kept[0..n) already send to expert e's rank
+// (or, with node_of_rank, to its node)? The token's own rank is free.
+static bool visits_rank(const ep_policy_params *pp, const int *kept, int n, int rank)
+{
+    if (rank == pp->my_rank) return true;
+    for (int i = 0; i < n; i++)
+        if (pp->rank_of[kept[i]] == rank) return true;
+    return false;
+}
+
+static bool visits_node(const ep_policy_params *pp, const int *kept, int n, int rank)
+{
+    if (!pp->node_of_rank) return false;
+    int node = pp->node_of_rank[rank];
+    if (pp->my_rank >= 0 && pp->node_of_rank[pp->my_rank] == node) return true;
+    for (int i = 0; i < n; i++)
+        if (pp->node_of_rank[pp->rank_of[kept[i]]] == node) return true;
+    return false;
+}
+
+void ep_ban_fill(const ep_policy *p, const ep_policy_token *t, int K, int *kept)
+{
+    const ep_policy_params *pp = &p->params;
+    if (!p->cfg.ban.locality || !pp->rank_of) {
+        memcpy(kept, t->cand, (size_t)K * sizeof(int));
+        return;
+    }
+    // The top K_min are always kept; each later slot may go to a candidate
+    // within ratio rho of the score it would replace when that candidate
+    // lives on a rank (else a node) the token already visits.
+    int n = EP_MIN(p->cfg.ban.k_min, K);
+    memcpy(kept, t->cand, (size_t)n * sizeof(int));
+    const float rho = p->cfg.ban.locality_ratio;
+    for (; n < K; n++) {
+        int def = -1;
+        for (int j = 0; j < t->n_cand && def < 0; j++)
+            if (!in_list(kept, n, t->cand[j])) def = t->cand[j];
+        EP_ASSERT(def >= 0);
+        float thr = rho * t->score[def];
+        int by_rank = -1, by_node = -1;
+        for (int j = 0; j < t->n_cand; j++) {
+            int c = t->cand[j];
+            if (t->cand_score[j] < thr) break; // candidates are sorted
+            if (in_list(kept, n, c)) continue;
+            if (visits_rank(pp, kept, n, pp->rank_of[c])) {
+                by_rank = c;
+                break;
+            }
+            if (by_node < 0 && visits_node(pp, kept, n, pp->rank_of[c])) by_node = c;
+        }
+        kept[n] = by_rank >= 0 ? by_rank : by_node >= 0 ? by_node : def;
+    }
+}
+
+static int ban_select(const ep_policy *p, const ep_policy_token *t, int *kept)
+{
+    int K = ep_ban_k(&p->cfg, p->params.ban_lterm[t->layer], t->cand_score, t->n_cand, NULL, NULL);
+    ep_ban_fill(p, t, K, kept);
+    return K;
+}
+
+const ep_policy_vtable ep_policy_ban_vt = {
+    .name = "ban",
+    .select = ban_select,
+};

@@ -1,0 +1,278 @@
+// The static router: gate logits, softmax, top-k with the lower-id tie rule,
+// DeepSeek's group mask, the models' own combine weights, and the per-token
+// loop that asks a policy which candidates to keep and writes CSR routes.
+// It does not decide K itself (router/policy_*.c do) and never allocates per call.
+#include "router/policy.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ep_router {
+    ep_model_cfg cfg; // copy: the router outlives nothing it borrows
+    int cap_tokens;
+    float *logits;     // [cap_tokens, n_experts] gate logits of ep_router_route
+    float *score;      // [n_experts] softmax scores of the current token
+    uint8_t *allowed;  // [n_experts] group mask of the current token
+    int *cand;         // [n_experts] candidates, score descending
+    float *cand_score; // [n_experts]
+    int *kept;         // [n_experts] the policy's choice
+    int *scratch;      // [n_experts] lent to the policy
+};
+
+// ---- building blocks -------------------------------------------------------
+
+// One dot product, always computed the same way (8 partial sums, fixed
+// reduction order), so a row's logits never depend on the batch around it.
+static float dot_f32(const float *a, const float *b, int n)
+{
+    float s[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            s[j] += a[i + j] * b[i + j];
+    for (; i < n; i++)
+        s[i & 7] += a[i] * b[i];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+void ep_router_gate_logits(const float *x, int T, int H, const float *gate_w, int E, float *logits)
+{
+    // Blocks of 4 tokens share each gate row while it is in cache; every
+    // (t, e) is still the same dot_f32 call, so blocking changes no bit.
+    enum { TB = 4 };
+    for (int t0 = 0; t0 < T; t0 += TB) {
+        int t1 = EP_MIN(T, t0 + TB);
+        for (int e = 0; e < E; e++) {
+            const float *w = gate_w + (size_t)e * H;
+            for (int t = t0; t < t1; t++)
+                logits[(size_t)t * E + e] = dot_f32(x + (size_t)t * H, w, H);
+        }
+    }
+}
+
+void ep_router_softmax(float *row, int n)
+{
+    if (n <= 0) return;
+    float mx = row[0];
+    for (int i = 1; i < n; i++)
+        if (row[i] > mx) mx = row[i];
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        row[i] = expf(row[i] - mx);
+        sum += row[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++)
+        row[i] *= inv;
+}
+
+// a ranks before b: higher score, or equal score and lower id.
+static inline bool ranks_before(float sa, int a, float sb, int b)
+{
+    return sa > sb || (sa == sb && a < b);
+}
+
+int ep_router_topk(const float *score, int n, int k, const uint8_t *allowed, int *idx)
+{
+    int m = 0;
+    if (k <= 0) return 0;
+    // Ascending ids and a strict comparison keep the lower id ahead on ties.
+    for (int e = 0; e < n; e++) {
+        if (allowed && !allowed[e]) continue;
+        float s = score[e];
+        if (m == k && !ranks_before(s, e, score[idx[k - 1]], idx[k - 1])) continue;
+        int j = m < k ? m++ : k - 1;
+        while (j > 0 && ranks_before(s, e, score[idx[j - 1]], idx[j - 1])) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        idx[j] = e;
+    }
+    return m;
+}
+
+void ep_router_group_mask(const float *score, int n, int n_group, int topk_group, uint8_t *allowed)
+{
+    EP_ASSERT(n_group >= 1 && n % n_group == 0 && topk_group >= 1 && topk_group <= n_group);
+    int gsize = n / n_group;
+    // Group scores live in a small stack array: n_group is a model constant
+    // (8 for V2.5) and the mask is rebuilt per token.
+    float gscore[256];
+    int gidx[256];
+    EP_ASSERT(n_group <= 256);
+    for (int g = 0; g < n_group; g++) {
+        float mx = score[g * gsize];
+        for (int i = 1; i < gsize; i++)
+            if (score[g * gsize + i] > mx) mx = score[g * gsize + i];
+        gscore[g] = mx;
+    }
+    int kept = ep_router_topk(gscore, n_group, topk_group, NULL, gidx);
+    memset(allowed, 0, (size_t)n);
+    for (int j = 0; j < kept; j++)
+        memset(allowed + gidx[j] * gsize, 1, (size_t)gsize);
+}
+
+void ep_router_weights(const ep_model_cfg *cfg, const float *score, const int *idx, int k, float *w)
+{
+    if (cfg->norm_topk_prob && (cfg->arch == EP_ARCH_QWEN3_MOE || cfg->k_base > 1)) {
+        // qwen3_moe: weights /= sum; modeling_deepseek.py: `top_k > 1 and
+        // norm_topk_prob` -> weights / (sum + 1e-20) (FACTS.md).
+        float sum = 0.0f;
+        for (int j = 0; j < k; j++)
+            sum += score[idx[j]];
+        if (cfg->arch == EP_ARCH_DEEPSEEK_V2) sum += 1e-20f;
+        for (int j = 0; j < k; j++)
+            w[j] = score[idx[j]] / sum;
+    } else {
+        for (int j = 0; j < k; j++)
+            w[j] = score[idx[j]] * cfg->routed_scaling_factor;
+    }
+}
+
+// ---- the router ------------------------------------------------------------
+
+ep_status ep_router_init(const ep_model_cfg *cfg, int cap_tokens, ep_router **out)
+{
+    *out = NULL;
+    if (cap_tokens < 0)
+        return ep_errorf(EP_ERR_ARG, "ep_router_init: cap_tokens %d, expected >= 0", cap_tokens);
+    if (cfg->n_experts < 1 || cfg->k_base < 1 || cfg->k_base > cfg->n_experts)
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: n_experts %d, k_base %d: expected 1 <= k_base <= n_experts",
+                         cfg->source, cfg->n_experts, cfg->k_base);
+    if (cfg->topk_method == EP_TOPK_GROUP_LIMITED) {
+        if (cfg->n_group < 1 || cfg->n_group > 256 || cfg->n_experts % cfg->n_group != 0 ||
+            cfg->topk_group < 1 || cfg->topk_group > cfg->n_group)
+            return ep_errorf(EP_ERR_CONFIG,
+                             "%s: n_group %d, topk_group %d: expected n_experts (%d) divisible by "
+                             "n_group <= 256 and 1 <= topk_group <= n_group",
+                             cfg->source, cfg->n_group, cfg->topk_group, cfg->n_experts);
+        if (cfg->topk_group * (cfg->n_experts / cfg->n_group) < cfg->k_base)
+            return ep_errorf(
+                EP_ERR_CONFIG, "%s: topk_group %d groups of %d experts hold fewer than k_base %d",
+                cfg->source, cfg->topk_group, cfg->n_experts / cfg->n_group, cfg->k_base);
+    }
+    ep_router *r = ep_xcalloc(1, sizeof *r);
+    size_t E = (size_t)cfg->n_experts;
+    r->cfg = *cfg;
+    r->cap_tokens = cap_tokens;
+    r->logits = ep_xmalloc((size_t)(cap_tokens > 0 ? cap_tokens : 1) * E * sizeof(float));
+    r->score = ep_xmalloc(E * sizeof(float));
+    r->allowed = ep_xmalloc(E);
+    r->cand = ep_xmalloc(E * sizeof(int));
+    r->cand_score = ep_xmalloc(E * sizeof(float));
+    r->kept = ep_xmalloc(E * sizeof(int));
+    r->scratch = ep_xmalloc(E * sizeof(int));
+    *out = r;
+    return EP_OK;
+}
+
+void ep_router_free(ep_router *r)
+{
+    if (!r) return;
+    free(r->logits);
+    free(r->score);
+    free(r->allowed);
+    free(r->cand);
+    free(r->cand_score);
+    free(r->kept);
+    free(r->scratch);
+    free(r);
+}
+
+static ep_status check_call(const ep_router *r, const ep_policy *p, int layer, int T,
+                            const ep_routes *out)
+{
+    const ep_model_cfg *c = &r->cfg;
+    if (layer < 0 || layer >= c->n_layers || !ep_model_layer_is_moe(c, layer))
+        return ep_errorf(EP_ERR_ARG, "router: layer %d is not a MoE layer of %s (layers %d..%d)",
+                         layer, c->name, c->first_k_dense, c->n_layers - 1);
+    if (T < 0 || T > r->cap_tokens || T > out->cap_tokens)
+        return ep_errorf(EP_ERR_ARG,
+                         "router: %d tokens, expected 0..%d (router) and <= %d (routes)", T,
+                         r->cap_tokens, out->cap_tokens);
+    if (p->cfg.n_experts != c->n_experts || p->cfg.k_base != c->k_base ||
+        p->cfg.n_layers != c->n_layers)
+        return ep_errorf(EP_ERR_ARG,
+                         "router: policy '%s' was made for %d layers x %d experts, top-%d; "
+                         "model %s has %d x %d, top-%d",
+                         ep_policy_name(p), p->cfg.n_layers, p->cfg.n_experts, p->cfg.k_base,
+                         c->name, c->n_layers, c->n_experts, c->k_base);
+    if (out->max_k < ep_policy_max_k(p) || out->k_base != c->k_base)
+        return ep_errorf(EP_ERR_ARG,
+                         "router: routes hold max_k %d, k_base %d; policy '%s' needs max_k %d, "
+                         "model k_base %d",
+                         out->max_k, out->k_base, ep_policy_name(p), ep_policy_max_k(p), c->k_base);
+    return EP_OK;
+}
+
+// Insertion sort of the kept ids by score descending (K is small).
+static void sort_by_score(const float *score, int *ids, int k)
+{
+    for (int i = 1; i < k; i++) {
+        int v = ids[i], j = i;
+        while (j > 0 && ranks_before(score[v], v, score[ids[j - 1]], ids[j - 1])) {
+            ids[j] = ids[j - 1];
+            j--;
+        }
+        ids[j] = v;
+    }
+}
+
+ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer, const float *logits,
+                                 int T, ep_routes *out)
+{
+    ep_status st = check_call(r, p, layer, T, out);
+    if (st) return st;
+    const ep_model_cfg *c = &r->cfg;
+    const int E = c->n_experts, kb = c->k_base;
+    const bool grouped = c->topk_method == EP_TOPK_GROUP_LIMITED;
+    const int max_k = ep_policy_max_k(p);
+    int want = EP_MIN(E, ep_policy_range(p) * kb);
+    if (want < kb) want = kb;
+
+    ep_policy_token tok = {
+        .layer = layer,
+        .n_experts = E,
+        .k_base = kb,
+        .cand = r->cand,
+        .cand_score = r->cand_score,
+        .score = r->score,
+        .allowed = grouped ? r->allowed : NULL,
+        .scratch = r->scratch,
+    };
+    out->n_tokens = T;
+    out->offsets[0] = 0;
+    for (int t = 0; t < T; t++) {
+        memcpy(r->score, logits + (size_t)t * E, (size_t)E * sizeof(float));
+        ep_router_softmax(r->score, E);
+        if (grouped) ep_router_group_mask(r->score, E, c->n_group, c->topk_group, r->allowed);
+        tok.n_cand = ep_router_topk(r->score, E, want, tok.allowed, r->cand);
+        EP_ASSERT(tok.n_cand >= kb);
+        for (int j = 0; j < tok.n_cand; j++)
+            r->cand_score[j] = r->score[r->cand[j]];
+
+        // The counterfactual: the model's own static top-k_base.
+        memcpy(out->base_expert + (size_t)t * kb, r->cand, (size_t)kb * sizeof(int));
+        ep_router_weights(c, r->score, r->cand, kb, out->base_weight + (size_t)t * kb);
+
+        int K = p->vt->select(p, &tok, r->kept);
+        EP_ASSERT(K >= 1 && K <= max_k);
+        sort_by_score(r->score, r->kept, K);
+        int off = out->offsets[t];
+        memcpy(out->expert + off, r->kept, (size_t)K * sizeof(int));
+        ep_router_weights(c, r->score, r->kept, K, out->weight + off);
+        out->offsets[t + 1] = off + K;
+    }
+    return EP_OK;
+}
+
+ep_status ep_router_route(ep_router *r, const ep_policy *p, int layer, const float *x, int T,
+                          const float *gate_w, ep_routes *out)
+{
+    ep_status st = check_call(r, p, layer, T, out);
+    if (st) return st;
+    ep_router_gate_logits(x, T, r->cfg.hidden, gate_w, r->cfg.n_experts, r->logits);
+    return ep_router_route_logits(r, p, layer, r->logits, T, out);
+}

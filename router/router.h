@@ -1,0 +1,59 @@
+// The router: gate logits, softmax scores, candidates (top range*k_base; for
+// DeepSeek group_limited_greedy only from the allowed groups), a policy that
+// keeps K_i of them (baseline keeps the model's own top-k_base), and the
+// combine weights exactly as the model's own code computes them. Pure,
+// deterministic C: no MPI, no CUDA; shared by the CPU path, the simulator and
+// the tests. Every result of a token depends on that token's row only, never
+// on the batch it came in.
+#ifndef EP_ROUTER_H
+#define EP_ROUTER_H
+
+#include "common/model_cfg.h"
+#include "common/routes.h"
+
+// A routing policy instance (its vtable and parameters): see router/policy.h.
+typedef struct ep_policy ep_policy;
+// spec: a policy name ("baseline"; later "ban", "pick", ... with defaults)
+// or a routing YAML file. Errors name the spec and what is wrong.
+ep_status ep_policy_create(const ep_model_cfg *cfg, const char *spec, ep_policy **out);
+void ep_policy_free(ep_policy *p); // NULL ok
+const char *ep_policy_name(const ep_policy *p);
+// Largest K the policy can keep for one token (sizes ep_routes rows).
+int ep_policy_max_k(const ep_policy *p);
+
+// Per-call scratch, sized once for cap_tokens.
+typedef struct ep_router ep_router;
+ep_status ep_router_init(const ep_model_cfg *cfg, int cap_tokens, ep_router **out);
+void ep_router_free(ep_router *r); // NULL ok
+
+// x: [T, hidden] (this rank's tokens), gate_w: [n_experts, hidden] ->
+// out (CSR routes and the static top-k_base counterfactual). T <= cap_tokens;
+// T may be 0. out must have been sized with max_k >= ep_policy_max_k(p).
+ep_status ep_router_route(ep_router *r, const ep_policy *p, int layer, const float *x, int T,
+                          const float *gate_w, ep_routes *out);
+// The same from gate logits [T, n_experts] (for `epserve route`).
+ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer,
+                                 const float *logits, int T, ep_routes *out);
+
+// ---- building blocks (public for tests and the simulator) ----------------
+// logits[t, e] = dot(x[t, :], gate_w[e, :]) in fp32, plain C, row-independent.
+void ep_router_gate_logits(const float *x, int T, int H, const float *gate_w, int E,
+                           float *logits);
+// In-place numerically stable softmax over n values (fp32, as HF does).
+void ep_router_softmax(float *row, int n);
+// Indices of the k largest scores among those with allowed[e] != 0 (allowed
+// NULL: all), sorted by score descending, ties -> lower expert id first.
+// Returns the number written (< k only when fewer are allowed).
+int ep_router_topk(const float *score, int n, int k, const uint8_t *allowed, int *idx);
+// DeepSeek group_limited_greedy: group score = max score in each of n_group
+// contiguous groups; allowed[e] = 1 for experts of the best topk_group groups
+// (ties -> lower group id), 0 otherwise.
+void ep_router_group_mask(const float *score, int n, int n_group, int topk_group,
+                          uint8_t *allowed);
+// Combine weights for the kept experts idx[0..k): Qwen3 and DeepSeek with
+// norm_topk_prob: score / sum(kept scores) (+1e-20 for DeepSeek, as its code);
+// otherwise score * routed_scaling_factor.
+void ep_router_weights(const ep_model_cfg *cfg, const float *score, const int *idx, int k,
+                       float *w);
+
+#endif
