@@ -1,0 +1,40 @@
+// Routed experts held by this rank (only its shard is read from the
+// checkpoint) and the replicated shared experts, for every MoE layer; the
+// grouped SwiGLU over the work a rank received; and the plain C reference
+// that loops over each token's kept experts.
+// Expert: down(silu(gate(x)) * up(x)); weights [out, in] as in HF.
+#ifndef EP_EXPERTS_H
+#define EP_EXPERTS_H
+
+#include "cluster/placement.h"
+#include "common/routes.h"
+#include "common/weights.h"
+#include "experts/backend.h"
+
+typedef struct ep_experts ep_experts;
+// rank >= 0: the experts placement p gives that rank; rank < 0: all experts
+// (for the reference path; p may then be NULL). The backend is borrowed.
+ep_status ep_experts_load(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p, int rank,
+                          ep_backend *be, ep_experts **out);
+void ep_experts_free(ep_experts *e); // NULL ok
+size_t ep_experts_bytes(const ep_experts *e); // weight bytes held
+bool ep_experts_has(const ep_experts *e, int expert);
+
+// Grouped SwiGLU over received records: for record i with pairs
+// [pair_off[i], pair_off[i+1]): y[i, :] = Σ_j w_j * E_{expert_j}(x[i, :]).
+// Pairs are grouped by expert, one gemm per expert and projection. Every
+// expert named must be held (EP_ERR_ARG otherwise). Scratch grows only when a
+// step is larger than any before.
+ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pair_off,
+                             const int *pair_expert, const float *pair_weight, const float *x,
+                             float *y);
+// y[T, H] += shared experts(x) (one MLP of width moe_inter * n_shared, added
+// unweighted, as DeepSeek-V2). No-op when n_shared == 0.
+ep_status ep_experts_shared_forward(ep_experts *e, int layer, const float *x, int T, float *y);
+
+// Reference, plain C loops without the backend: y[t, :] = Σ_{kept j}
+// w_tj E_j(x[t, :]) + shared(x[t, :]). e must hold every expert (rank < 0).
+void ep_experts_reference(const ep_experts *e, int layer, const ep_routes *r, const float *x,
+                          float *y);
+
+#endif
