@@ -1,0 +1,71 @@
+// Where weights come from: a safetensors checkpoint directory, or synthetic
+// weights generated deterministically from (seed, tensor name), the same
+// values `epserve make-model` writes (BF16-rounded). Each caller reads only
+// the tensors it needs (a rank: its experts and the replicated parts).
+#ifndef EP_WEIGHTS_H
+#define EP_WEIGHTS_H
+
+#include "common/dtype.h"
+#include "common/model_cfg.h"
+
+typedef struct ep_weights ep_weights;
+// cfg->checkpoint non-empty: opens that directory; else synthetic from cfg->seed.
+// cfg must outlive the ep_weights.
+ep_status ep_weights_open(const ep_model_cfg *cfg, ep_weights **out);
+void ep_weights_free(ep_weights *w);
+// Reads one tensor as fp32 into dst (prod(shape) floats), checking its shape.
+ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const int64_t *shape,
+                              float *dst);
+
+// ---- synthetic weights and inputs ----------------------------------------
+// The generator behind synthetic checkpoints. Values are a pure function of
+// (cfg->seed, name, shape) and BF16-rounded, so generating in memory and
+// reading a make-model checkpoint give identical floats. (Gates also read
+// cfg's k_base and topk_method / n_group, which place the hot experts.)
+//
+// Gates are structured so routing looks like real models' (see
+// docs/synthetic.md): per MoE layer a few globally hot experts, a hot set per
+// input domain, and per-token score concentration that varies from peaked to
+// flat. ep_synth_hidden() draws inputs that exercise that structure.
+#define EP_SYNTH_N_DOMAINS 4 // 0 general, 1 math, 2 code, 3 chat
+void ep_synth_tensor(const ep_model_cfg *cfg, const char *name, int ndim, const int64_t *shape,
+                     float *dst);
+// The MoE-layer input (post-attention-norm hidden state) of token `token` (a
+// global index) at `layer` for `domain`, stream `seed`: hidden floats.
+void ep_synth_hidden(const ep_model_cfg *cfg, uint64_t seed, int layer, int domain,
+                     int64_t token, float *x);
+
+// Small deterministic RNG (splitmix64 seeding + xoshiro256**), for all
+// generated data in epserve so that runs are reproducible across ranks.
+typedef struct { uint64_t s[4]; } ep_rng;
+void ep_rng_seed(ep_rng *r, uint64_t seed);
+uint64_t ep_rng_next(ep_rng *r);
+double ep_rng_uniform(ep_rng *r);   // [0, 1)
+double ep_rng_normal(ep_rng *r);    // N(0, 1)
+uint64_t ep_hash64(const void *data, size_t n, uint64_t seed); // FNV-1a then splitmix finalizer
+
+// ---- synthetic checkpoints (common/synth_ckpt.c) ---------------------------
+// What a synthetic checkpoint holds (or would hold) for cfg in dtype.
+typedef struct {
+    int64_t n_tensors;
+    uint64_t total_bytes; // tensor data, as the index's metadata.total_size
+    int n_shards;         // model-0000S-of-0000N.safetensors files written
+} ep_synth_ckpt_info;
+// Sizes the checkpoint without generating anything (dtype BF16 or F32).
+void ep_synth_checkpoint_size(const ep_model_cfg *cfg, ep_dtype dtype, ep_synth_ckpt_info *info);
+// Writes every tensor of ep_model_for_each_tensor with its synthetic values
+// into dir in the HF layout: n_shards (>= 1) safetensors files
+// model-0000S-of-0000N.safetensors balanced by bytes, model.safetensors.index.json
+// and config.json (with "epserve_seed"). dtype: EP_DTYPE_BF16 (the values are
+// BF16-exact) or EP_DTYPE_F32. Atomic: everything goes to "<dir>.tmp.<pid>",
+// renamed to dir at the end and removed on failure. Refuses a dir that exists
+// and is not empty. Memory: one shard's tensors at a time.
+ep_status ep_synth_write_checkpoint(const ep_model_cfg *cfg, const char *dir, int n_shards,
+                                    ep_dtype dtype);
+// The same, refusing checkpoints above max_bytes (0: no limit); info (may be
+// NULL) receives what was written.
+ep_status ep_synth_write_checkpoint_ex(const ep_model_cfg *cfg, const char *dir, int n_shards,
+                                       ep_dtype dtype, uint64_t max_bytes,
+                                       ep_synth_ckpt_info *info);
+
+#endif
