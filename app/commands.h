@@ -1,0 +1,13 @@
+// The subcommands of the `epserve` binary. Each takes the arguments after
+// its name (argv[0] is the subcommand) and returns the process exit code
+// (0 ok, 1 runtime failure, 2 usage error). Each runs alone or under mpirun.
+#ifndef EP_COMMANDS_H
+#define EP_COMMANDS_H
+
+int ep_cmd_make_model(int argc, char **argv); // app/make_model.c
+int ep_cmd_bench(int argc, char **argv);      // app/bench.c
+int ep_cmd_bench_comm(int argc, char **argv); // app/bench_comm.c (`bench comm`)
+int ep_cmd_bench_kernels(int argc, char **argv); // app/bench_kernels.c (`bench kernels`)
+int ep_cmd_route(int argc, char **argv);      // app/route.c
+
+#endif

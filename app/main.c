@@ -1,0 +1,41 @@
+// `epserve`: one binary, one subcommand per job (see `epserve --help`).
+// Only dispatch lives here; each subcommand is its own file in app/.
+#include "app/commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} ep_commands[] = {
+    {"bench", ep_cmd_bench, "run MoE layers under routing policies; throughput and bytes saved"},
+    {"make-model", ep_cmd_make_model, "write a synthetic checkpoint in the Hugging Face layout"},
+    {"route", ep_cmd_route, "route gate logits offline with a policy, write JSON lines"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: epserve <command> [options]   (run under mpirun for several ranks)\n\n");
+    for (size_t i = 0; i < sizeof ep_commands / sizeof ep_commands[0]; i++)
+        fprintf(f, "  %-12s %s\n", ep_commands[i].name, ep_commands[i].help);
+    fprintf(f, "\n`epserve <command> --help` describes each command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof ep_commands / sizeof ep_commands[0]; i++)
+        if (!strcmp(argv[1], ep_commands[i].name)) return ep_commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "epserve: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

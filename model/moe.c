@@ -1,0 +1,223 @@
+// The EP MoE layer: router -> comm dispatch -> experts -> comm combine ->
+// shared experts, with the routes, buffers and weights of every MoE layer
+// held for the life of the ep_moe. Buffers are sized once from cap_tokens.
+#include "model/moe.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ep_moe {
+    const ep_model_cfg *cfg;
+    ep_cluster *cl;
+    ep_moe_opts opts;
+    ep_placement place;
+    ep_backend *be;
+    ep_transport *tp;
+    ep_comm *comm;
+    ep_router *router;
+    ep_experts *experts;     // this rank's shard + shared experts
+    ep_experts *all_experts; // every expert (reference), or NULL
+    float **gate_w;          // [n_layers] -> [n_experts, hidden] for MoE layers, NULL otherwise
+    ep_routes routes;
+    ep_routes ref_routes;
+};
+
+void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
+{
+    memset(o, 0, sizeof *o);
+    o->placement = EP_PLACE_CONTIGUOUS;
+    o->wire = EP_DTYPE_F32;
+    o->cap_tokens = 256;
+    o->max_k = cfg->k_base;
+}
+
+ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, const ep_moe_opts *o,
+                      ep_moe **out)
+{
+    *out = NULL;
+    if (o->cap_tokens < 0 || o->max_k < cfg->k_base)
+        return ep_errorf(EP_ERR_ARG, "ep_moe_init: cap_tokens %d, max_k %d (expected >= 0 and >= k_base %d)",
+                         o->cap_tokens, o->max_k, cfg->k_base);
+    ep_moe *m = ep_xcalloc(1, sizeof *m);
+    m->cfg = cfg;
+    m->cl = cl;
+    m->opts = *o;
+    ep_status st;
+    int cap = o->cap_tokens > 0 ? o->cap_tokens : 1;
+
+    if ((st = ep_placement_init(&m->place, o->placement, cfg->n_experts, cl->world_size))) goto err;
+    if ((st = ep_backend_cpu_init(&m->be))) goto err;
+    if ((st = ep_transport_mpi_init(cl, &m->tp))) goto err;
+    if ((st = ep_comm_init(cl, m->tp, cfg->hidden, o->wire, cap, o->max_k, &m->comm))) goto err;
+    if ((st = ep_router_init(cfg, cap, &m->router))) goto err;
+    if ((st = ep_experts_load(cfg, w, &m->place, cl->rank, m->be, &m->experts))) goto err;
+    if (o->with_reference && (st = ep_experts_load(cfg, w, NULL, -1, m->be, &m->all_experts)))
+        goto err;
+
+    m->gate_w = ep_xcalloc((size_t)cfg->n_layers, sizeof(float *));
+    for (int l = 0; l < cfg->n_layers; l++) {
+        if (!ep_model_layer_is_moe(cfg, l)) continue;
+        char name[256];
+        ep_name_gate(name, sizeof name, l);
+        int64_t shape[2] = {cfg->n_experts, cfg->hidden};
+        m->gate_w[l] = ep_xmalloc((size_t)cfg->n_experts * cfg->hidden * sizeof(float));
+        if ((st = ep_weights_read_f32(w, name, 2, shape, m->gate_w[l]))) goto err;
+    }
+    ep_routes_init(&m->routes, cap, o->max_k, cfg->k_base);
+    ep_routes_init(&m->ref_routes, cap, o->max_k, cfg->k_base);
+    *out = m;
+    return EP_OK;
+err:
+    ep_moe_free(m);
+    return st;
+}
+
+void ep_moe_free(ep_moe *m)
+{
+    if (!m) return;
+    if (m->gate_w) {
+        for (int l = 0; l < m->cfg->n_layers; l++) free(m->gate_w[l]);
+        free(m->gate_w);
+    }
+    ep_routes_free(&m->routes);
+    ep_routes_free(&m->ref_routes);
+    ep_experts_free(m->all_experts);
+    ep_experts_free(m->experts);
+    ep_router_free(m->router);
+    ep_comm_free(m->comm);
+    ep_transport_free(m->tp);
+    ep_backend_free(m->be);
+    ep_placement_free(&m->place);
+    free(m);
+}
+
+const ep_placement *ep_moe_placement(const ep_moe *m)
+{
+    return &m->place;
+}
+
+size_t ep_moe_expert_bytes(const ep_moe *m)
+{
+    return ep_experts_bytes(m->experts);
+}
+
+const ep_routes *ep_moe_last_routes(const ep_moe *m)
+{
+    return &m->routes;
+}
+
+static ep_status check_layer(const ep_moe *m, int layer, int T)
+{
+    if (layer < 0 || layer >= m->cfg->n_layers || !ep_model_layer_is_moe(m->cfg, layer))
+        return ep_errorf(EP_ERR_ARG, "moe: layer %d is not a MoE layer of %s (MoE layers %d..%d)",
+                         layer, m->cfg->name, m->cfg->first_k_dense, m->cfg->n_layers - 1);
+    if (T < 0 || T > m->opts.cap_tokens)
+        return ep_errorf(EP_ERR_ARG, "moe: %d tokens in one call, capacity is %d (cap_tokens)", T,
+                         m->opts.cap_tokens);
+    return EP_OK;
+}
+
+static ep_status check_call(const ep_moe *m, const ep_policy *p, int layer, int T)
+{
+    ep_status s = check_layer(m, layer, T);
+    if (s) return s;
+    if (ep_policy_max_k(p) > m->opts.max_k)
+        return ep_errorf(EP_ERR_ARG, "moe: policy '%s' keeps up to %d experts, buffers hold %d (max_k)",
+                         ep_policy_name(p), ep_policy_max_k(p), m->opts.max_k);
+    return EP_OK;
+}
+
+// Dispatch -> experts -> combine -> shared experts, for routes already made.
+static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
+                            ep_comm_stats *st, ep_moe_times *tm)
+{
+    ep_status s;
+    ep_comm_stats local;
+    memset(&local, 0, sizeof local);
+    ep_comm_work work;
+    double t1 = ep_now_us();
+    if ((s = ep_comm_dispatch(m->comm, r, &m->place, NULL, x, &work, &local))) return s;
+    double t2 = ep_now_us();
+    if ((s = ep_experts_forward(m->experts, layer, work.n_rec, work.pair_off, work.pair_expert,
+                                work.pair_weight, work.x, work.y)))
+        return s;
+    double t3 = ep_now_us();
+    if ((s = ep_comm_combine(m->comm, &work, y, &local))) return s;
+    double t4 = ep_now_us();
+    if ((s = ep_experts_shared_forward(m->experts, layer, x, r->n_tokens, y))) return s;
+    double t5 = ep_now_us();
+    if (st) ep_comm_stats_add(st, &local);
+    if (tm) {
+        tm->dispatch_us += t2 - t1;
+        tm->experts_us += t3 - t2;
+        tm->combine_us += t4 - t3;
+        tm->shared_us += t5 - t4;
+    }
+    return EP_OK;
+}
+
+ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
+                         float *y, ep_comm_stats *st, ep_moe_times *tm)
+{
+    ep_status s = check_call(m, p, layer, T);
+    if (s) return s;
+    double t0 = ep_now_us();
+    if ((s = ep_router_route(m->router, p, layer, x, T, m->gate_w[layer], &m->routes))) return s;
+    if (tm) tm->route_us += ep_now_us() - t0;
+    return run_routed(m, layer, &m->routes, x, y, st, tm);
+}
+
+ep_status ep_moe_forward_routes(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
+                                ep_comm_stats *st, ep_moe_times *tm)
+{
+    ep_status s = check_layer(m, layer, r->n_tokens);
+    if (s) return s;
+    if ((s = ep_routes_check(r, m->cfg->n_experts))) return s;
+    return run_routed(m, layer, r, x, y, st, tm);
+}
+
+ep_status ep_moe_reference_routes(ep_moe *m, int layer, const ep_routes *r, const float *x,
+                                  float *y)
+{
+    ep_status s = check_layer(m, layer, r->n_tokens);
+    if (s) return s;
+    if (!m->all_experts)
+        return ep_errorf(EP_ERR_ARG, "moe: the reference path needs opts.with_reference");
+    ep_experts_reference(m->all_experts, layer, r, x, y);
+    return EP_OK;
+}
+
+ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
+                           float *y)
+{
+    ep_status s = check_call(m, p, layer, T);
+    if (s) return s;
+    if (!m->all_experts)
+        return ep_errorf(EP_ERR_ARG, "moe: the reference path needs opts.with_reference");
+    if ((s = ep_router_route(m->router, p, layer, x, T, m->gate_w[layer], &m->ref_routes)))
+        return s;
+    ep_experts_reference(m->all_experts, layer, &m->ref_routes, x, y);
+    return EP_OK;
+}
+
+double ep_moe_rel_err(const float *a, const float *b, int rows, int cols, double tol,
+                      int64_t *n_wrong)
+{
+    double worst = 0;
+    int64_t wrong = 0;
+    for (int i = 0; i < rows; i++) {
+        double diff = 0, mag = 0;
+        for (int j = 0; j < cols; j++) {
+            double d = fabs((double)a[(size_t)i * cols + j] - b[(size_t)i * cols + j]);
+            if (d > diff || isnan(d)) diff = isnan(d) ? INFINITY : d;
+            double v = fabs((double)b[(size_t)i * cols + j]);
+            if (v > mag) mag = v;
+        }
+        double rel = diff / (mag > 1e-6 ? mag : 1e-6);
+        if (rel > tol) wrong++;
+        if (rel > worst) worst = rel;
+    }
+    if (n_wrong) *n_wrong += wrong;
+    return worst;
+}

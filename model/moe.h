@@ -1,0 +1,62 @@
+// One expert-parallel MoE layer on this rank: route this rank's tokens with a
+// policy (before any communication, so a banned expert is neither sent nor
+// computed), dispatch, grouped SwiGLU on this rank's experts, combine, add
+// the shared experts. Also the single-process reference of the same layer.
+// Owns the per-rank MoE state of every MoE layer; no attention here.
+#ifndef EP_MOE_H
+#define EP_MOE_H
+
+#include "comm/comm.h"
+#include "experts/experts.h"
+#include "router/router.h"
+
+typedef struct {
+    ep_place_kind placement; // expert placement across ranks
+    ep_dtype wire;           // payload dtype on the wire (F32 or BF16)
+    int cap_tokens;          // most tokens one rank routes in one call
+    int max_k;               // most experts a token may keep (>= k_base; policies may add)
+    bool with_reference;     // also hold every expert, for ep_moe_reference()
+} ep_moe_opts;
+void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg);
+
+// Per-layer timings of one forward call on this rank, microseconds.
+typedef struct {
+    double route_us, dispatch_us, experts_us, combine_us, shared_us;
+} ep_moe_times;
+
+typedef struct ep_moe ep_moe;
+// Reads this rank's experts, the replicated gates and shared experts from w.
+// cfg, cluster and w are borrowed and must outlive the ep_moe.
+ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, const ep_moe_opts *o,
+                      ep_moe **out);
+void ep_moe_free(ep_moe *m); // NULL ok
+const ep_placement *ep_moe_placement(const ep_moe *m);
+size_t ep_moe_expert_bytes(const ep_moe *m); // routed + shared weights held by this rank
+
+// y[T, H] = MoE_layer(x[T, H]) for this rank's T tokens (T may be 0; every
+// rank must call it for every layer: it joins collectives). Adds this call's
+// counters to *st and times to *tm (either may be NULL).
+ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
+                         float *y, ep_comm_stats *st, ep_moe_times *tm);
+// The same with routes decided elsewhere (a replayed trace, a test): r holds
+// this rank's T = r->n_tokens tokens; routing is skipped, the rest is as above.
+ep_status ep_moe_forward_routes(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
+                                ep_comm_stats *st, ep_moe_times *tm);
+// The routes of the last ep_moe_forward (valid until the next call).
+const ep_routes *ep_moe_last_routes(const ep_moe *m);
+
+// The reference path (needs opts.with_reference): the same routing, then a
+// plain loop over each token's kept experts, no placement, no communication.
+ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
+                           float *y);
+
+// The reference with given routes (needs opts.with_reference).
+ep_status ep_moe_reference_routes(ep_moe *m, int layer, const ep_routes *r, const float *x,
+                                  float *y);
+
+// Relative error of a against the reference b, row by row:
+// max over rows of max|a - b| / max(max|b|, 1e-6). *n_wrong counts rows above tol.
+double ep_moe_rel_err(const float *a, const float *b, int rows, int cols, double tol,
+                      int64_t *n_wrong);
+
+#endif

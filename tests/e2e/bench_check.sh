@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# End to end: make-model writes the tiny Qwen3 checkpoint, `epserve bench`
+# runs every policy on 4 ranks (2 logical nodes) with --check, and the JSON
+# must show: no wrong token, error <= 1e-4 against the reference, planned ==
+# measured bytes, K = k_base for baseline and < k_base (with fewer dispatch
+# bytes) for ban. Then the DeepSeek preset (synthetic in memory) on 3 ranks.
+set -euo pipefail
+bin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+"$bin" make-model --preset tiny-qwen3-moe --out "$tmp/qwen"
+mpirun -np 4 --oversubscribe "$bin" bench --model "$tmp/qwen" \
+  --routing baseline,ban,pick,banpick,topp,des --tokens 32 --steps 2 --warmup 1 \
+  --ranks-per-node 2 --check --quiet --json "$tmp/qwen.json"
+mpirun -np 3 --oversubscribe "$bin" bench --model tiny-deepseek-v2 \
+  --routing baseline,ban,banpick --tokens 17 --steps 1 --warmup 0 --placement round_robin \
+  --check --quiet --json "$tmp/ds.json"
+
+python3 - "$tmp/qwen.json" "$tmp/ds.json" <<'PY'
+import json, sys
+failures = passes = 0
+def check(ok, msg):
+    global failures, passes
+    print(("ok    " if ok else "FAIL  ") + msg)
+    failures += not ok
+    passes += bool(ok)
+for path in sys.argv[1:]:
+    d = json.load(open(path))
+    kb = d["k_base"]
+    pol = {p["name"]: p for p in d["policies"]}
+    for name, p in pol.items():
+        tag = f'{d["model"]} {name}'
+        check(p["wrong"] == 0, f'{tag}: #wrong = {p["wrong"]}')
+        check(p["max_rel_err"] <= 1e-4, f'{tag}: max_rel_err {p["max_rel_err"]:.3e} <= 1e-4')
+        check(p["planned_bytes"] == p["measured_bytes"],
+              f'{tag}: planned {p["planned_bytes"]} == measured {p["measured_bytes"]}')
+        check(p["planned_bytes"] == p["dispatch_bytes"] + p["combine_bytes"],
+              f'{tag}: planned = dispatch + combine')
+        check(p["baseline_dispatch_bytes"] > 0, f'{tag}: counterfactual bytes counted')
+    b = pol["baseline"]
+    check(abs(b["avg_k"] - kb) < 1e-9, f'{d["model"]} baseline avg_k {b["avg_k"]} == k_base {kb}')
+    check(b["dispatch_bytes"] == b["baseline_dispatch_bytes"],
+          f'{d["model"]} baseline bytes equal the counterfactual')
+    check(abs(b["bytes_saved_pct"]) < 1e-9, f'{d["model"]} baseline saves 0 %')
+    ban = pol["ban"]
+    check(ban["avg_k"] < kb, f'{d["model"]} ban avg_k {ban["avg_k"]:.3f} < {kb}')
+    check(ban["dispatch_bytes"] < b["dispatch_bytes"],
+          f'{d["model"]} ban dispatch bytes {ban["dispatch_bytes"]} < baseline {b["dispatch_bytes"]}')
+    check(ban["bytes_saved_pct"] > 0, f'{d["model"]} ban saves {ban["bytes_saved_pct"]:.1f} %')
+print(f"bench_check: {passes} passed, {failures} failed")
+sys.exit(1 if failures else 0)
+PY
