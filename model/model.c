@@ -1,0 +1,383 @@
+// The model on this rank: replicated weights read once in fp32, scratch sized
+// once for cap tokens, and the step driver (embed -> per layer: norm,
+// attention on the paged KV cache, residual, norm, dense MLP or EP MoE,
+// residual -> final norm -> lm_head). Attention kernels are in model/attn.c,
+// the reference forward in model/reference.c.
+#include "model/model_impl.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void ep_model_opts_default(ep_model_opts *o, const ep_model_cfg *cfg)
+{
+    memset(o, 0, sizeof *o);
+    ep_moe_opts_default(&o->moe, cfg);
+    o->kv_block_tokens = 16;
+    o->max_seqs = 64;
+    o->max_ctx = cfg->max_pos < 4096 ? cfg->max_pos : 4096;
+    int per_seq = (o->max_ctx / 4 + o->kv_block_tokens - 1) / o->kv_block_tokens;
+    o->kv_blocks = o->max_seqs * (per_seq > 0 ? per_seq : 1);
+}
+
+void ep_model_rmsnorm(const float *x, const float *w, int rows, int n, float eps, float *out)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        float *o = out + (size_t)r * n;
+        float ss = 0.0f;
+        for (int i = 0; i < n; i++) ss += xr[i] * xr[i];
+        float inv = 1.0f / sqrtf(ss / (float)n + eps);
+        for (int i = 0; i < n; i++) o[i] = xr[i] * inv * w[i];
+    }
+}
+
+// ---- weights ------------------------------------------------------------------
+
+// Reads one tensor (d1 < 0: 1-D) into a new fp32 buffer; name is printf-style.
+static ep_status read_w(ep_model *m, ep_weights *w, float **dst, int64_t d0, int64_t d1,
+                        const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static ep_status read_w(ep_model *m, ep_weights *w, float **dst, int64_t d0, int64_t d1,
+                        const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    int64_t shape[2] = {d0, d1};
+    size_t n = (size_t)d0 * (size_t)(d1 < 0 ? 1 : d1);
+    *dst = malloc(n * sizeof(float));
+    if (!*dst)
+        return ep_errorf(EP_ERR_NOMEM, "model: cannot allocate %zu bytes for tensor %s",
+                         n * sizeof(float), name);
+    m->weight_bytes += n * sizeof(float);
+    return ep_weights_read_f32(w, name, d1 < 0 ? 1 : 2, shape, *dst);
+}
+
+static ep_status read_layer(ep_model *m, ep_weights *w, int l)
+{
+    const ep_model_cfg *c = m->cfg;
+    ep_layer_w *L = &m->L[l];
+    int64_t H = c->hidden, nh = c->n_heads;
+    ep_status s;
+    const char *pre = "model.layers";
+    if ((s = read_w(m, w, &L->in_norm, H, -1, "%s.%d.input_layernorm.weight", pre, l)) ||
+        (s = read_w(m, w, &L->post_norm, H, -1, "%s.%d.post_attention_layernorm.weight", pre, l)))
+        return s;
+    if (c->arch == EP_ARCH_QWEN3_MOE) {
+        int64_t q = nh * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+        if ((s = read_w(m, w, &L->wq, q, H, "%s.%d.self_attn.q_proj.weight", pre, l)) ||
+            (s = read_w(m, w, &L->wk, kv, H, "%s.%d.self_attn.k_proj.weight", pre, l)) ||
+            (s = read_w(m, w, &L->wv, kv, H, "%s.%d.self_attn.v_proj.weight", pre, l)) ||
+            (s = read_w(m, w, &L->wo, H, q, "%s.%d.self_attn.o_proj.weight", pre, l)))
+            return s;
+        if (c->qk_norm &&
+            ((s = read_w(m, w, &L->q_norm, c->head_dim, -1, "%s.%d.self_attn.q_norm.weight", pre,
+                         l)) ||
+             (s = read_w(m, w, &L->k_norm, c->head_dim, -1, "%s.%d.self_attn.k_norm.weight", pre,
+                         l))))
+            return s;
+    } else {
+        int64_t qk = nh * (c->qk_nope_dim + c->qk_rope_dim);
+        if (c->q_lora_rank == 0) {
+            if ((s = read_w(m, w, &L->wq, qk, H, "%s.%d.self_attn.q_proj.weight", pre, l)))
+                return s;
+        } else if ((s = read_w(m, w, &L->wq_a, c->q_lora_rank, H, "%s.%d.self_attn.q_a_proj.weight",
+                               pre, l)) ||
+                   (s = read_w(m, w, &L->q_a_norm, c->q_lora_rank, -1,
+                               "%s.%d.self_attn.q_a_layernorm.weight", pre, l)) ||
+                   (s = read_w(m, w, &L->wq_b, qk, c->q_lora_rank,
+                               "%s.%d.self_attn.q_b_proj.weight", pre, l))) {
+            return s;
+        }
+        if ((s = read_w(m, w, &L->wkv_a, c->kv_lora_rank + c->qk_rope_dim, H,
+                        "%s.%d.self_attn.kv_a_proj_with_mqa.weight", pre, l)) ||
+            (s = read_w(m, w, &L->kv_a_norm, c->kv_lora_rank, -1,
+                        "%s.%d.self_attn.kv_a_layernorm.weight", pre, l)) ||
+            (s = read_w(m, w, &L->wkv_b, nh * (c->qk_nope_dim + c->v_head_dim), c->kv_lora_rank,
+                        "%s.%d.self_attn.kv_b_proj.weight", pre, l)) ||
+            (s = read_w(m, w, &L->wo, H, nh * c->v_head_dim, "%s.%d.self_attn.o_proj.weight", pre,
+                        l)))
+            return s;
+    }
+    if (!ep_model_layer_is_moe(c, l) &&
+        ((s = read_w(m, w, &L->w_gate, c->intermediate, H, "%s.%d.mlp.gate_proj.weight", pre, l)) ||
+         (s = read_w(m, w, &L->w_up, c->intermediate, H, "%s.%d.mlp.up_proj.weight", pre, l)) ||
+         (s = read_w(m, w, &L->w_down, H, c->intermediate, "%s.%d.mlp.down_proj.weight", pre, l))))
+        return s;
+    return EP_OK;
+}
+
+static void free_layer(ep_layer_w *L)
+{
+    float *all[] = {L->in_norm, L->post_norm, L->wq,    L->wk,     L->wv,        L->q_norm,
+                    L->k_norm,  L->wo,        L->wq_a,  L->q_a_norm, L->wq_b,    L->wkv_a,
+                    L->kv_a_norm, L->wkv_b,   L->w_gate, L->w_up,  L->w_down};
+    for (size_t i = 0; i < EP_ARRAY_LEN(all); i++) free(all[i]);
+}
+
+// ---- init / free -------------------------------------------------------------
+
+static ep_status check_opts(const ep_model_cfg *c, const ep_model_opts *o)
+{
+    if (o->max_ctx < 1 || o->max_ctx > c->max_pos)
+        return ep_errorf(EP_ERR_ARG, "model %s: max_ctx %d, expected 1..%d (max_position_embeddings)",
+                         c->name, o->max_ctx, c->max_pos);
+    if (o->moe.cap_tokens < 1)
+        return ep_errorf(EP_ERR_ARG, "model %s: moe.cap_tokens %d, expected >= 1", c->name,
+                         o->moe.cap_tokens);
+    if (c->arch == EP_ARCH_QWEN3_MOE &&
+        (c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads || c->head_dim < 1))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: num_attention_heads %d must be a multiple of num_key_value_heads %d "
+                         "(head_dim %d)",
+                         c->source, c->n_heads, c->n_kv_heads, c->head_dim);
+    if (c->arch == EP_ARCH_DEEPSEEK_V2 && (c->kv_lora_rank < 1 || c->qk_nope_dim < 1 ||
+                                           c->qk_rope_dim < 1 || c->v_head_dim < 1))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: MLA needs kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim and "
+                         "v_head_dim >= 1, found %d, %d, %d, %d",
+                         c->source, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim,
+                         c->v_head_dim);
+    return EP_OK;
+}
+
+ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
+                        const ep_model_opts *o, ep_model **out)
+{
+    *out = NULL;
+    ep_status s = check_opts(cfg, o);
+    if (s) return s;
+    ep_model *m = ep_xcalloc(1, sizeof *m);
+    m->cfg = cfg;
+    m->cl = cl;
+    m->opts = *o;
+    const int H = cfg->hidden, nh = cfg->n_heads, cap = o->moe.cap_tokens;
+    bool mla = cfg->arch == EP_ARCH_DEEPSEEK_V2;
+
+    if ((s = ep_rope_init(&m->rope, cfg))) goto err;
+    if (mla) {
+        m->q_dim = nh * (cfg->qk_nope_dim + cfg->qk_rope_dim);
+        m->kv_row = cfg->kv_lora_rank + cfg->qk_rope_dim;
+        m->attn_out = nh * cfg->v_head_dim;
+        m->attn_scale = (float)ep_mla_softmax_scale(cfg);
+    } else {
+        m->q_dim = nh * cfg->head_dim;
+        m->kv_row = 2 * cfg->n_kv_heads * cfg->head_dim;
+        m->attn_out = nh * cfg->head_dim;
+        m->attn_scale = (float)(1.0 / sqrt((double)cfg->head_dim));
+    }
+
+    if ((s = read_w(m, w, &m->embed, cfg->vocab, H, "model.embed_tokens.weight")) ||
+        (s = read_w(m, w, &m->final_norm, H, -1, "model.norm.weight")))
+        goto err;
+    if (cfg->tie_embeddings)
+        m->lm_head = m->embed;
+    else if ((s = read_w(m, w, &m->lm_head, cfg->vocab, H, "lm_head.weight")))
+        goto err;
+    m->L = ep_xcalloc((size_t)cfg->n_layers, sizeof *m->L);
+    for (int l = 0; l < cfg->n_layers; l++)
+        if ((s = read_layer(m, w, l))) goto err;
+
+    if ((s = ep_backend_cpu_init(&m->be))) goto err;
+    if ((s = ep_moe_init(cfg, cl, w, &o->moe, &m->moe))) goto err;
+    ep_kv_opts ko = {.n_layers = cfg->n_layers, .row_floats = m->kv_row,
+                     .block_tokens = o->kv_block_tokens, .n_blocks = o->kv_blocks,
+                     .max_seqs = o->max_seqs, .max_seq_tokens = o->max_ctx};
+    if ((s = ep_kv_init(&ko, &m->kv))) goto err;
+
+    size_t capz = (size_t)cap;
+    m->x = ep_xmalloc(capz * H * sizeof(float));
+    m->xn = ep_xmalloc(capz * H * sizeof(float));
+    m->y = ep_xmalloc(capz * H * sizeof(float));
+    m->q = ep_xmalloc(capz * m->q_dim * sizeof(float));
+    int kw = mla ? m->kv_row : cfg->n_kv_heads * cfg->head_dim;
+    m->k = ep_xmalloc(capz * kw * sizeof(float));
+    if (!mla) m->v = ep_xmalloc(capz * kw * sizeof(float));
+    if (mla && cfg->q_lora_rank > 0) m->qa = ep_xmalloc(capz * cfg->q_lora_rank * sizeof(float));
+    m->att = ep_xmalloc(capz * m->attn_out * sizeof(float));
+    if (cfg->first_k_dense > 0 || cfg->n_experts == 0) {
+        m->mg = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
+        m->mu = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
+    }
+    m->scores = ep_xmalloc((size_t)o->max_ctx * sizeof(float));
+    int lat = mla ? cfg->kv_lora_rank : cfg->head_dim;
+    m->lat = ep_xmalloc(2 * (size_t)lat * sizeof(float));
+    m->cs = ep_xmalloc((size_t)m->rope.dim * sizeof(float));
+    m->tok_seq = ep_xmalloc(capz * sizeof(int));
+    m->tok_pos = ep_xmalloc(capz * sizeof(int));
+    *out = m;
+    return EP_OK;
+err:
+    ep_model_free(m);
+    return s;
+}
+
+void ep_model_free(ep_model *m)
+{
+    if (!m) return;
+    if (m->L)
+        for (int l = 0; l < m->cfg->n_layers; l++) free_layer(&m->L[l]);
+    free(m->L);
+    if (m->lm_head != m->embed) free(m->lm_head);
+    free(m->embed);
+    free(m->final_norm);
+    ep_kv_free(m->kv);
+    ep_moe_free(m->moe);
+    ep_backend_free(m->be);
+    float *bufs[] = {m->x, m->xn, m->y, m->q, m->k, m->v, m->qa, m->att,
+                     m->mg, m->mu, m->scores, m->lat, m->cs};
+    for (size_t i = 0; i < EP_ARRAY_LEN(bufs); i++) free(bufs[i]);
+    free(m->tok_seq);
+    free(m->tok_pos);
+    free(m);
+}
+
+ep_moe *ep_model_moe(ep_model *m)
+{
+    return m->moe;
+}
+
+ep_kv *ep_model_kv(ep_model *m)
+{
+    return m->kv;
+}
+
+size_t ep_model_weight_bytes(const ep_model *m)
+{
+    return m->weight_bytes + ep_moe_expert_bytes(m->moe);
+}
+
+ep_status ep_model_seq_new(ep_model *m, int *seq)
+{
+    return ep_kv_seq_new(m->kv, seq);
+}
+
+void ep_model_seq_free(ep_model *m, int seq)
+{
+    ep_kv_seq_free(m->kv, seq);
+}
+
+int ep_model_seq_len(const ep_model *m, int seq)
+{
+    return ep_kv_seq_len(m->kv, seq);
+}
+
+// ---- one step ----------------------------------------------------------------
+
+// Checks the batch and reserves KV blocks; *T receives the token count.
+static ep_status check_batch(ep_model *m, const ep_batch *b, int *T)
+{
+    const ep_model_cfg *c = m->cfg;
+    *T = 0;
+    if (b->n_seqs < 0 || (b->n_seqs > 0 && (!b->seq || !b->n_new || !b->tokens)))
+        return ep_errorf(EP_ERR_ARG, "model: batch of %d sequences with missing arrays",
+                         b->n_seqs);
+    int64_t total = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        int s = b->seq[i];
+        if (!ep_kv_seq_valid(m->kv, s))
+            return ep_errorf(EP_ERR_ARG, "model: batch entry %d names sequence %d, which does "
+                             "not exist on this rank", i, s);
+        for (int j = 0; j < i; j++)
+            if (b->seq[j] == s)
+                return ep_errorf(EP_ERR_ARG, "model: sequence %d appears twice in one batch "
+                                 "(entries %d and %d)", s, j, i);
+        if (b->n_new[i] < 1)
+            return ep_errorf(EP_ERR_ARG, "model: sequence %d: %d new tokens, expected >= 1", s,
+                             b->n_new[i]);
+        total += b->n_new[i];
+    }
+    if (total > m->opts.moe.cap_tokens)
+        return ep_errorf(EP_ERR_ARG, "model: %lld tokens in one step, capacity is %d "
+                         "(moe.cap_tokens)", (long long)total, m->opts.moe.cap_tokens);
+    for (int64_t t = 0; t < total; t++)
+        if (b->tokens[t] < 0 || b->tokens[t] >= c->vocab)
+            return ep_errorf(EP_ERR_ARG, "model: token %lld of the batch is id %d, expected "
+                             "0..%d (vocab_size of %s)", (long long)t, b->tokens[t], c->vocab - 1,
+                             c->name);
+    for (int i = 0; i < b->n_seqs; i++) {
+        ep_status s = ep_kv_reserve(m->kv, b->seq[i], b->n_new[i]);
+        if (s) return s;
+    }
+    *T = (int)total;
+    return EP_OK;
+}
+
+static void dense_mlp(ep_model *m, int l, int T)
+{
+    const ep_model_cfg *c = m->cfg;
+    const ep_layer_w *L = &m->L[l];
+    ep_backend *be = m->be;
+    be->vt->gemm_nt(be, T, c->intermediate, c->hidden, m->xn, L->w_gate, 0.0f, m->mg);
+    be->vt->gemm_nt(be, T, c->intermediate, c->hidden, m->xn, L->w_up, 0.0f, m->mu);
+    be->vt->swiglu(be, (int64_t)T * c->intermediate, m->mg, m->mu, m->mg);
+    be->vt->gemm_nt(be, T, c->hidden, c->intermediate, m->mg, L->w_down, 0.0f, m->y);
+}
+
+static void add_rows(float *x, const float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+ep_status ep_model_forward(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,
+                           ep_comm_stats *st)
+{
+    const ep_model_cfg *c = m->cfg;
+    const int H = c->hidden;
+    int T = 0;
+    ep_status s = check_batch(m, b, &T);
+    // Every rank learns whether any rank rejected its batch, so all return
+    // together instead of some waiting in the first MoE layer's all-to-all.
+    int64_t bad = s != EP_OK;
+    ep_status cs = ep_cluster_allreduce_i64(m->cl, &bad, 1, EP_REDUCE_MAX);
+    if (s) return s;
+    if (cs) return cs;
+    if (bad)
+        return ep_errorf(EP_ERR_ARG, "model: another rank rejected its batch; this step was "
+                         "skipped on every rank");
+
+    int t = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        int len0 = ep_kv_seq_len(m->kv, b->seq[i]);
+        for (int j = 0; j < b->n_new[i]; j++, t++) {
+            m->tok_seq[t] = b->seq[i];
+            m->tok_pos[t] = len0 + j;
+            memcpy(m->x + (size_t)t * H, m->embed + (size_t)b->tokens[t] * H, H * sizeof(float));
+        }
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        const ep_layer_w *L = &m->L[l];
+        ep_model_rmsnorm(m->x, L->in_norm, T, H, c->rms_eps, m->xn);
+        ep_model_attention(m, l, T);
+        add_rows(m->x, m->y, (size_t)T * H);
+        ep_model_rmsnorm(m->x, L->post_norm, T, H, c->rms_eps, m->xn);
+        if (ep_model_layer_is_moe(c, l)) {
+            if ((s = ep_moe_forward(m->moe, p, l, m->xn, T, m->y, st, NULL)))
+                return ep_error_prefix(s, "model layer %d", l);
+        } else {
+            dense_mlp(m, l, T);
+        }
+        add_rows(m->x, m->y, (size_t)T * H);
+    }
+    for (int i = 0; i < b->n_seqs; i++) ep_kv_commit(m->kv, b->seq[i], b->n_new[i]);
+
+    // Final norm and lm_head on the rows asked for only.
+    int rows = 0;
+    if (b->all_logits) {
+        rows = T;
+        ep_model_rmsnorm(m->x, m->final_norm, T, H, c->rms_eps, m->xn);
+    } else {
+        int end = 0;
+        for (int i = 0; i < b->n_seqs; i++, rows++) {
+            end += b->n_new[i];
+            ep_model_rmsnorm(m->x + (size_t)(end - 1) * H, m->final_norm, 1, H, c->rms_eps,
+                             m->xn + (size_t)rows * H);
+        }
+    }
+    m->be->vt->gemm_nt(m->be, rows, c->vocab, H, m->xn, m->lm_head, 0.0f, logits);
+    return EP_OK;
+}

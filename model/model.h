@@ -1,0 +1,68 @@
+// The whole transformer of Qwen3-MoE and DeepSeek-V2 on this rank: embeddings,
+// RMSNorm, attention (Qwen3 GQA with q/k norm; DeepSeek-V2 MLA with a latent
+// KV cache), dense MLP or the EP MoE layer (model/moe.h), final norm, lm_head.
+// Attention is data-parallel: each rank owns its sequences and their paged KV
+// cache; MoE layers are expert-parallel and every rank joins every layer.
+// Also the plain single-process reference forward. Sampling is model/sample.h.
+#ifndef EP_MODEL_H
+#define EP_MODEL_H
+
+#include "model/kv_cache.h"
+#include "model/moe.h"
+
+typedef struct {
+    ep_moe_opts moe;     // MoE layer options; moe.cap_tokens is also the most
+                         // tokens one rank runs in one step (all sequences)
+    int kv_block_tokens; // tokens per KV block
+    int kv_blocks;       // blocks in this rank's pool
+    int max_seqs;        // sequences this rank holds at once
+    int max_ctx;         // longest sequence, <= cfg->max_pos
+} ep_model_opts;
+// cap 256 tokens, blocks of 16 tokens, 64 sequences, context min(max_pos, 4096),
+// enough blocks for every sequence at a quarter of the context.
+void ep_model_opts_default(ep_model_opts *o, const ep_model_cfg *cfg);
+
+typedef struct ep_model ep_model;
+// Reads the replicated weights (embeddings, norms, attention, dense MLPs,
+// lm_head) in fp32 and builds the MoE layers (this rank's experts). cfg, cl
+// and w are borrowed and must outlive the model.
+ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
+                        const ep_model_opts *o, ep_model **out);
+void ep_model_free(ep_model *m); // NULL ok
+ep_moe *ep_model_moe(ep_model *m);
+ep_kv *ep_model_kv(ep_model *m);
+size_t ep_model_weight_bytes(const ep_model *m); // replicated + this rank's expert bytes
+
+// Sequences live in this rank's KV cache (ep_kv_seq_* on ep_model_kv() work too).
+ep_status ep_model_seq_new(ep_model *m, int *seq);
+void ep_model_seq_free(ep_model *m, int seq);
+int ep_model_seq_len(const ep_model *m, int seq);
+
+// One step of this rank: new tokens appended to some of its sequences, a
+// prefill (many tokens) and decodes (one token) mixed freely.
+typedef struct {
+    int n_seqs;
+    const int *seq;    // [n_seqs] distinct sequence ids
+    const int *n_new;  // [n_seqs] tokens appended to each, >= 1
+    const int *tokens; // [sum n_new] the new tokens, sequence after sequence
+    bool all_logits;   // logits of every new token, else of each sequence's last
+} ep_batch;
+
+// Runs every layer (joining every MoE layer's collectives even when
+// n_seqs == 0), writes the new tokens' KV rows and commits them.
+// logits: [sum n_new, vocab] when all_logits, else [n_seqs, vocab].
+// Bad batches (unknown sequence or token id, context or KV pool exceeded,
+// more than cap_tokens) fail on every rank alike, before any layer runs, so
+// no rank is left waiting in a collective. st (may be NULL) accumulates the
+// MoE communication counters.
+ep_status ep_model_forward(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,
+                           ep_comm_stats *st);
+
+// The reference (needs opts.moe.with_reference): logits[n, vocab] of one
+// sequence tokens[n] (positions 0..n-1) recomputed from scratch with plain
+// loops (no BLAS, no KV cache; MLA with keys and values expanded from the
+// latent) and ep_moe_reference. No communication. n <= moe.cap_tokens.
+ep_status ep_model_reference(ep_model *m, const ep_policy *p, const int *tokens, int n,
+                             float *logits);
+
+#endif

@@ -1,0 +1,75 @@
+// Struct bodies of ep_model shared by model/model.c (init, step driver),
+// model/attn.c (attention on the KV cache) and model/reference.c. Not part of
+// the public API.
+#ifndef EP_MODEL_IMPL_H
+#define EP_MODEL_IMPL_H
+
+#include "model/model.h"
+#include "model/rope.h"
+
+// One layer's replicated weights, [out, in] as in HF; NULL when absent.
+typedef struct {
+    float *in_norm;   // [H] input_layernorm
+    float *post_norm; // [H] post_attention_layernorm
+    // Qwen3
+    float *wq;        // [nh * hd, H] (MLA without q LoRA: q_proj [nh * (nope + rope), H])
+    float *wk, *wv;   // [nkv * hd, H]
+    float *q_norm;    // [hd]
+    float *k_norm;    // [hd]
+    float *wo;        // [H, nh * hd] (MLA: [H, nh * v])
+    // DeepSeek-V2 MLA
+    float *wq_a;      // [q_lora, H]
+    float *q_a_norm;  // [q_lora]
+    float *wq_b;      // [nh * (nope + rope), q_lora]
+    float *wkv_a;     // [kv_lora + rope, H] (kv_a_proj_with_mqa)
+    float *kv_a_norm; // [kv_lora]
+    float *wkv_b;     // [nh * (nope + v), kv_lora]; head h rows: [k_nope | v]
+    // dense MLP (layers < first_k_dense)
+    float *w_gate, *w_up; // [inter, H]
+    float *w_down;        // [H, inter]
+} ep_layer_w;
+
+struct ep_model {
+    const ep_model_cfg *cfg;
+    ep_cluster *cl;
+    ep_model_opts opts;
+    ep_backend *be;
+    ep_moe *moe;
+    ep_kv *kv;
+    ep_rope rope;
+    float attn_scale;    // softmax scale of q.k
+    int q_dim;           // per-token q width: nh * hd (Qwen3), nh * (nope + rope) (MLA)
+    int kv_row;          // floats per cached (layer, token)
+    int attn_out;        // per-token attention output width before o_proj
+    size_t weight_bytes; // replicated fp32 weights held
+
+    float *embed;      // [V, H]
+    float *final_norm; // [H]
+    float *lm_head;    // [V, H] (the embedding when tied)
+    ep_layer_w *L;     // [n_layers]
+
+    // Per-step scratch, sized for cap tokens once (cap = moe.cap_tokens).
+    float *x;      // [cap, H] residual stream
+    float *xn;     // [cap, H] normed input of a sublayer
+    float *y;      // [cap, H] sublayer output
+    float *q;      // [cap, q_dim]
+    float *k, *v;  // [cap, nkv * hd] (MLA: k is [cap, kv_lora + rope]; v unused)
+    float *qa;     // [cap, q_lora] (MLA with q LoRA)
+    float *att;    // [cap, attn_out]
+    float *mg, *mu;// [cap, inter] dense MLP gate / up
+    float *scores; // [max_ctx] attention scores of one (token, head)
+    float *lat;    // [max(kv_lora, hd)] one head's absorbed query / latent output
+    float *cs;     // [rope dim] cos | sin of one position
+    int *tok_seq;  // [cap] sequence of each new token
+    int *tok_pos;  // [cap] its position in the sequence
+};
+
+// Attention of every new token of the step (model/attn.c): reads m->xn,
+// writes this layer's KV rows of the new tokens, then attends over each
+// sequence's cache; output [T, H] into m->y (o_proj applied).
+void ep_model_attention(ep_model *m, int layer, int T);
+
+// RMSNorm of rows: out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w (fp32, as HF).
+void ep_model_rmsnorm(const float *x, const float *w, int rows, int n, float eps, float *out);
+
+#endif

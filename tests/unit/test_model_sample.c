@@ -1,0 +1,181 @@
+// Sampling on hand-made logits: greedy and its ties, top-k = 1 is greedy at
+// any temperature, probabilities of temperature / top-k / top-p against
+// values worked out by hand, draw frequencies against those probabilities
+// (fixed seed, 20000 draws, 4 sigma), seeds reproduce, bad parameters, and
+// the stop rule.
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "model/sample.h"
+
+// 7 tokens with logits ln 4, ln 2, 0, ln 0.5 (ids 3, 0, 5, 1), the rest -inf:
+// their softmax is easy to write down.
+static const float L7[7] = {0.6931472f, -0.6931472f, -INFINITY, 2.0f * 0.6931472f, -INFINITY,
+                            0.0f, -INFINITY};
+// probabilities at T = 1 over the four finite tokens: 4, 2, 1, 0.5 / 7.5
+
+static ep_sampler *make(float temp, int top_k, float top_p, uint64_t seed, int V)
+{
+    ep_sample_params p = {.temperature = temp, .top_k = top_k, .top_p = top_p, .seed = seed};
+    ep_sampler *s = NULL;
+    assert_int_equal(ep_sampler_init(&p, V, &s), EP_OK);
+    return s;
+}
+
+static void test_greedy(void **state)
+{
+    ep_sampler *s = make(0.0f, 0, 1.0f, 1, 7);
+    assert_int_equal(ep_sampler_sample(s, L7), 3);
+    float ties[5] = {0.5f, 3.0f, NAN, 3.0f, -1.0f};
+    ep_sampler *s5 = make(0.0f, 0, 1.0f, 1, 5);
+    assert_int_equal(ep_sampler_sample(s5, ties), 1); // lowest id of the tie, NaN ignored
+    float pr[5];
+    ep_sampler_probs(s5, ties, pr);
+    assert_float_equal(pr[1], 1.0f, 0.0f);
+    assert_float_equal(pr[3], 0.0f, 0.0f);
+    ep_sampler_free(s);
+    ep_sampler_free(s5);
+    // top-k 1 is greedy even when hot
+    ep_sampler *hot = make(5.0f, 1, 1.0f, 42, 7);
+    for (int i = 0; i < 50; i++) assert_int_equal(ep_sampler_sample(hot, L7), 3);
+    ep_sampler_free(hot);
+}
+
+static void check_probs(ep_sampler *s, const float *want)
+{
+    float got[7];
+    ep_sampler_probs(s, L7, got);
+    for (int i = 0; i < 7; i++) assert_float_equal(got[i], want[i], 1e-6);
+}
+
+static void test_probs(void **state)
+{
+    // T = 1: 4, 2, 1, 0.5 over 7.5 for ids 3, 0, 5, 1
+    ep_sampler *s = make(1.0f, 0, 1.0f, 0, 7);
+    float t1[7] = {2 / 7.5f, 0.5f / 7.5f, 0, 4 / 7.5f, 0, 1 / 7.5f, 0};
+    check_probs(s, t1);
+    ep_sampler_free(s);
+    // T = 0.5 squares the ratios: 16, 4, 1, 0.25 over 21.25
+    s = make(0.5f, 0, 1.0f, 0, 7);
+    float t05[7] = {4 / 21.25f, 0.25f / 21.25f, 0, 16 / 21.25f, 0, 1 / 21.25f, 0};
+    check_probs(s, t05);
+    ep_sampler_free(s);
+    // top-k 2: 4, 2 over 6
+    s = make(1.0f, 2, 1.0f, 0, 7);
+    float k2[7] = {2 / 6.0f, 0, 0, 4 / 6.0f, 0, 0, 0};
+    check_probs(s, k2);
+    ep_sampler_free(s);
+    // top-p 0.85: cumulative 0.533, 0.8, 0.933 -> three tokens, 4, 2, 1 over 7
+    s = make(1.0f, 0, 0.85f, 0, 7);
+    float p85[7] = {2 / 7.0f, 0, 0, 4 / 7.0f, 0, 1 / 7.0f, 0};
+    check_probs(s, p85);
+    ep_sampler_free(s);
+    // top-p 0.5: the first token alone already has 0.533
+    s = make(1.0f, 0, 0.5f, 0, 7);
+    float p50[7] = {0, 0, 0, 1, 0, 0, 0};
+    check_probs(s, p50);
+    ep_sampler_free(s);
+    // top-k 3 then top-p 0.9 of the renormalised 4/7, 2/7, 1/7: cumulative
+    // 0.571, 0.857, 1 -> all three stay
+    s = make(1.0f, 3, 0.9f, 0, 7);
+    check_probs(s, p85);
+    ep_sampler_free(s);
+}
+
+static void test_draw_frequencies(void **state)
+{
+    enum { N = 20000 };
+    ep_sampler *s = make(1.0f, 0, 0.85f, 12345, 7);
+    int count[7] = {0};
+    for (int i = 0; i < N; i++) count[ep_sampler_sample(s, L7)]++;
+    float want[7];
+    ep_sampler_probs(s, L7, want);
+    for (int i = 0; i < 7; i++) {
+        double sd = sqrt(N * want[i] * (1 - want[i]));
+        assert_true(fabs(count[i] - N * want[i]) <= 4 * sd + 1e-9);
+    }
+    assert_int_equal(count[1], 0); // outside top-p
+    assert_true(count[5] > 0);
+    ep_sampler_free(s);
+}
+
+static void test_seed(void **state)
+{
+    ep_sampler *a = make(1.3f, 0, 1.0f, 77, 7), *b = make(1.3f, 0, 1.0f, 77, 7);
+    ep_sampler *c = make(1.3f, 0, 1.0f, 78, 7);
+    int same = 0, differ = 0;
+    for (int i = 0; i < 200; i++) {
+        int x = ep_sampler_sample(a, L7), y = ep_sampler_sample(b, L7), z = ep_sampler_sample(c, L7);
+        same += x == y;
+        differ += x != z;
+    }
+    assert_int_equal(same, 200);
+    assert_true(differ > 0);
+    ep_sampler_free(a);
+    ep_sampler_free(b);
+    ep_sampler_free(c);
+}
+
+static void test_bad_params(void **state)
+{
+    ep_sampler *s = NULL;
+    ep_sample_params p;
+    ep_sample_params_default(&p);
+    p.temperature = -1.0f;
+    assert_int_equal(ep_sampler_init(&p, 7, &s), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "temperature"));
+    ep_sample_params_default(&p);
+    p.top_p = 0.0f;
+    assert_int_equal(ep_sampler_init(&p, 7, &s), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "top_p"));
+    ep_sample_params_default(&p);
+    p.top_k = -2;
+    assert_int_equal(ep_sampler_init(&p, 7, &s), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "top_k"));
+    assert_null(s);
+    ep_sampler_free(NULL);
+}
+
+static void test_stop(void **state)
+{
+    int eos[2] = {11, 5};
+    ep_stop_params p = {.eos = eos, .n_eos = 2, .max_tokens = 3};
+    assert_int_equal(ep_stop_check(&p, 7, 1), EP_STOP_NONE);
+    assert_int_equal(ep_stop_check(&p, 5, 1), EP_STOP_EOS);
+    assert_int_equal(ep_stop_check(&p, 7, 3), EP_STOP_LENGTH);
+    assert_int_equal(ep_stop_check(&p, 11, 3), EP_STOP_EOS);
+    assert_string_equal(ep_stop_reason_str(EP_STOP_EOS), "stop");
+    assert_string_equal(ep_stop_reason_str(EP_STOP_LENGTH), "length");
+    assert_null(ep_stop_reason_str(EP_STOP_NONE));
+    // a generation loop on fixed logits: greedy emits 3 until max_tokens
+    ep_sampler *s = make(0.0f, 0, 1.0f, 0, 7);
+    int n = 0;
+    ep_stop_reason r = EP_STOP_NONE;
+    while (r == EP_STOP_NONE) r = ep_stop_check(&p, ep_sampler_sample(s, L7), ++n);
+    assert_int_equal(n, 3);
+    assert_int_equal(r, EP_STOP_LENGTH);
+    int eos3 = 3;
+    ep_stop_params q = {.eos = &eos3, .n_eos = 1, .max_tokens = 100};
+    n = 0;
+    r = EP_STOP_NONE;
+    while (r == EP_STOP_NONE) r = ep_stop_check(&q, ep_sampler_sample(s, L7), ++n);
+    assert_int_equal(n, 1);
+    assert_int_equal(r, EP_STOP_EOS);
+    ep_sampler_free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy),          cmocka_unit_test(test_probs),
+        cmocka_unit_test(test_draw_frequencies), cmocka_unit_test(test_seed),
+        cmocka_unit_test(test_bad_params),      cmocka_unit_test(test_stop),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
