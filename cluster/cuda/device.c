@@ -1,0 +1,187 @@
+// Which CUDA device a rank drives, and the error reporting every CUDA file
+// shares (EP_CUDA_CHECK, EP_CUBLAS_CHECK). Creates no streams or handles:
+// the experts and the transport own theirs. NCCL is in nccl_boot.c.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/cuda/cuda_util.h"
+
+// ---- errors -----------------------------------------------------------------------
+
+ep_status ep_cuda_status(cudaError_t rc, const char *call, const char *file, int line)
+{
+    if (rc == cudaSuccess) return EP_OK;
+    ep_status st = EP_ERR_IO;
+    switch (rc) {
+    case cudaErrorMemoryAllocation:
+        st = EP_ERR_NOMEM;
+        break;
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorUnsupportedPtxVersion:
+        st = EP_ERR_UNSUPPORTED;
+        break;
+    default:
+        break;
+    }
+    // The sticky-error state stays for the caller to see; only clear the
+    // non-sticky last error so that the next call reports its own failure.
+    (void)cudaGetLastError();
+    return ep_errorf(st, "%s failed at %s:%d: %s: %s", call, file, line, cudaGetErrorName(rc),
+                     cudaGetErrorString(rc));
+}
+
+ep_status ep_cublas_status(cublasStatus_t rc, const char *call, const char *file, int line)
+{
+    if (rc == CUBLAS_STATUS_SUCCESS) return EP_OK;
+    ep_status st = EP_ERR_IO;
+    if (rc == CUBLAS_STATUS_ALLOC_FAILED) st = EP_ERR_NOMEM;
+    if (rc == CUBLAS_STATUS_NOT_SUPPORTED || rc == CUBLAS_STATUS_ARCH_MISMATCH)
+        st = EP_ERR_UNSUPPORTED;
+    return ep_errorf(st, "%s failed at %s:%d: %s (cuBLAS status %d)", call, file, line,
+                     cublasGetStatusString(rc), (int)rc);
+}
+
+ep_status ep_cuda_grow(void **p, size_t *cap, size_t need, const char *what)
+{
+    if (need <= *cap) return EP_OK;
+    size_t n = EP_MAX(need, *cap + *cap / 2);
+    if (*p) {
+        cudaError_t rc = cudaFree(*p);
+        *p = NULL;
+        *cap = 0;
+        if (rc != cudaSuccess) return EP_CUDA_ST(rc);
+    }
+    cudaError_t rc = cudaMalloc(p, n);
+    if (rc != cudaSuccess) {
+        *p = NULL;
+        ep_cuda_status(rc, "cudaMalloc", __FILE__, __LINE__);
+        return ep_error_prefix(rc == cudaErrorMemoryAllocation ? EP_ERR_NOMEM : EP_ERR_IO,
+                               "%s: %zu bytes of device memory", what, n);
+    }
+    *cap = n;
+    return EP_OK;
+}
+
+// ---- device choice --------------------------------------------------------------------
+
+int ep_gpu_count(char *why, size_t why_len)
+{
+    int n = 0;
+    cudaError_t rc = cudaGetDeviceCount(&n);
+    if (rc != cudaSuccess) {
+        if (why && why_len)
+            snprintf(why, why_len, "cudaGetDeviceCount: %s: %s", cudaGetErrorName(rc),
+                     cudaGetErrorString(rc));
+        (void)cudaGetLastError();
+        return 0;
+    }
+    if (n == 0 && why && why_len) {
+        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+        snprintf(why, why_len, "the driver reports 0 CUDA devices (CUDA_VISIBLE_DEVICES=%s)",
+                 vis ? vis : "unset");
+    }
+    return n;
+}
+
+ep_status ep_gpu_choose(int local_rank, int local_size, int n_visible, int *device)
+{
+    EP_ASSERT(local_rank >= 0 && local_rank < local_size);
+    if (n_visible <= 0)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "gpu: local rank %d: expected at least 1 visible CUDA device, found %d",
+                         local_rank, n_visible);
+    if (n_visible == 1) {
+        *device = 0;
+        return EP_OK;
+    }
+    if (local_rank >= n_visible)
+        return ep_errorf(EP_ERR_CONFIG,
+                         "gpu: local rank %d of %d on this host, but only %d CUDA devices are "
+                         "visible: expected at most %d ranks per host (one per GPU), or one "
+                         "device per rank through CUDA_VISIBLE_DEVICES",
+                         local_rank, local_size, n_visible, n_visible);
+    *device = local_rank;
+    return EP_OK;
+}
+
+ep_status ep_gpu_open(int device, ep_gpu **out)
+{
+    *out = NULL;
+    char why[256] = "";
+    int n = ep_gpu_count(why, sizeof why);
+    if (device < 0 || device >= n)
+        return ep_errorf(n ? EP_ERR_ARG : EP_ERR_UNSUPPORTED,
+                         "gpu: device %d: expected one of the %d visible CUDA devices%s%s", device,
+                         n, n ? "" : ": ", why);
+    EP_CUDA_CHECK(cudaSetDevice(device));
+    struct cudaDeviceProp prop;
+    EP_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    // A context now, so that a broken device fails here rather than in the first layer.
+    EP_CUDA_CHECK(cudaFree(NULL));
+    int cc = prop.major * 10 + prop.minor;
+    if (cc < 80)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "gpu: device %d (%s) has compute capability %d.%d, expected 8.0 or newer "
+                         "(BF16 kernels, built for sm_80/sm_90)",
+                         device, prop.name, prop.major, prop.minor);
+    ep_gpu *g = ep_xcalloc(1, sizeof *g);
+    g->device = device;
+    g->cc = cc;
+    g->mem_bytes = prop.totalGlobalMem;
+    snprintf(g->name, sizeof g->name, "%s", prop.name);
+    *out = g;
+    return EP_OK;
+}
+
+ep_status ep_gpu_init(ep_cluster *c, ep_gpu **out)
+{
+    *out = NULL;
+    char why[256] = "";
+    int n = ep_gpu_count(why, sizeof why);
+    if (n == 0)
+        return ep_errorf(EP_ERR_UNSUPPORTED, "gpu: rank %d: no CUDA device visible (%s)", c->rank,
+                         why);
+    int dev = 0;
+    ep_status st = ep_gpu_choose(c->local_rank, c->local_size, n, &dev);
+    if (st != EP_OK) return st;
+    if ((st = ep_gpu_open(dev, out)) != EP_OK) return ep_error_prefix(st, "rank %d", c->rank);
+    const ep_gpu *g = *out;
+    EP_DEBUG("gpu: rank %d (local %d of %d) -> device %d of %d: %s, sm_%d, %.1f GiB", c->rank,
+             c->local_rank, c->local_size, dev, n, g->name, g->cc,
+             (double)g->mem_bytes / (1024.0 * 1024.0 * 1024.0));
+    return EP_OK;
+}
+
+void ep_gpu_free(ep_gpu *g)
+{
+    free(g);
+}
+
+int ep_gpu_device(const ep_gpu *g)
+{
+    return g->device;
+}
+
+const char *ep_gpu_name(const ep_gpu *g)
+{
+    return g->name;
+}
+
+int ep_gpu_compute_capability(const ep_gpu *g)
+{
+    return g->cc;
+}
+
+size_t ep_gpu_mem_bytes(const ep_gpu *g)
+{
+    return g->mem_bytes;
+}
+
+ep_status ep_gpu_make_current(const ep_gpu *g)
+{
+    EP_CUDA_CHECK(cudaSetDevice(g->device));
+    return EP_OK;
+}

@@ -1,0 +1,55 @@
+// The GPU side of the process group: which CUDA device this rank drives
+// (by local rank; device 0 when only one is visible) and the NCCL
+// communicator over the cluster's ranks (ncclUniqueId from rank 0, broadcast
+// over MPI). Declared here without CUDA or NCCL types; defined in ep_cuda
+// (cluster/cuda/device.c) and ep_nccl (cluster/cuda/nccl_boot.c), which exist
+// only when the build has EP_CUDA=ON.
+#ifndef EP_GPU_H
+#define EP_GPU_H
+
+#include "cluster/cluster.h"
+
+// Visible CUDA devices; 0 when there is none or no usable driver. why (may
+// be NULL) receives the reason in words when the answer is 0.
+int ep_gpu_count(char *why, size_t why_len);
+
+// The device a rank drives, from its place on the host (pure, no CUDA):
+// one visible device -> 0 (the launcher pinned one per rank, or one rank);
+// otherwise the local rank, which must be below the number visible.
+// EP_ERR_UNSUPPORTED when none is visible, EP_ERR_CONFIG when the host runs
+// more ranks than it shows devices.
+ep_status ep_gpu_choose(int local_rank, int local_size, int n_visible, int *device);
+
+typedef struct ep_gpu ep_gpu;
+// Chooses this rank's device, makes it current (cudaSetDevice) and checks it
+// can run the kernels (compute capability 8.0 or newer, for BF16).
+ep_status ep_gpu_init(ep_cluster *c, ep_gpu **out);
+// The same for a given device ordinal (single-process tools and tests).
+ep_status ep_gpu_open(int device, ep_gpu **out);
+void ep_gpu_free(ep_gpu *g); // NULL ok
+int ep_gpu_device(const ep_gpu *g);
+const char *ep_gpu_name(const ep_gpu *g);
+int ep_gpu_compute_capability(const ep_gpu *g); // major * 10 + minor
+size_t ep_gpu_mem_bytes(const ep_gpu *g);       // total device memory
+// Makes the device current on the calling thread (CUDA state is per thread).
+ep_status ep_gpu_make_current(const ep_gpu *g);
+
+// ---- NCCL (ep_nccl) ------------------------------------------------------------
+typedef struct ep_nccl ep_nccl;
+// Collective over the cluster: every rank calls it with its own gpu. Checks
+// that the NCCL library matches the headers epserve was built with and that
+// every rank runs the same NCCL version, then rank 0 creates the unique id,
+// broadcasts it and every rank joins with ncclCommInitRank.
+ep_status ep_nccl_init(ep_cluster *c, ep_gpu *g, ep_nccl **out);
+void ep_nccl_free(ep_nccl *n);         // NULL ok
+int ep_nccl_version(const ep_nccl *n); // NCCL_VERSION_CODE of the library in use
+
+// Pure: whether NCCL library version `runtime` can serve code built against
+// headers of version `header` (both NCCL_VERSION_CODE values): same major,
+// and at least EP_NCCL_MIN_VERSION. EP_ERR_UNSUPPORTED names both versions.
+#define EP_NCCL_MIN_VERSION 21300 // 2.13.0: ncclGetLastError
+ep_status ep_nccl_version_check(int header, int runtime);
+// Formats an NCCL_VERSION_CODE as "2.28.9" into buf.
+void ep_nccl_version_str(int code, char *buf, size_t n);
+
+#endif

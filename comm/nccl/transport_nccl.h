@@ -1,0 +1,21 @@
+// The NCCL transport: the ep_transport interface (comm/comm.h) over an NCCL
+// communicator, for GPU clusters. Declared without NCCL or CUDA types; built
+// into ep_nccl only when EP_CUDA=ON.
+#ifndef EP_TRANSPORT_NCCL_H
+#define EP_TRANSPORT_NCCL_H
+
+#include "cluster/gpu.h"
+#include "comm/comm.h"
+
+// A transport over n (borrowed; must outlive the transport), with its own
+// communication stream on n's device. Buffers handed to alltoallv may be
+// device memory (sent as they are) or host memory (staged through device
+// buffers that grow only when a step is larger than any before). Calls
+// return when the data has arrived. Byte accounting as the MPI transport:
+// bytes_moved counts the bytes sent to other ranks, never the self part.
+ep_status ep_transport_nccl_init(ep_cluster *c, ep_nccl *n, ep_transport **out);
+
+// Device staging bytes the transport holds now (send + receive + counts).
+size_t ep_transport_nccl_staging_bytes(const ep_transport *t);
+
+#endif

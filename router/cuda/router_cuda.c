@@ -1,0 +1,225 @@
+// The GPU router object: device buffers sized once for cap_tokens, the
+// policy translated into plain parameters, one kernel launch per call, and
+// the compaction of the padded per-token rows into CSR routes on the host.
+// Which policies qualify is decided here; the routine itself is in
+// router_kernels.cu.
+#include "router/cuda/router_cuda.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/cuda/cuda_util.h"
+#include "router/cuda/route_token.h"
+#include "router/policy.h"
+
+struct ep_router_cuda {
+    ep_model_cfg cfg;
+    int cap_tokens, device;
+    int row_k; // row stride of the kept arrays (largest max_k of any policy: E)
+    cudaStream_t stream;
+    float *d_logits;   // [cap, E] logits in, softmax scores out
+    int *d_k;          // [cap]
+    int *d_kept;       // [cap, row_k]
+    float *d_w;        // [cap, row_k]
+    int *d_base;       // [cap, k_base]
+    float *d_base_w;   // [cap, k_base]
+    int *h_k, *h_kept; // host copies of the above
+    float *h_w;
+};
+
+bool ep_router_cuda_supports(const ep_policy *p)
+{
+    const ep_routing_cfg *rc = &p->cfg;
+    if (rc->policy != EP_POLICY_BASELINE && rc->policy != EP_POLICY_BAN) return false;
+    if (rc->policy == EP_POLICY_BAN && rc->ban.locality && p->params.rank_of) return false;
+    // The group count is checked against the model when routing (params()).
+    const int want = EP_MIN(rc->n_experts, ep_policy_range(p) * rc->k_base);
+    return want <= EP_ROUTE_MAX_CAND;
+}
+
+static ep_status params(const ep_model_cfg *c, const ep_policy *p, int layer, int row_k,
+                        ep_route_params *o)
+{
+    if (!ep_router_cuda_supports(p))
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "cuda router: policy '%s' (range %d x k_base %d%s) cannot run on the GPU: "
+                         "expected baseline or ban without locality and at most %d candidates; "
+                         "use the CPU router",
+                         ep_policy_name(p), ep_policy_range(p), c->k_base,
+                         p->cfg.ban.locality ? ", comm-aware" : "", EP_ROUTE_MAX_CAND);
+    if (layer < 0 || layer >= c->n_layers || !ep_model_layer_is_moe(c, layer))
+        return ep_errorf(EP_ERR_ARG,
+                         "cuda router: layer %d is not a MoE layer of %s (layers %d..%d)", layer,
+                         c->name, c->first_k_dense, c->n_layers - 1);
+    if (p->cfg.n_experts != c->n_experts || p->cfg.k_base != c->k_base ||
+        p->cfg.n_layers != c->n_layers)
+        return ep_errorf(EP_ERR_ARG,
+                         "cuda router: policy '%s' was made for %d layers x %d experts, top-%d; "
+                         "model %s has %d x %d, top-%d",
+                         ep_policy_name(p), p->cfg.n_layers, p->cfg.n_experts, p->cfg.k_base,
+                         c->name, c->n_layers, c->n_experts, c->k_base);
+    const bool grouped = c->topk_method == EP_TOPK_GROUP_LIMITED;
+    if (grouped &&
+        (c->n_group < 1 || c->n_group > EP_ROUTE_MAX_GROUPS || c->n_experts % c->n_group != 0 ||
+         c->topk_group < 1 || c->topk_group > c->n_group ||
+         c->topk_group * (c->n_experts / c->n_group) < c->k_base))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "cuda router: %s: n_group %d, topk_group %d: expected n_experts (%d) "
+                         "divisible by n_group <= %d and topk_group groups holding >= k_base %d",
+                         c->name, c->n_group, c->topk_group, c->n_experts, EP_ROUTE_MAX_GROUPS,
+                         c->k_base);
+    memset(o, 0, sizeof *o);
+    o->n_experts = c->n_experts;
+    o->k_base = c->k_base;
+    o->want = EP_MAX(c->k_base, EP_MIN(c->n_experts, ep_policy_range(p) * c->k_base));
+    o->max_k = row_k;
+    o->grouped = grouped;
+    o->n_group = c->n_group;
+    o->topk_group = c->topk_group;
+    o->renorm = c->norm_topk_prob && (c->arch == EP_ARCH_QWEN3_MOE || c->k_base > 1);
+    o->deepseek = c->arch == EP_ARCH_DEEPSEEK_V2;
+    o->scale = c->routed_scaling_factor;
+    o->ban = p->cfg.policy == EP_POLICY_BAN;
+    o->k_min = p->cfg.ban.k_min;
+    o->lambda = p->cfg.ban.lambda;
+    o->beta = p->cfg.ban.beta;
+    o->r_min = p->cfg.ban.r_min;
+    o->r_max = p->cfg.ban.r_max;
+    o->lterm = p->params.ban_lterm[layer];
+    return EP_OK;
+}
+
+static ep_status check_out(const ep_policy *p, int T, const ep_routes *out, int k_base)
+{
+    if (T < 0 || T > out->cap_tokens || out->max_k < ep_policy_max_k(p) || out->k_base != k_base)
+        return ep_errorf(EP_ERR_ARG,
+                         "cuda router: %d tokens into routes of capacity %d, max_k %d, k_base %d; "
+                         "expected T <= capacity, max_k >= %d, k_base %d",
+                         T, out->cap_tokens, out->max_k, out->k_base, ep_policy_max_k(p), k_base);
+    return EP_OK;
+}
+
+// Padded rows [T, row_k] -> CSR.
+static void compact(const int *k, const int *kept, const float *w, int T, int row_k, ep_routes *out)
+{
+    out->n_tokens = T;
+    out->offsets[0] = 0;
+    for (int t = 0; t < T; t++) {
+        const int o = out->offsets[t];
+        memcpy(out->expert + o, kept + (size_t)t * row_k, (size_t)k[t] * sizeof(int));
+        memcpy(out->weight + o, w + (size_t)t * row_k, (size_t)k[t] * sizeof(float));
+        out->offsets[t + 1] = o + k[t];
+    }
+}
+
+ep_status ep_router_cuda_route_logits_host(const ep_model_cfg *cfg, const ep_policy *p, int layer,
+                                           const float *logits, int T, ep_routes *out)
+{
+    const int E = cfg->n_experts, row_k = EP_MAX(1, ep_policy_max_k(p));
+    ep_route_params rp;
+    ep_status st = params(cfg, p, layer, row_k, &rp);
+    if (st == EP_OK) st = check_out(p, T, out, cfg->k_base);
+    if (st != EP_OK) return st;
+    float *scores = ep_xmalloc(((size_t)T * E + 1) * sizeof(float));
+    int *k = ep_xmalloc(((size_t)T + 1) * sizeof(int));
+    int *kept = ep_xmalloc(((size_t)T * row_k + 1) * sizeof(int));
+    float *w = ep_xmalloc(((size_t)T * row_k + 1) * sizeof(float));
+    memcpy(scores, logits, (size_t)T * E * sizeof(float));
+    ep_route_tokens_host(&rp, scores, T, k, kept, w, out->base_expert, out->base_weight);
+    compact(k, kept, w, T, row_k, out);
+    free(scores);
+    free(k);
+    free(kept);
+    free(w);
+    return EP_OK;
+}
+
+ep_status ep_router_cuda_init(const ep_model_cfg *cfg, int cap_tokens, ep_gpu *g,
+                              ep_router_cuda **out)
+{
+    *out = NULL;
+    if (cap_tokens < 0 || cfg->n_experts < 1 || cfg->k_base < 1 || cfg->k_base > cfg->n_experts)
+        return ep_errorf(EP_ERR_ARG,
+                         "cuda router: cap_tokens %d, n_experts %d, k_base %d: expected "
+                         "cap_tokens >= 0 and 1 <= k_base <= n_experts",
+                         cap_tokens, cfg->n_experts, cfg->k_base);
+    ep_status st = ep_gpu_make_current(g);
+    if (st != EP_OK) return st;
+    ep_router_cuda *r = ep_xcalloc(1, sizeof *r);
+    r->cfg = *cfg;
+    r->cap_tokens = cap_tokens;
+    r->device = ep_gpu_device(g);
+    r->row_k = EP_MIN(cfg->n_experts, EP_ROUTE_MAX_CAND); // kept <= candidates
+    const size_t cap = (size_t)(cap_tokens > 0 ? cap_tokens : 1), E = (size_t)cfg->n_experts;
+    const size_t rk = (size_t)r->row_k, kb = (size_t)cfg->k_base;
+    if ((st = EP_CUDA_ST(cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking)))) goto err;
+    if ((st = EP_CUDA_ST(cudaMalloc((void **)&r->d_logits, cap * E * sizeof(float))))) goto err;
+    if ((st = EP_CUDA_ST(cudaMalloc((void **)&r->d_k, cap * sizeof(int))))) goto err;
+    if ((st = EP_CUDA_ST(cudaMalloc((void **)&r->d_kept, cap * rk * sizeof(int))))) goto err;
+    if ((st = EP_CUDA_ST(cudaMalloc((void **)&r->d_w, cap * rk * sizeof(float))))) goto err;
+    if ((st = EP_CUDA_ST(cudaMalloc((void **)&r->d_base, cap * kb * sizeof(int))))) goto err;
+    if ((st = EP_CUDA_ST(cudaMalloc((void **)&r->d_base_w, cap * kb * sizeof(float))))) goto err;
+    r->h_k = ep_xmalloc(cap * sizeof(int));
+    r->h_kept = ep_xmalloc(cap * rk * sizeof(int));
+    r->h_w = ep_xmalloc(cap * rk * sizeof(float));
+    *out = r;
+    return EP_OK;
+err:
+    ep_router_cuda_free(r);
+    return ep_error_prefix(st, "cuda router init (%d tokens of %d experts)", cap_tokens,
+                           cfg->n_experts);
+}
+
+void ep_router_cuda_free(ep_router_cuda *r)
+{
+    if (!r) return;
+    (void)cudaSetDevice(r->device);
+    if (r->stream) (void)cudaStreamSynchronize(r->stream);
+    (void)cudaFree(r->d_logits);
+    (void)cudaFree(r->d_k);
+    (void)cudaFree(r->d_kept);
+    (void)cudaFree(r->d_w);
+    (void)cudaFree(r->d_base);
+    (void)cudaFree(r->d_base_w);
+    if (r->stream) (void)cudaStreamDestroy(r->stream);
+    free(r->h_k);
+    free(r->h_kept);
+    free(r->h_w);
+    free(r);
+}
+
+ep_status ep_router_cuda_route_logits(ep_router_cuda *r, const ep_policy *p, int layer,
+                                      const float *logits, int T, ep_routes *out)
+{
+    const ep_model_cfg *c = &r->cfg;
+    ep_route_params rp;
+    ep_status st = params(c, p, layer, r->row_k, &rp);
+    if (st == EP_OK) st = check_out(p, T, out, c->k_base);
+    if (st != EP_OK) return st;
+    if (T > r->cap_tokens)
+        return ep_errorf(EP_ERR_ARG, "cuda router: %d tokens, capacity is %d (cap_tokens)", T,
+                         r->cap_tokens);
+    out->n_tokens = T;
+    out->offsets[0] = 0;
+    if (T == 0) return EP_OK;
+    const size_t E = (size_t)c->n_experts, rk = (size_t)r->row_k, kb = (size_t)c->k_base;
+    cudaStream_t q = r->stream;
+    EP_CUDA_CHECK(cudaSetDevice(r->device));
+    EP_CUDA_CHECK(cudaMemcpyAsync(r->d_logits, logits, (size_t)T * E * sizeof(float),
+                                  cudaMemcpyHostToDevice, q));
+    EP_CUDA_CHECK(ep_route_tokens_launch(&rp, r->d_logits, T, r->d_k, r->d_kept, r->d_w, r->d_base,
+                                         r->d_base_w, q));
+    EP_CUDA_CHECK(
+        cudaMemcpyAsync(r->h_k, r->d_k, (size_t)T * sizeof(int), cudaMemcpyDeviceToHost, q));
+    EP_CUDA_CHECK(cudaMemcpyAsync(r->h_kept, r->d_kept, (size_t)T * rk * sizeof(int),
+                                  cudaMemcpyDeviceToHost, q));
+    EP_CUDA_CHECK(
+        cudaMemcpyAsync(r->h_w, r->d_w, (size_t)T * rk * sizeof(float), cudaMemcpyDeviceToHost, q));
+    EP_CUDA_CHECK(cudaMemcpyAsync(out->base_expert, r->d_base, (size_t)T * kb * sizeof(int),
+                                  cudaMemcpyDeviceToHost, q));
+    EP_CUDA_CHECK(cudaMemcpyAsync(out->base_weight, r->d_base_w, (size_t)T * kb * sizeof(float),
+                                  cudaMemcpyDeviceToHost, q));
+    EP_CUDA_CHECK(cudaStreamSynchronize(q));
+    compact(r->h_k, r->h_kept, r->h_w, T, (int)rk, out);
+    return EP_OK;
+}

@@ -1,0 +1,47 @@
+// Helpers shared by the GPU tests: the skip protocol (exit 77 with the
+// reason when no device is visible), the odd-shaped test models, random
+// records and routes from fixed seeds, and the emulation of what cuBLAS
+// computes for one column-major problem (to check layouts on the CPU).
+#ifndef EP_CUDA_TEST_UTIL_H
+#define EP_CUDA_TEST_UTIL_H
+
+#include "common/model_cfg.h"
+#include "common/routes.h"
+
+#define CUDA_TEST_SKIP 77 // ctest SKIP_RETURN_CODE
+
+// Per row, max|gpu - cpu| <= TOL * max|cpu|: the CUDA experts store inputs,
+// gate|up, activations and outputs in BF16 (8-bit mantissa) while the CPU
+// reference is fp32. test_cuda_plan checks this bound against a CPU
+// emulation of the same rounding (1.5e-2 measured there; the rest is headroom
+// for the device's own accumulation order).
+#define CUDA_TEST_BF16_TOL 3e-2
+
+// Visible devices; when none, prints "# SKIP <test>: <why>" and returns 0.
+int cuda_test_devices(const char *test);
+
+// Qwen3-like: 2 MoE layers, hidden 13, moe_inter 7, 11 experts, top-3.
+void cuda_test_cfg_qwen(ep_model_cfg *c);
+// DeepSeek-V2-like: layer 0 dense, 2 shared experts (width 14), x2.5 weights.
+void cuda_test_cfg_deepseek(ep_model_cfg *c);
+
+// n values uniform in [-scale, scale) from seed.
+void cuda_test_fill(float *x, size_t n, uint64_t seed, float scale);
+// n_rec records of 0..max_k distinct experts drawn from `allowed` (n_allowed
+// ids), positive weights; pair_off [n_rec + 1] starts at `base` (to check
+// that callers honour pair_off[0] != 0). Arrays sized n_rec * max_k + base.
+void cuda_test_records(int n_rec, int max_k, const int *allowed, int n_allowed, int base,
+                       uint64_t seed, int *pair_off, int *pair_expert, float *pair_weight);
+// Routes of T tokens with K_i in [1, max_k] distinct experts of [0, E).
+void cuda_test_routes(ep_routes *r, int T, int max_k, int E, uint64_t seed);
+
+// What cublasGemmEx(CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, 1, A, lda, B, ldb, 0,
+// C, ldc) computes, column-major, in fp32 with double accumulation:
+// C[i + j*ldc] = Σ_p A[p + i*lda] * B[p + j*ldb].
+void cuda_test_gemm_tn(int m, int n, int k, const float *A, int lda, const float *B, int ldb,
+                       float *C, int ldc);
+
+// max over rows of max|a - b| / max(max|b|, 1e-6).
+double cuda_test_rel_err(const float *a, const float *b, int rows, int cols);
+
+#endif

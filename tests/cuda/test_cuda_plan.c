@@ -1,0 +1,427 @@
+// The host half of the GPU path, run on the CPU (no device needed): the
+// grouped-GEMM layout of ep_cuda_plan (sort by expert, reduction map,
+// validation), the cuBLAS problem list driven through an emulation of
+// column-major cublasGemmEx and compared with the CPU experts (fp32, and the
+// BF16 error budget), the router kernel's per-token routine run on the host
+// against the CPU router (bit-identical routes), device choice by local
+// rank, and the NCCL version rules.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/gpu.h"
+#include "cuda_test_util.h"
+#include "experts/cuda/plan.h"
+#include "common/dtype.h"
+#include "experts/experts.h"
+#include "router/cuda/router_cuda.h"
+
+// Emulated pipeline (fp32, double dots) vs the CPU experts (fp32 sgemm).
+#define TOL 1e-5
+
+// ---- layout -----------------------------------------------------------------------
+
+static void check_layout(const ep_cuda_plan *pl, int n_rec, const int *pair_off,
+                         const int *pair_expert, const int *local_of, int n_local)
+{
+    const int base = pair_off[0], rows = pair_off[n_rec] - base;
+    assert_int_equal(pl->n_rows, rows);
+    assert_int_equal(pl->start[0], 0);
+    assert_int_equal(pl->start[n_local], rows);
+    int groups = 0;
+    for (int s = 0; s < n_local; s++) {
+        assert_true(pl->start[s] <= pl->start[s + 1]);
+        if (pl->start[s + 1] > pl->start[s]) {
+            assert_true(groups < pl->n_groups);
+            assert_int_equal(pl->grp_local[groups], s);
+            groups++;
+        }
+    }
+    assert_int_equal(groups, pl->n_groups);
+    char *seen = calloc((size_t)rows + 1, 1);
+    for (int i = 0; i < n_rec; i++) {
+        assert_int_equal(pl->rec_off[i], pair_off[i] - base);
+        for (int j = pair_off[i]; j < pair_off[i + 1]; j++) {
+            int r = pl->pair_row[j - base], s = local_of[pair_expert[j]];
+            assert_true(r >= pl->start[s] && r < pl->start[s + 1]); // in its expert's block
+            assert_int_equal(pl->row_rec[r], i);                    // gathers its record
+            assert_false(seen[r]);                                  // a permutation
+            seen[r] = 1;
+        }
+    }
+    assert_int_equal(pl->rec_off[n_rec], rows);
+    // Stable: records ascend within each expert's block.
+    for (int s = 0; s < n_local; s++)
+        for (int r = pl->start[s] + 1; r < pl->start[s + 1]; r++)
+            assert_true(pl->row_rec[r - 1] < pl->row_rec[r]);
+    free(seen);
+}
+
+static void test_plan_layout(void **state)
+{
+    enum { E = 11, MAXK = 5, BASE = 3 };
+    int allowed[E], local_of[E];
+    for (int e = 0; e < E; e++) {
+        allowed[e] = e;
+        local_of[e] = (e * 7) % E; // a permutation: local order differs from global
+    }
+    ep_cuda_plan pl;
+    memset(&pl, 0, sizeof pl);
+    // Growing and shrinking steps through one plan: capacities are reused.
+    const int sizes[] = {5, 13, 1, 29, 7, 0};
+    for (size_t c = 0; c < EP_ARRAY_LEN(sizes); c++) {
+        int n_rec = sizes[c];
+        int *off = malloc(sizeof(int) * (n_rec + 1));
+        int *ex = malloc(sizeof(int) * (n_rec * MAXK + BASE));
+        float *w = malloc(sizeof(float) * (n_rec * MAXK + BASE));
+        cuda_test_records(n_rec, MAXK, allowed, E, BASE, 100 + c, off, ex, w);
+        assert_int_equal(ep_cuda_plan_build(&pl, 0, E, E, local_of, n_rec, off, ex), EP_OK);
+        if (n_rec > 0)
+            check_layout(&pl, n_rec, off, ex, local_of, E);
+        else
+            assert_int_equal(pl.n_rows, 0);
+        free(off);
+        free(ex);
+        free(w);
+    }
+    ep_cuda_plan_free(&pl);
+    ep_cuda_plan_free(&pl); // twice: zeroed, so a no-op
+}
+
+static void test_plan_errors(void **state)
+{
+    int local_of[7] = {0, -1, 1, 2, -1, 3, 4};
+    ep_cuda_plan pl;
+    memset(&pl, 0, sizeof pl);
+    int off_dec[] = {0, 2, 1};
+    int ex[] = {0, 2, 3};
+    assert_int_equal(ep_cuda_plan_build(&pl, 4, 7, 5, local_of, 2, off_dec, ex), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "record 1"));
+    assert_non_null(strstr(ep_last_error(), "layer 4"));
+    int off[] = {0, 1, 3};
+    int ex_range[] = {0, 2, 7};
+    assert_int_equal(ep_cuda_plan_build(&pl, 0, 7, 5, local_of, 2, off, ex_range), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "expert 7 outside [0, 7)"));
+    int ex_held[] = {0, 2, 4};
+    assert_int_equal(ep_cuda_plan_build(&pl, 0, 7, 5, local_of, 2, off, ex_held), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "expert 4 is not held"));
+    assert_int_equal(ep_cuda_plan_build(&pl, 0, 7, 5, local_of, -1, off, ex), EP_ERR_ARG);
+    int ok[] = {0, 2, 3};
+    assert_int_equal(ep_cuda_plan_build(&pl, 0, 7, 5, local_of, 2, off, ok), EP_OK);
+    assert_int_equal(pl.n_groups, 3);
+    ep_cuda_plan_free(&pl);
+}
+
+// ---- the problem list through emulated cuBLAS ------------------------------------------
+
+static float silu(float v)
+{
+    return (float)(v / (1.0 + exp(-(double)v)));
+}
+
+static void round_bf16(float *v, size_t n, bool on)
+{
+    for (size_t i = 0; on && i < n; i++)
+        v[i] = ep_bf16_round(v[i]);
+}
+
+// The GPU step of experts/cuda/experts_cuda.c with every device call replaced
+// by its C equivalent. bf16 false: fp32 throughout, so only the layout is
+// tested; true: rounded to BF16 where the GPU stores BF16 (gathered rows,
+// gate|up, activations, expert outputs), which measures the error budget.
+static void emulate_step(const ep_cuda_plan *pl, int H, int I, const float *gate_up,
+                         const float *down, const float *pair_weight, const float *x, float *y,
+                         bool bf16)
+{
+    const int rows = pl->n_rows;
+    float *xg = malloc(sizeof(float) * ((size_t)rows * H + 1));
+    float *gu = malloc(sizeof(float) * ((size_t)rows * 2 * I + 1));
+    float *act = malloc(sizeof(float) * ((size_t)rows * I + 1));
+    float *og = malloc(sizeof(float) * ((size_t)rows * H + 1));
+    for (int r = 0; r < rows; r++)
+        memcpy(xg + (size_t)r * H, x + (size_t)pl->row_rec[r] * H, sizeof(float) * H);
+    round_bf16(xg, (size_t)rows * H, bf16);
+    ep_cuda_gemm_list g;
+    memset(&g, 0, sizeof g);
+    ep_cuda_gemm_list_fill(&g, pl, 2 * I, H, sizeof(float), gate_up, xg, gu);
+    assert_int_equal(g.n, pl->n_groups);
+    for (int q = 0; q < g.n; q++)
+        cuda_test_gemm_tn(g.m[q], g.nn[q], g.k[q], g.ptr[q], g.lda[q], g.ptr[g.n + q], g.ldb[q],
+                          g.ptr[2 * g.n + q], g.ldc[q]);
+    round_bf16(gu, (size_t)rows * 2 * I, bf16);
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < I; i++)
+            act[(size_t)r * I + i] =
+                silu(gu[(size_t)r * 2 * I + i]) * gu[(size_t)r * 2 * I + I + i];
+    round_bf16(act, (size_t)rows * I, bf16);
+    ep_cuda_gemm_list_fill(&g, pl, H, I, sizeof(float), down, act, og);
+    for (int q = 0; q < g.n; q++)
+        cuda_test_gemm_tn(g.m[q], g.nn[q], g.k[q], g.ptr[q], g.lda[q], g.ptr[g.n + q], g.ldb[q],
+                          g.ptr[2 * g.n + q], g.ldc[q]);
+    round_bf16(og, (size_t)rows * H, bf16);
+    for (int i = 0; i < pl->n_rec; i++)
+        for (int h = 0; h < H; h++) {
+            double acc = 0;
+            for (int j = pl->rec_off[i]; j < pl->rec_off[i + 1]; j++)
+                acc += (double)pair_weight[j] * og[(size_t)pl->pair_row[j] * H + h];
+            y[(size_t)i * H + h] = (float)acc;
+        }
+    ep_cuda_gemm_list_free(&g);
+    free(xg);
+    free(gu);
+    free(act);
+    free(og);
+}
+
+// Reads rank `rank`'s experts of `layer` in the device layout: gate_up
+// [n_local, 2I, H] (gate rows then up rows), down [n_local, H, I].
+static void read_shard(ep_weights *w, const ep_model_cfg *c, const ep_placement *p, int rank,
+                       int layer, float *gate_up, float *down, int *local_of)
+{
+    const int I = c->moe_inter, H = c->hidden;
+    const int64_t gu_shape[2] = {I, H}, d_shape[2] = {H, I};
+    char name[256];
+    for (int e = 0; e < c->n_experts; e++)
+        local_of[e] = -1;
+    for (int s = 0; s < ep_placement_n_local(p, rank); s++) {
+        int g = p->local_expert[p->local_off[rank] + s];
+        local_of[g] = s;
+        ep_name_expert(name, sizeof name, layer, g, "gate_proj");
+        assert_int_equal(ep_weights_read_f32(w, name, 2, gu_shape, gate_up + (size_t)s * 2 * I * H),
+                         EP_OK);
+        ep_name_expert(name, sizeof name, layer, g, "up_proj");
+        assert_int_equal(ep_weights_read_f32(w, name, 2, gu_shape,
+                                             gate_up + (size_t)s * 2 * I * H + (size_t)I * H),
+                         EP_OK);
+        ep_name_expert(name, sizeof name, layer, g, "down_proj");
+        assert_int_equal(ep_weights_read_f32(w, name, 2, d_shape, down + (size_t)s * H * I), EP_OK);
+    }
+}
+
+static void problem_list_vs_cpu(bool bf16, double tol)
+{
+    ep_model_cfg c;
+    cuda_test_cfg_qwen(&c);
+    const int E = c.n_experts, H = c.hidden, I = c.moe_inter, W = 3;
+    ep_weights *w;
+    ep_backend *be;
+    assert_int_equal(ep_weights_open(&c, &w), EP_OK);
+    assert_int_equal(ep_backend_cpu_init(&be), EP_OK);
+    ep_placement p;
+    assert_int_equal(ep_placement_init(&p, EP_PLACE_ROUND_ROBIN, E, W), EP_OK);
+    float *gate_up = malloc(sizeof(float) * E * 2 * I * H);
+    float *down = malloc(sizeof(float) * E * H * I);
+    int local_of[64];
+    ep_cuda_plan pl;
+    memset(&pl, 0, sizeof pl);
+    double worst = 0;
+    for (int rank = 0; rank < W; rank++) {
+        ep_experts *cpu;
+        assert_int_equal(ep_experts_load(&c, w, &p, rank, be, &cpu), EP_OK);
+        const int n_local = ep_placement_n_local(&p, rank);
+        for (int layer = 0; layer < c.n_layers; layer++) {
+            read_shard(w, &c, &p, rank, layer, gate_up, down, local_of);
+            const int n_rec = 13 + 4 * rank, maxk = 3, base = 2;
+            int *off = malloc(sizeof(int) * (n_rec + 1));
+            int *ex = malloc(sizeof(int) * (n_rec * maxk + base));
+            float *pw = malloc(sizeof(float) * (n_rec * maxk + base));
+            float *x = malloc(sizeof(float) * n_rec * H);
+            float *y = malloc(sizeof(float) * n_rec * H);
+            float *ref = malloc(sizeof(float) * n_rec * H);
+            cuda_test_records(n_rec, maxk, p.local_expert + p.local_off[rank], n_local, base,
+                              7 * rank + layer, off, ex, pw);
+            cuda_test_fill(x, (size_t)n_rec * H, 31 + rank, 1.0f);
+            assert_int_equal(ep_cuda_plan_build(&pl, layer, E, n_local, local_of, n_rec, off, ex),
+                             EP_OK);
+            emulate_step(&pl, H, I, gate_up, down, pw + base, x, y, bf16);
+            assert_int_equal(ep_experts_forward(cpu, layer, n_rec, off, ex, pw, x, ref), EP_OK);
+            double err = cuda_test_rel_err(y, ref, n_rec, H);
+            worst = EP_MAX(worst, err);
+            assert_true(err <= tol);
+            free(off);
+            free(ex);
+            free(pw);
+            free(x);
+            free(y);
+            free(ref);
+        }
+        ep_experts_free(cpu);
+    }
+    printf("# emulated grouped layout (%s) vs CPU experts: max rel err %.2e (tol %.0e)\n",
+           bf16 ? "BF16 storage" : "fp32", worst, tol);
+    assert_true(worst > 0); // the comparison saw real, differing numbers
+    ep_cuda_plan_free(&pl);
+    free(gate_up);
+    free(down);
+    ep_placement_free(&p);
+    ep_backend_free(be);
+    ep_weights_free(w);
+}
+
+static void test_problem_list_matches_cpu(void **state)
+{
+    problem_list_vs_cpu(false, TOL);
+}
+
+// The tolerance the GPU tests use for BF16 storage, checked here where it can
+// run: the rounding the device does, without the device.
+static void test_bf16_error_budget(void **state)
+{
+    problem_list_vs_cpu(true, CUDA_TEST_BF16_TOL);
+}
+
+// ---- the router kernel's routine, run on the host --------------------------------------------
+
+// Grouped (DeepSeek-like) routing on odd sizes: 12 experts in 4 groups, best 2.
+static void cfg_grouped(ep_model_cfg *c)
+{
+    cuda_test_cfg_deepseek(c);
+    snprintf(c->name, sizeof c->name, "cuda-test-grouped-odd");
+    c->n_experts = 12;
+    c->n_group = 4;
+    c->topk_group = 2;
+    c->topk_method = EP_TOPK_GROUP_LIMITED;
+}
+
+static void router_host_vs_cpu(const ep_model_cfg *c, const char *policy, bool ties)
+{
+    const int T = 37, E = c->n_experts;
+    ep_policy *p;
+    assert_int_equal(ep_policy_create(c, policy, &p), EP_OK);
+    ep_router *cpu;
+    assert_int_equal(ep_router_init(c, T, &cpu), EP_OK);
+    ep_routes a, b;
+    ep_routes_init(&a, T, ep_policy_max_k(p), c->k_base);
+    ep_routes_init(&b, T, ep_policy_max_k(p), c->k_base);
+    float *logits = malloc(sizeof(float) * T * E);
+    int64_t nnz = 0, k_min = 1 << 30, k_max = 0;
+    for (int layer = c->first_k_dense; layer < c->n_layers; layer++) {
+        cuda_test_fill(logits, (size_t)T * E, 60 + layer, 4.0f);
+        // Quantized logits make exact ties, so the lower-id rule is exercised.
+        for (int i = 0; ties && i < T * E; i++)
+            logits[i] = roundf(logits[i] * 2.0f) / 2.0f;
+        assert_int_equal(ep_router_route_logits(cpu, p, layer, logits, T, &a), EP_OK);
+        assert_int_equal(ep_router_cuda_route_logits_host(c, p, layer, logits, T, &b), EP_OK);
+        assert_int_equal(b.n_tokens, T);
+        assert_memory_equal(a.offsets, b.offsets, sizeof(int) * (T + 1));
+        assert_memory_equal(a.expert, b.expert, sizeof(int) * ep_routes_nnz(&a));
+        assert_memory_equal(a.weight, b.weight, sizeof(float) * ep_routes_nnz(&a));
+        assert_memory_equal(a.base_expert, b.base_expert, sizeof(int) * T * c->k_base);
+        assert_memory_equal(a.base_weight, b.base_weight, sizeof(float) * T * c->k_base);
+        nnz += ep_routes_nnz(&a);
+        for (int t = 0; t < T; t++) {
+            k_min = EP_MIN(k_min, ep_routes_k(&a, t));
+            k_max = EP_MAX(k_max, ep_routes_k(&a, t));
+        }
+    }
+    printf("# %s %s%s: %lld pairs, K in [%lld, %lld], identical to the CPU router\n", c->name,
+           policy, ties ? " (ties)" : "", (long long)nnz, (long long)k_min, (long long)k_max);
+    free(logits);
+    ep_routes_free(&a);
+    ep_routes_free(&b);
+    ep_router_free(cpu);
+    ep_policy_free(p);
+}
+
+static void test_router_host(void **state)
+{
+    void (*cfgs[])(ep_model_cfg *) = {cuda_test_cfg_qwen, cuda_test_cfg_deepseek, cfg_grouped};
+    const char *policies[] = {"baseline", "ban"};
+    for (size_t i = 0; i < EP_ARRAY_LEN(cfgs); i++)
+        for (size_t j = 0; j < EP_ARRAY_LEN(policies); j++)
+            for (int ties = 0; ties < 2; ties++) {
+                ep_model_cfg c;
+                cfgs[i](&c);
+                router_host_vs_cpu(&c, policies[j], ties);
+            }
+    // The presets: 64 experts, top-8 (Qwen3) and grouped top-6 (DeepSeek).
+    const char *presets[] = {"tiny-qwen3-moe", "tiny-deepseek-v2"};
+    for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++) {
+        ep_model_cfg c;
+        assert_int_equal(ep_model_cfg_load(presets[i], &c), EP_OK);
+        router_host_vs_cpu(&c, "baseline", false);
+        router_host_vs_cpu(&c, "ban", false);
+    }
+}
+
+static void test_router_supports(void **state)
+{
+    ep_model_cfg c;
+    cuda_test_cfg_qwen(&c);
+    const char *yes[] = {"baseline", "ban"}, *no[] = {"pick", "banpick", "topp", "des"};
+    for (size_t i = 0; i < EP_ARRAY_LEN(yes); i++) {
+        ep_policy *p;
+        assert_int_equal(ep_policy_create(&c, yes[i], &p), EP_OK);
+        assert_true(ep_router_cuda_supports(p));
+        ep_policy_free(p);
+    }
+    ep_routes r;
+    ep_routes_init(&r, 4, c.n_experts, c.k_base);
+    float logits[4 * 11] = {0};
+    for (size_t i = 0; i < EP_ARRAY_LEN(no); i++) {
+        ep_policy *p;
+        assert_int_equal(ep_policy_create(&c, no[i], &p), EP_OK);
+        assert_false(ep_router_cuda_supports(p));
+        assert_int_equal(ep_router_cuda_route_logits_host(&c, p, 0, logits, 4, &r),
+                         EP_ERR_UNSUPPORTED);
+        assert_non_null(strstr(ep_last_error(), no[i]));
+        ep_policy_free(p);
+    }
+    ep_routes_free(&r);
+}
+
+// ---- device choice and NCCL versions --------------------------------------------------------
+
+static void test_gpu_choose(void **state)
+{
+    int dev = -1;
+    for (int lr = 0; lr < 4; lr++) { // one visible device: every rank takes it
+        assert_int_equal(ep_gpu_choose(lr, 4, 1, &dev), EP_OK);
+        assert_int_equal(dev, 0);
+    }
+    for (int lr = 0; lr < 8; lr++) {
+        assert_int_equal(ep_gpu_choose(lr, 8, 8, &dev), EP_OK);
+        assert_int_equal(dev, lr);
+    }
+    assert_int_equal(ep_gpu_choose(3, 4, 2, &dev), EP_ERR_CONFIG);
+    assert_non_null(strstr(ep_last_error(), "local rank 3 of 4"));
+    assert_int_equal(ep_gpu_choose(0, 1, 0, &dev), EP_ERR_UNSUPPORTED);
+}
+
+static void test_nccl_versions(void **state)
+{
+    char s[32];
+    ep_nccl_version_str(22809, s, sizeof s);
+    assert_string_equal(s, "2.28.9");
+    ep_nccl_version_str(2804, s, sizeof s); // the pre-2.9 encoding
+    assert_string_equal(s, "2.8.4");
+    assert_int_equal(ep_nccl_version_check(22809, 22809), EP_OK);
+    assert_int_equal(ep_nccl_version_check(22809, 21903), EP_OK);
+    assert_int_equal(ep_nccl_version_check(21903, 22809), EP_OK);
+    assert_int_equal(ep_nccl_version_check(22809, 21203), EP_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ep_last_error(), "2.12.3"));
+    assert_int_equal(ep_nccl_version_check(22809, 2804), EP_ERR_UNSUPPORTED);
+    assert_int_equal(ep_nccl_version_check(22809, 30001), EP_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ep_last_error(), "3.0.1"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plan_layout),
+        cmocka_unit_test(test_plan_errors),
+        cmocka_unit_test(test_problem_list_matches_cpu),
+        cmocka_unit_test(test_bf16_error_budget),
+        cmocka_unit_test(test_router_host),
+        cmocka_unit_test(test_router_supports),
+        cmocka_unit_test(test_gpu_choose),
+        cmocka_unit_test(test_nccl_versions),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
