@@ -1,26 +1,37 @@
-// Routed experts of this rank's shard and the replicated shared experts of
-// every MoE layer; the grouped SwiGLU over the records a rank received (gemms
-// through the backend) and the plain C reference. Routing, placement and the
+// Routed experts of this rank's shard (fp32 or BF16) and the replicated
+// shared experts of every MoE layer; the grouped SwiGLU over the records a
+// rank received and the plain C reference. Routing, placement and the
 // all-to-all live elsewhere: this file only computes what it is handed.
 // An ep_experts is used by one thread at a time (the forward scratch is in it).
 #include "experts/experts.h"
+#include "experts/kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-// Rows gathered per gemm. Bounds the float scratch whatever the step size
-// (a prefill step can bring tens of thousands of pairs) while keeping the
-// gemms tall enough for BLAS to run near its peak.
-#define EP_EXPERTS_CHUNK_ROWS 256
+// Rows (pairs) gathered per pass. Bounds the scratch whatever the step size
+// (a prefill step can bring tens of thousands of pairs) while keeping each
+// expert's product tall enough to run near peak.
+#define EP_EXPERTS_CHUNK_ROWS 512
+// fp32 experts with at least ep_experts_opts.gemm_min_rows rows in a pass go
+// to the backend's gemm; the others to the kernels, which stream each weight
+// row once and spread all experts over the threads. By default none goes to
+// the gemm: `epserve bench kernels` measured OpenBLAS slower than the kernels
+// at every step size on the reference machine (docs/benchmarks.md).
+// Weight rows per kernel task: 64 rows of 2048 fp32 are 512 KiB, enough work
+// to amortise a hand-out, small enough to balance decode over the threads.
+#define EP_EXPERTS_TASK_ROWS 64
 
 // One MoE layer. Dense layers keep an all-zero entry.
 typedef struct {
     int n_local;       // routed experts held at this layer
     int *local_of;     // [n_experts] local index of global expert e, -1 when not held
     int *global_of;    // [n_local] global id of each local expert
-    float *gate_up;    // [n_local, 2*I, H]: rows [0, I) gate_proj, rows [I, 2I) up_proj
-    float *down;       // [n_local, H, I] down_proj
+    float *gate_up;    // [n_local, 2*I, H]: rows [0, I) gate_proj, rows [I, 2I) up_proj; fp32 only
+    float *down;       // [n_local, H, I] down_proj; fp32 only
+    uint16_t *gate_up16; // [n_local, 2*I, H] the same in BF16; BF16 only
+    uint16_t *down16;    // [n_local, H, I]; BF16 only
     float *sh_gate_up; // [2*S, H] shared gate_proj | up_proj, S = moe_inter * n_shared; or NULL
     float *sh_down;    // [H, S]
 } ep_experts_layer;
@@ -34,6 +45,8 @@ struct ep_experts {
     int shared_inter;         // S = moe_inter * n_shared (0 without shared experts)
     ep_experts_layer *layers; // [n_layers]
     size_t weight_bytes;
+    bool bf16;                // routed weights stored in BF16 (else fp32)
+    int gemm_min_rows;        // fp32 segments this tall go to the backend gemm
 
     // Forward scratch: sized on first use, grown only when a step needs more.
     int *start;      // [cnt_cap + 1] first sorted pair of each local expert
@@ -46,7 +59,13 @@ struct ep_experts {
     float *gu;     // [chunk_cap, 2 * max(I, S)] gate | up outputs
     float *act;    // [chunk_cap, max(I, S)] silu(gate) * up
     float *og;     // [chunk_cap, H] expert outputs before weighting
-    int chunk_cap; // rows the four float buffers hold
+    uint16_t *xg16;  // [chunk_cap, H] gathered rows in BF16 (BF16 experts)
+    uint16_t *act16; // [chunk_cap, I] act in BF16 (BF16 experts)
+    int chunk_cap;   // rows the buffers above hold
+    int *seg;        // [seg_cap * 3] per segment: local expert, first sorted pair, rows
+    int seg_cap;
+    int *task;       // [task_cap * 2] per kernel task: segment, first weight row
+    int task_cap;
 };
 
 // ---- load ----------------------------------------------------------------
@@ -93,6 +112,32 @@ static ep_status load_routed(ep_experts *e, ep_weights *w, const ep_placement *p
 
     const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
     ep_status st;
+    if (e->bf16) {
+        // Read one expert in fp32 into a staging buffer, keep it in BF16:
+        // the fp32 copy of the whole shard never exists.
+        L->gate_up16 = malloc(gu_n * L->n_local * sizeof(uint16_t));
+        L->down16 = malloc(d_n * L->n_local * sizeof(uint16_t));
+        if ((!L->gate_up16 || !L->down16) && L->n_local)
+            return ep_errorf(EP_ERR_NOMEM,
+                             "experts: layer %d: cannot allocate %zu bytes for BF16 experts",
+                             layer, (gu_n + d_n) * L->n_local * sizeof(uint16_t));
+        float *stage;
+        if ((st = alloc_floats(&stage, gu_n + d_n, "BF16 staging", layer))) return st;
+        for (int s = 0; s < L->n_local; s++) {
+            st = read_expert(w, layer, L->global_of[s], I, H, stage, stage + (size_t)I * H,
+                             stage + gu_n);
+            if (st) {
+                free(stage);
+                return ep_error_prefix(st, "experts: layer %d expert %d (rank %d)", layer,
+                                       L->global_of[s], e->rank);
+            }
+            ep_kern_to_bf16((int64_t)gu_n, stage, L->gate_up16 + gu_n * s);
+            ep_kern_to_bf16((int64_t)d_n, stage + gu_n, L->down16 + d_n * s);
+        }
+        free(stage);
+        e->weight_bytes += (gu_n + d_n) * L->n_local * sizeof(uint16_t);
+        return EP_OK;
+    }
     if ((st = alloc_floats(&L->gate_up, gu_n * L->n_local, "routed gate_proj|up_proj", layer)))
         return st;
     if ((st = alloc_floats(&L->down, d_n * L->n_local, "routed down_proj", layer))) return st;
@@ -134,7 +179,19 @@ fail:
 ep_status ep_experts_load(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p, int rank,
                           ep_backend *be, ep_experts **out)
 {
+    return ep_experts_load_ex(cfg, w, p, rank, be, NULL, out);
+}
+
+ep_status ep_experts_load_ex(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p,
+                             int rank, ep_backend *be, const ep_experts_opts *opts,
+                             ep_experts **out)
+{
     *out = NULL;
+    const ep_dtype wdt = opts ? opts->weight_dtype : EP_DTYPE_F32;
+    if (wdt != EP_DTYPE_F32 && wdt != EP_DTYPE_BF16)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "experts: weight_dtype %s: expected F32 or BF16 storage of routed experts",
+                         ep_dtype_name(wdt));
     if (cfg->n_experts > 0 && (cfg->hidden <= 0 || cfg->moe_inter <= 0 || cfg->n_shared < 0))
         return ep_errorf(EP_ERR_CONFIG,
                          "experts: %s: expected hidden > 0, moe_inter > 0, n_shared >= 0, found "
@@ -154,6 +211,9 @@ ep_status ep_experts_load(const ep_model_cfg *cfg, ep_weights *w, const ep_place
     ep_experts *e = ep_xcalloc(1, sizeof *e);
     e->cfg = *cfg;
     e->be = be;
+    e->bf16 = wdt == EP_DTYPE_BF16;
+    const int gmr = opts ? opts->gemm_min_rows : 0;
+    e->gemm_min_rows = gmr <= 0 ? INT32_MAX : gmr;
     e->rank = rank < 0 ? -1 : rank;
     e->hidden = cfg->hidden;
     e->inter = cfg->moe_inter;
@@ -183,6 +243,8 @@ void ep_experts_free(ep_experts *e)
         free(L->global_of);
         free(L->gate_up);
         free(L->down);
+        free(L->gate_up16);
+        free(L->down16);
         free(L->sh_gate_up);
         free(L->sh_down);
     }
@@ -195,6 +257,10 @@ void ep_experts_free(ep_experts *e)
     free(e->gu);
     free(e->act);
     free(e->og);
+    free(e->xg16);
+    free(e->act16);
+    free(e->seg);
+    free(e->task);
     free(e);
 }
 
@@ -227,10 +293,14 @@ static void grow_chunk(ep_experts *e, int rows)
     free(e->gu);
     free(e->act);
     free(e->og);
+    free(e->xg16);
+    free(e->act16);
     e->xg = ep_xmalloc((size_t)rows * H * sizeof(float));
     e->gu = ep_xmalloc((size_t)rows * 2 * W * sizeof(float));
     e->act = ep_xmalloc((size_t)rows * W * sizeof(float));
     e->og = ep_xmalloc((size_t)rows * H * sizeof(float));
+    e->xg16 = e->bf16 ? ep_xmalloc((size_t)rows * H * sizeof(uint16_t)) : NULL;
+    e->act16 = e->bf16 ? ep_xmalloc((size_t)rows * e->inter * sizeof(uint16_t)) : NULL;
     e->chunk_cap = rows;
 }
 
@@ -250,6 +320,13 @@ static void grow_counts(ep_experts *e, int n_local)
     e->cnt_cap = n_local;
 }
 
+static void grow_ints(int **p, int *cap, int n, int per)
+{
+    if (n <= *cap) return;
+    *p = ep_xrealloc(*p, (size_t)n * per * sizeof(int));
+    *cap = n;
+}
+
 // ---- grouped SwiGLU -------------------------------------------------------
 
 static ep_status check_layer(const ep_experts *e, int layer, const char *what)
@@ -264,14 +341,164 @@ static ep_status check_layer(const ep_experts *e, int layer, const char *what)
 }
 
 // act[m, W] = silu(gu[:, :W]) * gu[:, W:] for the m rows of gu [m, 2W]. One
-// backend call per row: the gate and up halves of a row are adjacent, not
-// contiguous across rows, and gemm_nt has no output stride to split them.
-static void swiglu_rows(ep_backend *be, int m, int W, const float *gu, float *act)
+// call per row: the gate and up halves of a row are adjacent, not contiguous
+// across rows, and gemm_nt has no output stride to split them.
+static void swiglu_rows(int m, int W, const float *gu, float *act)
 {
     for (int r = 0; r < m; r++) {
         const float *g = gu + (size_t)r * 2 * W;
-        be->vt->swiglu(be, W, g, g + W, act + (size_t)r * W);
+        ep_kern_swiglu(W, g, g + W, act + (size_t)r * W);
     }
+}
+
+// One pass of the forward: the sorted pairs [c0, c0 + rows), made of
+// segments (a local expert and a run of its rows), all in the scratch.
+typedef struct {
+    ep_experts *e;
+    const ep_experts_layer *L;
+    const float *x;           // [n_rec, H]
+    const float *pair_weight; // [n_pairs]
+    float *y;                 // [n_rec, H]
+    int c0, rows;
+    const int *seg; // [n_seg * 3] local expert, first sorted pair, rows
+    int n_tasks;
+} ep_fwd_pass;
+
+#define EP_FWD_GATHER_ROWS 16
+#define EP_FWD_COMBINE_COLS 256
+
+static void gather_task(void *ctx, int task, int thread)
+{
+    const ep_fwd_pass *f = ctx;
+    ep_experts *e = f->e;
+    const int H = e->hidden, r0 = task * EP_FWD_GATHER_ROWS;
+    const int r1 = EP_MIN(f->rows, r0 + EP_FWD_GATHER_ROWS);
+    for (int r = r0; r < r1; r++) {
+        const float *src = f->x + (size_t)e->order_rec[f->c0 + r] * H;
+        if (e->bf16)
+            ep_kern_to_bf16(H, src, e->xg16 + (size_t)r * H);
+        else
+            memcpy(e->xg + (size_t)r * H, src, (size_t)H * sizeof(float));
+    }
+}
+
+// gate and up rows [n0, n0 + nb) of one segment's expert, SiLU*mul fused:
+// the task writes act (and its BF16 copy) for exactly those columns.
+static void gate_up_task(void *ctx, int task, int thread)
+{
+    const ep_fwd_pass *f = ctx;
+    ep_experts *e = f->e;
+    const int *sg = f->seg + 3 * e->task[2 * task];
+    const int n0 = e->task[2 * task + 1];
+    const int H = e->hidden, I = e->inter, loc = sg[0], row0 = sg[1] - f->c0, m = sg[2];
+    const int nb = EP_MIN(EP_EXPERTS_TASK_ROWS, I - n0);
+    float *gu = e->gu + (size_t)row0 * 2 * I;
+    const size_t gu_n = (size_t)2 * I * H;
+    if (e->bf16) {
+        const uint16_t *w = f->L->gate_up16 + gu_n * loc, *xa = e->xg16 + (size_t)row0 * H;
+        ep_kern_bf16_nt(m, nb, H, xa, H, w + (size_t)n0 * H, H, gu + n0, 2 * I);
+        ep_kern_bf16_nt(m, nb, H, xa, H, w + (size_t)(I + n0) * H, H, gu + I + n0, 2 * I);
+    } else {
+        const float *w = f->L->gate_up + gu_n * loc, *xa = e->xg + (size_t)row0 * H;
+        ep_kern_f32_nt(m, nb, H, xa, H, w + (size_t)n0 * H, H, gu + n0, 2 * I);
+        ep_kern_f32_nt(m, nb, H, xa, H, w + (size_t)(I + n0) * H, H, gu + I + n0, 2 * I);
+    }
+    for (int r = 0; r < m; r++) {
+        const float *g = gu + (size_t)r * 2 * I + n0;
+        float *a = e->act + (size_t)(row0 + r) * I + n0;
+        ep_kern_swiglu(nb, g, g + I, a);
+        if (e->bf16) ep_kern_to_bf16(nb, a, e->act16 + (size_t)(row0 + r) * I + n0);
+    }
+}
+
+// down rows [n0, n0 + nb) (output columns) of one segment's expert.
+static void down_task(void *ctx, int task, int thread)
+{
+    const ep_fwd_pass *f = ctx;
+    ep_experts *e = f->e;
+    const int *sg = f->seg + 3 * e->task[2 * task];
+    const int n0 = e->task[2 * task + 1];
+    const int H = e->hidden, I = e->inter, loc = sg[0], row0 = sg[1] - f->c0, m = sg[2];
+    const int nb = EP_MIN(EP_EXPERTS_TASK_ROWS, H - n0);
+    const size_t d_n = (size_t)H * I;
+    float *o = e->og + (size_t)row0 * H + n0;
+    if (e->bf16)
+        ep_kern_bf16_nt(m, nb, I, e->act16 + (size_t)row0 * I, I,
+                        f->L->down16 + d_n * loc + (size_t)n0 * I, I, o, H);
+    else
+        ep_kern_f32_nt(m, nb, I, e->act + (size_t)row0 * I, I,
+                       f->L->down + d_n * loc + (size_t)n0 * I, I, o, H);
+}
+
+// y[rec, cols] += w * og[row, cols] over the pass's rows in sorted order, one
+// column block per task: no two tasks touch the same y element, and the
+// order of the sums does not depend on the number of threads.
+static void combine_task(void *ctx, int task, int thread)
+{
+    const ep_fwd_pass *f = ctx;
+    const ep_experts *e = f->e;
+    const int H = e->hidden, k0 = task * EP_FWD_COMBINE_COLS;
+    const int k1 = EP_MIN(H, k0 + EP_FWD_COMBINE_COLS);
+    for (int r = 0; r < f->rows; r++) {
+        const float wt = f->pair_weight[e->order_pair[f->c0 + r]];
+        const float *o = e->og + (size_t)r * H;
+        float *yr = f->y + (size_t)e->order_rec[f->c0 + r] * H;
+        for (int k = k0; k < k1; k++)
+            yr[k] += wt * o[k];
+    }
+}
+
+static bool seg_uses_gemm(const ep_experts *e, const int *sg)
+{
+    return !e->bf16 && sg[2] >= e->gemm_min_rows;
+}
+
+// Kernel tasks of the pass's segments that do not go to the gemm: one per
+// (segment, block of `width` weight rows).
+static int build_tasks(ep_experts *e, const ep_fwd_pass *f, int n_seg, int width)
+{
+    const int per = (width + EP_EXPERTS_TASK_ROWS - 1) / EP_EXPERTS_TASK_ROWS;
+    grow_ints(&e->task, &e->task_cap, n_seg * per, 2);
+    int n = 0;
+    for (int i = 0; i < n_seg; i++) {
+        if (seg_uses_gemm(e, f->seg + 3 * i)) continue;
+        for (int n0 = 0; n0 < width; n0 += EP_EXPERTS_TASK_ROWS) {
+            e->task[2 * n] = i;
+            e->task[2 * n + 1] = n0;
+            n++;
+        }
+    }
+    return n;
+}
+
+static void forward_pass(ep_fwd_pass *f, int n_seg)
+{
+    ep_experts *e = f->e;
+    const int H = e->hidden, I = e->inter;
+    ep_par_for((f->rows + EP_FWD_GATHER_ROWS - 1) / EP_FWD_GATHER_ROWS, gather_task, f);
+
+    // Small experts (and every BF16 one): all of them at once over the
+    // pool, so a decode step's many one-token experts share the threads.
+    int n = build_tasks(e, f, n_seg, I);
+    ep_par_for(n, gate_up_task, f);
+    n = build_tasks(e, f, n_seg, H);
+    ep_par_for(n, down_task, f);
+
+    // Tall fp32 experts: the backend's gemm, one expert at a time.
+    ep_backend *be = e->be;
+    const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
+    for (int i = 0; i < n_seg; i++) {
+        const int *sg = f->seg + 3 * i;
+        if (!seg_uses_gemm(e, sg)) continue;
+        const int row0 = sg[1] - f->c0, m = sg[2];
+        float *gu = e->gu + (size_t)row0 * 2 * I, *act = e->act + (size_t)row0 * I;
+        be->vt->gemm_nt(be, m, 2 * I, H, e->xg + (size_t)row0 * H, f->L->gate_up + gu_n * sg[0],
+                        0.0f, gu);
+        swiglu_rows(m, I, gu, act);
+        be->vt->gemm_nt(be, m, H, I, act, f->L->down + d_n * sg[0], 0.0f,
+                        e->og + (size_t)row0 * H);
+    }
+    ep_par_for((H + EP_FWD_COMBINE_COLS - 1) / EP_FWD_COMBINE_COLS, combine_task, f);
 }
 
 ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pair_off,
@@ -284,7 +511,7 @@ ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pai
         return ep_errorf(EP_ERR_ARG, "experts forward: n_rec = %d, expected >= 0", n_rec);
     if (n_rec == 0) return EP_OK;
     const ep_experts_layer *L = &e->layers[layer];
-    const int H = e->hidden, I = e->inter, E = e->cfg.n_experts;
+    const int H = e->hidden, E = e->cfg.n_experts;
 
     // Pass 1: validate and count pairs per local expert (nothing is written
     // to y before every pair is known to be computable here).
@@ -329,31 +556,31 @@ ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pai
             e->order_rec[pos] = i;
         }
 
-    grow_chunk(e, (int)EP_MIN(n_pairs, (size_t)EP_EXPERTS_CHUNK_ROWS));
+    // Segments: each expert's rows cut into runs of at most a chunk.
+    const int CH = EP_EXPERTS_CHUNK_ROWS;
+    grow_chunk(e, (int)EP_MIN(n_pairs, (size_t)CH));
+    grow_ints(&e->seg, &e->seg_cap, L->n_local + (int)(n_pairs / CH) + 1, 3);
+    int n_seg = 0;
+    for (int s = 0; s < L->n_local; s++)
+        for (int c = start[s]; c < start[s + 1]; c += CH) {
+            e->seg[3 * n_seg] = s;
+            e->seg[3 * n_seg + 1] = c;
+            e->seg[3 * n_seg + 2] = EP_MIN(CH, start[s + 1] - c);
+            n_seg++;
+        }
     memset(y, 0, (size_t)n_rec * H * sizeof(float));
 
-    // Experts in local order, rows in record order within each: the order
-    // in which y accumulates depends on the inputs alone.
-    ep_backend *be = e->be;
-    const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
-    for (int s = 0; s < L->n_local; s++) {
-        const float *w_gu = L->gate_up + gu_n * s, *w_d = L->down + d_n * s;
-        for (int c = start[s]; c < start[s + 1]; c += EP_EXPERTS_CHUNK_ROWS) {
-            const int m = EP_MIN(EP_EXPERTS_CHUNK_ROWS, start[s + 1] - c);
-            for (int r = 0; r < m; r++)
-                memcpy(e->xg + (size_t)r * H, x + (size_t)e->order_rec[c + r] * H,
-                       (size_t)H * sizeof(float));
-            be->vt->gemm_nt(be, m, 2 * I, H, e->xg, w_gu, 0.0f, e->gu);
-            swiglu_rows(be, m, I, e->gu, e->act);
-            be->vt->gemm_nt(be, m, H, I, e->act, w_d, 0.0f, e->og);
-            for (int r = 0; r < m; r++) {
-                const float wt = pair_weight[e->order_pair[c + r]];
-                const float *o = e->og + (size_t)r * H;
-                float *yr = y + (size_t)e->order_rec[c + r] * H;
-                for (int k = 0; k < H; k++)
-                    yr[k] += wt * o[k];
-            }
-        }
+    // Passes: consecutive segments while they fit in a chunk. Experts in
+    // local order, rows in record order within each: the order in which y
+    // accumulates depends on the inputs alone.
+    for (int i = 0; i < n_seg;) {
+        ep_fwd_pass f = {.e = e, .L = L, .x = x, .pair_weight = pair_weight, .y = y,
+                         .c0 = e->seg[3 * i + 1], .rows = 0, .seg = e->seg + 3 * i};
+        int j = i;
+        while (j < n_seg && f.rows + e->seg[3 * j + 2] <= CH)
+            f.rows += e->seg[3 * j++ + 2];
+        forward_pass(&f, j - i);
+        i = j;
     }
     return EP_OK;
 }
@@ -371,7 +598,7 @@ ep_status ep_experts_shared_forward(ep_experts *e, int layer, const float *x, in
     for (int c = 0; c < T; c += EP_EXPERTS_CHUNK_ROWS) {
         const int m = EP_MIN(EP_EXPERTS_CHUNK_ROWS, T - c);
         be->vt->gemm_nt(be, m, 2 * S, H, x + (size_t)c * H, L->sh_gate_up, 0.0f, e->gu);
-        swiglu_rows(be, m, S, e->gu, e->act);
+        swiglu_rows(m, S, e->gu, e->act);
         // beta = 1: the shared output is added straight into y, unweighted.
         be->vt->gemm_nt(be, m, H, S, e->act, L->sh_down, 1.0f, y + (size_t)c * H);
     }
@@ -417,6 +644,9 @@ void ep_experts_reference(const ep_experts *e, int layer, const ep_routes *r, co
     EP_ASSERT(L->n_local == e->cfg.n_experts); // the reference needs every expert (rank < 0)
     const int H = e->hidden, I = e->inter, S = e->shared_inter;
     float *h = ep_xmalloc((size_t)EP_MAX(I, S) * sizeof(float));
+    // BF16 experts: the reference uses the stored (rounded) weights, widened.
+    const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
+    float *wide = e->bf16 ? ep_xmalloc((gu_n + d_n) * sizeof(float)) : NULL;
     for (int t = 0; t < r->n_tokens; t++) {
         const float *xt = x + (size_t)t * H;
         float *yt = y + (size_t)t * H;
@@ -425,13 +655,25 @@ void ep_experts_reference(const ep_experts *e, int layer, const ep_routes *r, co
         for (int j = r->offsets[t]; j < r->offsets[t + 1]; j++) {
             const int g = r->expert[j];
             EP_ASSERT(g >= 0 && g < e->cfg.n_experts);
-            const float *gate = L->gate_up + (size_t)2 * I * H * L->local_of[g];
-            const float *down = L->down + (size_t)H * I * L->local_of[g];
+            const size_t loc = (size_t)L->local_of[g];
+            const float *gate, *down;
+            if (e->bf16) {
+                for (size_t i = 0; i < gu_n; i++)
+                    wide[i] = ep_bf16_to_f32(L->gate_up16[gu_n * loc + i]);
+                for (size_t i = 0; i < d_n; i++)
+                    wide[gu_n + i] = ep_bf16_to_f32(L->down16[d_n * loc + i]);
+                gate = wide;
+                down = wide + gu_n;
+            } else {
+                gate = L->gate_up + gu_n * loc;
+                down = L->down + d_n * loc;
+            }
             ref_expert(gate, gate + (size_t)I * H, down, I, H, xt, r->weight[j], h, yt);
         }
         if (S > 0)
             ref_expert(L->sh_gate_up, L->sh_gate_up + (size_t)S * H, L->sh_down, S, H, xt, 1.0f, h,
                        yt);
     }
+    free(wide);
     free(h);
 }

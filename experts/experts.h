@@ -16,6 +16,22 @@ typedef struct ep_experts ep_experts;
 // (for the reference path; p may then be NULL). The backend is borrowed.
 ep_status ep_experts_load(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p, int rank,
                           ep_backend *be, ep_experts **out);
+// Load options. Zeroed (or NULL) = the defaults ep_experts_load uses.
+typedef struct {
+    // Storage of the routed experts' weights: EP_DTYPE_F32 (default; the
+    // reference precision) or EP_DTYPE_BF16 (half the memory and the bytes
+    // streamed; values rounded to BF16 at load, exact for BF16 checkpoints;
+    // activations rounded to BF16 for the products). Shared experts stay fp32.
+    ep_dtype weight_dtype;
+    // fp32 experts with at least this many rows in a pass use the backend's
+    // gemm (OpenBLAS), smaller ones the experts' own kernels. 0: the default
+    // (never: the kernels measured faster at every step size, see
+    // docs/benchmarks.md); -1: never. BF16 experts always use the kernels.
+    int gemm_min_rows;
+} ep_experts_opts;
+ep_status ep_experts_load_ex(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p,
+                             int rank, ep_backend *be, const ep_experts_opts *opts,
+                             ep_experts **out);
 void ep_experts_free(ep_experts *e); // NULL ok
 size_t ep_experts_bytes(const ep_experts *e); // weight bytes held
 bool ep_experts_has(const ep_experts *e, int expert);

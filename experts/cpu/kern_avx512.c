@@ -1,0 +1,337 @@
+// AVX-512 (f/bw/vl + FMA) bodies of the CPU expert kernels: fp32 and
+// widened-BF16 "nt" products in register tiles, SwiGLU with a vectorised exp,
+// fp32 -> BF16 rounding. Only kern_dispatch.c calls them, after checking the
+// CPU; nothing here is compiled with -mavx512 globally.
+#include "experts/cpu/kern_impl.h"
+
+#if EP_KERN_X86
+#include <immintrin.h>
+
+#define EP_TGT    __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#define EP_INLINE static inline __attribute__((always_inline)) EP_TGT
+
+// ---- products --------------------------------------------------------------
+// Dot-product tiles: MR rows of A against NR rows of B, 16 fp32 lanes of K per
+// step into MR*NR accumulators, reduced at the end. The weight rows (B) are
+// streamed once per tile; for decode (MR = 1 or 2) this is a bandwidth loop
+// with four weight streams in flight.
+
+typedef void (*f32_tile_fn)(int K, const float *A, int lda, const float *B, int ldb, float *C,
+                            int ldc);
+typedef void (*bf16_tile_fn)(int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,
+                             float *C, int ldc);
+
+EP_INLINE void f32_tile(const int MR, const int NR, int K, const float *A, int lda, const float *B,
+                        int ldb, float *C, int ldc)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 b[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            b[j] = _mm512_loadu_ps(B + (size_t)j * ldb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            const __m512 a = _mm512_loadu_ps(A + (size_t)i * lda + k);
+#pragma GCC unroll 4
+            for (int j = 0; j < NR; j++)
+                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+        }
+    }
+    if (k < K) {
+        const __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+        __m512 b[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            b[j] = _mm512_maskz_loadu_ps(mk, B + (size_t)j * ldb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            const __m512 a = _mm512_maskz_loadu_ps(mk, A + (size_t)i * lda + k);
+#pragma GCC unroll 4
+            for (int j = 0; j < NR; j++)
+                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            C[(size_t)i * ldc + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+// 16 BF16 values widened to fp32: BF16 is the top half of an fp32.
+EP_INLINE __m512 bf16x16_load(const uint16_t *p)
+{
+    const __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+EP_INLINE __m512 bf16x16_maskz_load(__mmask16 mk, const uint16_t *p)
+{
+    const __m256i h = _mm256_maskz_loadu_epi16(mk, p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+EP_INLINE void bf16w_tile(const int MR, const int NR, int K, const uint16_t *A, int lda,
+                          const uint16_t *B, int ldb, float *C, int ldc)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 b[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            b[j] = bf16x16_load(B + (size_t)j * ldb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            const __m512 a = bf16x16_load(A + (size_t)i * lda + k);
+#pragma GCC unroll 4
+            for (int j = 0; j < NR; j++)
+                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+        }
+    }
+    if (k < K) {
+        const __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+        __m512 b[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            b[j] = bf16x16_maskz_load(mk, B + (size_t)j * ldb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            const __m512 a = bf16x16_maskz_load(mk, A + (size_t)i * lda + k);
+#pragma GCC unroll 4
+            for (int j = 0; j < NR; j++)
+                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            C[(size_t)i * ldc + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+// One function per (MR, NR): constant trip counts keep the accumulators in
+// registers.
+#define EP_TILE_FNS(name, body, T)                                                                 \
+    static EP_TGT void name##_1_1(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(1, 1, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_1_2(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(1, 2, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_1_3(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(1, 3, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_1_4(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(1, 4, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_2_1(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(2, 1, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_2_2(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(2, 2, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_2_3(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(2, 3, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_2_4(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(2, 4, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_3_1(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(3, 1, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_3_2(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(3, 2, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_3_3(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(3, 3, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_3_4(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(3, 4, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_4_1(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(4, 1, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_4_2(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(4, 2, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_4_3(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(4, 3, K, A, lda, B, ldb, C, ldc);                                                     \
+    }                                                                                              \
+    static EP_TGT void name##_4_4(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
+                                  int ldc)                                                         \
+    {                                                                                              \
+        body(4, 4, K, A, lda, B, ldb, C, ldc);                                                     \
+    }
+
+#define EP_TILE_TABLE(name)                                                                        \
+    {                                                                                              \
+        {name##_1_1, name##_1_2, name##_1_3, name##_1_4},                                          \
+            {name##_2_1, name##_2_2, name##_2_3, name##_2_4},                                      \
+            {name##_3_1, name##_3_2, name##_3_3, name##_3_4},                                      \
+            {name##_4_1, name##_4_2, name##_4_3, name##_4_4},                                      \
+    }
+
+EP_TILE_FNS(f32t, f32_tile, float)
+EP_TILE_FNS(bf16wt, bf16w_tile, uint16_t)
+static const f32_tile_fn f32_tiles[4][4] = EP_TILE_TABLE(f32t);
+static const bf16_tile_fn bf16w_tiles[4][4] = EP_TILE_TABLE(bf16wt);
+
+// Columns (weight rows) outer, rows inner: a 4-row block of B stays in L1
+// while every row block of A passes over it.
+EP_TGT void ep_kern_avx512_f32_nt(int m, int n, int K, const float *A, int lda, const float *B,
+                                  int ldb, float *C, int ldc)
+{
+    for (int i0 = 0; i0 < m; i0 += EP_KERN_ROW_BLOCK) {
+        const int i1 = EP_MIN(m, i0 + EP_KERN_ROW_BLOCK);
+        for (int j = 0; j < n; j += 4) {
+            const int nr = EP_MIN(4, n - j);
+            for (int i = i0; i < i1; i += 4) {
+                const int mr = EP_MIN(4, i1 - i);
+                f32_tiles[mr - 1][nr - 1](K, A + (size_t)i * lda, lda, B + (size_t)j * ldb, ldb,
+                                          C + (size_t)i * ldc + j, ldc);
+            }
+        }
+    }
+}
+
+EP_TGT void ep_kern_avx512_bf16_nt(int m, int n, int K, const uint16_t *A, int lda,
+                                   const uint16_t *B, int ldb, float *C, int ldc)
+{
+    for (int i0 = 0; i0 < m; i0 += EP_KERN_ROW_BLOCK) {
+        const int i1 = EP_MIN(m, i0 + EP_KERN_ROW_BLOCK);
+        for (int j = 0; j < n; j += 4) {
+            const int nr = EP_MIN(4, n - j);
+            for (int i = i0; i < i1; i += 4) {
+                const int mr = EP_MIN(4, i1 - i);
+                bf16w_tiles[mr - 1][nr - 1](K, A + (size_t)i * lda, lda, B + (size_t)j * ldb, ldb,
+                                            C + (size_t)i * ldc + j, ldc);
+            }
+        }
+    }
+}
+
+// ---- SwiGLU ------------------------------------------------------------------
+
+// e^r for r <= 0: r = n ln2 + f with |f| <= ln2/2 (ln2 split in two so that
+// n ln2 is exact), e^f by its Taylor series to degree 7 (relative error below
+// 1e-8 on that interval), times 2^n by vscalefps (which also handles the
+// results that fall into or below the subnormal range).
+EP_INLINE __m512 exp_nonpos(__m512 r)
+{
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(r, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), r);
+    f = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), f);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// silu(x) = x / (1 + e^-x) for x >= 0 and x e^x / (1 + e^x) below, so exp
+// only sees -|x|. Below -100 the result is -0 (|x e^x| < 4e-42: the plain C
+// version gives a subnormal or -0 there); NaN stays NaN, +inf gives +inf.
+EP_INLINE __m512 silu16(__m512 x)
+{
+    const __m512 negabs = _mm512_castsi512_ps(
+        _mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u)));
+    // max() returns its second operand for NaN, so NaN x becomes -100 here;
+    // the final multiply by x still makes the result NaN.
+    const __m512 t = exp_nonpos(_mm512_max_ps(negabs, _mm512_set1_ps(-100.0f)));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 den = _mm512_add_ps(one, t);
+    const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 num = _mm512_mask_blend_ps(neg, one, t); // sigmoid(x) = num / den
+    __m512 s = _mm512_mul_ps(x, _mm512_div_ps(num, den));
+    const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-100.0f), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(tiny, s, _mm512_set1_ps(-0.0f));
+}
+
+EP_TGT void ep_kern_avx512_swiglu(int64_t n, const float *g, const float *u, float *out)
+{
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i,
+                         _mm512_mul_ps(silu16(_mm512_loadu_ps(g + i)), _mm512_loadu_ps(u + i)));
+    if (i < n) {
+        const __mmask16 mk = (__mmask16)((1u << (n - i)) - 1);
+        const __m512 s = silu16(_mm512_maskz_loadu_ps(mk, g + i));
+        _mm512_mask_storeu_ps(out + i, mk, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(mk, u + i)));
+    }
+}
+
+// ---- fp32 -> BF16 --------------------------------------------------------------
+
+// Bit-exact with ep_f32_to_bf16: add 0x7fff plus the lowest kept bit (round
+// to nearest, ties to even), NaN forced quiet so it cannot round to Inf.
+EP_INLINE __m256i to_bf16x16(__m512 v)
+{
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet));
+}
+
+EP_TGT void ep_kern_avx512_to_bf16(int64_t n, const float *src, uint16_t *dst)
+{
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), to_bf16x16(_mm512_loadu_ps(src + i)));
+    if (i < n) {
+        const __mmask16 mk = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(dst + i, mk, to_bf16x16(_mm512_maskz_loadu_ps(mk, src + i)));
+    }
+}
+
+#endif

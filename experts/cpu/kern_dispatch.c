@@ -1,0 +1,176 @@
+// Run-time choice of the CPU expert kernels (portable C, AVX-512,
+// AVX512-BF16 by __builtin_cpu_supports) and the portable C versions, which
+// are also the fallback on CPUs without AVX-512. The AVX-512 bodies live in
+// kern_avx512.c and kern_avx512bf16.c, compiled with per-function targets.
+#include "experts/kernels.h"
+#include "common/dtype.h"
+
+#include <math.h>
+#include <stdatomic.h>
+
+#include "experts/cpu/kern_impl.h"
+
+// ---- ISA -----------------------------------------------------------------
+
+static atomic_int ep_kern_cap = EP_KERN_ISA_AVX512_BF16;
+
+ep_kern_isa ep_kern_isa_best(void)
+{
+#if EP_KERN_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl")) {
+        if (__builtin_cpu_supports("avx512bf16")) return EP_KERN_ISA_AVX512_BF16;
+        return EP_KERN_ISA_AVX512;
+    }
+#endif
+    return EP_KERN_ISA_C;
+}
+
+ep_kern_isa ep_kern_isa_get(void)
+{
+    static atomic_int best = -1;
+    int b = atomic_load(&best);
+    if (b < 0) {
+        b = (int)ep_kern_isa_best();
+        atomic_store(&best, b);
+    }
+    const int cap = atomic_load(&ep_kern_cap);
+    return (ep_kern_isa)(b < cap ? b : cap);
+}
+
+void ep_kern_isa_cap(ep_kern_isa isa)
+{
+    atomic_store(&ep_kern_cap, (int)isa);
+}
+
+const char *ep_kern_isa_name(ep_kern_isa isa)
+{
+    switch (isa) {
+    case EP_KERN_ISA_C:
+        return "c";
+    case EP_KERN_ISA_AVX512:
+        return "avx512";
+    case EP_KERN_ISA_AVX512_BF16:
+        return "avx512bf16";
+    }
+    return "?";
+}
+
+// ---- portable C ------------------------------------------------------------
+
+static void c_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
+                     float *C, int ldc)
+{
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            const float *a = A + (size_t)i * lda, *b = B + (size_t)j * ldb;
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0; // four chains: the compiler may vectorise
+            int k = 0;
+            for (; k + 4 <= K; k += 4) {
+                s0 += a[k] * b[k];
+                s1 += a[k + 1] * b[k + 1];
+                s2 += a[k + 2] * b[k + 2];
+                s3 += a[k + 3] * b[k + 3];
+            }
+            for (; k < K; k++)
+                s0 += a[k] * b[k];
+            C[(size_t)i * ldc + j] = (s0 + s1) + (s2 + s3);
+        }
+}
+
+static void c_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,
+                      float *C, int ldc)
+{
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            const uint16_t *a = A + (size_t)i * lda, *b = B + (size_t)j * ldb;
+            float s0 = 0, s1 = 0;
+            int k = 0;
+            for (; k + 2 <= K; k += 2) {
+                s0 += ep_bf16_to_f32(a[k]) * ep_bf16_to_f32(b[k]);
+                s1 += ep_bf16_to_f32(a[k + 1]) * ep_bf16_to_f32(b[k + 1]);
+            }
+            for (; k < K; k++)
+                s0 += ep_bf16_to_f32(a[k]) * ep_bf16_to_f32(b[k]);
+            C[(size_t)i * ldc + j] = s0 + s1;
+        }
+}
+
+// silu as the backend's plain C one: exp() only of -|x|, so nothing overflows.
+static inline float c_silu(float x)
+{
+    if (x >= 0.0f) return x / (1.0f + expf(-x));
+    float t = expf(x);
+    if (t == 0.0f) return -0.0f;
+    return x * (t / (1.0f + t));
+}
+
+static void c_swiglu(int64_t n, const float *g, const float *u, float *out)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = c_silu(g[i]) * u[i];
+}
+
+static void c_to_bf16(int64_t n, const float *src, uint16_t *dst)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = ep_f32_to_bf16(src[i]);
+}
+
+// ---- entry points ------------------------------------------------------------
+
+void ep_kern_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb, float *C,
+                    int ldc)
+{
+    EP_ASSERT(m >= 0 && n >= 0 && K >= 0);
+#if EP_KERN_X86
+    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_f32_nt(m, n, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
+#endif
+    c_f32_nt(m, n, K, A, lda, B, ldb, C, ldc);
+}
+
+void ep_kern_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,
+                     float *C, int ldc)
+{
+    EP_ASSERT(m >= 0 && n >= 0 && K >= 0);
+#if EP_KERN_X86
+    const ep_kern_isa isa = ep_kern_isa_get();
+    if (isa == EP_KERN_ISA_AVX512_BF16) {
+        ep_kern_avx512bf16_bf16_nt(m, n, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
+    if (isa == EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_bf16_nt(m, n, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
+#endif
+    c_bf16_nt(m, n, K, A, lda, B, ldb, C, ldc);
+}
+
+void ep_kern_swiglu(int64_t n, const float *g, const float *u, float *out)
+{
+    EP_ASSERT(n >= 0);
+#if EP_KERN_X86
+    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_swiglu(n, g, u, out);
+        return;
+    }
+#endif
+    c_swiglu(n, g, u, out);
+}
+
+void ep_kern_to_bf16(int64_t n, const float *src, uint16_t *dst)
+{
+    EP_ASSERT(n >= 0);
+#if EP_KERN_X86
+    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_to_bf16(n, src, dst);
+        return;
+    }
+#endif
+    c_to_bf16(n, src, dst);
+}

@@ -1,0 +1,428 @@
+// The CPU expert kernels, every variant this CPU can run (portable C,
+// AVX-512, AVX512-BF16), against plain double loops: fp32 and BF16 products
+// on odd shapes with padded strides, SwiGLU including extremes, fp32 -> BF16
+// rounding bit for bit; the thread pool; and the grouped forward (fp32 via
+// kernels, fp32 via the gemm, BF16 weights) against ep_experts_reference,
+// across thread counts and a step larger than one pass. Fixed seeds.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "experts/experts.h"
+#include "experts/kernels.h"
+
+static uint64_t rng_state;
+static float frand(void) // uniform in [-1, 1), xorshift64*
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    uint64_t v = rng_state * 0x2545F4914F6CDD1DULL;
+    return (float)((double)(v >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+// The variants to run: every ISA up to the best this CPU has.
+static int n_isas(void)
+{
+    return (int)ep_kern_isa_best() + 1;
+}
+
+static int teardown_isa(void **state)
+{
+    ep_kern_isa_cap(EP_KERN_ISA_AVX512_BF16);
+    ep_par_set_threads(1);
+    return 0;
+}
+
+// ---- products ----------------------------------------------------------------
+
+static const int dims_m[] = {1, 2, 3, 4, 5, 7, 13};
+static const int dims_n[] = {1, 3, 4, 5, 11};
+static const int dims_k[] = {1, 5, 13, 16, 17, 31, 32, 33, 64, 100};
+#define SENTINEL 12345.0f
+
+// C = A . B^T on padded strides; |C - ref| <= 1e-5 * Σ_k |a b| per element
+// (fp32 accumulation error grows with the magnitudes summed), and the padding
+// of C untouched. bf16: A and B are BF16 and the reference uses their values.
+static void check_product(bool bf16, int m, int n, int K)
+{
+    const int lda = K + 3, ldb = K + 5, ldc = n + 2;
+    float *A = malloc(sizeof(float) * m * lda), *B = malloc(sizeof(float) * n * ldb);
+    uint16_t *A16 = malloc(sizeof(uint16_t) * m * lda), *B16 = malloc(sizeof(uint16_t) * n * ldb);
+    float *C = malloc(sizeof(float) * m * ldc);
+    for (int i = 0; i < m * lda; i++) {
+        A[i] = frand();
+        A16[i] = ep_f32_to_bf16(A[i]);
+        if (bf16) A[i] = ep_bf16_to_f32(A16[i]);
+    }
+    for (int i = 0; i < n * ldb; i++) {
+        B[i] = frand();
+        B16[i] = ep_f32_to_bf16(B[i]);
+        if (bf16) B[i] = ep_bf16_to_f32(B16[i]);
+    }
+    for (int i = 0; i < m * ldc; i++)
+        C[i] = SENTINEL;
+    if (bf16)
+        ep_kern_bf16_nt(m, n, K, A16, lda, B16, ldb, C, ldc);
+    else
+        ep_kern_f32_nt(m, n, K, A, lda, B, ldb, C, ldc);
+    for (int i = 0; i < m; i++) {
+        for (int j = 0; j < n; j++) {
+            double ref = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                ref += (double)A[i * lda + k] * B[j * ldb + k];
+                mag += fabs((double)A[i * lda + k] * B[j * ldb + k]);
+            }
+            const double got = C[i * ldc + j];
+            if (!(fabs(got - ref) <= 1e-5 * mag + 1e-30))
+                fail_msg("%s isa %s m=%d n=%d K=%d C[%d,%d]: got %.9g expected %.9g",
+                         bf16 ? "bf16" : "f32", ep_kern_isa_name(ep_kern_isa_get()), m, n, K, i, j,
+                         got, ref);
+        }
+        for (int j = n; j < ldc; j++)
+            assert_true(C[i * ldc + j] == SENTINEL);
+    }
+    free(A);
+    free(B);
+    free(A16);
+    free(B16);
+    free(C);
+}
+
+static void test_products(void **state)
+{
+    for (int isa = 0; isa < n_isas(); isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        assert_int_equal(ep_kern_isa_get(), isa);
+        rng_state = 0x9E3779B97F4A7C15ull + (uint64_t)isa;
+        for (size_t a = 0; a < EP_ARRAY_LEN(dims_m); a++)
+            for (size_t b = 0; b < EP_ARRAY_LEN(dims_n); b++)
+                for (size_t c = 0; c < EP_ARRAY_LEN(dims_k); c++) {
+                    check_product(false, dims_m[a], dims_n[b], dims_k[c]);
+                    check_product(true, dims_m[a], dims_n[b], dims_k[c]);
+                }
+        // Taller than one row block (64) with a ragged end.
+        check_product(false, 71, 9, 37);
+        check_product(true, 71, 9, 37);
+    }
+}
+
+// K = 0: every output is the empty sum, 0.
+static void test_products_empty_k(void **state)
+{
+    for (int isa = 0; isa < n_isas(); isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        float A[1] = {1}, B[1] = {1}, C[6];
+        uint16_t A16[1] = {0}, B16[1] = {0};
+        for (int i = 0; i < 6; i++)
+            C[i] = SENTINEL;
+        ep_kern_f32_nt(2, 3, 0, A, 0, B, 0, C, 3);
+        for (int i = 0; i < 6; i++)
+            assert_true(C[i] == 0.0f);
+        for (int i = 0; i < 6; i++)
+            C[i] = SENTINEL;
+        ep_kern_bf16_nt(3, 2, 0, A16, 0, B16, 0, C, 2);
+        for (int i = 0; i < 6; i++)
+            assert_true(C[i] == 0.0f);
+    }
+}
+
+// ---- SwiGLU and BF16 rounding -----------------------------------------------------
+
+static double ref_silu(double v)
+{
+    if (v >= 0) return v / (1.0 + exp(-v));
+    double t = exp(v);
+    return v * (t / (1.0 + t));
+}
+
+// Relative 1e-6 (a few ulp: polynomial exp, one division), absolute 1e-30
+// where the value underflows; -inf gives -0, +inf gives +inf, NaN stays NaN.
+static void test_swiglu(void **state)
+{
+    enum { N = 1000 + 13 };
+    float g[N], u[N], out[N];
+    for (int isa = 0; isa < n_isas(); isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        rng_state = 42;
+        for (int i = 0; i < N; i++) {
+            g[i] = 12.0f * frand();
+            u[i] = frand();
+        }
+        const float special[] = {0.0f,    -0.0f, 1e-30f, -1e-30f, 87.0f,    -87.0f, -99.0f, -101.0f,
+                                 -104.0f, 1e30f, -1e30f, 0.6931f, -0.6931f, 20.0f,  -20.0f};
+        for (size_t i = 0; i < EP_ARRAY_LEN(special); i++)
+            g[i] = special[i];
+        ep_kern_swiglu(N, g, u, out);
+        for (int i = 0; i < N; i++) {
+            const double ref = ref_silu(g[i]) * u[i];
+            if (!(fabs(out[i] - ref) <= 1e-6 * fabs(ref) + 1e-30))
+                fail_msg("isa %s swiglu g=%g u=%g: got %.9g expected %.9g",
+                         ep_kern_isa_name(ep_kern_isa_get()), g[i], u[i], out[i], ref);
+        }
+        float ge[4] = {INFINITY, -INFINITY, NAN, 3.0f}, ue[4] = {2.0f, 2.0f, 1.0f, 1.0f}, oe[4];
+        oe[3] = SENTINEL;
+        ep_kern_swiglu(3, ge, ue, oe); // also: n = 3 must not write oe[3]
+        assert_true(isinf(oe[0]) && oe[0] > 0);
+        assert_true(oe[1] == 0.0f);
+        assert_true(isnan(oe[2]));
+        assert_true(oe[3] == SENTINEL);
+    }
+}
+
+static float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+// Bit for bit with ep_f32_to_bf16: random values, ties (both parities),
+// carries into the exponent, subnormals, infinities and NaNs.
+static void test_to_bf16(void **state)
+{
+    enum { N = 4096 + 7 };
+    float src[N];
+    uint16_t dst[N + 1];
+    for (int isa = 0; isa < n_isas(); isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        rng_state = 7;
+        for (int i = 0; i < N; i++) {
+            rng_state ^= rng_state >> 12;
+            rng_state ^= rng_state << 25;
+            rng_state ^= rng_state >> 27;
+            src[i] = bits_f32((uint32_t)((rng_state * 0x2545F4914F6CDD1DULL) >> 32));
+        }
+        const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x3f7fffffu, 0x7f7fffffu,
+                                    0x00000001u, 0x80008000u, 0x7f800000u, 0xff800000u,
+                                    0x7f800001u, 0xffc00000u, 0x00000000u, 0x80000000u};
+        for (size_t i = 0; i < EP_ARRAY_LEN(special); i++)
+            src[i] = bits_f32(special[i]);
+        dst[N] = 0xBEEF;
+        ep_kern_to_bf16(N, src, dst);
+        for (int i = 0; i < N; i++)
+            if (dst[i] != ep_f32_to_bf16(src[i]))
+                fail_msg("isa %s to_bf16(%a): got 0x%04x expected 0x%04x",
+                         ep_kern_isa_name(ep_kern_isa_get()), (double)src[i], dst[i],
+                         ep_f32_to_bf16(src[i]));
+        assert_int_equal(dst[N], 0xBEEF);
+    }
+}
+
+// ---- thread pool ---------------------------------------------------------------
+
+typedef struct {
+    atomic_int count[1000];
+    atomic_int bad_thread;
+    int threads;
+} pool_ctx;
+
+static void pool_task(void *ctx, int task, int thread)
+{
+    pool_ctx *p = ctx;
+    atomic_fetch_add(&p->count[task], 1);
+    if (thread < 0 || thread >= p->threads) atomic_fetch_add(&p->bad_thread, 1);
+}
+
+// Every task runs exactly once, thread ids stay in range, across thread
+// counts that grow and shrink (workers are made on demand) and many rounds.
+static void test_pool(void **state)
+{
+    static pool_ctx p;
+    const int counts[] = {1, 3, 2, 4, 1, 3};
+    for (size_t c = 0; c < EP_ARRAY_LEN(counts); c++) {
+        ep_par_set_threads(counts[c]);
+        assert_int_equal(ep_par_threads(), counts[c]);
+        for (int round = 0; round < 50; round++) {
+            const int n = round % 2 ? 1000 : 1 + round;
+            for (int i = 0; i < 1000; i++)
+                atomic_store(&p.count[i], 0);
+            atomic_store(&p.bad_thread, 0);
+            p.threads = counts[c];
+            ep_par_for(n, pool_task, &p);
+            for (int i = 0; i < 1000; i++)
+                assert_int_equal(atomic_load(&p.count[i]), i < n ? 1 : 0);
+            assert_int_equal(atomic_load(&p.bad_thread), 0);
+        }
+    }
+    ep_par_for(0, pool_task, &p); // no tasks: returns at once
+}
+
+// ---- grouped forward against the reference ---------------------------------------
+
+// Odd sizes chosen to cross the kernels' edges: hidden 71 = 64 + 7 (two down
+// tasks, 16-lane tails), moe_inter 77 = 64 + 13 (two gate|up tasks, a
+// 32-lane BF16 tail).
+static void cfg_odd(ep_model_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->name, sizeof c->name, "test-kernels-odd");
+    c->arch = EP_ARCH_QWEN3_MOE;
+    c->hidden = 71;
+    c->n_layers = 1;
+    c->n_heads = 1;
+    c->n_kv_heads = 1;
+    c->head_dim = 71;
+    c->vocab = 17;
+    c->intermediate = 19;
+    c->max_pos = 64;
+    c->rms_eps = 1e-6f;
+    c->rope_theta = 10000.0f;
+    c->n_experts = 11;
+    c->k_base = 3;
+    c->moe_inter = 77;
+    c->topk_method = EP_TOPK_GREEDY;
+    c->n_group = 1;
+    c->topk_group = 1;
+    c->norm_topk_prob = true;
+    c->routed_scaling_factor = 1.0f;
+    c->seed = 1234567;
+}
+
+// T tokens with k distinct experts each; with `hot`, expert 5 is in every
+// token, so its rows exceed one pass (512) when T does.
+static void make_routes(int T, int E, int k, bool hot, ep_routes *r, float *x, int H)
+{
+    r->n_tokens = T;
+    r->offsets = malloc(sizeof(int) * (T + 1));
+    r->expert = malloc(sizeof(int) * T * k);
+    r->weight = malloc(sizeof(float) * T * k);
+    for (int t = 0; t < T; t++) {
+        r->offsets[t] = t * k;
+        int first = (int)((frand() + 1.0f) * 0.5f * E) % E;
+        for (int j = 0; j < k; j++) {
+            r->expert[t * k + j] = hot && j == 0 ? 5 : (first + 3 * j + (hot ? 1 : 0)) % E;
+            r->weight[t * k + j] = 0.2f + 0.5f * (frand() + 1.0f);
+        }
+    }
+    r->offsets[T] = T * k;
+    for (int i = 0; i < T * H; i++)
+        x[i] = 2.0f * frand();
+}
+
+// fp32 (kernels or gemm): per row max|y - ref| <= 1e-5 * max|ref|, as
+// test_experts. BF16: the reference uses the same BF16 weights, but the
+// kernels also round x and the hidden activation to BF16 (relative 2^-9
+// each), so per row max|y - ref| <= 2e-2 * max|ref| and over the whole
+// output NMSE <= 1e-4.
+static void check_forward(ep_experts *ex, const ep_experts *ref_ex, const ep_routes *r,
+                          const float *x, int H, double tol, double nmse_max, float *y_out)
+{
+    const int T = r->n_tokens;
+    float *y = malloc(sizeof(float) * T * H), *ref = malloc(sizeof(float) * T * H);
+    assert_int_equal(ep_experts_forward(ex, 0, T, r->offsets, r->expert, r->weight, x, y), EP_OK);
+    ep_experts_reference(ref_ex, 0, r, x, ref);
+    double num = 0, den = 0;
+    for (int t = 0; t < T; t++) {
+        double mag = 0, diff = 0;
+        for (int h = 0; h < H; h++) {
+            mag = fmax(mag, fabs(ref[t * H + h]));
+            diff = fmax(diff, fabs(y[t * H + h] - ref[t * H + h]));
+            num += (double)(y[t * H + h] - ref[t * H + h]) * (y[t * H + h] - ref[t * H + h]);
+            den += (double)ref[t * H + h] * ref[t * H + h];
+        }
+        if (!(diff <= tol * mag + 1e-30))
+            fail_msg("isa %s token %d of %d: max|y - ref| = %g, max|ref| = %g, tol %g",
+                     ep_kern_isa_name(ep_kern_isa_get()), t, T, diff, mag, tol);
+    }
+    assert_true(den > 0);
+    if (!(num / den <= nmse_max)) fail_msg("NMSE %g above %g", num / den, nmse_max);
+    if (y_out) memcpy(y_out, y, sizeof(float) * T * H);
+    free(y);
+    free(ref);
+}
+
+static void free_routes(ep_routes *r)
+{
+    free(r->offsets);
+    free(r->expert);
+    free(r->weight);
+}
+
+static void test_forward_variants(void **state)
+{
+    ep_model_cfg cfg;
+    cfg_odd(&cfg);
+    const int H = cfg.hidden, E = cfg.n_experts, k = cfg.k_base;
+    ep_weights *w = NULL;
+    ep_backend *be = NULL;
+    assert_int_equal(ep_weights_open(&cfg, &w), EP_OK);
+    assert_int_equal(ep_backend_cpu_init(&be), EP_OK);
+    ep_experts *f32k = NULL, *f32g = NULL, *bf16 = NULL;
+    ep_experts_opts o_gemm = {.weight_dtype = EP_DTYPE_F32, .gemm_min_rows = 4};
+    ep_experts_opts o_bf16 = {.weight_dtype = EP_DTYPE_BF16};
+    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, be, NULL, &f32k), EP_OK);
+    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, be, &o_gemm, &f32g), EP_OK);
+    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, be, &o_bf16, &bf16), EP_OK);
+    // BF16 storage: half the bytes.
+    assert_int_equal(ep_experts_bytes(bf16) * 2, ep_experts_bytes(f32k));
+
+    const int Ts[] = {1, 5, 13, 600}; // decode sizes, and a step beyond one pass
+    rng_state = 99;
+    for (size_t ti = 0; ti < EP_ARRAY_LEN(Ts); ti++) {
+        const int T = Ts[ti];
+        const bool hot = T > 100;
+        float *x = malloc(sizeof(float) * T * H);
+        ep_routes r;
+        make_routes(T, E, k, hot, &r, x, H);
+        float *y1 = malloc(sizeof(float) * T * H), *y3 = malloc(sizeof(float) * T * H);
+        for (int isa = 0; isa < n_isas(); isa++) {
+            ep_kern_isa_cap((ep_kern_isa)isa);
+            ep_par_set_threads(1);
+            check_forward(f32k, f32k, &r, x, H, 1e-5, 1e-10, y1);
+            check_forward(f32g, f32g, &r, x, H, 1e-5, 1e-10, NULL);
+            check_forward(bf16, bf16, &r, x, H, 2e-2, 1e-4, NULL);
+            // Three threads: the same bits (sums are ordered by the inputs alone).
+            ep_par_set_threads(3);
+            check_forward(f32k, f32k, &r, x, H, 1e-5, 1e-10, y3);
+            assert_memory_equal(y1, y3, sizeof(float) * T * H);
+        }
+        free(x);
+        free(y1);
+        free(y3);
+        free_routes(&r);
+    }
+    ep_experts_free(f32k);
+    ep_experts_free(f32g);
+    ep_experts_free(bf16);
+    ep_backend_free(be);
+    ep_weights_free(w);
+}
+
+// Storage other than F32 and BF16 is refused with a message naming it.
+static void test_load_bad_dtype(void **state)
+{
+    ep_model_cfg cfg;
+    cfg_odd(&cfg);
+    ep_weights *w = NULL;
+    assert_int_equal(ep_weights_open(&cfg, &w), EP_OK);
+    ep_experts *e = (ep_experts *)&cfg; // must be reset to NULL
+    ep_experts_opts o = {.weight_dtype = EP_DTYPE_F16};
+    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, NULL, &o, &e), EP_ERR_UNSUPPORTED);
+    assert_null(e);
+    assert_non_null(strstr(ep_last_error(), "F16"));
+    ep_weights_free(w);
+}
+
+int main(void)
+{
+    printf("kernel variants on this CPU: up to %s\n", ep_kern_isa_name(ep_kern_isa_best()));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_products, teardown_isa),
+        cmocka_unit_test_teardown(test_products_empty_k, teardown_isa),
+        cmocka_unit_test_teardown(test_swiglu, teardown_isa),
+        cmocka_unit_test_teardown(test_to_bf16, teardown_isa),
+        cmocka_unit_test_teardown(test_pool, teardown_isa),
+        cmocka_unit_test_teardown(test_forward_variants, teardown_isa),
+        cmocka_unit_test(test_load_bad_dtype),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
