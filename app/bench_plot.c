@@ -94,11 +94,37 @@ static ep_status plot_bytes(const json_t *res, const char *dir)
     return run_gnuplot(gpath);
 }
 
+// A clustered histogram of the .dat at dpath (column 1: x labels, then one
+// column per policy) into dir/<stem>.png, with its script dir/<stem>.gp.
+static ep_status plot_clustered(const json_t *pols, const char *dir, const char *stem,
+                                const char *dpath, const char *title, const char *xlabel,
+                                const char *ylabel)
+{
+    FILE *g = NULL;
+    char gname[256], png[256], gpath[4096];
+    snprintf(gname, sizeof gname, "%s.gp", stem);
+    snprintf(png, sizeof png, "%s.png", stem);
+    ep_status st = open_out(dir, gname, &g, gpath, sizeof gpath);
+    if (st) return st;
+    script_head(g, dir, png, title);
+    fprintf(g, "set style data histograms\nset style histogram clustered gap 1\n"
+               "set style fill solid 0.85 border -1\nset boxwidth 0.9\n"
+               "set xlabel '%s'\nset ylabel '%s'\nset yrange [0:*]\n", xlabel, ylabel);
+    fprintf(g, "plot '%s' using 2:xtic(1) title '%s'", dpath,
+            json_string_value(json_object_get(json_array_get(pols, 0), "name")));
+    for (size_t i = 1; i < json_array_size(pols); i++)
+        fprintf(g, ", '' using %zu title '%s'", i + 2,
+                json_string_value(json_object_get(json_array_get(pols, i), "name")));
+    fprintf(g, "\n");
+    fclose(g);
+    return run_gnuplot(gpath);
+}
+
 static ep_status plot_k_hist(const json_t *res, const char *dir)
 {
     const json_t *pols = json_object_get(res, "policies");
-    FILE *d = NULL, *g = NULL;
-    char dpath[4096], gpath[4096];
+    FILE *d = NULL;
+    char dpath[4096];
     ep_status st = open_out(dir, "k_hist.dat", &d, dpath, sizeof dpath);
     if (st) return st;
     size_t max_k = 0;
@@ -120,30 +146,18 @@ static ep_status plot_k_hist(const json_t *res, const char *dir)
         fprintf(d, "\n");
     }
     fclose(d);
-    if ((st = open_out(dir, "k_hist.gp", &g, gpath, sizeof gpath))) return st;
     char title[256];
     snprintf(title, sizeof title, "%s: experts kept per token (K), k_base = %lld",
              json_string_value(json_object_get(res, "model")),
              (long long)json_integer_value(json_object_get(res, "k_base")));
-    script_head(g, dir, "k_hist.png", title);
-    fprintf(g, "set style data histograms\nset style histogram clustered gap 1\n"
-               "set style fill solid 0.85 border -1\nset boxwidth 0.9\n"
-               "set xlabel 'K'\nset ylabel 'fraction of token-layer routings'\nset yrange [0:*]\n");
-    fprintf(g, "plot '%s' using 2:xtic(1) title '%s'", dpath,
-            json_string_value(json_object_get(json_array_get(pols, 0), "name")));
-    for (size_t i = 1; i < json_array_size(pols); i++)
-        fprintf(g, ", '' using %zu title '%s'", i + 2,
-                json_string_value(json_object_get(json_array_get(pols, i), "name")));
-    fprintf(g, "\n");
-    fclose(g);
-    return run_gnuplot(gpath);
+    return plot_clustered(pols, dir, "k_hist", dpath, title, "K", "fraction of token-layer routings");
 }
 
 static ep_status plot_rank_load(const json_t *res, const char *dir)
 {
     const json_t *pols = json_object_get(res, "policies");
-    FILE *d = NULL, *g = NULL;
-    char dpath[4096], gpath[4096];
+    FILE *d = NULL;
+    char dpath[4096];
     ep_status st = open_out(dir, "rank_load.dat", &d, dpath, sizeof dpath);
     if (st) return st;
     size_t world = (size_t)json_integer_value(json_object_get(res, "world_size"));
@@ -157,22 +171,10 @@ static ep_status plot_rank_load(const json_t *res, const char *dir)
         fprintf(d, "\n");
     }
     fclose(d);
-    if ((st = open_out(dir, "rank_load.gp", &g, gpath, sizeof gpath))) return st;
     char title[256];
     snprintf(title, sizeof title, "%s: load per rank ((token, expert) pairs computed)",
              json_string_value(json_object_get(res, "model")));
-    script_head(g, dir, "rank_load.png", title);
-    fprintf(g, "set style data histograms\nset style histogram clustered gap 1\n"
-               "set style fill solid 0.85 border -1\nset boxwidth 0.9\n"
-               "set xlabel 'rank'\nset ylabel 'pairs'\nset yrange [0:*]\n");
-    fprintf(g, "plot '%s' using 2:xtic(1) title '%s'", dpath,
-            json_string_value(json_object_get(json_array_get(pols, 0), "name")));
-    for (size_t i = 1; i < json_array_size(pols); i++)
-        fprintf(g, ", '' using %zu title '%s'", i + 2,
-                json_string_value(json_object_get(json_array_get(pols, i), "name")));
-    fprintf(g, "\n");
-    fclose(g);
-    return run_gnuplot(gpath);
+    return plot_clustered(pols, dir, "rank_load", dpath, title, "rank", "pairs");
 }
 
 ep_status ep_bench_plot(const json_t *results, const char *dir)

@@ -12,7 +12,10 @@ trap 'rm -rf "$tmp"' EXIT
 "$bin" make-model --preset tiny-qwen3-moe --out "$tmp/qwen"
 mpirun -np 4 --oversubscribe "$bin" bench --model "$tmp/qwen" \
   --routing baseline,ban,pick,banpick,topp,des --tokens 32 --steps 2 --warmup 1 \
-  --ranks-per-node 2 --check --quiet --json "$tmp/qwen.json"
+  --ranks-per-node 2 --check --quiet --json "$tmp/qwen.json" --plot "$tmp/plots"
+for png in bytes_per_layer k_hist rank_load; do
+  [ -s "$tmp/plots/$png.png" ] || { echo "FAIL: --plot wrote no $png.png"; exit 1; }
+done
 mpirun -np 3 --oversubscribe "$bin" bench --model tiny-deepseek-v2 \
   --routing baseline,ban,banpick --tokens 17 --steps 1 --warmup 0 --placement round_robin \
   --check --quiet --json "$tmp/ds.json"
