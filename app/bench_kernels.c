@@ -440,11 +440,11 @@ static void print_header(const bk_args *a, double triad, double readbw)
            " on the same per-expert shapes; triad measured beside each row, xtriad = GB/s / "
            "triad\n#\n",
            triad, readbw);
-    printf("# %-17s %7s %6s %6s %4s %5s %9s %9s %8s %9s %7s %6s %7s\n", "model", "var", "tokens",
-           "pairs", "act", "max_m", "time", "GFLOP/s", "GB/s", "dense", "xdense", "triad",
-           "xtriad");
-    printf("# %-17s %7s %6s %6s %4s %5s %9s %9s %8s %9s %7s %6s %7s\n", "", "", "", "", "", "",
-           "(ms)", "", "", "(GFLOP/s)", "", "(GB/s)", "");
+    printf("# %-17s %7s %6s %6s %4s %5s %9s %9s %8s %9s %7s %6s %7s %6s %6s\n", "model", "var",
+           "tokens", "pairs", "act", "max_m", "time", "GFLOP/s", "GB/s", "dense", "xdense", "triad",
+           "xtriad", "read", "xread");
+    printf("# %-17s %7s %6s %6s %4s %5s %9s %9s %8s %9s %7s %6s %7s %6s %6s\n", "", "", "", "", "",
+           "", "(ms)", "", "", "(GFLOP/s)", "", "(GB/s)", "", "(GB/s)", "");
     fflush(stdout);
 }
 
@@ -557,10 +557,11 @@ int ep_cmd_bench_kernels(int argc, char **argv)
                 const double dg = a.no_dense ? 0
                                              : flops_of(&cfg, 1) * (pairs / n) /
                                                    (median(dus + a.warmup, a.repeats) * 1e3);
-                printf("  %-17s %7s %6d %6d %4d %5d %9.3f %9.1f %8.1f %9.1f %7.2f %6.1f %7.2f\n",
+                printf("  %-17s %7s %6d %6d %4d %5d %9.3f %9.1f %8.1f %9.1f %7.2f %6.1f %7.2f "
+                       "%6.1f %6.2f\n",
                        cfg.name, bk_variant_name[var], a.tokens[ti], res.pairs, res.active,
                        res.max_m, res.ms, res.gflops, res.gbs, dg, dg > 0 ? res.gflops / dg : 0,
-                       row_triad, res.gbs / row_triad);
+                       row_triad, res.gbs / row_triad, row_read, res.gbs / row_read);
                 fflush(stdout);
                 json_t *o = json_object();
                 json_object_set_new(o, "model", json_string(cfg.name));
@@ -578,6 +579,7 @@ int ep_cmd_bench_kernels(int argc, char **argv)
                 json_object_set_new(o, "triad_gbs", json_real(row_triad));
                 json_object_set_new(o, "read_gbs", json_real(row_read));
                 json_object_set_new(o, "frac_triad", json_real(res.gbs / row_triad));
+                json_object_set_new(o, "frac_read", json_real(res.gbs / row_read));
                 json_array_append_new(jrows, o);
             }
             ep_experts_free(ex);
