@@ -8,6 +8,7 @@
 #include "app/commands.h"
 #include "common/weights.h"
 #include "model/moe.h"
+#include "router/policy.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -21,6 +22,7 @@ typedef struct {
     const char *model, *routing, *json_path, *plot_dir, *placement, *wire, *domain, *mode,
         *routes_from;
     int tokens, steps, warmup, ranks_per_node, quiet, check, per_layer;
+    int redundant_experts, home_only;
     uint64_t seed;
 } bench_args;
 
@@ -50,7 +52,10 @@ static void usage(FILE *f)
             "  --tokens T           tokens per rank per step (default 64)\n"
             "  --steps S            timed steps (default 5)\n"
             "  --warmup W           untimed steps first (default 1)\n"
-            "  --placement KIND     contiguous | round_robin (default contiguous)\n"
+            "  --placement KIND     contiguous | round_robin | eplb (default contiguous); eplb\n"
+            "                       places each layer from the pairs the warm-up steps route\n"
+            "  --redundant-experts N  eplb: extra expert slots per layer (default 0)\n"
+            "  --home-only          eplb: no replica choice (every pair to the home slot)\n"
             "  --wire DTYPE         f32 | bf16 payload on the wire (default f32)\n"
             "  --ranks-per-node N   treat every N consecutive ranks as one node\n"
             "  --domain D           general | math | code | chat | mix (default mix)\n"
@@ -63,7 +68,8 @@ static void usage(FILE *f)
             "  --per-layer          also print a per-layer table\n"
             "  --json FILE          write the results as JSON (rank 0)\n"
             "  --plot DIR           write PNG charts (gnuplot) into DIR (rank 0)\n"
-            "  --quiet              no progress line\n");
+            "  --quiet              no progress line\n"
+            "`epserve bench sched --help`: the trace-driven scheduler check (no MPI)\n");
 }
 
 static int parse_args(int argc, char **argv, bench_args *a)
@@ -78,6 +84,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
         {"json", required_argument, 0, 'j'},      {"quiet", no_argument, 0, 'q'},
         {"plot", required_argument, 0, 'P'},      {"mode", required_argument, 0, 'M'},
         {"routes-from", required_argument, 0, 'R'},
+        {"redundant-experts", required_argument, 0, 'X'},
+        {"home-only", no_argument, 0, 'H'},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->routing = "baseline";
@@ -110,6 +118,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
         case 'P': a->plot_dir = optarg; break;
         case 'M': a->mode = optarg; break;
         case 'R': a->routes_from = optarg; break;
+        case 'X': a->redundant_experts = (int)strtol(optarg, &end, 10); break;
+        case 'H': a->home_only = 1; break;
         case 'q': a->quiet = 1; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
@@ -129,10 +139,12 @@ static int parse_args(int argc, char **argv, bench_args *a)
         usage(stderr);
         return 2;
     }
-    if (a->tokens < 0 || a->steps < 1 || a->warmup < 0 || a->ranks_per_node < 0) {
+    if (a->tokens < 0 || a->steps < 1 || a->warmup < 0 || a->ranks_per_node < 0 ||
+        a->redundant_experts < 0) {
         fprintf(stderr, "epserve bench: expected --tokens >= 0, --steps >= 1, --warmup >= 0, "
-                        "--ranks-per-node >= 0; found %d, %d, %d, %d\n",
-                a->tokens, a->steps, a->warmup, a->ranks_per_node);
+                        "--ranks-per-node >= 0, --redundant-experts >= 0; "
+                        "found %d, %d, %d, %d, %d\n",
+                a->tokens, a->steps, a->warmup, a->ranks_per_node, a->redundant_experts);
         return 2;
     }
     return 0;
@@ -295,6 +307,8 @@ static ep_status write_json_atomic(json_t *root, const char *path)
 static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const bench_args *a,
                         bench_policy *bp, int n_pol, json_t *jpol)
 {
+    int nw = 10; // name column: as wide as the longest row name
+    for (int i = 0; i < n_pol; i++) nw = EP_MAX(nw, (int)strlen(bp[i].label));
     printf("# epserve bench\n");
     printf("# model: %s (%s, %d MoE layers, %d experts, top-%d, hidden %d)\n", cfg->name,
            cfg->arch == EP_ARCH_QWEN3_MOE ? "qwen3_moe" : "deepseek_v2", ep_model_n_moe_layers(cfg),
@@ -302,14 +316,18 @@ static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
     printf("# ranks: %d  nodes: %d  ranks/node: %s  tokens/rank: %d  steps: %d (+%d warm-up)\n",
            cl->world_size, cl->n_nodes, cl->ranks_per_node ? "fixed" : "from hostnames", a->tokens,
            a->steps, a->warmup);
-    printf("# backend: cpu (OpenBLAS fp32)  transport: mpi  wire: %s  placement: %s  domain: %s\n",
-           a->wire, a->placement, a->domain);
+    printf("# backend: cpu (fp32)  transport: mpi  wire: %s  placement: %s", a->wire,
+           a->placement);
+    if (!strcmp(a->placement, "eplb"))
+        printf(" (+%d redundant, %s)", a->redundant_experts,
+               a->home_only ? "home slots" : "replica choice");
+    printf("  domain: %s\n", a->domain);
     printf("# bytes: payload to other ranks, all layers and timed steps, summed over ranks\n#\n");
-    printf("# %-10s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", "policy", "avg_k",
+    printf("# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", nw, "policy", "avg_k",
            "tokens/s", "p50_ms", "p99_ms", "speedup", "dispatch", "combine", "inter", "saved",
            "dests", "imbalance");
     if (a->check) printf(" %11s %6s", "max_rel_err", "#wrong");
-    printf("\n# %-10s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", "(name)", "(K)", "(tok/s)",
+    printf("\n# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", nw, "(name)", "(K)", "(tok/s)",
            "(ms)", "(ms)", "(x)", "(MB)", "(MB)", "(MB)", "(%)", "(rank)", "(max/mean)");
     if (a->check) printf(" %11s %6s", "", "");
     printf("\n");
@@ -317,8 +335,8 @@ static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
         json_t *o = json_array_get(jpol, (size_t)i);
 #define JR(k) json_real_value(json_object_get(o, k))
 #define JI(k) (double)json_integer_value(json_object_get(o, k))
-        printf("  %-10s %6.2f %10.0f %8.2f %8.2f %7.2f %10.3f %10.3f %9.3f %7.2f %6.2f %9.3f",
-               bp[i].label, JR("avg_k"), JR("tokens_per_s"), JR("step_ms_p50"),
+        printf("  %-*s %6.2f %10.0f %8.2f %8.2f %7.2f %10.3f %10.3f %9.3f %7.2f %6.2f %9.3f",
+               nw, bp[i].label, JR("avg_k"), JR("tokens_per_s"), JR("step_ms_p50"),
                JR("step_ms_p99"), JR("speedup"), JI("dispatch_bytes") / 1e6,
                JI("combine_bytes") / 1e6, JI("inter_node_bytes") / 1e6, JR("bytes_saved_pct"),
                JR("dest_ranks_per_token"), JR("load_imbalance"));
@@ -326,17 +344,17 @@ static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
         printf("\n");
     }
     if (a->per_layer) {
-        printf("#\n# per layer\n# %-10s %5s %6s %10s %10s %10s %10s %9s\n", "policy", "layer",
+        printf("#\n# per layer\n# %-*s %5s %6s %10s %10s %10s %10s %9s\n", nw, "policy", "layer",
                "avg_k", "dispatch", "combine", "base_disp", "base_comb", "imbalance");
-        printf("# %-10s %5s %6s %10s %10s %10s %10s %9s\n", "(name)", "", "(K)", "(MB)", "(MB)",
+        printf("# %-*s %5s %6s %10s %10s %10s %10s %9s\n", nw, "(name)", "", "(K)", "(MB)", "(MB)",
                "(MB)", "(MB)", "(max/mean)");
         for (int i = 0; i < n_pol; i++) {
             json_t *pl = json_object_get(json_array_get(jpol, (size_t)i), "per_layer");
             size_t n = json_array_size(json_object_get(pl, "layer"));
             for (size_t j = 0; j < n; j++) {
 #define PL(k) json_array_get(json_object_get(pl, k), j)
-                printf("  %-10s %5lld %6.2f %10.3f %10.3f %10.3f %10.3f %9.3f\n",
-                       bp[i].label, (long long)json_integer_value(PL("layer")),
+                printf("  %-*s %5lld %6.2f %10.3f %10.3f %10.3f %10.3f %9.3f\n",
+                       nw, bp[i].label, (long long)json_integer_value(PL("layer")),
                        json_real_value(PL("avg_k")), json_integer_value(PL("dispatch_bytes")) / 1e6,
                        json_integer_value(PL("combine_bytes")) / 1e6,
                        json_integer_value(PL("baseline_dispatch_bytes")) / 1e6,
@@ -397,10 +415,48 @@ static ep_status run_layer(ep_moe *moe, const bench_policy *bp, const bench_trac
     return ep_moe_forward_routes(moe, layer, trace_routes, x, y, st, tm);
 }
 
+// EPLB needs loads: route the warm-up inputs (at least one step) with every
+// row's policy on the first placement, sum the pairs per (layer, expert)
+// over ranks and rows, then re-place (the experts are read again).
+static ep_status eplb_observe(ep_moe **moe, ep_weights *w, ep_cluster *cl, const ep_model_cfg *cfg,
+                              const bench_args *a, bench_policy *bp, int n_pol,
+                              const bench_trace *trace, ep_routes *trace_routes, ep_moe_opts *mo,
+                              float **x, float *y)
+{
+    const size_t LE = (size_t)cfg->n_layers * cfg->n_experts;
+    double *load = ep_xcalloc(LE, sizeof(double));
+    ep_status st = EP_OK;
+    for (int step = 0; step < EP_MAX(a->warmup, 1) && !st; step++) {
+        make_inputs(cfg, cl, a, step, x);
+        for (int i = 0; i < n_pol && !st; i++)
+            for (int l = 0; l < cfg->n_layers && !st; l++) {
+                if (!x[l]) continue;
+                const ep_routes *r;
+                if ((st = run_layer(*moe, &bp[i], trace, trace_routes, cfg, cl, a, step, l, x[l], y,
+                                    NULL, NULL, &r)))
+                    break;
+                for (int j = 0; j < ep_routes_nnz(r); j++)
+                    load[(size_t)l * cfg->n_experts + r->expert[j]] += 1;
+            }
+    }
+    if (!st) st = ep_cluster_allreduce_f64(cl, load, (int)LE, EP_REDUCE_SUM);
+    if (!st) {
+        ep_moe_free(*moe);
+        *moe = NULL;
+        mo->placement = EP_PLACE_EPLB;
+        mo->expert_load = load;
+        st = ep_moe_init(cfg, cl, w, mo, moe);
+        mo->expert_load = NULL;
+    }
+    free(load);
+    return st;
+}
+
 int ep_cmd_bench(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "comm")) return ep_cmd_bench_comm(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "kernels")) return ep_cmd_bench_kernels(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "sched")) return ep_cmd_bench_sched(argc - 1, argv + 1);
     bench_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc == 1 ? 0 : rc;
@@ -416,6 +472,7 @@ int ep_cmd_bench(int argc, char **argv)
     ep_routes trace_routes;                     // this rank's replayed routes of one layer
     memset(&trace_routes, 0, sizeof trace_routes);
     int n_pol = 0;
+    bool eplb = false; // --placement eplb: re-placed after observing the warm-up
     ep_model_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
     ep_status st = EP_OK;
@@ -434,6 +491,11 @@ int ep_cmd_bench(int argc, char **argv)
     mo.cap_tokens = a.tokens;
     mo.with_reference = a.check;
     if ((st = ep_place_kind_parse(a.placement, &mo.placement))) goto setup_done;
+    // EPLB starts contiguous, observes the warm-up loads, then re-places.
+    eplb = mo.placement == EP_PLACE_EPLB;
+    if (eplb) mo.placement = EP_PLACE_CONTIGUOUS;
+    mo.redundant_experts = a.redundant_experts;
+    mo.home_only = a.home_only;
     if (!strcmp(a.wire, "f32")) mo.wire = EP_DTYPE_F32;
     else if (!strcmp(a.wire, "bf16")) mo.wire = EP_DTYPE_BF16;
     else {
@@ -481,6 +543,12 @@ int ep_cmd_bench(int argc, char **argv)
 
     if ((st = ep_weights_open(&cfg, &w))) goto setup_done;
     if ((st = ep_moe_init(&cfg, cl, w, &mo, &moe))) goto setup_done;
+    // Comm-aware Ban (ban.locality) prefers experts on ranks and nodes a
+    // token already visits: it needs the home rank of every expert.
+    for (int i = 0; i < n_pol; i++)
+        if (bp[i].pol)
+            ep_policy_set_placement(bp[i].pol, ep_moe_placement(moe)->rank_of, cl->node_of,
+                                    cl->world_size, cl->rank);
 setup_done:
     // Set-up can fail on some ranks only (a missing shard, memory): agree on
     // it before the first collective of the run, so no rank waits forever.
@@ -513,6 +581,10 @@ setup_done:
         bp[i].k_hist = ep_xcalloc((size_t)mo.max_k + 1, sizeof(int64_t));
         bp[i].rank_load = ep_xcalloc((size_t)cl->world_size, sizeof(double));
     }
+
+    if (eplb &&
+        (st = eplb_observe(&moe, w, cl, &cfg, &a, bp, n_pol, trace, &trace_routes, &mo, x, y)))
+        goto fail;
 
     int total_steps = a.warmup + a.steps;
     for (int step = 0; step < total_steps; step++) {
@@ -618,6 +690,8 @@ setup_done:
         json_object_set_new(res, "transport", json_string("mpi"));
         json_object_set_new(res, "wire_dtype", json_string(a.wire));
         json_object_set_new(res, "placement", json_string(a.placement));
+        json_object_set_new(res, "redundant_experts", json_integer(a.redundant_experts));
+        json_object_set_new(res, "replica_choice", json_boolean(!a.home_only));
         json_object_set_new(res, "domain", json_string(a.domain));
         json_object_set_new(res, "k_base", json_integer(cfg.k_base));
         json_object_set_new(res, "n_experts", json_integer(cfg.n_experts));

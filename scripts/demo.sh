@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on one machine: installs dependencies, builds, writes the tiny
 # synthetic Qwen3-MoE checkpoint (HF layout), then runs `epserve bench` on 4
-# ranks (2 "nodes" of 2) with every routing policy side by side and prints
-# the table. JSON lands in out/bench.json. Takes a few minutes on 2 cores.
+# ranks (2 "nodes" of 2) with every routing policy side by side (defaults,
+# comm-aware Ban, and Ban&Pick with the profile `epserve calibrate` made for
+# this model) and prints the table. JSON lands in out/bench.json. Takes a few minutes on 2 cores.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -23,6 +24,6 @@ if [ "$(id -u)" = 0 ]; then
 fi
 export OPENBLAS_NUM_THREADS=1
 mpirun -np 4 --oversubscribe "$bin" bench --model "$model" \
-  --routing "${EP_DEMO_ROUTING:-baseline,ban,pick,banpick,topp,des}" \
+  --routing "${EP_DEMO_ROUTING:-baseline,ban,pick,banpick,topp,des,configs/routing/ban-local.yaml,calibrated/tiny-qwen3-moe-calibrated}" \
   --tokens 128 --steps 5 --warmup 1 --ranks-per-node 2 --check --json out/bench.json
 echo "# results: out/bench.json"
