@@ -21,4 +21,10 @@ int bench_trace_layers(const bench_trace *t);    // distinct trace layers
 void bench_trace_fill(const bench_trace *t, const ep_model_cfg *cfg, int layer, int64_t first,
                       int T, ep_routes *r);
 
+// `epserve bench sched`: the trace-driven scheduler check (app/bench_trace.c).
+// Routes sampled from real per-layer expert frequencies (or replayed from a
+// per-token trace) go through placement, replica choice and dispatch
+// planning for a simulated world; no experts run, no MPI is needed.
+int ep_cmd_bench_sched(int argc, char **argv);
+
 #endif

@@ -11,7 +11,15 @@ struct ep_moe {
     const ep_model_cfg *cfg;
     ep_cluster *cl;
     ep_moe_opts opts;
-    ep_placement place;
+    ep_placement place;        // union over layers: what this rank loads
+    ep_placement *layer_place; // [n_layers] per-layer EPLB placements, or NULL (all use place)
+    int *pair_rank;            // [cap_tokens * max_k] replica choice of the last forward
+    int pair_cap;
+    int64_t *rank_load;        // [world_size] pairs sent per rank in this call
+    int *visit;                // [world_size] scratch of ep_placement_choose
+    ep_weights *w;             // borrowed: experts are read again on re-placement
+    double *window_load;       // [n_layers * n_experts] this rank's pairs since the window began
+    int64_t window_steps;      // forwards of the first MoE layer since the window began
     ep_backend *be;
     ep_transport *tp;
     ep_comm *comm;
@@ -32,6 +40,45 @@ void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
     o->max_k = cfg->k_base;
 }
 
+// One EPLB placement per MoE layer from the given loads, and their union
+// (every slot of every layer) as the placement whose experts this rank loads.
+static ep_status init_eplb(ep_moe *m)
+{
+    const ep_model_cfg *cfg = m->cfg;
+    const int E = cfg->n_experts, L = cfg->n_layers, R = m->opts.redundant_experts;
+    if (R < 0)
+        return ep_errorf(EP_ERR_ARG, "moe: redundant_experts: expected >= 0, found %d", R);
+    int groups =
+        m->opts.eplb_groups > 0 ? m->opts.eplb_groups : (cfg->n_group > 0 ? cfg->n_group : 1);
+    m->layer_place = ep_xcalloc((size_t)L, sizeof(ep_placement));
+    double *uniform = ep_xmalloc((size_t)E * sizeof(double));
+    for (int e = 0; e < E; e++) uniform[e] = 1.0;
+    int n_all = 0, *all_e = NULL, *all_r = NULL;
+    ep_status st = EP_OK;
+    for (int l = 0; l < L && !st; l++) {
+        if (!ep_model_layer_is_moe(cfg, l)) continue;
+        const double *load = m->opts.expert_load ? m->opts.expert_load + (size_t)l * E : uniform;
+        if ((st = ep_placement_init_eplb(&m->layer_place[l], load, E, R, groups, m->cl->n_nodes,
+                                         m->cl->world_size)))
+            break;
+        const ep_placement *lp = &m->layer_place[l];
+        all_e = ep_xrealloc(all_e, (size_t)(n_all + lp->n_phy) * sizeof(int));
+        all_r = ep_xrealloc(all_r, (size_t)(n_all + lp->n_phy) * sizeof(int));
+        memcpy(all_e + n_all, lp->phy_expert, (size_t)lp->n_phy * sizeof(int));
+        memcpy(all_r + n_all, lp->phy_rank, (size_t)lp->n_phy * sizeof(int));
+        n_all += lp->n_phy;
+    }
+    if (!st && n_all == 0)
+        st = ep_placement_init_eplb(&m->place, uniform, E, R, groups, 1, m->cl->world_size);
+    else if (!st)
+        st = ep_placement_from_slots(&m->place, EP_PLACE_EPLB, E, m->cl->world_size, n_all, all_e,
+                                     all_r);
+    free(uniform);
+    free(all_e);
+    free(all_r);
+    return st;
+}
+
 ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, const ep_moe_opts *o,
                       ep_moe **out)
 {
@@ -46,7 +93,17 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     ep_status st;
     int cap = o->cap_tokens > 0 ? o->cap_tokens : 1;
 
-    if ((st = ep_placement_init(&m->place, o->placement, cfg->n_experts, cl->world_size))) goto err;
+    if (o->placement == EP_PLACE_EPLB) {
+        if ((st = init_eplb(m))) goto err;
+    } else if ((st = ep_placement_init(&m->place, o->placement, cfg->n_experts, cl->world_size))) {
+        goto err;
+    }
+    m->w = w;
+    m->window_load = ep_xcalloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(double));
+    m->pair_cap = cap * o->max_k;
+    m->pair_rank = ep_xmalloc((size_t)m->pair_cap * sizeof(int));
+    m->rank_load = ep_xcalloc((size_t)cl->world_size, sizeof(int64_t));
+    m->visit = ep_xcalloc((size_t)cl->world_size, sizeof(int));
     if ((st = ep_backend_cpu_init(&m->be))) goto err;
     if ((st = ep_transport_mpi_init(cl, &m->tp))) goto err;
     if ((st = ep_comm_init(cl, m->tp, cfg->hidden, o->wire, cap, o->max_k, &m->comm))) goto err;
@@ -88,6 +145,14 @@ void ep_moe_free(ep_moe *m)
     ep_comm_free(m->comm);
     ep_transport_free(m->tp);
     ep_backend_free(m->be);
+    if (m->layer_place) {
+        for (int l = 0; l < m->cfg->n_layers; l++) ep_placement_free(&m->layer_place[l]);
+        free(m->layer_place);
+    }
+    free(m->pair_rank);
+    free(m->window_load);
+    free(m->rank_load);
+    free(m->visit);
     ep_placement_free(&m->place);
     free(m);
 }
@@ -100,6 +165,17 @@ const ep_placement *ep_moe_placement(const ep_moe *m)
 size_t ep_moe_expert_bytes(const ep_moe *m)
 {
     return ep_experts_bytes(m->experts);
+}
+
+const ep_placement *ep_moe_layer_placement(const ep_moe *m, int layer)
+{
+    EP_ASSERT(layer >= 0 && layer < m->cfg->n_layers);
+    return m->layer_place && m->layer_place[layer].rank_of ? &m->layer_place[layer] : &m->place;
+}
+
+const int *ep_moe_last_pair_rank(const ep_moe *m)
+{
+    return m->pair_rank;
 }
 
 const ep_routes *ep_moe_last_routes(const ep_moe *m)
@@ -137,7 +213,24 @@ static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const floa
     memset(&local, 0, sizeof local);
     ep_comm_work work;
     double t1 = ep_now_us();
-    if ((s = ep_comm_dispatch(m->comm, r, &m->place, NULL, x, &work, &local))) return s;
+    const ep_placement *pl = ep_moe_layer_placement(m, layer);
+    int nnz = ep_routes_nnz(r);
+    if (nnz > m->pair_cap) { // a replayed trace may bring more pairs than cap * max_k
+        m->pair_cap = nnz;
+        m->pair_rank = ep_xrealloc(m->pair_rank, (size_t)nnz * sizeof(int));
+    }
+    const int *pair_rank = NULL;
+    if (pl->n_phy > pl->n_experts && !m->opts.home_only) {
+        memset(m->rank_load, 0, (size_t)pl->world_size * sizeof(int64_t));
+        ep_placement_choose(pl, r, m->cl->rank, m->rank_load, m->visit, m->pair_rank);
+        pair_rank = m->pair_rank;
+    } else {
+        for (int j = 0; j < nnz; j++) m->pair_rank[j] = pl->rank_of[r->expert[j]];
+    }
+    if ((s = ep_comm_dispatch(m->comm, r, pl, pair_rank, x, &work, &local))) return s;
+    double *wl = m->window_load + (size_t)layer * m->cfg->n_experts;
+    for (int j = 0; j < nnz; j++) wl[r->expert[j]] += 1;
+    if (layer == m->cfg->first_k_dense) m->window_steps++;
     double t2 = ep_now_us();
     if ((s = ep_experts_forward(m->experts, layer, work.n_rec, work.pair_off, work.pair_expert,
                                 work.pair_weight, work.x, work.y)))
@@ -175,6 +268,67 @@ ep_status ep_moe_forward_routes(ep_moe *m, int layer, const ep_routes *r, const 
     if (s) return s;
     if ((s = ep_routes_check(r, m->cfg->n_experts))) return s;
     return run_routed(m, layer, r, x, y, st, tm);
+}
+
+int64_t ep_moe_window_steps(const ep_moe *m)
+{
+    return m->window_steps;
+}
+
+ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *after, bool *moved)
+{
+    const ep_model_cfg *cfg = m->cfg;
+    const int E = cfg->n_experts, L = cfg->n_layers;
+    if (moved) *moved = false;
+    ep_status st = ep_cluster_allreduce_f64(m->cl, m->window_load, L * E, EP_REDUCE_SUM);
+    if (st) return st;
+    // The candidate: an ep_moe-shaped set of placements from the window.
+    ep_moe cand;
+    memset(&cand, 0, sizeof cand);
+    cand.cfg = cfg;
+    cand.cl = m->cl;
+    cand.opts = m->opts;
+    cand.opts.placement = EP_PLACE_EPLB;
+    cand.opts.expert_load = m->window_load;
+    if ((st = init_eplb(&cand))) goto out;
+
+    double b = 0, a = 0;
+    int n = 0;
+    for (int l = 0; l < L; l++) {
+        if (!ep_model_layer_is_moe(cfg, l)) continue;
+        const double *load = m->window_load + (size_t)l * E;
+        b += ep_placement_predict_imbalance(ep_moe_layer_placement(m, l), load);
+        a += ep_placement_predict_imbalance(&cand.layer_place[l], load);
+        n++;
+    }
+    b = n ? b / n : 1;
+    a = n ? a / n : 1;
+    if (before) *before = b;
+    if (after) *after = a;
+    if (!(b > 0) || (b - a) / b < min_gain) goto out;
+
+    // Every rank took the same decision from the same sums: read the new shard.
+    ep_experts *nx = NULL;
+    if ((st = ep_experts_load(cfg, m->w, &cand.place, m->cl->rank, m->be, &nx))) goto out;
+    ep_experts_free(m->experts);
+    m->experts = nx;
+    ep_placement tmp = m->place;
+    m->place = cand.place;
+    cand.place = tmp;
+    ep_placement *tl = m->layer_place;
+    m->layer_place = cand.layer_place;
+    cand.layer_place = tl;
+    m->opts.placement = EP_PLACE_EPLB;
+    if (moved) *moved = true;
+out:
+    if (cand.layer_place) {
+        for (int l = 0; l < L; l++) ep_placement_free(&cand.layer_place[l]);
+        free(cand.layer_place);
+    }
+    ep_placement_free(&cand.place);
+    memset(m->window_load, 0, (size_t)L * E * sizeof(double));
+    m->window_steps = 0;
+    return st;
 }
 
 ep_status ep_moe_reference_routes(ep_moe *m, int layer, const ep_routes *r, const float *x,

@@ -16,6 +16,14 @@ typedef struct {
     int cap_tokens;          // most tokens one rank routes in one call
     int max_k;               // most experts a token may keep (>= k_base; policies may add)
     bool with_reference;     // also hold every expert, for ep_moe_reference()
+    // EPLB (placement == EP_PLACE_EPLB): a placement per MoE layer from
+    // expert_load, with redundant_experts extra slots per layer. This rank
+    // loads the union of its experts over the layers (experts/ takes one
+    // placement for all layers), so layers may place experts differently.
+    int redundant_experts;     // extra physical slots per layer (default 0)
+    int eplb_groups;           // expert groups for hierarchical EPLB (0: the model's n_group)
+    const double *expert_load; // [n_layers * n_experts] loads, or NULL (uniform); read at init
+    bool home_only;            // send every pair to the expert's home rank (no replica choice)
 } ep_moe_opts;
 void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg);
 
@@ -30,7 +38,14 @@ typedef struct ep_moe ep_moe;
 ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, const ep_moe_opts *o,
                       ep_moe **out);
 void ep_moe_free(ep_moe *m); // NULL ok
+// The experts this rank holds over all layers (the per-layer placements'
+// union; without EPLB the one placement every layer uses).
 const ep_placement *ep_moe_placement(const ep_moe *m);
+// The placement MoE layer `layer` dispatches with.
+const ep_placement *ep_moe_layer_placement(const ep_moe *m, int layer);
+// The rank each pair of the last forward went to ([nnz] of its routes; valid
+// until the next call). Replica choice fills it; without replicas the home rank.
+const int *ep_moe_last_pair_rank(const ep_moe *m);
 size_t ep_moe_expert_bytes(const ep_moe *m); // routed + shared weights held by this rank
 
 // y[T, H] = MoE_layer(x[T, H]) for this rank's T tokens (T may be 0; every
@@ -44,6 +59,20 @@ ep_status ep_moe_forward_routes(ep_moe *m, int layer, const ep_routes *r, const 
                                 ep_comm_stats *st, ep_moe_times *tm);
 // The routes of the last ep_moe_forward (valid until the next call).
 const ep_routes *ep_moe_last_routes(const ep_moe *m);
+
+// ---- re-placement between steps ---------------------------------------------
+// Every forward adds its pairs per (layer, expert) to this rank's window.
+// Collective (every rank calls it between the same two steps): sums the
+// window over ranks, computes EPLB placements per layer from it (with
+// opts.redundant_experts), predicts the mean over layers of max/mean rank
+// load before and after, and re-places only when (before - after) / before
+// >= min_gain; then this rank reads the experts it now holds (from the
+// ep_weights given at init) and drops the others. The window restarts either
+// way. No request state lives here, so nothing in flight is lost or mixed.
+// before/after/moved may be NULL.
+ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *after, bool *moved);
+// Forwards of the first MoE layer since the window began.
+int64_t ep_moe_window_steps(const ep_moe *m);
 
 // The reference path (needs opts.with_reference): the same routing, then a
 // plain loop over each token's kept experts, no placement, no communication.

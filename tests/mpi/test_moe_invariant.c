@@ -1,7 +1,10 @@
 // The reference invariant (DESIGN.md §4): for every world size (ctest runs
-// this at 1-4 ranks), both tiny presets, both placements, ranks_per_node 1
-// and 2 and every routing policy, the EP MoE output equals the
-// single-process reference within 1e-4 relative, planned bytes equal the
+// this at 1-4 ranks), both tiny presets, contiguous, round-robin and EPLB
+// placements (EPLB for the DeepSeek preset: hierarchical, skewed per-layer
+// loads, 7 redundant experts, replica choice; model init dominates the run
+// time, so the Qwen3 EPLB path is left to test_replace and bench_check),
+// ranks_per_node 1 and 2 and every routing policy, the EP MoE output equals
+// the single-process reference within 1e-4 relative, planned bytes equal the
 // bytes the transport moved, and ranks with zero tokens still take part.
 #include "common/weights.h"
 #include "model/moe.h"
@@ -22,11 +25,32 @@ static int tokens_of(int rank, int world)
     return 5 + (rank * 7) % 19;
 }
 
-static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, ep_place_kind kind)
+// A skewed, layer-dependent load for EPLB: a few hot experts per layer.
+static double *skewed_load(const ep_model_cfg *cfg)
 {
+    double *load = ep_xmalloc((size_t)cfg->n_layers * cfg->n_experts * sizeof(double));
+    for (int l = 0; l < cfg->n_layers; l++)
+        for (int e = 0; e < cfg->n_experts; e++)
+            load[(size_t)l * cfg->n_experts + e] =
+                1 + ((e * 7 + l * 3) % 11 == 0 ? 50 : 0) + (e * 13 + l) % 5;
+    return load;
+}
+
+typedef struct {
+    ep_place_kind kind;
+    int redundant; // EPLB only
+    bool home_only;
+} place_case;
+
+static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, place_case pc)
+{
+    ep_place_kind kind = pc.kind;
     ep_policy *pol[EP_ARRAY_LEN(policies)] = {0};
     int n_pol = 0, max_k = cfg->k_base;
-    for (size_t i = 0; i < EP_ARRAY_LEN(policies); i++) {
+    // EPLB changes where pairs go, not what is routed: two policies (fixed
+    // and variable K) keep this test quick.
+    size_t n_try = kind == EP_PLACE_EPLB ? 2 : EP_ARRAY_LEN(policies);
+    for (size_t i = 0; i < n_try; i++) {
         ep_status st = ep_policy_create(cfg, policies[i], &pol[n_pol]);
         CHECK(st == EP_OK, "%s: policy %s: %s", cfg->name, policies[i], ep_last_error());
         if (st != EP_OK) continue;
@@ -40,9 +64,22 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
     o.cap_tokens = CAP;
     o.max_k = max_k;
     o.with_reference = true;
+    double *load = NULL;
+    int rpn_lo = 1;
+    if (kind == EP_PLACE_EPLB) {
+        // EPLB reads the nodes at init (hierarchical for DeepSeek's 4 groups on 2 nodes).
+        load = skewed_load(cfg);
+        o.expert_load = load;
+        o.redundant_experts = pc.redundant;
+        o.home_only = pc.home_only;
+        rpn_lo = 2;
+        ep_cluster_set_ranks_per_node(cl, 2);
+    }
     ep_moe *m = NULL;
     CHECK_OK(ep_moe_init(cfg, cl, w, &o, &m));
+    free(load);
     if (!m) goto out;
+    int64_t off_home = 0; // pairs sent to a replica that is not the expert's home
 
     int T = tokens_of(cl->rank, cl->world_size);
     float *x = ep_xmalloc((size_t)CAP * cfg->hidden * sizeof(float));
@@ -51,7 +88,7 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
     int64_t base_offset = 0;
     for (int r = 0; r < cl->rank; r++) base_offset += tokens_of(r, cl->world_size);
 
-    for (int rpn = 1; rpn <= 2; rpn++) {
+    for (int rpn = rpn_lo; rpn <= 2; rpn++) {
         ep_cluster_set_ranks_per_node(cl, rpn);
         for (int p = 0; p < n_pol; p++) {
             for (int l = 0; l < cfg->n_layers; l++) {
@@ -71,6 +108,15 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
                 CHECK(err <= 1e-4, "%s %s %s rpn %d layer %d rank %d: max rel err %.3e > 1e-4",
                       cfg->name, ep_policy_name(pol[p]), ep_place_kind_name(kind), rpn, l,
                       cl->rank, err);
+                const ep_placement *lp = ep_moe_layer_placement(m, l);
+                const ep_routes *rr = ep_moe_last_routes(m);
+                const int *prk = ep_moe_last_pair_rank(m);
+                int bad = 0;
+                for (int j = 0; j < ep_routes_nnz(rr); j++) {
+                    bad += !ep_placement_holds(lp, prk[j], rr->expert[j]);
+                    off_home += prk[j] != lp->rank_of[rr->expert[j]];
+                }
+                CHECK(bad == 0, "layer %d: %d pairs sent to a rank holding no replica", l, bad);
                 CHECK(st.planned_bytes == st.measured_bytes,
                       "%s %s layer %d: planned %lld != measured %lld bytes", cfg->name,
                       ep_policy_name(pol[p]), l, (long long)st.planned_bytes,
@@ -87,6 +133,11 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
             }
         }
     }
+    // Replica choice must actually use replicas (else this case tests nothing new).
+    CHECK_OK(ep_cluster_allreduce_i64(cl, &off_home, 1, EP_REDUCE_SUM));
+    if (kind == EP_PLACE_EPLB && pc.redundant > 0 && cl->world_size > 1)
+        CHECK((off_home > 0) == !pc.home_only, "%s eplb+%d%s: %lld pairs went to non-home replicas",
+              cfg->name, pc.redundant, pc.home_only ? " home-only" : "", (long long)off_home);
     free(x);
     free(y);
     free(yref);
@@ -110,8 +161,9 @@ int main(int argc, char **argv)
         ep_weights *w = NULL;
         CHECK_OK(ep_weights_open(&cfg, &w));
         if (!w) continue;
-        run_config(cl, &cfg, w, EP_PLACE_CONTIGUOUS);
-        run_config(cl, &cfg, w, EP_PLACE_ROUND_ROBIN);
+        run_config(cl, &cfg, w, (place_case){EP_PLACE_CONTIGUOUS, 0, false});
+        run_config(cl, &cfg, w, (place_case){EP_PLACE_ROUND_ROBIN, 0, false});
+        if (cfg.n_group > 1) run_config(cl, &cfg, w, (place_case){EP_PLACE_EPLB, 7, false});
         ep_weights_free(w);
     }
     int rc = mpi_check_finish(cl, "moe_invariant");
