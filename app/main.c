@@ -11,8 +11,11 @@ static const struct {
     const char *help;
 } ep_commands[] = {
     {"bench", ep_cmd_bench, "run MoE layers under routing policies; throughput and bytes saved"},
+    {"calibrate", ep_cmd_calibrate, "run the model on calibration sequences, write a routing profile"},
     {"make-model", ep_cmd_make_model, "write a synthetic checkpoint in the Hugging Face layout"},
     {"route", ep_cmd_route, "route gate logits offline with a policy, write JSON lines"},
+    {"simulate", ep_cmd_simulate, "project throughput and bytes of a model on a cluster preset"},
+    {"plan", ep_cmd_plan, "memory per GPU of a model on cluster presets; the smallest that fits"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,193 @@
+// `epserve plan`: memory per GPU of a model on a cluster preset (replicated
+// weights, routed-expert shard, KV cache, workspace), whether it fits, and
+// the smallest preset in configs/clusters that fits. Sizes only (sim/cost.c);
+// throughput is `epserve simulate`'s.
+#include "app/commands.h"
+#include "common/json_util.h"
+#include "sim/sim.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *model, *cluster, *json_path;
+    int context, batch, chunk, replicas;
+} plan_args;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: epserve plan --model M [--cluster C] [options]\n"
+            "  --model M       preset name, model YAML, or checkpoint directory\n"
+            "  --cluster C     preset name or YAML (default: every preset in configs/clusters)\n"
+            "  --context N     tokens per sequence held in the KV cache (default 4096)\n"
+            "  --batch B       concurrent sequences per GPU (default 16)\n"
+            "  --chunk T       prefill tokens per GPU per step, sizes the workspace (default 4096)\n"
+            "  --replicas N    redundant expert slots per layer (EPLB), default 0\n"
+            "  --json FILE     write the results as JSON\n");
+}
+
+static int parse_args(int argc, char **argv, plan_args *a)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},   {"cluster", required_argument, 0, 'c'},
+        {"context", required_argument, 0, 'x'}, {"batch", required_argument, 0, 'b'},
+        {"chunk", required_argument, 0, 'T'},   {"replicas", required_argument, 0, 'R'},
+        {"json", required_argument, 0, 'j'},    {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    a->context = 4096;
+    a->batch = 16;
+    a->chunk = 4096;
+    optind = 1;
+    int c, li = 0;
+    while ((c = getopt_long(argc, argv, "", opts, &li)) != -1) {
+        int *dst = NULL;
+        switch (c) {
+        case 'm': a->model = optarg; break;
+        case 'c': a->cluster = optarg; break;
+        case 'x': dst = &a->context; break;
+        case 'b': dst = &a->batch; break;
+        case 'T': dst = &a->chunk; break;
+        case 'R': dst = &a->replicas; break;
+        case 'j': a->json_path = optarg; break;
+        case 'h': usage(stdout); return 1;
+        default: usage(stderr); return 2;
+        }
+        if (dst) {
+            char *end = NULL;
+            long v = strtol(optarg, &end, 10);
+            if (!end || *end || v < 0 || v > 1 << 28) {
+                fprintf(stderr, "epserve plan: option --%s: expected an integer >= 0, found '%s'\n",
+                        opts[li].name, optarg);
+                return 2;
+            }
+            *dst = (int)v;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "epserve plan: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!a->model) {
+        fprintf(stderr, "epserve plan: --model is required\n\n");
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+static double gib(double b) { return b / (1024.0 * 1024.0 * 1024.0); }
+
+static void print_row(const ep_sim_cluster *cl, const ep_sim_mem *m)
+{
+    printf("  %-12s %4d %7.1f %8.2f %8.2f %7.2f %8.2f %7.2f %8.2f %8.2f %9.2f  %s\n", cl->name,
+           ep_sim_cluster_gpus(cl), cl->mem_gb, gib(m->attn_bytes),
+           gib(m->gate_bytes + m->shared_bytes), gib(m->embed_head_bytes), gib(m->routed_bytes),
+           gib(m->kv_bytes), gib(m->workspace_bytes), gib(m->total_bytes), gib(m->usable_bytes),
+           m->fits ? "fits" : "does not fit");
+}
+
+static json_t *mem_json(const ep_sim_cluster *cl, const ep_sim_mem *m)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "cluster", json_string(cl->name));
+    json_object_set_new(o, "gpus", json_integer(ep_sim_cluster_gpus(cl)));
+    json_object_set_new(o, "experts_per_gpu", json_integer(m->experts_per_gpu));
+    json_object_set_new(o, "attention_gib", json_real(gib(m->attn_bytes)));
+    json_object_set_new(o, "gate_gib", json_real(gib(m->gate_bytes)));
+    json_object_set_new(o, "shared_and_dense_mlp_gib", json_real(gib(m->shared_bytes)));
+    json_object_set_new(o, "embed_head_gib", json_real(gib(m->embed_head_bytes)));
+    json_object_set_new(o, "replicated_gib", json_real(gib(m->replicated_bytes)));
+    json_object_set_new(o, "routed_experts_gib", json_real(gib(m->routed_bytes)));
+    json_object_set_new(o, "kv_cache_gib", json_real(gib(m->kv_bytes)));
+    json_object_set_new(o, "workspace_gib", json_real(gib(m->workspace_bytes)));
+    json_object_set_new(o, "total_gib", json_real(gib(m->total_bytes)));
+    json_object_set_new(o, "usable_gib", json_real(gib(m->usable_bytes)));
+    json_object_set_new(o, "fits", json_boolean(m->fits));
+    return o;
+}
+
+int ep_cmd_plan(int argc, char **argv)
+{
+    plan_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc == 1 ? 0 : rc;
+    ep_model_cfg cfg;
+    ep_status st;
+    if ((st = ep_model_cfg_load(a.model, &cfg))) {
+        fprintf(stderr, "epserve plan: %s\n", ep_last_error());
+        return st == EP_ERR_ARG ? 2 : 1;
+    }
+    char **paths = NULL;
+    int n = 0;
+    if (a.cluster) {
+        paths = ep_xmalloc(sizeof *paths);
+        paths[0] = ep_xstrdup(a.cluster);
+        n = 1;
+    } else if ((st = ep_sim_cluster_presets(&paths, &n))) {
+        fprintf(stderr, "epserve plan: %s\n", ep_last_error());
+        return 1;
+    }
+
+    printf("# epserve plan: model %s, bf16 weights, context %d, %d sequences per GPU, prefill "
+           "chunk %d, %d redundant slots\n",
+           cfg.name, a.context, a.batch, a.chunk, a.replicas);
+    printf("# %-12s %4s %7s %8s %8s %7s %8s %7s %8s %8s %9s  %s\n", "cluster", "gpus", "mem_GB",
+           "attn", "gate+shr", "emb+lm", "experts", "kv", "work", "total", "usable", "verdict");
+    printf("# %-12s %4s %7s %8s %8s %7s %8s %7s %8s %8s %9s\n", "", "", "", "GiB", "GiB", "GiB",
+           "GiB", "GiB", "GiB", "GiB", "GiB");
+    json_t *arr = json_array();
+    int rc_out = 0;
+    // Smallest fitting preset: fewest GPUs, then least memory per GPU.
+    ep_sim_cluster best = {0};
+    bool have_best = false;
+    for (int i = 0; i < n; i++) {
+        ep_sim_cluster cl;
+        if ((st = ep_sim_cluster_load(paths[i], &cl))) {
+            fprintf(stderr, "epserve plan: %s\n", ep_last_error());
+            rc_out = st == EP_ERR_ARG ? 2 : 1;
+            break;
+        }
+        ep_sim_mem m;
+        ep_sim_plan_memory(&cfg, &cl, a.context, a.batch, a.chunk, a.replicas, &m);
+        print_row(&cl, &m);
+        json_array_append_new(arr, mem_json(&cl, &m));
+        int g = ep_sim_cluster_gpus(&cl);
+        if (m.fits && (!have_best || g < ep_sim_cluster_gpus(&best) ||
+                       (g == ep_sim_cluster_gpus(&best) && cl.mem_gb < best.mem_gb))) {
+            best = cl;
+            have_best = true;
+        }
+    }
+    if (!rc_out) {
+        if (have_best)
+            printf("# smallest %s that fits: %s (%d GPUs of %.0f GB)\n",
+                   a.cluster ? "given cluster" : "preset", best.name, ep_sim_cluster_gpus(&best),
+                   best.mem_gb);
+        else
+            printf("# no %s fits: lower --context / --batch, or add GPUs\n",
+                   a.cluster ? "given cluster" : "preset");
+    }
+    if (!rc_out && a.json_path) {
+        json_t *root = json_object();
+        json_object_set_new(root, "model", json_string(cfg.name));
+        json_object_set_new(root, "context", json_integer(a.context));
+        json_object_set_new(root, "batch_per_gpu", json_integer(a.batch));
+        json_object_set_new(root, "chunk", json_integer(a.chunk));
+        json_object_set_new(root, "redundant_slots", json_integer(a.replicas));
+        json_object_set_new(root, "clusters", json_incref(arr));
+        json_object_set_new(root, "smallest_fit", have_best ? json_string(best.name) : json_null());
+        if ((st = ep_json_write_atomic(a.json_path, root, JSON_INDENT(2) | JSON_REAL_PRECISION(6)))) {
+            fprintf(stderr, "epserve plan: %s\n", ep_last_error());
+            rc_out = 1;
+        }
+        json_decref(root);
+    }
+    json_decref(arr);
+    ep_sim_free_list(paths, n);
+    return rc_out;
+}

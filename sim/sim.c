@@ -1,0 +1,459 @@
+// The simulator's driver: generates each GPU's batch with the synthetic
+// generator, routes it with the real router and policies, prices every
+// layer with the real planner (ep_comm_count) and the cost model. It runs in
+// one process and moves no data; links and kernels are sim/cost.c's models.
+#include "common/weights.h"
+#include "router/policy.h"
+#include "router/router.h"
+#include "sim/sim.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---- one layer ------------------------------------------------------------------
+
+void ep_sim_layer_init(ep_sim_layer *L, int world)
+{
+    memset(L, 0, sizeof *L);
+    EP_ASSERT(world >= 1);
+    L->world = world;
+    L->dispatch = ep_xcalloc((size_t)world, sizeof *L->dispatch);
+    L->combine = ep_xcalloc((size_t)world, sizeof *L->combine);
+    L->recv_pairs = ep_xcalloc((size_t)world, sizeof *L->recv_pairs);
+    L->active_experts = ep_xcalloc((size_t)world, sizeof *L->active_experts);
+    L->pair_dest_bytes = ep_xcalloc((size_t)world * world, sizeof *L->pair_dest_bytes);
+    L->pair_comb_bytes = ep_xcalloc((size_t)world * world, sizeof *L->pair_comb_bytes);
+}
+
+void ep_sim_layer_free(ep_sim_layer *L)
+{
+    if (!L) return;
+    free(L->dispatch);
+    free(L->combine);
+    free(L->recv_pairs);
+    free(L->active_experts);
+    free(L->pair_dest_bytes);
+    free(L->pair_comb_bytes);
+    free(L->seen);
+    // sub's arrays are ours (the struct is filled by hand, see sub_reserve)
+    free(L->sub.offsets);
+    free(L->sub.expert);
+    free(L->sub.weight);
+    free(L->sub.base_expert);
+    free(L->sub.base_weight);
+    memset(L, 0, sizeof *L);
+}
+
+// The per-destination sub-route holds at most the source's tokens and pairs.
+// It carries no counterfactual (k_base 0), so its base_expert array serves as
+// its pair_rank (every entry = the destination).
+static void sub_reserve(ep_sim_layer *L, int n_tokens, int nnz)
+{
+    if (n_tokens + 1 > L->sub.cap_tokens) {
+        L->sub.cap_tokens = n_tokens + 1;
+        L->sub.offsets = ep_xrealloc(L->sub.offsets, sizeof(int) * (size_t)(n_tokens + 2));
+    }
+    if (nnz > L->cap_nnz) {
+        L->cap_nnz = nnz;
+        L->sub.expert = ep_xrealloc(L->sub.expert, sizeof(int) * (size_t)nnz);
+        L->sub.weight = ep_xrealloc(L->sub.weight, sizeof(float) * (size_t)nnz);
+        L->sub.base_expert = ep_xrealloc(L->sub.base_expert, sizeof(int) * (size_t)nnz);
+    }
+}
+
+static void add_traffic(ep_sim_traffic *t, bool send, bool intra, double bytes)
+{
+    if (bytes <= 0) return;
+    if (send) *(intra ? &t->send_intra : &t->send_inter) += bytes;
+    else *(intra ? &t->recv_intra : &t->recv_inter) += bytes;
+}
+
+void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model_cfg *cfg,
+                        const ep_placement *p, const int *node_of, const ep_routes *routes,
+                        const int *const *pair_rank, ep_dtype wire, double scale,
+                        ep_comm_stats *sum)
+{
+    const int W = L->world, E = p->n_experts;
+    EP_ASSERT(p->world_size == W && scale > 0);
+    memset(L->dispatch, 0, sizeof *L->dispatch * (size_t)W);
+    memset(L->combine, 0, sizeof *L->combine * (size_t)W);
+    memset(L->recv_pairs, 0, sizeof *L->recv_pairs * (size_t)W);
+    memset(L->active_experts, 0, sizeof *L->active_experts * (size_t)W);
+    if (E > L->n_experts) {
+        L->n_experts = E;
+        L->seen = ep_xrealloc(L->seen, (size_t)W * E);
+    }
+    memset(L->seen, 0, (size_t)W * E);
+    memset(sum, 0, sizeof *sum);
+
+    int64_t *bytes = L->pair_dest_bytes; // [src * W + dst] dispatch; combine mirrors it
+    int64_t *cbytes = L->pair_comb_bytes;
+    memset(bytes, 0, sizeof *bytes * (size_t)W * W);
+    memset(cbytes, 0, sizeof *cbytes * (size_t)W * W);
+    for (int r = 0; r < W; r++) {
+        const ep_routes *R = &routes[r];
+        const int *pr = pair_rank ? pair_rank[r] : NULL;
+        ep_comm_stats st;
+        ep_comm_count(R, p, pr, r, node_of, cfg->hidden, wire, &st);
+        ep_comm_stats_add(sum, &st);
+        ep_placement_rank_load(p, R, pr, L->recv_pairs);
+        const int nnz = ep_routes_nnz(R);
+        for (int j = 0; j < nnz; j++) {
+            int d = pr ? pr[j] : p->rank_of[R->expert[j]];
+            L->seen[(size_t)d * E + R->expert[j]] = 1;
+        }
+
+        // Per destination: the sub-route of r's pairs that go to d, priced by
+        // the planner itself (one record per token with pairs there).
+        sub_reserve(L, R->n_tokens, nnz);
+        int64_t disp_sum = 0, comb_sum = 0, disp_inter = 0;
+        for (int d = 0; d < W; d++) {
+            if (d == r) continue;
+            ep_routes *S = &L->sub;
+            int t = 0, k = 0;
+            S->offsets[0] = 0;
+            for (int i = 0; i < R->n_tokens; i++) {
+                int k0 = k;
+                for (int j = R->offsets[i]; j < R->offsets[i + 1]; j++) {
+                    int dj = pr ? pr[j] : p->rank_of[R->expert[j]];
+                    if (dj != d) continue;
+                    S->expert[k] = R->expert[j];
+                    S->weight[k] = R->weight[j];
+                    S->base_expert[k] = d; // the pair_rank of the sub-route
+                    k++;
+                }
+                if (k > k0) S->offsets[++t] = k;
+            }
+            if (t == 0) continue;
+            S->n_tokens = t;
+            S->max_k = R->max_k;
+            S->k_base = 0; // no counterfactual rows in a sub-route
+            ep_comm_stats sd;
+            ep_comm_count(S, p, S->base_expert, r, node_of, cfg->hidden, wire, &sd);
+            bytes[(size_t)r * W + d] = sd.dispatch_bytes;
+            cbytes[(size_t)r * W + d] = sd.combine_bytes;
+            disp_sum += sd.dispatch_bytes;
+            comb_sum += sd.combine_bytes;
+            disp_inter += sd.dispatch_bytes_inter;
+        }
+        // The matrix must add up to what the planner charged the whole row.
+        EP_ASSERT(disp_sum == st.dispatch_bytes && comb_sum == st.combine_bytes &&
+                  disp_inter == st.dispatch_bytes_inter);
+    }
+
+    for (int r = 0; r < W; r++)
+        for (int d = 0; d < W; d++) {
+            int64_t b = bytes[(size_t)r * W + d], cb = cbytes[(size_t)r * W + d];
+            if (b == 0) continue;
+            bool intra = node_of[r] == node_of[d];
+            add_traffic(&L->dispatch[r], true, intra, scale * (double)b);
+            add_traffic(&L->dispatch[d], false, intra, scale * (double)b);
+            add_traffic(&L->combine[d], true, intra, scale * (double)cb);
+            add_traffic(&L->combine[r], false, intra, scale * (double)cb);
+            // the sender of each phase talks to one more peer
+            (*(intra ? &L->dispatch[r].peers_intra : &L->dispatch[r].peers_inter))++;
+            (*(intra ? &L->combine[d].peers_intra : &L->combine[d].peers_inter))++;
+        }
+
+    L->dispatch_us = L->combine_us = L->experts_us = 0;
+    int64_t max_pairs = 0, tot_pairs = 0;
+    for (int r = 0; r < W; r++) {
+        for (int e = 0; e < E; e++)
+            L->active_experts[r] += L->seen[(size_t)r * E + e];
+        L->dispatch_us = EP_MAX(L->dispatch_us, ep_sim_a2a_rank_us(c, &L->dispatch[r]));
+        L->combine_us = EP_MAX(L->combine_us, ep_sim_a2a_rank_us(c, &L->combine[r]));
+        double te = ep_sim_experts_us(c, cfg->hidden, cfg->moe_inter,
+                                      scale * (double)L->recv_pairs[r], L->active_experts[r]);
+        L->experts_us = EP_MAX(L->experts_us, te);
+        max_pairs = EP_MAX(max_pairs, L->recv_pairs[r]);
+        tot_pairs += L->recv_pairs[r];
+    }
+    L->imbalance = tot_pairs > 0 ? (double)max_pairs * W / (double)tot_pairs : 1.0;
+}
+
+// ---- the run ----------------------------------------------------------------------
+
+int ep_sim_sample_tokens(const ep_sim_opts *o, int world)
+{
+    if (o->sample_tokens == 0) return o->tokens;
+    if (o->sample_tokens > 0) return EP_MIN(o->sample_tokens, o->tokens);
+    // The whole cluster routes ~8192 tokens per layer: expert loads (and so
+    // the imbalance) are estimated from ~65k pairs whatever the GPU count.
+    return EP_MIN(o->tokens, EP_MAX(32, 8192 / EP_MAX(world, 1)));
+}
+
+void ep_sim_opts_default(ep_sim_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->tokens = 4096;
+    o->sample_tokens = -1;
+    o->sample_layers = 6;
+    o->decode = false;
+    o->context = 4096;
+    o->wire = EP_DTYPE_BF16;
+    o->placement = EP_PLACE_CONTIGUOUS;
+    o->seed = 1;
+}
+
+void ep_sim_report_free(ep_sim_report *r)
+{
+    if (!r) return;
+    for (int i = 0; i < r->n_pol && r->res; i++)
+        free(r->res[i].layer_step_us);
+    free(r->res);
+    free(r->layers);
+    memset(r, 0, sizeof *r);
+}
+
+// One policy's state across the run (routes of every rank).
+typedef struct {
+    ep_policy *pol;
+    ep_routes *routes;  // [W]
+    int **pair_rank;    // [W] (replicas only)
+    ep_placement eplb;  // this layer's EPLB placement (replicas only)
+    bool has_eplb;
+} sim_pol;
+
+static void free_pols(sim_pol *sp, int n, int W)
+{
+    for (int i = 0; sp && i < n; i++) {
+        ep_policy_free(sp[i].pol);
+        for (int r = 0; sp[i].routes && r < W; r++)
+            ep_routes_free(&sp[i].routes[r]);
+        free(sp[i].routes);
+        for (int r = 0; sp[i].pair_rank && r < W; r++)
+            free(sp[i].pair_rank[r]);
+        free(sp[i].pair_rank);
+        if (sp[i].has_eplb) ep_placement_free(&sp[i].eplb);
+    }
+    free(sp);
+}
+
+// Accumulates one priced layer into a result.
+static void acc_layer(ep_sim_result *res, const ep_sim_layer *L, const ep_comm_stats *sum, int li)
+{
+    ep_comm_stats_add(&res->total, sum);
+    double t = L->dispatch_us + L->experts_us + L->combine_us;
+    res->layer_step_us[li] = t;
+    res->dispatch_us += L->dispatch_us;
+    res->experts_us += L->experts_us;
+    res->combine_us += L->combine_us;
+    res->load_imbalance += L->imbalance;
+}
+
+// EPLB for one layer from this policy's own loads (pairs per expert over
+// every rank), then each rank chooses replicas for its pairs.
+static ep_status place_replicas(sim_pol *sp, const ep_model_cfg *cfg, const ep_sim_cluster *c,
+                                int n_redundant, int W, double *load, int64_t *rank_load,
+                                int *visit)
+{
+    const int E = cfg->n_experts;
+    for (int e = 0; e < E; e++)
+        load[e] = 0;
+    for (int r = 0; r < W; r++) {
+        const ep_routes *R = &sp->routes[r];
+        for (int j = 0; j < ep_routes_nnz(R); j++)
+            load[R->expert[j]] += 1.0;
+    }
+    if (sp->has_eplb) ep_placement_free(&sp->eplb);
+    sp->has_eplb = false;
+    int groups = cfg->n_group > 1 ? cfg->n_group : 1;
+    ep_status st = ep_placement_init_eplb(&sp->eplb, load, E, n_redundant, groups, c->n_nodes, W);
+    if (st) return st;
+    sp->has_eplb = true;
+    for (int r = 0; r < W; r++) {
+        memset(rank_load, 0, sizeof *rank_load * (size_t)W);
+        ep_placement_choose(&sp->eplb, &sp->routes[r], r, rank_load, visit, sp->pair_rank[r]);
+    }
+    return EP_OK;
+}
+
+ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const char *const *policies,
+                     int n_pol, const ep_sim_opts *o, ep_sim_report *out)
+{
+    memset(out, 0, sizeof *out);
+    const bool replay = o->replay != NULL;
+    if (replay) n_pol = 1;
+    if (replay && o->replay_max_k < 1)
+        return ep_errorf(EP_ERR_ARG, "simulate: replay needs replay_max_k >= 1, found %d",
+                         o->replay_max_k);
+    if (n_pol < 1) return ep_errorf(EP_ERR_ARG, "simulate: expected at least one policy, found 0");
+    if (cfg->n_experts <= 0 || ep_model_n_moe_layers(cfg) == 0)
+        return ep_errorf(EP_ERR_ARG, "simulate: model %s has no MoE layers", cfg->name);
+    if (o->tokens < 1 || o->context < 1 || o->sample_layers < 0 || o->n_redundant < 0)
+        return ep_errorf(EP_ERR_ARG, "simulate: expected tokens >= 1, context >= 1, layers >= 0 "
+                         "and redundant >= 0, found %d, %d, %d, %d", o->tokens, o->context,
+                         o->sample_layers, o->n_redundant);
+    const int W = ep_sim_cluster_gpus(c), E = cfg->n_experts, H = cfg->hidden;
+    const int S = ep_sim_sample_tokens(o, W);
+    const double scale = (double)o->tokens / S;
+    const int n_moe = ep_model_n_moe_layers(cfg);
+    const int n_lay = o->sample_layers > 0 ? EP_MIN(o->sample_layers, n_moe) : n_moe;
+    const int per_pol = o->n_redundant > 0 ? 2 : 1;
+    const double t0 = ep_now_us();
+
+    int *node_of = ep_xmalloc(sizeof(int) * (size_t)W);
+    for (int r = 0; r < W; r++)
+        node_of[r] = r / c->gpus_per_node;
+    out->n_sampled = n_lay;
+    out->layers = ep_xmalloc(sizeof(int) * (size_t)n_lay);
+    {
+        int *moe = ep_xmalloc(sizeof(int) * (size_t)n_moe), m = 0;
+        for (int l = 0; l < cfg->n_layers; l++)
+            if (ep_model_layer_is_moe(cfg, l)) moe[m++] = l;
+        for (int i = 0; i < n_lay; i++)
+            out->layers[i] = moe[(int)(((double)i + 0.5) * n_moe / n_lay)];
+        free(moe);
+    }
+    out->n_pol = n_pol * per_pol;
+    out->res = ep_xcalloc((size_t)out->n_pol, sizeof *out->res);
+
+    ep_placement place = {0};
+    ep_weights *wts = NULL;
+    ep_router *router = NULL;
+    sim_pol *sp = ep_xcalloc((size_t)n_pol, sizeof *sp);
+    float *gate = ep_xmalloc(sizeof(float) * (size_t)E * H);
+    float *x = ep_xmalloc(sizeof(float) * (size_t)S * H);
+    float *logits = ep_xmalloc(sizeof(float) * (size_t)S * E);
+    double *load = ep_xmalloc(sizeof(double) * (size_t)E);
+    int64_t *rank_load = ep_xmalloc(sizeof(int64_t) * (size_t)W);
+    int *visit = ep_xmalloc(sizeof(int) * (size_t)W);
+    ep_sim_layer L;
+    ep_sim_layer_init(&L, W);
+    ep_sim_params params;
+    ep_sim_params_count(cfg, &params);
+    ep_status st;
+
+    if ((st = ep_placement_init(&place, o->placement, E, W))) goto done;
+    if (!replay && (st = ep_weights_open(cfg, &wts))) goto done;
+    if (!replay && (st = ep_router_init(cfg, S, &router))) goto done;
+    for (int i = 0; i < n_pol; i++) {
+        const char *spec = replay ? "replay" : policies[i];
+        if (!replay && (st = ep_policy_create(cfg, spec, &sp[i].pol))) {
+            st = ep_error_prefix(st, "--routing %s", spec);
+            goto done;
+        }
+        int mk = replay ? o->replay_max_k : ep_policy_max_k(sp[i].pol);
+        sp[i].routes = ep_xcalloc((size_t)W, sizeof *sp[i].routes);
+        for (int r = 0; r < W; r++)
+            ep_routes_init(&sp[i].routes[r], S, mk, cfg->k_base);
+        if (o->n_redundant > 0) {
+            sp[i].pair_rank = ep_xcalloc((size_t)W, sizeof *sp[i].pair_rank);
+            for (int r = 0; r < W; r++)
+                sp[i].pair_rank[r] = ep_xmalloc(sizeof(int) * (size_t)S * mk);
+        }
+        for (int v = 0; v < per_pol; v++) {
+            ep_sim_result *res = &out->res[i * per_pol + v];
+            // a routing file's row is its base name without .yaml (as bench)
+            const char *base = strrchr(spec, '/');
+            base = base ? base + 1 : spec;
+            int len = (int)strlen(base);
+            const char *dot = strrchr(base, '.');
+            if (dot && (!strcmp(dot, ".yaml") || !strcmp(dot, ".yml"))) len = (int)(dot - base);
+            snprintf(res->label, sizeof res->label, "%.*s%s", EP_MIN(len, 48), base,
+                     v ? "+eplb" : "");
+            res->layer_step_us = ep_xcalloc((size_t)n_lay, sizeof(double));
+        }
+    }
+
+    for (int li = 0; li < n_lay; li++) {
+        const int l = out->layers[li];
+        if (replay)
+            for (int r = 0; r < W; r++)
+                o->replay(o->replay_user, l, (int64_t)r * S, S, &sp[0].routes[r]);
+        char name[128];
+        ep_name_gate(name, sizeof name, l);
+        int64_t gshape[2] = {E, H};
+        if (!replay && (st = ep_weights_read_f32(wts, name, 2, gshape, gate))) goto done;
+        for (int r = 0; r < W && !replay; r++) {
+            for (int i = 0; i < S; i++) {
+                int64_t g = (int64_t)r * S + i;
+                // prefill: a domain per 64-token prompt; decode: per sequence
+                int dom = (int)((o->decode ? g : g / 64) % EP_SYNTH_N_DOMAINS);
+                ep_synth_hidden(cfg, o->seed, l, dom, g, x + (size_t)i * H);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, E, H, 1.0f, x, H, gate, H,
+                        0.0f, logits, E);
+            for (int i = 0; i < n_pol; i++) {
+                ep_policy_set_placement(sp[i].pol, place.rank_of, node_of, W, r);
+                if ((st = ep_router_route_logits(router, sp[i].pol, l, logits, S,
+                                                 &sp[i].routes[r])))
+                    goto done;
+            }
+        }
+        for (int i = 0; i < n_pol; i++) {
+            ep_comm_stats sum;
+            ep_sim_layer_price(&L, c, cfg, &place, node_of, sp[i].routes, NULL, o->wire, scale,
+                               &sum);
+            acc_layer(&out->res[i * per_pol], &L, &sum, li);
+            if (per_pol == 2) {
+                if ((st = place_replicas(&sp[i], cfg, c, o->n_redundant, W, load, rank_load,
+                                         visit)))
+                    goto done;
+                ep_sim_layer_price(&L, c, cfg, &sp[i].eplb, node_of, sp[i].routes,
+                                   (const int *const *)sp[i].pair_rank, o->wire, scale, &sum);
+                acc_layer(&out->res[i * per_pol + 1], &L, &sum, li);
+            }
+        }
+        if (!o->quiet)
+            fprintf(stderr, "\rsimulate: layer %d (%d/%d) routed, %.1f s", l, li + 1, n_lay,
+                    (ep_now_us() - t0) * 1e-6);
+    }
+    if (!o->quiet) fprintf(stderr, "\n");
+
+    // Per step: the replicated part of every layer, the MoE part of every MoE
+    // layer (the mean of the sampled ones), the lm-head.
+    double dense_us = 0;
+    for (int l = 0; l < cfg->n_layers; l++)
+        dense_us += ep_sim_dense_us(c, cfg, &params, l, o->tokens, o->context, o->decode);
+    double head_rows = o->decode ? o->tokens : EP_MAX(1.0, (double)o->tokens / o->context);
+    double head_us = ep_sim_head_us(c, cfg, head_rows);
+    for (int i = 0; i < out->n_pol; i++) {
+        ep_sim_result *res = &out->res[i];
+        const double f = (double)n_moe / n_lay;
+        res->dispatch_us *= f;
+        res->experts_us *= f;
+        res->combine_us *= f;
+        res->load_imbalance /= n_lay;
+        res->dense_us = dense_us;
+        res->head_us = head_us;
+        res->step_us = dense_us + head_us + res->dispatch_us + res->experts_us + res->combine_us;
+        res->tokens_per_s_gpu = res->step_us > 0 ? o->tokens * 1e6 / res->step_us : 0;
+        const ep_comm_stats *t = &res->total;
+        double tok = (double)EP_MAX(t->tokens, 1);
+        double act = (double)(t->dispatch_bytes + t->combine_bytes);
+        double inter = (double)(t->dispatch_bytes_inter + t->combine_bytes_inter);
+        double base = (double)(t->base_dispatch_bytes + t->base_combine_bytes);
+        double base_inter = (double)(t->base_dispatch_bytes_inter + t->base_combine_bytes_inter);
+        res->avg_k = (double)t->pairs / tok;
+        res->bytes_per_token_layer = act / tok;
+        res->inter_bytes_per_token_layer = inter / tok;
+        res->base_bytes_per_token_layer = base / tok;
+        res->saved_pct = base > 0 ? 100.0 * (1.0 - act / base) : 0.0;
+        res->saved_inter_pct = base_inter > 0 ? 100.0 * (1.0 - inter / base_inter) : 0.0;
+    }
+    for (int i = 0; i < out->n_pol; i++)
+        out->res[i].speedup =
+            out->res[i].step_us > 0 ? out->res[0].step_us / out->res[i].step_us : 0.0;
+    out->route_s = (ep_now_us() - t0) * 1e-6;
+    st = EP_OK;
+
+done:
+    if (st) ep_sim_report_free(out);
+    free_pols(sp, n_pol, W);
+    ep_router_free(router);
+    ep_weights_free(wts);
+    ep_placement_free(&place);
+    ep_sim_layer_free(&L);
+    ep_sim_params_free(&params);
+    free(gate);
+    free(x);
+    free(logits);
+    free(load);
+    free(rank_load);
+    free(visit);
+    free(node_of);
+    return st;
+}
