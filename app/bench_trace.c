@@ -7,6 +7,8 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,7 +62,8 @@ static void layer_add(trace_layer *l, int k_base, const int *ex, const float *w,
 
 static int cmp_layer(const void *a, const void *b)
 {
-    return ((const trace_layer *)a)->trace_layer - ((const trace_layer *)b)->trace_layer;
+    int x = ((const trace_layer *)a)->trace_layer, y = ((const trace_layer *)b)->trace_layer;
+    return (x > y) - (x < y); // layer ids come from the file: a difference could overflow
 }
 
 static ep_status check_ids(const char *path, long line, const int *ex, int k, int n_experts)
@@ -90,7 +93,11 @@ static ep_status int_array(const char *path, long line, json_t *a, const char *k
         if (!json_is_integer(v))
             return ep_errorf(EP_ERR_FORMAT, "%s:%ld: key '%s'[%zu]: expected an integer", path,
                              line, key, i);
-        out[i] = (int)json_integer_value(v);
+        json_int_t iv = json_integer_value(v);
+        if (iv < INT_MIN || iv > INT_MAX) // ids are checked later; keep them from wrapping first
+            return ep_errorf(EP_ERR_FORMAT, "%s:%ld: key '%s'[%zu]: %lld is out of range", path,
+                             line, key, i, (long long)iv);
+        out[i] = (int)iv;
     }
     *n = (int)json_array_size(a);
     return EP_OK;
@@ -133,7 +140,20 @@ static ep_status load_jsonl(FILE *f, const char *path, const ep_model_cfg *cfg, 
                                path, line, n);
                 break;
             }
-            for (int j = 0; j < n; j++) w[j] = (float)json_number_value(json_array_get(jw, (size_t)j));
+            for (int j = 0; j < n; j++) {
+                json_t *jv = json_array_get(jw, (size_t)j);
+                double v = json_number_value(jv);
+                if (!json_is_number(jv) || !isfinite(v)) {
+                    st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: key 'weights'[%d]: expected a finite number",
+                                   path, line, j);
+                    break;
+                }
+                w[j] = (float)v;
+            }
+            if (st) {
+                json_decref(o);
+                break;
+            }
         }
         json_t *jb = json_object_get(o, "base_experts");
         const int *bp = NULL;
@@ -204,14 +224,25 @@ static ep_status load_csv(FILE *f, const char *path, const ep_model_cfg *cfg, in
         char *save = NULL;
         for (char *c = strtok_r(buf, ",\r\n", &save); c; c = strtok_r(NULL, ",\r\n", &save), col++) {
             char *end;
+            errno = 0;
             long v = strtol(c, &end, 10);
-            if (col == layer_col) lid = (int)v;
+            bool bad = *end || end == c || errno == ERANGE || v < INT_MIN || v > INT_MAX;
+            if (col == layer_col) {
+                if (bad) {
+                    st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: column 'layer': expected a layer id, found '%s'",
+                                   path, line, c);
+                    free(buf);
+                    return st;
+                }
+                lid = (int)v;
+            }
             for (int j = 0; j < n_e; j++)
                 if (ecol[j] == col) {
-                    if (*end) {
+                    if (bad) { // c points into buf: format the message before freeing it
+                        st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: column %d: expected an expert id, found '%s'",
+                                       path, line, col, c);
                         free(buf);
-                        return ep_errorf(EP_ERR_FORMAT, "%s:%ld: column %d: expected an expert id, found '%s'",
-                                         path, line, col, c);
+                        return st;
                     }
                     ex[j] = (int)v;
                     got++;

@@ -12,6 +12,7 @@ pkgs=(
   libcmocka-dev
   gnuplot-nox
   python3
+  clang libclang-rt-dev llvm # scripts/fuzz.sh: libFuzzer, sanitizer runtimes, llvm-symbolizer
 )
 
 missing=()
