@@ -6,6 +6,7 @@
 #include "app/bench_plot.h"
 #include "app/bench_trace.h"
 #include "app/commands.h"
+#include "common/json_util.h"
 #include "common/weights.h"
 #include "model/moe.h"
 #include "router/policy.h"
@@ -183,11 +184,12 @@ static double percentile(const double *v, int n, double q)
     return r;
 }
 
-// Sums the counters of every rank (int64 fields only: ep_comm_stats is all int64).
-static ep_status reduce_stats(ep_cluster *cl, ep_comm_stats *s)
+// Sums n stats records over every rank in one collective (ep_comm_stats is
+// all int64 fields).
+static ep_status reduce_stats(ep_cluster *cl, ep_comm_stats *s, int n)
 {
     EP_ASSERT(sizeof *s % sizeof(int64_t) == 0);
-    return ep_cluster_allreduce_i64(cl, (int64_t *)s, (int)(sizeof *s / sizeof(int64_t)),
+    return ep_cluster_allreduce_i64(cl, (int64_t *)s, n * (int)(sizeof *s / sizeof(int64_t)),
                                     EP_REDUCE_SUM);
 }
 
@@ -287,21 +289,6 @@ static json_t *policy_json(const bench_policy *bp, const ep_model_cfg *cfg, int 
     json_object_set_new(pl, "load_imbalance", a_imb);
     json_object_set_new(o, "per_layer", pl);
     return o;
-}
-
-static ep_status write_json_atomic(json_t *root, const char *path)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (json_dump_file(root, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) != 0) {
-        unlink(tmp);
-        return ep_errorf(EP_ERR_IO, "%s: cannot write the JSON results", path);
-    }
-    if (rename(tmp, path) != 0) {
-        unlink(tmp);
-        return ep_errorf(EP_ERR_IO, "%s: cannot rename %s into place", path, tmp);
-    }
-    return EP_OK;
 }
 
 static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const bench_args *a,
@@ -654,11 +641,10 @@ setup_done:
     for (int i = 0; i < n_pol; i++) {
         double my_load = (double)bp[i].total.recv_pairs;
         if ((st = ep_cluster_allgather_f64(cl, &my_load, 1, bp[i].rank_load))) goto fail;
-        if ((st = reduce_stats(cl, &bp[i].total))) goto fail;
+        if ((st = reduce_stats(cl, &bp[i].total, 1))) goto fail;
         EP_ASSERT(sizeof bp[i].times == 5 * sizeof(double));
         if ((st = ep_cluster_allreduce_f64(cl, &bp[i].times.route_us, 5, EP_REDUCE_MAX))) goto fail;
-        for (int l = 0; l < cfg.n_layers; l++)
-            if ((st = reduce_stats(cl, &bp[i].per_layer[l]))) goto fail;
+        if ((st = reduce_stats(cl, bp[i].per_layer, cfg.n_layers))) goto fail;
         if ((st = ep_cluster_allreduce_i64(cl, bp[i].k_hist, mo.max_k + 1, EP_REDUCE_SUM))) goto fail;
         int64_t cnt[2] = {bp[i].n_wrong, bp[i].n_checked};
         if ((st = ep_cluster_allreduce_i64(cl, cnt, 2, EP_REDUCE_SUM))) goto fail;
@@ -697,7 +683,8 @@ setup_done:
         json_object_set_new(res, "n_experts", json_integer(cfg.n_experts));
         json_object_set_new(res, "policies", jpol);
         st = EP_OK;
-        if (a.json_path) st = write_json_atomic(res, a.json_path);
+        if (a.json_path)
+            st = ep_json_write_atomic(a.json_path, res, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
         if (!st && a.plot_dir) st = ep_bench_plot(res, a.plot_dir);
         json_decref(res);
         if (st) goto fail_root;
