@@ -1,5 +1,5 @@
-// Atomic file writes (temp + fsync + rename) and JSON dump helpers used by
-// the checkpoint and config writers. Readers do not use this file.
+// Atomic file writes (temp + fsync + rename: whole buffers, or a FILE written
+// as it goes) and JSON dump helpers used by every writer. Readers do not use this file.
 #include "common/json_util.h"
 
 #include <errno.h>
@@ -93,4 +93,43 @@ const char *ep_json_type_name(const json_t *v)
         return "null";
     }
     return "an unknown JSON value";
+}
+
+// ---- streamed atomic files (the writer picks the bytes as it goes) -------
+
+ep_status ep_file_atomic_open(const char *path, char *tmp, size_t n, FILE **f)
+{
+    *f = NULL;
+    int w = snprintf(tmp, n, "%s.tmp.XXXXXX", path);
+    EP_ASSERT(w > 0 && (size_t)w < n);
+    int fd = mkstemp(tmp);
+    if (fd < 0)
+        return ep_errorf(EP_ERR_IO, "%s: cannot create a temporary file next to it: %s", path,
+                         strerror(errno));
+    *f = fdopen(fd, "w");
+    if (!*f) {
+        int err = errno;
+        close(fd);
+        unlink(tmp);
+        return ep_errorf(EP_ERR_IO, "%s: cannot open %s for writing: %s", path, tmp, strerror(err));
+    }
+    return EP_OK;
+}
+
+ep_status ep_file_atomic_commit(FILE *f, const char *tmp, const char *path, bool ok)
+{
+    int err = 0;
+    if (ok && (ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0)) err = errno ? errno : EIO;
+    if (fclose(f) != 0 && ok && !err) err = errno;
+    if (!ok || err) {
+        unlink(tmp);
+        if (!ok) return EP_OK;
+        return ep_errorf(EP_ERR_IO, "%s: writing failed: %s", path, strerror(err));
+    }
+    if (rename(tmp, path) != 0) {
+        err = errno;
+        unlink(tmp);
+        return ep_errorf(EP_ERR_IO, "%s: cannot rename %s over it: %s", path, tmp, strerror(err));
+    }
+    return EP_OK;
 }

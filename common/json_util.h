@@ -7,6 +7,7 @@
 #include "common/ep.h"
 
 #include <jansson.h>
+#include <stdio.h>
 
 // Writes the concatenation of n buffers to `path` atomically: the bytes go
 // to "<path>.tmp.<pid>", are fsynced, then renamed over `path`. On any
@@ -14,6 +15,13 @@
 // message names the path and the failing call).
 ep_status ep_file_write_atomic(const char *path, const void *const *bufs, const size_t *lens,
                                int n);
+
+// The same for output written as it is produced: opens a temporary file
+// next to path (tmp receives its name, n >= strlen(path) + 16) ...
+ep_status ep_file_atomic_open(const char *path, char *tmp, size_t n, FILE **f);
+// ... then, ok: flush, sync and rename tmp over path; !ok (or any failure):
+// remove tmp. Closes f either way. EP_ERR_IO naming path when writing failed.
+ep_status ep_file_atomic_commit(FILE *f, const char *tmp, const char *path, bool ok);
 
 // Dumps `root` with jansson `flags` plus a trailing newline, atomically.
 ep_status ep_json_write_atomic(const char *path, const json_t *root, size_t flags);

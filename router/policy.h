@@ -6,6 +6,7 @@
 #ifndef EP_POLICY_H
 #define EP_POLICY_H
 
+#include "common/json_util.h" // ep_file_atomic_open/commit, used by the writers here
 #include "router/router.h"
 
 #include <stdio.h>
@@ -166,14 +167,6 @@ int ep_pick_n_keys(const ep_policy *p, int layer);
 
 extern const ep_policy_vtable ep_policy_baseline_vt, ep_policy_ban_vt, ep_policy_pick_vt,
     ep_policy_banpick_vt, ep_policy_topp_vt, ep_policy_des_vt;
-
-// ---- atomic output files -------------------------------------------------
-
-// Opens a temporary file next to path (tmp receives its name, n >= strlen(path) + 16).
-ep_status ep_file_atomic_open(const char *path, char *tmp, size_t n, FILE **f);
-// ok: flush, sync and rename tmp over path; !ok (or any failure): remove tmp.
-// Closes f either way. Returns EP_ERR_IO naming path when writing failed.
-ep_status ep_file_atomic_commit(FILE *f, const char *tmp, const char *path, bool ok);
 
 // ---- `epserve route` ------------------------------------------------------
 

@@ -804,44 +804,7 @@ out:
     return st;
 }
 
-// ---- atomic files and the writer ------------------------------------------
-
-ep_status ep_file_atomic_open(const char *path, char *tmp, size_t n, FILE **f)
-{
-    *f = NULL;
-    int w = snprintf(tmp, n, "%s.tmp.XXXXXX", path);
-    EP_ASSERT(w > 0 && (size_t)w < n);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return ep_errorf(EP_ERR_IO, "%s: cannot create a temporary file next to it: %s", path,
-                         strerror(errno));
-    *f = fdopen(fd, "w");
-    if (!*f) {
-        int err = errno;
-        close(fd);
-        unlink(tmp);
-        return ep_errorf(EP_ERR_IO, "%s: cannot open %s for writing: %s", path, tmp, strerror(err));
-    }
-    return EP_OK;
-}
-
-ep_status ep_file_atomic_commit(FILE *f, const char *tmp, const char *path, bool ok)
-{
-    int err = 0;
-    if (ok && (ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0)) err = errno ? errno : EIO;
-    if (fclose(f) != 0 && ok && !err) err = errno;
-    if (!ok || err) {
-        unlink(tmp);
-        if (!ok) return EP_OK;
-        return ep_errorf(EP_ERR_IO, "%s: writing failed: %s", path, strerror(err));
-    }
-    if (rename(tmp, path) != 0) {
-        err = errno;
-        unlink(tmp);
-        return ep_errorf(EP_ERR_IO, "%s: cannot rename %s over it: %s", path, tmp, strerror(err));
-    }
-    return EP_OK;
-}
+// ---- the writer ------------------------------------------------------------
 
 static void write_row(FILE *f, const float *v, int n)
 {
