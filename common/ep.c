@@ -23,6 +23,8 @@ const char *ep_status_str(ep_status st)
     case EP_ERR_NOMEM: return "out of memory";
     case EP_ERR_COMM: return "communication error";
     case EP_ERR_UNSUPPORTED: return "unsupported";
+    case EP_ERR_BUSY: return "busy";
+    case EP_ERR_UNAVAILABLE: return "unavailable";
     }
     return "unknown status";
 }

@@ -19,6 +19,8 @@ typedef enum {
     EP_ERR_NOMEM,       // an allocation failed
     EP_ERR_COMM,        // a transport call failed or a peer sent something inconsistent
     EP_ERR_UNSUPPORTED, // valid, but not supported by this build (dtype, backend)
+    EP_ERR_BUSY,        // at capacity right now (a full queue); retrying later may work
+    EP_ERR_UNAVAILABLE, // the engine is not serving (stopping, or a rank failed)
 } ep_status;
 
 const char *ep_status_str(ep_status st);

@@ -10,6 +10,10 @@ pkgs=(
   libyaml-dev libjansson-dev
   libopenblas-dev
   libcmocka-dev
+  libpcre2-dev libutf8proc-dev # tokenizer: pre-tokenizer regex, NFC
+  libmicrohttpd-dev            # `serve`: the HTTP front end
+  libcurl4-openssl-dev         # `bench serve`: the HTTP client
+  python3-numpy                # tests/numpy: the independent forward reference
   gnuplot-nox
   python3
   clang libclang-rt-dev llvm # scripts/fuzz.sh: libFuzzer, sanitizer runtimes, llvm-symbolizer
@@ -19,6 +23,12 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js + npm run the parity and client tests (tokenizer vs the official
+# Qwen3 tokenizer, the `openai` client against `serve`); a node that is
+# already installed (from any source, with its npm) is kept.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#pkgs[@]} packages present"
