@@ -12,5 +12,10 @@ int ep_cmd_route(int argc, char **argv);      // app/route.c
 int ep_cmd_simulate(int argc, char **argv);   // app/simulate.c (sim/)
 int ep_cmd_plan(int argc, char **argv);       // app/plan.c (sim/)
 int ep_cmd_calibrate(int argc, char **argv);  // app/calibrate.c
+int ep_cmd_tokenize(int argc, char **argv);   // app/tokenize.c (model/tokenizer.h)
+int ep_cmd_generate(int argc, char **argv);   // app/generate.c (scheduler/engine.h)
+int ep_cmd_logits(int argc, char **argv);     // app/logits.c (one sequence's logits, for checks)
+int ep_cmd_serve(int argc, char **argv);      // app/serve.c (server/)
+int ep_cmd_bench_serve(int argc, char **argv); // app/bench_serve.c (`bench serve`)
 
 #endif
