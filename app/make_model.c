@@ -1,9 +1,12 @@
 // `epserve make-model`: writes a synthetic checkpoint (HF layout: sharded
-// safetensors, index, config.json) for a preset or model YAML. Argument
-// handling and the report only; the writer is common/synth_ckpt.c.
+// safetensors, index, config.json, tokenizer.json) for a preset or model
+// YAML. Argument handling and the report only; the writers are
+// common/synth_ckpt.c and model/tokenizer_synth.c.
 #include "app/commands.h"
 #include "cluster/cluster.h"
+#include "common/json_util.h"
 #include "common/weights.h"
+#include "model/tokenizer.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -30,9 +33,10 @@ static void usage(FILE *f)
             "  --max-gib G       refuse checkpoints larger than G GiB (default 4; 0: no limit);\n"
             "                    the full presets are 30-470 GB: mind the disk\n"
             "  --help            this text\n"
-            "Writes model-0000S-of-0000N.safetensors, model.safetensors.index.json and\n"
-            "config.json. The values equal what ranks generate in memory from the same\n"
-            "model and seed (see docs/synthetic.md).\n");
+            "Writes model-0000S-of-0000N.safetensors, model.safetensors.index.json,\n"
+            "config.json and tokenizer.json (the synthetic tokenizer, docs/tokenizer.md).\n"
+            "The values equal what ranks generate in memory from the same model and seed\n"
+            "(see docs/synthetic.md).\n");
 }
 
 static int usage_error(const char *fmt, const char *arg)
@@ -101,6 +105,22 @@ static int write_model(const make_model_opts *o)
         fprintf(stderr, "epserve make-model: %s\n", ep_last_error());
         return 1;
     }
+    // The tokenizer too, so that the checkpoint is complete: serving it reads
+    // <dir>/tokenizer.json like a real checkpoint's.
+    char *tok;
+    size_t tok_len;
+    st = ep_tokenizer_synth_json(&cfg, &tok, &tok_len);
+    if (!st) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/tokenizer.json", o->out);
+        const void *bufs[] = {tok};
+        st = ep_file_write_atomic(path, bufs, &tok_len, 1);
+        free(tok);
+    }
+    if (st) {
+        fprintf(stderr, "epserve make-model: %s\n", ep_last_error());
+        return 1;
+    }
     char first[64], last[64];
     snprintf(first, sizeof first, "model-%05d-of-%05d.safetensors", 1, info.n_shards);
     snprintf(last, sizeof last, "model-%05d-of-%05d.safetensors", info.n_shards, info.n_shards);
@@ -110,7 +130,7 @@ static int write_model(const make_model_opts *o)
     printf("  %" PRId64 " tensors, %" PRIu64 " bytes (%.1f MiB) in %d shard(s): %s%s%s\n",
            info.n_tensors, info.total_bytes, info.total_bytes / (1024.0 * 1024.0), info.n_shards,
            first, info.n_shards > 1 ? " .. " : "", info.n_shards > 1 ? last : "");
-    printf("  + model.safetensors.index.json, config.json\n");
+    printf("  + model.safetensors.index.json, config.json, tokenizer.json\n");
     return 0;
 }
 

@@ -60,7 +60,7 @@ typedef struct {
 // Renders messages as the model family's chat template with the generation
 // prompt added (Qwen3: "<|im_start|>{role}\n{content}<|im_end|>\n" each,
 // then "<|im_start|>assistant\n"; DeepSeek-V2: "<｜begin▁of▁sentence｜>" then
-// "User: {c}\n\n", "Assistant: {c}<｜end▁of▁sentence｜>", system text as is,
+// "User: {c}\n\n", "Assistant: {c}<｜end▁of▁sentence｜>", system "{c}\n\n",
 // then "Assistant:"). EP_ERR_ARG names a role other than the three, or no
 // message. *out malloc'ed, NUL-terminated. Encode it with allow_special.
 ep_status ep_chat_render(ep_arch arch, const ep_chat_msg *msgs, int n, char **out);
