@@ -20,6 +20,9 @@ struct ep_weights {
     ep_ckpt *ckpt;       // checkpoint source; NULL when synthetic
     layout_entry *slots; // [n_slots] open addressing, synthetic source only
     size_t n_slots, n_tensors;
+    ep_weights_stats stats; // what was read so far
+    ep_weights_read_fn hook;
+    void *hook_user;
 };
 
 // ---- layout index (synthetic source) --------------------------------------
@@ -113,10 +116,37 @@ void ep_weights_free(ep_weights *w)
     free(w);
 }
 
+void ep_weights_get_stats(const ep_weights *w, ep_weights_stats *out)
+{
+    *out = w->stats;
+}
+
+void ep_weights_set_read_hook(ep_weights *w, ep_weights_read_fn fn, void *user,
+                              ep_weights_read_fn *old_fn, void **old_user)
+{
+    if (old_fn) *old_fn = w->hook;
+    if (old_user) *old_user = w->hook_user;
+    w->hook = fn;
+    w->hook_user = user;
+}
+
+static void count_read(ep_weights *w, const char *name, uint64_t bytes)
+{
+    w->stats.tensors++;
+    w->stats.bytes += bytes;
+    if (w->hook) w->hook(w->hook_user, name, &w->stats);
+}
+
 ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const int64_t *shape,
                               float *dst)
 {
-    if (w->ckpt) return ep_ckpt_read_f32(w->ckpt, name, ndim, shape, dst);
+    if (w->ckpt) {
+        ep_status st = ep_ckpt_read_f32(w->ckpt, name, ndim, shape, dst);
+        const ep_st_tensor *t = NULL;
+        // The lookup cannot fail after a successful read; it gives the stored size.
+        if (!st && !ep_ckpt_find(w->ckpt, name, &t)) count_read(w, name, t->nbytes);
+        return st;
+    }
 
     const layout_entry *e = w->n_slots ? &w->slots[slot_of(w, name)] : NULL;
     if (!e || !e->name)
@@ -138,5 +168,8 @@ ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const i
                          w->cfg->name, name, want, got);
     }
     ep_synth_tensor(w->cfg, name, ndim, shape, dst);
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+    count_read(w, name, n * sizeof(float));
     return EP_OK;
 }

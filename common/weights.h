@@ -17,6 +17,23 @@ void ep_weights_free(ep_weights *w);
 ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const int64_t *shape,
                               float *dst);
 
+// Read accounting: the successful ep_weights_read_f32 calls so far, in the
+// source's bytes (a checkpoint: the tensor as stored, e.g. 2 bytes a value
+// for BF16; synthetic: the fp32 values generated). A tensor read twice (the
+// reference's copy of every expert, a re-placement) counts twice.
+typedef struct {
+    int64_t tensors;
+    uint64_t bytes;
+} ep_weights_stats;
+void ep_weights_get_stats(const ep_weights *w, ep_weights_stats *out);
+// Called after every successful read with the tensor's name and the totals
+// including it (loading progress, tests that check what a rank reads). One
+// hook per ep_weights: setting one returns the previous (old_fn, old_user may
+// be NULL), which a temporary hook should call too and restore when done.
+typedef void (*ep_weights_read_fn)(void *user, const char *name, const ep_weights_stats *total);
+void ep_weights_set_read_hook(ep_weights *w, ep_weights_read_fn fn, void *user,
+                              ep_weights_read_fn *old_fn, void **old_user);
+
 // ---- synthetic weights and inputs ----------------------------------------
 // The generator behind synthetic checkpoints. Values are a pure function of
 // (cfg->seed, name, shape) and BF16-rounded, so generating in memory and

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void ep_model_opts_default(ep_model_opts *o, const ep_model_cfg *cfg)
 {
@@ -111,6 +112,40 @@ static ep_status read_layer(ep_model *m, ep_weights *w, int l)
     return EP_OK;
 }
 
+// ---- loading progress (opts.progress, rank 0) ---------------------------------
+
+// A line on stderr while weights are read: bytes, tensors, MB/s. Rewritten in
+// place on a terminal (at most every 0.2 s), else one line every 5 s; a last
+// line when done. Chained to the ep_weights' previous read hook.
+typedef struct {
+    double t0_us, last_us;
+    bool tty, printed;
+    ep_weights_read_fn prev;
+    void *prev_user;
+    ep_weights_stats base; // reads before this load began
+} load_progress;
+
+static void progress_print(const load_progress *lp, const ep_weights_stats *tot, bool done)
+{
+    double s = (ep_now_us() - lp->t0_us) * 1e-6;
+    double mb = (double)(tot->bytes - lp->base.bytes) / 1e6;
+    fprintf(stderr, "%sloading weights: %.1f MB, %lld tensors, %.1f s, %.1f MB/s%s",
+            lp->tty ? "\r" : "", mb, (long long)(tot->tensors - lp->base.tensors), s,
+            s > 0 ? mb / s : 0.0, done || !lp->tty ? "\n" : "");
+    fflush(stderr);
+}
+
+static void progress_hook(void *user, const char *name, const ep_weights_stats *tot)
+{
+    load_progress *lp = user;
+    if (lp->prev) lp->prev(lp->prev_user, name, tot);
+    double now = ep_now_us();
+    if (now - lp->last_us < (lp->tty ? 2e5 : 5e6)) return;
+    lp->last_us = now;
+    lp->printed = true;
+    progress_print(lp, tot, false);
+}
+
 static void free_layer(ep_layer_w *L)
 {
     float *all[] = {L->in_norm, L->post_norm, L->wq,    L->wk,     L->wv,        L->q_norm,
@@ -157,6 +192,13 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
     m->opts = *o;
     const int H = cfg->hidden, nh = cfg->n_heads, cap = o->moe.cap_tokens;
     bool mla = cfg->arch == EP_ARCH_DEEPSEEK_V2;
+    load_progress lp = {.t0_us = ep_now_us(), .tty = isatty(STDERR_FILENO) == 1};
+    lp.last_us = lp.t0_us;
+    bool progress = o->progress && cl->rank == 0;
+    if (progress) {
+        ep_weights_get_stats(w, &lp.base);
+        ep_weights_set_read_hook(w, progress_hook, &lp, &lp.prev, &lp.prev_user);
+    }
 
     if ((s = ep_rope_init(&m->rope, cfg))) goto err;
     if (mla) {
@@ -183,7 +225,16 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
         if ((s = read_layer(m, w, l))) goto err;
 
     if ((s = ep_backend_cpu_init(&m->be))) goto err;
-    if ((s = ep_moe_init(cfg, cl, w, &o->moe, &m->moe))) goto err;
+    s = ep_moe_init(cfg, cl, w, &o->moe, &m->moe);
+    if (progress) {
+        ep_weights_stats tot;
+        ep_weights_get_stats(w, &tot);
+        ep_weights_set_read_hook(w, lp.prev, lp.prev_user, NULL, NULL);
+        progress = false;
+        if (!s) progress_print(&lp, &tot, true);
+        else if (lp.printed && lp.tty) fputc('\n', stderr);
+    }
+    if (s) goto err;
     ep_kv_opts ko = {.n_layers = cfg->n_layers, .row_floats = m->kv_row,
                      .block_tokens = o->kv_block_tokens, .n_blocks = o->kv_blocks,
                      .max_seqs = o->max_seqs, .max_seq_tokens = o->max_ctx};
@@ -212,6 +263,10 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
     *out = m;
     return EP_OK;
 err:
+    if (progress) {
+        ep_weights_set_read_hook(w, lp.prev, lp.prev_user, NULL, NULL);
+        if (lp.printed && lp.tty) fputc('\n', stderr);
+    }
     ep_model_free(m);
     return s;
 }
@@ -326,6 +381,33 @@ static void add_rows(float *x, const float *y, size_t n)
 ep_status ep_model_forward(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,
                            ep_comm_stats *st)
 {
+    return ep_model_forward_ex(m, p, b, logits, st, NULL);
+}
+
+// Adds one MoE layer's routes to the per-sequence pairs and the expert load.
+// Token t of the step belongs to the batch entry whose n_new range holds it.
+static void add_route_stats(const ep_model *m, const ep_batch *b, int layer,
+                            ep_forward_stats *fs)
+{
+    const ep_routes *r = ep_moe_last_routes(m->moe);
+    if (!r) return;
+    if (fs->seq_pairs) {
+        int t = 0;
+        for (int i = 0; i < b->n_seqs; i++) {
+            int end = t + b->n_new[i];
+            fs->seq_pairs[i] += r->offsets[end] - r->offsets[t];
+            t = end;
+        }
+    }
+    if (fs->expert_load) {
+        int64_t *row = fs->expert_load + (size_t)layer * m->cfg->n_experts;
+        for (int j = 0; j < ep_routes_nnz(r); j++) row[r->expert[j]]++;
+    }
+}
+
+ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,
+                              ep_comm_stats *st, ep_forward_stats *fs)
+{
     const ep_model_cfg *c = m->cfg;
     const int H = c->hidden;
     int T = 0;
@@ -356,8 +438,14 @@ ep_status ep_model_forward(ep_model *m, const ep_policy *p, const ep_batch *b, f
         add_rows(m->x, m->y, (size_t)T * H);
         ep_model_rmsnorm(m->x, L->post_norm, T, H, c->rms_eps, m->xn);
         if (ep_model_layer_is_moe(c, l)) {
-            if ((s = ep_moe_forward(m->moe, p, l, m->xn, T, m->y, st, NULL)))
+            ep_comm_stats ls = {0};
+            if ((s = ep_moe_forward(m->moe, p, l, m->xn, T, m->y, &ls, NULL)))
                 return ep_error_prefix(s, "model layer %d", l);
+            if (st) ep_comm_stats_add(st, &ls);
+            if (fs) {
+                if (fs->layer) ep_comm_stats_add(&fs->layer[l], &ls);
+                add_route_stats(m, b, l, fs);
+            }
         } else {
             dense_mlp(m, l, T);
         }
