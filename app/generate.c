@@ -1,11 +1,447 @@
-// Placeholder until the command lands: says so and fails.
+// `epserve generate`: one request through the serving engine on every rank
+// (mpirun), printed on rank 0: ids, text, finish reason, usage, tokens/s and
+// the mean experts per token. Only the command line and the printing live
+// here; the work is scheduler/engine.c. Input errors exit 2 on every rank.
 #include "app/commands.h"
+#include "common/weights.h"
+#include "model/tokenizer.h"
+#include "scheduler/engine.h"
 
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: mpirun -np N epserve generate --model M (--prompt TEXT | --chat TEXT |\n"
+               "                                     --tokens 1,2,3) [options]\n"
+               "  --model M            model preset name, model YAML or checkpoint directory\n"
+               "  --prompt TEXT        the prompt as text (special tokens recognised)\n"
+               "  --chat TEXT          one user message in the model's chat template\n"
+               "  --tokens 1,2,3       the prompt as token ids\n"
+               "  --max-tokens N       most generated tokens (default 16)\n"
+               "  --routing R          policy name or routing YAML / preset (default baseline)\n"
+               "  --temperature T      0 = greedy (default 0)\n"
+               "  --top-k K            0 = no limit (default)\n"
+               "  --top-p P            in (0, 1] (default 1)\n"
+               "  --seed S             sampling seed (default 0)\n"
+               "  --stop S             a stop string (repeatable)\n"
+               "  --ignore-eos         generate past end-of-sequence tokens\n"
+               "  --ranks-per-node N   ranks per logical node (default: from hostnames)\n"
+               "  --step-timeout S     seconds before a step counts as failed (default 30)\n"
+               "  --json               print one JSON object\n");
+}
+
+typedef struct {
+    int *ids;
+    int n, cap;
+    char *text;
+    size_t len, cap_text;
+    char reason[32];
+    int prompt_tokens, completion_tokens;
+    bool done, error;
+    char message[1024];
+} gen_out;
+
+static void on_event(void *user, const ep_event *ev)
+{
+    gen_out *g = user;
+    if (ev->text && ev->text_len) {
+        if (g->len + ev->text_len + 1 > g->cap_text) {
+            g->cap_text = (g->len + ev->text_len + 1) * 2;
+            g->text = ep_xrealloc(g->text, g->cap_text);
+        }
+        memcpy(g->text + g->len, ev->text, ev->text_len);
+        g->len += ev->text_len;
+        g->text[g->len] = 0;
+    }
+    if (ev->kind == EP_EV_TOKEN) {
+        if (g->n == g->cap) {
+            g->cap = g->cap ? 2 * g->cap : 64;
+            g->ids = ep_xrealloc(g->ids, (size_t)g->cap * sizeof(int));
+        }
+        g->ids[g->n++] = ev->token;
+        return;
+    }
+    g->done = true;
+    g->prompt_tokens = ev->prompt_tokens;
+    g->completion_tokens = ev->completion_tokens;
+    if (ev->kind == EP_EV_ERROR) {
+        g->error = true;
+        snprintf(g->reason, sizeof g->reason, "error");
+        snprintf(g->message, sizeof g->message, "%s", ev->message ? ev->message : "");
+    } else {
+        snprintf(g->reason, sizeof g->reason, "%s", ev->finish_reason);
+    }
+}
+
+static bool parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) return false;
+    *out = (int)v;
+    return true;
+}
+
+static bool parse_f(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(v)) return false;
+    *out = (float)v;
+    return true;
+}
+
+// "1,2,3" -> ids (malloc'ed). Ids are checked against the vocab later.
+static ep_status parse_ids(const char *s, int **ids, int *n)
+{
+    int cap = 16, k = 0;
+    int *v = ep_xmalloc((size_t)cap * sizeof(int));
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < INT_MIN || x > INT_MAX || (*end && *end != ',')) {
+            free(v);
+            return ep_errorf(EP_ERR_ARG,
+                             "--tokens: expected comma-separated integers, found "
+                             "'%s' at entry %d",
+                             p, k);
+        }
+        if (k == cap) v = ep_xrealloc(v, (size_t)(cap *= 2) * sizeof(int));
+        v[k++] = (int)x;
+        p = *end ? end + 1 : end;
+    }
+    if (k == 0) {
+        free(v);
+        return ep_errorf(EP_ERR_ARG, "--tokens: no token ids in '%s'", s);
+    }
+    *ids = v;
+    *n = k;
+    return EP_OK;
+}
+
+// A JSON string of bytes that may not be UTF-8 (a byte-level token on its
+// own): invalid bytes become U+FFFD so the output always parses.
+static json_t *json_text(const char *s, size_t n)
+{
+    char *o = ep_xmalloc(3 * n + 1);
+    size_t k = 0, i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80                   ? 1
+                     : (c >= 0xC2 && c < 0xE0)  ? 2
+                     : (c >= 0xE0 && c < 0xF0)  ? 3
+                     : (c >= 0xF0 && c <= 0xF4) ? 4
+                                                : 0;
+        bool ok = len > 0 && i + len <= n;
+        for (size_t j = 1; ok && j < len; j++)
+            ok = ((unsigned char)s[i + j] & 0xC0) == 0x80;
+        if (ok) {
+            memcpy(o + k, s + i, len);
+            k += len;
+            i += len;
+        } else {
+            memcpy(o + k, "\xEF\xBF\xBD", 3);
+            k += 3;
+            i++;
+        }
+    }
+    json_t *j = json_stringn(o, k);
+    free(o);
+    return j ? j : json_string("");
+}
 
 int ep_cmd_generate(int argc, char **argv)
 {
-    (void)argc;
-    fprintf(stderr, "epserve %s: not built yet\n", argv[0]);
-    return 1;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},
+        {"prompt", required_argument, 0, 'p'},
+        {"chat", required_argument, 0, 'c'},
+        {"tokens", required_argument, 0, 't'},
+        {"max-tokens", required_argument, 0, 'n'},
+        {"routing", required_argument, 0, 'r'},
+        {"temperature", required_argument, 0, 'T'},
+        {"top-k", required_argument, 0, 'k'},
+        {"top-p", required_argument, 0, 'P'},
+        {"seed", required_argument, 0, 's'},
+        {"stop", required_argument, 0, 'S'},
+        {"ignore-eos", no_argument, 0, 'e'},
+        {"ranks-per-node", required_argument, 0, 'R'},
+        {"step-timeout", required_argument, 0, 'w'},
+        {"json", no_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *model = NULL, *prompt = NULL, *chat = NULL, *tokens = NULL, *routing = "baseline";
+    int max_tokens = 16, rpn = 0;
+    float timeout = 30.0f;
+    bool ignore_eos = false, as_json = false;
+    ep_sample_params sp;
+    ep_sample_params_default(&sp);
+    const char **stops = ep_xcalloc((size_t)argc + 1, sizeof *stops);
+    int n_stop = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "m:p:c:t:n:r:T:k:P:s:S:eR:w:jh", opts, NULL)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'm':
+            model = optarg;
+            break;
+        case 'p':
+            prompt = optarg;
+            break;
+        case 'c':
+            chat = optarg;
+            break;
+        case 't':
+            tokens = optarg;
+            break;
+        case 'n':
+            ok = parse_int(optarg, 1, 1 << 24, &max_tokens);
+            break;
+        case 'r':
+            routing = optarg;
+            break;
+        case 'T':
+            ok = parse_f(optarg, &sp.temperature);
+            break;
+        case 'k':
+            ok = parse_int(optarg, 0, INT_MAX, &sp.top_k);
+            break;
+        case 'P':
+            ok = parse_f(optarg, &sp.top_p);
+            break;
+        case 's': {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            ok = *optarg && !*end && !errno && optarg[0] != '-';
+            sp.seed = v;
+            break;
+        }
+        case 'S':
+            stops[n_stop++] = optarg;
+            break;
+        case 'e':
+            ignore_eos = true;
+            break;
+        case 'R':
+            ok = parse_int(optarg, 1, 1 << 20, &rpn);
+            break;
+        case 'w':
+            ok = parse_f(optarg, &timeout) && timeout > 0;
+            break;
+        case 'j':
+            as_json = true;
+            break;
+        case 'h':
+            usage(stdout);
+            free(stops);
+            return 0;
+        default:
+            usage(stderr);
+            free(stops);
+            return 2;
+        }
+        if (!ok) {
+            const char *name = "?";
+            for (const struct option *o = opts; o->name; o++)
+                if (o->val == c) name = o->name;
+            fprintf(stderr, "epserve generate: --%s: invalid value '%s'\n", name, optarg);
+            free(stops);
+            return 2;
+        }
+    }
+    if (optind < argc || !model || (!!prompt + !!chat + !!tokens) != 1) {
+        if (optind < argc)
+            fprintf(stderr, "epserve generate: unexpected argument '%s'\n", argv[optind]);
+        else
+            fprintf(stderr, "epserve generate: --model and exactly one of --prompt, --chat, "
+                            "--tokens are required\n");
+        usage(stderr);
+        free(stops);
+        return 2;
+    }
+
+    ep_cluster *cl = NULL;
+    ep_status st = ep_cluster_init(&argc, &argv, rpn, &cl);
+    if (st) {
+        fprintf(stderr, "epserve generate: %s\n", ep_last_error());
+        free(stops);
+        return 1;
+    }
+    ep_log_set_rank(cl->rank);
+    ep_model_cfg cfg;
+    ep_weights *w = NULL;
+    ep_tokenizer *tok = NULL;
+    ep_engine *e = NULL;
+    int *ids = NULL, n_ids = 0;
+    gen_out g = {0};
+    double t0 = 0, t1 = 0;
+    ep_engine_metrics mm = {0};
+    bool have_metrics = false;
+
+    // Every rank reads the inputs, so input errors are found alike everywhere.
+    if ((st = ep_model_cfg_load(model, &cfg))) goto done;
+    if ((st = ep_tokenizer_for_model(&cfg, &tok))) {
+        if (tokens && !n_stop) { // ids in, ids out: the text is optional
+            if (cl->rank == 0)
+                fprintf(stderr, "epserve generate: no tokenizer (%s); printing ids only\n",
+                        ep_last_error());
+            st = EP_OK;
+            tok = NULL;
+        } else {
+            goto done;
+        }
+    }
+    if (tokens) {
+        if ((st = parse_ids(tokens, &ids, &n_ids))) goto done;
+        for (int i = 0; i < n_ids; i++)
+            if (ids[i] < 0 || ids[i] >= cfg.vocab) {
+                st = ep_errorf(EP_ERR_ARG,
+                               "--tokens: id %d (entry %d) is not a token of %s, "
+                               "expected 0..%d",
+                               ids[i], i, cfg.name, cfg.vocab - 1);
+                goto done;
+            }
+    } else {
+        char *rendered = NULL;
+        const char *text = prompt;
+        if (chat) {
+            ep_chat_msg msg = {"user", chat};
+            if ((st = ep_chat_render(cfg.arch, &msg, 1, &rendered))) goto done;
+            text = rendered;
+        }
+        st = ep_tokenizer_encode(tok, text, strlen(text), true, &ids, &n_ids);
+        free(rendered);
+        if (st) goto done;
+        if (n_ids == 0) {
+            st = ep_errorf(EP_ERR_ARG, "--prompt: the text encodes to no tokens");
+            goto done;
+        }
+    }
+
+    ep_engine_opts eo;
+    ep_engine_opts_default(&eo, &cfg, cl->world_size);
+    const char *rt[1] = {routing};
+    eo.routings = rt;
+    eo.n_routings = 1;
+    eo.exit_when_idle = true;
+    eo.step_timeout_s = timeout;
+    // One sequence: each rank holds at most one, with KV room for a whole context.
+    eo.model.max_seqs = 1;
+    eo.model.kv_blocks =
+        (eo.model.max_ctx + eo.model.kv_block_tokens - 1) / eo.model.kv_block_tokens;
+    eo.max_num_seqs = cl->world_size;
+    eo.max_waiting = 1;
+    if ((int64_t)n_ids + max_tokens > eo.max_model_len) {
+        st = ep_errorf(EP_ERR_ARG,
+                       "the prompt of %d tokens + --max-tokens %d = %lld tokens is "
+                       "longer than the context of %d tokens",
+                       n_ids, max_tokens, (long long)n_ids + max_tokens, eo.max_model_len);
+        goto done;
+    }
+    if ((st = ep_weights_open(&cfg, &w))) goto done;
+    if ((st = ep_engine_create(&cfg, cl, w, tok, &eo, &e))) goto done;
+
+    // Rank 0 submits; its verdict (sampling parameters, stop strings) is every rank's.
+    int32_t sub[2] = {0, 0};
+    if (cl->rank == 0) {
+        ep_request q = {.prompt = ids,
+                        .n_prompt = n_ids,
+                        .sample = sp,
+                        .max_tokens = max_tokens,
+                        .stop = stops,
+                        .n_stop = n_stop,
+                        .ignore_eos = ignore_eos,
+                        .routing = -1};
+        st = ep_engine_submit(e, &q, on_event, &g, NULL);
+        sub[0] = st;
+    }
+    ep_status bs = ep_cluster_bcast(cl, sub, sizeof sub, 0);
+    if (!st && bs) st = bs;
+    if (!st && sub[0]) st = ep_errorf((ep_status)sub[0], "rank 0 refused the request");
+    if (st) goto done;
+    t0 = ep_now_us();
+    st = ep_engine_run(e);
+    t1 = ep_now_us();
+    if (st && cl->rank == 0) {
+        // Another rank may be stuck inside a collective: end the whole job.
+        fprintf(stderr, "epserve generate: %s\n", ep_last_error());
+        fflush(stderr);
+        ep_cluster_abort(cl, 1);
+    }
+    if (!st && cl->rank == 0) have_metrics = ep_engine_metrics_get(e, &mm) == EP_OK;
+
+done:;
+    int code = st ? (st == EP_ERR_ARG ? 2 : 1) : 0;
+    int rank0_code = code;
+    ep_cluster_bcast(cl, &rank0_code, sizeof rank0_code, 0);
+    if (st && (cl->rank == 0 || rank0_code == 0))
+        fprintf(stderr, "epserve generate: %s\n", ep_last_error());
+    int64_t worst = code;
+    if (ep_cluster_allreduce_i64(cl, &worst, 1, EP_REDUCE_MAX) == EP_OK) code = (int)worst;
+    if (code == 0 && cl->rank == 0) {
+        if (g.error) code = 1;
+        double secs = (t1 - t0) / 1e6;
+        double tps = secs > 0 ? g.completion_tokens / secs : 0;
+        double avg_k = have_metrics && mm.moe_token_layers > 0
+                           ? (double)mm.moe_pairs / (double)mm.moe_token_layers
+                           : 0;
+        if (as_json) {
+            json_t *o = json_object(), *a = json_array();
+            for (int i = 0; i < g.n; i++)
+                json_array_append_new(a, json_integer(g.ids[i]));
+            json_object_set_new(o, "model", json_string(cfg.name));
+            json_object_set_new(o, "routing", json_string(routing));
+            json_object_set_new(o, "world_size", json_integer(cl->world_size));
+            json_object_set_new(o, "ids", a);
+            json_object_set_new(o, "text",
+                                tok ? json_text(g.text ? g.text : "", g.len) : json_null());
+            json_object_set_new(o, "finish_reason", json_string(g.reason));
+            if (g.error) json_object_set_new(o, "error", json_string(g.message));
+            json_object_set_new(o, "prompt_tokens", json_integer(g.prompt_tokens));
+            json_object_set_new(o, "completion_tokens", json_integer(g.completion_tokens));
+            json_object_set_new(o, "tokens_per_s", json_real(tps));
+            json_object_set_new(o, "avg_k", json_real(avg_k));
+            json_object_set_new(o, "k_base", json_integer(cfg.k_base));
+            char *s = json_dumps(o, JSON_COMPACT);
+            printf("%s\n", s ? s : "{}");
+            free(s);
+            json_decref(o);
+        } else {
+            printf("ids:");
+            for (int i = 0; i < g.n; i++)
+                printf(" %d", g.ids[i]);
+            printf("\n");
+            if (tok) printf("text: %.*s\n", (int)g.len, g.text ? g.text : "");
+            printf("finish_reason: %s  prompt_tokens: %d  completion_tokens: %d\n", g.reason,
+                   g.prompt_tokens, g.completion_tokens);
+            printf("tokens/s: %.1f  avg K: %.3f (k_base %d, routing %s, %d rank%s)\n", tps, avg_k,
+                   cfg.k_base, routing, cl->world_size, cl->world_size > 1 ? "s" : "");
+            if (g.error) fprintf(stderr, "epserve generate: %s\n", g.message);
+        }
+        fflush(stdout);
+    }
+    if (have_metrics) ep_engine_metrics_free(&mm);
+    ep_engine_free(e);
+    ep_tokenizer_free(tok);
+    ep_weights_free(w);
+    ep_cluster_free(cl);
+    free(ids);
+    free(g.ids);
+    free(g.text);
+    free(stops);
+    return code;
 }

@@ -1,0 +1,142 @@
+// The serving engine's insides, shared by scheduler/engine.c (requests,
+// planning, events, metrics on rank 0) and scheduler/engine_step.c (the step
+// wire format and what every rank does with a plan). Not a public header.
+#ifndef EP_ENGINE_IMPL_H
+#define EP_ENGINE_IMPL_H
+
+#include <mpi.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+
+#include "router/policy.h"
+#include "scheduler/budget.h"
+#include "scheduler/engine.h"
+#include "scheduler/stop_text.h"
+
+enum { EP_ENG_TAG_READY = 7101, EP_ENG_TAG_RESULT = 7102 };
+enum { EP_ENG_DOMAIN_MAX = 64 }; // bytes of a pick domain name in a plan
+// Counters per MoE layer in a step result (int64 each).
+enum { EP_ENG_LAYER_WORDS = 8 };
+
+typedef enum { RQ_FREE, RQ_WAITING, RQ_RUNNING, RQ_FREEING } rq_state;
+
+// One request on rank 0. Its slot (index in ep_engine.rq) names its sequence
+// in plans; the owner rank maps the slot to its KV sequence and sampler.
+typedef struct {
+    rq_state state;
+    uint64_t id;
+    int prev, next; // arrival-ordered list of live slots
+    int *prompt;    // [n_prompt]
+    int n_prompt;
+    int fed; // tokens the owner's sequence holds (prompt chunks + fed samples)
+    int n_gen, last_tok;
+    int max_tokens;
+    bool ignore_eos, cancel;
+    ep_sample_params sp;
+    int routing;
+    char domain[EP_ENG_DOMAIN_MAX]; // "" = the profile's own
+    int owner;
+    int commit_blocks; // KV blocks reserved for its whole life on the owner
+    int64_t served;    // tick of arrival or of the last step it ran in (group order)
+    ep_sched_seq ss;   // mean K estimate
+    ep_stop_text text;
+    ep_event_fn fn;
+    void *user;
+    int step_n; // tokens it runs in the step in flight
+} ep_eng_req;
+
+struct ep_engine {
+    const ep_model_cfg *cfg;
+    ep_cluster *cl;
+    const ep_tokenizer *tok;
+    int eos[8], n_eos; // end-of-sequence ids of tok (none without one)
+    ep_engine_opts o;
+    ep_model *m;
+    int rank, world;
+    int n_layers, n_experts, n_moe;
+    int kv_block_tokens, kv_blocks; // per rank
+    int cap_slots;                  // request slots (rank 0) = slot ids in plans
+    MPI_Comm comm;                  // private duplicate, MPI_ERRORS_RETURN
+    bool have_comm;
+
+    char **routing_names;                   // [n_routings] as given
+    ep_policy **pol;                        // [n_routings]
+    char (*pol_domain0)[EP_ENG_DOMAIN_MAX]; // each profile's own active domain ("" none)
+
+    // Every rank: its sequences by slot, and step scratch (sized once).
+    int *slot_seq;             // [cap_slots] KV sequence, -1 none
+    ep_sampler **slot_sampler; // [cap_slots]
+    int32_t *plan;             // [plan_cap] words
+    size_t plan_cap;
+    int64_t *res; // [res_cap] this rank's step result
+    size_t res_cap;
+    int *b_seq, *b_n, *b_tok, *b_slot, *b_sample; // batch of this rank [max_seqs] / [cap tokens]
+    float *logits;                                // [max_seqs, vocab]
+    ep_comm_stats *f_layer;                       // [n_layers]
+    int64_t *f_seq_pairs;                         // [max_seqs]
+    int64_t *f_expert_load;                       // [n_layers * n_experts]
+
+    // Rank 0: requests, planning, results.
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    ep_eng_req *rq;           // [cap_slots]
+    int head, tail;           // arrival list
+    int n_waiting, n_running; // requests (running: has an owner sequence)
+    uint64_t next_id;
+    int64_t tick;
+    ep_sched_budget budget;
+    int *rk_free_blocks, *rk_nseqs, *rk_tokens; // [world]
+    double *rk_slots;
+    bool *rk_full;
+    ep_sched_seq *q_seq; // [cap_slots] admission queue scratch
+    int *q_slot;
+    int64_t **rres;     // [world] receive buffers (rank 0)
+    MPI_Request *rreq;  // [world]
+    int32_t *ready_buf; // [world]
+    // Cross-thread flags.
+    atomic_int shutdown_req, drain, failed, term;
+    atomic_llong step_begin_us; // 0: no step in flight
+    atomic_int step_phase;      // 0 idle, 1 waiting for ranks ready, 2 forward, 3 results
+    atomic_llong step_no;
+    bool step_ran;       // the last plan ran a forward (else it only freed)
+    bool serving_closed; // submit refused (shutdown or failure)
+    // Metrics (under mu).
+    int64_t m_finished, m_aborted, m_failed, m_prompt, m_gen, m_steps;
+    int m_last_tokens;
+    double m_last_slots;
+    int64_t *m_layer;      // [n_layers * EP_ENG_LAYER_WORDS] summed over ranks
+    int64_t *m_layer_recv; // [n_layers * world] pairs each rank computed
+    int64_t *m_expert;     // [n_layers * n_experts]
+    // Test hook (EP_ENGINE_TEST_STALL=rank:step:seconds[:forward]): that rank
+    // sleeps before it reports ready for that step (with ":forward", after,
+    // so that the others wait inside the model's collectives), to exercise
+    // the step deadline and the watchdog.
+    int stall_rank;
+    bool stall_in_forward;
+    int64_t stall_step;
+    double stall_s;
+};
+
+// ---- engine_step.c ---------------------------------------------------------
+// Words of the largest plan and of the largest step result.
+size_t ep_eng_plan_words(const ep_engine *e);
+size_t ep_eng_result_words(const ep_engine *e);
+// Non-root: waits (without spinning) for rank 0's next plan into e->plan.
+ep_status ep_eng_recv_plan(ep_engine *e, size_t *words);
+// Rank 0: sends e->plan[0..words).
+ep_status ep_eng_send_plan(ep_engine *e, size_t words);
+// Every rank: applies the plan's frees and new sequences, runs this rank's
+// part of the step and (non-root) sends its result to rank 0; rank 0 also
+// collects every rank's result within the step deadline. *stop: the plan
+// said stop. Returns only transport failures and timeouts (a rank's own
+// failure travels in its result, [0]). On a timeout rank 0's message names the ranks that did not
+// answer.
+ep_status ep_eng_exec(ep_engine *e, bool *stop);
+
+static inline int ep_eng_blocks(const ep_engine *e, int tokens)
+{
+    return (tokens + e->kv_block_tokens - 1) / e->kv_block_tokens;
+}
+
+#endif

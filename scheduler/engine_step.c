@@ -1,0 +1,276 @@
+// One engine step on every rank: the plan's wire format (int32 words,
+// broadcast by rank 0), what each rank does with it (free and create its
+// sequences, run ep_model_forward_ex on its own, sample them), and the
+// result each rank sends back (int64 words). Rank 0's planning and the
+// request bookkeeping are in scheduler/engine.c; see docs/engine.md.
+//
+// Plan words: [0] step, [1] flags (1 = stop), [2] routing index,
+// [3] domain bytes, [4..20) domain (NUL-padded), then
+//   n_free, n_free x {slot, owner},
+//   n_new,  n_new x {slot, owner, temperature (f32 bits), top_k, top_p (f32 bits), seed lo, hi},
+//   n_run,  n_run x {slot, owner, n, sample, n tokens}.
+// Result words: [0] status, [1] entries, entries x {slot, token (-1: none
+// sampled), pairs}, then per layer EP_ENG_LAYER_WORDS counters, then the
+// expert load [n_layers * n_experts].
+#include "scheduler/engine_impl.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { PLAN_HDR = 20 };
+
+size_t ep_eng_plan_words(const ep_engine *e)
+{
+    size_t cap = (size_t)e->cap_slots;
+    return PLAN_HDR + 3 + 2 * cap + 7 * cap + 4 * cap +
+           (size_t)e->world * (size_t)e->o.max_tokens_per_step;
+}
+
+size_t ep_eng_result_words(const ep_engine *e)
+{
+    return 2 + 3 * (size_t)e->o.model.max_seqs + (size_t)EP_ENG_LAYER_WORDS * e->n_layers +
+           (size_t)e->n_layers * e->n_experts;
+}
+
+static ep_status mpi_fail(int rc, const char *call)
+{
+    char s[MPI_MAX_ERROR_STRING];
+    int n = 0;
+    if (MPI_Error_string(rc, s, &n) != MPI_SUCCESS) snprintf(s, sizeof s, "error %d", rc);
+    return ep_errorf(EP_ERR_COMM, "engine: %s failed: %s", call, s);
+}
+
+// Sleeps between polls of a nonblocking MPI call: short at first (a step's
+// answer usually comes within microseconds), then up to 2 ms, so that an idle
+// rank costs no core (the tests run 4 ranks on 2 cores).
+static void backoff(int *us)
+{
+    struct timespec ts = {0, (long)*us * 1000L};
+    nanosleep(&ts, NULL);
+    if (*us < 2000) *us = *us * 2 > 2000 ? 2000 : *us * 2;
+}
+
+ep_status ep_eng_send_plan(ep_engine *e, size_t words)
+{
+    int32_t n = (int32_t)words;
+    MPI_Request rq;
+    int rc = MPI_Ibcast(&n, 1, MPI_INT32_T, 0, e->comm, &rq);
+    if (rc == MPI_SUCCESS) rc = MPI_Wait(&rq, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Ibcast (plan size)");
+    rc = MPI_Bcast(e->plan, n, MPI_INT32_T, 0, e->comm);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Bcast (plan)");
+    return EP_OK;
+}
+
+ep_status ep_eng_recv_plan(ep_engine *e, size_t *words)
+{
+    int32_t n = 0;
+    MPI_Request rq;
+    int rc = MPI_Ibcast(&n, 1, MPI_INT32_T, 0, e->comm, &rq);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Ibcast (plan size)");
+    int done = 0, us = 20;
+    while (!done) {
+        if ((rc = MPI_Test(&rq, &done, MPI_STATUS_IGNORE)) != MPI_SUCCESS)
+            return mpi_fail(rc, "MPI_Test (plan size)");
+        if (!done) backoff(&us);
+    }
+    if (n < PLAN_HDR + 3 || (size_t)n > e->plan_cap)
+        return ep_errorf(EP_ERR_COMM,
+                         "engine: rank 0 announced a plan of %d words, expected "
+                         "%d..%zu",
+                         n, PLAN_HDR + 3, e->plan_cap);
+    rc = MPI_Bcast(e->plan, n, MPI_INT32_T, 0, e->comm);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Bcast (plan)");
+    *words = (size_t)n;
+    return EP_OK;
+}
+
+static float f32_of(int32_t w)
+{
+    float f;
+    memcpy(&f, &w, sizeof f);
+    return f;
+}
+
+static void stall_hook(const ep_engine *e, int64_t step, bool in_forward)
+{
+    if (e->stall_rank != e->rank || e->stall_step != step || e->stall_in_forward != in_forward)
+        return;
+    fprintf(stderr, "epserve: test hook: rank %d sleeps %g s %s step %lld\n", e->rank, e->stall_s,
+            in_forward ? "inside" : "before", (long long)step);
+    struct timespec ts = {(time_t)e->stall_s,
+                          (long)((e->stall_s - (double)(time_t)e->stall_s) * 1e9)};
+    while (nanosleep(&ts, &ts) && errno == EINTR) {
+    }
+}
+
+// Rank 0: waits for n requests until the step deadline; names who is missing.
+static ep_status wait_ranks(ep_engine *e, MPI_Request *rq, const char *what)
+{
+    double deadline = (double)atomic_load(&e->step_begin_us) + e->o.step_timeout_s * 1e6;
+    int us = 5;
+    for (;;) {
+        int all = 0;
+        int rc = MPI_Testall(e->world - 1, rq + 1, &all, MPI_STATUSES_IGNORE);
+        if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Testall (step answers)");
+        if (all) return EP_OK;
+        if (ep_now_us() > deadline) break;
+        backoff(&us);
+    }
+    char names[512];
+    size_t k = 0;
+    names[0] = 0;
+    for (int r = 1; r < e->world && k + 16 < sizeof names; r++) {
+        int done = 0;
+        MPI_Request_get_status(rq[r], &done, MPI_STATUS_IGNORE);
+        if (!done) k += (size_t)snprintf(names + k, sizeof names - k, "%s%d", k ? ", " : "", r);
+    }
+    return ep_errorf(EP_ERR_COMM,
+                     "step %lld did not finish within %g s on every rank (no "
+                     "answer from rank(s) %s: %s)",
+                     (long long)atomic_load(&e->step_no), e->o.step_timeout_s, names, what);
+}
+
+ep_status ep_eng_exec(ep_engine *e, bool *stop)
+{
+    const int32_t *p = e->plan;
+    int64_t step = p[0];
+    *stop = (p[1] & 1) != 0;
+    int routing = p[2];
+    char domain[EP_ENG_DOMAIN_MAX];
+    int dlen = p[3];
+    EP_ASSERT(dlen >= 0 && dlen < EP_ENG_DOMAIN_MAX);
+    memcpy(domain, p + 4, (size_t)dlen);
+    domain[dlen] = 0;
+    size_t w = PLAN_HDR;
+
+    int n_free = p[w++];
+    for (int i = 0; i < n_free; i++, w += 2) {
+        int slot = p[w], owner = p[w + 1];
+        if (owner != e->rank) continue;
+        EP_ASSERT(slot >= 0 && slot < e->cap_slots && e->slot_seq[slot] >= 0);
+        ep_model_seq_free(e->m, e->slot_seq[slot]);
+        ep_sampler_free(e->slot_sampler[slot]);
+        e->slot_seq[slot] = -1;
+        e->slot_sampler[slot] = NULL;
+    }
+    if (*stop) return EP_OK;
+
+    ep_status st = EP_OK;
+    int n_new = p[w++];
+    for (int i = 0; i < n_new; i++, w += 7) {
+        int slot = p[w], owner = p[w + 1];
+        if (owner != e->rank || st) continue;
+        EP_ASSERT(slot >= 0 && slot < e->cap_slots && e->slot_seq[slot] < 0);
+        ep_sample_params sp = {.temperature = f32_of(p[w + 2]),
+                               .top_k = p[w + 3],
+                               .top_p = f32_of(p[w + 4]),
+                               .seed = (uint64_t)(uint32_t)p[w + 5] | (uint64_t)(uint32_t)p[w + 6]
+                                                                          << 32};
+        if (!(st = ep_model_seq_new(e->m, &e->slot_seq[slot])))
+            st = ep_sampler_init(&sp, e->cfg->vocab, &e->slot_sampler[slot]);
+    }
+
+    // This rank's sequences of the step.
+    int n_run = p[w++], nb = 0, T = 0;
+    for (int i = 0; i < n_run; i++) {
+        int slot = p[w], owner = p[w + 1], n = p[w + 2], sample = p[w + 3];
+        if (owner == e->rank && e->slot_seq[slot] >= 0) {
+            e->b_slot[nb] = slot;
+            e->b_seq[nb] = e->slot_seq[slot];
+            e->b_n[nb] = n;
+            e->b_sample[nb] = sample;
+            memcpy(e->b_tok + T, p + w + 4, (size_t)n * sizeof(int));
+            T += n;
+            nb++;
+        }
+        w += 4 + (size_t)n;
+    }
+    // A plan that only frees: no forward, nothing to report.
+    e->step_ran = n_run > 0;
+    if (n_run == 0) return st ? ep_error_prefix(st, "engine: step %lld", (long long)step) : EP_OK;
+    if (routing < 0 || routing >= e->o.n_routings)
+        return ep_errorf(EP_ERR_COMM, "engine: plan of step %lld names routing %d, %d loaded",
+                         (long long)step, routing, e->o.n_routings);
+    ep_policy *pol = e->pol[routing];
+    if (!st) st = ep_policy_set_domain(pol, dlen ? domain : e->pol_domain0[routing]);
+
+    stall_hook(e, step, false);
+    // Ready: rank 0 learns that every rank holds the plan before it enters
+    // the first collective of the model, so a rank that is gone or stuck is
+    // named here instead of leaving rank 0 inside an all-to-all.
+    int rc;
+    if (e->rank == 0) {
+        atomic_store(&e->step_phase, 1);
+        for (int r = 1; r < e->world; r++)
+            if ((rc = MPI_Irecv(&e->ready_buf[r], 1, MPI_INT32_T, r, EP_ENG_TAG_READY, e->comm,
+                                &e->rreq[r])) != MPI_SUCCESS)
+                return mpi_fail(rc, "MPI_Irecv (ready)");
+        ep_status ws = wait_ranks(e, e->rreq, "not ready for the step");
+        if (ws) return ws;
+        for (int r = 1; r < e->world; r++)
+            if ((rc = MPI_Irecv(e->rres[r], (int)e->res_cap, MPI_INT64_T, r, EP_ENG_TAG_RESULT,
+                                e->comm, &e->rreq[r])) != MPI_SUCCESS)
+                return mpi_fail(rc, "MPI_Irecv (result)");
+        atomic_store(&e->step_phase, 2);
+    } else {
+        int32_t s32 = (int32_t)step;
+        if ((rc = MPI_Send(&s32, 1, MPI_INT32_T, 0, EP_ENG_TAG_READY, e->comm)) != MPI_SUCCESS)
+            return mpi_fail(rc, "MPI_Send (ready)");
+    }
+
+    stall_hook(e, step, true);
+    // The forward fails on every rank alike (it agrees before any layer), so
+    // a local failure above is still joined: an empty batch keeps the
+    // collectives matched, and the status travels in the result.
+    memset(e->f_layer, 0, (size_t)e->n_layers * sizeof *e->f_layer);
+    memset(e->f_seq_pairs, 0, (size_t)e->o.model.max_seqs * sizeof *e->f_seq_pairs);
+    memset(e->f_expert_load, 0, (size_t)e->n_layers * e->n_experts * sizeof(int64_t));
+    ep_forward_stats fs = {
+        .layer = e->f_layer, .seq_pairs = e->f_seq_pairs, .expert_load = e->f_expert_load};
+    ep_batch b = {.n_seqs = st ? 0 : nb, .seq = e->b_seq, .n_new = e->b_n, .tokens = e->b_tok};
+    ep_status fst = ep_model_forward_ex(e->m, pol, &b, e->logits, NULL, &fs);
+    if (!st) st = fst;
+
+    int64_t *r = e->res;
+    size_t k = 2;
+    r[0] = st;
+    r[1] = st ? 0 : nb;
+    for (int i = 0; i < (st ? 0 : nb); i++) {
+        int slot = e->b_slot[i];
+        r[k++] = slot;
+        r[k++] = e->b_sample[i] ? ep_sampler_sample(e->slot_sampler[slot],
+                                                    e->logits + (size_t)i * e->cfg->vocab)
+                                : -1;
+        r[k++] = e->f_seq_pairs[i];
+    }
+    for (int l = 0; l < e->n_layers; l++) {
+        const ep_comm_stats *c = &e->f_layer[l];
+        int64_t v[EP_ENG_LAYER_WORDS] = {c->tokens,
+                                         c->pairs,
+                                         c->base_pairs,
+                                         c->dispatch_bytes,
+                                         c->combine_bytes,
+                                         c->base_dispatch_bytes,
+                                         c->base_combine_bytes,
+                                         c->recv_pairs};
+        memcpy(r + k, v, sizeof v);
+        k += EP_ENG_LAYER_WORDS;
+    }
+    memcpy(r + k, e->f_expert_load, (size_t)e->n_layers * e->n_experts * sizeof(int64_t));
+    k += (size_t)e->n_layers * e->n_experts;
+
+    if (e->rank != 0) {
+        if ((rc = MPI_Send(r, (int)k, MPI_INT64_T, 0, EP_ENG_TAG_RESULT, e->comm)) != MPI_SUCCESS)
+            return mpi_fail(rc, "MPI_Send (result)");
+        return EP_OK; // a local failure travels in the result: rank 0 decides for all
+    }
+    atomic_store(&e->step_phase, 3);
+    memcpy(e->rres[0], r, k * sizeof *r);
+    ep_status ws = wait_ranks(e, e->rreq, "no step result");
+    if (ws) return ws;
+    return EP_OK; // rank 0 reads every result's own status in engine.c
+}
