@@ -1,11 +1,281 @@
-// Placeholder until the command lands: says so and fails.
+// `epserve serve`: every rank loads the model and builds the engine; rank 0
+// also runs the OpenAI-compatible HTTP front end (server/). All ranks run
+// the engine loop on their main thread until SIGINT/SIGTERM (rank 0 stops
+// the engine, which stops every rank) or a failed step (a dead or stuck rank:
+// the engine answers every request with an error and this exits non-zero).
 #include "app/commands.h"
+#include "common/weights.h"
+#include "scheduler/engine.h"
+#include "server/server.h"
 
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void serve_usage(FILE *f)
+{
+    fprintf(f, "usage: epserve serve --model M [options]   (under mpirun: every rank serves)\n"
+               "  --model M                 model preset name, model YAML or checkpoint directory\n"
+               "  --host H                  address to bind (default 127.0.0.1)\n"
+               "  --port P                  TCP port (default 8000; 0: any free port, printed)\n"
+               "  --api-key K               require 'Authorization: Bearer K' on /v1/* (or env\n"
+               "                            EPSERVE_API_KEY)\n"
+               "  --served-model-name NAME  model id of the API (default: the model's name)\n"
+               "  --max-num-seqs N          running sequences over all ranks\n"
+               "  --max-model-len L         prompt + generated tokens of one request\n"
+               "  --max-tokens-per-step T   tokens one rank runs in one step\n"
+               "  --max-waiting W           queued requests before new ones get 429 (default 256)\n"
+               "  --routing R[,R2,...]      routing profiles a request may name (policy names or\n"
+               "                            routing YAML); the first is the default (baseline)\n"
+               "  --step-timeout S          seconds a step may take on every rank (default 30)\n"
+               "  --ranks-per-node N        logical nodes of N ranks (default: by host name)\n"
+               "  --max-body-bytes B        largest request body (default 1048576)\n");
+}
+
+static bool parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static ep_engine *volatile g_engine; // for the signal handler (rank 0)
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (g_engine) ep_engine_shutdown(g_engine, false);
+}
+
+// Splits "a,b,c" in place into at most max names.
+static int split_list(char *s, const char **names, int max)
+{
+    int n = 0;
+    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ","))
+        if (*tok) names[n++] = tok;
+    return n;
+}
+
+// Every rank learns whether any failed (worst exit code in *worst) and the
+// failure is printed once: input errors are the same on every rank, so rank
+// 0 reports them; another rank only what rank 0 did not see.
+static int64_t agree(ep_cluster *cl, ep_status st, int64_t *worst)
+{
+    int code = st ? (st == EP_ERR_ARG ? 2 : 1) : 0;
+    int rank0_code = code;
+    ep_cluster_bcast(cl, &rank0_code, sizeof rank0_code, 0);
+    if (st && (cl->rank == 0 || rank0_code == 0)) {
+        // The front end's messages start with "serve: " for API callers; say it once.
+        const char *msg = ep_last_error();
+        if (!strncmp(msg, "serve: ", 7)) msg += 7;
+        fprintf(stderr, "epserve serve: %s\n", msg);
+    }
+    int64_t w = code;
+    if (ep_cluster_allreduce_i64(cl, &w, 1, EP_REDUCE_MAX)) w = 1;
+    *worst = w;
+    return w;
+}
 
 int ep_cmd_serve(int argc, char **argv)
 {
-    (void)argc;
-    fprintf(stderr, "epserve %s: not built yet\n", argv[0]);
-    return 1;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},
+        {"host", required_argument, 0, 'H'},
+        {"port", required_argument, 0, 'p'},
+        {"api-key", required_argument, 0, 'k'},
+        {"served-model-name", required_argument, 0, 'n'},
+        {"max-num-seqs", required_argument, 0, 's'},
+        {"max-model-len", required_argument, 0, 'l'},
+        {"max-tokens-per-step", required_argument, 0, 't'},
+        {"max-waiting", required_argument, 0, 'w'},
+        {"routing", required_argument, 0, 'r'},
+        {"step-timeout", required_argument, 0, 'T'},
+        {"ranks-per-node", required_argument, 0, 'N'},
+        {"max-body-bytes", required_argument, 0, 'B'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *model = NULL, *served = NULL, *routing_arg = "baseline";
+    ep_server_opts so;
+    ep_server_opts_default(&so);
+    so.api_key = getenv("EPSERVE_API_KEY");
+    long max_num_seqs = 0, max_model_len = 0, max_tps = 0, max_waiting = -1, rpn = 0;
+    long port = 8000, body = (long)so.max_body_bytes;
+    double step_timeout = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        long *dst = NULL, lo = 1, hi = 1L << 30;
+        const char *name = NULL;
+        switch (c) {
+        case 'm':
+            model = optarg;
+            break;
+        case 'H':
+            so.host = optarg;
+            break;
+        case 'k':
+            so.api_key = optarg;
+            break;
+        case 'n':
+            served = optarg;
+            break;
+        case 'r':
+            routing_arg = optarg;
+            break;
+        case 'p':
+            dst = &port, name = "--port", lo = 0, hi = 65535;
+            break;
+        case 's':
+            dst = &max_num_seqs, name = "--max-num-seqs";
+            break;
+        case 'l':
+            dst = &max_model_len, name = "--max-model-len";
+            break;
+        case 't':
+            dst = &max_tps, name = "--max-tokens-per-step";
+            break;
+        case 'w':
+            dst = &max_waiting, name = "--max-waiting", lo = 0;
+            break;
+        case 'N':
+            dst = &rpn, name = "--ranks-per-node";
+            break;
+        case 'B':
+            dst = &body, name = "--max-body-bytes", lo = 64;
+            break;
+        case 'T': {
+            char *end;
+            step_timeout = strtod(optarg, &end);
+            if (*end || !(step_timeout > 0 && step_timeout <= 86400)) {
+                fprintf(
+                    stderr,
+                    "epserve serve: --step-timeout: expected seconds in (0, 86400], found '%s'\n",
+                    optarg);
+                return 2;
+            }
+            break;
+        }
+        case 'h':
+            serve_usage(stdout);
+            return 0;
+        default:
+            serve_usage(stderr);
+            return 2;
+        }
+        if (dst && !parse_long(optarg, lo, hi, dst)) {
+            fprintf(stderr, "epserve serve: %s: expected an integer in [%ld, %ld], found '%s'\n",
+                    name, lo, hi, optarg);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "epserve serve: unexpected argument '%s'\n", argv[optind]);
+        serve_usage(stderr);
+        return 2;
+    }
+    if (!model) {
+        fprintf(stderr, "epserve serve: --model is required\n");
+        serve_usage(stderr);
+        return 2;
+    }
+    char *routing_buf = ep_xstrdup(routing_arg);
+    const char *routings[64];
+    int n_routings = split_list(routing_buf, routings, 64);
+    if (n_routings == 0) {
+        fprintf(stderr, "epserve serve: --routing: expected one or more names, found '%s'\n",
+                routing_arg);
+        free(routing_buf);
+        return 2;
+    }
+
+    ep_cluster *cl = NULL;
+    ep_status st = ep_cluster_init(&argc, &argv, (int)rpn, &cl);
+    if (st) {
+        fprintf(stderr, "epserve serve: %s\n", ep_last_error());
+        free(routing_buf);
+        return 1;
+    }
+    ep_log_set_rank(cl->rank);
+    ep_model_cfg cfg;
+    ep_weights *w = NULL;
+    ep_tokenizer *tok = NULL;
+    ep_engine *e = NULL;
+    ep_server *srv = NULL;
+    // Each stage ends with every rank agreeing whether to go on: the engine's
+    // creation is collective, so no rank may skip it alone (rank 0 alone
+    // loads the tokenizer and alone starts the HTTP front end).
+    int64_t worst = 0;
+    if (!(st = ep_model_cfg_load(model, &cfg)) && !(st = ep_weights_open(&cfg, &w)) &&
+        cl->rank == 0)
+        st = ep_tokenizer_for_model(&cfg, &tok);
+    if (!agree(cl, st, &worst)) {
+        ep_engine_opts eo;
+        ep_engine_opts_default(&eo, &cfg, cl->world_size);
+        eo.model.progress = cl->rank == 0;
+        if (max_num_seqs) eo.max_num_seqs = (int)max_num_seqs;
+        if (max_model_len) {
+            eo.max_model_len = (int)max_model_len;
+            if (eo.model.max_ctx < eo.max_model_len) eo.model.max_ctx = eo.max_model_len;
+        }
+        if (max_tps) eo.max_tokens_per_step = (int)max_tps;
+        if (max_waiting >= 0) eo.max_waiting = (int)max_waiting;
+        if (step_timeout > 0) eo.step_timeout_s = step_timeout;
+        eo.routings = routings;
+        eo.n_routings = n_routings;
+        st = ep_engine_create(&cfg, cl, w, tok, &eo, &e);
+        if (!st && cl->rank == 0) {
+            so.port = (int)port;
+            so.max_body_bytes = (size_t)body;
+            so.model_name = served ? served : cfg.name;
+            so.max_model_len = eo.max_model_len;
+            st = ep_server_start(&so, e, &cfg, tok, &srv);
+        }
+        agree(cl, st, &worst);
+    }
+    int code;
+    if (worst == 0) {
+        struct sigaction sa = {0};
+        sa.sa_handler = cl->rank == 0 ? on_signal : SIG_IGN;
+        sigemptyset(&sa.sa_mask);
+        // Other ranks ignore the signal mpirun forwards: rank 0's shutdown stops them.
+        g_engine = cl->rank == 0 ? e : NULL;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        if (cl->rank == 0) {
+            printf("epserve serve: listening on http://%s:%d (model %s, %d rank%s)\n", so.host,
+                   ep_server_port(srv), so.model_name, cl->world_size,
+                   cl->world_size > 1 ? "s" : "");
+            fflush(stdout);
+        }
+        st = ep_engine_run(e);
+        g_engine = NULL;
+        ep_server_stop(srv); // every request has had its final event
+        srv = NULL;
+        if (st) {
+            fprintf(stderr, "epserve serve: rank %d: %s\n", cl->rank, ep_last_error());
+            // A dead peer can hang MPI_Finalize: leave now, non-zero.
+            fflush(stdout);
+            fflush(stderr);
+            _exit(1);
+        }
+        code = 0;
+    } else {
+        code = (int)worst;
+    }
+    ep_server_stop(srv);
+    ep_engine_free(e);
+    ep_tokenizer_free(tok);
+    ep_weights_free(w);
+    ep_cluster_free(cl);
+    free(routing_buf);
+    return code;
 }

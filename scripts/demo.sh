@@ -27,3 +27,36 @@ mpirun -np 4 --oversubscribe "$bin" bench --model "$model" \
   --routing "${EP_DEMO_ROUTING:-baseline,ban,pick,banpick,topp,des,configs/routing/ban-local.yaml,calibrated/tiny-qwen3-moe-calibrated}" \
   --tokens 128 --steps 5 --warmup 1 --ranks-per-node 2 --check --json out/bench.json
 echo "# results: out/bench.json"
+
+# ---- serving: `epserve serve` on 4 ranks, `epserve bench serve` against it with
+# the baseline routing and with Ban&Pick (a request names its profile), both
+# printed. The server is stopped on every exit path.
+# A checkpoint written before make-model wrote tokenizer.json has none: serve
+# the preset then (the same synthetic weights, generated in memory).
+serve_model=$model
+[ -f "$model/tokenizer.json" ] || serve_model=tiny-qwen3-moe
+serve_log=out/serve.log
+mpirun -np 4 --oversubscribe "$bin" serve --model "$serve_model" --port 0 \
+  --routing baseline,banpick --ranks-per-node 2 > "$serve_log" 2>&1 &
+serve_pid=$!
+trap 'kill -TERM $serve_pid 2>/dev/null; sleep 2; kill -KILL $serve_pid 2>/dev/null || true' EXIT
+url=
+for _ in $(seq 1200); do
+  url=$(grep -o 'http://127.0.0.1:[0-9]*' "$serve_log" | head -1 || true)
+  [ -n "$url" ] && break
+  kill -0 $serve_pid 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$url" ] || { echo "epserve serve did not start:"; cat "$serve_log"; exit 1; }
+for _ in $(seq 100); do curl -sf "$url/health" > /dev/null && break; sleep 0.2; done
+# A few requests first so that neither measured run pays the first steps' warm-up.
+"$bin" bench serve --url "$url" --num-prompts 4 --input-len 16 --output-len 4 > /dev/null
+for r in baseline banpick; do
+  "$bin" bench serve --url "$url" --routing $r --num-prompts "${EP_DEMO_PROMPTS:-32}" \
+    --request-rate inf --max-concurrency 16 --input-len 64 --output-len 32 --seed 1 \
+    --json out/bench_serve_$r.json
+done
+kill -TERM $serve_pid
+wait $serve_pid || true
+trap - EXIT
+echo "# serving results: out/bench_serve_baseline.json, out/bench_serve_banpick.json"

@@ -1,0 +1,179 @@
+// /metrics text (see metrics.h). Histograms are cumulative on output only.
+#include "server/metrics.h"
+
+#include <string.h>
+
+static const double ttft_le[] = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                 0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
+                                 20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
+static const double itl_le[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
+                                0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
+static const double e2e_le[] = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
+                                60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+
+static void hist_init(ep_hist *h, const double *le, int n)
+{
+    EP_ASSERT(n <= EP_HIST_MAX_BUCKETS);
+    memset(h, 0, sizeof *h);
+    h->le = le;
+    h->n = n;
+}
+void ep_hist_init_ttft(ep_hist *h)
+{
+    hist_init(h, ttft_le, (int)EP_ARRAY_LEN(ttft_le));
+}
+void ep_hist_init_itl(ep_hist *h)
+{
+    hist_init(h, itl_le, (int)EP_ARRAY_LEN(itl_le));
+}
+void ep_hist_init_e2e(ep_hist *h)
+{
+    hist_init(h, e2e_le, (int)EP_ARRAY_LEN(e2e_le));
+}
+
+void ep_hist_observe(ep_hist *h, double v)
+{
+    int i = 0;
+    while (i < h->n && !(v <= h->le[i]))
+        i++;
+    h->count[i]++;
+    h->sum += v;
+    h->total++;
+}
+
+void ep_srv_stats_init(ep_srv_stats *s)
+{
+    memset(s, 0, sizeof *s);
+    ep_hist_init_ttft(&s->ttft);
+    ep_hist_init_itl(&s->itl);
+    ep_hist_init_e2e(&s->e2e);
+}
+
+static void head(ep_sbuf *b, const char *name, const char *type, const char *help)
+{
+    ep_sbuf_addf(b, "# HELP epserve:%s %s\n# TYPE epserve:%s %s\n", name, help, name, type);
+}
+
+// Label values escape \, " and newline (model names come from config files).
+static void label(ep_sbuf *b, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            ep_sbuf_addf(b, "\\%c", *v);
+        else if (*v == '\n')
+            ep_sbuf_adds(b, "\\n");
+        else
+            ep_sbuf_add(b, v, 1);
+    }
+}
+
+static void sample_i(ep_sbuf *b, const char *name, const char *model, int64_t v)
+{
+    ep_sbuf_addf(b, "epserve:%s{model_name=\"", name);
+    label(b, model);
+    ep_sbuf_addf(b, "\"} %lld\n", (long long)v);
+}
+
+static void sample_d(ep_sbuf *b, const char *name, const char *model, double v)
+{
+    ep_sbuf_addf(b, "epserve:%s{model_name=\"", name);
+    label(b, model);
+    ep_sbuf_addf(b, "\"} %.17g\n", v);
+}
+
+static void hist(ep_sbuf *b, const char *name, const char *help, const char *model,
+                 const ep_hist *h)
+{
+    head(b, name, "histogram", help);
+    int64_t cum = 0;
+    for (int i = 0; i <= h->n; i++) {
+        cum += h->count[i];
+        ep_sbuf_addf(b, "epserve:%s_bucket{model_name=\"", name);
+        label(b, model);
+        if (i < h->n)
+            ep_sbuf_addf(b, "\",le=\"%g\"} %lld\n", h->le[i], (long long)cum);
+        else
+            ep_sbuf_addf(b, "\",le=\"+Inf\"} %lld\n", (long long)cum);
+    }
+    ep_sbuf_addf(b, "epserve:%s_sum{model_name=\"", name);
+    label(b, model);
+    ep_sbuf_addf(b, "\"} %.17g\n", h->sum);
+    ep_sbuf_addf(b, "epserve:%s_count{model_name=\"", name);
+    label(b, model);
+    ep_sbuf_addf(b, "\"} %lld\n", (long long)h->total);
+}
+
+void ep_metrics_format(ep_sbuf *b, const char *model, const ep_srv_stats *s,
+                       const ep_engine_metrics *em)
+{
+    if (em) {
+        head(b, "num_requests_running", "gauge", "Requests in a running batch.");
+        sample_i(b, "num_requests_running", model, em->running);
+        head(b, "num_requests_waiting", "gauge", "Requests waiting to be scheduled.");
+        sample_i(b, "num_requests_waiting", model, em->waiting);
+        head(b, "kv_cache_usage_perc", "gauge",
+             "KV-cache usage over all ranks (1 means 100 percent).");
+        sample_d(b, "kv_cache_usage_perc", model,
+                 em->kv_blocks_total ? (double)em->kv_blocks_used / (double)em->kv_blocks_total
+                                     : 0);
+        head(b, "prompt_tokens_total", "counter", "Prefill tokens processed.");
+        sample_i(b, "prompt_tokens_total", model, em->prompt_tokens);
+        head(b, "generation_tokens_total", "counter", "Generation tokens processed.");
+        sample_i(b, "generation_tokens_total", model, em->generation_tokens);
+        head(b, "num_steps_total", "counter", "Engine steps run.");
+        sample_i(b, "num_steps_total", model, em->steps);
+    }
+    static const char *const reasons[3] = {"stop", "length", "abort"};
+    head(b, "request_success_total", "counter", "Requests finished, by finish reason.");
+    for (int i = 0; i < 3; i++) {
+        ep_sbuf_adds(b, "epserve:request_success_total{model_name=\"");
+        label(b, model);
+        ep_sbuf_addf(b, "\",finished_reason=\"%s\"} %lld\n", reasons[i], (long long)s->success[i]);
+    }
+    head(b, "request_errors_total", "counter",
+         "Accepted requests that ended with an engine error.");
+    sample_i(b, "request_errors_total", model, s->errors);
+    head(b, "request_rejected_total", "counter", "Requests refused with a 4xx or 5xx status.");
+    sample_i(b, "request_rejected_total", model, s->rejected);
+    hist(b, "time_to_first_token_seconds", "Time to first token in seconds.", model, &s->ttft);
+    hist(b, "inter_token_latency_seconds", "Time between consecutive tokens in seconds.", model,
+         &s->itl);
+    hist(b, "e2e_request_latency_seconds", "End-to-end request latency in seconds.", model,
+         &s->e2e);
+    if (!em) return;
+
+    head(b, "moe_avg_k", "gauge",
+         "Mean experts per token of each MoE layer since start (0 for dense layers).");
+    for (int l = 0; l < em->n_layers; l++) {
+        ep_sbuf_adds(b, "epserve:moe_avg_k{model_name=\"");
+        label(b, model);
+        ep_sbuf_addf(b, "\",layer=\"%d\"} %.17g\n", l, em->layer_avg_k ? em->layer_avg_k[l] : 0);
+    }
+    head(b, "moe_dispatch_bytes_total", "counter", "Bytes sent by MoE dispatch over all ranks.");
+    sample_i(b, "moe_dispatch_bytes_total", model, em->dispatch_bytes);
+    head(b, "moe_combine_bytes_total", "counter", "Bytes sent by MoE combine over all ranks.");
+    sample_i(b, "moe_combine_bytes_total", model, em->combine_bytes);
+    head(b, "moe_bytes_saved_total", "counter",
+         "Dispatch + combine bytes saved against fixed top-k_base routing on the same placement.");
+    sample_i(b, "moe_bytes_saved_total", model,
+             em->base_dispatch_bytes + em->base_combine_bytes - em->dispatch_bytes -
+                 em->combine_bytes);
+    head(b, "moe_load_imbalance", "gauge",
+         "Max over mean of the pairs ranks received, per MoE layer.");
+    for (int l = 0; l < em->n_layers; l++) {
+        ep_sbuf_adds(b, "epserve:moe_load_imbalance{model_name=\"");
+        label(b, model);
+        ep_sbuf_addf(b, "\",layer=\"%d\"} %.17g\n", l,
+                     em->layer_load_imbalance ? em->layer_load_imbalance[l] : 0);
+    }
+    head(b, "moe_expert_load_total", "counter", "Token-expert pairs routed to each expert.");
+    if (em->expert_load)
+        for (int l = 0; l < em->n_layers; l++)
+            for (int x = 0; x < em->n_experts; x++) {
+                ep_sbuf_adds(b, "epserve:moe_expert_load_total{model_name=\"");
+                label(b, model);
+                ep_sbuf_addf(b, "\",layer=\"%d\",expert=\"%d\"} %lld\n", l, x,
+                             (long long)em->expert_load[(size_t)l * em->n_experts + x]);
+            }
+}
