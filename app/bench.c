@@ -573,6 +573,12 @@ setup_done:
     if (eplb &&
         (st = eplb_observe(&moe, w, cl, &cfg, &a, bp, n_pol, trace, &trace_routes, &mo, x, y)))
         goto fail;
+    // The policies that look at the placement (comm-aware Ban, laser) must
+    // see the EPLB one the timed steps use, not the warm-up's contiguous one.
+    for (int i = 0; eplb && i < n_pol; i++)
+        if (bp[i].pol)
+            ep_policy_set_placement(bp[i].pol, ep_moe_placement(moe)->rank_of, cl->node_of,
+                                    cl->world_size, cl->rank);
 
     int total_steps = a.warmup + a.steps;
     for (int step = 0; step < total_steps; step++) {

@@ -7,8 +7,9 @@
 
 #include "cluster/placement.h"
 #include "comm/comm.h"
-#include "router/router.h"
+#include "router/policy.h"
 #include "scheduler/budget.h"
+#include "sim/sim.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -29,7 +30,13 @@
 // gives Ban scores to work on. This score model is ours, not measured.
 // EPLB places each layer from the pairs observed in the first `window`
 // steps; load_imbalance (max/mean pairs received per rank, per layer and
-// step) is measured on the following `steps` steps.
+// step) is measured on the following `steps` steps. Policies that look at
+// the placement (laser, comm-aware Ban) route once per placement row with
+// that row's per-layer home ranks (contiguous during the window).
+// tokens/s is modelled, not timed: each measured MoE layer costs the
+// slowest rank's dispatch, routed experts and combine (each phase waits for
+// its last rank), priced with a cluster preset's GPU and link numbers
+// (sim/cost.c), all layers in sequence.
 
 typedef struct {
     const char *label;
@@ -42,12 +49,15 @@ typedef struct {
     double imb_sum, imb_max;
     int64_t imb_n;
     double *layer_imb; // [n_layers] Σ over steps
+    double moe_us;     // modelled MoE time of the measured steps (all layers)
     ep_comm_stats st;
 } sched_row;
 
 typedef struct {
-    const char *model, *freq, *trace, *language, *routing, *json_path;
+    const char *model, *freq, *trace, *language, *routing, *json_path, *cluster;
     int ranks, ranks_per_node, tokens, steps, window, redundant;
+    bool set_ranks, set_rpn, set_redundant; // given on the command line
+    ep_sim_cluster hw;                      // prices tokens/s
     double temp;
     uint64_t seed;
 } sched_args;
@@ -114,22 +124,28 @@ static ep_status read_freq_csv(const char *path, const char *language, int E, do
 
 static void sched_usage(FILE *f)
 {
-    fprintf(f, "usage: epserve bench sched [options]     (one process; simulates the ranks)\n"
-               "  --model M              model preset or YAML (default qwen3-30b-a3b)\n"
-               "  --freq F[,F...]        per-layer activation CSVs (default GSM8K and MMLU of\n"
-               "                         ../shared/data/routing/qwen3-30b-a3b)\n"
-               "  --language L           CSV rows to use (default English)\n"
-               "  --trace FILE           replay per-token expert ids instead (CSV or JSON lines)\n"
-               "  --routing P[,P...]     policies for --freq (default baseline,ban)\n"
-               "  --ranks N              simulated ranks (default 8)\n"
-               "  --ranks-per-node N     ranks per node (default 4)\n"
-               "  --tokens T             tokens per rank per step (default 256)\n"
-               "  --window W             steps observed before EPLB places (default 4)\n"
-               "  --steps S              measured steps (default 8)\n"
-               "  --redundant-experts R  EPLB extra slots per layer (default 16)\n"
-               "  --temp X               score temperature of frequency sampling (default 1)\n"
-               "  --seed S               sampling seed (default 1)\n"
-               "  --json FILE            write the rows as JSON\n");
+    fprintf(f,
+            "usage: epserve bench sched [options]     (one process; simulates the ranks)\n"
+            "  --model M              model preset or YAML (default qwen3-30b-a3b)\n"
+            "  --freq F[,F...]        per-layer activation CSVs (default GSM8K and MMLU of\n"
+            "                         ../shared/data/routing/qwen3-30b-a3b)\n"
+            "  --language L           CSV rows to use (default English)\n"
+            "  --trace FILE           replay per-token expert ids instead (CSV or JSON lines)\n"
+            "  --routing P[,P...]     policies for --freq (default baseline,ban,laser,laser-ban)\n"
+            "  --cluster C            cluster preset or YAML: its ranks (nodes x gpus_per_node),\n"
+            "                         ranks per node and redundant_experts become the defaults,\n"
+            "                         its GPU and links price tokens/s (default: 8 ranks, 4\n"
+            "                         per node, priced with 2x8-h100's numbers)\n"
+            "  --ranks N              simulated ranks (default 8)\n"
+            "  --ranks-per-node N     ranks per node (default 4)\n"
+            "  --tokens T             tokens per rank per step (default 256)\n"
+            "  --window W             steps observed before EPLB places (default 4)\n"
+            "  --steps S              measured steps (default 8)\n"
+            "  --redundant-experts R  EPLB extra slots per layer (default 16; with --cluster\n"
+            "                         its redundant_experts)\n"
+            "  --temp X               score temperature of frequency sampling (default 1)\n"
+            "  --seed S               sampling seed (default 1)\n"
+            "  --json FILE            write the rows as JSON\n");
 }
 
 static int sched_parse(int argc, char **argv, sched_args *a)
@@ -139,6 +155,7 @@ static int sched_parse(int argc, char **argv, sched_args *a)
                                          {"language", required_argument, 0, 'l'},
                                          {"trace", required_argument, 0, 'T'},
                                          {"routing", required_argument, 0, 'r'},
+                                         {"cluster", required_argument, 0, 'c'},
                                          {"ranks", required_argument, 0, 'n'},
                                          {"ranks-per-node", required_argument, 0, 'N'},
                                          {"tokens", required_argument, 0, 't'},
@@ -153,7 +170,7 @@ static int sched_parse(int argc, char **argv, sched_args *a)
     memset(a, 0, sizeof *a);
     a->model = "qwen3-30b-a3b";
     a->language = "English";
-    a->routing = "baseline,ban";
+    a->routing = "baseline,ban,laser,laser-ban";
     a->ranks = 8;
     a->ranks_per_node = 4;
     a->tokens = 256;
@@ -182,11 +199,16 @@ static int sched_parse(int argc, char **argv, sched_args *a)
         case 'r':
             a->routing = optarg;
             break;
+        case 'c':
+            a->cluster = optarg;
+            break;
         case 'n':
             a->ranks = (int)strtol(optarg, &end, 10);
+            a->set_ranks = true;
             break;
         case 'N':
             a->ranks_per_node = (int)strtol(optarg, &end, 10);
+            a->set_rpn = true;
             break;
         case 't':
             a->tokens = (int)strtol(optarg, &end, 10);
@@ -199,6 +221,7 @@ static int sched_parse(int argc, char **argv, sched_args *a)
             break;
         case 'R':
             a->redundant = (int)strtol(optarg, &end, 10);
+            a->set_redundant = true;
             break;
         case 'x':
             a->temp = strtod(optarg, &end);
@@ -222,6 +245,17 @@ static int sched_parse(int argc, char **argv, sched_args *a)
             return 2;
         }
     }
+    // The hardware that prices tokens/s; a named cluster also sets the world.
+    ep_status st = ep_sim_cluster_load(a->cluster ? a->cluster : "2x8-h100", &a->hw);
+    if (st) {
+        fprintf(stderr, "epserve bench sched: --cluster: %s\n", ep_last_error());
+        return 2;
+    }
+    if (a->cluster) {
+        if (!a->set_ranks) a->ranks = ep_sim_cluster_gpus(&a->hw);
+        if (!a->set_rpn) a->ranks_per_node = a->hw.gpus_per_node;
+        if (!a->set_redundant) a->redundant = a->hw.redundant_experts;
+    }
     if (a->ranks < 1 || a->ranks_per_node < 1 || a->tokens < 1 || a->window < 1 || a->steps < 1 ||
         a->redundant < 0 || !(a->temp > 0)) {
         fprintf(stderr, "epserve bench sched: expected --ranks, --ranks-per-node, --tokens, "
@@ -243,6 +277,44 @@ typedef struct {
     const char *source;
 } sched_source;
 
+// Policies whose choice depends on the placement route once per row.
+static bool sched_uses_placement(const ep_policy *p)
+{
+    return p && (p->cfg.policy == EP_POLICY_LASER || p->cfg.ban.locality);
+}
+
+// Per rank of one layer-step of one row: what the cost model needs.
+typedef struct {
+    int64_t *recv;             // [W] pairs received
+    double *disp, *disp_inter; // [W] dispatch bytes sent (all, crossing nodes)
+    double *comb, *comb_inter; // [W] combine bytes sent
+} sched_step_load;
+
+// The slowest rank's dispatch + experts + combine of one layer (us). A rank
+// receives in dispatch the records it returns in combine and the other way
+// round, so its combine sends stand for its dispatch receives (and back).
+static double sched_layer_us(const sched_args *a, const ep_model_cfg *cfg, const ep_placement *q,
+                             const sched_step_load *sl)
+{
+    double td = 0, tc = 0, te = 0;
+    for (int r = 0; r < a->ranks; r++) {
+        ep_sim_traffic d = {.send_intra = sl->disp[r] - sl->disp_inter[r],
+                            .send_inter = sl->disp_inter[r],
+                            .recv_intra = sl->comb[r] - sl->comb_inter[r],
+                            .recv_inter = sl->comb_inter[r]};
+        ep_sim_traffic c = {.send_intra = d.recv_intra,
+                            .send_inter = d.recv_inter,
+                            .recv_intra = d.send_intra,
+                            .recv_inter = d.send_inter};
+        td = fmax(td, ep_sim_a2a_rank_us(&a->hw, &d));
+        tc = fmax(tc, ep_sim_a2a_rank_us(&a->hw, &c));
+        int active = (int)EP_MIN(sl->recv[r], (int64_t)ep_placement_n_local(q, r));
+        te = fmax(te, ep_sim_experts_us(&a->hw, cfg->hidden, cfg->moe_inter, (double)sl->recv[r],
+                                        active));
+    }
+    return td + te + tc;
+}
+
 static ep_status sched_run_source(const sched_source *src, const sched_variant *var, int n_var,
                                   sched_row *rows)
 {
@@ -260,22 +332,35 @@ static ep_status sched_run_source(const sched_source *src, const sched_variant *
     int groups = cfg->n_group > 0 ? cfg->n_group : 1;
 
     ep_router *router = NULL;
+    ep_placement contig;
+    memset(&contig, 0, sizeof contig);
     ep_status st = ep_router_init(cfg, T, &router);
+    if (!st) st = ep_placement_init(&contig, EP_PLACE_CONTIGUOUS, E, W);
     if (st) {
+        ep_router_free(router);
         free(node_of);
         return st;
     }
-    ep_routes *rt = ep_xcalloc((size_t)src->n_pol * W, sizeof(ep_routes));
-    for (int i = 0; i < src->n_pol * W; i++)
+    // Routes per [policy][row][rank]; a policy blind to the placement fills
+    // row 0 only and every row reads it.
+    const size_t n_rt = (size_t)src->n_pol * n_var * W;
+    ep_routes *rt = ep_xcalloc(n_rt, sizeof(ep_routes));
+    for (size_t i = 0; i < n_rt; i++)
         ep_routes_init(&rt[i], T, max_k, cfg->k_base);
+#define RT(p, v, r) (&rt[((size_t)(p)*n_var + (v)) * W + (r)])
     double *load = ep_xcalloc((size_t)src->n_pol * L * E, sizeof(double)); // observed window
     // [n_pol][n_var][L] placements, made after the window
     ep_placement *pl = ep_xcalloc((size_t)src->n_pol * n_var * L, sizeof(ep_placement));
     float *logits = ep_xmalloc((size_t)T * E * sizeof(float));
     int *pair_rank = ep_xmalloc((size_t)T * max_k * sizeof(int));
-    int64_t *sent = ep_xcalloc((size_t)W, sizeof(int64_t)),
-            *recv = ep_xcalloc((size_t)W, sizeof(int64_t));
+    int64_t *sent = ep_xcalloc((size_t)W, sizeof(int64_t));
+    sched_step_load sl = {.recv = ep_xcalloc((size_t)W, sizeof(int64_t)),
+                          .disp = ep_xcalloc((size_t)W * 4, sizeof(double))};
+    sl.disp_inter = sl.disp + W;
+    sl.comb = sl.disp + 2 * W;
+    sl.comb_inter = sl.disp + 3 * W;
     int *visit = ep_xmalloc((size_t)W * sizeof(int));
+    int *slot_rank = ep_xmalloc(((size_t)E + (size_t)EP_MAX(a->redundant, 0)) * sizeof(int));
     uint64_t rng = a->seed * 0x100000001B3ull + 17;
 
     for (int step = 0; step < a->window + a->steps && !st; step++) {
@@ -307,63 +392,90 @@ static ep_status sched_run_source(const sched_source *src, const sched_variant *
                         }
                 }
                 for (int p = 0; p < src->n_pol && !st; p++) {
-                    ep_routes *rr = &rt[(size_t)p * W + r];
-                    if (src->freq) {
-                        st = ep_router_route_logits(router, src->pol[p], l, logits, T, rr);
-                    } else {
-                        int64_t first = ((int64_t)step * W + r) * T;
-                        bench_trace_fill(src->trace, cfg, l, first, T, rr);
+                    ep_policy *pol = src->pol[p];
+                    int n_rows = measure && sched_uses_placement(pol) ? n_var : 1;
+                    for (int v = 0; v < n_rows && !st; v++) {
+                        ep_routes *rr = RT(p, v, r);
+                        if (src->freq) {
+                            if (sched_uses_placement(pol)) {
+                                const ep_placement *q =
+                                    measure ? &pl[((size_t)p * n_var + v) * L + l] : &contig;
+                                ep_policy_set_placement(pol, q->rank_of, node_of, W, r);
+                                // laser with replica choice sees every slot
+                                if (measure && var[v].choice && q->n_phy > q->n_experts) {
+                                    for (int i = 0; i < q->n_phy; i++)
+                                        slot_rank[i] = q->phy_rank[q->replica_phy[i]];
+                                    ep_policy_set_replicas(pol, q->replica_off, slot_rank);
+                                }
+                            }
+                            st = ep_router_route_logits(router, pol, l, logits, T, rr);
+                        } else {
+                            int64_t first = ((int64_t)step * W + r) * T;
+                            bench_trace_fill(src->trace, cfg, l, first, T, rr);
+                        }
                     }
-                    if (!st && !measure)
+                    if (!st && !measure) {
+                        const ep_routes *rr = RT(p, 0, r);
                         for (int j = 0; j < ep_routes_nnz(rr); j++)
                             load[((size_t)p * L + l) * E + rr->expert[j]] += 1;
+                    }
                 }
             }
             if (!measure || st) continue;
             for (int p = 0; p < src->n_pol; p++)
                 for (int v = 0; v < n_var; v++) {
                     const ep_placement *q = &pl[((size_t)p * n_var + v) * L + l];
+                    const int rv = sched_uses_placement(src->pol[p]) ? v : 0;
                     sched_row *row = &rows[p * n_var + v];
-                    memset(recv, 0, (size_t)W * sizeof(int64_t));
+                    memset(sl.recv, 0, (size_t)W * sizeof(int64_t));
                     for (int r = 0; r < W; r++) {
-                        const ep_routes *rr = &rt[(size_t)p * W + r];
+                        const ep_routes *rr = RT(p, rv, r);
                         const int *prk = NULL;
                         if (var[v].choice && q->n_phy > q->n_experts) {
                             memset(sent, 0, (size_t)W * sizeof(int64_t));
                             ep_placement_choose(q, rr, r, sent, visit, pair_rank);
                             prk = pair_rank;
                         }
-                        ep_placement_rank_load(q, rr, prk, recv);
+                        ep_placement_rank_load(q, rr, prk, sl.recv);
                         ep_comm_stats cs;
                         memset(&cs, 0, sizeof cs);
                         ep_comm_count(rr, q, prk, r, node_of, cfg->hidden, EP_DTYPE_BF16, &cs);
                         ep_comm_stats_add(&row->st, &cs);
+                        sl.disp[r] = (double)cs.dispatch_bytes;
+                        sl.disp_inter[r] = (double)cs.dispatch_bytes_inter;
+                        sl.comb[r] = (double)cs.combine_bytes;
+                        sl.comb_inter[r] = (double)cs.combine_bytes_inter;
                     }
                     int64_t mx = 0, sum = 0;
                     for (int r = 0; r < W; r++) {
-                        sum += recv[r];
-                        if (recv[r] > mx) mx = recv[r];
+                        sum += sl.recv[r];
+                        if (sl.recv[r] > mx) mx = sl.recv[r];
                     }
                     double imb = sum ? (double)mx * W / (double)sum : 1.0;
                     row->imb_sum += imb;
                     row->imb_n++;
                     if (imb > row->imb_max) row->imb_max = imb;
                     row->layer_imb[l] += imb;
+                    row->moe_us += sched_layer_us(a, cfg, q, &sl);
                 }
         }
     }
+#undef RT
     for (size_t i = 0; i < (size_t)src->n_pol * n_var * L; i++)
         ep_placement_free(&pl[i]);
-    for (int i = 0; i < src->n_pol * W; i++)
+    for (size_t i = 0; i < n_rt; i++)
         ep_routes_free(&rt[i]);
+    ep_placement_free(&contig);
     free(pl);
     free(rt);
     free(load);
     free(logits);
     free(pair_rank);
     free(sent);
-    free(recv);
+    free(sl.recv);
+    free(sl.disp);
     free(visit);
+    free(slot_rank);
     free(node_of);
     ep_router_free(router);
     return st;
@@ -386,6 +498,14 @@ static ep_sched_step sched_budget_step(const sched_row *row, const ep_model_cfg 
     return st;
 }
 
+// Modelled MoE-layer throughput of a row: tokens through all MoE layers per
+// second of modelled time (st.tokens counts a token once per layer).
+static double sched_tokens_per_s(const sched_row *row, const ep_model_cfg *cfg)
+{
+    double tokens = (double)row->st.tokens / EP_MAX(1, ep_model_n_moe_layers(cfg));
+    return row->moe_us > 0 ? tokens / (row->moe_us * 1e-6) : 0;
+}
+
 static json_t *sched_row_json(const sched_row *row, const ep_model_cfg *cfg, int steps,
                               int tokens_per_step)
 {
@@ -403,6 +523,7 @@ static json_t *sched_row_json(const sched_row *row, const ep_model_cfg *cfg, int
                         json_integer(t->dispatch_bytes_inter + t->combine_bytes_inter));
     json_object_set_new(o, "tokens", json_integer(t->tokens));
     json_object_set_new(o, "pairs", json_integer(t->pairs));
+    json_object_set_new(o, "tokens_per_s", json_real(sched_tokens_per_s(row, cfg)));
     ep_sched_step bs = sched_budget_step(row, cfg, tokens_per_step);
     json_object_set_new(o, "tokens_per_step_at_budget", json_integer(bs.tokens));
     json_object_set_new(o, "slots_per_step_at_budget", json_real(bs.slots));
@@ -446,11 +567,17 @@ int ep_cmd_bench_sched(int argc, char **argv)
 
     // Policies (frequency mode) or the one trace row.
     ep_policy **pol = NULL;
+    char(*label)[32] = NULL; // row names: the --routing entry (a YAML's base name)
     int n_pol = 0;
     char *list = ep_xstrdup(a.trace ? "trace" : a.routing), *save = NULL;
     for (char *tok = strtok_r(list, ",", &save); tok && !st; tok = strtok_r(NULL, ",", &save)) {
         pol = ep_xrealloc(pol, (size_t)(n_pol + 1) * sizeof *pol);
+        label = ep_xrealloc(label, (size_t)(n_pol + 1) * sizeof *label);
         pol[n_pol] = NULL;
+        const char *b = strrchr(tok, '/') ? strrchr(tok, '/') + 1 : tok;
+        size_t len = strlen(b);
+        if (len > 5 && !strcmp(b + len - 5, ".yaml")) len -= 5;
+        snprintf(label[n_pol], sizeof label[n_pol], "%.*s", (int)len, b);
         if (!a.trace) st = ep_policy_create(&cfg, tok, &pol[n_pol]);
         if (!st) n_pol++;
     }
@@ -480,8 +607,7 @@ int ep_cmd_bench_sched(int argc, char **argv)
                     sched_row *row = &mine[p * n_var + v];
                     snprintf(row->source, sizeof row->source, "%.*s", (int)strcspn(base, "."),
                              base);
-                    snprintf(row->policy, sizeof row->policy, "%s",
-                             pol[p] ? ep_policy_name(pol[p]) : "trace");
+                    snprintf(row->policy, sizeof row->policy, "%s", label[p]);
                     if (var[v].redundant > 0)
                         snprintf(row->placement, sizeof row->placement, "eplb+%d%s",
                                  var[v].redundant, var[v].choice ? "+choice" : "");
@@ -509,19 +635,24 @@ int ep_cmd_bench_sched(int argc, char **argv)
             "# tok@budget: tokens one step admits under the slot budget the baseline's %d-token\n"
             "# step fills (%d x k_base x %d MoE layers), every sequence at the row's avg_k\n",
             a.tokens * a.ranks, a.tokens * a.ranks, ep_model_n_moe_layers(&cfg));
-        printf("# %-26s %-9s %-18s %6s %9s %9s %12s %12s %10s\n", "source", "policy", "placement",
-               "avg_k", "imb_mean", "imb_max", "bytes/token", "inter/token", "tok@budget");
-        printf("# %-26s %-9s %-18s %6s %9s %9s %12s %12s %10s\n", "", "", "", "", "max/mean",
-               "max/mean", "B", "B", "tokens");
+        printf("# tokens/s: modelled MoE layers only (slowest rank's dispatch + experts + combine\n"
+               "# per layer, bf16), priced with %s (%s); not a timing\n",
+               a.hw.name, a.hw.gpu);
+        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %10s %10s\n", "source", "policy",
+               "placement", "avg_k", "imb_mean", "imb_max", "bytes/token", "inter/token",
+               "tok@budget", "tokens/s");
+        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %10s %10s\n", "", "", "", "", "max/mean",
+               "max/mean", "B", "B", "tokens", "model");
         for (int i = 0; i < n_rows; i++) {
             const ep_comm_stats *t = &rows[i].st;
             double tok = t->tokens ? (double)t->tokens : 1;
-            printf("  %-26s %-9s %-18s %6.2f %9.3f %9.3f %12.0f %12.0f %10d\n", rows[i].source,
-                   rows[i].policy, rows[i].placement, t->pairs / tok,
+            printf("  %-26s %-10s %-18s %6.2f %9.3f %9.3f %12.0f %12.0f %10d %10.0f\n",
+                   rows[i].source, rows[i].policy, rows[i].placement, t->pairs / tok,
                    rows[i].imb_n ? rows[i].imb_sum / rows[i].imb_n : 0, rows[i].imb_max,
                    (t->dispatch_bytes + t->combine_bytes) / tok,
                    (t->dispatch_bytes_inter + t->combine_bytes_inter) / tok,
-                   sched_budget_step(&rows[i], &cfg, a.tokens * a.ranks).tokens);
+                   sched_budget_step(&rows[i], &cfg, a.tokens * a.ranks).tokens,
+                   sched_tokens_per_s(&rows[i], &cfg));
         }
         if (a.json_path) {
             json_t *root = json_object(), *arr = json_array();
@@ -532,6 +663,10 @@ int ep_cmd_bench_sched(int argc, char **argv)
             json_object_set_new(root, "window", json_integer(a.window));
             json_object_set_new(root, "steps", json_integer(a.steps));
             json_object_set_new(root, "redundant_experts", json_integer(a.redundant));
+            json_object_set_new(root, "cluster", json_string(a.hw.name));
+            json_object_set_new(root, "tokens_per_s_model",
+                                json_string("MoE layers only: slowest rank's dispatch + experts + "
+                                            "combine per layer, priced with the cluster preset"));
             for (int i = 0; i < n_rows; i++)
                 json_array_append_new(arr,
                                       sched_row_json(&rows[i], &cfg, a.steps, a.tokens * a.ranks));
@@ -548,5 +683,6 @@ int ep_cmd_bench_sched(int argc, char **argv)
     for (int p = 0; p < n_pol; p++)
         ep_policy_free(pol[p]);
     free(pol);
+    free(label);
     return st ? 1 : 0;
 }

@@ -38,7 +38,8 @@ static void usage(FILE *f)
             "  --layers N           MoE layers routed, evenly spaced (default 6); 0: all\n"
             "  --placement KIND     contiguous | round_robin (default contiguous)\n"
             "  --replicas N         also price EPLB placements with N redundant slots per layer\n"
-            "                       (rows '<policy>+eplb')\n"
+            "                       (rows '<policy>+eplb'); default: the cluster's\n"
+            "                       redundant_experts (0 in the shipped presets)\n"
             "  --wire DTYPE         bf16 | f16 | f32 dispatch/combine payload (default bf16)\n"
             "  --routes-from FILE   replay a routing trace (JSON lines or CSV, as bench) instead\n"
             "                       of routing; one row named 'replay'\n"
@@ -78,6 +79,7 @@ static int parse_args(int argc, char **argv, sim_args *a)
     a->placement = "contiguous";
     a->wire = "bf16";
     a->tokens = a->context = a->sample_tokens = a->layers = -1;
+    a->replicas = -1; // -1: the cluster's redundant_experts
     a->seed = 1;
     optind = 1;
     int c, li = 0, rc = 0;
@@ -272,7 +274,7 @@ int ep_cmd_simulate(int argc, char **argv)
     o.context = a.context > 0 ? a.context : 2048;
     if (a.sample_tokens >= 0) o.sample_tokens = a.sample_tokens;
     if (a.layers >= 0) o.sample_layers = a.layers;
-    o.n_redundant = a.replicas;
+    o.n_redundant = a.replicas >= 0 ? a.replicas : cl.redundant_experts;
     o.seed = a.seed;
     o.quiet = a.quiet;
     if ((st = ep_place_kind_parse(a.placement, &o.placement)) || o.placement == EP_PLACE_EPLB) {

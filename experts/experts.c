@@ -34,6 +34,7 @@ typedef struct {
     uint16_t *down16;    // [n_local, H, I]; BF16 only
     float *sh_gate_up; // [2*S, H] shared gate_proj | up_proj, S = moe_inter * n_shared; or NULL
     float *sh_down;    // [H, S]
+    uint8_t *pending;  // [n_local] 1 = awaiting ep_experts_import after a reshard; or NULL
 } ep_experts_layer;
 
 struct ep_experts {
@@ -45,6 +46,7 @@ struct ep_experts {
     int shared_inter;         // S = moe_inter * n_shared (0 without shared experts)
     ep_experts_layer *layers; // [n_layers]
     size_t weight_bytes;
+    int64_t n_pending;        // experts (over layers) a reshard left for ep_experts_import
     bool bf16;                // routed weights stored in BF16 (else fp32)
     int gemm_min_rows;        // fp32 segments this tall go to the backend gemm
 
@@ -94,7 +96,9 @@ static ep_status read_expert(ep_weights *w, int layer, int g, int I, int H, floa
     return ep_weights_read_f32(w, name, 2, d_shape, down);
 }
 
-static ep_status load_routed(ep_experts *e, ep_weights *w, const ep_placement *p, int layer)
+// The layout of `layer` for placement p (local ids, storage allocated but
+// not filled). Storage: fp32 gate_up/down, or their BF16 twins.
+static ep_status alloc_routed(ep_experts *e, const ep_placement *p, int layer)
 {
     const int E = e->cfg.n_experts, H = e->hidden, I = e->inter;
     ep_experts_layer *L = &e->layers[layer];
@@ -109,18 +113,35 @@ static ep_status load_routed(ep_experts *e, ep_weights *w, const ep_placement *p
         L->local_of[g] = s;
         L->global_of[s] = g;
     }
-
     const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
     ep_status st;
     if (e->bf16) {
-        // Read one expert in fp32 into a staging buffer, keep it in BF16:
-        // the fp32 copy of the whole shard never exists.
         L->gate_up16 = malloc(gu_n * L->n_local * sizeof(uint16_t));
         L->down16 = malloc(d_n * L->n_local * sizeof(uint16_t));
         if ((!L->gate_up16 || !L->down16) && L->n_local)
             return ep_errorf(EP_ERR_NOMEM,
                              "experts: layer %d: cannot allocate %zu bytes for BF16 experts",
                              layer, (gu_n + d_n) * L->n_local * sizeof(uint16_t));
+        e->weight_bytes += (gu_n + d_n) * L->n_local * sizeof(uint16_t);
+        return EP_OK;
+    }
+    if ((st = alloc_floats(&L->gate_up, gu_n * L->n_local, "routed gate_proj|up_proj", layer)))
+        return st;
+    if ((st = alloc_floats(&L->down, d_n * L->n_local, "routed down_proj", layer))) return st;
+    e->weight_bytes += (gu_n + d_n) * L->n_local * sizeof(float);
+    return EP_OK;
+}
+
+static ep_status load_routed(ep_experts *e, ep_weights *w, const ep_placement *p, int layer)
+{
+    const int H = e->hidden, I = e->inter;
+    ep_experts_layer *L = &e->layers[layer];
+    ep_status st;
+    if ((st = alloc_routed(e, p, layer))) return st;
+    const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
+    if (e->bf16) {
+        // Read one expert in fp32 into a staging buffer, keep it in BF16:
+        // the fp32 copy of the whole shard never exists.
         float *stage;
         if ((st = alloc_floats(&stage, gu_n + d_n, "BF16 staging", layer))) return st;
         for (int s = 0; s < L->n_local; s++) {
@@ -135,13 +156,8 @@ static ep_status load_routed(ep_experts *e, ep_weights *w, const ep_placement *p
             ep_kern_to_bf16((int64_t)d_n, stage + gu_n, L->down16 + d_n * s);
         }
         free(stage);
-        e->weight_bytes += (gu_n + d_n) * L->n_local * sizeof(uint16_t);
         return EP_OK;
     }
-    if ((st = alloc_floats(&L->gate_up, gu_n * L->n_local, "routed gate_proj|up_proj", layer)))
-        return st;
-    if ((st = alloc_floats(&L->down, d_n * L->n_local, "routed down_proj", layer))) return st;
-
     for (int s = 0; s < L->n_local; s++) {
         float *gate = L->gate_up + gu_n * s;
         if ((st = read_expert(w, layer, L->global_of[s], I, H, gate, gate + (size_t)I * H,
@@ -149,7 +165,6 @@ static ep_status load_routed(ep_experts *e, ep_weights *w, const ep_placement *p
             return ep_error_prefix(st, "experts: layer %d expert %d (rank %d)", layer,
                                    L->global_of[s], e->rank);
     }
-    e->weight_bytes += (gu_n + d_n) * L->n_local * sizeof(float);
     return EP_OK;
 }
 
@@ -247,6 +262,7 @@ void ep_experts_free(ep_experts *e)
         free(L->down16);
         free(L->sh_gate_up);
         free(L->sh_down);
+        free(L->pending);
     }
     free(e->layers);
     free(e->start);
@@ -262,6 +278,140 @@ void ep_experts_free(ep_experts *e)
     free(e->seg);
     free(e->task);
     free(e);
+}
+
+// ---- moving experts between shards (re-placement) -------------------------
+
+size_t ep_experts_expert_bytes(const ep_experts *e)
+{
+    size_t n = (size_t)3 * e->inter * e->hidden; // gate, up [I, H] and down [H, I]
+    return n * (e->bf16 ? sizeof(uint16_t) : sizeof(float));
+}
+
+// The local index of a held expert at a MoE layer, or an error naming both.
+static ep_status held_index(const ep_experts *e, int layer, int expert, const char *what, int *loc)
+{
+    if (layer < 0 || layer >= e->cfg.n_layers || !ep_model_layer_is_moe(&e->cfg, layer) ||
+        expert < 0 || expert >= e->cfg.n_experts || e->layers[layer].local_of[expert] < 0)
+        return ep_errorf(EP_ERR_ARG,
+                         "experts %s: layer %d expert %d: expected a routed expert this shard "
+                         "(rank %d) holds at a MoE layer, found none",
+                         what, layer, expert, e->rank);
+    *loc = e->layers[layer].local_of[expert];
+    return EP_OK;
+}
+
+ep_status ep_experts_export(const ep_experts *e, int layer, int expert, void *buf)
+{
+    int s = -1;
+    ep_status st = held_index(e, layer, expert, "export", &s);
+    if (st) return st;
+    const ep_experts_layer *L = &e->layers[layer];
+    if (L->pending && L->pending[s])
+        return ep_errorf(EP_ERR_ARG, "experts export: layer %d expert %d not imported yet", layer,
+                         expert);
+    const size_t gu_n = (size_t)2 * e->inter * e->hidden, d_n = (size_t)e->hidden * e->inter;
+    const size_t el = e->bf16 ? sizeof(uint16_t) : sizeof(float);
+    const char *gu =
+        e->bf16 ? (const char *)(L->gate_up16 + gu_n * s) : (const char *)(L->gate_up + gu_n * s);
+    const char *dn =
+        e->bf16 ? (const char *)(L->down16 + d_n * s) : (const char *)(L->down + d_n * s);
+    memcpy(buf, gu, gu_n * el);
+    memcpy((char *)buf + gu_n * el, dn, d_n * el);
+    return EP_OK;
+}
+
+ep_status ep_experts_import(ep_experts *e, int layer, int expert, const void *buf)
+{
+    int s = -1;
+    ep_status st = held_index(e, layer, expert, "import", &s);
+    if (st) return st;
+    ep_experts_layer *L = &e->layers[layer];
+    const size_t gu_n = (size_t)2 * e->inter * e->hidden, d_n = (size_t)e->hidden * e->inter;
+    const size_t el = e->bf16 ? sizeof(uint16_t) : sizeof(float);
+    char *gu = e->bf16 ? (char *)(L->gate_up16 + gu_n * s) : (char *)(L->gate_up + gu_n * s);
+    char *dn = e->bf16 ? (char *)(L->down16 + d_n * s) : (char *)(L->down + d_n * s);
+    memcpy(gu, buf, gu_n * el);
+    memcpy(dn, (const char *)buf + gu_n * el, d_n * el);
+    if (L->pending && L->pending[s]) {
+        L->pending[s] = 0;
+        e->n_pending--;
+    }
+    return EP_OK;
+}
+
+bool ep_experts_pending(const ep_experts *e, int layer, int expert)
+{
+    int s = -1;
+    if (held_index(e, layer, expert, "pending", &s)) {
+        ep_clear_error();
+        return false;
+    }
+    return e->layers[layer].pending && e->layers[layer].pending[s];
+}
+
+ep_status ep_experts_reshard(const ep_experts *old, const ep_placement *p, int rank,
+                             ep_experts **out)
+{
+    *out = NULL;
+    const ep_model_cfg *cfg = &old->cfg;
+    if (old->rank < 0 || rank < 0 || !p || p->n_experts != cfg->n_experts || rank >= p->world_size)
+        return ep_errorf(EP_ERR_ARG,
+                         "experts reshard: expected a shard (rank >= 0) and a placement of %d "
+                         "experts holding rank %d, found shard rank %d, placement of %d experts "
+                         "over %d ranks",
+                         cfg->n_experts, rank, old->rank, p ? p->n_experts : 0,
+                         p ? p->world_size : 0);
+    ep_experts *e = ep_xcalloc(1, sizeof *e);
+    e->cfg = old->cfg;
+    e->be = old->be;
+    e->bf16 = old->bf16;
+    e->gemm_min_rows = old->gemm_min_rows;
+    e->rank = rank;
+    e->hidden = old->hidden;
+    e->inter = old->inter;
+    e->shared_inter = old->shared_inter;
+    e->layers = ep_xcalloc((size_t)(cfg->n_layers > 0 ? cfg->n_layers : 1), sizeof *e->layers);
+    const int H = e->hidden, S = e->shared_inter;
+    const size_t eb = ep_experts_expert_bytes(e);
+    void *tmp = ep_xmalloc(eb);
+    ep_status st = EP_OK;
+    for (int l = 0; l < cfg->n_layers && !st; l++) {
+        if (!ep_model_layer_is_moe(cfg, l)) continue;
+        if ((st = alloc_routed(e, p, l))) break;
+        ep_experts_layer *L = &e->layers[l];
+        const ep_experts_layer *O = &old->layers[l];
+        L->pending = ep_xcalloc((size_t)(L->n_local ? L->n_local : 1), 1);
+        for (int s = 0; s < L->n_local; s++) {
+            int g = L->global_of[s];
+            if (O->local_of[g] >= 0 && !(O->pending && O->pending[O->local_of[g]])) {
+                ep_status x = ep_experts_export(old, l, g, tmp);
+                EP_ASSERT(x == EP_OK);
+                L->pending[s] = 1; // import clears it
+                e->n_pending++;
+                ep_experts_import(e, l, g, tmp);
+            } else {
+                L->pending[s] = 1;
+                e->n_pending++;
+            }
+        }
+        if (S > 0) { // shared experts are replicated: copy, never re-read
+            if ((st = alloc_floats(&L->sh_gate_up, (size_t)2 * S * H, "shared gate_proj|up_proj",
+                                   l)) ||
+                (st = alloc_floats(&L->sh_down, (size_t)H * S, "shared down_proj", l)))
+                break;
+            memcpy(L->sh_gate_up, O->sh_gate_up, (size_t)2 * S * H * sizeof(float));
+            memcpy(L->sh_down, O->sh_down, (size_t)H * S * sizeof(float));
+            e->weight_bytes += (size_t)3 * S * H * sizeof(float);
+        }
+    }
+    free(tmp);
+    if (st) {
+        ep_experts_free(e);
+        return st;
+    }
+    *out = e;
+    return EP_OK;
 }
 
 size_t ep_experts_bytes(const ep_experts *e)
@@ -507,6 +657,11 @@ ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pai
 {
     ep_status st = check_layer(e, layer, "forward");
     if (st) return st;
+    if (e->n_pending > 0)
+        return ep_errorf(EP_ERR_ARG,
+                         "experts forward: rank %d still awaits %lld expert weights after a "
+                         "reshard (ep_experts_import)",
+                         e->rank, (long long)e->n_pending);
     if (n_rec < 0)
         return ep_errorf(EP_ERR_ARG, "experts forward: n_rec = %d, expected >= 0", n_rec);
     if (n_rec == 0) return EP_OK;

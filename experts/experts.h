@@ -36,6 +36,22 @@ void ep_experts_free(ep_experts *e); // NULL ok
 size_t ep_experts_bytes(const ep_experts *e); // weight bytes held
 bool ep_experts_has(const ep_experts *e, int expert);
 
+// ---- moving experts between shards (re-placement, no checkpoint read) ----
+// Bytes of one routed expert at one layer as stored: gate_proj [I, H], then
+// up_proj [I, H], then down_proj [H, I], fp32 or BF16 as the shard holds them.
+size_t ep_experts_expert_bytes(const ep_experts *e);
+// Copies held expert `expert` of MoE layer `layer` to / from buf
+// [ep_experts_expert_bytes]. EP_ERR_ARG when the shard does not hold it.
+ep_status ep_experts_export(const ep_experts *e, int layer, int expert, void *buf);
+ep_status ep_experts_import(ep_experts *e, int layer, int expert, const void *buf);
+// A new shard for `rank` under placement p built from old without reading
+// any weights: experts old holds are copied, the shared experts too; every
+// other expert p gives the rank is *pending* until ep_experts_import fills
+// it (ep_experts_forward refuses to run while any is). old is unchanged.
+ep_status ep_experts_reshard(const ep_experts *old, const ep_placement *p, int rank,
+                             ep_experts **out);
+bool ep_experts_pending(const ep_experts *e, int layer, int expert); // false when not held
+
 // Grouped SwiGLU over received records: for record i with pairs
 // [pair_off[i], pair_off[i+1]): y[i, :] = Σ_j w_j * E_{expert_j}(x[i, :]).
 // Pairs are grouped by expert, one gemm per expert and projection. Every

@@ -17,9 +17,10 @@ struct ep_moe {
     int pair_cap;
     int64_t *rank_load;        // [world_size] pairs sent per rank in this call
     int *visit;                // [world_size] scratch of ep_placement_choose
-    ep_weights *w;             // borrowed: experts are read again on re-placement
+    ep_weights *w;             // borrowed: read at init only (re-placement moves weights over MPI)
     double *window_load;       // [n_layers * n_experts] this rank's pairs since the window began
     int64_t window_steps;      // forwards of the first MoE layer since the window began
+    ep_moe_move_stats last_move; // what the last ep_moe_replace that moved sent and received
     ep_backend *be;
     ep_transport *tp;
     ep_comm *comm;
@@ -275,6 +276,114 @@ int64_t ep_moe_window_steps(const ep_moe *m)
     return m->window_steps;
 }
 
+// The rank that sends expert g to rank dst on a move from placement op:
+// one of g's holders under op, spread by (dst + g) so that several ranks
+// needing g, or one rank needing several experts, draw on different holders.
+// Every rank computes the same answer from the same placements.
+static int move_source(const ep_placement *op, int g, int dst)
+{
+    int n = 0;
+    for (int r = 0; r < op->world_size; r++)
+        n += ep_placement_holds(op, r, g);
+    EP_ASSERT(n > 0); // every placement holds every expert somewhere
+    int k = (dst + g) % n;
+    for (int r = 0; r < op->world_size; r++)
+        if (ep_placement_holds(op, r, g) && k-- == 0) return r;
+    return -1;
+}
+
+// This rank's shard for placement np, its weights moved over the transport
+// from ranks that hold them under the current placement: experts it kept
+// are copied locally, each expert it newly needs arrives from one holder
+// (move_source), one alltoallv of the stored bytes (fp32 or BF16) per MoE
+// layer. Nothing is read from the ep_weights. Collective.
+static ep_status move_experts(ep_moe *m, const ep_placement *np, ep_experts **out)
+{
+    const ep_model_cfg *cfg = m->cfg;
+    const ep_placement *op = &m->place;
+    const int W = m->cl->world_size, me = m->cl->rank, E = cfg->n_experts;
+    ep_experts *nx = NULL;
+    ep_status st = ep_experts_reshard(m->experts, np, me, &nx);
+    if (st) return st;
+    const int64_t eb = (int64_t)ep_experts_expert_bytes(nx);
+    // src[dst * E + g]: who sends g to dst, -1 when dst needs nothing new.
+    int *src = ep_xmalloc((size_t)W * E * sizeof(int));
+    int64_t *v = ep_xcalloc((size_t)4 * W, sizeof(int64_t));
+    int64_t *send_b = v, *send_off = v + W, *recv_b = v + 2 * W, *recv_off = v + 3 * W;
+    int64_t n_recv = 0;
+    for (int d = 0; d < W; d++)
+        for (int g = 0; g < E; g++) {
+            bool need = ep_placement_holds(np, d, g) && !ep_placement_holds(op, d, g);
+            int s = need ? move_source(op, g, d) : -1;
+            src[(size_t)d * E + g] = s;
+            if (s == me) send_b[d] += eb;
+            if (need && d == me) {
+                recv_b[s] += eb;
+                n_recv++;
+            }
+        }
+    int64_t sent = 0, got = 0;
+    for (int d = 0; d < W; d++) {
+        send_off[d] = sent;
+        recv_off[d] = got;
+        sent += send_b[d];
+        got += recv_b[d];
+    }
+    char *sbuf = ep_xmalloc((size_t)(sent > 0 ? sent : 1));
+    char *rbuf = ep_xmalloc((size_t)(got > 0 ? got : 1));
+    const int64_t moved0 = m->tp->bytes_moved;
+    for (int l = 0; l < cfg->n_layers && !st; l++) {
+        if (!ep_model_layer_is_moe(cfg, l)) continue;
+        // Sender and receiver walk the same (rank, expert) order.
+        char *at = sbuf;
+        for (int d = 0; d < W && !st; d++)
+            for (int g = 0; g < E && !st; g++)
+                if (src[(size_t)d * E + g] == me) {
+                    st = ep_experts_export(m->experts, l, g, at);
+                    at += eb;
+                }
+        if (st) break;
+        if ((st = m->tp->vt->alltoallv(m->tp, sbuf, send_b, send_off, rbuf, recv_b, recv_off)))
+            break;
+        for (int s = 0; s < W && !st; s++) {
+            const char *from = rbuf + recv_off[s];
+            for (int g = 0; g < E && !st; g++)
+                if (src[(size_t)me * E + g] == s) {
+                    st = ep_experts_import(nx, l, g, from);
+                    from += eb;
+                }
+        }
+    }
+    if (!st) {
+        for (int l = 0; l < cfg->n_layers; l++)
+            if (ep_model_layer_is_moe(cfg, l))
+                for (int g = 0; g < E; g++)
+                    EP_ASSERT(!ep_experts_pending(nx, l, g)); // every new expert arrived
+        int n_moe = 0;
+        for (int l = 0; l < cfg->n_layers; l++)
+            n_moe += ep_model_layer_is_moe(cfg, l);
+        m->last_move.experts_recv = n_recv * n_moe;
+        m->last_move.bytes_recv = got * n_moe;
+        m->last_move.bytes_sent = sent * n_moe;
+        m->last_move.bytes_moved = m->tp->bytes_moved - moved0;
+    }
+    free(sbuf);
+    free(rbuf);
+    free(src);
+    free(v);
+    if (st) {
+        ep_experts_free(nx);
+        return st;
+    }
+    *out = nx;
+    return EP_OK;
+}
+
+const ep_moe_move_stats *ep_moe_last_move(const ep_moe *m)
+{
+    return &m->last_move;
+}
+
 ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *after, bool *moved)
 {
     const ep_model_cfg *cfg = m->cfg;
@@ -307,9 +416,9 @@ ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *aft
     if (after) *after = a;
     if (!(b > 0) || (b - a) / b < min_gain) goto out;
 
-    // Every rank took the same decision from the same sums: read the new shard.
+    // Every rank took the same decision from the same sums: move the weights.
     ep_experts *nx = NULL;
-    if ((st = ep_experts_load(cfg, m->w, &cand.place, m->cl->rank, m->be, &nx))) goto out;
+    if ((st = move_experts(m, &cand.place, &nx))) goto out;
     ep_experts_free(m->experts);
     m->experts = nx;
     ep_placement tmp = m->place;

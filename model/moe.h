@@ -66,11 +66,22 @@ const ep_routes *ep_moe_last_routes(const ep_moe *m);
 // window over ranks, computes EPLB placements per layer from it (with
 // opts.redundant_experts), predicts the mean over layers of max/mean rank
 // load before and after, and re-places only when (before - after) / before
-// >= min_gain; then this rank reads the experts it now holds (from the
-// ep_weights given at init) and drops the others. The window restarts either
-// way. No request state lives here, so nothing in flight is lost or mixed.
-// before/after/moved may be NULL.
+// >= min_gain; then every expert a rank newly holds is sent to it over MPI
+// (one alltoallv of the stored weight bytes per MoE layer) by a rank that
+// holds it under the old placement, never read from the ep_weights; experts
+// a rank keeps are copied locally, the others dropped. The window restarts
+// either way. No request state lives here, so nothing in flight is lost or
+// mixed. before/after/moved may be NULL.
 ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *after, bool *moved);
+// What the last re-placement that moved weights did on this rank (zero
+// before any): (layer, expert) weights received, stored bytes sent and
+// received, and the bytes the transport counted as sent to other ranks.
+typedef struct {
+    int64_t experts_recv;
+    int64_t bytes_sent, bytes_recv;
+    int64_t bytes_moved;
+} ep_moe_move_stats;
+const ep_moe_move_stats *ep_moe_last_move(const ep_moe *m);
 // Forwards of the first MoE layer since the window began.
 int64_t ep_moe_window_steps(const ep_moe *m);
 

@@ -15,6 +15,7 @@ static const ep_policy_vtable *const ep_policy_table[EP_POLICY_COUNT] = {
     [EP_POLICY_BASELINE] = &ep_policy_baseline_vt, [EP_POLICY_BAN] = &ep_policy_ban_vt,
     [EP_POLICY_PICK] = &ep_policy_pick_vt,         [EP_POLICY_BANPICK] = &ep_policy_banpick_vt,
     [EP_POLICY_TOPP] = &ep_policy_topp_vt,         [EP_POLICY_DES] = &ep_policy_des_vt,
+    [EP_POLICY_LASER] = &ep_policy_laser_vt,
 };
 
 const char *ep_policy_kind_name(ep_policy_kind k)
@@ -30,9 +31,9 @@ ep_status ep_policy_kind_parse(const char *s, ep_policy_kind *out)
             *out = (ep_policy_kind)k;
             return EP_OK;
         }
-    return ep_errorf(EP_ERR_ARG,
-                     "expected a policy name (baseline, ban, pick, banpick, topp, des), found '%s'",
-                     s);
+    return ep_errorf(
+        EP_ERR_ARG,
+        "expected a policy name (baseline, ban, pick, banpick, topp, des, laser), found '%s'", s);
 }
 
 // L'_l = (W_l - W_min) / (W_max - W_min) over the MoE layers; 0 when there
@@ -72,7 +73,9 @@ static int derive_max_k(const ep_policy *p)
 {
     const ep_routing_cfg *rc = &p->cfg;
     int mk = rc->k_base;
-    bool adds = (rc->policy == EP_POLICY_PICK || rc->policy == EP_POLICY_BANPICK) &&
+    // laser keeps its inner policy's K: its bound is the inner one's.
+    ep_policy_kind kind = rc->policy == EP_POLICY_LASER ? rc->laser.after : rc->policy;
+    bool adds = (kind == EP_POLICY_PICK || kind == EP_POLICY_BANPICK) &&
                 (rc->pick.strategy == EP_PICK_A || rc->pick.strategy == EP_PICK_C);
     if (!adds) return mk;
     // Any domain may become active later (set_domain), so take the largest.
@@ -92,6 +95,7 @@ ep_status ep_policy_create_cfg(const ep_routing_cfg *rc, ep_policy **out)
     ep_policy *p = ep_xcalloc(1, sizeof *p);
     ep_routing_cfg_copy(&p->cfg, rc);
     p->vt = ep_policy_table[rc->policy];
+    if (rc->policy == EP_POLICY_LASER) p->params.inner = ep_policy_table[rc->laser.after];
     p->params.ban_lterm = ep_xmalloc((size_t)rc->n_layers * sizeof(float));
     derive_lterm(&p->cfg, p->params.ban_lterm);
     p->params.keys =
@@ -128,7 +132,7 @@ ep_status ep_policy_create(const ep_model_cfg *cfg, const char *spec, ep_policy 
         if (!file_exists(path))
             return ep_errorf(EP_ERR_ARG,
                              "routing '%s': expected a policy name (baseline, ban, pick, banpick, "
-                             "topp, des) or a routing YAML file, found neither (also tried "
+                             "topp, des, laser) or a routing YAML file, found neither (also tried "
                              "configs/routing/%s.yaml)",
                              spec, spec);
         if ((st = ep_routing_cfg_load(path, cfg, &rc))) return st;
@@ -149,6 +153,9 @@ void ep_policy_free(ep_policy *p)
     free(p->params.keys);
     free(p->params.rank_of);
     free(p->params.node_of_rank);
+    free(p->params.rank_load);
+    free(p->params.slot_off);
+    free(p->params.slot_rank);
     ep_routing_cfg_free(&p->cfg);
     free(p);
 }
@@ -201,6 +208,60 @@ void ep_policy_set_placement(ep_policy *p, const int *rank_of, const int *node_o
     }
     p->params.world_size = world_size;
     p->params.my_rank = my_rank;
+    free(p->params.rank_load);
+    p->params.rank_load = NULL;
+    ep_policy_set_replicas(p, NULL, NULL); // they belonged to the old placement
+    if (p->cfg.policy == EP_POLICY_LASER)
+        p->params.rank_load = ep_xcalloc((size_t)world_size, sizeof(int64_t));
+}
+
+const int64_t *ep_policy_rank_load(const ep_policy *p)
+{
+    return p->params.rank_load;
+}
+
+void ep_policy_load_reset(const ep_policy *p)
+{
+    if (p->params.rank_load)
+        memset(p->params.rank_load, 0, (size_t)p->params.world_size * sizeof(int64_t));
+}
+
+void ep_policy_set_replicas(ep_policy *p, const int *slot_off, const int *slot_rank)
+{
+    free(p->params.slot_off);
+    free(p->params.slot_rank);
+    p->params.slot_off = p->params.slot_rank = NULL;
+    if (!slot_off) return;
+    const int E = p->cfg.n_experts, n = slot_off[E];
+    EP_ASSERT(p->params.rank_of && slot_off[0] == 0 && n >= E);
+    p->params.slot_off = ep_xmalloc(((size_t)E + 1) * sizeof(int));
+    memcpy(p->params.slot_off, slot_off, ((size_t)E + 1) * sizeof(int));
+    p->params.slot_rank = ep_xmalloc((size_t)n * sizeof(int));
+    memcpy(p->params.slot_rank, slot_rank, (size_t)n * sizeof(int));
+    for (int e = 0; e < E; e++)
+        EP_ASSERT(slot_off[e + 1] > slot_off[e]); // every expert has a slot
+    for (int i = 0; i < n; i++)
+        EP_ASSERT(slot_rank[i] >= 0 && slot_rank[i] < p->params.world_size);
+}
+
+int ep_policy_load_rank(const ep_policy *p, int e)
+{
+    const ep_policy_params *pp = &p->params;
+    if (!pp->slot_off || !pp->rank_load) return pp->rank_of[e];
+    int best = pp->slot_rank[pp->slot_off[e]];
+    for (int i = pp->slot_off[e] + 1; i < pp->slot_off[e + 1]; i++)
+        if (pp->rank_load[pp->slot_rank[i]] < pp->rank_load[best]) best = pp->slot_rank[i];
+    return best;
+}
+
+void ep_policy_load_add(const ep_policy *p, const int *kept, int K)
+{
+    // The load array is the caller-visible running state of a const policy:
+    // select stays pure, only the router's bookkeeping writes it.
+    int64_t *load = p->params.rank_load;
+    if (!load) return;
+    for (int j = 0; j < K; j++)
+        load[ep_policy_load_rank(p, kept[j])]++;
 }
 
 // ---- automatic Pick domain -------------------------------------------------

@@ -1,5 +1,5 @@
-// Routing policies behind one vtable (baseline, ban, pick, banpick, topp, des;
-// one file and one `static const` table each), the parsed routing YAML
+// Routing policies behind one vtable (baseline, ban, pick, banpick, topp, des,
+// laser; one file and one `static const` table each), the parsed routing YAML
 // (ep_routing_cfg: loader, validator, atomic writer) and the pure helpers the
 // policies share (Ban's K, Pick's strategies, automatic Pick domain). No MPI,
 // no CUDA: the router calls a policy once per token with that token's scores.
@@ -20,6 +20,7 @@ typedef enum {
     EP_POLICY_BANPICK,
     EP_POLICY_TOPP,
     EP_POLICY_DES,
+    EP_POLICY_LASER, // load-aware widening after another policy (laser.after)
     EP_POLICY_COUNT
 } ep_policy_kind;
 
@@ -58,6 +59,18 @@ typedef struct {
         float *median_ratio; // [n_layers * (k_base - 1)]: entry j-1 = median of
                              // r_(j)/r_(j+1), j = 1..k_base-1; or NULL (all 1.0)
     } des;
+    // LASER-style load-aware routing (our rule, docs/routing.md "laser"):
+    // runs `after` (any kind but laser itself), then, for a flat token
+    // (top-1 / lowest kept score < peak_ratio), re-chooses the kept experts
+    // beyond the first keep_top among those scoring >= widen_ratio x the
+    // lowest kept score, least-loaded home rank first (ties: the inner
+    // choice, then score). K is unchanged.
+    struct {
+        ep_policy_kind after; // the inner policy (default baseline)
+        float peak_ratio;     // >= 1
+        float widen_ratio;    // (0, 1]
+        int keep_top;         // [0, k_base]: the strongest kept experts never moved
+    } laser;
     // Model dimensions the arrays above are sized for.
     int n_layers, n_experts, k_base, first_k_dense;
     char source[1024]; // file it was read from ("" for defaults), for messages
@@ -128,6 +141,19 @@ typedef struct {
     int *rank_of;      // [n_experts]
     int *node_of_rank; // [world_size]
     int world_size, my_rank;
+    // laser: the inner policy's table, and the load it balances:
+    // rank_load[r] = (token, expert) pairs the current routing call has
+    // already kept on experts whose home rank (rank_of) is r. Owned,
+    // [world_size], allocated by ep_policy_set_placement for laser only; the
+    // router zeroes it at the start of each ep_router_route_logits call (one
+    // MoE layer of this rank's tokens of one step) and adds each token's
+    // pairs after its select, so later tokens of the call see earlier ones.
+    const ep_policy_vtable *inner;
+    int64_t *rank_load;
+    // laser with replicas (ep_policy_set_replicas): the ranks of each
+    // expert's slots, CSR; NULL = every expert only on its home rank.
+    int *slot_off;  // [n_experts + 1]
+    int *slot_rank; // [slot_off[n_experts]]
 } ep_policy_params;
 
 struct ep_policy {
@@ -145,10 +171,27 @@ ep_status ep_policy_set_domain(ep_policy *p, const char *name);
 // Comm-aware Ban: rank_of [n_experts] home rank of each expert,
 // node_of_rank [world_size], my_rank the rank whose tokens this policy
 // routes (a token on its own rank costs no bytes). Copied. Without it,
-// `ban.locality: true` behaves as plain Ban.
+// `ban.locality: true` behaves as plain Ban and laser as its inner policy.
 void ep_policy_set_placement(ep_policy *p, const int *rank_of, const int *node_of_rank,
                              int world_size, int my_rank);
 int ep_policy_range(const ep_policy *p);
+// laser with redundant experts: slot_rank[slot_off[e] .. slot_off[e+1]) are
+// the ranks holding a copy of expert e (home rank first is not required).
+// An expert's load is then its least-loaded slot's rank, and a kept pair
+// counts on that rank (ties: the first listed), as replica choice tends to
+// send it. Copied; slot_off NULL clears it. ep_policy_set_placement clears
+// it too, so call this after it.
+void ep_policy_set_replicas(ep_policy *p, const int *slot_off, const int *slot_rank);
+// The rank laser counts expert e's load on: the home rank, or with replicas
+// the least-loaded slot's rank (ties: first listed). Needs a placement.
+int ep_policy_load_rank(const ep_policy *p, int e);
+// laser's running per-rank load (see ep_policy_params.rank_load), or NULL
+// when p is not laser or has no placement yet.
+const int64_t *ep_policy_rank_load(const ep_policy *p);
+// What the router does around each token for laser (no-ops otherwise):
+// zero the load at the start of a routing call, add a token's kept pairs.
+void ep_policy_load_reset(const ep_policy *p);
+void ep_policy_load_add(const ep_policy *p, const int *kept, int K);
 
 // ---- shared policy steps (tested directly) --------------------------------
 
@@ -166,7 +209,7 @@ int ep_pick_apply(const ep_policy *p, const ep_policy_token *t, ep_pick_strategy
 int ep_pick_n_keys(const ep_policy *p, int layer);
 
 extern const ep_policy_vtable ep_policy_baseline_vt, ep_policy_ban_vt, ep_policy_pick_vt,
-    ep_policy_banpick_vt, ep_policy_topp_vt, ep_policy_des_vt;
+    ep_policy_banpick_vt, ep_policy_topp_vt, ep_policy_des_vt, ep_policy_laser_vt;
 
 // ---- `epserve route` ------------------------------------------------------
 

@@ -244,6 +244,7 @@ ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer, co
     };
     out->n_tokens = T;
     out->offsets[0] = 0;
+    ep_policy_load_reset(p); // laser's load counts this call's pairs only
     for (int t = 0; t < T; t++) {
         memcpy(r->score, logits + (size_t)t * E, (size_t)E * sizeof(float));
         ep_router_softmax(r->score, E);
@@ -259,6 +260,7 @@ ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer, co
 
         int K = p->vt->select(p, &tok, r->kept);
         EP_ASSERT(K >= 1 && K <= max_k);
+        ep_policy_load_add(p, r->kept, K);
         sort_by_score(r->score, r->kept, K);
         int off = out->offsets[t];
         memcpy(out->expert + off, r->kept, (size_t)K * sizeof(int));

@@ -4,7 +4,8 @@
 // combine weights exactly as the model's own code computes them. Pure,
 // deterministic C: no MPI, no CUDA; shared by the CPU path, the simulator and
 // the tests. Every result of a token depends on that token's row only, never
-// on the batch it came in.
+// on the batch it came in (except under laser, which balances a call's tokens
+// against each other: router/policy.h).
 #ifndef EP_ROUTER_H
 #define EP_ROUTER_H
 

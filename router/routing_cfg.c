@@ -37,6 +37,11 @@ void ep_routing_cfg_default(ep_routing_cfg *rc, const ep_model_cfg *m, ep_policy
     // Qwen3 (top-8): 4 and 6 as the paper ran DES; other k_base scale alike.
     rc->des.k_lo = EP_MAX(1, m->k_base / 2);
     rc->des.k_hi = EP_MAX(rc->des.k_lo, 3 * m->k_base / 4);
+    // laser (our rule): see docs/routing.md for how these were chosen.
+    rc->laser.after = EP_POLICY_BASELINE;
+    rc->laser.peak_ratio = 2.0f;
+    rc->laser.widen_ratio = 0.5f;
+    rc->laser.keep_top = EP_MIN(1, m->k_base);
 }
 
 static void *dup_mem(const void *p, size_t n)
@@ -217,6 +222,25 @@ ep_status ep_routing_cfg_validate(const ep_routing_cfg *rc)
             "%s: keys 'des.k_lo', 'des.k_hi': expected 1 <= k_lo <= k_hi <= k_base = %d, "
             "found k_lo %d, k_hi %d",
             f, rc->k_base, rc->des.k_lo, rc->des.k_hi);
+    if (rc->laser.after < 0 || rc->laser.after >= EP_POLICY_COUNT ||
+        rc->laser.after == EP_POLICY_LASER)
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'laser.after': expected a policy other than laser (baseline, "
+                         "ban, pick, banpick, topp, des), found %d",
+                         f, (int)rc->laser.after);
+    if (!(isfinite(rc->laser.peak_ratio) && rc->laser.peak_ratio >= 1.0f))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'laser.peak_ratio': expected a finite number >= 1, found %g", f,
+                         rc->laser.peak_ratio);
+    if (!(rc->laser.widen_ratio > 0.0f && rc->laser.widen_ratio <= 1.0f))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'laser.widen_ratio': expected a number in (0, 1], found %g", f,
+                         rc->laser.widen_ratio);
+    if (rc->laser.keep_top < 0 || rc->laser.keep_top > rc->k_base)
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'laser.keep_top': expected an integer in [0, k_base = %d], "
+                         "found %d",
+                         f, rc->k_base, rc->laser.keep_top);
     if (rc->des.median_ratio)
         for (int l = 0; l < rc->n_layers; l++)
             for (int j = 0; j < rc->k_base - 1; j++) {
@@ -712,6 +736,46 @@ static ep_status parse_des(yctx *c, yaml_node_t *map)
     return EP_OK;
 }
 
+static ep_status parse_laser(yctx *c, yaml_node_t *map)
+{
+    ep_routing_cfg *rc = c->rc;
+    ep_status st;
+    if ((st = yneed_map(c, map, "laser"))) return st;
+    yaml_node_t *k, *v;
+    YMAP_FOR(c, map, k, v)
+    {
+        const char *key = yscalar(k);
+        st = EP_OK;
+        if (!strcmp(key, "after")) {
+            ep_policy_kind kind;
+            if (v->type != YAML_SCALAR_NODE || ep_policy_kind_parse(yscalar(v), &kind) ||
+                kind == EP_POLICY_LASER) {
+                ep_clear_error();
+                st = ybad(c, v, "laser.after",
+                          "one of baseline, ban, pick, banpick, topp, des (not laser)");
+            } else {
+                rc->laser.after = kind;
+            }
+        } else if (!strcmp(key, "peak_ratio")) {
+            double d;
+            if (!ynum(v, &d) || !(d >= 1.0))
+                st = ybad(c, v, "laser.peak_ratio", "a finite number >= 1");
+            else
+                rc->laser.peak_ratio = (float)d;
+        } else if (!strcmp(key, "widen_ratio")) {
+            st = yget_unit(c, v, "laser.widen_ratio", R_OPEN_CLOSED, &rc->laser.widen_ratio);
+        } else if (!strcmp(key, "keep_top")) {
+            char exp[64];
+            snprintf(exp, sizeof exp, "an integer in [0, k_base = %d]", rc->k_base);
+            st = yget_int(c, v, "laser.keep_top", 0, rc->k_base, exp, &rc->laser.keep_top);
+        } else {
+            st = yunknown(c, k, "laser", "after, peak_ratio, widen_ratio, keep_top");
+        }
+        if (st) return st;
+    }
+    return EP_OK;
+}
+
 static ep_status load_doc(const char *path, yaml_document_t *doc, bool *have)
 {
     *have = false;
@@ -770,13 +834,15 @@ ep_status ep_routing_cfg_load(const char *path, const ep_model_cfg *m, ep_routin
     if (!pol) {
         st = ep_errorf(
             EP_ERR_CONFIG,
-            "%s: key 'policy' missing: expected one of baseline, ban, pick, banpick, topp, des",
+            "%s: key 'policy' missing: expected one of baseline, ban, pick, banpick, topp, des, "
+            "laser",
             path);
         goto out;
     }
     ep_policy_kind kind = EP_POLICY_BASELINE;
     if (pol->type != YAML_SCALAR_NODE || ep_policy_kind_parse(yscalar(pol), &kind)) {
-        st = ybad(&c, pol, "policy", "one of baseline, ban, pick, banpick, topp, des");
+        ep_clear_error();
+        st = ybad(&c, pol, "policy", "one of baseline, ban, pick, banpick, topp, des, laser");
         goto out;
     }
     ep_routing_cfg_default(rc, m, kind);
@@ -793,8 +859,10 @@ ep_status ep_routing_cfg_load(const char *path, const ep_model_cfg *m, ep_routin
             st = parse_topp(&c, v);
         else if (!strcmp(key, "des"))
             st = parse_des(&c, v);
+        else if (!strcmp(key, "laser"))
+            st = parse_laser(&c, v);
         else
-            st = yunknown(&c, k, "", "policy, ban, pick, topp, des");
+            st = yunknown(&c, k, "", "policy, ban, pick, topp, des, laser");
         if (st) goto out;
     }
     st = ep_routing_cfg_validate(rc);
@@ -880,6 +948,9 @@ static void write_yaml(FILE *f, const ep_routing_cfg *rc, const ep_model_cfg *m)
             fputc('\n', f);
         }
     }
+    fprintf(f, "laser:\n  after: %s\n  peak_ratio: %.9g\n  widen_ratio: %.9g\n  keep_top: %d\n",
+            ep_policy_kind_name(rc->laser.after), rc->laser.peak_ratio, rc->laser.widen_ratio,
+            rc->laser.keep_top);
 }
 
 ep_status ep_routing_cfg_write(const ep_routing_cfg *rc, const ep_model_cfg *m, const char *path)

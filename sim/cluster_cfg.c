@@ -44,6 +44,9 @@ static const cluster_key cluster_keys[] = {
     KD("nvlink_efficiency", false, 0.001, 1, nvlink_eff),
     KD("inter_efficiency", false, 0.001, 1, inter_eff),
     KD("mem_usable", false, 0.001, 1, mem_usable),
+    // Extra expert slots per MoE layer for EPLB replicas (docs/scheduler.md);
+    // whether a model can use them is checked where the placement is built.
+    KI("redundant_experts", false, 0, 1 << 20, redundant_experts),
 };
 
 static bool is_file(const char *p)
@@ -84,7 +87,8 @@ static ep_status parse_doc(ep_yaml_doc *d, ep_sim_cluster *c)
             return ep_errorf(EP_ERR_CONFIG,
                              "%s:%d: unknown key '%s' (expected name, gpu, nodes, gpus_per_node, "
                              "mem_gb, hbm_GBps, bf16_tflops, nvlink_GBps, nvlink_latency_us, "
-                             "inter_GBps, inter_latency_us, *_efficiency, mem_usable)",
+                             "inter_GBps, inter_latency_us, *_efficiency, mem_usable, "
+                             "redundant_experts)",
                              d->path, ep_yaml_line(k), key);
         const cluster_key *ck = &cluster_keys[i];
         if (seen[i])
@@ -143,6 +147,9 @@ ep_status ep_sim_cluster_validate(const ep_sim_cluster *c)
             return ep_errorf(EP_ERR_CONFIG,
                              "%s: bandwidths, FLOP/s, memory and efficiencies must be > 0, "
                              "found %g (field %zu)", src, v[i], i);
+    if (c->redundant_experts < 0)
+        return ep_errorf(EP_ERR_CONFIG, "%s: key 'redundant_experts': expected an integer >= 0, "
+                         "found %d", src, c->redundant_experts);
     if (c->nvlink_latency_us < 0 || c->inter_latency_us < 0)
         return ep_errorf(EP_ERR_CONFIG, "%s: latencies must be >= 0, found %g and %g", src,
                          c->nvlink_latency_us, c->inter_latency_us);

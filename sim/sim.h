@@ -30,6 +30,7 @@ typedef struct {
     // Achievable fraction of each peak (defaults in sim/cluster_cfg.c).
     double gemm_eff, hbm_eff, nvlink_eff, inter_eff;
     double mem_usable;      // fraction of HBM the server may use (default 0.9)
+    int redundant_experts;  // EPLB replica slots per MoE layer (key redundant_experts, default 0)
     char source[1024];      // the file it was read from
 } ep_sim_cluster;
 

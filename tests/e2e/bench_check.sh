@@ -6,7 +6,11 @@
 # bytes) for ban. Then the DeepSeek preset (synthetic in memory) on 3 ranks,
 # the tiny Qwen3 with EPLB (+5 redundant experts, replica choice) on 3 ranks
 # (same checks), and `bench sched` on the real Qwen3-30B GSM8K frequencies:
-# EPLB + replica choice must balance better than contiguous placement.
+# EPLB + replica choice must balance better than contiguous placement; laser
+# after Ban keeps Ban's K exactly and balances contiguous placement better
+# than Ban alone; a cluster preset's redundant_experts, nodes and GPUs per
+# node become the defaults of `bench sched --cluster`, and `simulate` prices
+# EPLB rows with the preset's redundant_experts.
 set -euo pipefail
 bin=$1
 tmp=$(mktemp -d)
@@ -14,7 +18,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 "$bin" make-model --preset tiny-qwen3-moe --out "$tmp/qwen"
 mpirun -np 4 --oversubscribe "$bin" bench --model "$tmp/qwen" \
-  --routing baseline,ban,pick,banpick,topp,des --tokens 32 --steps 2 --warmup 1 \
+  --routing baseline,ban,pick,banpick,topp,des,laser-ban --tokens 32 --steps 2 --warmup 1 \
   --ranks-per-node 2 --check --quiet --json "$tmp/qwen.json" --plot "$tmp/plots"
 for png in bytes_per_layer k_hist rank_load; do
   [ -s "$tmp/plots/$png.png" ] || { echo "FAIL: --plot wrote no $png.png"; exit 1; }
@@ -27,13 +31,39 @@ mpirun -np 3 --oversubscribe "$bin" bench --model "$tmp/qwen" \
   --placement eplb --redundant-experts 5 --check --quiet --json "$tmp/eplb.json"
 gsm="$2/../shared/data/routing/qwen3-30b-a3b/gsm_avg_activation.csv"
 sched_json=""
+cluster_json=""
 if [ -r "$gsm" ]; then
   "$bin" bench sched --freq "$gsm" --tokens 64 --window 2 --steps 2 --json "$tmp/sched.json" \
     > /dev/null
   sched_json="$tmp/sched.json"
+  # A preset of 2 nodes x 4 GPUs with 8 replica slots: bench sched takes them.
+  sed -e 's/^nodes: .*/nodes: 2/' -e 's/^gpus_per_node: .*/gpus_per_node: 4/' \
+    -e 's/^redundant_experts: .*/redundant_experts: 8/' "$2/configs/clusters/2x8-h100.yaml" \
+    > "$tmp/c.yaml"
+  grep -q '^redundant_experts: 8' "$tmp/c.yaml" || { echo "FAIL: preset lacks redundant_experts"; exit 1; }
+  "$bin" bench sched --freq "$gsm" --cluster "$tmp/c.yaml" --routing ban --tokens 16 \
+    --window 1 --steps 1 --json "$tmp/cluster.json" > /dev/null
+  cluster_json="$tmp/cluster.json"
+  sed -i 's/^redundant_experts: .*/redundant_experts: -1/' "$tmp/c.yaml"
+  if "$bin" bench sched --freq "$gsm" --cluster "$tmp/c.yaml" 2> "$tmp/err.txt"; then
+    echo "FAIL: redundant_experts: -1 accepted"; exit 1
+  fi
+  grep -q "redundant_experts" "$tmp/err.txt" || { echo "FAIL: error does not name the key"; exit 1; }
 fi
 
-python3 - "$sched_json" "$tmp/qwen.json" "$tmp/ds.json" "$tmp/eplb.json" <<'PY'
+# `simulate` prices EPLB rows with the preset's redundant_experts unless
+# --replicas says otherwise.
+sed -e 's/^redundant_experts: .*/redundant_experts: 8/' "$2/configs/clusters/1x8-h100.yaml" \
+  > "$tmp/c8.yaml"
+"$bin" simulate --model tiny-qwen3-moe --cluster "$tmp/c8.yaml" --routing baseline \
+  --quiet > "$tmp/sim.txt"
+grep -q "baseline+eplb" "$tmp/sim.txt" || { echo "FAIL: simulate ignored redundant_experts: 8"; exit 1; }
+"$bin" simulate --model tiny-qwen3-moe --cluster "$tmp/c8.yaml" --routing baseline \
+  --replicas 0 --quiet > "$tmp/sim0.txt"
+if grep -q "baseline+eplb" "$tmp/sim0.txt"; then echo "FAIL: --replicas 0 did not override"; exit 1; fi
+echo "ok    simulate takes redundant_experts from the cluster preset; --replicas overrides"
+
+python3 - "$sched_json" "$cluster_json" "$tmp/qwen.json" "$tmp/ds.json" "$tmp/eplb.json" <<'PY'
 import json, sys
 failures = passes = 0
 def check(ok, msg):
@@ -52,9 +82,24 @@ if sys.argv[1]:
     check(rows[("ban", "contiguous")]["tokens_per_step_at_budget"] >
           rows[("baseline", "contiguous")]["tokens_per_step_at_budget"],
           'sched: the slot budget admits more tokens under ban')
+    for pl in ("contiguous", "eplb+16+choice"):
+        b, l = rows[("ban", pl)], rows[("laser-ban", pl)]
+        check(l["pairs"] == b["pairs"] and l["tokens"] == b["tokens"],
+              f'sched {pl}: laser-ban keeps Ban\'s K ({l["pairs"]} == {b["pairs"]} pairs)')
+        check(l["tokens_per_s"] > 0, f'sched {pl}: laser-ban has a modelled tokens/s')
+    b, l = rows[("ban", "contiguous")], rows[("laser-ban", "contiguous")]
+    check(l["load_imbalance"] < b["load_imbalance"] - 0.05,
+          f'sched: laser-ban imbalance {l["load_imbalance"]:.3f} < ban {b["load_imbalance"]:.3f}'
+          ' - 0.05 on contiguous placement')
+    c = json.load(open(sys.argv[2]))
+    check(c["ranks"] == 8 and c["ranks_per_node"] == 4 and c["redundant_experts"] == 8,
+          f'sched --cluster: ranks {c["ranks"]}, per node {c["ranks_per_node"]}, redundant '
+          f'{c["redundant_experts"]} from the preset (8, 4, 8)')
+    check(any(r["placement"] == "eplb+8+choice" for r in c["rows"]),
+          'sched --cluster: rows with the preset\'s 8 replica slots')
 else:
     print("skip  bench sched (no ../shared routing data)")
-for path in sys.argv[2:]:
+for path in sys.argv[3:]:
     d = json.load(open(path))
     kb = d["k_base"]
     pol = {p["name"]: p for p in d["policies"]}

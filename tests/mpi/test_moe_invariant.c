@@ -3,11 +3,13 @@
 // placements (EPLB for the DeepSeek preset: hierarchical, skewed per-layer
 // loads, 7 redundant experts, replica choice; model init dominates the run
 // time, so the Qwen3 EPLB path is left to test_replace and bench_check),
-// ranks_per_node 1 and 2 and every routing policy, the EP MoE output equals
+// ranks_per_node 1 and 2 and every routing policy (laser after Ban with the
+// placement set, so its load-aware choice is live), the EP MoE output equals
 // the single-process reference within 1e-4 relative, planned bytes equal the
 // bytes the transport moved, and ranks with zero tokens still take part.
 #include "common/weights.h"
 #include "model/moe.h"
+#include "router/policy.h"
 #include "mpi_check.h"
 
 #include <stdio.h>
@@ -15,7 +17,7 @@
 #include <string.h>
 
 static const char *presets[] = {"tiny-qwen3-moe", "tiny-deepseek-v2"};
-static const char *policies[] = {"baseline", "ban", "pick", "banpick", "topp", "des"};
+static const char *policies[] = {"baseline", "ban", "pick", "banpick", "topp", "des", "laser-ban"};
 enum { CAP = 23 };
 
 // Tokens this rank routes: uneven across ranks, 0 on rank 1 when there are several.
@@ -79,6 +81,11 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, p
     CHECK_OK(ep_moe_init(cfg, cl, w, &o, &m));
     free(load);
     if (!m) goto out;
+    // laser balances by home rank (and comm-aware Ban looks at it): give every
+    // policy the placement, as bench does; the others ignore it.
+    for (int p = 0; p < n_pol; p++)
+        ep_policy_set_placement(pol[p], ep_moe_placement(m)->rank_of, cl->node_of, cl->world_size,
+                                cl->rank);
     int64_t off_home = 0; // pairs sent to a replica that is not the expert's home
 
     int T = tokens_of(cl->rank, cl->world_size);

@@ -3,7 +3,10 @@
 // observed (with 5 redundant experts). A huge min_gain keeps the placement;
 // a negative one forces the move. After the move every rank holds the same
 // placement, the predicted imbalance did not grow, pairs go to ranks that
-// hold their expert, and the EP output still equals the reference.
+// hold their expert, and the EP output still equals the reference. The
+// move reads nothing from the ep_weights (its read counter stands still):
+// every newly held expert arrives over MPI, and the counted bytes match the
+// experts each rank newly holds and what the others sent.
 #include "common/weights.h"
 #include "model/moe.h"
 #include "mpi_check.h"
@@ -44,6 +47,83 @@ static void step(ep_cluster *cl, const ep_model_cfg *cfg, ep_moe *m, ep_policy *
         double err = ep_moe_rel_err(y, yref, T, cfg->hidden, 1e-4, NULL);
         CHECK(err <= 1e-4, "step %d layer %d rank %d: rel err %.3e > 1e-4", s, l, cl->rank, err);
     }
+}
+
+// BF16 storage moves byte for byte (the MoE layer keeps fp32, so this runs
+// the experts/ calls directly, on rank 0): a contiguous BF16 shard resharded
+// to round-robin, the experts it lacked imported from a full BF16 load,
+// computes bit for bit what a BF16 shard loaded for round-robin computes;
+// before the imports it refuses to run.
+static void check_bf16_reshard(const ep_model_cfg *cfg, ep_weights *w)
+{
+    const int E = cfg->n_experts, H = cfg->hidden, W = 2;
+    ep_backend *be = NULL;
+    ep_placement pa, pb;
+    memset(&pa, 0, sizeof pa);
+    memset(&pb, 0, sizeof pb);
+    ep_experts *ea = NULL, *all = NULL, *eb = NULL, *nx = NULL;
+    ep_experts_opts o = {.weight_dtype = EP_DTYPE_BF16};
+    CHECK_OK(ep_backend_cpu_init(&be));
+    CHECK_OK(ep_placement_init(&pa, EP_PLACE_CONTIGUOUS, E, W));
+    CHECK_OK(ep_placement_init(&pb, EP_PLACE_ROUND_ROBIN, E, W));
+    CHECK_OK(ep_experts_load_ex(cfg, w, &pa, 0, be, &o, &ea));
+    CHECK_OK(ep_experts_load_ex(cfg, w, NULL, -1, be, &o, &all));
+    CHECK_OK(ep_experts_load_ex(cfg, w, &pb, 0, be, &o, &eb));
+    if (ea && all && eb) CHECK_OK(ep_experts_reshard(ea, &pb, 0, &nx));
+    if (!nx) goto out;
+    CHECK(ep_experts_expert_bytes(nx) == (size_t)3 * cfg->moe_inter * H * 2,
+          "BF16 expert bytes %zu", ep_experts_expert_bytes(nx));
+    const int l = cfg->first_k_dense;
+    int held[64], n = 0, pending = 0;
+    for (int g = 0; g < E && n < 64; g++)
+        if (ep_placement_holds(&pb, 0, g)) {
+            held[n++] = g;
+            pending += ep_experts_pending(nx, l, g);
+            CHECK(ep_experts_pending(nx, l, g) == !ep_placement_holds(&pa, 0, g),
+                  "expert %d: pending %d, held before %d", g, ep_experts_pending(nx, l, g),
+                  ep_placement_holds(&pa, 0, g));
+        }
+    CHECK(pending > 0, "contiguous -> round-robin left nothing to import");
+    // One record per held expert: pairs (g, 1.0).
+    int *off = ep_xmalloc((size_t)(n + 1) * sizeof(int));
+    float *pw = ep_xmalloc((size_t)n * sizeof(float));
+    float *x = ep_xmalloc((size_t)n * H * sizeof(float));
+    float *y1 = ep_xcalloc((size_t)n * H, sizeof(float)),
+          *y2 = ep_xcalloc((size_t)n * H, sizeof(float));
+    for (int i = 0; i <= n; i++)
+        off[i] = i;
+    for (int i = 0; i < n; i++) {
+        pw[i] = 1.0f;
+        ep_synth_hidden(cfg, 5, l, 0, i, x + (size_t)i * H);
+    }
+    CHECK(ep_experts_forward(nx, l, n, off, held, pw, x, y1) == EP_ERR_ARG,
+          "a shard with pending experts must refuse to run");
+    ep_clear_error();
+    void *buf = ep_xmalloc(ep_experts_expert_bytes(nx));
+    for (int ll = 0; ll < cfg->n_layers; ll++)
+        for (int g = 0; g < E && ep_model_layer_is_moe(cfg, ll); g++)
+            if (ep_experts_pending(nx, ll, g)) {
+                CHECK_OK(ep_experts_export(all, ll, g, buf));
+                CHECK_OK(ep_experts_import(nx, ll, g, buf));
+            }
+    free(buf);
+    CHECK_OK(ep_experts_forward(nx, l, n, off, held, pw, x, y1));
+    CHECK_OK(ep_experts_forward(eb, l, n, off, held, pw, x, y2));
+    CHECK(!memcmp(y1, y2, (size_t)n * H * sizeof(float)),
+          "resharded BF16 experts differ from BF16 experts loaded for the placement");
+    free(off);
+    free(pw);
+    free(x);
+    free(y1);
+    free(y2);
+out:
+    ep_experts_free(nx);
+    ep_experts_free(eb);
+    ep_experts_free(all);
+    ep_experts_free(ea);
+    ep_placement_free(&pa);
+    ep_placement_free(&pb);
+    ep_backend_free(be);
 }
 
 // A hash of the placement arrays: its min and max over ranks must agree.
@@ -96,8 +176,44 @@ int main(int argc, char **argv)
 
     for (int s = 4; s < 7; s++)
         step(cl, &cfg, m, pol, s, x, y, yref, false);
+    // What this rank holds before the move, to count what it must receive.
+    bool *held = ep_xcalloc((size_t)cfg.n_experts, sizeof(bool));
+    for (int e = 0; e < cfg.n_experts; e++)
+        held[e] = ep_placement_holds(ep_moe_placement(m), cl->rank, e);
+    ep_weights_stats ws0, ws1;
+    ep_weights_get_stats(w, &ws0);
     CHECK_OK(ep_moe_replace(m, -1.0, &before, &after, &moved));
+    ep_weights_get_stats(w, &ws1);
     CHECK(moved, "min_gain -1 must move");
+    CHECK(ws1.tensors == ws0.tensors && ws1.bytes == ws0.bytes,
+          "rank %d: re-placement read %lld tensors (%llu bytes) from the weights; expected none",
+          cl->rank, (long long)(ws1.tensors - ws0.tensors),
+          (unsigned long long)(ws1.bytes - ws0.bytes));
+    int n_new = 0, n_moe = 0;
+    for (int e = 0; e < cfg.n_experts; e++)
+        n_new += !held[e] && ep_placement_holds(ep_moe_placement(m), cl->rank, e);
+    for (int l = 0; l < cfg.n_layers; l++)
+        n_moe += ep_model_layer_is_moe(&cfg, l);
+    free(held);
+    const ep_moe_move_stats *mv = ep_moe_last_move(m);
+    // fp32 storage: gate, up [I, H] and down [H, I] per expert and layer
+    const int64_t eb = (int64_t)3 * cfg.moe_inter * cfg.hidden * (int64_t)sizeof(float);
+    CHECK(mv->experts_recv == (int64_t)n_new * n_moe,
+          "rank %d received %lld expert weights, newly holds %d experts x %d layers", cl->rank,
+          (long long)mv->experts_recv, n_new, n_moe);
+    CHECK(mv->bytes_recv == mv->experts_recv * eb, "rank %d: %lld bytes for %lld experts", cl->rank,
+          (long long)mv->bytes_recv, (long long)mv->experts_recv);
+    CHECK(mv->bytes_moved == mv->bytes_sent, "rank %d: transport moved %lld, sent %lld", cl->rank,
+          (long long)mv->bytes_moved, (long long)mv->bytes_sent);
+    int64_t tot[3] = {mv->bytes_sent, mv->bytes_recv, mv->experts_recv};
+    CHECK_OK(ep_cluster_allreduce_i64(cl, tot, 3, EP_REDUCE_SUM));
+    CHECK(tot[0] == tot[1], "%lld bytes sent in all, %lld received", (long long)tot[0],
+          (long long)tot[1]);
+    if (cl->world_size > 1)
+        CHECK(tot[2] > 0, "a move from contiguous to EPLB+5 sent no weights over MPI");
+    if (cl->rank == 0)
+        printf("# replace: %lld expert weights (%lld bytes) moved over MPI\n", (long long)tot[2],
+               (long long)tot[1]);
     CHECK(after <= before + 1e-9, "EPLB predicted imbalance %.4f > before %.4f", after, before);
     if (cl->world_size > 1)
         CHECK(before > 1.0 && after < before, "skewed window: before %.4f, after %.4f", before,
@@ -111,6 +227,7 @@ int main(int argc, char **argv)
         }
     for (int s = 7; s < 9; s++)
         step(cl, &cfg, m, pol, s, x, y, yref, true);
+    if (cl->rank == 0) check_bf16_reshard(&cfg, w);
     free(x);
     free(y);
     free(yref);

@@ -664,8 +664,8 @@ static void test_policy_names(void **state)
 {
     ep_model_cfg m;
     qwen_cfg(&m, 2, 16, 8);
-    const char *names[] = {"baseline", "ban", "pick", "banpick", "topp", "des"};
-    for (size_t i = 0; i < 6; i++) {
+    const char *names[] = {"baseline", "ban", "pick", "banpick", "topp", "des", "laser"};
+    for (size_t i = 0; i < EP_ARRAY_LEN(names); i++) {
         ep_policy *p;
         assert_int_equal(ep_policy_create(&m, names[i], &p), EP_OK);
         assert_string_equal(ep_policy_name(p), names[i]);

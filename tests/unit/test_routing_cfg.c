@@ -299,6 +299,25 @@ static void test_load_bad(void **state)
         {"policy: ban\nban: {lambda: 0.5\n", EP_ERR_FORMAT, {"YAML syntax error"}},
         {"", EP_ERR_CONFIG, {"empty document"}},
         {"- policy\n", EP_ERR_CONFIG, {"(top level)", "a mapping", "found a list"}},
+        {"policy: laser\nlaser: {after: laser}\n",
+         EP_ERR_CONFIG,
+         {":2: key 'laser.after'", "not laser", "found 'laser'"}},
+        {"policy: laser\nlaser: {after: bann}\n",
+         EP_ERR_CONFIG,
+         {"key 'laser.after'", "baseline, ban", "found 'bann'"}},
+        {"policy: laser\nlaser: {peak_ratio: 0.5}\n",
+         EP_ERR_CONFIG,
+         {"laser.peak_ratio", ">= 1", "found '0.5'"}},
+        {"policy: laser\nlaser: {widen_ratio: 0}\n",
+         EP_ERR_CONFIG,
+         {"laser.widen_ratio", "(0, 1]", "found '0'"}},
+        {"policy: laser\nlaser: {keep_top: 9}\n",
+         EP_ERR_CONFIG,
+         {"laser.keep_top", "[0, k_base = 8]", "found '9'"}},
+        {"policy: laser\nlaser: {peek_ratio: 2}\n",
+         EP_ERR_CONFIG,
+         {"unknown key 'laser.peek_ratio'", "after, peak_ratio, widen_ratio, keep_top"}},
+        {"policy: laser\nlaser: [ban]\n", EP_ERR_CONFIG, {"key 'laser'", "a mapping"}},
     };
     ep_model_cfg m;
     model(&m);
@@ -376,6 +395,10 @@ static void test_write_round_trip(void **state)
     rc.des.median_ratio = malloc(5 * 7 * sizeof(float));
     for (int i = 0; i < 35; i++)
         rc.des.median_ratio[i] = 1.0f + (float)i / 11.0f;
+    rc.laser.after = EP_POLICY_DES;
+    rc.laser.peak_ratio = 1.0f / 0.3f; // not a short decimal
+    rc.laser.widen_ratio = 0.625f;
+    rc.laser.keep_top = 0;
 
     char p1[512], p2[512];
     snprintf(p1, sizeof p1, "%s/profile.yaml", dir);
@@ -404,6 +427,10 @@ static void test_write_round_trip(void **state)
     assert_int_equal(back.des.k_lo, 2);
     assert_int_equal(back.des.k_hi, 5);
     assert_memory_equal(back.des.median_ratio, rc.des.median_ratio, 35 * sizeof(float));
+    assert_int_equal(back.laser.after, EP_POLICY_DES);
+    assert_true(back.laser.peak_ratio == rc.laser.peak_ratio);
+    assert_true(back.laser.widen_ratio == rc.laser.widen_ratio);
+    assert_int_equal(back.laser.keep_top, 0);
     // writing what was read gives the same bytes
     assert_int_equal(ep_routing_cfg_write(&back, &m, p2), EP_OK);
     char *a = slurp(p1), *b = slurp(p2);

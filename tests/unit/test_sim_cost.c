@@ -197,6 +197,7 @@ static void test_cluster_yaml(void **state)
     assert_float_equal(c.nvlink_latency_us, 1.5, 0);
     assert_true(c.gemm_eff > 0 && c.gemm_eff <= 1); // defaulted
     assert_true(c.mem_usable > 0 && c.mem_usable <= 1);
+    assert_int_equal(c.redundant_experts, 0); // defaulted: no EPLB replicas
 
     // An unknown key names the file and the key.
     char text[1024];
@@ -220,6 +221,24 @@ static void test_cluster_yaml(void **state)
     write_file(path, text);
     assert_int_equal(ep_sim_cluster_load(path, &c), EP_ERR_CONFIG);
     assert_non_null(strstr(ep_last_error(), "gemm_efficiency"));
+
+    // redundant_experts: an integer >= 0; bad values name the key and what was found.
+    snprintf(text, sizeof text, "%sredundant_experts: 16\n", good_yaml);
+    write_file(path, text);
+    assert_int_equal(ep_sim_cluster_load(path, &c), EP_OK);
+    assert_int_equal(c.redundant_experts, 16);
+    const char *bad_red[] = {"-1", "1.5", "many", "[2]"};
+    for (size_t i = 0; i < EP_ARRAY_LEN(bad_red); i++) {
+        snprintf(text, sizeof text, "%sredundant_experts: %s\n", good_yaml, bad_red[i]);
+        write_file(path, text);
+        assert_int_equal(ep_sim_cluster_load(path, &c), EP_ERR_CONFIG);
+        assert_non_null(strstr(ep_last_error(), "redundant_experts"));
+        assert_non_null(strstr(ep_last_error(), path));
+    }
+    snprintf(text, sizeof text, "%sredundant_experts: -1\n", good_yaml);
+    write_file(path, text);
+    assert_int_equal(ep_sim_cluster_load(path, &c), EP_ERR_CONFIG);
+    assert_non_null(strstr(ep_last_error(), "found -1"));
 
     assert_int_equal(ep_sim_cluster_load("no-such-cluster-preset", &c), EP_ERR_ARG);
     assert_non_null(strstr(ep_last_error(), "no-such-cluster-preset"));
