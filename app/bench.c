@@ -445,6 +445,7 @@ int ep_cmd_bench(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "kernels")) return ep_cmd_bench_kernels(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "sched")) return ep_cmd_bench_sched(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "serve")) return ep_cmd_bench_serve(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "kl")) return ep_cmd_bench_kl(argc - 1, argv + 1);
     bench_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc == 1 ? 0 : rc;

@@ -30,6 +30,7 @@ struct ep_moe {
     float **gate_w;          // [n_layers] -> [n_experts, hidden] for MoE layers, NULL otherwise
     ep_routes routes;
     ep_routes ref_routes;
+    int64_t ref_pairs, ref_token_layers; // kept pairs / tokens routed by ep_moe_reference
 };
 
 void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
@@ -461,7 +462,15 @@ ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float
     if ((s = ep_router_route(m->router, p, layer, x, T, m->gate_w[layer], &m->ref_routes)))
         return s;
     ep_experts_reference(m->all_experts, layer, &m->ref_routes, x, y);
+    m->ref_pairs += m->ref_routes.offsets[T];
+    m->ref_token_layers += T;
     return EP_OK;
+}
+
+void ep_moe_reference_counts(const ep_moe *m, int64_t *pairs, int64_t *token_layers)
+{
+    *pairs = m->ref_pairs;
+    *token_layers = m->ref_token_layers;
 }
 
 double ep_moe_rel_err(const float *a, const float *b, int rows, int cols, double tol,

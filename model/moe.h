@@ -91,6 +91,9 @@ ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float
                            float *y);
 
 // The reference with given routes (needs opts.with_reference).
+// (pairs kept, tokens routed) summed over every ep_moe_reference call so far:
+// pairs / tokens is the mean experts per token of the reference routes.
+void ep_moe_reference_counts(const ep_moe *m, int64_t *pairs, int64_t *token_layers);
 ep_status ep_moe_reference_routes(ep_moe *m, int layer, const ep_routes *r, const float *x,
                                   float *y);
 

@@ -1,0 +1,251 @@
+// `epserve bench kl`: what a routing policy costs in output quality, as the
+// top-N KL divergence of the next-token distribution from baseline routing
+// (the measure calibration uses, ep_calib_kl_topn), averaged over every
+// position of random token sequences. One process: the plain C reference
+// forward (ep_model_reference) holds every expert, so the numbers do not
+// depend on the world size; policies that look at placement (comm-aware Ban,
+// laser) are given a contiguous placement over --ranks ranks, routing as
+// rank 0 would. Also the mean experts per token (from the reference's routes).
+#include "app/commands.h"
+#include "cluster/cluster.h"
+#include "common/json_util.h"
+#include "common/weights.h"
+#include "model/model.h"
+#include "router/calibrate.h"
+#include "router/policy.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: epserve bench kl --model M --routing P1,P2,... [options]\n"
+            "  --model M          model preset name, model YAML or checkpoint directory\n"
+            "  --routing LIST     policies or routing YAML files, compared with baseline\n"
+            "  --seqs N           random sequences (default 8)\n"
+            "  --len L            tokens per sequence (default 64)\n"
+            "  --seed S           token generator seed (default 12345)\n"
+            "  --top N            tokens of the baseline distribution kept (default 1000)\n"
+            "  --ranks W          ranks of the contiguous placement placement-aware\n"
+            "                     policies see (default 4)\n"
+            "  --ranks-per-node R ranks per node of that placement (default 2)\n"
+            "  --json F           also write the results to F (atomic)\n"
+            "  --help             this text\n"
+            "Runs in one process (not under mpirun with several ranks).\n");
+}
+
+static bool parse_int(const char *opt, const char *s, int lo, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > 1 << 24) {
+        fprintf(stderr, "epserve bench kl: %s: expected an integer >= %d, found '%s'\n", opt, lo,
+                s);
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}
+
+typedef struct {
+    const char *name;
+    double kl_mean, kl_max, avg_k;
+} kl_row;
+
+// Reference logits of every sequence under policy spec; also its mean K.
+static ep_status run_policy(const ep_model_cfg *cfg, ep_model *m, const char *spec, int W,
+                            int rpn, const int *tok, int n_seqs, int len, float *logits,
+                            double *avg_k)
+{
+    ep_policy *p = NULL;
+    ep_status st = ep_policy_create(cfg, spec, &p);
+    if (st) return st;
+    int *rank_of = ep_xmalloc((size_t)cfg->n_experts * sizeof(int));
+    int *node_of = ep_xmalloc((size_t)W * sizeof(int));
+    for (int e = 0; e < cfg->n_experts; e++) rank_of[e] = (int)((int64_t)e * W / cfg->n_experts);
+    for (int r = 0; r < W; r++) node_of[r] = r / rpn;
+    ep_policy_set_placement(p, rank_of, node_of, W, 0);
+    free(rank_of);
+    free(node_of);
+    int64_t p0, t0, p1, t1;
+    ep_moe_reference_counts(ep_model_moe(m), &p0, &t0);
+    for (int s = 0; s < n_seqs && !st; s++)
+        st = ep_model_reference(m, p, tok + (size_t)s * len, len,
+                                logits + (size_t)s * len * cfg->vocab);
+    ep_moe_reference_counts(ep_model_moe(m), &p1, &t1);
+    *avg_k = t1 > t0 ? (double)(p1 - p0) / (double)(t1 - t0) : 0.0;
+    ep_policy_free(p);
+    return st;
+}
+
+int ep_cmd_bench_kl(int argc, char **argv)
+{
+    const char *model = NULL, *routing = NULL, *json_out = NULL;
+    int n_seqs = 8, len = 64, top = 1000, W = 4, rpn = 2, seed = 12345;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"routing", required_argument, 0, 'r'},
+        {"seqs", required_argument, 0, 's'},  {"len", required_argument, 0, 'l'},
+        {"seed", required_argument, 0, 'S'},  {"top", required_argument, 0, 't'},
+        {"ranks", required_argument, 0, 'w'}, {"ranks-per-node", required_argument, 0, 'n'},
+        {"json", required_argument, 0, 'j'},  {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'r': routing = optarg; break;
+        case 's': if (!parse_int("--seqs", optarg, 1, &n_seqs)) return 2; break;
+        case 'l': if (!parse_int("--len", optarg, 1, &len)) return 2; break;
+        case 'S': if (!parse_int("--seed", optarg, 0, &seed)) return 2; break;
+        case 't': if (!parse_int("--top", optarg, 1, &top)) return 2; break;
+        case 'w': if (!parse_int("--ranks", optarg, 1, &W)) return 2; break;
+        case 'n': if (!parse_int("--ranks-per-node", optarg, 1, &rpn)) return 2; break;
+        case 'j': json_out = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc || !model || !routing) {
+        fprintf(stderr, "epserve bench kl: --model and --routing are required%s%s\n",
+                optind < argc ? "; unexpected argument " : "", optind < argc ? argv[optind] : "");
+        usage(stderr);
+        return 2;
+    }
+
+    ep_cluster *cl = NULL;
+    if (ep_cluster_init(&argc, &argv, 0, &cl)) {
+        fprintf(stderr, "epserve bench kl: %s\n", ep_last_error());
+        return 1;
+    }
+    if (cl->world_size > 1) {
+        fprintf(stderr, "epserve bench kl: runs in one process (the reference holds every "
+                        "expert), found %d ranks\n", cl->world_size);
+        ep_cluster_free(cl);
+        return 2;
+    }
+    ep_model_cfg cfg;
+    ep_weights *w = NULL;
+    ep_model *m = NULL;
+    char *list = ep_xstrdup(routing);
+    int n_pol = 0;
+    kl_row rows[64];
+    float *base = NULL, *q = NULL;
+    int *tok = NULL, *idx = NULL;
+    ep_status st = ep_model_cfg_load(model, &cfg);
+    if (!st) {
+        if (len > cfg.max_pos)
+            st = ep_errorf(EP_ERR_ARG, "--len %d: %s holds at most %d tokens", len, cfg.name,
+                           cfg.max_pos);
+        else if (top > cfg.vocab)
+            top = cfg.vocab;
+    }
+    if (!st) {
+        for (char *save = NULL, *t = strtok_r(list, ",", &save); t;
+             t = strtok_r(NULL, ",", &save)) {
+            if (n_pol == (int)EP_ARRAY_LEN(rows)) {
+                st = ep_errorf(EP_ERR_ARG, "--routing: at most %d policies",
+                               (int)EP_ARRAY_LEN(rows));
+                break;
+            }
+            rows[n_pol++] = (kl_row){.name = t};
+        }
+    }
+    // Every policy is created once up front: bad names fail before any
+    // loading, and the MoE is sized for the most experts any of them keeps.
+    int max_k = cfg.k_base;
+    for (int i = 0; i < n_pol && !st; i++) {
+        ep_policy *p = NULL;
+        if (!(st = ep_policy_create(&cfg, rows[i].name, &p)))
+            max_k = EP_MAX(max_k, ep_policy_max_k(p));
+        ep_policy_free(p);
+    }
+    if (!st) {
+        ep_model_opts mo;
+        ep_model_opts_default(&mo, &cfg);
+        mo.moe.cap_tokens = len;
+        mo.moe.with_reference = true;
+        mo.moe.max_k = EP_MAX(mo.moe.max_k, max_k);
+        mo.max_seqs = 1;
+        mo.max_ctx = len;
+        mo.kv_blocks = (len + mo.kv_block_tokens - 1) / mo.kv_block_tokens;
+        if (!(st = ep_weights_open(&cfg, &w))) st = ep_model_init(&cfg, cl, w, &mo, &m);
+    }
+    size_t rows_total = (size_t)n_seqs * len;
+    if (!st) {
+        base = malloc(rows_total * cfg.vocab * sizeof(float));
+        q = malloc(rows_total * cfg.vocab * sizeof(float));
+        idx = malloc((size_t)cfg.vocab * sizeof(int));
+        tok = ep_xmalloc(rows_total * sizeof(int));
+        if (!base || !q || !idx)
+            st = ep_errorf(EP_ERR_NOMEM, "bench kl: cannot allocate 2 x %zu bytes of logits",
+                           rows_total * cfg.vocab * sizeof(float));
+    }
+    double base_k = 0;
+    if (!st) {
+        ep_rng rng;
+        ep_rng_seed(&rng, (uint64_t)seed);
+        for (size_t i = 0; i < rows_total; i++)
+            tok[i] = (int)(ep_rng_next(&rng) % (uint64_t)cfg.vocab);
+        st = run_policy(&cfg, m, "baseline", W, rpn, tok, n_seqs, len, base, &base_k);
+    }
+    for (int i = 0; i < n_pol && !st; i++) {
+        if ((st = run_policy(&cfg, m, rows[i].name, W, rpn, tok, n_seqs, len, q, &rows[i].avg_k)))
+            break;
+        double sum = 0, mx = 0;
+        for (size_t r = 0; r < rows_total; r++) {
+            double kl = ep_calib_kl_topn(base + r * cfg.vocab, q + r * cfg.vocab, cfg.vocab, top,
+                                         idx);
+            sum += kl;
+            mx = kl > mx ? kl : mx;
+        }
+        rows[i].kl_mean = sum / (double)rows_total;
+        rows[i].kl_max = mx;
+    }
+    int code = 0;
+    if (st) {
+        fprintf(stderr, "epserve bench kl: %s\n", ep_last_error());
+        code = st == EP_ERR_ARG ? 2 : 1;
+    } else {
+        printf("# %s: top-%d KL(baseline || policy) of the next-token distribution, %d random "
+               "sequences x %d tokens (seed %d), placement-aware policies on %d ranks "
+               "contiguous\n",
+               cfg.name, top, n_seqs, len, seed, W);
+        printf("# %-40s %8s %12s %12s\n", "policy", "avg K", "KL mean", "KL max");
+        printf("  %-40s %8.3f %12.6f %12.6f\n", "baseline", base_k, 0.0, 0.0);
+        for (int i = 0; i < n_pol; i++)
+            printf("  %-40s %8.3f %12.6f %12.6f\n", rows[i].name, rows[i].avg_k, rows[i].kl_mean,
+                   rows[i].kl_max);
+        if (json_out) {
+            json_t *root = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:f}", "model", cfg.name,
+                                     "top", top, "seqs", n_seqs, "len", len, "seed", seed,
+                                     "ranks", W, "baseline_avg_k", base_k);
+            json_t *arr = json_array();
+            for (int i = 0; i < n_pol; i++)
+                json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:f}", "policy",
+                                                     rows[i].name, "avg_k", rows[i].avg_k,
+                                                     "kl_mean", rows[i].kl_mean, "kl_max",
+                                                     rows[i].kl_max));
+            json_object_set_new(root, "policies", arr);
+            if (ep_json_write_atomic(json_out, root, JSON_INDENT(2))) {
+                fprintf(stderr, "epserve bench kl: %s\n", ep_last_error());
+                code = 1;
+            }
+            json_decref(root);
+        }
+    }
+    free(base);
+    free(q);
+    free(idx);
+    free(tok);
+    free(list);
+    ep_model_free(m);
+    ep_weights_free(w);
+    ep_cluster_free(cl);
+    return code;
+}
