@@ -14,68 +14,9 @@
 
 #include "router/policy.h"
 
-static void qwen_cfg(ep_model_cfg *m, int L, int E, int k)
-{
-    memset(m, 0, sizeof *m);
-    snprintf(m->name, sizeof m->name, "hand-qwen3");
-    m->arch = EP_ARCH_QWEN3_MOE;
-    m->hidden = 16;
-    m->n_layers = L;
-    m->n_experts = E;
-    m->k_base = k;
-    m->topk_method = EP_TOPK_GREEDY;
-    m->n_group = m->topk_group = 1;
-    m->norm_topk_prob = true;
-    m->routed_scaling_factor = 1.0f;
-}
+#include "router_fixture.h"
 
-// Runs p's select on scores as the router would (candidates = top
-// range*k_base, no group mask), then sorts the kept ids by score.
-typedef struct {
-    int cand[64], scratch[64], kept[64];
-    ep_policy_token t;
-} tok_buf;
-
-static int run_select(const ep_policy *p, int layer, const float *score, int E, tok_buf *b)
-{
-    int kb = p->cfg.k_base;
-    int want = EP_MIN(E, ep_policy_range(p) * kb);
-    static float cs[64];
-    b->t = (ep_policy_token){.layer = layer,
-                             .n_experts = E,
-                             .k_base = kb,
-                             .cand = b->cand,
-                             .cand_score = cs,
-                             .score = score,
-                             .scratch = b->scratch};
-    b->t.n_cand = ep_router_topk(score, E, want, NULL, b->cand);
-    for (int j = 0; j < b->t.n_cand; j++)
-        cs[j] = score[b->cand[j]];
-    int K = p->vt->select(p, &b->t, b->kept);
-    assert_true(K >= 1 && K <= ep_policy_max_k(p));
-    // the router's order: score descending, ties lower id
-    for (int i = 1; i < K; i++)
-        for (int j = i; j > 0; j--) {
-            int a = b->kept[j - 1], c = b->kept[j];
-            if (score[c] > score[a] || (score[c] == score[a] && c < a)) {
-                b->kept[j - 1] = c;
-                b->kept[j] = a;
-            }
-        }
-    return K;
-}
-
-static void expect_kept(const tok_buf *b, int K, int n, const int *want)
-{
-    assert_int_equal(K, n);
-    for (int i = 0; i < n; i++)
-        assert_int_equal(b->kept[i], want[i]);
-}
-#define EXPECT(b, K, ...)                                                                          \
-    do {                                                                                           \
-        const int w_[] = {__VA_ARGS__};                                                            \
-        expect_kept((b), (K), (int)(sizeof w_ / sizeof w_[0]), w_);                                \
-    } while (0)
+static void qwen_cfg(ep_model_cfg *m, int L, int E, int k) { fixture_qwen_cfg(m, L, E, k, 16); }
 
 static ep_policy *make(const ep_routing_cfg *rc)
 {
@@ -169,9 +110,9 @@ static void test_ban_layer_term(void **state)
     // the flat token: layer 1 -> 4 (as with no sensitivity), layer 2 -> 6,
     // layer 3: S = 0.25 + 0.4781 = 0.7281 -> floor(3 + 2.548) = 5
     tok_buf b;
-    EXPECT(&b, run_select(p, 1, flat, 16, &b), 0, 1, 2, 3);
-    EXPECT(&b, run_select(p, 2, flat, 16, &b), 0, 1, 2, 3, 4, 5);
-    EXPECT(&b, run_select(p, 3, flat, 16, &b), 0, 1, 2, 3, 4);
+    EXPECT(&b, fixture_select(p, 1, flat, 16, &b), 0, 1, 2, 3);
+    EXPECT(&b, fixture_select(p, 2, flat, 16, &b), 0, 1, 2, 3, 4, 5);
+    EXPECT(&b, fixture_select(p, 3, flat, 16, &b), 0, 1, 2, 3, 4);
     ep_policy_free(p);
     // W_max == W_min over the MoE layers: L' = 0 everywhere
     const float Weq[4] = {5.0f, 0.2f, 0.2f, 0.2f};
@@ -186,7 +127,7 @@ static void test_ban_layer_term(void **state)
     rc.ban.beta = 1.0f;
     rc.ban.lambda = 1.0f;
     p = make(&rc);
-    assert_int_equal(run_select(p, 2, flat, 16, &b), 5);
+    assert_int_equal(fixture_select(p, 2, flat, 16, &b), 5);
     ep_policy_free(p);
     ep_routing_cfg_free(&rc);
 }
@@ -206,7 +147,7 @@ static void test_ban_ties(void **state)
     for (int j = 0; j < 8; j++)
         s[top[j]] = 0.1f;
     tok_buf b;
-    EXPECT(&b, run_select(p, 1, s, 16, &b), 1, 3, 5, 7);
+    EXPECT(&b, fixture_select(p, 1, s, 16, &b), 1, 3, 5, 7);
     ep_policy_free(p);
     ep_routing_cfg_free(&rc);
 }
@@ -242,7 +183,7 @@ static void test_pick_strategies(void **state)
     do {                                                                                           \
         const int k_[] = KEYS;                                                                     \
         p = pick_policy(EP_POLICY_PICK, S, 1, k_, (int)(sizeof k_ / sizeof k_[0]));                \
-        EXPECT(&b, run_select(p, 1, pk, 16, &b), __VA_ARGS__);                                     \
+        EXPECT(&b, fixture_select(p, 1, pk, 16, &b), __VA_ARGS__);                                     \
         ep_policy_free(p);                                                                         \
     } while (0)
 #define L(...) {__VA_ARGS__}
@@ -271,8 +212,8 @@ static void test_pick_strategies(void **state)
     // keys of another layer do nothing here (the layer has none: baseline)
     const int k9[] = {9};
     p = pick_policy(EP_POLICY_PICK, EP_PICK_A, 2, k9, 1);
-    EXPECT(&b, run_select(p, 1, pk, 16, &b), 0, 1, 2, 3);
-    EXPECT(&b, run_select(p, 2, pk, 16, &b), 0, 1, 2, 3, 9);
+    EXPECT(&b, fixture_select(p, 1, pk, 16, &b), 0, 1, 2, 3);
+    EXPECT(&b, fixture_select(p, 2, pk, 16, &b), 0, 1, 2, 3, 9);
     ep_policy_free(p);
 #undef CASE
 }
@@ -286,21 +227,21 @@ static void test_pick_range_ties_and_bias_tie(void **state)
     s[9] = s[7];
     const int k7[] = {7}, k9[] = {9};
     ep_policy *p = pick_policy(EP_POLICY_PICK, EP_PICK_C, 1, k7, 1);
-    EXPECT(&b, run_select(p, 1, s, 16, &b), 0, 1, 2, 3, 7);
+    EXPECT(&b, fixture_select(p, 1, s, 16, &b), 0, 1, 2, 3, 7);
     ep_policy_free(p);
     p = pick_policy(EP_POLICY_PICK, EP_PICK_C, 1, k9, 1);
-    EXPECT(&b, run_select(p, 1, s, 16, &b), 0, 1, 2, 3);
+    EXPECT(&b, fixture_select(p, 1, s, 16, &b), 0, 1, 2, 3);
     ep_policy_free(p);
     // E with an exact tie after the bias: mean kept score 0.25 -> bias 0.05;
     // a key at 0.05 + 0.05 = 0.10 ties the weakest kept (0.10): lower id wins
     const float t[16] = {0.4f, 0.3f, 0.2f, 0.10f, 0.05f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     const int k4[] = {4}, k3[] = {3};
     p = pick_policy(EP_POLICY_PICK, EP_PICK_E, 1, k4, 1);
-    EXPECT(&b, run_select(p, 1, t, 16, &b), 0, 1, 2, 3); // key 4 > 3: 3 stays
+    EXPECT(&b, fixture_select(p, 1, t, 16, &b), 0, 1, 2, 3); // key 4 > 3: 3 stays
     ep_policy_free(p);
     const float u[16] = {0.4f, 0.3f, 0.2f, 0.05f, 0.10f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     p = pick_policy(EP_POLICY_PICK, EP_PICK_E, 1, k3, 1);
-    EXPECT(&b, run_select(p, 1, u, 16, &b), 0, 1, 2, 3); // key 3 < 4: 3 replaces 4
+    EXPECT(&b, fixture_select(p, 1, u, 16, &b), 0, 1, 2, 3); // key 3 < 4: 3 replaces 4
     ep_policy_free(p);
 }
 
@@ -315,7 +256,7 @@ static void test_pick_defaults_and_max_k(void **state)
     // no domain configured: pick behaves as baseline
     ep_policy *p = make(&rc);
     tok_buf b;
-    EXPECT(&b, run_select(p, 1, pk, 16, &b), 0, 1, 2, 3);
+    EXPECT(&b, fixture_select(p, 1, pk, 16, &b), 0, 1, 2, 3);
     assert_int_equal(ep_policy_max_k(p), 4);
     ep_policy_free(p);
     ep_routing_cfg_free(&rc);
@@ -338,13 +279,13 @@ static void test_pick_defaults_and_max_k(void **state)
     assert_int_equal(ep_policy_max_k(p), 4);
     // switching domains
     assert_int_equal(ep_policy_set_domain(p, "code"), EP_OK);
-    EXPECT(&b, run_select(p, 2, pk, 16, &b), 0, 1, 2, 3); // 10-12 outside the range
+    EXPECT(&b, fixture_select(p, 2, pk, 16, &b), 0, 1, 2, 3); // 10-12 outside the range
     assert_int_equal(ep_policy_set_domain(p, "math"), EP_OK);
-    EXPECT(&b, run_select(p, 1, pk, 16, &b), 0, 1, 5, 6);
+    EXPECT(&b, fixture_select(p, 1, pk, 16, &b), 0, 1, 5, 6);
     assert_int_equal(ep_policy_set_domain(p, "poetry"), EP_ERR_ARG);
     assert_non_null(strstr(ep_last_error(), "'poetry'"));
     assert_int_equal(ep_policy_set_domain(p, ""), EP_OK); // none
-    EXPECT(&b, run_select(p, 1, pk, 16, &b), 0, 1, 2, 3);
+    EXPECT(&b, fixture_select(p, 1, pk, 16, &b), 0, 1, 2, 3);
     ep_policy_free(p);
     ep_routing_cfg_free(&rc);
 }
@@ -356,17 +297,17 @@ static void test_banpick(void **state)
     // S = 0.0833 -> floor(3 + 1 * 0.7 * 0.0833) = 3: Ban keeps 0, 1, 2
     const int k3[] = {3}, k6[] = {6}, k12[] = {12};
     ep_policy *p = pick_policy(EP_POLICY_BANPICK, EP_PICK_C, 1, k3, 1);
-    EXPECT(&b, run_select(p, 0, pk, 16, &b), 0, 1, 2);    // layer 0 has no keys
-    EXPECT(&b, run_select(p, 1, pk, 16, &b), 0, 1, 2, 3); // C brings the banned key back
+    EXPECT(&b, fixture_select(p, 0, pk, 16, &b), 0, 1, 2);    // layer 0 has no keys
+    EXPECT(&b, fixture_select(p, 1, pk, 16, &b), 0, 1, 2, 3); // C brings the banned key back
     ep_policy_free(p);
     p = pick_policy(EP_POLICY_BANPICK, EP_PICK_C, 1, k6, 1);
-    EXPECT(&b, run_select(p, 1, pk, 16, &b), 0, 1, 2, 6);
+    EXPECT(&b, fixture_select(p, 1, pk, 16, &b), 0, 1, 2, 6);
     ep_policy_free(p);
     p = pick_policy(EP_POLICY_BANPICK, EP_PICK_C, 1, k12, 1);
-    EXPECT(&b, run_select(p, 1, pk, 16, &b), 0, 1, 2);
+    EXPECT(&b, fixture_select(p, 1, pk, 16, &b), 0, 1, 2);
     ep_policy_free(p);
     p = pick_policy(EP_POLICY_BANPICK, EP_PICK_D, 1, k6, 1); // explicit D after Ban
-    EXPECT(&b, run_select(p, 1, pk, 16, &b), 0, 1, 6);
+    EXPECT(&b, fixture_select(p, 1, pk, 16, &b), 0, 1, 6);
     ep_policy_free(p);
 }
 
@@ -396,7 +337,7 @@ static void test_topp(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         rc.topp.threshold = cases[i].thr;
         ep_policy *p = make(&rc);
-        int K = run_select(p, 1, s, 16, &b);
+        int K = fixture_select(p, 1, s, 16, &b);
         assert_int_equal(K, cases[i].k);
         const int order[4] = {5, 2, 9, 0};
         for (int j = 0; j < K; j++)
@@ -418,7 +359,7 @@ static void test_des(void **state)
     const float s[16] = {0.3f, 0.2f, 0.15f, 0.1f, 0.08f, 0.07f, 0.05f, 0.05f};
     tok_buf b;
     ep_policy *p = make(&rc); // no medians: each 1.0 -> 1.25 > 1 keeps k_lo
-    EXPECT(&b, run_select(p, 1, s, 16, &b), 0, 1, 2, 3);
+    EXPECT(&b, fixture_select(p, 1, s, 16, &b), 0, 1, 2, 3);
     ep_policy_free(p);
     rc.des.median_ratio = malloc(3 * 7 * sizeof(float));
     for (int i = 0; i < 21; i++)
@@ -432,8 +373,8 @@ static void test_des(void **state)
         m1[3] = cases[i].m4;
         m1[4] = cases[i].m5;
         p = make(&rc);
-        assert_int_equal(run_select(p, 1, s, 16, &b), cases[i].k);
-        assert_int_equal(run_select(p, 2, s, 16, &b), 4); // layer 2 keeps medians 1.0
+        assert_int_equal(fixture_select(p, 1, s, 16, &b), cases[i].k);
+        assert_int_equal(fixture_select(p, 2, s, 16, &b), 4); // layer 2 keeps medians 1.0
         ep_policy_free(p);
     }
     free(rc.des.median_ratio);
@@ -441,7 +382,7 @@ static void test_des(void **state)
     // r4 == r5: the ratio 1.0 does not exceed the median 1.0 -> next ratio
     const float tie[16] = {0.3f, 0.2f, 0.15f, 0.1f, 0.1f, 0.07f, 0.05f, 0.03f};
     p = make(&rc);
-    EXPECT(&b, run_select(p, 1, tie, 16, &b), 0, 1, 2, 3, 4);
+    EXPECT(&b, fixture_select(p, 1, tie, 16, &b), 0, 1, 2, 3, 4);
     ep_policy_free(p);
     ep_routing_cfg_free(&rc);
 }
@@ -464,7 +405,7 @@ static void test_ban_locality(void **state)
     s[0] = 0.20f, s[1] = 0.17f, s[2] = 0.16f, s[8] = 0.15f, s[4] = 0.13f, s[3] = 0.125f;
     s[12] = 0.01f, s[13] = 0.01f;
     tok_buf b;
-    run_select(p, 1, s, 16, &b); // sets up b.t
+    fixture_select(p, 1, s, 16, &b); // sets up b.t
     int kept[16];
     ep_ban_fill(p, &b.t, 4, kept); // no placement yet: plain Ban
     assert_int_equal(kept[3], 8);
@@ -477,7 +418,7 @@ static void test_ban_locality(void **state)
     ep_ban_fill(p, &b.t, 5, kept); // next slot: default 8; 4 (r1, node 0) is preferred
     assert_int_equal(kept[4], 4);
     s[3] = 0.11f; // now below the ratio: the node match (4) wins
-    run_select(p, 1, s, 16, &b);
+    fixture_select(p, 1, s, 16, &b);
     ep_ban_fill(p, &b.t, 4, kept);
     assert_int_equal(kept[3], 4);
     ep_policy_set_placement(p, rank_of, NULL, 4, -1); // ranks only: nothing near -> default

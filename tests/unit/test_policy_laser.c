@@ -17,24 +17,12 @@
 #include <cmocka.h>
 
 #include "router/policy.h"
+#include "router_fixture.h"
 
 enum { E = 16, KB = 4, W = 4 };
 
 // 2 layers x 16 experts, top-4; 4 ranks, expert e on rank e / 4.
-static void hand_cfg(ep_model_cfg *m)
-{
-    memset(m, 0, sizeof *m);
-    snprintf(m->name, sizeof m->name, "hand-qwen3");
-    m->arch = EP_ARCH_QWEN3_MOE;
-    m->hidden = 8;
-    m->n_layers = 2;
-    m->n_experts = E;
-    m->k_base = KB;
-    m->topk_method = EP_TOPK_GREEDY;
-    m->n_group = m->topk_group = 1;
-    m->norm_topk_prob = true;
-    m->routed_scaling_factor = 1.0f;
-}
+static void hand_cfg(ep_model_cfg *m) { fixture_qwen_cfg(m, 2, E, KB, 8); }
 
 static const int rank_of[E] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
 
@@ -49,51 +37,11 @@ static void flat_scores(float *s)
     s[4] = 0.085f, s[8] = 0.08f, s[12] = 0.07f, s[5] = 0.05f;
 }
 
-typedef struct {
-    int cand[E], scratch[E], kept[E];
-    float cs[E];
-    ep_policy_token t;
-} tok_buf;
-
-// The router's steps for one token: candidates = top range*k_base, select,
-// kept sorted by score (ties lower id).
+// The router's steps for one token at layer 1 (router_fixture.h).
 static int run_select(const ep_policy *p, const float *score, tok_buf *b)
 {
-    int want = EP_MIN(E, ep_policy_range(p) * KB);
-    b->t = (ep_policy_token){.layer = 1,
-                             .n_experts = E,
-                             .k_base = KB,
-                             .cand = b->cand,
-                             .cand_score = b->cs,
-                             .score = score,
-                             .scratch = b->scratch};
-    b->t.n_cand = ep_router_topk(score, E, want, NULL, b->cand);
-    for (int j = 0; j < b->t.n_cand; j++)
-        b->cs[j] = score[b->cand[j]];
-    int K = p->vt->select(p, &b->t, b->kept);
-    assert_true(K >= 1 && K <= ep_policy_max_k(p));
-    for (int i = 1; i < K; i++)
-        for (int j = i; j > 0; j--) {
-            int a = b->kept[j - 1], c = b->kept[j];
-            if (score[c] > score[a] || (score[c] == score[a] && c < a)) {
-                b->kept[j - 1] = c;
-                b->kept[j] = a;
-            }
-        }
-    return K;
+    return fixture_select(p, 1, score, E, b);
 }
-
-static void expect_kept(const tok_buf *b, int K, int n, const int *want)
-{
-    assert_int_equal(K, n);
-    for (int i = 0; i < n; i++)
-        assert_int_equal(b->kept[i], want[i]);
-}
-#define EXPECT(b, K, ...)                                                                          \
-    do {                                                                                           \
-        const int w_[] = {__VA_ARGS__};                                                            \
-        expect_kept((b), (K), (int)(sizeof w_ / sizeof w_[0]), w_);                                \
-    } while (0)
 
 static ep_policy *make(const ep_routing_cfg *rc)
 {

@@ -10,6 +10,8 @@
 
 #include <cmocka.h>
 
+#include "router_fixture.h"
+
 #include "router/policy.h"
 
 static uint64_t rng_state;
@@ -19,21 +21,7 @@ static float frand(void) // uniform in [-1, 1), fixed LCG
     return (float)((rng_state >> 40) * (1.0 / (1ULL << 24))) * 2.0f - 1.0f;
 }
 
-static void qwen_cfg(ep_model_cfg *m, int L, int E, int k)
-{
-    memset(m, 0, sizeof *m);
-    snprintf(m->name, sizeof m->name, "hand-qwen3");
-    snprintf(m->source, sizeof m->source, "test_router.c");
-    m->arch = EP_ARCH_QWEN3_MOE;
-    m->hidden = 37;
-    m->n_layers = L;
-    m->n_experts = E;
-    m->k_base = k;
-    m->topk_method = EP_TOPK_GREEDY;
-    m->n_group = m->topk_group = 1;
-    m->norm_topk_prob = true;
-    m->routed_scaling_factor = 1.0f;
-}
+static void qwen_cfg(ep_model_cfg *m, int L, int E, int k) { fixture_qwen_cfg(m, L, E, k, 37); }
 
 static void deepseek_cfg(ep_model_cfg *m, int L, int E, int k, int ng, int tg)
 {
