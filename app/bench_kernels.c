@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define BK_MAX_LIST    16
 #define BK_MAX_REPEATS 100
@@ -71,7 +72,8 @@ static void usage(FILE *f)
                "                             [--repeats N] [--warmup N] [--threads N] [--zipf S]\n"
                "                             [--seed N] [--no-dense] [--json FILE]\n"
                "  models: presets or YAML files (default qwen3-30b-a3b,deepseek-v2-lite); one MoE\n"
-               "  layer of routed experts is held, all experts resident in DRAM\n"
+               "  layer of routed experts is held, all experts resident in DRAM; every variant's\n"
+               "  copy is held at once and the variants take turns within each repeat\n"
                "  tokens: tokens per step (default 1,8,32,128,512,2048), top-k routing with\n"
                "  expert popularity ~ 1/rank^S (--zipf, default 0.8) over a shuffled order\n"
                "  variants: f32 (fp32 weights, the experts' kernels; the default path), f32blas\n"
@@ -394,6 +396,17 @@ static double dense_step_us(bk_dense *d, const bk_step *s)
     return ep_now_us() - t0;
 }
 
+// OpenBLAS's pthreads workers spin for about 2^28 cycles (~0.1 s here) after
+// each call before they sleep, and a spinning worker takes a core (on a
+// 2-core machine, about half of one) from whatever the bench times next. So
+// after each OpenBLAS phase the bench waits them out, untimed.
+static void blas_quiesce(void)
+{
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = 150 * 1000 * 1000};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
 static void dense_free(bk_dense *d)
 {
     free(d->w);
@@ -436,15 +449,16 @@ static void print_header(const bk_args *a, double triad, double readbw)
            ep_par_threads(), openblas_get_num_threads(), ep_kern_isa_name(ep_kern_isa_get()),
            a->zipf, a->repeats, a->warmup);
     printf("# triad %.1f GB/s, read-only %.1f GB/s (same run); GFLOP/s counts 2*m*k*n per pair;"
-           " GB/s = weights of active experts / time;\n# xdense = GFLOP/s / OpenBLAS dense"
-           " on the same per-expert shapes; triad measured beside each row, xtriad = GB/s / "
-           "triad\n#\n",
+           " GB/s = weights of active experts / time;\n# xf32 = tokens/s / f32's on the same"
+           " steps, the variants taking turns within each repeat;\n# xdense = GFLOP/s / OpenBLAS"
+           " dense on the same per-expert shapes; triad measured beside each row, xtriad = GB/s"
+           " / triad\n#\n",
            triad, readbw);
-    printf("# %-17s %7s %6s %6s %4s %5s %9s %9s %8s %9s %7s %6s %7s %6s %6s\n", "model", "var",
-           "tokens", "pairs", "act", "max_m", "time", "GFLOP/s", "GB/s", "dense", "xdense", "triad",
-           "xtriad", "read", "xread");
-    printf("# %-17s %7s %6s %6s %4s %5s %9s %9s %8s %9s %7s %6s %7s %6s %6s\n", "", "", "", "", "",
-           "", "(ms)", "", "", "(GFLOP/s)", "", "(GB/s)", "", "(GB/s)", "");
+    printf("# %-17s %7s %6s %6s %4s %5s %9s %9s %8s %5s %9s %7s %6s %7s %6s %6s\n", "model", "var",
+           "tokens", "pairs", "act", "max_m", "time", "GFLOP/s", "GB/s", "xf32", "dense", "xdense",
+           "triad", "xtriad", "read", "xread");
+    printf("# %-17s %7s %6s %6s %4s %5s %9s %9s %8s %5s %9s %7s %6s %7s %6s %6s\n", "", "", "", "",
+           "", "", "(ms)", "", "", "", "(GFLOP/s)", "", "(GB/s)", "", "(GB/s)", "");
     fflush(stdout);
 }
 
@@ -506,62 +520,80 @@ int ep_cmd_bench_kernels(int argc, char **argv)
         for (size_t i = 0; i < (size_t)max_T * H; i++)
             x[i] = (float)ep_rng_normal(&rng);
 
-        double *us = ep_xmalloc((size_t)n_steps * sizeof(double));
+        // All variants of a model are held at once and take turns within each
+        // repeat (the same routing, the order rotated), so the xf32 ratios
+        // compare steps taken at the same moment of a shared machine, not
+        // minutes apart. The dense pool stays allocated beside them: each
+        // repeat of a row runs its dense twin and a bandwidth pass too.
+        double *us = ep_xmalloc((size_t)a.n_variants * n_steps * sizeof(double));
         double *dus = ep_xmalloc((size_t)n_steps * sizeof(double));
-        // The dense pool stays allocated beside the experts: each timed step
-        // of a row is preceded by its dense twin and a bandwidth pass, so the
-        // three are taken at the same moment of a shared machine.
-        bk_dense d = {0};
-        if (!a.no_dense) dense_init(&d, E, H, cfg.moe_inter, &rng);
+        ep_experts *ex[BK_MAX_LIST] = {0};
+        int f32_di = -1; // which variant the xf32 column divides by
         for (int di = 0; di < a.n_variants && rc < 0; di++) {
             const bk_variant var = (bk_variant)a.variants[di];
-            ep_experts *ex = NULL;
-            if (load_experts(&cfg, var, be, &ex)) {
+            if (var == BK_F32 && f32_di < 0) f32_di = di;
+            if (load_experts(&cfg, var, be, &ex[di])) {
                 fprintf(stderr, "epserve bench kernels: %s: %s\n", cfg.name, ep_last_error());
                 rc = 1;
-                break;
             }
-            const size_t elem = var == BK_BF16 ? 2 : 4;
-            for (int ti = 0; ti < a.n_tokens && rc < 0; ti++) {
-                double pairs = 0, act = 0, maxm = 0, bytes = 0;
-                double tv[BK_MAX_REPEATS], rv[BK_MAX_REPEATS];
-                for (int r = 0; r < n_steps; r++) {
-                    const bk_step *s = &steps[ti * n_steps + r];
-                    if (r >= a.warmup) bw_once(&bw, &tv[r - a.warmup], &rv[r - a.warmup]);
-                    dus[r] = a.no_dense ? 0 : dense_step_us(&d, s);
+        }
+        bk_dense d = {0};
+        if (!a.no_dense && rc < 0) dense_init(&d, E, H, cfg.moe_inter, &rng);
+        for (int ti = 0; ti < a.n_tokens && rc < 0; ti++) {
+            double pairs = 0, act = 0, maxm = 0, bytes1 = 0; // bytes1: one byte per weight
+            double tv[BK_MAX_REPEATS], rv[BK_MAX_REPEATS];
+            for (int r = 0; r < n_steps && rc < 0; r++) {
+                const bk_step *s = &steps[ti * n_steps + r];
+                if (r >= a.warmup) bw_once(&bw, &tv[r - a.warmup], &rv[r - a.warmup]);
+                dus[r] = 0;
+                if (!a.no_dense) {
+                    dus[r] = dense_step_us(&d, s);
+                    blas_quiesce();
+                }
+                for (int vi = 0; vi < a.n_variants; vi++) {
+                    const int di = (vi + r) % a.n_variants;
                     double t0 = ep_now_us();
-                    if (ep_experts_forward(ex, 0, s->T, s->pair_off, s->pair_expert, s->pair_weight,
-                                           x, y)) {
+                    if (ep_experts_forward(ex[di], 0, s->T, s->pair_off, s->pair_expert,
+                                           s->pair_weight, x, y)) {
                         fprintf(stderr, "epserve bench kernels: %s\n", ep_last_error());
                         rc = 1;
                         break;
                     }
-                    us[r] = ep_now_us() - t0;
-                    if (r >= a.warmup) {
-                        pairs += s->n_pairs;
-                        act += s->active;
-                        maxm = EP_MAX(maxm, s->max_m);
-                        bytes += active_bytes(&cfg, s, elem);
-                    }
+                    us[di * n_steps + r] = ep_now_us() - t0;
+                    if (a.variants[di] == BK_F32BLAS) blas_quiesce();
                 }
-                if (rc >= 0) break;
-                const double med = median(us + a.warmup, a.repeats);
-                const double row_triad = median(tv, a.repeats), row_read = median(rv, a.repeats);
-                const double n = a.repeats;
-                bk_result res = {.ms = med / 1e3,
-                                 .gflops = flops_of(&cfg, 1) * (pairs / n) / (med * 1e3),
-                                 .gbs = bytes / n / (med * 1e3),
+                if (r >= a.warmup) {
+                    pairs += s->n_pairs;
+                    act += s->active;
+                    maxm = EP_MAX(maxm, s->max_m);
+                    bytes1 += active_bytes(&cfg, s, 1);
+                }
+            }
+            if (rc >= 0) break;
+            const double n = a.repeats;
+            const double row_triad = median(tv, a.repeats), row_read = median(rv, a.repeats);
+            const double dg = a.no_dense ? 0
+                                         : flops_of(&cfg, 1) * (pairs / n) /
+                                               (median(dus + a.warmup, a.repeats) * 1e3);
+            double med[BK_MAX_LIST];
+            for (int di = 0; di < a.n_variants; di++)
+                med[di] = median(us + di * n_steps + a.warmup, a.repeats);
+            for (int di = 0; di < a.n_variants; di++) {
+                const bk_variant var = (bk_variant)a.variants[di];
+                const double elem = var == BK_BF16 ? 2 : 4;
+                bk_result res = {.ms = med[di] / 1e3,
+                                 .gflops = flops_of(&cfg, 1) * (pairs / n) / (med[di] * 1e3),
+                                 .gbs = elem * bytes1 / n / (med[di] * 1e3),
                                  .pairs = (int)lround(pairs / n),
                                  .active = (int)lround(act / n),
                                  .max_m = (int)maxm};
-                const double dg = a.no_dense ? 0
-                                             : flops_of(&cfg, 1) * (pairs / n) /
-                                                   (median(dus + a.warmup, a.repeats) * 1e3);
-                printf("  %-17s %7s %6d %6d %4d %5d %9.3f %9.1f %8.1f %9.1f %7.2f %6.1f %7.2f "
-                       "%6.1f %6.2f\n",
+                const double xf32 = f32_di >= 0 ? med[f32_di] / med[di] : 0;
+                printf("  %-17s %7s %6d %6d %4d %5d %9.3f %9.1f %8.1f %5.2f %9.1f %7.2f %6.1f "
+                       "%7.2f %6.1f %6.2f\n",
                        cfg.name, bk_variant_name[var], a.tokens[ti], res.pairs, res.active,
-                       res.max_m, res.ms, res.gflops, res.gbs, dg, dg > 0 ? res.gflops / dg : 0,
-                       row_triad, res.gbs / row_triad, row_read, res.gbs / row_read);
+                       res.max_m, res.ms, res.gflops, res.gbs, xf32, dg,
+                       dg > 0 ? res.gflops / dg : 0, row_triad, res.gbs / row_triad, row_read,
+                       res.gbs / row_read);
                 fflush(stdout);
                 json_t *o = json_object();
                 json_object_set_new(o, "model", json_string(cfg.name));
@@ -574,6 +606,7 @@ int ep_cmd_bench_kernels(int argc, char **argv)
                 json_object_set_new(o, "gflops", json_real(res.gflops));
                 json_object_set_new(o, "weight_gbs", json_real(res.gbs));
                 json_object_set_new(o, "tokens_per_s", json_real(a.tokens[ti] / (res.ms / 1e3)));
+                json_object_set_new(o, "x_f32", json_real(xf32));
                 json_object_set_new(o, "dense_gflops", json_real(dg));
                 json_object_set_new(o, "frac_dense", json_real(dg > 0 ? res.gflops / dg : 0));
                 json_object_set_new(o, "triad_gbs", json_real(row_triad));
@@ -582,8 +615,9 @@ int ep_cmd_bench_kernels(int argc, char **argv)
                 json_object_set_new(o, "frac_read", json_real(res.gbs / row_read));
                 json_array_append_new(jrows, o);
             }
-            ep_experts_free(ex);
         }
+        for (int di = 0; di < a.n_variants; di++)
+            ep_experts_free(ex[di]);
         for (int i = 0; i < a.n_tokens * n_steps; i++)
             free_step(&steps[i]);
         free(steps);

@@ -15,14 +15,60 @@
 // step into MR*NR accumulators, reduced at the end. The weight rows (B) are
 // streamed once per tile; for decode (MR = 1 or 2) this is a bandwidth loop
 // with four weight streams in flight.
+//
+// pf: the address of the weights the driver reads after this tile, or 0 for
+// none; each step prefetches (into L2) as many bytes from there as it
+// consumes of B, so the next tile arrives as one sequential stream while this
+// one computes (the NR short interleaved row streams of a tile are followed
+// poorly by the hardware prefetcher: docs/benchmarks.md, "CPU expert
+// kernels"). An integer: it may run past the end of B, which a prefetch
+// tolerates and pointer arithmetic does not.
 
 typedef void (*f32_tile_fn)(int K, const float *A, int lda, const float *B, int ldb, float *C,
-                            int ldc);
+                            int ldc, uintptr_t pf);
 typedef void (*bf16_tile_fn)(int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,
-                             float *C, int ldc);
+                             float *C, int ldc, uintptr_t pf);
+
+// The NR (<= 4) sums of one row of accumulators stored to C at once: a
+// transposing tree (halves, then two rounds of pairwise adds) does the four
+// horizontal sums in about half the instructions of four separate
+// reductions, which shows when K is short (K = 768: +5 %, in cache).
+EP_INLINE void store_row_sums(const int NR, __m512 acc[4], float *c)
+{
+    __m256 h[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const __m512 a = j < NR ? acc[j] : _mm512_setzero_ps();
+        h[j] = _mm256_add_ps(_mm512_castps512_ps256(a),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    }
+    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+    if (NR == 4)
+        _mm_storeu_ps(c, s);
+    else
+        _mm_mask_storeu_ps(c, (__mmask8)((1u << NR) - 1), s);
+}
+
+// One step of 16 k: NR weight vectors, then each A row against them.
+EP_INLINE void f32_step(const int MR, const int NR, __m512 acc[4][4], const float *A, int lda,
+                        const float *B, int ldb, int k)
+{
+    __m512 b[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; j++)
+        b[j] = _mm512_loadu_ps(B + (size_t)j * ldb + k);
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) {
+        const __m512 a = _mm512_loadu_ps(A + (size_t)i * lda + k);
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+    }
+}
 
 EP_INLINE void f32_tile(const int MR, const int NR, int K, const float *A, int lda, const float *B,
-                        int ldb, float *C, int ldc)
+                        int ldb, float *C, int ldc, uintptr_t pf)
 {
     __m512 acc[4][4];
 #pragma GCC unroll 4
@@ -31,18 +77,17 @@ EP_INLINE void f32_tile(const int MR, const int NR, int K, const float *A, int l
         for (int j = 0; j < NR; j++)
             acc[i][j] = _mm512_setzero_ps();
     int k = 0;
-    for (; k + 16 <= K; k += 16) {
-        __m512 b[4];
+    if (pf) {
+        for (; k + 16 <= K; k += 16) {
 #pragma GCC unroll 4
-        for (int j = 0; j < NR; j++)
-            b[j] = _mm512_loadu_ps(B + (size_t)j * ldb + k);
-#pragma GCC unroll 4
-        for (int i = 0; i < MR; i++) {
-            const __m512 a = _mm512_loadu_ps(A + (size_t)i * lda + k);
-#pragma GCC unroll 4
-            for (int j = 0; j < NR; j++)
-                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+            for (int j = 0; j < NR; j++) // 64 bytes of each row per step
+                _mm_prefetch((const char *)(pf + 64 * (uintptr_t)j), _MM_HINT_T1);
+            pf += 64 * (uintptr_t)NR;
+            f32_step(MR, NR, acc, A, lda, B, ldb, k);
         }
+    } else {
+        for (; k + 16 <= K; k += 16)
+            f32_step(MR, NR, acc, A, lda, B, ldb, k);
     }
     if (k < K) {
         const __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
@@ -60,9 +105,7 @@ EP_INLINE void f32_tile(const int MR, const int NR, int K, const float *A, int l
     }
 #pragma GCC unroll 4
     for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NR; j++)
-            C[(size_t)i * ldc + j] = _mm512_reduce_add_ps(acc[i][j]);
+        store_row_sums(NR, acc[i], C + (size_t)i * ldc);
 }
 
 // 16 BF16 values widened to fp32: BF16 is the top half of an fp32.
@@ -78,8 +121,24 @@ EP_INLINE __m512 bf16x16_maskz_load(__mmask16 mk, const uint16_t *p)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+EP_INLINE void bf16w_step(const int MR, const int NR, __m512 acc[4][4], const uint16_t *A, int lda,
+                          const uint16_t *B, int ldb, int k)
+{
+    __m512 b[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; j++)
+        b[j] = bf16x16_load(B + (size_t)j * ldb + k);
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) {
+        const __m512 a = bf16x16_load(A + (size_t)i * lda + k);
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+    }
+}
+
 EP_INLINE void bf16w_tile(const int MR, const int NR, int K, const uint16_t *A, int lda,
-                          const uint16_t *B, int ldb, float *C, int ldc)
+                          const uint16_t *B, int ldb, float *C, int ldc, uintptr_t pf)
 {
     __m512 acc[4][4];
 #pragma GCC unroll 4
@@ -88,18 +147,17 @@ EP_INLINE void bf16w_tile(const int MR, const int NR, int K, const uint16_t *A, 
         for (int j = 0; j < NR; j++)
             acc[i][j] = _mm512_setzero_ps();
     int k = 0;
-    for (; k + 16 <= K; k += 16) {
-        __m512 b[4];
+    if (pf) {
+        for (; k + 16 <= K; k += 16) {
 #pragma GCC unroll 4
-        for (int j = 0; j < NR; j++)
-            b[j] = bf16x16_load(B + (size_t)j * ldb + k);
-#pragma GCC unroll 4
-        for (int i = 0; i < MR; i++) {
-            const __m512 a = bf16x16_load(A + (size_t)i * lda + k);
-#pragma GCC unroll 4
-            for (int j = 0; j < NR; j++)
-                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+            for (int j = 0; j < NR; j++) // 32 bytes of each row per step: each line twice
+                _mm_prefetch((const char *)(pf + 32 * (uintptr_t)j), _MM_HINT_T1);
+            pf += 32 * (uintptr_t)NR;
+            bf16w_step(MR, NR, acc, A, lda, B, ldb, k);
         }
+    } else {
+        for (; k + 16 <= K; k += 16)
+            bf16w_step(MR, NR, acc, A, lda, B, ldb, k);
     }
     if (k < K) {
         const __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
@@ -117,93 +175,91 @@ EP_INLINE void bf16w_tile(const int MR, const int NR, int K, const uint16_t *A, 
     }
 #pragma GCC unroll 4
     for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < NR; j++)
-            C[(size_t)i * ldc + j] = _mm512_reduce_add_ps(acc[i][j]);
+        store_row_sums(NR, acc[i], C + (size_t)i * ldc);
 }
 
 // One function per (MR, NR): constant trip counts keep the accumulators in
 // registers.
 #define EP_TILE_FNS(name, body, T)                                                                 \
     static EP_TGT void name##_1_1(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(1, 1, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(1, 1, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_1_2(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(1, 2, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(1, 2, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_1_3(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(1, 3, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(1, 3, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_1_4(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(1, 4, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(1, 4, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_2_1(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(2, 1, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(2, 1, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_2_2(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(2, 2, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(2, 2, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_2_3(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(2, 3, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(2, 3, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_2_4(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(2, 4, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(2, 4, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_3_1(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(3, 1, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(3, 1, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_3_2(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(3, 2, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(3, 2, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_3_3(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(3, 3, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(3, 3, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_3_4(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(3, 4, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(3, 4, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_4_1(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(4, 1, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(4, 1, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_4_2(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(4, 2, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(4, 2, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_4_3(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(4, 3, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(4, 3, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }                                                                                              \
     static EP_TGT void name##_4_4(int K, const T *A, int lda, const T *B, int ldb, float *C,       \
-                                  int ldc)                                                         \
+                                  int ldc, uintptr_t pf)                                           \
     {                                                                                              \
-        body(4, 4, K, A, lda, B, ldb, C, ldc);                                                     \
+        body(4, 4, K, A, lda, B, ldb, C, ldc, pf);                                                 \
     }
 
 #define EP_TILE_TABLE(name)                                                                        \
@@ -220,18 +276,25 @@ static const f32_tile_fn f32_tiles[4][4] = EP_TILE_TABLE(f32t);
 static const bf16_tile_fn bf16w_tiles[4][4] = EP_TILE_TABLE(bf16wt);
 
 // Columns (weight rows) outer, rows inner: a 4-row block of B stays in L1
-// while every row block of A passes over it.
+// while every row block of A passes over it. With few rows (decode), where
+// the weights' bandwidth is the limit, the first tile of a 4-row block
+// prefetches the next block (rows j + 4 on, contiguous when ldb == K as for
+// the experts' weights); with more (EP_KERN_PF_MAX_ROWS), the tiles are
+// compute-bound and the prefetch instructions only cost issue slots.
 EP_TGT void ep_kern_avx512_f32_nt(int m, int n, int K, const float *A, int lda, const float *B,
                                   int ldb, float *C, int ldc)
 {
+    const bool pf = m <= EP_KERN_PF_MAX_ROWS;
     for (int i0 = 0; i0 < m; i0 += EP_KERN_ROW_BLOCK) {
         const int i1 = EP_MIN(m, i0 + EP_KERN_ROW_BLOCK);
         for (int j = 0; j < n; j += 4) {
             const int nr = EP_MIN(4, n - j);
+            const float *bj = B + (size_t)j * ldb;
+            const uintptr_t next = pf && j + 4 < n ? (uintptr_t)(bj + (size_t)4 * ldb) : 0;
             for (int i = i0; i < i1; i += 4) {
                 const int mr = EP_MIN(4, i1 - i);
-                f32_tiles[mr - 1][nr - 1](K, A + (size_t)i * lda, lda, B + (size_t)j * ldb, ldb,
-                                          C + (size_t)i * ldc + j, ldc);
+                f32_tiles[mr - 1][nr - 1](K, A + (size_t)i * lda, lda, bj, ldb,
+                                          C + (size_t)i * ldc + j, ldc, i == i0 ? next : 0);
             }
         }
     }
@@ -240,14 +303,17 @@ EP_TGT void ep_kern_avx512_f32_nt(int m, int n, int K, const float *A, int lda, 
 EP_TGT void ep_kern_avx512_bf16_nt(int m, int n, int K, const uint16_t *A, int lda,
                                    const uint16_t *B, int ldb, float *C, int ldc)
 {
+    const bool pf = m <= EP_KERN_PF_MAX_ROWS;
     for (int i0 = 0; i0 < m; i0 += EP_KERN_ROW_BLOCK) {
         const int i1 = EP_MIN(m, i0 + EP_KERN_ROW_BLOCK);
         for (int j = 0; j < n; j += 4) {
             const int nr = EP_MIN(4, n - j);
+            const uint16_t *bj = B + (size_t)j * ldb;
+            const uintptr_t next = pf && j + 4 < n ? (uintptr_t)(bj + (size_t)4 * ldb) : 0;
             for (int i = i0; i < i1; i += 4) {
                 const int mr = EP_MIN(4, i1 - i);
-                bf16w_tiles[mr - 1][nr - 1](K, A + (size_t)i * lda, lda, B + (size_t)j * ldb, ldb,
-                                            C + (size_t)i * ldc + j, ldc);
+                bf16w_tiles[mr - 1][nr - 1](K, A + (size_t)i * lda, lda, bj, ldb,
+                                            C + (size_t)i * ldc + j, ldc, i == i0 ? next : 0);
             }
         }
     }

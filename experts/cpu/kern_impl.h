@@ -18,6 +18,12 @@
 // stay in L2 while the tiles sweep them.
 #define EP_KERN_ROW_BLOCK 64
 
+// Up to this many activation rows the product drivers prefetch the next
+// block of weight rows (decode: the weights' bandwidth is the limit); above
+// it the tiles are compute-bound and the prefetches cost up to 3 % of the
+// time (m = 64, in cache, on the reference machine: docs/benchmarks.md).
+#define EP_KERN_PF_MAX_ROWS 16
+
 #if EP_KERN_X86
 // kern_avx512.c (avx512f/bw/vl + fma)
 void ep_kern_avx512_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb,

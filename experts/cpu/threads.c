@@ -1,5 +1,6 @@
 // The process-wide thread pool of the CPU expert kernels: workers started on
-// first need, woken per ep_par_for, tasks handed out by an atomic counter.
+// first need, woken per ep_par_for, tasks handed out by an atomic counter;
+// a round ends when its tasks are done, whether or not every worker woke.
 // It does not pin threads or manage OpenBLAS's own threads.
 #include "experts/kernels.h"
 
@@ -13,12 +14,13 @@
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t wake; // a new round (gen changed)
-    pthread_cond_t done; // the last worker of a round finished
+    pthread_cond_t done; // the last worker that joined a closed round finished
     int want;            // threads per round, caller included; 0 = not yet read from env
     int started;         // workers running (the caller is not one)
     uint64_t gen;        // round number
-    int pending;         // workers of this round not finished yet
-    int round_threads;   // threads taking tasks this round
+    bool open;           // the round still lets workers join (its tasks may not all be taken)
+    int active;          // workers that joined this round and have not finished
+    int round_threads;   // threads taking tasks this round (worker ids below it may join)
     ep_par_fn fn;
     void *ctx;
     int n_tasks;
@@ -51,31 +53,38 @@ static int default_threads(void)
     return n;
 }
 
-static void run_tasks(int thread)
+static void run_tasks(ep_par_fn fn, void *ctx, int n, int thread)
 {
-    const ep_par_fn fn = ep_pool.fn;
-    void *ctx = ep_pool.ctx;
-    const int n = ep_pool.n_tasks;
     for (int t; (t = atomic_fetch_add_explicit(&ep_pool.next, 1, memory_order_relaxed)) < n;)
         fn(ctx, t, thread);
 }
 
+// A worker joins a round only while it is open and reads the round's fn,
+// ctx and task count under the lock, so one that wakes late (the machine is
+// shared, a wake-up can take a scheduler slice) either finds the round
+// closed and sleeps again, or takes part in a round with that round's state.
+// The caller waits only for the workers that joined, never for one that has
+// not been scheduled yet.
 static void *worker(void *arg)
 {
     const int id = (int)(intptr_t)arg; // 1.. (the caller is thread 0)
     pthread_mutex_lock(&ep_pool.mu);
     // The round current when this worker was made: it may first get the lock
-    // after that round's broadcast, and must still take part in the next one.
+    // after that round's broadcast, and must still be able to join the next.
     uint64_t seen = ep_pool.start_gen[id];
     for (;;) {
         while (ep_pool.gen == seen)
             pthread_cond_wait(&ep_pool.wake, &ep_pool.mu);
         seen = ep_pool.gen;
-        const bool take = id < ep_pool.round_threads;
+        if (!ep_pool.open || id >= ep_pool.round_threads) continue;
+        ep_pool.active++;
+        const ep_par_fn fn = ep_pool.fn;
+        void *ctx = ep_pool.ctx;
+        const int n = ep_pool.n_tasks;
         pthread_mutex_unlock(&ep_pool.mu);
-        if (take) run_tasks(id);
+        run_tasks(fn, ctx, n, id);
         pthread_mutex_lock(&ep_pool.mu);
-        if (--ep_pool.pending == 0) pthread_cond_signal(&ep_pool.done);
+        if (--ep_pool.active == 0 && !ep_pool.open) pthread_cond_signal(&ep_pool.done);
     }
     return NULL;
 }
@@ -125,15 +134,18 @@ void ep_par_for(int n_tasks, ep_par_fn fn, void *ctx)
     ep_pool.n_tasks = n_tasks;
     ep_pool.round_threads = EP_MIN(threads, ep_pool.started + 1);
     atomic_store(&ep_pool.next, 0);
-    ep_pool.pending = ep_pool.started;
+    ep_pool.active = 0;
+    ep_pool.open = true;
     ep_pool.gen++;
     pthread_cond_broadcast(&ep_pool.wake);
     pthread_mutex_unlock(&ep_pool.mu);
 
-    run_tasks(0);
+    run_tasks(fn, ctx, n_tasks, 0);
 
+    // Every task is taken now; those not run here belong to joined workers.
     pthread_mutex_lock(&ep_pool.mu);
-    while (ep_pool.pending > 0)
+    ep_pool.open = false;
+    while (ep_pool.active > 0)
         pthread_cond_wait(&ep_pool.done, &ep_pool.mu);
     ep_pool.busy = false;
     pthread_mutex_unlock(&ep_pool.mu);

@@ -52,9 +52,9 @@ static const int dims_k[] = {1, 5, 13, 16, 17, 31, 32, 33, 64, 100};
 // C = A . B^T on padded strides; |C - ref| <= 1e-5 * Σ_k |a b| per element
 // (fp32 accumulation error grows with the magnitudes summed), and the padding
 // of C untouched. bf16: A and B are BF16 and the reference uses their values.
-static void check_product(bool bf16, int m, int n, int K)
+static void check_product_ld(bool bf16, int m, int n, int K, int pad)
 {
-    const int lda = K + 3, ldb = K + 5, ldc = n + 2;
+    const int lda = K + 3 * pad, ldb = K + 5 * pad, ldc = n + 2 * pad;
     float *A = malloc(sizeof(float) * m * lda), *B = malloc(sizeof(float) * n * ldb);
     uint16_t *A16 = malloc(sizeof(uint16_t) * m * lda), *B16 = malloc(sizeof(uint16_t) * n * ldb);
     float *C = malloc(sizeof(float) * m * ldc);
@@ -97,6 +97,11 @@ static void check_product(bool bf16, int m, int n, int K)
     free(C);
 }
 
+static void check_product(bool bf16, int m, int n, int K)
+{
+    check_product_ld(bf16, m, n, K, 1);
+}
+
 static void test_products(void **state)
 {
     for (int isa = 0; isa < n_isas(); isa++) {
@@ -112,6 +117,19 @@ static void test_products(void **state)
         // Taller than one row block (64) with a ragged end.
         check_product(false, 71, 9, 37);
         check_product(true, 71, 9, 37);
+        // The experts' task shapes, unpadded as their weights are (up to
+        // EP_KERN_PF_MAX_ROWS = 16 rows the tiles prefetch the next 4-row
+        // block as one contiguous run): 64 weight rows of gate/up (K =
+        // hidden) and of down (K = 1408 or 768, the intermediate sizes of
+        // DeepSeek-V2-Lite and Qwen3-30B-A3B, and an odd one); decode m,
+        // both sides of 16 rows, and n ragged so the last block is short.
+        const int task_k[] = {2048, 1408, 768, 1411};
+        const int task_mn[][2] = {{1, 64}, {2, 64}, {6, 61}, {9, 7}, {16, 64}, {17, 61}};
+        for (size_t c = 0; c < EP_ARRAY_LEN(task_k); c++)
+            for (size_t t = 0; t < EP_ARRAY_LEN(task_mn); t++) {
+                check_product_ld(false, task_mn[t][0], task_mn[t][1], task_k[c], 0);
+                check_product_ld(true, task_mn[t][0], task_mn[t][1], task_k[c], 0);
+            }
     }
 }
 
@@ -253,6 +271,21 @@ static void test_pool(void **state)
             assert_int_equal(atomic_load(&p.bad_thread), 0);
         }
     }
+    // Many tiny rounds: the caller usually runs every task before a worker
+    // wakes, so workers keep arriving at rounds already closed (they must
+    // sleep again, not run a stale round's tasks) or at the next one.
+    ep_par_set_threads(4);
+    p.threads = 4;
+    atomic_store(&p.bad_thread, 0);
+    for (int round = 0; round < 3000; round++) {
+        const int n = 1 + round % 3;
+        for (int i = 0; i < n; i++)
+            atomic_store(&p.count[i], 0);
+        ep_par_for(n, pool_task, &p);
+        for (int i = 0; i < n; i++)
+            assert_int_equal(atomic_load(&p.count[i]), 1);
+    }
+    assert_int_equal(atomic_load(&p.bad_thread), 0);
     ep_par_for(0, pool_task, &p); // no tasks: returns at once
 }
 
