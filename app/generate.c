@@ -33,6 +33,9 @@ static void usage(FILE *f)
                "  --stop S             a stop string (repeatable)\n"
                "  --ignore-eos         generate past end-of-sequence tokens\n"
                "  --ranks-per-node N   ranks per logical node (default: from hostnames)\n"
+               "  --backend B          cpu | cuda: where the MoE experts run (default cpu);\n"
+               "                       cuda: BF16 experts on one GPU per rank, NCCL\n"
+               "                       (builds with EP_CUDA=ON)\n"
                "  --step-timeout S     seconds before a step counts as failed (default 30)\n"
                "  --json               print one JSON object\n");
 }
@@ -178,11 +181,13 @@ int ep_cmd_generate(int argc, char **argv)
         {"ignore-eos", no_argument, 0, 'e'},
         {"ranks-per-node", required_argument, 0, 'R'},
         {"step-timeout", required_argument, 0, 'w'},
+        {"backend", required_argument, 0, 'b'},
         {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *model = NULL, *prompt = NULL, *chat = NULL, *tokens = NULL, *routing = "baseline";
+    ep_moe_backend backend = EP_MOE_BACKEND_CPU;
     int max_tokens = 16, rpn = 0;
     float timeout = 30.0f;
     bool ignore_eos = false, as_json = false;
@@ -192,7 +197,7 @@ int ep_cmd_generate(int argc, char **argv)
     int n_stop = 0;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "m:p:c:t:n:r:T:k:P:s:S:eR:w:jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:c:t:n:r:T:k:P:s:S:eR:w:b:jh", opts, NULL)) != -1) {
         bool ok = true;
         switch (c) {
         case 'm':
@@ -241,6 +246,9 @@ int ep_cmd_generate(int argc, char **argv)
             break;
         case 'w':
             ok = parse_f(optarg, &timeout) && timeout > 0;
+            break;
+        case 'b':
+            ok = ep_moe_backend_parse(optarg, &backend) == EP_OK;
             break;
         case 'j':
             as_json = true;
@@ -339,6 +347,7 @@ int ep_cmd_generate(int argc, char **argv)
     eo.n_routings = 1;
     eo.exit_when_idle = true;
     eo.step_timeout_s = timeout;
+    eo.model.moe.backend = backend;
     // One sequence: each rank holds at most one, with KV room for a whole context.
     eo.model.max_seqs = 1;
     eo.model.kv_blocks =

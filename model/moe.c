@@ -3,6 +3,8 @@
 // held for the life of the ep_moe. Buffers are sized once from cap_tokens.
 #include "model/moe.h"
 
+#include "model/moe_cuda.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,10 +24,11 @@ struct ep_moe {
     int64_t window_steps;      // forwards of the first MoE layer since the window began
     ep_moe_move_stats last_move; // what the last ep_moe_replace that moved sent and received
     ep_backend *be;
-    ep_transport *tp;
+    ep_transport *tp;        // MPI (owned) or, with backend CUDA, NCCL (owned by cuda)
+    ep_moe_cuda *cuda;       // backend CUDA: device, NCCL and this rank's experts; else NULL
     ep_comm *comm;
     ep_router *router;
-    ep_experts *experts;     // this rank's shard + shared experts
+    ep_experts *experts;     // this rank's shard + shared experts (backend CPU; else NULL)
     ep_experts *all_experts; // every expert (reference), or NULL
     float **gate_w;          // [n_layers] -> [n_experts, hidden] for MoE layers, NULL otherwise
     ep_routes routes;
@@ -33,9 +36,28 @@ struct ep_moe {
     int64_t ref_pairs, ref_token_layers; // kept pairs / tokens routed by ep_moe_reference
 };
 
+const char *ep_moe_backend_name(ep_moe_backend b)
+{
+    return b == EP_MOE_BACKEND_CUDA ? "cuda" : "cpu";
+}
+
+ep_status ep_moe_backend_parse(const char *s, ep_moe_backend *out)
+{
+    if (!strcmp(s, "cpu")) *out = EP_MOE_BACKEND_CPU;
+    else if (!strcmp(s, "cuda")) *out = EP_MOE_BACKEND_CUDA;
+    else return ep_errorf(EP_ERR_ARG, "backend: expected cpu or cuda, found '%s'", s);
+    return EP_OK;
+}
+
+bool ep_moe_backend_built(ep_moe_backend b)
+{
+    return b == EP_MOE_BACKEND_CPU || (b == EP_MOE_BACKEND_CUDA && ep_moe_cuda_built());
+}
+
 void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
 {
     memset(o, 0, sizeof *o);
+    o->backend = EP_MOE_BACKEND_CPU;
     o->placement = EP_PLACE_CONTIGUOUS;
     o->wire = EP_DTYPE_F32;
     o->cap_tokens = 256;
@@ -88,6 +110,9 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     if (o->cap_tokens < 0 || o->max_k < cfg->k_base)
         return ep_errorf(EP_ERR_ARG, "ep_moe_init: cap_tokens %d, max_k %d (expected >= 0 and >= k_base %d)",
                          o->cap_tokens, o->max_k, cfg->k_base);
+    if (o->backend != EP_MOE_BACKEND_CPU && o->backend != EP_MOE_BACKEND_CUDA)
+        return ep_errorf(EP_ERR_ARG, "ep_moe_init: backend %d: expected EP_MOE_BACKEND_CPU or "
+                         "EP_MOE_BACKEND_CUDA", (int)o->backend);
     ep_moe *m = ep_xcalloc(1, sizeof *m);
     m->cfg = cfg;
     m->cl = cl;
@@ -107,10 +132,19 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     m->rank_load = ep_xcalloc((size_t)cl->world_size, sizeof(int64_t));
     m->visit = ep_xcalloc((size_t)cl->world_size, sizeof(int));
     if ((st = ep_backend_cpu_init(&m->be))) goto err;
-    if ((st = ep_transport_mpi_init(cl, &m->tp))) goto err;
+    if (o->backend == EP_MOE_BACKEND_CUDA) {
+        // Device scratch for a balanced step (cap tokens' records arrive per
+        // rank on average); a skewed step grows it once.
+        if ((st = ep_moe_cuda_init(cfg, cl, w, &m->place, cap, cap * o->max_k, &m->cuda)))
+            goto err;
+        m->tp = ep_moe_cuda_transport(m->cuda);
+    } else if ((st = ep_transport_mpi_init(cl, &m->tp))) {
+        goto err;
+    }
     if ((st = ep_comm_init(cl, m->tp, cfg->hidden, o->wire, cap, o->max_k, &m->comm))) goto err;
     if ((st = ep_router_init(cfg, cap, &m->router))) goto err;
-    if ((st = ep_experts_load(cfg, w, &m->place, cl->rank, m->be, &m->experts))) goto err;
+    if (!m->cuda && (st = ep_experts_load(cfg, w, &m->place, cl->rank, m->be, &m->experts)))
+        goto err;
     if (o->with_reference && (st = ep_experts_load(cfg, w, NULL, -1, m->be, &m->all_experts)))
         goto err;
 
@@ -145,7 +179,8 @@ void ep_moe_free(ep_moe *m)
     ep_experts_free(m->experts);
     ep_router_free(m->router);
     ep_comm_free(m->comm);
-    ep_transport_free(m->tp);
+    if (m->cuda) ep_moe_cuda_free(m->cuda); // its transport with it
+    else ep_transport_free(m->tp);
     ep_backend_free(m->be);
     if (m->layer_place) {
         for (int l = 0; l < m->cfg->n_layers; l++) ep_placement_free(&m->layer_place[l]);
@@ -166,7 +201,7 @@ const ep_placement *ep_moe_placement(const ep_moe *m)
 
 size_t ep_moe_expert_bytes(const ep_moe *m)
 {
-    return ep_experts_bytes(m->experts);
+    return m->cuda ? ep_moe_cuda_bytes(m->cuda) : ep_experts_bytes(m->experts);
 }
 
 const ep_placement *ep_moe_layer_placement(const ep_moe *m, int layer)
@@ -234,13 +269,17 @@ static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const floa
     for (int j = 0; j < nnz; j++) wl[r->expert[j]] += 1;
     if (layer == m->cfg->first_k_dense) m->window_steps++;
     double t2 = ep_now_us();
-    if ((s = ep_experts_forward(m->experts, layer, work.n_rec, work.pair_off, work.pair_expert,
-                                work.pair_weight, work.x, work.y)))
-        return s;
+    if (m->cuda) s = ep_moe_cuda_experts(m->cuda, layer, &work);
+    else
+        s = ep_experts_forward(m->experts, layer, work.n_rec, work.pair_off, work.pair_expert,
+                               work.pair_weight, work.x, work.y);
+    if (s) return s;
     double t3 = ep_now_us();
     if ((s = ep_comm_combine(m->comm, &work, y, &local))) return s;
     double t4 = ep_now_us();
-    if ((s = ep_experts_shared_forward(m->experts, layer, x, r->n_tokens, y))) return s;
+    if (m->cuda) s = ep_moe_cuda_shared(m->cuda, layer, x, r->n_tokens, y);
+    else s = ep_experts_shared_forward(m->experts, layer, x, r->n_tokens, y);
+    if (s) return s;
     double t5 = ep_now_us();
     if (st) ep_comm_stats_add(st, &local);
     if (tm) {
@@ -390,6 +429,11 @@ ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *aft
     const ep_model_cfg *cfg = m->cfg;
     const int E = cfg->n_experts, L = cfg->n_layers;
     if (moved) *moved = false;
+    // Every rank runs the same backend, so every rank refuses alike.
+    if (m->cuda)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "moe: re-placement with backend cuda: expected backend cpu (moving "
+                         "device experts between ranks is not built yet)");
     ep_status st = ep_cluster_allreduce_f64(m->cl, m->window_load, L * E, EP_REDUCE_SUM);
     if (st) return st;
     // The candidate: an ep_moe-shaped set of placements from the window.

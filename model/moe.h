@@ -10,7 +10,20 @@
 #include "experts/experts.h"
 #include "router/router.h"
 
+// Where this rank's experts run. CPU: the reference backend (experts/cpu),
+// MPI transport. CUDA: BF16 experts on this rank's GPU (experts/cuda) and the
+// NCCL transport; needs a build with EP_CUDA=ON and one visible device per
+// rank. The reference path (with_reference) is the CPU one either way.
+typedef enum { EP_MOE_BACKEND_CPU, EP_MOE_BACKEND_CUDA } ep_moe_backend;
+const char *ep_moe_backend_name(ep_moe_backend b); // "cpu", "cuda"
+// "cpu" or "cuda" (a command line's --backend); EP_ERR_ARG names what was found.
+ep_status ep_moe_backend_parse(const char *s, ep_moe_backend *out);
+// Whether this build has the backend: CPU always, CUDA when built with EP_CUDA=ON
+// (a device is still needed at run time).
+bool ep_moe_backend_built(ep_moe_backend b);
+
 typedef struct {
+    ep_moe_backend backend;  // default CPU
     ep_place_kind placement; // expert placement across ranks
     ep_dtype wire;           // payload dtype on the wire (F32 or BF16)
     int cap_tokens;          // most tokens one rank routes in one call
@@ -34,7 +47,9 @@ typedef struct {
 
 typedef struct ep_moe ep_moe;
 // Reads this rank's experts, the replicated gates and shared experts from w.
-// cfg, cluster and w are borrowed and must outlive the ep_moe.
+// cfg, cluster and w are borrowed and must outlive the ep_moe. Collective.
+// Backend CUDA: EP_ERR_UNSUPPORTED naming EP_CUDA on a CPU-only build, and on
+// every rank when some rank has no usable device (the failing rank names it).
 ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, const ep_moe_opts *o,
                       ep_moe **out);
 void ep_moe_free(ep_moe *m); // NULL ok
@@ -71,7 +86,8 @@ const ep_routes *ep_moe_last_routes(const ep_moe *m);
 // holds it under the old placement, never read from the ep_weights; experts
 // a rank keeps are copied locally, the others dropped. The window restarts
 // either way. No request state lives here, so nothing in flight is lost or
-// mixed. before/after/moved may be NULL.
+// mixed. before/after/moved may be NULL. Backend CUDA: EP_ERR_UNSUPPORTED
+// (the device experts cannot be exported or imported yet), nothing changes.
 ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *after, bool *moved);
 // What the last re-placement that moved weights did on this rank (zero
 // before any): (layer, expert) weights received, stored bytes sent and
