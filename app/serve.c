@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static void serve_usage(FILE *f)
@@ -33,7 +34,10 @@ static void serve_usage(FILE *f)
                "                            routing YAML); the first is the default (baseline)\n"
                "  --step-timeout S          seconds a step may take on every rank (default 30)\n"
                "  --ranks-per-node N        logical nodes of N ranks (default: by host name)\n"
-               "  --max-body-bytes B        largest request body (default 1048576)\n");
+               "  --max-body-bytes B        largest request body (default 1048576)\n"
+               "Launch with `mpirun --mca odls_base_sigkill_timeout 3 ...` so that when a rank\n"
+               "dies, rank 0 has time to answer every request with an error naming it before\n"
+               "mpirun kills the job (docs/serving.md).\n");
 }
 
 static bool parse_long(const char *s, long lo, long hi, long *out)
@@ -245,10 +249,13 @@ int ep_cmd_serve(int argc, char **argv)
         struct sigaction sa = {0};
         sa.sa_handler = cl->rank == 0 ? on_signal : SIG_IGN;
         sigemptyset(&sa.sa_mask);
-        // Other ranks ignore the signal mpirun forwards: rank 0's shutdown stops them.
+        // Other ranks ignore the signals mpirun forwards: rank 0's shutdown
+        // stops them. Rank 0 leaves SIGTERM to the engine, which tells a
+        // user's stop from mpirun tearing the job down after a rank died (it
+        // then answers every request with an error naming that rank).
         g_engine = cl->rank == 0 ? e : NULL;
         sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
+        if (cl->rank != 0) sigaction(SIGTERM, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
         if (cl->rank == 0) {
             printf("epserve serve: listening on http://%s:%d (model %s, %d rank%s)\n", so.host,
@@ -258,15 +265,25 @@ int ep_cmd_serve(int argc, char **argv)
         }
         st = ep_engine_run(e);
         g_engine = NULL;
-        ep_server_stop(srv); // every request has had its final event
-        srv = NULL;
         if (st) {
+            // Said first: mpirun may kill this process while it lingers.
             fprintf(stderr, "epserve serve: rank %d: %s\n", cl->rank, ep_last_error());
-            // A dead peer can hang MPI_Finalize: leave now, non-zero.
             fflush(stdout);
             fflush(stderr);
+            // Every request in flight has its error; the front end stays up a
+            // little so that the answers are flushed and /health and new
+            // requests get 503 (the engine no longer serves).
+            if (cl->rank == 0) {
+                struct timespec ts = {1, 500000000L};
+                while (nanosleep(&ts, &ts) && errno == EINTR) {
+                }
+            }
+            ep_server_stop(srv);
+            // A dead peer can hang MPI_Finalize: leave now, non-zero.
             _exit(1);
         }
+        ep_server_stop(srv); // every request has had its final event
+        srv = NULL;
         code = 0;
     } else {
         code = (int)worst;

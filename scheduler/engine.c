@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cluster/mpi_util.h"
+#include "comm/watch.h"
 
 void ep_engine_opts_default(ep_engine_opts *o, const ep_model_cfg *cfg, int world_size)
 {
@@ -155,6 +156,11 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
         }
         if (rc != MPI_SUCCESS) st = ep_mpi_error(rc, "MPI_Comm_dup", __FILE__, __LINE__);
     }
+    // Heartbeats and polled MoE exchanges, so that a dead or stuck rank is
+    // named (one watch per process: a second engine runs without).
+    if (!st && !ep_comm_watch_on()) {
+        if (!(st = ep_comm_watch_start(cl))) e->have_watch = true;
+    }
     if (st) {
         ep_engine_free(e);
         return st;
@@ -236,6 +242,7 @@ void ep_engine_free(ep_engine *e)
     if (e->rres)
         for (int r = 0; r < e->world; r++)
             free(e->rres[r]);
+    if (e->have_watch) ep_comm_watch_stop();
     if (e->have_comm) MPI_Comm_free(&e->comm);
     ep_model_free(e->m);
     free(e->routing_names);
@@ -753,6 +760,9 @@ static ep_status apply_results(ep_engine *e)
 
 // ---- the loop --------------------------------------------------------------
 
+// SIGTERM: a user's stop, or mpirun tearing the job down because a rank
+// died. Rank 0 listens for heartbeats (comm/watch.h) to tell which: a silent
+// rank makes it a failure naming that rank, else a shutdown.
 static ep_engine *volatile g_term_engine;
 static void on_sigterm(int sig)
 {
@@ -760,7 +770,7 @@ static void on_sigterm(int sig)
     ep_engine *e = g_term_engine;
     if (e) {
         atomic_store(&e->term, 1);
-        ep_engine_shutdown(e, false);
+        ep_comm_watch_check();
     }
 }
 
@@ -771,14 +781,29 @@ static void sleep_ms(int ms)
     }
 }
 
-// Rank 0's watchdog: a step stuck inside the model's collectives (where the
-// engine thread cannot look at the clock), or a job being torn down
-// (SIGTERM from mpirun when a rank died). Answers every request with
-// EV_ERROR, gives the front end a second to flush, and ends the process.
+// After a failure rank 0 keeps answering (every request in flight got its
+// error; new ones and /health get 503) this long before the job exits, so
+// that the answers are flushed and callers see the 503. Within mpirun's
+// SIGKILL delay when launched with --mca odls_base_sigkill_timeout 3.
+enum { EP_ENG_LINGER_MS = 1500 };
+
+static void linger(void)
+{
+    sleep_ms(EP_ENG_LINGER_MS);
+}
+
+// Rank 0's watchdog, for what the engine thread cannot see because it is
+// blocked in an MPI call that does not poll (the model's agreement
+// allreduce at the start of a forward): a step that outlives its deadline
+// and the watch's grace period, or a SIGTERM whose check the engine thread
+// has not taken within 1.5 s. Answers every request with EV_ERROR, keeps the
+// front end up for EP_ENG_LINGER_MS and ends the process. Every wait that
+// polls (plans, ready, results, MoE exchanges) names the silent ranks
+// itself before this fires.
 static void *watchdog(void *arg)
 {
     ep_engine *e = arg;
-    double shutdown_seen = 0;
+    double shutdown_seen = 0, term_seen = 0;
     for (;;) {
         sleep_ms(50);
         if (atomic_load(&e->step_phase) < 0) return NULL; // the run ended
@@ -786,24 +811,32 @@ static void *watchdog(void *arg)
         double begin = (double)atomic_load(&e->step_begin_us);
         const char *why = NULL;
         char msg[512];
-        if (atomic_load(&e->term)) {
-            snprintf(msg, sizeof msg, "rank failure / job terminated (SIGTERM) during step %lld",
+        // A SIGTERM whose check no wait has taken: the engine thread is
+        // blocked (a wait that took it and found every rank alive goes on).
+        if (atomic_load(&e->term) && ep_comm_watch_check_pending()) {
+            if (term_seen == 0) term_seen = now;
+        } else {
+            term_seen = 0;
+        }
+        if (term_seen > 0 && now - term_seen > 1.5e6) {
+            snprintf(msg, sizeof msg,
+                     "job terminated (SIGTERM, a rank may have died) during step %lld; rank 0 "
+                     "was blocked and could not tell which rank",
                      (long long)atomic_load(&e->step_no));
             why = msg;
-        } else if (begin > 0 && now - begin > (e->o.step_timeout_s + 1.0) * 1e6) {
-            // The engine thread checks its own waits at step_timeout_s; one
-            // second later it must be inside a collective of the model.
+        } else if (begin > 0 &&
+                   now - begin > (e->o.step_timeout_s + EP_COMM_WATCH_GRACE_S + 1.0) * 1e6) {
             snprintf(msg, sizeof msg,
                      "step %lld did not finish within %g s on every rank (no "
-                     "answer from rank(s) unknown: every rank took the step; rank 0 waits "
-                     "inside a MoE layer's exchange)",
+                     "answer from rank(s) unknown: rank 0 is blocked in a collective that "
+                     "does not poll)",
                      (long long)atomic_load(&e->step_no), e->o.step_timeout_s);
             why = msg;
         } else if (atomic_load(&e->shutdown_req) && begin > 0) {
             if (shutdown_seen == 0) shutdown_seen = now;
-            if (now - EP_MAX(shutdown_seen, begin) > 2e6) {
+            if (now - EP_MAX(shutdown_seen, begin) > 2e6 + e->o.step_timeout_s * 1e6) {
                 snprintf(msg, sizeof msg,
-                         "shut down while step %lld was stuck for more than 2 s "
+                         "shut down while step %lld was stuck beyond its deadline "
                          "(a rank does not answer)",
                          (long long)atomic_load(&e->step_no));
                 why = msg;
@@ -814,28 +847,50 @@ static void *watchdog(void *arg)
         atomic_store(&e->failed, 1);
         fail_all(e, EP_ERR_UNAVAILABLE, why);
         pthread_mutex_unlock(&e->mu);
-        fprintf(stderr, "epserve: %s\n", why);
+        fprintf(stderr, "epserve: rank 0: %s\n", why);
         fflush(stderr);
-        // The front end flushes the answers; mpirun kills 1 s after its
-        // SIGTERM (odls_base_sigkill_timeout), so half a second.
-        sleep_ms(500);
+        linger();
         _exit(1);
     }
     return NULL;
+}
+
+// Rank 0, engine thread, after a SIGTERM: a rank silent for the watch's
+// grace period makes it a failure (its message names the rank), else it is
+// a shutdown.
+static void handle_term(ep_engine *e)
+{
+    if (!atomic_exchange(&e->term, 0)) return;
+    ep_comm_watch_take_check();
+    char names[256] = "";
+    bool behind = false;
+    int n = ep_comm_watch_silent(EP_COMM_WATCH_GRACE_S, names, sizeof names, &behind);
+    pthread_mutex_lock(&e->mu);
+    if (n > 0 && !behind) {
+        char msg[512];
+        snprintf(msg, sizeof msg,
+                 "rank(s) %s stopped answering (no heartbeat for %g s; the job is being torn "
+                 "down: SIGTERM) before step %lld",
+                 names, EP_COMM_WATCH_GRACE_S, (long long)atomic_load(&e->step_no));
+        atomic_store(&e->failed, 1);
+        fail_all(e, EP_ERR_UNAVAILABLE, msg);
+        ep_errorf(EP_ERR_COMM, "%s", msg);
+    } else {
+        ep_engine_shutdown(e, false);
+    }
+    pthread_mutex_unlock(&e->mu);
 }
 
 static ep_status run_rank0(ep_engine *e)
 {
     ep_status st = EP_OK;
     for (;;) {
+        ep_comm_watch_poll();
+        handle_term(e);
         pthread_mutex_lock(&e->mu);
-        if (atomic_load(&e->term) && !atomic_load(&e->failed)) {
-            atomic_store(&e->failed, 1);
-            fail_all(e, EP_ERR_UNAVAILABLE, "rank failure / job terminated (SIGTERM)");
-        }
         if (atomic_load(&e->failed)) {
             pthread_mutex_unlock(&e->mu);
-            return ep_errorf(EP_ERR_UNAVAILABLE, "engine: stopped after a failure");
+            return EP_ERR_COMM; // handle_term's message
         }
         bool shut = atomic_load(&e->shutdown_req);
         if (shut) e->serving_closed = true;
@@ -862,7 +917,9 @@ static ep_status run_rank0(ep_engine *e)
         }
         pthread_mutex_unlock(&e->mu);
 
-        atomic_store(&e->step_begin_us, (long long)ep_now_us());
+        double begin = ep_now_us();
+        atomic_store(&e->step_begin_us, (long long)begin);
+        ep_comm_watch_set_deadline(begin + e->o.step_timeout_s * 1e6);
         bool stopped = false;
         if (!(st = ep_eng_send_plan(e, words))) st = ep_eng_exec(e, &stopped);
         if (stopped && !st) {
@@ -873,6 +930,7 @@ static ep_status run_rank0(ep_engine *e)
         pthread_mutex_lock(&e->mu);
         if (!st && !atomic_load(&e->failed) && e->step_ran) st = apply_results(e);
         atomic_store(&e->step_begin_us, 0);
+        ep_comm_watch_set_deadline(0);
         atomic_store(&e->step_phase, 0);
         atomic_fetch_add(&e->step_no, 1);
         if (st) {

@@ -59,6 +59,7 @@ struct ep_engine {
     int cap_slots;                  // request slots (rank 0) = slot ids in plans
     MPI_Comm comm;                  // private duplicate, MPI_ERRORS_RETURN
     bool have_comm;
+    bool have_watch; // this engine started the process's comm watch
 
     char **routing_names;                   // [n_routings] as given
     ep_policy **pol;                        // [n_routings]
@@ -95,7 +96,8 @@ struct ep_engine {
     MPI_Request *rreq;  // [world]
     int32_t *ready_buf; // [world]
     // Cross-thread flags.
-    atomic_int shutdown_req, drain, failed, term;
+    atomic_int shutdown_req, drain, failed;
+    atomic_int term;            // SIGTERM seen, not yet handled by the engine thread
     atomic_llong step_begin_us; // 0: no step in flight
     atomic_int step_phase;      // 0 idle, 1 waiting for ranks ready, 2 forward, 3 results
     atomic_llong step_no;

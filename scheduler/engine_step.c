@@ -20,6 +20,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "comm/watch.h"
+
 enum { PLAN_HDR = 20 };
 
 size_t ep_eng_plan_words(const ep_engine *e)
@@ -53,16 +55,59 @@ static void backoff(int *us)
     if (*us < 2000) *us = *us * 2 > 2000 ? 2000 : *us * 2;
 }
 
+// Rank 0: names the silent ranks (comm/watch.h) after a deadline or a
+// SIGTERM check; what: the wait that gave up. *silent: some rank sent no
+// heartbeat during the grace period (not merely behind in the count).
+static ep_status silent_error(ep_engine *e, const char *what, bool *silent)
+{
+    char names[256];
+    bool behind;
+    int n = ep_comm_watch_silent(EP_COMM_WATCH_GRACE_S, names, sizeof names, &behind);
+    *silent = n > 0 && !behind;
+    return ep_errorf(EP_ERR_COMM, "step %lld: no answer from rank(s) %s (%s; %s)",
+                     (long long)atomic_load(&e->step_no), n ? names : "unknown", what,
+                     n == 0   ? "every rank sent heartbeats"
+                     : behind ? "they are behind in the step's MoE exchanges"
+                              : "no heartbeat from them within the grace period");
+}
+
+// Waits for one request: every rank sends/reads heartbeats meanwhile; rank 0
+// gives up at the step deadline or when a SIGTERM check finds a silent rank.
+static ep_status wait_one(ep_engine *e, MPI_Request *rq, const char *what)
+{
+    // No step in flight (the stop plan after a failed step): no deadline.
+    double begin = (double)atomic_load(&e->step_begin_us);
+    double deadline = e->rank == 0 && begin > 0 ? begin + e->o.step_timeout_s * 1e6 : 0;
+    int us = 5;
+    for (;;) {
+        int done = 0;
+        int rc = MPI_Test(rq, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) return mpi_fail(rc, what);
+        if (done) return EP_OK;
+        ep_comm_watch_poll();
+        if (e->rank == 0) {
+            bool late = deadline > 0 && ep_now_us() > deadline;
+            if (late || (ep_comm_watch_take_check() && ep_comm_watch_on())) {
+                bool silent;
+                ep_status st = silent_error(e, what, &silent);
+                if (late || silent) return st; // else a plain SIGTERM: wait on
+            }
+        }
+        backoff(&us);
+    }
+}
+
 ep_status ep_eng_send_plan(ep_engine *e, size_t words)
 {
     int32_t n = (int32_t)words;
     MPI_Request rq;
     int rc = MPI_Ibcast(&n, 1, MPI_INT32_T, 0, e->comm, &rq);
-    if (rc == MPI_SUCCESS) rc = MPI_Wait(&rq, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Ibcast (plan size)");
-    rc = MPI_Bcast(e->plan, n, MPI_INT32_T, 0, e->comm);
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Bcast (plan)");
-    return EP_OK;
+    ep_status st = wait_one(e, &rq, "MPI_Ibcast (plan size)");
+    if (st) return st;
+    if ((rc = MPI_Ibcast(e->plan, n, MPI_INT32_T, 0, e->comm, &rq)) != MPI_SUCCESS)
+        return mpi_fail(rc, "MPI_Ibcast (plan)");
+    return wait_one(e, &rq, "MPI_Ibcast (plan)");
 }
 
 ep_status ep_eng_recv_plan(ep_engine *e, size_t *words)
@@ -71,19 +116,16 @@ ep_status ep_eng_recv_plan(ep_engine *e, size_t *words)
     MPI_Request rq;
     int rc = MPI_Ibcast(&n, 1, MPI_INT32_T, 0, e->comm, &rq);
     if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Ibcast (plan size)");
-    int done = 0, us = 20;
-    while (!done) {
-        if ((rc = MPI_Test(&rq, &done, MPI_STATUS_IGNORE)) != MPI_SUCCESS)
-            return mpi_fail(rc, "MPI_Test (plan size)");
-        if (!done) backoff(&us);
-    }
+    ep_status st = wait_one(e, &rq, "MPI_Ibcast (plan size)");
+    if (st) return st;
     if (n < PLAN_HDR + 3 || (size_t)n > e->plan_cap)
         return ep_errorf(EP_ERR_COMM,
                          "engine: rank 0 announced a plan of %d words, expected "
                          "%d..%zu",
                          n, PLAN_HDR + 3, e->plan_cap);
-    rc = MPI_Bcast(e->plan, n, MPI_INT32_T, 0, e->comm);
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Bcast (plan)");
+    if ((rc = MPI_Ibcast(e->plan, n, MPI_INT32_T, 0, e->comm, &rq)) != MPI_SUCCESS)
+        return mpi_fail(rc, "MPI_Ibcast (plan)");
+    if ((st = wait_one(e, &rq, "MPI_Ibcast (plan)"))) return st;
     *words = (size_t)n;
     return EP_OK;
 }
@@ -118,6 +160,12 @@ static ep_status wait_ranks(ep_engine *e, MPI_Request *rq, const char *what)
         if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Testall (step answers)");
         if (all) return EP_OK;
         if (ep_now_us() > deadline) break;
+        ep_comm_watch_poll();
+        if (ep_comm_watch_take_check() && ep_comm_watch_on()) {
+            bool silent;
+            ep_status st = silent_error(e, what, &silent);
+            if (silent) return st;
+        }
         backoff(&us);
     }
     char names[512];
@@ -233,6 +281,10 @@ ep_status ep_eng_exec(ep_engine *e, bool *stop)
         .layer = e->f_layer, .seq_pairs = e->f_seq_pairs, .expert_load = e->f_expert_load};
     ep_batch b = {.n_seqs = st ? 0 : nb, .seq = e->b_seq, .n_new = e->b_n, .tokens = e->b_tok};
     ep_status fst = ep_model_forward_ex(e->m, pol, &b, e->logits, NULL, &fs);
+    // Rank 0 gave up inside a MoE exchange (comm/watch.h): the others are
+    // still in it and send no result; the message names the silent ranks.
+    if (fst && e->rank == 0 && ep_comm_watch_gave_up())
+        return ep_error_prefix(fst, "step %lld", (long long)step);
     if (!st) st = fst;
 
     int64_t *r = e->res;
