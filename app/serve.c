@@ -35,6 +35,8 @@ static void serve_usage(FILE *f)
                "  --step-timeout S          seconds a step may take on every rank (default 30)\n"
                "  --ranks-per-node N        logical nodes of N ranks (default: by host name)\n"
                "  --max-body-bytes B        largest request body (default 1048576)\n"
+               "  --backend B               cpu | cuda: where the MoE experts run (default cpu;\n"
+               "                            cuda: BF16 experts on one GPU per rank, NCCL)\n"
                "Launch with `mpirun --mca odls_base_sigkill_timeout 3 ...` so that when a rank\n"
                "dies, rank 0 has time to answer every request with an error naming it before\n"
                "mpirun kills the job (docs/serving.md).\n");
@@ -103,6 +105,7 @@ int ep_cmd_serve(int argc, char **argv)
         {"step-timeout", required_argument, 0, 'T'},
         {"ranks-per-node", required_argument, 0, 'N'},
         {"max-body-bytes", required_argument, 0, 'B'},
+        {"backend", required_argument, 0, 'b'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -113,6 +116,7 @@ int ep_cmd_serve(int argc, char **argv)
     long max_num_seqs = 0, max_model_len = 0, max_tps = 0, max_waiting = -1, rpn = 0;
     long port = 8000, body = (long)so.max_body_bytes;
     double step_timeout = 0;
+    ep_moe_backend backend = EP_MOE_BACKEND_CPU;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -154,6 +158,12 @@ int ep_cmd_serve(int argc, char **argv)
             break;
         case 'B':
             dst = &body, name = "--max-body-bytes", lo = 64;
+            break;
+        case 'b':
+            if (ep_moe_backend_parse(optarg, &backend)) {
+                fprintf(stderr, "epserve serve: --%s\n", ep_last_error());
+                return 2;
+            }
             break;
         case 'T': {
             char *end;
@@ -232,6 +242,7 @@ int ep_cmd_serve(int argc, char **argv)
         if (max_tps) eo.max_tokens_per_step = (int)max_tps;
         if (max_waiting >= 0) eo.max_waiting = (int)max_waiting;
         if (step_timeout > 0) eo.step_timeout_s = step_timeout;
+        eo.model.moe.backend = backend;
         eo.routings = routings;
         eo.n_routings = n_routings;
         st = ep_engine_create(&cfg, cl, w, tok, &eo, &e);

@@ -36,7 +36,7 @@ echo "# results: out/bench.json"
 serve_model=$model
 [ -f "$model/tokenizer.json" ] || serve_model=tiny-qwen3-moe
 serve_log=out/serve.log
-mpirun -np 4 --oversubscribe "$bin" serve --model "$serve_model" --port 0 \
+mpirun -np 4 --oversubscribe --mca odls_base_sigkill_timeout 3 "$bin" serve --model "$serve_model" --port 0 \
   --routing baseline,banpick --ranks-per-node 2 > "$serve_log" 2>&1 &
 serve_pid=$!
 trap 'kill -TERM $serve_pid 2>/dev/null; sleep 2; kill -KILL $serve_pid 2>/dev/null || true' EXIT
