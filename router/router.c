@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 struct ep_router {
@@ -24,6 +25,7 @@ struct ep_router {
 
 // One dot product, always computed the same way (8 partial sums, fixed
 // reduction order), so a row's logits never depend on the batch around it.
+// The portable path, for CPUs without AVX-512.
 static float dot_f32(const float *a, const float *b, int n)
 {
     float s[8] = {0};
@@ -36,7 +38,7 @@ static float dot_f32(const float *a, const float *b, int n)
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
-void ep_router_gate_logits(const float *x, int T, int H, const float *gate_w, int E, float *logits)
+static void gate_c(const float *x, int T, int H, const float *gate_w, int E, float *logits)
 {
     // Blocks of 4 tokens share each gate row while it is in cache; every
     // (t, e) is still the same dot_f32 call, so blocking changes no bit.
@@ -49,6 +51,84 @@ void ep_router_gate_logits(const float *x, int T, int H, const float *gate_w, in
                 logits[(size_t)t * E + e] = dot_f32(x + (size_t)t * H, w, H);
         }
     }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define EP_GATE_AVX512 1
+
+// The AVX-512 gate: every (t, e) is one 16-lane FMA chain over h in steps of
+// 16 (the tail through a masked load, zeros beyond H), then the same
+// horizontal sum. The 4x4 register block below runs exactly that chain for
+// each of its 16 (t, e), so a token's logits are bit-identical alone or in
+// any batch, as with the portable path (on one CPU kind: the two paths round
+// differently, and a process uses one).
+__attribute__((target("avx512f"))) static inline __m512 chunk(const float *p, int h, int H)
+{
+    if (h + 16 <= H) return _mm512_loadu_ps(p + h);
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << (H - h)) - 1u), p + h);
+}
+
+__attribute__((target("avx512f"))) static float dot_avx512(const float *a, const float *b, int H)
+{
+    __m512 acc = _mm512_setzero_ps();
+    for (int h = 0; h < H; h += 16) acc = _mm512_fmadd_ps(chunk(a, h, H), chunk(b, h, H), acc);
+    return _mm512_reduce_add_ps(acc);
+}
+
+__attribute__((target("avx512f"))) static void gate_avx512(const float *x, int T, int H,
+                                                           const float *gate_w, int E,
+                                                           float *logits)
+{
+    enum { TB = 4, EB = 4 };
+    int t0 = 0;
+    for (; t0 + TB <= T; t0 += TB) {
+        const float *x0 = x + (size_t)t0 * H;
+        int e0 = 0;
+        for (; e0 + EB <= E; e0 += EB) {
+            const float *w0 = gate_w + (size_t)e0 * H;
+            __m512 acc[TB][EB];
+            for (int t = 0; t < TB; t++)
+                for (int e = 0; e < EB; e++) acc[t][e] = _mm512_setzero_ps();
+            for (int h = 0; h < H; h += 16) {
+                __m512 wv[EB];
+                for (int e = 0; e < EB; e++) wv[e] = chunk(w0 + (size_t)e * H, h, H);
+                for (int t = 0; t < TB; t++) {
+                    __m512 xv = chunk(x0 + (size_t)t * H, h, H);
+                    for (int e = 0; e < EB; e++) acc[t][e] = _mm512_fmadd_ps(xv, wv[e], acc[t][e]);
+                }
+            }
+            for (int t = 0; t < TB; t++)
+                for (int e = 0; e < EB; e++)
+                    logits[(size_t)(t0 + t) * E + e0 + e] = _mm512_reduce_add_ps(acc[t][e]);
+        }
+        for (; e0 < E; e0++)
+            for (int t = 0; t < TB; t++)
+                logits[(size_t)(t0 + t) * E + e0] =
+                    dot_avx512(x0 + (size_t)t * H, gate_w + (size_t)e0 * H, H);
+    }
+    for (; t0 < T; t0++)
+        for (int e = 0; e < E; e++)
+            logits[(size_t)t0 * E + e] = dot_avx512(x + (size_t)t0 * H, gate_w + (size_t)e * H, H);
+}
+#endif
+
+void ep_router_gate_logits(const float *x, int T, int H, const float *gate_w, int E, float *logits)
+{
+#ifdef EP_GATE_AVX512
+    static atomic_int avx512 = -1; // decided once per process, so every call rounds alike
+    int have = atomic_load(&avx512);
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        atomic_store(&avx512, have);
+    }
+    if (have) {
+        gate_avx512(x, T, H, gate_w, E, logits);
+        return;
+    }
+#endif
+    gate_c(x, T, H, gate_w, E, logits);
 }
 
 void ep_router_softmax(float *row, int n)

@@ -37,7 +37,9 @@ ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer,
                                  const float *logits, int T, ep_routes *out);
 
 // ---- building blocks (public for tests and the simulator) ----------------
-// logits[t, e] = dot(x[t, :], gate_w[e, :]) in fp32, plain C, row-independent.
+// logits[t, e] = dot(x[t, :], gate_w[e, :]) in fp32, row-independent (a
+// token's logits are bit-identical alone or in any batch): AVX-512 FMA chains
+// in 4x4 register blocks where the CPU has AVX-512F, portable C otherwise.
 void ep_router_gate_logits(const float *x, int T, int H, const float *gate_w, int E,
                            float *logits);
 // In-place numerically stable softmax over n values (fp32, as HF does).
