@@ -17,6 +17,27 @@ int cuda_test_devices(const char *test)
     return n;
 }
 
+int cuda_test_mpi_devices(ep_cluster *c, const char *test)
+{
+    char why[512] = "";
+    int n = ep_gpu_count(why, sizeof why), dev = -1;
+    int64_t can = n > 0;
+    if (can && ep_gpu_choose(c->local_rank, c->local_size, n, &dev) != EP_OK) {
+        snprintf(why, sizeof why, "%s", ep_last_error());
+        can = 0;
+    }
+    if (can && n == 1 && c->local_size > 1) { // NCCL refuses two ranks on one GPU
+        snprintf(why, sizeof why, "%d ranks on this host share its one visible GPU", c->local_size);
+        can = 0;
+    }
+    int64_t all_can = can;
+    if (ep_cluster_allreduce_i64(c, &all_can, 1, EP_REDUCE_MIN) != EP_OK) return -1;
+    if (!all_can && !can)
+        printf("# SKIP %s (rank %d of %d): %s\n", test, c->rank, c->world_size, why);
+    fflush(stdout);
+    return all_can ? 1 : 0;
+}
+
 void cuda_test_cfg_qwen(ep_model_cfg *c)
 {
     memset(c, 0, sizeof *c);

@@ -5,6 +5,7 @@
 #ifndef EP_CUDA_TEST_UTIL_H
 #define EP_CUDA_TEST_UTIL_H
 
+#include "cluster/cluster.h"
 #include "common/model_cfg.h"
 #include "common/routes.h"
 
@@ -19,6 +20,10 @@
 
 // Visible devices; when none, prints "# SKIP <test>: <why>" and returns 0.
 int cuda_test_devices(const char *test);
+// The MPI tests' skip, collective: 1 when every rank has a device of its own
+// (NCCL refuses two ranks on one GPU); otherwise 0, each rank lacking one
+// printing "# SKIP <test> (rank r of n): <why>"; -1 when the agreement failed.
+int cuda_test_mpi_devices(ep_cluster *c, const char *test);
 
 // Qwen3-like: 2 MoE layers, hidden 13, moe_inter 7, 11 experts, top-3.
 void cuda_test_cfg_qwen(ep_model_cfg *c);

@@ -322,22 +322,9 @@ int main(int argc, char **argv)
         return 1;
     }
     // The skip is collective: one rank without a device of its own skips all.
-    char why[512] = "";
-    int n = ep_gpu_count(why, sizeof why), dev = -1;
-    int64_t can = n > 0;
-    if (can && ep_gpu_choose(c->local_rank, c->local_size, n, &dev) != EP_OK) {
-        snprintf(why, sizeof why, "%s", ep_last_error());
-        can = 0;
-    }
-    if (can && n == 1 && c->local_size > 1) { // NCCL refuses two ranks on one GPU
-        snprintf(why, sizeof why, "%d ranks on this host share its one visible GPU", c->local_size);
-        can = 0;
-    }
-    int64_t all_can = can;
-    if (ep_cluster_allreduce_i64(c, &all_can, 1, EP_REDUCE_MIN) != EP_OK) return 1;
-    if (!all_can) {
-        if (!can) printf("# SKIP test_mpi_nccl (rank %d of %d): %s\n", c->rank, c->world_size, why);
-        fflush(stdout);
+    int run = cuda_test_mpi_devices(c, "test_mpi_nccl");
+    if (run < 0) return 1;
+    if (!run) {
         ep_cluster_free(c);
         return CUDA_TEST_SKIP;
     }
