@@ -6,6 +6,7 @@
 // depend on the world size; policies that look at placement (comm-aware Ban,
 // laser) are given a contiguous placement over --ranks ranks, routing as
 // rank 0 would. Also the mean experts per token (from the reference's routes).
+#include "app/args.h"
 #include "app/commands.h"
 #include "cluster/cluster.h"
 #include "common/json_util.h"
@@ -38,40 +39,42 @@ static void usage(FILE *f)
             "Runs in one process (not under mpirun with several ranks).\n");
 }
 
-static bool parse_int(const char *opt, const char *s, int lo, int *out)
+// An integer option in [lo, 2^24], or a message naming it.
+static bool opt_int(const char *opt, const char *s, int lo, int *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > 1 << 24) {
-        fprintf(stderr, "epserve bench kl: %s: expected an integer >= %d, found '%s'\n", opt, lo,
-                s);
-        return false;
-    }
-    *out = (int)v;
-    return true;
+    if (ep_arg_int(s, lo, 1 << 24, out)) return true;
+    fprintf(stderr, "epserve bench kl: %s: expected an integer >= %d, found '%s'\n", opt, lo, s);
+    return false;
 }
 
 typedef struct {
     const char *name;
+    ep_policy *pol; // created once, with the placement set
     double kl_mean, kl_max, avg_k;
 } kl_row;
 
-// Reference logits of every sequence under policy spec; also its mean K.
-static ep_status run_policy(const ep_model_cfg *cfg, ep_model *m, const char *spec, int W,
-                            int rpn, const int *tok, int n_seqs, int len, float *logits,
-                            double *avg_k)
+// Policy spec with the contiguous placement over W ranks (rpn per node) that
+// placement-aware policies see, routing as rank 0.
+static ep_status make_policy(const ep_model_cfg *cfg, const char *spec, int W, int rpn,
+                             ep_policy **out)
 {
-    ep_policy *p = NULL;
-    ep_status st = ep_policy_create(cfg, spec, &p);
+    ep_status st = ep_policy_create(cfg, spec, out);
     if (st) return st;
     int *rank_of = ep_xmalloc((size_t)cfg->n_experts * sizeof(int));
     int *node_of = ep_xmalloc((size_t)W * sizeof(int));
     for (int e = 0; e < cfg->n_experts; e++) rank_of[e] = (int)((int64_t)e * W / cfg->n_experts);
     for (int r = 0; r < W; r++) node_of[r] = r / rpn;
-    ep_policy_set_placement(p, rank_of, node_of, W, 0);
+    ep_policy_set_placement(*out, rank_of, node_of, W, 0);
     free(rank_of);
     free(node_of);
+    return EP_OK;
+}
+
+// Reference logits of every sequence under policy p; also its mean K.
+static ep_status run_policy(const ep_model_cfg *cfg, ep_model *m, const ep_policy *p,
+                            const int *tok, int n_seqs, int len, float *logits, double *avg_k)
+{
+    ep_status st = EP_OK;
     int64_t p0, t0, p1, t1;
     ep_moe_reference_counts(ep_model_moe(m), &p0, &t0);
     for (int s = 0; s < n_seqs && !st; s++)
@@ -79,7 +82,6 @@ static ep_status run_policy(const ep_model_cfg *cfg, ep_model *m, const char *sp
                                 logits + (size_t)s * len * cfg->vocab);
     ep_moe_reference_counts(ep_model_moe(m), &p1, &t1);
     *avg_k = t1 > t0 ? (double)(p1 - p0) / (double)(t1 - t0) : 0.0;
-    ep_policy_free(p);
     return st;
 }
 
@@ -100,12 +102,12 @@ int ep_cmd_bench_kl(int argc, char **argv)
         switch (c) {
         case 'm': model = optarg; break;
         case 'r': routing = optarg; break;
-        case 's': if (!parse_int("--seqs", optarg, 1, &n_seqs)) return 2; break;
-        case 'l': if (!parse_int("--len", optarg, 1, &len)) return 2; break;
-        case 'S': if (!parse_int("--seed", optarg, 0, &seed)) return 2; break;
-        case 't': if (!parse_int("--top", optarg, 1, &top)) return 2; break;
-        case 'w': if (!parse_int("--ranks", optarg, 1, &W)) return 2; break;
-        case 'n': if (!parse_int("--ranks-per-node", optarg, 1, &rpn)) return 2; break;
+        case 's': if (!opt_int("--seqs", optarg, 1, &n_seqs)) return 2; break;
+        case 'l': if (!opt_int("--len", optarg, 1, &len)) return 2; break;
+        case 'S': if (!opt_int("--seed", optarg, 0, &seed)) return 2; break;
+        case 't': if (!opt_int("--top", optarg, 1, &top)) return 2; break;
+        case 'w': if (!opt_int("--ranks", optarg, 1, &W)) return 2; break;
+        case 'n': if (!opt_int("--ranks-per-node", optarg, 1, &rpn)) return 2; break;
         case 'j': json_out = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -156,15 +158,14 @@ int ep_cmd_bench_kl(int argc, char **argv)
             rows[n_pol++] = (kl_row){.name = t};
         }
     }
-    // Every policy is created once up front: bad names fail before any
+    // Every policy is created once, up front: bad names fail before any
     // loading, and the MoE is sized for the most experts any of them keeps.
+    ep_policy *base_pol = NULL;
     int max_k = cfg.k_base;
-    for (int i = 0; i < n_pol && !st; i++) {
-        ep_policy *p = NULL;
-        if (!(st = ep_policy_create(&cfg, rows[i].name, &p)))
-            max_k = EP_MAX(max_k, ep_policy_max_k(p));
-        ep_policy_free(p);
-    }
+    if (!st) st = make_policy(&cfg, "baseline", W, rpn, &base_pol);
+    for (int i = 0; i < n_pol && !st; i++)
+        if (!(st = make_policy(&cfg, rows[i].name, W, rpn, &rows[i].pol)))
+            max_k = EP_MAX(max_k, ep_policy_max_k(rows[i].pol));
     if (!st) {
         ep_model_opts mo;
         ep_model_opts_default(&mo, &cfg);
@@ -192,10 +193,10 @@ int ep_cmd_bench_kl(int argc, char **argv)
         ep_rng_seed(&rng, (uint64_t)seed);
         for (size_t i = 0; i < rows_total; i++)
             tok[i] = (int)(ep_rng_next(&rng) % (uint64_t)cfg.vocab);
-        st = run_policy(&cfg, m, "baseline", W, rpn, tok, n_seqs, len, base, &base_k);
+        st = run_policy(&cfg, m, base_pol, tok, n_seqs, len, base, &base_k);
     }
     for (int i = 0; i < n_pol && !st; i++) {
-        if ((st = run_policy(&cfg, m, rows[i].name, W, rpn, tok, n_seqs, len, q, &rows[i].avg_k)))
+        if ((st = run_policy(&cfg, m, rows[i].pol, tok, n_seqs, len, q, &rows[i].avg_k)))
             break;
         double sum = 0, mx = 0;
         for (size_t r = 0; r < rows_total; r++) {
@@ -239,6 +240,9 @@ int ep_cmd_bench_kl(int argc, char **argv)
             json_decref(root);
         }
     }
+    ep_policy_free(base_pol);
+    for (int i = 0; i < n_pol; i++)
+        ep_policy_free(rows[i].pol);
     free(base);
     free(q);
     free(idx);

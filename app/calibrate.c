@@ -2,6 +2,7 @@
 // of token ids) and writes a banpick routing profile. Only the command line
 // and the output header live here; the sweeps are model/calibrate.c and the
 // pure parts router/calibrate.c. Rank 0 writes; every rank computes.
+#include "app/args.h"
 #include "app/commands.h"
 #include "common/weights.h"
 #include "model/calibrate.h"
@@ -28,16 +29,6 @@ static void calibrate_usage(FILE *f)
             "  --key-candidates N   most frequent experts tried per layer and domain (default 2)\n"
             "  --top-tokens N       N of the top-N KL (default 1000; whole vocab if smaller)\n"
             "  --quiet              no progress lines on stderr\n");
-}
-
-static bool parse_int(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
 }
 
 // Comment lines on top of the profile: how it was made. Nothing that changes
@@ -131,7 +122,7 @@ int ep_cmd_calibrate(int argc, char **argv)
             calibrate_usage(stderr);
             return 2;
         }
-        if (dst && !parse_int(optarg, 1, 1 << 20, dst)) {
+        if (dst && !ep_arg_int(optarg, 1, 1 << 20, dst)) {
             fprintf(stderr, "epserve calibrate: %s: expected an integer >= 1, found '%s'\n", name,
                     optarg);
             return 2;

@@ -2,6 +2,7 @@
 // (mpirun), printed on rank 0: ids, text, finish reason, usage, tokens/s and
 // the mean experts per token. Only the command line and the printing live
 // here; the work is scheduler/engine.c. Input errors exit 2 on every rank.
+#include "app/args.h"
 #include "app/commands.h"
 #include "common/weights.h"
 #include "model/tokenizer.h"
@@ -81,56 +82,6 @@ static void on_event(void *user, const ep_event *ev)
     } else {
         snprintf(g->reason, sizeof g->reason, "%s", ev->finish_reason);
     }
-}
-
-static bool parse_int(const char *s, long lo, long hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
-
-static bool parse_f(const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (!*s || *end || errno || !isfinite(v)) return false;
-    *out = (float)v;
-    return true;
-}
-
-// "1,2,3" -> ids (malloc'ed). Ids are checked against the vocab later.
-static ep_status parse_ids(const char *s, int **ids, int *n)
-{
-    int cap = 16, k = 0;
-    int *v = ep_xmalloc((size_t)cap * sizeof(int));
-    const char *p = s;
-    while (*p) {
-        char *end;
-        errno = 0;
-        long x = strtol(p, &end, 10);
-        if (end == p || errno || x < INT_MIN || x > INT_MAX || (*end && *end != ',')) {
-            free(v);
-            return ep_errorf(EP_ERR_ARG,
-                             "--tokens: expected comma-separated integers, found "
-                             "'%s' at entry %d",
-                             p, k);
-        }
-        if (k == cap) v = ep_xrealloc(v, (size_t)(cap *= 2) * sizeof(int));
-        v[k++] = (int)x;
-        p = *end ? end + 1 : end;
-    }
-    if (k == 0) {
-        free(v);
-        return ep_errorf(EP_ERR_ARG, "--tokens: no token ids in '%s'", s);
-    }
-    *ids = v;
-    *n = k;
-    return EP_OK;
 }
 
 // A JSON string of bytes that may not be UTF-8 (a byte-level token on its
@@ -213,19 +164,19 @@ int ep_cmd_generate(int argc, char **argv)
             tokens = optarg;
             break;
         case 'n':
-            ok = parse_int(optarg, 1, 1 << 24, &max_tokens);
+            ok = ep_arg_int(optarg, 1, 1 << 24, &max_tokens);
             break;
         case 'r':
             routing = optarg;
             break;
         case 'T':
-            ok = parse_f(optarg, &sp.temperature);
+            ok = ep_arg_float(optarg, &sp.temperature);
             break;
         case 'k':
-            ok = parse_int(optarg, 0, INT_MAX, &sp.top_k);
+            ok = ep_arg_int(optarg, 0, INT_MAX, &sp.top_k);
             break;
         case 'P':
-            ok = parse_f(optarg, &sp.top_p);
+            ok = ep_arg_float(optarg, &sp.top_p);
             break;
         case 's': {
             char *end;
@@ -242,10 +193,10 @@ int ep_cmd_generate(int argc, char **argv)
             ignore_eos = true;
             break;
         case 'R':
-            ok = parse_int(optarg, 1, 1 << 20, &rpn);
+            ok = ep_arg_int(optarg, 1, 1 << 20, &rpn);
             break;
         case 'w':
-            ok = parse_f(optarg, &timeout) && timeout > 0;
+            ok = ep_arg_float(optarg, &timeout) && timeout > 0;
             break;
         case 'b':
             ok = ep_moe_backend_parse(optarg, &backend) == EP_OK;
@@ -314,7 +265,7 @@ int ep_cmd_generate(int argc, char **argv)
         }
     }
     if (tokens) {
-        if ((st = parse_ids(tokens, &ids, &n_ids))) goto done;
+        if ((st = ep_arg_ids("--tokens", tokens, INT_MIN, &ids, &n_ids))) goto done;
         for (int i = 0; i < n_ids; i++)
             if (ids[i] < 0 || ids[i] >= cfg.vocab) {
                 st = ep_errorf(EP_ERR_ARG,

@@ -3,6 +3,7 @@
 // the sequence; every other rank joins each MoE layer with an empty batch.
 // Output: [n, vocab] float32 little-endian (--out, atomic) or JSON. Not a
 // serving path: no sampling, no KV reuse, one step.
+#include "app/args.h"
 #include "app/commands.h"
 #include "common/json_util.h"
 #include "common/weights.h"
@@ -45,31 +46,6 @@ static void usage(FILE *f)
             "  --help           this text\n"
             "Runs under mpirun: rank 0 holds the sequence, every rank joins every MoE layer.\n",
             LOGITS_REF_TOL, LOGITS_REF_TOL_BF16);
-}
-
-// "1,2,3" -> ids (malloc'd). Syntax only; the vocabulary is checked later.
-static bool parse_tokens(const char *s, int **ids, int *n)
-{
-    *ids = NULL;
-    *n = 0;
-    int cap = 1;
-    for (const char *p = s; *p; p++) cap += *p == ',';
-    int *v = ep_xmalloc((size_t)cap * sizeof(int));
-    const char *p = s;
-    for (;;) {
-        char *end;
-        errno = 0;
-        long x = strtol(p, &end, 10);
-        if (end == p || errno || x < 0 || x > 0x7fffffff || (*end && *end != ',')) {
-            free(v);
-            return false;
-        }
-        v[(*n)++] = (int)x;
-        if (!*end) break;
-        p = end + 1;
-    }
-    *ids = v;
-    return true;
 }
 
 // Writes rows x cols floats as little-endian float32, whatever the host order.
@@ -164,11 +140,8 @@ int ep_cmd_logits(int argc, char **argv)
     }
     if (!out) json = true;
     int *tok = NULL, n = 0;
-    if (!parse_tokens(tokens, &tok, &n)) {
-        fprintf(stderr,
-                "epserve logits: --tokens: expected comma-separated token ids >= 0 like "
-                "1,2,3, found '%s'\n",
-                tokens);
+    if (ep_arg_ids("--tokens", tokens, 0, &tok, &n)) {
+        fprintf(stderr, "epserve logits: %s\n", ep_last_error());
         return 2;
     }
 

@@ -3,6 +3,7 @@
 // the engine loop on their main thread until SIGINT/SIGTERM (rank 0 stops
 // the engine, which stops every rank) or a failed step (a dead or stuck rank:
 // the engine answers every request with an error and this exits non-zero).
+#include "app/args.h"
 #include "app/commands.h"
 #include "common/weights.h"
 #include "scheduler/engine.h"
@@ -40,16 +41,6 @@ static void serve_usage(FILE *f)
                "Launch with `mpirun --mca odls_base_sigkill_timeout 3 ...` so that when a rank\n"
                "dies, rank 0 has time to answer every request with an error naming it before\n"
                "mpirun kills the job (docs/serving.md).\n");
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) return false;
-    *out = v;
-    return true;
 }
 
 static ep_engine *volatile g_engine; // for the signal handler (rank 0)
@@ -184,7 +175,7 @@ int ep_cmd_serve(int argc, char **argv)
             serve_usage(stderr);
             return 2;
         }
-        if (dst && !parse_long(optarg, lo, hi, dst)) {
+        if (dst && !ep_arg_long(optarg, lo, hi, dst)) {
             fprintf(stderr, "epserve serve: %s: expected an integer in [%ld, %ld], found '%s'\n",
                     name, lo, hi, optarg);
             return 2;

@@ -1,6 +1,7 @@
 // `epserve tokenize`: text -> ids and ids -> text with a model's tokenizer,
 // like vLLM's /tokenize and /detokenize. --lines runs many requests in one
 // process (the parity test feeds it hundreds). Tokenizer logic is model/'s.
+#include "app/args.h"
 #include "app/commands.h"
 #include "common/json_util.h"
 #include "common/model_cfg.h"
@@ -83,37 +84,6 @@ static void print_json_string(FILE *f, const char *s, size_t n)
         }
     }
     fputs("\"\n", f);
-}
-
-// "1,2,3" -> ids; errors name the bad element.
-static int parse_ids(const char *s, int **ids, int *n)
-{
-    size_t cap = 1;
-    for (const char *p = s; *p; p++)
-        cap += *p == ',';
-    *ids = malloc(cap * sizeof **ids);
-    if (!*ids) return usage_error("--ids: too many ids (%s)", "out of memory");
-    *n = 0;
-    const char *p = s;
-    for (;;) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || v < INT_MIN || v > INT_MAX || (*end && *end != ',')) {
-            char item[64];
-            size_t l = strcspn(p, ",");
-            snprintf(item, sizeof item, "%.*s", (int)EP_MIN(l, 40), p);
-            fprintf(stderr, "epserve tokenize: --ids: item %d: expected an integer, found '%s'\n",
-                    *n, item);
-            free(*ids);
-            *ids = NULL;
-            return 2;
-        }
-        (*ids)[(*n)++] = (int)v;
-        if (!*end) break;
-        p = end + 1;
-    }
-    return 0;
 }
 
 static int do_lines(const ep_tokenizer *t, const char *path, bool special)
@@ -246,8 +216,10 @@ int ep_cmd_tokenize(int argc, char **argv)
 
     int *ids = NULL, n = 0;
     if (ids_arg) {
-        int rc = parse_ids(ids_arg, &ids, &n);
-        if (rc) return rc;
+        if (ep_arg_ids("--ids", ids_arg, INT_MIN, &ids, &n)) {
+            fprintf(stderr, "epserve tokenize: %s\n", ep_last_error());
+            return 2;
+        }
     }
     ep_tokenizer *t = NULL;
     ep_status st;

@@ -1,0 +1,18 @@
+// Option values the subcommands share: an integer in a range, a finite real,
+// and a comma-separated list of token ids. Syntax and range only; what a
+// value means (a token id inside the vocab, ...) is the caller's to check.
+#ifndef EP_APP_ARGS_H
+#define EP_APP_ARGS_H
+
+#include "common/ep.h"
+
+// The whole of s is a decimal integer in [lo, hi].
+bool ep_arg_long(const char *s, long lo, long hi, long *out);
+bool ep_arg_int(const char *s, long lo, long hi, int *out); // lo, hi within int
+// The whole of s is a finite real.
+bool ep_arg_float(const char *s, float *out);
+// "1,2,3" -> *ids (malloc'ed, *n >= 1), each in [lo, INT_MAX]. EP_ERR_ARG
+// names opt, the item's index and what was found.
+ep_status ep_arg_ids(const char *opt, const char *s, long lo, int **ids, int *n);
+
+#endif
