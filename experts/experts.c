@@ -22,6 +22,9 @@
 // Weight rows per kernel task: 64 rows of 2048 fp32 are 512 KiB, enough work
 // to amortise a hand-out, small enough to balance decode over the threads.
 #define EP_EXPERTS_TASK_ROWS 64
+// The same for segments on the outer-product path: a multiple of its 6-row
+// register tile, so that only the last task of a product has a ragged tile.
+#define EP_EXPERTS_NN_TASK_ROWS 48
 
 // One MoE layer. Dense layers keep an all-zero entry.
 typedef struct {
@@ -57,6 +60,11 @@ struct ep_experts {
     int *order_pair; // [order_cap] pair index, sorted by local expert (stable)
     int *order_rec;  // [order_cap] record of that pair
     size_t order_cap;
+    // Rows of a pass's segments in these buffers: a segment of m rows owns
+    // rows [seg[4i+3], + m) of each, or, on the outer-product path, m rounded
+    // up to 16 (mp) rows' worth, read as a K-major panel: xg [H][mp] (then
+    // the down products' output, once gate|up is done with it), gu [2W][mp],
+    // act [W][mp]; og is row-major [m][H] for every segment.
     float *xg;     // [chunk_cap, H] gathered input rows
     float *gu;     // [chunk_cap, 2 * max(I, S)] gate | up outputs
     float *act;    // [chunk_cap, max(I, S)] silu(gate) * up
@@ -64,10 +72,16 @@ struct ep_experts {
     uint16_t *xg16;  // [chunk_cap, H] gathered rows in BF16 (BF16 experts)
     uint16_t *act16; // [chunk_cap, I] act in BF16 (BF16 experts)
     int chunk_cap;   // rows the buffers above hold
-    int *seg;        // [seg_cap * 3] per segment: local expert, first sorted pair, rows
+    int *seg;        // [seg_cap * 4] per segment: local expert, first sorted pair, rows,
+                     // first buffer row in its pass (above)
     int seg_cap;
     int *task;       // [task_cap * 2] per kernel task: segment, first weight row
     int task_cap;
+    int *segord;     // [segord_cap] a pass's segments, tallest first
+    int segord_cap;
+    int *gtask;      // [gtask_cap * 4] per gather task: segment (-1: row-major rows),
+                     // first row (of the segment; of the pass), rows, first buffer row
+    int gtask_cap;
 };
 
 // ---- load ----------------------------------------------------------------
@@ -277,6 +291,8 @@ void ep_experts_free(ep_experts *e)
     free(e->act16);
     free(e->seg);
     free(e->task);
+    free(e->gtask);
+    free(e->segord);
     free(e);
 }
 
@@ -510,73 +526,133 @@ typedef struct {
     const float *pair_weight; // [n_pairs]
     float *y;                 // [n_rec, H]
     int c0, rows;
-    const int *seg; // [n_seg * 3] local expert, first sorted pair, rows
-    int n_tasks;
+    int *seg; // [n_seg * 4] local expert, first sorted pair, rows, first buffer row
+    int n_seg;
+    int nn_min; // fp32 kernel segments this tall take the outer-product path
 } ep_fwd_pass;
 
 #define EP_FWD_GATHER_ROWS 16
 #define EP_FWD_COMBINE_COLS 256
 
+static bool seg_uses_gemm(const ep_experts *e, const int *sg)
+{
+    return !e->bf16 && sg[2] >= e->gemm_min_rows;
+}
+
+// Outer-product path: the segment's activations K-major, C^T = W . A^T.
+static bool seg_uses_nn(const ep_experts *e, const ep_fwd_pass *f, const int *sg)
+{
+    return !e->bf16 && !seg_uses_gemm(e, sg) && sg[2] >= f->nn_min;
+}
+
+static int task_rows(const ep_experts *e, const ep_fwd_pass *f, const int *sg)
+{
+    return seg_uses_nn(e, f, sg) ? EP_EXPERTS_NN_TASK_ROWS : EP_EXPERTS_TASK_ROWS;
+}
+
+static int pad16(int m)
+{
+    return (m + 15) & ~15;
+}
+
+// Row-major rows: a run of pass rows, to buffer rows from t[3] on (fp32, or
+// BF16 for BF16 experts). Panel rows: up to 16 rows of one outer-product
+// segment transposed into its K-major panel [H][mp], 16 x 16 at a time.
 static void gather_task(void *ctx, int task, int thread)
 {
     const ep_fwd_pass *f = ctx;
     ep_experts *e = f->e;
-    const int H = e->hidden, r0 = task * EP_FWD_GATHER_ROWS;
-    const int r1 = EP_MIN(f->rows, r0 + EP_FWD_GATHER_ROWS);
-    for (int r = r0; r < r1; r++) {
-        const float *src = f->x + (size_t)e->order_rec[f->c0 + r] * H;
-        if (e->bf16)
-            ep_kern_to_bf16(H, src, e->xg16 + (size_t)r * H);
-        else
-            memcpy(e->xg + (size_t)r * H, src, (size_t)H * sizeof(float));
+    const int *t = e->gtask + 4 * task;
+    const int H = e->hidden;
+    if (t[0] < 0) {
+        for (int q = 0; q < t[2]; q++) {
+            const float *src = f->x + (size_t)e->order_rec[f->c0 + t[1] + q] * H;
+            const size_t dst = (size_t)(t[3] + q) * H;
+            if (e->bf16)
+                ep_kern_to_bf16(H, src, e->xg16 + dst);
+            else
+                memcpy(e->xg + dst, src, (size_t)H * sizeof(float));
+        }
+        return;
     }
+    const int *sg = f->seg + 4 * t[0];
+    const float *src[EP_FWD_GATHER_ROWS];
+    for (int q = 0; q < t[2]; q++)
+        src[q] = f->x + (size_t)e->order_rec[sg[1] + t[1] + q] * H;
+    ep_kern_transpose(t[2], H, src, e->xg + (size_t)sg[3] * H + t[1], pad16(sg[2]));
 }
 
 // gate and up rows [n0, n0 + nb) of one segment's expert, SiLU*mul fused:
-// the task writes act (and its BF16 copy) for exactly those columns.
+// the task writes act (and its BF16 copy) for exactly those columns (on the
+// outer-product path: those rows of act^T).
 static void gate_up_task(void *ctx, int task, int thread)
 {
     const ep_fwd_pass *f = ctx;
     ep_experts *e = f->e;
-    const int *sg = f->seg + 3 * e->task[2 * task];
+    const int *sg = f->seg + 4 * e->task[2 * task];
     const int n0 = e->task[2 * task + 1];
-    const int H = e->hidden, I = e->inter, loc = sg[0], row0 = sg[1] - f->c0, m = sg[2];
-    const int nb = EP_MIN(EP_EXPERTS_TASK_ROWS, I - n0);
-    float *gu = e->gu + (size_t)row0 * 2 * I;
+    const int H = e->hidden, I = e->inter, loc = sg[0], b0 = sg[3], m = sg[2];
+    const int nb = EP_MIN(task_rows(e, f, sg), I - n0);
+    float *gu = e->gu + (size_t)b0 * 2 * I;
     const size_t gu_n = (size_t)2 * I * H;
+    if (seg_uses_nn(e, f, sg)) {
+        const int mp = pad16(m);
+        const float *w = f->L->gate_up + gu_n * loc, *xt = e->xg + (size_t)b0 * H;
+        ep_kern_f32_nn(nb, m, H, w + (size_t)n0 * H, H, xt, mp, gu + (size_t)n0 * mp, mp);
+        ep_kern_f32_nn(nb, m, H, w + (size_t)(I + n0) * H, H, xt, mp, gu + (size_t)(I + n0) * mp,
+                       mp);
+        float *at = e->act + (size_t)b0 * I;
+        for (int c = n0; c < n0 + nb; c++)
+            ep_kern_swiglu(m, gu + (size_t)c * mp, gu + (size_t)(I + c) * mp, at + (size_t)c * mp);
+        return;
+    }
     if (e->bf16) {
-        const uint16_t *w = f->L->gate_up16 + gu_n * loc, *xa = e->xg16 + (size_t)row0 * H;
+        const uint16_t *w = f->L->gate_up16 + gu_n * loc, *xa = e->xg16 + (size_t)b0 * H;
         ep_kern_bf16_nt(m, nb, H, xa, H, w + (size_t)n0 * H, H, gu + n0, 2 * I);
         ep_kern_bf16_nt(m, nb, H, xa, H, w + (size_t)(I + n0) * H, H, gu + I + n0, 2 * I);
     } else {
-        const float *w = f->L->gate_up + gu_n * loc, *xa = e->xg + (size_t)row0 * H;
+        const float *w = f->L->gate_up + gu_n * loc, *xa = e->xg + (size_t)b0 * H;
         ep_kern_f32_nt(m, nb, H, xa, H, w + (size_t)n0 * H, H, gu + n0, 2 * I);
         ep_kern_f32_nt(m, nb, H, xa, H, w + (size_t)(I + n0) * H, H, gu + I + n0, 2 * I);
     }
     for (int r = 0; r < m; r++) {
         const float *g = gu + (size_t)r * 2 * I + n0;
-        float *a = e->act + (size_t)(row0 + r) * I + n0;
+        float *a = e->act + (size_t)(b0 + r) * I + n0;
         ep_kern_swiglu(nb, g, g + I, a);
-        if (e->bf16) ep_kern_to_bf16(nb, a, e->act16 + (size_t)(row0 + r) * I + n0);
+        if (e->bf16) ep_kern_to_bf16(nb, a, e->act16 + (size_t)(b0 + r) * I + n0);
     }
 }
 
-// down rows [n0, n0 + nb) (output columns) of one segment's expert.
+// down rows [n0, n0 + nb) (output columns) of one segment's expert. On the
+// outer-product path the product is og^T's rows [n0, n0 + nb), put in the
+// segment's xg panel (gate|up no longer reads it) and transposed into og,
+// so that combine reads every segment alike.
 static void down_task(void *ctx, int task, int thread)
 {
     const ep_fwd_pass *f = ctx;
     ep_experts *e = f->e;
-    const int *sg = f->seg + 3 * e->task[2 * task];
+    const int *sg = f->seg + 4 * e->task[2 * task];
     const int n0 = e->task[2 * task + 1];
-    const int H = e->hidden, I = e->inter, loc = sg[0], row0 = sg[1] - f->c0, m = sg[2];
-    const int nb = EP_MIN(EP_EXPERTS_TASK_ROWS, H - n0);
+    const int H = e->hidden, I = e->inter, loc = sg[0], b0 = sg[3], m = sg[2];
+    const int nb = EP_MIN(task_rows(e, f, sg), H - n0);
     const size_t d_n = (size_t)H * I;
-    float *o = e->og + (size_t)row0 * H + n0;
+    float *o = e->og + (size_t)b0 * H + n0;
+    if (seg_uses_nn(e, f, sg)) {
+        const int mp = pad16(m);
+        float *ot = e->xg + (size_t)b0 * H + (size_t)n0 * mp;
+        ep_kern_f32_nn(nb, m, I, f->L->down + d_n * loc + (size_t)n0 * I, I,
+                       e->act + (size_t)b0 * I, mp, ot, mp);
+        const float *src[EP_EXPERTS_NN_TASK_ROWS];
+        for (int c = 0; c < nb; c++)
+            src[c] = ot + (size_t)c * mp;
+        ep_kern_transpose(nb, m, src, o, H);
+        return;
+    }
     if (e->bf16)
-        ep_kern_bf16_nt(m, nb, I, e->act16 + (size_t)row0 * I, I,
+        ep_kern_bf16_nt(m, nb, I, e->act16 + (size_t)b0 * I, I,
                         f->L->down16 + d_n * loc + (size_t)n0 * I, I, o, H);
     else
-        ep_kern_f32_nt(m, nb, I, e->act + (size_t)row0 * I, I,
+        ep_kern_f32_nt(m, nb, I, e->act + (size_t)b0 * I, I,
                        f->L->down + d_n * loc + (size_t)n0 * I, I, o, H);
 }
 
@@ -589,30 +665,47 @@ static void combine_task(void *ctx, int task, int thread)
     const ep_experts *e = f->e;
     const int H = e->hidden, k0 = task * EP_FWD_COMBINE_COLS;
     const int k1 = EP_MIN(H, k0 + EP_FWD_COMBINE_COLS);
-    for (int r = 0; r < f->rows; r++) {
-        const float wt = f->pair_weight[e->order_pair[f->c0 + r]];
-        const float *o = e->og + (size_t)r * H;
-        float *yr = f->y + (size_t)e->order_rec[f->c0 + r] * H;
-        for (int k = k0; k < k1; k++)
-            yr[k] += wt * o[k];
+    for (int i = 0; i < f->n_seg; i++) {
+        const int *sg = f->seg + 4 * i;
+        for (int r = 0; r < sg[2]; r++) {
+            const float wt = f->pair_weight[e->order_pair[sg[1] + r]];
+            const float *o = e->og + (size_t)(sg[3] + r) * H;
+            float *yr = f->y + (size_t)e->order_rec[sg[1] + r] * H;
+            ep_kern_axpy(k1 - k0, wt, o + k0, yr + k0);
+        }
     }
 }
 
-static bool seg_uses_gemm(const ep_experts *e, const int *sg)
+// Kernel tasks of the pass's segments that do not go to the gemm: one per
+// (segment, block of `width` weight rows). Outer-product segments first,
+// tallest first, then the others in local order (decode: as before the
+// outer-product path). The pool hands tasks out in order, so a big task left
+// for last would keep one thread busy while the others wait at the end of
+// the phase (a 512-row segment's task is ~2 ms); each task writes its own
+// outputs, so the order changes no result. Counting sort on the key.
+static int seg_order_key(const ep_experts *e, const ep_fwd_pass *f, const int *sg)
 {
-    return !e->bf16 && sg[2] >= e->gemm_min_rows;
+    return seg_uses_nn(e, f, sg) ? EP_EXPERTS_CHUNK_ROWS - sg[2] : EP_EXPERTS_CHUNK_ROWS;
 }
 
-// Kernel tasks of the pass's segments that do not go to the gemm: one per
-// (segment, block of `width` weight rows).
-static int build_tasks(ep_experts *e, const ep_fwd_pass *f, int n_seg, int width)
+static int build_tasks(ep_experts *e, const ep_fwd_pass *f, int width)
 {
-    const int per = (width + EP_EXPERTS_TASK_ROWS - 1) / EP_EXPERTS_TASK_ROWS;
-    grow_ints(&e->task, &e->task_cap, n_seg * per, 2);
+    const int per = (width + EP_EXPERTS_NN_TASK_ROWS - 1) / EP_EXPERTS_NN_TASK_ROWS;
+    grow_ints(&e->task, &e->task_cap, f->n_seg * per, 2);
+    grow_ints(&e->segord, &e->segord_cap, f->n_seg, 1);
+    int at[EP_EXPERTS_CHUNK_ROWS + 2] = {0}; // key -> first slot
+    for (int i = 0; i < f->n_seg; i++)
+        at[seg_order_key(e, f, f->seg + 4 * i) + 1]++;
+    for (int r = 0; r <= EP_EXPERTS_CHUNK_ROWS; r++)
+        at[r + 1] += at[r];
+    for (int i = 0; i < f->n_seg; i++)
+        e->segord[at[seg_order_key(e, f, f->seg + 4 * i)]++] = i;
     int n = 0;
-    for (int i = 0; i < n_seg; i++) {
-        if (seg_uses_gemm(e, f->seg + 3 * i)) continue;
-        for (int n0 = 0; n0 < width; n0 += EP_EXPERTS_TASK_ROWS) {
+    for (int o = 0; o < f->n_seg; o++) {
+        const int i = e->segord[o];
+        if (seg_uses_gemm(e, f->seg + 4 * i)) continue;
+        const int step = task_rows(e, f, f->seg + 4 * i);
+        for (int n0 = 0; n0 < width; n0 += step) {
             e->task[2 * n] = i;
             e->task[2 * n + 1] = n0;
             n++;
@@ -621,32 +714,79 @@ static int build_tasks(ep_experts *e, const ep_fwd_pass *f, int n_seg, int width
     return n;
 }
 
-static void forward_pass(ep_fwd_pass *f, int n_seg)
+// Buffer rows of each segment (sg[3]), the scratch grown to hold them, and
+// the gather tasks: 16-row groups of each outer-product segment, and runs of
+// up to 16 consecutive row-major rows (many one-row experts in decode share
+// a task, as before the panels existed).
+static int plan_pass(ep_experts *e, ep_fwd_pass *f)
+{
+    int off = 0;
+    for (int i = 0; i < f->n_seg; i++) {
+        int *sg = f->seg + 4 * i;
+        sg[3] = off;
+        off += seg_uses_nn(e, f, sg) ? pad16(sg[2]) : sg[2];
+    }
+    if (off > e->chunk_cap) grow_chunk(e, off + off / 4); // headroom: paddings vary by step
+    grow_ints(&e->gtask, &e->gtask_cap, f->rows / EP_FWD_GATHER_ROWS + 2 * f->n_seg + 1, 4);
+    int n = 0;
+    for (int i = 0; i < f->n_seg; i++) {
+        const int *sg = f->seg + 4 * i;
+        if (seg_uses_nn(e, f, sg)) {
+            for (int r0 = 0; r0 < sg[2]; r0 += EP_FWD_GATHER_ROWS) {
+                int *t = e->gtask + 4 * n++;
+                t[0] = i;
+                t[1] = r0;
+                t[2] = EP_MIN(EP_FWD_GATHER_ROWS, sg[2] - r0);
+                t[3] = sg[3] + r0;
+            }
+            continue;
+        }
+        for (int r = 0; r < sg[2];) {
+            int *t = n ? e->gtask + 4 * (n - 1) : NULL;
+            const int pr = sg[1] - f->c0 + r; // pass row
+            if (t && t[0] < 0 && t[2] < EP_FWD_GATHER_ROWS && t[1] + t[2] == pr) {
+                const int add = EP_MIN(EP_FWD_GATHER_ROWS - t[2], sg[2] - r);
+                t[2] += add;
+                r += add;
+                continue;
+            }
+            t = e->gtask + 4 * n++;
+            t[0] = -1;
+            t[1] = pr;
+            t[2] = EP_MIN(EP_FWD_GATHER_ROWS, sg[2] - r);
+            t[3] = sg[3] + r;
+            r += t[2];
+        }
+    }
+    return n;
+}
+
+static void forward_pass(ep_fwd_pass *f)
 {
     ep_experts *e = f->e;
     const int H = e->hidden, I = e->inter;
-    ep_par_for((f->rows + EP_FWD_GATHER_ROWS - 1) / EP_FWD_GATHER_ROWS, gather_task, f);
+    ep_par_for(plan_pass(e, f), gather_task, f);
 
     // Small experts (and every BF16 one): all of them at once over the
     // pool, so a decode step's many one-token experts share the threads.
-    int n = build_tasks(e, f, n_seg, I);
+    int n = build_tasks(e, f, I);
     ep_par_for(n, gate_up_task, f);
-    n = build_tasks(e, f, n_seg, H);
+    n = build_tasks(e, f, H);
     ep_par_for(n, down_task, f);
 
     // Tall fp32 experts: the backend's gemm, one expert at a time.
     ep_backend *be = e->be;
     const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
-    for (int i = 0; i < n_seg; i++) {
-        const int *sg = f->seg + 3 * i;
+    for (int i = 0; i < f->n_seg; i++) {
+        const int *sg = f->seg + 4 * i;
         if (!seg_uses_gemm(e, sg)) continue;
-        const int row0 = sg[1] - f->c0, m = sg[2];
-        float *gu = e->gu + (size_t)row0 * 2 * I, *act = e->act + (size_t)row0 * I;
-        be->vt->gemm_nt(be, m, 2 * I, H, e->xg + (size_t)row0 * H, f->L->gate_up + gu_n * sg[0],
+        const int b0 = sg[3], m = sg[2];
+        float *gu = e->gu + (size_t)b0 * 2 * I, *act = e->act + (size_t)b0 * I;
+        be->vt->gemm_nt(be, m, 2 * I, H, e->xg + (size_t)b0 * H, f->L->gate_up + gu_n * sg[0],
                         0.0f, gu);
         swiglu_rows(m, I, gu, act);
         be->vt->gemm_nt(be, m, H, I, act, f->L->down + d_n * sg[0], 0.0f,
-                        e->og + (size_t)row0 * H);
+                        e->og + (size_t)b0 * H);
     }
     ep_par_for((H + EP_FWD_COMBINE_COLS - 1) / EP_FWD_COMBINE_COLS, combine_task, f);
 }
@@ -714,13 +854,14 @@ ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pai
     // Segments: each expert's rows cut into runs of at most a chunk.
     const int CH = EP_EXPERTS_CHUNK_ROWS;
     grow_chunk(e, (int)EP_MIN(n_pairs, (size_t)CH));
-    grow_ints(&e->seg, &e->seg_cap, L->n_local + (int)(n_pairs / CH) + 1, 3);
+    grow_ints(&e->seg, &e->seg_cap, L->n_local + (int)(n_pairs / CH) + 1, 4);
     int n_seg = 0;
     for (int s = 0; s < L->n_local; s++)
         for (int c = start[s]; c < start[s + 1]; c += CH) {
-            e->seg[3 * n_seg] = s;
-            e->seg[3 * n_seg + 1] = c;
-            e->seg[3 * n_seg + 2] = EP_MIN(CH, start[s + 1] - c);
+            e->seg[4 * n_seg] = s;
+            e->seg[4 * n_seg + 1] = c;
+            e->seg[4 * n_seg + 2] = EP_MIN(CH, start[s + 1] - c);
+            e->seg[4 * n_seg + 3] = 0; // set per pass
             n_seg++;
         }
     memset(y, 0, (size_t)n_rec * H * sizeof(float));
@@ -728,13 +869,16 @@ ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pai
     // Passes: consecutive segments while they fit in a chunk. Experts in
     // local order, rows in record order within each: the order in which y
     // accumulates depends on the inputs alone.
+    const int nn_min = ep_kern_nn_min_rows();
     for (int i = 0; i < n_seg;) {
         ep_fwd_pass f = {.e = e, .L = L, .x = x, .pair_weight = pair_weight, .y = y,
-                         .c0 = e->seg[3 * i + 1], .rows = 0, .seg = e->seg + 3 * i};
+                         .c0 = e->seg[4 * i + 1], .rows = 0, .seg = e->seg + 4 * i,
+                         .nn_min = nn_min};
         int j = i;
-        while (j < n_seg && f.rows + e->seg[3 * j + 2] <= CH)
-            f.rows += e->seg[3 * j++ + 2];
-        forward_pass(&f, j - i);
+        while (j < n_seg && f.rows + e->seg[4 * j + 2] <= CH)
+            f.rows += e->seg[4 * j++ + 2];
+        f.n_seg = j - i;
+        forward_pass(&f);
         i = j;
     }
     return EP_OK;

@@ -1,11 +1,13 @@
 // AVX-512 (f/bw/vl + FMA) bodies of the CPU expert kernels: fp32 and
-// widened-BF16 "nt" products in register tiles, SwiGLU with a vectorised exp,
-// fp32 -> BF16 rounding. Only kern_dispatch.c calls them, after checking the
+// widened-BF16 "nt" products in register tiles, the fp32 outer-product
+// product and its 16 x 16 transposes, SwiGLU with a vectorised exp, fp32 ->
+// BF16 rounding. Only kern_dispatch.c calls them, after checking the
 // CPU; nothing here is compiled with -mavx512 globally.
 #include "experts/cpu/kern_impl.h"
 
 #if EP_KERN_X86
 #include <immintrin.h>
+#include <string.h>
 
 #define EP_TGT    __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
 #define EP_INLINE static inline __attribute__((always_inline)) EP_TGT
@@ -319,6 +321,178 @@ EP_TGT void ep_kern_avx512_bf16_nt(int m, int n, int K, const uint16_t *A, int l
     }
 }
 
+// ---- outer-product products (C = W . X, X K-major) --------------------------
+// Register tile: NW (<= 6) weight rows x MV (<= 4) vectors of 16 tokens, 24
+// accumulators at most. Per k: MV vector loads of X (one row of the K-major
+// activations, contiguous) and NW scalar broadcasts of W (one element of each
+// row-major weight row), then NW x MV fused multiply-adds; nothing to reduce
+// horizontally at the end. The last vector's lanes are masked by ml (m not a
+// multiple of 16), so X's and C's padding is neither read nor written.
+// first: start from zero, else go on from C (the previous K block's sums).
+// pf: the next weight block's first row at this K block, or 0: every 16 k
+// the tile prefetches a line of each of its 6 rows, so the block arrives
+// while this one computes (a K block of a row is 16 lines, too short a
+// stream for the hardware prefetcher to pick up; +1-3 % with the weights in
+// DRAM, one thread, docs/benchmarks.md). Only the first token group of a
+// block passes pf; the others find the weights in L1.
+// An integer, as in the nt tiles: it may point past the end of W.
+
+typedef void (*f32_nn_tile_fn)(int K, const float *W, int ldw, const float *X, int ldx, float *C,
+                               int ldc, __mmask16 ml, bool first, uintptr_t pf);
+
+EP_INLINE void f32_nn_tile(const int NW, const int MV, int K, const float *W, int ldw,
+                           const float *X, int ldx, float *C, int ldc, __mmask16 ml, bool first,
+                           uintptr_t pf)
+{
+    __m512 acc[6][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < NW; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < MV; v++) {
+            const float *c = C + (size_t)r * ldc + 16 * v;
+            if (first)
+                acc[r][v] = _mm512_setzero_ps();
+            else
+                acc[r][v] = v == MV - 1 ? _mm512_maskz_loadu_ps(ml, c) : _mm512_loadu_ps(c);
+        }
+    for (int k = 0; k < K; k++) {
+        if (pf && (k & 15) == 0)
+#pragma GCC unroll 6
+            for (int r = 0; r < 6; r++)
+                _mm_prefetch((const char *)(pf + ((uintptr_t)r * ldw + k) * sizeof(float)),
+                             _MM_HINT_T0);
+        const float *x = X + (size_t)k * ldx;
+        __m512 xv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < MV; v++)
+            xv[v] =
+                v == MV - 1 ? _mm512_maskz_loadu_ps(ml, x + 16 * v) : _mm512_loadu_ps(x + 16 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < NW; r++) {
+            const __m512 b = _mm512_set1_ps(W[(size_t)r * ldw + k]);
+#pragma GCC unroll 4
+            for (int v = 0; v < MV; v++)
+                acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < NW; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < MV; v++) {
+            float *c = C + (size_t)r * ldc + 16 * v;
+            if (v == MV - 1)
+                _mm512_mask_storeu_ps(c, ml, acc[r][v]);
+            else
+                _mm512_storeu_ps(c, acc[r][v]);
+        }
+}
+
+#define EP_NN_FN(nw, mv)                                                                           \
+    static EP_TGT void f32nn_##nw##_##mv(int K, const float *W, int ldw, const float *X, int ldx,  \
+                                         float *C, int ldc, __mmask16 ml, bool first,              \
+                                         uintptr_t pf)                                             \
+    {                                                                                              \
+        f32_nn_tile(nw, mv, K, W, ldw, X, ldx, C, ldc, ml, first, pf);                             \
+    }
+#define EP_NN_FNS(nw) EP_NN_FN(nw, 1) EP_NN_FN(nw, 2) EP_NN_FN(nw, 3) EP_NN_FN(nw, 4)
+EP_NN_FNS(1)
+EP_NN_FNS(2)
+EP_NN_FNS(3)
+EP_NN_FNS(4)
+EP_NN_FNS(5)
+EP_NN_FNS(6)
+#define EP_NN_ROW(nw)                                                                              \
+    {                                                                                              \
+        f32nn_##nw##_1, f32nn_##nw##_2, f32nn_##nw##_3, f32nn_##nw##_4                             \
+    }
+static const f32_nn_tile_fn f32_nn_tiles[6][4] = {EP_NN_ROW(1), EP_NN_ROW(2), EP_NN_ROW(3),
+                                                  EP_NN_ROW(4), EP_NN_ROW(5), EP_NN_ROW(6)};
+
+// K blocks outermost (a block of X, EP_KERN_NN_KBLOCK rows of it, stays in
+// L2; 256, 512, 1024 and unblocked measured within the noise of a shared
+// machine, docs/benchmarks.md), then 6-row weight blocks (their K block, 6 KiB, stays in L1 while
+// every 64-token group of the block meets it), then the token groups.
+EP_TGT void ep_kern_avx512_f32_nn(int n, int m, int K, const float *W, int ldw, const float *X,
+                                  int ldx, float *C, int ldc)
+{
+    if (m == 0 || n == 0) return;
+    if (K == 0) {
+        for (int j = 0; j < n; j++)
+            memset(C + (size_t)j * ldc, 0, (size_t)m * sizeof(float));
+        return;
+    }
+    for (int k0 = 0; k0 < K; k0 += EP_KERN_NN_KBLOCK) {
+        const int kb = EP_MIN(EP_KERN_NN_KBLOCK, K - k0);
+        for (int j = 0, nw; j < n; j += nw) {
+            // The last 7-11 rows as two tiles of 3-6 (5 + 5, not 6 + 4): a
+            // tile of 1-2 weight rows does 4-8 FMAs per 5-6 loads.
+            const int left = n - j;
+            nw = left <= 6 ? left : left < 12 ? (left + 1) / 2 : 6;
+            for (int i = 0; i < m; i += 64) {
+                const int cols = EP_MIN(64, m - i), mv = (cols + 15) / 16;
+                const int last = cols - 16 * (mv - 1); // 1..16 lanes of the last vector
+                const __mmask16 ml = (__mmask16)((1u << last) - 1);
+                const uintptr_t pf =
+                    i == 0 && j + nw < n ? (uintptr_t)(W + (size_t)(j + nw) * ldw + k0) : 0;
+                f32_nn_tiles[nw - 1][mv - 1](kb, W + (size_t)j * ldw + k0, ldw,
+                                             X + (size_t)k0 * ldx + i, ldx, C + (size_t)j * ldc + i,
+                                             ldc, ml, k0 == 0, pf);
+            }
+        }
+    }
+}
+
+// 16 x 16 block in registers: pairs of rows interleaved (32-bit, then 64-bit
+// unpacks) give 4 x 4 transposed blocks within each 128-bit lane; two rounds
+// of lane shuffles put the four lanes of each output row together. Rows past
+// `rows` read as zero, and only `rows` lanes of each output row are stored.
+EP_INLINE void transpose16(int rows, int cols, const float *const *src, int j0, float *dst, int ldd)
+{
+    const __mmask16 mc = (__mmask16)((1u << cols) - 1), mr = (__mmask16)((1u << rows) - 1);
+    __m512 r[16], t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(mc, src[i] + j0) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; p++) {
+        t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+        t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) { // rows 4q..4q+3: u[4q + c] holds column 4l + c in lane l
+        const __m512d a = _mm512_castps_pd(t[4 * q]), b = _mm512_castps_pd(t[4 * q + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * q + 2]), d = _mm512_castps_pd(t[4 * q + 3]);
+        r[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+        const __m512 w0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+        const __m512 v1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        const __m512 w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+        const __m512 out[4] = {
+            _mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0x88),
+            _mm512_shuffle_f32x4(v0, v1, 0xDD), _mm512_shuffle_f32x4(w0, w1, 0xDD)};
+#pragma GCC unroll 4
+        for (int l = 0; l < 4; l++) {
+            const int j = 4 * l + c;
+            if (j < cols) _mm512_mask_storeu_ps(dst + (size_t)j * ldd, mr, out[l]);
+        }
+    }
+}
+
+EP_TGT void ep_kern_avx512_transpose(int rows, int cols, const float *const *src, float *dst,
+                                     int ldd)
+{
+    for (int i0 = 0; i0 < rows; i0 += 16)
+        for (int j0 = 0; j0 < cols; j0 += 16)
+            transpose16(EP_MIN(16, rows - i0), EP_MIN(16, cols - j0), src + i0, j0,
+                        dst + (size_t)j0 * ldd + i0, ldd);
+}
+
 // ---- SwiGLU ------------------------------------------------------------------
 
 // e^r for r <= 0: r = n ln2 + f with |f| <= ln2/2 (ln2 split in two so that
@@ -359,6 +533,23 @@ EP_INLINE __m512 silu16(__m512 x)
     __m512 s = _mm512_mul_ps(x, _mm512_div_ps(num, den));
     const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-100.0f), _CMP_LT_OQ);
     return _mm512_mask_blend_ps(tiny, s, _mm512_set1_ps(-0.0f));
+}
+
+// y += w * x, 16 lanes at a time and a masked tail; _mm512_mul_ps then
+// _mm512_add_ps round twice, as the C loop does.
+EP_TGT void ep_kern_avx512_axpy(int n, float w, const float *x, float *y)
+{
+    const __m512 wv = _mm512_set1_ps(w);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_loadu_ps(y + i),
+                                              _mm512_mul_ps(wv, _mm512_loadu_ps(x + i))));
+    if (i < n) {
+        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, k,
+                              _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + i),
+                                            _mm512_mul_ps(wv, _mm512_maskz_loadu_ps(k, x + i))));
+    }
 }
 
 EP_TGT void ep_kern_avx512_swiglu(int64_t n, const float *g, const float *u, float *out)

@@ -79,6 +79,35 @@ static void c_f32_nt(int m, int n, int K, const float *A, int lda, const float *
         }
 }
 
+// One accumulator per C element, k in order (as the AVX-512 kernel, which
+// differs only by fusing each multiply-add); k outermost so that a row of C
+// and a row of X are walked contiguously.
+static void c_f32_nn(int n, int m, int K, const float *W, int ldw, const float *X, int ldx,
+                     float *C, int ldc)
+{
+    if (m == 0) return; // nothing to write: W need not be readable
+    for (int j = 0; j < n; j++) {
+        float *c = C + (size_t)j * ldc;
+        for (int i = 0; i < m; i++)
+            c[i] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const float w = W[(size_t)j * ldw + k], *x = X + (size_t)k * ldx;
+            for (int i = 0; i < m; i++)
+                c[i] += w * x[i];
+        }
+    }
+}
+
+// 16 x 16 blocks, so that both sides stay within a few cache lines.
+static void c_transpose(int rows, int cols, const float *const *src, float *dst, int ldd)
+{
+    for (int i0 = 0; i0 < rows; i0 += 16)
+        for (int j0 = 0; j0 < cols; j0 += 16)
+            for (int j = j0; j < EP_MIN(cols, j0 + 16); j++)
+                for (int i = i0; i < EP_MIN(rows, i0 + 16); i++)
+                    dst[(size_t)j * ldd + i] = src[i][j];
+}
+
 static void c_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,
                       float *C, int ldc)
 {
@@ -133,6 +162,43 @@ void ep_kern_f32_nt(int m, int n, int K, const float *A, int lda, const float *B
     c_f32_nt(m, n, K, A, lda, B, ldb, C, ldc);
 }
 
+void ep_kern_f32_nn(int n, int m, int K, const float *W, int ldw, const float *X, int ldx, float *C,
+                    int ldc)
+{
+    EP_ASSERT(m >= 0 && n >= 0 && K >= 0);
+#if EP_KERN_X86
+    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_f32_nn(n, m, K, W, ldw, X, ldx, C, ldc);
+        return;
+    }
+#endif
+    c_f32_nn(n, m, K, W, ldw, X, ldx, C, ldc);
+}
+
+void ep_kern_transpose(int rows, int cols, const float *const *src, float *dst, int ldd)
+{
+    EP_ASSERT(rows >= 0 && cols >= 0);
+#if EP_KERN_X86
+    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_transpose(rows, cols, src, dst, ldd);
+        return;
+    }
+#endif
+    c_transpose(rows, cols, src, dst, ldd);
+}
+
+static atomic_int ep_kern_nn_rows = EP_KERN_NN_MIN_ROWS;
+
+void ep_kern_set_nn_min_rows(int n)
+{
+    atomic_store(&ep_kern_nn_rows, n <= 0 ? EP_KERN_NN_MIN_ROWS : n);
+}
+
+int ep_kern_nn_min_rows(void)
+{
+    return atomic_load(&ep_kern_nn_rows);
+}
+
 void ep_kern_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,
                      float *C, int ldc)
 {
@@ -149,6 +215,24 @@ void ep_kern_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint
     }
 #endif
     c_bf16_nt(m, n, K, A, lda, B, ldb, C, ldc);
+}
+
+static void c_axpy(int n, float w, const float *x, float *y)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += w * x[i];
+}
+
+void ep_kern_axpy(int n, float w, const float *x, float *y)
+{
+    EP_ASSERT(n >= 0);
+#if EP_KERN_X86
+    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_axpy(n, w, x, y);
+        return;
+    }
+#endif
+    c_axpy(n, w, x, y);
 }
 
 void ep_kern_swiglu(int64_t n, const float *g, const float *u, float *out)

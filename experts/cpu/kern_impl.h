@@ -24,13 +24,27 @@
 // time (m = 64, in cache, on the reference machine: docs/benchmarks.md).
 #define EP_KERN_PF_MAX_ROWS 16
 
+// Segments of at least this many rows take the outer-product path by default
+// (ep_kern_nn_min_rows): below it a 64-token register tile is mostly masked
+// lanes and the dot-product tiles win (docs/benchmarks.md).
+#define EP_KERN_NN_MIN_ROWS 24
+
+// The outer-product driver walks K in blocks of this many: a block of the
+// K-major activations (256 k x up to 512 + 15 tokens, 512 KiB) stays in L2
+// while every weight row of a task meets it.
+#define EP_KERN_NN_KBLOCK 256
+
 #if EP_KERN_X86
 // kern_avx512.c (avx512f/bw/vl + fma)
 void ep_kern_avx512_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
                            float *C, int ldc);
+void ep_kern_avx512_f32_nn(int n, int m, int K, const float *W, int ldw, const float *X, int ldx,
+                           float *C, int ldc);
+void ep_kern_avx512_transpose(int rows, int cols, const float *const *src, float *dst, int ldd);
 void ep_kern_avx512_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B,
                             int ldb, float *C, int ldc);
 void ep_kern_avx512_swiglu(int64_t n, const float *g, const float *u, float *out);
+void ep_kern_avx512_axpy(int n, float w, const float *x, float *y);
 void ep_kern_avx512_to_bf16(int64_t n, const float *src, uint16_t *dst);
 // kern_avx512bf16.c (+ avx512bf16)
 void ep_kern_avx512bf16_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B,

@@ -2,7 +2,8 @@
 // test reads the weights itself (ep_weights_read_f32) and evaluates
 // Σ_j w_j down(silu(gate x) * up x) in double. Covers the full set, the shards
 // of a contiguous placement over 3 ranks, the reference path, the shared MLP,
-// determinism across scratch growth, and the errors a caller can cause.
+// determinism across scratch growth, both fp32 paths (dot-product and
+// outer-product kernels) in one step, and the errors a caller can cause.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 
 #include "common/safetensors.h"
 #include "experts/experts.h"
+#include "experts/kernels.h"
 
 // Per row: max|y - ref| <= TOL * max|ref| (fp32 gemms vs a double reference).
 #define TOL 1e-5
@@ -548,6 +550,70 @@ static void test_deterministic_growth(void **state)
     records_free(&big);
 }
 
+// Segments on both sides of the outer-product threshold (ep_kern_nn_min_rows,
+// 24 by default) in one step: expert 0 in all 100 records (100 rows: a full
+// 64-token tile and a 36-token one), then 23, 24, 25, 17 and 11 rows. Every
+// threshold (default; 1: every segment outer-product; never) matches the
+// naive computation and ep_experts_reference within TOL, and 1 and 2 threads
+// give the same bits.
+static void test_forward_nn_threshold(void **state)
+{
+    fixture *f = *state;
+    const ep_model_cfg *c = &f->cfg;
+    const int H = c->hidden, l = c->n_layers - 1, T = 100;
+    // Records [cut[i], cut[i + 1]) also use expert i + 1.
+    const int cut[] = {0, 23, 47, 72, 89, 100};
+    records r;
+    records_make(&r, T, 2, all_experts, c->n_experts, H, 31);
+    ep_routes rt;
+    ep_routes_init(&rt, T, 2, 2);
+    rt.n_tokens = T;
+    for (int t = 0, seg = 0; t < T; t++) {
+        while (t >= cut[seg + 1])
+            seg++;
+        r.off[t] = 2 * t;
+        r.ex[2 * t] = 0;
+        r.ex[2 * t + 1] = seg + 1;
+        r.wt[2 * t + 1] = 1.0f - r.wt[2 * t] * 0.5f;
+    }
+    r.off[T] = 2 * T;
+    memcpy(rt.offsets, r.off, sizeof(int) * (T + 1));
+    memcpy(rt.expert, r.ex, sizeof(int) * 2 * T);
+    memcpy(rt.weight, r.wt, sizeof(float) * 2 * T);
+    assert_int_equal(ep_routes_check(&rt, c->n_experts), EP_OK);
+    float *y_ref = malloc(sizeof(float) * T * H), *y1 = malloc(sizeof(float) * T * H);
+    ep_experts_reference(f->all, l, &rt, r.x, y_ref);
+    double *ref = malloc(sizeof(double) * H);
+    const int thresholds[] = {0, 1, INT32_MAX};
+    for (size_t ti = 0; ti < EP_ARRAY_LEN(thresholds); ti++) {
+        ep_kern_set_nn_min_rows(thresholds[ti]);
+        for (int threads = 1; threads <= 2; threads++) {
+            ep_par_set_threads(threads);
+            assert_int_equal(ep_experts_forward(f->all, l, T, r.off, r.ex, r.wt, r.x, r.y), EP_OK);
+            check_records(f, "forward (both sides of the outer-product threshold)", l, &r);
+            if (threads == 1)
+                memcpy(y1, r.y, sizeof(float) * T * H);
+            else
+                assert_memory_equal(y1, r.y, sizeof(float) * T * H);
+            // The reference includes the shared experts, if any.
+            assert_int_equal(ep_experts_shared_forward(f->all, l, r.x, T, r.y), EP_OK);
+            for (int t = 0; t < T; t++) {
+                for (int k = 0; k < H; k++)
+                    ref[k] = y_ref[(size_t)t * H + k];
+                check_row(f, "forward vs reference (outer-product threshold)", t,
+                          r.y + (size_t)t * H, ref);
+            }
+        }
+    }
+    ep_kern_set_nn_min_rows(0);
+    ep_par_set_threads(1);
+    free(ref);
+    free(y_ref);
+    free(y1);
+    ep_routes_free(&rt);
+    records_free(&r);
+}
+
 // An expert this rank does not hold, an id outside the model, a dense layer:
 // EP_ERR_ARG naming layer and expert, and y is left as it was.
 static void test_forward_errors(void **state)
@@ -794,10 +860,12 @@ int main(void)
         T(test_forward_full),         T(test_forward_empty),  T(test_forward_shards),
         T(test_reference_vs_forward), T(test_shared_forward), T(test_deterministic_growth),
         T(test_forward_errors),       T(test_load_errors),    T(test_load_bad_checkpoint),
+        T(test_forward_nn_threshold),
     };
     const struct CMUnitTest deepseek[] = {
-        T(test_forward_full),   T(test_forward_shards),       T(test_reference_vs_forward),
-        T(test_shared_forward), T(test_deterministic_growth), T(test_forward_errors),
+        T(test_forward_full),         T(test_forward_shards),       T(test_reference_vs_forward),
+        T(test_shared_forward),       T(test_deterministic_growth), T(test_forward_errors),
+        T(test_forward_nn_threshold),
     };
 #undef T
     int fails =

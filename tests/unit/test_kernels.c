@@ -1,6 +1,7 @@
 // The CPU expert kernels, every variant this CPU can run (portable C,
 // AVX-512, AVX512-BF16), against plain double loops: fp32 and BF16 products
-// on odd shapes with padded strides, SwiGLU including extremes, fp32 -> BF16
+// on odd shapes with padded strides, the fp32 outer-product product and the
+// transpose that feeds it, SwiGLU including extremes, fp32 -> BF16
 // rounding bit for bit; the thread pool; and the grouped forward (fp32 via
 // kernels, fp32 via the gemm, BF16 weights) against ep_experts_reference,
 // across thread counts and a step larger than one pass. Fixed seeds.
@@ -133,6 +134,113 @@ static void test_products(void **state)
     }
 }
 
+// C = W . X (the outer-product kernel) on padded strides: |C - ref| <= 1e-5 *
+// Σ_k |w x| per element, C's padding untouched, and X's padding (NaN) never
+// read: a NaN that got in would fail every comparison of its column.
+static void check_product_nn(int n, int m, int K, int pad)
+{
+    const int ldw = K + 3 * pad, ldx = ((m + 15) & ~15) + 16 * pad, ldc = m + 5 * pad;
+    float *W = malloc(sizeof(float) * n * ldw + 4), *X = malloc(sizeof(float) * (K + 1) * ldx);
+    float *C = malloc(sizeof(float) * n * ldc + 4);
+    for (int i = 0; i < n * ldw; i++)
+        W[i] = frand();
+    for (int k = 0; k < K; k++)
+        for (int i = 0; i < ldx; i++)
+            X[(size_t)k * ldx + i] = i < m ? frand() : NAN;
+    for (int i = 0; i < n * ldc; i++)
+        C[i] = SENTINEL;
+    ep_kern_f32_nn(n, m, K, W, ldw, X, ldx, C, ldc);
+    for (int j = 0; j < n; j++) {
+        for (int i = 0; i < m; i++) {
+            double ref = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                const double p = (double)W[(size_t)j * ldw + k] * X[(size_t)k * ldx + i];
+                ref += p;
+                mag += fabs(p);
+            }
+            const double got = C[(size_t)j * ldc + i];
+            if (!(fabs(got - ref) <= 1e-5 * mag + 1e-30))
+                fail_msg("f32 nn isa %s n=%d m=%d K=%d C[%d,%d]: got %.9g expected %.9g",
+                         ep_kern_isa_name(ep_kern_isa_get()), n, m, K, j, i, got, ref);
+        }
+        for (int i = m; i < ldc; i++)
+            assert_true(C[(size_t)j * ldc + i] == SENTINEL);
+    }
+    free(W);
+    free(X);
+    free(C);
+}
+
+// Every register tile: weight rows n = 1..13 (tiles of 1-6 rows, the last
+// 7-11 split in two), tokens m = 1..70 (1-4 vectors of 16, the last one
+// masked, and a second group past 64), K across the 256-k blocks (C carried
+// from one block to the next) up to 2049.
+static void test_products_nn(void **state)
+{
+    static const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13};
+    static const int ks[] = {1, 7, 13, 129, 257};
+    static const int long_m[] = {1, 15, 16, 17, 33, 64, 70};
+    for (int isa = 0; isa < n_isas(); isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        rng_state = 0xC0FFEEull + (uint64_t)isa;
+        for (int m = 1; m <= 70; m++)
+            for (size_t b = 0; b < EP_ARRAY_LEN(ns); b++)
+                check_product_nn(ns[b], m, ks[(m + (int)b) % EP_ARRAY_LEN(ks)], m & 1);
+        for (size_t a = 0; a < EP_ARRAY_LEN(long_m); a++) {
+            check_product_nn(7, long_m[a], 2049, 1);
+            check_product_nn(13, long_m[a], 2049, 0);
+        }
+        for (size_t c = 0; c < EP_ARRAY_LEN(ks); c++) // every K with the widest tiles
+            check_product_nn(12, 64, ks[c], 0);
+        // Empty products write nothing but zeros (K = 0) or nothing at all.
+        float C[4] = {SENTINEL, SENTINEL, SENTINEL, SENTINEL}, dummy = 0;
+        ep_kern_f32_nn(2, 2, 0, &dummy, 1, &dummy, 16, C, 2);
+        for (int i = 0; i < 4; i++)
+            assert_true(C[i] == 0.0f);
+        ep_kern_f32_nn(0, 3, 5, &dummy, 5, &dummy, 16, C, 3);
+        ep_kern_f32_nn(3, 0, 5, &dummy, 5, &dummy, 16, C, 3);
+        for (int i = 0; i < 4; i++)
+            assert_true(C[i] == 0.0f);
+    }
+}
+
+// dst[j][i] = src[i][j] bit for bit, rows given by (unevenly spaced)
+// pointers, and nothing outside [cols][rows] of dst written.
+static void test_transpose(void **state)
+{
+    static const int dims[] = {1, 3, 15, 16, 17, 31, 33, 48, 70};
+    for (int isa = 0; isa < n_isas(); isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        rng_state = 0xABCDull + (uint64_t)isa;
+        for (size_t a = 0; a < EP_ARRAY_LEN(dims); a++)
+            for (size_t b = 0; b < EP_ARRAY_LEN(dims); b++) {
+                const int rows = dims[a], cols = dims[b], ldd = rows + 3;
+                float *base = malloc(sizeof(float) * rows * (cols + 7));
+                const float **src = malloc(sizeof(float *) * rows);
+                for (int i = 0; i < rows * (cols + 7); i++)
+                    base[i] = frand();
+                for (int i = 0; i < rows; i++) // reversed order, stride cols + 7
+                    src[i] = base + (size_t)(rows - 1 - i) * (cols + 7);
+                float *dst = malloc(sizeof(float) * (cols + 1) * ldd);
+                for (int i = 0; i < (cols + 1) * ldd; i++)
+                    dst[i] = SENTINEL;
+                ep_kern_transpose(rows, cols, src, dst, ldd);
+                for (int j = 0; j < cols + 1; j++)
+                    for (int i = 0; i < ldd; i++) {
+                        const float want = j < cols && i < rows ? src[i][j] : SENTINEL;
+                        if (memcmp(&dst[(size_t)j * ldd + i], &want, sizeof want))
+                            fail_msg("transpose isa %s rows=%d cols=%d dst[%d][%d]: got %g, "
+                                     "expected %g",
+                                     ep_kern_isa_name(ep_kern_isa_get()), rows, cols, j, i,
+                                     dst[(size_t)j * ldd + i], want);
+                    }
+                free(base);
+                free(src);
+                free(dst);
+            }
+    }
+}
+
 // K = 0: every output is the empty sum, 0.
 static void test_products_empty_k(void **state)
 {
@@ -205,6 +313,37 @@ static float bits_f32(uint32_t u)
 
 // Bit for bit with ep_f32_to_bf16: random values, ties (both parities),
 // carries into the exponent, subnormals, infinities and NaNs.
+// y += w x: bit for bit the plain C loop (a multiply, then an add) on every
+// ISA, every length up to 70 (full vectors and every masked tail), and
+// nothing written past n.
+static void test_axpy(void **state)
+{
+    (void)state;
+    enum { N = 70 };
+    float x[N], y0[N + 1], y[N + 1];
+    for (int isa = 0; isa < n_isas(); isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        rng_state = 7;
+        for (int n = 0; n <= N; n++) {
+            const float w = frand() * 3.0f - 1.5f;
+            for (int i = 0; i < n; i++) {
+                x[i] = frand() * 8.0f - 4.0f;
+                y0[i] = y[i] = frand() * 2.0f - 1.0f;
+            }
+            y[n] = SENTINEL;
+            ep_kern_axpy(n, w, x, y);
+            for (int i = 0; i < n; i++) {
+                volatile float prod = w * x[i]; // rounded on its own, as the kernel does
+                const float ref = y0[i] + prod;
+                if (memcmp(&ref, &y[i], sizeof ref))
+                    fail_msg("isa %s axpy n=%d i=%d: got %.9g expected %.9g",
+                             ep_kern_isa_name(ep_kern_isa_get()), n, i, y[i], ref);
+            }
+            assert_true(y[n] == SENTINEL);
+        }
+    }
+}
+
 static void test_to_bf16(void **state)
 {
     enum { N = 4096 + 7 };
@@ -451,7 +590,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_products, teardown_isa),
         cmocka_unit_test_teardown(test_products_empty_k, teardown_isa),
+        cmocka_unit_test_teardown(test_products_nn, teardown_isa),
+        cmocka_unit_test_teardown(test_transpose, teardown_isa),
         cmocka_unit_test_teardown(test_swiglu, teardown_isa),
+        cmocka_unit_test_teardown(test_axpy, teardown_isa),
         cmocka_unit_test_teardown(test_to_bf16, teardown_isa),
         cmocka_unit_test_teardown(test_pool, teardown_isa),
         cmocka_unit_test_teardown(test_forward_variants, teardown_isa),
