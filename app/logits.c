@@ -19,9 +19,9 @@
 
 // --reference fails when the fast path and the C reference differ by more.
 #define LOGITS_REF_TOL 1e-3
-// --backend cuda: the experts hold BF16 (about 1.5e-2 of a row's largest
-// value per MoE layer, docs/cuda.md); a bound for the logits, not yet
-// measured on a device.
+// BF16 experts (--backend cuda, or --expert-dtype bf16 on the CPU): about
+// 1.5e-2 of a row's largest value per MoE layer (docs/cuda.md); a bound for
+// the logits.
 #define LOGITS_REF_TOL_BF16 5e-2
 
 static void usage(FILE *f)
@@ -42,6 +42,8 @@ static void usage(FILE *f)
             "  --backend B      cpu | cuda: where the MoE experts run (default cpu); cuda:\n"
             "                   BF16 experts on one GPU per rank, NCCL (EP_CUDA builds);\n"
             "                   --reference then allows %g\n"
+            "  --expert-dtype D f32 | bf16: how the CPU backend stores the routed experts\n"
+            "                   (default f32; bf16: --reference allows the same as cuda)\n"
             "  --progress       loading progress on stderr even when it is not a terminal\n"
             "  --help           this text\n"
             "Runs under mpirun: rank 0 holds the sequence, every rank joins every MoE layer.\n",
@@ -102,14 +104,16 @@ int ep_cmd_logits(int argc, char **argv)
         {"routing", required_argument, 0, 'r'}, {"reference", no_argument, 0, 'R'},
         {"progress", no_argument, 0, 'p'},    {"help", no_argument, 0, 'h'},
         {"backend", required_argument, 0, 'b'},
+        {"expert-dtype", required_argument, 0, 'D'},
         {0, 0, 0, 0},
     };
     const char *model = NULL, *tokens = NULL, *out = NULL, *routing = "baseline";
     bool json = false, reference = false, progress = false;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
+    ep_dtype expert_dtype = EP_DTYPE_F32;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "m:t:o:jr:Rpb:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:t:o:jr:Rpb:D:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 't': tokens = optarg; break;
@@ -120,6 +124,12 @@ int ep_cmd_logits(int argc, char **argv)
         case 'p': progress = true; break;
         case 'b':
             if (ep_moe_backend_parse(optarg, &backend)) {
+                fprintf(stderr, "epserve logits: --%s\n", ep_last_error());
+                return 2;
+            }
+            break;
+        case 'D':
+            if (ep_moe_expert_dtype_parse(optarg, &expert_dtype)) {
                 fprintf(stderr, "epserve logits: --%s\n", ep_last_error());
                 return 2;
             }
@@ -184,6 +194,7 @@ int ep_cmd_logits(int argc, char **argv)
     mo.moe.max_k = EP_MAX(mo.moe.max_k, ep_policy_max_k(pol));
     mo.moe.with_reference = reference && root; // every expert, rank 0 only
     mo.moe.backend = backend;
+    mo.moe.expert_dtype = expert_dtype;
     mo.max_seqs = 1;
     mo.max_ctx = n;
     mo.kv_blocks = (n + mo.kv_block_tokens - 1) / mo.kv_block_tokens;
@@ -224,8 +235,8 @@ setup_done:;
                            (size_t)n * cfg.vocab * sizeof(float));
         else if (!(st = ep_model_reference(m, pol, tok, n, ref))) {
             int64_t wrong = 0;
-            const double tol =
-                backend == EP_MOE_BACKEND_CUDA ? LOGITS_REF_TOL_BF16 : LOGITS_REF_TOL;
+            const bool b16 = backend == EP_MOE_BACKEND_CUDA || expert_dtype == EP_DTYPE_BF16;
+            const double tol = b16 ? LOGITS_REF_TOL_BF16 : LOGITS_REF_TOL;
             ref_err = ep_moe_rel_err(logits, ref, n, cfg.vocab, tol, &wrong);
             fprintf(stderr,
                     "logits: reference max relative error %.3g (row-wise max|a-b| / max|b|, "

@@ -38,6 +38,9 @@ static void serve_usage(FILE *f)
                "  --max-body-bytes B        largest request body (default 1048576)\n"
                "  --backend B               cpu | cuda: where the MoE experts run (default cpu;\n"
                "                            cuda: BF16 experts on one GPU per rank, NCCL)\n"
+               "  --expert-dtype D          cpu backend: f32 | bf16 routed experts (default f32)\n"
+               "  --micro-batches N         1 | 2: overlap each MoE layer's all-to-all with the\n"
+               "                            other half-batch's experts (default 1)\n"
                "Launch with `mpirun --mca odls_base_sigkill_timeout 3 ...` so that when a rank\n"
                "dies, rank 0 has time to answer every request with an error naming it before\n"
                "mpirun kills the job (docs/serving.md).\n");
@@ -97,6 +100,8 @@ int ep_cmd_serve(int argc, char **argv)
         {"ranks-per-node", required_argument, 0, 'N'},
         {"max-body-bytes", required_argument, 0, 'B'},
         {"backend", required_argument, 0, 'b'},
+        {"expert-dtype", required_argument, 0, 'D'},
+        {"micro-batches", required_argument, 0, 'U'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -105,9 +110,10 @@ int ep_cmd_serve(int argc, char **argv)
     ep_server_opts_default(&so);
     so.api_key = getenv("EPSERVE_API_KEY");
     long max_num_seqs = 0, max_model_len = 0, max_tps = 0, max_waiting = -1, rpn = 0;
-    long port = 8000, body = (long)so.max_body_bytes;
+    long port = 8000, body = (long)so.max_body_bytes, micro_batches = 1;
     double step_timeout = 0;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
+    ep_dtype expert_dtype = EP_DTYPE_F32;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -147,11 +153,20 @@ int ep_cmd_serve(int argc, char **argv)
         case 'N':
             dst = &rpn, name = "--ranks-per-node";
             break;
+        case 'U':
+            dst = &micro_batches, name = "--micro-batches", hi = 2;
+            break;
         case 'B':
             dst = &body, name = "--max-body-bytes", lo = 64;
             break;
         case 'b':
             if (ep_moe_backend_parse(optarg, &backend)) {
+                fprintf(stderr, "epserve serve: --%s\n", ep_last_error());
+                return 2;
+            }
+            break;
+        case 'D':
+            if (ep_moe_expert_dtype_parse(optarg, &expert_dtype)) {
                 fprintf(stderr, "epserve serve: --%s\n", ep_last_error());
                 return 2;
             }
@@ -234,6 +249,8 @@ int ep_cmd_serve(int argc, char **argv)
         if (max_waiting >= 0) eo.max_waiting = (int)max_waiting;
         if (step_timeout > 0) eo.step_timeout_s = step_timeout;
         eo.model.moe.backend = backend;
+        eo.model.moe.expert_dtype = expert_dtype;
+        eo.model.moe.micro_batches = (int)micro_batches;
         eo.routings = routings;
         eo.n_routings = n_routings;
         st = ep_engine_create(&cfg, cl, w, tok, &eo, &e);

@@ -40,7 +40,9 @@ static void usage(FILE *f)
             "  --replicas N         also price EPLB placements with N redundant slots per layer\n"
             "                       (rows '<policy>+eplb'); default: the cluster's\n"
             "                       redundant_experts (0 in the shipped presets)\n"
-            "  --wire DTYPE         bf16 | f16 | f32 dispatch/combine payload (default bf16)\n"
+            "  --wire DTYPE         bf16 | f16 | f32 | fp8 dispatch/combine payload (default\n"
+            "                       bf16); fp8: e4m3 dispatch + a scale per 128 channels,\n"
+            "                       bf16 combine\n"
             "  --routes-from FILE   replay a routing trace (JSON lines or CSV, as bench) instead\n"
             "                       of routing; one row named 'replay'\n"
             "  --seed S             input stream seed (default 1)\n"
@@ -282,12 +284,8 @@ int ep_cmd_simulate(int argc, char **argv)
                         "'%s' (EPLB: --replicas N)\n", a.placement);
         return 2;
     }
-    if (!strcmp(a.wire, "bf16")) o.wire = EP_DTYPE_BF16;
-    else if (!strcmp(a.wire, "f16")) o.wire = EP_DTYPE_F16;
-    else if (!strcmp(a.wire, "f32")) o.wire = EP_DTYPE_F32;
-    else {
-        fprintf(stderr, "epserve simulate: --wire: expected bf16, f16 or f32, found '%s'\n",
-                a.wire);
+    if ((st = ep_comm_wire_parse("--wire", a.wire, &o.wire))) {
+        fprintf(stderr, "epserve simulate: %s\n", ep_last_error());
         return 2;
     }
 

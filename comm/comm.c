@@ -12,8 +12,10 @@ struct ep_comm {
     ep_cluster *cluster; // borrowed
     ep_transport *t;     // borrowed
     int hidden, rank, world;
-    ep_dtype wire;
-    int64_t row_bytes; // one hidden row on the wire, a multiple of 4
+    ep_dtype wire;      // dispatch rows
+    ep_dtype cwire;     // combine rows: wire, or BF16 for an F8_E4M3 wire
+    int64_t row_bytes;  // one dispatch row on the wire, a multiple of 4
+    int64_t crow_bytes; // one combine row on the wire, a multiple of 4
 
     // Per peer ([world]). Dispatch sizes in bytes; combine reverses them.
     int64_t *send_bytes, *send_off, *recv_bytes, *recv_off;
@@ -37,7 +39,8 @@ struct ep_comm {
     int own_pairs; // pairs of the groups whose destination is this rank
 
     // Wire buffers in bytes. Combine packs into recvbuf and receives into
-    // sendbuf: a combine record is smaller than the dispatch record it answers.
+    // sendbuf (grown if needed: with an fp8 wire a bf16 combine row is larger
+    // than the dispatch record it answers).
     uint8_t *sendbuf;
     size_t sendbuf_cap;
     uint8_t *recvbuf;
@@ -53,8 +56,23 @@ struct ep_comm {
     float *pair_weight; // [pair_cap]
     float *row;         // [hidden] decode scratch
 
-    int T;        // tokens of the last dispatch: rows of combine's out
-    bool pending; // a dispatch waits for its combine
+    int T; // tokens of the last dispatch: rows of combine's out
+
+    // Where the ep_comm is between the halves of dispatch and combine
+    // (comm.h): each phase admits only the next call.
+    enum {
+        EP_COMM_IDLE,            // dispatch_start next
+        EP_COMM_DISPATCH_POSTED, // dispatch_finish next
+        EP_COMM_DISPATCHED,      // combine_start next
+        EP_COMM_COMBINE_POSTED,  // combine_finish next
+    } phase;
+    ep_transport_req *req; // the payload exchange in flight (POSTED phases)
+    // Borrowed from dispatch_start until dispatch_finish.
+    const ep_routes *d_r;
+    const ep_placement *d_p;
+    const int *d_pair_rank;
+    const float *d_x;
+    const float *c_y; // work->y from combine_start until combine_finish
 };
 
 // ---- buffers ----------------------------------------------------------------
@@ -119,9 +137,10 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
         return ep_errorf(EP_ERR_ARG,
                          "comm: capacity: expected cap_tokens >= 0 and max_k >= 1, found %d and %d",
                          cap_tokens, max_k);
-    if (wire != EP_DTYPE_F32 && wire != EP_DTYPE_BF16 && wire != EP_DTYPE_F16)
+    if (wire != EP_DTYPE_F32 && wire != EP_DTYPE_BF16 && wire != EP_DTYPE_F16 &&
+        wire != EP_DTYPE_F8_E4M3)
         return ep_errorf(EP_ERR_UNSUPPORTED,
-                         "comm: wire dtype: expected F32, BF16 or F16, found %s",
+                         "comm: wire dtype: expected F32, BF16, F16 or F8_E4M3, found %s",
                          ep_dtype_name(wire));
     if (t->world_size != c->world_size || t->rank != c->rank)
         return ep_errorf(EP_ERR_ARG,
@@ -135,7 +154,9 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
     m->wire = wire;
     m->rank = c->rank;
     m->world = c->world_size;
+    m->cwire = ep_comm_combine_wire(wire);
     m->row_bytes = ep_comm_row_bytes(hidden, wire);
+    m->crow_bytes = ep_comm_combine_record_bytes(hidden, wire);
     size_t w = (size_t)m->world;
     m->send_bytes = ep_xcalloc(w, sizeof(int64_t));
     m->send_off = ep_xcalloc(w, sizeof(int64_t));
@@ -161,7 +182,8 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
     ep_comm_grow_groups(m, pairs);
     ep_comm_grow_work(m, recs, pairs);
     size_t wire_bytes =
-        recs * (size_t)(EP_COMM_REC_HEADER_BYTES + m->row_bytes) + pairs * EP_COMM_REC_PAIR_BYTES;
+        recs * (size_t)EP_MAX(EP_COMM_REC_HEADER_BYTES + m->row_bytes, m->crow_bytes) +
+        pairs * EP_COMM_REC_PAIR_BYTES;
     ep_comm_grow_bytes(&m->sendbuf, &m->sendbuf_cap, wire_bytes);
     ep_comm_grow_bytes(&m->recvbuf, &m->recvbuf_cap, wire_bytes);
     *out = m;
@@ -207,25 +229,33 @@ void ep_transport_free(ep_transport *t)
 
 // ---- rows on the wire -----------------------------------------------------------
 
-static void ep_comm_encode_row(const ep_comm *m, const float *src, uint8_t *dst)
+// One row in dtype t (m->wire for dispatch, m->cwire for combine).
+static void ep_comm_encode_row(const ep_comm *m, ep_dtype t, const float *src, uint8_t *dst)
 {
-    size_t vb = (size_t)m->hidden * ep_dtype_size(m->wire);
-    if (m->wire == EP_DTYPE_F32) {
+    if (t == EP_DTYPE_F8_E4M3) { // scales + codes, padding zeroed by the codec
+        ep_fp8_row_encode(src, m->hidden, dst);
+        return;
+    }
+    size_t vb = (size_t)m->hidden * ep_dtype_size(t);
+    if (t == EP_DTYPE_F32) {
         memcpy(dst, src, vb);
     } else {
-        ep_status st = ep_dtype_from_f32(m->wire, src, dst, (size_t)m->hidden);
+        ep_status st = ep_dtype_from_f32(t, src, dst, (size_t)m->hidden);
         EP_ASSERT(st == EP_OK); // init admitted only convertible wire dtypes
     }
     // The rounding to 4 bytes leaves padding: zero it so payloads are reproducible.
-    if ((size_t)m->row_bytes > vb) memset(dst + vb, 0, (size_t)m->row_bytes - vb);
+    size_t rb = (size_t)ep_comm_row_bytes(m->hidden, t);
+    if (rb > vb) memset(dst + vb, 0, rb - vb);
 }
 
-static void ep_comm_decode_row(const ep_comm *m, const uint8_t *src, float *dst)
+static void ep_comm_decode_row(const ep_comm *m, ep_dtype t, const uint8_t *src, float *dst)
 {
-    if (m->wire == EP_DTYPE_F32) {
+    if (t == EP_DTYPE_F8_E4M3) {
+        ep_fp8_row_decode(src, m->hidden, dst);
+    } else if (t == EP_DTYPE_F32) {
         memcpy(dst, src, (size_t)m->hidden * sizeof(float));
     } else {
-        ep_status st = ep_dtype_to_f32(m->wire, src, dst, (size_t)m->hidden);
+        ep_status st = ep_dtype_to_f32(t, src, dst, (size_t)m->hidden);
         EP_ASSERT(st == EP_OK);
     }
 }
@@ -310,7 +340,7 @@ static void ep_comm_pack(ep_comm *m, const ep_routes *r, const float *x)
             ep_put_i32(ids + 4 * (size_t)k, r->expert[j]);
             memcpy(wts + 4 * (size_t)k, &r->weight[j], 4);
         }
-        ep_comm_encode_row(m, x + (size_t)i * H, wts + 4 * (size_t)n);
+        ep_comm_encode_row(m, m->wire, x + (size_t)i * H, wts + 4 * (size_t)n);
         m->cursor[d] += ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
     }
     for (int d = 0; d < m->world; d++)
@@ -411,7 +441,7 @@ static ep_status ep_comm_unpack(ep_comm *m, const ep_routes *r, const ep_placeme
                 memcpy(&m->pair_weight[pk], wts + 4 * (size_t)q, 4);
                 pk++;
             }
-            ep_comm_decode_row(m, wts + 4 * (size_t)n, m->x + (size_t)k * H);
+            ep_comm_decode_row(m, m->wire, wts + 4 * (size_t)n, m->x + (size_t)k * H);
             rec += ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
             k++;
         }
@@ -421,10 +451,34 @@ static ep_status ep_comm_unpack(ep_comm *m, const ep_routes *r, const ep_placeme
     return EP_OK;
 }
 
-ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p,
-                           const int *pair_rank, const float *x, ep_comm_work *work,
-                           ep_comm_stats *st)
+static const char *ep_comm_phase_next(int phase)
 {
+    switch (phase) {
+    case EP_COMM_IDLE:
+        return "dispatch_start";
+    case EP_COMM_DISPATCH_POSTED:
+        return "dispatch_finish";
+    case EP_COMM_DISPATCHED:
+        return "combine_start";
+    default:
+        return "combine_finish";
+    }
+}
+
+static ep_status ep_comm_expect(const ep_comm *m, int phase, const char *call)
+{
+    if ((int)m->phase == phase) return EP_OK;
+    return ep_errorf(EP_ERR_ARG, "comm %s: expected it after %s, found %s due next", call,
+                     phase == EP_COMM_IDLE ? "combine_finish (or nothing)"
+                                           : ep_comm_phase_next(phase - 1),
+                     ep_comm_phase_next(m->phase));
+}
+
+ep_status ep_comm_dispatch_start(ep_comm *m, const ep_routes *r, const ep_placement *p,
+                                 const int *pair_rank, const float *x, ep_comm_stats *st)
+{
+    ep_status s = ep_comm_expect(m, EP_COMM_IDLE, "dispatch");
+    if (s != EP_OK) return s;
     if (p->world_size != m->world)
         return ep_errorf(EP_ERR_ARG, "comm dispatch: placement is for %d ranks, the cluster has %d",
                          p->world_size, m->world);
@@ -434,7 +488,7 @@ ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p
     ep_comm_count(r, p, pair_rank, m->rank, m->cluster->node_of, m->hidden, m->wire, st);
     ep_comm_plan(m, r, p, pair_rank);
 
-    ep_status s = m->t->vt->exchange_counts(m->t, m->send_bytes, m->recv_bytes);
+    s = m->t->vt->exchange_counts(m->t, m->send_bytes, m->recv_bytes);
     if (s != EP_OK) return ep_error_prefix(s, "comm dispatch: exchanging sizes");
     int64_t so = 0, ro = 0;
     for (int d = 0; d < m->world; d++) {
@@ -451,16 +505,30 @@ ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p
     ep_comm_grow_bytes(&m->recvbuf, &m->recvbuf_cap, (size_t)ro);
     ep_comm_pack(m, r, x);
 
-    int64_t moved0 = m->t->bytes_moved;
-    s = m->t->vt->alltoallv(m->t, m->sendbuf, m->send_bytes, m->send_off, m->recvbuf, m->recv_bytes,
-                            m->recv_off);
+    s = m->t->vt->alltoallv_start(m->t, m->sendbuf, m->send_bytes, m->send_off, m->recvbuf,
+                                  m->recv_bytes, m->recv_off, &m->req);
     if (s != EP_OK) return ep_error_prefix(s, "comm dispatch");
-    st->measured_bytes += m->t->bytes_moved - moved0;
+    m->d_r = r;
+    m->d_p = p;
+    m->d_pair_rank = pair_rank;
+    m->d_x = x;
+    m->phase = EP_COMM_DISPATCH_POSTED;
+    return EP_OK;
+}
 
-    s = ep_comm_unpack(m, r, p, pair_rank, x);
+ep_status ep_comm_dispatch_finish(ep_comm *m, ep_comm_work *work, ep_comm_stats *st)
+{
+    ep_status s = ep_comm_expect(m, EP_COMM_DISPATCH_POSTED, "dispatch_finish");
     if (s != EP_OK) return s;
-    m->T = r->n_tokens;
-    m->pending = true;
+    s = m->t->vt->alltoallv_wait(m->t, m->req, &st->measured_bytes);
+    if (s != EP_OK) return ep_error_prefix(s, "comm dispatch");
+    m->req = NULL;
+    // The exchange is over: whatever unpack finds, the next call is a new dispatch.
+    m->phase = EP_COMM_IDLE;
+    s = ep_comm_unpack(m, m->d_r, m->d_p, m->d_pair_rank, m->d_x);
+    if (s != EP_OK) return s;
+    m->T = m->d_r->n_tokens;
+    m->phase = EP_COMM_DISPATCHED;
 
     work->n_rec = m->n_rec;
     work->pair_off = m->pair_off;
@@ -473,24 +541,30 @@ ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p
     return EP_OK;
 }
 
+ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p,
+                           const int *pair_rank, const float *x, ep_comm_work *work,
+                           ep_comm_stats *st)
+{
+    ep_status s = ep_comm_dispatch_start(m, r, p, pair_rank, x, st);
+    return s != EP_OK ? s : ep_comm_dispatch_finish(m, work, st);
+}
+
 // ---- combine ----------------------------------------------------------------------
 
-ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_comm_stats *st)
+ep_status ep_comm_combine_start(ep_comm *m, const ep_comm_work *work)
 {
-    if (!m->pending)
-        return ep_errorf(EP_ERR_ARG, "comm combine: expected a dispatch before it, found none");
+    if (m->phase != EP_COMM_DISPATCHED)
+        return ep_errorf(EP_ERR_ARG, "comm combine: expected a dispatch before it, found %s",
+                         m->phase == EP_COMM_IDLE ? "none" : "one not finished (dispatch_finish)");
     if (work->n_rec != m->n_rec || (m->n_rec > 0 && !work->y))
         return ep_errorf(EP_ERR_ARG,
                          "comm combine: work has %d records (y %s), the dispatch made %d",
                          work->n_rec, work->y ? "set" : "missing", m->n_rec);
-    if (m->T > 0 && !out)
-        return ep_errorf(EP_ERR_ARG, "comm combine: %d tokens to write and no output", m->T);
-    m->pending = false;
     const size_t H = (size_t)m->hidden;
-    const int64_t rb = m->row_bytes;
+    const int64_t rb = m->crow_bytes;
 
     // Reverse path: one row back per record received, one row in per record sent.
-    int64_t so = 0, ro = 0, incoming = 0;
+    int64_t so = 0, ro = 0;
     for (int d = 0; d < m->world; d++) {
         bool self = d == m->rank;
         m->c_send_bytes[d] = self ? 0 : (m->recv_rec_off[d + 1] - m->recv_rec_off[d]) * rb;
@@ -499,21 +573,46 @@ ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_c
         m->c_recv_off[d] = ro;
         so += m->c_send_bytes[d];
         ro += m->c_recv_bytes[d];
-        incoming += m->c_recv_bytes[d];
     }
-    EP_ASSERT((size_t)so <= m->recvbuf_cap && (size_t)ro <= m->sendbuf_cap);
+    // The dispatch payload in recvbuf is decoded into work already, so both
+    // buffers are free; they only grow when a combine row outweighs the
+    // dispatch record (an fp8 wire) and then stay grown.
+    ep_comm_grow_bytes(&m->recvbuf, &m->recvbuf_cap, (size_t)so);
+    ep_comm_grow_bytes(&m->sendbuf, &m->sendbuf_cap, (size_t)ro);
     for (int s = 0; s < m->world; s++) {
         if (s == m->rank) continue;
         uint8_t *dst = m->recvbuf + m->c_send_off[s];
         for (int c = m->recv_rec_off[s]; c < m->recv_rec_off[s + 1]; c++, dst += rb)
-            ep_comm_encode_row(m, work->y + (size_t)c * H, dst);
+            ep_comm_encode_row(m, m->cwire, work->y + (size_t)c * H, dst);
     }
-    ep_status rc = m->t->vt->alltoallv(m->t, m->recvbuf, m->c_send_bytes, m->c_send_off, m->sendbuf,
-                                       m->c_recv_bytes, m->c_recv_off);
+    // A failed start leaves the dispatch done: the caller may not combine again.
+    m->phase = EP_COMM_IDLE;
+    ep_status rc = m->t->vt->alltoallv_start(m->t, m->recvbuf, m->c_send_bytes, m->c_send_off,
+                                             m->sendbuf, m->c_recv_bytes, m->c_recv_off, &m->req);
+    if (rc != EP_OK) return ep_error_prefix(rc, "comm combine");
+    m->c_y = work->y;
+    m->phase = EP_COMM_COMBINE_POSTED;
+    return EP_OK;
+}
+
+ep_status ep_comm_combine_finish(ep_comm *m, float *out, ep_comm_stats *st)
+{
+    ep_status rc = ep_comm_expect(m, EP_COMM_COMBINE_POSTED, "combine_finish");
+    if (rc != EP_OK) return rc;
+    if (m->T > 0 && !out)
+        return ep_errorf(EP_ERR_ARG, "comm combine: %d tokens to write and no output", m->T);
+    const size_t H = (size_t)m->hidden;
+    const int64_t rb = m->crow_bytes;
+    m->phase = EP_COMM_IDLE;
+    rc = m->t->vt->alltoallv_wait(m->t, m->req, NULL);
+    m->req = NULL;
     if (rc != EP_OK) return ep_error_prefix(rc, "comm combine");
     // The combine bytes of a token are billed to the token's rank (they are
     // its return traffic), so per rank measured matches planned; summed over
     // ranks it equals what the transports sent (see docs/wire-format.md).
+    int64_t incoming = 0;
+    for (int d = 0; d < m->world; d++)
+        incoming += m->c_recv_bytes[d];
     st->measured_bytes += incoming;
 
     // Sum in rank order (own records at position `rank`) for reproducible results.
@@ -523,9 +622,10 @@ ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_c
         for (int k = 0; k < m->send_rec[d]; k++) {
             const float *src;
             if (d == m->rank) {
-                src = work->y + (size_t)(m->recv_rec_off[d] + k) * H;
+                src = m->c_y + (size_t)(m->recv_rec_off[d] + k) * H;
             } else {
-                ep_comm_decode_row(m, m->sendbuf + m->c_recv_off[d] + (int64_t)k * rb, m->row);
+                ep_comm_decode_row(m, m->cwire, m->sendbuf + m->c_recv_off[d] + (int64_t)k * rb,
+                                   m->row);
                 src = m->row;
             }
             float *o = out + (size_t)tok[k] * H;
@@ -534,4 +634,13 @@ ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_c
         }
     }
     return EP_OK;
+}
+
+ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_comm_stats *st)
+{
+    // Checked before anything is posted, as a blocking combine always did.
+    if (m->phase == EP_COMM_DISPATCHED && m->T > 0 && !out)
+        return ep_errorf(EP_ERR_ARG, "comm combine: %d tokens to write and no output", m->T);
+    ep_status s = ep_comm_combine_start(m, work);
+    return s != EP_OK ? s : ep_comm_combine_finish(m, out, st);
 }

@@ -14,11 +14,20 @@
 // Wire format of one dispatch record (token i -> rank r), 4-byte aligned:
 //   int32 token (index on the source rank), int32 n (pairs for rank r),
 //   n x int32 expert id, n x float32 weight, hidden x wire-dtype values
-// (bf16 wire rounds the row up to a multiple of 2 elements).
-// One combine record (rank r -> token i's rank): hidden x wire-dtype values
-// of the weighted partial sum, in the order the dispatch records arrived.
+// (bf16 wire rounds the row up to a multiple of 2 elements; the F8_E4M3
+// wire sends the fp8 row of common/dtype.h: one fp32 scale per 128
+// channels, then hidden e4m3 codes, padded to 4 bytes).
+// One combine record (rank r -> token i's rank): hidden values of the
+// weighted partial sum in the combine dtype (the wire dtype, except BF16 for
+// an F8_E4M3 wire: partial sums never travel in fp8), in the order the
+// dispatch records arrived.
 int64_t ep_comm_dispatch_record_bytes(int n_pairs, int hidden, ep_dtype wire);
 int64_t ep_comm_combine_record_bytes(int hidden, ep_dtype wire);
+ep_dtype ep_comm_combine_wire(ep_dtype wire); // F8_E4M3 -> BF16, others unchanged
+// Wire dtype from its command-line name (f32, bf16, f16, fp8); EP_ERR_ARG
+// naming `option` and what was found. ep_comm_wire_name is the inverse.
+ep_status ep_comm_wire_parse(const char *option, const char *s, ep_dtype *out);
+const char *ep_comm_wire_name(ep_dtype wire);
 
 // Counters for one layer on one rank (sum them over layers and ranks).
 // "bytes" are payload bytes to *other* ranks; intra = total - inter.
@@ -49,15 +58,35 @@ void ep_comm_count(const ep_routes *r, const ep_placement *p, const int *pair_ra
 
 // ---- transport -----------------------------------------------------------
 typedef struct ep_transport ep_transport;
+// One payload exchange in flight (owned by the transport, a fixed pool).
+typedef struct ep_transport_req ep_transport_req;
+// Payload exchanges one transport can have in flight at once: two
+// micro-batches, each with a dispatch or a combine between start and wait.
+#define EP_TRANSPORT_MAX_INFLIGHT 2
 typedef struct {
     const char *name;
-    // One int64 to and from every peer (index = rank).
+    // One int64 to and from every peer (index = rank). Blocking; may run
+    // while payload exchanges are in flight (every rank keeps one order).
     ep_status (*exchange_counts)(ep_transport *t, const int64_t *send, int64_t *recv);
     // Byte payloads per peer at the given offsets; the self part is copied
-    // locally. Adds the bytes sent to other ranks to t->bytes_moved.
+    // locally. Blocking: alltoallv_start then alltoallv_wait, one code path.
+    // Adds the bytes sent to other ranks to t->bytes_moved.
     ep_status (*alltoallv)(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
                            const int64_t *send_off, void *recvbuf, const int64_t *recv_bytes,
                            const int64_t *recv_off);
+    // Posts the same exchange and returns (the self part is copied already);
+    // the size and offset arrays are read before it returns, the buffers
+    // must stay untouched until the wait. Every rank posts the same
+    // exchanges in the same order. EP_ERR_ARG when EP_TRANSPORT_MAX_INFLIGHT
+    // are in flight already.
+    ep_status (*alltoallv_start)(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
+                                 const int64_t *send_off, void *recvbuf,
+                                 const int64_t *recv_bytes, const int64_t *recv_off,
+                                 ep_transport_req **req);
+    // Returns when req's data has arrived and frees req; adds the bytes it
+    // sent to other ranks to t->bytes_moved and to *moved (NULL ok). Waits
+    // may come in any order.
+    ep_status (*alltoallv_wait)(ep_transport *t, ep_transport_req *req, int64_t *moved);
     void (*free)(ep_transport *t);
 } ep_transport_vt;
 struct ep_transport {
@@ -95,5 +124,25 @@ ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p
 // Returns work->y to the source ranks and writes out[T, hidden] = Σ of the
 // partial sums of each token (0 rows for none). Adds measured bytes to st.
 ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_comm_stats *st);
+
+// The same in halves, so that other work runs while a payload is on the
+// wire (two micro-batches: each with an ep_comm of its own, since an
+// ep_comm holds the buffers of one exchange; both on one transport).
+// ep_comm_dispatch is dispatch_start then dispatch_finish, ep_comm_combine
+// combine_start then combine_finish; an ep_comm goes dispatch_start ->
+// dispatch_finish -> combine_start -> combine_finish, and every rank makes
+// the same calls in the same order. A call out of that order is EP_ERR_ARG.
+// dispatch_start: plans (ep_comm_count into st), exchanges the counts
+// (blocking), packs and posts the payload; r, p, pair_rank and x are
+// borrowed until dispatch_finish. dispatch_finish: waits, decodes and fills
+// `work`; adds the measured bytes and sets recv_* in st.
+ep_status ep_comm_dispatch_start(ep_comm *m, const ep_routes *r, const ep_placement *p,
+                                 const int *pair_rank, const float *x, ep_comm_stats *st);
+ep_status ep_comm_dispatch_finish(ep_comm *m, ep_comm_work *work, ep_comm_stats *st);
+// combine_start: packs work->y and posts it; work->y is read again by
+// combine_finish (the own rank's partial sums). combine_finish: waits and writes out[T, hidden] as
+// ep_comm_combine; adds the measured bytes to st.
+ep_status ep_comm_combine_start(ep_comm *m, const ep_comm_work *work);
+ep_status ep_comm_combine_finish(ep_comm *m, float *out, ep_comm_stats *st);
 
 #endif

@@ -8,8 +8,46 @@
 int64_t ep_comm_row_bytes(int hidden, ep_dtype wire)
 {
     EP_ASSERT(hidden >= 0 && ep_dtype_is_float(wire));
+    if (wire == EP_DTYPE_F8_E4M3) return ep_fp8_row_bytes(hidden); // scales + codes
     int64_t b = (int64_t)hidden * (int64_t)ep_dtype_size(wire);
     return (b + 3) & ~(int64_t)3;
+}
+
+ep_dtype ep_comm_combine_wire(ep_dtype wire)
+{
+    // Partial sums are added up at the token's rank; DeepEP returns them in
+    // BF16, since fp8 with per-group scales would add a second, coarser rounding.
+    return wire == EP_DTYPE_F8_E4M3 ? EP_DTYPE_BF16 : wire;
+}
+
+// The command-line names of the wire dtypes, shared by bench and simulate.
+static const struct {
+    const char *name;
+    ep_dtype dtype;
+} ep_wire_names[] = {
+    {"f32", EP_DTYPE_F32},
+    {"bf16", EP_DTYPE_BF16},
+    {"f16", EP_DTYPE_F16},
+    {"fp8", EP_DTYPE_F8_E4M3},
+};
+
+ep_status ep_comm_wire_parse(const char *option, const char *s, ep_dtype *out)
+{
+    for (size_t i = 0; s && i < EP_ARRAY_LEN(ep_wire_names); i++) {
+        if (!strcmp(s, ep_wire_names[i].name)) {
+            *out = ep_wire_names[i].dtype;
+            return EP_OK;
+        }
+    }
+    return ep_errorf(EP_ERR_ARG, "%s: expected f32, bf16, f16 or fp8, found '%s'", option,
+                     s ? s : "(none)");
+}
+
+const char *ep_comm_wire_name(ep_dtype wire)
+{
+    for (size_t i = 0; i < EP_ARRAY_LEN(ep_wire_names); i++)
+        if (ep_wire_names[i].dtype == wire) return ep_wire_names[i].name;
+    return ep_dtype_name(wire);
 }
 
 int64_t ep_comm_dispatch_record_bytes(int n_pairs, int hidden, ep_dtype wire)
@@ -21,7 +59,7 @@ int64_t ep_comm_dispatch_record_bytes(int n_pairs, int hidden, ep_dtype wire)
 
 int64_t ep_comm_combine_record_bytes(int hidden, ep_dtype wire)
 {
-    return ep_comm_row_bytes(hidden, wire);
+    return ep_comm_row_bytes(hidden, ep_comm_combine_wire(wire));
 }
 
 void ep_comm_stats_add(ep_comm_stats *acc, const ep_comm_stats *s)
@@ -63,7 +101,8 @@ static inline int ep_row_dest(const ep_placement *p, const int *experts, const i
 }
 
 static void ep_count_row(const ep_placement *p, const int *experts, const int *prank, int n,
-                         int rank, const int *node_of, int64_t row_bytes, ep_row_cost *acc)
+                         int rank, const int *node_of, int64_t row_bytes, int64_t crow_bytes,
+                         ep_row_cost *acc)
 {
     for (int j = 0; j < n; j++) {
         EP_ASSERT(experts[j] >= 0 && experts[j] < p->n_experts);
@@ -80,10 +119,10 @@ static void ep_count_row(const ep_placement *p, const int *experts, const int *p
         int64_t db = EP_COMM_REC_HEADER_BYTES + (int64_t)n_d * EP_COMM_REC_PAIR_BYTES + row_bytes;
         acc->sends++;
         acc->dispatch += db;
-        acc->combine += row_bytes;
+        acc->combine += crow_bytes;
         if (node_of[d] != node_of[rank]) {
             acc->dispatch_inter += db;
-            acc->combine_inter += row_bytes;
+            acc->combine_inter += crow_bytes;
         }
     }
 }
@@ -95,6 +134,7 @@ void ep_comm_count(const ep_routes *r, const ep_placement *p, const int *pair_ra
     EP_ASSERT(rank >= 0 && rank < p->world_size);
     memset(st, 0, sizeof *st);
     const int64_t row_bytes = ep_comm_row_bytes(hidden, wire);
+    const int64_t crow_bytes = ep_comm_combine_record_bytes(hidden, wire);
     const int T = r->n_tokens;
 
     ep_row_cost act = {0}, base = {0};
@@ -102,11 +142,11 @@ void ep_comm_count(const ep_routes *r, const ep_placement *p, const int *pair_ra
         int b = r->offsets[i], n = r->offsets[i + 1] - b;
         EP_ASSERT(n >= 0);
         ep_count_row(p, r->expert + b, pair_rank ? pair_rank + b : NULL, n, rank, node_of,
-                     row_bytes, &act);
+                     row_bytes, crow_bytes, &act);
         // Counterfactual: static top-k_base, each expert at its home rank
         // (a replica choice follows the actual routes, not this one).
         ep_count_row(p, r->base_expert + (size_t)i * r->k_base, NULL, r->k_base, rank, node_of,
-                     row_bytes, &base);
+                     row_bytes, crow_bytes, &base);
     }
 
     st->tokens = T;

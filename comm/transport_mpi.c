@@ -1,5 +1,6 @@
 // The MPI transport (CPU backend): counts with MPI_Alltoall, payloads with
-// MPI_Alltoallv over 4-byte words, the self part by memcpy. It moves opaque
+// MPI_Ialltoallv over 4-byte words (posted, then waited for: blocking is the
+// two back to back), the self part by memcpy. It moves opaque
 // bytes; what the records mean is comm.c's. NCCL lives in its own file.
 // Also the serving liveness watch (comm/watch.h): with it on, the exchanges
 // are nonblocking and polled, and rank 0 gives up at the step deadline
@@ -12,7 +13,7 @@
 #include <time.h>
 
 #include "cluster/mpi_util.h"
-#include "comm/comm.h"
+#include "comm/comm_impl.h"
 #include "comm/watch.h"
 
 // Every record of the wire format is a multiple of 4 bytes, so payloads move
@@ -21,10 +22,19 @@
 // signatures, so the unit cannot be chosen per rank from local sizes).
 #define EP_MPI_WORD 4
 
-typedef struct {
-    MPI_Comm comm;                          // borrowed from the cluster
-    MPI_Datatype word;                      // 4 contiguous bytes, no conversion
+// One payload exchange in flight: MPI reads the count and displacement
+// arrays until the request completes, so each in-flight exchange has its own.
+struct ep_transport_req {
+    bool busy;
+    MPI_Request rq;
     int *scount, *sdispl, *rcount, *rdispl; // [world] in words
+    int64_t remote;                         // bytes it sends to other ranks
+};
+
+typedef struct {
+    MPI_Comm comm;     // borrowed from the cluster
+    MPI_Datatype word; // 4 contiguous bytes, no conversion
+    ep_transport_req slot[EP_TRANSPORT_MAX_INFLIGHT];
 } ep_mpi_ctx;
 
 // ---- liveness watch (comm/watch.h) ------------------------------------------
@@ -220,22 +230,19 @@ int ep_comm_watch_silent(double grace_s, char *names, size_t cap, bool *behind)
     return n;
 }
 
-// Waits for rq: blocking without the watch; with it, polled, sending or
-// reading heartbeats, and on rank 0 giving up at the deadline (or when a
-// check finds a silent rank) with a message naming the ranks.
-static ep_status watch_wait(MPI_Request *rq, const char *call)
+void ep_comm_watch_enter(void)
 {
-    int rc;
-    if (!g_w.on) {
-        if ((rc = MPI_Wait(rq, MPI_STATUS_IGNORE)) != MPI_SUCCESS)
-            return ep_mpi_error(rc, call, __FILE__, __LINE__);
-        return EP_OK;
-    }
+    if (g_w.on) g_w.entered++;
+}
+
+ep_status ep_comm_watch_wait(ep_status (*test)(void *arg, bool *done), void *arg, const char *call)
+{
+    EP_ASSERT(g_w.on);
+    ep_status st;
     int us = 2, spins = 0;
     for (;;) {
-        int done = 0;
-        if ((rc = MPI_Test(rq, &done, MPI_STATUS_IGNORE)) != MPI_SUCCESS)
-            return ep_mpi_error(rc, call, __FILE__, __LINE__);
+        bool done = false;
+        if ((st = test(arg, &done)) != EP_OK) return st;
         if (done) return EP_OK;
         ep_comm_watch_poll();
         if (g_w.rank == 0) {
@@ -271,6 +278,34 @@ static ep_status watch_wait(MPI_Request *rq, const char *call)
     }
 }
 
+typedef struct {
+    MPI_Request *rq;
+    const char *call; // what the request is, for an error
+} watch_mpi_req;
+
+static ep_status watch_test_mpi(void *arg, bool *done)
+{
+    const watch_mpi_req *w = arg;
+    int flag = 0, rc = MPI_Test(w->rq, &flag, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return ep_mpi_error(rc, w->call, __FILE__, __LINE__);
+    *done = flag != 0;
+    return EP_OK;
+}
+
+// Waits for rq: blocking without the watch; with it, polled, sending or
+// reading heartbeats, and on rank 0 giving up at the deadline (or when a
+// check finds a silent rank) with a message naming the ranks.
+static ep_status watch_wait(MPI_Request *rq, const char *call)
+{
+    if (!g_w.on) {
+        int rc = MPI_Wait(rq, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) return ep_mpi_error(rc, call, __FILE__, __LINE__);
+        return EP_OK;
+    }
+    watch_mpi_req w = {rq, call};
+    return ep_comm_watch_wait(watch_test_mpi, &w, call);
+}
+
 static ep_status ep_mpi_exchange_counts(ep_transport *t, const int64_t *send, int64_t *recv)
 {
     ep_mpi_ctx *m = t->ctx;
@@ -278,7 +313,7 @@ static ep_status ep_mpi_exchange_counts(ep_transport *t, const int64_t *send, in
         EP_MPI_CHECK(MPI_Alltoall(send, 1, MPI_INT64_T, recv, 1, MPI_INT64_T, m->comm));
         return EP_OK;
     }
-    g_w.entered++;
+    ep_comm_watch_enter();
     MPI_Request rq;
     EP_MPI_CHECK(MPI_Ialltoall(send, 1, MPI_INT64_T, recv, 1, MPI_INT64_T, m->comm, &rq));
     return watch_wait(&rq, "MPI_Ialltoall (counts)");
@@ -301,20 +336,34 @@ static ep_status ep_mpi_words(int64_t bytes, const char *what, int peer, int *ou
     return EP_OK;
 }
 
-static ep_status ep_mpi_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
-                                  const int64_t *send_off, void *recvbuf, const int64_t *recv_bytes,
-                                  const int64_t *recv_off)
+// Posts the exchange (MPI_Ialltoallv on a slot of its own: the counts and
+// displacements must live until it completes). With the watch on, each
+// posted exchange counts as entered, so the counts of every rank stay
+// comparable whatever overlaps what.
+static ep_status ep_mpi_alltoallv_start(ep_transport *t, const void *sendbuf,
+                                        const int64_t *send_bytes, const int64_t *send_off,
+                                        void *recvbuf, const int64_t *recv_bytes,
+                                        const int64_t *recv_off, ep_transport_req **req)
 {
     ep_mpi_ctx *m = t->ctx;
     const int me = t->rank;
+    *req = NULL;
+    ep_transport_req *q = NULL;
+    for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT && !q; i++)
+        if (!m->slot[i].busy) q = &m->slot[i];
+    if (!q)
+        return ep_errorf(EP_ERR_ARG,
+                         "MPI transport: alltoallv_start: expected at most %d exchanges in "
+                         "flight, found %d already (a wait is missing)",
+                         EP_TRANSPORT_MAX_INFLIGHT, EP_TRANSPORT_MAX_INFLIGHT);
     int64_t remote = 0;
     ep_status st;
     for (int d = 0; d < t->world_size; d++) {
-        if ((st = ep_mpi_words(send_bytes[d], "send size", d, &m->scount[d])) != EP_OK) return st;
-        if ((st = ep_mpi_words(send_off[d], "send offset", d, &m->sdispl[d])) != EP_OK) return st;
-        if ((st = ep_mpi_words(recv_bytes[d], "receive size", d, &m->rcount[d])) != EP_OK)
+        if ((st = ep_mpi_words(send_bytes[d], "send size", d, &q->scount[d])) != EP_OK) return st;
+        if ((st = ep_mpi_words(send_off[d], "send offset", d, &q->sdispl[d])) != EP_OK) return st;
+        if ((st = ep_mpi_words(recv_bytes[d], "receive size", d, &q->rcount[d])) != EP_OK)
             return st;
-        if ((st = ep_mpi_words(recv_off[d], "receive offset", d, &m->rdispl[d])) != EP_OK)
+        if ((st = ep_mpi_words(recv_off[d], "receive offset", d, &q->rdispl[d])) != EP_OK)
             return st;
         if (d != me) remote += send_bytes[d];
     }
@@ -327,19 +376,47 @@ static ep_status ep_mpi_alltoallv(ep_transport *t, const void *sendbuf, const in
     if (send_bytes[me] > 0)
         memcpy((char *)recvbuf + recv_off[me], (const char *)sendbuf + send_off[me],
                (size_t)send_bytes[me]);
-    m->scount[me] = m->rcount[me] = 0;
-    if (!g_w.on) {
-        EP_MPI_CHECK(MPI_Alltoallv(sendbuf, m->scount, m->sdispl, m->word, recvbuf, m->rcount,
-                                   m->rdispl, m->word, m->comm));
-    } else {
-        g_w.entered++;
-        MPI_Request rq;
-        EP_MPI_CHECK(MPI_Ialltoallv(sendbuf, m->scount, m->sdispl, m->word, recvbuf, m->rcount,
-                                    m->rdispl, m->word, m->comm, &rq));
-        if ((st = watch_wait(&rq, "MPI_Ialltoallv (payload)")) != EP_OK) return st;
-    }
-    t->bytes_moved += remote;
+    q->scount[me] = q->rcount[me] = 0;
+    ep_comm_watch_enter();
+    EP_MPI_CHECK(MPI_Ialltoallv(sendbuf, q->scount, q->sdispl, m->word, recvbuf, q->rcount,
+                                q->rdispl, m->word, m->comm, &q->rq));
+    q->remote = remote;
+    q->busy = true;
+    *req = q;
     return EP_OK;
+}
+
+static ep_status ep_mpi_alltoallv_wait(ep_transport *t, ep_transport_req *q, int64_t *moved)
+{
+    ep_mpi_ctx *m = t->ctx;
+    bool ours = false;
+    for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++)
+        ours |= q == &m->slot[i];
+    if (!ours || !q->busy)
+        return ep_errorf(EP_ERR_ARG,
+                         "MPI transport: alltoallv_wait: expected a request in flight from "
+                         "alltoallv_start, found %s",
+                         !q     ? "NULL"
+                         : ours ? "one waited for already"
+                                : "another transport's");
+    // Blocking without the watch; with it, polled (heartbeats, deadline).
+    // A wait that gives up leaves the slot busy: the job ends after it.
+    ep_status st = watch_wait(&q->rq, "MPI_Ialltoallv (payload)");
+    if (st != EP_OK) return st;
+    q->busy = false;
+    t->bytes_moved += q->remote;
+    if (moved) *moved += q->remote;
+    return EP_OK;
+}
+
+static ep_status ep_mpi_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
+                                  const int64_t *send_off, void *recvbuf, const int64_t *recv_bytes,
+                                  const int64_t *recv_off)
+{
+    ep_transport_req *q;
+    ep_status st =
+        ep_mpi_alltoallv_start(t, sendbuf, send_bytes, send_off, recvbuf, recv_bytes, recv_off, &q);
+    return st != EP_OK ? st : ep_mpi_alltoallv_wait(t, q, NULL);
 }
 
 static void ep_mpi_free(ep_transport *t)
@@ -347,10 +424,16 @@ static void ep_mpi_free(ep_transport *t)
     ep_mpi_ctx *m = t->ctx;
     if (m) {
         if (m->word != MPI_DATATYPE_NULL) MPI_Type_free(&m->word);
-        free(m->scount);
-        free(m->sdispl);
-        free(m->rcount);
-        free(m->rdispl);
+        for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++) {
+            ep_transport_req *q = &m->slot[i];
+            // Pending only after a wait gave up (the job is ending): do not
+            // free what MPI may still write through.
+            if (q->busy) continue;
+            free(q->scount);
+            free(q->sdispl);
+            free(q->rcount);
+            free(q->rdispl);
+        }
         free(m);
     }
     free(t);
@@ -360,6 +443,8 @@ static const ep_transport_vt ep_transport_mpi_vt = {
     .name = "mpi",
     .exchange_counts = ep_mpi_exchange_counts,
     .alltoallv = ep_mpi_alltoallv,
+    .alltoallv_start = ep_mpi_alltoallv_start,
+    .alltoallv_wait = ep_mpi_alltoallv_wait,
     .free = ep_mpi_free,
 };
 
@@ -375,10 +460,14 @@ ep_status ep_transport_mpi_init(ep_cluster *c, ep_transport **out)
     m->comm = ep_cluster_comm(c);
     m->word = MPI_DATATYPE_NULL;
     size_t w = (size_t)c->world_size;
-    m->scount = ep_xcalloc(w, sizeof(int));
-    m->sdispl = ep_xcalloc(w, sizeof(int));
-    m->rcount = ep_xcalloc(w, sizeof(int));
-    m->rdispl = ep_xcalloc(w, sizeof(int));
+    for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++) {
+        ep_transport_req *q = &m->slot[i];
+        q->rq = MPI_REQUEST_NULL;
+        q->scount = ep_xcalloc(w, sizeof(int));
+        q->sdispl = ep_xcalloc(w, sizeof(int));
+        q->rcount = ep_xcalloc(w, sizeof(int));
+        q->rdispl = ep_xcalloc(w, sizeof(int));
+    }
     int rc = MPI_Type_contiguous(EP_MPI_WORD, MPI_BYTE, &m->word);
     if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&m->word);
     if (rc != MPI_SUCCESS) {

@@ -3,6 +3,7 @@
 // Integer and bool tensors are only described here, never converted.
 #include "common/dtype.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -186,6 +187,111 @@ float ep_fp8_e5m2_to_f32(uint8_t v)
 {
     return ep_f16_to_f32((uint16_t)((uint16_t)v << 8));
 }
+
+// ---- fp8 rows ----------------------------------------------------------------
+// The row codec runs once per dispatched (token, rank) record, so it is
+// written for speed: integer rounding on the fp32 bits instead of
+// ep_f32_to_fp8_e4m3's floorf/ldexpf, no per-element calls through pointers.
+// tests/unit/test_dtype.c checks it bit for bit against that plain reference.
+
+// GCC's -O2 vectorizes only loops whose vector code needs no scalar
+// epilogue or alias check ("very cheap" cost model); these loops need both
+// and run 3-4x faster vectorized, so they get the dynamic cost model (-O3's).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("vect-cost-model=dynamic")
+#endif
+
+// e4m3 code of q: round to nearest even; |q| >= 448 saturates to 448 (0x7e),
+// NaN and +-Inf become NaN (0x7f with q's sign). Normal range (|q| >= 2^-6):
+// adding 0x7ffff plus the lowest kept bit to the fp32 bits rounds the 23-bit
+// mantissa to 3 bits, a carry bumping the exponent; rebiasing 127 -> 7 is a
+// subtraction of 120 << 3. Subnormal range: adding 2^14, whose ulp is e4m3's
+// subnormal step 2^-9, lets the FPU round (default round-to-nearest-even)
+// and leaves the code (0..8, 8 being 2^-6) in the low mantissa bits.
+static inline uint8_t ep_e4m3_code(float q)
+{
+    // Both roundings are computed and one selected with masks, no branches,
+    // so the loop over a group vectorizes (each is garbage outside its range).
+    uint32_t u = f32_bits(q), a = u & 0x7fffffffu;
+    uint32_t normal = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
+    uint32_t sub = f32_bits(bits_f32(a) + 0x1p14f) - 0x46800000u; // bits of 2^14
+    uint32_t is_sub = 0u - (uint32_t)(a < 0x3c800000u);           // below 2^-6
+    uint32_t c = (sub & is_sub) | (normal & ~is_sub);
+    uint32_t sat = 0u - (uint32_t)(a >= 0x43e00000u); // 448 and above
+    c = (c & ~sat) | (0x7eu & sat);
+    c |= 0x7fu & (0u - (uint32_t)(a >= 0x7f800000u)); // Inf, NaN: 0x7e | 0x7f
+    return (uint8_t)(((u >> 24) & 0x80u) | c);
+}
+
+// Value of an e4m3 code: the exponent and mantissa fields moved into fp32
+// position and rebiased. A subnormal (exponent field 0), m * 2^-9, is read
+// with exponent field 1 as 2^-6 + m * 2^-9 and 2^-6 subtracted (exact), so
+// every code takes the same branch-free path.
+static inline float ep_e4m3_value(uint8_t c)
+{
+    uint32_t m = c & 0x7fu, is_sub = 0u - (uint32_t)(m < 8);
+    float v = bits_f32((m << 20) + (120u << 23) + (is_sub & (1u << 23))) -
+              bits_f32(is_sub & 0x3c800000u); // 2^-6 or 0
+    uint32_t nan = 0u - (uint32_t)(m == 0x7fu);
+    uint32_t b = (f32_bits(v) & ~nan) | (0x7fc00000u & nan);
+    return bits_f32(b | ((uint32_t)(c & 0x80u) << 24));
+}
+
+int64_t ep_fp8_row_bytes(int hidden)
+{
+    EP_ASSERT(hidden >= 0);
+    return 4 * (int64_t)ep_fp8_row_groups(hidden) + (((int64_t)hidden + 3) & ~(int64_t)3);
+}
+
+void ep_fp8_row_encode(const float *src, int hidden, void *dst)
+{
+    EP_ASSERT(hidden >= 0);
+    const int G = ep_fp8_row_groups(hidden);
+    uint8_t *scales = dst, *codes = scales + 4 * (size_t)G;
+    for (int g = 0; g < G; g++) {
+        const int b = g * EP_FP8_GROUP, e = EP_MIN(b + EP_FP8_GROUP, hidden);
+        // amax over the finite values: for non-negative floats the order of
+        // the bit patterns is the order of the values, and Inf/NaN (>= the
+        // bits of Inf) are dropped.
+        int32_t amax_bits = 0; // signed: SSE2 has a signed 32-bit compare only
+        for (int h = b; h < e; h++) {
+            int32_t a = (int32_t)(f32_bits(src[h]) & 0x7fffffffu);
+            a = a < 0x7f800000 ? a : 0;
+            amax_bits = a > amax_bits ? a : amax_bits;
+        }
+        const float amax = bits_f32((uint32_t)amax_bits);
+        float scale = 0, inv = 0; // all zero: scale 0, and x * 0 keeps NaN a NaN
+        if (amax > 0) {
+            scale = amax / EP_FP8_E4M3_MAX;
+            if (scale < FLT_MIN) scale = FLT_MIN; // keeps 1 / scale finite
+            inv = 1.0f / scale;
+        }
+        memcpy(scales + 4 * (size_t)g, &scale, 4);
+        for (int h = b; h < e; h++)
+            codes[h] = ep_e4m3_code(src[h] * inv);
+    }
+    for (int h = hidden; h & 3; h++)
+        codes[h] = 0; // padding, zero so payloads are reproducible
+}
+
+void ep_fp8_row_decode(const void *src, int hidden, float *dst)
+{
+    EP_ASSERT(hidden >= 0);
+    const int G = ep_fp8_row_groups(hidden);
+    const uint8_t *scales = src, *codes = scales + 4 * (size_t)G;
+    for (int g = 0; g < G; g++) {
+        const int b = g * EP_FP8_GROUP, e = EP_MIN(b + EP_FP8_GROUP, hidden);
+        float scale;
+        memcpy(&scale, scales + 4 * (size_t)g, 4);
+        for (int h = b; h < e; h++)
+            dst[h] = ep_e4m3_value(codes[h]) * scale;
+    }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 // ---- bulk conversion ---------------------------------------------------------
 // Sources may be unaligned (safetensors offsets are arbitrary): read with memcpy.

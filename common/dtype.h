@@ -35,6 +35,34 @@ uint8_t ep_f32_to_fp8_e4m3(float f);       // saturates to +-448
 float ep_fp8_e5m2_to_f32(uint8_t v);
 static inline float ep_bf16_round(float f) { return ep_bf16_to_f32(ep_f32_to_bf16(f)); }
 
+// ---- fp8 rows (the fp8 dispatch wire, as DeepEP sends it) -----------------
+// One row of `hidden` values is quantized in groups of EP_FP8_GROUP channels
+// (the last group is shorter when hidden is not a multiple): each group has
+// one fp32 scale = amax(|x| over the group) / 448, and each value is stored
+// as e4m3(x / scale), so the group's largest value maps to e4m3's max.
+// Decoding is code * scale in fp32. Layout of one row (4-byte aligned):
+//   ceil(hidden / 128) x float32 scale, hidden x e4m3, zero padding to 4.
+// Edge cases: an all-zero group has scale 0 and decodes to zeros; a group
+// whose amax is below 448 * 2^-126 uses scale 2^-126 (1/scale stays finite);
+// NaN and +-Inf are left out of amax and stored as e4m3 NaN (e4m3 has no
+// Inf), so a non-finite input decodes as NaN and the rest of its group keeps
+// full precision; values that land above 448 after scaling (fp32 rounding of
+// the scale) saturate to 448. Error per finite element, s its group's scale
+// (docs/wire-format.md): |decoded - x| <= (2^-4 + 2^-20) |x| + 2^-10 s,
+// with 2^-10 s < 2^-18 amax; at most about amax / 16.
+#define EP_FP8_GROUP    128
+#define EP_FP8_E4M3_MAX 448.0f
+static inline int ep_fp8_row_groups(int hidden)
+{
+    return (hidden + EP_FP8_GROUP - 1) / EP_FP8_GROUP;
+}
+// Bytes of one encoded row: 4 ceil(hidden/128) + hidden rounded up to 4.
+int64_t ep_fp8_row_bytes(int hidden);
+// src [hidden] fp32 -> dst [ep_fp8_row_bytes(hidden)] bytes (any alignment).
+void ep_fp8_row_encode(const float *src, int hidden, void *dst);
+// src [ep_fp8_row_bytes(hidden)] bytes -> dst [hidden] fp32.
+void ep_fp8_row_decode(const void *src, int hidden, float *dst);
+
 // Converts n elements of a float dtype to fp32. EP_ERR_UNSUPPORTED for
 // integer/bool types (message names the dtype).
 ep_status ep_dtype_to_f32(ep_dtype t, const void *src, float *dst, size_t n);

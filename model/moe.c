@@ -26,7 +26,10 @@ struct ep_moe {
     ep_backend *be;
     ep_transport *tp;        // MPI (owned) or, with backend CUDA, NCCL (owned by cuda)
     ep_moe_cuda *cuda;       // backend CUDA: device, NCCL and this rank's experts; else NULL
-    ep_comm *comm;
+    // One ep_comm per micro-batch (an ep_comm holds the buffers of one
+    // exchange in flight); comm[1] only with opts.micro_batches == 2.
+    ep_comm *comm[2];
+    int *mb_off[2]; // [cap_tokens + 1] rebased offsets of each micro-batch's routes
     ep_router *router;
     ep_experts *experts;     // this rank's shard + shared experts (backend CPU; else NULL)
     ep_experts *all_experts; // every expert (reference), or NULL
@@ -49,6 +52,14 @@ ep_status ep_moe_backend_parse(const char *s, ep_moe_backend *out)
     return EP_OK;
 }
 
+ep_status ep_moe_expert_dtype_parse(const char *s, ep_dtype *out)
+{
+    if (!strcmp(s, "f32")) *out = EP_DTYPE_F32;
+    else if (!strcmp(s, "bf16")) *out = EP_DTYPE_BF16;
+    else return ep_errorf(EP_ERR_ARG, "expert dtype: expected f32 or bf16, found '%s'", s);
+    return EP_OK;
+}
+
 bool ep_moe_backend_built(ep_moe_backend b)
 {
     return b == EP_MOE_BACKEND_CPU || (b == EP_MOE_BACKEND_CUDA && ep_moe_cuda_built());
@@ -60,8 +71,10 @@ void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
     o->backend = EP_MOE_BACKEND_CPU;
     o->placement = EP_PLACE_CONTIGUOUS;
     o->wire = EP_DTYPE_F32;
+    o->expert_dtype = EP_DTYPE_F32;
     o->cap_tokens = 256;
     o->max_k = cfg->k_base;
+    o->micro_batches = 1;
 }
 
 // One EPLB placement per MoE layer from the given loads, and their union
@@ -113,10 +126,15 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     if (o->backend != EP_MOE_BACKEND_CPU && o->backend != EP_MOE_BACKEND_CUDA)
         return ep_errorf(EP_ERR_ARG, "ep_moe_init: backend %d: expected EP_MOE_BACKEND_CPU or "
                          "EP_MOE_BACKEND_CUDA", (int)o->backend);
+    // 0 is taken as 1, for options zeroed rather than defaulted.
+    if (o->micro_batches < 0 || o->micro_batches > 2)
+        return ep_errorf(EP_ERR_ARG, "ep_moe_init: micro_batches: expected 1 or 2, found %d",
+                         o->micro_batches);
     ep_moe *m = ep_xcalloc(1, sizeof *m);
     m->cfg = cfg;
     m->cl = cl;
     m->opts = *o;
+    if (m->opts.micro_batches < 1) m->opts.micro_batches = 1;
     ep_status st;
     int cap = o->cap_tokens > 0 ? o->cap_tokens : 1;
 
@@ -141,9 +159,18 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     } else if ((st = ep_transport_mpi_init(cl, &m->tp))) {
         goto err;
     }
-    if ((st = ep_comm_init(cl, m->tp, cfg->hidden, o->wire, cap, o->max_k, &m->comm))) goto err;
+    // Two micro-batches: each ep_comm sized for half the tokens (a skewed
+    // step grows them), so the buffers total what one would hold.
+    const int n_mb = m->opts.micro_batches, mb_cap = (cap + n_mb - 1) / n_mb;
+    for (int b = 0; b < n_mb; b++) {
+        if ((st = ep_comm_init(cl, m->tp, cfg->hidden, o->wire, mb_cap, o->max_k, &m->comm[b])))
+            goto err;
+        if (n_mb > 1) m->mb_off[b] = ep_xmalloc((size_t)(cap + 1) * sizeof(int));
+    }
     if ((st = ep_router_init(cfg, cap, &m->router))) goto err;
-    if (!m->cuda && (st = ep_experts_load(cfg, w, &m->place, cl->rank, m->be, &m->experts)))
+    ep_experts_opts eo = {.weight_dtype = o->expert_dtype};
+    if (!m->cuda &&
+        (st = ep_experts_load_ex(cfg, w, &m->place, cl->rank, m->be, &eo, &m->experts)))
         goto err;
     if (o->with_reference && (st = ep_experts_load(cfg, w, NULL, -1, m->be, &m->all_experts)))
         goto err;
@@ -178,7 +205,10 @@ void ep_moe_free(ep_moe *m)
     ep_experts_free(m->all_experts);
     ep_experts_free(m->experts);
     ep_router_free(m->router);
-    ep_comm_free(m->comm);
+    for (int b = 0; b < 2; b++) {
+        ep_comm_free(m->comm[b]);
+        free(m->mb_off[b]);
+    }
     if (m->cuda) ep_moe_cuda_free(m->cuda); // its transport with it
     else ep_transport_free(m->tp);
     ep_backend_free(m->be);
@@ -241,14 +271,99 @@ static ep_status check_call(const ep_moe *m, const ep_policy *p, int layer, int 
     return EP_OK;
 }
 
+static ep_status run_experts(ep_moe *m, int layer, const ep_comm_work *w)
+{
+    if (m->cuda) return ep_moe_cuda_experts(m->cuda, layer, w);
+    return ep_experts_forward(m->experts, layer, w->n_rec, w->pair_off, w->pair_expert,
+                              w->pair_weight, w->x, w->y);
+}
+
+// Tokens [t0, t1) of r as routes of their own: the expert, weight and
+// base rows are views into r, only the offsets are copied (rebased to 0)
+// into off[t1 - t0 + 1]. Nothing of r is copied but that.
+static void routes_slice(const ep_routes *r, int t0, int t1, int *off, ep_routes *out)
+{
+    const int base = r->offsets[t0];
+    for (int i = t0; i <= t1; i++)
+        off[i - t0] = r->offsets[i] - base;
+    *out = *r;
+    out->n_tokens = t1 - t0;
+    out->cap_tokens = t1 - t0;
+    out->offsets = off;
+    out->expert = r->expert + base;
+    out->weight = r->weight + base;
+    out->base_expert = r->base_expert + (size_t)t0 * r->k_base;
+    out->base_weight = r->base_weight + (size_t)t0 * r->k_base;
+}
+
+// Two micro-batches A (the first ceil(T/2) tokens) and B (the rest) in the
+// order that keeps one all-to-all in flight while the other batch computes:
+//   dispatch_start A, dispatch_start B, dispatch_finish A, experts A,
+//   combine_start A, dispatch_finish B, experts B, combine_start B,
+//   combine_finish A, combine_finish B.
+// An empty micro-batch (T = 0 or 1) still joins every collective. Each
+// token's partial sums are made from the same records, summed in the same
+// rank order as with one batch, so y has the same bits, unless halving
+// moved an expert to another fp32 kernel (docs/architecture.md). Stats and times
+// are summed over both; times are those of the calls, so with overlap the
+// communication a call did not wait for is not counted.
+// t: when the layer's dispatch began (the replica choice counts to it).
+static ep_status run_overlap(ep_moe *m, const ep_routes *r, int layer, const ep_placement *pl,
+                             const int *pair_rank, const float *x, float *y, ep_comm_stats *st,
+                             ep_moe_times *tm, double t)
+{
+    const size_t H = (size_t)m->cfg->hidden;
+    const int T = r->n_tokens, split[3] = {0, (T + 1) / 2, T};
+    ep_routes sub[2];
+    const int *prk[2] = {NULL, NULL};
+    const float *xs[2];
+    float *ys[2];
+    ep_comm_stats ls[2];
+    ep_comm_work wk[2];
+    memset(ls, 0, sizeof ls);
+    for (int b = 0; b < 2; b++) {
+        routes_slice(r, split[b], split[b + 1], m->mb_off[b], &sub[b]);
+        if (pair_rank) prk[b] = pair_rank + r->offsets[split[b]];
+        bool any = split[b + 1] > split[b];
+        xs[b] = any ? x + (size_t)split[b] * H : NULL;
+        ys[b] = any ? y + (size_t)split[b] * H : NULL;
+    }
+    double d_us = 0, e_us = 0, c_us = 0, t2;
+    ep_status s;
+#define EP_LAP(acc) (t2 = ep_now_us(), acc += t2 - t, t = t2)
+    for (int b = 0; b < 2; b++)
+        if ((s = ep_comm_dispatch_start(m->comm[b], &sub[b], pl, prk[b], xs[b], &ls[b]))) return s;
+    for (int b = 0; b < 2; b++) {
+        if ((s = ep_comm_dispatch_finish(m->comm[b], &wk[b], &ls[b]))) return s;
+        EP_LAP(d_us);
+        if ((s = run_experts(m, layer, &wk[b]))) return s;
+        EP_LAP(e_us);
+        if ((s = ep_comm_combine_start(m->comm[b], &wk[b]))) return s;
+        EP_LAP(c_us);
+    }
+    for (int b = 0; b < 2; b++)
+        if ((s = ep_comm_combine_finish(m->comm[b], ys[b], &ls[b]))) return s;
+    EP_LAP(c_us);
+#undef EP_LAP
+    if (st) {
+        ep_comm_stats_add(st, &ls[0]);
+        ep_comm_stats_add(st, &ls[1]);
+    }
+    if (tm) {
+        tm->dispatch_us += d_us;
+        tm->experts_us += e_us;
+        tm->combine_us += c_us;
+    }
+    return EP_OK;
+}
+
 // Dispatch -> experts -> combine -> shared experts, for routes already made.
+// The replica choice and the window see the whole batch, also with two
+// micro-batches (a policy's or the balancer's view is the batch's).
 static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
                             ep_comm_stats *st, ep_moe_times *tm)
 {
     ep_status s;
-    ep_comm_stats local;
-    memset(&local, 0, sizeof local);
-    ep_comm_work work;
     double t1 = ep_now_us();
     const ep_placement *pl = ep_moe_layer_placement(m, layer);
     int nnz = ep_routes_nnz(r);
@@ -264,29 +379,36 @@ static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const floa
     } else {
         for (int j = 0; j < nnz; j++) m->pair_rank[j] = pl->rank_of[r->expert[j]];
     }
-    if ((s = ep_comm_dispatch(m->comm, r, pl, pair_rank, x, &work, &local))) return s;
     double *wl = m->window_load + (size_t)layer * m->cfg->n_experts;
     for (int j = 0; j < nnz; j++) wl[r->expert[j]] += 1;
     if (layer == m->cfg->first_k_dense) m->window_steps++;
-    double t2 = ep_now_us();
-    if (m->cuda) s = ep_moe_cuda_experts(m->cuda, layer, &work);
-    else
-        s = ep_experts_forward(m->experts, layer, work.n_rec, work.pair_off, work.pair_expert,
-                               work.pair_weight, work.x, work.y);
-    if (s) return s;
-    double t3 = ep_now_us();
-    if ((s = ep_comm_combine(m->comm, &work, y, &local))) return s;
+
+    ep_moe_times mt = {0};
+    if (m->opts.micro_batches == 2) {
+        if ((s = run_overlap(m, r, layer, pl, pair_rank, x, y, st, &mt, t1))) return s;
+    } else {
+        ep_comm_stats local;
+        memset(&local, 0, sizeof local);
+        ep_comm_work work;
+        if ((s = ep_comm_dispatch(m->comm[0], r, pl, pair_rank, x, &work, &local))) return s;
+        double t2 = ep_now_us();
+        if ((s = run_experts(m, layer, &work))) return s;
+        double t3 = ep_now_us();
+        if ((s = ep_comm_combine(m->comm[0], &work, y, &local))) return s;
+        mt.dispatch_us = t2 - t1;
+        mt.experts_us = t3 - t2;
+        mt.combine_us = ep_now_us() - t3;
+        if (st) ep_comm_stats_add(st, &local);
+    }
     double t4 = ep_now_us();
     if (m->cuda) s = ep_moe_cuda_shared(m->cuda, layer, x, r->n_tokens, y);
     else s = ep_experts_shared_forward(m->experts, layer, x, r->n_tokens, y);
     if (s) return s;
-    double t5 = ep_now_us();
-    if (st) ep_comm_stats_add(st, &local);
     if (tm) {
-        tm->dispatch_us += t2 - t1;
-        tm->experts_us += t3 - t2;
-        tm->combine_us += t4 - t3;
-        tm->shared_us += t5 - t4;
+        tm->dispatch_us += mt.dispatch_us;
+        tm->experts_us += mt.experts_us;
+        tm->combine_us += mt.combine_us;
+        tm->shared_us += ep_now_us() - t4;
     }
     return EP_OK;
 }

@@ -21,11 +21,15 @@ ep_status ep_moe_backend_parse(const char *s, ep_moe_backend *out);
 // Whether this build has the backend: CPU always, CUDA when built with EP_CUDA=ON
 // (a device is still needed at run time).
 bool ep_moe_backend_built(ep_moe_backend b);
+// "f32" or "bf16" (a command line's --expert-dtype: how the CPU backend stores
+// the routed experts); EP_ERR_ARG names what was found.
+ep_status ep_moe_expert_dtype_parse(const char *s, ep_dtype *out);
 
 typedef struct {
     ep_moe_backend backend;  // default CPU
     ep_place_kind placement; // expert placement across ranks
-    ep_dtype wire;           // payload dtype on the wire (F32 or BF16)
+    ep_dtype wire;           // payload dtype on the wire (F32, BF16, F16, F8_E4M3)
+    ep_dtype expert_dtype;   // CPU backend: routed experts stored F32 (default) or BF16
     int cap_tokens;          // most tokens one rank routes in one call
     int max_k;               // most experts a token may keep (>= k_base; policies may add)
     bool with_reference;     // also hold every expert, for ep_moe_reference()
@@ -37,6 +41,12 @@ typedef struct {
     int eplb_groups;           // expert groups for hierarchical EPLB (0: the model's n_group)
     const double *expert_load; // [n_layers * n_experts] loads, or NULL (uniform); read at init
     bool home_only;            // send every pair to the expert's home rank (no replica choice)
+    // 1 (default): dispatch, experts, combine of the whole batch. 2: the
+    // routed batch is cut into two token ranges whose all-to-alls overlap
+    // the other range's expert compute (docs/architecture.md); the same
+    // stats and bytes, the same output up to the last bits where an
+    // expert's kernel changes with its row count. Same value on every rank.
+    int micro_batches;
 } ep_moe_opts;
 void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg);
 

@@ -1,20 +1,47 @@
 // The NCCL transport: counts and payloads as one group of per-peer
 // ncclSend/ncclRecv (ncclGroupStart .. ncclGroupEnd) on a communication
-// stream, host buffers staged through device buffers, the self part copied
-// locally. It moves opaque bytes; what they mean is comm.c's.
+// stream, host buffers staged through device buffers (per in-flight
+// exchange), the self part copied locally. A payload exchange is posted by
+// start and finished by wait (its event, then the async error). It moves
+// opaque bytes; what they mean is comm.c's.
 #include <stdlib.h>
 #include <string.h>
 
 #include "cluster/cuda/nccl_util.h"
+#include "comm/comm_impl.h"
 #include "comm/nccl/transport_nccl.h"
+#include "comm/watch.h"
+
+// One payload exchange in flight, with staging of its own (the other
+// exchange may still be on the stream when this one grows its buffers).
+// Host payloads go through pinned host buffers: a copy from or to pageable
+// memory would synchronise with the stream, that is wait for the other
+// exchange, and nothing would overlap.
+struct ep_transport_req {
+    bool busy;
+    cudaEvent_t done;      // recorded after the exchange's last operation on the stream
+    void *d_send, *d_recv; // device staging for host payloads
+    size_t send_cap, recv_cap;
+    void *h_send, *h_recv; // pinned host staging
+    size_t h_send_cap, h_recv_cap;
+    // Where the staged receive goes at the wait (recv_host: recvbuf is host memory).
+    bool recv_host;
+    char *recvbuf;
+    int64_t *recv_bytes, *recv_off; // [world] copies of the caller's
+    int64_t remote;                 // bytes it sends to other ranks
+};
 
 typedef struct {
     ncclComm_t comm; // borrowed from the ep_nccl
     int device;
-    cudaStream_t stream;   // communication stream, owned
-    int64_t *d_counts;     // [2 * world] device: send counts, then received counts
-    void *d_send, *d_recv; // staging for host payloads
-    size_t send_cap, recv_cap;
+    cudaStream_t stream; // communication stream, owned
+    int64_t *d_counts;   // [2 * world] device: send counts, then received counts
+    int64_t *h_counts;   // [2 * world] pinned host staging of the same
+    cudaEvent_t counts_done;
+    // A wait gave up (the liveness watch) with work still on the stream:
+    // free must not synchronise with it.
+    bool stuck;
+    ep_transport_req slot[EP_TRANSPORT_MAX_INFLIGHT];
 } ep_nccl_ctx;
 
 // ---- helpers ----------------------------------------------------------------------------
@@ -61,15 +88,69 @@ static size_t ep_nccl_extent(const ep_transport *t, const int64_t *bytes, const 
     return ext;
 }
 
-// Waits for the stream, then asks NCCL whether the communicator failed
-// asynchronously (a peer died, a network error) while the group ran.
-static ep_status ep_nccl_wait(ep_nccl_ctx *m)
+// Pinned host memory that grows (contents not kept), as ep_cuda_grow.
+static ep_status ep_nccl_grow_pinned(void **p, size_t *cap, size_t need, const char *what)
 {
-    EP_CUDA_CHECK(cudaStreamSynchronize(m->stream));
-    ncclResult_t async = ncclSuccess;
-    EP_NCCL_CHECK(ncclCommGetAsyncError(m->comm, &async));
-    EP_NCCL_CHECK(async);
+    if (need <= *cap) return EP_OK;
+    size_t n = EP_MAX(need, *cap + *cap / 2);
+    if (*p) {
+        cudaError_t rc = cudaFreeHost(*p);
+        *p = NULL;
+        *cap = 0;
+        if (rc != cudaSuccess) return EP_CUDA_ST(rc);
+    }
+    cudaError_t rc = cudaMallocHost(p, n);
+    if (rc != cudaSuccess) {
+        *p = NULL;
+        ep_status st = EP_CUDA_ST(rc);
+        return ep_error_prefix(st, "%s: %zu bytes of pinned host memory", what, n);
+    }
+    *cap = n;
     return EP_OK;
+}
+
+typedef struct {
+    ep_nccl_ctx *m;
+    cudaEvent_t ev;
+} ep_nccl_poll_arg;
+
+// One poll of the liveness watch's wait: the event, and meanwhile whether
+// NCCL saw the communicator fail (a peer that died never sets the event).
+static ep_status ep_nccl_poll(void *arg, bool *done)
+{
+    const ep_nccl_poll_arg *p = arg;
+    cudaError_t rc = cudaEventQuery(p->ev);
+    *done = rc == cudaSuccess;
+    if (rc != cudaSuccess && rc != cudaErrorNotReady) return EP_CUDA_ST(rc);
+    // "Not ready" is no error: keep it from a later cudaGetLastError check.
+    if (rc == cudaErrorNotReady && cudaPeekAtLastError() == cudaErrorNotReady)
+        (void)cudaGetLastError();
+    if (!*done) {
+        ncclResult_t async = ncclSuccess;
+        EP_NCCL_CHECK(ncclCommGetAsyncError(p->m->comm, &async));
+        EP_NCCL_CHECK(async);
+    }
+    return EP_OK;
+}
+
+// Waits for ev (blocking; with the liveness watch on, polled, with its
+// heartbeats and step deadline, as the MPI transport's waits), then asks
+// NCCL whether the communicator failed asynchronously (a peer died, a
+// network error) while the group ran.
+static ep_status ep_nccl_wait_event(ep_nccl_ctx *m, cudaEvent_t ev, const char *call)
+{
+    ep_status st;
+    if (!ep_comm_watch_on()) {
+        st = EP_CUDA_ST(cudaEventSynchronize(ev));
+    } else {
+        ep_nccl_poll_arg p = {m, ev};
+        st = ep_comm_watch_wait(ep_nccl_poll, &p, call);
+    }
+    ncclResult_t async = ncclSuccess;
+    if (st == EP_OK) st = EP_NCCL_ST(ncclCommGetAsyncError(m->comm, &async));
+    if (st == EP_OK) st = EP_NCCL_ST(async);
+    if (st != EP_OK) m->stuck = true;
+    return st;
 }
 
 // ---- the vtable ---------------------------------------------------------------------------
@@ -79,7 +160,10 @@ static ep_status ep_nccl_exchange_counts(ep_transport *t, const int64_t *send, i
     ep_nccl_ctx *m = t->ctx;
     const int W = t->world_size, me = t->rank;
     EP_CUDA_CHECK(cudaSetDevice(m->device));
-    EP_CUDA_CHECK(cudaMemcpyAsync(m->d_counts, send, (size_t)W * sizeof(int64_t),
+    // Through pinned memory: a pageable copy would synchronise with the
+    // stream and so wait for payloads still in flight there.
+    memcpy(m->h_counts, send, (size_t)W * sizeof(int64_t));
+    EP_CUDA_CHECK(cudaMemcpyAsync(m->d_counts, m->h_counts, (size_t)W * sizeof(int64_t),
                                   cudaMemcpyHostToDevice, m->stream));
     EP_NCCL_CHECK(ncclGroupStart());
     for (int d = 0; d < W; d++) {
@@ -93,20 +177,38 @@ static ep_status ep_nccl_exchange_counts(ep_transport *t, const int64_t *send, i
         }
     }
     EP_NCCL_CHECK(ncclGroupEnd());
-    EP_CUDA_CHECK(cudaMemcpyAsync(recv, m->d_counts + W, (size_t)W * sizeof(int64_t),
+    EP_CUDA_CHECK(cudaMemcpyAsync(m->h_counts + W, m->d_counts + W, (size_t)W * sizeof(int64_t),
                                   cudaMemcpyDeviceToHost, m->stream));
-    ep_status st = ep_nccl_wait(m);
+    EP_CUDA_CHECK(cudaEventRecord(m->counts_done, m->stream));
+    ep_comm_watch_enter();
+    ep_status st = ep_nccl_wait_event(m, m->counts_done, "NCCL group (counts)");
     if (st != EP_OK) return ep_error_prefix(st, "NCCL transport: exchanging counts");
+    memcpy(recv, m->h_counts + W, (size_t)W * sizeof(int64_t));
     recv[me] = send[me];
     return EP_OK;
 }
 
-static ep_status ep_nccl_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
-                                   const int64_t *send_off, void *recvbuf,
-                                   const int64_t *recv_bytes, const int64_t *recv_off)
+// Posts the group on the stream: host send parts are staged to the device
+// first (the copy from pageable memory returns once the data is taken), the
+// self part is copied, and nothing waits. The device-to-host copies of a
+// staged receive are queued by the wait, since one into pageable memory
+// would block the host until the group is done.
+static ep_status ep_nccl_alltoallv_start(ep_transport *t, const void *sendbuf,
+                                         const int64_t *send_bytes, const int64_t *send_off,
+                                         void *recvbuf, const int64_t *recv_bytes,
+                                         const int64_t *recv_off, ep_transport_req **req)
 {
     ep_nccl_ctx *m = t->ctx;
     const int W = t->world_size, me = t->rank;
+    *req = NULL;
+    ep_transport_req *q = NULL;
+    for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT && !q; i++)
+        if (!m->slot[i].busy) q = &m->slot[i];
+    if (!q)
+        return ep_errorf(EP_ERR_ARG,
+                         "NCCL transport: alltoallv_start: expected at most %d exchanges in "
+                         "flight, found %d already (a wait is missing)",
+                         EP_TRANSPORT_MAX_INFLIGHT, EP_TRANSPORT_MAX_INFLIGHT);
     ep_status st = ep_nccl_check_sizes(t, send_bytes, send_off, recv_bytes, recv_off);
     if (st != EP_OK) return st;
     EP_CUDA_CHECK(cudaSetDevice(m->device));
@@ -125,20 +227,28 @@ static ep_status ep_nccl_alltoallv(ep_transport *t, const void *sendbuf, const i
     const char *sbase = sendbuf;
     char *rbase = recvbuf;
     if (!send_dev && send_ext > 0) {
-        if ((st = ep_cuda_grow(&m->d_send, &m->send_cap, send_ext, "NCCL transport send staging")))
+        if ((st = ep_cuda_grow(&q->d_send, &q->send_cap, send_ext, "NCCL transport send staging")))
+            return st;
+        if ((st = ep_nccl_grow_pinned(&q->h_send, &q->h_send_cap, send_ext,
+                                      "NCCL transport send staging")))
             return st;
         for (int d = 0; d < W; d++)
             if (d != me && send_bytes[d] > 0)
-                EP_CUDA_CHECK(cudaMemcpyAsync(
-                    (char *)m->d_send + send_off[d], (const char *)sendbuf + send_off[d],
-                    (size_t)send_bytes[d], cudaMemcpyHostToDevice, m->stream));
-        sbase = m->d_send;
+                memcpy((char *)q->h_send + send_off[d], (const char *)sendbuf + send_off[d],
+                       (size_t)send_bytes[d]);
+        EP_CUDA_CHECK(
+            cudaMemcpyAsync(q->d_send, q->h_send, send_ext, cudaMemcpyHostToDevice, m->stream));
+        sbase = q->d_send;
     }
-    if (!recv_dev && recv_ext > 0) {
-        if ((st = ep_cuda_grow(&m->d_recv, &m->recv_cap, recv_ext,
+    q->recv_host = !recv_dev && recv_ext > 0;
+    if (q->recv_host) {
+        if ((st = ep_cuda_grow(&q->d_recv, &q->recv_cap, recv_ext,
                                "NCCL transport receive staging")))
             return st;
-        rbase = m->d_recv;
+        if ((st = ep_nccl_grow_pinned(&q->h_recv, &q->h_recv_cap, recv_ext,
+                                      "NCCL transport receive staging")))
+            return st;
+        rbase = q->d_recv;
     }
 
     // Zero-byte parts are skipped on both sides: the sizes come from the
@@ -159,13 +269,9 @@ static ep_status ep_nccl_alltoallv(ep_transport *t, const void *sendbuf, const i
         }
     }
     EP_NCCL_CHECK(ncclGroupEnd());
-    if (!recv_dev && recv_ext > 0) {
-        for (int d = 0; d < W; d++)
-            if (d != me && recv_bytes[d] > 0)
-                EP_CUDA_CHECK(
-                    cudaMemcpyAsync((char *)recvbuf + recv_off[d], (char *)m->d_recv + recv_off[d],
-                                    (size_t)recv_bytes[d], cudaMemcpyDeviceToHost, m->stream));
-    }
+    if (q->recv_host)
+        EP_CUDA_CHECK(
+            cudaMemcpyAsync(q->h_recv, q->d_recv, recv_ext, cudaMemcpyDeviceToHost, m->stream));
     // The self part never touches NCCL (and is not counted as moved).
     if (send_bytes[me] > 0) {
         if (!send_dev && !recv_dev)
@@ -176,21 +282,86 @@ static ep_status ep_nccl_alltoallv(ep_transport *t, const void *sendbuf, const i
                                           (const char *)sendbuf + send_off[me],
                                           (size_t)send_bytes[me], cudaMemcpyDefault, m->stream));
     }
-    if ((st = ep_nccl_wait(m)) != EP_OK) return ep_error_prefix(st, "NCCL transport: payload");
-    t->bytes_moved += remote;
+    EP_CUDA_CHECK(cudaEventRecord(q->done, m->stream));
+    ep_comm_watch_enter();
+    q->recvbuf = recvbuf;
+    memcpy(q->recv_bytes, recv_bytes, (size_t)W * sizeof(int64_t));
+    memcpy(q->recv_off, recv_off, (size_t)W * sizeof(int64_t));
+    q->remote = remote;
+    q->busy = true;
+    *req = q;
     return EP_OK;
+}
+
+// Waits for this exchange's event only (the other one may still run), asks
+// NCCL whether the communicator failed meanwhile, then copies a staged
+// receive out of pinned memory into the caller's buffer.
+static ep_status ep_nccl_alltoallv_wait(ep_transport *t, ep_transport_req *q, int64_t *moved)
+{
+    ep_nccl_ctx *m = t->ctx;
+    const int W = t->world_size, me = t->rank;
+    bool ours = false;
+    for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++)
+        ours |= q == &m->slot[i];
+    if (!ours || !q->busy)
+        return ep_errorf(EP_ERR_ARG,
+                         "NCCL transport: alltoallv_wait: expected a request in flight from "
+                         "alltoallv_start, found %s",
+                         !q     ? "NULL"
+                         : ours ? "one waited for already"
+                                : "another transport's");
+    EP_CUDA_CHECK(cudaSetDevice(m->device));
+    ep_status st = ep_nccl_wait_event(m, q->done, "NCCL group (payload)");
+    if (st != EP_OK) return ep_error_prefix(st, "NCCL transport: payload");
+    if (q->recv_host)
+        for (int d = 0; d < W; d++)
+            if (d != me && q->recv_bytes[d] > 0)
+                memcpy(q->recvbuf + q->recv_off[d], (char *)q->h_recv + q->recv_off[d],
+                       (size_t)q->recv_bytes[d]);
+    q->busy = false;
+    t->bytes_moved += q->remote;
+    if (moved) *moved += q->remote;
+    return EP_OK;
+}
+
+static ep_status ep_nccl_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
+                                   const int64_t *send_off, void *recvbuf,
+                                   const int64_t *recv_bytes, const int64_t *recv_off)
+{
+    ep_transport_req *q;
+    ep_status st = ep_nccl_alltoallv_start(t, sendbuf, send_bytes, send_off, recvbuf, recv_bytes,
+                                           recv_off, &q);
+    return st != EP_OK ? st : ep_nccl_alltoallv_wait(t, q, NULL);
 }
 
 static void ep_nccl_tp_free(ep_transport *t)
 {
     ep_nccl_ctx *m = t->ctx;
-    if (m) {
+    if (m && m->stuck) {
+        // A wait gave up with a group on the stream that may never end:
+        // cudaFree and friends would synchronise with it and hang. The job
+        // is ending; the device memory goes with the process.
+        for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++) {
+            free(m->slot[i].recv_bytes);
+            free(m->slot[i].recv_off);
+        }
+        free(m);
+    } else if (m) {
         // Best effort: a failing device at shutdown leaves nothing to recover.
         (void)cudaSetDevice(m->device);
         if (m->stream) (void)cudaStreamSynchronize(m->stream);
         (void)cudaFree(m->d_counts);
-        (void)cudaFree(m->d_send);
-        (void)cudaFree(m->d_recv);
+        (void)cudaFreeHost(m->h_counts);
+        if (m->counts_done) (void)cudaEventDestroy(m->counts_done);
+        for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++) {
+            (void)cudaFree(m->slot[i].d_send);
+            (void)cudaFree(m->slot[i].d_recv);
+            (void)cudaFreeHost(m->slot[i].h_send);
+            (void)cudaFreeHost(m->slot[i].h_recv);
+            if (m->slot[i].done) (void)cudaEventDestroy(m->slot[i].done);
+            free(m->slot[i].recv_bytes);
+            free(m->slot[i].recv_off);
+        }
         if (m->stream) (void)cudaStreamDestroy(m->stream);
         free(m);
     }
@@ -201,6 +372,8 @@ static const ep_transport_vt ep_transport_nccl_vt = {
     .name = "nccl",
     .exchange_counts = ep_nccl_exchange_counts,
     .alltoallv = ep_nccl_alltoallv,
+    .alltoallv_start = ep_nccl_alltoallv_start,
+    .alltoallv_wait = ep_nccl_alltoallv_wait,
     .free = ep_nccl_tp_free,
 };
 
@@ -215,11 +388,22 @@ ep_status ep_transport_nccl_init(ep_cluster *c, ep_nccl *n, ep_transport **out)
     t->world_size = c->world_size;
     m->comm = ep_nccl_comm(n);
     m->device = ep_nccl_device(n);
+    for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++) {
+        m->slot[i].recv_bytes = ep_xcalloc((size_t)c->world_size, sizeof(int64_t));
+        m->slot[i].recv_off = ep_xcalloc((size_t)c->world_size, sizeof(int64_t));
+    }
     ep_status st = EP_CUDA_ST(cudaSetDevice(m->device));
     if (st == EP_OK) st = EP_CUDA_ST(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
     if (st == EP_OK)
         st = EP_CUDA_ST(
             cudaMalloc((void **)&m->d_counts, 2 * (size_t)c->world_size * sizeof(int64_t)));
+    if (st == EP_OK)
+        st = EP_CUDA_ST(
+            cudaMallocHost((void **)&m->h_counts, 2 * (size_t)c->world_size * sizeof(int64_t)));
+    if (st == EP_OK)
+        st = EP_CUDA_ST(cudaEventCreateWithFlags(&m->counts_done, cudaEventDisableTiming));
+    for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT && st == EP_OK; i++)
+        st = EP_CUDA_ST(cudaEventCreateWithFlags(&m->slot[i].done, cudaEventDisableTiming));
     if (st != EP_OK) {
         ep_nccl_tp_free(t);
         return ep_error_prefix(st, "NCCL transport init");
@@ -232,5 +416,8 @@ size_t ep_transport_nccl_staging_bytes(const ep_transport *t)
 {
     EP_ASSERT(t->vt == &ep_transport_nccl_vt);
     const ep_nccl_ctx *m = t->ctx;
-    return m->send_cap + m->recv_cap + 2 * (size_t)t->world_size * sizeof(int64_t);
+    size_t n = 2 * (size_t)t->world_size * sizeof(int64_t);
+    for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++)
+        n += m->slot[i].send_cap + m->slot[i].recv_cap;
+    return n;
 }

@@ -10,8 +10,11 @@
 // A transport over n (borrowed; must outlive the transport), with its own
 // communication stream on n's device. Buffers handed to alltoallv may be
 // device memory (sent as they are) or host memory (staged through device
-// buffers that grow only when a step is larger than any before). Calls
-// return when the data has arrived. Byte accounting as the MPI transport:
+// and pinned host buffers, per in-flight exchange, that grow only when a
+// step is larger than any before). exchange_counts and alltoallv return
+// when the data has arrived; alltoallv_start returns once the group is on
+// the stream and alltoallv_wait waits for that exchange's event only, so
+// two exchanges can be in flight. Byte accounting as the MPI transport:
 // bytes_moved counts the bytes sent to other ranks, never the self part.
 ep_status ep_transport_nccl_init(ep_cluster *c, ep_nccl *n, ep_transport **out);
 

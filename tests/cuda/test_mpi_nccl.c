@@ -3,7 +3,8 @@
 // announced. Payloads: random sizes (zero included) at offsets with gaps,
 // from host buffers and from device buffers; results bit-identical to MPI's,
 // gaps untouched, bytes_moved equal and equal to the bytes sent to others;
-// odd byte sizes too (NCCL moves bytes, MPI words). ep_comm dispatch/combine
+// odd byte sizes too (NCCL moves bytes, MPI words); two exchanges in flight
+// with async start/wait, waited for in reverse order. ep_comm dispatch/combine
 // over NCCL gives the same bits as over MPI, planned == measured. Finally
 // dispatch (NCCL) -> CUDA experts -> combine -> shared experts vs
 // ep_experts_reference, both test models, tolerance CUDA_TEST_BF16_TOL.
@@ -175,6 +176,47 @@ static void test_payloads(ep_transport *nccl, ep_transport *mpi)
               strstr(ep_last_error(), "self part"),
           "a self-size mismatch must be EP_ERR_COMM, got: %s", ep_last_error());
     parts_free(&e);
+}
+
+// Two exchanges in flight (host buffers and device buffers), a counts
+// exchange between the starts and the waits, waits in reverse order; a
+// third start is refused before anything is posted, a second wait too.
+static void test_async(ep_transport *nccl)
+{
+    const int W = nccl->world_size, me = nccl->rank;
+    parts a, b, c;
+    parts_make(&a, W, me, 6, 4);
+    parts_make(&b, W, me, 7, 3); // odd sizes
+    parts_make(&c, W, me, 8, 4);
+    void *dsend = NULL, *drecv = NULL;
+    CHECK(cudaMalloc(&dsend, (size_t)b.send_len) == cudaSuccess, "cudaMalloc");
+    CHECK(cudaMalloc(&drecv, (size_t)b.recv_len) == cudaSuccess, "cudaMalloc");
+    cudaMemcpy(dsend, b.send, (size_t)b.send_len, cudaMemcpyHostToDevice);
+    cudaMemset(drecv, FILL, (size_t)b.recv_len);
+    int64_t m0 = nccl->bytes_moved, ma = 0, mb = 0;
+    ep_transport_req *qa = NULL, *qb = NULL, *qc = NULL;
+    CHECK_OK(nccl->vt->alltoallv_start(nccl, a.send, a.sb, a.so, a.recv, a.rb, a.ro, &qa));
+    CHECK_OK(nccl->vt->alltoallv_start(nccl, dsend, b.sb, b.so, drecv, b.rb, b.ro, &qb));
+    CHECK(nccl->vt->alltoallv_start(nccl, c.send, c.sb, c.so, c.recv, c.rb, c.ro, &qc) ==
+                  EP_ERR_ARG &&
+              !qc,
+          "a third exchange in flight must be refused: %s", ep_last_error());
+    test_counts(nccl, "nccl (two payloads in flight)");
+    if (qb) CHECK_OK(nccl->vt->alltoallv_wait(nccl, qb, &mb));
+    if (qa) CHECK_OK(nccl->vt->alltoallv_wait(nccl, qa, &ma));
+    CHECK(nccl->vt->alltoallv_wait(nccl, qa, NULL) == EP_ERR_ARG, "a second wait must be refused");
+    cudaMemcpy(b.recv, drecv, (size_t)b.recv_len, cudaMemcpyDeviceToHost);
+    CHECK(parts_wrong(&a, a.recv, W, me) == 0, "async host exchange: wrong bytes on rank %d", me);
+    CHECK(parts_wrong(&b, b.recv, W, me) == 0, "async device exchange: wrong bytes on rank %d", me);
+    CHECK(ma == a.remote && mb == b.remote && nccl->bytes_moved - m0 == a.remote + b.remote,
+          "async: moved %lld + %lld (transport %lld), expected %lld + %lld", (long long)ma,
+          (long long)mb, (long long)(nccl->bytes_moved - m0), (long long)a.remote,
+          (long long)b.remote);
+    cudaFree(dsend);
+    cudaFree(drecv);
+    parts_free(&a);
+    parts_free(&b);
+    parts_free(&c);
 }
 
 // ---- dispatch / combine, and the EP layer ---------------------------------------------------
@@ -350,6 +392,7 @@ int main(int argc, char **argv)
         test_counts(nccl, "nccl");
         test_counts(mpi, "mpi");
         test_payloads(nccl, mpi);
+        test_async(nccl);
         test_comm_same_bits(c, nccl, mpi);
         test_ep_layer(c, nccl, gpu, cuda_test_cfg_qwen);
         test_ep_layer(c, nccl, gpu, cuda_test_cfg_deepseek);

@@ -3,10 +3,12 @@
 // knows exactly which records it must receive and in which order (by source
 // rank, then token). Fake experts y = Σ_j w_j x (e_j + 1) make the combined
 // output checkable without weights. Sweeps both placements, hostname and
-// --ranks-per-node 1/2 nodes, 16 and 64 experts, hidden 13 and 64, f32 and
-// bf16 wire, home ranks and scheduler-chosen ranks (replicas), K from 1 to 8,
+// --ranks-per-node 1/2 nodes, 16 and 64 experts, hidden 13, 64 and 200 (two
+// fp8 groups, the second short), f32, bf16 and fp8 wire (fp8 dispatch, bf16
+// combine), home ranks and scheduler-chosen ranks (replicas), K from 1 to 8,
 // different T per rank and T = 0 on some ranks. Also checks planned bytes ==
-// measured bytes per rank, and that Σ over ranks matches what the transports sent.
+// measured bytes per rank, that Σ over ranks matches what the transports
+// sent, and that fp8 dispatch saves exactly the row bytes it should over bf16.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,6 +130,10 @@ static void check_work(const cfg *c, const rank_data *all, const ep_placement *p
                        const ep_comm_work *w, const char *tag)
 {
     int k = 0, pk = 0, bad_pairs = 0, bad_x = 0;
+    // fp8: the row as the codec decodes it (the codec itself is checked
+    // bit for bit against a plain reference in tests/unit/test_dtype.c).
+    uint8_t *enc = malloc((size_t)ep_fp8_row_bytes(c->H));
+    float *dec = malloc((size_t)c->H * sizeof(float));
     for (int s = 0; s < W; s++) {
         const rank_data *d = &all[s];
         for (int i = 0; i < d->r.n_tokens; i++) {
@@ -145,15 +151,23 @@ static void check_work(const cfg *c, const rank_data *all, const ep_placement *p
             if (k < w->n_rec) {
                 bad_pairs += w->pair_off[k + 1] - w->pair_off[k] != n;
                 // Own records skip the wire; others carry x in the wire dtype.
+                if (c->wire == EP_DTYPE_F8_E4M3) {
+                    ep_fp8_row_encode(d->x + (size_t)i * c->H, c->H, enc);
+                    ep_fp8_row_decode(enc, c->H, dec);
+                }
                 for (int h = 0; h < c->H; h++) {
                     float src = d->x[(size_t)i * c->H + h];
-                    float want = s == me || c->wire == EP_DTYPE_F32 ? src : ep_bf16_round(src);
+                    float want = s == me || c->wire == EP_DTYPE_F32 ? src
+                                 : c->wire == EP_DTYPE_BF16         ? ep_bf16_round(src)
+                                                                    : dec[h];
                     bad_x += w->x[(size_t)k * c->H + h] != want;
                 }
             }
             k++;
         }
     }
+    free(enc);
+    free(dec);
     CHECK(w->n_rec == k, "%s: %d records received, expected %d", tag, w->n_rec, k);
     CHECK(w->pair_off[0] == 0 && w->pair_off[w->n_rec] == pk, "%s: %d pairs received, expected %d",
           tag, w->pair_off[w->n_rec], pk);
@@ -186,23 +200,30 @@ static void fake_experts(const ep_comm_work *w, int H)
 
 // out against Σ_j w_j x (e_j + 1) in double, relative to Σ |terms|: f32 may
 // only reorder the sum; bf16 (8 significant bits, unit roundoff 2^-8) rounds
-// x once and each partial sum once, so 2 * 2^-8 of Σ |terms| bounds it.
+// x once and each partial sum once, so 2 * 2^-8 of Σ |terms| bounds it. fp8
+// rounds x by at most (2^-4 + 2^-20) |x| + 2^-10 s with s = amax / 448 <=
+// 1/448 here (|x| < 1), i.e. < 2^-18 per unit coefficient, and the bf16
+// combine adds 2^-8 (1 + 2^-4): 2^-4 + 2^-7 of Σ |terms| + 2^-17 Σ |coefficients|.
 static void check_out(const cfg *c, const rank_data *d, const float *out, const char *tag)
 {
-    double rel = c->wire == EP_DTYPE_F32 ? 2e-6 : 2.0 / 256.0;
+    double rel = c->wire == EP_DTYPE_F32    ? 2e-6
+                 : c->wire == EP_DTYPE_BF16 ? 2.0 / 256.0
+                                            : 0x1p-4 + 0x1p-7;
+    double abs_per_coef = c->wire == EP_DTYPE_F8_E4M3 ? 0x1p-17 : 0;
     int bad = 0;
     double worst = 0;
     for (int i = 0; i < d->r.n_tokens; i++) {
         for (int h = 0; h < c->H; h++) {
-            double ref = 0, mag = 0;
+            double ref = 0, mag = 0, coef = 0;
             for (int j = d->r.offsets[i]; j < d->r.offsets[i + 1]; j++) {
-                double t =
-                    (double)d->r.weight[j] * (d->r.expert[j] + 1) * d->x[(size_t)i * c->H + h];
+                double f = (double)d->r.weight[j] * (d->r.expert[j] + 1);
+                double t = f * d->x[(size_t)i * c->H + h];
                 ref += t;
                 mag += fabs(t);
+                coef += fabs(f);
             }
             double err = fabs(out[(size_t)i * c->H + h] - ref);
-            if (err > rel * mag + 1e-7) bad++;
+            if (err > rel * mag + abs_per_coef * coef + 1e-7) bad++;
             if (mag > 0 && err / mag > worst) worst = err / mag;
         }
     }
@@ -293,6 +314,28 @@ static void run_cfg(ep_cluster *cl, ep_transport *t, const cfg *c)
         if (W > 1 && layer < 2 && c->E >= W)
             CHECK(g[4] > 0, "%s: nothing crossed ranks (the test would prove nothing)", tag);
 
+        // fp8 against bf16 on the same routes: the same records, each
+        // dispatch row 4 ceil(H/128) + round4(H) bytes instead of round4(2H),
+        // and the same (bf16) combine rows.
+        if (c->wire == EP_DTYPE_F8_E4M3) {
+            ep_comm_stats b;
+            ep_comm_count(&mine->r, &p, mine->pair_rank, me, cl->node_of, c->H, EP_DTYPE_BF16, &b);
+            int64_t row8 = 4 * ((c->H + 127) / 128) + ((c->H + 3) & ~3);
+            int64_t row16 = (2 * c->H + 3) & ~3;
+            int64_t inter_sends = b.combine_bytes_inter / row16; // one combine row each
+            CHECK(b.sends == st.sends &&
+                      st.dispatch_bytes == b.dispatch_bytes - st.sends * (row16 - row8) &&
+                      st.dispatch_bytes_inter ==
+                          b.dispatch_bytes_inter - inter_sends * (row16 - row8) &&
+                      st.combine_bytes == b.combine_bytes &&
+                      st.combine_bytes_inter == b.combine_bytes_inter,
+                  "%s: fp8 dispatch %lld bytes, bf16 %lld, %lld records of %lld vs %lld bytes; "
+                  "combine %lld vs %lld",
+                  tag, (long long)st.dispatch_bytes, (long long)b.dispatch_bytes,
+                  (long long)st.sends, (long long)row8, (long long)row16,
+                  (long long)st.combine_bytes, (long long)b.combine_bytes);
+        }
+
         for (int s = 0; s < W; s++)
             gen_free(&all[s]);
     }
@@ -304,8 +347,10 @@ static void run_cfg(ep_cluster *cl, ep_transport *t, const cfg *c)
 static void test_errors(ep_cluster *cl, ep_transport *t)
 {
     ep_comm *m = NULL;
-    CHECK(ep_comm_init(cl, t, 13, EP_DTYPE_F8_E4M3, 4, 2, &m) == EP_ERR_UNSUPPORTED && !m,
-          "fp8 wire accepted");
+    CHECK(ep_comm_init(cl, t, 13, EP_DTYPE_F8_E5M2, 4, 2, &m) == EP_ERR_UNSUPPORTED && !m,
+          "e5m2 wire accepted");
+    CHECK(ep_comm_init(cl, t, 13, EP_DTYPE_I32, 4, 2, &m) == EP_ERR_UNSUPPORTED && !m,
+          "int32 wire accepted");
     CHECK(ep_comm_init(cl, t, 0, EP_DTYPE_F32, 4, 2, &m) == EP_ERR_ARG, "hidden 0 accepted");
     CHECK_OK(ep_comm_init(cl, t, 13, EP_DTYPE_F32, 4, 2, &m));
     ep_comm_work w;
@@ -332,18 +377,21 @@ int main(int argc, char **argv)
     if (!t) return mpi_check_finish(cl, "test_comm");
     test_errors(cl, t);
 
-    static const int shapes[][2] = {{16, 13}, {64, 64}};
+    static const int shapes[][2] = {{16, 13}, {64, 64}, {16, 200}};
+    static const ep_dtype wires[] = {EP_DTYPE_F32, EP_DTYPE_BF16, EP_DTYPE_F8_E4M3};
     int id = 0;
     for (int k = 0; k < 2; k++)
         for (int rpn = 0; rpn <= 2; rpn++)
-            for (int sh = 0; sh < 2; sh++)
-                for (int wi = 0; wi < 2; wi++)
+            for (int sh = 0; sh < 3; sh++)
+                for (int wi = 0; wi < 3; wi++)
                     for (int rep = 0; rep < 2; rep++) {
+                        // hidden 200 is there for fp8's short second group
+                        if (sh == 2 && wires[wi] != EP_DTYPE_F8_E4M3) continue;
                         cfg c = {.kind = k ? EP_PLACE_ROUND_ROBIN : EP_PLACE_CONTIGUOUS,
                                  .rpn = rpn,
                                  .E = shapes[sh][0],
                                  .H = shapes[sh][1],
-                                 .wire = wi ? EP_DTYPE_BF16 : EP_DTYPE_F32,
+                                 .wire = wires[wi],
                                  .replicas = rep,
                                  .id = id++};
                         run_cfg(cl, t, &c);

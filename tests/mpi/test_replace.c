@@ -23,8 +23,8 @@ static int tokens_of(int rank)
 }
 
 // One step over every MoE layer; checks against the reference when asked.
-static void step(ep_cluster *cl, const ep_model_cfg *cfg, ep_moe *m, ep_policy *pol, int s,
-                 float *x, float *y, float *yref, bool check)
+static void step_tol(ep_cluster *cl, const ep_model_cfg *cfg, ep_moe *m, ep_policy *pol, int s,
+                     float *x, float *y, float *yref, bool check, double tol)
 {
     int T = tokens_of(cl->rank);
     for (int l = 0; l < cfg->n_layers; l++) {
@@ -44,9 +44,47 @@ static void step(ep_cluster *cl, const ep_model_cfg *cfg, ep_moe *m, ep_policy *
             bad += !ep_placement_holds(lp, prk[j], r->expert[j]);
         CHECK(bad == 0, "layer %d: %d pairs sent to ranks without their expert", l, bad);
         CHECK_OK(ep_moe_reference(m, pol, l, x, T, yref));
-        double err = ep_moe_rel_err(y, yref, T, cfg->hidden, 1e-4, NULL);
-        CHECK(err <= 1e-4, "step %d layer %d rank %d: rel err %.3e > 1e-4", s, l, cl->rank, err);
+        double err = ep_moe_rel_err(y, yref, T, cfg->hidden, tol, NULL);
+        CHECK(err <= tol, "step %d layer %d rank %d: rel err %.3e > %g", s, l, cl->rank, err, tol);
     }
+}
+
+static void step(ep_cluster *cl, const ep_model_cfg *cfg, ep_moe *m, ep_policy *pol, int s,
+                 float *x, float *y, float *yref, bool check)
+{
+    step_tol(cl, cfg, m, pol, s, x, y, yref, check, 1e-4);
+}
+
+// The MoE layer with BF16 experts (ep_moe_opts.expert_dtype): half the
+// routed bytes of fp32, the output within the BF16 budget (3e-2, as bench
+// --check) of the fp32 reference, and a forced re-placement moves BF16
+// bytes (3 I H x 2 per expert) and keeps that accuracy.
+static void check_bf16_layer(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w,
+                             ep_policy *pol, size_t f32_bytes, float *x, float *y, float *yref)
+{
+    ep_moe_opts o;
+    ep_moe_opts_default(&o, cfg);
+    o.cap_tokens = CAP;
+    o.with_reference = true;
+    o.redundant_experts = 5;
+    o.expert_dtype = EP_DTYPE_BF16;
+    ep_moe *m = NULL;
+    CHECK_OK(ep_moe_init(cfg, cl, w, &o, &m));
+    if (!m) return;
+    CHECK(ep_moe_expert_bytes(m) * 2 == f32_bytes, "rank %d: BF16 experts hold %zu bytes, fp32 %zu",
+          cl->rank, ep_moe_expert_bytes(m), f32_bytes);
+    for (int s = 0; s < 3; s++)
+        step_tol(cl, cfg, m, pol, s, x, y, yref, true, 3e-2);
+    bool moved = false;
+    CHECK_OK(ep_moe_replace(m, -1.0, NULL, NULL, &moved));
+    CHECK(moved, "BF16: min_gain -1 must move");
+    const ep_moe_move_stats *mv = ep_moe_last_move(m);
+    const int64_t eb = (int64_t)3 * cfg->moe_inter * cfg->hidden * 2;
+    CHECK(mv->bytes_recv == mv->experts_recv * eb, "BF16: rank %d: %lld bytes for %lld experts",
+          cl->rank, (long long)mv->bytes_recv, (long long)mv->experts_recv);
+    for (int s = 3; s < 5; s++)
+        step_tol(cl, cfg, m, pol, s, x, y, yref, true, 3e-2);
+    ep_moe_free(m);
 }
 
 // BF16 storage moves byte for byte (the MoE layer keeps fp32, so this runs
@@ -161,6 +199,7 @@ int main(int argc, char **argv)
     float *x = ep_xmalloc((size_t)CAP * cfg.hidden * sizeof(float));
     float *y = ep_xmalloc((size_t)CAP * cfg.hidden * sizeof(float));
     float *yref = ep_xmalloc((size_t)CAP * cfg.hidden * sizeof(float));
+    check_bf16_layer(cl, &cfg, w, pol, ep_moe_expert_bytes(m), x, y, yref);
 
     for (int s = 0; s < 3; s++)
         step(cl, &cfg, m, pol, s, x, y, yref, false);

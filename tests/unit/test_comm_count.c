@@ -30,6 +30,53 @@ static void test_record_bytes(void **state)
     }
 }
 
+// fp8: dispatch row = 4 * ceil(hidden / 128) scale bytes + hidden codes
+// rounded up to 4; combine is the bf16 row. Hand-computed per hidden size.
+static void test_record_bytes_fp8(void **state)
+{
+    (void)state;
+    const struct {
+        int hidden;
+        int64_t row, combine;
+    } want[] = {
+        {13, 4 + 16, 28},          // one short group; 13 codes -> 16 bytes
+        {128, 4 + 128, 256},       // exactly one group
+        {129, 8 + 132, 260},       // a second group of 1 channel
+        {2048, 64 + 2048, 4096},   // 16 groups
+        {5120, 160 + 5120, 10240}, // 40 groups
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        int H = want[i].hidden;
+        assert_int_equal(ep_comm_dispatch_record_bytes(1, H, EP_DTYPE_F8_E4M3), 16 + want[i].row);
+        assert_int_equal(ep_comm_dispatch_record_bytes(3, H, EP_DTYPE_F8_E4M3), 32 + want[i].row);
+        assert_int_equal(ep_comm_combine_record_bytes(H, EP_DTYPE_F8_E4M3), want[i].combine);
+        assert_int_equal(ep_fp8_row_bytes(H), want[i].row);
+    }
+    assert_int_equal(ep_comm_combine_wire(EP_DTYPE_F8_E4M3), EP_DTYPE_BF16);
+    assert_int_equal(ep_comm_combine_wire(EP_DTYPE_F32), EP_DTYPE_F32);
+    for (int h = 1; h < 300; h++)
+        assert_int_equal(ep_comm_dispatch_record_bytes(2, h, EP_DTYPE_F8_E4M3) % 4, 0);
+}
+
+static void test_wire_parse(void **state)
+{
+    (void)state;
+    const char *names[] = {"f32", "bf16", "f16", "fp8"};
+    const ep_dtype want[] = {EP_DTYPE_F32, EP_DTYPE_BF16, EP_DTYPE_F16, EP_DTYPE_F8_E4M3};
+    for (int i = 0; i < 4; i++) {
+        ep_dtype t = EP_DTYPE_COUNT;
+        assert_int_equal(ep_comm_wire_parse("--wire", names[i], &t), EP_OK);
+        assert_int_equal(t, want[i]);
+        assert_string_equal(ep_comm_wire_name(t), names[i]);
+    }
+    ep_dtype t = EP_DTYPE_COUNT;
+    assert_int_equal(ep_comm_wire_parse("--wire", "e4m3", &t), EP_ERR_ARG);
+    assert_int_equal(t, EP_DTYPE_COUNT);
+    assert_non_null(strstr(ep_last_error(), "--wire"));
+    assert_non_null(strstr(ep_last_error(), "'e4m3'"));
+    assert_int_equal(ep_comm_wire_parse("--wire", NULL, &t), EP_ERR_ARG);
+}
+
 // 8 experts, contiguous on 4 ranks: rank r holds {2r, 2r + 1}; ranks {0, 1}
 // on node 0 and {2, 3} on node 1. hidden 5, f32: record(n) = 28 + 8n, row 20.
 typedef struct {
@@ -190,14 +237,36 @@ static void test_empty_and_add(void **state)
     destroy(&f);
 }
 
+// The rank-0 case of test_from_rank0 on an fp8 wire, hidden 5: dispatch row
+// 4 (one scale) + 8 (5 codes padded) = 12, record(n) = 20 + 8n; combine is
+// the bf16 row, 12 bytes.
+static void test_count_fp8(void **state)
+{
+    (void)state;
+    fixture f;
+    make(&f);
+    ep_comm_stats st;
+    ep_comm_count(&f.r, &f.p, NULL, 0, two_nodes, 5, EP_DTYPE_F8_E4M3, &st);
+    assert_int_equal(st.sends, 4);
+    assert_int_equal(st.dispatch_bytes, 36 + 28 + 28 + 28);
+    assert_int_equal(st.dispatch_bytes_inter, 28 + 28 + 28);
+    assert_int_equal(st.combine_bytes, 4 * 12);
+    assert_int_equal(st.combine_bytes_inter, 3 * 12);
+    assert_int_equal(st.planned_bytes, 120 + 48);
+    assert_int_equal(st.base_dispatch_bytes, 36 + 36);
+    assert_int_equal(st.base_dispatch_bytes_inter, 36);
+    assert_int_equal(st.base_combine_bytes, 24);
+    assert_int_equal(st.base_combine_bytes_inter, 12);
+    destroy(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_record_bytes),
-        cmocka_unit_test(test_from_rank0),
-        cmocka_unit_test(test_from_rank3_and_one_node),
-        cmocka_unit_test(test_replicas),
-        cmocka_unit_test(test_empty_and_add),
+        cmocka_unit_test(test_record_bytes), cmocka_unit_test(test_record_bytes_fp8),
+        cmocka_unit_test(test_wire_parse),   cmocka_unit_test(test_count_fp8),
+        cmocka_unit_test(test_from_rank0),   cmocka_unit_test(test_from_rank3_and_one_node),
+        cmocka_unit_test(test_replicas),     cmocka_unit_test(test_empty_and_add),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

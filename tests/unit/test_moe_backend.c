@@ -3,6 +3,7 @@
 // CUDA device is visible fails at ep_moe_init with EP_ERR_UNSUPPORTED and a
 // message saying why (the build option, or the missing device) instead of
 // aborting; backend cpu still initialises; a bad enum value is EP_ERR_ARG.
+// Also the CPU backend's --expert-dtype names.
 // Runs in both builds; one MPI process (ep_moe_init takes a cluster).
 #include <setjmp.h>
 #include <stdarg.h>
@@ -39,6 +40,26 @@ static void test_parse(void **state)
         snprintf(quoted, sizeof quoted, "'%s'", bad[i]);
         assert_non_null(strstr(ep_last_error(), quoted));
         assert_int_equal(b, EP_MOE_BACKEND_CPU); // untouched on failure
+    }
+}
+
+static void test_parse_expert_dtype(void **state)
+{
+    (void)state;
+    ep_dtype d = EP_DTYPE_F16;
+    assert_int_equal(ep_moe_expert_dtype_parse("f32", &d), EP_OK);
+    assert_int_equal(d, EP_DTYPE_F32);
+    assert_int_equal(ep_moe_expert_dtype_parse("bf16", &d), EP_OK);
+    assert_int_equal(d, EP_DTYPE_BF16);
+    const char *bad[] = {"fp8", "", "BF16", "f16"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        d = EP_DTYPE_F32;
+        assert_int_equal(ep_moe_expert_dtype_parse(bad[i], &d), EP_ERR_ARG);
+        assert_non_null(strstr(ep_last_error(), "expected f32 or bf16"));
+        char quoted[32];
+        snprintf(quoted, sizeof quoted, "'%s'", bad[i]);
+        assert_non_null(strstr(ep_last_error(), quoted));
+        assert_int_equal(d, EP_DTYPE_F32); // untouched on failure
     }
 }
 
@@ -144,6 +165,7 @@ int main(int argc, char **argv)
     }
     const struct CMUnitTest plain[] = {
         cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_parse_expert_dtype),
         cmocka_unit_test(test_built),
     };
     const struct CMUnitTest with_model[] = {

@@ -1,0 +1,349 @@
+// Two-micro-batch overlap (ep_moe_opts.micro_batches = 2) against the plain
+// path. For both tiny presets, contiguous and round-robin placement,
+// baseline and Ban routing, and token counts that are odd, 0 and 1 on some
+// ranks (and on one rank, layer by layer): the stats (pairs, sends,
+// records, bytes planned and measured) are the one-batch run's, the output
+// equals ep_moe_reference within 1e-4, and it has the same bits as with
+// one micro-batch whenever the experts' fp32 kernel is pinned (decode "nt"
+// kernels, or the outer-product path for every segment): each token's
+// partial sums come from the same records, summed in the same rank order.
+// Under the default per-segment choice (outer product from
+// ep_kern_nn_min_rows() rows of one expert) halving a batch can change an
+// expert's kernel and so the last bits: there, big steps are checked
+// within 1e-5 of the one-batch output.
+// Also the transport's async exchange with two in flight, waited for in
+// reverse order (with and without the liveness watch), and the order
+// checks of the split dispatch/combine.
+#include "comm/comm.h"
+#include "comm/watch.h"
+#include "experts/kernels.h"
+#include "common/weights.h"
+#include "model/moe.h"
+#include "router/policy.h"
+#include "mpi_check.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *presets[] = {"tiny-qwen3-moe", "tiny-deepseek-v2"};
+static const char *policies[] = {"baseline", "ban"};
+enum { CAP = 96 };
+
+// Tokens rank `rank` routes at MoE layer l: odd, 0 and 1 among them, and
+// changing with the layer so that every rank sees each case. `big`: enough
+// that experts get tens of rows (the kernels' outer-product path).
+static int tokens_of(int rank, int world, int l, bool big)
+{
+    static const int many[2][4] = {{7, 0, 1, 13}, {91, 0, 1, 57}};
+    static const int one[2][4] = {{9, 1, 0, 11}, {95, 1, 0, 77}};
+    return world > 1 ? many[big][(rank + l) % 4] : one[big][l % 4];
+}
+
+// How the experts pick their fp32 kernel per segment (experts/kernels.h).
+typedef enum { KERN_DEFAULT, KERN_NT_ONLY, KERN_NN_ONLY } kern_mode;
+static const char *kern_name[] = {"default", "nt only", "nn only"};
+
+// ---- the transport's async exchange --------------------------------------------------
+
+// Bytes rank s sends rank d in exchange `ex` (a multiple of 4, zero included).
+static int64_t part_bytes(int s, int d, int ex)
+{
+    return 4 * (int64_t)((s * 7 + d * 3 + ex * 5) % 6);
+}
+static uint8_t payload(int s, int d, int ex, int64_t i)
+{
+    return (uint8_t)(s * 31 + d * 17 + ex * 101 + i * 7);
+}
+
+typedef struct {
+    int64_t *sb, *so, *rb, *ro; // [world]
+    uint8_t *send, *recv;
+    int64_t remote; // bytes this rank sends to others
+} xchg;
+
+static void xchg_make(xchg *x, int me, int W, int ex)
+{
+    x->sb = calloc(4 * (size_t)W, sizeof(int64_t));
+    x->so = x->sb + W;
+    x->rb = x->sb + 2 * W;
+    x->ro = x->sb + 3 * W;
+    int64_t so = 0, ro = 0;
+    x->remote = 0;
+    for (int d = 0; d < W; d++) {
+        x->sb[d] = part_bytes(me, d, ex);
+        x->rb[d] = part_bytes(d, me, ex);
+        x->so[d] = so;
+        x->ro[d] = ro;
+        so += x->sb[d] + 4; // a gap between parts, which must stay untouched
+        ro += x->rb[d] + 4;
+        if (d != me) x->remote += x->sb[d];
+    }
+    x->send = malloc((size_t)so + 1);
+    x->recv = malloc((size_t)ro + 1);
+    memset(x->recv, 0xAB, (size_t)ro + 1);
+    for (int d = 0; d < W; d++)
+        for (int64_t i = 0; i < x->sb[d]; i++)
+            x->send[x->so[d] + i] = payload(me, d, ex, i);
+}
+
+// Wrong bytes in what arrived (gaps included).
+static int xchg_wrong(const xchg *x, int me, int W, int ex)
+{
+    int bad = 0;
+    for (int s = 0; s < W; s++) {
+        for (int64_t i = 0; i < x->rb[s]; i++)
+            bad += x->recv[x->ro[s] + i] != payload(s, me, ex, i);
+        for (int64_t i = 0; i < 4; i++)
+            bad += x->recv[x->ro[s] + x->rb[s] + i] != 0xAB;
+    }
+    return bad;
+}
+
+static void xchg_free(xchg *x)
+{
+    free(x->sb);
+    free(x->send);
+    free(x->recv);
+}
+
+static void test_async(ep_cluster *cl)
+{
+    const int W = cl->world_size, me = cl->rank;
+    ep_transport *t = NULL;
+    CHECK_OK(ep_transport_mpi_init(cl, &t));
+    if (!t) return;
+    // Round 1 under the liveness watch: the waits poll (watch_wait).
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) CHECK_OK(ep_comm_watch_start(cl));
+        xchg a, b, c;
+        xchg_make(&a, me, W, 3 * round);
+        xchg_make(&b, me, W, 3 * round + 1);
+        xchg_make(&c, me, W, 3 * round + 2);
+        const int64_t moved0 = t->bytes_moved;
+        ep_transport_req *qa = NULL, *qb = NULL, *qc = NULL;
+        CHECK_OK(t->vt->alltoallv_start(t, a.send, a.sb, a.so, a.recv, a.rb, a.ro, &qa));
+        CHECK_OK(t->vt->alltoallv_start(t, b.send, b.sb, b.so, b.recv, b.rb, b.ro, &qb));
+        // A third in flight is refused locally, before anything is posted.
+        ep_status st = t->vt->alltoallv_start(t, c.send, c.sb, c.so, c.recv, c.rb, c.ro, &qc);
+        CHECK(st == EP_ERR_ARG && !qc && strstr(ep_last_error(), "in flight"),
+              "third exchange in flight: status %d (%s)", st, ep_last_error());
+        // Counts may run while payloads are in flight (every rank in one order).
+        int64_t *cs = malloc((size_t)W * sizeof(int64_t)),
+                *cr = malloc((size_t)W * sizeof(int64_t));
+        for (int d = 0; d < W; d++)
+            cs[d] = 1000 * me + d;
+        CHECK_OK(t->vt->exchange_counts(t, cs, cr));
+        int cbad = 0;
+        for (int s = 0; s < W; s++)
+            cbad += cr[s] != 1000 * s + me;
+        CHECK(cbad == 0, "counts between start and wait: %d wrong", cbad);
+        free(cs);
+        free(cr);
+        // Reverse order in round 0, forward in round 1.
+        int64_t ma = 0, mb = 0;
+        if (round == 0) {
+            CHECK_OK(t->vt->alltoallv_wait(t, qb, &mb));
+            CHECK_OK(t->vt->alltoallv_wait(t, qa, &ma));
+        } else {
+            CHECK_OK(t->vt->alltoallv_wait(t, qa, &ma));
+            CHECK_OK(t->vt->alltoallv_wait(t, qb, &mb));
+        }
+        st = t->vt->alltoallv_wait(t, qa, NULL);
+        CHECK(st == EP_ERR_ARG, "waiting twice for one exchange: status %d", st);
+        CHECK(xchg_wrong(&a, me, W, 3 * round) == 0, "round %d: exchange A: %d wrong bytes", round,
+              xchg_wrong(&a, me, W, 3 * round));
+        CHECK(xchg_wrong(&b, me, W, 3 * round + 1) == 0, "round %d: exchange B: %d wrong bytes",
+              round, xchg_wrong(&b, me, W, 3 * round + 1));
+        CHECK(ma == a.remote && mb == b.remote,
+              "moved per exchange: %lld and %lld, expected %lld and %lld", (long long)ma,
+              (long long)mb, (long long)a.remote, (long long)b.remote);
+        CHECK(t->bytes_moved - moved0 == a.remote + b.remote,
+              "bytes_moved grew by %lld, expected %lld", (long long)(t->bytes_moved - moved0),
+              (long long)(a.remote + b.remote));
+        // The blocking call is start + wait on the same slots: still works after.
+        CHECK_OK(t->vt->alltoallv(t, c.send, c.sb, c.so, c.recv, c.rb, c.ro));
+        CHECK(xchg_wrong(&c, me, W, 3 * round + 2) == 0, "blocking exchange after async: wrong");
+        xchg_free(&a);
+        xchg_free(&b);
+        xchg_free(&c);
+    }
+    if (ep_comm_watch_on()) ep_comm_watch_stop();
+    // The split dispatch/combine refuses calls out of order (local checks).
+    ep_comm *m = NULL;
+    CHECK_OK(ep_comm_init(cl, t, 13, EP_DTYPE_F32, 4, 2, &m));
+    if (m) {
+        ep_comm_work w;
+        memset(&w, 0, sizeof w);
+        ep_comm_stats st;
+        memset(&st, 0, sizeof st);
+        CHECK(ep_comm_dispatch_finish(m, &w, &st) == EP_ERR_ARG &&
+                  strstr(ep_last_error(), "dispatch_start"),
+              "dispatch_finish before dispatch_start: %s", ep_last_error());
+        CHECK(ep_comm_combine_start(m, &w) == EP_ERR_ARG, "combine_start before a dispatch");
+        CHECK(ep_comm_combine_finish(m, NULL, &st) == EP_ERR_ARG,
+              "combine_finish before a dispatch");
+    }
+    ep_comm_free(m);
+    ep_transport_free(t);
+}
+
+// ---- the MoE layer -----------------------------------------------------------------------
+
+static bool stats_equal(const ep_comm_stats *a, const ep_comm_stats *b)
+{
+    return a->tokens == b->tokens && a->pairs == b->pairs && a->sends == b->sends &&
+           a->dest_ranks == b->dest_ranks && a->dispatch_bytes == b->dispatch_bytes &&
+           a->combine_bytes == b->combine_bytes &&
+           a->dispatch_bytes_inter == b->dispatch_bytes_inter &&
+           a->combine_bytes_inter == b->combine_bytes_inter && a->base_pairs == b->base_pairs &&
+           a->base_sends == b->base_sends && a->base_dispatch_bytes == b->base_dispatch_bytes &&
+           a->planned_bytes == b->planned_bytes && a->measured_bytes == b->measured_bytes &&
+           a->recv_pairs == b->recv_pairs && a->recv_tokens == b->recv_tokens;
+}
+
+static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, ep_place_kind kind,
+                       bool big)
+{
+    ep_policy *pol[EP_ARRAY_LEN(policies)] = {0};
+    int n_pol = 0, max_k = cfg->k_base;
+    for (size_t i = 0; i < EP_ARRAY_LEN(policies); i++) {
+        ep_status st = ep_policy_create(cfg, policies[i], &pol[n_pol]);
+        CHECK(st == EP_OK, "%s: policy %s: %s", cfg->name, policies[i], ep_last_error());
+        if (st != EP_OK) continue;
+        if (ep_policy_max_k(pol[n_pol]) > max_k) max_k = ep_policy_max_k(pol[n_pol]);
+        n_pol++;
+    }
+    ep_moe_opts o;
+    ep_moe_opts_default(&o, cfg);
+    o.placement = kind;
+    o.cap_tokens = CAP;
+    o.max_k = max_k;
+    o.with_reference = true;
+    ep_moe *m1 = NULL, *m2 = NULL;
+    CHECK_OK(ep_moe_init(cfg, cl, w, &o, &m1));
+    o.with_reference = false;
+    o.micro_batches = 2;
+    CHECK_OK(ep_moe_init(cfg, cl, w, &o, &m2));
+    o.micro_batches = 3;
+    ep_moe *bad = NULL;
+    CHECK(ep_moe_init(cfg, cl, w, &o, &bad) == EP_ERR_ARG && !bad &&
+              strstr(ep_last_error(), "micro_batches"),
+          "micro_batches 3 accepted");
+    if (!m1 || !m2) goto out;
+    for (int p = 0; p < n_pol; p++)
+        ep_policy_set_placement(pol[p], ep_moe_placement(m1)->rank_of, cl->node_of, cl->world_size,
+                                cl->rank);
+
+    const size_t H = (size_t)cfg->hidden;
+    float *x = ep_xmalloc((size_t)CAP * H * sizeof(float));
+    float *y1 = ep_xmalloc((size_t)CAP * H * sizeof(float));
+    float *y2 = ep_xmalloc((size_t)CAP * H * sizeof(float));
+    float *yref = ep_xmalloc((size_t)CAP * H * sizeof(float));
+    int64_t crossed = 0;
+    // Small steps: the decode kernels throughout (no expert reaches the
+    // outer-product threshold anyway). Big steps: each kernel
+    // pinned, then the default choice per segment.
+    const kern_mode modes[3] = {KERN_NT_ONLY, KERN_NN_ONLY, KERN_DEFAULT};
+    for (int mi = 0; mi < (big ? 3 : 1); mi++) {
+        const kern_mode km = modes[mi];
+        ep_kern_set_nn_min_rows(km == KERN_NT_ONLY ? INT32_MAX : km == KERN_NN_ONLY ? 1 : 0);
+        // Big steps: baseline only (Ban's fewer pairs add nothing there).
+        for (int p = 0; p < (big ? 1 : n_pol); p++) {
+            for (int l = 0; l < cfg->n_layers; l++) {
+                if (!ep_model_layer_is_moe(cfg, l)) continue;
+                const int T = tokens_of(cl->rank, cl->world_size, l, big);
+                int64_t base = 1000 * (int64_t)cl->rank + 37 * l;
+                for (int i = 0; i < T; i++)
+                    ep_synth_hidden(cfg, 11, l, (int)((base + i) % EP_SYNTH_N_DOMAINS), base + i,
+                                    x + (size_t)i * H);
+                ep_comm_stats s1, s2;
+                memset(&s1, 0, sizeof s1);
+                memset(&s2, 0, sizeof s2);
+                const char *pn = ep_policy_name(pol[p]), *kn = ep_place_kind_name(kind);
+                ep_status r1 = ep_moe_forward(m1, pol[p], l, x, T, y1, &s1, NULL);
+                ep_status r2 = ep_moe_forward(m2, pol[p], l, x, T, y2, &s2, NULL);
+                CHECK(r1 == EP_OK && r2 == EP_OK, "%s %s %s layer %d: %s", cfg->name, pn, kn, l,
+                      ep_last_error());
+                if (r1 || r2) continue;
+                // The reference once per step (it is the slow part): in the
+                // last kernel mode.
+                const bool ref = mi == (big ? 2 : 0);
+                if (ref) CHECK_OK(ep_moe_reference(m1, pol[p], l, x, T, yref));
+                int diff = 0;
+                for (size_t i = 0; i < (size_t)T * H; i++)
+                    diff += memcmp(&y1[i], &y2[i], sizeof(float)) != 0;
+                if (km != KERN_DEFAULT) {
+                    CHECK(diff == 0,
+                          "%s %s %s %s layer %d rank %d T %d: %d of %zu values differ between 1 "
+                          "and 2 micro-batches",
+                          cfg->name, pn, kn, kern_name[km], l, cl->rank, T, diff, (size_t)T * H);
+                } else {
+                    // Halving a batch can take an expert's segment below the
+                    // outer-product threshold: another kernel, another
+                    // summation order, the last bits differ.
+                    double e12 = ep_moe_rel_err(y2, y1, T, (int)H, 1e-5, NULL);
+                    CHECK(e12 <= 1e-5, "%s %s %s layer %d rank %d: 2 vs 1 micro-batches: %.3e",
+                          cfg->name, pn, kern_name[km], l, cl->rank, e12);
+                }
+                double err = ref ? ep_moe_rel_err(y2, yref, T, (int)H, 1e-4, NULL) : 0;
+                CHECK(err <= 1e-4, "%s %s %s layer %d rank %d: 2 micro-batches vs reference: %.3e",
+                      cfg->name, pn, kn, l, cl->rank, err);
+                CHECK(
+                    stats_equal(&s1, &s2),
+                    "%s %s %s layer %d rank %d: stats differ: pairs %lld/%lld, planned %lld/%lld, "
+                    "measured %lld/%lld, records in %lld/%lld",
+                    cfg->name, pn, kn, l, cl->rank, (long long)s1.pairs, (long long)s2.pairs,
+                    (long long)s1.planned_bytes, (long long)s2.planned_bytes,
+                    (long long)s1.measured_bytes, (long long)s2.measured_bytes,
+                    (long long)s1.recv_tokens, (long long)s2.recv_tokens);
+                CHECK(s2.planned_bytes == s2.measured_bytes && s2.tokens == T,
+                      "layer %d: 2 micro-batches: planned %lld, measured %lld, tokens %lld of %d",
+                      l, (long long)s2.planned_bytes, (long long)s2.measured_bytes,
+                      (long long)s2.tokens, T);
+                crossed += s2.measured_bytes;
+            }
+        }
+    }
+    ep_kern_set_nn_min_rows(0);
+    // Bytes must cross ranks, else the overlap path moved nothing worth checking.
+    CHECK_OK(ep_cluster_allreduce_i64(cl, &crossed, 1, EP_REDUCE_SUM));
+    if (cl->world_size > 1)
+        CHECK(crossed > 0, "%s %s: no bytes crossed ranks", cfg->name, ep_place_kind_name(kind));
+    free(x);
+    free(y1);
+    free(y2);
+    free(yref);
+out:
+    ep_moe_free(m1);
+    ep_moe_free(m2);
+    for (int p = 0; p < n_pol; p++)
+        ep_policy_free(pol[p]);
+}
+
+int main(int argc, char **argv)
+{
+    ep_cluster *cl = NULL;
+    if (ep_cluster_init(&argc, &argv, 0, &cl) != EP_OK) {
+        fprintf(stderr, "cluster init: %s\n", ep_last_error());
+        return 1;
+    }
+    test_async(cl);
+    for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++) {
+        ep_model_cfg cfg;
+        ep_status st = ep_model_cfg_load(presets[i], &cfg);
+        CHECK(st == EP_OK, "load %s: %s", presets[i], ep_last_error());
+        if (st) continue;
+        ep_weights *w = NULL;
+        CHECK_OK(ep_weights_open(&cfg, &w));
+        if (!w) continue;
+        run_config(cl, &cfg, w, EP_PLACE_CONTIGUOUS, false);
+        run_config(cl, &cfg, w, EP_PLACE_ROUND_ROBIN, false);
+        // Big steps on one preset: model init dominates the run time.
+        if (i == 0) run_config(cl, &cfg, w, EP_PLACE_CONTIGUOUS, true);
+        ep_weights_free(w);
+    }
+    int rc = mpi_check_finish(cl, "overlap");
+    ep_cluster_free(cl);
+    return rc;
+}
