@@ -15,6 +15,9 @@ extern "C" {
 // experts, groups); ep_router_cuda_supports() refuses larger configurations.
 #define EP_ROUTE_MAX_CAND   64
 #define EP_ROUTE_MAX_GROUPS 64
+// Key experts of one layer in the active Pick domain (held in the parameter
+// block, which the kernel receives by value).
+#define EP_ROUTE_MAX_KEYS 64
 
 typedef struct {
     int n_experts, k_base;
@@ -28,6 +31,13 @@ typedef struct {
     int ban;     // 0: baseline (keep top-k_base); 1: Ban's K
     int k_min;
     float lambda, beta, r_min, r_max, lterm; // Ban; lterm = L'_l of this layer
+    // Pick (policy_pick.c's ep_pick_apply) after baseline's top-k_base or
+    // Ban's K: strategy 0..4 = A..E; n_keys 0 (no domain, or none at this
+    // layer) keeps the set. pick_max_k = ep_policy_max_k, the bound on
+    // additions (max_k above is only the row stride).
+    int pick, pick_strategy, pick_max_k;
+    int n_keys;
+    int keys[EP_ROUTE_MAX_KEYS]; // ascending expert ids
 } ep_route_params;
 
 // Routes token rows [0, T) of logits [T, n_experts] (overwritten with the

@@ -1,8 +1,9 @@
 // The GPU router object: device buffers sized once for cap_tokens, the
-// policy translated into plain parameters, one kernel launch per call, and
-// the compaction of the padded per-token rows into CSR routes on the host.
-// Which policies qualify is decided here; the routine itself is in
-// router_kernels.cu.
+// policy translated into plain parameters (Pick's keys of the layer
+// included), the gate GEMM through cuBLAS (gates uploaded once per layer),
+// one routing kernel launch per call, and the compaction of the padded
+// per-token rows into CSR routes on the host. Which policies qualify is
+// decided here; the routine itself is in router_kernels.cu.
 #include "router/cuda/router_cuda.h"
 
 #include <stdlib.h>
@@ -25,16 +26,40 @@ struct ep_router_cuda {
     float *d_base_w;   // [cap, k_base]
     int *h_k, *h_kept; // host copies of the above
     float *h_w;
+    // The gate GEMM (ep_router_cuda_route), set up by the first set_gate.
+    cublasHandle_t blas;
+    float *d_x;     // [cap, hidden] hidden states in
+    float **d_gate; // [n_layers] each [n_experts, hidden] once uploaded, else NULL
 };
+
+// ep_route_params.pick_strategy numbers the strategies as the enum does.
+_Static_assert(EP_PICK_A == 0 && EP_PICK_B == 1 && EP_PICK_C == 2 && EP_PICK_D == 3 &&
+                   EP_PICK_E == 4,
+               "router_kernels.cu numbers Pick's strategies A..E as 0..4");
+
+// Pick's key lists must fit the parameter block for every domain and MoE
+// layer: the domain can change between calls (ep_policy_set_domain).
+static bool keys_fit(const ep_policy *p)
+{
+    const ep_routing_cfg *rc = &p->cfg;
+    for (int d = 0; d < rc->pick.n_domains; d++)
+        for (int l = rc->first_k_dense; l < rc->n_layers; l++)
+            if (p->params.keys[d].off[l + 1] - p->params.keys[d].off[l] > EP_ROUTE_MAX_KEYS)
+                return false;
+    return true;
+}
 
 bool ep_router_cuda_supports(const ep_policy *p)
 {
     const ep_routing_cfg *rc = &p->cfg;
-    if (rc->policy != EP_POLICY_BASELINE && rc->policy != EP_POLICY_BAN) return false;
-    if (rc->policy == EP_POLICY_BAN && rc->ban.locality && p->params.rank_of) return false;
+    const bool ban = rc->policy == EP_POLICY_BAN || rc->policy == EP_POLICY_BANPICK;
+    const bool pick = rc->policy == EP_POLICY_PICK || rc->policy == EP_POLICY_BANPICK;
+    if (rc->policy != EP_POLICY_BASELINE && !ban && !pick) return false;
+    if (ban && rc->ban.locality && p->params.rank_of) return false; // comm-aware
+    if (pick && !keys_fit(p)) return false;
     // The group count is checked against the model when routing (params()).
     const int want = EP_MIN(rc->n_experts, ep_policy_range(p) * rc->k_base);
-    return want <= EP_ROUTE_MAX_CAND;
+    return want <= EP_ROUTE_MAX_CAND && ep_policy_max_k(p) <= EP_ROUTE_MAX_CAND;
 }
 
 static ep_status params(const ep_model_cfg *c, const ep_policy *p, int layer, int row_k,
@@ -42,11 +67,13 @@ static ep_status params(const ep_model_cfg *c, const ep_policy *p, int layer, in
 {
     if (!ep_router_cuda_supports(p))
         return ep_errorf(EP_ERR_UNSUPPORTED,
-                         "cuda router: policy '%s' (range %d x k_base %d%s) cannot run on the GPU: "
-                         "expected baseline or ban without locality and at most %d candidates; "
-                         "use the CPU router",
-                         ep_policy_name(p), ep_policy_range(p), c->k_base,
-                         p->cfg.ban.locality ? ", comm-aware" : "", EP_ROUTE_MAX_CAND);
+                         "cuda router: policy '%s' (range %d x k_base %d, max_k %d%s) cannot run "
+                         "on the GPU: expected baseline, ban, pick or banpick without locality, "
+                         "at most %d candidates and kept experts and at most %d pick keys per "
+                         "layer; use the CPU router",
+                         ep_policy_name(p), ep_policy_range(p), c->k_base, ep_policy_max_k(p),
+                         p->cfg.ban.locality ? ", comm-aware" : "", EP_ROUTE_MAX_CAND,
+                         EP_ROUTE_MAX_KEYS);
     if (layer < 0 || layer >= c->n_layers || !ep_model_layer_is_moe(c, layer))
         return ep_errorf(EP_ERR_ARG,
                          "cuda router: layer %d is not a MoE layer of %s (layers %d..%d)", layer,
@@ -79,13 +106,24 @@ static ep_status params(const ep_model_cfg *c, const ep_policy *p, int layer, in
     o->renorm = c->norm_topk_prob && (c->arch == EP_ARCH_QWEN3_MOE || c->k_base > 1);
     o->deepseek = c->arch == EP_ARCH_DEEPSEEK_V2;
     o->scale = c->routed_scaling_factor;
-    o->ban = p->cfg.policy == EP_POLICY_BAN;
+    const ep_policy_kind kind = p->cfg.policy;
+    o->ban = kind == EP_POLICY_BAN || kind == EP_POLICY_BANPICK;
     o->k_min = p->cfg.ban.k_min;
     o->lambda = p->cfg.ban.lambda;
     o->beta = p->cfg.ban.beta;
     o->r_min = p->cfg.ban.r_min;
     o->r_max = p->cfg.ban.r_max;
     o->lterm = p->params.ban_lterm[layer];
+    o->pick = kind == EP_POLICY_PICK || kind == EP_POLICY_BANPICK;
+    o->pick_strategy = (int)p->cfg.pick.strategy; // EP_PICK_A..E = 0..4
+    o->pick_max_k = ep_policy_max_k(p);
+    const int d = p->cfg.pick.domain;
+    if (o->pick && d >= 0) {
+        const ep_pick_keys *k = &p->params.keys[d];
+        o->n_keys = k->off[layer + 1] - k->off[layer];
+        EP_ASSERT(o->n_keys <= EP_ROUTE_MAX_KEYS); // keys_fit() said so
+        memcpy(o->keys, k->ids + k->off[layer], (size_t)o->n_keys * sizeof(int));
+    }
     return EP_OK;
 }
 
@@ -162,6 +200,7 @@ ep_status ep_router_cuda_init(const ep_model_cfg *cfg, int cap_tokens, ep_gpu *g
     r->h_k = ep_xmalloc(cap * sizeof(int));
     r->h_kept = ep_xmalloc(cap * rk * sizeof(int));
     r->h_w = ep_xmalloc(cap * rk * sizeof(float));
+    r->d_gate = ep_xcalloc((size_t)cfg->n_layers, sizeof(float *));
     *out = r;
     return EP_OK;
 err:
@@ -181,6 +220,11 @@ void ep_router_cuda_free(ep_router_cuda *r)
     (void)cudaFree(r->d_w);
     (void)cudaFree(r->d_base);
     (void)cudaFree(r->d_base_w);
+    (void)cudaFree(r->d_x);
+    for (int l = 0; r->d_gate && l < r->cfg.n_layers; l++)
+        (void)cudaFree(r->d_gate[l]);
+    free(r->d_gate);
+    if (r->blas) (void)cublasDestroy(r->blas);
     if (r->stream) (void)cudaStreamDestroy(r->stream);
     free(r->h_k);
     free(r->h_kept);
@@ -188,12 +232,13 @@ void ep_router_cuda_free(ep_router_cuda *r)
     free(r);
 }
 
-ep_status ep_router_cuda_route_logits(ep_router_cuda *r, const ep_policy *p, int layer,
-                                      const float *logits, int T, ep_routes *out)
+// Checks a call, then (when T > 0) makes the device current and leaves the
+// parameters in rp; *done is set when there is nothing to route.
+static ep_status begin_call(ep_router_cuda *r, const ep_policy *p, int layer, int T, ep_routes *out,
+                            ep_route_params *rp, bool *done)
 {
     const ep_model_cfg *c = &r->cfg;
-    ep_route_params rp;
-    ep_status st = params(c, p, layer, r->row_k, &rp);
+    ep_status st = params(c, p, layer, r->row_k, rp);
     if (st == EP_OK) st = check_out(p, T, out, c->k_base);
     if (st != EP_OK) return st;
     if (T > r->cap_tokens)
@@ -201,13 +246,17 @@ ep_status ep_router_cuda_route_logits(ep_router_cuda *r, const ep_policy *p, int
                          r->cap_tokens);
     out->n_tokens = T;
     out->offsets[0] = 0;
-    if (T == 0) return EP_OK;
-    const size_t E = (size_t)c->n_experts, rk = (size_t)r->row_k, kb = (size_t)c->k_base;
+    *done = T == 0;
+    if (!*done) EP_CUDA_CHECK(cudaSetDevice(r->device));
+    return EP_OK;
+}
+
+// d_logits holds T rows: routes them on the stream and brings the routes home.
+static ep_status route_device(ep_router_cuda *r, const ep_route_params *rp, int T, ep_routes *out)
+{
+    const size_t rk = (size_t)r->row_k, kb = (size_t)r->cfg.k_base;
     cudaStream_t q = r->stream;
-    EP_CUDA_CHECK(cudaSetDevice(r->device));
-    EP_CUDA_CHECK(cudaMemcpyAsync(r->d_logits, logits, (size_t)T * E * sizeof(float),
-                                  cudaMemcpyHostToDevice, q));
-    EP_CUDA_CHECK(ep_route_tokens_launch(&rp, r->d_logits, T, r->d_k, r->d_kept, r->d_w, r->d_base,
+    EP_CUDA_CHECK(ep_route_tokens_launch(rp, r->d_logits, T, r->d_k, r->d_kept, r->d_w, r->d_base,
                                          r->d_base_w, q));
     EP_CUDA_CHECK(
         cudaMemcpyAsync(r->h_k, r->d_k, (size_t)T * sizeof(int), cudaMemcpyDeviceToHost, q));
@@ -222,4 +271,81 @@ ep_status ep_router_cuda_route_logits(ep_router_cuda *r, const ep_policy *p, int
     EP_CUDA_CHECK(cudaStreamSynchronize(q));
     compact(r->h_k, r->h_kept, r->h_w, T, (int)rk, out);
     return EP_OK;
+}
+
+ep_status ep_router_cuda_route_logits(ep_router_cuda *r, const ep_policy *p, int layer,
+                                      const float *logits, int T, ep_routes *out)
+{
+    ep_route_params rp;
+    bool done = false;
+    ep_status st = begin_call(r, p, layer, T, out, &rp, &done);
+    if (st != EP_OK || done) return st;
+    EP_CUDA_CHECK(cudaMemcpyAsync(r->d_logits, logits, (size_t)T * r->cfg.n_experts * sizeof(float),
+                                  cudaMemcpyHostToDevice, r->stream));
+    return route_device(r, &rp, T, out);
+}
+
+// ---- the gate GEMM -------------------------------------------------------------------------
+
+ep_router_gate_gemm ep_router_cuda_gate_gemm(int T, int hidden, int n_experts)
+{
+    ep_router_gate_gemm g = {
+        .m = n_experts, .n = T, .k = hidden, .lda = hidden, .ldb = hidden, .ldc = n_experts};
+    return g;
+}
+
+ep_status ep_router_cuda_set_gate(ep_router_cuda *r, int layer, const float *gate_w)
+{
+    const ep_model_cfg *c = &r->cfg;
+    if (layer < 0 || layer >= c->n_layers || !ep_model_layer_is_moe(c, layer))
+        return ep_errorf(EP_ERR_ARG,
+                         "cuda router: gate of layer %d: not a MoE layer of %s (layers %d..%d)",
+                         layer, c->name, c->first_k_dense, c->n_layers - 1);
+    const size_t E = (size_t)c->n_experts, H = (size_t)c->hidden;
+    EP_CUDA_CHECK(cudaSetDevice(r->device));
+    // The handle and the input rows are made on the first gate, so a router
+    // that only routes logits never pays for them.
+    if (!r->blas) {
+        cublasHandle_t h;
+        EP_CUBLAS_CHECK(cublasCreate(&h));
+        ep_status st = EP_CUBLAS_ST(cublasSetStream(h, r->stream));
+        // Plain fp32 GEMM: no TF32 tensor-op rounding of the inputs.
+        if (st == EP_OK) st = EP_CUBLAS_ST(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+        if (st != EP_OK) {
+            (void)cublasDestroy(h);
+            return st;
+        }
+        r->blas = h;
+    }
+    const size_t cap = (size_t)(r->cap_tokens > 0 ? r->cap_tokens : 1);
+    if (!r->d_x) EP_CUDA_CHECK(cudaMalloc((void **)&r->d_x, cap * H * sizeof(float)));
+    if (!r->d_gate[layer])
+        EP_CUDA_CHECK(cudaMalloc((void **)&r->d_gate[layer], E * H * sizeof(float)));
+    EP_CUDA_CHECK(cudaMemcpyAsync(r->d_gate[layer], gate_w, E * H * sizeof(float),
+                                  cudaMemcpyHostToDevice, r->stream));
+    EP_CUDA_CHECK(cudaStreamSynchronize(r->stream)); // gate_w is the caller's again
+    return EP_OK;
+}
+
+ep_status ep_router_cuda_route(ep_router_cuda *r, const ep_policy *p, int layer, const float *x,
+                               int T, ep_routes *out)
+{
+    ep_route_params rp;
+    bool done = false;
+    ep_status st = begin_call(r, p, layer, T, out, &rp, &done);
+    if (st != EP_OK) return st;
+    if (!r->d_gate[layer])
+        return ep_errorf(EP_ERR_ARG,
+                         "cuda router: the gate of layer %d was not uploaded "
+                         "(ep_router_cuda_set_gate)",
+                         layer);
+    if (done) return EP_OK;
+    const ep_model_cfg *c = &r->cfg;
+    const ep_router_gate_gemm g = ep_router_cuda_gate_gemm(T, c->hidden, c->n_experts);
+    const float one = 1.0f, zero = 0.0f;
+    EP_CUDA_CHECK(cudaMemcpyAsync(r->d_x, x, (size_t)T * c->hidden * sizeof(float),
+                                  cudaMemcpyHostToDevice, r->stream));
+    EP_CUBLAS_CHECK(cublasSgemm(r->blas, CUBLAS_OP_T, CUBLAS_OP_N, g.m, g.n, g.k, &one,
+                                r->d_gate[layer], g.lda, r->d_x, g.ldb, &zero, r->d_logits, g.ldc));
+    return route_device(r, &rp, T, out);
 }

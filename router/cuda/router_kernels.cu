@@ -1,8 +1,9 @@
 // The router's per-token routine, compiled for both the device (one thread
 // per token) and the host (for tests without a device): softmax, group mask,
-// candidates, Ban's K, kept set, weights. Same arithmetic, in the same order,
-// as router/router.c and router/policy_ban.c, so the two agree bit for bit
-// on the host and up to expf's last bits on the device.
+// candidates, Ban's K, Pick's additions or swaps, kept set, weights. Same
+// arithmetic, in the same order, as router/router.c, router/policy_ban.c and
+// router/policy_pick.c, so the two agree bit for bit on the host and up to
+// expf's last bits on the device.
 #include <math.h>
 
 #include "router/cuda/route_token.h"
@@ -75,6 +76,107 @@ static EP_HD int ep_rt_ban_k(const ep_route_params *p, const float *score, const
     return K < n_cand ? K : n_cand;
 }
 
+// ---- Pick (policy_pick.c) -----------------------------------------------------
+
+static EP_HD bool ep_rt_in(const int *a, int n, int v)
+{
+    for (int i = 0; i < n; i++)
+        if (a[i] == v) return true;
+    return false;
+}
+
+// router.c's sort_by_score: insertion sort, score descending, ties lower id.
+static EP_HD void ep_rt_sort(const float *score, int *ids, int k)
+{
+    for (int i = 1; i < k; i++) {
+        const int v = ids[i];
+        int j = i;
+        while (j > 0 && ep_rt_before(score[v], v, score[ids[j - 1]], ids[j - 1])) {
+            ids[j] = ids[j - 1];
+            j--;
+        }
+        ids[j] = v;
+    }
+}
+
+// Index in kept[0..K) of the weakest expert that is not a key expert, or -1.
+static EP_HD int ep_rt_weakest_non_key(const float *score, const int *kept, int K, const int *keys,
+                                       int nk)
+{
+    int w = -1;
+    for (int i = 0; i < K; i++) {
+        if (ep_rt_in(keys, nk, kept[i])) continue;
+        if (w < 0 || ep_rt_before(score[kept[w]], kept[w], score[kept[i]], kept[i])) w = i;
+    }
+    return w;
+}
+
+// Strategy E (pick_bias): key experts the group mask allows compete with the
+// kept set, their scores raised by 20 % of the kept set's mean score.
+static EP_HD int ep_rt_pick_bias(const ep_route_params *p, const float *score,
+                                 const unsigned char *gsel, int gsize, int *kept, int K)
+{
+    const int nk = p->n_keys;
+    const int *keys = p->keys;
+    double mean = 0.0;
+    for (int i = 0; i < K; i++)
+        mean += score[kept[i]];
+    const float bias = (float)(0.2 * mean / K);
+    int pool[EP_ROUTE_MAX_CAND + EP_ROUTE_MAX_KEYS], n = 0;
+    for (int i = 0; i < K; i++)
+        pool[n++] = kept[i];
+    for (int i = 0; i < nk; i++)
+        if (!ep_rt_in(kept, K, keys[i]) && (!gsel || gsel[keys[i] / gsize])) pool[n++] = keys[i];
+    for (int j = 0; j < K; j++) {
+        int b = j;
+        for (int i = j + 1; i < n; i++) {
+            const float si = score[pool[i]] + (ep_rt_in(keys, nk, pool[i]) ? bias : 0.0f);
+            const float sb = score[pool[b]] + (ep_rt_in(keys, nk, pool[b]) ? bias : 0.0f);
+            if (ep_rt_before(si, pool[i], sb, pool[b])) b = i;
+        }
+        const int tmp = pool[j];
+        pool[j] = pool[b];
+        pool[b] = tmp;
+    }
+    for (int j = 0; j < K; j++)
+        kept[j] = pool[j];
+    return K;
+}
+
+// ep_pick_apply: strategies A (add), B (swap for the weakest non-key), C and
+// D (the same, only for keys among the candidates), E (bias). Returns K.
+static EP_HD int ep_rt_pick(const ep_route_params *p, const float *score, const int *cand,
+                            int n_cand, const unsigned char *gsel, int gsize, int *kept, int K)
+{
+    const int nk = p->n_keys, s = p->pick_strategy;
+    if (nk == 0) return K;
+    if (s == 4) return ep_rt_pick_bias(p, score, gsel, gsize, kept, K);
+    // Strongest key expert first, so that when slots run out the best wins.
+    int ord[EP_ROUTE_MAX_KEYS];
+    for (int i = 0; i < nk; i++) {
+        const int v = p->keys[i];
+        int j = i;
+        while (j > 0 && ep_rt_before(score[v], v, score[ord[j - 1]], ord[j - 1])) {
+            ord[j] = ord[j - 1];
+            j--;
+        }
+        ord[j] = v;
+    }
+    const bool in_range_only = s == 2 || s == 3, add = s == 0 || s == 2;
+    for (int i = 0; i < nk; i++) {
+        const int key = ord[i];
+        if (ep_rt_in(kept, K, key)) continue;
+        if (in_range_only && !ep_rt_in(cand, n_cand, key)) continue;
+        if (add) {
+            if (K < p->pick_max_k) kept[K++] = key;
+        } else {
+            const int w = ep_rt_weakest_non_key(score, kept, K, p->keys, nk);
+            if (w >= 0) kept[w] = key;
+        }
+    }
+    return K;
+}
+
 static EP_HD void ep_route_one(const ep_route_params *p, float *row, int *k_out, int *kept,
                                float *weight, int *base, float *base_w)
 {
@@ -116,11 +218,16 @@ static EP_HD void ep_route_one(const ep_route_params *p, float *row, int *k_out,
         base[j] = cand[j];
     ep_rt_weights(p, row, cand, p->k_base, base_w);
 
-    // Candidates are sorted, so the kept prefix is sorted as the router sorts it.
-    const int K = p->ban ? ep_rt_ban_k(p, row, cand, n_cand) : p->k_base;
+    // Candidates are sorted, so the kept prefix is sorted as the router sorts
+    // it; only Pick's changes need the router's sort again.
+    int K = p->ban ? ep_rt_ban_k(p, row, cand, n_cand) : p->k_base;
     for (int j = 0; j < K; j++)
         kept[j] = cand[j];
-    ep_rt_weights(p, row, cand, K, weight);
+    if (p->pick) {
+        K = ep_rt_pick(p, row, cand, n_cand, p->grouped ? gsel : NULL, gsize, kept, K);
+        ep_rt_sort(row, kept, K);
+    }
+    ep_rt_weights(p, row, kept, K, weight);
     *k_out = K;
 }
 

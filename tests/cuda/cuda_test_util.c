@@ -178,3 +178,33 @@ double cuda_test_rel_err(const float *a, const float *b, int rows, int cols)
     }
     return worst;
 }
+
+ep_policy *cuda_test_pick_policy(const ep_model_cfg *c, ep_policy_kind kind, ep_pick_strategy s,
+                                 int max_keys, uint64_t seed)
+{
+    EP_ASSERT(kind == EP_POLICY_PICK || kind == EP_POLICY_BANPICK);
+    ep_routing_cfg rc;
+    ep_routing_cfg_default(&rc, c, kind);
+    rc.pick.strategy = s;
+    const int E = c->n_experts, d = ep_routing_cfg_add_domain(&rc, "keys");
+    ep_rng r;
+    ep_rng_seed(&r, seed);
+    for (int l = c->first_k_dense; l < c->n_layers; l++) {
+        const int n = EP_MIN(E, (int)((l * 7 + seed) % (uint64_t)(max_keys + 1)));
+        for (int got = 0; got < n;) {
+            const int e = (int)(ep_rng_next(&r) % (uint64_t)E);
+            got += !rc.pick.domains[d].key[(size_t)l * E + e];
+            rc.pick.domains[d].key[(size_t)l * E + e] = 1;
+        }
+    }
+    rc.pick.domain = d;
+    if (kind == EP_POLICY_BANPICK) {
+        rc.ban.layer_sensitivity = ep_xmalloc(sizeof(float) * (size_t)c->n_layers);
+        for (int l = 0; l < c->n_layers; l++)
+            rc.ban.layer_sensitivity[l] = (float)ep_rng_uniform(&r);
+    }
+    ep_policy *p;
+    EP_ASSERT(ep_policy_create_cfg(&rc, &p) == EP_OK);
+    ep_routing_cfg_free(&rc);
+    return p;
+}

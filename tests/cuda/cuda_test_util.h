@@ -8,6 +8,7 @@
 #include "cluster/cluster.h"
 #include "common/model_cfg.h"
 #include "common/routes.h"
+#include "router/policy.h"
 
 #define CUDA_TEST_SKIP 77 // ctest SKIP_RETURN_CODE
 
@@ -39,6 +40,13 @@ void cuda_test_records(int n_rec, int max_k, const int *allowed, int n_allowed, 
                        uint64_t seed, int *pair_off, int *pair_expert, float *pair_weight);
 // Routes of T tokens with K_i in [1, max_k] distinct experts of [0, E).
 void cuda_test_routes(ep_routes *r, int T, int max_k, int E, uint64_t seed);
+
+// Pick (kind EP_POLICY_PICK) or Ban&Pick with strategy s and one active
+// domain, "keys", whose key experts are drawn from seed: per MoE layer
+// 0..max_keys of them (some layers none, so the no-key path runs too).
+// Ban&Pick also gets random layer sensitivities (Ban's layer term != 0).
+ep_policy *cuda_test_pick_policy(const ep_model_cfg *c, ep_policy_kind kind, ep_pick_strategy s,
+                                 int max_keys, uint64_t seed);
 
 // What cublasGemmEx(CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, 1, A, lda, B, ldb, 0,
 // C, ldc) computes, column-major, in fp32 with double accumulation:

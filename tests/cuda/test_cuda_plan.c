@@ -20,7 +20,11 @@
 #include "experts/cuda/plan.h"
 #include "common/dtype.h"
 #include "experts/experts.h"
+#include "common/weights.h"
+#include "comm/comm.h"
+#include "router/cuda/dispatch_cuda.h"
 #include "router/cuda/router_cuda.h"
+#include "router/policy.h"
 
 // Emulated pipeline (fp32, double dots) vs the CPU experts (fp32 sgemm).
 #define TOL 1e-5
@@ -289,11 +293,15 @@ static void cfg_grouped(ep_model_cfg *c)
     c->topk_method = EP_TOPK_GROUP_LIMITED;
 }
 
-static void router_host_vs_cpu(const ep_model_cfg *c, const char *policy, bool ties)
+// Routes every MoE layer of c with p on both routers and compares them bit
+// for bit. boost: the active Pick domain's key experts get their logits
+// raised on every other token, so that keys land inside and outside the
+// candidates (strategies C and D act only inside). Returns the tokens whose
+// kept set holds an expert outside their top-k_base (Pick's doing).
+static int router_host_vs_cpu_p(const ep_model_cfg *c, const ep_policy *p, const char *label,
+                                bool ties, bool boost)
 {
     const int T = 37, E = c->n_experts;
-    ep_policy *p;
-    assert_int_equal(ep_policy_create(c, policy, &p), EP_OK);
     ep_router *cpu;
     assert_int_equal(ep_router_init(c, T, &cpu), EP_OK);
     ep_routes a, b;
@@ -301,11 +309,19 @@ static void router_host_vs_cpu(const ep_model_cfg *c, const char *policy, bool t
     ep_routes_init(&b, T, ep_policy_max_k(p), c->k_base);
     float *logits = malloc(sizeof(float) * T * E);
     int64_t nnz = 0, k_min = 1 << 30, k_max = 0;
+    int widened = 0;
     for (int layer = c->first_k_dense; layer < c->n_layers; layer++) {
         cuda_test_fill(logits, (size_t)T * E, 60 + layer, 4.0f);
         // Quantized logits make exact ties, so the lower-id rule is exercised.
         for (int i = 0; ties && i < T * E; i++)
             logits[i] = roundf(logits[i] * 2.0f) / 2.0f;
+        const int d = p->cfg.pick.domain;
+        if (boost && d >= 0) {
+            const ep_pick_keys *k = &p->params.keys[d];
+            for (int t = 0; t < T; t += 2)
+                for (int i = k->off[layer]; i < k->off[layer + 1]; i++)
+                    logits[(size_t)t * E + k->ids[i]] += (t % 4 == 0) ? 3.0f : 1.5f;
+        }
         assert_int_equal(ep_router_route_logits(cpu, p, layer, logits, T, &a), EP_OK);
         assert_int_equal(ep_router_cuda_route_logits_host(c, p, layer, logits, T, &b), EP_OK);
         assert_int_equal(b.n_tokens, T);
@@ -318,15 +334,85 @@ static void router_host_vs_cpu(const ep_model_cfg *c, const char *policy, bool t
         for (int t = 0; t < T; t++) {
             k_min = EP_MIN(k_min, ep_routes_k(&a, t));
             k_max = EP_MAX(k_max, ep_routes_k(&a, t));
+            bool wide = false;
+            for (int j = a.offsets[t]; j < a.offsets[t + 1]; j++) {
+                bool in_base = false;
+                for (int q = 0; q < c->k_base; q++)
+                    in_base |= a.base_expert[(size_t)t * c->k_base + q] == a.expert[j];
+                wide |= !in_base;
+            }
+            widened += wide;
         }
     }
-    printf("# %s %s%s: %lld pairs, K in [%lld, %lld], identical to the CPU router\n", c->name,
-           policy, ties ? " (ties)" : "", (long long)nnz, (long long)k_min, (long long)k_max);
+    printf("# %s %s%s: %lld pairs, K in [%lld, %lld], %d tokens beyond top-k_base, "
+           "identical to the CPU router\n",
+           c->name, label, ties ? " (ties)" : "", (long long)nnz, (long long)k_min,
+           (long long)k_max, widened);
     free(logits);
     ep_routes_free(&a);
     ep_routes_free(&b);
     ep_router_free(cpu);
+    return widened;
+}
+
+static void router_host_vs_cpu(const ep_model_cfg *c, const char *policy, bool ties)
+{
+    ep_policy *p;
+    assert_int_equal(ep_policy_create(c, policy, &p), EP_OK);
+    router_host_vs_cpu_p(c, p, policy, ties, false);
     ep_policy_free(p);
+}
+
+// Pick alone and Ban&Pick, every strategy, on the odd models (grouped
+// included, so E's group-mask test runs) and both presets, with and without
+// ties; then the shipped Qwen3-30B-A3B presets with each of their domains.
+static void test_router_host_pick(void **state)
+{
+    void (*cfgs[])(ep_model_cfg *) = {cuda_test_cfg_qwen, cuda_test_cfg_deepseek, cfg_grouped};
+    const ep_policy_kind kinds[] = {EP_POLICY_PICK, EP_POLICY_BANPICK};
+    const char *sname = "ABCDE";
+    char label[64];
+    for (size_t i = 0; i < EP_ARRAY_LEN(cfgs) + 2; i++) {
+        ep_model_cfg c;
+        if (i < EP_ARRAY_LEN(cfgs))
+            cfgs[i](&c);
+        else
+            assert_int_equal(
+                ep_model_cfg_load(i == EP_ARRAY_LEN(cfgs) ? "tiny-qwen3-moe" : "tiny-deepseek-v2",
+                                  &c),
+                EP_OK);
+        for (size_t k = 0; k < EP_ARRAY_LEN(kinds); k++)
+            for (int s = EP_PICK_A; s <= EP_PICK_E; s++) {
+                ep_policy *p =
+                    cuda_test_pick_policy(&c, kinds[k], (ep_pick_strategy)s, 4, 17 * i + s);
+                assert_true(ep_router_cuda_supports(p));
+                snprintf(label, sizeof label, "%s %c", ep_policy_kind_name(kinds[k]), sname[s]);
+                int widened = 0;
+                for (int ties = 0; ties < 2; ties++)
+                    widened += router_host_vs_cpu_p(&c, p, label, ties, true);
+                assert_true(widened > 0); // Pick did act
+                // No active domain: Pick keeps the set it was given.
+                assert_int_equal(ep_policy_set_domain(p, ""), EP_OK);
+                assert_int_equal(router_host_vs_cpu_p(&c, p, label, false, true), 0);
+                ep_policy_free(p);
+            }
+    }
+    const char *presets[] = {"qwen3-30b-a3b-pick", "qwen3-30b-a3b-banpick"};
+    const char *domains[] = {"math", "code", "general"};
+    for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++) {
+        ep_model_cfg full;
+        assert_int_equal(ep_model_cfg_load("qwen3-30b-a3b", &full), EP_OK);
+        ep_policy *p;
+        assert_int_equal(ep_policy_create(&full, presets[i], &p), EP_OK);
+        assert_true(ep_router_cuda_supports(p));
+        int widened = 0;
+        for (size_t d = 0; d < EP_ARRAY_LEN(domains); d++) {
+            assert_int_equal(ep_policy_set_domain(p, domains[d]), EP_OK);
+            widened += router_host_vs_cpu_p(&full, p, presets[i], false, true);
+        }
+        assert_true(widened > 0);
+        ep_policy_free(p);
+    }
 }
 
 static void test_router_host(void **state)
@@ -354,7 +440,7 @@ static void test_router_supports(void **state)
 {
     ep_model_cfg c;
     cuda_test_cfg_qwen(&c);
-    const char *yes[] = {"baseline", "ban"}, *no[] = {"pick", "banpick", "topp", "des"};
+    const char *yes[] = {"baseline", "ban", "pick", "banpick"}, *no[] = {"topp", "des", "laser"};
     for (size_t i = 0; i < EP_ARRAY_LEN(yes); i++) {
         ep_policy *p;
         assert_int_equal(ep_policy_create(&c, yes[i], &p), EP_OK);
@@ -374,6 +460,220 @@ static void test_router_supports(void **state)
         ep_policy_free(p);
     }
     ep_routes_free(&r);
+}
+
+// ---- dispatch counts and layout: the kernels' routine on the host vs comm ------------------
+
+// E experts round-robin on W ranks, every third one also on the next rank
+// (a replica), so that the scheduler's pair_rank differs from rank_of.
+static void replica_placement(ep_placement *p, int E, int W)
+{
+    int *phy_e = malloc(sizeof(int) * 2 * E), *phy_r = malloc(sizeof(int) * 2 * E), n = 0;
+    for (int e = 0; e < E; e++) {
+        phy_e[n] = e;
+        phy_r[n++] = e % W;
+    }
+    for (int e = 0; e < E && W > 1; e += 3) {
+        phy_e[n] = e;
+        phy_r[n++] = (e + 1) % W;
+    }
+    assert_int_equal(ep_placement_from_slots(p, EP_PLACE_ROUND_ROBIN, E, W, n, phy_e, phy_r),
+                     EP_OK);
+    free(phy_e);
+    free(phy_r);
+}
+
+// The layout against comm's rule, written out here on its own: per token one
+// group per destination in the order of its first pair (comm.c's
+// ep_comm_plan), records and bytes per destination packed in token order
+// (ep_comm_pack's cursors), and the totals against ep_comm_count.
+static void check_dispatch(const ep_dispatch_shape *s, const ep_routes *r, const ep_placement *p,
+                           const int *prank, const int *node_of, int hidden, ep_dtype wire,
+                           const ep_dispatch_layout *l)
+{
+    const int W = s->world, T = r->n_tokens, mk = s->max_k;
+    int *recs = calloc((size_t)W, sizeof(int)), *seen = calloc((size_t)W, sizeof(int));
+    int64_t *bytes = calloc((size_t)W, sizeof(int64_t)), *cursor = calloc((size_t)W, 8);
+    int64_t dest_ranks = 0;
+    assert_int_equal(l->T, T);
+    for (int t = 0; t < T; t++) {
+        int g = 0;
+        for (int d = 0; d < W; d++)
+            seen[d] = 0;
+        for (int j = r->offsets[t]; j < r->offsets[t + 1]; j++) {
+            const int d = prank ? prank[j] : p->rank_of[r->expert[j]];
+            if (seen[d]++) continue;
+            int m = 0;
+            for (int q = j; q < r->offsets[t + 1]; q++)
+                m += (prank ? prank[q] : p->rank_of[r->expert[q]]) == d;
+            assert_int_equal(l->dest[(size_t)t * mk + g], d);
+            assert_int_equal(l->dest_pairs[(size_t)t * mk + g], m);
+            g++;
+            recs[d]++;
+            if (d != s->rank) bytes[d] += ep_comm_dispatch_record_bytes(m, hidden, wire);
+        }
+        assert_int_equal(l->n_dest[t], g);
+        dest_ranks += g;
+        for (; g < mk; g++) {
+            assert_int_equal(l->dest[(size_t)t * mk + g], -1);
+            assert_int_equal(l->dest_pairs[(size_t)t * mk + g], 0);
+        }
+    }
+    int64_t start = 0, sends = 0, total = 0, inter = 0;
+    for (int d = 0; d < W; d++) {
+        assert_int_equal(l->send_rec[d], recs[d]);
+        assert_int_equal(l->send_bytes[d], bytes[d]);
+        assert_int_equal(l->send_off[d], start);
+        cursor[d] = start;
+        start += bytes[d];
+        sends += d != s->rank ? recs[d] : 0;
+        total += bytes[d];
+        inter += node_of[d] != node_of[s->rank] ? bytes[d] : 0;
+        recs[d] = 0;
+    }
+    for (int t = 0; t < T; t++)
+        for (int d = 0; d < W; d++) {
+            int m = -1;
+            for (int g = 0; g < l->n_dest[t]; g++)
+                if (l->dest[(size_t)t * mk + g] == d) m = l->dest_pairs[(size_t)t * mk + g];
+            const size_t i = (size_t)t * W + d;
+            assert_int_equal(l->rec_idx[i], m < 0 ? -1 : recs[d]);
+            assert_int_equal(l->rec_off[i], m < 0 || d == s->rank ? -1 : cursor[d]);
+            if (m < 0) continue;
+            recs[d]++;
+            if (d != s->rank) cursor[d] += ep_comm_dispatch_record_bytes(m, hidden, wire);
+        }
+    ep_comm_stats st;
+    ep_comm_count(r, p, prank, s->rank, node_of, hidden, wire, &st);
+    assert_int_equal(sends, st.sends);
+    assert_int_equal(total, st.dispatch_bytes);
+    assert_int_equal(inter, st.dispatch_bytes_inter);
+    assert_int_equal(sends * ep_comm_combine_record_bytes(hidden, wire), st.combine_bytes);
+    assert_int_equal(dest_ranks, st.dest_ranks);
+    free(recs);
+    free(seen);
+    free(bytes);
+    free(cursor);
+}
+
+static void test_dispatch_layout_host(void **state)
+{
+    enum { E = 13, H = 13, MAXK = 5, KB = 2 };
+    const int sizes[] = {0, 1, 7, 37, 301};
+    const ep_dtype wires[] = {EP_DTYPE_F32, EP_DTYPE_BF16, EP_DTYPE_F8_E4M3};
+    int node_of[8], cases = 0, to_replica = 0;
+    int64_t records = 0, payload = 0;
+    for (int d = 0; d < 8; d++)
+        node_of[d] = d / 2; // two ranks per node
+    for (int W = 1; W <= 8; W++)
+        for (int rep = 0; rep < 2; rep++)
+            for (size_t c = 0; c < EP_ARRAY_LEN(sizes); c++) {
+                const int T = sizes[c], rank = (int)(c * 3 + rep) % W;
+                const ep_dtype wire = wires[(c + W) % EP_ARRAY_LEN(wires)];
+                ep_routes r;
+                ep_routes_init(&r, T > 0 ? T : 1, MAXK, KB);
+                cuda_test_routes(&r, T, MAXK, E, 1000 + 10 * W + c);
+                ep_placement p;
+                int *prank = NULL;
+                if (rep) {
+                    replica_placement(&p, E, W);
+                    prank = malloc(sizeof(int) * ((size_t)T * MAXK + 1));
+                    int64_t load[8] = {0};
+                    int visit[8];
+                    ep_placement_choose(&p, &r, rank, load, visit, prank);
+                    for (int j = 0; j < ep_routes_nnz(&r); j++)
+                        to_replica += prank[j] != p.rank_of[r.expert[j]];
+                } else {
+                    assert_int_equal(ep_placement_init(&p, EP_PLACE_CONTIGUOUS, E, W), EP_OK);
+                }
+                ep_dispatch_shape s;
+                assert_int_equal(ep_dispatch_shape_init(&s, W, rank, MAXK, H, wire), EP_OK);
+                ep_dispatch_layout l;
+                ep_dispatch_layout_init(&l, T, &s);
+                assert_int_equal(ep_dispatch_layout_host(&s, &r, &p, prank, &l), EP_OK);
+                check_dispatch(&s, &r, &p, prank, node_of, H, wire, &l);
+                for (int d = 0; d < W; d++) {
+                    records += l.send_rec[d];
+                    payload += l.send_bytes[d];
+                }
+                cases++;
+                ep_dispatch_layout_free(&l);
+                ep_dispatch_layout_free(&l); // zeroed: a no-op
+                free(prank);
+                ep_placement_free(&p);
+                ep_routes_free(&r);
+            }
+    printf("# dispatch layout (host routine): %d cases, %lld records, %lld payload bytes, %d pairs "
+           "on a replica, equal to comm's grouping and ep_comm_count\n",
+           cases, (long long)records, (long long)payload, to_replica);
+    assert_true(payload > 0 && to_replica > 0);
+}
+
+static void test_dispatch_layout_errors(void **state)
+{
+    ep_dispatch_shape s;
+    assert_int_equal(ep_dispatch_shape_init(&s, 3, 3, 4, 13, EP_DTYPE_F32), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "rank 3"));
+    assert_int_equal(ep_dispatch_shape_init(&s, 3, 1, 2, 13, EP_DTYPE_BF16), EP_OK);
+    assert_int_equal(s.fixed_bytes, ep_comm_dispatch_record_bytes(0, 13, EP_DTYPE_BF16));
+    ep_placement p;
+    assert_int_equal(ep_placement_init(&p, EP_PLACE_ROUND_ROBIN, 5, 3), EP_OK);
+    ep_routes r;
+    ep_routes_init(&r, 4, 3, 1);
+    r.n_tokens = 2;
+    int off[] = {0, 2, 5}, ex[] = {0, 1, 2, 3, 4};
+    memcpy(r.offsets, off, sizeof off);
+    memcpy(r.expert, ex, sizeof ex);
+    ep_dispatch_layout l;
+    ep_dispatch_layout_init(&l, 4, &s);
+    assert_int_equal(ep_dispatch_layout_host(&s, &r, &p, NULL, &l), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "token 1 has 3 pairs"));
+    r.offsets[2] = 4;
+    r.expert[3] = 5;
+    assert_int_equal(ep_dispatch_layout_host(&s, &r, &p, NULL, &l), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "expert 5 outside [0, 5)"));
+    r.expert[3] = 3;
+    int prank[] = {0, 1, 2, 3};
+    assert_int_equal(ep_dispatch_layout_host(&s, &r, &p, prank, &l), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "pair_rank 3 outside [0, 3)"));
+    prank[3] = 0;
+    assert_int_equal(ep_dispatch_layout_host(&s, &r, &p, prank, &l), EP_OK);
+    r.n_tokens = 5;
+    assert_int_equal(ep_dispatch_layout_host(&s, &r, &p, prank, &l), EP_ERR_ARG);
+    ep_dispatch_layout_free(&l);
+    ep_routes_free(&r);
+    ep_placement_free(&p);
+}
+
+// The gate GEMM's cuBLAS problem through the column-major emulation against
+// the CPU gate (ep_router_gate_logits): equal up to summation order (fp32
+// FMA chains there, double sums here). Odd, non-square shapes, so a
+// transposed or mis-strided operand cannot pass.
+static void test_gate_gemm_layout(void **state)
+{
+    const int shapes[][3] = {{1, 13, 11}, {37, 13, 11}, {5, 64, 64}, {29, 33, 12}, {3, 7, 160}};
+    double worst = 0;
+    for (size_t i = 0; i < EP_ARRAY_LEN(shapes); i++) {
+        const int T = shapes[i][0], H = shapes[i][1], E = shapes[i][2];
+        float *x = malloc(sizeof(float) * T * H), *gate = malloc(sizeof(float) * E * H);
+        float *got = malloc(sizeof(float) * T * E), *ref = malloc(sizeof(float) * T * E);
+        cuda_test_fill(x, (size_t)T * H, 300 + i, 1.0f);
+        cuda_test_fill(gate, (size_t)E * H, 400 + i, 0.5f);
+        const ep_router_gate_gemm g = ep_router_cuda_gate_gemm(T, H, E);
+        assert_int_equal(g.m, E);
+        assert_int_equal(g.n, T);
+        assert_int_equal(g.k, H);
+        cuda_test_gemm_tn(g.m, g.n, g.k, gate, g.lda, x, g.ldb, got, g.ldc);
+        ep_router_gate_logits(x, T, H, gate, E, ref);
+        const double err = cuda_test_rel_err(got, ref, T, E);
+        worst = EP_MAX(worst, err);
+        assert_true(err <= 1e-5);
+        free(x);
+        free(gate);
+        free(got);
+        free(ref);
+    }
+    printf("# gate GEMM problem (emulated) vs CPU gate: max rel err %.2e (tol 1e-05)\n", worst);
 }
 
 // ---- device choice and NCCL versions --------------------------------------------------------
@@ -419,7 +719,11 @@ int main(void)
         cmocka_unit_test(test_problem_list_matches_cpu),
         cmocka_unit_test(test_bf16_error_budget),
         cmocka_unit_test(test_router_host),
+        cmocka_unit_test(test_router_host_pick),
         cmocka_unit_test(test_router_supports),
+        cmocka_unit_test(test_dispatch_layout_host),
+        cmocka_unit_test(test_dispatch_layout_errors),
+        cmocka_unit_test(test_gate_gemm_layout),
         cmocka_unit_test(test_gpu_choose),
         cmocka_unit_test(test_nccl_versions),
     };
