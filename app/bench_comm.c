@@ -114,7 +114,7 @@ int ep_cmd_bench_comm(int argc, char **argv)
         for (int it = 0; it < warm + iters; it++) {
             MPI_Barrier(comm);
             double t0 = MPI_Wtime();
-            if (tp->vt->alltoallv(tp, sbuf, cnt, soff, rbuf, rcnt, roff)) {
+            if (ep_transport_alltoallv(tp, sbuf, cnt, soff, rbuf, rcnt, roff)) {
                 fprintf(stderr, "epserve bench comm: %s\n", ep_last_error());
                 rc = 1;
                 goto out;
@@ -133,7 +133,7 @@ int ep_cmd_bench_comm(int argc, char **argv)
         for (int r = 0; r < W; r++)
             for (int64_t i = 0; i < words; i++) sbuf[(size_t)r * words + i] = pattern(cl->rank, r, i, 7);
         memset(rbuf, 0, (size_t)words * W * 4);
-        if (tp->vt->alltoallv(tp, sbuf, cnt, soff, rbuf, rcnt, roff)) {
+        if (ep_transport_alltoallv(tp, sbuf, cnt, soff, rbuf, rcnt, roff)) {
             fprintf(stderr, "epserve bench comm: %s\n", ep_last_error());
             rc = 1;
             goto out;

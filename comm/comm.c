@@ -227,6 +227,16 @@ void ep_transport_free(ep_transport *t)
     if (t && t->vt && t->vt->free) t->vt->free(t);
 }
 
+ep_status ep_transport_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
+                                 const int64_t *send_off, void *recvbuf,
+                                 const int64_t *recv_bytes, const int64_t *recv_off)
+{
+    ep_transport_req *q;
+    ep_status st = t->vt->alltoallv_start(t, sendbuf, send_bytes, send_off, recvbuf, recv_bytes,
+                                          recv_off, &q);
+    return st != EP_OK ? st : t->vt->alltoallv_wait(t, q, NULL);
+}
+
 // ---- rows on the wire -----------------------------------------------------------
 
 // One row in dtype t (m->wire for dispatch, m->cwire for combine).
@@ -244,7 +254,7 @@ static void ep_comm_encode_row(const ep_comm *m, ep_dtype t, const float *src, u
         EP_ASSERT(st == EP_OK); // init admitted only convertible wire dtypes
     }
     // The rounding to 4 bytes leaves padding: zero it so payloads are reproducible.
-    size_t rb = (size_t)ep_comm_row_bytes(m->hidden, t);
+    size_t rb = (size_t)(t == m->cwire ? m->crow_bytes : m->row_bytes);
     if (rb > vb) memset(dst + vb, 0, rb - vb);
 }
 

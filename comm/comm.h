@@ -68,13 +68,8 @@ typedef struct {
     // One int64 to and from every peer (index = rank). Blocking; may run
     // while payload exchanges are in flight (every rank keeps one order).
     ep_status (*exchange_counts)(ep_transport *t, const int64_t *send, int64_t *recv);
-    // Byte payloads per peer at the given offsets; the self part is copied
-    // locally. Blocking: alltoallv_start then alltoallv_wait, one code path.
-    // Adds the bytes sent to other ranks to t->bytes_moved.
-    ep_status (*alltoallv)(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
-                           const int64_t *send_off, void *recvbuf, const int64_t *recv_bytes,
-                           const int64_t *recv_off);
-    // Posts the same exchange and returns (the self part is copied already);
+    // Posts byte payloads per peer at the given offsets and returns (the
+    // self part is copied locally, already);
     // the size and offset arrays are read before it returns, the buffers
     // must stay untouched until the wait. Every rank posts the same
     // exchanges in the same order. EP_ERR_ARG when EP_TRANSPORT_MAX_INFLIGHT
@@ -97,6 +92,11 @@ struct ep_transport {
 };
 ep_status ep_transport_mpi_init(ep_cluster *c, ep_transport **out);
 void ep_transport_free(ep_transport *t); // NULL ok
+// The blocking exchange: alltoallv_start then alltoallv_wait, for any
+// transport. Adds the bytes sent to other ranks to t->bytes_moved.
+ep_status ep_transport_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
+                                 const int64_t *send_off, void *recvbuf,
+                                 const int64_t *recv_bytes, const int64_t *recv_off);
 
 // ---- dispatch / combine --------------------------------------------------
 // The work one rank receives: records (token from some rank, its pairs for

@@ -1,7 +1,8 @@
 // The MPI transport (CPU backend): counts with MPI_Alltoall, payloads with
-// MPI_Ialltoallv over 4-byte words (posted, then waited for: blocking is the
-// two back to back), the self part by memcpy. It moves opaque
-// bytes; what the records mean is comm.c's. NCCL lives in its own file.
+// MPI_Ialltoallv over 4-byte words (posted, then waited for; the blocking
+// exchange is ep_transport_alltoallv, the two back to back), the self part
+// by memcpy. It moves opaque bytes; what the records mean is comm.c's. NCCL
+// lives in its own file.
 // Also the serving liveness watch (comm/watch.h): with it on, the exchanges
 // are nonblocking and polled, and rank 0 gives up at the step deadline
 // naming the ranks that stopped sending heartbeats.
@@ -409,16 +410,6 @@ static ep_status ep_mpi_alltoallv_wait(ep_transport *t, ep_transport_req *q, int
     return EP_OK;
 }
 
-static ep_status ep_mpi_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
-                                  const int64_t *send_off, void *recvbuf, const int64_t *recv_bytes,
-                                  const int64_t *recv_off)
-{
-    ep_transport_req *q;
-    ep_status st =
-        ep_mpi_alltoallv_start(t, sendbuf, send_bytes, send_off, recvbuf, recv_bytes, recv_off, &q);
-    return st != EP_OK ? st : ep_mpi_alltoallv_wait(t, q, NULL);
-}
-
 static void ep_mpi_free(ep_transport *t)
 {
     ep_mpi_ctx *m = t->ctx;
@@ -442,7 +433,6 @@ static void ep_mpi_free(ep_transport *t)
 static const ep_transport_vt ep_transport_mpi_vt = {
     .name = "mpi",
     .exchange_counts = ep_mpi_exchange_counts,
-    .alltoallv = ep_mpi_alltoallv,
     .alltoallv_start = ep_mpi_alltoallv_start,
     .alltoallv_wait = ep_mpi_alltoallv_wait,
     .free = ep_mpi_free,

@@ -505,8 +505,8 @@ static ep_status move_experts(ep_moe *m, const ep_placement *np, ep_experts **ou
                     at += eb;
                 }
         if (st) break;
-        if ((st = m->tp->vt->alltoallv(m->tp, sbuf, send_b, send_off, rbuf, recv_b, recv_off)))
-            break;
+        st = ep_transport_alltoallv(m->tp, sbuf, send_b, send_off, rbuf, recv_b, recv_off);
+        if (st) break;
         for (int s = 0; s < W && !st; s++) {
             const char *from = rbuf + recv_off[s];
             for (int g = 0; g < E && !st; g++)

@@ -324,16 +324,6 @@ static ep_status ep_nccl_alltoallv_wait(ep_transport *t, ep_transport_req *q, in
     return EP_OK;
 }
 
-static ep_status ep_nccl_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
-                                   const int64_t *send_off, void *recvbuf,
-                                   const int64_t *recv_bytes, const int64_t *recv_off)
-{
-    ep_transport_req *q;
-    ep_status st = ep_nccl_alltoallv_start(t, sendbuf, send_bytes, send_off, recvbuf, recv_bytes,
-                                           recv_off, &q);
-    return st != EP_OK ? st : ep_nccl_alltoallv_wait(t, q, NULL);
-}
-
 static void ep_nccl_tp_free(ep_transport *t)
 {
     ep_nccl_ctx *m = t->ctx;
@@ -371,7 +361,6 @@ static void ep_nccl_tp_free(ep_transport *t)
 static const ep_transport_vt ep_transport_nccl_vt = {
     .name = "nccl",
     .exchange_counts = ep_nccl_exchange_counts,
-    .alltoallv = ep_nccl_alltoallv,
     .alltoallv_start = ep_nccl_alltoallv_start,
     .alltoallv_wait = ep_nccl_alltoallv_wait,
     .free = ep_nccl_tp_free,

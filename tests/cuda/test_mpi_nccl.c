@@ -129,8 +129,8 @@ static void test_payloads(ep_transport *nccl, ep_transport *mpi)
         parts_make(&a, W, me, round, 4);
         parts_make(&b, W, me, round, 4);
         int64_t m0 = nccl->bytes_moved, q0 = mpi->bytes_moved;
-        CHECK_OK(nccl->vt->alltoallv(nccl, a.send, a.sb, a.so, a.recv, a.rb, a.ro));
-        CHECK_OK(mpi->vt->alltoallv(mpi, b.send, b.sb, b.so, b.recv, b.rb, b.ro));
+        CHECK_OK(ep_transport_alltoallv(nccl, a.send, a.sb, a.so, a.recv, a.rb, a.ro));
+        CHECK_OK(ep_transport_alltoallv(mpi, b.send, b.sb, b.so, b.recv, b.rb, b.ro));
         int bad = parts_wrong(&a, a.recv, W, me);
         CHECK(bad == 0, "round %d: NCCL host payload: %d bytes wrong on rank %d", round, bad, me);
         CHECK(memcmp(a.recv, b.recv, (size_t)a.recv_len) == 0,
@@ -146,7 +146,7 @@ static void test_payloads(ep_transport *nccl, ep_transport *mpi)
     // Odd byte sizes, which the MPI transport (4-byte words) refuses.
     parts o;
     parts_make(&o, W, me, 9, 3);
-    CHECK_OK(nccl->vt->alltoallv(nccl, o.send, o.sb, o.so, o.recv, o.rb, o.ro));
+    CHECK_OK(ep_transport_alltoallv(nccl, o.send, o.sb, o.so, o.recv, o.rb, o.ro));
     CHECK(parts_wrong(&o, o.recv, W, me) == 0, "odd sizes: wrong bytes on rank %d", me);
     parts_free(&o);
 
@@ -159,7 +159,7 @@ static void test_payloads(ep_transport *nccl, ep_transport *mpi)
     cudaMemcpy(dsend, d.send, (size_t)d.send_len, cudaMemcpyHostToDevice);
     cudaMemset(drecv, FILL, (size_t)d.recv_len);
     int64_t m0 = nccl->bytes_moved;
-    CHECK_OK(nccl->vt->alltoallv(nccl, dsend, d.sb, d.so, drecv, d.rb, d.ro));
+    CHECK_OK(ep_transport_alltoallv(nccl, dsend, d.sb, d.so, drecv, d.rb, d.ro));
     cudaMemcpy(d.recv, drecv, (size_t)d.recv_len, cudaMemcpyDeviceToHost);
     CHECK(parts_wrong(&d, d.recv, W, me) == 0, "device buffers: wrong bytes on rank %d", me);
     CHECK(nccl->bytes_moved - m0 == d.remote, "device buffers: bytes_moved %lld, expected %lld",
@@ -172,7 +172,7 @@ static void test_payloads(ep_transport *nccl, ep_transport *mpi)
     parts e;
     parts_make(&e, W, me, 5, 4);
     e.rb[me] += 4;
-    CHECK(nccl->vt->alltoallv(nccl, e.send, e.sb, e.so, e.recv, e.rb, e.ro) == EP_ERR_COMM &&
+    CHECK(ep_transport_alltoallv(nccl, e.send, e.sb, e.so, e.recv, e.rb, e.ro) == EP_ERR_COMM &&
               strstr(ep_last_error(), "self part"),
           "a self-size mismatch must be EP_ERR_COMM, got: %s", ep_last_error());
     parts_free(&e);

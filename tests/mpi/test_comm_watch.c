@@ -48,7 +48,7 @@ static void exchange(ep_transport *t, const char *mode)
     for (int d = 0; d < W; d++)
         for (int64_t k = 0; k < sb[d]; k++)
             sbuf[so[d] + k] = pair_byte(me, d, k);
-    CHECK_OK(t->vt->alltoallv(t, sbuf, sb, so, rbuf, rb, ro));
+    CHECK_OK(ep_transport_alltoallv(t, sbuf, sb, so, rbuf, rb, ro));
     int wrong = 0;
     for (int s = 0; s < W; s++)
         for (int64_t k = 0; k < rb[s]; k++)

@@ -162,7 +162,7 @@ static void test_async(ep_cluster *cl)
               "bytes_moved grew by %lld, expected %lld", (long long)(t->bytes_moved - moved0),
               (long long)(a.remote + b.remote));
         // The blocking call is start + wait on the same slots: still works after.
-        CHECK_OK(t->vt->alltoallv(t, c.send, c.sb, c.so, c.recv, c.rb, c.ro));
+        CHECK_OK(ep_transport_alltoallv(t, c.send, c.sb, c.so, c.recv, c.rb, c.ro));
         CHECK(xchg_wrong(&c, me, W, 3 * round + 2) == 0, "blocking exchange after async: wrong");
         xchg_free(&a);
         xchg_free(&b);
