@@ -165,7 +165,7 @@ void ep_cluster_free(ep_cluster *c)
 
 // ---- collectives --------------------------------------------------------------
 
-static MPI_Op ep_mpi_op(ep_reduce_op op)
+MPI_Op ep_mpi_op(ep_reduce_op op)
 {
     switch (op) {
     case EP_REDUCE_SUM:

@@ -21,6 +21,9 @@ ep_status ep_mpi_error(int rc, const char *call, const char *file, int line);
         if (ep_mpi_rc_ != MPI_SUCCESS) return ep_mpi_error(ep_mpi_rc_, #call, __FILE__, __LINE__); \
     } while (0)
 
+// The MPI operation of an ep_reduce_op.
+MPI_Op ep_mpi_op(ep_reduce_op op);
+
 // The cluster's communicator (a duplicate of MPI_COMM_WORLD with
 // MPI_ERRORS_RETURN). ep_cluster_mpi_comm() returns a pointer to it, because
 // MPI_Comm is a pointer in Open MPI but an int in MPICH.

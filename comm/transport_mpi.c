@@ -307,6 +307,17 @@ static ep_status watch_wait(MPI_Request *rq, const char *call)
     return ep_comm_watch_wait(watch_test_mpi, &w, call);
 }
 
+ep_status ep_comm_watch_allreduce_i64(ep_cluster *c, int64_t *v, int n, ep_reduce_op op)
+{
+    if (!g_w.on) return ep_cluster_allreduce_i64(c, v, n, op);
+    if (n < 0) return ep_errorf(EP_ERR_ARG, "watch allreduce_i64: count %d, expected >= 0", n);
+    ep_comm_watch_enter();
+    MPI_Request rq;
+    EP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, v, n, MPI_INT64_T, ep_mpi_op(op),
+                                ep_cluster_comm(c), &rq));
+    return watch_wait(&rq, "MPI_Iallreduce (agreement)");
+}
+
 static ep_status ep_mpi_exchange_counts(ep_transport *t, const int64_t *send, int64_t *recv)
 {
     ep_mpi_ctx *m = t->ctx;

@@ -38,6 +38,12 @@ bool ep_comm_watch_check_pending(void);
 // ep_comm_watch_set_deadline (the other ranks are then still inside it).
 bool ep_comm_watch_gave_up(void);
 
+// ep_cluster_allreduce_i64, except that while the watch is on it is posted
+// and polled like the MoE exchanges (and counted as one entered), so a rank
+// that stops or dies during it is named by rank 0 at the step deadline
+// instead of leaving rank 0 blocked where nothing polls. Collective.
+ep_status ep_comm_watch_allreduce_i64(ep_cluster *c, int64_t *v, int n, ep_reduce_op op);
+
 // From every wait loop: non-zero ranks send their heartbeat when due; rank 0
 // reads the heartbeats that arrived.
 void ep_comm_watch_poll(void);

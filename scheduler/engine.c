@@ -793,8 +793,9 @@ static void linger(void)
 }
 
 // Rank 0's watchdog, for what the engine thread cannot see because it is
-// blocked in an MPI call that does not poll (the model's agreement
-// allreduce at the start of a forward): a step that outlives its deadline
+// blocked in an MPI call that does not poll (none on a step's path is
+// known since the model's agreement allreduce polls too; kept as the last
+// line of defence): a step that outlives its deadline
 // and the watch's grace period, or a SIGTERM whose check the engine thread
 // has not taken within 1.5 s. Answers every request with EV_ERROR, keeps the
 // front end up for EP_ENG_LINGER_MS and ends the process. Every wait that
