@@ -569,7 +569,7 @@ static ep_status parse_key_experts(yctx *c, yaml_node_t *map, ep_pick_domain *pd
     yaml_node_t *k, *v;
     YMAP_FOR(c, map, k, v)
     {
-        int layer;
+        int layer = 0;
         snprintf(exp, sizeof exp, "a MoE layer index in [%d, %d]", rc->first_k_dense,
                  rc->n_layers - 1);
         if ((st = yget_int(c, k, key, rc->first_k_dense, rc->n_layers - 1, exp, &layer))) return st;
@@ -580,7 +580,7 @@ static ep_status parse_key_experts(yctx *c, yaml_node_t *map, ep_pick_domain *pd
         for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top;
              it++) {
             yaml_node_t *in = ynode(c, *it);
-            int e;
+            int e = 0;
             snprintf(exp, sizeof exp, "an expert id in [0, %d]", rc->n_experts - 1);
             if ((st = yget_int(c, in, lkey, 0, rc->n_experts - 1, exp, &e))) return st;
             uint8_t *slot = &pd->key[(size_t)layer * rc->n_experts + e];
