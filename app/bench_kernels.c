@@ -25,8 +25,8 @@
 // dot-product kernels below), fp32 with the dot-product kernels only (the
 // path before the outer-product one), fp32 with OpenBLAS for experts of >= 16
 // rows in a pass and the kernels below, BF16 weights with the kernels.
-typedef enum { BK_F32, BK_F32NT, BK_F32BLAS, BK_BF16 } bk_variant;
-static const char *const bk_variant_name[] = {"f32", "f32nt", "f32blas", "bf16"};
+typedef enum { BK_F32, BK_BF16 } bk_variant;
+static const char *const bk_variant_name[] = {"f32", "bf16"};
 
 typedef struct {
     const char *models[BK_MAX_LIST];
@@ -36,7 +36,6 @@ typedef struct {
     int variants[BK_MAX_LIST]; // bk_variant
     int n_variants;
     int repeats, warmup, threads;
-    int nn_min_rows; // the f32 variant's outer-product threshold; 0 = the default
     double zipf;
     uint64_t seed;
     const char *json_path;
@@ -71,47 +70,38 @@ static int split_list(char *s, const char **out, int max)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: epserve bench kernels [--models M1,M2] [--tokens 1,8,32,...]\n"
-               "                             [--variants f32,f32nt,f32blas,bf16]\n"
+               "                             [--variants f32,bf16]\n"
                "                             [--repeats N] [--warmup N] [--threads N] [--zipf S]\n"
-               "                             [--seed N] [--nn-min-rows N] [--no-dense]\n"
+               "                             [--seed N] [--no-dense]\n"
                "                             [--json FILE]\n"
                "  models: presets or YAML files (default qwen3-30b-a3b,deepseek-v2-lite); one MoE\n"
                "  layer of routed experts is held, all experts resident in DRAM; every variant's\n"
                "  copy is held at once and the variants take turns within each repeat\n"
                "  tokens: tokens per step (default 1,8,32,128,512,2048), top-k routing with\n"
                "  expert popularity ~ 1/rank^S (--zipf, default 0.8) over a shuffled order\n"
-               "  variants: f32 (fp32 weights, the experts' kernels; the default path), f32nt\n"
-               "  (fp32, dot-product kernels only: no outer-product path), f32blas (fp32,\n"
-               "  OpenBLAS for experts with >= 16 rows in a pass), bf16 (BF16 weights)\n"
-               "  nn-min-rows: rows per expert and pass from which f32 takes the outer-product\n"
-               "  path (default: the library's)\n"
+               "  variants: f32 (fp32 weights in column panels; the default), bf16 (BF16\n"
+               "  weights)\n"
                "  threads: kernel threads and OpenBLAS threads (default EP_NUM_THREADS,\n"
                "  OPENBLAS_NUM_THREADS or all CPUs)\n");
 }
 
 static int parse_args(int argc, char **argv, bk_args *a)
 {
-    static const struct option opts[] = {{"models", required_argument, 0, 'm'},
-                                         {"tokens", required_argument, 0, 't'},
-                                         {"variants", required_argument, 0, 'd'},
-                                         {"repeats", required_argument, 0, 'r'},
-                                         {"warmup", required_argument, 0, 'w'},
-                                         {"threads", required_argument, 0, 'p'},
-                                         {"zipf", required_argument, 0, 'z'},
-                                         {"seed", required_argument, 0, 's'},
-                                         {"no-dense", no_argument, 0, 'D'},
-                                         {"json", required_argument, 0, 'j'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {"nn-min-rows", required_argument, 0, 'n'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"models", required_argument, 0, 'm'},   {"tokens", required_argument, 0, 't'},
+        {"variants", required_argument, 0, 'd'}, {"repeats", required_argument, 0, 'r'},
+        {"warmup", required_argument, 0, 'w'},   {"threads", required_argument, 0, 'p'},
+        {"zipf", required_argument, 0, 'z'},     {"seed", required_argument, 0, 's'},
+        {"no-dense", no_argument, 0, 'D'},       {"json", required_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     static char models_buf[1024], tokens_buf[256], variants_buf[256];
     snprintf(models_buf, sizeof models_buf, "qwen3-30b-a3b,deepseek-v2-lite");
     snprintf(tokens_buf, sizeof tokens_buf, "1,8,32,128,512,2048");
-    snprintf(variants_buf, sizeof variants_buf, "f32,f32nt,f32blas,bf16");
+    snprintf(variants_buf, sizeof variants_buf, "f32,bf16");
     *a = (bk_args){.repeats = 5, .warmup = 1, .zipf = 0.8, .seed = 1};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:t:d:r:w:p:z:s:Dj:n:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:t:d:r:w:p:z:s:Dj:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             snprintf(models_buf, sizeof models_buf, "%s", optarg);
@@ -139,9 +129,6 @@ static int parse_args(int argc, char **argv, bk_args *a)
             break;
         case 'D':
             a->no_dense = true;
-            break;
-        case 'n':
-            a->nn_min_rows = atoi(optarg);
             break;
         case 'j':
             a->json_path = optarg;
@@ -175,19 +162,15 @@ static int parse_args(int argc, char **argv, bk_args *a)
         for (int v = 0; v < (int)EP_ARRAY_LEN(bk_variant_name); v++)
             if (!strcmp(items[i], bk_variant_name[v])) a->variants[i] = v;
         if (a->variants[i] < 0) {
-            fprintf(
-                stderr,
-                "epserve bench kernels: --variants: expected f32, f32nt, f32blas or bf16, found "
-                "'%s'\n",
-                items[i]);
+            fprintf(stderr, "epserve bench kernels: --variants: expected f32 or bf16, found '%s'\n",
+                    items[i]);
             return 2;
         }
     }
     if (a->n_models < 1 || a->n_tokens < 1 || a->n_variants < 1 || a->repeats < 1 ||
-        a->repeats >= BK_MAX_REPEATS || a->warmup < 0 || a->threads < 0 || a->zipf < 0 ||
-        a->nn_min_rows < 0) {
+        a->repeats >= BK_MAX_REPEATS || a->warmup < 0 || a->threads < 0 || a->zipf < 0) {
         fprintf(stderr, "epserve bench kernels: expected non-empty lists, 1 <= --repeats < 100, "
-                        "--warmup >= 0, --threads >= 0, --zipf >= 0, --nn-min-rows >= 0\n");
+                        "--warmup >= 0, --threads >= 0, --zipf >= 0\n");
         return 2;
     }
     return -1; // go on
@@ -451,8 +434,7 @@ static ep_status load_experts(const ep_model_cfg *cfg, bk_variant v, ep_backend 
     ep_weights *w = NULL;
     ep_status st = ep_weights_open(cfg, &w);
     if (!st) {
-        ep_experts_opts o = {.weight_dtype = v == BK_BF16 ? EP_DTYPE_BF16 : EP_DTYPE_F32,
-                             .gemm_min_rows = v == BK_F32BLAS ? 16 : 0};
+        ep_experts_opts o = {.weight_dtype = v == BK_BF16 ? EP_DTYPE_BF16 : EP_DTYPE_F32};
         st = ep_experts_load_ex(cfg, w, NULL, -1, be, &o, out);
     }
     ep_weights_free(w);
@@ -462,11 +444,10 @@ static ep_status load_experts(const ep_model_cfg *cfg, bk_variant v, ep_backend 
 static void print_header(const bk_args *a, double triad, double readbw)
 {
     printf("# epserve bench kernels: grouped SwiGLU of routed experts, one MoE layer, 1 rank\n");
-    ep_kern_set_nn_min_rows(a->nn_min_rows);
     printf("# threads: %d (kernels), OpenBLAS %d; kernels ISA: %s; zipf %.2f; median of %d "
-           "(+%d warm-up), a new routing each step; f32 outer-product path from %d rows\n",
+           "(+%d warm-up), a new routing each step\n",
            ep_par_threads(), openblas_get_num_threads(), ep_kern_isa_name(ep_kern_isa_get()),
-           a->zipf, a->repeats, a->warmup, ep_kern_nn_min_rows());
+           a->zipf, a->repeats, a->warmup);
     printf("# triad %.1f GB/s, read-only %.1f GB/s (same run); GFLOP/s counts 2*m*k*n per pair;"
            " GB/s = weights of active experts / time;\n# xf32 = tokens/s / f32's on the same"
            " steps, the variants taking turns within each repeat;\n# xdense = GFLOP/s / OpenBLAS"
@@ -571,8 +552,6 @@ int ep_cmd_bench_kernels(int argc, char **argv)
                 }
                 for (int vi = 0; vi < a.n_variants; vi++) {
                     const int di = (vi + r) % a.n_variants;
-                    // The outer-product threshold is process-wide: set per turn.
-                    ep_kern_set_nn_min_rows(a.variants[di] == BK_F32NT ? INT32_MAX : a.nn_min_rows);
                     double t0 = ep_now_us();
                     if (ep_experts_forward(ex[di], 0, s->T, s->pair_off, s->pair_expert,
                                            s->pair_weight, x, y)) {
@@ -581,7 +560,6 @@ int ep_cmd_bench_kernels(int argc, char **argv)
                         break;
                     }
                     us[di * n_steps + r] = ep_now_us() - t0;
-                    if (a.variants[di] == BK_F32BLAS) blas_quiesce();
                 }
                 if (r >= a.warmup) {
                     pairs += s->n_pairs;
@@ -656,8 +634,6 @@ int ep_cmd_bench_kernels(int argc, char **argv)
         json_object_set_new(root, "bench", json_string("kernels"));
         json_object_set_new(root, "threads", json_integer(ep_par_threads()));
         json_object_set_new(root, "isa", json_string(ep_kern_isa_name(ep_kern_isa_get())));
-        ep_kern_set_nn_min_rows(a.nn_min_rows); // the last turn may have been f32nt's
-        json_object_set_new(root, "nn_min_rows", json_integer(ep_kern_nn_min_rows()));
         json_object_set_new(root, "triad_gbs", json_real(triad));
         json_object_set_new(root, "read_gbs", json_real(readbw));
         json_object_set_new(root, "rows", jrows);

@@ -14,30 +14,28 @@
 // (a prefill step can bring tens of thousands of pairs) while keeping each
 // expert's product tall enough to run near peak.
 #define EP_EXPERTS_CHUNK_ROWS 512
-// fp32 experts with at least ep_experts_opts.gemm_min_rows rows in a pass go
-// to the backend's gemm; the others to the kernels, which stream each weight
-// row once and spread all experts over the threads. By default none goes to
-// the gemm: `epserve bench kernels` measured OpenBLAS slower than the kernels
-// at every step size on the reference machine (docs/benchmarks.md).
-// Weight rows per kernel task: 64 rows of 2048 fp32 are 512 KiB, enough work
-// to amortise a hand-out, small enough to balance decode over the threads.
-#define EP_EXPERTS_TASK_ROWS 64
-// The same for segments on the outer-product path: a multiple of its 6-row
-// register tile, so that only the last task of a product has a ragged tile.
-#define EP_EXPERTS_NN_TASK_ROWS 48
+// Weight rows (output columns) per kernel task: one fp32 panel. 64 rows of
+// 2048 fp32 are 512 KiB, enough work to amortise a hand-out, small enough to
+// balance decode over the threads. Every expert, whatever its rows, runs on
+// the experts' own kernels (an earlier OpenBLAS path for tall experts
+// measured slower at every step size, docs/benchmarks.md).
+#define EP_EXPERTS_TASK_ROWS EP_KERN_PANEL
 
 // One MoE layer. Dense layers keep an all-zero entry.
 typedef struct {
-    int n_local;       // routed experts held at this layer
-    int *local_of;     // [n_experts] local index of global expert e, -1 when not held
-    int *global_of;    // [n_local] global id of each local expert
-    float *gate_up;    // [n_local, 2*I, H]: rows [0, I) gate_proj, rows [I, 2I) up_proj; fp32 only
-    float *down;       // [n_local, H, I] down_proj; fp32 only
+    int n_local;    // routed experts held at this layer
+    int *local_of;  // [n_experts] local index of global expert e, -1 when not held
+    int *global_of; // [n_local] global id of each local expert
+    // fp32 weights in column panels (ep_kern_f32_pack), each matrix packed
+    // on its own: per expert gate_proj [I, H], then up_proj [I, H]; down_proj
+    // [H, I]. 64-byte aligned. fp32 only.
+    float *gate_up;      // [n_local, 2*I*H]
+    float *down;         // [n_local, H*I]
     uint16_t *gate_up16; // [n_local, 2*I, H] the same in BF16; BF16 only
     uint16_t *down16;    // [n_local, H, I]; BF16 only
-    float *sh_gate_up; // [2*S, H] shared gate_proj | up_proj, S = moe_inter * n_shared; or NULL
-    float *sh_down;    // [H, S]
-    uint8_t *pending;  // [n_local] 1 = awaiting ep_experts_import after a reshard; or NULL
+    float *sh_gate_up;   // [2*S, H] shared gate_proj | up_proj, S = moe_inter * n_shared; or NULL
+    float *sh_down;      // [H, S]
+    uint8_t *pending;    // [n_local] 1 = awaiting ep_experts_import after a reshard; or NULL
 } ep_experts_layer;
 
 struct ep_experts {
@@ -49,9 +47,8 @@ struct ep_experts {
     int shared_inter;         // S = moe_inter * n_shared (0 without shared experts)
     ep_experts_layer *layers; // [n_layers]
     size_t weight_bytes;
-    int64_t n_pending;        // experts (over layers) a reshard left for ep_experts_import
-    bool bf16;                // routed weights stored in BF16 (else fp32)
-    int gemm_min_rows;        // fp32 segments this tall go to the backend gemm
+    int64_t n_pending; // experts (over layers) a reshard left for ep_experts_import
+    bool bf16;         // routed weights stored in BF16 (else fp32)
 
     // Forward scratch: sized on first use, grown only when a step needs more.
     int *start;      // [cnt_cap + 1] first sorted pair of each local expert
@@ -60,28 +57,22 @@ struct ep_experts {
     int *order_pair; // [order_cap] pair index, sorted by local expert (stable)
     int *order_rec;  // [order_cap] record of that pair
     size_t order_cap;
-    // Rows of a pass's segments in these buffers: a segment of m rows owns
-    // rows [seg[4i+3], + m) of each, or, on the outer-product path, m rounded
-    // up to 16 (mp) rows' worth, read as a K-major panel: xg [H][mp] (then
-    // the down products' output, once gate|up is done with it), gu [2W][mp],
-    // act [W][mp]; og is row-major [m][H] for every segment.
-    float *xg;     // [chunk_cap, H] gathered input rows
-    float *gu;     // [chunk_cap, 2 * max(I, S)] gate | up outputs
-    float *act;    // [chunk_cap, max(I, S)] silu(gate) * up
-    float *og;     // [chunk_cap, H] expert outputs before weighting
+    // Rows of a pass in these buffers, row-major, in sorted order: a
+    // segment of m rows owns rows [seg[4i+3], + m) of each.
+    float *xg;       // [chunk_cap, H] gathered input rows
+    float *gu;       // [chunk_cap, 2 * max(I, S)] gate | up outputs
+    float *act;      // [chunk_cap, max(I, S)] silu(gate) * up
+    float *og;       // [chunk_cap, H] expert outputs before weighting
     uint16_t *xg16;  // [chunk_cap, H] gathered rows in BF16 (BF16 experts)
     uint16_t *act16; // [chunk_cap, I] act in BF16 (BF16 experts)
     int chunk_cap;   // rows the buffers above hold
     int *seg;        // [seg_cap * 4] per segment: local expert, first sorted pair, rows,
                      // first buffer row in its pass (above)
     int seg_cap;
-    int *task;       // [task_cap * 2] per kernel task: segment, first weight row
+    int *task; // [task_cap * 2] per kernel task: segment, first weight row
     int task_cap;
-    int *segord;     // [segord_cap] a pass's segments, tallest first
+    int *segord; // [segord_cap] a pass's segments, tallest first
     int segord_cap;
-    int *gtask;      // [gtask_cap * 4] per gather task: segment (-1: row-major rows),
-                     // first row (of the segment; of the pass), rows, first buffer row
-    int gtask_cap;
 };
 
 // ---- load ----------------------------------------------------------------
@@ -93,6 +84,41 @@ static ep_status alloc_floats(float **out, size_t n, const char *what, int layer
         return ep_errorf(EP_ERR_NOMEM, "experts: layer %d: cannot allocate %zu bytes for %s", layer,
                          n * sizeof(float), what);
     return EP_OK;
+}
+
+// 64-byte aligned (aligned_alloc wants a multiple of the alignment): each
+// panel's rows then start on a cache line whenever the matrices' sizes are
+// multiples of 16 floats, as in every real model.
+static ep_status alloc_panels(float **out, size_t n, const char *what, int layer)
+{
+    const size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+    *out = bytes ? aligned_alloc(64, bytes) : NULL;
+    if (!*out && n)
+        return ep_errorf(EP_ERR_NOMEM, "experts: layer %d: cannot allocate %zu bytes for %s", layer,
+                         bytes, what);
+    return EP_OK;
+}
+
+// Routed expert loc of L in the checkpoint's layout and fp32, to or from
+// hf [gate [I, H] | up [I, H] | down [H, I]]: the panels packed or unpacked.
+static void pack_expert(const ep_experts *e, ep_experts_layer *L, size_t loc, const float *hf)
+{
+    const int H = e->hidden, I = e->inter;
+    const size_t ih = (size_t)I * H;
+    float *gu = L->gate_up + 2 * ih * loc;
+    ep_kern_f32_pack(I, H, hf, H, gu);
+    ep_kern_f32_pack(I, H, hf + ih, H, gu + ih);
+    ep_kern_f32_pack(H, I, hf + 2 * ih, I, L->down + ih * loc);
+}
+
+static void unpack_expert(const ep_experts *e, const ep_experts_layer *L, size_t loc, float *hf)
+{
+    const int H = e->hidden, I = e->inter;
+    const size_t ih = (size_t)I * H;
+    const float *gu = L->gate_up + 2 * ih * loc;
+    ep_kern_f32_unpack(I, H, gu, hf, H);
+    ep_kern_f32_unpack(I, H, gu + ih, hf + ih, H);
+    ep_kern_f32_unpack(H, I, L->down + ih * loc, hf + 2 * ih, I);
 }
 
 // gate [I, H], up [I, H] and down [H, I] of routed expert g at layer.
@@ -134,18 +160,20 @@ static ep_status alloc_routed(ep_experts *e, const ep_placement *p, int layer)
         L->down16 = malloc(d_n * L->n_local * sizeof(uint16_t));
         if ((!L->gate_up16 || !L->down16) && L->n_local)
             return ep_errorf(EP_ERR_NOMEM,
-                             "experts: layer %d: cannot allocate %zu bytes for BF16 experts",
-                             layer, (gu_n + d_n) * L->n_local * sizeof(uint16_t));
+                             "experts: layer %d: cannot allocate %zu bytes for BF16 experts", layer,
+                             (gu_n + d_n) * L->n_local * sizeof(uint16_t));
         e->weight_bytes += (gu_n + d_n) * L->n_local * sizeof(uint16_t);
         return EP_OK;
     }
-    if ((st = alloc_floats(&L->gate_up, gu_n * L->n_local, "routed gate_proj|up_proj", layer)))
+    if ((st = alloc_panels(&L->gate_up, gu_n * L->n_local, "routed gate_proj|up_proj", layer)))
         return st;
-    if ((st = alloc_floats(&L->down, d_n * L->n_local, "routed down_proj", layer))) return st;
+    if ((st = alloc_panels(&L->down, d_n * L->n_local, "routed down_proj", layer))) return st;
     e->weight_bytes += (gu_n + d_n) * L->n_local * sizeof(float);
     return EP_OK;
 }
 
+// One expert at a time read in fp32 into a staging buffer, then packed into
+// panels or rounded to BF16: no second copy of the shard ever exists.
 static ep_status load_routed(ep_experts *e, ep_weights *w, const ep_placement *p, int layer)
 {
     const int H = e->hidden, I = e->inter;
@@ -153,32 +181,24 @@ static ep_status load_routed(ep_experts *e, ep_weights *w, const ep_placement *p
     ep_status st;
     if ((st = alloc_routed(e, p, layer))) return st;
     const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
-    if (e->bf16) {
-        // Read one expert in fp32 into a staging buffer, keep it in BF16:
-        // the fp32 copy of the whole shard never exists.
-        float *stage;
-        if ((st = alloc_floats(&stage, gu_n + d_n, "BF16 staging", layer))) return st;
-        for (int s = 0; s < L->n_local; s++) {
-            st = read_expert(w, layer, L->global_of[s], I, H, stage, stage + (size_t)I * H,
-                             stage + gu_n);
-            if (st) {
-                free(stage);
-                return ep_error_prefix(st, "experts: layer %d expert %d (rank %d)", layer,
-                                       L->global_of[s], e->rank);
-            }
-            ep_kern_to_bf16((int64_t)gu_n, stage, L->gate_up16 + gu_n * s);
-            ep_kern_to_bf16((int64_t)d_n, stage + gu_n, L->down16 + d_n * s);
-        }
-        free(stage);
-        return EP_OK;
-    }
+    float *stage;
+    if ((st = alloc_floats(&stage, gu_n + d_n, "expert staging", layer))) return st;
     for (int s = 0; s < L->n_local; s++) {
-        float *gate = L->gate_up + gu_n * s;
-        if ((st = read_expert(w, layer, L->global_of[s], I, H, gate, gate + (size_t)I * H,
-                              L->down + d_n * s)))
+        st = read_expert(w, layer, L->global_of[s], I, H, stage, stage + (size_t)I * H,
+                         stage + gu_n);
+        if (st) {
+            free(stage);
             return ep_error_prefix(st, "experts: layer %d expert %d (rank %d)", layer,
                                    L->global_of[s], e->rank);
+        }
+        if (e->bf16) {
+            ep_kern_to_bf16((int64_t)gu_n, stage, L->gate_up16 + gu_n * s);
+            ep_kern_to_bf16((int64_t)d_n, stage + gu_n, L->down16 + d_n * s);
+        } else {
+            pack_expert(e, L, (size_t)s, stage);
+        }
     }
+    free(stage);
     return EP_OK;
 }
 
@@ -241,8 +261,6 @@ ep_status ep_experts_load_ex(const ep_model_cfg *cfg, ep_weights *w, const ep_pl
     e->cfg = *cfg;
     e->be = be;
     e->bf16 = wdt == EP_DTYPE_BF16;
-    const int gmr = opts ? opts->gemm_min_rows : 0;
-    e->gemm_min_rows = gmr <= 0 ? INT32_MAX : gmr;
     e->rank = rank < 0 ? -1 : rank;
     e->hidden = cfg->hidden;
     e->inter = cfg->moe_inter;
@@ -291,7 +309,6 @@ void ep_experts_free(ep_experts *e)
     free(e->act16);
     free(e->seg);
     free(e->task);
-    free(e->gtask);
     free(e->segord);
     free(e);
 }
@@ -326,14 +343,13 @@ ep_status ep_experts_export(const ep_experts *e, int layer, int expert, void *bu
     if (L->pending && L->pending[s])
         return ep_errorf(EP_ERR_ARG, "experts export: layer %d expert %d not imported yet", layer,
                          expert);
+    if (!e->bf16) {
+        unpack_expert(e, L, (size_t)s, buf);
+        return EP_OK;
+    }
     const size_t gu_n = (size_t)2 * e->inter * e->hidden, d_n = (size_t)e->hidden * e->inter;
-    const size_t el = e->bf16 ? sizeof(uint16_t) : sizeof(float);
-    const char *gu =
-        e->bf16 ? (const char *)(L->gate_up16 + gu_n * s) : (const char *)(L->gate_up + gu_n * s);
-    const char *dn =
-        e->bf16 ? (const char *)(L->down16 + d_n * s) : (const char *)(L->down + d_n * s);
-    memcpy(buf, gu, gu_n * el);
-    memcpy((char *)buf + gu_n * el, dn, d_n * el);
+    memcpy(buf, L->gate_up16 + gu_n * s, gu_n * sizeof(uint16_t));
+    memcpy((uint16_t *)buf + gu_n, L->down16 + d_n * s, d_n * sizeof(uint16_t));
     return EP_OK;
 }
 
@@ -343,12 +359,13 @@ ep_status ep_experts_import(ep_experts *e, int layer, int expert, const void *bu
     ep_status st = held_index(e, layer, expert, "import", &s);
     if (st) return st;
     ep_experts_layer *L = &e->layers[layer];
-    const size_t gu_n = (size_t)2 * e->inter * e->hidden, d_n = (size_t)e->hidden * e->inter;
-    const size_t el = e->bf16 ? sizeof(uint16_t) : sizeof(float);
-    char *gu = e->bf16 ? (char *)(L->gate_up16 + gu_n * s) : (char *)(L->gate_up + gu_n * s);
-    char *dn = e->bf16 ? (char *)(L->down16 + d_n * s) : (char *)(L->down + d_n * s);
-    memcpy(gu, buf, gu_n * el);
-    memcpy(dn, (const char *)buf + gu_n * el, d_n * el);
+    if (!e->bf16) {
+        pack_expert(e, L, (size_t)s, buf);
+    } else {
+        const size_t gu_n = (size_t)2 * e->inter * e->hidden, d_n = (size_t)e->hidden * e->inter;
+        memcpy(L->gate_up16 + gu_n * s, buf, gu_n * sizeof(uint16_t));
+        memcpy(L->down16 + d_n * s, (const uint16_t *)buf + gu_n, d_n * sizeof(uint16_t));
+    }
     if (L->pending && L->pending[s]) {
         L->pending[s] = 0;
         e->n_pending--;
@@ -382,7 +399,6 @@ ep_status ep_experts_reshard(const ep_experts *old, const ep_placement *p, int r
     e->cfg = old->cfg;
     e->be = old->be;
     e->bf16 = old->bf16;
-    e->gemm_min_rows = old->gemm_min_rows;
     e->rank = rank;
     e->hidden = old->hidden;
     e->inter = old->inter;
@@ -528,63 +544,29 @@ typedef struct {
     int c0, rows;
     int *seg; // [n_seg * 4] local expert, first sorted pair, rows, first buffer row
     int n_seg;
-    int nn_min; // fp32 kernel segments this tall take the outer-product path
 } ep_fwd_pass;
 
-#define EP_FWD_GATHER_ROWS 16
+#define EP_FWD_GATHER_ROWS  16
 #define EP_FWD_COMBINE_COLS 256
 
-static bool seg_uses_gemm(const ep_experts *e, const int *sg)
-{
-    return !e->bf16 && sg[2] >= e->gemm_min_rows;
-}
-
-// Outer-product path: the segment's activations K-major, C^T = W . A^T.
-static bool seg_uses_nn(const ep_experts *e, const ep_fwd_pass *f, const int *sg)
-{
-    return !e->bf16 && !seg_uses_gemm(e, sg) && sg[2] >= f->nn_min;
-}
-
-static int task_rows(const ep_experts *e, const ep_fwd_pass *f, const int *sg)
-{
-    return seg_uses_nn(e, f, sg) ? EP_EXPERTS_NN_TASK_ROWS : EP_EXPERTS_TASK_ROWS;
-}
-
-static int pad16(int m)
-{
-    return (m + 15) & ~15;
-}
-
-// Row-major rows: a run of pass rows, to buffer rows from t[3] on (fp32, or
-// BF16 for BF16 experts). Panel rows: up to 16 rows of one outer-product
-// segment transposed into its K-major panel [H][mp], 16 x 16 at a time.
+// Pass rows [16 task, + 16) into the row-major scratch (fp32, or BF16 for
+// BF16 experts): buffer row q is sorted pair c0 + q.
 static void gather_task(void *ctx, int task, int thread)
 {
     const ep_fwd_pass *f = ctx;
     ep_experts *e = f->e;
-    const int *t = e->gtask + 4 * task;
-    const int H = e->hidden;
-    if (t[0] < 0) {
-        for (int q = 0; q < t[2]; q++) {
-            const float *src = f->x + (size_t)e->order_rec[f->c0 + t[1] + q] * H;
-            const size_t dst = (size_t)(t[3] + q) * H;
-            if (e->bf16)
-                ep_kern_to_bf16(H, src, e->xg16 + dst);
-            else
-                memcpy(e->xg + dst, src, (size_t)H * sizeof(float));
-        }
-        return;
+    const int H = e->hidden, q0 = task * EP_FWD_GATHER_ROWS;
+    for (int q = q0; q < EP_MIN(f->rows, q0 + EP_FWD_GATHER_ROWS); q++) {
+        const float *src = f->x + (size_t)e->order_rec[f->c0 + q] * H;
+        if (e->bf16)
+            ep_kern_to_bf16(H, src, e->xg16 + (size_t)q * H);
+        else
+            memcpy(e->xg + (size_t)q * H, src, (size_t)H * sizeof(float));
     }
-    const int *sg = f->seg + 4 * t[0];
-    const float *src[EP_FWD_GATHER_ROWS];
-    for (int q = 0; q < t[2]; q++)
-        src[q] = f->x + (size_t)e->order_rec[sg[1] + t[1] + q] * H;
-    ep_kern_transpose(t[2], H, src, e->xg + (size_t)sg[3] * H + t[1], pad16(sg[2]));
 }
 
-// gate and up rows [n0, n0 + nb) of one segment's expert, SiLU*mul fused:
-// the task writes act (and its BF16 copy) for exactly those columns (on the
-// outer-product path: those rows of act^T).
+// gate and up columns [n0, n0 + nb) of one segment's expert, SiLU*mul fused:
+// the task writes act (and its BF16 copy) for exactly those columns.
 static void gate_up_task(void *ctx, int task, int thread)
 {
     const ep_fwd_pass *f = ctx;
@@ -592,28 +574,18 @@ static void gate_up_task(void *ctx, int task, int thread)
     const int *sg = f->seg + 4 * e->task[2 * task];
     const int n0 = e->task[2 * task + 1];
     const int H = e->hidden, I = e->inter, loc = sg[0], b0 = sg[3], m = sg[2];
-    const int nb = EP_MIN(task_rows(e, f, sg), I - n0);
+    const int nb = EP_MIN(EP_EXPERTS_TASK_ROWS, I - n0);
     float *gu = e->gu + (size_t)b0 * 2 * I;
     const size_t gu_n = (size_t)2 * I * H;
-    if (seg_uses_nn(e, f, sg)) {
-        const int mp = pad16(m);
-        const float *w = f->L->gate_up + gu_n * loc, *xt = e->xg + (size_t)b0 * H;
-        ep_kern_f32_nn(nb, m, H, w + (size_t)n0 * H, H, xt, mp, gu + (size_t)n0 * mp, mp);
-        ep_kern_f32_nn(nb, m, H, w + (size_t)(I + n0) * H, H, xt, mp, gu + (size_t)(I + n0) * mp,
-                       mp);
-        float *at = e->act + (size_t)b0 * I;
-        for (int c = n0; c < n0 + nb; c++)
-            ep_kern_swiglu(m, gu + (size_t)c * mp, gu + (size_t)(I + c) * mp, at + (size_t)c * mp);
-        return;
-    }
     if (e->bf16) {
         const uint16_t *w = f->L->gate_up16 + gu_n * loc, *xa = e->xg16 + (size_t)b0 * H;
         ep_kern_bf16_nt(m, nb, H, xa, H, w + (size_t)n0 * H, H, gu + n0, 2 * I);
         ep_kern_bf16_nt(m, nb, H, xa, H, w + (size_t)(I + n0) * H, H, gu + I + n0, 2 * I);
     } else {
+        // Rows n0.. of the gate and of the up panels: n0 is a panel boundary.
         const float *w = f->L->gate_up + gu_n * loc, *xa = e->xg + (size_t)b0 * H;
-        ep_kern_f32_nt(m, nb, H, xa, H, w + (size_t)n0 * H, H, gu + n0, 2 * I);
-        ep_kern_f32_nt(m, nb, H, xa, H, w + (size_t)(I + n0) * H, H, gu + I + n0, 2 * I);
+        ep_kern_f32_panel(m, nb, H, xa, H, w + (size_t)n0 * H, gu + n0, 2 * I);
+        ep_kern_f32_panel(m, nb, H, xa, H, w + (size_t)(I + n0) * H, gu + I + n0, 2 * I);
     }
     for (int r = 0; r < m; r++) {
         const float *g = gu + (size_t)r * 2 * I + n0;
@@ -623,10 +595,7 @@ static void gate_up_task(void *ctx, int task, int thread)
     }
 }
 
-// down rows [n0, n0 + nb) (output columns) of one segment's expert. On the
-// outer-product path the product is og^T's rows [n0, n0 + nb), put in the
-// segment's xg panel (gate|up no longer reads it) and transposed into og,
-// so that combine reads every segment alike.
+// down columns [n0, n0 + nb) of one segment's expert.
 static void down_task(void *ctx, int task, int thread)
 {
     const ep_fwd_pass *f = ctx;
@@ -634,26 +603,15 @@ static void down_task(void *ctx, int task, int thread)
     const int *sg = f->seg + 4 * e->task[2 * task];
     const int n0 = e->task[2 * task + 1];
     const int H = e->hidden, I = e->inter, loc = sg[0], b0 = sg[3], m = sg[2];
-    const int nb = EP_MIN(task_rows(e, f, sg), H - n0);
+    const int nb = EP_MIN(EP_EXPERTS_TASK_ROWS, H - n0);
     const size_t d_n = (size_t)H * I;
     float *o = e->og + (size_t)b0 * H + n0;
-    if (seg_uses_nn(e, f, sg)) {
-        const int mp = pad16(m);
-        float *ot = e->xg + (size_t)b0 * H + (size_t)n0 * mp;
-        ep_kern_f32_nn(nb, m, I, f->L->down + d_n * loc + (size_t)n0 * I, I,
-                       e->act + (size_t)b0 * I, mp, ot, mp);
-        const float *src[EP_EXPERTS_NN_TASK_ROWS];
-        for (int c = 0; c < nb; c++)
-            src[c] = ot + (size_t)c * mp;
-        ep_kern_transpose(nb, m, src, o, H);
-        return;
-    }
     if (e->bf16)
         ep_kern_bf16_nt(m, nb, I, e->act16 + (size_t)b0 * I, I,
                         f->L->down16 + d_n * loc + (size_t)n0 * I, I, o, H);
     else
-        ep_kern_f32_nt(m, nb, I, e->act + (size_t)b0 * I, I,
-                       f->L->down + d_n * loc + (size_t)n0 * I, I, o, H);
+        ep_kern_f32_panel(m, nb, I, e->act + (size_t)b0 * I, I,
+                          f->L->down + d_n * loc + (size_t)n0 * I, o, H);
 }
 
 // y[rec, cols] += w * og[row, cols] over the pass's rows in sorted order, one
@@ -676,119 +634,46 @@ static void combine_task(void *ctx, int task, int thread)
     }
 }
 
-// Kernel tasks of the pass's segments that do not go to the gemm: one per
-// (segment, block of `width` weight rows). Outer-product segments first,
-// tallest first, then the others in local order (decode: as before the
-// outer-product path). The pool hands tasks out in order, so a big task left
-// for last would keep one thread busy while the others wait at the end of
-// the phase (a 512-row segment's task is ~2 ms); each task writes its own
-// outputs, so the order changes no result. Counting sort on the key.
-static int seg_order_key(const ep_experts *e, const ep_fwd_pass *f, const int *sg)
-{
-    return seg_uses_nn(e, f, sg) ? EP_EXPERTS_CHUNK_ROWS - sg[2] : EP_EXPERTS_CHUNK_ROWS;
-}
-
+// Kernel tasks of the pass: one per (segment, block of EP_EXPERTS_TASK_ROWS
+// output columns), tallest segments first. The pool hands tasks out in
+// order, so a big task left for last would keep one thread busy while the
+// others wait at the end of the phase (a 512-row segment's task is ~2 ms);
+// each task writes its own outputs, so the order changes no result. A
+// stable counting sort on the height: decode's one-row experts stay in
+// local order.
 static int build_tasks(ep_experts *e, const ep_fwd_pass *f, int width)
 {
-    const int per = (width + EP_EXPERTS_NN_TASK_ROWS - 1) / EP_EXPERTS_NN_TASK_ROWS;
+    const int per = (width + EP_EXPERTS_TASK_ROWS - 1) / EP_EXPERTS_TASK_ROWS;
     grow_ints(&e->task, &e->task_cap, f->n_seg * per, 2);
     grow_ints(&e->segord, &e->segord_cap, f->n_seg, 1);
-    int at[EP_EXPERTS_CHUNK_ROWS + 2] = {0}; // key -> first slot
+    int at[EP_EXPERTS_CHUNK_ROWS + 2] = {0}; // key (CHUNK_ROWS - rows) -> first slot
     for (int i = 0; i < f->n_seg; i++)
-        at[seg_order_key(e, f, f->seg + 4 * i) + 1]++;
+        at[EP_EXPERTS_CHUNK_ROWS - f->seg[4 * i + 2] + 1]++;
     for (int r = 0; r <= EP_EXPERTS_CHUNK_ROWS; r++)
         at[r + 1] += at[r];
     for (int i = 0; i < f->n_seg; i++)
-        e->segord[at[seg_order_key(e, f, f->seg + 4 * i)]++] = i;
+        e->segord[at[EP_EXPERTS_CHUNK_ROWS - f->seg[4 * i + 2]]++] = i;
     int n = 0;
-    for (int o = 0; o < f->n_seg; o++) {
-        const int i = e->segord[o];
-        if (seg_uses_gemm(e, f->seg + 4 * i)) continue;
-        const int step = task_rows(e, f, f->seg + 4 * i);
-        for (int n0 = 0; n0 < width; n0 += step) {
-            e->task[2 * n] = i;
+    for (int o = 0; o < f->n_seg; o++)
+        for (int n0 = 0; n0 < width; n0 += EP_EXPERTS_TASK_ROWS) {
+            e->task[2 * n] = e->segord[o];
             e->task[2 * n + 1] = n0;
             n++;
         }
-    }
-    return n;
-}
-
-// Buffer rows of each segment (sg[3]), the scratch grown to hold them, and
-// the gather tasks: 16-row groups of each outer-product segment, and runs of
-// up to 16 consecutive row-major rows (many one-row experts in decode share
-// a task, as before the panels existed).
-static int plan_pass(ep_experts *e, ep_fwd_pass *f)
-{
-    int off = 0;
-    for (int i = 0; i < f->n_seg; i++) {
-        int *sg = f->seg + 4 * i;
-        sg[3] = off;
-        off += seg_uses_nn(e, f, sg) ? pad16(sg[2]) : sg[2];
-    }
-    if (off > e->chunk_cap) grow_chunk(e, off + off / 4); // headroom: paddings vary by step
-    grow_ints(&e->gtask, &e->gtask_cap, f->rows / EP_FWD_GATHER_ROWS + 2 * f->n_seg + 1, 4);
-    int n = 0;
-    for (int i = 0; i < f->n_seg; i++) {
-        const int *sg = f->seg + 4 * i;
-        if (seg_uses_nn(e, f, sg)) {
-            for (int r0 = 0; r0 < sg[2]; r0 += EP_FWD_GATHER_ROWS) {
-                int *t = e->gtask + 4 * n++;
-                t[0] = i;
-                t[1] = r0;
-                t[2] = EP_MIN(EP_FWD_GATHER_ROWS, sg[2] - r0);
-                t[3] = sg[3] + r0;
-            }
-            continue;
-        }
-        for (int r = 0; r < sg[2];) {
-            int *t = n ? e->gtask + 4 * (n - 1) : NULL;
-            const int pr = sg[1] - f->c0 + r; // pass row
-            if (t && t[0] < 0 && t[2] < EP_FWD_GATHER_ROWS && t[1] + t[2] == pr) {
-                const int add = EP_MIN(EP_FWD_GATHER_ROWS - t[2], sg[2] - r);
-                t[2] += add;
-                r += add;
-                continue;
-            }
-            t = e->gtask + 4 * n++;
-            t[0] = -1;
-            t[1] = pr;
-            t[2] = EP_MIN(EP_FWD_GATHER_ROWS, sg[2] - r);
-            t[3] = sg[3] + r;
-            r += t[2];
-        }
-    }
     return n;
 }
 
 static void forward_pass(ep_fwd_pass *f)
 {
     ep_experts *e = f->e;
-    const int H = e->hidden, I = e->inter;
-    ep_par_for(plan_pass(e, f), gather_task, f);
-
-    // Small experts (and every BF16 one): all of them at once over the
-    // pool, so a decode step's many one-token experts share the threads.
-    int n = build_tasks(e, f, I);
-    ep_par_for(n, gate_up_task, f);
-    n = build_tasks(e, f, H);
-    ep_par_for(n, down_task, f);
-
-    // Tall fp32 experts: the backend's gemm, one expert at a time.
-    ep_backend *be = e->be;
-    const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
-    for (int i = 0; i < f->n_seg; i++) {
-        const int *sg = f->seg + 4 * i;
-        if (!seg_uses_gemm(e, sg)) continue;
-        const int b0 = sg[3], m = sg[2];
-        float *gu = e->gu + (size_t)b0 * 2 * I, *act = e->act + (size_t)b0 * I;
-        be->vt->gemm_nt(be, m, 2 * I, H, e->xg + (size_t)b0 * H, f->L->gate_up + gu_n * sg[0],
-                        0.0f, gu);
-        swiglu_rows(m, I, gu, act);
-        be->vt->gemm_nt(be, m, H, I, act, f->L->down + d_n * sg[0], 0.0f,
-                        e->og + (size_t)b0 * H);
-    }
-    ep_par_for((H + EP_FWD_COMBINE_COLS - 1) / EP_FWD_COMBINE_COLS, combine_task, f);
+    for (int i = 0; i < f->n_seg; i++) // buffer rows: the pass's rows in order
+        f->seg[4 * i + 3] = f->seg[4 * i + 1] - f->c0;
+    ep_par_for((f->rows + EP_FWD_GATHER_ROWS - 1) / EP_FWD_GATHER_ROWS, gather_task, f);
+    // Every expert at once over the pool, so a decode step's many one-token
+    // experts share the threads.
+    ep_par_for(build_tasks(e, f, e->inter), gate_up_task, f);
+    ep_par_for(build_tasks(e, f, e->hidden), down_task, f);
+    ep_par_for((e->hidden + EP_FWD_COMBINE_COLS - 1) / EP_FWD_COMBINE_COLS, combine_task, f);
 }
 
 ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pair_off,
@@ -869,11 +754,15 @@ ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pai
     // Passes: consecutive segments while they fit in a chunk. Experts in
     // local order, rows in record order within each: the order in which y
     // accumulates depends on the inputs alone.
-    const int nn_min = ep_kern_nn_min_rows();
     for (int i = 0; i < n_seg;) {
-        ep_fwd_pass f = {.e = e, .L = L, .x = x, .pair_weight = pair_weight, .y = y,
-                         .c0 = e->seg[4 * i + 1], .rows = 0, .seg = e->seg + 4 * i,
-                         .nn_min = nn_min};
+        ep_fwd_pass f = {.e = e,
+                         .L = L,
+                         .x = x,
+                         .pair_weight = pair_weight,
+                         .y = y,
+                         .c0 = e->seg[4 * i + 1],
+                         .rows = 0,
+                         .seg = e->seg + 4 * i};
         int j = i;
         while (j < n_seg && f.rows + e->seg[4 * j + 2] <= CH)
             f.rows += e->seg[4 * j++ + 2];
@@ -943,9 +832,10 @@ void ep_experts_reference(const ep_experts *e, int layer, const ep_routes *r, co
     EP_ASSERT(L->n_local == e->cfg.n_experts); // the reference needs every expert (rank < 0)
     const int H = e->hidden, I = e->inter, S = e->shared_inter;
     float *h = ep_xmalloc((size_t)EP_MAX(I, S) * sizeof(float));
-    // BF16 experts: the reference uses the stored (rounded) weights, widened.
+    // The stored weights in the checkpoint's layout: unpacked from the
+    // panels (fp32), or widened (BF16: the rounded values the kernels use).
     const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
-    float *wide = e->bf16 ? ep_xmalloc((gu_n + d_n) * sizeof(float)) : NULL;
+    float *wide = ep_xmalloc((gu_n + d_n) * sizeof(float));
     for (int t = 0; t < r->n_tokens; t++) {
         const float *xt = x + (size_t)t * H;
         float *yt = y + (size_t)t * H;
@@ -955,18 +845,15 @@ void ep_experts_reference(const ep_experts *e, int layer, const ep_routes *r, co
             const int g = r->expert[j];
             EP_ASSERT(g >= 0 && g < e->cfg.n_experts);
             const size_t loc = (size_t)L->local_of[g];
-            const float *gate, *down;
             if (e->bf16) {
                 for (size_t i = 0; i < gu_n; i++)
                     wide[i] = ep_bf16_to_f32(L->gate_up16[gu_n * loc + i]);
                 for (size_t i = 0; i < d_n; i++)
                     wide[gu_n + i] = ep_bf16_to_f32(L->down16[d_n * loc + i]);
-                gate = wide;
-                down = wide + gu_n;
             } else {
-                gate = L->gate_up + gu_n * loc;
-                down = L->down + d_n * loc;
+                unpack_expert(e, L, loc, wide);
             }
+            const float *gate = wide, *down = wide + gu_n;
             ref_expert(gate, gate + (size_t)I * H, down, I, H, xt, r->weight[j], h, yt);
         }
         if (S > 0)

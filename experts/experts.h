@@ -22,17 +22,15 @@ typedef struct {
     // reference precision) or EP_DTYPE_BF16 (half the memory and the bytes
     // streamed; values rounded to BF16 at load, exact for BF16 checkpoints;
     // activations rounded to BF16 for the products). Shared experts stay fp32.
+    // fp32 is kept packed in column panels (experts/kernels.h), which
+    // the fp32 kernels stream; export/import and the reference see the
+    // checkpoint's layout.
     ep_dtype weight_dtype;
-    // fp32 experts with at least this many rows in a pass use the backend's
-    // gemm (OpenBLAS), smaller ones the experts' own kernels. 0: the default
-    // (never: the kernels measured faster at every step size, see
-    // docs/benchmarks.md); -1: never. BF16 experts always use the kernels.
-    int gemm_min_rows;
 } ep_experts_opts;
 ep_status ep_experts_load_ex(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p,
                              int rank, ep_backend *be, const ep_experts_opts *opts,
                              ep_experts **out);
-void ep_experts_free(ep_experts *e); // NULL ok
+void ep_experts_free(ep_experts *e);          // NULL ok
 size_t ep_experts_bytes(const ep_experts *e); // weight bytes held
 bool ep_experts_has(const ep_experts *e, int expert);
 
@@ -54,7 +52,7 @@ bool ep_experts_pending(const ep_experts *e, int layer, int expert); // false wh
 
 // Grouped SwiGLU over received records: for record i with pairs
 // [pair_off[i], pair_off[i+1]): y[i, :] = Σ_j w_j * E_{expert_j}(x[i, :]).
-// Pairs are grouped by expert, one gemm per expert and projection. Every
+// Pairs are grouped by expert, one product per expert and projection. Every
 // expert named must be held (EP_ERR_ARG otherwise). Scratch grows only when a
 // step is larger than any before.
 ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pair_off,

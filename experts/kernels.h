@@ -1,7 +1,8 @@
 // CPU expert kernels below the backend vtable: a small thread pool shared by
-// the kernels (not by OpenBLAS, which keeps its own threads), fp32 and BF16
-// "nt" products for the decode and prefill shapes of routed experts, an fp32
-// outer-product ("nn") product for tall segments, and a vectorised SwiGLU.
+// the kernels (not by OpenBLAS, which keeps its own threads), the fp32
+// product over weights packed in column panels and the BF16 "nt" product,
+// for the decode and prefill shapes of routed experts alike, and a
+// vectorised SwiGLU.
 // Each kernel has a portable C path and, where the CPU has them, AVX-512 /
 // AVX512-BF16 paths chosen at run time. No MPI here.
 #ifndef EP_KERNELS_H
@@ -33,36 +34,33 @@ ep_kern_isa ep_kern_isa_get(void);     // what the kernels use now (the best, un
 void ep_kern_isa_cap(ep_kern_isa isa); // use at most isa (tests run every variant)
 const char *ep_kern_isa_name(ep_kern_isa isa);
 
-// ---- products --------------------------------------------------------------
-// C[m, n] = A[m, K] . B[n, K]^T (C row stride ldc; A row stride lda, B row
-// stride ldb, in elements). Sized for a tile of work a task owns: m small
-// (decode: tokens of one expert) or a block of a larger gemm.
-void ep_kern_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb, float *C,
-                    int ldc);
-// C[n, m] = W[n, K] . X[K, m] (W row stride ldw, X row stride ldx, C row
-// stride ldc): the outer-product ("nn") form for tall fp32 segments, whose
-// activations are stored K-major (X = A^T), so that each weight element is
-// broadcast against 16 tokens at a time instead of meeting one token in a dot
-// product. Each C element is one k-ordered sum (fused multiply-adds on
-// AVX-512), whatever the blocking. Columns [m, ldx) of X are never read.
-void ep_kern_f32_nn(int n, int m, int K, const float *W, int ldw, const float *X, int ldx, float *C,
-                    int ldc);
-// The same with A and B in BF16 (uint16_t bit patterns), fp32 accumulation
-// (vdpbf16ps where the CPU has it, else both widened to fp32).
+// ---- products ----------------------------------------------------------------
+// fp32 expert weights are stored in column panels. W [n, K] (row-major, HF's
+// [out, in]) becomes ceil(n / EP_KERN_PANEL) panels; panel j holds rows
+// [64 j, 64 j + w_j), w_j = min(64, n - 64 j), K-major:
+//     P[64 j K + k w_j + c] = W[64 j + c, k]
+// The same number of floats as W. The rows from a multiple of 64 on are
+// themselves a packed matrix at P + 64 j K, so a task can take any run of
+// whole panels (the last one of the matrix may be narrow).
+#define EP_KERN_PANEL 64
+void ep_kern_f32_pack(int n, int K, const float *W, int ldw, float *P);
+void ep_kern_f32_unpack(int n, int K, const float *P, float *W, int ldw);
+// C[m, n] = A[m, K] . W^T, W packed as above (P; n its rows, K its columns;
+// A row stride lda, C row stride ldc, in elements). Each weight vector of a
+// panel is loaded once per k and multiplied by broadcast activations of up
+// to 6 rows, so the weights stream contiguously (decode) and the register
+// tile is full whatever m is (prefill). Each C element is one k-ordered sum
+// of fused multiply-adds (fmaf in the portable C path): the bits do not
+// depend on m, the tiling or the ISA.
+void ep_kern_f32_panel(int m, int n, int K, const float *A, int lda, const float *P, float *C,
+                       int ldc);
+// C[m, n] = A[m, K] . B[n, K]^T with A and B in BF16 (uint16_t bit
+// patterns), fp32 accumulation (vdpbf16ps where the CPU has it, else both
+// widened to fp32); B row-major, as BF16 expert weights are stored. Row
+// strides lda, ldb, ldc in elements. Sized for a tile of work a task owns:
+// m small (decode: tokens of one expert) or a block of a larger product.
 void ep_kern_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,
                      float *C, int ldc);
-
-// dst[j * ldd + i] = src[i][j] for i < rows, j < cols: the rows are given by
-// pointers (gathered activation rows are not evenly spaced). Moves tokens
-// into and out of the K-major panels of the outer-product path.
-void ep_kern_transpose(int rows, int cols, const float *const *src, float *dst, int ldd);
-// Process-wide choice of the fp32 grouped forward (experts/experts.c): fp32
-// segments (one expert's rows in a pass) of at least this many rows take the
-// outer-product path (ep_kern_f32_nn on K-major activations), smaller ones
-// the "nt" kernels tuned for decode. INT32_MAX keeps every segment on the nt
-// kernels (bench kernels' `f32nt`); n <= 0 restores the default.
-void ep_kern_set_nn_min_rows(int n);
-int ep_kern_nn_min_rows(void);
 
 // y[i] += w * x[i] for i < n: the weighting of one expert output row into
 // its record's sum. A multiply then an add (not fused), so every path gives

@@ -59,53 +59,24 @@ const char *ep_kern_isa_name(ep_kern_isa isa)
 
 // ---- portable C ------------------------------------------------------------
 
-static void c_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
-                     float *C, int ldc)
+// One fused multiply-add chain per C element, k in order: the AVX-512 path
+// gives the same bits. Panel by panel, as the packing lays the weights out.
+static void c_f32_panel(int m, int n, int K, const float *A, int lda, const float *P, float *C,
+                        int ldc)
 {
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++) {
-            const float *a = A + (size_t)i * lda, *b = B + (size_t)j * ldb;
-            float s0 = 0, s1 = 0, s2 = 0, s3 = 0; // four chains: the compiler may vectorise
-            int k = 0;
-            for (; k + 4 <= K; k += 4) {
-                s0 += a[k] * b[k];
-                s1 += a[k + 1] * b[k + 1];
-                s2 += a[k + 2] * b[k + 2];
-                s3 += a[k + 3] * b[k + 3];
+    for (int j0 = 0; j0 < n; j0 += EP_KERN_PANEL) {
+        const int w = EP_MIN(EP_KERN_PANEL, n - j0);
+        const float *pj = P + (size_t)j0 * K;
+        for (int i = 0; i < m; i++) {
+            const float *a = A + (size_t)i * lda;
+            for (int c = 0; c < w; c++) {
+                float s = 0.0f;
+                for (int k = 0; k < K; k++)
+                    s = fmaf(a[k], pj[(size_t)k * w + c], s);
+                C[(size_t)i * ldc + j0 + c] = s;
             }
-            for (; k < K; k++)
-                s0 += a[k] * b[k];
-            C[(size_t)i * ldc + j] = (s0 + s1) + (s2 + s3);
-        }
-}
-
-// One accumulator per C element, k in order (as the AVX-512 kernel, which
-// differs only by fusing each multiply-add); k outermost so that a row of C
-// and a row of X are walked contiguously.
-static void c_f32_nn(int n, int m, int K, const float *W, int ldw, const float *X, int ldx,
-                     float *C, int ldc)
-{
-    if (m == 0) return; // nothing to write: W need not be readable
-    for (int j = 0; j < n; j++) {
-        float *c = C + (size_t)j * ldc;
-        for (int i = 0; i < m; i++)
-            c[i] = 0.0f;
-        for (int k = 0; k < K; k++) {
-            const float w = W[(size_t)j * ldw + k], *x = X + (size_t)k * ldx;
-            for (int i = 0; i < m; i++)
-                c[i] += w * x[i];
         }
     }
-}
-
-// 16 x 16 blocks, so that both sides stay within a few cache lines.
-static void c_transpose(int rows, int cols, const float *const *src, float *dst, int ldd)
-{
-    for (int i0 = 0; i0 < rows; i0 += 16)
-        for (int j0 = 0; j0 < cols; j0 += 16)
-            for (int j = j0; j < EP_MIN(cols, j0 + 16); j++)
-                for (int i = i0; i < EP_MIN(rows, i0 + 16); i++)
-                    dst[(size_t)j * ldd + i] = src[i][j];
 }
 
 static void c_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,
@@ -149,54 +120,50 @@ static void c_to_bf16(int64_t n, const float *src, uint16_t *dst)
 
 // ---- entry points ------------------------------------------------------------
 
-void ep_kern_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb, float *C,
-                    int ldc)
+// 16 k at a time: the 16 lines of the panel being written and the 64 row
+// pieces being read stay in L1.
+void ep_kern_f32_pack(int n, int K, const float *W, int ldw, float *P)
+{
+    EP_ASSERT(n >= 0 && K >= 0);
+    for (int j0 = 0; j0 < n; j0 += EP_KERN_PANEL) {
+        const int w = EP_MIN(EP_KERN_PANEL, n - j0);
+        float *pj = P + (size_t)j0 * K;
+        for (int k0 = 0; k0 < K; k0 += 16)
+            for (int c = 0; c < w; c++) {
+                const float *row = W + (size_t)(j0 + c) * ldw;
+                for (int k = k0; k < EP_MIN(K, k0 + 16); k++)
+                    pj[(size_t)k * w + c] = row[k];
+            }
+    }
+}
+
+void ep_kern_f32_unpack(int n, int K, const float *P, float *W, int ldw)
+{
+    EP_ASSERT(n >= 0 && K >= 0);
+    for (int j0 = 0; j0 < n; j0 += EP_KERN_PANEL) {
+        const int w = EP_MIN(EP_KERN_PANEL, n - j0);
+        const float *pj = P + (size_t)j0 * K;
+        for (int k0 = 0; k0 < K; k0 += 16)
+            for (int c = 0; c < w; c++) {
+                float *row = W + (size_t)(j0 + c) * ldw;
+                for (int k = k0; k < EP_MIN(K, k0 + 16); k++)
+                    row[k] = pj[(size_t)k * w + c];
+            }
+    }
+}
+
+void ep_kern_f32_panel(int m, int n, int K, const float *A, int lda, const float *P, float *C,
+                       int ldc)
 {
     EP_ASSERT(m >= 0 && n >= 0 && K >= 0);
+    if (m == 0 || n == 0) return; // nothing to write: A and P need not be readable
 #if EP_KERN_X86
     if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
-        ep_kern_avx512_f32_nt(m, n, K, A, lda, B, ldb, C, ldc);
+        ep_kern_avx512_f32_panel(m, n, K, A, lda, P, C, ldc);
         return;
     }
 #endif
-    c_f32_nt(m, n, K, A, lda, B, ldb, C, ldc);
-}
-
-void ep_kern_f32_nn(int n, int m, int K, const float *W, int ldw, const float *X, int ldx, float *C,
-                    int ldc)
-{
-    EP_ASSERT(m >= 0 && n >= 0 && K >= 0);
-#if EP_KERN_X86
-    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
-        ep_kern_avx512_f32_nn(n, m, K, W, ldw, X, ldx, C, ldc);
-        return;
-    }
-#endif
-    c_f32_nn(n, m, K, W, ldw, X, ldx, C, ldc);
-}
-
-void ep_kern_transpose(int rows, int cols, const float *const *src, float *dst, int ldd)
-{
-    EP_ASSERT(rows >= 0 && cols >= 0);
-#if EP_KERN_X86
-    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
-        ep_kern_avx512_transpose(rows, cols, src, dst, ldd);
-        return;
-    }
-#endif
-    c_transpose(rows, cols, src, dst, ldd);
-}
-
-static atomic_int ep_kern_nn_rows = EP_KERN_NN_MIN_ROWS;
-
-void ep_kern_set_nn_min_rows(int n)
-{
-    atomic_store(&ep_kern_nn_rows, n <= 0 ? EP_KERN_NN_MIN_ROWS : n);
-}
-
-int ep_kern_nn_min_rows(void)
-{
-    return atomic_load(&ep_kern_nn_rows);
+    c_f32_panel(m, n, K, A, lda, P, C, ldc);
 }
 
 void ep_kern_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B, int ldb,

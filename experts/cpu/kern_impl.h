@@ -13,34 +13,21 @@
 #define EP_KERN_X86 0
 #endif
 
-// Activation rows per block in the product drivers: 64 rows of K = 2048 are
+// Activation rows per block in the BF16 product drivers: 64 rows of K = 2048 are
 // 256 KiB in BF16 (512 KiB fp32), so a block and the weight rows of a task
 // stay in L2 while the tiles sweep them.
 #define EP_KERN_ROW_BLOCK 64
 
-// Up to this many activation rows the product drivers prefetch the next
+// Up to this many activation rows the BF16 product drivers prefetch the next
 // block of weight rows (decode: the weights' bandwidth is the limit); above
 // it the tiles are compute-bound and the prefetches cost up to 3 % of the
 // time (m = 64, in cache, on the reference machine: docs/benchmarks.md).
 #define EP_KERN_PF_MAX_ROWS 16
 
-// Segments of at least this many rows take the outer-product path by default
-// (ep_kern_nn_min_rows): below it a 64-token register tile is mostly masked
-// lanes and the dot-product tiles win (docs/benchmarks.md).
-#define EP_KERN_NN_MIN_ROWS 24
-
-// The outer-product driver walks K in blocks of this many: a block of the
-// K-major activations (256 k x up to 512 + 15 tokens, 512 KiB) stays in L2
-// while every weight row of a task meets it.
-#define EP_KERN_NN_KBLOCK 256
-
 #if EP_KERN_X86
 // kern_avx512.c (avx512f/bw/vl + fma)
-void ep_kern_avx512_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
-                           float *C, int ldc);
-void ep_kern_avx512_f32_nn(int n, int m, int K, const float *W, int ldw, const float *X, int ldx,
-                           float *C, int ldc);
-void ep_kern_avx512_transpose(int rows, int cols, const float *const *src, float *dst, int ldd);
+void ep_kern_avx512_f32_panel(int m, int n, int K, const float *A, int lda, const float *P,
+                              float *C, int ldc);
 void ep_kern_avx512_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B,
                             int ldb, float *C, int ldc);
 void ep_kern_avx512_swiglu(int64_t n, const float *g, const float *u, float *out);

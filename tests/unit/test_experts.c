@@ -2,8 +2,8 @@
 // test reads the weights itself (ep_weights_read_f32) and evaluates
 // Σ_j w_j down(silu(gate x) * up x) in double. Covers the full set, the shards
 // of a contiguous placement over 3 ranks, the reference path, the shared MLP,
-// determinism across scratch growth, both fp32 paths (dot-product and
-// outer-product kernels) in one step, and the errors a caller can cause.
+// determinism across scratch growth, segments of many heights in one step
+// (the same bits as two calls), and the errors a caller can cause.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -418,12 +418,12 @@ static void test_forward_shards(void **state)
         records_make(&r, 29, c->k_base, held, n_held, H, 300 + rank);
         assert_int_equal(ep_experts_forward(sh, l, r.n_rec, r.off, r.ex, r.wt, r.x, r.y), EP_OK);
         check_records(f, "forward (shard)", l, &r);
-        // The full set gives the same rows (to fp32 rounding: gemm heights differ).
+        // The full set gives the same bits (the same rows per expert, and
+        // an expert's kernel does not depend on what else the rank holds).
         float *y_all = malloc(sizeof(float) * r.n_rec * H);
         assert_int_equal(ep_experts_forward(f->all, l, r.n_rec, r.off, r.ex, r.wt, r.x, y_all),
                          EP_OK);
-        for (int i = 0; i < r.n_rec * H; i++)
-            assert_true(fabsf(y_all[i] - r.y[i]) <= 1e-5f * (1.0f + fabsf(y_all[i])));
+        assert_memory_equal(y_all, r.y, sizeof(float) * r.n_rec * H);
         free(y_all);
         records_free(&r);
         ep_experts_free(sh);
@@ -514,8 +514,8 @@ static void test_shared_forward(void **state)
 }
 
 // Same inputs -> same bits, whatever the scratch went through in between;
-// a step bigger than any before (one expert with 600 rows, past one gemm
-// chunk) grows the scratch and is still right.
+// a step bigger than any before (one expert with 600 rows, past one pass
+// of 512) grows the scratch and is still right.
 static void test_deterministic_growth(void **state)
 {
     fixture *f = *state;
@@ -550,19 +550,20 @@ static void test_deterministic_growth(void **state)
     records_free(&big);
 }
 
-// Segments on both sides of the outer-product threshold (ep_kern_nn_min_rows,
-// 24 by default) in one step: expert 0 in all 100 records (100 rows: a full
-// 64-token tile and a 36-token one), then 23, 24, 25, 17 and 11 rows. Every
-// threshold (default; 1: every segment outer-product; never) matches the
-// naive computation and ep_experts_reference within TOL, and 1 and 2 threads
-// give the same bits.
-static void test_forward_nn_threshold(void **state)
+// Segments of many heights in one step: expert 0 in all 600 records (past
+// one pass of 512 rows), then experts 1..10 with 1, 2, 5, 6, 7, 13, 63, 64,
+// 65 and 374 rows (both sides of the 6-row register tile and of 64). The
+// forward matches the naive computation and ep_experts_reference within TOL,
+// 1 and 2 threads give the same bits, and so does the step run as two calls
+// of records [0, 300) and [300, 600) (fp32: one kernel whatever the rows).
+static void test_forward_heights(void **state)
 {
     fixture *f = *state;
     const ep_model_cfg *c = &f->cfg;
-    const int H = c->hidden, l = c->n_layers - 1, T = 100;
+    const int H = c->hidden, l = c->n_layers - 1, T = 600, half = 300;
     // Records [cut[i], cut[i + 1]) also use expert i + 1.
-    const int cut[] = {0, 23, 47, 72, 89, 100};
+    const int cut[] = {0, 1, 3, 8, 14, 21, 34, 97, 161, 226, 600};
+    assert_true(c->n_experts >= (int)EP_ARRAY_LEN(cut));
     records r;
     records_make(&r, T, 2, all_experts, c->n_experts, H, 31);
     ep_routes rt;
@@ -574,6 +575,7 @@ static void test_forward_nn_threshold(void **state)
         r.off[t] = 2 * t;
         r.ex[2 * t] = 0;
         r.ex[2 * t + 1] = seg + 1;
+        r.wt[2 * t] = (float)(0.05 + 0.95 * urand());
         r.wt[2 * t + 1] = 1.0f - r.wt[2 * t] * 0.5f;
     }
     r.off[T] = 2 * T;
@@ -582,34 +584,46 @@ static void test_forward_nn_threshold(void **state)
     memcpy(rt.weight, r.wt, sizeof(float) * 2 * T);
     assert_int_equal(ep_routes_check(&rt, c->n_experts), EP_OK);
     float *y_ref = malloc(sizeof(float) * T * H), *y1 = malloc(sizeof(float) * T * H);
+    float *y_split = malloc(sizeof(float) * T * H);
     ep_experts_reference(f->all, l, &rt, r.x, y_ref);
     double *ref = malloc(sizeof(double) * H);
-    const int thresholds[] = {0, 1, INT32_MAX};
-    for (size_t ti = 0; ti < EP_ARRAY_LEN(thresholds); ti++) {
-        ep_kern_set_nn_min_rows(thresholds[ti]);
-        for (int threads = 1; threads <= 2; threads++) {
-            ep_par_set_threads(threads);
-            assert_int_equal(ep_experts_forward(f->all, l, T, r.off, r.ex, r.wt, r.x, r.y), EP_OK);
-            check_records(f, "forward (both sides of the outer-product threshold)", l, &r);
-            if (threads == 1)
-                memcpy(y1, r.y, sizeof(float) * T * H);
-            else
-                assert_memory_equal(y1, r.y, sizeof(float) * T * H);
-            // The reference includes the shared experts, if any.
-            assert_int_equal(ep_experts_shared_forward(f->all, l, r.x, T, r.y), EP_OK);
-            for (int t = 0; t < T; t++) {
-                for (int k = 0; k < H; k++)
-                    ref[k] = y_ref[(size_t)t * H + k];
-                check_row(f, "forward vs reference (outer-product threshold)", t,
-                          r.y + (size_t)t * H, ref);
-            }
+    for (int threads = 1; threads <= 2; threads++) {
+        ep_par_set_threads(threads);
+        assert_int_equal(ep_experts_forward(f->all, l, T, r.off, r.ex, r.wt, r.x, r.y), EP_OK);
+        check_records(f, "forward (segments of many heights)", l, &r);
+        if (threads == 1)
+            memcpy(y1, r.y, sizeof(float) * T * H);
+        else
+            assert_memory_equal(y1, r.y, sizeof(float) * T * H);
+        // The same records as two calls (offsets of the second rebased).
+        int *off2 = malloc(sizeof(int) * (T - half + 1));
+        for (int t = half; t <= T; t++)
+            off2[t - half] = r.off[t] - r.off[half];
+        assert_int_equal(ep_experts_forward(f->all, l, half, r.off, r.ex, r.wt, r.x, y_split),
+                         EP_OK);
+        assert_int_equal(ep_experts_forward(f->all, l, T - half, off2, r.ex + r.off[half],
+                                            r.wt + r.off[half], r.x + (size_t)half * H,
+                                            y_split + (size_t)half * H),
+                         EP_OK);
+        free(off2);
+        for (size_t i = 0; i < (size_t)T * H; i++)
+            if (memcmp(&y_split[i], &r.y[i], sizeof(float)))
+                fail_msg("%s, %d threads: record %zu [%zu]: two calls %.9g, one call %.9g", c->name,
+                         threads, i / H, i % H, y_split[i], r.y[i]);
+        // The reference includes the shared experts, if any.
+        assert_int_equal(ep_experts_shared_forward(f->all, l, r.x, T, r.y), EP_OK);
+        for (int t = 0; t < T; t++) {
+            for (int k = 0; k < H; k++)
+                ref[k] = y_ref[(size_t)t * H + k];
+            check_row(f, "forward vs reference (segments of many heights)", t, r.y + (size_t)t * H,
+                      ref);
         }
     }
-    ep_kern_set_nn_min_rows(0);
     ep_par_set_threads(1);
     free(ref);
     free(y_ref);
     free(y1);
+    free(y_split);
     ep_routes_free(&rt);
     records_free(&r);
 }
@@ -860,12 +874,12 @@ int main(void)
         T(test_forward_full),         T(test_forward_empty),  T(test_forward_shards),
         T(test_reference_vs_forward), T(test_shared_forward), T(test_deterministic_growth),
         T(test_forward_errors),       T(test_load_errors),    T(test_load_bad_checkpoint),
-        T(test_forward_nn_threshold),
+        T(test_forward_heights),
     };
     const struct CMUnitTest deepseek[] = {
-        T(test_forward_full),         T(test_forward_shards),       T(test_reference_vs_forward),
-        T(test_shared_forward),       T(test_deterministic_growth), T(test_forward_errors),
-        T(test_forward_nn_threshold),
+        T(test_forward_full),    T(test_forward_shards),       T(test_reference_vs_forward),
+        T(test_shared_forward),  T(test_deterministic_growth), T(test_forward_errors),
+        T(test_forward_heights),
     };
 #undef T
     int fails =
