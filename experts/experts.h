@@ -35,8 +35,10 @@ size_t ep_experts_bytes(const ep_experts *e); // weight bytes held
 bool ep_experts_has(const ep_experts *e, int expert);
 
 // ---- moving experts between shards (re-placement, no checkpoint read) ----
-// Bytes of one routed expert at one layer as stored: gate_proj [I, H], then
-// up_proj [I, H], then down_proj [H, I], fp32 or BF16 as the shard holds them.
+// Bytes of one routed expert at one layer as export/import carry it, in the
+// checkpoint's layout whatever the storage (fp32 panels are unpacked):
+// gate_proj [I, H], then up_proj [I, H], then down_proj [H, I], in fp32 or
+// BF16 as the shard holds them.
 size_t ep_experts_expert_bytes(const ep_experts *e);
 // Copies held expert `expert` of MoE layer `layer` to / from buf
 // [ep_experts_expert_bytes]. EP_ERR_ARG when the shard does not hold it.
