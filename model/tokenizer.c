@@ -626,7 +626,7 @@ static ep_status load_model(ep_tokenizer *t, const json_t *m, const json_t *adde
     json_t *v;
     json_object_foreach(vocab, key, v)
     {
-        int id;
+        int id = 0;
         char where[32];
         snprintf(where, sizeof where, "model.vocab");
         if ((st = check_id(t, v, where, key, &id))) return st;

@@ -119,13 +119,17 @@ static ep_status parse_doc(ep_yaml_doc *d, ep_sim_cluster *c)
 
 static ep_status load_file(const char *path, ep_sim_cluster *c)
 {
+    const size_t len = strlen(path);
+    if (len >= sizeof c->source)
+        return ep_errorf(EP_ERR_ARG, "cluster file %.80s...: a path of %zu bytes, expected under %zu",
+                         path, len, sizeof c->source);
     memset(c, 0, sizeof *c);
+    memcpy(c->source, path, len + 1);
     c->gemm_eff = EP_SIM_DEF_GEMM_EFF;
     c->hbm_eff = EP_SIM_DEF_HBM_EFF;
     c->nvlink_eff = EP_SIM_DEF_NVLINK_EFF;
     c->inter_eff = EP_SIM_DEF_INTER_EFF;
     c->mem_usable = EP_SIM_DEF_MEM_USABLE;
-    snprintf(c->source, sizeof c->source, "%s", path);
     ep_yaml_doc d = {0};
     ep_status st = ep_yaml_load(path, &d);
     if (!st) st = parse_doc(&d, c);

@@ -31,7 +31,7 @@ typedef struct {
     double gemm_eff, hbm_eff, nvlink_eff, inter_eff;
     double mem_usable;      // fraction of HBM the server may use (default 0.9)
     int redundant_experts;  // EPLB replica slots per MoE layer (key redundant_experts, default 0)
-    char source[1024];      // the file it was read from
+    char source[4096];      // the file it was read from (PATH_MAX)
 } ep_sim_cluster;
 
 static inline int ep_sim_cluster_gpus(const ep_sim_cluster *c) { return c->n_nodes * c->gpus_per_node; }
