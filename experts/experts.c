@@ -77,19 +77,10 @@ struct ep_experts {
 
 // ---- load ----------------------------------------------------------------
 
-static ep_status alloc_floats(float **out, size_t n, const char *what, int layer)
-{
-    *out = malloc(n * sizeof(float));
-    if (!*out && n)
-        return ep_errorf(EP_ERR_NOMEM, "experts: layer %d: cannot allocate %zu bytes for %s", layer,
-                         n * sizeof(float), what);
-    return EP_OK;
-}
-
 // 64-byte aligned (aligned_alloc wants a multiple of the alignment): each
-// panel's rows then start on a cache line whenever the matrices' sizes are
-// multiples of 16 floats, as in every real model.
-static ep_status alloc_panels(float **out, size_t n, const char *what, int layer)
+// fp32 weight panel's rows then start on a cache line whenever the
+// matrices' sizes are multiples of 16 floats, as in every real model.
+static ep_status alloc_floats(float **out, size_t n, const char *what, int layer)
 {
     const size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
     *out = bytes ? aligned_alloc(64, bytes) : NULL;
@@ -165,9 +156,9 @@ static ep_status alloc_routed(ep_experts *e, const ep_placement *p, int layer)
         e->weight_bytes += (gu_n + d_n) * L->n_local * sizeof(uint16_t);
         return EP_OK;
     }
-    if ((st = alloc_panels(&L->gate_up, gu_n * L->n_local, "routed gate_proj|up_proj", layer)))
+    if ((st = alloc_floats(&L->gate_up, gu_n * L->n_local, "routed gate_proj|up_proj", layer)))
         return st;
-    if ((st = alloc_panels(&L->down, d_n * L->n_local, "routed down_proj", layer))) return st;
+    if ((st = alloc_floats(&L->down, d_n * L->n_local, "routed down_proj", layer))) return st;
     e->weight_bytes += (gu_n + d_n) * L->n_local * sizeof(float);
     return EP_OK;
 }
