@@ -20,6 +20,8 @@
 // the experts' own kernels (an earlier OpenBLAS path for tall experts
 // measured slower at every step size, docs/benchmarks.md).
 #define EP_EXPERTS_TASK_ROWS EP_KERN_PANEL
+// Ints per segment (one expert's run of rows in a pass) in ep_experts.seg.
+#define EP_SEG 3
 
 // One MoE layer. Dense layers keep an all-zero entry.
 typedef struct {
@@ -57,8 +59,8 @@ struct ep_experts {
     int *order_pair; // [order_cap] pair index, sorted by local expert (stable)
     int *order_rec;  // [order_cap] record of that pair
     size_t order_cap;
-    // Rows of a pass in these buffers, row-major, in sorted order: a
-    // segment of m rows owns rows [seg[4i+3], + m) of each.
+    // Rows of a pass in these buffers, row-major, in sorted order: buffer
+    // row q is the pass's sorted pair c0 + q (seg_row).
     float *xg;       // [chunk_cap, H] gathered input rows
     float *gu;       // [chunk_cap, 2 * max(I, S)] gate | up outputs
     float *act;      // [chunk_cap, max(I, S)] silu(gate) * up
@@ -66,8 +68,7 @@ struct ep_experts {
     uint16_t *xg16;  // [chunk_cap, H] gathered rows in BF16 (BF16 experts)
     uint16_t *act16; // [chunk_cap, I] act in BF16 (BF16 experts)
     int chunk_cap;   // rows the buffers above hold
-    int *seg;        // [seg_cap * 4] per segment: local expert, first sorted pair, rows,
-                     // first buffer row in its pass (above)
+    int *seg;        // [seg_cap * EP_SEG] per segment: local expert, first sorted pair, rows
     int seg_cap;
     int *task; // [task_cap * 2] per kernel task: segment, first weight row
     int task_cap;
@@ -533,9 +534,15 @@ typedef struct {
     const float *pair_weight; // [n_pairs]
     float *y;                 // [n_rec, H]
     int c0, rows;
-    int *seg; // [n_seg * 4] local expert, first sorted pair, rows, first buffer row
+    int *seg; // [n_seg * EP_SEG] local expert, first sorted pair, rows
     int n_seg;
 } ep_fwd_pass;
+
+// The scratch row of a segment's first pair: the pass's rows in order.
+static int seg_row(const ep_fwd_pass *f, const int *sg)
+{
+    return sg[1] - f->c0;
+}
 
 #define EP_FWD_GATHER_ROWS  16
 #define EP_FWD_COMBINE_COLS 256
@@ -562,9 +569,9 @@ static void gate_up_task(void *ctx, int task, int thread)
 {
     const ep_fwd_pass *f = ctx;
     ep_experts *e = f->e;
-    const int *sg = f->seg + 4 * e->task[2 * task];
+    const int *sg = f->seg + EP_SEG * e->task[2 * task];
     const int n0 = e->task[2 * task + 1];
-    const int H = e->hidden, I = e->inter, loc = sg[0], b0 = sg[3], m = sg[2];
+    const int H = e->hidden, I = e->inter, loc = sg[0], b0 = seg_row(f, sg), m = sg[2];
     const int nb = EP_MIN(EP_EXPERTS_TASK_ROWS, I - n0);
     float *gu = e->gu + (size_t)b0 * 2 * I;
     const size_t gu_n = (size_t)2 * I * H;
@@ -591,9 +598,9 @@ static void down_task(void *ctx, int task, int thread)
 {
     const ep_fwd_pass *f = ctx;
     ep_experts *e = f->e;
-    const int *sg = f->seg + 4 * e->task[2 * task];
+    const int *sg = f->seg + EP_SEG * e->task[2 * task];
     const int n0 = e->task[2 * task + 1];
-    const int H = e->hidden, I = e->inter, loc = sg[0], b0 = sg[3], m = sg[2];
+    const int H = e->hidden, I = e->inter, loc = sg[0], b0 = seg_row(f, sg), m = sg[2];
     const int nb = EP_MIN(EP_EXPERTS_TASK_ROWS, H - n0);
     const size_t d_n = (size_t)H * I;
     float *o = e->og + (size_t)b0 * H + n0;
@@ -615,10 +622,10 @@ static void combine_task(void *ctx, int task, int thread)
     const int H = e->hidden, k0 = task * EP_FWD_COMBINE_COLS;
     const int k1 = EP_MIN(H, k0 + EP_FWD_COMBINE_COLS);
     for (int i = 0; i < f->n_seg; i++) {
-        const int *sg = f->seg + 4 * i;
+        const int *sg = f->seg + EP_SEG * i;
         for (int r = 0; r < sg[2]; r++) {
             const float wt = f->pair_weight[e->order_pair[sg[1] + r]];
-            const float *o = e->og + (size_t)(sg[3] + r) * H;
+            const float *o = e->og + (size_t)(seg_row(f, sg) + r) * H;
             float *yr = f->y + (size_t)e->order_rec[sg[1] + r] * H;
             ep_kern_axpy(k1 - k0, wt, o + k0, yr + k0);
         }
@@ -639,11 +646,11 @@ static int build_tasks(ep_experts *e, const ep_fwd_pass *f, int width)
     grow_ints(&e->segord, &e->segord_cap, f->n_seg, 1);
     int at[EP_EXPERTS_CHUNK_ROWS + 2] = {0}; // key (CHUNK_ROWS - rows) -> first slot
     for (int i = 0; i < f->n_seg; i++)
-        at[EP_EXPERTS_CHUNK_ROWS - f->seg[4 * i + 2] + 1]++;
+        at[EP_EXPERTS_CHUNK_ROWS - f->seg[EP_SEG * i + 2] + 1]++;
     for (int r = 0; r <= EP_EXPERTS_CHUNK_ROWS; r++)
         at[r + 1] += at[r];
     for (int i = 0; i < f->n_seg; i++)
-        e->segord[at[EP_EXPERTS_CHUNK_ROWS - f->seg[4 * i + 2]]++] = i;
+        e->segord[at[EP_EXPERTS_CHUNK_ROWS - f->seg[EP_SEG * i + 2]]++] = i;
     int n = 0;
     for (int o = 0; o < f->n_seg; o++)
         for (int n0 = 0; n0 < width; n0 += EP_EXPERTS_TASK_ROWS) {
@@ -657,8 +664,6 @@ static int build_tasks(ep_experts *e, const ep_fwd_pass *f, int width)
 static void forward_pass(ep_fwd_pass *f)
 {
     ep_experts *e = f->e;
-    for (int i = 0; i < f->n_seg; i++) // buffer rows: the pass's rows in order
-        f->seg[4 * i + 3] = f->seg[4 * i + 1] - f->c0;
     ep_par_for((f->rows + EP_FWD_GATHER_ROWS - 1) / EP_FWD_GATHER_ROWS, gather_task, f);
     // Every expert at once over the pool, so a decode step's many one-token
     // experts share the threads.
@@ -730,14 +735,13 @@ ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pai
     // Segments: each expert's rows cut into runs of at most a chunk.
     const int CH = EP_EXPERTS_CHUNK_ROWS;
     grow_chunk(e, (int)EP_MIN(n_pairs, (size_t)CH));
-    grow_ints(&e->seg, &e->seg_cap, L->n_local + (int)(n_pairs / CH) + 1, 4);
+    grow_ints(&e->seg, &e->seg_cap, L->n_local + (int)(n_pairs / CH) + 1, EP_SEG);
     int n_seg = 0;
     for (int s = 0; s < L->n_local; s++)
         for (int c = start[s]; c < start[s + 1]; c += CH) {
-            e->seg[4 * n_seg] = s;
-            e->seg[4 * n_seg + 1] = c;
-            e->seg[4 * n_seg + 2] = EP_MIN(CH, start[s + 1] - c);
-            e->seg[4 * n_seg + 3] = 0; // set per pass
+            e->seg[EP_SEG * n_seg] = s;
+            e->seg[EP_SEG * n_seg + 1] = c;
+            e->seg[EP_SEG * n_seg + 2] = EP_MIN(CH, start[s + 1] - c);
             n_seg++;
         }
     memset(y, 0, (size_t)n_rec * H * sizeof(float));
@@ -751,12 +755,12 @@ ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pai
                          .x = x,
                          .pair_weight = pair_weight,
                          .y = y,
-                         .c0 = e->seg[4 * i + 1],
+                         .c0 = e->seg[EP_SEG * i + 1],
                          .rows = 0,
-                         .seg = e->seg + 4 * i};
+                         .seg = e->seg + EP_SEG * i};
         int j = i;
-        while (j < n_seg && f.rows + e->seg[4 * j + 2] <= CH)
-            f.rows += e->seg[4 * j++ + 2];
+        while (j < n_seg && f.rows + e->seg[EP_SEG * j + 2] <= CH)
+            f.rows += e->seg[EP_SEG * j++ + 2];
         f.n_seg = j - i;
         forward_pass(&f);
         i = j;
