@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "comm/comm_impl.h"
+#include "comm/dispatch_plan.h"
 
 struct ep_comm {
     ep_cluster *cluster; // borrowed
@@ -17,26 +18,16 @@ struct ep_comm {
     int64_t row_bytes;  // one dispatch row on the wire, a multiple of 4
     int64_t crow_bytes; // one combine row on the wire, a multiple of 4
 
-    // Per peer ([world]). Dispatch sizes in bytes; combine reverses them.
-    int64_t *send_bytes, *send_off, *recv_bytes, *recv_off;
+    // Per peer ([world]). Dispatch sizes in bytes (what this rank sends is
+    // the plan's send_bytes / send_off); combine reverses them.
+    int64_t *recv_bytes, *recv_off;
     int64_t *c_send_bytes, *c_send_off, *c_recv_bytes, *c_recv_off;
-    int64_t *cursor;   // [world] packing position per destination
-    int *send_rec;     // [world] groups for each destination (own ones at [rank])
-    int *send_rec_off; // [world + 1] prefix of send_rec, rows of send_tok
-    int *tok_cur;      // [world] fill position in send_tok
+    int64_t *cursor;   // [world] packing position per destination (checks the plan)
     int *recv_rec_off; // [world + 1] work records that came from each source rank
 
-    // The plan of the last dispatch: one group per (token, destination rank),
-    // tokens ascending, ranks in the order of their first pair in the row.
-    int n_grp;
-    size_t grp_cap; // capacity of grp_* (groups <= pairs)
-    int *grp_tok;   // [grp_cap] token of the group
-    int *grp_dest;  // [grp_cap] destination rank
-    int *grp_off;   // [grp_cap + 1] into grp_pair
-    int *send_tok;  // [grp_cap] tokens per destination: send_tok[send_rec_off[d] + k]
-    size_t gpair_cap;
-    int *grp_pair; // [gpair_cap] pair index into the routes, grouped
-    int own_pairs; // pairs of the groups whose destination is this rank
+    // The plan of the last dispatch (comm/dispatch_plan.h): the groups, one
+    // record per (token, destination rank), and where each is packed.
+    ep_dispatch_plan plan;
 
     // Wire buffers in bytes. Combine packs into recvbuf and receives into
     // sendbuf (grown if needed: with an fp8 wire a bf16 combine row is larger
@@ -57,6 +48,7 @@ struct ep_comm {
     float *row;         // [hidden] decode scratch
 
     int T; // tokens of the last dispatch: rows of combine's out
+    int64_t arrived; // dispatch payload bytes the last unpack decoded from other ranks
 
     // Where the ep_comm is between the halves of dispatch and combine
     // (comm.h): each phase admits only the next call.
@@ -91,24 +83,6 @@ static void ep_comm_grow_bytes(uint8_t **buf, size_t *cap, size_t need)
     if (!n) return;
     *buf = ep_xrealloc(*buf, n);
     *cap = n;
-}
-
-static void ep_comm_grow_groups(ep_comm *m, size_t n_pairs)
-{
-    // A token has at most as many groups as pairs.
-    size_t n = ep_grown(m->grp_cap, n_pairs);
-    if (n) {
-        m->grp_tok = ep_xrealloc(m->grp_tok, n * sizeof(int));
-        m->grp_dest = ep_xrealloc(m->grp_dest, n * sizeof(int));
-        m->grp_off = ep_xrealloc(m->grp_off, (n + 1) * sizeof(int));
-        m->send_tok = ep_xrealloc(m->send_tok, n * sizeof(int));
-        m->grp_cap = n;
-    }
-    n = ep_grown(m->gpair_cap, n_pairs);
-    if (n) {
-        m->grp_pair = ep_xrealloc(m->grp_pair, n * sizeof(int));
-        m->gpair_cap = n;
-    }
 }
 
 static void ep_comm_grow_work(ep_comm *m, size_t n_rec, size_t n_pairs)
@@ -158,8 +132,6 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
     m->row_bytes = ep_comm_row_bytes(hidden, wire);
     m->crow_bytes = ep_comm_combine_record_bytes(hidden, wire);
     size_t w = (size_t)m->world;
-    m->send_bytes = ep_xcalloc(w, sizeof(int64_t));
-    m->send_off = ep_xcalloc(w, sizeof(int64_t));
     m->recv_bytes = ep_xcalloc(w, sizeof(int64_t));
     m->recv_off = ep_xcalloc(w, sizeof(int64_t));
     m->c_send_bytes = ep_xcalloc(w, sizeof(int64_t));
@@ -167,19 +139,17 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
     m->c_recv_bytes = ep_xcalloc(w, sizeof(int64_t));
     m->c_recv_off = ep_xcalloc(w, sizeof(int64_t));
     m->cursor = ep_xcalloc(w, sizeof(int64_t));
-    m->send_rec = ep_xcalloc(w, sizeof(int));
-    m->send_rec_off = ep_xcalloc(w + 1, sizeof(int));
-    m->tok_cur = ep_xcalloc(w, sizeof(int));
     m->recv_rec_off = ep_xcalloc(w + 1, sizeof(int));
     m->row = ep_xcalloc((size_t)hidden, sizeof(float));
-    m->grp_off = ep_xcalloc(1, sizeof(int));
+    ep_status st = ep_dispatch_plan_init(&m->plan, m->world, m->rank, c->node_of, hidden, wire);
+    EP_ASSERT(st == EP_OK); // its arguments were checked above
     m->pair_off = ep_xcalloc(1, sizeof(int)); // rec_cap + 1 entries, rec_cap = 0 so far
 
     // Sized for a balanced step: cap_tokens tokens out, each reaching at most
     // min(max_k, world) ranks, and about as many records and pairs coming in.
     size_t pairs = (size_t)cap_tokens * (size_t)max_k;
     size_t recs = (size_t)cap_tokens * (size_t)EP_MIN(max_k, m->world);
-    ep_comm_grow_groups(m, pairs);
+    ep_dispatch_plan_reserve(&m->plan, pairs);
     ep_comm_grow_work(m, recs, pairs);
     size_t wire_bytes =
         recs * (size_t)EP_MAX(EP_COMM_REC_HEADER_BYTES + m->row_bytes, m->crow_bytes) +
@@ -193,8 +163,6 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
 void ep_comm_free(ep_comm *m)
 {
     if (!m) return;
-    free(m->send_bytes);
-    free(m->send_off);
     free(m->recv_bytes);
     free(m->recv_off);
     free(m->c_send_bytes);
@@ -202,15 +170,8 @@ void ep_comm_free(ep_comm *m)
     free(m->c_recv_bytes);
     free(m->c_recv_off);
     free(m->cursor);
-    free(m->send_rec);
-    free(m->send_rec_off);
-    free(m->tok_cur);
     free(m->recv_rec_off);
-    free(m->grp_tok);
-    free(m->grp_dest);
-    free(m->grp_off);
-    free(m->send_tok);
-    free(m->grp_pair);
+    ep_dispatch_plan_free(&m->plan);
     free(m->sendbuf);
     free(m->recvbuf);
     free(m->pair_off);
@@ -283,70 +244,23 @@ static inline int32_t ep_get_i32(const uint8_t *p)
 
 // ---- dispatch ---------------------------------------------------------------------
 
-// Groups every token's pairs by destination rank (the plan) and sizes the
-// payload per destination. Own-rank groups are planned but carry no bytes.
-static void ep_comm_plan(ep_comm *m, const ep_routes *r, const ep_placement *p,
-                         const int *pair_rank)
-{
-    const int T = r->n_tokens;
-    const int nnz = T > 0 ? r->offsets[T] : 0;
-    ep_comm_grow_groups(m, (size_t)nnz);
-    memset(m->send_rec, 0, (size_t)m->world * sizeof(int));
-    memset(m->send_bytes, 0, (size_t)m->world * sizeof(int64_t));
-    int q = 0, np = 0;
-    m->own_pairs = 0;
-    for (int i = 0; i < T; i++) {
-        int b = r->offsets[i], e = r->offsets[i + 1];
-        for (int j = b; j < e; j++) {
-            int d = ep_comm_pair_dest(r, p, pair_rank, j);
-            EP_ASSERT(d >= 0 && d < m->world);
-            bool first = true;
-            for (int k = b; k < j && first; k++)
-                first = ep_comm_pair_dest(r, p, pair_rank, k) != d;
-            if (!first) continue;
-            m->grp_tok[q] = i;
-            m->grp_dest[q] = d;
-            m->grp_off[q] = np;
-            for (int k = j; k < e; k++)
-                if (ep_comm_pair_dest(r, p, pair_rank, k) == d) m->grp_pair[np++] = k;
-            int n = np - m->grp_off[q];
-            m->send_rec[d]++;
-            if (d == m->rank)
-                m->own_pairs += n;
-            else
-                m->send_bytes[d] += ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
-            q++;
-        }
-    }
-    m->grp_off[q] = np;
-    m->n_grp = q;
-    EP_ASSERT(np == nnz);
-
-    // Tokens per destination, in token order, for combine to route rows home.
-    m->send_rec_off[0] = 0;
-    for (int d = 0; d < m->world; d++) {
-        m->send_rec_off[d + 1] = m->send_rec_off[d] + m->send_rec[d];
-        m->tok_cur[d] = m->send_rec_off[d];
-    }
-    for (int g = 0; g < q; g++)
-        m->send_tok[m->tok_cur[m->grp_dest[g]]++] = m->grp_tok[g];
-}
-
+// Packs every record of the plan at the offset the plan gave it.
 static void ep_comm_pack(ep_comm *m, const ep_routes *r, const float *x)
 {
+    const ep_dispatch_plan *pl = &m->plan;
     const size_t H = (size_t)m->hidden;
     for (int d = 0; d < m->world; d++)
-        m->cursor[d] = m->send_off[d];
-    for (int g = 0; g < m->n_grp; g++) {
-        int d = m->grp_dest[g];
+        m->cursor[d] = 0;
+    for (int g = 0; g < pl->n_grp; g++) {
+        int d = pl->grp_dest[g];
         if (d == m->rank) continue;
-        int i = m->grp_tok[g], b = m->grp_off[g], n = m->grp_off[g + 1] - b;
-        uint8_t *rec = m->sendbuf + m->cursor[d];
+        int i = pl->grp_tok[g], b = pl->grp_off[g], n = pl->grp_off[g + 1] - b;
+        uint8_t *rec = m->sendbuf + pl->rec_off[g];
         ep_put_i32(rec, i);
         ep_put_i32(rec + 4, n);
         uint8_t *ids = rec + EP_COMM_REC_HEADER_BYTES, *wts = ids + 4 * (size_t)n;
         for (int k = 0; k < n; k++) {
-            int j = m->grp_pair[b + k];
+            int j = pl->grp_pair[b + k];
             ep_put_i32(ids + 4 * (size_t)k, r->expert[j]);
             memcpy(wts + 4 * (size_t)k, &r->weight[j], 4);
         }
@@ -354,7 +268,7 @@ static void ep_comm_pack(ep_comm *m, const ep_routes *r, const float *x)
         m->cursor[d] += ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
     }
     for (int d = 0; d < m->world; d++)
-        EP_ASSERT(m->cursor[d] == m->send_off[d] + m->send_bytes[d]);
+        EP_ASSERT(m->cursor[d] == pl->send_bytes[d]);
 }
 
 // Counts the records and pairs a source rank sent, checking that its payload
@@ -400,8 +314,8 @@ static ep_status ep_comm_unpack(ep_comm *m, const ep_routes *r, const ep_placeme
         int n_rec;
         int64_t n_pairs;
         if (s == m->rank) {
-            n_rec = m->send_rec[s];
-            n_pairs = m->own_pairs;
+            n_rec = ep_dispatch_plan_n_rec(&m->plan, s);
+            n_pairs = m->plan.own_pairs;
         } else {
             ep_status st = ep_comm_walk(m, s, &n_rec, &n_pairs);
             if (st != EP_OK) return st;
@@ -416,18 +330,20 @@ static ep_status ep_comm_unpack(ep_comm *m, const ep_routes *r, const ep_placeme
     ep_comm_grow_work(m, (size_t)m->n_rec, (size_t)total_pairs);
 
     int k = 0, pk = 0;
+    m->arrived = 0;
     for (int s = 0; s < m->world; s++) {
         if (s == m->rank) {
-            for (int g = 0; g < m->n_grp; g++) {
-                if (m->grp_dest[g] != m->rank) continue;
+            const ep_dispatch_plan *pl = &m->plan;
+            for (int c = pl->dest_off[s]; c < pl->dest_off[s + 1]; c++) {
+                const int g = pl->dest_grp[c];
                 m->pair_off[k] = pk;
-                for (int q = m->grp_off[g]; q < m->grp_off[g + 1]; q++) {
-                    int j = m->grp_pair[q];
+                for (int q = pl->grp_off[g]; q < pl->grp_off[g + 1]; q++) {
+                    int j = pl->grp_pair[q];
                     m->pair_expert[pk] = r->expert[j];
                     m->pair_weight[pk] = r->weight[j];
                     pk++;
                 }
-                memcpy(m->x + (size_t)k * H, x + (size_t)m->grp_tok[g] * H, H * sizeof(float));
+                memcpy(m->x + (size_t)k * H, x + (size_t)pl->grp_tok[g] * H, H * sizeof(float));
                 k++;
             }
             continue;
@@ -452,7 +368,9 @@ static ep_status ep_comm_unpack(ep_comm *m, const ep_routes *r, const ep_placeme
                 pk++;
             }
             ep_comm_decode_row(m, m->wire, wts + 4 * (size_t)n, m->x + (size_t)k * H);
-            rec += ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
+            const int64_t rb = ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
+            rec += rb;
+            m->arrived += rb;
             k++;
         }
     }
@@ -495,10 +413,11 @@ ep_status ep_comm_dispatch_start(ep_comm *m, const ep_routes *r, const ep_placem
     if (r->n_tokens < 0 || (r->n_tokens > 0 && !x))
         return ep_errorf(EP_ERR_ARG, "comm dispatch: %d tokens with %s activations", r->n_tokens,
                          x ? "some" : "no");
-    ep_comm_count(r, p, pair_rank, m->rank, m->cluster->node_of, m->hidden, m->wire, st);
-    ep_comm_plan(m, r, p, pair_rank);
+    ep_dispatch_plan_build(&m->plan, r, p, pair_rank);
+    *st = m->plan.stats;
+    const int64_t *send_bytes = m->plan.send_bytes;
 
-    s = m->t->vt->exchange_counts(m->t, m->send_bytes, m->recv_bytes);
+    s = m->t->vt->exchange_counts(m->t, send_bytes, m->recv_bytes);
     if (s != EP_OK) return ep_error_prefix(s, "comm dispatch: exchanging sizes");
     int64_t so = 0, ro = 0;
     for (int d = 0; d < m->world; d++) {
@@ -506,16 +425,16 @@ ep_status ep_comm_dispatch_start(ep_comm *m, const ep_routes *r, const ep_placem
             return ep_errorf(EP_ERR_COMM,
                              "comm dispatch: rank %d announces %lld bytes, expected %s", d,
                              (long long)m->recv_bytes[d], d == m->rank ? "0 (self)" : ">= 0");
-        m->send_off[d] = so;
+        EP_ASSERT(m->plan.send_off[d] == so);
         m->recv_off[d] = ro;
-        so += m->send_bytes[d];
+        so += send_bytes[d];
         ro += m->recv_bytes[d];
     }
     ep_comm_grow_bytes(&m->sendbuf, &m->sendbuf_cap, (size_t)so);
     ep_comm_grow_bytes(&m->recvbuf, &m->recvbuf_cap, (size_t)ro);
     ep_comm_pack(m, r, x);
 
-    s = m->t->vt->alltoallv_start(m->t, m->sendbuf, m->send_bytes, m->send_off, m->recvbuf,
+    s = m->t->vt->alltoallv_start(m->t, m->sendbuf, send_bytes, m->plan.send_off, m->recvbuf,
                                   m->recv_bytes, m->recv_off, &m->req);
     if (s != EP_OK) return ep_error_prefix(s, "comm dispatch");
     m->d_r = r;
@@ -530,7 +449,7 @@ ep_status ep_comm_dispatch_finish(ep_comm *m, ep_comm_work *work, ep_comm_stats 
 {
     ep_status s = ep_comm_expect(m, EP_COMM_DISPATCH_POSTED, "dispatch_finish");
     if (s != EP_OK) return s;
-    s = m->t->vt->alltoallv_wait(m->t, m->req, &st->measured_bytes);
+    s = m->t->vt->alltoallv_wait(m->t, m->req, NULL);
     if (s != EP_OK) return ep_error_prefix(s, "comm dispatch");
     m->req = NULL;
     // The exchange is over: whatever unpack finds, the next call is a new dispatch.
@@ -546,6 +465,10 @@ ep_status ep_comm_dispatch_finish(ep_comm *m, ep_comm_work *work, ep_comm_stats 
     work->pair_weight = m->pair_weight;
     work->x = m->x;
     work->y = m->y;
+    // Measured where it arrived: the records this rank decoded. Per rank it
+    // differs from the plan (which counts what the rank sends); summed over
+    // ranks the two must be equal.
+    st->measured_bytes += m->arrived;
     st->recv_pairs = m->pair_off[m->n_rec];
     st->recv_tokens = m->n_rec;
     return EP_OK;
@@ -578,7 +501,7 @@ ep_status ep_comm_combine_start(ep_comm *m, const ep_comm_work *work)
     for (int d = 0; d < m->world; d++) {
         bool self = d == m->rank;
         m->c_send_bytes[d] = self ? 0 : (m->recv_rec_off[d + 1] - m->recv_rec_off[d]) * rb;
-        m->c_recv_bytes[d] = self ? 0 : m->send_rec[d] * rb;
+        m->c_recv_bytes[d] = self ? 0 : ep_dispatch_plan_n_rec(&m->plan, d) * rb;
         m->c_send_off[d] = so;
         m->c_recv_off[d] = ro;
         so += m->c_send_bytes[d];
@@ -617,32 +540,29 @@ ep_status ep_comm_combine_finish(ep_comm *m, float *out, ep_comm_stats *st)
     rc = m->t->vt->alltoallv_wait(m->t, m->req, NULL);
     m->req = NULL;
     if (rc != EP_OK) return ep_error_prefix(rc, "comm combine");
-    // The combine bytes of a token are billed to the token's rank (they are
-    // its return traffic), so per rank measured matches planned; summed over
-    // ranks it equals what the transports sent (see docs/wire-format.md).
+    // Sum in rank order (own records at position `rank`) for reproducible
+    // results. The combine rows decoded here are measured where they arrive:
+    // the token's rank, which the plan bills them to as well.
+    const ep_dispatch_plan *pl = &m->plan;
     int64_t incoming = 0;
-    for (int d = 0; d < m->world; d++)
-        incoming += m->c_recv_bytes[d];
-    st->measured_bytes += incoming;
-
-    // Sum in rank order (own records at position `rank`) for reproducible results.
     if (m->T > 0) memset(out, 0, (size_t)m->T * H * sizeof(float));
     for (int d = 0; d < m->world; d++) {
-        const int *tok = m->send_tok + m->send_rec_off[d];
-        for (int k = 0; k < m->send_rec[d]; k++) {
+        for (int k = 0; k < ep_dispatch_plan_n_rec(pl, d); k++) {
             const float *src;
             if (d == m->rank) {
                 src = m->c_y + (size_t)(m->recv_rec_off[d] + k) * H;
             } else {
                 ep_comm_decode_row(m, m->cwire, m->sendbuf + m->c_recv_off[d] + (int64_t)k * rb,
                                    m->row);
+                incoming += rb;
                 src = m->row;
             }
-            float *o = out + (size_t)tok[k] * H;
+            float *o = out + (size_t)pl->grp_tok[pl->dest_grp[pl->dest_off[d] + k]] * H;
             for (size_t h = 0; h < H; h++)
                 o[h] += src[h];
         }
     }
+    st->measured_bytes += incoming;
     return EP_OK;
 }
 

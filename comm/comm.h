@@ -43,7 +43,11 @@ typedef struct {
     int64_t base_dispatch_bytes, base_combine_bytes;
     int64_t base_dispatch_bytes_inter, base_combine_bytes_inter;
     int64_t planned_bytes;    // dispatch_bytes + combine_bytes, from the plan
-    int64_t measured_bytes;   // what the transport moved to other ranks
+    // Bytes counted where they arrived: dispatch records this rank decoded
+    // from other ranks, plus combine rows it decoded for its own tokens.
+    // Per rank it differs from planned_bytes (dispatch is planned at the
+    // sender); summed over ranks the two are equal.
+    int64_t measured_bytes;
     int64_t recv_pairs;       // (token, expert) pairs computed on this rank (its load)
     int64_t recv_tokens;      // records computed on this rank (own local ones incl.)
 } ep_comm_stats;
@@ -52,7 +56,9 @@ void ep_comm_stats_add(ep_comm_stats *acc, const ep_comm_stats *s);
 // Pure accounting: what dispatching `r` under placement `p` from `rank`
 // costs, actual and counterfactual (fills every field but measured_bytes,
 // recv_*). node_of: [world] node of each rank. pair_rank: NULL (home rank of
-// each expert) or [nnz] the rank chosen for each pair (replicas).
+// each expert) or [nnz] the rank chosen for each pair (replicas). A one-off
+// ep_dispatch_plan (comm/dispatch_plan.h); a caller pricing every layer keeps
+// a plan of its own instead, which allocates nothing once grown.
 void ep_comm_count(const ep_routes *r, const ep_placement *p, const int *pair_rank, int rank,
                    const int *node_of, int hidden, ep_dtype wire, ep_comm_stats *st);
 

@@ -1,18 +1,11 @@
 // Helpers shared by the files of comm/ (plan.c, comm.c and the transports),
-// not part of the public interface: where a (token, expert) pair goes, how
-// wide a wire row is, and the liveness watch's wait for a transport.
+// not part of the public interface: how wide a wire row is, and the
+// liveness watch's wait for a transport. Where a pair goes is
+// comm/dispatch_group.h's.
 #ifndef EP_COMM_IMPL_H
 #define EP_COMM_IMPL_H
 
 #include "comm/comm.h"
-
-// Rank that computes pair j of the routes: the scheduler's choice when it
-// chose one (replicas), else the expert's home rank.
-static inline int ep_comm_pair_dest(const ep_routes *r, const ep_placement *p, const int *pair_rank,
-                                    int j)
-{
-    return pair_rank ? pair_rank[j] : p->rank_of[r->expert[j]];
-}
 
 // Bytes of one hidden row in the wire dtype, rounded up to 4 so that every
 // record stays 4-byte aligned (bf16/f16: an even element count).

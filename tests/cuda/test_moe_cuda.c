@@ -2,7 +2,7 @@
 // transport, BF16 experts on the device) against ep_moe_reference (CPU,
 // fp32), for both tiny presets, baseline and Ban, contiguous and
 // round-robin placements, odd token counts and 0 tokens on rank 1: per row
-// within CUDA_TEST_BF16_TOL of the reference, planned bytes == measured,
+// within CUDA_TEST_BF16_TOL of the reference, Σ planned bytes == Σ measured,
 // the same routes as the reference, work conserved over ranks. Also the
 // expert bytes are this rank's shard only, and re-placement is refused with
 // EP_ERR_UNSUPPORTED. Run at 1 and 2 ranks; skips (77 on every rank) unless
@@ -110,9 +110,11 @@ static void run_preset(ep_cluster *cl, const char *preset, ep_place_kind kind, d
                   "%.3e > %.0e",
                   cfg.name, ep_policy_name(pol[p]), ep_place_kind_name(kind), l, cl->rank, T, err,
                   CUDA_TEST_BF16_TOL);
-            CHECK(st.planned_bytes == st.measured_bytes,
-                  "%s layer %d: planned %lld != measured %lld bytes (NCCL transport)", cfg.name, l,
-                  (long long)st.planned_bytes, (long long)st.measured_bytes);
+            int64_t pm[2] = {st.planned_bytes, st.measured_bytes};
+            CHECK_OK(ep_cluster_allreduce_i64(cl, pm, 2, EP_REDUCE_SUM));
+            CHECK(pm[0] == pm[1],
+                  "%s layer %d: Σ planned %lld != Σ measured %lld bytes (NCCL transport)", cfg.name,
+                  l, (long long)pm[0], (long long)pm[1]);
             CHECK(st.tokens == T && st.pairs == nnz,
                   "stats: %lld tokens, %lld pairs; routed %d, %lld", (long long)st.tokens,
                   (long long)st.pairs, T, (long long)nnz);

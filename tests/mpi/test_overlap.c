@@ -278,10 +278,11 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
                   (long long)s1.planned_bytes, (long long)s2.planned_bytes,
                   (long long)s1.measured_bytes, (long long)s2.measured_bytes,
                   (long long)s1.recv_tokens, (long long)s2.recv_tokens);
-            CHECK(s2.planned_bytes == s2.measured_bytes && s2.tokens == T,
-                  "layer %d: 2 micro-batches: planned %lld, measured %lld, tokens %lld of %d", l,
-                  (long long)s2.planned_bytes, (long long)s2.measured_bytes, (long long)s2.tokens,
-                  T);
+            int64_t v[2] = {s2.planned_bytes, s2.measured_bytes};
+            CHECK_OK(ep_cluster_allreduce_i64(cl, v, 2, EP_REDUCE_SUM));
+            CHECK(v[0] == v[1] && s2.tokens == T,
+                  "layer %d: 2 micro-batches: Σ planned %lld, Σ measured %lld, tokens %lld of %d",
+                  l, (long long)v[0], (long long)v[1], (long long)s2.tokens, T);
             crossed += s2.measured_bytes;
         }
     }
