@@ -557,13 +557,9 @@ int ep_cmd_bench(int argc, char **argv)
     }
 
     if ((st = ep_weights_open(&cfg, &w))) goto setup_done;
+    // Comm-aware Ban and laser see each layer's placement through the
+    // routing context ep_moe_forward builds (ep_moe_route_ctx).
     if ((st = ep_moe_init(&cfg, cl, w, &mo, &moe))) goto setup_done;
-    // Comm-aware Ban (ban.locality) prefers experts on ranks and nodes a
-    // token already visits: it needs the home rank of every expert.
-    for (int i = 0; i < n_pol; i++)
-        if (bp[i].pol)
-            ep_policy_set_placement(bp[i].pol, ep_moe_placement(moe)->rank_of, cl->node_of,
-                                    cl->world_size, cl->rank);
 setup_done:
     // Set-up can fail on some ranks only (a missing shard, memory): agree on
     // it before the first collective of the run, so no rank waits forever.
@@ -600,12 +596,6 @@ setup_done:
     if (eplb &&
         (st = eplb_observe(&moe, w, cl, &cfg, &a, bp, n_pol, trace, &trace_routes, &mo, x, y)))
         goto fail;
-    // The policies that look at the placement (comm-aware Ban, laser) must
-    // see the EPLB one the timed steps use, not the warm-up's contiguous one.
-    for (int i = 0; eplb && i < n_pol; i++)
-        if (bp[i].pol)
-            ep_policy_set_placement(bp[i].pol, ep_moe_placement(moe)->rank_of, cl->node_of,
-                                    cl->world_size, cl->rank);
 
     int total_steps = a.warmup + a.steps;
     for (int step = 0; step < total_steps; step++) {

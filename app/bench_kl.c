@@ -49,26 +49,9 @@ static bool opt_int(const char *opt, const char *s, int lo, int *out)
 
 typedef struct {
     const char *name;
-    ep_policy *pol; // created once, with the placement set
+    ep_policy *pol; // created once
     double kl_mean, kl_max, avg_k;
 } kl_row;
-
-// Policy spec with the contiguous placement over W ranks (rpn per node) that
-// placement-aware policies see, routing as rank 0.
-static ep_status make_policy(const ep_model_cfg *cfg, const char *spec, int W, int rpn,
-                             ep_policy **out)
-{
-    ep_status st = ep_policy_create(cfg, spec, out);
-    if (st) return st;
-    int *rank_of = ep_xmalloc((size_t)cfg->n_experts * sizeof(int));
-    int *node_of = ep_xmalloc((size_t)W * sizeof(int));
-    for (int e = 0; e < cfg->n_experts; e++) rank_of[e] = (int)((int64_t)e * W / cfg->n_experts);
-    for (int r = 0; r < W; r++) node_of[r] = r / rpn;
-    ep_policy_set_placement(*out, rank_of, node_of, W, 0);
-    free(rank_of);
-    free(node_of);
-    return EP_OK;
-}
 
 // Reference logits of every sequence under policy p; also its mean K.
 static ep_status run_policy(const ep_model_cfg *cfg, ep_model *m, const ep_policy *p,
@@ -162,9 +145,9 @@ int ep_cmd_bench_kl(int argc, char **argv)
     // loading, and the MoE is sized for the most experts any of them keeps.
     ep_policy *base_pol = NULL;
     int max_k = cfg.k_base;
-    if (!st) st = make_policy(&cfg, "baseline", W, rpn, &base_pol);
+    if (!st) st = ep_policy_create(&cfg, "baseline", &base_pol);
     for (int i = 0; i < n_pol && !st; i++)
-        if (!(st = make_policy(&cfg, rows[i].name, W, rpn, &rows[i].pol)))
+        if (!(st = ep_policy_create(&cfg, rows[i].name, &rows[i].pol)))
             max_k = EP_MAX(max_k, ep_policy_max_k(rows[i].pol));
     if (!st) {
         ep_model_opts mo;
@@ -176,6 +159,16 @@ int ep_cmd_bench_kl(int argc, char **argv)
         mo.max_ctx = len;
         mo.kv_blocks = (len + mo.kv_block_tokens - 1) / mo.kv_block_tokens;
         if (!(st = ep_weights_open(&cfg, &w))) st = ep_model_init(&cfg, cl, w, &mo, &m);
+    }
+    // Placement-aware policies see the contiguous placement over W ranks (rpn
+    // per node), routing as rank 0 of it.
+    ep_placement kl_place = {0};
+    int *kl_node_of = ep_xmalloc((size_t)W * sizeof(int));
+    for (int r = 0; r < W; r++)
+        kl_node_of[r] = r / rpn;
+    if (!st && !(st = ep_placement_init(&kl_place, EP_PLACE_CONTIGUOUS, cfg.n_experts, W))) {
+        const ep_route_ctx kl_ctx = {.place = &kl_place, .node_of = kl_node_of, .rank = 0};
+        ep_moe_set_reference_ctx(ep_model_moe(m), &kl_ctx);
     }
     size_t rows_total = (size_t)n_seqs * len;
     if (!st) {
@@ -249,6 +242,8 @@ int ep_cmd_bench_kl(int argc, char **argv)
     free(tok);
     free(list);
     ep_model_free(m);
+    ep_placement_free(&kl_place);
+    free(kl_node_of);
     ep_weights_free(w);
     ep_cluster_free(cl);
     return code;

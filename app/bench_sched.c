@@ -360,7 +360,6 @@ static ep_status sched_run_source(const sched_source *src, const sched_variant *
     sl.comb = sl.disp + 2 * W;
     sl.comb_inter = sl.disp + 3 * W;
     int *visit = ep_xmalloc((size_t)W * sizeof(int));
-    int *slot_rank = ep_xmalloc(((size_t)E + (size_t)EP_MAX(a->redundant, 0)) * sizeof(int));
     uint64_t rng = a->seed * 0x100000001B3ull + 17;
 
     for (int step = 0; step < a->window + a->steps && !st; step++) {
@@ -397,18 +396,16 @@ static ep_status sched_run_source(const sched_source *src, const sched_variant *
                     for (int v = 0; v < n_rows && !st; v++) {
                         ep_routes *rr = RT(p, v, r);
                         if (src->freq) {
-                            if (sched_uses_placement(pol)) {
-                                const ep_placement *q =
-                                    measure ? &pl[((size_t)p * n_var + v) * L + l] : &contig;
-                                ep_policy_set_placement(pol, q->rank_of, node_of, W, r);
-                                // laser with replica choice sees every slot
-                                if (measure && var[v].choice && q->n_phy > q->n_experts) {
-                                    for (int i = 0; i < q->n_phy; i++)
-                                        slot_rank[i] = q->phy_rank[q->replica_phy[i]];
-                                    ep_policy_set_replicas(pol, q->replica_off, slot_rank);
-                                }
-                            }
-                            st = ep_router_route_logits(router, pol, l, logits, T, rr);
+                            // Placement-aware policies route on the variant's
+                            // placement; laser sees every slot when replica
+                            // choice is on, else only home ranks.
+                            const ep_placement *q =
+                                measure ? &pl[((size_t)p * n_var + v) * L + l] : &contig;
+                            const ep_route_ctx ctx = {.place = q,
+                                                      .node_of = node_of,
+                                                      .rank = r,
+                                                      .home_only = !(measure && var[v].choice)};
+                            st = ep_router_route_logits(router, pol, &ctx, l, logits, T, rr);
                         } else {
                             int64_t first = ((int64_t)step * W + r) * T;
                             bench_trace_fill(src->trace, cfg, l, first, T, rr);
@@ -475,7 +472,6 @@ static ep_status sched_run_source(const sched_source *src, const sched_variant *
     free(sl.recv);
     free(sl.disp);
     free(visit);
-    free(slot_rank);
     free(node_of);
     ep_router_free(router);
     return st;

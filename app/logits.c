@@ -201,8 +201,6 @@ int ep_cmd_logits(int argc, char **argv)
     mo.progress = progress || isatty(STDERR_FILENO);
     if ((st = ep_weights_open(&cfg, &w))) goto setup_done;
     if ((st = ep_model_init(&cfg, cl, w, &mo, &m))) goto setup_done;
-    ep_policy_set_placement(pol, ep_moe_placement(ep_model_moe(m))->rank_of, cl->node_of,
-                            cl->world_size, cl->rank);
     if (root) {
         logits = malloc((size_t)n * cfg.vocab * sizeof(float));
         if (!logits) st = ep_errorf(EP_ERR_NOMEM, "logits: cannot allocate %zu bytes for "

@@ -37,6 +37,7 @@ struct ep_moe {
     ep_routes routes;
     ep_routes ref_routes;
     int64_t ref_pairs, ref_token_layers; // kept pairs / tokens routed by ep_moe_reference
+    ep_route_ctx ref_ctx; // the reference's routing context when a caller set one (place != NULL)
 };
 
 const char *ep_moe_backend_name(ep_moe_backend b)
@@ -413,13 +414,26 @@ static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const floa
     return EP_OK;
 }
 
+ep_route_ctx ep_moe_route_ctx(const ep_moe *m, int layer)
+{
+    ep_route_ctx c = {
+        .place = ep_moe_layer_placement(m, layer),
+        .node_of = m->cl->node_of,
+        .rank = m->cl->rank,
+        .home_only = m->opts.home_only,
+    };
+    return c;
+}
+
 ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
                          float *y, ep_comm_stats *st, ep_moe_times *tm)
 {
     ep_status s = check_call(m, p, layer, T);
     if (s) return s;
     double t0 = ep_now_us();
-    if ((s = ep_router_route(m->router, p, layer, x, T, m->gate_w[layer], &m->routes))) return s;
+    const ep_route_ctx ctx = ep_moe_route_ctx(m, layer);
+    if ((s = ep_router_route(m->router, p, &ctx, layer, x, T, m->gate_w[layer], &m->routes)))
+        return s;
     if (tm) tm->route_us += ep_now_us() - t0;
     return run_routed(m, layer, &m->routes, x, y, st, tm);
 }
@@ -625,12 +639,20 @@ ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float
     if (s) return s;
     if (!m->all_experts)
         return ep_errorf(EP_ERR_ARG, "moe: the reference path needs opts.with_reference");
-    if ((s = ep_router_route(m->router, p, layer, x, T, m->gate_w[layer], &m->ref_routes)))
+    // The forward's routes, unless a caller chose another context.
+    const ep_route_ctx ctx = m->ref_ctx.place ? m->ref_ctx : ep_moe_route_ctx(m, layer);
+    if ((s = ep_router_route(m->router, p, &ctx, layer, x, T, m->gate_w[layer], &m->ref_routes)))
         return s;
     ep_experts_reference(m->all_experts, layer, &m->ref_routes, x, y);
     m->ref_pairs += m->ref_routes.offsets[T];
     m->ref_token_layers += T;
     return EP_OK;
+}
+
+void ep_moe_set_reference_ctx(ep_moe *m, const ep_route_ctx *ctx)
+{
+    memset(&m->ref_ctx, 0, sizeof m->ref_ctx);
+    if (ctx) m->ref_ctx = *ctx;
 }
 
 void ep_moe_reference_counts(const ep_moe *m, int64_t *pairs, int64_t *token_layers)

@@ -73,9 +73,15 @@ const ep_placement *ep_moe_layer_placement(const ep_moe *m, int layer);
 const int *ep_moe_last_pair_rank(const ep_moe *m);
 size_t ep_moe_expert_bytes(const ep_moe *m); // routed + shared weights held by this rank
 
+// The routing context of MoE layer `layer` on this rank: that layer's
+// placement (the one dispatch uses), the node map, this rank. Valid until
+// the next re-placement.
+ep_route_ctx ep_moe_route_ctx(const ep_moe *m, int layer);
+
 // y[T, H] = MoE_layer(x[T, H]) for this rank's T tokens (T may be 0; every
 // rank must call it for every layer: it joins collectives). Adds this call's
-// counters to *st and times to *tm (either may be NULL).
+// counters to *st and times to *tm (either may be NULL). Routes with
+// ep_moe_route_ctx(m, layer).
 ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
                          float *y, ep_comm_stats *st, ep_moe_times *tm);
 // The same with routes decided elsewhere (a replayed trace, a test): r holds
@@ -115,6 +121,13 @@ int64_t ep_moe_window_steps(const ep_moe *m);
 // plain loop over each token's kept experts, no placement, no communication.
 ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
                            float *y);
+
+// The reference routes with ep_moe_route_ctx(m, layer), so that it keeps
+// the forward's routes. A caller pricing routes on another placement (bench
+// kl: one process standing for rank 0 of W) sets that context here for every
+// layer (borrowed: its placement and node map must outlive the calls); NULL
+// restores the default.
+void ep_moe_set_reference_ctx(ep_moe *m, const ep_route_ctx *ctx);
 
 // The reference with given routes (needs opts.with_reference).
 // (pairs kept, tokens routed) summed over every ep_moe_reference call so far:

@@ -314,7 +314,6 @@ void ep_calib_policy_init(ep_calib_policy *cp, const ep_model_cfg *m)
     cp->base.vt = &ep_calib_policy_vt;
     ep_routing_cfg_default(&cp->base.cfg, m, EP_POLICY_BASELINE);
     cp->base.params.max_k = m->k_base;
-    cp->base.params.my_rank = -1;
     cp->layer = -1;
     cp->k = m->k_base;
     cp->drop = -1;

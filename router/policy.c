@@ -103,7 +103,6 @@ ep_status ep_policy_create_cfg(const ep_routing_cfg *rc, ep_policy **out)
     for (int d = 0; d < rc->pick.n_domains; d++)
         derive_keys(&p->cfg, &p->cfg.pick.domains[d], &p->params.keys[d]);
     p->params.max_k = derive_max_k(p);
-    p->params.my_rank = -1;
     *out = p;
     return EP_OK;
 }
@@ -151,11 +150,6 @@ void ep_policy_free(ep_policy *p)
         free(p->params.keys[d].ids);
     }
     free(p->params.keys);
-    free(p->params.rank_of);
-    free(p->params.node_of_rank);
-    free(p->params.rank_load);
-    free(p->params.slot_off);
-    free(p->params.slot_rank);
     ep_routing_cfg_free(&p->cfg);
     free(p);
 }
@@ -191,77 +185,9 @@ ep_status ep_policy_set_domain(ep_policy *p, const char *name)
     return EP_OK;
 }
 
-void ep_policy_set_placement(ep_policy *p, const int *rank_of, const int *node_of_rank,
-                             int world_size, int my_rank)
+bool ep_policy_uses_load(const ep_policy *p)
 {
-    EP_ASSERT(world_size >= 1 && my_rank >= -1 && my_rank < world_size);
-    free(p->params.rank_of);
-    free(p->params.node_of_rank);
-    p->params.rank_of = ep_xmalloc((size_t)p->cfg.n_experts * sizeof(int));
-    memcpy(p->params.rank_of, rank_of, (size_t)p->cfg.n_experts * sizeof(int));
-    for (int e = 0; e < p->cfg.n_experts; e++)
-        EP_ASSERT(rank_of[e] >= 0 && rank_of[e] < world_size);
-    p->params.node_of_rank = NULL;
-    if (node_of_rank) {
-        p->params.node_of_rank = ep_xmalloc((size_t)world_size * sizeof(int));
-        memcpy(p->params.node_of_rank, node_of_rank, (size_t)world_size * sizeof(int));
-    }
-    p->params.world_size = world_size;
-    p->params.my_rank = my_rank;
-    free(p->params.rank_load);
-    p->params.rank_load = NULL;
-    ep_policy_set_replicas(p, NULL, NULL); // they belonged to the old placement
-    if (p->cfg.policy == EP_POLICY_LASER)
-        p->params.rank_load = ep_xcalloc((size_t)world_size, sizeof(int64_t));
-}
-
-const int64_t *ep_policy_rank_load(const ep_policy *p)
-{
-    return p->params.rank_load;
-}
-
-void ep_policy_load_reset(const ep_policy *p)
-{
-    if (p->params.rank_load)
-        memset(p->params.rank_load, 0, (size_t)p->params.world_size * sizeof(int64_t));
-}
-
-void ep_policy_set_replicas(ep_policy *p, const int *slot_off, const int *slot_rank)
-{
-    free(p->params.slot_off);
-    free(p->params.slot_rank);
-    p->params.slot_off = p->params.slot_rank = NULL;
-    if (!slot_off) return;
-    const int E = p->cfg.n_experts, n = slot_off[E];
-    EP_ASSERT(p->params.rank_of && slot_off[0] == 0 && n >= E);
-    p->params.slot_off = ep_xmalloc(((size_t)E + 1) * sizeof(int));
-    memcpy(p->params.slot_off, slot_off, ((size_t)E + 1) * sizeof(int));
-    p->params.slot_rank = ep_xmalloc((size_t)n * sizeof(int));
-    memcpy(p->params.slot_rank, slot_rank, (size_t)n * sizeof(int));
-    for (int e = 0; e < E; e++)
-        EP_ASSERT(slot_off[e + 1] > slot_off[e]); // every expert has a slot
-    for (int i = 0; i < n; i++)
-        EP_ASSERT(slot_rank[i] >= 0 && slot_rank[i] < p->params.world_size);
-}
-
-int ep_policy_load_rank(const ep_policy *p, int e)
-{
-    const ep_policy_params *pp = &p->params;
-    if (!pp->slot_off || !pp->rank_load) return pp->rank_of[e];
-    int best = pp->slot_rank[pp->slot_off[e]];
-    for (int i = pp->slot_off[e] + 1; i < pp->slot_off[e + 1]; i++)
-        if (pp->rank_load[pp->slot_rank[i]] < pp->rank_load[best]) best = pp->slot_rank[i];
-    return best;
-}
-
-void ep_policy_load_add(const ep_policy *p, const int *kept, int K)
-{
-    // The load array is the caller-visible running state of a const policy:
-    // select stays pure, only the router's bookkeeping writes it.
-    int64_t *load = p->params.rank_load;
-    if (!load) return;
-    for (int j = 0; j < K; j++)
-        load[ep_policy_load_rank(p, kept[j])]++;
+    return p->cfg.policy == EP_POLICY_LASER;
 }
 
 // ---- automatic Pick domain -------------------------------------------------

@@ -40,7 +40,7 @@ typedef struct {
         float lambda, beta;       // lambda in (0, 1], beta in [0, 1]
         float r_min, r_max;       // R_i normalisation, 0 <= r_min <= r_max <= 1
         float *layer_sensitivity; // [n_layers] W_l, or NULL (then L'_l = 0)
-        bool locality;            // comm-aware Ban (needs ep_policy_set_placement)
+        bool locality;            // comm-aware Ban (needs a placement in the routing context)
         float locality_ratio;     // rho in (0, 1]
     } ban;
     struct {
@@ -116,6 +116,15 @@ typedef struct {
     const float *score;      // [n_experts] softmax scores of all experts (fp32)
     const uint8_t *allowed;  // [n_experts] group-limited mask, NULL when all are allowed
     int *scratch;            // [n_experts] free for the policy during select
+    // Where the token and the experts are (router.h): NULL when the call
+    // has no placement.
+    const ep_route_ctx *ctx;
+    // laser's running load: rank_load[r] = (token, expert) pairs this
+    // routing call has already kept on rank r (ep_route_load_rank), before
+    // this token. [world_size]; NULL unless the policy is laser and the call
+    // has a placement. The router zeroes it per call and adds each token's
+    // pairs after its select, so later tokens see earlier ones.
+    const int64_t *rank_load;
 } ep_policy_token;
 
 typedef struct {
@@ -132,28 +141,12 @@ typedef struct {
     int *ids; // [off[n_layers]] ascending per layer
 } ep_pick_keys;
 
-// Derived, read-only once created (except through the setters below).
+// Derived once at creation; read-only after.
 typedef struct {
     float *ban_lterm;   // [n_layers] L'_l in [0, 1]; 0 for dense layers
     ep_pick_keys *keys; // [n_domains]
     int max_k;
-    // comm-aware Ban (NULL / -1 until ep_policy_set_placement)
-    int *rank_of;      // [n_experts]
-    int *node_of_rank; // [world_size]
-    int world_size, my_rank;
-    // laser: the inner policy's table, and the load it balances:
-    // rank_load[r] = (token, expert) pairs the current routing call has
-    // already kept on experts whose home rank (rank_of) is r. Owned,
-    // [world_size], allocated by ep_policy_set_placement for laser only; the
-    // router zeroes it at the start of each ep_router_route_logits call (one
-    // MoE layer of this rank's tokens of one step) and adds each token's
-    // pairs after its select, so later tokens of the call see earlier ones.
-    const ep_policy_vtable *inner;
-    int64_t *rank_load;
-    // laser with replicas (ep_policy_set_replicas): the ranks of each
-    // expert's slots, CSR; NULL = every expert only on its home rank.
-    int *slot_off;  // [n_experts + 1]
-    int *slot_rank; // [slot_off[n_experts]]
+    const ep_policy_vtable *inner; // laser: the inner policy's table
 } ep_policy_params;
 
 struct ep_policy {
@@ -168,30 +161,30 @@ ep_status ep_policy_create_cfg(const ep_routing_cfg *rc, ep_policy **out);
 // with `domain: auto` starts with none (Pick then keeps the baseline) until
 // the caller sets the domain that ep_pick_domain_auto chose for a request.
 ep_status ep_policy_set_domain(ep_policy *p, const char *name);
-// Comm-aware Ban: rank_of [n_experts] home rank of each expert,
-// node_of_rank [world_size], my_rank the rank whose tokens this policy
-// routes (a token on its own rank costs no bytes). Copied. Without it,
-// `ban.locality: true` behaves as plain Ban and laser as its inner policy.
-void ep_policy_set_placement(ep_policy *p, const int *rank_of, const int *node_of_rank,
-                             int world_size, int my_rank);
 int ep_policy_range(const ep_policy *p);
-// laser with redundant experts: slot_rank[slot_off[e] .. slot_off[e+1]) are
-// the ranks holding a copy of expert e (home rank first is not required).
-// An expert's load is then its least-loaded slot's rank, and a kept pair
-// counts on that rank (ties: the first listed), as replica choice tends to
-// send it. Copied; slot_off NULL clears it. ep_policy_set_placement clears
-// it too, so call this after it.
-void ep_policy_set_replicas(ep_policy *p, const int *slot_off, const int *slot_rank);
-// The rank laser counts expert e's load on: the home rank, or with replicas
-// the least-loaded slot's rank (ties: first listed). Needs a placement.
-int ep_policy_load_rank(const ep_policy *p, int e);
-// laser's running per-rank load (see ep_policy_params.rank_load), or NULL
-// when p is not laser or has no placement yet.
-const int64_t *ep_policy_rank_load(const ep_policy *p);
-// What the router does around each token for laser (no-ops otherwise):
-// zero the load at the start of a routing call, add a token's kept pairs.
-void ep_policy_load_reset(const ep_policy *p);
-void ep_policy_load_add(const ep_policy *p, const int *kept, int K);
+// Whether the router keeps a running per-rank load for p (laser).
+bool ep_policy_uses_load(const ep_policy *p);
+
+// ---- placement seen from a routing call (router/route_ctx.c) ---------------
+// Whether the call has a placement (ctx and ctx->place set).
+static inline bool ep_route_ctx_placed(const ep_route_ctx *c)
+{
+    return c && c->place;
+}
+// The rank load counts expert e's pair on: its home rank, or with replicas
+// its least-loaded slot's rank under load [world] (ties: the first slot).
+// Needs a placement.
+int ep_route_load_rank(const ep_route_ctx *c, const int64_t *load, int e);
+// load [world] += the pairs of kept[0..K), each on ep_route_load_rank.
+void ep_route_load_add(const ep_route_ctx *c, int64_t *load, const int *kept, int K);
+// Whether some copy of expert e lives on rank r.
+bool ep_route_on_rank(const ep_route_ctx *c, int e, int r);
+// Whether some copy of expert e lives on node `node` (node_of NULL: one node).
+bool ep_route_on_node(const ep_route_ctx *c, int e, int node);
+static inline int ep_route_node(const ep_route_ctx *c, int r)
+{
+    return c->node_of ? c->node_of[r] : 0;
+}
 
 // ---- shared policy steps (tested directly) --------------------------------
 
@@ -199,7 +192,7 @@ void ep_policy_load_add(const ep_policy *p, const int *kept, int K);
 // to [K_min, k_base] and to n_cand. Reports R_i and S when non-NULL.
 int ep_ban_k(const ep_routing_cfg *rc, float lterm, const float *cand_score, int n_cand,
              float *r_out, float *s_out);
-// Keeps K of the candidates, comm-aware when p has locality and a placement.
+// Keeps K of the candidates, comm-aware when p has locality and t a placement.
 void ep_ban_fill(const ep_policy *p, const ep_policy_token *t, int K, int *kept);
 // Applies Pick strategy s for domain keys to kept[0..K) (at most max_k
 // entries are written); returns the new K.

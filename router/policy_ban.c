@@ -45,30 +45,32 @@ static bool in_list(const int *a, int n, int v)
     return false;
 }
 
-// Does a token whose experts are kept[0..n) already send to expert e's rank
-// (or, with node_of_rank, to its node)? The token's own rank is free.
-static bool visits_rank(const ep_policy_params *pp, const int *kept, int n, int rank)
+// Does a token whose experts are kept[0..n) already send to a rank holding
+// a copy of expert e? The ranks it visits are its own (free) and the home
+// ranks of its kept experts; with replicas any copy of e on one of them
+// counts, since replica choice sends a pair to a rank the token visits.
+static bool near_rank(const ep_route_ctx *c, const int *kept, int n, int e)
 {
-    if (rank == pp->my_rank) return true;
+    if (c->rank >= 0 && ep_route_on_rank(c, e, c->rank)) return true;
     for (int i = 0; i < n; i++)
-        if (pp->rank_of[kept[i]] == rank) return true;
+        if (ep_route_on_rank(c, e, c->place->rank_of[kept[i]])) return true;
     return false;
 }
 
-static bool visits_node(const ep_policy_params *pp, const int *kept, int n, int rank)
+// The same for nodes; never true without a node map.
+static bool near_node(const ep_route_ctx *c, const int *kept, int n, int e)
 {
-    if (!pp->node_of_rank) return false;
-    int node = pp->node_of_rank[rank];
-    if (pp->my_rank >= 0 && pp->node_of_rank[pp->my_rank] == node) return true;
+    if (!c->node_of) return false;
+    if (c->rank >= 0 && ep_route_on_node(c, e, ep_route_node(c, c->rank))) return true;
     for (int i = 0; i < n; i++)
-        if (pp->node_of_rank[pp->rank_of[kept[i]]] == node) return true;
+        if (ep_route_on_node(c, e, ep_route_node(c, c->place->rank_of[kept[i]]))) return true;
     return false;
 }
 
 void ep_ban_fill(const ep_policy *p, const ep_policy_token *t, int K, int *kept)
 {
-    const ep_policy_params *pp = &p->params;
-    if (!p->cfg.ban.locality || !pp->rank_of) {
+    const ep_route_ctx *c = t->ctx;
+    if (!p->cfg.ban.locality || !ep_route_ctx_placed(c)) {
         memcpy(kept, t->cand, (size_t)K * sizeof(int));
         return;
     }
@@ -86,14 +88,14 @@ void ep_ban_fill(const ep_policy *p, const ep_policy_token *t, int K, int *kept)
         float thr = rho * t->score[def];
         int by_rank = -1, by_node = -1;
         for (int j = 0; j < t->n_cand; j++) {
-            int c = t->cand[j];
+            int e = t->cand[j];
             if (t->cand_score[j] < thr) break; // candidates are sorted
-            if (in_list(kept, n, c)) continue;
-            if (visits_rank(pp, kept, n, pp->rank_of[c])) {
-                by_rank = c;
+            if (in_list(kept, n, e)) continue;
+            if (near_rank(c, kept, n, e)) {
+                by_rank = e;
                 break;
             }
-            if (by_node < 0 && visits_node(pp, kept, n, pp->rank_of[c])) by_node = c;
+            if (by_node < 0 && near_node(c, kept, n, e)) by_node = e;
         }
         kept[n] = by_rank >= 0 ? by_rank : by_node >= 0 ? by_node : def;
     }

@@ -7,9 +7,9 @@
 // its lowest kept score), least-loaded home rank first, ties to the experts
 // the inner policy kept, then higher score, then lower id. "Load" is the
 // running count of pairs this routing call has already kept per home rank
-// (ep_policy_params.rank_load), before this token; with replicas
-// (ep_policy_set_replicas) an expert's least-loaded slot counts.
-// Without a placement (ep_policy_set_placement) laser is its inner policy.
+// (ep_policy_token.rank_load), before this token; with replicas in the
+// call's placement an expert's least-loaded slot counts.
+// Without a placement in the routing context laser is its inner policy.
 #include "router/policy.h"
 
 #include <string.h>
@@ -29,9 +29,8 @@ static bool in_list(const int *a, int n, int v)
 
 static int laser_select(const ep_policy *p, const ep_policy_token *t, int *kept)
 {
-    const ep_policy_params *pp = &p->params;
-    int K = pp->inner->select(p, t, kept);
-    if (!pp->rank_of || !pp->rank_load || K < 1) return K;
+    int K = p->params.inner->select(p, t, kept);
+    if (!ep_route_ctx_placed(t->ctx) || !t->rank_load || K < 1) return K;
 
     // Strongest first, so kept[0] is the top-1 and kept[K-1] the lowest kept.
     for (int i = 1; i < K; i++)
@@ -57,12 +56,12 @@ static int laser_select(const ep_policy *p, const ep_policy_token *t, int *kept)
     // inner policy, score, id): where load does not decide, the inner
     // choice stands, even when it kept a weaker expert on purpose (Pick's
     // key experts, comm-aware Ban).
-    const int64_t *load = pp->rank_load;
+    const int64_t *load = t->rank_load;
     for (int s = fixed; s < K; s++) {
         int best = s - fixed;
         for (int i = best + 1; i < n; i++) {
-            int64_t la = load[ep_policy_load_rank(p, pool[i])];
-            int64_t lb = load[ep_policy_load_rank(p, pool[best])];
+            int64_t la = load[ep_route_load_rank(t->ctx, load, pool[i])];
+            int64_t lb = load[ep_route_load_rank(t->ctx, load, pool[best])];
             bool ia = in_list(kept + fixed, K - fixed, pool[i]);
             bool ib = in_list(kept + fixed, K - fixed, pool[best]);
             if (la < lb ||

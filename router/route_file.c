@@ -108,7 +108,7 @@ ep_status ep_route_file(const ep_model_cfg *m, const ep_policy *p, int layer, co
                                input, (long long)(t0 + (int64_t)(i / E)), i % E, buf[i]);
                 break;
             }
-        if (!st) st = ep_router_route_logits(r, p, layer, buf, n, &routes);
+        if (!st) st = ep_router_route_logits(r, p, NULL, layer, buf, n, &routes);
         if (!st) st = write_chunk(out, &routes, t0);
     }
     {

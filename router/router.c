@@ -19,6 +19,8 @@ struct ep_router {
     float *cand_score; // [n_experts]
     int *kept;         // [n_experts] the policy's choice
     int *scratch;      // [n_experts] lent to the policy
+    int64_t *rank_load; // [load_cap] laser's running load per rank (router.h)
+    int load_cap;
 };
 
 // ---- building blocks -------------------------------------------------------
@@ -278,6 +280,7 @@ void ep_router_free(ep_router *r)
     free(r->cand_score);
     free(r->kept);
     free(r->scratch);
+    free(r->rank_load);
     free(r);
 }
 
@@ -320,10 +323,43 @@ static void sort_by_score(const float *score, int *ids, int k)
     }
 }
 
-ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer, const float *logits,
-                                 int T, ep_routes *out)
+// laser's running load for a call with placement ctx: zeroed, grown once
+// to the largest world; NULL when p keeps no load or ctx has no placement.
+static int64_t *call_load(ep_router *r, const ep_policy *p, const ep_route_ctx *ctx)
+{
+    if (!ep_policy_uses_load(p) || !ep_route_ctx_placed(ctx)) return NULL;
+    const int W = ctx->place->world_size;
+    if (W > r->load_cap) {
+        r->rank_load = ep_xrealloc(r->rank_load, (size_t)W * sizeof(int64_t));
+        r->load_cap = W;
+    }
+    memset(r->rank_load, 0, (size_t)W * sizeof(int64_t));
+    return r->rank_load;
+}
+
+const int64_t *ep_router_rank_load(const ep_router *r)
+{
+    return r->rank_load;
+}
+
+static ep_status check_ctx(const ep_router *r, const ep_route_ctx *ctx)
+{
+    if (!ep_route_ctx_placed(ctx)) return EP_OK;
+    const ep_placement *pl = ctx->place;
+    if (pl->n_experts != r->cfg.n_experts || ctx->rank < -1 || ctx->rank >= pl->world_size)
+        return ep_errorf(EP_ERR_ARG,
+                         "router: routing context: placement of %d experts over %d ranks, rank "
+                         "%d; expected %d experts and -1 <= rank < %d",
+                         pl->n_experts, pl->world_size, ctx->rank, r->cfg.n_experts,
+                         pl->world_size);
+    return EP_OK;
+}
+
+ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, const ep_route_ctx *ctx,
+                                 int layer, const float *logits, int T, ep_routes *out)
 {
     ep_status st = check_call(r, p, layer, T, out);
+    if (!st) st = check_ctx(r, ctx);
     if (st) return st;
     const ep_model_cfg *c = &r->cfg;
     const int E = c->n_experts, kb = c->k_base;
@@ -341,10 +377,12 @@ ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer, co
         .score = r->score,
         .allowed = grouped ? r->allowed : NULL,
         .scratch = r->scratch,
+        .ctx = ep_route_ctx_placed(ctx) ? ctx : NULL,
     };
+    int64_t *load = call_load(r, p, ctx); // laser's load counts this call's pairs only
+    tok.rank_load = load;
     out->n_tokens = T;
     out->offsets[0] = 0;
-    ep_policy_load_reset(p); // laser's load counts this call's pairs only
     for (int t = 0; t < T; t++) {
         memcpy(r->score, logits + (size_t)t * E, (size_t)E * sizeof(float));
         ep_router_softmax(r->score, E);
@@ -360,7 +398,7 @@ ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer, co
 
         int K = p->vt->select(p, &tok, r->kept);
         EP_ASSERT(K >= 1 && K <= max_k);
-        ep_policy_load_add(p, r->kept, K);
+        if (load) ep_route_load_add(ctx, load, r->kept, K);
         sort_by_score(r->score, r->kept, K);
         int off = out->offsets[t];
         memcpy(out->expert + off, r->kept, (size_t)K * sizeof(int));
@@ -370,11 +408,11 @@ ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer, co
     return EP_OK;
 }
 
-ep_status ep_router_route(ep_router *r, const ep_policy *p, int layer, const float *x, int T,
-                          const float *gate_w, ep_routes *out)
+ep_status ep_router_route(ep_router *r, const ep_policy *p, const ep_route_ctx *ctx, int layer,
+                          const float *x, int T, const float *gate_w, ep_routes *out)
 {
     ep_status st = check_call(r, p, layer, T, out);
     if (st) return st;
     ep_router_gate_logits(x, T, r->cfg.hidden, gate_w, r->cfg.n_experts, r->logits);
-    return ep_router_route_logits(r, p, layer, r->logits, T, out);
+    return ep_router_route_logits(r, p, ctx, layer, r->logits, T, out);
 }

@@ -9,6 +9,7 @@
 #ifndef EP_ROUTER_H
 #define EP_ROUTER_H
 
+#include "cluster/placement.h"
 #include "common/model_cfg.h"
 #include "common/routes.h"
 
@@ -22,7 +23,22 @@ const char *ep_policy_name(const ep_policy *p);
 // Largest K the policy can keep for one token (sizes ep_routes rows).
 int ep_policy_max_k(const ep_policy *p);
 
-// Per-call scratch, sized once for cap_tokens.
+// Where one routing call's tokens are and where their experts live: the
+// placement dispatch will use for this layer (EPLB gives each layer its own,
+// with replicas), the node map and the rank whose tokens these are. Policies
+// that look at placement (comm-aware Ban, laser) read it; the others ignore
+// it. Passed per call, never stored in a policy: a policy is immutable.
+// A NULL context (or place NULL) means no placement: comm-aware Ban is then
+// plain Ban and laser its inner policy.
+typedef struct {
+    const ep_placement *place; // this layer's placement, or NULL
+    const int *node_of;        // [place->world_size] node of each rank, or NULL (one node)
+    int rank;                  // the routed tokens' rank, or -1 (none: no rank is free)
+    bool home_only;            // every pair goes to its expert's home rank (replicas unused)
+} ep_route_ctx;
+
+// Per-call scratch, sized once for cap_tokens (laser's per-rank load grows
+// to the largest world a context brings, once).
 typedef struct ep_router ep_router;
 ep_status ep_router_init(const ep_model_cfg *cfg, int cap_tokens, ep_router **out);
 void ep_router_free(ep_router *r); // NULL ok
@@ -30,11 +46,16 @@ void ep_router_free(ep_router *r); // NULL ok
 // x: [T, hidden] (this rank's tokens), gate_w: [n_experts, hidden] ->
 // out (CSR routes and the static top-k_base counterfactual). T <= cap_tokens;
 // T may be 0. out must have been sized with max_k >= ep_policy_max_k(p).
-ep_status ep_router_route(ep_router *r, const ep_policy *p, int layer, const float *x, int T,
-                          const float *gate_w, ep_routes *out);
+// ctx: where the tokens and experts are (NULL: no placement).
+ep_status ep_router_route(ep_router *r, const ep_policy *p, const ep_route_ctx *ctx, int layer,
+                          const float *x, int T, const float *gate_w, ep_routes *out);
 // The same from gate logits [T, n_experts] (for `epserve route`).
-ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, int layer,
-                                 const float *logits, int T, ep_routes *out);
+ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, const ep_route_ctx *ctx,
+                                 int layer, const float *logits, int T, ep_routes *out);
+
+// laser's running load per rank after the last call that kept one
+// ([its context's world_size]), or NULL before any (for tests).
+const int64_t *ep_router_rank_load(const ep_router *r);
 
 // ---- building blocks (public for tests and the simulator) ----------------
 // logits[t, e] = dot(x[t, :], gate_w[e, :]) in fp32, row-independent (a

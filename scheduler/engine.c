@@ -139,9 +139,6 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
         if (rc->pick.domain >= 0 && rc->pick.domain < rc->pick.n_domains)
             snprintf(e->pol_domain0[i], EP_ENG_DOMAIN_MAX, "%s",
                      rc->pick.domains[rc->pick.domain].name);
-        // Comm-aware Ban needs the home rank of every expert.
-        ep_policy_set_placement(e->pol[i], ep_moe_placement(ep_model_moe(e->m))->rank_of,
-                                cl->node_of, cl->world_size, cl->rank);
     }
     // Set-up can fail on some ranks only: agree before the first collective.
     int64_t bad = st != EP_OK;

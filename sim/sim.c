@@ -1,6 +1,6 @@
 // The simulator's driver: generates each GPU's batch with the synthetic
 // generator, routes it with the real router and policies, prices every
-// layer with the real planner (ep_comm_count) and the cost model. It runs in
+// layer with the real planner (ep_dispatch_plan) and the cost model. It runs in
 // one process and moves no data; links and kernels are sim/cost.c's models.
 #include "common/weights.h"
 #include "router/policy.h"
@@ -37,30 +37,27 @@ void ep_sim_layer_free(ep_sim_layer *L)
     free(L->pair_dest_bytes);
     free(L->pair_comb_bytes);
     free(L->seen);
-    // sub's arrays are ours (the struct is filled by hand, see sub_reserve)
-    free(L->sub.offsets);
-    free(L->sub.expert);
-    free(L->sub.weight);
-    free(L->sub.base_expert);
-    free(L->sub.base_weight);
+    for (int r = 0; L->plans && r < L->world; r++)
+        ep_dispatch_plan_free(&L->plans[r]);
+    free(L->plans);
     memset(L, 0, sizeof *L);
 }
 
-// The per-destination sub-route holds at most the source's tokens and pairs.
-// It carries no counterfactual (k_base 0), so its base_expert array serves as
-// its pair_rank (every entry = the destination).
-static void sub_reserve(ep_sim_layer *L, int n_tokens, int nnz)
+// Rank r's plan, (re)made when the row size or node map it prices with changed.
+static ep_dispatch_plan *layer_plan(ep_sim_layer *L, int r, const int *node_of, int hidden,
+                                    ep_dtype wire)
 {
-    if (n_tokens + 1 > L->sub.cap_tokens) {
-        L->sub.cap_tokens = n_tokens + 1;
-        L->sub.offsets = ep_xrealloc(L->sub.offsets, sizeof(int) * (size_t)(n_tokens + 2));
+    if (!L->plans) L->plans = ep_xcalloc((size_t)L->world, sizeof *L->plans);
+    ep_dispatch_plan *pl = &L->plans[r];
+    bool fresh = pl->node_of && pl->hidden == hidden && pl->wire == wire;
+    for (int d = 0; fresh && d < L->world; d++)
+        fresh = pl->node_of[d] == node_of[d];
+    if (!fresh) {
+        ep_dispatch_plan_free(pl);
+        ep_status st = ep_dispatch_plan_init(pl, L->world, r, node_of, hidden, wire);
+        EP_ASSERT(st == EP_OK);
     }
-    if (nnz > L->cap_nnz) {
-        L->cap_nnz = nnz;
-        L->sub.expert = ep_xrealloc(L->sub.expert, sizeof(int) * (size_t)nnz);
-        L->sub.weight = ep_xrealloc(L->sub.weight, sizeof(float) * (size_t)nnz);
-        L->sub.base_expert = ep_xrealloc(L->sub.base_expert, sizeof(int) * (size_t)nnz);
-    }
+    return pl;
 }
 
 static void add_traffic(ep_sim_traffic *t, bool send, bool intra, double bytes)
@@ -92,55 +89,26 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
     int64_t *cbytes = L->pair_comb_bytes;
     memset(bytes, 0, sizeof *bytes * (size_t)W * W);
     memset(cbytes, 0, sizeof *cbytes * (size_t)W * W);
+    const int64_t crow = ep_comm_combine_record_bytes(cfg->hidden, wire);
     for (int r = 0; r < W; r++) {
         const ep_routes *R = &routes[r];
         const int *pr = pair_rank ? pair_rank[r] : NULL;
-        ep_comm_stats st;
-        ep_comm_count(R, p, pr, r, node_of, cfg->hidden, wire, &st);
-        ep_comm_stats_add(sum, &st);
+        ep_dispatch_plan *pl = layer_plan(L, r, node_of, cfg->hidden, wire);
+        ep_dispatch_plan_build(pl, R, p, pr);
+        ep_comm_stats_add(sum, &pl->stats);
         ep_placement_rank_load(p, R, pr, L->recv_pairs);
-        const int nnz = ep_routes_nnz(R);
-        for (int j = 0; j < nnz; j++) {
-            int d = pr ? pr[j] : p->rank_of[R->expert[j]];
-            L->seen[(size_t)d * E + R->expert[j]] = 1;
+        for (int g = 0; g < pl->n_grp; g++) {
+            const int d = pl->grp_dest[g];
+            for (int q = pl->grp_off[g]; q < pl->grp_off[g + 1]; q++)
+                L->seen[(size_t)d * E + R->expert[pl->grp_pair[q]]] = 1;
         }
-
-        // Per destination: the sub-route of r's pairs that go to d, priced by
-        // the planner itself (one record per token with pairs there).
-        sub_reserve(L, R->n_tokens, nnz);
-        int64_t disp_sum = 0, comb_sum = 0, disp_inter = 0;
+        // Per destination, straight from the plan: its records' bytes and
+        // one combine row back for each.
         for (int d = 0; d < W; d++) {
             if (d == r) continue;
-            ep_routes *S = &L->sub;
-            int t = 0, k = 0;
-            S->offsets[0] = 0;
-            for (int i = 0; i < R->n_tokens; i++) {
-                int k0 = k;
-                for (int j = R->offsets[i]; j < R->offsets[i + 1]; j++) {
-                    int dj = pr ? pr[j] : p->rank_of[R->expert[j]];
-                    if (dj != d) continue;
-                    S->expert[k] = R->expert[j];
-                    S->weight[k] = R->weight[j];
-                    S->base_expert[k] = d; // the pair_rank of the sub-route
-                    k++;
-                }
-                if (k > k0) S->offsets[++t] = k;
-            }
-            if (t == 0) continue;
-            S->n_tokens = t;
-            S->max_k = R->max_k;
-            S->k_base = 0; // no counterfactual rows in a sub-route
-            ep_comm_stats sd;
-            ep_comm_count(S, p, S->base_expert, r, node_of, cfg->hidden, wire, &sd);
-            bytes[(size_t)r * W + d] = sd.dispatch_bytes;
-            cbytes[(size_t)r * W + d] = sd.combine_bytes;
-            disp_sum += sd.dispatch_bytes;
-            comb_sum += sd.combine_bytes;
-            disp_inter += sd.dispatch_bytes_inter;
+            bytes[(size_t)r * W + d] = pl->send_bytes[d];
+            cbytes[(size_t)r * W + d] = (int64_t)ep_dispatch_plan_n_rec(pl, d) * crow;
         }
-        // The matrix must add up to what the planner charged the whole row.
-        EP_ASSERT(disp_sum == st.dispatch_bytes && comb_sum == st.combine_bytes &&
-                  disp_inter == st.dispatch_bytes_inter);
     }
 
     for (int r = 0; r < W; r++)
@@ -376,12 +344,13 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, E, H, 1.0f, x, H, gate, H,
                         0.0f, logits, E);
-            for (int i = 0; i < n_pol; i++) {
-                ep_policy_set_placement(sp[i].pol, place.rank_of, node_of, W, r);
-                if ((st = ep_router_route_logits(router, sp[i].pol, l, logits, S,
+            // Routed on the placement they are priced on first (the +eplb
+            // row prices the same routes on its EPLB placement).
+            const ep_route_ctx ctx = {.place = &place, .node_of = node_of, .rank = r};
+            for (int i = 0; i < n_pol; i++)
+                if ((st = ep_router_route_logits(router, sp[i].pol, &ctx, l, logits, S,
                                                  &sp[i].routes[r])))
                     goto done;
-            }
         }
         for (int i = 0; i < n_pol; i++) {
             ep_comm_stats sum;

@@ -9,6 +9,7 @@
 
 #include "cluster/placement.h"
 #include "comm/comm.h"
+#include "comm/dispatch_plan.h"
 #include "common/dtype.h"
 #include "common/model_cfg.h"
 #include "common/routes.h"
@@ -95,9 +96,9 @@ int64_t ep_sim_kv_bytes_per_token_layer(const ep_model_cfg *cfg);
 
 // ---- one layer, priced with the real planner (sim/sim.c) ---------------------
 // The routes of every rank at one layer, the placement and, optionally, the
-// replica each pair uses. Sums ep_comm_count over ranks into `sum` and builds
-// each rank's dispatch/combine traffic from per-destination sub-routes, each
-// priced by ep_comm_count too (so the matrix adds up to the planner's bytes).
+// replica each pair uses. Builds each rank's ep_dispatch_plan (the one the
+// MoE layer would pack from), sums their stats into `sum` and takes each
+// rank's dispatch/combine traffic per destination from its plan.
 typedef struct {
     int world;
     ep_sim_traffic *dispatch; // [world]
@@ -107,11 +108,11 @@ typedef struct {
     double dispatch_us, combine_us, experts_us; // max over ranks
     double imbalance;         // max / mean of recv_pairs (1 when no pairs)
     // scratch (sized on first use, grown only when a layer is bigger)
-    ep_routes sub;
+    ep_dispatch_plan *plans;  // [world] rank r's plan (made on first use)
     int64_t *pair_dest_bytes; // [world * world] dispatch bytes src -> dst
     int64_t *pair_comb_bytes; // [world * world] combine bytes dst -> src of those records
     uint8_t *seen;            // [world * n_experts]
-    int cap_nnz, n_experts;
+    int n_experts;
 } ep_sim_layer;
 
 void ep_sim_layer_init(ep_sim_layer *L, int world);

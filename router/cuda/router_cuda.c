@@ -55,7 +55,8 @@ bool ep_router_cuda_supports(const ep_policy *p)
     const bool ban = rc->policy == EP_POLICY_BAN || rc->policy == EP_POLICY_BANPICK;
     const bool pick = rc->policy == EP_POLICY_PICK || rc->policy == EP_POLICY_BANPICK;
     if (rc->policy != EP_POLICY_BASELINE && !ban && !pick) return false;
-    if (ban && rc->ban.locality && p->params.rank_of) return false; // comm-aware
+    // No routing context reaches the device router: comm-aware Ban routes
+    // here as plain Ban, as the host router does without a placement.
     if (pick && !keys_fit(p)) return false;
     // The group count is checked against the model when routing (params()).
     const int want = EP_MIN(rc->n_experts, ep_policy_range(p) * rc->k_base);

@@ -322,7 +322,7 @@ static int router_host_vs_cpu_p(const ep_model_cfg *c, const ep_policy *p, const
                 for (int i = k->off[layer]; i < k->off[layer + 1]; i++)
                     logits[(size_t)t * E + k->ids[i]] += (t % 4 == 0) ? 3.0f : 1.5f;
         }
-        assert_int_equal(ep_router_route_logits(cpu, p, layer, logits, T, &a), EP_OK);
+        assert_int_equal(ep_router_route_logits(cpu, p, NULL, layer, logits, T, &a), EP_OK);
         assert_int_equal(ep_router_cuda_route_logits_host(c, p, layer, logits, T, &b), EP_OK);
         assert_int_equal(b.n_tokens, T);
         assert_memory_equal(a.offsets, b.offsets, sizeof(int) * (T + 1));

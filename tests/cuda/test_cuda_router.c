@@ -117,7 +117,7 @@ static void compare_p(const ep_model_cfg *c, const ep_policy *p, const char *lab
                 for (int i = k->off[layer]; i < k->off[layer + 1]; i++)
                     logits[(size_t)t * E + k->ids[i]] += (t % 4 == 0) ? 3.025f : 1.525f;
         }
-        assert_int_equal(ep_router_route_logits(cpu, p, layer, logits, T, &a), EP_OK);
+        assert_int_equal(ep_router_route_logits(cpu, p, NULL, layer, logits, T, &a), EP_OK);
         assert_int_equal(ep_router_cuda_route_logits(dev, p, layer, logits, T, &b), EP_OK);
         assert_int_equal(b.n_tokens, T);
         excused += same_routes(c, p, layer, logits, &a, &b);
@@ -208,7 +208,7 @@ static void compare_gate(const ep_model_cfg *c, const ep_policy *p, const char *
             x[i] = (float)((int)(ep_rng_next(&r) % 7) - 3) / 8.0f;
         const float *g = gate + (size_t)layer * E * H;
         ep_router_gate_logits(x, T, H, g, E, logits);
-        assert_int_equal(ep_router_route(cpu, p, layer, x, T, g, &a), EP_OK);
+        assert_int_equal(ep_router_route(cpu, p, NULL, layer, x, T, g, &a), EP_OK);
         assert_int_equal(ep_router_cuda_route(dev, p, layer, x, T, &b), EP_OK);
         excused += same_routes(c, p, layer, logits, &a, &b);
     }

@@ -110,7 +110,7 @@ static double avg_k(const ep_model_cfg *cfg, ep_weights *w, const ep_policy *p)
         CHECK_OK(ep_weights_read_f32(w, name, 2, shape, gate));
         for (int t = 0; t < T; t++)
             ep_synth_hidden(cfg, 99, l, t % 4, t, x + (size_t)t * H);
-        CHECK_OK(ep_router_route(r, p, l, x, T, gate, &rt));
+        CHECK_OK(ep_router_route(r, p, NULL, l, x, T, gate, &rt));
         kept += ep_routes_nnz(&rt);
         n += T;
     }

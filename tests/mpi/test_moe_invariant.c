@@ -101,11 +101,8 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, p
     CHECK_OK(ep_moe_init(cfg, cl, w, &o, &m));
     free(load);
     if (!m) goto out;
-    // laser balances by home rank (and comm-aware Ban looks at it): give every
-    // policy the placement, as bench does; the others ignore it.
-    for (int p = 0; p < n_pol; p++)
-        ep_policy_set_placement(pol[p], ep_moe_placement(m)->rank_of, cl->node_of, cl->world_size,
-                                cl->rank);
+    // laser and comm-aware Ban see each layer's placement through the
+    // routing context ep_moe_forward and ep_moe_reference both build.
     int64_t off_home = 0;  // pairs sent to a replica that is not the expert's home
     int64_t fp8_sends = 0; // records that crossed ranks in fp8
     double worst_err = 0, rms[2] = {0, 0}; // Σ (y - yref)^2, Σ yref^2 (fp8 wire)

@@ -226,9 +226,6 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
               strstr(ep_last_error(), "micro_batches"),
           "micro_batches 3 accepted");
     if (!m1 || !m2) goto out;
-    for (int p = 0; p < n_pol; p++)
-        ep_policy_set_placement(pol[p], ep_moe_placement(m1)->rank_of, cl->node_of, cl->world_size,
-                                cl->rank);
 
     const size_t H = (size_t)cfg->hidden;
     float *x = ep_xmalloc((size_t)CAP * H * sizeof(float));

@@ -36,9 +36,11 @@ typedef struct {
     ep_policy_token t;
 } tok_buf;
 
-// p's select on one token's scores[E] at `layer`; returns K, kept in b->kept.
-static inline int fixture_select(const ep_policy *p, int layer, const float *score, int E,
-                                 tok_buf *b)
+// p's select on one token's scores[E] at `layer` with a routing context
+// (NULL: no placement) and laser's running load (NULL: none); returns K,
+// kept in b->kept.
+static inline int fixture_select_ctx(const ep_policy *p, int layer, const float *score, int E,
+                                     const ep_route_ctx *ctx, const int64_t *load, tok_buf *b)
 {
     assert_true(E <= FIXTURE_MAX_E);
     int kb = p->cfg.k_base;
@@ -49,7 +51,9 @@ static inline int fixture_select(const ep_policy *p, int layer, const float *sco
                              .cand = b->cand,
                              .cand_score = b->cs,
                              .score = score,
-                             .scratch = b->scratch};
+                             .scratch = b->scratch,
+                             .ctx = ctx,
+                             .rank_load = load};
     b->t.n_cand = ep_router_topk(score, E, want, NULL, b->cand);
     for (int j = 0; j < b->t.n_cand; j++)
         b->cs[j] = score[b->cand[j]];
@@ -64,6 +68,24 @@ static inline int fixture_select(const ep_policy *p, int layer, const float *sco
             }
         }
     return K;
+}
+
+static inline int fixture_select(const ep_policy *p, int layer, const float *score, int E,
+                                 tok_buf *b)
+{
+    return fixture_select_ctx(p, layer, score, E, NULL, NULL, b);
+}
+
+// A placement of n_experts over world ranks from each expert's home rank.
+static inline void fixture_place(ep_placement *pl, const int *rank_of, int n_experts, int world)
+{
+    int phy[FIXTURE_MAX_E];
+    assert_true(n_experts <= FIXTURE_MAX_E);
+    for (int e = 0; e < n_experts; e++)
+        phy[e] = e;
+    assert_int_equal(ep_placement_from_slots(pl, EP_PLACE_CONTIGUOUS, n_experts, world, n_experts,
+                                             phy, rank_of),
+                     EP_OK);
 }
 
 static inline void fixture_expect_kept(const tok_buf *b, int K, int n, const int *want)

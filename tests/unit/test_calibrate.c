@@ -147,15 +147,15 @@ static void test_policy(void **state)
 
     // Unmodified: the baseline at every MoE layer.
     for (int l = 1; l < 5; l++) {
-        assert_int_equal(ep_router_route_logits(r, bl, l, lg, T, &base), EP_OK);
-        assert_int_equal(ep_router_route_logits(r, &cp.base, l, lg, T, &got), EP_OK);
+        assert_int_equal(ep_router_route_logits(r, bl, NULL, l, lg, T, &base), EP_OK);
+        assert_int_equal(ep_router_route_logits(r, &cp.base, NULL, l, lg, T, &got), EP_OK);
         assert_memory_equal(base.expert, got.expert, sizeof(int) * T * 8);
         assert_memory_equal(base.weight, got.weight, sizeof(float) * T * 8);
     }
     // Layer 3 at K_min 3: the top 3 of the baseline, renormalised; layer 2 untouched.
     ep_calib_policy_set(&cp, 3, 3, -1);
-    assert_int_equal(ep_router_route_logits(r, bl, 3, lg, T, &base), EP_OK);
-    assert_int_equal(ep_router_route_logits(r, &cp.base, 3, lg, T, &got), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, bl, NULL, 3, lg, T, &base), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, &cp.base, NULL, 3, lg, T, &got), EP_OK);
     for (int t = 0; t < T; t++) {
         assert_int_equal(ep_routes_k(&got, t), 3);
         double s = 0.0, bs = 0.0;
@@ -168,16 +168,16 @@ static void test_policy(void **state)
         // Same ratios as the baseline's top 3.
         assert_true(fabs(got.weight[got.offsets[t]] - base.weight[base.offsets[t]] / bs) < 1e-6);
     }
-    assert_int_equal(ep_router_route_logits(r, &cp.base, 2, lg, T, &got), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, &cp.base, NULL, 2, lg, T, &got), EP_OK);
     for (int t = 0; t < T; t++)
         assert_int_equal(ep_routes_k(&got, t), 8);
 
     // Drop one expert at layer 4: gone where it was kept (K 7, weights
     // renormalised), K 8 where it was not.
-    assert_int_equal(ep_router_route_logits(r, bl, 4, lg, T, &base), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, bl, NULL, 4, lg, T, &base), EP_OK);
     int victim = base.expert[base.offsets[0] + 2];
     ep_calib_policy_set(&cp, 4, 8, victim);
-    assert_int_equal(ep_router_route_logits(r, &cp.base, 4, lg, T, &got), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, &cp.base, NULL, 4, lg, T, &got), EP_OK);
     int n_dropped = 0;
     for (int t = 0; t < T; t++) {
         bool had = false;
@@ -200,7 +200,7 @@ static void test_policy(void **state)
     cp.rec = &rec;
     rec.domain = 1;
     ep_calib_policy_set(&cp, -1, 8, -1);
-    assert_int_equal(ep_router_route_logits(r, &cp.base, 2, lg, T, &got), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, &cp.base, NULL, 2, lg, T, &got), EP_OK);
     double rmin = INFINITY, rmax = -INFINITY;
     int64_t cnt[E] = {0};
     for (int t = 0; t < T; t++) {

@@ -404,12 +404,15 @@ static void test_ban_locality(void **state)
     float s[16] = {0};
     s[0] = 0.20f, s[1] = 0.17f, s[2] = 0.16f, s[8] = 0.15f, s[4] = 0.13f, s[3] = 0.125f;
     s[12] = 0.01f, s[13] = 0.01f;
+    ep_placement pl;
+    fixture_place(&pl, rank_of, 16, 4);
+    ep_route_ctx ctx = {.place = &pl, .node_of = node_of, .rank = -1};
     tok_buf b;
     fixture_select(p, 1, s, 16, &b); // sets up b.t
     int kept[16];
-    ep_ban_fill(p, &b.t, 4, kept); // no placement yet: plain Ban
+    ep_ban_fill(p, &b.t, 4, kept); // no placement: plain Ban
     assert_int_equal(kept[3], 8);
-    ep_policy_set_placement(p, rank_of, node_of, 4, -1);
+    b.t.ctx = &ctx;
     ep_ban_fill(p, &b.t, 4, kept); // within 0.8 * 0.15 = 0.12: 3 is on rank 0 already visited
     assert_int_equal(kept[0], 0);
     assert_int_equal(kept[1], 1);
@@ -419,23 +422,47 @@ static void test_ban_locality(void **state)
     assert_int_equal(kept[4], 4);
     s[3] = 0.11f; // now below the ratio: the node match (4) wins
     fixture_select(p, 1, s, 16, &b);
+    b.t.ctx = &ctx;
     ep_ban_fill(p, &b.t, 4, kept);
     assert_int_equal(kept[3], 4);
-    ep_policy_set_placement(p, rank_of, NULL, 4, -1); // ranks only: nothing near -> default
+    ctx.node_of = NULL; // ranks only: nothing near -> default
     ep_ban_fill(p, &b.t, 4, kept);
     assert_int_equal(kept[3], 8);
-    ep_policy_set_placement(p, rank_of, NULL, 4, 2); // the token's own rank holds 8
+    ctx.rank = 2; // the token's own rank holds 8
     ep_ban_fill(p, &b.t, 4, kept);
     assert_int_equal(kept[3], 8);
-    ep_policy_set_placement(p, rank_of, NULL, 4, 1); // own rank holds 4
+    ctx.rank = 1; // own rank holds 4
     ep_ban_fill(p, &b.t, 4, kept);
     assert_int_equal(kept[3], 4);
+    // A replica of 5 on rank 3, the token's own: with replicas 5 is near and
+    // beats 8 (within the ratio); its home stays rank 1 (slots go by rank).
+    s[5] = 0.13f;
+    fixture_select(p, 1, s, 16, &b);
+    int phy_e[17], phy_r[17], n = 0;
+    for (int e = 0; e < 16; e++) {
+        phy_e[n] = e, phy_r[n++] = rank_of[e];
+        if (e == 5) phy_e[n] = 5, phy_r[n++] = 3;
+    }
+    ep_placement rp;
+    assert_int_equal(ep_placement_from_slots(&rp, EP_PLACE_EPLB, 16, 4, n, phy_e, phy_r), EP_OK);
+    ep_route_ctx rctx = {.place = &rp, .node_of = NULL, .rank = 3};
+    b.t.ctx = &rctx;
+    ep_ban_fill(p, &b.t, 4, kept);
+    assert_int_equal(kept[3], 5);
+    assert_int_equal(rp.rank_of[5], 1);
+    rctx.home_only = true; // pairs go home: 5 goes to rank 1, nothing near
+    ep_ban_fill(p, &b.t, 4, kept);
+    assert_int_equal(kept[3], 8);
+    ep_placement_free(&rp);
     // the top K_min are always kept, whatever the placement
     rc.ban.k_min = 4;
     ep_policy *q = make(&rc);
-    ep_policy_set_placement(q, rank_of, node_of, 4, 1);
+    ctx.node_of = node_of;
+    ctx.rank = 1;
+    b.t.ctx = &ctx;
     ep_ban_fill(q, &b.t, 4, kept);
     assert_int_equal(kept[3], 8);
+    ep_placement_free(&pl);
     ep_policy_free(q);
     ep_policy_free(p);
     ep_routing_cfg_free(&rc);
@@ -469,7 +496,7 @@ static void test_group_limited_candidates(void **state)
     // the baseline of this token: allowed = g0 + g2, top-4 = 0 (.20), 8 (.18), 1 (.10), 9 (.03)
     ep_policy *base;
     assert_int_equal(ep_policy_create(&m, "baseline", &base), EP_OK);
-    assert_int_equal(ep_router_route_logits(r, base, 1, lg, 1, &out), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, base, NULL, 1, lg, 1, &out), EP_OK);
     const int bwant[4] = {0, 8, 1, 9};
     for (int j = 0; j < 4; j++) {
         assert_int_equal(out.expert[j], bwant[j]);
@@ -492,7 +519,7 @@ static void test_group_limited_candidates(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         ep_policy *p = pick_policy(EP_POLICY_PICK, cases[i].st, 1, cases[i].key, 1);
-        assert_int_equal(ep_router_route_logits(r, p, 1, lg, 1, &out), EP_OK);
+        assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, 1, &out), EP_OK);
         assert_int_equal(ep_routes_k(&out, 0), cases[i].K);
         for (int j = 0; j < cases[i].K; j++) {
             assert_int_equal(out.expert[j], cases[i].want[j]);
@@ -521,7 +548,7 @@ static void test_ban_through_router_weights(void **state)
     assert_int_equal(ep_router_init(&m, 1, &r), EP_OK);
     assert_int_equal(ep_policy_create(&m, "ban", &p), EP_OK);
     ep_routes_init(&out, 1, 8, 8);
-    assert_int_equal(ep_router_route_logits(r, p, 1, lg, 1, &out), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, 1, &out), EP_OK);
     assert_int_equal(ep_routes_k(&out, 0), 4);
     for (int j = 0; j < 4; j++)
         assert_float_equal(out.weight[j], 0.25f, 1e-6);
@@ -534,7 +561,7 @@ static void test_ban_through_router_weights(void **state)
     m.routed_scaling_factor = 16.0f;
     assert_int_equal(ep_router_init(&m, 1, &r), EP_OK);
     assert_int_equal(ep_policy_create(&m, "ban", &p), EP_OK);
-    assert_int_equal(ep_router_route_logits(r, p, 1, lg, 1, &out), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, 1, &out), EP_OK);
     assert_int_equal(ep_routes_k(&out, 0), 4);
     float total = 0, base_total = 0;
     for (int j = 0; j < 4; j++)

@@ -26,6 +26,27 @@ static void hand_cfg(ep_model_cfg *m) { fixture_qwen_cfg(m, 2, E, KB, 8); }
 
 static const int rank_of[E] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
 
+// The routing context every select here gets (home placement above, no own
+// rank) and laser's running load; set_load fills it.
+static ep_placement g_place;
+static ep_route_ctx g_ctx;
+static int64_t g_load[W];
+
+static int setup(void **state)
+{
+    (void)state;
+    fixture_place(&g_place, rank_of, E, W);
+    g_ctx = (ep_route_ctx){.place = &g_place, .node_of = NULL, .rank = -1};
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    ep_placement_free(&g_place);
+    return 0;
+}
+
 // Flat: the top 4 all on rank 0 (top-1 / 4th = 0.12 / 0.09 = 1.33), then
 // 4 (.085, r1), 8 (.08, r2), 12 (.07, r3), 5 (.05, r1); the other 8 experts
 // share the rest (0.036875 each, below 0.5 x 0.09). Sums to 1.
@@ -37,25 +58,25 @@ static void flat_scores(float *s)
     s[4] = 0.085f, s[8] = 0.08f, s[12] = 0.07f, s[5] = 0.05f;
 }
 
-// The router's steps for one token at layer 1 (router_fixture.h).
+// The router's steps for one token at layer 1 (router_fixture.h), with the
+// placement and load above.
 static int run_select(const ep_policy *p, const float *score, tok_buf *b)
 {
-    return fixture_select(p, 1, score, E, b);
+    return fixture_select_ctx(p, 1, score, E, &g_ctx, g_load, b);
 }
 
 static ep_policy *make(const ep_routing_cfg *rc)
 {
     ep_policy *p = NULL;
     if (ep_policy_create_cfg(rc, &p)) fail_msg("%s", ep_last_error());
-    ep_policy_set_placement(p, rank_of, NULL, W, -1);
+    memset(g_load, 0, sizeof g_load); // a fresh routing call's load
     return p;
 }
 
-static void set_load(ep_policy *p, int64_t r0, int64_t r1, int64_t r2, int64_t r3)
+static void set_load(const ep_policy *p, int64_t r0, int64_t r1, int64_t r2, int64_t r3)
 {
-    int64_t *l = p->params.rank_load;
-    assert_non_null(l);
-    l[0] = r0, l[1] = r1, l[2] = r2, l[3] = r3;
+    (void)p;
+    g_load[0] = r0, g_load[1] = r1, g_load[2] = r2, g_load[3] = r3;
 }
 
 static void test_defaults_and_names(void **state)
@@ -72,9 +93,7 @@ static void test_defaults_and_names(void **state)
     assert_int_equal(ep_policy_create(&m, "laser", &p), EP_OK);
     assert_string_equal(ep_policy_name(p), "laser");
     assert_int_equal(ep_policy_max_k(p), KB);
-    assert_null(ep_policy_rank_load(p)); // no placement yet
-    ep_policy_set_placement(p, rank_of, NULL, W, 0);
-    assert_non_null(ep_policy_rank_load(p));
+    assert_true(ep_policy_uses_load(p)); // the router keeps a load for it
     ep_policy_free(p);
     // max K follows the inner policy: Pick A may add key experts
     rc.laser.after = EP_POLICY_PICK;
@@ -178,7 +197,7 @@ static void test_flat_widens_to_least_loaded(void **state)
     // without a placement laser is its inner policy
     ep_policy *q = NULL;
     assert_int_equal(ep_policy_create_cfg(&rc, &q), EP_OK);
-    EXPECT(&b, run_select(q, s, &b), 0, 1, 2, 3);
+    EXPECT(&b, fixture_select(q, 1, s, E, &b), 0, 1, 2, 3);
     ep_policy_free(q);
     ep_routing_cfg_free(&rc);
 }
@@ -254,30 +273,36 @@ static void test_replicas(void **state)
     EXPECT(&b, run_select(p, s, &b), 0, 1, 8, 12);
     // expert 4 also has a slot on rank 3: its load is min(11, 0) = 0, and it
     // outranks 12 there by score
-    int off[E + 1], rk[E + 1];
-    for (int e = 0, n = 0; e <= E; e++) {
-        off[e] = n;
-        if (e == E) break;
-        rk[n++] = rank_of[e];
-        if (e == 4) rk[n++] = 3;
+    int phy_e[E + 1], phy_r[E + 1], n = 0;
+    for (int e = 0; e < E; e++) {
+        phy_e[n] = e, phy_r[n++] = rank_of[e];
+        if (e == 4) phy_e[n] = 4, phy_r[n++] = 3;
     }
-    ep_policy_set_replicas(p, off, rk);
+    ep_placement rp;
+    assert_int_equal(ep_placement_from_slots(&rp, EP_PLACE_EPLB, E, W, n, phy_e, phy_r), EP_OK);
+    const ep_route_ctx home = g_ctx;
+    g_ctx.place = &rp;
     set_load(p, 10, 11, 3, 0);
-    assert_int_equal(ep_policy_load_rank(p, 4), 3);
-    assert_int_equal(ep_policy_load_rank(p, 5), 1);
+    assert_int_equal(ep_route_load_rank(&g_ctx, g_load, 4), 3);
+    assert_int_equal(ep_route_load_rank(&g_ctx, g_load, 5), 1);
     EXPECT(&b, run_select(p, s, &b), 0, 4, 8, 12);
     // a kept pair of a replicated expert counts on its least-loaded slot (r3)
     const int kept[2] = {4, 0};
-    ep_policy_load_add(p, kept, 2);
-    const int64_t *load = ep_policy_rank_load(p);
-    assert_int_equal(load[0], 11);
-    assert_int_equal(load[1], 11);
-    assert_int_equal(load[3], 1);
-    // a new placement clears the replicas: home ranks again
-    ep_policy_set_placement(p, rank_of, NULL, W, -1);
+    ep_route_load_add(&g_ctx, g_load, kept, 2);
+    assert_int_equal(g_load[0], 11);
+    assert_int_equal(g_load[1], 11);
+    assert_int_equal(g_load[3], 1);
+    // the same placement with pairs sent home only: replicas unused
+    g_ctx.home_only = true;
     set_load(p, 10, 11, 3, 0);
-    assert_int_equal(ep_policy_load_rank(p, 4), 1);
+    assert_int_equal(ep_route_load_rank(&g_ctx, g_load, 4), 1);
     EXPECT(&b, run_select(p, s, &b), 0, 1, 8, 12);
+    // the home placement again: home ranks
+    g_ctx = home;
+    set_load(p, 10, 11, 3, 0);
+    assert_int_equal(ep_route_load_rank(&g_ctx, g_load, 4), 1);
+    EXPECT(&b, run_select(p, s, &b), 0, 1, 8, 12);
+    ep_placement_free(&rp);
     ep_policy_free(p);
     ep_routing_cfg_free(&rc);
 }
@@ -299,9 +324,8 @@ static void test_router_running_load(void **state)
     assert_int_equal(ep_router_init(&m, T, &r), EP_OK);
     ep_routes out;
     ep_routes_init(&out, T, ep_policy_max_k(p), KB);
-    set_load(p, 50, 50, 50, 50); // stale: the call must start from zero
-    for (int call = 0; call < 2; call++) {
-        assert_int_equal(ep_router_route_logits(r, p, 1, logits, T, &out), EP_OK);
+    for (int call = 0; call < 2; call++) { // the second call must start from zero again
+        assert_int_equal(ep_router_route_logits(r, p, &g_ctx, 1, logits, T, &out), EP_OK);
         // token 0 sees no load: the baseline {0,1,2,3}, rank 0 now 4;
         // token 1: keep 0, then ranks 1-3 (load 0): 4, 8, 12 -> r0 5, others 1;
         // token 2: keep 0, load 1 on r1-r3 beats r0's 5: 4, 8, 12 again
@@ -313,7 +337,7 @@ static void test_router_running_load(void **state)
             for (int j = 0; j < KB; j++)
                 assert_int_equal(out.base_expert[t * KB + j], j);
         }
-        const int64_t *load = ep_policy_rank_load(p);
+        const int64_t *load = ep_router_rank_load(r);
         assert_int_equal(load[0], 6);
         assert_int_equal(load[1], 2);
         assert_int_equal(load[2], 2);
@@ -336,5 +360,5 @@ int main(void)
         cmocka_unit_test(test_replicas),
         cmocka_unit_test(test_router_running_load),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -236,7 +236,7 @@ static void check_against_brute(const ep_model_cfg *m, int layer, int T)
     assert_int_equal(ep_router_init(m, T, &r), EP_OK);
     assert_int_equal(ep_policy_create(m, "baseline", &p), EP_OK);
     ep_routes_init(&routes, T, ep_policy_max_k(p), m->k_base);
-    assert_int_equal(ep_router_route_logits(r, p, layer, lg, T, &routes), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, p, NULL, layer, lg, T, &routes), EP_OK);
     assert_int_equal(ep_routes_check(&routes, E), EP_OK);
     assert_int_equal(routes.n_tokens, T);
     for (int t = 0; t < T; t++) {
@@ -297,13 +297,13 @@ static void test_route_from_x(void **state)
     assert_int_equal(ep_policy_create(&m, "baseline", &p), EP_OK);
     ep_routes_init(&a, T, 3, 3);
     ep_routes_init(&b, T, 3, 3);
-    assert_int_equal(ep_router_route(r, p, 1, x, T, gw, &a), EP_OK);
-    assert_int_equal(ep_router_route_logits(r, p, 1, lg, T, &b), EP_OK);
+    assert_int_equal(ep_router_route(r, p, NULL, 1, x, T, gw, &a), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, T, &b), EP_OK);
     assert_memory_equal(a.offsets, b.offsets, sizeof(int) * (T + 1));
     assert_memory_equal(a.expert, b.expert, sizeof(int) * ep_routes_nnz(&a));
     assert_memory_equal(a.weight, b.weight, sizeof(float) * ep_routes_nnz(&a));
     // a token routes the same alone as in the batch
-    assert_int_equal(ep_router_route(r, p, 1, x + 4 * H, 1, gw, &a), EP_OK);
+    assert_int_equal(ep_router_route(r, p, NULL, 1, x + 4 * H, 1, gw, &a), EP_OK);
     assert_memory_equal(a.expert, b.expert + b.offsets[4], sizeof(int) * 3);
     assert_memory_equal(a.weight, b.weight + b.offsets[4], sizeof(float) * 3);
     ep_routes_free(&a);
@@ -323,23 +323,23 @@ static void test_route_zero_tokens_and_errors(void **state)
     assert_int_equal(ep_policy_create(&m, "baseline", &p), EP_OK);
     ep_routes_init(&routes, 5, 3, 3);
     routes.offsets[0] = 42;
-    assert_int_equal(ep_router_route_logits(r, p, 1, NULL, 0, &routes), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 1, NULL, 0, &routes), EP_OK);
     assert_int_equal(routes.n_tokens, 0);
     assert_int_equal(routes.offsets[0], 0);
     assert_int_equal(ep_routes_nnz(&routes), 0);
     float lg[6 * 12] = {0};
-    assert_int_equal(ep_router_route_logits(r, p, 0, lg, 1, &routes), EP_ERR_ARG); // dense layer
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 0, lg, 1, &routes), EP_ERR_ARG); // dense layer
     assert_non_null(strstr(ep_last_error(), "layer 0 is not a MoE layer"));
-    assert_int_equal(ep_router_route_logits(r, p, 3, lg, 1, &routes), EP_ERR_ARG);
-    assert_int_equal(ep_router_route_logits(r, p, 1, lg, 6, &routes), EP_ERR_ARG); // > cap
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 3, lg, 1, &routes), EP_ERR_ARG);
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, 6, &routes), EP_ERR_ARG); // > cap
     assert_non_null(strstr(ep_last_error(), "6 tokens"));
     ep_routes small;
     ep_routes_init(&small, 5, 2, 3);
-    assert_int_equal(ep_router_route_logits(r, p, 1, lg, 1, &small), EP_ERR_ARG); // max_k 2 < 3
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, 1, &small), EP_ERR_ARG); // max_k 2 < 3
     assert_non_null(strstr(ep_last_error(), "max_k"));
     ep_routes_free(&small);
     // all-equal logits: ties resolve to the lowest ids of the first groups
-    assert_int_equal(ep_router_route_logits(r, p, 1, lg, 1, &routes), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, 1, &routes), EP_OK);
     assert_int_equal(routes.expert[0], 0);
     assert_int_equal(routes.expert[1], 1);
     assert_int_equal(routes.expert[2], 2);
@@ -349,7 +349,7 @@ static void test_route_zero_tokens_and_errors(void **state)
     qwen_cfg(&other, 3, 16, 3);
     ep_policy *q;
     assert_int_equal(ep_policy_create(&other, "baseline", &q), EP_OK);
-    assert_int_equal(ep_router_route_logits(r, q, 1, lg, 1, &routes), EP_ERR_ARG);
+    assert_int_equal(ep_router_route_logits(r, q, NULL, 1, lg, 1, &routes), EP_ERR_ARG);
     ep_policy_free(q);
     ep_routes_free(&routes);
     ep_policy_free(p);

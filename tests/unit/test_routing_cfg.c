@@ -551,7 +551,7 @@ static void test_route_file(void **state)
     ep_routes want;
     assert_int_equal(ep_router_init(&m, T, &r), EP_OK);
     ep_routes_init(&want, T, ep_policy_max_k(p), m.k_base);
-    assert_int_equal(ep_router_route_logits(r, p, 2, lg, T, &want), EP_OK);
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 2, lg, T, &want), EP_OK);
     FILE *f = fopen(out, "r");
     assert_non_null(f);
     char line[4096];
