@@ -4,12 +4,12 @@
 // the fixed-k_base counterfactual), balance and, with --check, the error
 // against the single-process reference. Table in the nccl-tests style; JSON.
 #include "app/bench_plot.h"
-#include "app/bench_trace.h"
 #include "app/commands.h"
 #include "common/json_util.h"
 #include "common/weights.h"
 #include "model/moe.h"
 #include "router/policy.h"
+#include "sim/trace.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -411,7 +411,7 @@ static void policy_label(const char *spec, char *out, size_t n)
 
 // One MoE layer for one row of the table: routed by the policy, or replayed
 // from the trace. *routes_out gets the routes used.
-static ep_status run_layer(ep_moe *moe, const bench_policy *bp, const bench_trace *trace,
+static ep_status run_layer(ep_moe *moe, const bench_policy *bp, const ep_trace *trace,
                            ep_routes *trace_routes, const ep_model_cfg *cfg, const ep_cluster *cl,
                            const bench_args *a, int step, int layer, const float *x, float *y,
                            ep_comm_stats *st, ep_moe_times *tm, const ep_routes **routes_out)
@@ -422,7 +422,7 @@ static ep_status run_layer(ep_moe *moe, const bench_policy *bp, const bench_trac
         return s;
     }
     int64_t first = ((int64_t)step * cl->world_size + cl->rank) * a->tokens;
-    bench_trace_fill(trace, cfg, layer, first, a->tokens, trace_routes);
+    ep_trace_fill(trace, cfg, layer, first, a->tokens, trace_routes);
     *routes_out = trace_routes;
     return ep_moe_forward_routes(moe, layer, trace_routes, x, y, st, tm);
 }
@@ -432,7 +432,7 @@ static ep_status run_layer(ep_moe *moe, const bench_policy *bp, const bench_trac
 // over ranks and rows, then re-place (the experts are read again).
 static ep_status eplb_observe(ep_moe **moe, ep_weights *w, ep_cluster *cl, const ep_model_cfg *cfg,
                               const bench_args *a, bench_policy *bp, int n_pol,
-                              const bench_trace *trace, ep_routes *trace_routes, ep_moe_opts *mo,
+                              const ep_trace *trace, ep_routes *trace_routes, ep_moe_opts *mo,
                               float **x, float *y)
 {
     const size_t LE = (size_t)cfg->n_layers * cfg->n_experts;
@@ -482,7 +482,7 @@ int ep_cmd_bench(int argc, char **argv)
     float **x = NULL, *y = NULL, *yref = NULL;
     int64_t *recv_max = NULL, *recv_sum = NULL; // [n_layers] received pairs, max/sum over ranks
     ep_comm_stats *lst = NULL;                  // [n_layers] counters of one step
-    bench_trace *trace = NULL;                  // --routes-from
+    ep_trace *trace = NULL;                     // --routes-from
     ep_routes trace_routes;                     // this rank's replayed routes of one layer
     memset(&trace_routes, 0, sizeof trace_routes);
     int n_pol = 0;
@@ -529,7 +529,7 @@ int ep_cmd_bench(int argc, char **argv)
         bp = ep_xcalloc(1, sizeof *bp);
         snprintf(bp[0].label, sizeof bp[0].label, "replay");
         mo.max_k = EP_MAX(mo.max_k, 2 * cfg.k_base);
-        if ((st = bench_trace_load(a.routes_from, &cfg, mo.max_k, &trace))) goto setup_done;
+        if ((st = ep_trace_load(a.routes_from, &cfg, mo.max_k, &trace))) goto setup_done;
         ep_routes_init(&trace_routes, EP_MAX(a.tokens, 1), mo.max_k, cfg.k_base);
     } else {
         // Policies: one per comma-separated entry.
@@ -755,7 +755,7 @@ done:
     free(yref);
     free(recv_max);
     free(recv_sum);
-    bench_trace_free(trace);
+    ep_trace_free(trace);
     ep_routes_free(&trace_routes);
     free(lst);
     ep_moe_free(moe);

@@ -3,13 +3,14 @@
 // the expert-slot budget for a simulated world, in one process; no experts
 // run, no MPI. Kept apart from bench_trace.c, whose trace reader the fuzz
 // targets build alone.
-#include "app/bench_trace.h"
+#include "app/commands.h"
 
 #include "cluster/placement.h"
 #include "comm/comm.h"
 #include "router/policy.h"
 #include "scheduler/budget.h"
 #include "sim/sim.h"
+#include "sim/trace.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -273,7 +274,7 @@ typedef struct {
     ep_policy **pol;    // [n_pol] (NULL entries: trace replay)
     const double *freq; // [n_freq_layers * E] or NULL
     int n_freq_layers;
-    const bench_trace *trace;
+    const ep_trace *trace;
     const char *source;
 } sched_source;
 
@@ -408,7 +409,7 @@ static ep_status sched_run_source(const sched_source *src, const sched_variant *
                             st = ep_router_route_logits(router, pol, &ctx, l, logits, T, rr);
                         } else {
                             int64_t first = ((int64_t)step * W + r) * T;
-                            bench_trace_fill(src->trace, cfg, l, first, T, rr);
+                            ep_trace_fill(src->trace, cfg, l, first, T, rr);
                         }
                     }
                     if (!st && !measure) {
@@ -584,11 +585,11 @@ int ep_cmd_bench_sched(int argc, char **argv)
          path = strtok_r(NULL, ",", &fsave)) {
         sched_source src = {.cfg = &cfg, .a = &a, .n_pol = n_pol, .pol = pol};
         double *freq = NULL;
-        bench_trace *trace = NULL;
+        ep_trace *trace = NULL;
         const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
         src.source = base;
         if (a.trace) {
-            st = bench_trace_load(path, &cfg, cfg.k_base, &trace);
+            st = ep_trace_load(path, &cfg, cfg.k_base, &trace);
             src.trace = trace;
         } else {
             st = read_freq_csv(path, a.language, cfg.n_experts, &freq, &src.n_freq_layers);
@@ -615,7 +616,7 @@ int ep_cmd_bench_sched(int argc, char **argv)
             st = sched_run_source(&src, var, n_var, mine);
         }
         free(freq);
-        bench_trace_free(trace);
+        ep_trace_free(trace);
     }
     free(files);
     free(list);

@@ -56,7 +56,8 @@ static void make_header(char *h, size_t n, const ep_model_cfg *cfg, const char *
         "layer\n# keeps K_min = %d experts%s; r_min/r_max: min/max of R over every token and MoE "
         "layer;\n# frequency: share of tokens whose top-k_base set holds the expert; key experts: "
         "at most\n# %d per domain, one per layer, the frequent experts whose removal moves the "
-        "KL most.\n# See docs/routing.md, \"Calibration\".\n",
+        "KL most;\n# des.median_ratio: per MoE layer, the median of r_(j)/r_(j+1) over every "
+        "token.\n# See docs/routing.md, \"Calibration\".\n",
         s->top_tokens, s->k_min, s->top_tokens >= cfg->vocab ? " (N is the whole vocabulary)" : "",
         s->top_keys);
 }

@@ -8,6 +8,7 @@ int ep_cmd_make_model(int argc, char **argv); // app/make_model.c
 int ep_cmd_bench(int argc, char **argv);      // app/bench.c
 int ep_cmd_bench_comm(int argc, char **argv); // app/bench_comm.c (`bench comm`)
 int ep_cmd_bench_kernels(int argc, char **argv); // app/bench_kernels.c (`bench kernels`)
+int ep_cmd_bench_sched(int argc, char **argv); // app/bench_sched.c (`bench sched`, sim/)
 int ep_cmd_route(int argc, char **argv);      // app/route.c
 int ep_cmd_simulate(int argc, char **argv);   // app/simulate.c (sim/)
 int ep_cmd_plan(int argc, char **argv);       // app/plan.c (sim/)

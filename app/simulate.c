@@ -2,9 +2,9 @@
 // all-to-all bytes on a cluster preset under several routing policies, from
 // the real router and dispatch planner (sim/). Prints a table and writes
 // JSON; it runs in one process and never touches MPI or a GPU.
-#include "app/bench_trace.h"
 #include "app/commands.h"
 #include "sim/sim.h"
+#include "sim/trace.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -246,14 +246,14 @@ static ep_status write_json(const char *path, const ep_model_cfg *cfg, const ep_
 }
 
 typedef struct {
-    const bench_trace *trace;
+    const ep_trace *trace;
     const ep_model_cfg *cfg;
 } replay_ctx;
 
 static void replay_fill(void *user, int layer, int64_t first, int T, ep_routes *r)
 {
     const replay_ctx *rc = user;
-    bench_trace_fill(rc->trace, rc->cfg, layer, first, T, r);
+    ep_trace_fill(rc->trace, rc->cfg, layer, first, T, r);
 }
 
 int ep_cmd_simulate(int argc, char **argv)
@@ -289,12 +289,12 @@ int ep_cmd_simulate(int argc, char **argv)
         return 2;
     }
 
-    bench_trace *trace = NULL;
+    ep_trace *trace = NULL;
     replay_ctx rctx = {NULL, &cfg};
     if (a.routes_from) {
         // rows up to 2·k_base: `epserve route` output of any policy fits
         o.replay_max_k = 2 * cfg.k_base;
-        if ((st = bench_trace_load(a.routes_from, &cfg, o.replay_max_k, &trace))) {
+        if ((st = ep_trace_load(a.routes_from, &cfg, o.replay_max_k, &trace))) {
             fprintf(stderr, "epserve simulate: %s\n", ep_last_error());
             return st == EP_ERR_ARG ? 2 : 1;
         }
@@ -310,7 +310,7 @@ int ep_cmd_simulate(int argc, char **argv)
     if (st) {
         fprintf(stderr, "epserve simulate: %s\n", ep_last_error());
         free(rbuf);
-        bench_trace_free(trace);
+        ep_trace_free(trace);
         return st == EP_ERR_ARG || st == EP_ERR_CONFIG ? 2 : 1;
     }
     print_table(&cfg, &cl, &a, &o, &rep);
@@ -318,6 +318,6 @@ int ep_cmd_simulate(int argc, char **argv)
         fprintf(stderr, "epserve simulate: %s\n", ep_last_error());
     ep_sim_report_free(&rep);
     free(rbuf);
-    bench_trace_free(trace);
+    ep_trace_free(trace);
     return st ? 1 : 0;
 }

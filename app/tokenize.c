@@ -5,6 +5,7 @@
 #include "app/commands.h"
 #include "common/json_util.h"
 #include "common/model_cfg.h"
+#include "common/utf8.h"
 #include "model/tokenizer.h"
 #include "model/tokenizer_impl.h"
 
@@ -73,7 +74,7 @@ static void print_json_string(FILE *f, const char *s, size_t n)
         } else if (c < 0x80) {
             fputc(c, f), i++;
         } else {
-            size_t l = ep_tk_utf8_next((const unsigned char *)s + i, n - i, &cp);
+            size_t l = ep_utf8_next((const unsigned char *)s + i, n - i, &cp);
             if (l) {
                 fwrite(s + i, 1, l, f);
                 i += l;

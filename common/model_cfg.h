@@ -1,6 +1,7 @@
 // The model architecture (ep_model_cfg), filled from an epserve YAML preset
 // (configs/models/*.yaml) or from a Hugging Face config.json, validated in one
-// place. Immutable once loaded. Knows tensor names of the HF layout too.
+// place. Immutable once loaded. Knows tensor names of the HF layout too
+// (model_cfg_names.c).
 #ifndef EP_MODEL_CFG_H
 #define EP_MODEL_CFG_H
 

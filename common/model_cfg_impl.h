@@ -1,5 +1,5 @@
-// Internals shared by model_cfg.c (YAML, validation, layout) and
-// model_cfg_hf.c (config.json). Not for use outside common/.
+// Internals shared by model_cfg.c (YAML, validation) and model_cfg_hf.c
+// (config.json). Not for use outside common/.
 #ifndef EP_MODEL_CFG_IMPL_H
 #define EP_MODEL_CFG_IMPL_H
 

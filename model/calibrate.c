@@ -1,8 +1,9 @@
-// Calibration sweeps over the full model: one baseline sweep (recording R_i
-// and kept-set frequencies, keeping each position's top-N next-token logits),
-// one sweep per MoE layer at K_min, one per key-expert candidate with that
-// expert dropped. Sequence i always runs on rank i % world; per-sequence KL
-// sums are reduced and then added in sequence order, so the result does not
+// Calibration sweeps over the full model: one baseline sweep (recording R_i,
+// kept-set frequencies and DES's score ratios, keeping each position's top-N
+// next-token logits), one sweep per MoE layer at K_min, one per key-expert
+// candidate with that expert dropped. Sequence i always runs on rank
+// i % world; per-sequence KL sums are reduced and then added in sequence
+// order, and DES's medians come from summed counts, so the result does not
 // depend on reduction order. The pure parts are router/calibrate.c.
 #include "model/calibrate.h"
 
@@ -118,6 +119,11 @@ static ep_status sweep(calib_run *r, ep_calib_policy *cp, const int *sel, int n_
     return EP_OK;
 }
 
+static ep_status sum_i64(void *cl, int64_t *v, int n)
+{
+    return ep_cluster_allreduce_i64(cl, v, n, EP_REDUCE_SUM);
+}
+
 static ep_status reduce_record(ep_cluster *cl, ep_calib_record *rec)
 {
     size_t nl = (size_t)rec->n_domains * rec->n_layers;
@@ -190,7 +196,8 @@ ep_status ep_calibrate(const ep_model_cfg *cfg, ep_cluster *cl, ep_model *m,
     ep_calib_policy cp;
     ep_calib_policy_init(&cp, cfg);
     ep_calib_record rec;
-    ep_calib_record_init(&rec, L, E, data->n_domains);
+    ep_calib_record_init(&rec, L, E, kb, data->n_domains);
+    float *des_median = kb > 1 ? ep_xmalloc((size_t)L * (kb - 1) * sizeof(float)) : NULL;
     ep_calib_key_cand **keys = ep_xcalloc((size_t)data->n_domains, sizeof *keys);
     int *n_keys = ep_xcalloc((size_t)data->n_domains, sizeof(int));
     int *freq = ep_xmalloc((size_t)n_cand * sizeof(int));
@@ -203,6 +210,7 @@ ep_status ep_calibrate(const ep_model_cfg *cfg, ep_cluster *cl, ep_model *m,
     if ((st = sweep(&r, &cp, r.sel, N, true, "baseline (top-k_base everywhere)", NULL))) goto out;
     cp.rec = NULL;
     if ((st = reduce_record(cl, &rec))) goto out;
+    if (des_median && (st = ep_calib_des_medians(&rec, sum_i64, cl, des_median))) goto out;
     // Every rank derives the same candidates from the reduced counts.
     int n_key_sweeps = 0;
     for (int d = 0; d < data->n_domains; d++)
@@ -247,6 +255,7 @@ ep_status ep_calibrate(const ep_model_cfg *cfg, ep_cluster *cl, ep_model *m,
         .r_min = rec.r_min,
         .r_max = rec.r_max,
         .rec = &rec,
+        .des_median = des_median,
         .keys = (const ep_calib_key_cand *const *)keys,
         .n_keys = n_keys,
         .names = (const char(*)[64])data->names,
@@ -268,6 +277,7 @@ out:
     free(keys);
     free(n_keys);
     free(freq);
+    free(des_median);
     ep_calib_record_free(&rec);
     ep_calib_policy_free(&cp);
     free(r.pos_of);

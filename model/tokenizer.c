@@ -4,6 +4,8 @@
 // the chat templates chat.c's, the synthetic tokenizer tokenizer_synth.c's.
 #include "model/tokenizer_impl.h"
 #include "common/json_util.h"
+#include "common/strmap.h"
+#include "common/utf8.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -51,78 +53,14 @@ size_t ep_tk_byte_key(const unsigned char *s, size_t n, char *out)
 {
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        uint32_t cp = ep_tk_byte_char(s[i]);
-        if (cp < 0x80) {
-            out[k++] = (char)cp;
-        } else {
-            out[k++] = (char)(0xC0 | (cp >> 6));
-            out[k++] = (char)(0x80 | (cp & 0x3F));
-        }
+        k += ep_utf8_encode(ep_tk_byte_char(s[i]), out + k); // below U+0800: 1 or 2 bytes
     }
     return k;
 }
 
-// ---- UTF-8 -------------------------------------------------------------------
-
-// Length of the valid UTF-8 sequence at s[0..n) (no overlongs, surrogates or
-// code points above U+10FFFF), 0 when invalid. *cp receives the code point.
-size_t ep_tk_utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    if (n == 0) return 0;
-    unsigned c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    size_t len;
-    uint32_t v, min;
-    if ((c & 0xE0) == 0xC0)
-        len = 2, v = c & 0x1F, min = 0x80;
-    else if ((c & 0xF0) == 0xE0)
-        len = 3, v = c & 0x0F, min = 0x800;
-    else if ((c & 0xF8) == 0xF0)
-        len = 4, v = c & 0x07, min = 0x10000;
-    else
-        return 0;
-    if (n < len) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        v = (v << 6) | (s[i] & 0x3F);
-    }
-    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
-    *cp = v;
-    return len;
-}
-
-// Offset of the first invalid byte, or n when all is valid.
-size_t ep_tk_utf8_check(const char *s, size_t n)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    uint32_t cp;
-    while (i < n) {
-        if (u[i] < 0x80) {
-            i++;
-            continue;
-        }
-        size_t l = ep_tk_utf8_next(u + i, n - i, &cp);
-        if (!l) return i;
-        i += l;
-    }
-    return n;
-}
-
-// ---- hash maps ---------------------------------------------------------------
-// Fixed capacity (a power of two, at least twice the entries), linear probing;
-// keys live in the tokenizer's pool, addressed by offset.
-
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h ^ (h >> 29);
-}
+// ---- the merge table --------------------------------------------------------
+// Fixed capacity (a power of two, at least twice the merges), linear probing,
+// keyed by the id pair. The vocabulary is a common/strmap.h map.
 
 static uint64_t hash_u64(uint64_t x)
 {
@@ -140,35 +78,10 @@ static size_t pow2_at_least(size_t n)
     return c;
 }
 
-static void sm_init(tk_strmap *m, size_t n)
+int ep_tk_vocab_id(const ep_tokenizer *t, const char *k, size_t len)
 {
-    m->cap = pow2_at_least(n);
-    m->s = ep_xmalloc(m->cap * sizeof *m->s);
-    for (size_t i = 0; i < m->cap; i++)
-        m->s[i].val = -1;
-}
-
-int ep_tk_sm_get(const tk_strmap *m, const char *pool, const char *k, size_t len)
-{
-    if (!m->cap) return -1;
-    for (size_t i = hash_bytes(k, len) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        const tk_slot *s = &m->s[i];
-        if (s->val < 0) return -1;
-        if (s->len == len && !memcmp(pool + s->off, k, len)) return s->val;
-    }
-}
-
-// Returns false when the key was there already (the value is left alone).
-static bool sm_put(tk_strmap *m, const char *pool, uint32_t off, uint32_t len, int val)
-{
-    for (size_t i = hash_bytes(pool + off, len) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        tk_slot *s = &m->s[i];
-        if (s->val < 0) {
-            *s = (tk_slot){off, len, val};
-            return true;
-        }
-        if (s->len == len && !memcmp(pool + s->off, pool + off, len)) return false;
-    }
+    int id;
+    return t->vocab && ep_strmap_get(t->vocab, k, len, &id) ? id : -1;
 }
 
 const tk_pair *ep_tk_pair_get(const ep_tokenizer *t, int a, int b)
@@ -479,7 +392,7 @@ static uint32_t add_piece(ep_tokenizer *t, const char *s, size_t n, uint32_t *le
     size_t k = 0, i = 0;
     uint32_t cp;
     while (i < n) {
-        size_t l = ep_tk_utf8_next((const unsigned char *)s + i, n - i, &cp);
+        size_t l = ep_utf8_next((const unsigned char *)s + i, n - i, &cp);
         int b = l ? bl_char_byte(cp) : -1;
         if (b < 0) break;
         tmp[k++] = (char)b;
@@ -644,7 +557,7 @@ static ep_status load_model(ep_tokenizer *t, const json_t *m, const json_t *adde
     t->piece_len = ep_xcalloc((size_t)t->n_ids, sizeof *t->piece_len);
     t->flags = ep_xcalloc((size_t)t->n_ids, 1);
 
-    sm_init(&t->vocab, json_object_size(vocab));
+    t->vocab = ep_strmap_init(json_object_size(vocab));
     json_object_foreach(vocab, key, v)
     {
         int id = (int)json_integer_value(v);
@@ -654,8 +567,7 @@ static ep_status load_model(ep_tokenizer *t, const json_t *m, const json_t *adde
                              "%s: key 'model.vocab' (token \"%.60s\"): expected a unique id, "
                              "found %d used twice",
                              t->name, key, id);
-        uint32_t off = pool_add(t, key, klen);
-        sm_put(&t->vocab, t->pool, off, (uint32_t)klen, id);
+        ep_strmap_put(t->vocab, key, klen, id);
         t->piece_off[id] = add_piece(t, key, klen, &t->piece_len[id]);
         t->flags[id] = TK_PRESENT;
     }
@@ -665,12 +577,12 @@ static ep_status load_model(ep_tokenizer *t, const json_t *m, const json_t *adde
         t->flags[a->id] = TK_PRESENT | TK_ADDED | (a->special ? TK_SPECIAL : 0);
         trie_insert(t, i);
     }
-    t->unk_id = unk ? ep_tk_sm_get(&t->vocab, t->pool, unk, strlen(unk)) : -1;
+    t->unk_id = unk ? ep_tk_vocab_id(t, unk, strlen(unk)) : -1;
     for (int b = 0; b < 256; b++) {
         char k[2];
         unsigned char ub = (unsigned char)b;
         size_t kl = ep_tk_byte_key(&ub, 1, k);
-        t->byte_id[b] = ep_tk_sm_get(&t->vocab, t->pool, k, kl);
+        t->byte_id[b] = ep_tk_vocab_id(t, k, kl);
     }
 
     json_t *merges = json_object_get(m, "merges");
@@ -721,9 +633,8 @@ static ep_status load_model(ep_tokenizer *t, const json_t *m, const json_t *adde
         }
         memcpy(cat, a, alen);
         memcpy(cat + alen, b, blen);
-        int ia = ep_tk_sm_get(&t->vocab, t->pool, a, alen),
-            ib = ep_tk_sm_get(&t->vocab, t->pool, b, blen);
-        int ic = ep_tk_sm_get(&t->vocab, t->pool, cat, alen + blen);
+        int ia = ep_tk_vocab_id(t, a, alen), ib = ep_tk_vocab_id(t, b, blen);
+        int ic = ep_tk_vocab_id(t, cat, alen + blen);
         if (ia < 0 || ib < 0 || ic < 0) {
             const char *bad = ia < 0 ? a : ib < 0 ? b : cat;
             int badlen = (int)(ia < 0 ? alen : ib < 0 ? blen : alen + blen);
@@ -838,7 +749,7 @@ void ep_tokenizer_free(ep_tokenizer *t)
     free(t->piece_len);
     free(t->flags);
     free(t->pool);
-    free(t->vocab.s);
+    ep_strmap_free(t->vocab);
     free(t->pairs);
     free(t->added);
     free(t->nodes);
@@ -870,7 +781,7 @@ int ep_tokenizer_find(const ep_tokenizer *t, const char *content)
     for (int i = 0; i < t->n_added; i++)
         if (t->added[i].len == n && !memcmp(t->pool + t->added[i].off, content, n))
             return t->added[i].id;
-    return ep_tk_sm_get(&t->vocab, t->pool, content, n);
+    return ep_tk_vocab_id(t, content, n);
 }
 
 int ep_tokenizer_eos_ids(const ep_tokenizer *t, int *ids, int max)

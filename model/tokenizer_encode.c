@@ -2,6 +2,7 @@
 // regexes, then BPE by merge rank over the bytes of each piece, in HF
 // `tokenizers`' order (docs/tokenizer.md). Loading is tokenizer.c's.
 #include "model/tokenizer_impl.h"
+#include "common/utf8.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -23,18 +24,6 @@ static bool is_word_char(uint32_t c)
     utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)c);
     return (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
            (cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO);
-}
-
-// Code point ending at s[0..end) (text known to be valid UTF-8).
-static uint32_t utf8_prev(const char *s, size_t end, size_t *start)
-{
-    size_t i = end - 1;
-    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80)
-        i--;
-    uint32_t cp = 0;
-    ep_tk_utf8_next((const unsigned char *)s + i, end - i, &cp);
-    *start = i;
-    return cp;
 }
 
 // ---- encoding ----------------------------------------------------------------
@@ -117,7 +106,7 @@ static ep_status bpe(const ep_tokenizer *t, enc_ctx *c, const unsigned char *s, 
             c->key = ep_xrealloc(c->key, c->key_cap);
         }
         size_t kl = ep_tk_byte_key(s, n, c->key);
-        int id = ep_tk_sm_get(&t->vocab, t->pool, c->key, kl);
+        int id = ep_tk_vocab_id(t, c->key, kl);
         if (id >= 0) {
             emit(c, id);
             return EP_OK;
@@ -185,7 +174,7 @@ static ep_status pretok(const ep_tokenizer *t, enc_ctx *c, int level, const char
         size_t ms = ov[0], me = ov[1];
         if (me == ms) { // an empty match splits nothing: step over one character
             uint32_t cp;
-            size_t l = ep_tk_utf8_next((const unsigned char *)s + me, n - me, &cp);
+            size_t l = ep_utf8_next((const unsigned char *)s + me, n - me, &cp);
             at = me + (l ? l : 1);
             continue;
         }
@@ -242,17 +231,17 @@ static ep_status encode_added(const ep_tokenizer *t, enc_ctx *c, const char *s, 
         size_t ms = i, me = end, st0;
         uint32_t cp = 0;
         if (a->single_word) {
-            bool before = ms > seg && is_word_char(utf8_prev(s, ms, &st0));
-            bool after = me < n && ep_tk_utf8_next((const unsigned char *)s + me, n - me, &cp) &&
+            bool before = ms > seg && is_word_char(ep_utf8_prev(s, ms, &st0));
+            bool after = me < n && ep_utf8_next((const unsigned char *)s + me, n - me, &cp) &&
                          is_word_char(cp);
             if (before || after) continue;
         }
         if (a->lstrip)
-            while (ms > seg && is_white(utf8_prev(s, ms, &st0)))
+            while (ms > seg && is_white(ep_utf8_prev(s, ms, &st0)))
                 ms = st0;
         if (a->rstrip) {
             size_t l;
-            while (me < n && (l = ep_tk_utf8_next((const unsigned char *)s + me, n - me, &cp)) &&
+            while (me < n && (l = ep_utf8_next((const unsigned char *)s + me, n - me, &cp)) &&
                    is_white(cp))
                 me += l;
         }
@@ -290,7 +279,7 @@ ep_status ep_tokenizer_encode(const ep_tokenizer *t, const char *text, size_t le
 {
     *ids = NULL;
     *n = 0;
-    size_t bad = ep_tk_utf8_check(text, len);
+    size_t bad = ep_utf8_check(text, len);
     if (bad < len)
         return ep_errorf(EP_ERR_ARG,
                          "%s: text: expected UTF-8, found an invalid byte 0x%02x at offset %zu",

@@ -1,6 +1,7 @@
 // Inside the tokenizer, shared by its files (tokenizer.c loads,
 // tokenizer_encode.c encodes, tokenizer_synth.c trains) and the `tokenize`
-// command: the struct, the GPT-2 byte-level character map, UTF-8 checks.
+// command: the struct, the GPT-2 byte-level character map (UTF-8 itself is
+// common/utf8.h).
 // Not part of the public API (model/tokenizer.h).
 #ifndef EP_TOKENIZER_IMPL_H
 #define EP_TOKENIZER_IMPL_H
@@ -8,6 +9,7 @@
 #ifndef PCRE2_CODE_UNIT_WIDTH
 #define PCRE2_CODE_UNIT_WIDTH 8
 #endif
+#include "common/strmap.h"
 #include "model/tokenizer.h"
 
 #include <pcre2.h>
@@ -19,18 +21,8 @@
 enum { TK_PRESENT = 1, TK_SPECIAL = 2, TK_ADDED = 4 }; // per-id flags
 
 // ---- tables ------------------------------------------------------------------
-// Hash maps of fixed capacity (a power of two, at least twice the entries),
-// linear probing; string keys live in the tokenizer's pool, by offset.
-typedef struct {
-    uint32_t off, len;
-    int32_t val; // -1: empty
-} tk_slot;
-
-typedef struct {
-    tk_slot *s;
-    size_t cap;
-} tk_strmap;
-
+// The merge table: a hash map of fixed capacity (a power of two, at least
+// twice the merges), linear probing. The vocabulary is a common/strmap.h map.
 typedef struct {
     uint64_t key; // a << 32 | b
     int32_t rank; // -1: empty
@@ -46,7 +38,7 @@ struct ep_tokenizer {
     char *pool;
     size_t pool_len, pool_cap;
 
-    tk_strmap vocab; // vocab key (byte-level string as in the file) -> id
+    ep_strmap *vocab; // vocab key (byte-level string as in the file) -> id
     int byte_id[256];
     tk_pair *pairs; // merge (a, b) -> rank, merged id
     size_t pair_cap;
@@ -74,20 +66,15 @@ struct ep_tokenizer {
 };
 
 // Id of a vocab key (byte-level string as in the file), -1 if none.
-int ep_tk_sm_get(const tk_strmap *m, const char *pool, const char *k, size_t len);
+int ep_tk_vocab_id(const ep_tokenizer *t, const char *k, size_t len);
 // The merge of (a, b), NULL if none.
 const tk_pair *ep_tk_pair_get(const ep_tokenizer *t, int a, int b);
 
-// ---- byte level and UTF-8 ----------------------------------------------------
+// ---- byte level --------------------------------------------------------------
 
 // The character byte b stands for in byte-level vocabularies (Ġ for ' ').
 uint32_t ep_tk_byte_char(int b);
 // Writes the byte-level string of s[0..n) to out (room for 2n bytes); returns its length.
 size_t ep_tk_byte_key(const unsigned char *s, size_t n, char *out);
-// Length of the valid UTF-8 character at s[0..n) (no overlongs, surrogates,
-// nothing above U+10FFFF), 0 when invalid; *cp receives the code point.
-size_t ep_tk_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
-// Offset of the first byte that is not valid UTF-8, n when there is none.
-size_t ep_tk_utf8_check(const char *s, size_t n);
 
 #endif

@@ -1,11 +1,12 @@
 // The pure parts of `epserve calibrate`: the JSON-lines data reader, the
-// top-N restricted KL, the calibration policy and its recorder, the key-expert
-// choice and the assembly of the banpick profile. Running the model over the
+// top-N restricted KL, the calibration policy and its recorder, DES's medians,
+// the key-expert choice and the assembly of the banpick profile. Running the model over the
 // data (and MPI) is model/calibrate.c; the command line is app/calibrate.c.
 #include "router/calibrate.h"
 #include "common/json_util.h"
 
 #include <errno.h>
+#include <float.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -248,16 +249,21 @@ double ep_calib_kl_topn(const float *p_logits, const float *q_logits, int V, int
 
 // ---- the calibration policy ---------------------------------------------------
 
-void ep_calib_record_init(ep_calib_record *r, int n_layers, int n_experts, int n_domains)
+void ep_calib_record_init(ep_calib_record *r, int n_layers, int n_experts, int k_base,
+                          int n_domains)
 {
     memset(r, 0, sizeof *r);
     r->n_layers = n_layers;
     r->n_experts = n_experts;
+    r->k_base = k_base;
     r->n_domains = n_domains;
     r->r_min = INFINITY;
     r->r_max = -INFINITY;
     r->count = ep_xcalloc((size_t)n_domains * n_layers * n_experts, sizeof(int64_t));
     r->tokens = ep_xcalloc((size_t)n_domains * n_layers, sizeof(int64_t));
+    r->ratio = ep_xcalloc((size_t)n_layers, sizeof *r->ratio);
+    r->n_ratio = ep_xcalloc((size_t)n_layers, sizeof(int64_t));
+    r->cap_ratio = ep_xcalloc((size_t)n_layers, sizeof(int64_t));
 }
 
 void ep_calib_record_free(ep_calib_record *r)
@@ -265,7 +271,33 @@ void ep_calib_record_free(ep_calib_record *r)
     if (!r) return;
     free(r->count);
     free(r->tokens);
+    for (int l = 0; r->ratio && l < r->n_layers; l++)
+        free(r->ratio[l]);
+    free(r->ratio);
+    free(r->n_ratio);
+    free(r->cap_ratio);
     memset(r, 0, sizeof *r);
+}
+
+// Appends one token's r_(j)/r_(j+1), j = 1..k_base-1, at its layer. The
+// division is DES's own (double, a zero denominator is +inf), rounded to the
+// fp32 the profile stores.
+static void record_ratios(ep_calib_record *rec, const ep_policy_token *t)
+{
+    const int w = rec->k_base - 1;
+    if (w < 1 || t->n_cand < rec->k_base) return;
+    int l = t->layer;
+    if (rec->n_ratio[l] == rec->cap_ratio[l]) {
+        rec->cap_ratio[l] = rec->cap_ratio[l] ? 2 * rec->cap_ratio[l] : 256;
+        rec->ratio[l] = ep_xrealloc(rec->ratio[l], (size_t)rec->cap_ratio[l] * w * sizeof(float));
+    }
+    float *out = rec->ratio[l] + (size_t)rec->n_ratio[l]++ * w;
+    for (int j = 1; j <= w; j++) {
+        float a = t->cand_score[j - 1], b = t->cand_score[j];
+        double v = b > 0.0f ? (double)a / b : INFINITY;
+        // NaN scores (a broken model) sort as +inf: the bisection needs an order.
+        out[j - 1] = isnan(v) ? INFINITY : (float)v;
+    }
 }
 
 static int calib_select(const ep_policy *p, const ep_policy_token *t, int *kept)
@@ -299,6 +331,7 @@ static int calib_select(const ep_policy *p, const ep_policy_token *t, int *kept)
         rec->tokens[dl]++;
         for (int j = 0; j < K; j++)
             rec->count[dl * rec->n_experts + kept[j]]++;
+        record_ratios(rec, t);
     }
     return K;
 }
@@ -334,6 +367,81 @@ void ep_calib_policy_set(ep_calib_policy *cp, int layer, int k, int drop)
     cp->layer = layer;
     cp->k = k;
     cp->drop = drop;
+}
+
+// ---- DES medians ----------------------------------------------------------------
+
+// Non-negative floats (+inf included) order as their bit patterns do.
+static uint32_t float_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float bits_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+ep_status ep_calib_des_medians(const ep_calib_record *rec, ep_calib_sum_fn sum, void *ctx,
+                               float *median)
+{
+    const int L = rec->n_layers, w = rec->k_base - 1;
+    EP_ASSERT(w >= 1);
+    const size_t P = (size_t)L * w; // one median per (layer, j)
+    int64_t *n = ep_xmalloc((size_t)L * sizeof(int64_t));
+    memcpy(n, rec->n_ratio, (size_t)L * sizeof(int64_t));
+    // The two order statistics of each median, 0-based: (n-1)/2 and n/2.
+    uint32_t *lo = ep_xmalloc(2 * P * sizeof(uint32_t)), *hi = ep_xmalloc(2 * P * sizeof(uint32_t));
+    int64_t *cnt = ep_xmalloc(2 * P * sizeof(int64_t));
+    ep_status st = sum ? sum(ctx, n, L) : EP_OK;
+    for (size_t q = 0; q < 2 * P; q++)
+        lo[q] = 0, hi[q] = float_bits(INFINITY);
+    // Invariant: the wanted value's bits lie in [lo, hi]. The range holds
+    // fewer than 2^31 patterns, so 31 halvings leave one; every rank runs all
+    // of them, so the sums line up.
+    for (int step = 0; step < 31 && !st; step++) {
+        memset(cnt, 0, 2 * P * sizeof(int64_t));
+        for (int l = 0; l < L; l++) {
+            const float *v = rec->ratio[l];
+            for (int j = 0; j < w; j++) {
+                size_t q = 2 * ((size_t)l * w + j);
+                uint32_t mid0 = lo[q] + (hi[q] - lo[q]) / 2;
+                uint32_t mid1 = lo[q + 1] + (hi[q + 1] - lo[q + 1]) / 2;
+                for (int64_t t = 0; t < rec->n_ratio[l]; t++) {
+                    uint32_t b = float_bits(v[(size_t)t * w + j]);
+                    cnt[q] += b <= mid0;
+                    cnt[q + 1] += b <= mid1;
+                }
+            }
+        }
+        if (sum) st = sum(ctx, cnt, (int)(2 * P));
+        for (size_t q = 0; q < 2 * P && !st; q++) {
+            int64_t nl = n[q / 2 / w];
+            int64_t k = q % 2 ? nl / 2 : (nl - 1) / 2; // the order statistic wanted
+            uint32_t mid = lo[q] + (hi[q] - lo[q]) / 2;
+            if (cnt[q] >= k + 1)
+                hi[q] = mid;
+            else
+                lo[q] = mid + 1;
+        }
+    }
+    for (size_t p = 0; p < P && !st; p++) {
+        if (n[p / w] == 0) { // no token: DES's default
+            median[p] = 1.0f;
+            continue;
+        }
+        double m = 0.5 * ((double)bits_float(lo[2 * p]) + (double)bits_float(lo[2 * p + 1]));
+        median[p] = isinf(m) ? FLT_MAX : (float)m;
+    }
+    free(n);
+    free(lo);
+    free(hi);
+    free(cnt);
+    return st;
 }
 
 // ---- key experts --------------------------------------------------------------
@@ -420,6 +528,11 @@ ep_status ep_calib_build_cfg(const ep_model_cfg *m, const ep_calib_result *res, 
             const ep_calib_key_cand *c = &res->keys[d][k];
             pd->key[(size_t)c->layer * E + c->expert] = 1;
         }
+    }
+    if (res->des_median && m->k_base > 1) {
+        size_t n = (size_t)L * (m->k_base - 1);
+        rc->des.median_ratio = ep_xmalloc(n * sizeof(float));
+        memcpy(rc->des.median_ratio, res->des_median, n * sizeof(float));
     }
     rc->pick.domain = -1;
     rc->pick.domain_auto = false;

@@ -2,8 +2,9 @@
 // the calibration data file (JSON lines of token ids), the restricted top-N
 // KL divergence of next-token distributions, the calibration policy (baseline
 // everywhere except one layer forced to K_min or one expert dropped, and a
-// recorder of R_i and kept-set frequencies), the key-expert choice and the
-// profile assembly. No model, no MPI: model/calibrate.c runs the forwards.
+// recorder of R_i, kept-set frequencies and DES's score ratios), DES's
+// medians, the key-expert choice and the profile assembly. No model, no MPI:
+// model/calibrate.c runs the forwards and sums over ranks.
 #ifndef EP_CALIBRATE_H
 #define EP_CALIBRATE_H
 
@@ -45,15 +46,23 @@ double ep_calib_kl_topn(const float *p_logits, const float *q_logits, int V, int
 
 // ---- the calibration policy -----------------------------------------------
 
-// What the recording run accumulates on this rank (reduced by the caller).
+// What the recording run accumulates on this rank (count, tokens, r_min and
+// r_max are reduced by the caller; the ratios stay per rank, and
+// ep_calib_des_medians reads them on every rank).
 typedef struct {
-    int n_layers, n_experts, n_domains;
+    int n_layers, n_experts, k_base, n_domains;
     int domain;          // domain of the tokens routed now (set before each forward)
     double r_min, r_max; // R_i over recorded tokens and MoE layers (+inf / -inf: none)
     int64_t *count;      // [n_domains * n_layers * n_experts] tokens whose kept set holds e
     int64_t *tokens;     // [n_domains * n_layers] tokens routed at each layer
+    // DES's ratios r_(j)/r_(j+1), j = 1..k_base-1, of the candidates' scores
+    // (fp32; a zero r_(j+1) gives +inf, as DES counts it), every domain.
+    float **ratio;      // [n_layers][n_ratio[l] * (k_base - 1)] (NULL until a token comes)
+    int64_t *n_ratio;   // [n_layers] tokens whose ratios are held
+    int64_t *cap_ratio; // [n_layers] room, in tokens
 } ep_calib_record;
-void ep_calib_record_init(ep_calib_record *r, int n_layers, int n_experts, int n_domains);
+void ep_calib_record_init(ep_calib_record *r, int n_layers, int n_experts, int k_base,
+                          int n_domains);
 void ep_calib_record_free(ep_calib_record *r); // NULL ok
 
 // Baseline (the model's own top-k_base) at every layer except `layer`: there
@@ -72,6 +81,24 @@ typedef struct {
 void ep_calib_policy_init(ep_calib_policy *cp, const ep_model_cfg *m);
 void ep_calib_policy_free(ep_calib_policy *cp); // NULL ok; never pass &base to ep_policy_free
 void ep_calib_policy_set(ep_calib_policy *cp, int layer, int k, int drop);
+
+// ---- DES medians ------------------------------------------------------------
+
+// Sums v[0..n) over all ranks in place (an allreduce). Every rank calls it
+// the same number of times with the same n.
+typedef ep_status (*ep_calib_sum_fn)(void *ctx, int64_t *v, int n);
+
+// DES's des.median_ratio (docs/routing.md, "des"): for every layer l and
+// j = 1..k_base-1, median[l * (k_base - 1) + j - 1] = the median of
+// r_(j)/r_(j+1) over the tokens recorded at l on all ranks: the middle value,
+// or the mean of the two middle ones for an even count; an infinite median is
+// written as FLT_MAX (the largest finite value the profile can hold); a layer
+// with no token (a dense one) gets 1.0, DES's default. Exact, and the same
+// however the tokens were spread over ranks: each median is found by
+// bisection on the bit patterns of non-negative floats (monotone), 31 steps of
+// one sum of counts. sum NULL: one process. k_base must be >= 2.
+ep_status ep_calib_des_medians(const ep_calib_record *rec, ep_calib_sum_fn sum, void *ctx,
+                               float *median);
 
 // ---- key experts ----------------------------------------------------------
 
@@ -96,6 +123,7 @@ typedef struct {
     const double *w; // [n_layers] W_l (dense layers 0)
     double r_min, r_max;
     const ep_calib_record *rec;           // frequencies (count / tokens per domain and layer)
+    const float *des_median;              // [n_layers * (k_base - 1)] or NULL (top-1 models)
     const ep_calib_key_cand *const *keys; // [n_domains] chosen keys of each domain
     const int *n_keys;                    // [n_domains]
     const char (*names)[64];              // [n_domains]

@@ -4,8 +4,8 @@
 # build-fuzz/corpus/<target>/ (the seeds in tests/fuzz/corpus/ are only read);
 # a crash leaves build-fuzz/artifacts/<target>-crash-* and fails the script.
 #   scripts/fuzz.sh [--seconds N] [--jobs J] [TARGET...]   (N defaults to 60)
-# TARGET is a short name (safetensors, st_index, model_yaml, hf_config,
-# routing_yaml, route_input, bench_trace); none given: all of them.
+# TARGET is a short name (safetensors, st_index, model_yaml, hf_config, routing_yaml,
+# route_input, trace, http_request, tokenizer); none given: all of them.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${EP_FUZZ_BUILD_DIR:-$root/build-fuzz}
@@ -23,14 +23,31 @@ while [ $# -gt 0 ]; do
 done
 case "$seconds" in ''|*[!0-9]*) echo "fuzz.sh: --seconds expects a whole number, found '$seconds'" >&2; exit 2 ;; esac
 
+# Every target has its seeds and every seed folder its target: a renamed
+# target would otherwise drop out of "all of them" without a word.
+all=()
+for src in "$root"/tests/fuzz/fuzz_*.c; do
+  t=$(basename "$src" .c); t=${t#fuzz_}
+  [ "$t" = util ] && continue
+  if [ ! -d "$root/tests/fuzz/corpus/$t" ]; then
+    echo "fuzz.sh: tests/fuzz/fuzz_$t.c has no seed folder tests/fuzz/corpus/$t/" >&2
+    exit 2
+  fi
+done
+for d in "$root"/tests/fuzz/corpus/*/; do
+  t=$(basename "$d")
+  if [ ! -f "$root/tests/fuzz/fuzz_$t.c" ]; then
+    echo "fuzz.sh: tests/fuzz/corpus/$t/ has no target tests/fuzz/fuzz_$t.c" >&2
+    exit 2
+  fi
+  all+=("$t")
+done
+if [ ${#targets[@]} -eq 0 ]; then targets=("${all[@]}"); fi
+
 "$root/scripts/deps.sh"
 CC=${EP_FUZZ_CC:-clang} cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEP_FUZZ=ON -DEP_CUDA=OFF >/dev/null
 cmake --build "$build" -j "$jobs" --target fuzz
-
-if [ ${#targets[@]} -eq 0 ]; then
-  for d in "$root"/tests/fuzz/corpus/*/; do targets+=("$(basename "$d")"); done
-fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

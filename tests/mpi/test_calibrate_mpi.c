@@ -5,9 +5,11 @@
 // layer 0 is 0, MoE layers > 0) and one MoE layer's W_l equals the mean top-N
 // KL recomputed with the single-process reference forward (2 % relative),
 // r_min < r_max, frequencies sum to k_base per layer, each key is the most
-// frequent expert of its layer (one candidate per layer here); Ban with the
-// calibrated profile keeps more experts per token than uncalibrated Ban on
-// tiny Qwen3 (synthetic MoE inputs, as `epserve bench` routes them).
+// frequent expert of its layer (one candidate per layer here); DES's medians
+// equal (1e-4 relative) the medians of the same tokens routed by the
+// single-process reference forward on one rank; Ban with the calibrated
+// profile keeps more experts per token than uncalibrated Ban on tiny Qwen3
+// (synthetic MoE inputs, as `epserve bench` routes them).
 #include "common/weights.h"
 #include "model/calibrate.h"
 #include "mpi_check.h"
@@ -90,6 +92,28 @@ static double reference_w(ep_cluster *cl, const ep_model_cfg *cfg, ep_model *m,
     return sum[0] / sum[1];
 }
 
+// DES's medians recomputed on this rank alone: every sequence through the
+// reference forward with the recording baseline policy, no sums over ranks.
+static void reference_medians(const ep_model_cfg *cfg, ep_model *m, const ep_calib_data *d,
+                              float *med)
+{
+    ep_calib_policy base;
+    ep_calib_policy_init(&base, cfg);
+    ep_calib_record rec;
+    ep_calib_record_init(&rec, cfg->n_layers, cfg->n_experts, cfg->k_base, d->n_domains);
+    base.rec = &rec;
+    float *logits = ep_xmalloc((size_t)d->max_len * cfg->vocab * sizeof(float));
+    for (int i = 0; i < d->n_seqs; i++) {
+        rec.domain = d->domain[i];
+        CHECK_OK(ep_model_reference(m, &base.base, d->tokens + d->off[i], d->off[i + 1] - d->off[i],
+                                    logits));
+    }
+    CHECK_OK(ep_calib_des_medians(&rec, NULL, NULL, med));
+    free(logits);
+    ep_calib_record_free(&rec);
+    ep_calib_policy_free(&base);
+}
+
 // Average K of policy p over 64 synthetic MoE inputs per layer, 4 domains
 // (what `epserve bench` routes), on this rank alone.
 static double avg_k(const ep_model_cfg *cfg, ep_weights *w, const ep_policy *p)
@@ -166,6 +190,24 @@ static void check_profile(ep_cluster *cl, const ep_model_cfg *cfg, ep_model *m,
         CHECK(n_keys >= 1 && n_keys <= sum->top_keys, "%s %s: %d keys, expected 1..%d", cfg->name,
               pd->name, n_keys, sum->top_keys);
     }
+    // DES's medians against the same tokens through the reference, on one rank.
+    const int w = cfg->k_base - 1;
+    CHECK(rc->des.median_ratio != NULL, "%s: no des.median_ratio", cfg->name);
+    if (rc->des.median_ratio) {
+        float *ref_med = ep_xmalloc((size_t)L * w * sizeof(float));
+        reference_medians(cfg, m, d, ref_med);
+        for (int i = 0; i < L * w; i++) {
+            float got = rc->des.median_ratio[i], want = ref_med[i];
+            if (i / w < cfg->first_k_dense)
+                CHECK(got == 1.0f, "%s: dense layer %d median %g, expected 1", cfg->name, i / w,
+                      got);
+            else
+                CHECK(got >= 1.0f && fabsf(got - want) <= 1e-4f * want,
+                      "%s: des.median_ratio[%d][%d] %.9g, reference %.9g", cfg->name, i / w, i % w,
+                      got, want);
+        }
+        free(ref_med);
+    }
     // One MoE layer's W_l against the reference forward.
     int l = cfg->first_k_dense;
     double ref = reference_w(cl, cfg, m, d, l, sum->k_min, sum->top_tokens);
@@ -185,6 +227,10 @@ static void check_round_trip(ep_cluster *cl, const ep_model_cfg *cfg, const ep_r
               back.ban.r_min == rc->ban.r_min && back.ban.r_max == rc->ban.r_max &&
               back.ban.k_min == rc->ban.k_min && back.policy == rc->policy,
           "%s: ban section differs after the round trip", cfg->name);
+    CHECK(back.des.median_ratio && rc->des.median_ratio &&
+              !memcmp(back.des.median_ratio, rc->des.median_ratio,
+                      L * (cfg->k_base - 1) * sizeof(float)),
+          "%s: des.median_ratio differs after the round trip", cfg->name);
     bool same = back.pick.n_domains == rc->pick.n_domains && back.pick.domain_auto;
     for (int di = 0; same && di < rc->pick.n_domains; di++) {
         const ep_pick_domain *a = &back.pick.domains[di], *b = &rc->pick.domains[di];

@@ -5,7 +5,10 @@
 // recorder's R and counts), the frequent-expert and key-expert rules, the
 // JSON-lines reader and its errors, and the profile: built from hand-made
 // measurements, written with its header and read back by the routing loader
-// to an equal config; the shipped calibrated profiles load for their presets.
+// to an equal config; DES's medians of routed tokens against medians computed
+// here from the same scores (odd and even counts, infinite ratios, layers
+// without tokens, tokens split over two threads standing for two ranks); the
+// shipped calibrated profiles load for their presets.
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +21,9 @@
 #include <cmocka.h>
 
 #include "router/calibrate.h"
+
+#include <float.h>
+#include <pthread.h>
 
 static const double tol = 1e-12;
 
@@ -196,7 +202,7 @@ static void test_policy(void **state)
 
     // The recorder: R_i as Ban computes it, min/max, and kept-set counts.
     ep_calib_record rec;
-    ep_calib_record_init(&rec, 5, E, 2);
+    ep_calib_record_init(&rec, 5, E, 8, 2);
     cp.rec = &rec;
     rec.domain = 1;
     ep_calib_policy_set(&cp, -1, 8, -1);
@@ -358,7 +364,7 @@ static void test_profile(void **state)
     model(&m);
     const int L = 5, E = 16;
     ep_calib_record rec;
-    ep_calib_record_init(&rec, L, E, 2);
+    ep_calib_record_init(&rec, L, E, 8, 2);
     for (int d = 0; d < 2; d++)
         for (int l = 1; l < L; l++) {
             rec.tokens[d * L + l] = 13;
@@ -445,6 +451,182 @@ static void test_profile(void **state)
     ep_calib_record_free(&rec);
 }
 
+// ---- DES medians ----------------------------------------------------------------
+
+enum { DM_L = 5, DM_E = 16, DM_KB = 8, DM_W = DM_KB - 1 };
+// Tokens routed per layer: none at dense layer 0 and MoE layer 4, an odd and
+// an even count, and at layer 3 four of six tokens with only five experts
+// above zero (their later ratios are infinite, so medians there are too).
+static const int dm_tokens[DM_L] = {0, 7, 10, 6, 0};
+
+static void dm_logits(int l, int t, float *lg)
+{
+    uint64_t x = 0x9E3779B97F4A7C15ull * (uint64_t)(l * 64 + t + 1);
+    for (int e = 0; e < DM_E; e++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        lg[e] = (float)((x >> 40) % 1000) / (150.0f + 40.0f * (float)l);
+        if (l == 3 && t < 4 && e >= 5) lg[e] = -1e4f; // exp underflows: score exactly 0
+    }
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+// The medians from the scores, as docs/routing.md defines them: sort each
+// (layer, j) column, take the middle (or the mean of the two middles).
+static void dm_reference(float *med)
+{
+    for (int l = 0; l < DM_L; l++)
+        for (int j = 1; j <= DM_W; j++) {
+            int n = dm_tokens[l];
+            float v[16];
+            for (int t = 0; t < n; t++) {
+                float sc[DM_E];
+                int top[DM_KB];
+                dm_logits(l, t, sc);
+                ep_router_softmax(sc, DM_E);
+                ep_router_topk(sc, DM_E, DM_KB, NULL, top);
+                float a = sc[top[j - 1]], b = sc[top[j]];
+                v[t] = b > 0.0f ? (float)((double)a / b) : INFINITY;
+            }
+            qsort(v, (size_t)n, sizeof *v, cmp_float);
+            double m = n ? 0.5 * ((double)v[(n - 1) / 2] + (double)v[n / 2]) : 1.0;
+            med[l * DM_W + j - 1] = isinf(m) ? FLT_MAX : (float)m;
+        }
+}
+
+// Routes every token of dm_tokens through the calibration policy; token t of
+// layer l goes to recs[t % n_recs].
+static void dm_route(ep_calib_record *recs, int n_recs)
+{
+    ep_model_cfg m;
+    model(&m);
+    ep_router *r;
+    assert_int_equal(ep_router_init(&m, 1, &r), EP_OK);
+    ep_routes rt;
+    ep_routes_init(&rt, 1, DM_KB, DM_KB);
+    ep_calib_policy cp;
+    ep_calib_policy_init(&cp, &m);
+    for (int i = 0; i < n_recs; i++)
+        ep_calib_record_init(&recs[i], DM_L, DM_E, DM_KB, 1);
+    float lg[DM_E];
+    for (int l = 1; l < DM_L; l++)
+        for (int t = 0; t < dm_tokens[l]; t++) {
+            dm_logits(l, t, lg);
+            cp.rec = &recs[t % n_recs];
+            assert_int_equal(ep_router_route_logits(r, &cp.base, l, lg, 1, &rt), EP_OK);
+        }
+    ep_calib_policy_free(&cp);
+    ep_routes_free(&rt);
+    ep_router_free(r);
+}
+
+// Two threads standing for two ranks: each sum adds both threads' counts.
+typedef struct {
+    pthread_barrier_t bar;
+    int64_t part[2][2 * DM_L * DM_W];
+} dm_world;
+
+typedef struct {
+    dm_world *w;
+    int me;
+    const ep_calib_record *rec;
+    float med[DM_L * DM_W];
+    ep_status st;
+} dm_rank;
+
+static ep_status dm_sum(void *ctx, int64_t *v, int n)
+{
+    dm_rank *r = ctx;
+    memcpy(r->w->part[r->me], v, (size_t)n * sizeof *v);
+    pthread_barrier_wait(&r->w->bar);
+    for (int i = 0; i < n; i++)
+        v[i] = r->w->part[0][i] + r->w->part[1][i];
+    pthread_barrier_wait(&r->w->bar); // nobody overwrites part before both have read it
+    return EP_OK;
+}
+
+static void *dm_rank_main(void *arg)
+{
+    dm_rank *r = arg;
+    r->st = ep_calib_des_medians(r->rec, dm_sum, r, r->med);
+    return NULL;
+}
+
+static void test_des_medians(void **state)
+{
+    float want[DM_L * DM_W], got[DM_L * DM_W];
+    dm_reference(want);
+    // The reference exercises what it should: an infinite median at layer 3,
+    // finite ones elsewhere, all >= 1 (sorted scores), defaults without tokens.
+    assert_true(want[3 * DM_W + DM_W - 1] == FLT_MAX);
+    assert_true(want[1 * DM_W] >= 1.0f && want[1 * DM_W] < FLT_MAX);
+    assert_true(want[0] == 1.0f && want[4 * DM_W] == 1.0f);
+
+    ep_calib_record one;
+    dm_route(&one, 1);
+    assert_int_equal(one.n_ratio[2], 10);
+    assert_int_equal(ep_calib_des_medians(&one, NULL, NULL, got), EP_OK);
+    for (int i = 0; i < DM_L * DM_W; i++)
+        if (got[i] != want[i])
+            fail_msg("median [%d][%d]: %.9g, computed here %.9g", i / DM_W, i % DM_W, got[i],
+                     want[i]);
+
+    // Split over two "ranks": the same medians, bit for bit.
+    ep_calib_record two[2];
+    dm_route(two, 2);
+    assert_int_equal(two[0].n_ratio[1], 4);
+    assert_int_equal(two[1].n_ratio[1], 3);
+    dm_world w;
+    pthread_barrier_init(&w.bar, NULL, 2);
+    dm_rank ranks[2] = {{.w = &w, .me = 0, .rec = &two[0]}, {.w = &w, .me = 1, .rec = &two[1]}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, dm_rank_main, &ranks[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&w.bar);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ranks[i].st, EP_OK);
+        assert_memory_equal(ranks[i].med, want, sizeof want);
+    }
+
+    // Into the profile: des.median_ratio as computed, and back from the file.
+    ep_model_cfg m;
+    model(&m);
+    const double w_l[DM_L] = {0.0, 0.1, 0.2, 0.3, 0.4};
+    const char names[1][64] = {"general"};
+    const ep_calib_key_cand *keys[1] = {NULL};
+    const int n_keys[1] = {0};
+    ep_calib_result res = {.k_min = 3,
+                           .w = w_l,
+                           .r_min = 0.5,
+                           .r_max = 0.9,
+                           .rec = &one,
+                           .des_median = got,
+                           .keys = keys,
+                           .n_keys = n_keys,
+                           .names = names};
+    ep_routing_cfg rc, back;
+    assert_int_equal(ep_calib_build_cfg(&m, &res, &rc), EP_OK);
+    assert_non_null(rc.des.median_ratio);
+    assert_memory_equal(rc.des.median_ratio, want, sizeof want);
+    char path[600];
+    snprintf(path, sizeof path, "%s/des.yaml", tmpdir);
+    assert_int_equal(ep_calib_write(&rc, &m, "# des medians\n", path), EP_OK);
+    assert_int_equal(ep_routing_cfg_load(path, &m, &back), EP_OK);
+    assert_non_null(back.des.median_ratio);
+    assert_memory_equal(back.des.median_ratio, want, sizeof want);
+    ep_routing_cfg_free(&back);
+    ep_routing_cfg_free(&rc);
+    ep_calib_record_free(&one);
+    ep_calib_record_free(&two[0]);
+    ep_calib_record_free(&two[1]);
+}
+
 // The profiles shipped in configs/routing load for their presets, with one
 // sensitivity per layer, a zero for DeepSeek's dense layer 0, r_min < r_max.
 static void test_shipped(void **state)
@@ -454,8 +636,8 @@ static void test_shipped(void **state)
         ep_model_cfg m;
         assert_int_equal(ep_model_cfg_load(presets[i], &m), EP_OK);
         char path[1200];
-        snprintf(path, sizeof path, "%s/configs/routing/calibrated/%s-calibrated.yaml", EP_SOURCE_DIR,
-                 presets[i]);
+        snprintf(path, sizeof path, "%s/configs/routing/calibrated/%s-calibrated.yaml",
+                 EP_SOURCE_DIR, presets[i]);
         ep_routing_cfg rc;
         ep_status st = ep_routing_cfg_load(path, &m, &rc);
         if (st) fail_msg("%s", ep_last_error());
@@ -481,9 +663,9 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    const char *names[] = {"good.jsonl", "bad.jsonl", "profile.yaml"};
+    const char *names[] = {"good.jsonl", "bad.jsonl", "profile.yaml", "des.yaml"};
     char p[600];
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < 4; i++) {
         snprintf(p, sizeof p, "%s/%s", tmpdir, names[i]);
         unlink(p);
     }
@@ -496,7 +678,8 @@ int main(void)
         cmocka_unit_test(test_kl_hand),     cmocka_unit_test(test_top_tokens),
         cmocka_unit_test(test_policy),      cmocka_unit_test(test_frequent),
         cmocka_unit_test(test_choose_keys), cmocka_unit_test(test_data),
-        cmocka_unit_test(test_profile),     cmocka_unit_test(test_shipped),
+        cmocka_unit_test(test_profile),     cmocka_unit_test(test_des_medians),
+        cmocka_unit_test(test_shipped),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

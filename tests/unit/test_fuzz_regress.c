@@ -14,8 +14,7 @@
 #include <cmocka.h>
 
 #include "router/policy.h"
-// The trace reader is part of the epserve binary (app/), not of a library.
-#include "app/bench_trace.c"
+#include "sim/trace.h"
 
 static char dir[256];
 static char paths[4][600];
@@ -74,8 +73,9 @@ static void test_route_tokens_overflow(void **state)
     ep_policy_free(p);
 }
 
-// bench_trace.c load_csv: the message for a bad expert id quoted the field
-// after the line buffer holding it was freed (ASan: heap-use-after-free).
+// sim/trace.c load_csv (then app/bench_trace.c): the message for a bad expert
+// id quoted the field after the line buffer holding it was freed (ASan:
+// heap-use-after-free).
 static void test_trace_csv_bad_id_message(void **state)
 {
     ep_model_cfg m;
@@ -84,14 +84,15 @@ static void test_trace_csv_bad_id_message(void **state)
                        "0,1,2,3,4,5,6,7,8\n"
                        "0,1,2,3,x7y,5,6,7,8\n";
     const char *path = write_file("trace.csv", csv, sizeof csv - 1);
-    bench_trace *t = NULL;
-    assert_int_equal(bench_trace_load(path, &m, 16, &t), EP_ERR_FORMAT);
+    ep_trace *t = NULL;
+    assert_int_equal(ep_trace_load(path, &m, 16, &t), EP_ERR_FORMAT);
     assert_null(t);
     assert_non_null(strstr(ep_last_error(), ":3: column 4: expected an expert id, found 'x7y'"));
 }
 
-// bench_trace.c cmp_layer: layer ids were compared by subtraction, which
-// overflows for ids far apart (UBSan) and sorted INT_MAX before INT_MIN.
+// sim/trace.c cmp_layer (then app/bench_trace.c): layer ids were compared by
+// subtraction, which overflows for ids far apart (UBSan) and sorted INT_MAX
+// before INT_MIN.
 static void test_trace_extreme_layer_ids(void **state)
 {
     ep_model_cfg m;
@@ -100,20 +101,20 @@ static void test_trace_extreme_layer_ids(void **state)
                          "{\"layer\": -2147483648, \"experts\": [1,2,3,4,5,6,7,8]}\n"
                          "{\"layer\": 0, \"experts\": [9,10,11,12,13,14,15,16]}\n";
     const char *path = write_file("trace.jsonl", jsonl, sizeof jsonl - 1);
-    bench_trace *t = NULL;
-    assert_int_equal(bench_trace_load(path, &m, 16, &t), EP_OK);
-    assert_int_equal(bench_trace_layers(t), 3);
+    ep_trace *t = NULL;
+    assert_int_equal(ep_trace_load(path, &m, 16, &t), EP_OK);
+    assert_int_equal(ep_trace_layers(t), 3);
     ep_routes r;
     ep_routes_init(&r, 5, 16, m.k_base);
     const int first[3] = {1, 9, 17}; // MoE layer i replays the i-th smallest trace layer
     for (int l = 0; l < 3; l++) {
-        bench_trace_fill(t, &m, l, 0, 5, &r);
+        ep_trace_fill(t, &m, l, 0, 5, &r);
         assert_int_equal(ep_routes_check(&r, m.n_experts), EP_OK);
         assert_int_equal(r.expert[0], first[l]);
         assert_int_equal(ep_routes_k(&r, 4), 8);
     }
     ep_routes_free(&r);
-    bench_trace_free(t);
+    ep_trace_free(t);
 }
 
 int main(void)

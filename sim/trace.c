@@ -1,9 +1,9 @@
-// Loading and replaying routing traces for `epserve bench --routes-from`.
+// Loading and replaying routing traces (sim/trace.h).
 // Trace layers are mapped onto the model's MoE layers in order (MoE layer i
 // uses the i-th trace layer, modulo their count): traces come from models
 // much larger than the ones a CPU can run. Weights missing from a trace are
 // 1/K (a renormalised uniform choice); they change numbers, not bytes.
-#include "app/bench_trace.h"
+#include "sim/trace.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -14,21 +14,21 @@
 #include <string.h>
 
 typedef struct {
-    int trace_layer;   // the layer id the file gave (-1: none)
-    int n, cap;        // rows
-    int *off;          // [n + 1]
-    int *expert;       // [off[n]]
-    float *weight;     // [off[n]]
-    int *base;         // [n * k_base]
+    int trace_layer; // the layer id the file gave (-1: none)
+    int n, cap;      // rows
+    int *off;        // [n + 1]
+    int *expert;     // [off[n]]
+    float *weight;   // [off[n]]
+    int *base;       // [n * k_base]
 } trace_layer;
 
-struct bench_trace {
+struct ep_trace {
     int k_base;
     int n_layers;
     trace_layer *layers; // sorted by trace_layer
 };
 
-static trace_layer *layer_get(bench_trace *t, int id)
+static trace_layer *layer_get(ep_trace *t, int id)
 {
     for (int i = 0; i < t->n_layers; i++)
         if (t->layers[i].trace_layer == id) return &t->layers[i];
@@ -70,11 +70,12 @@ static ep_status check_ids(const char *path, long line, const int *ex, int k, in
 {
     for (int j = 0; j < k; j++) {
         if (ex[j] < 0 || ex[j] >= n_experts)
-            return ep_errorf(EP_ERR_FORMAT, "%s:%ld: expert id %d outside [0, %d) of the model", path,
-                             line, ex[j], n_experts);
+            return ep_errorf(EP_ERR_FORMAT, "%s:%ld: expert id %d outside [0, %d) of the model",
+                             path, line, ex[j], n_experts);
         for (int q = 0; q < j; q++)
             if (ex[q] == ex[j])
-                return ep_errorf(EP_ERR_FORMAT, "%s:%ld: expert %d listed twice", path, line, ex[j]);
+                return ep_errorf(EP_ERR_FORMAT, "%s:%ld: expert %d listed twice", path, line,
+                                 ex[j]);
     }
     return EP_OK;
 }
@@ -104,7 +105,7 @@ static ep_status int_array(const char *path, long line, json_t *a, const char *k
 }
 
 static ep_status load_jsonl(FILE *f, const char *path, const ep_model_cfg *cfg, int max_k,
-                            bench_trace *t)
+                            ep_trace *t)
 {
     char *buf = NULL;
     size_t cap = 0;
@@ -136,16 +137,18 @@ static ep_status load_jsonl(FILE *f, const char *path, const ep_model_cfg *cfg, 
         if (has_w) {
             if (!json_is_array(jw) || (int)json_array_size(jw) != n) {
                 json_decref(o);
-                st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: key 'weights': expected %d numbers (one per expert)",
-                               path, line, n);
+                st = ep_errorf(EP_ERR_FORMAT,
+                               "%s:%ld: key 'weights': expected %d numbers (one per expert)", path,
+                               line, n);
                 break;
             }
             for (int j = 0; j < n; j++) {
                 json_t *jv = json_array_get(jw, (size_t)j);
                 double v = json_number_value(jv);
                 if (!json_is_number(jv) || !isfinite(v)) {
-                    st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: key 'weights'[%d]: expected a finite number",
-                                   path, line, j);
+                    st = ep_errorf(EP_ERR_FORMAT,
+                                   "%s:%ld: key 'weights'[%d]: expected a finite number", path,
+                                   line, j);
                     break;
                 }
                 w[j] = (float)v;
@@ -165,7 +168,8 @@ static ep_status load_jsonl(FILE *f, const char *path, const ep_model_cfg *cfg, 
             }
             if (nb != cfg->k_base) {
                 json_decref(o);
-                st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: key 'base_experts': expected k_base = %d ids, found %d",
+                st = ep_errorf(EP_ERR_FORMAT,
+                               "%s:%ld: key 'base_experts': expected k_base = %d ids, found %d",
                                path, line, cfg->k_base, nb);
                 break;
             }
@@ -187,7 +191,7 @@ static ep_status load_jsonl(FILE *f, const char *path, const ep_model_cfg *cfg, 
 
 // CSV: a header row; the column named "layer" and columns e0, e1, ... hold ids.
 static ep_status load_csv(FILE *f, const char *path, const ep_model_cfg *cfg, int max_k,
-                          bench_trace *t)
+                          ep_trace *t)
 {
     char *buf = NULL;
     size_t cap = 0;
@@ -202,19 +206,23 @@ static ep_status load_csv(FILE *f, const char *path, const ep_model_cfg *cfg, in
     {
         int col = 0;
         char *save = NULL;
-        for (char *c = strtok_r(buf, ",\r\n", &save); c; c = strtok_r(NULL, ",\r\n", &save), col++) {
-            if (!strcmp(c, "layer")) layer_col = col;
-            else if (c[0] == 'e' && c[1] >= '0' && c[1] <= '9' && n_e < 256) ecol[n_e++] = col;
+        for (char *c = strtok_r(buf, ",\r\n", &save); c;
+             c = strtok_r(NULL, ",\r\n", &save), col++) {
+            if (!strcmp(c, "layer"))
+                layer_col = col;
+            else if (c[0] == 'e' && c[1] >= '0' && c[1] <= '9' && n_e < 256)
+                ecol[n_e++] = col;
         }
     }
     if (n_e == 0) {
         free(buf);
-        return ep_errorf(EP_ERR_FORMAT, "%s:1: header: expected columns e0, e1, ... with expert ids", path);
+        return ep_errorf(EP_ERR_FORMAT,
+                         "%s:1: header: expected columns e0, e1, ... with expert ids", path);
     }
     if (n_e > max_k || n_e < cfg->k_base) {
         free(buf);
-        return ep_errorf(EP_ERR_FORMAT, "%s:1: %d expert columns; the model needs k_base %d..%d", path,
-                         n_e, cfg->k_base, max_k);
+        return ep_errorf(EP_ERR_FORMAT, "%s:1: %d expert columns; the model needs k_base %d..%d",
+                         path, n_e, cfg->k_base, max_k);
     }
     int ex[256];
     while (getline(&buf, &cap, f) >= 0) {
@@ -222,15 +230,17 @@ static ep_status load_csv(FILE *f, const char *path, const ep_model_cfg *cfg, in
         if (buf[strspn(buf, " \t\r\n")] == '\0') continue;
         int col = 0, got = 0, lid = -1;
         char *save = NULL;
-        for (char *c = strtok_r(buf, ",\r\n", &save); c; c = strtok_r(NULL, ",\r\n", &save), col++) {
+        for (char *c = strtok_r(buf, ",\r\n", &save); c;
+             c = strtok_r(NULL, ",\r\n", &save), col++) {
             char *end;
             errno = 0;
             long v = strtol(c, &end, 10);
             bool bad = *end || end == c || errno == ERANGE || v < INT_MIN || v > INT_MAX;
             if (col == layer_col) {
                 if (bad) {
-                    st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: column 'layer': expected a layer id, found '%s'",
-                                   path, line, c);
+                    st = ep_errorf(EP_ERR_FORMAT,
+                                   "%s:%ld: column 'layer': expected a layer id, found '%s'", path,
+                                   line, c);
                     free(buf);
                     return st;
                 }
@@ -239,8 +249,9 @@ static ep_status load_csv(FILE *f, const char *path, const ep_model_cfg *cfg, in
             for (int j = 0; j < n_e; j++)
                 if (ecol[j] == col) {
                     if (bad) { // c points into buf: format the message before freeing it
-                        st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: column %d: expected an expert id, found '%s'",
-                                       path, line, col, c);
+                        st = ep_errorf(EP_ERR_FORMAT,
+                                       "%s:%ld: column %d: expected an expert id, found '%s'", path,
+                                       line, col, c);
                         free(buf);
                         return st;
                     }
@@ -249,7 +260,8 @@ static ep_status load_csv(FILE *f, const char *path, const ep_model_cfg *cfg, in
                 }
         }
         if (got != n_e) {
-            st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: expected %d expert ids, found %d", path, line, n_e, got);
+            st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: expected %d expert ids, found %d", path, line,
+                           n_e, got);
             break;
         }
         if ((st = check_ids(path, line, ex, n_e, cfg->n_experts))) break;
@@ -259,21 +271,22 @@ static ep_status load_csv(FILE *f, const char *path, const ep_model_cfg *cfg, in
     return st;
 }
 
-ep_status bench_trace_load(const char *path, const ep_model_cfg *cfg, int max_k, bench_trace **out)
+ep_status ep_trace_load(const char *path, const ep_model_cfg *cfg, int max_k, ep_trace **out)
 {
     *out = NULL;
     FILE *f = fopen(path, "r");
     if (!f) return ep_errorf(EP_ERR_IO, "--routes-from %s: cannot open: %s", path, strerror(errno));
-    bench_trace *t = ep_xcalloc(1, sizeof *t);
+    ep_trace *t = ep_xcalloc(1, sizeof *t);
     t->k_base = cfg->k_base;
     int c = fgetc(f);
-    while (c == ' ' || c == '\n' || c == '\r' || c == '\t') c = fgetc(f);
+    while (c == ' ' || c == '\n' || c == '\r' || c == '\t')
+        c = fgetc(f);
     ungetc(c, f);
     ep_status st = c == '{' ? load_jsonl(f, path, cfg, max_k, t) : load_csv(f, path, cfg, max_k, t);
     fclose(f);
     if (!st && t->n_layers == 0) st = ep_errorf(EP_ERR_FORMAT, "%s: no routing rows found", path);
     if (st) {
-        bench_trace_free(t);
+        ep_trace_free(t);
         return st;
     }
     qsort(t->layers, (size_t)t->n_layers, sizeof *t->layers, cmp_layer);
@@ -281,7 +294,7 @@ ep_status bench_trace_load(const char *path, const ep_model_cfg *cfg, int max_k,
     return EP_OK;
 }
 
-void bench_trace_free(bench_trace *t)
+void ep_trace_free(ep_trace *t)
 {
     if (!t) return;
     for (int i = 0; i < t->n_layers; i++) {
@@ -294,20 +307,21 @@ void bench_trace_free(bench_trace *t)
     free(t);
 }
 
-int bench_trace_rows(const bench_trace *t)
+int ep_trace_rows(const ep_trace *t)
 {
     int m = 0;
-    for (int i = 0; i < t->n_layers; i++) m = EP_MAX(m, t->layers[i].n);
+    for (int i = 0; i < t->n_layers; i++)
+        m = EP_MAX(m, t->layers[i].n);
     return m;
 }
 
-int bench_trace_layers(const bench_trace *t)
+int ep_trace_layers(const ep_trace *t)
 {
     return t->n_layers;
 }
 
-void bench_trace_fill(const bench_trace *t, const ep_model_cfg *cfg, int layer, int64_t first,
-                      int T, ep_routes *r)
+void ep_trace_fill(const ep_trace *t, const ep_model_cfg *cfg, int layer, int64_t first, int T,
+                   ep_routes *r)
 {
     int moe_idx = layer - cfg->first_k_dense;
     const trace_layer *l = &t->layers[moe_idx % t->n_layers];
@@ -322,7 +336,8 @@ void bench_trace_fill(const bench_trace *t, const ep_model_cfg *cfg, int layer, 
         memcpy(r->weight + r->offsets[i], l->weight + b, (size_t)k * sizeof(float));
         memcpy(r->base_expert + (size_t)i * r->k_base, l->base + (size_t)row * r->k_base,
                (size_t)r->k_base * sizeof(int));
-        for (int j = 0; j < r->k_base; j++) r->base_weight[(size_t)i * r->k_base + j] = 1.0f / r->k_base;
+        for (int j = 0; j < r->k_base; j++)
+            r->base_weight[(size_t)i * r->k_base + j] = 1.0f / r->k_base;
         r->offsets[i + 1] = r->offsets[i] + k;
     }
 }

@@ -2,8 +2,8 @@
 // lines or CSV), loaded against both tiny presets. Accepted traces are
 // replayed into ep_routes for every MoE layer and must satisfy the routes
 // invariants. Does not run the bench itself.
-#include "app/bench_trace.h"
 #include "fuzz_util.h"
+#include "sim/trace.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -26,16 +26,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int m = 0; m < 2; m++) {
         const ep_model_cfg *cfg = &g_models[m];
         const int max_k = 2 * cfg->k_base;
-        bench_trace *t = NULL;
-        if (bench_trace_load(path, cfg, max_k, &t) != EP_OK) {
+        ep_trace *t = NULL;
+        if (ep_trace_load(path, cfg, max_k, &t) != EP_OK) {
             EP_FUZZ_CHECK(t == NULL);
             continue;
         }
-        EP_FUZZ_CHECK(bench_trace_rows(t) > 0 && bench_trace_layers(t) > 0);
+        EP_FUZZ_CHECK(ep_trace_rows(t) > 0 && ep_trace_layers(t) > 0);
         ep_routes r;
         ep_routes_init(&r, FUZZ_T, max_k, cfg->k_base);
         for (int l = cfg->first_k_dense; l < cfg->n_layers; l++) {
-            bench_trace_fill(t, cfg, l, 3 * l, FUZZ_T, &r);
+            ep_trace_fill(t, cfg, l, 3 * l, FUZZ_T, &r);
             for (int i = 0; i < r.n_tokens; i++) {
                 EP_FUZZ_CHECK(ep_routes_k(&r, i) >= 1 && ep_routes_k(&r, i) <= max_k);
                 for (int j = r.offsets[i]; j < r.offsets[i + 1]; j++)
@@ -43,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
         }
         ep_routes_free(&r);
-        bench_trace_free(t);
+        ep_trace_free(t);
         ep_fuzz_accepted();
     }
     return 0;
