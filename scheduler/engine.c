@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "cluster/mpi_util.h"
-#include "comm/watch.h"
+#include "cluster/liveness.h"
 
 void ep_engine_opts_default(ep_engine_opts *o, const ep_model_cfg *cfg, int world_size)
 {
@@ -158,8 +158,8 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     }
     // Heartbeats and polled MoE exchanges, so that a dead or stuck rank is
     // named (one watch per process: a second engine runs without).
-    if (!st && !ep_comm_watch_on()) {
-        if (!(st = ep_comm_watch_start(cl))) e->have_watch = true;
+    if (!st && !ep_cluster_watch_on()) {
+        if (!(st = ep_cluster_watch_start(cl))) e->have_watch = true;
     }
     if (st) {
         ep_engine_free(e);
@@ -242,7 +242,7 @@ void ep_engine_free(ep_engine *e)
     if (e->rres)
         for (int r = 0; r < e->world; r++)
             free(e->rres[r]);
-    if (e->have_watch) ep_comm_watch_stop();
+    if (e->have_watch) ep_cluster_watch_stop();
     if (e->have_comm) MPI_Comm_free(&e->comm);
     ep_model_free(e->m);
     free(e->routing_names);
@@ -761,7 +761,7 @@ static ep_status apply_results(ep_engine *e)
 // ---- the loop --------------------------------------------------------------
 
 // SIGTERM: a user's stop, or mpirun tearing the job down because a rank
-// died. Rank 0 listens for heartbeats (comm/watch.h) to tell which: a silent
+// died. Rank 0 listens for heartbeats (cluster/liveness.h) to tell which: a silent
 // rank makes it a failure naming that rank, else a shutdown.
 static ep_engine *volatile g_term_engine;
 static void on_sigterm(int sig)
@@ -770,7 +770,7 @@ static void on_sigterm(int sig)
     ep_engine *e = g_term_engine;
     if (e) {
         atomic_store(&e->term, 1);
-        ep_comm_watch_check();
+        ep_cluster_watch_check();
     }
 }
 
@@ -814,7 +814,7 @@ static void *watchdog(void *arg)
         char msg[512];
         // A SIGTERM whose check no wait has taken: the engine thread is
         // blocked (a wait that took it and found every rank alive goes on).
-        if (atomic_load(&e->term) && ep_comm_watch_check_pending()) {
+        if (atomic_load(&e->term) && ep_cluster_watch_check_pending()) {
             if (term_seen == 0) term_seen = now;
         } else {
             term_seen = 0;
@@ -826,7 +826,7 @@ static void *watchdog(void *arg)
                      (long long)atomic_load(&e->step_no));
             why = msg;
         } else if (begin > 0 &&
-                   now - begin > (e->o.step_timeout_s + EP_COMM_WATCH_GRACE_S + 1.0) * 1e6) {
+                   now - begin > (e->o.step_timeout_s + EP_CLUSTER_WATCH_GRACE_S + 1.0) * 1e6) {
             snprintf(msg, sizeof msg,
                      "step %lld did not finish within %g s on every rank (no "
                      "answer from rank(s) unknown: rank 0 is blocked in a collective that "
@@ -862,17 +862,17 @@ static void *watchdog(void *arg)
 static void handle_term(ep_engine *e)
 {
     if (!atomic_exchange(&e->term, 0)) return;
-    ep_comm_watch_take_check();
+    ep_cluster_watch_take_check();
     char names[256] = "";
     bool behind = false;
-    int n = ep_comm_watch_silent(EP_COMM_WATCH_GRACE_S, names, sizeof names, &behind);
+    int n = ep_cluster_watch_silent(EP_CLUSTER_WATCH_GRACE_S, names, sizeof names, &behind);
     pthread_mutex_lock(&e->mu);
     if (n > 0 && !behind) {
         char msg[512];
         snprintf(msg, sizeof msg,
                  "rank(s) %s stopped answering (no heartbeat for %g s; the job is being torn "
                  "down: SIGTERM) before step %lld",
-                 names, EP_COMM_WATCH_GRACE_S, (long long)atomic_load(&e->step_no));
+                 names, EP_CLUSTER_WATCH_GRACE_S, (long long)atomic_load(&e->step_no));
         atomic_store(&e->failed, 1);
         fail_all(e, EP_ERR_UNAVAILABLE, msg);
         ep_errorf(EP_ERR_COMM, "%s", msg);
@@ -886,7 +886,7 @@ static ep_status run_rank0(ep_engine *e)
 {
     ep_status st = EP_OK;
     for (;;) {
-        ep_comm_watch_poll();
+        ep_cluster_watch_poll();
         handle_term(e);
         pthread_mutex_lock(&e->mu);
         if (atomic_load(&e->failed)) {
@@ -920,7 +920,7 @@ static ep_status run_rank0(ep_engine *e)
 
         double begin = ep_now_us();
         atomic_store(&e->step_begin_us, (long long)begin);
-        ep_comm_watch_set_deadline(begin + e->o.step_timeout_s * 1e6);
+        ep_cluster_watch_set_deadline(begin + e->o.step_timeout_s * 1e6);
         bool stopped = false;
         if (!(st = ep_eng_send_plan(e, words))) st = ep_eng_exec(e, &stopped);
         if (stopped && !st) {
@@ -931,7 +931,7 @@ static ep_status run_rank0(ep_engine *e)
         pthread_mutex_lock(&e->mu);
         if (!st && !atomic_load(&e->failed) && e->step_ran) st = apply_results(e);
         atomic_store(&e->step_begin_us, 0);
-        ep_comm_watch_set_deadline(0);
+        ep_cluster_watch_set_deadline(0);
         atomic_store(&e->step_phase, 0);
         atomic_fetch_add(&e->step_no, 1);
         if (st) {

@@ -20,7 +20,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "comm/watch.h"
+#include "cluster/liveness.h"
 
 enum { PLAN_HDR = 20 };
 
@@ -55,14 +55,14 @@ static void backoff(int *us)
     if (*us < 2000) *us = *us * 2 > 2000 ? 2000 : *us * 2;
 }
 
-// Rank 0: names the silent ranks (comm/watch.h) after a deadline or a
+// Rank 0: names the silent ranks (cluster/liveness.h) after a deadline or a
 // SIGTERM check; what: the wait that gave up. *silent: some rank sent no
 // heartbeat during the grace period (not merely behind in the count).
 static ep_status silent_error(ep_engine *e, const char *what, bool *silent)
 {
     char names[256];
     bool behind;
-    int n = ep_comm_watch_silent(EP_COMM_WATCH_GRACE_S, names, sizeof names, &behind);
+    int n = ep_cluster_watch_silent(EP_CLUSTER_WATCH_GRACE_S, names, sizeof names, &behind);
     *silent = n > 0 && !behind;
     return ep_errorf(EP_ERR_COMM, "step %lld: no answer from rank(s) %s (%s; %s)",
                      (long long)atomic_load(&e->step_no), n ? names : "unknown", what,
@@ -84,10 +84,10 @@ static ep_status wait_one(ep_engine *e, MPI_Request *rq, const char *what)
         int rc = MPI_Test(rq, &done, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS) return mpi_fail(rc, what);
         if (done) return EP_OK;
-        ep_comm_watch_poll();
+        ep_cluster_watch_poll();
         if (e->rank == 0) {
             bool late = deadline > 0 && ep_now_us() > deadline;
-            if (late || (ep_comm_watch_take_check() && ep_comm_watch_on())) {
+            if (late || (ep_cluster_watch_take_check() && ep_cluster_watch_on())) {
                 bool silent;
                 ep_status st = silent_error(e, what, &silent);
                 if (late || silent) return st; // else a plain SIGTERM: wait on
@@ -160,8 +160,8 @@ static ep_status wait_ranks(ep_engine *e, MPI_Request *rq, const char *what)
         if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Testall (step answers)");
         if (all) return EP_OK;
         if (ep_now_us() > deadline) break;
-        ep_comm_watch_poll();
-        if (ep_comm_watch_take_check() && ep_comm_watch_on()) {
+        ep_cluster_watch_poll();
+        if (ep_cluster_watch_take_check() && ep_cluster_watch_on()) {
             bool silent;
             ep_status st = silent_error(e, what, &silent);
             if (silent) return st;
@@ -281,9 +281,9 @@ ep_status ep_eng_exec(ep_engine *e, bool *stop)
         .layer = e->f_layer, .seq_pairs = e->f_seq_pairs, .expert_load = e->f_expert_load};
     ep_batch b = {.n_seqs = st ? 0 : nb, .seq = e->b_seq, .n_new = e->b_n, .tokens = e->b_tok};
     ep_status fst = ep_model_forward_ex(e->m, pol, &b, e->logits, NULL, &fs);
-    // Rank 0 gave up inside a MoE exchange (comm/watch.h): the others are
+    // Rank 0 gave up inside a MoE exchange (cluster/liveness.h): the others are
     // still in it and send no result; the message names the silent ranks.
-    if (fst && e->rank == 0 && ep_comm_watch_gave_up())
+    if (fst && e->rank == 0 && ep_cluster_watch_gave_up())
         return ep_error_prefix(fst, "step %lld", (long long)step);
     if (!st) st = fst;
 

@@ -1,5 +1,5 @@
-// The serving liveness watch (comm/watch.h) at world sizes 1-4: with it on,
-// the MPI transport's polled exchanges deliver the same counts and bytes as
+// The serving liveness watch (cluster/liveness.h) at world sizes 1-4: with it
+// on, the MPI transport's polled exchanges deliver the same counts and bytes as
 // the blocking ones (every rank knows what each peer sends from a formula);
 // rank 0 names the one rank that sleeps without polling and nobody while
 // every rank polls; a check request is taken once; stop leaves no heartbeat
@@ -10,8 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "cluster/liveness.h"
 #include "comm/comm.h"
-#include "comm/watch.h"
 #include "mpi_check.h"
 
 // Bytes rank r sends to rank d (a multiple of the transport's 4-byte word).
@@ -76,14 +76,14 @@ static int listen_round(ep_cluster *cl, int sleeper, double s, char *names, size
     *behind = false;
     if (cl->rank == 0) {
         sleep_s(0.1);
-        n = ep_comm_watch_silent(0.5, names, cap, behind);
+        n = ep_cluster_watch_silent(0.5, names, cap, behind);
         sleep_s(s - 0.6 > 0 ? s - 0.6 : 0);
     } else if (cl->rank == sleeper) {
         sleep_s(s);
     } else {
         double end = ep_now_us() + s * 1e6;
         while (ep_now_us() < end) {
-            ep_comm_watch_poll();
+            ep_cluster_watch_poll();
             sleep_s(0.001);
         }
     }
@@ -102,23 +102,23 @@ int main(int argc, char **argv)
     ep_transport *t = NULL;
     CHECK_OK(ep_transport_mpi_init(cl, &t));
     if (!t || W > 8) {
-        int rc = mpi_check_finish(cl, "test_comm_watch");
+        int rc = mpi_check_finish(cl, "test_cluster_watch");
         ep_cluster_free(cl);
         return rc;
     }
 
     exchange(t, "blocking");
-    CHECK(!ep_comm_watch_on(), "the watch is off before start");
+    CHECK(!ep_cluster_watch_on(), "the watch is off before start");
     for (int cycle = 0; cycle < 2; cycle++) {
-        CHECK_OK(ep_comm_watch_start(cl));
-        CHECK(ep_comm_watch_on(), "the watch is on after start");
-        CHECK(ep_comm_watch_start(cl) == EP_ERR_ARG, "a second start is refused");
+        CHECK_OK(ep_cluster_watch_start(cl));
+        CHECK(ep_cluster_watch_on(), "the watch is on after start");
+        CHECK(ep_cluster_watch_start(cl) == EP_ERR_ARG, "a second start is refused");
         exchange(t, "polled");
         exchange(t, "polled again");
 
-        ep_comm_watch_check();
-        CHECK(ep_comm_watch_take_check(), "a check request is taken");
-        CHECK(!ep_comm_watch_take_check(), "a check request is taken once");
+        ep_cluster_watch_check();
+        CHECK(ep_cluster_watch_take_check(), "a check request is taken");
+        CHECK(!ep_cluster_watch_take_check(), "a check request is taken once");
 
         char names[128];
         bool behind;
@@ -135,12 +135,12 @@ int main(int argc, char **argv)
                       "cycle %d: rank %d sleeps: rank 0 names %d rank(s) '%s'%s, expected '%s'",
                       cycle, sleeper, n, names, behind ? " (behind)" : "", want);
         }
-        ep_comm_watch_stop();
-        CHECK(!ep_comm_watch_on(), "the watch is off after stop");
+        ep_cluster_watch_stop();
+        CHECK(!ep_cluster_watch_on(), "the watch is off after stop");
         exchange(t, "blocking after stop");
     }
     ep_transport_free(t);
-    int rc = mpi_check_finish(cl, "test_comm_watch");
+    int rc = mpi_check_finish(cl, "test_cluster_watch");
     ep_cluster_free(cl);
     return rc;
 }
