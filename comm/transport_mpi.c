@@ -3,7 +3,8 @@
 // exchange is ep_transport_alltoallv, the two back to back), the self part
 // by memcpy. It moves opaque bytes; what the records mean is comm.c's. NCCL
 // lives in its own file. With the liveness watch on (cluster/liveness.h)
-// the exchanges are nonblocking and waited in the watch's polled wait.
+// the exchanges are nonblocking and waited in the watch's polled wait. Also
+// ep_comm_raw_alltoallv, the plain MPI_Alltoallv `bench comm` compares with.
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,5 +194,14 @@ ep_status ep_transport_mpi_init(ep_cluster *c, ep_transport **out)
         return st;
     }
     *out = t;
+    return EP_OK;
+}
+
+ep_status ep_comm_raw_alltoallv(ep_cluster *c, const void *sendbuf, const int *send_words,
+                                const int *send_off_words, void *recvbuf, const int *recv_words,
+                                const int *recv_off_words)
+{
+    EP_MPI_CHECK(MPI_Alltoallv(sendbuf, send_words, send_off_words, MPI_UINT32_T, recvbuf,
+                               recv_words, recv_off_words, MPI_UINT32_T, ep_cluster_comm(c)));
     return EP_OK;
 }
