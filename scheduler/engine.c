@@ -1,7 +1,7 @@
 // The serving engine (scheduler/engine.h): requests, step planning, events
 // and metrics on rank 0; the loop every rank runs; the watchdog. The step's
 // wire format and per-rank execution are scheduler/engine_step.c. One mutex
-// guards rank 0's request state; it is never held across an MPI call, and
+// guards rank 0's request state; it is never held across a collective, and
 // event callbacks run under it (they must return quickly). See docs/engine.md.
 #include "scheduler/engine_impl.h"
 
@@ -12,7 +12,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cluster/mpi_util.h"
 #include "cluster/liveness.h"
 
 void ep_engine_opts_default(ep_engine_opts *o, const ep_model_cfg *cfg, int world_size)
@@ -148,14 +147,9 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     ep_status as = ep_cluster_allreduce_i64(cl, &bad, 1, EP_REDUCE_MAX);
     if (!st && as) st = as;
     if (!st && bad) st = ep_errorf(EP_ERR_COMM, "engine: another rank failed to set up the engine");
-    if (!st) {
-        int rc = MPI_Comm_dup(ep_cluster_comm(cl), &e->comm);
-        if (rc == MPI_SUCCESS) {
-            e->have_comm = true;
-            rc = MPI_Comm_set_errhandler(e->comm, MPI_ERRORS_RETURN);
-        }
-        if (rc != MPI_SUCCESS) st = ep_mpi_error(rc, "MPI_Comm_dup", __FILE__, __LINE__);
-    }
+    // The engine's messages travel apart from the model's collectives; its
+    // waits give up at the step deadline with the engine's wording.
+    if (!st) st = ep_cluster_chan_init(cl, ep_eng_wait_error, e, &e->chan);
     // Heartbeats and polled MoE exchanges, so that a dead or stuck rank is
     // named (one watch per process: a second engine runs without).
     if (!st && !ep_cluster_watch_on()) {
@@ -184,7 +178,6 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     e->f_layer = ep_xcalloc((size_t)e->n_layers, sizeof *e->f_layer);
     e->f_seq_pairs = ep_xcalloc((size_t)max_seqs, sizeof(int64_t));
     e->f_expert_load = ep_xcalloc((size_t)e->n_layers * e->n_experts, sizeof(int64_t));
-    e->rreq = ep_xcalloc((size_t)e->world, sizeof *e->rreq);
     e->ready_buf = ep_xcalloc((size_t)e->world, sizeof *e->ready_buf);
     if (e->rank == 0) {
         e->rq = ep_xcalloc((size_t)e->cap_slots, sizeof *e->rq);
@@ -243,7 +236,7 @@ void ep_engine_free(ep_engine *e)
         for (int r = 0; r < e->world; r++)
             free(e->rres[r]);
     if (e->have_watch) ep_cluster_watch_stop();
-    if (e->have_comm) MPI_Comm_free(&e->comm);
+    ep_cluster_chan_free(e->chan);
     ep_model_free(e->m);
     free(e->routing_names);
     free(e->pol);
@@ -261,7 +254,6 @@ void ep_engine_free(ep_engine *e)
     free(e->f_layer);
     free(e->f_seq_pairs);
     free(e->f_expert_load);
-    free(e->rreq);
     free(e->ready_buf);
     free(e->rq);
     free(e->rk_free_blocks);
@@ -925,6 +917,7 @@ static ep_status run_rank0(ep_engine *e)
         if (!(st = ep_eng_send_plan(e, words))) st = ep_eng_exec(e, &stopped);
         if (stopped && !st) {
             atomic_store(&e->step_begin_us, 0);
+            ep_cluster_watch_set_deadline(0);
             return EP_OK;
         }
         bool answered = st == EP_OK; // every rank finished the step and listens again

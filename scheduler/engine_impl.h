@@ -4,11 +4,11 @@
 #ifndef EP_ENGINE_IMPL_H
 #define EP_ENGINE_IMPL_H
 
-#include <mpi.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 
+#include "cluster/liveness.h"
 #include "router/policy.h"
 #include "scheduler/budget.h"
 #include "scheduler/engine.h"
@@ -57,9 +57,8 @@ struct ep_engine {
     int n_layers, n_experts, n_moe;
     int kv_block_tokens, kv_blocks; // per rank
     int cap_slots;                  // request slots (rank 0) = slot ids in plans
-    MPI_Comm comm;                  // private duplicate, MPI_ERRORS_RETURN
-    bool have_comm;
-    bool have_watch; // this engine started the process's comm watch
+    ep_cluster_chan *chan;          // plans, "ready" and results (its own communicator)
+    bool have_watch; // this engine started the process's liveness watch
 
     char **routing_names;                   // [n_routings] as given
     ep_policy **pol;                        // [n_routings]
@@ -93,7 +92,6 @@ struct ep_engine {
     ep_sched_seq *q_seq; // [cap_slots] admission queue scratch
     int *q_slot;
     int64_t **rres;     // [world] receive buffers (rank 0)
-    MPI_Request *rreq;  // [world]
     int32_t *ready_buf; // [world]
     // Cross-thread flags.
     atomic_int shutdown_req, drain, failed;
@@ -128,6 +126,9 @@ size_t ep_eng_result_words(const ep_engine *e);
 ep_status ep_eng_recv_plan(ep_engine *e, size_t *words);
 // Rank 0: sends e->plan[0..words).
 ep_status ep_eng_send_plan(ep_engine *e, size_t words);
+// Rank 0: words the error of a wait on e->chan that gave up (the channel's
+// fail hook): the step, the ranks named and why.
+ep_status ep_eng_wait_error(void *engine, const ep_cluster_watch_verdict *v);
 // Every rank: applies the plan's frees and new sequences, runs this rank's
 // part of the step and (non-root) sends its result to rank 0; rank 0 also
 // collects every rank's result within the step deadline. *stop: the plan
