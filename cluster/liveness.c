@@ -310,8 +310,8 @@ ep_status ep_cluster_watch_allreduce_i64(ep_cluster *c, int64_t *v, int n, ep_re
     if (n < 0) return ep_errorf(EP_ERR_ARG, "watch allreduce_i64: count %d, expected >= 0", n);
     ep_cluster_watch_enter();
     MPI_Request rq;
-    EP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, v, n, MPI_INT64_T, ep_mpi_op(op),
-                                ep_cluster_comm(c), &rq));
+    EP_MPI_CHECK(
+        MPI_Iallreduce(MPI_IN_PLACE, v, n, MPI_INT64_T, ep_mpi_op(op), ep_cluster_comm(c), &rq));
     return ep_cluster_watch_wait_mpi(&rq, "MPI_Iallreduce (agreement)");
 }
 
@@ -366,8 +366,8 @@ static ep_status chan_count(const ep_cluster_chan *ch, size_t bytes, int peer, i
         return ep_errorf(EP_ERR_ARG, "cluster channel: %s: %zu bytes, expected at most %d",
                          ch->call, bytes, INT_MAX);
     if (peer < 0 || peer >= ch->world)
-        return ep_errorf(EP_ERR_ARG, "cluster channel: %s: rank %d outside [0, %d)", ch->call,
-                         peer, ch->world);
+        return ep_errorf(EP_ERR_ARG, "cluster channel: %s: rank %d outside [0, %d)", ch->call, peer,
+                         ch->world);
     *out = (int)bytes;
     return EP_OK;
 }
