@@ -165,7 +165,7 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     for (int i = 0; i < e->cap_slots; i++)
         e->slot_seq[i] = -1;
     e->slot_sampler = ep_xcalloc((size_t)e->cap_slots, sizeof *e->slot_sampler);
-    e->plan_cap = ep_eng_plan_words(e);
+    e->plan_cap = ep_eng_plan_words(e->cap_slots, (int64_t)e->world * e->o.max_tokens_per_step);
     e->plan = ep_xmalloc(e->plan_cap * sizeof(int32_t));
     e->res_cap = ep_eng_result_words(e);
     e->res = ep_xmalloc(e->res_cap * sizeof(int64_t));
@@ -504,62 +504,37 @@ static int pick_group(const ep_engine *e)
     return best;
 }
 
-typedef struct {
-    int32_t *w;
-    size_t n;
-} plan_writer;
-
-static void pw_put(plan_writer *p, int32_t v)
-{
-    p->w[p->n++] = v;
-}
-
-static int32_t f32_bits(float f)
-{
-    int32_t w;
-    memcpy(&w, &f, sizeof w);
-    return w;
-}
-
 // Writes the step's plan into e->plan; returns its words, 0 when there is
 // nothing to run or free.
 // stop: a stop plan (frees only). failed: tells the other ranks why.
 static size_t build_plan(ep_engine *e, bool stop, bool failed)
 {
-    plan_writer p = {e->plan, 0};
-    int64_t step = atomic_load(&e->step_no);
-    pw_put(&p, (int32_t)step);
-    pw_put(&p, (stop ? 1 : 0) | (failed ? 2 : 0));
+    ep_eng_plan_head h = {
+        .step = atomic_load(&e->step_no), .stop = stop, .failed = failed, .routing = 0};
     int g = stop ? -1 : pick_group(e);
-    int routing = g >= 0 ? e->rq[g].routing : 0;
-    const char *domain = g >= 0 ? e->rq[g].domain : "";
-    pw_put(&p, routing);
-    pw_put(&p, (int32_t)strlen(domain));
-    memset(p.w + p.n, 0, 16 * sizeof(int32_t));
-    memcpy(p.w + p.n, domain, strlen(domain));
-    p.n += 16;
+    if (g >= 0) {
+        h.routing = e->rq[g].routing;
+        snprintf(h.domain, sizeof h.domain, "%s", e->rq[g].domain);
+    }
+    const int routing = h.routing;
+    const char *domain = h.domain;
+    ep_eng_plan_writer p;
+    ep_eng_plan_begin(&p, e->plan, e->plan_cap, &h);
 
     // Frees: finished sequences whose owner still holds them.
-    size_t n_free_at = p.n++;
     int n_free = 0;
     for (int s = 0; s < e->cap_slots; s++) {
         ep_eng_req *r = &e->rq[s];
         if (r->state != RQ_FREEING) continue;
         if (r->owner >= 0) {
-            pw_put(&p, s);
-            pw_put(&p, r->owner);
+            ep_eng_plan_put_free(&p, s, r->owner);
             n_free++;
             e->rk_nseqs[r->owner]--;
         }
         list_remove(e, s);
         req_release(r);
     }
-    p.w[n_free_at] = n_free;
-    if (stop) {
-        pw_put(&p, 0);
-        pw_put(&p, 0);
-        return p.n;
-    }
+    if (stop) return ep_eng_plan_end(&p);
 
     // Running sequences of the group, per rank, first come first served.
     for (int s = e->head; s >= 0; s = e->rq[s].next)
@@ -590,8 +565,6 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
     // New sequences of the group in arrival order: the rank with the most
     // free KV blocks (ties: fewest predicted slots this step, then the lower
     // rank) that still has step room; the first that finds none stops the rest.
-    size_t n_new_at = p.n++;
-    int n_new = 0;
     for (int s = e->head; s >= 0; s = e->rq[s].next) {
         ep_eng_req *r = &e->rq[s];
         if (r->state != RQ_WAITING || !same_group(r, routing, domain)) continue;
@@ -631,50 +604,35 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
         e->rk_tokens[best] += best_fit;
         e->rk_slots[best] += per_tok * best_fit;
         if (best_fit < r->n_prompt) e->rk_full[best] = true;
-        pw_put(&p, s);
-        pw_put(&p, best);
-        pw_put(&p, f32_bits(r->sp.temperature));
-        pw_put(&p, r->sp.top_k);
-        pw_put(&p, f32_bits(r->sp.top_p));
-        pw_put(&p, (int32_t)(uint32_t)r->sp.seed);
-        pw_put(&p, (int32_t)(uint32_t)(r->sp.seed >> 32));
-        n_new++;
+        ep_eng_plan_put_new(&p, s, best, &r->sp);
     }
-    p.w[n_new_at] = n_new;
 
     // What every admitted sequence runs: a prompt chunk or its last token.
-    size_t n_run_at = p.n++;
     int n_run = 0, tokens = 0;
     double slots = 0;
     for (int s = e->head; s >= 0; s = e->rq[s].next) {
         ep_eng_req *r = &e->rq[s];
         if (r->state != RQ_RUNNING || r->step_n <= 0) continue;
         int n = r->step_n;
-        pw_put(&p, s);
-        pw_put(&p, r->owner);
-        pw_put(&p, n);
-        pw_put(&p, r->fed + n >= r->n_prompt); // samples after this step
-        if (r->fed < r->n_prompt) {
-            memcpy(p.w + p.n, r->prompt + r->fed, (size_t)n * sizeof(int32_t));
-            p.n += (size_t)n;
-        } else {
-            pw_put(&p, r->last_tok);
-        }
+        bool prompt = r->fed < r->n_prompt;
+        EP_ASSERT(prompt || n == 1); // a generating sequence runs its last token
+        // It samples after this step once its prompt is done.
+        ep_eng_plan_put_run(&p, s, r->owner, n, r->fed + n >= r->n_prompt,
+                            prompt ? r->prompt + r->fed : &r->last_tok);
         slots += ep_sched_predict_slots(&e->budget, &r->ss, n);
         r->served = e->tick;
         n_run++;
         tokens += n;
     }
     e->tick++;
-    p.w[n_run_at] = n_run;
-    EP_ASSERT(p.n <= e->plan_cap);
+    size_t words = ep_eng_plan_end(&p);
     if (n_run > 0) {
         e->m_last_tokens = tokens;
         e->m_last_slots = slots;
     }
     // A plan that only frees still goes out (no forward runs then): rank 0
     // has already released those slots and their KV in its mirror.
-    return n_run > 0 || n_free > 0 ? p.n : 0;
+    return n_run > 0 || n_free > 0 ? words : 0;
 }
 
 // ---- results (rank 0, under mu) --------------------------------------------
@@ -913,9 +871,9 @@ static ep_status run_rank0(ep_engine *e)
         double begin = ep_now_us();
         atomic_store(&e->step_begin_us, (long long)begin);
         ep_cluster_watch_set_deadline(begin + e->o.step_timeout_s * 1e6);
-        bool stopped = false;
-        if (!(st = ep_eng_send_plan(e, words))) st = ep_eng_exec(e, &stopped);
-        if (stopped && !st) {
+        ep_eng_plan_head h = {0};
+        if (!(st = ep_eng_send_plan(e, words))) st = ep_eng_exec(e, words, &h);
+        if (h.stop && !st) {
             atomic_store(&e->step_begin_us, 0);
             ep_cluster_watch_set_deadline(0);
             return EP_OK;
@@ -936,7 +894,7 @@ static ep_status run_rank0(ep_engine *e)
             // stop. After a timeout some rank is lost: the caller ends the job.
             size_t w = answered ? build_plan(e, true, true) : 0;
             pthread_mutex_unlock(&e->mu);
-            if (w && !ep_eng_send_plan(e, w)) ep_eng_exec(e, &stopped);
+            if (w && !ep_eng_send_plan(e, w)) ep_eng_exec(e, w, &h);
             ep_errorf(st, "%s", msg);
             return st;
         }
@@ -948,14 +906,14 @@ static ep_status run_other(ep_engine *e)
 {
     for (;;) {
         size_t words = 0;
-        bool stop = false;
+        ep_eng_plan_head h = {0};
         ep_status st = ep_eng_recv_plan(e, &words);
-        if (!st) st = ep_eng_exec(e, &stop);
+        if (!st) st = ep_eng_exec(e, words, &h);
         if (st) return st;
-        if (stop)
-            return (e->plan[1] & 2) ? ep_errorf(EP_ERR_UNAVAILABLE, "engine: rank 0 stopped the "
-                                                                    "engine after a failed step")
-                                    : EP_OK;
+        if (h.stop)
+            return h.failed ? ep_errorf(EP_ERR_UNAVAILABLE, "engine: rank 0 stopped the "
+                                                            "engine after a failed step")
+                            : EP_OK;
     }
 }
 

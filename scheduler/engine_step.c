@@ -1,14 +1,9 @@
-// One engine step on every rank: the plan's wire format (int32 words,
-// broadcast by rank 0), what each rank does with it (free and create its
-// sequences, run ep_model_forward_ex on its own, sample them), and the
+// One engine step on every rank: the plan's broadcast (its words are
+// scheduler/plan_codec.c's), what each rank does with it (free and create
+// its sequences, run ep_model_forward_ex on its own, sample them), and the
 // result each rank sends back (int64 words). Rank 0's planning and the
 // request bookkeeping are in scheduler/engine.c; see docs/engine.md.
 //
-// Plan words: [0] step, [1] flags (1 = stop), [2] routing index,
-// [3] domain bytes, [4..20) domain (NUL-padded), then
-//   n_free, n_free x {slot, owner},
-//   n_new,  n_new x {slot, owner, temperature (f32 bits), top_k, top_p (f32 bits), seed lo, hi},
-//   n_run,  n_run x {slot, owner, n, sample, n tokens}.
 // Result words: [0] status, [1] entries, entries x {slot, token (-1: none
 // sampled), pairs}, then per layer EP_ENG_LAYER_WORDS counters, then the
 // expert load [n_layers * n_experts].
@@ -19,15 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-enum { PLAN_HDR = 20 };
-
-size_t ep_eng_plan_words(const ep_engine *e)
-{
-    size_t cap = (size_t)e->cap_slots;
-    return PLAN_HDR + 3 + 2 * cap + 7 * cap + 4 * cap +
-           (size_t)e->world * (size_t)e->o.max_tokens_per_step;
-}
 
 size_t ep_eng_result_words(const ep_engine *e)
 {
@@ -69,22 +55,15 @@ ep_status ep_eng_recv_plan(ep_engine *e, size_t *words)
     int32_t n = 0;
     ep_status st = ep_cluster_chan_bcast(e->chan, &n, sizeof n, 0, "plan size");
     if (st) return st;
-    if (n < PLAN_HDR + 3 || (size_t)n > e->plan_cap)
+    if (n < EP_ENG_PLAN_MIN_WORDS || (size_t)n > e->plan_cap)
         return ep_errorf(EP_ERR_COMM,
                          "engine: rank 0 announced a plan of %d words, expected "
                          "%d..%zu",
-                         n, PLAN_HDR + 3, e->plan_cap);
+                         n, (int)EP_ENG_PLAN_MIN_WORDS, e->plan_cap);
     if ((st = ep_cluster_chan_bcast(e->chan, e->plan, (size_t)n * sizeof(int32_t), 0, "plan")))
         return st;
     *words = (size_t)n;
     return EP_OK;
-}
-
-static float f32_of(int32_t w)
-{
-    float f;
-    memcpy(&f, &w, sizeof f);
-    return f;
 }
 
 static void stall_hook(const ep_engine *e, int64_t step, bool in_forward)
@@ -99,22 +78,18 @@ static void stall_hook(const ep_engine *e, int64_t step, bool in_forward)
     }
 }
 
-ep_status ep_eng_exec(ep_engine *e, bool *stop)
+ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
 {
-    const int32_t *p = e->plan;
-    int64_t step = p[0];
-    *stop = (p[1] & 1) != 0;
-    int routing = p[2];
-    char domain[EP_ENG_DOMAIN_MAX];
-    int dlen = p[3];
-    EP_ASSERT(dlen >= 0 && dlen < EP_ENG_DOMAIN_MAX);
-    memcpy(domain, p + 4, (size_t)dlen);
-    domain[dlen] = 0;
-    size_t w = PLAN_HDR;
+    ep_eng_plan_reader rd;
+    ep_eng_plan_read(&rd, e->plan, words, h);
+    int64_t step = h->step;
+    int routing = h->routing;
+    const char *domain = h->domain;
 
-    int n_free = p[w++];
-    for (int i = 0; i < n_free; i++, w += 2) {
-        int slot = p[w], owner = p[w + 1];
+    int n_free = ep_eng_plan_count(&rd, EP_ENG_PLAN_FREES);
+    for (int i = 0; i < n_free; i++) {
+        int slot, owner;
+        ep_eng_plan_get_free(&rd, &slot, &owner);
         if (owner != e->rank) continue;
         EP_ASSERT(slot >= 0 && slot < e->cap_slots && e->slot_seq[slot] >= 0);
         ep_model_seq_free(e->m, e->slot_seq[slot]);
@@ -122,37 +97,36 @@ ep_status ep_eng_exec(ep_engine *e, bool *stop)
         e->slot_seq[slot] = -1;
         e->slot_sampler[slot] = NULL;
     }
-    if (*stop) return EP_OK;
+    if (h->stop) return EP_OK;
 
     ep_status st = EP_OK;
-    int n_new = p[w++];
-    for (int i = 0; i < n_new; i++, w += 7) {
-        int slot = p[w], owner = p[w + 1];
+    int n_new = ep_eng_plan_count(&rd, EP_ENG_PLAN_NEWS);
+    for (int i = 0; i < n_new; i++) {
+        int slot, owner;
+        ep_sample_params sp;
+        ep_eng_plan_get_new(&rd, &slot, &owner, &sp);
         if (owner != e->rank || st) continue;
         EP_ASSERT(slot >= 0 && slot < e->cap_slots && e->slot_seq[slot] < 0);
-        ep_sample_params sp = {.temperature = f32_of(p[w + 2]),
-                               .top_k = p[w + 3],
-                               .top_p = f32_of(p[w + 4]),
-                               .seed = (uint64_t)(uint32_t)p[w + 5] | (uint64_t)(uint32_t)p[w + 6]
-                                                                          << 32};
         if (!(st = ep_model_seq_new(e->m, &e->slot_seq[slot])))
             st = ep_sampler_init(&sp, e->cfg->vocab, &e->slot_sampler[slot]);
     }
 
     // This rank's sequences of the step.
-    int n_run = p[w++], nb = 0, T = 0;
+    int n_run = ep_eng_plan_count(&rd, EP_ENG_PLAN_RUNS), nb = 0, T = 0;
     for (int i = 0; i < n_run; i++) {
-        int slot = p[w], owner = p[w + 1], n = p[w + 2], sample = p[w + 3];
+        int slot, owner, n;
+        bool sample;
+        const int32_t *tok;
+        ep_eng_plan_get_run(&rd, &slot, &owner, &n, &sample, &tok);
         if (owner == e->rank && e->slot_seq[slot] >= 0) {
             e->b_slot[nb] = slot;
             e->b_seq[nb] = e->slot_seq[slot];
             e->b_n[nb] = n;
             e->b_sample[nb] = sample;
-            memcpy(e->b_tok + T, p + w + 4, (size_t)n * sizeof(int));
+            memcpy(e->b_tok + T, tok, (size_t)n * sizeof(int));
             T += n;
             nb++;
         }
-        w += 4 + (size_t)n;
     }
     // A plan that only frees: no forward, nothing to report.
     e->step_ran = n_run > 0;
@@ -161,7 +135,7 @@ ep_status ep_eng_exec(ep_engine *e, bool *stop)
         return ep_errorf(EP_ERR_COMM, "engine: plan of step %lld names routing %d, %d loaded",
                          (long long)step, routing, e->o.n_routings);
     ep_policy *pol = e->pol[routing];
-    if (!st) st = ep_policy_set_domain(pol, dlen ? domain : e->pol_domain0[routing]);
+    if (!st) st = ep_policy_set_domain(pol, domain[0] ? domain : e->pol_domain0[routing]);
 
     stall_hook(e, step, false);
     // Ready: rank 0 learns that every rank holds the plan before it enters
