@@ -193,6 +193,31 @@ ep_status ep_eng_wait_error(void *engine, const ep_cluster_watch_verdict *v);
 // On a timeout rank 0's message names the ranks that did not answer.
 ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h);
 
+// ---- watchdog.c ------------------------------------------------------------
+// Rank 0 for the length of ep_engine_run: the watchdog thread and, when
+// SIGTERM is at its default, a handler that asks the liveness watch for a
+// check. The watchdog fails every request and _exit(1)s when a step
+// outlives its deadline + grace + 1 s (the engine thread is blocked where
+// nothing polls), when a SIGTERM's check is not taken within 1.5 s, or when
+// a shutdown waits on a stuck step.
+typedef struct {
+    pthread_t thread;
+    bool have_thread;
+    bool own_term;             // the SIGTERM handler is ours for the run
+    struct sigaction old_term; // the one it replaced
+} ep_eng_watchdog;
+void ep_eng_watchdog_start(ep_engine *e, ep_eng_watchdog *wd);
+void ep_eng_watchdog_stop(ep_engine *e, ep_eng_watchdog *wd);
+// Rank 0, engine thread, after a SIGTERM: a rank silent for the watch's
+// grace period makes it a failure (its message names the rank), else it is
+// a shutdown.
+void ep_eng_handle_term(ep_engine *e);
+
+// ---- engine.c --------------------------------------------------------------
+// Rank 0, under mu: every live request ends with EV_ERROR (a failed step, a
+// terminated job) and the engine stops accepting requests.
+void ep_eng_fail_all(ep_engine *e, ep_status err, const char *msg);
+
 static inline int ep_eng_blocks(const ep_engine *e, int tokens)
 {
     return (tokens + e->kv_block_tokens - 1) / e->kv_block_tokens;
