@@ -130,8 +130,8 @@ ep_status ep_cluster_chan_bcast(ep_cluster_chan *ch, void *buf, size_t bytes, in
 ep_status ep_cluster_chan_send(ep_cluster_chan *ch, int dst, int tag, const void *buf, size_t bytes,
                                const char *what);
 // Posts the receive of at most cap bytes from rank src with tag into buf,
-// which must stay valid until ep_cluster_chan_wait_recvs returns; one per
-// source at a time.
+// which must stay valid until ep_cluster_chan_wait_recvs returns EP_OK (a
+// wait that gave up leaves it posted); one per source at a time.
 ep_status ep_cluster_chan_post_recv(ep_cluster_chan *ch, int src, int tag, void *buf, size_t cap,
                                     const char *what);
 // Waits, watched, until every posted receive arrived; what is the wait's
