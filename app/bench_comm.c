@@ -2,12 +2,12 @@
 // alltoall_perf. Sizes are swept from -b to -e by factor -f (bytes sent to
 // each peer); each size gets warm-up iterations, timed iterations and a
 // correctness pass that counts #wrong words. The same buffers also go through
-// a raw MPI_Alltoallv, so the transport's overhead can be read off one row.
+// the raw all-to-all of comm/ (ep_comm_raw_alltoallv, one plain MPI call), so
+// the transport's overhead can be read off one row.
 #include "app/commands.h"
 #include "comm/comm.h"
 
 #include <getopt.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,7 +85,6 @@ int ep_cmd_bench_comm(int argc, char **argv)
         return 1;
     }
     int W = cl->world_size, rc = 0;
-    MPI_Comm comm = *(MPI_Comm *)ep_cluster_mpi_comm(cl);
     int64_t max_words = maxb / 4;
     uint32_t *sbuf = ep_xmalloc((size_t)max_words * W * 4), *rbuf = ep_xmalloc((size_t)max_words * W * 4);
     int64_t *cnt = ep_xmalloc((size_t)W * 4 * sizeof(int64_t));
@@ -112,21 +111,25 @@ int ep_cmd_bench_comm(int argc, char **argv)
         double t_ep = 0, t_raw = 0;
         int64_t wrong = 0;
         for (int it = 0; it < warm + iters; it++) {
-            MPI_Barrier(comm);
-            double t0 = MPI_Wtime();
+            ep_cluster_barrier(cl);
+            double t0 = ep_now_us();
             if (ep_transport_alltoallv(tp, sbuf, cnt, soff, rbuf, rcnt, roff)) {
                 fprintf(stderr, "epserve bench comm: %s\n", ep_last_error());
                 rc = 1;
                 goto out;
             }
-            double t1 = MPI_Wtime();
-            MPI_Barrier(comm);
-            double t2 = MPI_Wtime();
-            MPI_Alltoallv(sbuf, icnt, ioff, MPI_UINT32_T, rbuf, icnt, ioff, MPI_UINT32_T, comm);
-            double t3 = MPI_Wtime();
+            double t1 = ep_now_us();
+            ep_cluster_barrier(cl);
+            double t2 = ep_now_us();
+            if (ep_comm_raw_alltoallv(cl, sbuf, icnt, ioff, rbuf, icnt, ioff)) {
+                fprintf(stderr, "epserve bench comm: %s\n", ep_last_error());
+                rc = 1;
+                goto out;
+            }
+            double t3 = ep_now_us();
             if (it >= warm) {
-                t_ep += t1 - t0;
-                t_raw += t3 - t2;
+                t_ep += (t1 - t0) * 1e-6;
+                t_raw += (t3 - t2) * 1e-6;
             }
         }
         // Correctness pass through the transport, with a fresh pattern.
@@ -142,8 +145,12 @@ int ep_cmd_bench_comm(int argc, char **argv)
             for (int64_t i = 0; i < words; i++)
                 wrong += rbuf[(size_t)r * words + i] != pattern(r, cl->rank, i, 7);
         double tv[2] = {t_ep / iters, t_raw / iters};
-        MPI_Allreduce(MPI_IN_PLACE, tv, 2, MPI_DOUBLE, MPI_MAX, comm);
-        MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_INT64_T, MPI_SUM, comm);
+        if (ep_cluster_allreduce_f64(cl, tv, 2, EP_REDUCE_MAX) ||
+            ep_cluster_allreduce_i64(cl, &wrong, 1, EP_REDUCE_SUM)) {
+            fprintf(stderr, "epserve bench comm: %s\n", ep_last_error());
+            rc = 1;
+            goto out;
+        }
         if (cl->rank == 0) {
             double sent = (double)words * 4 * (W - 1); // bytes each rank sends to others
             double alg = tv[0] > 0 ? sent / tv[0] / 1e9 : 0;

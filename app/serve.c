@@ -298,7 +298,8 @@ int ep_cmd_serve(int argc, char **argv)
                 }
             }
             ep_server_stop(srv);
-            // A dead peer can hang MPI_Finalize: leave now, non-zero.
+            // A dead peer can hang MPI's finalisation (ep_cluster_free): leave
+            // now, non-zero.
             _exit(1);
         }
         ep_server_stop(srv); // every request has had its final event

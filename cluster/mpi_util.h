@@ -1,6 +1,7 @@
 // MPI helpers private to the MPI side of epserve (cluster/ and the MPI
-// transport in comm/): the EP_MPI_CHECK macro and access to the cluster's
-// communicator. Only .c files that link MPI include this; public headers never do.
+// transport in comm/): the EP_MPI_CHECK macro, access to the cluster's
+// communicator, and the liveness watch's wait for an MPI request. Only .c
+// files that link MPI include this; public headers never do.
 #ifndef EP_MPI_UTIL_H
 #define EP_MPI_UTIL_H
 
@@ -31,5 +32,10 @@ static inline MPI_Comm ep_cluster_comm(ep_cluster *c)
 {
     return *(MPI_Comm *)ep_cluster_mpi_comm(c);
 }
+
+// Waits for rq: MPI_Wait without the liveness watch; with it, the watched
+// wait of cluster/liveness.h (heartbeats; rank 0 gives up at the deadline,
+// or on a check that finds a silent rank, naming the ranks and call).
+ep_status ep_cluster_watch_wait_mpi(MPI_Request *rq, const char *call);
 
 #endif

@@ -103,6 +103,12 @@ void ep_transport_free(ep_transport *t); // NULL ok
 ep_status ep_transport_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
                                  const int64_t *send_off, void *recvbuf,
                                  const int64_t *recv_bytes, const int64_t *recv_off);
+// The reference `bench comm` times the transport against: one blocking
+// MPI_Alltoallv on the cluster's communicator, counts and offsets in 4-byte
+// words, the self part through MPI too, no watch. Collective.
+ep_status ep_comm_raw_alltoallv(ep_cluster *c, const void *sendbuf, const int *send_words,
+                                const int *send_off_words, void *recvbuf, const int *recv_words,
+                                const int *recv_off_words);
 
 // ---- dispatch / combine --------------------------------------------------
 // The work one rank receives: records (token from some rank, its pairs for

@@ -5,7 +5,7 @@
 // the reference forward in model/reference.c.
 #include "model/model_impl.h"
 
-#include "comm/watch.h"
+#include "cluster/liveness.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -417,8 +417,8 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
     // Every rank learns whether any rank rejected its batch, so all return
     // together instead of some waiting in the first MoE layer's all-to-all.
     int64_t bad = s != EP_OK;
-    // Polled while serving (comm/watch.h): a rank that stops here is named.
-    ep_status cs = ep_comm_watch_allreduce_i64(m->cl, &bad, 1, EP_REDUCE_MAX);
+    // Polled while serving (cluster/liveness.h): a rank that stops here is named.
+    ep_status cs = ep_cluster_watch_allreduce_i64(m->cl, &bad, 1, EP_REDUCE_MAX);
     if (s) return s;
     if (cs) return cs;
     if (bad)

@@ -1,19 +1,17 @@
 // The serving engine (scheduler/engine.h): requests, step planning, events
-// and metrics on rank 0; the loop every rank runs; the watchdog. The step's
-// wire format and per-rank execution are scheduler/engine_step.c. One mutex
-// guards rank 0's request state; it is never held across an MPI call, and
+// and metrics on rank 0; the loop every rank runs. The plan's words are
+// scheduler/plan_codec.c's, per-rank execution scheduler/engine_step.c's,
+// the watchdog and SIGTERM scheduler/watchdog.c's. One mutex
+// guards rank 0's request state; it is never held across a collective, and
 // event callbacks run under it (they must return quickly). See docs/engine.md.
 #include "scheduler/engine_impl.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
-#include "cluster/mpi_util.h"
-#include "comm/watch.h"
+#include "cluster/liveness.h"
 
 void ep_engine_opts_default(ep_engine_opts *o, const ep_model_cfg *cfg, int world_size)
 {
@@ -145,18 +143,13 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     ep_status as = ep_cluster_allreduce_i64(cl, &bad, 1, EP_REDUCE_MAX);
     if (!st && as) st = as;
     if (!st && bad) st = ep_errorf(EP_ERR_COMM, "engine: another rank failed to set up the engine");
-    if (!st) {
-        int rc = MPI_Comm_dup(ep_cluster_comm(cl), &e->comm);
-        if (rc == MPI_SUCCESS) {
-            e->have_comm = true;
-            rc = MPI_Comm_set_errhandler(e->comm, MPI_ERRORS_RETURN);
-        }
-        if (rc != MPI_SUCCESS) st = ep_mpi_error(rc, "MPI_Comm_dup", __FILE__, __LINE__);
-    }
+    // The engine's messages travel apart from the model's collectives; its
+    // waits give up at the step deadline with the engine's wording.
+    if (!st) st = ep_cluster_chan_init(cl, ep_eng_wait_error, e, &e->chan);
     // Heartbeats and polled MoE exchanges, so that a dead or stuck rank is
     // named (one watch per process: a second engine runs without).
-    if (!st && !ep_comm_watch_on()) {
-        if (!(st = ep_comm_watch_start(cl))) e->have_watch = true;
+    if (!st && !ep_cluster_watch_on()) {
+        if (!(st = ep_cluster_watch_start(cl))) e->have_watch = true;
     }
     if (st) {
         ep_engine_free(e);
@@ -168,7 +161,7 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     for (int i = 0; i < e->cap_slots; i++)
         e->slot_seq[i] = -1;
     e->slot_sampler = ep_xcalloc((size_t)e->cap_slots, sizeof *e->slot_sampler);
-    e->plan_cap = ep_eng_plan_words(e);
+    e->plan_cap = ep_eng_plan_words(e->cap_slots, (int64_t)e->world * e->o.max_tokens_per_step);
     e->plan = ep_xmalloc(e->plan_cap * sizeof(int32_t));
     e->res_cap = ep_eng_result_words(e);
     e->res = ep_xmalloc(e->res_cap * sizeof(int64_t));
@@ -181,7 +174,6 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     e->f_layer = ep_xcalloc((size_t)e->n_layers, sizeof *e->f_layer);
     e->f_seq_pairs = ep_xcalloc((size_t)max_seqs, sizeof(int64_t));
     e->f_expert_load = ep_xcalloc((size_t)e->n_layers * e->n_experts, sizeof(int64_t));
-    e->rreq = ep_xcalloc((size_t)e->world, sizeof *e->rreq);
     e->ready_buf = ep_xcalloc((size_t)e->world, sizeof *e->ready_buf);
     if (e->rank == 0) {
         e->rq = ep_xcalloc((size_t)e->cap_slots, sizeof *e->rq);
@@ -239,8 +231,8 @@ void ep_engine_free(ep_engine *e)
     if (e->rres)
         for (int r = 0; r < e->world; r++)
             free(e->rres[r]);
-    if (e->have_watch) ep_comm_watch_stop();
-    if (e->have_comm) MPI_Comm_free(&e->comm);
+    if (e->have_watch) ep_cluster_watch_stop();
+    ep_cluster_chan_free(e->chan);
     ep_model_free(e->m);
     free(e->routing_names);
     free(e->pol);
@@ -258,7 +250,6 @@ void ep_engine_free(ep_engine *e)
     free(e->f_layer);
     free(e->f_seq_pairs);
     free(e->f_expert_load);
-    free(e->rreq);
     free(e->ready_buf);
     free(e->rq);
     free(e->rk_free_blocks);
@@ -333,7 +324,7 @@ static void finish(ep_engine *e, int s, const char *reason)
 }
 
 // Every live request ends with EV_ERROR (a failed step, a terminated job).
-static void fail_all(ep_engine *e, ep_status err, const char *msg)
+void ep_eng_fail_all(ep_engine *e, ep_status err, const char *msg)
 {
     for (int s = 0; s < e->cap_slots; s++) {
         ep_eng_req *r = &e->rq[s];
@@ -509,62 +500,37 @@ static int pick_group(const ep_engine *e)
     return best;
 }
 
-typedef struct {
-    int32_t *w;
-    size_t n;
-} plan_writer;
-
-static void pw_put(plan_writer *p, int32_t v)
-{
-    p->w[p->n++] = v;
-}
-
-static int32_t f32_bits(float f)
-{
-    int32_t w;
-    memcpy(&w, &f, sizeof w);
-    return w;
-}
-
 // Writes the step's plan into e->plan; returns its words, 0 when there is
 // nothing to run or free.
 // stop: a stop plan (frees only). failed: tells the other ranks why.
 static size_t build_plan(ep_engine *e, bool stop, bool failed)
 {
-    plan_writer p = {e->plan, 0};
-    int64_t step = atomic_load(&e->step_no);
-    pw_put(&p, (int32_t)step);
-    pw_put(&p, (stop ? 1 : 0) | (failed ? 2 : 0));
+    ep_eng_plan_head h = {
+        .step = atomic_load(&e->step_no), .stop = stop, .failed = failed, .routing = 0};
     int g = stop ? -1 : pick_group(e);
-    int routing = g >= 0 ? e->rq[g].routing : 0;
-    const char *domain = g >= 0 ? e->rq[g].domain : "";
-    pw_put(&p, routing);
-    pw_put(&p, (int32_t)strlen(domain));
-    memset(p.w + p.n, 0, 16 * sizeof(int32_t));
-    memcpy(p.w + p.n, domain, strlen(domain));
-    p.n += 16;
+    if (g >= 0) {
+        h.routing = e->rq[g].routing;
+        snprintf(h.domain, sizeof h.domain, "%s", e->rq[g].domain);
+    }
+    const int routing = h.routing;
+    const char *domain = h.domain;
+    ep_eng_plan_writer p;
+    ep_eng_plan_begin(&p, e->plan, e->plan_cap, &h);
 
     // Frees: finished sequences whose owner still holds them.
-    size_t n_free_at = p.n++;
     int n_free = 0;
     for (int s = 0; s < e->cap_slots; s++) {
         ep_eng_req *r = &e->rq[s];
         if (r->state != RQ_FREEING) continue;
         if (r->owner >= 0) {
-            pw_put(&p, s);
-            pw_put(&p, r->owner);
+            ep_eng_plan_put_free(&p, s, r->owner);
             n_free++;
             e->rk_nseqs[r->owner]--;
         }
         list_remove(e, s);
         req_release(r);
     }
-    p.w[n_free_at] = n_free;
-    if (stop) {
-        pw_put(&p, 0);
-        pw_put(&p, 0);
-        return p.n;
-    }
+    if (stop) return ep_eng_plan_end(&p);
 
     // Running sequences of the group, per rank, first come first served.
     for (int s = e->head; s >= 0; s = e->rq[s].next)
@@ -595,8 +561,6 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
     // New sequences of the group in arrival order: the rank with the most
     // free KV blocks (ties: fewest predicted slots this step, then the lower
     // rank) that still has step room; the first that finds none stops the rest.
-    size_t n_new_at = p.n++;
-    int n_new = 0;
     for (int s = e->head; s >= 0; s = e->rq[s].next) {
         ep_eng_req *r = &e->rq[s];
         if (r->state != RQ_WAITING || !same_group(r, routing, domain)) continue;
@@ -636,50 +600,35 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
         e->rk_tokens[best] += best_fit;
         e->rk_slots[best] += per_tok * best_fit;
         if (best_fit < r->n_prompt) e->rk_full[best] = true;
-        pw_put(&p, s);
-        pw_put(&p, best);
-        pw_put(&p, f32_bits(r->sp.temperature));
-        pw_put(&p, r->sp.top_k);
-        pw_put(&p, f32_bits(r->sp.top_p));
-        pw_put(&p, (int32_t)(uint32_t)r->sp.seed);
-        pw_put(&p, (int32_t)(uint32_t)(r->sp.seed >> 32));
-        n_new++;
+        ep_eng_plan_put_new(&p, s, best, &r->sp);
     }
-    p.w[n_new_at] = n_new;
 
     // What every admitted sequence runs: a prompt chunk or its last token.
-    size_t n_run_at = p.n++;
     int n_run = 0, tokens = 0;
     double slots = 0;
     for (int s = e->head; s >= 0; s = e->rq[s].next) {
         ep_eng_req *r = &e->rq[s];
         if (r->state != RQ_RUNNING || r->step_n <= 0) continue;
         int n = r->step_n;
-        pw_put(&p, s);
-        pw_put(&p, r->owner);
-        pw_put(&p, n);
-        pw_put(&p, r->fed + n >= r->n_prompt); // samples after this step
-        if (r->fed < r->n_prompt) {
-            memcpy(p.w + p.n, r->prompt + r->fed, (size_t)n * sizeof(int32_t));
-            p.n += (size_t)n;
-        } else {
-            pw_put(&p, r->last_tok);
-        }
+        bool prompt = r->fed < r->n_prompt;
+        EP_ASSERT(prompt || n == 1); // a generating sequence runs its last token
+        // It samples after this step once its prompt is done.
+        ep_eng_plan_put_run(&p, s, r->owner, n, r->fed + n >= r->n_prompt,
+                            prompt ? r->prompt + r->fed : &r->last_tok);
         slots += ep_sched_predict_slots(&e->budget, &r->ss, n);
         r->served = e->tick;
         n_run++;
         tokens += n;
     }
     e->tick++;
-    p.w[n_run_at] = n_run;
-    EP_ASSERT(p.n <= e->plan_cap);
+    size_t words = ep_eng_plan_end(&p);
     if (n_run > 0) {
         e->m_last_tokens = tokens;
         e->m_last_slots = slots;
     }
     // A plan that only frees still goes out (no forward runs then): rank 0
     // has already released those slots and their KV in its mirror.
-    return n_run > 0 || n_free > 0 ? p.n : 0;
+    return n_run > 0 || n_free > 0 ? words : 0;
 }
 
 // ---- results (rank 0, under mu) --------------------------------------------
@@ -757,134 +706,12 @@ static ep_status apply_results(ep_engine *e)
 
 // ---- the loop --------------------------------------------------------------
 
-// SIGTERM: a user's stop, or mpirun tearing the job down because a rank
-// died. Rank 0 listens for heartbeats (comm/watch.h) to tell which: a silent
-// rank makes it a failure naming that rank, else a shutdown.
-static ep_engine *volatile g_term_engine;
-static void on_sigterm(int sig)
-{
-    (void)sig;
-    ep_engine *e = g_term_engine;
-    if (e) {
-        atomic_store(&e->term, 1);
-        ep_comm_watch_check();
-    }
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) && errno == EINTR) {
-    }
-}
-
-// After a failure rank 0 keeps answering (every request in flight got its
-// error; new ones and /health get 503) this long before the job exits, so
-// that the answers are flushed and callers see the 503. Within mpirun's
-// SIGKILL delay when launched with --mca odls_base_sigkill_timeout 3.
-enum { EP_ENG_LINGER_MS = 1500 };
-
-static void linger(void)
-{
-    sleep_ms(EP_ENG_LINGER_MS);
-}
-
-// Rank 0's watchdog, for what the engine thread cannot see because it is
-// blocked in an MPI call that does not poll (none on a step's path is
-// known since the model's agreement allreduce polls too; kept as the last
-// line of defence): a step that outlives its deadline
-// and the watch's grace period, or a SIGTERM whose check the engine thread
-// has not taken within 1.5 s. Answers every request with EV_ERROR, keeps the
-// front end up for EP_ENG_LINGER_MS and ends the process. Every wait that
-// polls (plans, ready, results, MoE exchanges) names the silent ranks
-// itself before this fires.
-static void *watchdog(void *arg)
-{
-    ep_engine *e = arg;
-    double shutdown_seen = 0, term_seen = 0;
-    for (;;) {
-        sleep_ms(50);
-        if (atomic_load(&e->step_phase) < 0) return NULL; // the run ended
-        double now = ep_now_us();
-        double begin = (double)atomic_load(&e->step_begin_us);
-        const char *why = NULL;
-        char msg[512];
-        // A SIGTERM whose check no wait has taken: the engine thread is
-        // blocked (a wait that took it and found every rank alive goes on).
-        if (atomic_load(&e->term) && ep_comm_watch_check_pending()) {
-            if (term_seen == 0) term_seen = now;
-        } else {
-            term_seen = 0;
-        }
-        if (term_seen > 0 && now - term_seen > 1.5e6) {
-            snprintf(msg, sizeof msg,
-                     "job terminated (SIGTERM, a rank may have died) during step %lld; rank 0 "
-                     "was blocked and could not tell which rank",
-                     (long long)atomic_load(&e->step_no));
-            why = msg;
-        } else if (begin > 0 &&
-                   now - begin > (e->o.step_timeout_s + EP_COMM_WATCH_GRACE_S + 1.0) * 1e6) {
-            snprintf(msg, sizeof msg,
-                     "step %lld did not finish within %g s on every rank (no "
-                     "answer from rank(s) unknown: rank 0 is blocked in a collective that "
-                     "does not poll)",
-                     (long long)atomic_load(&e->step_no), e->o.step_timeout_s);
-            why = msg;
-        } else if (atomic_load(&e->shutdown_req) && begin > 0) {
-            if (shutdown_seen == 0) shutdown_seen = now;
-            if (now - EP_MAX(shutdown_seen, begin) > 2e6 + e->o.step_timeout_s * 1e6) {
-                snprintf(msg, sizeof msg,
-                         "shut down while step %lld was stuck beyond its deadline "
-                         "(a rank does not answer)",
-                         (long long)atomic_load(&e->step_no));
-                why = msg;
-            }
-        }
-        if (!why) continue;
-        pthread_mutex_lock(&e->mu);
-        atomic_store(&e->failed, 1);
-        fail_all(e, EP_ERR_UNAVAILABLE, why);
-        pthread_mutex_unlock(&e->mu);
-        fprintf(stderr, "epserve: rank 0: %s\n", why);
-        fflush(stderr);
-        linger();
-        _exit(1);
-    }
-    return NULL;
-}
-
-// Rank 0, engine thread, after a SIGTERM: a rank silent for the watch's
-// grace period makes it a failure (its message names the rank), else it is
-// a shutdown.
-static void handle_term(ep_engine *e)
-{
-    if (!atomic_exchange(&e->term, 0)) return;
-    ep_comm_watch_take_check();
-    char names[256] = "";
-    bool behind = false;
-    int n = ep_comm_watch_silent(EP_COMM_WATCH_GRACE_S, names, sizeof names, &behind);
-    pthread_mutex_lock(&e->mu);
-    if (n > 0 && !behind) {
-        char msg[512];
-        snprintf(msg, sizeof msg,
-                 "rank(s) %s stopped answering (no heartbeat for %g s; the job is being torn "
-                 "down: SIGTERM) before step %lld",
-                 names, EP_COMM_WATCH_GRACE_S, (long long)atomic_load(&e->step_no));
-        atomic_store(&e->failed, 1);
-        fail_all(e, EP_ERR_UNAVAILABLE, msg);
-        ep_errorf(EP_ERR_COMM, "%s", msg);
-    } else {
-        ep_engine_shutdown(e, false);
-    }
-    pthread_mutex_unlock(&e->mu);
-}
-
 static ep_status run_rank0(ep_engine *e)
 {
     ep_status st = EP_OK;
     for (;;) {
-        ep_comm_watch_poll();
-        handle_term(e);
+        ep_cluster_watch_poll();
+        ep_eng_handle_term(e);
         pthread_mutex_lock(&e->mu);
         if (atomic_load(&e->failed)) {
             pthread_mutex_unlock(&e->mu);
@@ -917,30 +744,31 @@ static ep_status run_rank0(ep_engine *e)
 
         double begin = ep_now_us();
         atomic_store(&e->step_begin_us, (long long)begin);
-        ep_comm_watch_set_deadline(begin + e->o.step_timeout_s * 1e6);
-        bool stopped = false;
-        if (!(st = ep_eng_send_plan(e, words))) st = ep_eng_exec(e, &stopped);
-        if (stopped && !st) {
+        ep_cluster_watch_set_deadline(begin + e->o.step_timeout_s * 1e6);
+        ep_eng_plan_head h = {0};
+        if (!(st = ep_eng_send_plan(e, words))) st = ep_eng_exec(e, words, &h);
+        if (h.stop && !st) {
             atomic_store(&e->step_begin_us, 0);
+            ep_cluster_watch_set_deadline(0);
             return EP_OK;
         }
         bool answered = st == EP_OK; // every rank finished the step and listens again
         pthread_mutex_lock(&e->mu);
         if (!st && !atomic_load(&e->failed) && e->step_ran) st = apply_results(e);
         atomic_store(&e->step_begin_us, 0);
-        ep_comm_watch_set_deadline(0);
+        ep_cluster_watch_set_deadline(0);
         atomic_store(&e->step_phase, 0);
         atomic_fetch_add(&e->step_no, 1);
         if (st) {
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", ep_last_error());
             atomic_store(&e->failed, 1);
-            fail_all(e, st, msg);
+            ep_eng_fail_all(e, st, msg);
             // A rank's own failure: the others wait for a plan; tell them to
             // stop. After a timeout some rank is lost: the caller ends the job.
             size_t w = answered ? build_plan(e, true, true) : 0;
             pthread_mutex_unlock(&e->mu);
-            if (w && !ep_eng_send_plan(e, w)) ep_eng_exec(e, &stopped);
+            if (w && !ep_eng_send_plan(e, w)) ep_eng_exec(e, w, &h);
             ep_errorf(st, "%s", msg);
             return st;
         }
@@ -952,43 +780,26 @@ static ep_status run_other(ep_engine *e)
 {
     for (;;) {
         size_t words = 0;
-        bool stop = false;
+        ep_eng_plan_head h = {0};
         ep_status st = ep_eng_recv_plan(e, &words);
-        if (!st) st = ep_eng_exec(e, &stop);
+        if (!st) st = ep_eng_exec(e, words, &h);
         if (st) return st;
-        if (stop)
-            return (e->plan[1] & 2) ? ep_errorf(EP_ERR_UNAVAILABLE, "engine: rank 0 stopped the "
-                                                                    "engine after a failed step")
-                                    : EP_OK;
+        if (h.stop)
+            return h.failed ? ep_errorf(EP_ERR_UNAVAILABLE, "engine: rank 0 stopped the "
+                                                            "engine after a failed step")
+                            : EP_OK;
     }
 }
 
 ep_status ep_engine_run(ep_engine *e)
 {
     if (e->rank != 0) return run_other(e);
-    atomic_store(&e->step_phase, 0);
-    pthread_t wd;
-    bool have_wd = pthread_create(&wd, NULL, watchdog, e) == 0;
-    // mpirun answers a dead rank with SIGTERM to the others: unless the
-    // program handles SIGTERM itself, fail the requests before exiting.
-    struct sigaction old, sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigterm;
-    sigemptyset(&sa.sa_mask);
-    bool own_term = sigaction(SIGTERM, NULL, &old) == 0 && old.sa_handler == SIG_DFL;
-    if (own_term) {
-        g_term_engine = e;
-        sigaction(SIGTERM, &sa, NULL);
-    }
+    ep_eng_watchdog wd;
+    ep_eng_watchdog_start(e, &wd);
     ep_status st = run_rank0(e);
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", ep_last_error());
-    atomic_store(&e->step_phase, -1);
-    if (have_wd) pthread_join(wd, NULL);
-    if (own_term) {
-        sigaction(SIGTERM, &old, NULL);
-        g_term_engine = NULL;
-    }
+    ep_eng_watchdog_stop(e, &wd);
     if (st) ep_errorf(st, "%s", msg);
     return st;
 }

@@ -4,11 +4,11 @@
 #ifndef EP_ENGINE_IMPL_H
 #define EP_ENGINE_IMPL_H
 
-#include <mpi.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 
+#include "cluster/liveness.h"
 #include "router/policy.h"
 #include "scheduler/budget.h"
 #include "scheduler/engine.h"
@@ -57,9 +57,8 @@ struct ep_engine {
     int n_layers, n_experts, n_moe;
     int kv_block_tokens, kv_blocks; // per rank
     int cap_slots;                  // request slots (rank 0) = slot ids in plans
-    MPI_Comm comm;                  // private duplicate, MPI_ERRORS_RETURN
-    bool have_comm;
-    bool have_watch; // this engine started the process's comm watch
+    ep_cluster_chan *chan;          // plans, "ready" and results (its own communicator)
+    bool have_watch;                // this engine started the process's liveness watch
 
     char **routing_names;                   // [n_routings] as given
     ep_policy **pol;                        // [n_routings]
@@ -93,7 +92,6 @@ struct ep_engine {
     ep_sched_seq *q_seq; // [cap_slots] admission queue scratch
     int *q_slot;
     int64_t **rres;     // [world] receive buffers (rank 0)
-    MPI_Request *rreq;  // [world]
     int32_t *ready_buf; // [world]
     // Cross-thread flags.
     atomic_int shutdown_req, drain, failed;
@@ -120,21 +118,105 @@ struct ep_engine {
     double stall_s;
 };
 
+// ---- plan_codec.c: the step plan's wire format --------------------------------
+// int32 words: a header (step, flags, routing, pick domain), then three
+// sections in this order, each a count and its entries.
+typedef enum { EP_ENG_PLAN_FREES, EP_ENG_PLAN_NEWS, EP_ENG_PLAN_RUNS } ep_eng_plan_section;
+// Header words (4 + the domain's) and the words of an empty plan.
+enum {
+    EP_ENG_PLAN_HEAD_WORDS = 4 + EP_ENG_DOMAIN_MAX / 4,
+    EP_ENG_PLAN_MIN_WORDS = EP_ENG_PLAN_HEAD_WORDS + 3
+};
+typedef struct {
+    int64_t step;
+    bool stop;                      // the engine stops after this plan (it frees only)
+    bool failed;                    // it stops because a step failed
+    int routing;                    // index of the step's routing profile
+    char domain[EP_ENG_DOMAIN_MAX]; // the step's pick domain, "" = the profile's own
+} ep_eng_plan_head;
+// Words of the largest plan: `slots` request slots, `tokens` tokens over all
+// ranks in one step.
+size_t ep_eng_plan_words(int slots, int64_t tokens);
+
+// Rank 0 writes a plan entry by entry, sections in order (a section left
+// out is written empty); EP_ASSERT when it would outgrow cap.
+typedef struct {
+    int32_t *w;
+    size_t n, cap;
+    int section;     // the open section
+    size_t count_at; // its count word
+    int count;       // its entries so far
+} ep_eng_plan_writer;
+void ep_eng_plan_begin(ep_eng_plan_writer *p, int32_t *words, size_t cap,
+                       const ep_eng_plan_head *h);
+void ep_eng_plan_put_free(ep_eng_plan_writer *p, int slot, int owner);
+void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sample_params *sp);
+// tokens: [n] (a prompt chunk, or the last sampled token).
+void ep_eng_plan_put_run(ep_eng_plan_writer *p, int slot, int owner, int n, bool sample,
+                         const int *tokens);
+// Writes the remaining counts; returns the plan's words.
+size_t ep_eng_plan_end(ep_eng_plan_writer *p);
+
+// Every rank reads it back in the same order: the header, then per section
+// its count and that many entries (EP_ASSERT on a plan that breaks the format:
+// rank 0 made it with the same code).
+typedef struct {
+    const int32_t *w;
+    size_t n, at;
+    int section; // the open section
+    int left;    // its entries not yet read
+} ep_eng_plan_reader;
+void ep_eng_plan_read(ep_eng_plan_reader *r, const int32_t *words, size_t n, ep_eng_plan_head *h);
+// Entries of section sec (those of the sections before it read already).
+int ep_eng_plan_count(ep_eng_plan_reader *r, ep_eng_plan_section sec);
+void ep_eng_plan_get_free(ep_eng_plan_reader *r, int *slot, int *owner);
+void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample_params *sp);
+// *tokens points into the plan ([n] words).
+void ep_eng_plan_get_run(ep_eng_plan_reader *r, int *slot, int *owner, int *n, bool *sample,
+                         const int32_t **tokens);
+
 // ---- engine_step.c ---------------------------------------------------------
-// Words of the largest plan and of the largest step result.
-size_t ep_eng_plan_words(const ep_engine *e);
+// Words of the largest step result.
 size_t ep_eng_result_words(const ep_engine *e);
 // Non-root: waits (without spinning) for rank 0's next plan into e->plan.
 ep_status ep_eng_recv_plan(ep_engine *e, size_t *words);
 // Rank 0: sends e->plan[0..words).
 ep_status ep_eng_send_plan(ep_engine *e, size_t words);
-// Every rank: applies the plan's frees and new sequences, runs this rank's
-// part of the step and (non-root) sends its result to rank 0; rank 0 also
-// collects every rank's result within the step deadline. *stop: the plan
-// said stop. Returns only transport failures and timeouts (a rank's own
-// failure travels in its result, [0]). On a timeout rank 0's message names the ranks that did not
-// answer.
-ep_status ep_eng_exec(ep_engine *e, bool *stop);
+// Rank 0: words the error of a wait on e->chan that gave up (the channel's
+// fail hook): the step, the ranks named and why.
+ep_status ep_eng_wait_error(void *engine, const ep_cluster_watch_verdict *v);
+// Every rank: applies the plan e->plan[0..words)'s frees and new sequences,
+// runs this rank's part of the step and (non-root) sends its result to rank
+// 0; rank 0 also collects every rank's result within the step deadline. *h:
+// the plan's header (h->stop: the plan said stop). Returns only transport
+// failures and timeouts (a rank's own failure travels in its result, [0]).
+// On a timeout rank 0's message names the ranks that did not answer.
+ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h);
+
+// ---- watchdog.c ------------------------------------------------------------
+// Rank 0 for the length of ep_engine_run: the watchdog thread and, when
+// SIGTERM is at its default, a handler that asks the liveness watch for a
+// check. The watchdog fails every request and _exit(1)s when a step
+// outlives its deadline + grace + 1 s (the engine thread is blocked where
+// nothing polls), when a SIGTERM's check is not taken within 1.5 s, or when
+// a shutdown waits on a stuck step.
+typedef struct {
+    pthread_t thread;
+    bool have_thread;
+    bool own_term;             // the SIGTERM handler is ours for the run
+    struct sigaction old_term; // the one it replaced
+} ep_eng_watchdog;
+void ep_eng_watchdog_start(ep_engine *e, ep_eng_watchdog *wd);
+void ep_eng_watchdog_stop(ep_engine *e, ep_eng_watchdog *wd);
+// Rank 0, engine thread, after a SIGTERM: a rank silent for the watch's
+// grace period makes it a failure (its message names the rank), else it is
+// a shutdown.
+void ep_eng_handle_term(ep_engine *e);
+
+// ---- engine.c --------------------------------------------------------------
+// Rank 0, under mu: every live request ends with EV_ERROR (a failed step, a
+// terminated job) and the engine stops accepting requests.
+void ep_eng_fail_all(ep_engine *e, ep_status err, const char *msg);
 
 static inline int ep_eng_blocks(const ep_engine *e, int tokens)
 {

@@ -1,14 +1,9 @@
-// One engine step on every rank: the plan's wire format (int32 words,
-// broadcast by rank 0), what each rank does with it (free and create its
-// sequences, run ep_model_forward_ex on its own, sample them), and the
+// One engine step on every rank: the plan's broadcast (its words are
+// scheduler/plan_codec.c's), what each rank does with it (free and create
+// its sequences, run ep_model_forward_ex on its own, sample them), and the
 // result each rank sends back (int64 words). Rank 0's planning and the
 // request bookkeeping are in scheduler/engine.c; see docs/engine.md.
 //
-// Plan words: [0] step, [1] flags (1 = stop), [2] routing index,
-// [3] domain bytes, [4..20) domain (NUL-padded), then
-//   n_free, n_free x {slot, owner},
-//   n_new,  n_new x {slot, owner, temperature (f32 bits), top_k, top_p (f32 bits), seed lo, hi},
-//   n_run,  n_run x {slot, owner, n, sample, n tokens}.
 // Result words: [0] status, [1] entries, entries x {slot, token (-1: none
 // sampled), pairs}, then per layer EP_ENG_LAYER_WORDS counters, then the
 // expert load [n_layers * n_experts].
@@ -20,121 +15,55 @@
 #include <string.h>
 #include <time.h>
 
-#include "comm/watch.h"
-
-enum { PLAN_HDR = 20 };
-
-size_t ep_eng_plan_words(const ep_engine *e)
-{
-    size_t cap = (size_t)e->cap_slots;
-    return PLAN_HDR + 3 + 2 * cap + 7 * cap + 4 * cap +
-           (size_t)e->world * (size_t)e->o.max_tokens_per_step;
-}
-
 size_t ep_eng_result_words(const ep_engine *e)
 {
     return 2 + 3 * (size_t)e->o.model.max_seqs + (size_t)EP_ENG_LAYER_WORDS * e->n_layers +
            (size_t)e->n_layers * e->n_experts;
 }
 
-static ep_status mpi_fail(int rc, const char *call)
+ep_status ep_eng_wait_error(void *engine, const ep_cluster_watch_verdict *v)
 {
-    char s[MPI_MAX_ERROR_STRING];
-    int n = 0;
-    if (MPI_Error_string(rc, s, &n) != MPI_SUCCESS) snprintf(s, sizeof s, "error %d", rc);
-    return ep_errorf(EP_ERR_COMM, "engine: %s failed: %s", call, s);
+    ep_engine *e = engine;
+    long long step = (long long)atomic_load(&e->step_no);
+    // At the deadline, waiting for "ready" or results: whose message is missing.
+    if (v->missing)
+        return ep_errorf(EP_ERR_COMM,
+                         "step %lld did not finish within %g s on every rank (no "
+                         "answer from rank(s) %s: %s)",
+                         step, e->o.step_timeout_s, v->names, v->call);
+    // Else the ranks that sent no heartbeat during the grace period.
+    return ep_errorf(EP_ERR_COMM, "step %lld: no answer from rank(s) %s (%s; %s)", step,
+                     v->n ? v->names : "unknown", v->call,
+                     v->n == 0   ? "every rank sent heartbeats"
+                     : v->behind ? "they are behind in the step's MoE exchanges"
+                                 : "no heartbeat from them within the grace period");
 }
 
-// Sleeps between polls of a nonblocking MPI call: short at first (a step's
-// answer usually comes within microseconds), then up to 2 ms, so that an idle
-// rank costs no core (the tests run 4 ranks on 2 cores).
-static void backoff(int *us)
-{
-    struct timespec ts = {0, (long)*us * 1000L};
-    nanosleep(&ts, NULL);
-    if (*us < 2000) *us = *us * 2 > 2000 ? 2000 : *us * 2;
-}
-
-// Rank 0: names the silent ranks (comm/watch.h) after a deadline or a
-// SIGTERM check; what: the wait that gave up. *silent: some rank sent no
-// heartbeat during the grace period (not merely behind in the count).
-static ep_status silent_error(ep_engine *e, const char *what, bool *silent)
-{
-    char names[256];
-    bool behind;
-    int n = ep_comm_watch_silent(EP_COMM_WATCH_GRACE_S, names, sizeof names, &behind);
-    *silent = n > 0 && !behind;
-    return ep_errorf(EP_ERR_COMM, "step %lld: no answer from rank(s) %s (%s; %s)",
-                     (long long)atomic_load(&e->step_no), n ? names : "unknown", what,
-                     n == 0   ? "every rank sent heartbeats"
-                     : behind ? "they are behind in the step's MoE exchanges"
-                              : "no heartbeat from them within the grace period");
-}
-
-// Waits for one request: every rank sends/reads heartbeats meanwhile; rank 0
-// gives up at the step deadline or when a SIGTERM check finds a silent rank.
-static ep_status wait_one(ep_engine *e, MPI_Request *rq, const char *what)
-{
-    // No step in flight (the stop plan after a failed step): no deadline.
-    double begin = (double)atomic_load(&e->step_begin_us);
-    double deadline = e->rank == 0 && begin > 0 ? begin + e->o.step_timeout_s * 1e6 : 0;
-    int us = 5;
-    for (;;) {
-        int done = 0;
-        int rc = MPI_Test(rq, &done, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS) return mpi_fail(rc, what);
-        if (done) return EP_OK;
-        ep_comm_watch_poll();
-        if (e->rank == 0) {
-            bool late = deadline > 0 && ep_now_us() > deadline;
-            if (late || (ep_comm_watch_take_check() && ep_comm_watch_on())) {
-                bool silent;
-                ep_status st = silent_error(e, what, &silent);
-                if (late || silent) return st; // else a plain SIGTERM: wait on
-            }
-        }
-        backoff(&us);
-    }
-}
-
+// The plan goes out as its size, then its words, each a watched broadcast
+// on the engine's channel: rank 0 gives up at the step deadline (none for
+// the stop plan after a failed step), the others wait without a core.
 ep_status ep_eng_send_plan(ep_engine *e, size_t words)
 {
     int32_t n = (int32_t)words;
-    MPI_Request rq;
-    int rc = MPI_Ibcast(&n, 1, MPI_INT32_T, 0, e->comm, &rq);
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Ibcast (plan size)");
-    ep_status st = wait_one(e, &rq, "MPI_Ibcast (plan size)");
+    ep_status st = ep_cluster_chan_bcast(e->chan, &n, sizeof n, 0, "plan size");
     if (st) return st;
-    if ((rc = MPI_Ibcast(e->plan, n, MPI_INT32_T, 0, e->comm, &rq)) != MPI_SUCCESS)
-        return mpi_fail(rc, "MPI_Ibcast (plan)");
-    return wait_one(e, &rq, "MPI_Ibcast (plan)");
+    return ep_cluster_chan_bcast(e->chan, e->plan, (size_t)n * sizeof(int32_t), 0, "plan");
 }
 
 ep_status ep_eng_recv_plan(ep_engine *e, size_t *words)
 {
     int32_t n = 0;
-    MPI_Request rq;
-    int rc = MPI_Ibcast(&n, 1, MPI_INT32_T, 0, e->comm, &rq);
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Ibcast (plan size)");
-    ep_status st = wait_one(e, &rq, "MPI_Ibcast (plan size)");
+    ep_status st = ep_cluster_chan_bcast(e->chan, &n, sizeof n, 0, "plan size");
     if (st) return st;
-    if (n < PLAN_HDR + 3 || (size_t)n > e->plan_cap)
+    if (n < EP_ENG_PLAN_MIN_WORDS || (size_t)n > e->plan_cap)
         return ep_errorf(EP_ERR_COMM,
                          "engine: rank 0 announced a plan of %d words, expected "
                          "%d..%zu",
-                         n, PLAN_HDR + 3, e->plan_cap);
-    if ((rc = MPI_Ibcast(e->plan, n, MPI_INT32_T, 0, e->comm, &rq)) != MPI_SUCCESS)
-        return mpi_fail(rc, "MPI_Ibcast (plan)");
-    if ((st = wait_one(e, &rq, "MPI_Ibcast (plan)"))) return st;
+                         n, (int)EP_ENG_PLAN_MIN_WORDS, e->plan_cap);
+    if ((st = ep_cluster_chan_bcast(e->chan, e->plan, (size_t)n * sizeof(int32_t), 0, "plan")))
+        return st;
     *words = (size_t)n;
     return EP_OK;
-}
-
-static float f32_of(int32_t w)
-{
-    float f;
-    memcpy(&f, &w, sizeof f);
-    return f;
 }
 
 static void stall_hook(const ep_engine *e, int64_t step, bool in_forward)
@@ -149,55 +78,18 @@ static void stall_hook(const ep_engine *e, int64_t step, bool in_forward)
     }
 }
 
-// Rank 0: waits for n requests until the step deadline; names who is missing.
-static ep_status wait_ranks(ep_engine *e, MPI_Request *rq, const char *what)
+ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
 {
-    double deadline = (double)atomic_load(&e->step_begin_us) + e->o.step_timeout_s * 1e6;
-    int us = 5;
-    for (;;) {
-        int all = 0;
-        int rc = MPI_Testall(e->world - 1, rq + 1, &all, MPI_STATUSES_IGNORE);
-        if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Testall (step answers)");
-        if (all) return EP_OK;
-        if (ep_now_us() > deadline) break;
-        ep_comm_watch_poll();
-        if (ep_comm_watch_take_check() && ep_comm_watch_on()) {
-            bool silent;
-            ep_status st = silent_error(e, what, &silent);
-            if (silent) return st;
-        }
-        backoff(&us);
-    }
-    char names[512];
-    size_t k = 0;
-    names[0] = 0;
-    for (int r = 1; r < e->world && k + 16 < sizeof names; r++) {
-        int done = 0;
-        MPI_Request_get_status(rq[r], &done, MPI_STATUS_IGNORE);
-        if (!done) k += (size_t)snprintf(names + k, sizeof names - k, "%s%d", k ? ", " : "", r);
-    }
-    return ep_errorf(EP_ERR_COMM,
-                     "step %lld did not finish within %g s on every rank (no "
-                     "answer from rank(s) %s: %s)",
-                     (long long)atomic_load(&e->step_no), e->o.step_timeout_s, names, what);
-}
+    ep_eng_plan_reader rd;
+    ep_eng_plan_read(&rd, e->plan, words, h);
+    int64_t step = h->step;
+    int routing = h->routing;
+    const char *domain = h->domain;
 
-ep_status ep_eng_exec(ep_engine *e, bool *stop)
-{
-    const int32_t *p = e->plan;
-    int64_t step = p[0];
-    *stop = (p[1] & 1) != 0;
-    int routing = p[2];
-    char domain[EP_ENG_DOMAIN_MAX];
-    int dlen = p[3];
-    EP_ASSERT(dlen >= 0 && dlen < EP_ENG_DOMAIN_MAX);
-    memcpy(domain, p + 4, (size_t)dlen);
-    domain[dlen] = 0;
-    size_t w = PLAN_HDR;
-
-    int n_free = p[w++];
-    for (int i = 0; i < n_free; i++, w += 2) {
-        int slot = p[w], owner = p[w + 1];
+    int n_free = ep_eng_plan_count(&rd, EP_ENG_PLAN_FREES);
+    for (int i = 0; i < n_free; i++) {
+        int slot, owner;
+        ep_eng_plan_get_free(&rd, &slot, &owner);
         if (owner != e->rank) continue;
         EP_ASSERT(slot >= 0 && slot < e->cap_slots && e->slot_seq[slot] >= 0);
         ep_model_seq_free(e->m, e->slot_seq[slot]);
@@ -205,37 +97,36 @@ ep_status ep_eng_exec(ep_engine *e, bool *stop)
         e->slot_seq[slot] = -1;
         e->slot_sampler[slot] = NULL;
     }
-    if (*stop) return EP_OK;
+    if (h->stop) return EP_OK;
 
     ep_status st = EP_OK;
-    int n_new = p[w++];
-    for (int i = 0; i < n_new; i++, w += 7) {
-        int slot = p[w], owner = p[w + 1];
+    int n_new = ep_eng_plan_count(&rd, EP_ENG_PLAN_NEWS);
+    for (int i = 0; i < n_new; i++) {
+        int slot, owner;
+        ep_sample_params sp;
+        ep_eng_plan_get_new(&rd, &slot, &owner, &sp);
         if (owner != e->rank || st) continue;
         EP_ASSERT(slot >= 0 && slot < e->cap_slots && e->slot_seq[slot] < 0);
-        ep_sample_params sp = {.temperature = f32_of(p[w + 2]),
-                               .top_k = p[w + 3],
-                               .top_p = f32_of(p[w + 4]),
-                               .seed = (uint64_t)(uint32_t)p[w + 5] | (uint64_t)(uint32_t)p[w + 6]
-                                                                          << 32};
         if (!(st = ep_model_seq_new(e->m, &e->slot_seq[slot])))
             st = ep_sampler_init(&sp, e->cfg->vocab, &e->slot_sampler[slot]);
     }
 
     // This rank's sequences of the step.
-    int n_run = p[w++], nb = 0, T = 0;
+    int n_run = ep_eng_plan_count(&rd, EP_ENG_PLAN_RUNS), nb = 0, T = 0;
     for (int i = 0; i < n_run; i++) {
-        int slot = p[w], owner = p[w + 1], n = p[w + 2], sample = p[w + 3];
+        int slot, owner, n;
+        bool sample;
+        const int32_t *tok;
+        ep_eng_plan_get_run(&rd, &slot, &owner, &n, &sample, &tok);
         if (owner == e->rank && e->slot_seq[slot] >= 0) {
             e->b_slot[nb] = slot;
             e->b_seq[nb] = e->slot_seq[slot];
             e->b_n[nb] = n;
             e->b_sample[nb] = sample;
-            memcpy(e->b_tok + T, p + w + 4, (size_t)n * sizeof(int));
+            memcpy(e->b_tok + T, tok, (size_t)n * sizeof(int));
             T += n;
             nb++;
         }
-        w += 4 + (size_t)n;
     }
     // A plan that only frees: no forward, nothing to report.
     e->step_ran = n_run > 0;
@@ -244,30 +135,31 @@ ep_status ep_eng_exec(ep_engine *e, bool *stop)
         return ep_errorf(EP_ERR_COMM, "engine: plan of step %lld names routing %d, %d loaded",
                          (long long)step, routing, e->o.n_routings);
     ep_policy *pol = e->pol[routing];
-    if (!st) st = ep_policy_set_domain(pol, dlen ? domain : e->pol_domain0[routing]);
+    if (!st) st = ep_policy_set_domain(pol, domain[0] ? domain : e->pol_domain0[routing]);
 
     stall_hook(e, step, false);
     // Ready: rank 0 learns that every rank holds the plan before it enters
     // the first collective of the model, so a rank that is gone or stuck is
     // named here instead of leaving rank 0 inside an all-to-all.
-    int rc;
+    // Both are waits on the engine's channel, named by the ranks missing at
+    // the step deadline; the results' receives are posted before the forward.
+    ep_status ws;
     if (e->rank == 0) {
         atomic_store(&e->step_phase, 1);
         for (int r = 1; r < e->world; r++)
-            if ((rc = MPI_Irecv(&e->ready_buf[r], 1, MPI_INT32_T, r, EP_ENG_TAG_READY, e->comm,
-                                &e->rreq[r])) != MPI_SUCCESS)
-                return mpi_fail(rc, "MPI_Irecv (ready)");
-        ep_status ws = wait_ranks(e, e->rreq, "not ready for the step");
-        if (ws) return ws;
+            if ((ws = ep_cluster_chan_post_recv(e->chan, r, EP_ENG_TAG_READY, &e->ready_buf[r],
+                                                sizeof *e->ready_buf, "ready")))
+                return ws;
+        if ((ws = ep_cluster_chan_wait_recvs(e->chan, "not ready for the step"))) return ws;
         for (int r = 1; r < e->world; r++)
-            if ((rc = MPI_Irecv(e->rres[r], (int)e->res_cap, MPI_INT64_T, r, EP_ENG_TAG_RESULT,
-                                e->comm, &e->rreq[r])) != MPI_SUCCESS)
-                return mpi_fail(rc, "MPI_Irecv (result)");
+            if ((ws = ep_cluster_chan_post_recv(e->chan, r, EP_ENG_TAG_RESULT, e->rres[r],
+                                                e->res_cap * sizeof(int64_t), "result")))
+                return ws;
         atomic_store(&e->step_phase, 2);
     } else {
         int32_t s32 = (int32_t)step;
-        if ((rc = MPI_Send(&s32, 1, MPI_INT32_T, 0, EP_ENG_TAG_READY, e->comm)) != MPI_SUCCESS)
-            return mpi_fail(rc, "MPI_Send (ready)");
+        if ((ws = ep_cluster_chan_send(e->chan, 0, EP_ENG_TAG_READY, &s32, sizeof s32, "ready")))
+            return ws;
     }
 
     stall_hook(e, step, true);
@@ -281,9 +173,9 @@ ep_status ep_eng_exec(ep_engine *e, bool *stop)
         .layer = e->f_layer, .seq_pairs = e->f_seq_pairs, .expert_load = e->f_expert_load};
     ep_batch b = {.n_seqs = st ? 0 : nb, .seq = e->b_seq, .n_new = e->b_n, .tokens = e->b_tok};
     ep_status fst = ep_model_forward_ex(e->m, pol, &b, e->logits, NULL, &fs);
-    // Rank 0 gave up inside a MoE exchange (comm/watch.h): the others are
+    // Rank 0 gave up inside a MoE exchange (cluster/liveness.h): the others are
     // still in it and send no result; the message names the silent ranks.
-    if (fst && e->rank == 0 && ep_comm_watch_gave_up())
+    if (fst && e->rank == 0 && ep_cluster_watch_gave_up())
         return ep_error_prefix(fst, "step %lld", (long long)step);
     if (!st) st = fst;
 
@@ -316,13 +208,12 @@ ep_status ep_eng_exec(ep_engine *e, bool *stop)
     k += (size_t)e->n_layers * e->n_experts;
 
     if (e->rank != 0) {
-        if ((rc = MPI_Send(r, (int)k, MPI_INT64_T, 0, EP_ENG_TAG_RESULT, e->comm)) != MPI_SUCCESS)
-            return mpi_fail(rc, "MPI_Send (result)");
+        if ((ws = ep_cluster_chan_send(e->chan, 0, EP_ENG_TAG_RESULT, r, k * sizeof *r, "result")))
+            return ws;
         return EP_OK; // a local failure travels in the result: rank 0 decides for all
     }
     atomic_store(&e->step_phase, 3);
     memcpy(e->rres[0], r, k * sizeof *r);
-    ep_status ws = wait_ranks(e, e->rreq, "no step result");
-    if (ws) return ws;
+    if ((ws = ep_cluster_chan_wait_recvs(e->chan, "no step result"))) return ws;
     return EP_OK; // rank 0 reads every result's own status in engine.c
 }

@@ -8,9 +8,9 @@
 #include <string.h>
 
 #include "cluster/cuda/nccl_util.h"
+#include "cluster/liveness.h"
 #include "comm/comm_impl.h"
 #include "comm/nccl/transport_nccl.h"
-#include "comm/watch.h"
 
 // One payload exchange in flight, with staging of its own (the other
 // exchange may still be on the stream when this one grows its buffers).
@@ -140,11 +140,12 @@ static ep_status ep_nccl_poll(void *arg, bool *done)
 static ep_status ep_nccl_wait_event(ep_nccl_ctx *m, cudaEvent_t ev, const char *call)
 {
     ep_status st;
-    if (!ep_comm_watch_on()) {
+    if (!ep_cluster_watch_on()) {
         st = EP_CUDA_ST(cudaEventSynchronize(ev));
     } else {
         ep_nccl_poll_arg p = {m, ev};
-        st = ep_comm_watch_wait(ep_nccl_poll, &p, call);
+        ep_cluster_wait w = {.test = ep_nccl_poll, .arg = &p, .call = call};
+        st = ep_cluster_watch_wait(&w);
     }
     ncclResult_t async = ncclSuccess;
     if (st == EP_OK) st = EP_NCCL_ST(ncclCommGetAsyncError(m->comm, &async));
@@ -180,7 +181,7 @@ static ep_status ep_nccl_exchange_counts(ep_transport *t, const int64_t *send, i
     EP_CUDA_CHECK(cudaMemcpyAsync(m->h_counts + W, m->d_counts + W, (size_t)W * sizeof(int64_t),
                                   cudaMemcpyDeviceToHost, m->stream));
     EP_CUDA_CHECK(cudaEventRecord(m->counts_done, m->stream));
-    ep_comm_watch_enter();
+    ep_cluster_watch_enter();
     ep_status st = ep_nccl_wait_event(m, m->counts_done, "NCCL group (counts)");
     if (st != EP_OK) return ep_error_prefix(st, "NCCL transport: exchanging counts");
     memcpy(recv, m->h_counts + W, (size_t)W * sizeof(int64_t));
@@ -283,7 +284,7 @@ static ep_status ep_nccl_alltoallv_start(ep_transport *t, const void *sendbuf,
                                           (size_t)send_bytes[me], cudaMemcpyDefault, m->stream));
     }
     EP_CUDA_CHECK(cudaEventRecord(q->done, m->stream));
-    ep_comm_watch_enter();
+    ep_cluster_watch_enter();
     q->recvbuf = recvbuf;
     memcpy(q->recv_bytes, recv_bytes, (size_t)W * sizeof(int64_t));
     memcpy(q->recv_off, recv_off, (size_t)W * sizeof(int64_t));

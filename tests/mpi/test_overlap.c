@@ -12,8 +12,8 @@
 // Also the transport's async exchange with two in flight, waited for in
 // reverse order (with and without the liveness watch), and the order
 // checks of the split dispatch/combine.
+#include "cluster/liveness.h"
 #include "comm/comm.h"
-#include "comm/watch.h"
 #include "common/weights.h"
 #include "model/moe.h"
 #include "router/policy.h"
@@ -107,9 +107,9 @@ static void test_async(ep_cluster *cl)
     ep_transport *t = NULL;
     CHECK_OK(ep_transport_mpi_init(cl, &t));
     if (!t) return;
-    // Round 1 under the liveness watch: the waits poll (watch_wait).
+    // Round 1 under the liveness watch: the waits poll (ep_cluster_watch_wait).
     for (int round = 0; round < 2; round++) {
-        if (round == 1) CHECK_OK(ep_comm_watch_start(cl));
+        if (round == 1) CHECK_OK(ep_cluster_watch_start(cl));
         xchg a, b, c;
         xchg_make(&a, me, W, 3 * round);
         xchg_make(&b, me, W, 3 * round + 1);
@@ -162,7 +162,7 @@ static void test_async(ep_cluster *cl)
         xchg_free(&b);
         xchg_free(&c);
     }
-    if (ep_comm_watch_on()) ep_comm_watch_stop();
+    if (ep_cluster_watch_on()) ep_cluster_watch_stop();
     // The split dispatch/combine refuses calls out of order (local checks).
     ep_comm *m = NULL;
     CHECK_OK(ep_comm_init(cl, t, 13, EP_DTYPE_F32, 4, 2, &m));
