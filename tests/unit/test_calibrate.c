@@ -517,7 +517,7 @@ static void dm_route(ep_calib_record *recs, int n_recs)
         for (int t = 0; t < dm_tokens[l]; t++) {
             dm_logits(l, t, lg);
             cp.rec = &recs[t % n_recs];
-            assert_int_equal(ep_router_route_logits(r, &cp.base, l, lg, 1, &rt), EP_OK);
+            assert_int_equal(ep_router_route_logits(r, &cp.base, NULL, l, lg, 1, &rt), EP_OK);
         }
     ep_calib_policy_free(&cp);
     ep_routes_free(&rt);
