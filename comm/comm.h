@@ -128,7 +128,7 @@ typedef struct ep_comm ep_comm;
 ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire, int cap_tokens,
                        int max_k, ep_comm **out);
 void ep_comm_free(ep_comm *m); // NULL ok
-// Plans (ep_comm_count into st), exchanges counts, sends x [T, hidden] and
+// Plans (an ep_dispatch_plan; its stats into st), exchanges counts, sends x [T, hidden] and
 // fills `work`. Every rank must call it for every layer, even with T = 0.
 ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p,
                            const int *pair_rank, const float *x, ep_comm_work *work,
@@ -144,7 +144,7 @@ ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_c
 // combine_start then combine_finish; an ep_comm goes dispatch_start ->
 // dispatch_finish -> combine_start -> combine_finish, and every rank makes
 // the same calls in the same order. A call out of that order is EP_ERR_ARG.
-// dispatch_start: plans (ep_comm_count into st), exchanges the counts
+// dispatch_start: plans (an ep_dispatch_plan into st), exchanges the counts
 // (blocking), packs and posts the payload; r, p, pair_rank and x are
 // borrowed until dispatch_finish. dispatch_finish: waits, decodes and fills
 // `work`; adds the measured bytes and sets recv_* in st.

@@ -1,7 +1,7 @@
 // The cluster-scale simulator: cluster presets (configs/clusters/*.yaml), a
 // cost model (alpha-beta links, roofline kernels), a driver that routes a
-// synthetic batch with the real router and prices it with the real dispatch
-// planner (ep_comm_count), and the memory plan behind `epserve plan`.
+// synthetic batch with the real router and prices it with each GPU's dispatch
+// plan (ep_dispatch_plan, the one dispatch uses), and the memory plan behind `epserve plan`.
 // Nothing here communicates or runs a GPU kernel: transport and kernels are
 // modelled, routing, placement and planning are the production code.
 #ifndef EP_SIM_H
