@@ -49,32 +49,16 @@ bool ep_dtype_is_float(ep_dtype t)
     return (unsigned)t < EP_DTYPE_COUNT && ep_dtype_info[t].is_float;
 }
 
-// ---- bit casts -------------------------------------------------------------
-
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static inline float bits_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 // ---- bf16 ------------------------------------------------------------------
 
 float ep_bf16_to_f32(uint16_t h)
 {
-    return bits_f32((uint32_t)h << 16);
+    return ep_bits_f32((uint32_t)h << 16);
 }
 
 uint16_t ep_f32_to_bf16(float f)
 {
-    uint32_t u = f32_bits(f);
+    uint32_t u = ep_f32_bits(f);
     // A NaN whose payload sits only in the low 16 bits would truncate to Inf:
     // force the quiet bit so it stays NaN.
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
@@ -91,8 +75,8 @@ float ep_f16_to_f32(uint16_t h)
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t mant = h & 0x3ffu;
-    if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (mant << 13)); // Inf / NaN
-    if (exp != 0) return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+    if (exp == 0x1f) return ep_bits_f32(sign | 0x7f800000u | (mant << 13)); // Inf / NaN
+    if (exp != 0) return ep_bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
     // Subnormal: mant * 2^-24, exact in fp32.
     float v = (float)mant * 0x1p-24f;
     return sign ? -v : v;
@@ -100,7 +84,7 @@ float ep_f16_to_f32(uint16_t h)
 
 uint16_t ep_f32_to_f16(float f)
 {
-    uint32_t u = f32_bits(f);
+    uint32_t u = ep_f32_bits(f);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     uint32_t a = u & 0x7fffffffu;
     if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu)); // NaN, quiet
@@ -140,11 +124,11 @@ float ep_fp8_e4m3_to_f32(uint8_t v)
     uint32_t exp = (v >> 3) & 0xfu;
     uint32_t mant = v & 0x7u;
     float r;
-    if (exp == 0xf && mant == 0x7) return bits_f32((neg ? 0x80000000u : 0) | 0x7fc00000u);
+    if (exp == 0xf && mant == 0x7) return ep_bits_f32((neg ? 0x80000000u : 0) | 0x7fc00000u);
     if (exp == 0)
         r = (float)mant * 0x1p-9f;
     else
-        r = bits_f32(((exp + 120u) << 23) | (mant << 20));
+        r = ep_bits_f32(((exp + 120u) << 23) | (mant << 20));
     return neg ? -r : r;
 }
 
@@ -160,7 +144,7 @@ static float round_even(float x)
 
 uint8_t ep_f32_to_fp8_e4m3(float f)
 {
-    uint32_t u = f32_bits(f);
+    uint32_t u = ep_f32_bits(f);
     uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
     if (isnan(f)) return 0x7f;
     float a = fabsf(f);
@@ -213,9 +197,9 @@ static inline uint8_t ep_e4m3_code(float q)
 {
     // Both roundings are computed and one selected with masks, no branches,
     // so the loop over a group vectorizes (each is garbage outside its range).
-    uint32_t u = f32_bits(q), a = u & 0x7fffffffu;
+    uint32_t u = ep_f32_bits(q), a = u & 0x7fffffffu;
     uint32_t normal = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
-    uint32_t sub = f32_bits(bits_f32(a) + 0x1p14f) - 0x46800000u; // bits of 2^14
+    uint32_t sub = ep_f32_bits(ep_bits_f32(a) + 0x1p14f) - 0x46800000u; // bits of 2^14
     uint32_t is_sub = 0u - (uint32_t)(a < 0x3c800000u);           // below 2^-6
     uint32_t c = (sub & is_sub) | (normal & ~is_sub);
     uint32_t sat = 0u - (uint32_t)(a >= 0x43e00000u); // 448 and above
@@ -231,11 +215,11 @@ static inline uint8_t ep_e4m3_code(float q)
 static inline float ep_e4m3_value(uint8_t c)
 {
     uint32_t m = c & 0x7fu, is_sub = 0u - (uint32_t)(m < 8);
-    float v = bits_f32((m << 20) + (120u << 23) + (is_sub & (1u << 23))) -
-              bits_f32(is_sub & 0x3c800000u); // 2^-6 or 0
+    float v = ep_bits_f32((m << 20) + (120u << 23) + (is_sub & (1u << 23))) -
+              ep_bits_f32(is_sub & 0x3c800000u); // 2^-6 or 0
     uint32_t nan = 0u - (uint32_t)(m == 0x7fu);
-    uint32_t b = (f32_bits(v) & ~nan) | (0x7fc00000u & nan);
-    return bits_f32(b | ((uint32_t)(c & 0x80u) << 24));
+    uint32_t b = (ep_f32_bits(v) & ~nan) | (0x7fc00000u & nan);
+    return ep_bits_f32(b | ((uint32_t)(c & 0x80u) << 24));
 }
 
 int64_t ep_fp8_row_bytes(int hidden)
@@ -256,11 +240,11 @@ void ep_fp8_row_encode(const float *src, int hidden, void *dst)
         // bits of Inf) are dropped.
         int32_t amax_bits = 0; // signed: SSE2 has a signed 32-bit compare only
         for (int h = b; h < e; h++) {
-            int32_t a = (int32_t)(f32_bits(src[h]) & 0x7fffffffu);
+            int32_t a = (int32_t)(ep_f32_bits(src[h]) & 0x7fffffffu);
             a = a < 0x7f800000 ? a : 0;
             amax_bits = a > amax_bits ? a : amax_bits;
         }
-        const float amax = bits_f32((uint32_t)amax_bits);
+        const float amax = ep_bits_f32((uint32_t)amax_bits);
         float scale = 0, inv = 0; // all zero: scale 0, and x * 0 keeps NaN a NaN
         if (amax > 0) {
             scale = amax / EP_FP8_E4M3_MAX;

@@ -3,6 +3,8 @@
 #ifndef EP_DTYPE_H
 #define EP_DTYPE_H
 
+#include <string.h>
+
 #include "common/ep.h"
 
 typedef enum {
@@ -33,6 +35,19 @@ uint16_t ep_f32_to_f16(float f);
 float ep_fp8_e4m3_to_f32(uint8_t v);
 uint8_t ep_f32_to_fp8_e4m3(float f);       // saturates to +-448
 float ep_fp8_e5m2_to_f32(uint8_t v);
+// fp32 <-> its IEEE-754 bit pattern.
+static inline uint32_t ep_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+static inline float ep_bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 static inline float ep_bf16_round(float f) { return ep_bf16_to_f32(ep_f32_to_bf16(f)); }
 
 // ---- fp8 rows (the fp8 dispatch wire, as DeepEP sends it) -----------------

@@ -3,6 +3,7 @@
 // the key-expert choice and the assembly of the banpick profile. Running the model over the
 // data (and MPI) is model/calibrate.c; the command line is app/calibrate.c.
 #include "router/calibrate.h"
+#include "common/dtype.h"
 #include "common/json_util.h"
 
 #include <errno.h>
@@ -371,21 +372,6 @@ void ep_calib_policy_set(ep_calib_policy *cp, int layer, int k, int drop)
 
 // ---- DES medians ----------------------------------------------------------------
 
-// Non-negative floats (+inf included) order as their bit patterns do.
-static uint32_t float_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static float bits_float(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 ep_status ep_calib_des_medians(const ep_calib_record *rec, ep_calib_sum_fn sum, void *ctx,
                                float *median)
 {
@@ -399,7 +385,8 @@ ep_status ep_calib_des_medians(const ep_calib_record *rec, ep_calib_sum_fn sum, 
     int64_t *cnt = ep_xmalloc(2 * P * sizeof(int64_t));
     ep_status st = sum ? sum(ctx, n, L) : EP_OK;
     for (size_t q = 0; q < 2 * P; q++)
-        lo[q] = 0, hi[q] = float_bits(INFINITY);
+        lo[q] = 0, hi[q] = ep_f32_bits(INFINITY);
+    // Non-negative floats (+inf included) order as their bit patterns do.
     // Invariant: the wanted value's bits lie in [lo, hi]. The range holds
     // fewer than 2^31 patterns, so 31 halvings leave one; every rank runs all
     // of them, so the sums line up.
@@ -412,7 +399,7 @@ ep_status ep_calib_des_medians(const ep_calib_record *rec, ep_calib_sum_fn sum, 
                 uint32_t mid0 = lo[q] + (hi[q] - lo[q]) / 2;
                 uint32_t mid1 = lo[q + 1] + (hi[q + 1] - lo[q + 1]) / 2;
                 for (int64_t t = 0; t < rec->n_ratio[l]; t++) {
-                    uint32_t b = float_bits(v[(size_t)t * w + j]);
+                    uint32_t b = ep_f32_bits(v[(size_t)t * w + j]);
                     cnt[q] += b <= mid0;
                     cnt[q + 1] += b <= mid1;
                 }
@@ -434,7 +421,7 @@ ep_status ep_calib_des_medians(const ep_calib_record *rec, ep_calib_sum_fn sum, 
             median[p] = 1.0f;
             continue;
         }
-        double m = 0.5 * ((double)bits_float(lo[2 * p]) + (double)bits_float(lo[2 * p + 1]));
+        double m = 0.5 * ((double)ep_bits_f32(lo[2 * p]) + (double)ep_bits_f32(lo[2 * p + 1]));
         median[p] = isinf(m) ? FLT_MAX : (float)m;
     }
     free(n);

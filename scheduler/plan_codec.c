@@ -25,20 +25,6 @@ size_t ep_eng_plan_words(int slots, int64_t tokens)
            (size_t)tokens;
 }
 
-static int32_t f32_bits(float f)
-{
-    int32_t w;
-    memcpy(&w, &f, sizeof w);
-    return w;
-}
-
-static float f32_of(int32_t w)
-{
-    float f;
-    memcpy(&f, &w, sizeof f);
-    return f;
-}
-
 // ---- writing (rank 0) --------------------------------------------------------------
 
 static void put(ep_eng_plan_writer *p, int32_t v)
@@ -91,9 +77,9 @@ void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sa
     advance(p, EP_ENG_PLAN_NEWS);
     put(p, slot);
     put(p, owner);
-    put(p, f32_bits(sp->temperature));
+    put(p, (int32_t)ep_f32_bits(sp->temperature));
     put(p, sp->top_k);
-    put(p, f32_bits(sp->top_p));
+    put(p, (int32_t)ep_f32_bits(sp->top_p));
     put(p, (int32_t)(uint32_t)sp->seed);
     put(p, (int32_t)(uint32_t)(sp->seed >> 32));
     p->count++;
@@ -184,9 +170,9 @@ void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample
     *slot = get(r);
     *owner = get(r);
     memset(sp, 0, sizeof *sp);
-    sp->temperature = f32_of(get(r));
+    sp->temperature = ep_bits_f32((uint32_t)get(r));
     sp->top_k = get(r);
-    sp->top_p = f32_of(get(r));
+    sp->top_p = ep_bits_f32((uint32_t)get(r));
     uint32_t lo = (uint32_t)get(r), hi = (uint32_t)get(r);
     sp->seed = (uint64_t)lo | (uint64_t)hi << 32;
 }
