@@ -17,6 +17,7 @@ pkgs=(
   gnuplot-nox
   python3
   clang libclang-rt-dev llvm # scripts/fuzz.sh: libFuzzer, sanitizer runtimes, llvm-symbolizer
+  clang-format               # scripts/format.sh --check (CI): the tree matches .clang-format
 )
 
 missing=()
