@@ -1,5 +1,5 @@
-// Attention of one step on the paged KV cache, CPU (projections through the
-// backend's gemm, the rest plain C): Qwen3 GQA with per-head q/k RMSNorm
+// Attention of one step on the paged KV cache, CPU (projections through
+// ep_dense_gemm_nt, the rest plain C): Qwen3 GQA with per-head q/k RMSNorm
 // before NeoX RoPE; DeepSeek-V2 MLA on the latent cache with the absorbed
 // form (q_nope folded into W_UK, the output latent unfolded with W_UV), so
 // full keys and values are never materialised. The reference that expands
@@ -38,12 +38,11 @@ static void qwen3_attention(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
     const ep_layer_w *L = &m->L[l];
-    ep_backend *be = m->be;
     const int H = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
     const int kvw = nkv * hd, group = nh / nkv;
-    be->vt->gemm_nt(be, T, nh * hd, H, m->xn, L->wq, 0.0f, m->q);
-    be->vt->gemm_nt(be, T, kvw, H, m->xn, L->wk, 0.0f, m->k);
-    be->vt->gemm_nt(be, T, kvw, H, m->xn, L->wv, 0.0f, m->v);
+    ep_dense_gemm_nt(T, nh * hd, H, m->xn, L->wq, 0.0f, m->q);
+    ep_dense_gemm_nt(T, kvw, H, m->xn, L->wk, 0.0f, m->k);
+    ep_dense_gemm_nt(T, kvw, H, m->xn, L->wv, 0.0f, m->v);
 
     // Norm + RoPE of the new tokens; their k and v go to the cache first, so
     // a token of a prefill chunk sees the chunk's earlier tokens.
@@ -78,7 +77,7 @@ static void qwen3_attention(ep_model *m, int l, int T)
             }
         }
     }
-    be->vt->gemm_nt(be, T, H, nh * hd, m->att, L->wo, 0.0f, m->y);
+    ep_dense_gemm_nt(T, H, nh * hd, m->att, L->wo, 0.0f, m->y);
 }
 
 // ---- DeepSeek-V2 MLA -------------------------------------------------------------
@@ -90,19 +89,18 @@ static void mla_attention(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
     const ep_layer_w *L = &m->L[l];
-    ep_backend *be = m->be;
     const int H = c->hidden, nh = c->n_heads, R = c->kv_lora_rank;
     const int nope = c->qk_nope_dim, rope = c->qk_rope_dim, vd = c->v_head_dim;
     const int qhd = nope + rope, kvb = nope + vd, row_w = R + rope;
 
     if (c->q_lora_rank > 0) {
-        be->vt->gemm_nt(be, T, c->q_lora_rank, H, m->xn, L->wq_a, 0.0f, m->qa);
+        ep_dense_gemm_nt(T, c->q_lora_rank, H, m->xn, L->wq_a, 0.0f, m->qa);
         ep_model_rmsnorm(m->qa, L->q_a_norm, T, c->q_lora_rank, c->rms_eps, m->qa);
-        be->vt->gemm_nt(be, T, m->q_dim, c->q_lora_rank, m->qa, L->wq_b, 0.0f, m->q);
+        ep_dense_gemm_nt(T, m->q_dim, c->q_lora_rank, m->qa, L->wq_b, 0.0f, m->q);
     } else {
-        be->vt->gemm_nt(be, T, m->q_dim, H, m->xn, L->wq, 0.0f, m->q);
+        ep_dense_gemm_nt(T, m->q_dim, H, m->xn, L->wq, 0.0f, m->q);
     }
-    be->vt->gemm_nt(be, T, row_w, H, m->xn, L->wkv_a, 0.0f, m->k);
+    ep_dense_gemm_nt(T, row_w, H, m->xn, L->wkv_a, 0.0f, m->k);
 
     for (int t = 0; t < T; t++) {
         const float *ckv = m->k + (size_t)t * row_w;
@@ -145,7 +143,7 @@ static void mla_attention(ep_model *m, int l, int T)
             for (int j = 0; j < vd; j++) o[j] = dot(wuv + (size_t)j * R, olat, R);
         }
     }
-    be->vt->gemm_nt(be, T, H, nh * vd, m->att, L->wo, 0.0f, m->y);
+    ep_dense_gemm_nt(T, H, nh * vd, m->att, L->wo, 0.0f, m->y);
 }
 
 void ep_model_attention(ep_model *m, int layer, int T)

@@ -226,7 +226,6 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
     for (int l = 0; l < cfg->n_layers; l++)
         if ((s = read_layer(m, w, l))) goto err;
 
-    if ((s = ep_backend_cpu_init(&m->be))) goto err;
     s = ep_moe_init(cfg, cl, w, &o->moe, &m->moe);
     if (progress) {
         ep_weights_stats tot;
@@ -284,7 +283,6 @@ void ep_model_free(ep_model *m)
     free(m->final_norm);
     ep_kv_free(m->kv);
     ep_moe_free(m->moe);
-    ep_backend_free(m->be);
     float *bufs[] = {m->x, m->xn, m->y, m->q, m->k, m->v, m->qa, m->att,
                      m->mg, m->mu, m->scores, m->lat, m->cs};
     for (size_t i = 0; i < EP_ARRAY_LEN(bufs); i++) free(bufs[i]);
@@ -368,11 +366,10 @@ static void dense_mlp(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
     const ep_layer_w *L = &m->L[l];
-    ep_backend *be = m->be;
-    be->vt->gemm_nt(be, T, c->intermediate, c->hidden, m->xn, L->w_gate, 0.0f, m->mg);
-    be->vt->gemm_nt(be, T, c->intermediate, c->hidden, m->xn, L->w_up, 0.0f, m->mu);
-    be->vt->swiglu(be, (int64_t)T * c->intermediate, m->mg, m->mu, m->mg);
-    be->vt->gemm_nt(be, T, c->hidden, c->intermediate, m->mg, L->w_down, 0.0f, m->y);
+    ep_dense_gemm_nt(T, c->intermediate, c->hidden, m->xn, L->w_gate, 0.0f, m->mg);
+    ep_dense_gemm_nt(T, c->intermediate, c->hidden, m->xn, L->w_up, 0.0f, m->mu);
+    ep_dense_swiglu((int64_t)T * c->intermediate, m->mg, m->mu, m->mg);
+    ep_dense_gemm_nt(T, c->hidden, c->intermediate, m->mg, L->w_down, 0.0f, m->y);
 }
 
 static void add_rows(float *x, const float *y, size_t n)
@@ -469,6 +466,6 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
                              m->xn + (size_t)rows * H);
         }
     }
-    m->be->vt->gemm_nt(m->be, rows, c->vocab, H, m->xn, m->lm_head, 0.0f, logits);
+    ep_dense_gemm_nt(rows, c->vocab, H, m->xn, m->lm_head, 0.0f, logits);
     return EP_OK;
 }

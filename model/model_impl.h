@@ -4,6 +4,7 @@
 #ifndef EP_MODEL_IMPL_H
 #define EP_MODEL_IMPL_H
 
+#include "experts/dense.h"
 #include "model/model.h"
 #include "model/rope.h"
 
@@ -33,7 +34,6 @@ struct ep_model {
     const ep_model_cfg *cfg;
     ep_cluster *cl;
     ep_model_opts opts;
-    ep_backend *be;
     ep_moe *moe;
     ep_kv *kv;
     ep_rope rope;

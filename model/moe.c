@@ -23,7 +23,6 @@ struct ep_moe {
     double *window_load;       // [n_layers * n_experts] this rank's pairs since the window began
     int64_t window_steps;      // forwards of the first MoE layer since the window began
     ep_moe_move_stats last_move; // what the last ep_moe_replace that moved sent and received
-    ep_backend *be;
     ep_transport *tp;        // MPI (owned) or, with backend CUDA, NCCL (owned by cuda)
     ep_moe_cuda *cuda;       // backend CUDA: device, NCCL and this rank's experts; else NULL
     // One ep_comm per micro-batch (an ep_comm holds the buffers of one
@@ -150,7 +149,6 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     m->pair_rank = ep_xmalloc((size_t)m->pair_cap * sizeof(int));
     m->rank_load = ep_xcalloc((size_t)cl->world_size, sizeof(int64_t));
     m->visit = ep_xcalloc((size_t)cl->world_size, sizeof(int));
-    if ((st = ep_backend_cpu_init(&m->be))) goto err;
     if (o->backend == EP_MOE_BACKEND_CUDA) {
         // Device scratch for a balanced step (cap tokens' records arrive per
         // rank on average); a skewed step grows it once.
@@ -171,9 +169,9 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     if ((st = ep_router_init(cfg, cap, &m->router))) goto err;
     ep_experts_opts eo = {.weight_dtype = o->expert_dtype};
     if (!m->cuda &&
-        (st = ep_experts_load_ex(cfg, w, &m->place, cl->rank, m->be, &eo, &m->experts)))
+        (st = ep_experts_load_ex(cfg, w, &m->place, cl->rank, &eo, &m->experts)))
         goto err;
-    if (o->with_reference && (st = ep_experts_load(cfg, w, NULL, -1, m->be, &m->all_experts)))
+    if (o->with_reference && (st = ep_experts_load(cfg, w, NULL, -1, &m->all_experts)))
         goto err;
 
     m->gate_w = ep_xcalloc((size_t)cfg->n_layers, sizeof(float *));
@@ -212,7 +210,6 @@ void ep_moe_free(ep_moe *m)
     }
     if (m->cuda) ep_moe_cuda_free(m->cuda); // its transport with it
     else ep_transport_free(m->tp);
-    ep_backend_free(m->be);
     if (m->layer_place) {
         for (int l = 0; l < m->cfg->n_layers; l++) ep_placement_free(&m->layer_place[l]);
         free(m->layer_place);

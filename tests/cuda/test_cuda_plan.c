@@ -214,9 +214,7 @@ static void problem_list_vs_cpu(bool bf16, double tol)
     cuda_test_cfg_qwen(&c);
     const int E = c.n_experts, H = c.hidden, I = c.moe_inter, W = 3;
     ep_weights *w;
-    ep_backend *be;
     assert_int_equal(ep_weights_open(&c, &w), EP_OK);
-    assert_int_equal(ep_backend_cpu_init(&be), EP_OK);
     ep_placement p;
     assert_int_equal(ep_placement_init(&p, EP_PLACE_ROUND_ROBIN, E, W), EP_OK);
     float *gate_up = malloc(sizeof(float) * E * 2 * I * H);
@@ -227,7 +225,7 @@ static void problem_list_vs_cpu(bool bf16, double tol)
     double worst = 0;
     for (int rank = 0; rank < W; rank++) {
         ep_experts *cpu;
-        assert_int_equal(ep_experts_load(&c, w, &p, rank, be, &cpu), EP_OK);
+        assert_int_equal(ep_experts_load(&c, w, &p, rank, &cpu), EP_OK);
         const int n_local = ep_placement_n_local(&p, rank);
         for (int layer = 0; layer < c.n_layers; layer++) {
             read_shard(w, &c, &p, rank, layer, gate_up, down, local_of);
@@ -264,7 +262,6 @@ static void problem_list_vs_cpu(bool bf16, double tol)
     free(gate_up);
     free(down);
     ep_placement_free(&p);
-    ep_backend_free(be);
     ep_weights_free(w);
 }
 
