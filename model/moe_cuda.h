@@ -1,6 +1,6 @@
 // The CUDA side of the MoE layer, private to model/: this rank's GPU, the
 // NCCL communicator and transport, and the BF16 experts on the device. Two
-// definitions: moe_cuda.c (EP_CUDA=ON, links ep_cuda and ep_nccl) and
+// definitions: moe_cuda.c (EP_CUDA=ON, links ep_experts_cuda, ep_comm_cuda) and
 // moe_cuda_off.c (CPU-only builds: init says how to get the backend). No
 // CUDA or NCCL types here, so moe.c compiles the same in both builds.
 #ifndef EP_MOE_CUDA_H

@@ -3,7 +3,7 @@
 // rank received as two grouped GEMMs (cuBLAS), a fused SiLU * up kernel and
 // the weighting + per-record reduction kernel. Same contract and results
 // (within BF16 rounding) as ep_experts_forward / ep_experts_shared_forward;
-// no CUDA types here. Built into ep_cuda only when EP_CUDA=ON.
+// no CUDA types here. Built into ep_experts_cuda only when EP_CUDA=ON.
 #ifndef EP_EXPERTS_CUDA_H
 #define EP_EXPERTS_CUDA_H
 
