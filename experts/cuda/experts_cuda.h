@@ -8,6 +8,7 @@
 #define EP_EXPERTS_CUDA_H
 
 #include "cluster/gpu.h"
+#include "experts/backend.h"
 #include "experts/experts.h"
 
 typedef struct ep_experts_cuda ep_experts_cuda;
@@ -45,5 +46,10 @@ ep_status ep_experts_cuda_forward(ep_experts_cuda *e, int layer, int n_rec, cons
 // As ep_experts_shared_forward: y[T, H] += shared experts(x[T, H]), host arrays.
 ep_status ep_experts_cuda_shared_forward(ep_experts_cuda *e, int layer, const float *x, int T,
                                          float *y);
+
+// The cuda table of the expert backend over e (taken over: freed with the
+// backend). Its experts cannot move between ranks yet (experts/backend.h
+// refuses re-placement naming it). Defined in backend_cuda.c.
+ep_expert_backend *ep_expert_backend_cuda(ep_experts_cuda *e);
 
 #endif
