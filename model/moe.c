@@ -2,43 +2,12 @@
 // shared experts, with the routes, buffers and weights of every MoE layer
 // held for the life of the ep_moe. Buffers are sized once from cap_tokens.
 // The experts and the transport come from the backend's table
-// (moe_backend.h).
-#include "model/moe.h"
+// (moe_backend.h); placements and re-placement are in replace.c, the
+// reference path in moe_reference.c.
+#include "model/moe_impl.h"
 
-#include "model/moe_backend.h"
-
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct ep_moe {
-    const ep_model_cfg *cfg;
-    ep_cluster *cl;
-    ep_moe_opts opts;
-    ep_placement place;        // union over layers: what this rank loads
-    ep_placement *layer_place; // [n_layers] per-layer EPLB placements, or NULL (all use place)
-    int *pair_rank;            // [cap_tokens * max_k] replica choice of the last forward
-    int pair_cap;
-    int64_t *rank_load;   // [world_size] pairs sent per rank in this call
-    int *visit;           // [world_size] scratch of ep_placement_choose
-    ep_weights *w;        // borrowed: read at init only (re-placement moves weights over MPI)
-    double *window_load;  // [n_layers * n_experts] this rank's pairs since the window began
-    int64_t window_steps; // forwards of the first MoE layer since the window began
-    ep_moe_move_stats last_move;     // what the last ep_moe_replace that moved sent and received
-    const ep_moe_backend_i *backend; // opts.backend's table
-    ep_moe_parts be;                 // its experts (this rank's shard + shared) and transport
-    // One ep_comm per micro-batch (an ep_comm holds the buffers of one
-    // exchange in flight); comm[1] only with opts.micro_batches == 2.
-    ep_comm *comm[2];
-    int *mb_off[2]; // [cap_tokens + 1] rebased offsets of each micro-batch's routes
-    ep_router *router;
-    ep_experts *all_experts; // every expert on the host (reference), or NULL
-    float **gate_w;          // [n_layers] -> [n_experts, hidden] for MoE layers, NULL otherwise
-    ep_routes routes;
-    ep_routes ref_routes;
-    int64_t ref_pairs, ref_token_layers; // kept pairs / tokens routed by ep_moe_reference
-    ep_route_ctx ref_ctx; // the reference's routing context when a caller set one (place != NULL)
-};
 
 void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
 {
@@ -50,45 +19,6 @@ void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
     o->cap_tokens = 256;
     o->max_k = cfg->k_base;
     o->micro_batches = 1;
-}
-
-// One EPLB placement per MoE layer from the given loads, and their union
-// (every slot of every layer) as the placement whose experts this rank loads.
-static ep_status init_eplb(ep_moe *m)
-{
-    const ep_model_cfg *cfg = m->cfg;
-    const int E = cfg->n_experts, L = cfg->n_layers, R = m->opts.redundant_experts;
-    if (R < 0) return ep_errorf(EP_ERR_ARG, "moe: redundant_experts: expected >= 0, found %d", R);
-    int groups =
-        m->opts.eplb_groups > 0 ? m->opts.eplb_groups : (cfg->n_group > 0 ? cfg->n_group : 1);
-    m->layer_place = ep_xcalloc((size_t)L, sizeof(ep_placement));
-    double *uniform = ep_xmalloc((size_t)E * sizeof(double));
-    for (int e = 0; e < E; e++)
-        uniform[e] = 1.0;
-    int n_all = 0, *all_e = NULL, *all_r = NULL;
-    ep_status st = EP_OK;
-    for (int l = 0; l < L && !st; l++) {
-        if (!ep_model_layer_is_moe(cfg, l)) continue;
-        const double *load = m->opts.expert_load ? m->opts.expert_load + (size_t)l * E : uniform;
-        if ((st = ep_placement_init_eplb(&m->layer_place[l], load, E, R, groups, m->cl->n_nodes,
-                                         m->cl->world_size)))
-            break;
-        const ep_placement *lp = &m->layer_place[l];
-        all_e = ep_xrealloc(all_e, (size_t)(n_all + lp->n_phy) * sizeof(int));
-        all_r = ep_xrealloc(all_r, (size_t)(n_all + lp->n_phy) * sizeof(int));
-        memcpy(all_e + n_all, lp->phy_expert, (size_t)lp->n_phy * sizeof(int));
-        memcpy(all_r + n_all, lp->phy_rank, (size_t)lp->n_phy * sizeof(int));
-        n_all += lp->n_phy;
-    }
-    if (!st && n_all == 0)
-        st = ep_placement_init_eplb(&m->place, uniform, E, R, groups, 1, m->cl->world_size);
-    else if (!st)
-        st = ep_placement_from_slots(&m->place, EP_PLACE_EPLB, E, m->cl->world_size, n_all, all_e,
-                                     all_r);
-    free(uniform);
-    free(all_e);
-    free(all_r);
-    return st;
 }
 
 ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, const ep_moe_opts *o,
@@ -115,7 +45,8 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     int cap = o->cap_tokens > 0 ? o->cap_tokens : 1;
 
     if (o->placement == EP_PLACE_EPLB) {
-        if ((st = init_eplb(m))) goto err;
+        if ((st = ep_moe_place_eplb(cfg, cl, o, o->expert_load, &m->layer_place, &m->place)))
+            goto err;
     } else if ((st = ep_placement_init(&m->place, o->placement, cfg->n_experts, cl->world_size))) {
         goto err;
     }
@@ -173,16 +104,11 @@ void ep_moe_free(ep_moe *m)
         free(m->mb_off[b]);
     }
     if (m->backend) m->backend->close(&m->be);
-    if (m->layer_place) {
-        for (int l = 0; l < m->cfg->n_layers; l++)
-            ep_placement_free(&m->layer_place[l]);
-        free(m->layer_place);
-    }
+    ep_moe_place_free(m->cfg, m->layer_place, &m->place);
     free(m->pair_rank);
     free(m->window_load);
     free(m->rank_load);
     free(m->visit);
-    ep_placement_free(&m->place);
     free(m);
 }
 
@@ -212,7 +138,7 @@ const ep_routes *ep_moe_last_routes(const ep_moe *m)
     return &m->routes;
 }
 
-static ep_status check_layer(const ep_moe *m, int layer, int T)
+ep_status ep_moe_check_layer(const ep_moe *m, int layer, int T)
 {
     if (layer < 0 || layer >= m->cfg->n_layers || !ep_model_layer_is_moe(m->cfg, layer))
         return ep_errorf(EP_ERR_ARG, "moe: layer %d is not a MoE layer of %s (MoE layers %d..%d)",
@@ -223,9 +149,9 @@ static ep_status check_layer(const ep_moe *m, int layer, int T)
     return EP_OK;
 }
 
-static ep_status check_call(const ep_moe *m, const ep_policy *p, int layer, int T)
+ep_status ep_moe_check_call(const ep_moe *m, const ep_policy *p, int layer, int T)
 {
-    ep_status s = check_layer(m, layer, T);
+    ep_status s = ep_moe_check_layer(m, layer, T);
     if (s) return s;
     if (ep_policy_max_k(p) > m->opts.max_k)
         return ep_errorf(EP_ERR_ARG,
@@ -389,7 +315,7 @@ ep_route_ctx ep_moe_route_ctx(const ep_moe *m, int layer)
 ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *x, int T, float *y,
                          ep_comm_stats *st, ep_moe_times *tm)
 {
-    ep_status s = check_call(m, p, layer, T);
+    ep_status s = ep_moe_check_call(m, p, layer, T);
     if (s) return s;
     double t0 = ep_now_us();
     const ep_route_ctx ctx = ep_moe_route_ctx(m, layer);
@@ -402,243 +328,8 @@ ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *
 ep_status ep_moe_forward_routes(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
                                 ep_comm_stats *st, ep_moe_times *tm)
 {
-    ep_status s = check_layer(m, layer, r->n_tokens);
+    ep_status s = ep_moe_check_layer(m, layer, r->n_tokens);
     if (s) return s;
     if ((s = ep_routes_check(r, m->cfg->n_experts))) return s;
     return run_routed(m, layer, r, x, y, st, tm);
-}
-
-int64_t ep_moe_window_steps(const ep_moe *m)
-{
-    return m->window_steps;
-}
-
-// The rank that sends expert g to rank dst on a move from placement op:
-// one of g's holders under op, spread by (dst + g) so that several ranks
-// needing g, or one rank needing several experts, draw on different holders.
-// Every rank computes the same answer from the same placements.
-static int move_source(const ep_placement *op, int g, int dst)
-{
-    int n = 0;
-    for (int r = 0; r < op->world_size; r++)
-        n += ep_placement_holds(op, r, g);
-    EP_ASSERT(n > 0); // every placement holds every expert somewhere
-    int k = (dst + g) % n;
-    for (int r = 0; r < op->world_size; r++)
-        if (ep_placement_holds(op, r, g) && k-- == 0) return r;
-    return -1;
-}
-
-// This rank's shard for placement np, its weights moved over the transport
-// from ranks that hold them under the current placement: experts it kept
-// are copied locally, each expert it newly needs arrives from one holder
-// (move_source), one alltoallv of the exported bytes (the backend's
-// storage: fp32 or BF16 on the CPU) per MoE layer. Nothing is read from the
-// ep_weights. Collective.
-static ep_status move_experts(ep_moe *m, const ep_placement *np, ep_expert_backend **out)
-{
-    const ep_model_cfg *cfg = m->cfg;
-    const ep_placement *op = &m->place;
-    const int W = m->cl->world_size, me = m->cl->rank, E = cfg->n_experts;
-    ep_expert_backend *nx = NULL;
-    ep_status st = ep_expert_backend_reshard(m->be.experts, np, me, &nx);
-    if (st) return st;
-    const int64_t eb = (int64_t)ep_expert_backend_expert_bytes(nx);
-    // src[dst * E + g]: who sends g to dst, -1 when dst needs nothing new.
-    int *src = ep_xmalloc((size_t)W * E * sizeof(int));
-    int64_t *v = ep_xcalloc((size_t)4 * W, sizeof(int64_t));
-    int64_t *send_b = v, *send_off = v + W, *recv_b = v + 2 * W, *recv_off = v + 3 * W;
-    int64_t n_recv = 0;
-    for (int d = 0; d < W; d++)
-        for (int g = 0; g < E; g++) {
-            bool need = ep_placement_holds(np, d, g) && !ep_placement_holds(op, d, g);
-            int s = need ? move_source(op, g, d) : -1;
-            src[(size_t)d * E + g] = s;
-            if (s == me) send_b[d] += eb;
-            if (need && d == me) {
-                recv_b[s] += eb;
-                n_recv++;
-            }
-        }
-    int64_t sent = 0, got = 0;
-    for (int d = 0; d < W; d++) {
-        send_off[d] = sent;
-        recv_off[d] = got;
-        sent += send_b[d];
-        got += recv_b[d];
-    }
-    char *sbuf = ep_xmalloc((size_t)(sent > 0 ? sent : 1));
-    char *rbuf = ep_xmalloc((size_t)(got > 0 ? got : 1));
-    const int64_t moved0 = m->be.tp->bytes_moved;
-    for (int l = 0; l < cfg->n_layers && !st; l++) {
-        if (!ep_model_layer_is_moe(cfg, l)) continue;
-        // Sender and receiver walk the same (rank, expert) order.
-        char *at = sbuf;
-        for (int d = 0; d < W && !st; d++)
-            for (int g = 0; g < E && !st; g++)
-                if (src[(size_t)d * E + g] == me) {
-                    st = ep_expert_backend_export(m->be.experts, l, g, at);
-                    at += eb;
-                }
-        if (st) break;
-        st = ep_transport_alltoallv(m->be.tp, sbuf, send_b, send_off, rbuf, recv_b, recv_off);
-        if (st) break;
-        for (int s = 0; s < W && !st; s++) {
-            const char *from = rbuf + recv_off[s];
-            for (int g = 0; g < E && !st; g++)
-                if (src[(size_t)me * E + g] == s) {
-                    st = ep_expert_backend_import(nx, l, g, from);
-                    from += eb;
-                }
-        }
-    }
-    if (!st) {
-        for (int l = 0; l < cfg->n_layers; l++)
-            if (ep_model_layer_is_moe(cfg, l))
-                for (int g = 0; g < E; g++)
-                    EP_ASSERT(!ep_expert_backend_pending(nx, l, g)); // every new expert arrived
-        int n_moe = 0;
-        for (int l = 0; l < cfg->n_layers; l++)
-            n_moe += ep_model_layer_is_moe(cfg, l);
-        m->last_move.experts_recv = n_recv * n_moe;
-        m->last_move.bytes_recv = got * n_moe;
-        m->last_move.bytes_sent = sent * n_moe;
-        m->last_move.bytes_moved = m->be.tp->bytes_moved - moved0;
-    }
-    free(sbuf);
-    free(rbuf);
-    free(src);
-    free(v);
-    if (st) {
-        ep_expert_backend_free(nx);
-        return st;
-    }
-    *out = nx;
-    return EP_OK;
-}
-
-const ep_moe_move_stats *ep_moe_last_move(const ep_moe *m)
-{
-    return &m->last_move;
-}
-
-ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *after, bool *moved)
-{
-    const ep_model_cfg *cfg = m->cfg;
-    const int E = cfg->n_experts, L = cfg->n_layers;
-    if (moved) *moved = false;
-    // Every rank runs the same backend, so every rank refuses alike, before
-    // any collective and with the window kept.
-    ep_status st = ep_expert_backend_can_move(m->be.experts);
-    if (st) return ep_error_prefix(st, "moe: re-placement");
-    if ((st = ep_cluster_allreduce_f64(m->cl, m->window_load, L * E, EP_REDUCE_SUM))) return st;
-    // The candidate: an ep_moe-shaped set of placements from the window.
-    ep_moe cand;
-    memset(&cand, 0, sizeof cand);
-    cand.cfg = cfg;
-    cand.cl = m->cl;
-    cand.opts = m->opts;
-    cand.opts.placement = EP_PLACE_EPLB;
-    cand.opts.expert_load = m->window_load;
-    if ((st = init_eplb(&cand))) goto out;
-
-    double b = 0, a = 0;
-    int n = 0;
-    for (int l = 0; l < L; l++) {
-        if (!ep_model_layer_is_moe(cfg, l)) continue;
-        const double *load = m->window_load + (size_t)l * E;
-        b += ep_placement_predict_imbalance(ep_moe_layer_placement(m, l), load);
-        a += ep_placement_predict_imbalance(&cand.layer_place[l], load);
-        n++;
-    }
-    b = n ? b / n : 1;
-    a = n ? a / n : 1;
-    if (before) *before = b;
-    if (after) *after = a;
-    if (!(b > 0) || (b - a) / b < min_gain) goto out;
-
-    // Every rank took the same decision from the same sums: move the weights.
-    ep_expert_backend *nx = NULL;
-    if ((st = move_experts(m, &cand.place, &nx))) goto out;
-    ep_expert_backend_free(m->be.experts);
-    m->be.experts = nx;
-    ep_placement tmp = m->place;
-    m->place = cand.place;
-    cand.place = tmp;
-    ep_placement *tl = m->layer_place;
-    m->layer_place = cand.layer_place;
-    cand.layer_place = tl;
-    m->opts.placement = EP_PLACE_EPLB;
-    if (moved) *moved = true;
-out:
-    if (cand.layer_place) {
-        for (int l = 0; l < L; l++)
-            ep_placement_free(&cand.layer_place[l]);
-        free(cand.layer_place);
-    }
-    ep_placement_free(&cand.place);
-    memset(m->window_load, 0, (size_t)L * E * sizeof(double));
-    m->window_steps = 0;
-    return st;
-}
-
-ep_status ep_moe_reference_routes(ep_moe *m, int layer, const ep_routes *r, const float *x,
-                                  float *y)
-{
-    ep_status s = check_layer(m, layer, r->n_tokens);
-    if (s) return s;
-    if (!m->all_experts)
-        return ep_errorf(EP_ERR_ARG, "moe: the reference path needs opts.with_reference");
-    ep_experts_reference(m->all_experts, layer, r, x, y);
-    return EP_OK;
-}
-
-ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
-                           float *y)
-{
-    ep_status s = check_call(m, p, layer, T);
-    if (s) return s;
-    if (!m->all_experts)
-        return ep_errorf(EP_ERR_ARG, "moe: the reference path needs opts.with_reference");
-    // The forward's routes, unless a caller chose another context.
-    const ep_route_ctx ctx = m->ref_ctx.place ? m->ref_ctx : ep_moe_route_ctx(m, layer);
-    if ((s = ep_router_route(m->router, p, &ctx, layer, x, T, m->gate_w[layer], &m->ref_routes)))
-        return s;
-    ep_experts_reference(m->all_experts, layer, &m->ref_routes, x, y);
-    m->ref_pairs += m->ref_routes.offsets[T];
-    m->ref_token_layers += T;
-    return EP_OK;
-}
-
-void ep_moe_set_reference_ctx(ep_moe *m, const ep_route_ctx *ctx)
-{
-    memset(&m->ref_ctx, 0, sizeof m->ref_ctx);
-    if (ctx) m->ref_ctx = *ctx;
-}
-
-void ep_moe_reference_counts(const ep_moe *m, int64_t *pairs, int64_t *token_layers)
-{
-    *pairs = m->ref_pairs;
-    *token_layers = m->ref_token_layers;
-}
-
-double ep_moe_rel_err(const float *a, const float *b, int rows, int cols, double tol,
-                      int64_t *n_wrong)
-{
-    double worst = 0;
-    int64_t wrong = 0;
-    for (int i = 0; i < rows; i++) {
-        double diff = 0, mag = 0;
-        for (int j = 0; j < cols; j++) {
-            double d = fabs((double)a[(size_t)i * cols + j] - b[(size_t)i * cols + j]);
-            if (d > diff || isnan(d)) diff = isnan(d) ? INFINITY : d;
-            double v = fabs((double)b[(size_t)i * cols + j]);
-            if (v > mag) mag = v;
-        }
-        double rel = diff / (mag > 1e-6 ? mag : 1e-6);
-        if (rel > tol) wrong++;
-        if (rel > worst) worst = rel;
-    }
-    if (n_wrong) *n_wrong += wrong;
-    return worst;
 }
