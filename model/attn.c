@@ -12,7 +12,8 @@
 static float dot(const float *a, const float *b, int n)
 {
     float s = 0.0f;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
     return s;
 }
 
@@ -21,14 +22,16 @@ static float dot(const float *a, const float *b, int n)
 static void softmax(float *sc, int n)
 {
     float mx = sc[0];
-    for (int i = 1; i < n; i++) mx = sc[i] > mx ? sc[i] : mx;
+    for (int i = 1; i < n; i++)
+        mx = sc[i] > mx ? sc[i] : mx;
     float sum = 0.0f;
     for (int i = 0; i < n; i++) {
         sc[i] = expf(sc[i] - mx);
         sum += sc[i];
     }
     float inv = 1.0f / sum;
-    for (int i = 0; i < n; i++) sc[i] *= inv;
+    for (int i = 0; i < n; i++)
+        sc[i] *= inv;
 }
 
 // ---- Qwen3 GQA -----------------------------------------------------------------
@@ -53,8 +56,10 @@ static void qwen3_attention(ep_model *m, int l, int T)
             ep_model_rmsnorm(k, L->k_norm, nkv, hd, c->rms_eps, k);
         }
         ep_rope_table(&m->rope, m->tok_pos[t], m->cs);
-        for (int h = 0; h < nh; h++) ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * hd);
-        for (int h = 0; h < nkv; h++) ep_rope_rotate(&m->rope, m->cs, k + (size_t)h * hd);
+        for (int h = 0; h < nh; h++)
+            ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * hd);
+        for (int h = 0; h < nkv; h++)
+            ep_rope_rotate(&m->rope, m->cs, k + (size_t)h * hd);
         float *row = ep_kv_row(m->kv, m->tok_seq[t], l, m->tok_pos[t]);
         memcpy(row, k, (size_t)kvw * sizeof(float));
         memcpy(row + kvw, m->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
@@ -73,7 +78,8 @@ static void qwen3_attention(ep_model *m, int l, int T)
             for (int s = 0; s < n; s++) {
                 const float *v = ep_kv_row(m->kv, seq, l, s) + kvw + kh * hd;
                 float p = m->scores[s];
-                for (int i = 0; i < hd; i++) o[i] += p * v[i];
+                for (int i = 0; i < hd; i++)
+                    o[i] += p * v[i];
             }
         }
     }
@@ -110,7 +116,8 @@ static void mla_attention(ep_model *m, int l, int T)
         ep_rope_table(&m->rope, m->tok_pos[t], m->cs);
         ep_rope_rotate(&m->rope, m->cs, row + R);
         float *q = m->q + (size_t)t * m->q_dim;
-        for (int h = 0; h < nh; h++) ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * qhd + nope);
+        for (int h = 0; h < nh; h++)
+            ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * qhd + nope);
     }
 
     float *qlat = m->lat, *olat = m->lat + R;
@@ -118,14 +125,15 @@ static void mla_attention(ep_model *m, int l, int T)
         int seq = m->tok_seq[t], n = m->tok_pos[t] + 1;
         for (int h = 0; h < nh; h++) {
             const float *q = m->q + (size_t)t * m->q_dim + (size_t)h * qhd;
-            const float *wuk = L->wkv_b + (size_t)h * kvb * R;     // [nope, R]
-            const float *wuv = wuk + (size_t)nope * R;              // [vd, R]
+            const float *wuk = L->wkv_b + (size_t)h * kvb * R; // [nope, R]
+            const float *wuv = wuk + (size_t)nope * R;         // [vd, R]
             // q_nope . (W_UK latent) = (W_UK^T q_nope) . latent
             memset(qlat, 0, (size_t)R * sizeof(float));
             for (int d = 0; d < nope; d++) {
                 float qd = q[d];
                 const float *w = wuk + (size_t)d * R;
-                for (int r = 0; r < R; r++) qlat[r] += qd * w[r];
+                for (int r = 0; r < R; r++)
+                    qlat[r] += qd * w[r];
             }
             for (int s = 0; s < n; s++) {
                 const float *row = ep_kv_row(m->kv, seq, l, s);
@@ -136,11 +144,13 @@ static void mla_attention(ep_model *m, int l, int T)
             for (int s = 0; s < n; s++) {
                 const float *row = ep_kv_row(m->kv, seq, l, s);
                 float p = m->scores[s];
-                for (int r = 0; r < R; r++) olat[r] += p * row[r];
+                for (int r = 0; r < R; r++)
+                    olat[r] += p * row[r];
             }
             // sum_s p_s (W_UV latent_s) = W_UV (sum_s p_s latent_s)
             float *o = m->att + (size_t)t * m->attn_out + (size_t)h * vd;
-            for (int j = 0; j < vd; j++) o[j] = dot(wuv + (size_t)j * R, olat, R);
+            for (int j = 0; j < vd; j++)
+                o[j] = dot(wuv + (size_t)j * R, olat, R);
         }
     }
     ep_dense_gemm_nt(T, H, nh * vd, m->att, L->wo, 0.0f, m->y);

@@ -336,8 +336,8 @@ static void test_ep_layer(ep_cluster *c, ep_transport *nccl, ep_gpu *gpu,
               c->rank, err, CUDA_TEST_BF16_TOL);
         int64_t pm[2] = {st.planned_bytes, st.measured_bytes};
         CHECK_OK(ep_cluster_allreduce_i64(c, pm, 2, EP_REDUCE_SUM));
-        CHECK(pm[1] == pm[0], "layer %d: Σ measured %lld, Σ planned %lld", layer,
-              (long long)pm[1], (long long)pm[0]);
+        CHECK(pm[1] == pm[0], "layer %d: Σ measured %lld, Σ planned %lld", layer, (long long)pm[1],
+              (long long)pm[0]);
         ep_routes_free(&r);
         free(x);
         free(y);

@@ -59,8 +59,8 @@ static void step(ep_cluster *cl, const ep_model_cfg *cfg, ep_moe *m, ep_policy *
 // routed bytes of fp32, the output within the BF16 budget (3e-2, as bench
 // --check) of the fp32 reference, and a forced re-placement moves BF16
 // bytes (3 I H x 2 per expert) and keeps that accuracy.
-static void check_bf16_layer(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w,
-                             ep_policy *pol, size_t f32_bytes, float *x, float *y, float *yref)
+static void check_bf16_layer(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, ep_policy *pol,
+                             size_t f32_bytes, float *x, float *y, float *yref)
 {
     ep_moe_opts o;
     ep_moe_opts_default(&o, cfg);

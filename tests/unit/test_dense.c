@@ -170,9 +170,9 @@ static void test_swiglu_random(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gemm_odd_shapes), cmocka_unit_test(test_gemm_blocked),
+        cmocka_unit_test(test_gemm_odd_shapes),      cmocka_unit_test(test_gemm_blocked),
         cmocka_unit_test(test_gemm_beta0_ignores_c), cmocka_unit_test(test_gemm_empty_k),
-        cmocka_unit_test(test_swiglu_values), cmocka_unit_test(test_swiglu_extremes),
+        cmocka_unit_test(test_swiglu_values),        cmocka_unit_test(test_swiglu_extremes),
         cmocka_unit_test(test_swiglu_random),
     };
     return cmocka_run_group_tests_name("dense", tests, NULL, NULL);
