@@ -428,14 +428,13 @@ static double active_bytes(const ep_model_cfg *cfg, const bk_step *s, size_t ele
     return (double)s->active * 3 * cfg->hidden * cfg->moe_inter * elem;
 }
 
-static ep_status load_experts(const ep_model_cfg *cfg, bk_variant v, ep_backend *be,
-                              ep_experts **out)
+static ep_status load_experts(const ep_model_cfg *cfg, bk_variant v, ep_experts **out)
 {
     ep_weights *w = NULL;
     ep_status st = ep_weights_open(cfg, &w);
     if (!st) {
         ep_experts_opts o = {.weight_dtype = v == BK_BF16 ? EP_DTYPE_BF16 : EP_DTYPE_F32};
-        st = ep_experts_load_ex(cfg, w, NULL, -1, be, &o, out);
+        st = ep_experts_load_ex(cfg, w, NULL, -1, &o, out);
     }
     ep_weights_free(w);
     return st;
@@ -484,11 +483,6 @@ int ep_cmd_bench_kernels(int argc, char **argv)
     print_header(&a, triad, readbw);
 
     json_t *jrows = json_array();
-    ep_backend *be = NULL;
-    if (ep_backend_cpu_init(&be)) {
-        fprintf(stderr, "epserve bench kernels: %s\n", ep_last_error());
-        return 1;
-    }
     const int n_steps = a.warmup + a.repeats;
     for (int mi = 0; mi < a.n_models && rc < 0; mi++) {
         ep_model_cfg cfg;
@@ -532,7 +526,7 @@ int ep_cmd_bench_kernels(int argc, char **argv)
         for (int di = 0; di < a.n_variants && rc < 0; di++) {
             const bk_variant var = (bk_variant)a.variants[di];
             if (var == BK_F32 && f32_di < 0) f32_di = di;
-            if (load_experts(&cfg, var, be, &ex[di])) {
+            if (load_experts(&cfg, var, &ex[di])) {
                 fprintf(stderr, "epserve bench kernels: %s: %s\n", cfg.name, ep_last_error());
                 rc = 1;
             }
@@ -627,7 +621,6 @@ int ep_cmd_bench_kernels(int argc, char **argv)
         free(dus);
         if (!a.no_dense) dense_free(&d);
     }
-    ep_backend_free(be);
     bw_free(&bw);
     if (rc < 0 && a.json_path) {
         json_t *root = json_object();

@@ -1,9 +1,9 @@
 // The GPU side of the process group: which CUDA device this rank drives
 // (by local rank; device 0 when only one is visible) and the NCCL
 // communicator over the cluster's ranks (ncclUniqueId from rank 0, broadcast
-// over MPI). Declared here without CUDA or NCCL types; defined in ep_cuda
-// (cluster/cuda/device.c) and ep_nccl (cluster/cuda/nccl_boot.c), which exist
-// only when the build has EP_CUDA=ON.
+// over MPI). Declared here without CUDA or NCCL types; defined in
+// ep_cluster_cuda (cluster/cuda/device.c, nccl_boot.c), which exists only
+// when the build has EP_CUDA=ON.
 #ifndef EP_GPU_H
 #define EP_GPU_H
 
@@ -34,7 +34,7 @@ size_t ep_gpu_mem_bytes(const ep_gpu *g);       // total device memory
 // Makes the device current on the calling thread (CUDA state is per thread).
 ep_status ep_gpu_make_current(const ep_gpu *g);
 
-// ---- NCCL (ep_nccl) ------------------------------------------------------------
+// ---- NCCL ------------------------------------------------------------------
 typedef struct ep_nccl ep_nccl;
 // Collective over the cluster: every rank calls it with its own gpu. Checks
 // that the NCCL library matches the headers epserve was built with and that

@@ -4,6 +4,7 @@
 // all-to-all live elsewhere: this file only computes what it is handed.
 // An ep_experts is used by one thread at a time (the forward scratch is in it).
 #include "experts/experts.h"
+#include "experts/dense.h"
 #include "experts/kernels.h"
 
 #include <math.h>
@@ -42,7 +43,6 @@ typedef struct {
 
 struct ep_experts {
     ep_model_cfg cfg;         // a copy: the caller's cfg need not outlive us
-    ep_backend *be;           // borrowed; NULL allows only the reference
     int rank;                 // whose shard this is; -1 = every expert
     int hidden;               // H
     int inter;                // I = moe_inter
@@ -218,14 +218,13 @@ fail:
 }
 
 ep_status ep_experts_load(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p, int rank,
-                          ep_backend *be, ep_experts **out)
+                          ep_experts **out)
 {
-    return ep_experts_load_ex(cfg, w, p, rank, be, NULL, out);
+    return ep_experts_load_ex(cfg, w, p, rank, NULL, out);
 }
 
 ep_status ep_experts_load_ex(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p,
-                             int rank, ep_backend *be, const ep_experts_opts *opts,
-                             ep_experts **out)
+                             int rank, const ep_experts_opts *opts, ep_experts **out)
 {
     *out = NULL;
     const ep_dtype wdt = opts ? opts->weight_dtype : EP_DTYPE_F32;
@@ -251,7 +250,6 @@ ep_status ep_experts_load_ex(const ep_model_cfg *cfg, ep_weights *w, const ep_pl
 
     ep_experts *e = ep_xcalloc(1, sizeof *e);
     e->cfg = *cfg;
-    e->be = be;
     e->bf16 = wdt == EP_DTYPE_BF16;
     e->rank = rank < 0 ? -1 : rank;
     e->hidden = cfg->hidden;
@@ -389,7 +387,6 @@ ep_status ep_experts_reshard(const ep_experts *old, const ep_placement *p, int r
                          p ? p->world_size : 0);
     ep_experts *e = ep_xcalloc(1, sizeof *e);
     e->cfg = old->cfg;
-    e->be = old->be;
     e->bf16 = old->bf16;
     e->rank = rank;
     e->hidden = old->hidden;
@@ -509,8 +506,6 @@ static ep_status check_layer(const ep_experts *e, int layer, const char *what)
         return ep_errorf(EP_ERR_ARG,
                          "experts %s: layer %d is not a MoE layer of %s (MoE layers are %d..%d)",
                          what, layer, e->cfg.name, e->cfg.first_k_dense, e->cfg.n_layers - 1);
-    if (!e->be)
-        return ep_errorf(EP_ERR_ARG, "experts %s: loaded without a backend (reference only)", what);
     return EP_OK;
 }
 
@@ -776,14 +771,13 @@ ep_status ep_experts_shared_forward(ep_experts *e, int layer, const float *x, in
     if (e->shared_inter == 0 || T == 0) return EP_OK;
     const ep_experts_layer *L = &e->layers[layer];
     const int H = e->hidden, S = e->shared_inter;
-    ep_backend *be = e->be;
     grow_chunk(e, EP_MIN(T, EP_EXPERTS_CHUNK_ROWS));
     for (int c = 0; c < T; c += EP_EXPERTS_CHUNK_ROWS) {
         const int m = EP_MIN(EP_EXPERTS_CHUNK_ROWS, T - c);
-        be->vt->gemm_nt(be, m, 2 * S, H, x + (size_t)c * H, L->sh_gate_up, 0.0f, e->gu);
+        ep_dense_gemm_nt(m, 2 * S, H, x + (size_t)c * H, L->sh_gate_up, 0.0f, e->gu);
         swiglu_rows(m, S, e->gu, e->act);
         // beta = 1: the shared output is added straight into y, unweighted.
-        be->vt->gemm_nt(be, m, H, S, e->act, L->sh_down, 1.0f, y + (size_t)c * H);
+        ep_dense_gemm_nt(m, H, S, e->act, L->sh_down, 1.0f, y + (size_t)c * H);
     }
     return EP_OK;
 }

@@ -9,13 +9,12 @@
 #include "cluster/placement.h"
 #include "common/routes.h"
 #include "common/weights.h"
-#include "experts/backend.h"
 
 typedef struct ep_experts ep_experts;
 // rank >= 0: the experts placement p gives that rank; rank < 0: all experts
-// (for the reference path; p may then be NULL). The backend is borrowed.
+// (for the reference path; p may then be NULL).
 ep_status ep_experts_load(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p, int rank,
-                          ep_backend *be, ep_experts **out);
+                          ep_experts **out);
 // Load options. Zeroed (or NULL) = the defaults ep_experts_load uses.
 typedef struct {
     // Storage of the routed experts' weights: EP_DTYPE_F32 (default; the
@@ -28,8 +27,7 @@ typedef struct {
     ep_dtype weight_dtype;
 } ep_experts_opts;
 ep_status ep_experts_load_ex(const ep_model_cfg *cfg, ep_weights *w, const ep_placement *p,
-                             int rank, ep_backend *be, const ep_experts_opts *opts,
-                             ep_experts **out);
+                             int rank, const ep_experts_opts *opts, ep_experts **out);
 void ep_experts_free(ep_experts *e);          // NULL ok
 size_t ep_experts_bytes(const ep_experts *e); // weight bytes held
 bool ep_experts_has(const ep_experts *e, int expert);
@@ -64,7 +62,7 @@ ep_status ep_experts_forward(ep_experts *e, int layer, int n_rec, const int *pai
 // unweighted, as DeepSeek-V2). No-op when n_shared == 0.
 ep_status ep_experts_shared_forward(ep_experts *e, int layer, const float *x, int T, float *y);
 
-// Reference, plain C loops without the backend: y[t, :] = Σ_{kept j}
+// Reference, plain C loops without the kernels: y[t, :] = Σ_{kept j}
 // w_tj E_j(x[t, :]) + shared(x[t, :]). e must hold every expert (rank < 0).
 void ep_experts_reference(const ep_experts *e, int layer, const ep_routes *r, const float *x,
                           float *y);

@@ -1,5 +1,5 @@
-// Attention of one step on the paged KV cache, CPU (projections through the
-// backend's gemm, the rest plain C): Qwen3 GQA with per-head q/k RMSNorm
+// Attention of one step on the paged KV cache, CPU (projections through
+// ep_dense_gemm_nt, the rest plain C): Qwen3 GQA with per-head q/k RMSNorm
 // before NeoX RoPE; DeepSeek-V2 MLA on the latent cache with the absorbed
 // form (q_nope folded into W_UK, the output latent unfolded with W_UV), so
 // full keys and values are never materialised. The reference that expands
@@ -12,7 +12,8 @@
 static float dot(const float *a, const float *b, int n)
 {
     float s = 0.0f;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
     return s;
 }
 
@@ -21,14 +22,16 @@ static float dot(const float *a, const float *b, int n)
 static void softmax(float *sc, int n)
 {
     float mx = sc[0];
-    for (int i = 1; i < n; i++) mx = sc[i] > mx ? sc[i] : mx;
+    for (int i = 1; i < n; i++)
+        mx = sc[i] > mx ? sc[i] : mx;
     float sum = 0.0f;
     for (int i = 0; i < n; i++) {
         sc[i] = expf(sc[i] - mx);
         sum += sc[i];
     }
     float inv = 1.0f / sum;
-    for (int i = 0; i < n; i++) sc[i] *= inv;
+    for (int i = 0; i < n; i++)
+        sc[i] *= inv;
 }
 
 // ---- Qwen3 GQA -----------------------------------------------------------------
@@ -38,12 +41,11 @@ static void qwen3_attention(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
     const ep_layer_w *L = &m->L[l];
-    ep_backend *be = m->be;
     const int H = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
     const int kvw = nkv * hd, group = nh / nkv;
-    be->vt->gemm_nt(be, T, nh * hd, H, m->xn, L->wq, 0.0f, m->q);
-    be->vt->gemm_nt(be, T, kvw, H, m->xn, L->wk, 0.0f, m->k);
-    be->vt->gemm_nt(be, T, kvw, H, m->xn, L->wv, 0.0f, m->v);
+    ep_dense_gemm_nt(T, nh * hd, H, m->xn, L->wq, 0.0f, m->q);
+    ep_dense_gemm_nt(T, kvw, H, m->xn, L->wk, 0.0f, m->k);
+    ep_dense_gemm_nt(T, kvw, H, m->xn, L->wv, 0.0f, m->v);
 
     // Norm + RoPE of the new tokens; their k and v go to the cache first, so
     // a token of a prefill chunk sees the chunk's earlier tokens.
@@ -54,8 +56,10 @@ static void qwen3_attention(ep_model *m, int l, int T)
             ep_model_rmsnorm(k, L->k_norm, nkv, hd, c->rms_eps, k);
         }
         ep_rope_table(&m->rope, m->tok_pos[t], m->cs);
-        for (int h = 0; h < nh; h++) ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * hd);
-        for (int h = 0; h < nkv; h++) ep_rope_rotate(&m->rope, m->cs, k + (size_t)h * hd);
+        for (int h = 0; h < nh; h++)
+            ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * hd);
+        for (int h = 0; h < nkv; h++)
+            ep_rope_rotate(&m->rope, m->cs, k + (size_t)h * hd);
         float *row = ep_kv_row(m->kv, m->tok_seq[t], l, m->tok_pos[t]);
         memcpy(row, k, (size_t)kvw * sizeof(float));
         memcpy(row + kvw, m->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
@@ -74,11 +78,12 @@ static void qwen3_attention(ep_model *m, int l, int T)
             for (int s = 0; s < n; s++) {
                 const float *v = ep_kv_row(m->kv, seq, l, s) + kvw + kh * hd;
                 float p = m->scores[s];
-                for (int i = 0; i < hd; i++) o[i] += p * v[i];
+                for (int i = 0; i < hd; i++)
+                    o[i] += p * v[i];
             }
         }
     }
-    be->vt->gemm_nt(be, T, H, nh * hd, m->att, L->wo, 0.0f, m->y);
+    ep_dense_gemm_nt(T, H, nh * hd, m->att, L->wo, 0.0f, m->y);
 }
 
 // ---- DeepSeek-V2 MLA -------------------------------------------------------------
@@ -90,19 +95,18 @@ static void mla_attention(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
     const ep_layer_w *L = &m->L[l];
-    ep_backend *be = m->be;
     const int H = c->hidden, nh = c->n_heads, R = c->kv_lora_rank;
     const int nope = c->qk_nope_dim, rope = c->qk_rope_dim, vd = c->v_head_dim;
     const int qhd = nope + rope, kvb = nope + vd, row_w = R + rope;
 
     if (c->q_lora_rank > 0) {
-        be->vt->gemm_nt(be, T, c->q_lora_rank, H, m->xn, L->wq_a, 0.0f, m->qa);
+        ep_dense_gemm_nt(T, c->q_lora_rank, H, m->xn, L->wq_a, 0.0f, m->qa);
         ep_model_rmsnorm(m->qa, L->q_a_norm, T, c->q_lora_rank, c->rms_eps, m->qa);
-        be->vt->gemm_nt(be, T, m->q_dim, c->q_lora_rank, m->qa, L->wq_b, 0.0f, m->q);
+        ep_dense_gemm_nt(T, m->q_dim, c->q_lora_rank, m->qa, L->wq_b, 0.0f, m->q);
     } else {
-        be->vt->gemm_nt(be, T, m->q_dim, H, m->xn, L->wq, 0.0f, m->q);
+        ep_dense_gemm_nt(T, m->q_dim, H, m->xn, L->wq, 0.0f, m->q);
     }
-    be->vt->gemm_nt(be, T, row_w, H, m->xn, L->wkv_a, 0.0f, m->k);
+    ep_dense_gemm_nt(T, row_w, H, m->xn, L->wkv_a, 0.0f, m->k);
 
     for (int t = 0; t < T; t++) {
         const float *ckv = m->k + (size_t)t * row_w;
@@ -112,7 +116,8 @@ static void mla_attention(ep_model *m, int l, int T)
         ep_rope_table(&m->rope, m->tok_pos[t], m->cs);
         ep_rope_rotate(&m->rope, m->cs, row + R);
         float *q = m->q + (size_t)t * m->q_dim;
-        for (int h = 0; h < nh; h++) ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * qhd + nope);
+        for (int h = 0; h < nh; h++)
+            ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * qhd + nope);
     }
 
     float *qlat = m->lat, *olat = m->lat + R;
@@ -120,14 +125,15 @@ static void mla_attention(ep_model *m, int l, int T)
         int seq = m->tok_seq[t], n = m->tok_pos[t] + 1;
         for (int h = 0; h < nh; h++) {
             const float *q = m->q + (size_t)t * m->q_dim + (size_t)h * qhd;
-            const float *wuk = L->wkv_b + (size_t)h * kvb * R;     // [nope, R]
-            const float *wuv = wuk + (size_t)nope * R;              // [vd, R]
+            const float *wuk = L->wkv_b + (size_t)h * kvb * R; // [nope, R]
+            const float *wuv = wuk + (size_t)nope * R;         // [vd, R]
             // q_nope . (W_UK latent) = (W_UK^T q_nope) . latent
             memset(qlat, 0, (size_t)R * sizeof(float));
             for (int d = 0; d < nope; d++) {
                 float qd = q[d];
                 const float *w = wuk + (size_t)d * R;
-                for (int r = 0; r < R; r++) qlat[r] += qd * w[r];
+                for (int r = 0; r < R; r++)
+                    qlat[r] += qd * w[r];
             }
             for (int s = 0; s < n; s++) {
                 const float *row = ep_kv_row(m->kv, seq, l, s);
@@ -138,14 +144,16 @@ static void mla_attention(ep_model *m, int l, int T)
             for (int s = 0; s < n; s++) {
                 const float *row = ep_kv_row(m->kv, seq, l, s);
                 float p = m->scores[s];
-                for (int r = 0; r < R; r++) olat[r] += p * row[r];
+                for (int r = 0; r < R; r++)
+                    olat[r] += p * row[r];
             }
             // sum_s p_s (W_UV latent_s) = W_UV (sum_s p_s latent_s)
             float *o = m->att + (size_t)t * m->attn_out + (size_t)h * vd;
-            for (int j = 0; j < vd; j++) o[j] = dot(wuv + (size_t)j * R, olat, R);
+            for (int j = 0; j < vd; j++)
+                o[j] = dot(wuv + (size_t)j * R, olat, R);
         }
     }
-    be->vt->gemm_nt(be, T, H, nh * vd, m->att, L->wo, 0.0f, m->y);
+    ep_dense_gemm_nt(T, H, nh * vd, m->att, L->wo, 0.0f, m->y);
 }
 
 void ep_model_attention(ep_model *m, int layer, int T)

@@ -31,9 +31,11 @@ void ep_model_rmsnorm(const float *x, const float *w, int rows, int n, float eps
         const float *xr = x + (size_t)r * n;
         float *o = out + (size_t)r * n;
         float ss = 0.0f;
-        for (int i = 0; i < n; i++) ss += xr[i] * xr[i];
+        for (int i = 0; i < n; i++)
+            ss += xr[i] * xr[i];
         float inv = 1.0f / sqrtf(ss / (float)n + eps);
-        for (int i = 0; i < n; i++) o[i] = xr[i] * inv * w[i];
+        for (int i = 0; i < n; i++)
+            o[i] = xr[i] * inv * w[i];
     }
 }
 
@@ -77,11 +79,10 @@ static ep_status read_layer(ep_model *m, ep_weights *w, int l)
             (s = read_w(m, w, &L->wv, kv, H, "%s.%d.self_attn.v_proj.weight", pre, l)) ||
             (s = read_w(m, w, &L->wo, H, q, "%s.%d.self_attn.o_proj.weight", pre, l)))
             return s;
-        if (c->qk_norm &&
-            ((s = read_w(m, w, &L->q_norm, c->head_dim, -1, "%s.%d.self_attn.q_norm.weight", pre,
-                         l)) ||
-             (s = read_w(m, w, &L->k_norm, c->head_dim, -1, "%s.%d.self_attn.k_norm.weight", pre,
-                         l))))
+        if (c->qk_norm && ((s = read_w(m, w, &L->q_norm, c->head_dim, -1,
+                                       "%s.%d.self_attn.q_norm.weight", pre, l)) ||
+                           (s = read_w(m, w, &L->k_norm, c->head_dim, -1,
+                                       "%s.%d.self_attn.k_norm.weight", pre, l))))
             return s;
     } else {
         int64_t qk = nh * (c->qk_nope_dim + c->qk_rope_dim);
@@ -150,10 +151,11 @@ static void progress_hook(void *user, const char *name, const ep_weights_stats *
 
 static void free_layer(ep_layer_w *L)
 {
-    float *all[] = {L->in_norm, L->post_norm, L->wq,    L->wk,     L->wv,        L->q_norm,
-                    L->k_norm,  L->wo,        L->wq_a,  L->q_a_norm, L->wq_b,    L->wkv_a,
-                    L->kv_a_norm, L->wkv_b,   L->w_gate, L->w_up,  L->w_down};
-    for (size_t i = 0; i < EP_ARRAY_LEN(all); i++) free(all[i]);
+    float *all[] = {L->in_norm,   L->post_norm, L->wq,     L->wk,       L->wv,    L->q_norm,
+                    L->k_norm,    L->wo,        L->wq_a,   L->q_a_norm, L->wq_b,  L->wkv_a,
+                    L->kv_a_norm, L->wkv_b,     L->w_gate, L->w_up,     L->w_down};
+    for (size_t i = 0; i < EP_ARRAY_LEN(all); i++)
+        free(all[i]);
 }
 
 // ---- init / free -------------------------------------------------------------
@@ -161,8 +163,9 @@ static void free_layer(ep_layer_w *L)
 static ep_status check_opts(const ep_model_cfg *c, const ep_model_opts *o)
 {
     if (o->max_ctx < 1 || o->max_ctx > c->max_pos)
-        return ep_errorf(EP_ERR_ARG, "model %s: max_ctx %d, expected 1..%d (max_position_embeddings)",
-                         c->name, o->max_ctx, c->max_pos);
+        return ep_errorf(EP_ERR_ARG,
+                         "model %s: max_ctx %d, expected 1..%d (max_position_embeddings)", c->name,
+                         o->max_ctx, c->max_pos);
     if (o->moe.cap_tokens < 1)
         return ep_errorf(EP_ERR_ARG, "model %s: moe.cap_tokens %d, expected >= 1", c->name,
                          o->moe.cap_tokens);
@@ -172,13 +175,12 @@ static ep_status check_opts(const ep_model_cfg *c, const ep_model_opts *o)
                          "%s: num_attention_heads %d must be a multiple of num_key_value_heads %d "
                          "(head_dim %d)",
                          c->source, c->n_heads, c->n_kv_heads, c->head_dim);
-    if (c->arch == EP_ARCH_DEEPSEEK_V2 && (c->kv_lora_rank < 1 || c->qk_nope_dim < 1 ||
-                                           c->qk_rope_dim < 1 || c->v_head_dim < 1))
+    if (c->arch == EP_ARCH_DEEPSEEK_V2 &&
+        (c->kv_lora_rank < 1 || c->qk_nope_dim < 1 || c->qk_rope_dim < 1 || c->v_head_dim < 1))
         return ep_errorf(EP_ERR_CONFIG,
                          "%s: MLA needs kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim and "
                          "v_head_dim >= 1, found %d, %d, %d, %d",
-                         c->source, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim,
-                         c->v_head_dim);
+                         c->source, c->kv_lora_rank, c->qk_nope_dim, c->qk_rope_dim, c->v_head_dim);
     return EP_OK;
 }
 
@@ -226,20 +228,24 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
     for (int l = 0; l < cfg->n_layers; l++)
         if ((s = read_layer(m, w, l))) goto err;
 
-    if ((s = ep_backend_cpu_init(&m->be))) goto err;
     s = ep_moe_init(cfg, cl, w, &o->moe, &m->moe);
     if (progress) {
         ep_weights_stats tot;
         ep_weights_get_stats(w, &tot);
         ep_weights_set_read_hook(w, lp.prev, lp.prev_user, NULL, NULL);
         progress = false;
-        if (!s) progress_print(&lp, &tot, true);
-        else if (lp.printed && lp.tty) fputc('\n', stderr);
+        if (!s)
+            progress_print(&lp, &tot, true);
+        else if (lp.printed && lp.tty)
+            fputc('\n', stderr);
     }
     if (s) goto err;
-    ep_kv_opts ko = {.n_layers = cfg->n_layers, .row_floats = m->kv_row,
-                     .block_tokens = o->kv_block_tokens, .n_blocks = o->kv_blocks,
-                     .max_seqs = o->max_seqs, .max_seq_tokens = o->max_ctx};
+    ep_kv_opts ko = {.n_layers = cfg->n_layers,
+                     .row_floats = m->kv_row,
+                     .block_tokens = o->kv_block_tokens,
+                     .n_blocks = o->kv_blocks,
+                     .max_seqs = o->max_seqs,
+                     .max_seq_tokens = o->max_ctx};
     if ((s = ep_kv_init(&ko, &m->kv))) goto err;
 
     size_t capz = (size_t)cap;
@@ -277,17 +283,18 @@ void ep_model_free(ep_model *m)
 {
     if (!m) return;
     if (m->L)
-        for (int l = 0; l < m->cfg->n_layers; l++) free_layer(&m->L[l]);
+        for (int l = 0; l < m->cfg->n_layers; l++)
+            free_layer(&m->L[l]);
     free(m->L);
     if (m->lm_head != m->embed) free(m->lm_head);
     free(m->embed);
     free(m->final_norm);
     ep_kv_free(m->kv);
     ep_moe_free(m->moe);
-    ep_backend_free(m->be);
-    float *bufs[] = {m->x, m->xn, m->y, m->q, m->k, m->v, m->qa, m->att,
-                     m->mg, m->mu, m->scores, m->lat, m->cs};
-    for (size_t i = 0; i < EP_ARRAY_LEN(bufs); i++) free(bufs[i]);
+    float *bufs[] = {m->x,   m->xn, m->y,  m->q,      m->k,   m->v, m->qa,
+                     m->att, m->mg, m->mu, m->scores, m->lat, m->cs};
+    for (size_t i = 0; i < EP_ARRAY_LEN(bufs); i++)
+        free(bufs[i]);
     free(m->tok_seq);
     free(m->tok_pos);
     free(m);
@@ -331,31 +338,37 @@ static ep_status check_batch(ep_model *m, const ep_batch *b, int *T)
     const ep_model_cfg *c = m->cfg;
     *T = 0;
     if (b->n_seqs < 0 || (b->n_seqs > 0 && (!b->seq || !b->n_new || !b->tokens)))
-        return ep_errorf(EP_ERR_ARG, "model: batch of %d sequences with missing arrays",
-                         b->n_seqs);
+        return ep_errorf(EP_ERR_ARG, "model: batch of %d sequences with missing arrays", b->n_seqs);
     int64_t total = 0;
     for (int i = 0; i < b->n_seqs; i++) {
         int s = b->seq[i];
         if (!ep_kv_seq_valid(m->kv, s))
-            return ep_errorf(EP_ERR_ARG, "model: batch entry %d names sequence %d, which does "
-                             "not exist on this rank", i, s);
+            return ep_errorf(EP_ERR_ARG,
+                             "model: batch entry %d names sequence %d, which does "
+                             "not exist on this rank",
+                             i, s);
         for (int j = 0; j < i; j++)
             if (b->seq[j] == s)
-                return ep_errorf(EP_ERR_ARG, "model: sequence %d appears twice in one batch "
-                                 "(entries %d and %d)", s, j, i);
+                return ep_errorf(EP_ERR_ARG,
+                                 "model: sequence %d appears twice in one batch "
+                                 "(entries %d and %d)",
+                                 s, j, i);
         if (b->n_new[i] < 1)
             return ep_errorf(EP_ERR_ARG, "model: sequence %d: %d new tokens, expected >= 1", s,
                              b->n_new[i]);
         total += b->n_new[i];
     }
     if (total > m->opts.moe.cap_tokens)
-        return ep_errorf(EP_ERR_ARG, "model: %lld tokens in one step, capacity is %d "
-                         "(moe.cap_tokens)", (long long)total, m->opts.moe.cap_tokens);
+        return ep_errorf(EP_ERR_ARG,
+                         "model: %lld tokens in one step, capacity is %d "
+                         "(moe.cap_tokens)",
+                         (long long)total, m->opts.moe.cap_tokens);
     for (int64_t t = 0; t < total; t++)
         if (b->tokens[t] < 0 || b->tokens[t] >= c->vocab)
-            return ep_errorf(EP_ERR_ARG, "model: token %lld of the batch is id %d, expected "
-                             "0..%d (vocab_size of %s)", (long long)t, b->tokens[t], c->vocab - 1,
-                             c->name);
+            return ep_errorf(EP_ERR_ARG,
+                             "model: token %lld of the batch is id %d, expected "
+                             "0..%d (vocab_size of %s)",
+                             (long long)t, b->tokens[t], c->vocab - 1, c->name);
     for (int i = 0; i < b->n_seqs; i++) {
         ep_status s = ep_kv_reserve(m->kv, b->seq[i], b->n_new[i]);
         if (s) return s;
@@ -368,16 +381,16 @@ static void dense_mlp(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
     const ep_layer_w *L = &m->L[l];
-    ep_backend *be = m->be;
-    be->vt->gemm_nt(be, T, c->intermediate, c->hidden, m->xn, L->w_gate, 0.0f, m->mg);
-    be->vt->gemm_nt(be, T, c->intermediate, c->hidden, m->xn, L->w_up, 0.0f, m->mu);
-    be->vt->swiglu(be, (int64_t)T * c->intermediate, m->mg, m->mu, m->mg);
-    be->vt->gemm_nt(be, T, c->hidden, c->intermediate, m->mg, L->w_down, 0.0f, m->y);
+    ep_dense_gemm_nt(T, c->intermediate, c->hidden, m->xn, L->w_gate, 0.0f, m->mg);
+    ep_dense_gemm_nt(T, c->intermediate, c->hidden, m->xn, L->w_up, 0.0f, m->mu);
+    ep_dense_swiglu((int64_t)T * c->intermediate, m->mg, m->mu, m->mg);
+    ep_dense_gemm_nt(T, c->hidden, c->intermediate, m->mg, L->w_down, 0.0f, m->y);
 }
 
 static void add_rows(float *x, const float *y, size_t n)
 {
-    for (size_t i = 0; i < n; i++) x[i] += y[i];
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
 }
 
 ep_status ep_model_forward(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,
@@ -388,8 +401,7 @@ ep_status ep_model_forward(ep_model *m, const ep_policy *p, const ep_batch *b, f
 
 // Adds one MoE layer's routes to the per-sequence pairs and the expert load.
 // Token t of the step belongs to the batch entry whose n_new range holds it.
-static void add_route_stats(const ep_model *m, const ep_batch *b, int layer,
-                            ep_forward_stats *fs)
+static void add_route_stats(const ep_model *m, const ep_batch *b, int layer, ep_forward_stats *fs)
 {
     const ep_routes *r = ep_moe_last_routes(m->moe);
     if (!r) return;
@@ -403,7 +415,8 @@ static void add_route_stats(const ep_model *m, const ep_batch *b, int layer,
     }
     if (fs->expert_load) {
         int64_t *row = fs->expert_load + (size_t)layer * m->cfg->n_experts;
-        for (int j = 0; j < ep_routes_nnz(r); j++) row[r->expert[j]]++;
+        for (int j = 0; j < ep_routes_nnz(r); j++)
+            row[r->expert[j]]++;
     }
 }
 
@@ -423,7 +436,7 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
     if (cs) return cs;
     if (bad)
         return ep_errorf(EP_ERR_ARG, "model: another rank rejected its batch; this step was "
-                         "skipped on every rank");
+                                     "skipped on every rank");
 
     int t = 0;
     for (int i = 0; i < b->n_seqs; i++) {
@@ -454,7 +467,8 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
         }
         add_rows(m->x, m->y, (size_t)T * H);
     }
-    for (int i = 0; i < b->n_seqs; i++) ep_kv_commit(m->kv, b->seq[i], b->n_new[i]);
+    for (int i = 0; i < b->n_seqs; i++)
+        ep_kv_commit(m->kv, b->seq[i], b->n_new[i]);
 
     // Final norm and lm_head on the rows asked for only.
     int rows = 0;
@@ -469,6 +483,6 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
                              m->xn + (size_t)rows * H);
         }
     }
-    m->be->vt->gemm_nt(m->be, rows, c->vocab, H, m->xn, m->lm_head, 0.0f, logits);
+    ep_dense_gemm_nt(rows, c->vocab, H, m->xn, m->lm_head, 0.0f, logits);
     return EP_OK;
 }

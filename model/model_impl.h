@@ -4,6 +4,7 @@
 #ifndef EP_MODEL_IMPL_H
 #define EP_MODEL_IMPL_H
 
+#include "experts/dense.h"
 #include "model/model.h"
 #include "model/rope.h"
 
@@ -12,11 +13,11 @@ typedef struct {
     float *in_norm;   // [H] input_layernorm
     float *post_norm; // [H] post_attention_layernorm
     // Qwen3
-    float *wq;        // [nh * hd, H] (MLA without q LoRA: q_proj [nh * (nope + rope), H])
-    float *wk, *wv;   // [nkv * hd, H]
-    float *q_norm;    // [hd]
-    float *k_norm;    // [hd]
-    float *wo;        // [H, nh * hd] (MLA: [H, nh * v])
+    float *wq;      // [nh * hd, H] (MLA without q LoRA: q_proj [nh * (nope + rope), H])
+    float *wk, *wv; // [nkv * hd, H]
+    float *q_norm;  // [hd]
+    float *k_norm;  // [hd]
+    float *wo;      // [H, nh * hd] (MLA: [H, nh * v])
     // DeepSeek-V2 MLA
     float *wq_a;      // [q_lora, H]
     float *q_a_norm;  // [q_lora]
@@ -33,7 +34,6 @@ struct ep_model {
     const ep_model_cfg *cfg;
     ep_cluster *cl;
     ep_model_opts opts;
-    ep_backend *be;
     ep_moe *moe;
     ep_kv *kv;
     ep_rope rope;
@@ -49,19 +49,19 @@ struct ep_model {
     ep_layer_w *L;     // [n_layers]
 
     // Per-step scratch, sized for cap tokens once (cap = moe.cap_tokens).
-    float *x;      // [cap, H] residual stream
-    float *xn;     // [cap, H] normed input of a sublayer
-    float *y;      // [cap, H] sublayer output
-    float *q;      // [cap, q_dim]
-    float *k, *v;  // [cap, nkv * hd] (MLA: k is [cap, kv_lora + rope]; v unused)
-    float *qa;     // [cap, q_lora] (MLA with q LoRA)
-    float *att;    // [cap, attn_out]
-    float *mg, *mu;// [cap, inter] dense MLP gate / up
-    float *scores; // [max_ctx] attention scores of one (token, head)
-    float *lat;    // [max(kv_lora, hd)] one head's absorbed query / latent output
-    float *cs;     // [rope dim] cos | sin of one position
-    int *tok_seq;  // [cap] sequence of each new token
-    int *tok_pos;  // [cap] its position in the sequence
+    float *x;       // [cap, H] residual stream
+    float *xn;      // [cap, H] normed input of a sublayer
+    float *y;       // [cap, H] sublayer output
+    float *q;       // [cap, q_dim]
+    float *k, *v;   // [cap, nkv * hd] (MLA: k is [cap, kv_lora + rope]; v unused)
+    float *qa;      // [cap, q_lora] (MLA with q LoRA)
+    float *att;     // [cap, attn_out]
+    float *mg, *mu; // [cap, inter] dense MLP gate / up
+    float *scores;  // [max_ctx] attention scores of one (token, head)
+    float *lat;     // [max(kv_lora, hd)] one head's absorbed query / latent output
+    float *cs;      // [rope dim] cos | sin of one position
+    int *tok_seq;   // [cap] sequence of each new token
+    int *tok_pos;   // [cap] its position in the sequence
 };
 
 // Attention of every new token of the step (model/attn.c): reads m->xn,

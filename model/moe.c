@@ -1,70 +1,13 @@
 // The EP MoE layer: router -> comm dispatch -> experts -> comm combine ->
 // shared experts, with the routes, buffers and weights of every MoE layer
 // held for the life of the ep_moe. Buffers are sized once from cap_tokens.
-#include "model/moe.h"
+// The experts and the transport come from the backend's table
+// (moe_backend.h); placements and re-placement are in replace.c, the
+// reference path in moe_reference.c.
+#include "model/moe_impl.h"
 
-#include "model/moe_cuda.h"
-
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct ep_moe {
-    const ep_model_cfg *cfg;
-    ep_cluster *cl;
-    ep_moe_opts opts;
-    ep_placement place;        // union over layers: what this rank loads
-    ep_placement *layer_place; // [n_layers] per-layer EPLB placements, or NULL (all use place)
-    int *pair_rank;            // [cap_tokens * max_k] replica choice of the last forward
-    int pair_cap;
-    int64_t *rank_load;        // [world_size] pairs sent per rank in this call
-    int *visit;                // [world_size] scratch of ep_placement_choose
-    ep_weights *w;             // borrowed: read at init only (re-placement moves weights over MPI)
-    double *window_load;       // [n_layers * n_experts] this rank's pairs since the window began
-    int64_t window_steps;      // forwards of the first MoE layer since the window began
-    ep_moe_move_stats last_move; // what the last ep_moe_replace that moved sent and received
-    ep_backend *be;
-    ep_transport *tp;        // MPI (owned) or, with backend CUDA, NCCL (owned by cuda)
-    ep_moe_cuda *cuda;       // backend CUDA: device, NCCL and this rank's experts; else NULL
-    // One ep_comm per micro-batch (an ep_comm holds the buffers of one
-    // exchange in flight); comm[1] only with opts.micro_batches == 2.
-    ep_comm *comm[2];
-    int *mb_off[2]; // [cap_tokens + 1] rebased offsets of each micro-batch's routes
-    ep_router *router;
-    ep_experts *experts;     // this rank's shard + shared experts (backend CPU; else NULL)
-    ep_experts *all_experts; // every expert (reference), or NULL
-    float **gate_w;          // [n_layers] -> [n_experts, hidden] for MoE layers, NULL otherwise
-    ep_routes routes;
-    ep_routes ref_routes;
-    int64_t ref_pairs, ref_token_layers; // kept pairs / tokens routed by ep_moe_reference
-    ep_route_ctx ref_ctx; // the reference's routing context when a caller set one (place != NULL)
-};
-
-const char *ep_moe_backend_name(ep_moe_backend b)
-{
-    return b == EP_MOE_BACKEND_CUDA ? "cuda" : "cpu";
-}
-
-ep_status ep_moe_backend_parse(const char *s, ep_moe_backend *out)
-{
-    if (!strcmp(s, "cpu")) *out = EP_MOE_BACKEND_CPU;
-    else if (!strcmp(s, "cuda")) *out = EP_MOE_BACKEND_CUDA;
-    else return ep_errorf(EP_ERR_ARG, "backend: expected cpu or cuda, found '%s'", s);
-    return EP_OK;
-}
-
-ep_status ep_moe_expert_dtype_parse(const char *s, ep_dtype *out)
-{
-    if (!strcmp(s, "f32")) *out = EP_DTYPE_F32;
-    else if (!strcmp(s, "bf16")) *out = EP_DTYPE_BF16;
-    else return ep_errorf(EP_ERR_ARG, "expert dtype: expected f32 or bf16, found '%s'", s);
-    return EP_OK;
-}
-
-bool ep_moe_backend_built(ep_moe_backend b)
-{
-    return b == EP_MOE_BACKEND_CPU || (b == EP_MOE_BACKEND_CUDA && ep_moe_cuda_built());
-}
 
 void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
 {
@@ -78,55 +21,17 @@ void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
     o->micro_batches = 1;
 }
 
-// One EPLB placement per MoE layer from the given loads, and their union
-// (every slot of every layer) as the placement whose experts this rank loads.
-static ep_status init_eplb(ep_moe *m)
-{
-    const ep_model_cfg *cfg = m->cfg;
-    const int E = cfg->n_experts, L = cfg->n_layers, R = m->opts.redundant_experts;
-    if (R < 0)
-        return ep_errorf(EP_ERR_ARG, "moe: redundant_experts: expected >= 0, found %d", R);
-    int groups =
-        m->opts.eplb_groups > 0 ? m->opts.eplb_groups : (cfg->n_group > 0 ? cfg->n_group : 1);
-    m->layer_place = ep_xcalloc((size_t)L, sizeof(ep_placement));
-    double *uniform = ep_xmalloc((size_t)E * sizeof(double));
-    for (int e = 0; e < E; e++) uniform[e] = 1.0;
-    int n_all = 0, *all_e = NULL, *all_r = NULL;
-    ep_status st = EP_OK;
-    for (int l = 0; l < L && !st; l++) {
-        if (!ep_model_layer_is_moe(cfg, l)) continue;
-        const double *load = m->opts.expert_load ? m->opts.expert_load + (size_t)l * E : uniform;
-        if ((st = ep_placement_init_eplb(&m->layer_place[l], load, E, R, groups, m->cl->n_nodes,
-                                         m->cl->world_size)))
-            break;
-        const ep_placement *lp = &m->layer_place[l];
-        all_e = ep_xrealloc(all_e, (size_t)(n_all + lp->n_phy) * sizeof(int));
-        all_r = ep_xrealloc(all_r, (size_t)(n_all + lp->n_phy) * sizeof(int));
-        memcpy(all_e + n_all, lp->phy_expert, (size_t)lp->n_phy * sizeof(int));
-        memcpy(all_r + n_all, lp->phy_rank, (size_t)lp->n_phy * sizeof(int));
-        n_all += lp->n_phy;
-    }
-    if (!st && n_all == 0)
-        st = ep_placement_init_eplb(&m->place, uniform, E, R, groups, 1, m->cl->world_size);
-    else if (!st)
-        st = ep_placement_from_slots(&m->place, EP_PLACE_EPLB, E, m->cl->world_size, n_all, all_e,
-                                     all_r);
-    free(uniform);
-    free(all_e);
-    free(all_r);
-    return st;
-}
-
 ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, const ep_moe_opts *o,
                       ep_moe **out)
 {
     *out = NULL;
     if (o->cap_tokens < 0 || o->max_k < cfg->k_base)
-        return ep_errorf(EP_ERR_ARG, "ep_moe_init: cap_tokens %d, max_k %d (expected >= 0 and >= k_base %d)",
+        return ep_errorf(EP_ERR_ARG,
+                         "ep_moe_init: cap_tokens %d, max_k %d (expected >= 0 and >= k_base %d)",
                          o->cap_tokens, o->max_k, cfg->k_base);
-    if (o->backend != EP_MOE_BACKEND_CPU && o->backend != EP_MOE_BACKEND_CUDA)
-        return ep_errorf(EP_ERR_ARG, "ep_moe_init: backend %d: expected EP_MOE_BACKEND_CPU or "
-                         "EP_MOE_BACKEND_CUDA", (int)o->backend);
+    const ep_moe_backend_i *backend;
+    ep_status st = ep_moe_backend_table(o->backend, &backend);
+    if (st) return ep_error_prefix(st, "ep_moe_init");
     // 0 is taken as 1, for options zeroed rather than defaulted.
     if (o->micro_batches < 0 || o->micro_batches > 2)
         return ep_errorf(EP_ERR_ARG, "ep_moe_init: micro_batches: expected 1 or 2, found %d",
@@ -136,11 +41,12 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     m->cl = cl;
     m->opts = *o;
     if (m->opts.micro_batches < 1) m->opts.micro_batches = 1;
-    ep_status st;
+    m->backend = backend;
     int cap = o->cap_tokens > 0 ? o->cap_tokens : 1;
 
     if (o->placement == EP_PLACE_EPLB) {
-        if ((st = init_eplb(m))) goto err;
+        if ((st = ep_moe_place_eplb(cfg, cl, o, o->expert_load, &m->layer_place, &m->place)))
+            goto err;
     } else if ((st = ep_placement_init(&m->place, o->placement, cfg->n_experts, cl->world_size))) {
         goto err;
     }
@@ -150,31 +56,18 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     m->pair_rank = ep_xmalloc((size_t)m->pair_cap * sizeof(int));
     m->rank_load = ep_xcalloc((size_t)cl->world_size, sizeof(int64_t));
     m->visit = ep_xcalloc((size_t)cl->world_size, sizeof(int));
-    if ((st = ep_backend_cpu_init(&m->be))) goto err;
-    if (o->backend == EP_MOE_BACKEND_CUDA) {
-        // Device scratch for a balanced step (cap tokens' records arrive per
-        // rank on average); a skewed step grows it once.
-        if ((st = ep_moe_cuda_init(cfg, cl, w, &m->place, cap, cap * o->max_k, &m->cuda)))
-            goto err;
-        m->tp = ep_moe_cuda_transport(m->cuda);
-    } else if ((st = ep_transport_mpi_init(cl, &m->tp))) {
-        goto err;
-    }
+    // This rank's experts (what m->place gives it) and the transport.
+    if ((st = backend->open(cfg, cl, w, &m->place, o, cap, &m->be))) goto err;
     // Two micro-batches: each ep_comm sized for half the tokens (a skewed
     // step grows them), so the buffers total what one would hold.
     const int n_mb = m->opts.micro_batches, mb_cap = (cap + n_mb - 1) / n_mb;
     for (int b = 0; b < n_mb; b++) {
-        if ((st = ep_comm_init(cl, m->tp, cfg->hidden, o->wire, mb_cap, o->max_k, &m->comm[b])))
+        if ((st = ep_comm_init(cl, m->be.tp, cfg->hidden, o->wire, mb_cap, o->max_k, &m->comm[b])))
             goto err;
         if (n_mb > 1) m->mb_off[b] = ep_xmalloc((size_t)(cap + 1) * sizeof(int));
     }
     if ((st = ep_router_init(cfg, cap, &m->router))) goto err;
-    ep_experts_opts eo = {.weight_dtype = o->expert_dtype};
-    if (!m->cuda &&
-        (st = ep_experts_load_ex(cfg, w, &m->place, cl->rank, m->be, &eo, &m->experts)))
-        goto err;
-    if (o->with_reference && (st = ep_experts_load(cfg, w, NULL, -1, m->be, &m->all_experts)))
-        goto err;
+    if (o->with_reference && (st = ep_experts_load(cfg, w, NULL, -1, &m->all_experts))) goto err;
 
     m->gate_w = ep_xcalloc((size_t)cfg->n_layers, sizeof(float *));
     for (int l = 0; l < cfg->n_layers; l++) {
@@ -198,30 +91,24 @@ void ep_moe_free(ep_moe *m)
 {
     if (!m) return;
     if (m->gate_w) {
-        for (int l = 0; l < m->cfg->n_layers; l++) free(m->gate_w[l]);
+        for (int l = 0; l < m->cfg->n_layers; l++)
+            free(m->gate_w[l]);
         free(m->gate_w);
     }
     ep_routes_free(&m->routes);
     ep_routes_free(&m->ref_routes);
     ep_experts_free(m->all_experts);
-    ep_experts_free(m->experts);
     ep_router_free(m->router);
-    for (int b = 0; b < 2; b++) {
+    for (int b = 0; b < 2; b++) { // before the transport they send over
         ep_comm_free(m->comm[b]);
         free(m->mb_off[b]);
     }
-    if (m->cuda) ep_moe_cuda_free(m->cuda); // its transport with it
-    else ep_transport_free(m->tp);
-    ep_backend_free(m->be);
-    if (m->layer_place) {
-        for (int l = 0; l < m->cfg->n_layers; l++) ep_placement_free(&m->layer_place[l]);
-        free(m->layer_place);
-    }
+    if (m->backend) m->backend->close(&m->be);
+    ep_moe_place_free(m->cfg, m->layer_place, &m->place);
     free(m->pair_rank);
     free(m->window_load);
     free(m->rank_load);
     free(m->visit);
-    ep_placement_free(&m->place);
     free(m);
 }
 
@@ -232,7 +119,7 @@ const ep_placement *ep_moe_placement(const ep_moe *m)
 
 size_t ep_moe_expert_bytes(const ep_moe *m)
 {
-    return m->cuda ? ep_moe_cuda_bytes(m->cuda) : ep_experts_bytes(m->experts);
+    return ep_expert_backend_bytes(m->be.experts);
 }
 
 const ep_placement *ep_moe_layer_placement(const ep_moe *m, int layer)
@@ -251,7 +138,7 @@ const ep_routes *ep_moe_last_routes(const ep_moe *m)
     return &m->routes;
 }
 
-static ep_status check_layer(const ep_moe *m, int layer, int T)
+ep_status ep_moe_check_layer(const ep_moe *m, int layer, int T)
 {
     if (layer < 0 || layer >= m->cfg->n_layers || !ep_model_layer_is_moe(m->cfg, layer))
         return ep_errorf(EP_ERR_ARG, "moe: layer %d is not a MoE layer of %s (MoE layers %d..%d)",
@@ -262,21 +149,21 @@ static ep_status check_layer(const ep_moe *m, int layer, int T)
     return EP_OK;
 }
 
-static ep_status check_call(const ep_moe *m, const ep_policy *p, int layer, int T)
+ep_status ep_moe_check_call(const ep_moe *m, const ep_policy *p, int layer, int T)
 {
-    ep_status s = check_layer(m, layer, T);
+    ep_status s = ep_moe_check_layer(m, layer, T);
     if (s) return s;
     if (ep_policy_max_k(p) > m->opts.max_k)
-        return ep_errorf(EP_ERR_ARG, "moe: policy '%s' keeps up to %d experts, buffers hold %d (max_k)",
+        return ep_errorf(EP_ERR_ARG,
+                         "moe: policy '%s' keeps up to %d experts, buffers hold %d (max_k)",
                          ep_policy_name(p), ep_policy_max_k(p), m->opts.max_k);
     return EP_OK;
 }
 
 static ep_status run_experts(ep_moe *m, int layer, const ep_comm_work *w)
 {
-    if (m->cuda) return ep_moe_cuda_experts(m->cuda, layer, w);
-    return ep_experts_forward(m->experts, layer, w->n_rec, w->pair_off, w->pair_expert,
-                              w->pair_weight, w->x, w->y);
+    return ep_expert_backend_forward(m->be.experts, layer, w->n_rec, w->pair_off, w->pair_expert,
+                                     w->pair_weight, w->x, w->y);
 }
 
 // Tokens [t0, t1) of r as routes of their own: the expert, weight and
@@ -378,10 +265,12 @@ static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const floa
         ep_placement_choose(pl, r, m->cl->rank, m->rank_load, m->visit, m->pair_rank);
         pair_rank = m->pair_rank;
     } else {
-        for (int j = 0; j < nnz; j++) m->pair_rank[j] = pl->rank_of[r->expert[j]];
+        for (int j = 0; j < nnz; j++)
+            m->pair_rank[j] = pl->rank_of[r->expert[j]];
     }
     double *wl = m->window_load + (size_t)layer * m->cfg->n_experts;
-    for (int j = 0; j < nnz; j++) wl[r->expert[j]] += 1;
+    for (int j = 0; j < nnz; j++)
+        wl[r->expert[j]] += 1;
     if (layer == m->cfg->first_k_dense) m->window_steps++;
 
     ep_moe_times mt = {0};
@@ -402,9 +291,7 @@ static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const floa
         if (st) ep_comm_stats_add(st, &local);
     }
     double t4 = ep_now_us();
-    if (m->cuda) s = ep_moe_cuda_shared(m->cuda, layer, x, r->n_tokens, y);
-    else s = ep_experts_shared_forward(m->experts, layer, x, r->n_tokens, y);
-    if (s) return s;
+    if ((s = ep_expert_backend_shared(m->be.experts, layer, x, r->n_tokens, y))) return s;
     if (tm) {
         tm->dispatch_us += mt.dispatch_us;
         tm->experts_us += mt.experts_us;
@@ -425,10 +312,10 @@ ep_route_ctx ep_moe_route_ctx(const ep_moe *m, int layer)
     return c;
 }
 
-ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
-                         float *y, ep_comm_stats *st, ep_moe_times *tm)
+ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *x, int T, float *y,
+                         ep_comm_stats *st, ep_moe_times *tm)
 {
-    ep_status s = check_call(m, p, layer, T);
+    ep_status s = ep_moe_check_call(m, p, layer, T);
     if (s) return s;
     double t0 = ep_now_us();
     const ep_route_ctx ctx = ep_moe_route_ctx(m, layer);
@@ -441,243 +328,8 @@ ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *
 ep_status ep_moe_forward_routes(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
                                 ep_comm_stats *st, ep_moe_times *tm)
 {
-    ep_status s = check_layer(m, layer, r->n_tokens);
+    ep_status s = ep_moe_check_layer(m, layer, r->n_tokens);
     if (s) return s;
     if ((s = ep_routes_check(r, m->cfg->n_experts))) return s;
     return run_routed(m, layer, r, x, y, st, tm);
-}
-
-int64_t ep_moe_window_steps(const ep_moe *m)
-{
-    return m->window_steps;
-}
-
-// The rank that sends expert g to rank dst on a move from placement op:
-// one of g's holders under op, spread by (dst + g) so that several ranks
-// needing g, or one rank needing several experts, draw on different holders.
-// Every rank computes the same answer from the same placements.
-static int move_source(const ep_placement *op, int g, int dst)
-{
-    int n = 0;
-    for (int r = 0; r < op->world_size; r++)
-        n += ep_placement_holds(op, r, g);
-    EP_ASSERT(n > 0); // every placement holds every expert somewhere
-    int k = (dst + g) % n;
-    for (int r = 0; r < op->world_size; r++)
-        if (ep_placement_holds(op, r, g) && k-- == 0) return r;
-    return -1;
-}
-
-// This rank's shard for placement np, its weights moved over the transport
-// from ranks that hold them under the current placement: experts it kept
-// are copied locally, each expert it newly needs arrives from one holder
-// (move_source), one alltoallv of the stored bytes (fp32 or BF16) per MoE
-// layer. Nothing is read from the ep_weights. Collective.
-static ep_status move_experts(ep_moe *m, const ep_placement *np, ep_experts **out)
-{
-    const ep_model_cfg *cfg = m->cfg;
-    const ep_placement *op = &m->place;
-    const int W = m->cl->world_size, me = m->cl->rank, E = cfg->n_experts;
-    ep_experts *nx = NULL;
-    ep_status st = ep_experts_reshard(m->experts, np, me, &nx);
-    if (st) return st;
-    const int64_t eb = (int64_t)ep_experts_expert_bytes(nx);
-    // src[dst * E + g]: who sends g to dst, -1 when dst needs nothing new.
-    int *src = ep_xmalloc((size_t)W * E * sizeof(int));
-    int64_t *v = ep_xcalloc((size_t)4 * W, sizeof(int64_t));
-    int64_t *send_b = v, *send_off = v + W, *recv_b = v + 2 * W, *recv_off = v + 3 * W;
-    int64_t n_recv = 0;
-    for (int d = 0; d < W; d++)
-        for (int g = 0; g < E; g++) {
-            bool need = ep_placement_holds(np, d, g) && !ep_placement_holds(op, d, g);
-            int s = need ? move_source(op, g, d) : -1;
-            src[(size_t)d * E + g] = s;
-            if (s == me) send_b[d] += eb;
-            if (need && d == me) {
-                recv_b[s] += eb;
-                n_recv++;
-            }
-        }
-    int64_t sent = 0, got = 0;
-    for (int d = 0; d < W; d++) {
-        send_off[d] = sent;
-        recv_off[d] = got;
-        sent += send_b[d];
-        got += recv_b[d];
-    }
-    char *sbuf = ep_xmalloc((size_t)(sent > 0 ? sent : 1));
-    char *rbuf = ep_xmalloc((size_t)(got > 0 ? got : 1));
-    const int64_t moved0 = m->tp->bytes_moved;
-    for (int l = 0; l < cfg->n_layers && !st; l++) {
-        if (!ep_model_layer_is_moe(cfg, l)) continue;
-        // Sender and receiver walk the same (rank, expert) order.
-        char *at = sbuf;
-        for (int d = 0; d < W && !st; d++)
-            for (int g = 0; g < E && !st; g++)
-                if (src[(size_t)d * E + g] == me) {
-                    st = ep_experts_export(m->experts, l, g, at);
-                    at += eb;
-                }
-        if (st) break;
-        st = ep_transport_alltoallv(m->tp, sbuf, send_b, send_off, rbuf, recv_b, recv_off);
-        if (st) break;
-        for (int s = 0; s < W && !st; s++) {
-            const char *from = rbuf + recv_off[s];
-            for (int g = 0; g < E && !st; g++)
-                if (src[(size_t)me * E + g] == s) {
-                    st = ep_experts_import(nx, l, g, from);
-                    from += eb;
-                }
-        }
-    }
-    if (!st) {
-        for (int l = 0; l < cfg->n_layers; l++)
-            if (ep_model_layer_is_moe(cfg, l))
-                for (int g = 0; g < E; g++)
-                    EP_ASSERT(!ep_experts_pending(nx, l, g)); // every new expert arrived
-        int n_moe = 0;
-        for (int l = 0; l < cfg->n_layers; l++)
-            n_moe += ep_model_layer_is_moe(cfg, l);
-        m->last_move.experts_recv = n_recv * n_moe;
-        m->last_move.bytes_recv = got * n_moe;
-        m->last_move.bytes_sent = sent * n_moe;
-        m->last_move.bytes_moved = m->tp->bytes_moved - moved0;
-    }
-    free(sbuf);
-    free(rbuf);
-    free(src);
-    free(v);
-    if (st) {
-        ep_experts_free(nx);
-        return st;
-    }
-    *out = nx;
-    return EP_OK;
-}
-
-const ep_moe_move_stats *ep_moe_last_move(const ep_moe *m)
-{
-    return &m->last_move;
-}
-
-ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *after, bool *moved)
-{
-    const ep_model_cfg *cfg = m->cfg;
-    const int E = cfg->n_experts, L = cfg->n_layers;
-    if (moved) *moved = false;
-    // Every rank runs the same backend, so every rank refuses alike.
-    if (m->cuda)
-        return ep_errorf(EP_ERR_UNSUPPORTED,
-                         "moe: re-placement with backend cuda: expected backend cpu (moving "
-                         "device experts between ranks is not built yet)");
-    ep_status st = ep_cluster_allreduce_f64(m->cl, m->window_load, L * E, EP_REDUCE_SUM);
-    if (st) return st;
-    // The candidate: an ep_moe-shaped set of placements from the window.
-    ep_moe cand;
-    memset(&cand, 0, sizeof cand);
-    cand.cfg = cfg;
-    cand.cl = m->cl;
-    cand.opts = m->opts;
-    cand.opts.placement = EP_PLACE_EPLB;
-    cand.opts.expert_load = m->window_load;
-    if ((st = init_eplb(&cand))) goto out;
-
-    double b = 0, a = 0;
-    int n = 0;
-    for (int l = 0; l < L; l++) {
-        if (!ep_model_layer_is_moe(cfg, l)) continue;
-        const double *load = m->window_load + (size_t)l * E;
-        b += ep_placement_predict_imbalance(ep_moe_layer_placement(m, l), load);
-        a += ep_placement_predict_imbalance(&cand.layer_place[l], load);
-        n++;
-    }
-    b = n ? b / n : 1;
-    a = n ? a / n : 1;
-    if (before) *before = b;
-    if (after) *after = a;
-    if (!(b > 0) || (b - a) / b < min_gain) goto out;
-
-    // Every rank took the same decision from the same sums: move the weights.
-    ep_experts *nx = NULL;
-    if ((st = move_experts(m, &cand.place, &nx))) goto out;
-    ep_experts_free(m->experts);
-    m->experts = nx;
-    ep_placement tmp = m->place;
-    m->place = cand.place;
-    cand.place = tmp;
-    ep_placement *tl = m->layer_place;
-    m->layer_place = cand.layer_place;
-    cand.layer_place = tl;
-    m->opts.placement = EP_PLACE_EPLB;
-    if (moved) *moved = true;
-out:
-    if (cand.layer_place) {
-        for (int l = 0; l < L; l++) ep_placement_free(&cand.layer_place[l]);
-        free(cand.layer_place);
-    }
-    ep_placement_free(&cand.place);
-    memset(m->window_load, 0, (size_t)L * E * sizeof(double));
-    m->window_steps = 0;
-    return st;
-}
-
-ep_status ep_moe_reference_routes(ep_moe *m, int layer, const ep_routes *r, const float *x,
-                                  float *y)
-{
-    ep_status s = check_layer(m, layer, r->n_tokens);
-    if (s) return s;
-    if (!m->all_experts)
-        return ep_errorf(EP_ERR_ARG, "moe: the reference path needs opts.with_reference");
-    ep_experts_reference(m->all_experts, layer, r, x, y);
-    return EP_OK;
-}
-
-ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
-                           float *y)
-{
-    ep_status s = check_call(m, p, layer, T);
-    if (s) return s;
-    if (!m->all_experts)
-        return ep_errorf(EP_ERR_ARG, "moe: the reference path needs opts.with_reference");
-    // The forward's routes, unless a caller chose another context.
-    const ep_route_ctx ctx = m->ref_ctx.place ? m->ref_ctx : ep_moe_route_ctx(m, layer);
-    if ((s = ep_router_route(m->router, p, &ctx, layer, x, T, m->gate_w[layer], &m->ref_routes)))
-        return s;
-    ep_experts_reference(m->all_experts, layer, &m->ref_routes, x, y);
-    m->ref_pairs += m->ref_routes.offsets[T];
-    m->ref_token_layers += T;
-    return EP_OK;
-}
-
-void ep_moe_set_reference_ctx(ep_moe *m, const ep_route_ctx *ctx)
-{
-    memset(&m->ref_ctx, 0, sizeof m->ref_ctx);
-    if (ctx) m->ref_ctx = *ctx;
-}
-
-void ep_moe_reference_counts(const ep_moe *m, int64_t *pairs, int64_t *token_layers)
-{
-    *pairs = m->ref_pairs;
-    *token_layers = m->ref_token_layers;
-}
-
-double ep_moe_rel_err(const float *a, const float *b, int rows, int cols, double tol,
-                      int64_t *n_wrong)
-{
-    double worst = 0;
-    int64_t wrong = 0;
-    for (int i = 0; i < rows; i++) {
-        double diff = 0, mag = 0;
-        for (int j = 0; j < cols; j++) {
-            double d = fabs((double)a[(size_t)i * cols + j] - b[(size_t)i * cols + j]);
-            if (d > diff || isnan(d)) diff = isnan(d) ? INFINITY : d;
-            double v = fabs((double)b[(size_t)i * cols + j]);
-            if (v > mag) mag = v;
-        }
-        double rel = diff / (mag > 1e-6 ? mag : 1e-6);
-        if (rel > tol) wrong++;
-        if (rel > worst) worst = rel;
-    }
-    if (n_wrong) *n_wrong += wrong;
-    return worst;
 }

@@ -82,8 +82,8 @@ ep_route_ctx ep_moe_route_ctx(const ep_moe *m, int layer);
 // rank must call it for every layer: it joins collectives). Adds this call's
 // counters to *st and times to *tm (either may be NULL). Routes with
 // ep_moe_route_ctx(m, layer).
-ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *x, int T,
-                         float *y, ep_comm_stats *st, ep_moe_times *tm);
+ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *x, int T, float *y,
+                         ep_comm_stats *st, ep_moe_times *tm);
 // The same with routes decided elsewhere (a replayed trace, a test): r holds
 // this rank's T = r->n_tokens tokens; routing is skipped, the rest is as above.
 ep_status ep_moe_forward_routes(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
@@ -102,8 +102,9 @@ const ep_routes *ep_moe_last_routes(const ep_moe *m);
 // holds it under the old placement, never read from the ep_weights; experts
 // a rank keeps are copied locally, the others dropped. The window restarts
 // either way. No request state lives here, so nothing in flight is lost or
-// mixed. before/after/moved may be NULL. Backend CUDA: EP_ERR_UNSUPPORTED
-// (the device experts cannot be exported or imported yet), nothing changes.
+// mixed. before/after/moved may be NULL. A backend that cannot move its
+// experts (cuda: the device experts cannot be exported or imported yet):
+// EP_ERR_UNSUPPORTED naming it, before any collective; nothing changes.
 ep_status ep_moe_replace(ep_moe *m, double min_gain, double *before, double *after, bool *moved);
 // What the last re-placement that moved weights did on this rank (zero
 // before any): (layer, expert) weights received, stored bytes sent and

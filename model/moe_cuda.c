@@ -1,26 +1,23 @@
-// The MoE layer's CUDA side (EP_CUDA=ON builds only): this rank's GPU, the
-// NCCL communicator and transport, and the BF16 experts on the device,
-// wired as tests/cuda/test_mpi_nccl does by hand. Routing, dispatch packing
-// and the reference stay on the host (model/moe.c); see docs/cuda.md.
-#include "model/moe_cuda.h"
+// The MoE layer's cuda backend (EP_CUDA=ON builds only): this rank's GPU,
+// the NCCL communicator and transport, and the BF16 experts on the device
+// behind the expert backend's cuda table, wired as tests/cuda/test_mpi_nccl
+// does by hand. Routing, dispatch packing and the reference stay on the
+// host (model/moe.c); see docs/cuda.md. moe_cuda_off.c stands in for it in
+// CPU-only builds.
+#include "model/moe_backend.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "cluster/gpu.h"
 #include "comm/nccl/transport_nccl.h"
 #include "experts/cuda/experts_cuda.h"
 
-struct ep_moe_cuda {
+// What the transport and the experts borrow.
+typedef struct {
     ep_gpu *gpu;
-    ep_nccl *nccl;            // communicator over the cluster's ranks (borrows gpu)
-    ep_transport *tp;         // NCCL transport (borrows nccl)
-    ep_experts_cuda *experts; // this rank's shard + shared experts, BF16 on gpu
-};
-
-bool ep_moe_cuda_built(void)
-{
-    return true;
-}
+    ep_nccl *nccl; // communicator over the cluster's ranks (borrows gpu)
+} cuda_dev;
 
 // Every rank learns whether every rank got through a step that can fail on
 // some ranks only; a rank that did not keeps its own message, the others get
@@ -39,56 +36,50 @@ static ep_status agree(ep_cluster *cl, ep_status mine, const char *step)
     return EP_OK;
 }
 
-ep_status ep_moe_cuda_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
-                           const ep_placement *p, int cap_rec, int cap_pairs, ep_moe_cuda **out)
+static void cuda_close(ep_moe_parts *parts)
 {
-    *out = NULL;
-    ep_moe_cuda *c = ep_xcalloc(1, sizeof *c);
+    cuda_dev *d = parts->dev;
+    ep_expert_backend_free(parts->experts);
+    ep_transport_free(parts->tp);
+    if (d) {
+        ep_nccl_free(d->nccl);
+        ep_gpu_free(d->gpu);
+        free(d);
+    }
+    memset(parts, 0, sizeof *parts);
+}
+
+// Device scratch for a balanced step (cap_tokens tokens' records arrive per
+// rank on average); a skewed step grows it once.
+static ep_status cuda_open(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
+                           const ep_placement *p, const ep_moe_opts *o, int cap_tokens,
+                           ep_moe_parts *out)
+{
+    memset(out, 0, sizeof *out);
+    cuda_dev *d = ep_xcalloc(1, sizeof *d);
+    out->dev = d;
     ep_status st;
     // Device choice, the transport and the expert upload are local (a rank
     // may lack a device or memory); ep_nccl_init is collective and returns
     // on every rank, so agreeing after it too costs one allreduce.
-    if ((st = agree(cl, ep_gpu_init(cl, &c->gpu), "opening this rank's GPU"))) goto err;
-    if ((st = agree(cl, ep_nccl_init(cl, c->gpu, &c->nccl), "the NCCL bootstrap"))) goto err;
-    if ((st = agree(cl, ep_transport_nccl_init(cl, c->nccl, &c->tp), "the NCCL transport")))
+    if ((st = agree(cl, ep_gpu_init(cl, &d->gpu), "opening this rank's GPU"))) goto err;
+    if ((st = agree(cl, ep_nccl_init(cl, d->gpu, &d->nccl), "the NCCL bootstrap"))) goto err;
+    if ((st = agree(cl, ep_transport_nccl_init(cl, d->nccl, &out->tp), "the NCCL transport")))
         goto err;
-    st = ep_experts_cuda_load(cfg, w, p, cl->rank, c->gpu, &c->experts);
-    if (!st) st = ep_experts_cuda_reserve(c->experts, cap_rec, cap_pairs);
+    ep_experts_cuda *x = NULL;
+    st = ep_experts_cuda_load(cfg, w, p, cl->rank, d->gpu, &x);
+    if (x) out->experts = ep_expert_backend_cuda(x);
+    if (!st) st = ep_experts_cuda_reserve(x, cap_tokens, cap_tokens * o->max_k);
     if ((st = agree(cl, st, "loading the experts onto the GPU"))) goto err;
-    *out = c;
     return EP_OK;
 err:
-    ep_moe_cuda_free(c);
+    cuda_close(out);
     return st;
 }
 
-void ep_moe_cuda_free(ep_moe_cuda *c)
-{
-    if (!c) return;
-    ep_experts_cuda_free(c->experts);
-    ep_transport_free(c->tp);
-    ep_nccl_free(c->nccl);
-    ep_gpu_free(c->gpu);
-    free(c);
-}
-
-ep_transport *ep_moe_cuda_transport(ep_moe_cuda *c)
-{
-    return c->tp;
-}
-
-size_t ep_moe_cuda_bytes(const ep_moe_cuda *c)
-{
-    return ep_experts_cuda_bytes(c->experts);
-}
-
-ep_status ep_moe_cuda_experts(ep_moe_cuda *c, int layer, const ep_comm_work *w)
-{
-    return ep_experts_cuda_forward(c->experts, layer, w->n_rec, w->pair_off, w->pair_expert,
-                                   w->pair_weight, w->x, w->y);
-}
-
-ep_status ep_moe_cuda_shared(ep_moe_cuda *c, int layer, const float *x, int T, float *y)
-{
-    return ep_experts_cuda_shared_forward(c->experts, layer, x, T, y);
-}
+const ep_moe_backend_i ep_moe_backend_cuda_table = {
+    .name = "cuda",
+    .built = true,
+    .open = cuda_open,
+    .close = cuda_close,
+};

@@ -1,49 +1,30 @@
-// The MoE layer's CUDA side in a CPU-only build (EP_CUDA=OFF): asking for
-// the CUDA backend is EP_ERR_UNSUPPORTED naming the build option; nothing
-// here touches CUDA. The real definitions are in moe_cuda.c.
-#include "model/moe_cuda.h"
+// The MoE layer's cuda backend in a CPU-only build (EP_CUDA=OFF): asking for
+// it is EP_ERR_UNSUPPORTED naming the build option; nothing here touches
+// CUDA. The real table is in moe_cuda.c.
+#include "model/moe_backend.h"
 
-bool ep_moe_cuda_built(void)
-{
-    return false;
-}
+#include <string.h>
 
-ep_status ep_moe_cuda_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
-                           const ep_placement *p, int cap_rec, int cap_pairs, ep_moe_cuda **out)
+static ep_status cuda_off_open(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
+                               const ep_placement *p, const ep_moe_opts *o, int cap_tokens,
+                               ep_moe_parts *out)
 {
-    *out = NULL;
+    memset(out, 0, sizeof *out);
     return ep_errorf(EP_ERR_UNSUPPORTED,
                      "moe: backend cuda: this epserve was built without the CUDA backend "
                      "(EP_CUDA=OFF); expected a build configured with -DEP_CUDA=ON (nvcc, "
                      "cuBLAS and NCCL found), or use backend cpu");
 }
 
-// Unreachable: no ep_moe_cuda exists in this build.
-void ep_moe_cuda_free(ep_moe_cuda *c)
+// Nothing was opened (open never succeeds here).
+static void cuda_off_close(ep_moe_parts *parts)
 {
-    EP_ASSERT(c == NULL);
+    EP_ASSERT(!parts->experts && !parts->tp && !parts->dev);
 }
 
-ep_transport *ep_moe_cuda_transport(ep_moe_cuda *c)
-{
-    EP_ASSERT(!"no CUDA backend in this build");
-    return NULL;
-}
-
-size_t ep_moe_cuda_bytes(const ep_moe_cuda *c)
-{
-    EP_ASSERT(!"no CUDA backend in this build");
-    return 0;
-}
-
-ep_status ep_moe_cuda_experts(ep_moe_cuda *c, int layer, const ep_comm_work *w)
-{
-    EP_ASSERT(!"no CUDA backend in this build");
-    return EP_ERR_UNSUPPORTED;
-}
-
-ep_status ep_moe_cuda_shared(ep_moe_cuda *c, int layer, const float *x, int T, float *y)
-{
-    EP_ASSERT(!"no CUDA backend in this build");
-    return EP_ERR_UNSUPPORTED;
-}
+const ep_moe_backend_i ep_moe_backend_cuda_table = {
+    .name = "cuda",
+    .built = false,
+    .open = cuda_off_open,
+    .close = cuda_off_close,
+};

@@ -1,7 +1,8 @@
-// CUDA helpers private to epserve's GPU code (ep_cuda, ep_nccl): the
-// EP_CUDA_CHECK / EP_CUBLAS_CHECK macros that quote the failing call, file,
-// line and error string, and the gpu struct. Only files built with EP_CUDA
-// include this; public headers never do.
+// CUDA helpers private to epserve's GPU code (each module's cuda/ library,
+// all of which link ep_cluster_cuda): the EP_CUDA_CHECK / EP_CUBLAS_CHECK
+// macros that quote the failing call, file, line and error string, and the
+// gpu struct. Only files built with EP_CUDA include this; public headers
+// never do.
 #ifndef EP_CUDA_UTIL_H
 #define EP_CUDA_UTIL_H
 

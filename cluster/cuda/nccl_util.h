@@ -1,6 +1,7 @@
-// NCCL helpers private to ep_nccl (the bootstrap in cluster/cuda/ and the
-// transport in comm/nccl/): EP_NCCL_CHECK, which quotes the failing call,
-// and access to the communicator. Public headers never include this.
+// NCCL helpers private to the NCCL code (the bootstrap in cluster/cuda/,
+// ep_cluster_cuda, and the transport in comm/nccl/, ep_comm_cuda):
+// EP_NCCL_CHECK, which quotes the failing call, and access to the
+// communicator. Public headers never include this.
 #ifndef EP_NCCL_UTIL_H
 #define EP_NCCL_UTIL_H
 

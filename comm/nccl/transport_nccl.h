@@ -1,6 +1,6 @@
 // The NCCL transport: the ep_transport interface (comm/comm.h) over an NCCL
 // communicator, for GPU clusters. Declared without NCCL or CUDA types; built
-// into ep_nccl only when EP_CUDA=ON.
+// into ep_comm_cuda only when EP_CUDA=ON.
 #ifndef EP_TRANSPORT_NCCL_H
 #define EP_TRANSPORT_NCCL_H
 

@@ -1,70 +1,73 @@
-// The CPU backend: fp32 gemm through OpenBLAS (cblas_sgemm, row-major, the
-// weight operand transposed since weights are [out, in]) and SwiGLU in plain
-// C. It holds no state; threading is OpenBLAS's own (OPENBLAS_NUM_THREADS).
+// The cpu table of the expert backend (experts/backend.h): the routed and
+// shared experts of this rank's shard in host memory (ep_experts, fp32 or
+// BF16 storage), every method the shard's own function. It can move its
+// experts between ranks (re-placement).
 #include "experts/backend.h"
 
-#include <cblas.h>
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-// C[M, N] = A[M, K] . B[N, K]^T + beta * C. BLAS rejects lda = 0, so the
-// empty-K case (C = beta * C) is done here; beta == 0 must not read C (it may
-// hold NaN from an earlier step), which sgemm guarantees and so do we.
-static void cpu_gemm_nt(ep_backend *b, int M, int N, int K, const float *A, const float *B,
-                        float beta, float *C)
+static ep_status cpu_forward(void *ctx, int layer, int n_rec, const int *pair_off,
+                             const int *pair_expert, const float *pair_weight, const float *x,
+                             float *y)
 {
-    EP_ASSERT(M >= 0 && N >= 0 && K >= 0);
-    if (M == 0 || N == 0) return;
-    if (K == 0) {
-        size_t n = (size_t)M * N;
-        if (beta == 0.0f) {
-            memset(C, 0, n * sizeof *C);
-        } else if (beta != 1.0f) {
-            for (size_t i = 0; i < n; i++)
-                C[i] *= beta;
-        }
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, beta, C, N);
+    return ep_experts_forward(ctx, layer, n_rec, pair_off, pair_expert, pair_weight, x, y);
 }
 
-// silu(x) = x * sigmoid(x). Written so exp() only sees -|x|: exp(|x|) would
-// overflow to inf for large |x|, and -inf / inf or -inf * 0 give NaN where
-// the limit is 0. NaN inputs stay NaN.
-static inline float cpu_silu(float x)
+static ep_status cpu_shared(void *ctx, int layer, const float *x, int T, float *y)
 {
-    if (x >= 0.0f) return x / (1.0f + expf(-x));
-    float t = expf(x);
-    if (t == 0.0f) return -0.0f; // x below about -103 (or -inf): x * sigmoid(x) rounds to -0
-    return x * (t / (1.0f + t));
+    return ep_experts_shared_forward(ctx, layer, x, T, y);
 }
 
-static void cpu_swiglu(ep_backend *b, int64_t n, const float *g, const float *u, float *out)
+static size_t cpu_bytes(const void *ctx)
 {
-    EP_ASSERT(n >= 0);
-    for (int64_t i = 0; i < n; i++)
-        out[i] = cpu_silu(g[i]) * u[i];
+    return ep_experts_bytes(ctx);
 }
 
-static void cpu_free(ep_backend *b)
+static ep_status cpu_reshard(const void *ctx, const ep_placement *p, int rank, void **out)
 {
-    free(b);
+    ep_experts *e = NULL;
+    ep_status st = ep_experts_reshard(ctx, p, rank, &e);
+    *out = e;
+    return st;
 }
 
-static const ep_backend_vt ep_backend_cpu_vt = {
+static size_t cpu_expert_bytes(const void *ctx)
+{
+    return ep_experts_expert_bytes(ctx);
+}
+
+static ep_status cpu_export(const void *ctx, int layer, int expert, void *buf)
+{
+    return ep_experts_export(ctx, layer, expert, buf);
+}
+
+static ep_status cpu_import(void *ctx, int layer, int expert, const void *buf)
+{
+    return ep_experts_import(ctx, layer, expert, buf);
+}
+
+static bool cpu_pending(const void *ctx, int layer, int expert)
+{
+    return ep_experts_pending(ctx, layer, expert);
+}
+
+static void cpu_free(void *ctx)
+{
+    ep_experts_free(ctx);
+}
+
+static const ep_expert_backend_i cpu_table = {
     .name = "cpu",
-    .gemm_nt = cpu_gemm_nt,
-    .swiglu = cpu_swiglu,
+    .forward = cpu_forward,
+    .shared = cpu_shared,
+    .bytes = cpu_bytes,
+    .reshard = cpu_reshard,
+    .expert_bytes = cpu_expert_bytes,
+    .export_expert = cpu_export,
+    .import_expert = cpu_import,
+    .pending = cpu_pending,
     .free = cpu_free,
 };
 
-ep_status ep_backend_cpu_init(ep_backend **out)
+ep_expert_backend *ep_expert_backend_cpu(ep_experts *e)
 {
-    ep_backend *b = malloc(sizeof *b);
-    if (!b) return ep_errorf(EP_ERR_NOMEM, "backend cpu: cannot allocate %zu bytes", sizeof *b);
-    b->vt = &ep_backend_cpu_vt;
-    b->ctx = NULL;
-    *out = b;
-    return EP_OK;
+    return ep_expert_backend_new(&cpu_table, e);
 }

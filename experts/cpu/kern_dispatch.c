@@ -4,6 +4,7 @@
 // kern_avx512.c and kern_avx512bf16.c, compiled with per-function targets.
 #include "experts/kernels.h"
 #include "common/dtype.h"
+#include "experts/dense.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -95,21 +96,6 @@ static void c_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uin
                 s0 += ep_bf16_to_f32(a[k]) * ep_bf16_to_f32(b[k]);
             C[(size_t)i * ldc + j] = s0 + s1;
         }
-}
-
-// silu as the backend's plain C one: exp() only of -|x|, so nothing overflows.
-static inline float c_silu(float x)
-{
-    if (x >= 0.0f) return x / (1.0f + expf(-x));
-    float t = expf(x);
-    if (t == 0.0f) return -0.0f;
-    return x * (t / (1.0f + t));
-}
-
-static void c_swiglu(int64_t n, const float *g, const float *u, float *out)
-{
-    for (int64_t i = 0; i < n; i++)
-        out[i] = c_silu(g[i]) * u[i];
 }
 
 static void c_to_bf16(int64_t n, const float *src, uint16_t *dst)
@@ -211,7 +197,7 @@ void ep_kern_swiglu(int64_t n, const float *g, const float *u, float *out)
         return;
     }
 #endif
-    c_swiglu(n, g, u, out);
+    ep_dense_swiglu(n, g, u, out); // the portable path is the dense one
 }
 
 void ep_kern_to_bf16(int64_t n, const float *src, uint16_t *dst)

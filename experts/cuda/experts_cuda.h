@@ -3,11 +3,12 @@
 // rank received as two grouped GEMMs (cuBLAS), a fused SiLU * up kernel and
 // the weighting + per-record reduction kernel. Same contract and results
 // (within BF16 rounding) as ep_experts_forward / ep_experts_shared_forward;
-// no CUDA types here. Built into ep_cuda only when EP_CUDA=ON.
+// no CUDA types here. Built into ep_experts_cuda only when EP_CUDA=ON.
 #ifndef EP_EXPERTS_CUDA_H
 #define EP_EXPERTS_CUDA_H
 
 #include "cluster/gpu.h"
+#include "experts/backend.h"
 #include "experts/experts.h"
 
 typedef struct ep_experts_cuda ep_experts_cuda;
@@ -45,5 +46,10 @@ ep_status ep_experts_cuda_forward(ep_experts_cuda *e, int layer, int n_rec, cons
 // As ep_experts_shared_forward: y[T, H] += shared experts(x[T, H]), host arrays.
 ep_status ep_experts_cuda_shared_forward(ep_experts_cuda *e, int layer, const float *x, int T,
                                          float *y);
+
+// The cuda table of the expert backend over e (taken over: freed with the
+// backend). Its experts cannot move between ranks yet (experts/backend.h
+// refuses re-placement naming it). Defined in backend_cuda.c.
+ep_expert_backend *ep_expert_backend_cuda(ep_experts_cuda *e);
 
 #endif

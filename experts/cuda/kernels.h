@@ -1,7 +1,7 @@
 // Launchers of the experts' CUDA kernels (experts/cuda/kernels.cu), callable
 // from C. BF16 values travel as uint16_t (the bit pattern of __nv_bfloat16).
 // Every launcher only enqueues on `stream` and returns the launch status.
-// Private to ep_cuda: public headers never include this.
+// Private to ep_experts_cuda: public headers never include this.
 #ifndef EP_EXPERTS_CUDA_KERNELS_H
 #define EP_EXPERTS_CUDA_KERNELS_H
 

@@ -1,6 +1,6 @@
 // What the router kernel needs to route one token, as plain data (router/
 // structs hold pointers and host-only tables), and the launchers. Shared by
-// router_cuda.c and router_kernels.cu; private to ep_cuda.
+// router_cuda.c and router_kernels.cu; private to ep_router_cuda.
 #ifndef EP_ROUTE_TOKEN_H
 #define EP_ROUTE_TOKEN_H
 

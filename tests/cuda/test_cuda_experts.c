@@ -24,14 +24,13 @@ static ep_gpu *gpu;
 typedef struct {
     ep_model_cfg cfg;
     ep_weights *w;
-    ep_backend *be;
 } fixture;
 
 static int setup_with(void **state, void (*make)(ep_model_cfg *))
 {
     fixture *f = calloc(1, sizeof *f);
     make(&f->cfg);
-    if (ep_weights_open(&f->cfg, &f->w) || ep_backend_cpu_init(&f->be)) {
+    if (ep_weights_open(&f->cfg, &f->w)) {
         fprintf(stderr, "setup: %s\n", ep_last_error());
         return -1;
     }
@@ -49,7 +48,6 @@ static int setup_deepseek(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    ep_backend_free(f->be);
     ep_weights_free(f->w);
     free(f);
     return 0;
@@ -96,7 +94,7 @@ static void test_shards_vs_cpu(void **state)
     for (int rank = -1; rank < W; rank++) {
         ep_experts *cpu;
         ep_experts_cuda *g;
-        assert_int_equal(ep_experts_load(c, f->w, rank < 0 ? NULL : &p, rank, f->be, &cpu), EP_OK);
+        assert_int_equal(ep_experts_load(c, f->w, rank < 0 ? NULL : &p, rank, &cpu), EP_OK);
         assert_int_equal(ep_experts_cuda_load(c, f->w, rank < 0 ? NULL : &p, rank, gpu, &g), EP_OK);
         int all[64], n_allowed = 0;
         for (int e = 0; e < c->n_experts; e++)
@@ -138,7 +136,7 @@ static void test_layer_vs_reference(void **state)
     const int H = c->hidden, T = 29, maxk = 5;
     ep_experts *all;
     ep_experts_cuda *g;
-    assert_int_equal(ep_experts_load(c, f->w, NULL, -1, f->be, &all), EP_OK);
+    assert_int_equal(ep_experts_load(c, f->w, NULL, -1, &all), EP_OK);
     assert_int_equal(ep_experts_cuda_load(c, f->w, NULL, -1, gpu, &g), EP_OK);
     assert_true(ep_experts_cuda_bytes(g) * 2 == ep_experts_bytes(all)); // BF16 vs fp32
     ep_routes r;
@@ -177,7 +175,7 @@ static void test_shared_vs_cpu(void **state)
     const int H = c->hidden, T = 19;
     ep_experts *cpu;
     ep_experts_cuda *g;
-    assert_int_equal(ep_experts_load(c, f->w, NULL, -1, f->be, &cpu), EP_OK);
+    assert_int_equal(ep_experts_load(c, f->w, NULL, -1, &cpu), EP_OK);
     assert_int_equal(ep_experts_cuda_load(c, f->w, NULL, -1, gpu, &g), EP_OK);
     float *x = malloc(sizeof(float) * T * H), *y = malloc(sizeof(float) * T * H);
     float *ref = malloc(sizeof(float) * T * H);
@@ -205,7 +203,7 @@ static void test_scratch_and_errors(void **state)
     ep_experts_cuda *g;
     assert_int_equal(ep_experts_cuda_load(c, f->w, &p, 1, gpu, &g), EP_OK);
     ep_experts *cpu;
-    assert_int_equal(ep_experts_load(c, f->w, &p, 1, f->be, &cpu), EP_OK);
+    assert_int_equal(ep_experts_load(c, f->w, &p, 1, &cpu), EP_OK);
     assert_int_equal(ep_experts_cuda_reserve(g, 64, 256), EP_OK);
     const size_t held = ep_experts_cuda_scratch_bytes(g);
     assert_true(held > 0);

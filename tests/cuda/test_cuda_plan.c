@@ -3,8 +3,9 @@
 // validation), the cuBLAS problem list driven through an emulation of
 // column-major cublasGemmEx and compared with the CPU experts (fp32, and the
 // BF16 error budget), the router kernel's per-token routine run on the host
-// against the CPU router (bit-identical routes), device choice by local
-// rank, and the NCCL version rules.
+// against the CPU router (bit-identical routes), the dispatch layout's host
+// routine (the kernels' code run on the host) against ep_dispatch_plan on
+// random routes, device choice by local rank, and the NCCL version rules.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,7 +23,8 @@
 #include "experts/experts.h"
 #include "common/weights.h"
 #include "comm/comm.h"
-#include "router/cuda/dispatch_cuda.h"
+#include "comm/cuda/dispatch_cuda.h"
+#include "comm/dispatch_plan.h"
 #include "router/cuda/router_cuda.h"
 #include "router/policy.h"
 
@@ -214,9 +216,7 @@ static void problem_list_vs_cpu(bool bf16, double tol)
     cuda_test_cfg_qwen(&c);
     const int E = c.n_experts, H = c.hidden, I = c.moe_inter, W = 3;
     ep_weights *w;
-    ep_backend *be;
     assert_int_equal(ep_weights_open(&c, &w), EP_OK);
-    assert_int_equal(ep_backend_cpu_init(&be), EP_OK);
     ep_placement p;
     assert_int_equal(ep_placement_init(&p, EP_PLACE_ROUND_ROBIN, E, W), EP_OK);
     float *gate_up = malloc(sizeof(float) * E * 2 * I * H);
@@ -227,7 +227,7 @@ static void problem_list_vs_cpu(bool bf16, double tol)
     double worst = 0;
     for (int rank = 0; rank < W; rank++) {
         ep_experts *cpu;
-        assert_int_equal(ep_experts_load(&c, w, &p, rank, be, &cpu), EP_OK);
+        assert_int_equal(ep_experts_load(&c, w, &p, rank, &cpu), EP_OK);
         const int n_local = ep_placement_n_local(&p, rank);
         for (int layer = 0; layer < c.n_layers; layer++) {
             read_shard(w, &c, &p, rank, layer, gate_up, down, local_of);
@@ -264,7 +264,6 @@ static void problem_list_vs_cpu(bool bf16, double tol)
     free(gate_up);
     free(down);
     ep_placement_free(&p);
-    ep_backend_free(be);
     ep_weights_free(w);
 }
 
@@ -483,66 +482,63 @@ static void replica_placement(ep_placement *p, int E, int W)
     free(phy_r);
 }
 
-// The layout against comm's rule, written out here on its own: per token one
-// group per destination in the order of its first pair (comm.c's
-// ep_comm_plan), records and bytes per destination packed in token order
-// (ep_comm_pack's cursors), and the totals against ep_comm_count.
+// The layout against ep_dispatch_plan_build for the same routes (the plan
+// is the one grouping of pairs by destination): per token its groups in
+// order with their pair counts; per destination the records, bytes and
+// start; each record's index among its destination's records (the plan's
+// dest_grp order) and its offset == the plan's rec_off (-1 for own-rank
+// groups and where a token has no group). Then the totals against
+// ep_comm_count.
 static void check_dispatch(const ep_dispatch_shape *s, const ep_routes *r, const ep_placement *p,
                            const int *prank, const int *node_of, int hidden, ep_dtype wire,
                            const ep_dispatch_layout *l)
 {
     const int W = s->world, T = r->n_tokens, mk = s->max_k;
-    int *recs = calloc((size_t)W, sizeof(int)), *seen = calloc((size_t)W, sizeof(int));
-    int64_t *bytes = calloc((size_t)W, sizeof(int64_t)), *cursor = calloc((size_t)W, 8);
-    int64_t dest_ranks = 0;
+    ep_dispatch_plan pl;
+    assert_int_equal(ep_dispatch_plan_init(&pl, W, s->rank, node_of, hidden, wire), EP_OK);
+    ep_dispatch_plan_build(&pl, r, p, prank);
     assert_int_equal(l->T, T);
+    assert_int_equal(pl.n_tokens, T);
+    int *seen = calloc((size_t)W, sizeof(int)); // records of each destination so far
+    int *mark = calloc((size_t)W, sizeof(int)); // 1 + token of a destination's last group
+    int q = 0;                                  // plan group
     for (int t = 0; t < T; t++) {
         int g = 0;
-        for (int d = 0; d < W; d++)
-            seen[d] = 0;
-        for (int j = r->offsets[t]; j < r->offsets[t + 1]; j++) {
-            const int d = prank ? prank[j] : p->rank_of[r->expert[j]];
-            if (seen[d]++) continue;
-            int m = 0;
-            for (int q = j; q < r->offsets[t + 1]; q++)
-                m += (prank ? prank[q] : p->rank_of[r->expert[q]]) == d;
+        for (; q < pl.n_grp && pl.grp_tok[q] == t; q++, g++) {
+            const int d = pl.grp_dest[q];
+            const size_t i = (size_t)t * W + d;
+            assert_true(g < l->n_dest[t]);
             assert_int_equal(l->dest[(size_t)t * mk + g], d);
-            assert_int_equal(l->dest_pairs[(size_t)t * mk + g], m);
-            g++;
-            recs[d]++;
-            if (d != s->rank) bytes[d] += ep_comm_dispatch_record_bytes(m, hidden, wire);
+            assert_int_equal(l->dest_pairs[(size_t)t * mk + g], pl.grp_off[q + 1] - pl.grp_off[q]);
+            assert_int_equal(pl.dest_grp[pl.dest_off[d] + seen[d]], q);
+            assert_int_equal(l->rec_idx[i], seen[d]);
+            assert_int_equal(l->rec_off[i], pl.rec_off[q]);
+            seen[d]++;
+            mark[d] = t + 1;
         }
         assert_int_equal(l->n_dest[t], g);
-        dest_ranks += g;
         for (; g < mk; g++) {
             assert_int_equal(l->dest[(size_t)t * mk + g], -1);
             assert_int_equal(l->dest_pairs[(size_t)t * mk + g], 0);
         }
+        for (int d = 0; d < W; d++)
+            if (mark[d] != t + 1) {
+                assert_int_equal(l->rec_idx[(size_t)t * W + d], -1);
+                assert_int_equal(l->rec_off[(size_t)t * W + d], -1);
+            }
     }
-    int64_t start = 0, sends = 0, total = 0, inter = 0;
+    assert_int_equal(q, pl.n_grp);
+    int64_t sends = 0, total = 0, inter = 0, dest_ranks = 0;
     for (int d = 0; d < W; d++) {
-        assert_int_equal(l->send_rec[d], recs[d]);
-        assert_int_equal(l->send_bytes[d], bytes[d]);
-        assert_int_equal(l->send_off[d], start);
-        cursor[d] = start;
-        start += bytes[d];
-        sends += d != s->rank ? recs[d] : 0;
-        total += bytes[d];
-        inter += node_of[d] != node_of[s->rank] ? bytes[d] : 0;
-        recs[d] = 0;
+        assert_int_equal(l->send_rec[d], ep_dispatch_plan_n_rec(&pl, d));
+        assert_int_equal(l->send_rec[d], seen[d]);
+        assert_int_equal(l->send_bytes[d], pl.send_bytes[d]);
+        assert_int_equal(l->send_off[d], pl.send_off[d]);
+        sends += d != s->rank ? l->send_rec[d] : 0;
+        total += l->send_bytes[d];
+        inter += node_of[d] != node_of[s->rank] ? l->send_bytes[d] : 0;
+        dest_ranks += l->send_rec[d];
     }
-    for (int t = 0; t < T; t++)
-        for (int d = 0; d < W; d++) {
-            int m = -1;
-            for (int g = 0; g < l->n_dest[t]; g++)
-                if (l->dest[(size_t)t * mk + g] == d) m = l->dest_pairs[(size_t)t * mk + g];
-            const size_t i = (size_t)t * W + d;
-            assert_int_equal(l->rec_idx[i], m < 0 ? -1 : recs[d]);
-            assert_int_equal(l->rec_off[i], m < 0 || d == s->rank ? -1 : cursor[d]);
-            if (m < 0) continue;
-            recs[d]++;
-            if (d != s->rank) cursor[d] += ep_comm_dispatch_record_bytes(m, hidden, wire);
-        }
     ep_comm_stats st;
     ep_comm_count(r, p, prank, s->rank, node_of, hidden, wire, &st);
     assert_int_equal(sends, st.sends);
@@ -550,10 +546,9 @@ static void check_dispatch(const ep_dispatch_shape *s, const ep_routes *r, const
     assert_int_equal(inter, st.dispatch_bytes_inter);
     assert_int_equal(sends * ep_comm_combine_record_bytes(hidden, wire), st.combine_bytes);
     assert_int_equal(dest_ranks, st.dest_ranks);
-    free(recs);
     free(seen);
-    free(bytes);
-    free(cursor);
+    free(mark);
+    ep_dispatch_plan_free(&pl);
 }
 
 static void test_dispatch_layout_host(void **state)
@@ -604,7 +599,7 @@ static void test_dispatch_layout_host(void **state)
                 ep_routes_free(&r);
             }
     printf("# dispatch layout (host routine): %d cases, %lld records, %lld payload bytes, %d pairs "
-           "on a replica, equal to comm's grouping and ep_comm_count\n",
+           "on a replica, equal to ep_dispatch_plan and ep_comm_count\n",
            cases, (long long)records, (long long)payload, to_replica);
     assert_true(payload > 0 && to_replica > 0);
 }

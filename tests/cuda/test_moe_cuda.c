@@ -1,5 +1,6 @@
-// The MoE layer with backend CUDA (model/moe.c over model/moe_cuda.c: NCCL
-// transport, BF16 experts on the device) against ep_moe_reference (CPU,
+// The MoE layer with backend CUDA (model/moe.c through the cuda tables of
+// model/moe_cuda.c and experts/cuda/backend_cuda.c: NCCL transport, BF16
+// experts on the device) against ep_moe_reference (CPU,
 // fp32), for both tiny presets, baseline and Ban, contiguous and
 // round-robin placements, odd token counts and 0 tokens on rank 1: per row
 // within CUDA_TEST_BF16_TOL of the reference, Σ planned bytes == Σ measured,

@@ -298,15 +298,13 @@ static void test_ep_layer(ep_cluster *c, ep_transport *nccl, ep_gpu *gpu,
     make(&cfg);
     const int H = cfg.hidden, maxk = 5, cap = 64;
     ep_weights *w = NULL;
-    ep_backend *be = NULL;
     ep_experts *all = NULL;
     ep_experts_cuda *mine = NULL;
     ep_comm *cm = NULL;
     ep_placement p;
     CHECK_OK(ep_weights_open(&cfg, &w));
-    CHECK_OK(ep_backend_cpu_init(&be));
     CHECK_OK(ep_placement_init(&p, EP_PLACE_ROUND_ROBIN, cfg.n_experts, c->world_size));
-    CHECK_OK(ep_experts_load(&cfg, w, NULL, -1, be, &all));
+    CHECK_OK(ep_experts_load(&cfg, w, NULL, -1, &all));
     CHECK_OK(ep_experts_cuda_load(&cfg, w, &p, c->rank, gpu, &mine));
     // fp32 wire: the BF16 budget of CUDA_TEST_BF16_TOL covers the experts alone.
     CHECK_OK(ep_comm_init(c, nccl, H, EP_DTYPE_F32, cap, maxk, &cm));
@@ -338,8 +336,8 @@ static void test_ep_layer(ep_cluster *c, ep_transport *nccl, ep_gpu *gpu,
               c->rank, err, CUDA_TEST_BF16_TOL);
         int64_t pm[2] = {st.planned_bytes, st.measured_bytes};
         CHECK_OK(ep_cluster_allreduce_i64(c, pm, 2, EP_REDUCE_SUM));
-        CHECK(pm[1] == pm[0], "layer %d: Σ measured %lld, Σ planned %lld", layer,
-              (long long)pm[1], (long long)pm[0]);
+        CHECK(pm[1] == pm[0], "layer %d: Σ measured %lld, Σ planned %lld", layer, (long long)pm[1],
+              (long long)pm[0]);
         ep_routes_free(&r);
         free(x);
         free(y);
@@ -353,7 +351,6 @@ static void test_ep_layer(ep_cluster *c, ep_transport *nccl, ep_gpu *gpu,
     ep_experts_cuda_free(mine);
     ep_experts_free(all);
     ep_placement_free(&p);
-    ep_backend_free(be);
     ep_weights_free(w);
 }
 

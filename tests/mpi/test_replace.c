@@ -59,8 +59,8 @@ static void step(ep_cluster *cl, const ep_model_cfg *cfg, ep_moe *m, ep_policy *
 // routed bytes of fp32, the output within the BF16 budget (3e-2, as bench
 // --check) of the fp32 reference, and a forced re-placement moves BF16
 // bytes (3 I H x 2 per expert) and keeps that accuracy.
-static void check_bf16_layer(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w,
-                             ep_policy *pol, size_t f32_bytes, float *x, float *y, float *yref)
+static void check_bf16_layer(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, ep_policy *pol,
+                             size_t f32_bytes, float *x, float *y, float *yref)
 {
     ep_moe_opts o;
     ep_moe_opts_default(&o, cfg);
@@ -95,18 +95,16 @@ static void check_bf16_layer(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights
 static void check_bf16_reshard(const ep_model_cfg *cfg, ep_weights *w)
 {
     const int E = cfg->n_experts, H = cfg->hidden, W = 2;
-    ep_backend *be = NULL;
     ep_placement pa, pb;
     memset(&pa, 0, sizeof pa);
     memset(&pb, 0, sizeof pb);
     ep_experts *ea = NULL, *all = NULL, *eb = NULL, *nx = NULL;
     ep_experts_opts o = {.weight_dtype = EP_DTYPE_BF16};
-    CHECK_OK(ep_backend_cpu_init(&be));
     CHECK_OK(ep_placement_init(&pa, EP_PLACE_CONTIGUOUS, E, W));
     CHECK_OK(ep_placement_init(&pb, EP_PLACE_ROUND_ROBIN, E, W));
-    CHECK_OK(ep_experts_load_ex(cfg, w, &pa, 0, be, &o, &ea));
-    CHECK_OK(ep_experts_load_ex(cfg, w, NULL, -1, be, &o, &all));
-    CHECK_OK(ep_experts_load_ex(cfg, w, &pb, 0, be, &o, &eb));
+    CHECK_OK(ep_experts_load_ex(cfg, w, &pa, 0, &o, &ea));
+    CHECK_OK(ep_experts_load_ex(cfg, w, NULL, -1, &o, &all));
+    CHECK_OK(ep_experts_load_ex(cfg, w, &pb, 0, &o, &eb));
     if (ea && all && eb) CHECK_OK(ep_experts_reshard(ea, &pb, 0, &nx));
     if (!nx) goto out;
     CHECK(ep_experts_expert_bytes(nx) == (size_t)3 * cfg->moe_inter * H * 2,
@@ -161,7 +159,6 @@ out:
     ep_experts_free(ea);
     ep_placement_free(&pa);
     ep_placement_free(&pb);
-    ep_backend_free(be);
 }
 
 // A hash of the placement arrays: its min and max over ranks must agree.

@@ -27,7 +27,6 @@
 typedef struct {
     ep_model_cfg cfg;
     ep_weights *w;
-    ep_backend *be;
     ep_experts *all; // every expert (rank -1)
     // The test's own copy of the weights, per layer (NULL for dense layers).
     float **gate, **up, **down;          // [n_layers][E * I * H], [.. I * H], [.. H * I]
@@ -105,8 +104,7 @@ static int fixture_setup(void **state, void (*make_cfg)(ep_model_cfg *))
         fprintf(stderr, "ep_weights_open: %s\n", ep_last_error());
         return -1;
     }
-    if ((st = ep_backend_cpu_init(&f->be))) return -1;
-    if ((st = ep_experts_load(&f->cfg, f->w, NULL, -1, f->be, &f->all))) {
+    if ((st = ep_experts_load(&f->cfg, f->w, NULL, -1, &f->all))) {
         fprintf(stderr, "ep_experts_load: %s\n", ep_last_error());
         return -1;
     }
@@ -184,7 +182,6 @@ static int fixture_teardown(void **state)
     free(f->sh_up);
     free(f->sh_down);
     ep_experts_free(f->all);
-    ep_backend_free(f->be);
     ep_weights_free(f->w);
     free(f);
     return 0;
@@ -402,7 +399,7 @@ static void test_forward_shards(void **state)
         sizeof(float) * 3 * (size_t)c->moe_inter * c->n_shared * H * ep_model_n_moe_layers(c);
     for (int rank = 0; rank < W; rank++) {
         ep_experts *sh = NULL;
-        ep_status st = ep_experts_load(&f->cfg, f->w, &p, rank, f->be, &sh);
+        ep_status st = ep_experts_load(&f->cfg, f->w, &p, rank, &sh);
         assert_int_equal(st, EP_OK);
         int held[64], n_held = 0;
         for (int e = 0; e < c->n_experts; e++) {
@@ -531,7 +528,7 @@ static void test_deterministic_growth(void **state)
         if (!has) big.ex[big.off[i]] = 5;
     }
     ep_experts *e = NULL;
-    assert_int_equal(ep_experts_load(c, f->w, NULL, -1, f->be, &e), EP_OK);
+    assert_int_equal(ep_experts_load(c, f->w, NULL, -1, &e), EP_OK);
     float *first = malloc(sizeof(float) * small.n_rec * H);
     assert_int_equal(
         ep_experts_forward(e, l, small.n_rec, small.off, small.ex, small.wt, small.x, first),
@@ -638,7 +635,7 @@ static void test_forward_errors(void **state)
     ep_placement p;
     assert_int_equal(ep_placement_init(&p, EP_PLACE_CONTIGUOUS, c->n_experts, 3), EP_OK);
     ep_experts *sh = NULL;
-    assert_int_equal(ep_experts_load(c, f->w, &p, 0, f->be, &sh), EP_OK);
+    assert_int_equal(ep_experts_load(c, f->w, &p, 0, &sh), EP_OK);
     assert_int_equal(p.rank_of[10], 2);
     int off[3] = {0, 1, 3};
     int ex[3] = {0, 1, 10};
@@ -684,17 +681,17 @@ static void test_load_errors(void **state)
     fixture *f = *state;
     const ep_model_cfg *c = &f->cfg;
     ep_experts *e = (ep_experts *)1;
-    assert_int_equal(ep_experts_load(c, f->w, NULL, 0, f->be, &e), EP_ERR_ARG);
+    assert_int_equal(ep_experts_load(c, f->w, NULL, 0, &e), EP_ERR_ARG);
     assert_null(e);
     ep_placement p;
     assert_int_equal(ep_placement_init(&p, EP_PLACE_ROUND_ROBIN, c->n_experts + 2, 3), EP_OK);
-    assert_int_equal(ep_experts_load(c, f->w, &p, 1, f->be, &e), EP_ERR_ARG);
+    assert_int_equal(ep_experts_load(c, f->w, &p, 1, &e), EP_ERR_ARG);
     assert_non_null(strstr(ep_last_error(), "13"));
     ep_placement_free(&p);
     assert_int_equal(ep_placement_init(&p, EP_PLACE_ROUND_ROBIN, c->n_experts, 3), EP_OK);
-    assert_int_equal(ep_experts_load(c, f->w, &p, 3, f->be, &e), EP_ERR_ARG);
+    assert_int_equal(ep_experts_load(c, f->w, &p, 3, &e), EP_ERR_ARG);
     // Round-robin shard: experts 1, 4, 7, 10 on rank 1, right values.
-    assert_int_equal(ep_experts_load(c, f->w, &p, 1, f->be, &e), EP_OK);
+    assert_int_equal(ep_experts_load(c, f->w, &p, 1, &e), EP_OK);
     for (int x = 0; x < c->n_experts; x++)
         assert_int_equal(ep_experts_has(e, x), x % 3 == 1);
     const int held[4] = {1, 4, 7, 10}, l = c->n_layers - 1;
@@ -748,17 +745,17 @@ static void test_load_bad_checkpoint(void **state)
     ep_status st = ep_weights_open(&c, &w);
     if (st) fail_msg("ep_weights_open(%s): %s", dir, ep_last_error());
     ep_experts *e = NULL;
-    assert_int_not_equal(ep_experts_load(&c, w, NULL, -1, f->be, &e), EP_OK);
+    assert_int_not_equal(ep_experts_load(&c, w, NULL, -1, &e), EP_OK);
     assert_null(e);
     assert_non_null(strstr(ep_last_error(), "layer 0 expert 3"));
     // A shard without expert 3 never reads it, so it loads.
     ep_placement p;
     assert_int_equal(ep_placement_init(&p, EP_PLACE_CONTIGUOUS, 5, 2), EP_OK);
     assert_int_equal(p.rank_of[3], 1);
-    assert_int_equal(ep_experts_load(&c, w, &p, 0, f->be, &e), EP_OK);
+    assert_int_equal(ep_experts_load(&c, w, &p, 0, &e), EP_OK);
     assert_true(ep_experts_has(e, 0) && !ep_experts_has(e, 3));
     ep_experts_free(e);
-    assert_int_not_equal(ep_experts_load(&c, w, &p, 1, f->be, &e), EP_OK);
+    assert_int_not_equal(ep_experts_load(&c, w, &p, 1, &e), EP_OK);
     ep_placement_free(&p);
     ep_weights_free(w);
     unlink(path);
@@ -777,14 +774,12 @@ static void check_preset(const char *preset)
     c.n_layers = c.first_k_dense + 2; // two MoE layers are enough; halves the load time
     const int H = c.hidden, T = 31, W = 4, shard_rank = 2;
     ep_weights *w = NULL;
-    ep_backend *be = NULL;
     ep_experts *all = NULL, *sh = NULL;
     assert_int_equal(ep_weights_open(&c, &w), EP_OK);
-    assert_int_equal(ep_backend_cpu_init(&be), EP_OK);
-    assert_int_equal(ep_experts_load(&c, w, NULL, -1, be, &all), EP_OK);
+    assert_int_equal(ep_experts_load(&c, w, NULL, -1, &all), EP_OK);
     ep_placement p;
     assert_int_equal(ep_placement_init(&p, EP_PLACE_ROUND_ROBIN, c.n_experts, W), EP_OK);
-    assert_int_equal(ep_experts_load(&c, w, &p, shard_rank, be, &sh), EP_OK);
+    assert_int_equal(ep_experts_load(&c, w, &p, shard_rank, &sh), EP_OK);
 
     float *x = malloc(sizeof(float) * T * H), *y = malloc(sizeof(float) * T * H);
     float *y_ref = malloc(sizeof(float) * T * H), *y_sh = malloc(sizeof(float) * T * H);
@@ -851,7 +846,6 @@ static void check_preset(const char *preset)
     ep_placement_free(&p);
     ep_experts_free(sh);
     ep_experts_free(all);
-    ep_backend_free(be);
     ep_weights_free(w);
 }
 

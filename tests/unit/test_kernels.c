@@ -568,13 +568,11 @@ static void test_forward_variants(void **state)
     cfg_odd(&cfg);
     const int H = cfg.hidden, E = cfg.n_experts, k = cfg.k_base;
     ep_weights *w = NULL;
-    ep_backend *be = NULL;
     assert_int_equal(ep_weights_open(&cfg, &w), EP_OK);
-    assert_int_equal(ep_backend_cpu_init(&be), EP_OK);
     ep_experts *f32k = NULL, *bf16 = NULL;
     ep_experts_opts o_bf16 = {.weight_dtype = EP_DTYPE_BF16};
-    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, be, NULL, &f32k), EP_OK);
-    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, be, &o_bf16, &bf16), EP_OK);
+    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, NULL, &f32k), EP_OK);
+    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, &o_bf16, &bf16), EP_OK);
     // BF16 storage: half the bytes.
     assert_int_equal(ep_experts_bytes(bf16) * 2, ep_experts_bytes(f32k));
 
@@ -611,7 +609,6 @@ static void test_forward_variants(void **state)
     }
     ep_experts_free(f32k);
     ep_experts_free(bf16);
-    ep_backend_free(be);
     ep_weights_free(w);
 }
 
@@ -624,7 +621,7 @@ static void test_load_bad_dtype(void **state)
     assert_int_equal(ep_weights_open(&cfg, &w), EP_OK);
     ep_experts *e = (ep_experts *)&cfg; // must be reset to NULL
     ep_experts_opts o = {.weight_dtype = EP_DTYPE_F16};
-    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, NULL, &o, &e), EP_ERR_UNSUPPORTED);
+    assert_int_equal(ep_experts_load_ex(&cfg, w, NULL, -1, &o, &e), EP_ERR_UNSUPPORTED);
     assert_null(e);
     assert_non_null(strstr(ep_last_error(), "F16"));
     ep_weights_free(w);

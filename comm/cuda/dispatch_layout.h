@@ -1,6 +1,6 @@
 // What the dispatch-layout kernels need, as plain data (dispatch_cuda.h's
 // types hold host-only headers), and their launchers. Shared by
-// dispatch_cuda.c and dispatch_kernels.cu; private to ep_cuda.
+// dispatch_cuda.c and dispatch_kernels.cu; private to ep_comm_cuda.
 #ifndef EP_DISPATCH_LAYOUT_H
 #define EP_DISPATCH_LAYOUT_H
 

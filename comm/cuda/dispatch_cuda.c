@@ -2,14 +2,14 @@
 // validation of routes and ranks (the kernels trust their input), device
 // buffers sized once, and one upload / four launches / one download per
 // call. The per-token and scan routines are in dispatch_kernels.cu.
-#include "router/cuda/dispatch_cuda.h"
+#include "comm/cuda/dispatch_cuda.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "cluster/cuda/cuda_util.h"
 #include "comm/comm.h"
-#include "router/cuda/dispatch_layout.h"
+#include "comm/cuda/dispatch_layout.h"
 
 ep_status ep_dispatch_shape_init(ep_dispatch_shape *s, int world, int rank, int max_k, int hidden,
                                  ep_dtype wire)

@@ -1,6 +1,6 @@
-// The CPU backend against plain loops: gemm_nt for odd shapes (5, 7, 11, 13,
-// and the empty and single-row cases) with beta 0 and 1, and swiglu values
-// including large |x|, infinities and NaN. Fixed seeds; tolerances stated.
+// The dense host ops (experts/dense.h) against plain loops: gemm_nt for odd
+// shapes (5, 7, 11, 13, and the empty and single-row cases) with beta 0 and
+// 1, and swiglu values including large |x|, infinities and NaN. Fixed seeds; tolerances stated.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "experts/backend.h"
+#include "experts/dense.h"
 
 static uint64_t rng_state;
 static float frand(void) // uniform in [-1, 1), xorshift64*
@@ -29,34 +29,10 @@ static void fill(float *a, size_t n)
         a[i] = frand();
 }
 
-static int setup(void **state)
-{
-    ep_backend *be = NULL;
-    if (ep_backend_cpu_init(&be) != EP_OK) return -1;
-    *state = be;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    ep_backend_free(*state);
-    return 0;
-}
-
-static void test_vtable(void **state)
-{
-    ep_backend *be = *state;
-    assert_non_null(be->vt);
-    assert_string_equal(be->vt->name, "cpu");
-    assert_non_null(be->vt->gemm_nt);
-    assert_non_null(be->vt->swiglu);
-    ep_backend_free(NULL); // a no-op
-}
-
 // C = A . B^T + beta * C0 with A [M, K], B [N, K], checked element by element:
 // |C - ref| <= 1e-5 * Σ_k |A_mk B_nk| + 1e-6 * |beta C0| (fp32 accumulation
 // error grows with the magnitudes summed, not with the result).
-static void check_gemm(ep_backend *be, int M, int N, int K, float beta, bool nan_c)
+static void check_gemm(int M, int N, int K, float beta, bool nan_c)
 {
     float *A = malloc(sizeof(float) * (M * K + 1)), *B = malloc(sizeof(float) * (N * K + 1));
     float *C = malloc(sizeof(float) * (M * N + 1)), *C0 = malloc(sizeof(float) * (M * N + 1));
@@ -68,7 +44,7 @@ static void check_gemm(ep_backend *be, int M, int N, int K, float beta, bool nan
             C0[i] = NAN;
     memcpy(C, C0, sizeof(float) * M * N);
     C[M * N] = 12345.0f; // guard past the end
-    be->vt->gemm_nt(be, M, N, K, A, B, beta, C);
+    ep_dense_gemm_nt(M, N, K, A, B, beta, C);
     assert_true(C[M * N] == 12345.0f);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
@@ -94,45 +70,41 @@ static void check_gemm(ep_backend *be, int M, int N, int K, float beta, bool nan
 
 static void test_gemm_odd_shapes(void **state)
 {
-    ep_backend *be = *state;
     rng_state = 0x9E3779B97F4A7C15ULL;
     const int dims[] = {1, 5, 7, 11, 13};
     const int ms[] = {0, 1, 5, 7, 11, 13};
     for (size_t a = 0; a < EP_ARRAY_LEN(ms); a++)
         for (size_t b = 0; b < EP_ARRAY_LEN(dims); b++)
             for (size_t c = 0; c < EP_ARRAY_LEN(dims); c++) {
-                check_gemm(be, ms[a], dims[b], dims[c], 0.0f, false);
-                check_gemm(be, ms[a], dims[b], dims[c], 1.0f, false);
+                check_gemm(ms[a], dims[b], dims[c], 0.0f, false);
+                check_gemm(ms[a], dims[b], dims[c], 1.0f, false);
             }
 }
 
 // A taller case so that BLAS takes its blocked path, not a small-matrix one.
 static void test_gemm_blocked(void **state)
 {
-    ep_backend *be = *state;
     rng_state = 7;
-    check_gemm(be, 133, 257, 131, 0.0f, false);
-    check_gemm(be, 133, 257, 131, 1.0f, false);
+    check_gemm(133, 257, 131, 0.0f, false);
+    check_gemm(133, 257, 131, 1.0f, false);
 }
 
 // beta 0 must overwrite C without reading it: stale NaN must not leak.
 static void test_gemm_beta0_ignores_c(void **state)
 {
-    ep_backend *be = *state;
     rng_state = 11;
-    check_gemm(be, 5, 7, 13, 0.0f, true);
-    check_gemm(be, 13, 11, 5, 0.0f, true);
+    check_gemm(5, 7, 13, 0.0f, true);
+    check_gemm(13, 11, 5, 0.0f, true);
 }
 
 static void test_gemm_empty_k(void **state)
 {
-    ep_backend *be = *state;
     float C[6] = {1, -2, 3, NAN, 5, 6};
-    be->vt->gemm_nt(be, 2, 3, 0, NULL, NULL, 0.0f, C);
+    ep_dense_gemm_nt(2, 3, 0, NULL, NULL, 0.0f, C);
     for (int i = 0; i < 6; i++)
         assert_true(C[i] == 0.0f);
     float D[6] = {1, -2, 3, 4, 5, 6};
-    be->vt->gemm_nt(be, 2, 3, 0, NULL, NULL, 1.0f, D);
+    ep_dense_gemm_nt(2, 3, 0, NULL, NULL, 1.0f, D);
     for (int i = 0; i < 6; i++)
         assert_true(D[i] == (float)(i == 1 ? -2 : i + 1));
 }
@@ -144,14 +116,13 @@ static double silu_ref(double x)
 
 static void test_swiglu_values(void **state)
 {
-    ep_backend *be = *state;
     enum { N = 13 };
     const float g[N] = {0.0f,  1.0f,   -1.0f,  0.5f,    -3.25f,  20.0f,   -20.0f,
                         88.0f, -88.0f, 100.0f, -100.0f, 1000.0f, -1000.0f};
     float u[N], out[N];
     for (int i = 0; i < N; i++)
         u[i] = 0.75f - 0.125f * i;
-    be->vt->swiglu(be, N, g, u, out);
+    ep_dense_swiglu(N, g, u, out);
     for (int i = 0; i < N; i++) {
         double ref = silu_ref(g[i]) * u[i];
         assert_true(isfinite(out[i]));
@@ -167,22 +138,20 @@ static void test_swiglu_values(void **state)
 
 static void test_swiglu_extremes(void **state)
 {
-    ep_backend *be = *state;
     const float g[4] = {INFINITY, -INFINITY, NAN, -1e30f};
     const float u[4] = {2.0f, 2.0f, 2.0f, 2.0f};
     float out[4];
-    be->vt->swiglu(be, 4, g, u, out);
+    ep_dense_swiglu(4, g, u, out);
     assert_true(isinf(out[0]) && out[0] > 0);
     assert_true(out[1] == 0.0f); // the limit, not NaN
     assert_true(isnan(out[2]));  // NaN propagates
     assert_true(out[3] == 0.0f);
-    be->vt->swiglu(be, 0, g, u, out); // n = 0 touches nothing
+    ep_dense_swiglu(0, g, u, out); // n = 0 touches nothing
 }
 
 // A random sweep against the double reference (catches a swapped g/u).
 static void test_swiglu_random(void **state)
 {
-    ep_backend *be = *state;
     rng_state = 12345;
     enum { N = 1001 };
     float g[N], u[N], out[N];
@@ -190,7 +159,7 @@ static void test_swiglu_random(void **state)
         g[i] = 30.0f * frand();
         u[i] = 4.0f * frand();
     }
-    be->vt->swiglu(be, N, g, u, out);
+    ep_dense_swiglu(N, g, u, out);
     for (int i = 0; i < N; i++) {
         double ref = silu_ref(g[i]) * u[i];
         if (!(fabs(out[i] - ref) <= 3e-7 * fabs(ref) + 1e-30))
@@ -201,10 +170,10 @@ static void test_swiglu_random(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vtable),          cmocka_unit_test(test_gemm_odd_shapes),
-        cmocka_unit_test(test_gemm_blocked),    cmocka_unit_test(test_gemm_beta0_ignores_c),
-        cmocka_unit_test(test_gemm_empty_k),    cmocka_unit_test(test_swiglu_values),
-        cmocka_unit_test(test_swiglu_extremes), cmocka_unit_test(test_swiglu_random),
+        cmocka_unit_test(test_gemm_odd_shapes),      cmocka_unit_test(test_gemm_blocked),
+        cmocka_unit_test(test_gemm_beta0_ignores_c), cmocka_unit_test(test_gemm_empty_k),
+        cmocka_unit_test(test_swiglu_values),        cmocka_unit_test(test_swiglu_extremes),
+        cmocka_unit_test(test_swiglu_random),
     };
-    return cmocka_run_group_tests_name("backend_cpu", tests, setup, teardown);
+    return cmocka_run_group_tests_name("dense", tests, NULL, NULL);
 }

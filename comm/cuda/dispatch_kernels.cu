@@ -1,29 +1,26 @@
 // Dispatch counts and layout, compiled for the device and (the same
-// routines) for the host: per token its destination groups in ep_comm's
-// order and a row of the [T, world] record matrices, then per destination a
+// routines) for the host: per token its destination groups by
+// ep_dispatch_group_row (comm/dispatch_group.h, the rule ep_dispatch_plan
+// uses) and a row of the [T, world] record matrices, then per destination a
 // scan over the tokens (record index, byte offset, totals), then where each
 // destination's part starts. Integer arithmetic only, so host and device
 // agree exactly. Packing itself is not here.
-#include "router/cuda/dispatch_layout.h"
+#include "comm/cuda/dispatch_layout.h"
+#include "comm/dispatch_group.h"
 
 #define EP_HD __host__ __device__
 
 enum { EP_DL_SCAN_THREADS = 256 };
 
-// Rank that computes pair j (comm_impl.h's ep_comm_pair_dest).
-static EP_HD inline int ep_dl_dest(const ep_dl_bufs *b, int j)
-{
-    return b->pair_rank ? b->pair_rank[j] : b->rank_of[b->expert[j]];
-}
-
-// Token t: one group per destination rank, in the order of the rank's first
-// pair in the row, with its pair count (comm.c's ep_comm_plan); and the
-// token's row of the record matrices: rec_idx 1 where it has a group,
-// rec_off that record's bytes (0 for its own rank, which is not sent). The
-// scan below turns both into positions.
+// Token t: its groups (one per destination rank, in the order of the
+// rank's first pair in the row, with its pair count) straight into its rows
+// of dest / dest_pairs, and its row of the record matrices: rec_idx 1 where
+// it has a group, rec_off that record's bytes (0 for its own rank, which is
+// not sent). The scan below turns both into positions. dest has room for
+// max_k >= K groups (the host checks K before any launch).
 static EP_HD void ep_dl_token(const ep_dl_params *p, const ep_dl_bufs *b, int t)
 {
-    const int o = b->offsets[t], e = b->offsets[t + 1], W = p->world;
+    const int W = p->world;
     int *dest = b->dest + (size_t)t * p->max_k, *np = b->dest_pairs + (size_t)t * p->max_k;
     int *cnt = b->rec_idx + (size_t)t * W;
     int64_t *bytes = b->rec_off + (size_t)t * W;
@@ -31,24 +28,15 @@ static EP_HD void ep_dl_token(const ep_dl_params *p, const ep_dl_bufs *b, int t)
         cnt[d] = 0;
         bytes[d] = 0;
     }
-    int g = 0;
-    for (int j = o; j < e; j++) {
-        const int d = ep_dl_dest(b, j);
-        bool first = true;
-        for (int q = o; q < j && first; q++)
-            first = ep_dl_dest(b, q) != d;
-        if (!first) continue; // this rank's group was made at its first pair
-        int m = 1;
-        for (int q = j + 1; q < e; q++)
-            m += ep_dl_dest(b, q) == d;
-        dest[g] = d;
-        np[g] = m;
-        g++;
+    const int n = ep_dispatch_group_row(b->expert, b->pair_rank, b->rank_of, b->offsets[t],
+                                        b->offsets[t + 1], dest, np, NULL);
+    for (int g = 0; g < n; g++) {
+        const int d = dest[g];
         cnt[d] = 1;
-        bytes[d] = d == p->rank ? 0 : p->fixed_bytes + (int64_t)m * p->pair_bytes;
+        bytes[d] = d == p->rank ? 0 : p->fixed_bytes + (int64_t)np[g] * p->pair_bytes;
     }
-    b->n_dest[t] = g;
-    for (; g < p->max_k; g++) {
+    b->n_dest[t] = n;
+    for (int g = n; g < p->max_k; g++) {
         dest[g] = -1;
         np[g] = 0;
     }

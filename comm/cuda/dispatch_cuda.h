@@ -1,13 +1,12 @@
-// Dispatch counts and layout on a CUDA device: from one layer's CSR routes
-// and where each pair goes (its expert's home rank, or the scheduler's
-// pair_rank for replicas), per token its destination ranks in the order
-// ep_comm groups them (the order of each rank's first pair in the row) with
-// the pairs each receives; per destination rank the records and payload
-// bytes (ep_comm_dispatch_record_bytes' rule, so the sums equal
-// ep_comm_count's sends and dispatch bytes); and the byte offset at which a
-// packing kernel would write each record. It does not pack, move or unpack
-// anything, and model/moe.c does not call it (comm/comm.c plans on the host).
-// No CUDA types; EP_CUDA=ON builds only.
+// The dispatch layout on a CUDA device: from one layer's CSR routes and
+// where each pair goes (its expert's home rank, or the replica choice's
+// pair_rank), per token its destination ranks with the pairs each receives
+// (comm/dispatch_group.h's rule, the one ep_dispatch_plan uses); per
+// destination rank the records and payload bytes; and the byte offset at
+// which a packing kernel would write each record. Host routine and kernels
+// equal ep_dispatch_plan_build for the same routes (tests/cuda). It does not
+// pack, move or unpack anything, and model/moe.c does not call it yet
+// (comm/comm.c packs from the host plan). No CUDA types; EP_CUDA=ON only.
 #ifndef EP_DISPATCH_CUDA_H
 #define EP_DISPATCH_CUDA_H
 
