@@ -41,7 +41,8 @@ ep_status ep_arg_ids(const char *opt, const char *s, long lo, int **ids, int *n)
     *ids = NULL;
     *n = 0;
     size_t cap = 1;
-    for (const char *p = s; *p; p++) cap += *p == ',';
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
     int *v = ep_xmalloc(cap * sizeof(int));
     int k = 0;
     const char *p = s;

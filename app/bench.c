@@ -37,9 +37,9 @@ typedef struct {
     double *step_ms;          // [steps] max over ranks
     double imbalance_sum;     // Σ over (layer, step) of max/mean received pairs
     int64_t imbalance_n;
-    double *layer_imb;        // [n_layers] Σ over steps
-    int64_t *k_hist;          // [max_k + 1] tokens by K
-    double *rank_load;        // [world] pairs computed per rank, timed steps
+    double *layer_imb; // [n_layers] Σ over steps
+    int64_t *k_hist;   // [max_k + 1] tokens by K
+    double *rank_load; // [world] pairs computed per rank, timed steps
     double max_rel_err;
     int64_t n_wrong, n_checked;
     ep_moe_times times;
@@ -47,57 +47,67 @@ typedef struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: epserve bench --model M [options]     (run under mpirun -np N for N ranks)\n"
-            "  --model M            preset name, model YAML, or checkpoint directory\n"
-            "  --routing P[,P...]   policies or routing YAML files (default baseline)\n"
-            "  --tokens T           tokens per rank per step (default 64)\n"
-            "  --steps S            timed steps (default 5)\n"
-            "  --warmup W           untimed steps first (default 1)\n"
-            "  --placement KIND     contiguous | round_robin | eplb (default contiguous); eplb\n"
-            "                       places each layer from the pairs the warm-up steps route\n"
-            "  --redundant-experts N  eplb: extra expert slots per layer (default 0)\n"
-            "  --home-only          eplb: no replica choice (every pair to the home slot)\n"
-            "  --wire DTYPE         f32 | bf16 | f16 | fp8 payload (default f32); fp8: e4m3\n"
-            "                       dispatch with a scale per 128 channels, bf16 combine\n"
-            "  --backend B          cpu | cuda: where the experts run (default cpu); cuda: BF16\n"
-            "                       experts on one GPU per rank, NCCL transport (EP_CUDA builds)\n"
-            "  --expert-dtype D     cpu backend: f32 | bf16 storage of the routed experts\n"
-            "                       (default f32, the reference precision)\n"
-            "  --micro-batches N    1 | 2: with 2, each MoE layer runs as two half-batches, one's\n"
-            "                       all-to-all overlapping the other's experts (default 1)\n"
-            "  --ranks-per-node N   treat every N consecutive ranks as one node\n"
-            "  --domain D           general | math | code | chat | mix (default mix)\n"
-            "  --mode M             prefill (a domain per 64-token prompt) | decode (a domain\n"
-            "                       per sequence, one token per sequence per step); default prefill\n"
-            "  --routes-from FILE   replay routing decisions (JSON lines or CSV trace) instead\n"
-            "                       of routing; one row named 'replay'\n"
-            "  --seed S             input stream seed (default 1)\n"
-            "  --check              compare every layer with the single-process reference\n"
-            "  --per-layer          also print a per-layer table\n"
-            "  --json FILE          write the results as JSON (rank 0)\n"
-            "  --plot DIR           write PNG charts (gnuplot) into DIR (rank 0)\n"
-            "  --quiet              no progress line\n"
-            "`epserve bench sched --help`: the trace-driven scheduler check (no MPI)\n");
+    fprintf(
+        f,
+        "usage: epserve bench --model M [options]     (run under mpirun -np N for N ranks)\n"
+        "  --model M            preset name, model YAML, or checkpoint directory\n"
+        "  --routing P[,P...]   policies or routing YAML files (default baseline)\n"
+        "  --tokens T           tokens per rank per step (default 64)\n"
+        "  --steps S            timed steps (default 5)\n"
+        "  --warmup W           untimed steps first (default 1)\n"
+        "  --placement KIND     contiguous | round_robin | eplb (default contiguous); eplb\n"
+        "                       places each layer from the pairs the warm-up steps route\n"
+        "  --redundant-experts N  eplb: extra expert slots per layer (default 0)\n"
+        "  --home-only          eplb: no replica choice (every pair to the home slot)\n"
+        "  --wire DTYPE         f32 | bf16 | f16 | fp8 payload (default f32); fp8: e4m3\n"
+        "                       dispatch with a scale per 128 channels, bf16 combine\n"
+        "  --backend B          cpu | cuda: where the experts run (default cpu); cuda: BF16\n"
+        "                       experts on one GPU per rank, NCCL transport (EP_CUDA builds)\n"
+        "  --expert-dtype D     cpu backend: f32 | bf16 storage of the routed experts\n"
+        "                       (default f32, the reference precision)\n"
+        "  --micro-batches N    1 | 2: with 2, each MoE layer runs as two half-batches, one's\n"
+        "                       all-to-all overlapping the other's experts (default 1)\n"
+        "  --ranks-per-node N   treat every N consecutive ranks as one node\n"
+        "  --domain D           general | math | code | chat | mix (default mix)\n"
+        "  --mode M             prefill (a domain per 64-token prompt) | decode (a domain\n"
+        "                       per sequence, one token per sequence per step); default prefill\n"
+        "  --routes-from FILE   replay routing decisions (JSON lines or CSV trace) instead\n"
+        "                       of routing; one row named 'replay'\n"
+        "  --seed S             input stream seed (default 1)\n"
+        "  --check              compare every layer with the single-process reference\n"
+        "  --per-layer          also print a per-layer table\n"
+        "  --json FILE          write the results as JSON (rank 0)\n"
+        "  --plot DIR           write PNG charts (gnuplot) into DIR (rank 0)\n"
+        "  --quiet              no progress line\n"
+        "`epserve bench sched --help`: the trace-driven scheduler check (no MPI)\n");
 }
 
 static int parse_args(int argc, char **argv, bench_args *a)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},     {"routing", required_argument, 0, 'r'},
-        {"tokens", required_argument, 0, 't'},    {"steps", required_argument, 0, 's'},
-        {"warmup", required_argument, 0, 'w'},    {"placement", required_argument, 0, 'p'},
-        {"wire", required_argument, 0, 'W'},      {"ranks-per-node", required_argument, 0, 'n'},
-        {"domain", required_argument, 0, 'd'},    {"seed", required_argument, 0, 'S'},
-        {"check", no_argument, 0, 'c'},           {"per-layer", no_argument, 0, 'L'},
-        {"json", required_argument, 0, 'j'},      {"quiet", no_argument, 0, 'q'},
-        {"plot", required_argument, 0, 'P'},      {"mode", required_argument, 0, 'M'},
-        {"routes-from", required_argument, 0, 'R'},
-        {"redundant-experts", required_argument, 0, 'X'},
-        {"home-only", no_argument, 0, 'H'},       {"backend", required_argument, 0, 'B'},
-        {"expert-dtype", required_argument, 0, 'E'},
-        {"micro-batches", required_argument, 0, 'U'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"routing", required_argument, 0, 'r'},
+                                         {"tokens", required_argument, 0, 't'},
+                                         {"steps", required_argument, 0, 's'},
+                                         {"warmup", required_argument, 0, 'w'},
+                                         {"placement", required_argument, 0, 'p'},
+                                         {"wire", required_argument, 0, 'W'},
+                                         {"ranks-per-node", required_argument, 0, 'n'},
+                                         {"domain", required_argument, 0, 'd'},
+                                         {"seed", required_argument, 0, 'S'},
+                                         {"check", no_argument, 0, 'c'},
+                                         {"per-layer", no_argument, 0, 'L'},
+                                         {"json", required_argument, 0, 'j'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"plot", required_argument, 0, 'P'},
+                                         {"mode", required_argument, 0, 'M'},
+                                         {"routes-from", required_argument, 0, 'R'},
+                                         {"redundant-experts", required_argument, 0, 'X'},
+                                         {"home-only", no_argument, 0, 'H'},
+                                         {"backend", required_argument, 0, 'B'},
+                                         {"expert-dtype", required_argument, 0, 'E'},
+                                         {"micro-batches", required_argument, 0, 'U'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->routing = "baseline";
     a->tokens = 64;
@@ -116,30 +126,78 @@ static int parse_args(int argc, char **argv, bench_args *a)
     while ((c = getopt_long(argc, argv, "", opts, &li)) != -1) {
         char *end = NULL;
         switch (c) {
-        case 'm': a->model = optarg; break;
-        case 'r': a->routing = optarg; break;
-        case 't': a->tokens = (int)strtol(optarg, &end, 10); break;
-        case 's': a->steps = (int)strtol(optarg, &end, 10); break;
-        case 'w': a->warmup = (int)strtol(optarg, &end, 10); break;
-        case 'p': a->placement = optarg; break;
-        case 'W': a->wire = optarg; break;
-        case 'B': a->backend = optarg; break;
-        case 'E': a->expert_dtype = optarg; break;
-        case 'U': a->micro_batches = (int)strtol(optarg, &end, 10); break;
-        case 'n': a->ranks_per_node = (int)strtol(optarg, &end, 10); break;
-        case 'd': a->domain = optarg; break;
-        case 'S': a->seed = strtoull(optarg, &end, 10); break;
-        case 'c': a->check = 1; break;
-        case 'L': a->per_layer = 1; break;
-        case 'j': a->json_path = optarg; break;
-        case 'P': a->plot_dir = optarg; break;
-        case 'M': a->mode = optarg; break;
-        case 'R': a->routes_from = optarg; break;
-        case 'X': a->redundant_experts = (int)strtol(optarg, &end, 10); break;
-        case 'H': a->home_only = 1; break;
-        case 'q': a->quiet = 1; break;
-        case 'h': usage(stdout); return 1;
-        default: usage(stderr); return 2;
+        case 'm':
+            a->model = optarg;
+            break;
+        case 'r':
+            a->routing = optarg;
+            break;
+        case 't':
+            a->tokens = (int)strtol(optarg, &end, 10);
+            break;
+        case 's':
+            a->steps = (int)strtol(optarg, &end, 10);
+            break;
+        case 'w':
+            a->warmup = (int)strtol(optarg, &end, 10);
+            break;
+        case 'p':
+            a->placement = optarg;
+            break;
+        case 'W':
+            a->wire = optarg;
+            break;
+        case 'B':
+            a->backend = optarg;
+            break;
+        case 'E':
+            a->expert_dtype = optarg;
+            break;
+        case 'U':
+            a->micro_batches = (int)strtol(optarg, &end, 10);
+            break;
+        case 'n':
+            a->ranks_per_node = (int)strtol(optarg, &end, 10);
+            break;
+        case 'd':
+            a->domain = optarg;
+            break;
+        case 'S':
+            a->seed = strtoull(optarg, &end, 10);
+            break;
+        case 'c':
+            a->check = 1;
+            break;
+        case 'L':
+            a->per_layer = 1;
+            break;
+        case 'j':
+            a->json_path = optarg;
+            break;
+        case 'P':
+            a->plot_dir = optarg;
+            break;
+        case 'M':
+            a->mode = optarg;
+            break;
+        case 'R':
+            a->routes_from = optarg;
+            break;
+        case 'X':
+            a->redundant_experts = (int)strtol(optarg, &end, 10);
+            break;
+        case 'H':
+            a->home_only = 1;
+            break;
+        case 'q':
+            a->quiet = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            usage(stderr);
+            return 2;
         }
         if (end && *end) {
             fprintf(stderr, "epserve bench: option --%s: expected an integer, found '%s'\n",
@@ -163,9 +221,10 @@ static int parse_args(int argc, char **argv, bench_args *a)
     }
     if (a->tokens < 0 || a->steps < 1 || a->warmup < 0 || a->ranks_per_node < 0 ||
         a->redundant_experts < 0) {
-        fprintf(stderr, "epserve bench: expected --tokens >= 0, --steps >= 1, --warmup >= 0, "
-                        "--ranks-per-node >= 0, --redundant-experts >= 0; "
-                        "found %d, %d, %d, %d, %d\n",
+        fprintf(stderr,
+                "epserve bench: expected --tokens >= 0, --steps >= 1, --warmup >= 0, "
+                "--ranks-per-node >= 0, --redundant-experts >= 0; "
+                "found %d, %d, %d, %d, %d\n",
                 a->tokens, a->steps, a->warmup, a->ranks_per_node, a->redundant_experts);
         return 2;
     }
@@ -184,8 +243,8 @@ static int domain_of(const char *d, int64_t unit)
 
 static bool domain_valid(const char *d)
 {
-    return !strcmp(d, "mix") || !strcmp(d, "general") || !strcmp(d, "math") ||
-           !strcmp(d, "code") || !strcmp(d, "chat");
+    return !strcmp(d, "mix") || !strcmp(d, "general") || !strcmp(d, "math") || !strcmp(d, "code") ||
+           !strcmp(d, "chat");
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -224,7 +283,8 @@ static double pct_saved(int64_t actual, int64_t base)
 static double policy_tps(const bench_policy *bp, int steps, int64_t tokens_total)
 {
     double mean_ms = 0;
-    for (int s = 0; s < steps; s++) mean_ms += bp->step_ms[s];
+    for (int s = 0; s < steps; s++)
+        mean_ms += bp->step_ms[s];
     mean_ms /= steps;
     return mean_ms > 0 ? tokens_total / (mean_ms * 1e-3) : 0;
 }
@@ -281,10 +341,12 @@ static json_t *policy_json(const bench_policy *bp, const ep_model_cfg *cfg, int 
     json_object_set_new(o, "algbw_gbps", json_real(algbw));
     json_object_set_new(o, "busbw_gbps", json_real(world > 1 ? algbw * (world - 1) / world : 0));
     json_t *hist = json_array();
-    for (int k = 0; k <= max_k; k++) json_array_append_new(hist, json_integer(bp->k_hist[k]));
+    for (int k = 0; k <= max_k; k++)
+        json_array_append_new(hist, json_integer(bp->k_hist[k]));
     json_object_set_new(o, "k_hist", hist);
     json_t *load = json_array();
-    for (int r = 0; r < world; r++) json_array_append_new(load, json_integer((json_int_t)bp->rank_load[r]));
+    for (int r = 0; r < world; r++)
+        json_array_append_new(load, json_integer((json_int_t)bp->rank_load[r]));
     json_object_set_new(o, "rank_load", load);
 
     json_t *pl = json_object();
@@ -316,7 +378,8 @@ static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
                         bench_policy *bp, int n_pol, json_t *jpol)
 {
     int nw = 10; // name column: as wide as the longest row name
-    for (int i = 0; i < n_pol; i++) nw = EP_MAX(nw, (int)strlen(bp[i].label));
+    for (int i = 0; i < n_pol; i++)
+        nw = EP_MAX(nw, (int)strlen(bp[i].label));
     printf("# epserve bench\n");
     printf("# model: %s (%s, %d MoE layers, %d experts, top-%d, hidden %d)\n", cfg->name,
            cfg->arch == EP_ARCH_QWEN3_MOE ? "qwen3_moe" : "deepseek_v2", ep_model_n_moe_layers(cfg),
@@ -339,19 +402,19 @@ static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
            "tokens/s", "p50_ms", "p99_ms", "speedup", "dispatch", "combine", "inter", "saved",
            "dests", "imbalance");
     if (a->check) printf(" %11s %6s", "max_rel_err", "#wrong");
-    printf("\n# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", nw, "(name)", "(K)", "(tok/s)",
-           "(ms)", "(ms)", "(x)", "(MB)", "(MB)", "(MB)", "(%)", "(rank)", "(max/mean)");
+    printf("\n# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", nw, "(name)", "(K)",
+           "(tok/s)", "(ms)", "(ms)", "(x)", "(MB)", "(MB)", "(MB)", "(%)", "(rank)", "(max/mean)");
     if (a->check) printf(" %11s %6s", "", "");
     printf("\n");
     for (int i = 0; i < n_pol; i++) {
         json_t *o = json_array_get(jpol, (size_t)i);
 #define JR(k) json_real_value(json_object_get(o, k))
 #define JI(k) (double)json_integer_value(json_object_get(o, k))
-        printf("  %-*s %6.2f %10.0f %8.2f %8.2f %7.2f %10.3f %10.3f %9.3f %7.2f %6.2f %9.3f",
-               nw, bp[i].label, JR("avg_k"), JR("tokens_per_s"), JR("step_ms_p50"),
-               JR("step_ms_p99"), JR("speedup"), JI("dispatch_bytes") / 1e6,
-               JI("combine_bytes") / 1e6, JI("inter_node_bytes") / 1e6, JR("bytes_saved_pct"),
-               JR("dest_ranks_per_token"), JR("load_imbalance"));
+        printf("  %-*s %6.2f %10.0f %8.2f %8.2f %7.2f %10.3f %10.3f %9.3f %7.2f %6.2f %9.3f", nw,
+               bp[i].label, JR("avg_k"), JR("tokens_per_s"), JR("step_ms_p50"), JR("step_ms_p99"),
+               JR("speedup"), JI("dispatch_bytes") / 1e6, JI("combine_bytes") / 1e6,
+               JI("inter_node_bytes") / 1e6, JR("bytes_saved_pct"), JR("dest_ranks_per_token"),
+               JR("load_imbalance"));
         if (a->check) printf(" %11.3e %6.0f", JR("max_rel_err"), JI("wrong"));
         printf("\n");
     }
@@ -365,9 +428,9 @@ static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
             size_t n = json_array_size(json_object_get(pl, "layer"));
             for (size_t j = 0; j < n; j++) {
 #define PL(k) json_array_get(json_object_get(pl, k), j)
-                printf("  %-*s %5lld %6.2f %10.3f %10.3f %10.3f %10.3f %9.3f\n",
-                       nw, bp[i].label, (long long)json_integer_value(PL("layer")),
-                       json_real_value(PL("avg_k")), json_integer_value(PL("dispatch_bytes")) / 1e6,
+                printf("  %-*s %5lld %6.2f %10.3f %10.3f %10.3f %10.3f %9.3f\n", nw, bp[i].label,
+                       (long long)json_integer_value(PL("layer")), json_real_value(PL("avg_k")),
+                       json_integer_value(PL("dispatch_bytes")) / 1e6,
                        json_integer_value(PL("combine_bytes")) / 1e6,
                        json_integer_value(PL("baseline_dispatch_bytes")) / 1e6,
                        json_integer_value(PL("baseline_combine_bytes")) / 1e6,
@@ -518,8 +581,8 @@ int ep_cmd_bench(int argc, char **argv)
         goto setup_done;
     }
     if (!domain_valid(a.domain)) {
-        st = ep_errorf(EP_ERR_ARG, "--domain: expected general, math, code, chat or mix, found '%s'",
-                       a.domain);
+        st = ep_errorf(EP_ERR_ARG,
+                       "--domain: expected general, math, code, chat or mix, found '%s'", a.domain);
         goto setup_done;
     }
 
@@ -534,7 +597,8 @@ int ep_cmd_bench(int argc, char **argv)
     } else {
         // Policies: one per comma-separated entry.
         char *list = ep_xstrdup(a.routing), *save = NULL;
-        for (char *p = list; *p; p++) n_pol += *p == ',';
+        for (char *p = list; *p; p++)
+            n_pol += *p == ',';
         n_pol++;
         bp = ep_xcalloc((size_t)n_pol, sizeof *bp);
         int i = 0;
@@ -610,11 +674,12 @@ setup_done:
             for (int l = 0; l < cfg.n_layers; l++) {
                 if (!x[l]) continue;
                 const ep_routes *r;
-                if ((st = run_layer(moe, &bp[i], trace, &trace_routes, &cfg, cl, &a, step, l,
-                                    x[l], y, &lst[l], timed ? &bp[i].times : NULL, &r)))
+                if ((st = run_layer(moe, &bp[i], trace, &trace_routes, &cfg, cl, &a, step, l, x[l],
+                                    y, &lst[l], timed ? &bp[i].times : NULL, &r)))
                     goto fail;
                 if (timed)
-                    for (int t = 0; t < r->n_tokens; t++) bp[i].k_hist[ep_routes_k(r, t)]++;
+                    for (int t = 0; t < r->n_tokens; t++)
+                        bp[i].k_hist[ep_routes_k(r, t)]++;
             }
             double ms = (ep_now_us() - t0) * 1e-3;
             if ((st = ep_cluster_allreduce_f64(cl, &ms, 1, EP_REDUCE_MAX))) goto fail;
@@ -638,8 +703,8 @@ setup_done:
                 }
             }
             if (progress)
-                fprintf(stderr, "\rbench: step %d/%d (%s) policy %s        ", step + 1,
-                        total_steps, timed ? "timed" : "warm-up", bp[i].label);
+                fprintf(stderr, "\rbench: step %d/%d (%s) policy %s        ", step + 1, total_steps,
+                        timed ? "timed" : "warm-up", bp[i].label);
         }
         // Correctness pass, outside the timing: the same layers against the reference.
         if (timed && a.check) {
@@ -660,8 +725,10 @@ setup_done:
                     double tol = b16 ? 3e-2 : 1e-4;
                     // A lossy wire has its own budget (docs/wire-format.md):
                     // bf16/f16 rows the BF16 one, fp8 dispatch 0.15.
-                    if (mo.wire == EP_DTYPE_F8_E4M3) tol = EP_MAX(tol, 0.15);
-                    else if (mo.wire != EP_DTYPE_F32) tol = EP_MAX(tol, 3e-2);
+                    if (mo.wire == EP_DTYPE_F8_E4M3)
+                        tol = EP_MAX(tol, 0.15);
+                    else if (mo.wire != EP_DTYPE_F32)
+                        tol = EP_MAX(tol, 3e-2);
                     double e = ep_moe_rel_err(y, yref, a.tokens, cfg.hidden, tol, &bp[i].n_wrong);
                     if (e > bp[i].max_rel_err) bp[i].max_rel_err = e;
                     bp[i].n_checked += a.tokens;
@@ -678,7 +745,8 @@ setup_done:
         EP_ASSERT(sizeof bp[i].times == 5 * sizeof(double));
         if ((st = ep_cluster_allreduce_f64(cl, &bp[i].times.route_us, 5, EP_REDUCE_MAX))) goto fail;
         if ((st = reduce_stats(cl, bp[i].per_layer, cfg.n_layers))) goto fail;
-        if ((st = ep_cluster_allreduce_i64(cl, bp[i].k_hist, mo.max_k + 1, EP_REDUCE_SUM))) goto fail;
+        if ((st = ep_cluster_allreduce_i64(cl, bp[i].k_hist, mo.max_k + 1, EP_REDUCE_SUM)))
+            goto fail;
         int64_t cnt[2] = {bp[i].n_wrong, bp[i].n_checked};
         if ((st = ep_cluster_allreduce_i64(cl, cnt, 2, EP_REDUCE_SUM))) goto fail;
         bp[i].n_wrong = cnt[0];
@@ -699,9 +767,9 @@ setup_done:
         json_object_set_new(res, "model", json_string(cfg.name));
         json_object_set_new(res, "world_size", json_integer(cl->world_size));
         json_object_set_new(res, "n_nodes", json_integer(cl->n_nodes));
-        json_object_set_new(res, "ranks_per_node",
-                            json_integer(cl->ranks_per_node ? cl->ranks_per_node
-                                                            : cl->world_size / cl->n_nodes));
+        json_object_set_new(
+            res, "ranks_per_node",
+            json_integer(cl->ranks_per_node ? cl->ranks_per_node : cl->world_size / cl->n_nodes));
         json_object_set_new(res, "tokens_per_rank", json_integer(a.tokens));
         json_object_set_new(res, "steps", json_integer(a.steps));
         json_object_set_new(res, "warmup", json_integer(a.warmup));
@@ -749,7 +817,8 @@ done:
         }
     free(bp);
     if (x)
-        for (int l = 0; l < cfg.n_layers; l++) free(x[l]);
+        for (int l = 0; l < cfg.n_layers; l++)
+            free(x[l]);
     free(x);
     free(y);
     free(yref);

@@ -19,10 +19,21 @@ static int64_t parse_size(const char *s, bool *ok)
     int64_t mul = 1;
     if (end && *end) {
         switch (*end) {
-        case 'K': case 'k': mul = 1 << 10; break;
-        case 'M': case 'm': mul = 1 << 20; break;
-        case 'G': case 'g': mul = 1 << 30; break;
-        default: *ok = false; return 0;
+        case 'K':
+        case 'k':
+            mul = 1 << 10;
+            break;
+        case 'M':
+        case 'm':
+            mul = 1 << 20;
+            break;
+        case 'G':
+        case 'g':
+            mul = 1 << 30;
+            break;
+        default:
+            *ok = false;
+            return 0;
         }
         if (end[1]) {
             *ok = false;
@@ -55,19 +66,31 @@ int ep_cmd_bench_comm(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "b:e:f:w:n:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'b': minb = parse_size(optarg, &ok); break;
-        case 'e': maxb = parse_size(optarg, &ok); break;
-        case 'f': factor = atoi(optarg); break;
-        case 'w': warm = atoi(optarg); break;
-        case 'n': iters = atoi(optarg); break;
+        case 'b':
+            minb = parse_size(optarg, &ok);
+            break;
+        case 'e':
+            maxb = parse_size(optarg, &ok);
+            break;
+        case 'f':
+            factor = atoi(optarg);
+            break;
+        case 'w':
+            warm = atoi(optarg);
+            break;
+        case 'n':
+            iters = atoi(optarg);
+            break;
         case 'h':
             printf("usage: epserve bench comm [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-w WARMUP] "
                    "[-n ITERS]\n  sizes are bytes sent to each peer (K, M, G suffixes)\n");
             return 0;
-        default: return 2;
+        default:
+            return 2;
         }
         if (!ok) {
-            fprintf(stderr, "epserve bench comm: -%c: expected a size like 1024, 64K or 8M, found '%s'\n",
+            fprintf(stderr,
+                    "epserve bench comm: -%c: expected a size like 1024, 64K or 8M, found '%s'\n",
                     c, optarg);
             return 2;
         }
@@ -86,7 +109,8 @@ int ep_cmd_bench_comm(int argc, char **argv)
     }
     int W = cl->world_size, rc = 0;
     int64_t max_words = maxb / 4;
-    uint32_t *sbuf = ep_xmalloc((size_t)max_words * W * 4), *rbuf = ep_xmalloc((size_t)max_words * W * 4);
+    uint32_t *sbuf = ep_xmalloc((size_t)max_words * W * 4),
+             *rbuf = ep_xmalloc((size_t)max_words * W * 4);
     int64_t *cnt = ep_xmalloc((size_t)W * 4 * sizeof(int64_t));
     int64_t *soff = cnt + W, *rcnt = cnt + 2 * W, *roff = cnt + 3 * W;
     int *icnt = ep_xmalloc((size_t)W * 2 * sizeof(int)), *ioff = icnt + W;
@@ -94,7 +118,8 @@ int ep_cmd_bench_comm(int argc, char **argv)
     if (cl->rank == 0) {
         printf("# epserve bench comm: all-to-all, %d ranks, %d nodes, transport %s\n", W,
                cl->n_nodes, tp->vt->name);
-        printf("# size = bytes to each peer; algbw = bytes sent per rank / time; busbw = algbw*(n-1)/n\n#\n");
+        printf("# size = bytes to each peer; algbw = bytes sent per rank / time; busbw = "
+               "algbw*(n-1)/n\n#\n");
         printf("# %12s %10s %10s %9s %9s %10s %9s %8s\n", "size", "time", "raw_time", "algbw",
                "busbw", "raw_algbw", "overhead", "#wrong");
         printf("# %12s %10s %10s %9s %9s %10s %9s %8s\n", "(B)", "(us)", "(us)", "(GB/s)", "(GB/s)",
@@ -134,7 +159,8 @@ int ep_cmd_bench_comm(int argc, char **argv)
         }
         // Correctness pass through the transport, with a fresh pattern.
         for (int r = 0; r < W; r++)
-            for (int64_t i = 0; i < words; i++) sbuf[(size_t)r * words + i] = pattern(cl->rank, r, i, 7);
+            for (int64_t i = 0; i < words; i++)
+                sbuf[(size_t)r * words + i] = pattern(cl->rank, r, i, 7);
         memset(rbuf, 0, (size_t)words * W * 4);
         if (ep_transport_alltoallv(tp, sbuf, cnt, soff, rbuf, rcnt, roff)) {
             fprintf(stderr, "epserve bench comm: %s\n", ep_last_error());

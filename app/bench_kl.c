@@ -23,20 +23,19 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: epserve bench kl --model M --routing P1,P2,... [options]\n"
-            "  --model M          model preset name, model YAML or checkpoint directory\n"
-            "  --routing LIST     policies or routing YAML files, compared with baseline\n"
-            "  --seqs N           random sequences (default 8)\n"
-            "  --len L            tokens per sequence (default 64)\n"
-            "  --seed S           token generator seed (default 12345)\n"
-            "  --top N            tokens of the baseline distribution kept (default 1000)\n"
-            "  --ranks W          ranks of the contiguous placement placement-aware\n"
-            "                     policies see (default 4)\n"
-            "  --ranks-per-node R ranks per node of that placement (default 2)\n"
-            "  --json F           also write the results to F (atomic)\n"
-            "  --help             this text\n"
-            "Runs in one process (not under mpirun with several ranks).\n");
+    fprintf(f, "usage: epserve bench kl --model M --routing P1,P2,... [options]\n"
+               "  --model M          model preset name, model YAML or checkpoint directory\n"
+               "  --routing LIST     policies or routing YAML files, compared with baseline\n"
+               "  --seqs N           random sequences (default 8)\n"
+               "  --len L            tokens per sequence (default 64)\n"
+               "  --seed S           token generator seed (default 12345)\n"
+               "  --top N            tokens of the baseline distribution kept (default 1000)\n"
+               "  --ranks W          ranks of the contiguous placement placement-aware\n"
+               "                     policies see (default 4)\n"
+               "  --ranks-per-node R ranks per node of that placement (default 2)\n"
+               "  --json F           also write the results to F (atomic)\n"
+               "  --help             this text\n"
+               "Runs in one process (not under mpirun with several ranks).\n");
 }
 
 // An integer option in [lo, 2^24], or a message naming it.
@@ -72,28 +71,54 @@ int ep_cmd_bench_kl(int argc, char **argv)
 {
     const char *model = NULL, *routing = NULL, *json_out = NULL;
     int n_seqs = 8, len = 64, top = 1000, W = 4, rpn = 2, seed = 12345;
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"routing", required_argument, 0, 'r'},
-        {"seqs", required_argument, 0, 's'},  {"len", required_argument, 0, 'l'},
-        {"seed", required_argument, 0, 'S'},  {"top", required_argument, 0, 't'},
-        {"ranks", required_argument, 0, 'w'}, {"ranks-per-node", required_argument, 0, 'n'},
-        {"json", required_argument, 0, 'j'},  {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"routing", required_argument, 0, 'r'},
+                                         {"seqs", required_argument, 0, 's'},
+                                         {"len", required_argument, 0, 'l'},
+                                         {"seed", required_argument, 0, 'S'},
+                                         {"top", required_argument, 0, 't'},
+                                         {"ranks", required_argument, 0, 'w'},
+                                         {"ranks-per-node", required_argument, 0, 'n'},
+                                         {"json", required_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model = optarg; break;
-        case 'r': routing = optarg; break;
-        case 's': if (!opt_int("--seqs", optarg, 1, &n_seqs)) return 2; break;
-        case 'l': if (!opt_int("--len", optarg, 1, &len)) return 2; break;
-        case 'S': if (!opt_int("--seed", optarg, 0, &seed)) return 2; break;
-        case 't': if (!opt_int("--top", optarg, 1, &top)) return 2; break;
-        case 'w': if (!opt_int("--ranks", optarg, 1, &W)) return 2; break;
-        case 'n': if (!opt_int("--ranks-per-node", optarg, 1, &rpn)) return 2; break;
-        case 'j': json_out = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'm':
+            model = optarg;
+            break;
+        case 'r':
+            routing = optarg;
+            break;
+        case 's':
+            if (!opt_int("--seqs", optarg, 1, &n_seqs)) return 2;
+            break;
+        case 'l':
+            if (!opt_int("--len", optarg, 1, &len)) return 2;
+            break;
+        case 'S':
+            if (!opt_int("--seed", optarg, 0, &seed)) return 2;
+            break;
+        case 't':
+            if (!opt_int("--top", optarg, 1, &top)) return 2;
+            break;
+        case 'w':
+            if (!opt_int("--ranks", optarg, 1, &W)) return 2;
+            break;
+        case 'n':
+            if (!opt_int("--ranks-per-node", optarg, 1, &rpn)) return 2;
+            break;
+        case 'j':
+            json_out = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc || !model || !routing) {
@@ -109,8 +134,10 @@ int ep_cmd_bench_kl(int argc, char **argv)
         return 1;
     }
     if (cl->world_size > 1) {
-        fprintf(stderr, "epserve bench kl: runs in one process (the reference holds every "
-                        "expert), found %d ranks\n", cl->world_size);
+        fprintf(stderr,
+                "epserve bench kl: runs in one process (the reference holds every "
+                "expert), found %d ranks\n",
+                cl->world_size);
         ep_cluster_free(cl);
         return 2;
     }
@@ -189,12 +216,11 @@ int ep_cmd_bench_kl(int argc, char **argv)
         st = run_policy(&cfg, m, base_pol, tok, n_seqs, len, base, &base_k);
     }
     for (int i = 0; i < n_pol && !st; i++) {
-        if ((st = run_policy(&cfg, m, rows[i].pol, tok, n_seqs, len, q, &rows[i].avg_k)))
-            break;
+        if ((st = run_policy(&cfg, m, rows[i].pol, tok, n_seqs, len, q, &rows[i].avg_k))) break;
         double sum = 0, mx = 0;
         for (size_t r = 0; r < rows_total; r++) {
-            double kl = ep_calib_kl_topn(base + r * cfg.vocab, q + r * cfg.vocab, cfg.vocab, top,
-                                         idx);
+            double kl =
+                ep_calib_kl_topn(base + r * cfg.vocab, q + r * cfg.vocab, cfg.vocab, top, idx);
             sum += kl;
             mx = kl > mx ? kl : mx;
         }
@@ -217,14 +243,13 @@ int ep_cmd_bench_kl(int argc, char **argv)
                    rows[i].kl_max);
         if (json_out) {
             json_t *root = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:f}", "model", cfg.name,
-                                     "top", top, "seqs", n_seqs, "len", len, "seed", seed,
-                                     "ranks", W, "baseline_avg_k", base_k);
+                                     "top", top, "seqs", n_seqs, "len", len, "seed", seed, "ranks",
+                                     W, "baseline_avg_k", base_k);
             json_t *arr = json_array();
             for (int i = 0; i < n_pol; i++)
-                json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:f}", "policy",
-                                                     rows[i].name, "avg_k", rows[i].avg_k,
-                                                     "kl_mean", rows[i].kl_mean, "kl_max",
-                                                     rows[i].kl_max));
+                json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:f}", "policy", rows[i].name,
+                                                     "avg_k", rows[i].avg_k, "kl_mean",
+                                                     rows[i].kl_mean, "kl_max", rows[i].kl_max));
             json_object_set_new(root, "policies", arr);
             if (ep_json_write_atomic(json_out, root, JSON_INDENT(2))) {
                 fprintf(stderr, "epserve bench kl: %s\n", ep_last_error());

@@ -41,11 +41,12 @@ static ep_status run_gnuplot(const char *script)
 // Common script head: terminal, output, title.
 static void script_head(FILE *g, const char *dir, const char *png, const char *title)
 {
-    fprintf(g, "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo size 1000,560 "
-               "font ',11' } else { set terminal png size 1000,560 }\n");
+    fprintf(g,
+            "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo size 1000,560 "
+            "font ',11' } else { set terminal png size 1000,560 }\n");
     fprintf(g, "set termoption noenhanced\n");
-    fprintf(g, "set output '%s/%s'\nset title \"%s\"\nset grid ytics\nset key outside right\n",
-            dir, png, title);
+    fprintf(g, "set output '%s/%s'\nset title \"%s\"\nset grid ytics\nset key outside right\n", dir,
+            png, title);
 }
 
 static ep_status plot_bytes(const json_t *res, const char *dir)
@@ -67,12 +68,14 @@ static ep_status plot_bytes(const json_t *res, const char *dir)
         const json_t *p0 = json_array_get(pols, 0);
         fprintf(d, "%lld %.6f", (long long)json_integer_value(PL(p0, "layer")),
                 (json_integer_value(PL(p0, "baseline_dispatch_bytes")) +
-                 json_integer_value(PL(p0, "baseline_combine_bytes"))) / 1e6);
+                 json_integer_value(PL(p0, "baseline_combine_bytes"))) /
+                    1e6);
         for (size_t i = 0; i < json_array_size(pols); i++) {
             const json_t *p = json_array_get(pols, i);
             fprintf(d, " %.6f",
                     (json_integer_value(PL(p, "dispatch_bytes")) +
-                     json_integer_value(PL(p, "combine_bytes"))) / 1e6);
+                     json_integer_value(PL(p, "combine_bytes"))) /
+                        1e6);
         }
         fprintf(d, "\n");
 #undef PL
@@ -84,7 +87,8 @@ static ep_status plot_bytes(const json_t *res, const char *dir)
              json_string_value(json_object_get(res, "model")),
              (long long)json_integer_value(json_object_get(res, "world_size")));
     script_head(g, dir, "bytes_per_layer.png", title);
-    fprintf(g, "set xlabel 'layer'\nset xtics 1\nset ylabel 'MB (dispatch + combine)'\nset yrange [0:*]\n");
+    fprintf(g, "set xlabel 'layer'\nset xtics 1\nset ylabel 'MB (dispatch + combine)'\nset yrange "
+               "[0:*]\n");
     fprintf(g, "plot '%s' using 1:2 with linespoints lw 3 dt 2 title 'fixed top-k_base'", dpath);
     for (size_t i = 0; i < json_array_size(pols); i++)
         fprintf(g, ", '' using 1:%zu with linespoints lw 2 title '%s'", i + 3,
@@ -107,9 +111,11 @@ static ep_status plot_clustered(const json_t *pols, const char *dir, const char 
     ep_status st = open_out(dir, gname, &g, gpath, sizeof gpath);
     if (st) return st;
     script_head(g, dir, png, title);
-    fprintf(g, "set style data histograms\nset style histogram clustered gap 1\n"
-               "set style fill solid 0.85 border -1\nset boxwidth 0.9\n"
-               "set xlabel '%s'\nset ylabel '%s'\nset yrange [0:*]\n", xlabel, ylabel);
+    fprintf(g,
+            "set style data histograms\nset style histogram clustered gap 1\n"
+            "set style fill solid 0.85 border -1\nset boxwidth 0.9\n"
+            "set xlabel '%s'\nset ylabel '%s'\nset yrange [0:*]\n",
+            xlabel, ylabel);
     fprintf(g, "plot '%s' using 2:xtic(1) title '%s'", dpath,
             json_string_value(json_object_get(json_array_get(pols, 0), "name")));
     for (size_t i = 1; i < json_array_size(pols); i++)
@@ -140,7 +146,8 @@ static ep_status plot_k_hist(const json_t *res, const char *dir)
             double tot = 0;
             for (size_t q = 0; q < json_array_size(h); q++)
                 tot += (double)json_integer_value(json_array_get(h, q));
-            double v = k < json_array_size(h) ? (double)json_integer_value(json_array_get(h, k)) : 0;
+            double v =
+                k < json_array_size(h) ? (double)json_integer_value(json_array_get(h, k)) : 0;
             fprintf(d, " %.6f", tot > 0 ? v / tot : 0);
         }
         fprintf(d, "\n");
@@ -150,7 +157,8 @@ static ep_status plot_k_hist(const json_t *res, const char *dir)
     snprintf(title, sizeof title, "%s: experts kept per token (K), k_base = %lld",
              json_string_value(json_object_get(res, "model")),
              (long long)json_integer_value(json_object_get(res, "k_base")));
-    return plot_clustered(pols, dir, "k_hist", dpath, title, "K", "fraction of token-layer routings");
+    return plot_clustered(pols, dir, "k_hist", dpath, title, "K",
+                          "fraction of token-layer routings");
 }
 
 static ep_status plot_rank_load(const json_t *res, const char *dir)

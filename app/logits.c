@@ -61,7 +61,8 @@ static ep_status write_bin(const char *path, const float *x, size_t count)
         swapped = ep_xmalloc(count * 4);
         for (size_t i = 0; i < count; i++) {
             const uint8_t *b = (const uint8_t *)&x[i];
-            for (int j = 0; j < 4; j++) swapped[i * 4 + j] = b[3 - j];
+            for (int j = 0; j < 4; j++)
+                swapped[i * 4 + j] = b[3 - j];
         }
         buf = swapped;
     }
@@ -76,7 +77,8 @@ static int print_json(const ep_model_cfg *cfg, const int *tok, int n, const floa
 {
     json_t *root = json_object(), *jt = json_array(), *rows = json_array();
     json_object_set_new(root, "model", json_string(cfg->name));
-    for (int i = 0; i < n; i++) json_array_append_new(jt, json_integer(tok[i]));
+    for (int i = 0; i < n; i++)
+        json_array_append_new(jt, json_integer(tok[i]));
     json_object_set_new(root, "tokens", jt);
     json_object_set_new(root, "vocab", json_integer(cfg->vocab));
     for (int i = 0; i < n; i++) {
@@ -99,10 +101,14 @@ static int print_json(const ep_model_cfg *cfg, const int *tok, int n, const floa
 int ep_cmd_logits(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, 't'},
-        {"out", required_argument, 0, 'o'},   {"json", no_argument, 0, 'j'},
-        {"routing", required_argument, 0, 'r'}, {"reference", no_argument, 0, 'R'},
-        {"progress", no_argument, 0, 'p'},    {"help", no_argument, 0, 'h'},
+        {"model", required_argument, 0, 'm'},
+        {"tokens", required_argument, 0, 't'},
+        {"out", required_argument, 0, 'o'},
+        {"json", no_argument, 0, 'j'},
+        {"routing", required_argument, 0, 'r'},
+        {"reference", no_argument, 0, 'R'},
+        {"progress", no_argument, 0, 'p'},
+        {"help", no_argument, 0, 'h'},
         {"backend", required_argument, 0, 'b'},
         {"expert-dtype", required_argument, 0, 'D'},
         {0, 0, 0, 0},
@@ -115,13 +121,27 @@ int ep_cmd_logits(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "m:t:o:jr:Rpb:D:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model = optarg; break;
-        case 't': tokens = optarg; break;
-        case 'o': out = optarg; break;
-        case 'j': json = true; break;
-        case 'r': routing = optarg; break;
-        case 'R': reference = true; break;
-        case 'p': progress = true; break;
+        case 'm':
+            model = optarg;
+            break;
+        case 't':
+            tokens = optarg;
+            break;
+        case 'o':
+            out = optarg;
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'r':
+            routing = optarg;
+            break;
+        case 'R':
+            reference = true;
+            break;
+        case 'p':
+            progress = true;
+            break;
         case 'b':
             if (ep_moe_backend_parse(optarg, &backend)) {
                 fprintf(stderr, "epserve logits: --%s\n", ep_last_error());
@@ -134,8 +154,12 @@ int ep_cmd_logits(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc) {
@@ -182,8 +206,10 @@ int ep_cmd_logits(int argc, char **argv)
             goto setup_done;
         }
     if (n > cfg.max_pos) {
-        st = ep_errorf(EP_ERR_ARG, "--tokens: %d tokens, %s holds at most %d "
-                       "(max_position_embeddings)", n, cfg.name, cfg.max_pos);
+        st = ep_errorf(EP_ERR_ARG,
+                       "--tokens: %d tokens, %s holds at most %d "
+                       "(max_position_embeddings)",
+                       n, cfg.name, cfg.max_pos);
         goto setup_done;
     }
     if ((st = ep_policy_create(&cfg, routing, &pol))) goto setup_done;
@@ -203,9 +229,11 @@ int ep_cmd_logits(int argc, char **argv)
     if ((st = ep_model_init(&cfg, cl, w, &mo, &m))) goto setup_done;
     if (root) {
         logits = malloc((size_t)n * cfg.vocab * sizeof(float));
-        if (!logits) st = ep_errorf(EP_ERR_NOMEM, "logits: cannot allocate %zu bytes for "
-                                    "[%d, %d] logits", (size_t)n * cfg.vocab * sizeof(float),
-                                    n, cfg.vocab);
+        if (!logits)
+            st = ep_errorf(EP_ERR_NOMEM,
+                           "logits: cannot allocate %zu bytes for "
+                           "[%d, %d] logits",
+                           (size_t)n * cfg.vocab * sizeof(float), n, cfg.vocab);
     }
 setup_done:;
     // Agree before the first collective of the step, so no rank waits
@@ -223,8 +251,8 @@ setup_done:;
     int seq = -1;
     if (root && (st = ep_model_seq_new(m, &seq))) goto run_done;
     int n_new = n;
-    ep_batch b = {.n_seqs = root ? 1 : 0, .seq = &seq, .n_new = &n_new, .tokens = tok,
-                  .all_logits = true};
+    ep_batch b = {
+        .n_seqs = root ? 1 : 0, .seq = &seq, .n_new = &n_new, .tokens = tok, .all_logits = true};
     st = ep_model_forward(m, pol, &b, logits, NULL);
     if (!st && root && reference) {
         ref = malloc((size_t)n * cfg.vocab * sizeof(float));

@@ -11,11 +11,13 @@ static const struct {
     const char *help;
 } ep_commands[] = {
     {"serve", ep_cmd_serve, "OpenAI-compatible HTTP server over all ranks (continuous batching)"},
-    {"generate", ep_cmd_generate, "generate text for one prompt on all ranks; prints tokens and text"},
+    {"generate", ep_cmd_generate,
+     "generate text for one prompt on all ranks; prints tokens and text"},
     {"tokenize", ep_cmd_tokenize, "text to token ids (or ids to text) with a tokenizer.json"},
     {"logits", ep_cmd_logits, "logits of one token sequence, for checks against other references"},
     {"bench", ep_cmd_bench, "run MoE layers under routing policies; throughput and bytes saved"},
-    {"calibrate", ep_cmd_calibrate, "run the model on calibration sequences, write a routing profile"},
+    {"calibrate", ep_cmd_calibrate,
+     "run the model on calibration sequences, write a routing profile"},
     {"make-model", ep_cmd_make_model, "write a synthetic checkpoint in the Hugging Face layout"},
     {"route", ep_cmd_route, "route gate logits offline with a policy, write JSON lines"},
     {"simulate", ep_cmd_simulate, "project throughput and bytes of a model on a cluster preset"},

@@ -21,22 +21,22 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: epserve make-model (--preset NAME | --model SPEC) --out DIR [options]\n"
-            "  --preset NAME     a preset of configs/models/ (tiny-qwen3-moe, tiny-deepseek-v2,\n"
-            "                    ...)\n"
-            "  --model SPEC      a model YAML file, preset name or checkpoint directory\n"
-            "  --out DIR         new (or empty) directory to create\n"
-            "  --seed S          generator seed (default: the model's `seed`)\n"
-            "  --shards N        number of safetensors files (default: one per ~2 GiB, at least 2)\n"
-            "  --dtype D         bf16 (default) or f32\n"
-            "  --max-gib G       refuse checkpoints larger than G GiB (default 4; 0: no limit);\n"
-            "                    the full presets are 30-470 GB: mind the disk\n"
-            "  --help            this text\n"
-            "Writes model-0000S-of-0000N.safetensors, model.safetensors.index.json,\n"
-            "config.json and tokenizer.json (the synthetic tokenizer, docs/tokenizer.md).\n"
-            "The values equal what ranks generate in memory from the same model and seed\n"
-            "(see docs/synthetic.md).\n");
+    fprintf(
+        f, "usage: epserve make-model (--preset NAME | --model SPEC) --out DIR [options]\n"
+           "  --preset NAME     a preset of configs/models/ (tiny-qwen3-moe, tiny-deepseek-v2,\n"
+           "                    ...)\n"
+           "  --model SPEC      a model YAML file, preset name or checkpoint directory\n"
+           "  --out DIR         new (or empty) directory to create\n"
+           "  --seed S          generator seed (default: the model's `seed`)\n"
+           "  --shards N        number of safetensors files (default: one per ~2 GiB, at least 2)\n"
+           "  --dtype D         bf16 (default) or f32\n"
+           "  --max-gib G       refuse checkpoints larger than G GiB (default 4; 0: no limit);\n"
+           "                    the full presets are 30-470 GB: mind the disk\n"
+           "  --help            this text\n"
+           "Writes model-0000S-of-0000N.safetensors, model.safetensors.index.json,\n"
+           "config.json and tokenizer.json (the synthetic tokenizer, docs/tokenizer.md).\n"
+           "The values equal what ranks generate in memory from the same model and seed\n"
+           "(see docs/synthetic.md).\n");
 }
 
 static int usage_error(const char *fmt, const char *arg)

@@ -19,25 +19,28 @@ typedef struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: epserve plan --model M [--cluster C] [options]\n"
-            "  --model M       preset name, model YAML, or checkpoint directory\n"
-            "  --cluster C     preset name or YAML (default: every preset in configs/clusters)\n"
-            "  --context N     tokens per sequence held in the KV cache (default 4096)\n"
-            "  --batch B       concurrent sequences per GPU (default 16)\n"
-            "  --chunk T       prefill tokens per GPU per step, sizes the workspace (default 4096)\n"
-            "  --replicas N    redundant expert slots per layer (EPLB), default 0\n"
-            "  --json FILE     write the results as JSON\n");
+    fprintf(
+        f, "usage: epserve plan --model M [--cluster C] [options]\n"
+           "  --model M       preset name, model YAML, or checkpoint directory\n"
+           "  --cluster C     preset name or YAML (default: every preset in configs/clusters)\n"
+           "  --context N     tokens per sequence held in the KV cache (default 4096)\n"
+           "  --batch B       concurrent sequences per GPU (default 16)\n"
+           "  --chunk T       prefill tokens per GPU per step, sizes the workspace (default 4096)\n"
+           "  --replicas N    redundant expert slots per layer (EPLB), default 0\n"
+           "  --json FILE     write the results as JSON\n");
 }
 
 static int parse_args(int argc, char **argv, plan_args *a)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},   {"cluster", required_argument, 0, 'c'},
-        {"context", required_argument, 0, 'x'}, {"batch", required_argument, 0, 'b'},
-        {"chunk", required_argument, 0, 'T'},   {"replicas", required_argument, 0, 'R'},
-        {"json", required_argument, 0, 'j'},    {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"cluster", required_argument, 0, 'c'},
+                                         {"context", required_argument, 0, 'x'},
+                                         {"batch", required_argument, 0, 'b'},
+                                         {"chunk", required_argument, 0, 'T'},
+                                         {"replicas", required_argument, 0, 'R'},
+                                         {"json", required_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->context = 4096;
     a->batch = 16;
@@ -47,15 +50,33 @@ static int parse_args(int argc, char **argv, plan_args *a)
     while ((c = getopt_long(argc, argv, "", opts, &li)) != -1) {
         int *dst = NULL;
         switch (c) {
-        case 'm': a->model = optarg; break;
-        case 'c': a->cluster = optarg; break;
-        case 'x': dst = &a->context; break;
-        case 'b': dst = &a->batch; break;
-        case 'T': dst = &a->chunk; break;
-        case 'R': dst = &a->replicas; break;
-        case 'j': a->json_path = optarg; break;
-        case 'h': usage(stdout); return 1;
-        default: usage(stderr); return 2;
+        case 'm':
+            a->model = optarg;
+            break;
+        case 'c':
+            a->cluster = optarg;
+            break;
+        case 'x':
+            dst = &a->context;
+            break;
+        case 'b':
+            dst = &a->batch;
+            break;
+        case 'T':
+            dst = &a->chunk;
+            break;
+        case 'R':
+            dst = &a->replicas;
+            break;
+        case 'j':
+            a->json_path = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            usage(stderr);
+            return 2;
         }
         if (dst) {
             char *end = NULL;
@@ -80,7 +101,10 @@ static int parse_args(int argc, char **argv, plan_args *a)
     return 0;
 }
 
-static double gib(double b) { return b / (1024.0 * 1024.0 * 1024.0); }
+static double gib(double b)
+{
+    return b / (1024.0 * 1024.0 * 1024.0);
+}
 
 static void print_row(const ep_sim_cluster *cl, const ep_sim_mem *m)
 {
@@ -181,7 +205,8 @@ int ep_cmd_plan(int argc, char **argv)
         json_object_set_new(root, "redundant_slots", json_integer(a.replicas));
         json_object_set_new(root, "clusters", json_incref(arr));
         json_object_set_new(root, "smallest_fit", have_best ? json_string(best.name) : json_null());
-        if ((st = ep_json_write_atomic(a.json_path, root, JSON_INDENT(2) | JSON_REAL_PRECISION(6)))) {
+        if ((st = ep_json_write_atomic(a.json_path, root,
+                                       JSON_INDENT(2) | JSON_REAL_PRECISION(6)))) {
             fprintf(stderr, "epserve plan: %s\n", ep_last_error());
             rc_out = 1;
         }

@@ -22,32 +22,32 @@ typedef struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: epserve simulate --model M --cluster C [options]\n"
-            "  --model M            preset name, model YAML, or checkpoint directory\n"
-            "  --cluster C          preset name (configs/clusters: 1x8-h100 ... 8x8-h200) or YAML\n"
-            "  --routing P[,P...]   policies or routing YAML files (default baseline,ban,banpick);\n"
-            "                       the first one is the speedup reference\n"
-            "  --mode M             prefill | decode (default prefill)\n"
-            "  --tokens T           tokens per GPU per step (prefill default 4096; decode:\n"
-            "                       sequences per GPU, default 64)\n"
-            "  --context N          prefill: prompt length (default 2048); decode: cached\n"
-            "                       tokens per sequence (default 2048)\n"
-            "  --sample-tokens S    tokens per GPU actually routed, volumes scaled by T/S\n"
-            "                       (default: 8192 over all GPUs, at least 32 per GPU); 0: all T\n"
-            "  --layers N           MoE layers routed, evenly spaced (default 6); 0: all\n"
-            "  --placement KIND     contiguous | round_robin (default contiguous)\n"
-            "  --replicas N         also price EPLB placements with N redundant slots per layer\n"
-            "                       (rows '<policy>+eplb'); default: the cluster's\n"
-            "                       redundant_experts (0 in the shipped presets)\n"
-            "  --wire DTYPE         bf16 | f16 | f32 | fp8 dispatch/combine payload (default\n"
-            "                       bf16); fp8: e4m3 dispatch + a scale per 128 channels,\n"
-            "                       bf16 combine\n"
-            "  --routes-from FILE   replay a routing trace (JSON lines or CSV, as bench) instead\n"
-            "                       of routing; one row named 'replay'\n"
-            "  --seed S             input stream seed (default 1)\n"
-            "  --json FILE          write the results as JSON\n"
-            "  --quiet              no progress line\n");
+    fprintf(
+        f, "usage: epserve simulate --model M --cluster C [options]\n"
+           "  --model M            preset name, model YAML, or checkpoint directory\n"
+           "  --cluster C          preset name (configs/clusters: 1x8-h100 ... 8x8-h200) or YAML\n"
+           "  --routing P[,P...]   policies or routing YAML files (default baseline,ban,banpick);\n"
+           "                       the first one is the speedup reference\n"
+           "  --mode M             prefill | decode (default prefill)\n"
+           "  --tokens T           tokens per GPU per step (prefill default 4096; decode:\n"
+           "                       sequences per GPU, default 64)\n"
+           "  --context N          prefill: prompt length (default 2048); decode: cached\n"
+           "                       tokens per sequence (default 2048)\n"
+           "  --sample-tokens S    tokens per GPU actually routed, volumes scaled by T/S\n"
+           "                       (default: 8192 over all GPUs, at least 32 per GPU); 0: all T\n"
+           "  --layers N           MoE layers routed, evenly spaced (default 6); 0: all\n"
+           "  --placement KIND     contiguous | round_robin (default contiguous)\n"
+           "  --replicas N         also price EPLB placements with N redundant slots per layer\n"
+           "                       (rows '<policy>+eplb'); default: the cluster's\n"
+           "                       redundant_experts (0 in the shipped presets)\n"
+           "  --wire DTYPE         bf16 | f16 | f32 | fp8 dispatch/combine payload (default\n"
+           "                       bf16); fp8: e4m3 dispatch + a scale per 128 channels,\n"
+           "                       bf16 combine\n"
+           "  --routes-from FILE   replay a routing trace (JSON lines or CSV, as bench) instead\n"
+           "                       of routing; one row named 'replay'\n"
+           "  --seed S             input stream seed (default 1)\n"
+           "  --json FILE          write the results as JSON\n"
+           "  --quiet              no progress line\n");
 }
 
 static int parse_int(const char *opt, const char *s, int *out)
@@ -65,16 +65,23 @@ static int parse_int(const char *opt, const char *s, int *out)
 
 static int parse_args(int argc, char **argv, sim_args *a)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},    {"cluster", required_argument, 0, 'c'},
-        {"routing", required_argument, 0, 'r'},  {"mode", required_argument, 0, 'M'},
-        {"tokens", required_argument, 0, 't'},   {"context", required_argument, 0, 'x'},
-        {"sample-tokens", required_argument, 0, 's'}, {"layers", required_argument, 0, 'l'},
-        {"placement", required_argument, 0, 'p'}, {"replicas", required_argument, 0, 'R'},
-        {"wire", required_argument, 0, 'W'},     {"seed", required_argument, 0, 'S'},
-        {"json", required_argument, 0, 'j'},     {"quiet", no_argument, 0, 'q'},
-        {"routes-from", required_argument, 0, 'F'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"cluster", required_argument, 0, 'c'},
+                                         {"routing", required_argument, 0, 'r'},
+                                         {"mode", required_argument, 0, 'M'},
+                                         {"tokens", required_argument, 0, 't'},
+                                         {"context", required_argument, 0, 'x'},
+                                         {"sample-tokens", required_argument, 0, 's'},
+                                         {"layers", required_argument, 0, 'l'},
+                                         {"placement", required_argument, 0, 'p'},
+                                         {"replicas", required_argument, 0, 'R'},
+                                         {"wire", required_argument, 0, 'W'},
+                                         {"seed", required_argument, 0, 'S'},
+                                         {"json", required_argument, 0, 'j'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"routes-from", required_argument, 0, 'F'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->routing = "baseline,ban,banpick";
     a->mode = "prefill";
@@ -87,32 +94,65 @@ static int parse_args(int argc, char **argv, sim_args *a)
     int c, li = 0, rc = 0;
     while ((c = getopt_long(argc, argv, "", opts, &li)) != -1) {
         switch (c) {
-        case 'm': a->model = optarg; break;
-        case 'c': a->cluster = optarg; break;
-        case 'r': a->routing = optarg; break;
-        case 'M': a->mode = optarg; break;
-        case 't': rc = parse_int("tokens", optarg, &a->tokens); break;
-        case 'x': rc = parse_int("context", optarg, &a->context); break;
-        case 's': rc = parse_int("sample-tokens", optarg, &a->sample_tokens); break;
-        case 'l': rc = parse_int("layers", optarg, &a->layers); break;
-        case 'p': a->placement = optarg; break;
-        case 'R': rc = parse_int("replicas", optarg, &a->replicas); break;
-        case 'W': a->wire = optarg; break;
+        case 'm':
+            a->model = optarg;
+            break;
+        case 'c':
+            a->cluster = optarg;
+            break;
+        case 'r':
+            a->routing = optarg;
+            break;
+        case 'M':
+            a->mode = optarg;
+            break;
+        case 't':
+            rc = parse_int("tokens", optarg, &a->tokens);
+            break;
+        case 'x':
+            rc = parse_int("context", optarg, &a->context);
+            break;
+        case 's':
+            rc = parse_int("sample-tokens", optarg, &a->sample_tokens);
+            break;
+        case 'l':
+            rc = parse_int("layers", optarg, &a->layers);
+            break;
+        case 'p':
+            a->placement = optarg;
+            break;
+        case 'R':
+            rc = parse_int("replicas", optarg, &a->replicas);
+            break;
+        case 'W':
+            a->wire = optarg;
+            break;
         case 'S': {
             char *end = NULL;
             a->seed = strtoull(optarg, &end, 10);
             if (!end || *end) {
-                fprintf(stderr, "epserve simulate: option --seed: expected an integer, found '%s'\n",
+                fprintf(stderr,
+                        "epserve simulate: option --seed: expected an integer, found '%s'\n",
                         optarg);
                 return 2;
             }
             break;
         }
-        case 'j': a->json_path = optarg; break;
-        case 'F': a->routes_from = optarg; break;
-        case 'q': a->quiet = 1; break;
-        case 'h': usage(stdout); return 1;
-        default: usage(stderr); return 2;
+        case 'j':
+            a->json_path = optarg;
+            break;
+        case 'F':
+            a->routes_from = optarg;
+            break;
+        case 'q':
+            a->quiet = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            usage(stderr);
+            return 2;
         }
         if (rc) return rc;
     }
@@ -164,14 +204,13 @@ static void print_table(const ep_model_cfg *cfg, const ep_sim_cluster *cl, const
     printf("# MoE layers routed (%d):", rep->n_sampled);
     for (int i = 0; i < rep->n_sampled; i++)
         printf(" %d", rep->layers[i]);
-    printf("; the MoE part of the other layers is their mean; routing took %.1f s\n",
-           rep->route_s);
+    printf("; the MoE part of the other layers is their mean; routing took %.1f s\n", rep->route_s);
     printf("# %-22s %6s %10s %10s %10s %7s %7s %6s %9s %9s %9s %9s %9s %10s %7s\n", "policy",
            "avg_k", "bytes", "inter", "base", "saved", "saved_i", "imbal", "dense", "dispatch",
            "experts", "combine", "step", "tokens/s", "speedup");
-    printf("# %-22s %6s %10s %10s %10s %7s %7s %6s %9s %9s %9s %9s %9s %10s %7s\n", "(name)",
-           "(K)", "(B/tok/l)", "(B/tok/l)", "(B/tok/l)", "(%)", "(%)", "(x)", "(ms)", "(ms)",
-           "(ms)", "(ms)", "(ms)", "(per GPU)", "(x)");
+    printf("# %-22s %6s %10s %10s %10s %7s %7s %6s %9s %9s %9s %9s %9s %10s %7s\n", "(name)", "(K)",
+           "(B/tok/l)", "(B/tok/l)", "(B/tok/l)", "(%)", "(%)", "(x)", "(ms)", "(ms)", "(ms)",
+           "(ms)", "(ms)", "(per GPU)", "(x)");
     for (int i = 0; i < rep->n_pol; i++) {
         const ep_sim_result *r = &rep->res[i];
         printf("  %-22s %6.2f %10.0f %10.0f %10.0f %7.1f %7.1f %6.2f %9.2f %9.2f %9.2f %9.2f "
@@ -280,8 +319,10 @@ int ep_cmd_simulate(int argc, char **argv)
     o.seed = a.seed;
     o.quiet = a.quiet;
     if ((st = ep_place_kind_parse(a.placement, &o.placement)) || o.placement == EP_PLACE_EPLB) {
-        fprintf(stderr, "epserve simulate: --placement: expected contiguous or round_robin, found "
-                        "'%s' (EPLB: --replicas N)\n", a.placement);
+        fprintf(stderr,
+                "epserve simulate: --placement: expected contiguous or round_robin, found "
+                "'%s' (EPLB: --replicas N)\n",
+                a.placement);
         return 2;
     }
     if ((st = ep_comm_wire_parse("--wire", a.wire, &o.wire))) {

@@ -11,11 +11,11 @@
 typedef struct ep_cluster_impl ep_cluster_impl;
 typedef struct {
     int rank, world_size;
-    int local_rank, local_size;  // among ranks on this physical host (device choice)
-    int node, n_nodes;           // logical node (honours ranks_per_node)
-    int ranks_per_node;          // 0 when nodes come from hostnames
-    int *node_of;                // [world_size] logical node of each rank
-    ep_cluster_impl *impl;       // MPI communicator etc.
+    int local_rank, local_size; // among ranks on this physical host (device choice)
+    int node, n_nodes;          // logical node (honours ranks_per_node)
+    int ranks_per_node;         // 0 when nodes come from hostnames
+    int *node_of;               // [world_size] logical node of each rank
+    ep_cluster_impl *impl;      // MPI communicator etc.
 } ep_cluster;
 
 // Initialises MPI when not yet initialised (then finalises it in free).

@@ -47,7 +47,7 @@ struct ep_comm {
     float *pair_weight; // [pair_cap]
     float *row;         // [hidden] decode scratch
 
-    int T; // tokens of the last dispatch: rows of combine's out
+    int T;           // tokens of the last dispatch: rows of combine's out
     int64_t arrived; // dispatch payload bytes the last unpack decoded from other ranks
 
     // Where the ep_comm is between the halves of dispatch and combine
@@ -142,7 +142,7 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
     m->recv_rec_off = ep_xcalloc(w + 1, sizeof(int));
     m->row = ep_xcalloc((size_t)hidden, sizeof(float));
     ep_status st = ep_dispatch_plan_init(&m->plan, m->world, m->rank, c->node_of, hidden, wire);
-    EP_ASSERT(st == EP_OK); // its arguments were checked above
+    EP_ASSERT(st == EP_OK);                   // its arguments were checked above
     m->pair_off = ep_xcalloc(1, sizeof(int)); // rec_cap + 1 entries, rec_cap = 0 so far
 
     // Sized for a balanced step: cap_tokens tokens out, each reaching at most
@@ -189,12 +189,12 @@ void ep_transport_free(ep_transport *t)
 }
 
 ep_status ep_transport_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
-                                 const int64_t *send_off, void *recvbuf,
-                                 const int64_t *recv_bytes, const int64_t *recv_off)
+                                 const int64_t *send_off, void *recvbuf, const int64_t *recv_bytes,
+                                 const int64_t *recv_off)
 {
     ep_transport_req *q;
-    ep_status st = t->vt->alltoallv_start(t, sendbuf, send_bytes, send_off, recvbuf, recv_bytes,
-                                          recv_off, &q);
+    ep_status st =
+        t->vt->alltoallv_start(t, sendbuf, send_bytes, send_off, recvbuf, recv_bytes, recv_off, &q);
     return st != EP_OK ? st : t->vt->alltoallv_wait(t, q, NULL);
 }
 

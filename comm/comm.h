@@ -32,24 +32,24 @@ const char *ep_comm_wire_name(ep_dtype wire);
 // Counters for one layer on one rank (sum them over layers and ranks).
 // "bytes" are payload bytes to *other* ranks; intra = total - inter.
 typedef struct {
-    int64_t tokens;           // tokens routed on this rank
-    int64_t pairs;            // (token, expert) pairs kept, Σ K_i
-    int64_t sends;            // (token, remote rank) records sent
-    int64_t dest_ranks;       // Σ over tokens of distinct ranks holding its experts (own incl.)
+    int64_t tokens;     // tokens routed on this rank
+    int64_t pairs;      // (token, expert) pairs kept, Σ K_i
+    int64_t sends;      // (token, remote rank) records sent
+    int64_t dest_ranks; // Σ over tokens of distinct ranks holding its experts (own incl.)
     int64_t dispatch_bytes, combine_bytes;
     int64_t dispatch_bytes_inter, combine_bytes_inter; // part crossing nodes
     // The fixed-k_base counterfactual (routes->base_expert) on the same placement.
     int64_t base_pairs, base_sends, base_dest_ranks;
     int64_t base_dispatch_bytes, base_combine_bytes;
     int64_t base_dispatch_bytes_inter, base_combine_bytes_inter;
-    int64_t planned_bytes;    // dispatch_bytes + combine_bytes, from the plan
+    int64_t planned_bytes; // dispatch_bytes + combine_bytes, from the plan
     // Bytes counted where they arrived: dispatch records this rank decoded
     // from other ranks, plus combine rows it decoded for its own tokens.
     // Per rank it differs from planned_bytes (dispatch is planned at the
     // sender); summed over ranks the two are equal.
     int64_t measured_bytes;
-    int64_t recv_pairs;       // (token, expert) pairs computed on this rank (its load)
-    int64_t recv_tokens;      // records computed on this rank (own local ones incl.)
+    int64_t recv_pairs;  // (token, expert) pairs computed on this rank (its load)
+    int64_t recv_tokens; // records computed on this rank (own local ones incl.)
 } ep_comm_stats;
 void ep_comm_stats_add(ep_comm_stats *acc, const ep_comm_stats *s);
 
@@ -81,9 +81,8 @@ typedef struct {
     // exchanges in the same order. EP_ERR_ARG when EP_TRANSPORT_MAX_INFLIGHT
     // are in flight already.
     ep_status (*alltoallv_start)(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
-                                 const int64_t *send_off, void *recvbuf,
-                                 const int64_t *recv_bytes, const int64_t *recv_off,
-                                 ep_transport_req **req);
+                                 const int64_t *send_off, void *recvbuf, const int64_t *recv_bytes,
+                                 const int64_t *recv_off, ep_transport_req **req);
     // Returns when req's data has arrived and frees req; adds the bytes it
     // sent to other ranks to t->bytes_moved and to *moved (NULL ok). Waits
     // may come in any order.
@@ -101,8 +100,8 @@ void ep_transport_free(ep_transport *t); // NULL ok
 // The blocking exchange: alltoallv_start then alltoallv_wait, for any
 // transport. Adds the bytes sent to other ranks to t->bytes_moved.
 ep_status ep_transport_alltoallv(ep_transport *t, const void *sendbuf, const int64_t *send_bytes,
-                                 const int64_t *send_off, void *recvbuf,
-                                 const int64_t *recv_bytes, const int64_t *recv_off);
+                                 const int64_t *send_off, void *recvbuf, const int64_t *recv_bytes,
+                                 const int64_t *recv_off);
 // The reference `bench comm` times the transport against: one blocking
 // MPI_Alltoallv on the cluster's communicator, counts and offsets in 4-byte
 // words, the self part through MPI too, no watch. Collective.

@@ -149,8 +149,8 @@ void ep_dispatch_plan_build(ep_dispatch_plan *pl, const ep_routes *r, const ep_p
         const int *be = r->base_expert + (size_t)i * r->k_base;
         for (int j = 0; j < r->k_base; j++)
             EP_ASSERT(be[j] >= 0 && be[j] < p->n_experts);
-        const int gb =
-            ep_dispatch_group_row(be, NULL, p->rank_of, 0, r->k_base, pl->row_dest, pl->row_n, NULL);
+        const int gb = ep_dispatch_group_row(be, NULL, p->rank_of, 0, r->k_base, pl->row_dest,
+                                             pl->row_n, NULL);
         check_dests(pl, pl->row_dest, gb);
         cost_groups(pl, pl->row_dest, pl->row_n, gb, crow_bytes, &base);
     }

@@ -41,7 +41,7 @@ typedef struct {
 
     // Capacity (grown by build, never shrunk).
     size_t grp_cap, pair_cap;
-    int row_cap;          // room of the row scratch
+    int row_cap;           // room of the row scratch
     int *row_dest, *row_n; // [row_cap] one row's groups (counterfactual)
 } ep_dispatch_plan;
 

@@ -200,7 +200,7 @@ static inline uint8_t ep_e4m3_code(float q)
     uint32_t u = ep_f32_bits(q), a = u & 0x7fffffffu;
     uint32_t normal = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
     uint32_t sub = ep_f32_bits(ep_bits_f32(a) + 0x1p14f) - 0x46800000u; // bits of 2^14
-    uint32_t is_sub = 0u - (uint32_t)(a < 0x3c800000u);           // below 2^-6
+    uint32_t is_sub = 0u - (uint32_t)(a < 0x3c800000u);                 // below 2^-6
     uint32_t c = (sub & is_sub) | (normal & ~is_sub);
     uint32_t sat = 0u - (uint32_t)(a >= 0x43e00000u); // 448 and above
     c = (c & ~sat) | (0x7eu & sat);

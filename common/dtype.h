@@ -23,17 +23,17 @@ typedef enum {
     EP_DTYPE_COUNT
 } ep_dtype;
 
-size_t ep_dtype_size(ep_dtype t);          // bytes per element
-const char *ep_dtype_name(ep_dtype t);     // safetensors spelling: "BF16", "F8_E4M3", ...
+size_t ep_dtype_size(ep_dtype t);                  // bytes per element
+const char *ep_dtype_name(ep_dtype t);             // safetensors spelling: "BF16", "F8_E4M3", ...
 bool ep_dtype_parse(const char *s, ep_dtype *out); // false when unknown
 bool ep_dtype_is_float(ep_dtype t);
 
 float ep_bf16_to_f32(uint16_t h);
-uint16_t ep_f32_to_bf16(float f);          // round to nearest even; NaN stays NaN
+uint16_t ep_f32_to_bf16(float f); // round to nearest even; NaN stays NaN
 float ep_f16_to_f32(uint16_t h);
 uint16_t ep_f32_to_f16(float f);
 float ep_fp8_e4m3_to_f32(uint8_t v);
-uint8_t ep_f32_to_fp8_e4m3(float f);       // saturates to +-448
+uint8_t ep_f32_to_fp8_e4m3(float f); // saturates to +-448
 float ep_fp8_e5m2_to_f32(uint8_t v);
 // fp32 <-> its IEEE-754 bit pattern.
 static inline uint32_t ep_f32_bits(float f)
@@ -48,7 +48,10 @@ static inline float ep_bits_f32(uint32_t u)
     memcpy(&f, &u, sizeof f);
     return f;
 }
-static inline float ep_bf16_round(float f) { return ep_bf16_to_f32(ep_f32_to_bf16(f)); }
+static inline float ep_bf16_round(float f)
+{
+    return ep_bf16_to_f32(ep_f32_to_bf16(f));
+}
 
 // ---- fp8 rows (the fp8 dispatch wire, as DeepEP sends it) -----------------
 // One row of `hidden` values is quantized in groups of EP_FP8_GROUP channels

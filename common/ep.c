@@ -15,16 +15,26 @@ static ep_log_level ep_log_min = EP_LOG_INFO;
 const char *ep_status_str(ep_status st)
 {
     switch (st) {
-    case EP_OK: return "ok";
-    case EP_ERR_IO: return "I/O error";
-    case EP_ERR_FORMAT: return "format error";
-    case EP_ERR_CONFIG: return "config error";
-    case EP_ERR_ARG: return "bad argument";
-    case EP_ERR_NOMEM: return "out of memory";
-    case EP_ERR_COMM: return "communication error";
-    case EP_ERR_UNSUPPORTED: return "unsupported";
-    case EP_ERR_BUSY: return "busy";
-    case EP_ERR_UNAVAILABLE: return "unavailable";
+    case EP_OK:
+        return "ok";
+    case EP_ERR_IO:
+        return "I/O error";
+    case EP_ERR_FORMAT:
+        return "format error";
+    case EP_ERR_CONFIG:
+        return "config error";
+    case EP_ERR_ARG:
+        return "bad argument";
+    case EP_ERR_NOMEM:
+        return "out of memory";
+    case EP_ERR_COMM:
+        return "communication error";
+    case EP_ERR_UNSUPPORTED:
+        return "unsupported";
+    case EP_ERR_BUSY:
+        return "busy";
+    case EP_ERR_UNAVAILABLE:
+        return "unavailable";
     }
     return "unknown status";
 }
@@ -48,9 +58,12 @@ ep_status ep_error_prefix(ep_status st, const char *fmt, ...)
     memcpy(old, ep_errbuf, sizeof old);
     // Bounded concatenation "prefix: old" (a long message is cut, never overrun).
     size_t n = 0, cap = sizeof ep_errbuf - 1;
-    for (const char *p = prefix; *p && n < cap; p++) ep_errbuf[n++] = *p;
-    for (const char *p = ": "; *p && n < cap; p++) ep_errbuf[n++] = *p;
-    for (const char *p = old; *p && n < cap; p++) ep_errbuf[n++] = *p;
+    for (const char *p = prefix; *p && n < cap; p++)
+        ep_errbuf[n++] = *p;
+    for (const char *p = ": "; *p && n < cap; p++)
+        ep_errbuf[n++] = *p;
+    for (const char *p = old; *p && n < cap; p++)
+        ep_errbuf[n++] = *p;
     ep_errbuf[n] = '\0';
     return st;
 }

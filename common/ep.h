@@ -40,8 +40,8 @@ typedef enum { EP_LOG_DEBUG, EP_LOG_INFO, EP_LOG_WARN, EP_LOG_ERROR } ep_log_lev
 void ep_log_set_rank(int rank);
 void ep_log_set_level(ep_log_level lvl);
 void ep_log(ep_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#define EP_INFO(...) ep_log(EP_LOG_INFO, __VA_ARGS__)
-#define EP_WARN(...) ep_log(EP_LOG_WARN, __VA_ARGS__)
+#define EP_INFO(...)  ep_log(EP_LOG_INFO, __VA_ARGS__)
+#define EP_WARN(...)  ep_log(EP_LOG_WARN, __VA_ARGS__)
 #define EP_ERROR(...) ep_log(EP_LOG_ERROR, __VA_ARGS__)
 #define EP_DEBUG(...) ep_log(EP_LOG_DEBUG, __VA_ARGS__)
 
@@ -59,8 +59,8 @@ void *ep_xcalloc(size_t n, size_t size);
 void *ep_xrealloc(void *p, size_t n);
 char *ep_xstrdup(const char *s);
 
-#define EP_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define EP_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define EP_MIN(a, b)    ((a) < (b) ? (a) : (b))
+#define EP_MAX(a, b)    ((a) > (b) ? (a) : (b))
 #define EP_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 // Monotonic wall clock in microseconds.

@@ -23,22 +23,22 @@ typedef struct {
     int max_pos;      // max_position_embeddings
     float rms_eps;    // rms_norm_eps
     float rope_theta;
-    bool qk_norm;     // Qwen3 q_norm/k_norm
+    bool qk_norm; // Qwen3 q_norm/k_norm
     bool tie_embeddings;
 
     // MoE
-    int n_experts;    // routed experts (num_experts / n_routed_experts)
-    int k_base;       // num_experts_per_tok
-    int moe_inter;    // moe_intermediate_size
-    int n_shared;     // shared experts (DeepSeek n_shared_experts; 0 for Qwen3)
-    int first_k_dense;// layers [0, first_k_dense) are dense (first_k_dense_replace)
+    int n_experts;     // routed experts (num_experts / n_routed_experts)
+    int k_base;        // num_experts_per_tok
+    int moe_inter;     // moe_intermediate_size
+    int n_shared;      // shared experts (DeepSeek n_shared_experts; 0 for Qwen3)
+    int first_k_dense; // layers [0, first_k_dense) are dense (first_k_dense_replace)
     ep_topk_method topk_method;
-    int n_group, topk_group;     // group_limited_greedy; n_group 1 otherwise
+    int n_group, topk_group; // group_limited_greedy; n_group 1 otherwise
     bool norm_topk_prob;
     float routed_scaling_factor; // applied when !norm_topk_prob (DeepSeek); 1.0 for Qwen3
 
     // DeepSeek-V2 MLA (0 when not MLA)
-    int q_lora_rank;  // 0: q_proj (Lite); >0: q_a_proj/q_a_layernorm/q_b_proj
+    int q_lora_rank; // 0: q_proj (Lite); >0: q_a_proj/q_a_layernorm/q_b_proj
     int kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim;
     // YaRN rope scaling (has_yarn false: plain RoPE)
     bool has_yarn;
@@ -78,7 +78,7 @@ typedef int (*ep_tensor_fn)(void *user, const char *name, int ndim, const int64_
 void ep_model_for_each_tensor(const ep_model_cfg *cfg, ep_tensor_fn fn, void *user);
 
 // Tensor name helpers (HF naming). `proj` is "gate_proj", "up_proj" or "down_proj".
-void ep_name_gate(char *buf, size_t n, int layer);                 // model.layers.L.mlp.gate.weight
+void ep_name_gate(char *buf, size_t n, int layer); // model.layers.L.mlp.gate.weight
 void ep_name_expert(char *buf, size_t n, int layer, int e, const char *proj);
 void ep_name_shared(char *buf, size_t n, int layer, const char *proj); // DeepSeek shared_experts
 

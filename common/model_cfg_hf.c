@@ -166,10 +166,11 @@ static ep_status hf_qwen3(const char *path, json_t *r, ep_model_cfg *c)
                          path, json_describe(v, found, sizeof found));
     v = json_object_get(r, "rope_scaling");
     if (v && !json_is_null(v))
-        return ep_errorf(EP_ERR_UNSUPPORTED,
-                         "%s: key 'rope_scaling': epserve does not support rope scaling for qwen3_moe: "
-                         "expected null, found %s",
-                         path, json_describe(v, found, sizeof found));
+        return ep_errorf(
+            EP_ERR_UNSUPPORTED,
+            "%s: key 'rope_scaling': epserve does not support rope scaling for qwen3_moe: "
+            "expected null, found %s",
+            path, json_describe(v, found, sizeof found));
     v = json_object_get(r, "use_sliding_window");
     if (json_is_true(v))
         return ep_errorf(EP_ERR_UNSUPPORTED,

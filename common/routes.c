@@ -34,7 +34,8 @@ ep_status ep_routes_check(const ep_routes *r, int n_experts)
     if (r->n_tokens < 0 || r->n_tokens > r->cap_tokens)
         return ep_errorf(EP_ERR_ARG, "routes: n_tokens %d outside [0, %d]", r->n_tokens,
                          r->cap_tokens);
-    if (r->offsets[0] != 0) return ep_errorf(EP_ERR_ARG, "routes: offsets[0] = %d, expected 0", r->offsets[0]);
+    if (r->offsets[0] != 0)
+        return ep_errorf(EP_ERR_ARG, "routes: offsets[0] = %d, expected 0", r->offsets[0]);
     for (int i = 0; i < r->n_tokens; i++) {
         int b = r->offsets[i], e = r->offsets[i + 1];
         if (e - b < 1 || e - b > r->max_k)

@@ -7,15 +7,15 @@
 
 #include "common/dtype.h"
 
-#define EP_ST_MAX_DIMS 8
+#define EP_ST_MAX_DIMS   8
 #define EP_ST_MAX_HEADER (100u * 1024 * 1024) // as the reference implementation
 
 typedef struct {
-    const char *name;               // owned by the file
+    const char *name; // owned by the file
     ep_dtype dtype;
     int ndim;
     int64_t shape[EP_ST_MAX_DIMS];
-    const void *data;               // into the mapping; read-only
+    const void *data; // into the mapping; read-only
     size_t nbytes;
 } ep_st_tensor;
 
@@ -25,7 +25,7 @@ void ep_st_close(ep_st_file *f); // NULL ok
 int ep_st_count(const ep_st_file *f);
 const ep_st_tensor *ep_st_get(const ep_st_file *f, int i);
 const ep_st_tensor *ep_st_find(const ep_st_file *f, const char *name); // NULL when absent
-const char *ep_st_metadata(const ep_st_file *f, const char *key);    // NULL when absent
+const char *ep_st_metadata(const ep_st_file *f, const char *key);      // NULL when absent
 
 // A checkpoint directory: model.safetensors.index.json when present (shard
 // names read from its weight_map, never guessed), else model.safetensors.
@@ -52,7 +52,7 @@ typedef struct {
 ep_status ep_st_write(const char *path, const ep_st_entry *entries, int n,
                       const char *const *metadata);
 // Writes model.safetensors.index.json: weight_map name -> file, total_size.
-ep_status ep_st_write_index(const char *path, const char *const *names,
-                            const char *const *files, int n, uint64_t total_size);
+ep_status ep_st_write_index(const char *path, const char *const *names, const char *const *files,
+                            int n, uint64_t total_size);
 
 #endif

@@ -169,7 +169,8 @@ ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const i
     }
     ep_synth_tensor(w->cfg, name, ndim, shape, dst);
     size_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
     count_read(w, name, n * sizeof(float));
     return EP_OK;
 }

@@ -49,16 +49,18 @@ void ep_synth_tensor(const ep_model_cfg *cfg, const char *name, int ndim, const 
                      float *dst);
 // The MoE-layer input (post-attention-norm hidden state) of token `token` (a
 // global index) at `layer` for `domain`, stream `seed`: hidden floats.
-void ep_synth_hidden(const ep_model_cfg *cfg, uint64_t seed, int layer, int domain,
-                     int64_t token, float *x);
+void ep_synth_hidden(const ep_model_cfg *cfg, uint64_t seed, int layer, int domain, int64_t token,
+                     float *x);
 
 // Small deterministic RNG (splitmix64 seeding + xoshiro256**), for all
 // generated data in epserve so that runs are reproducible across ranks.
-typedef struct { uint64_t s[4]; } ep_rng;
+typedef struct {
+    uint64_t s[4];
+} ep_rng;
 void ep_rng_seed(ep_rng *r, uint64_t seed);
 uint64_t ep_rng_next(ep_rng *r);
-double ep_rng_uniform(ep_rng *r);   // [0, 1)
-double ep_rng_normal(ep_rng *r);    // N(0, 1)
+double ep_rng_uniform(ep_rng *r);                              // [0, 1)
+double ep_rng_normal(ep_rng *r);                               // N(0, 1)
 uint64_t ep_hash64(const void *data, size_t n, uint64_t seed); // FNV-1a then splitmix finalizer
 
 // ---- synthetic checkpoints (common/synth_ckpt.c) ---------------------------

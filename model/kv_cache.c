@@ -18,8 +18,8 @@ struct ep_kv {
     float *pool;   // [n_blocks * n_layers * block_tokens * row_floats]
     int *free_ids; // [n_blocks] stack of free block ids
     int n_free;
-    kv_seq *seqs;  // [max_seqs]
-    int *table;    // [max_seqs * max_blocks_per_seq] block ids
+    kv_seq *seqs; // [max_seqs]
+    int *table;   // [max_seqs * max_blocks_per_seq] block ids
 };
 
 ep_status ep_kv_init(const ep_kv_opts *o, ep_kv **out)
@@ -50,7 +50,8 @@ ep_status ep_kv_init(const ep_kv_opts *o, ep_kv **out)
                          o->row_floats);
     }
     // Lowest ids on top of the stack, so a fresh cache hands out 0, 1, 2, ...
-    for (int i = 0; i < o->n_blocks; i++) kv->free_ids[i] = o->n_blocks - 1 - i;
+    for (int i = 0; i < o->n_blocks; i++)
+        kv->free_ids[i] = o->n_blocks - 1 - i;
     kv->n_free = o->n_blocks;
     *out = kv;
     return EP_OK;
@@ -95,7 +96,8 @@ void ep_kv_seq_free(ep_kv *kv, int seq)
     kv_seq *s = &kv->seqs[seq];
     const int *t = kv->table + (size_t)seq * kv->max_blocks_per_seq;
     // Back in reverse, so the next sequence reuses them in the same order.
-    for (int i = s->n_blocks - 1; i >= 0; i--) kv->free_ids[kv->n_free++] = t[i];
+    for (int i = s->n_blocks - 1; i >= 0; i--)
+        kv->free_ids[kv->n_free++] = t[i];
     *s = (kv_seq){0};
 }
 
@@ -133,7 +135,8 @@ ep_status ep_kv_reserve(ep_kv *kv, int seq, int n)
                          "free (n_blocks)",
                          seq, need - s->n_blocks, kv->o.block_tokens, kv->n_free, kv->o.n_blocks);
     int *t = kv->table + (size_t)seq * kv->max_blocks_per_seq;
-    while (s->n_blocks < need) t[s->n_blocks++] = kv->free_ids[--kv->n_free];
+    while (s->n_blocks < need)
+        t[s->n_blocks++] = kv->free_ids[--kv->n_free];
     return EP_OK;
 }
 

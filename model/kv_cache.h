@@ -20,7 +20,7 @@ typedef struct {
 
 typedef struct ep_kv ep_kv;
 ep_status ep_kv_init(const ep_kv_opts *o, ep_kv **out); // EP_ERR_ARG / EP_ERR_NOMEM
-void ep_kv_free(ep_kv *kv);                              // NULL ok
+void ep_kv_free(ep_kv *kv);                             // NULL ok
 const ep_kv_opts *ep_kv_options(const ep_kv *kv);
 
 // A new empty sequence; EP_ERR_NOMEM naming max_seqs when every slot is taken.

@@ -65,11 +65,11 @@ ep_status ep_model_forward(ep_model *m, const ep_policy *p, const ep_batch *b, f
 // Every pointer may be NULL; the arrays are added to (not cleared), sized by
 // the caller.
 typedef struct {
-    ep_comm_stats *layer;  // [n_layers] counters of each layer (dense layers stay 0)
-    int64_t *seq_pairs;    // [n_seqs of the batch] (token, expert) pairs of each
-                           // sequence's new tokens over all MoE layers
-    int64_t *expert_load;  // [n_layers * n_experts] pairs this rank's tokens routed
-                           // to each expert (logical ids)
+    ep_comm_stats *layer; // [n_layers] counters of each layer (dense layers stay 0)
+    int64_t *seq_pairs;   // [n_seqs of the batch] (token, expert) pairs of each
+                          // sequence's new tokens over all MoE layers
+    int64_t *expert_load; // [n_layers * n_experts] pairs this rank's tokens routed
+                          // to each expert (logical ids)
 } ep_forward_stats;
 // ep_model_forward plus the detail above (fs may be NULL).
 ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,

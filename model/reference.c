@@ -25,9 +25,11 @@ static void ref_linear(const float *x, const float *w, int rows, int n_out, int 
 static void ref_rmsnorm(const float *x, const float *w, int n, float eps, float *out)
 {
     double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
     double inv = 1.0 / sqrt(ss / n + eps);
-    for (int i = 0; i < n; i++) out[i] = (float)(x[i] * inv * w[i]);
+    for (int i = 0; i < n; i++)
+        out[i] = (float)(x[i] * inv * w[i]);
 }
 
 // rotate_half RoPE (NeoX): the pairs are (i, i + dim/2).
@@ -73,10 +75,12 @@ static void ref_head(const float *q, int q_stride, const float *k, int k_stride,
             p[s] = d * scale;
             if (p[s] > mx) mx = p[s];
         }
-        for (int s = 0; s <= t; s++) sum += (p[s] = exp(p[s] - mx));
+        for (int s = 0; s <= t; s++)
+            sum += (p[s] = exp(p[s] - mx));
         for (int j = 0; j < dv; j++) {
             double o = 0;
-            for (int s = 0; s <= t; s++) o += p[s] * v[(size_t)s * v_stride + j];
+            for (int s = 0; s <= t; s++)
+                o += p[s] * v[(size_t)s * v_stride + j];
             out[(size_t)t * o_stride + j] = (float)(o / sum);
         }
     }
@@ -140,8 +144,7 @@ static void ref_mla(ep_model *m, int l, const float *xn, int n, float *att)
     float *kv = ep_xmalloc((size_t)n * nh * kvb * sizeof(float));
     ref_linear(xn, L->wkv_a, n, R + rope, H, ckv);
     for (int t = 0; t < n; t++)
-        ref_rmsnorm(ckv + (size_t)t * (R + rope), L->kv_a_norm, R, c->rms_eps,
-                    lat + (size_t)t * R);
+        ref_rmsnorm(ckv + (size_t)t * (R + rope), L->kv_a_norm, R, c->rms_eps, lat + (size_t)t * R);
     ref_linear(lat, L->wkv_b, n, nh * kvb, R, kv);
     // Full keys [n, nh, nope + rope] (k_pe shared by every head) and values.
     float *key = ep_xmalloc((size_t)n * nh * qhd * sizeof(float));
@@ -174,12 +177,16 @@ ep_status ep_model_reference(ep_model *m, const ep_policy *p, const int *tokens,
     const ep_model_cfg *c = m->cfg;
     const int H = c->hidden;
     if (n < 1 || n > m->opts.moe.cap_tokens || n > m->opts.max_ctx)
-        return ep_errorf(EP_ERR_ARG, "model reference: %d tokens, expected 1..%d (cap_tokens, "
-                         "max_ctx)", n, EP_MIN(m->opts.moe.cap_tokens, m->opts.max_ctx));
+        return ep_errorf(EP_ERR_ARG,
+                         "model reference: %d tokens, expected 1..%d (cap_tokens, "
+                         "max_ctx)",
+                         n, EP_MIN(m->opts.moe.cap_tokens, m->opts.max_ctx));
     for (int t = 0; t < n; t++)
         if (tokens[t] < 0 || tokens[t] >= c->vocab)
-            return ep_errorf(EP_ERR_ARG, "model reference: token %d is id %d, expected 0..%d "
-                             "(vocab_size of %s)", t, tokens[t], c->vocab - 1, c->name);
+            return ep_errorf(EP_ERR_ARG,
+                             "model reference: token %d is id %d, expected 0..%d "
+                             "(vocab_size of %s)",
+                             t, tokens[t], c->vocab - 1, c->name);
     size_t nh_ = (size_t)n * H;
     float *x = ep_xmalloc(nh_ * sizeof(float)), *xn = ep_xmalloc(nh_ * sizeof(float));
     float *y = ep_xmalloc(nh_ * sizeof(float));
@@ -196,7 +203,8 @@ ep_status ep_model_reference(ep_model *m, const ep_policy *p, const int *tokens,
         else
             ref_qwen3(m, l, xn, n, att);
         ref_linear(att, L->wo, n, H, m->attn_out, y);
-        for (size_t i = 0; i < nh_; i++) x[i] += y[i];
+        for (size_t i = 0; i < nh_; i++)
+            x[i] += y[i];
         for (int t = 0; t < n; t++)
             ref_rmsnorm(x + (size_t)t * H, L->post_norm, H, c->rms_eps, xn + (size_t)t * H);
         if (ep_model_layer_is_moe(c, l)) {
@@ -215,7 +223,8 @@ ep_status ep_model_reference(ep_model *m, const ep_policy *p, const int *tokens,
             free(u);
         }
         if (!s)
-            for (size_t i = 0; i < nh_; i++) x[i] += y[i];
+            for (size_t i = 0; i < nh_; i++)
+                x[i] += y[i];
     }
     if (!s) {
         for (int t = 0; t < n; t++)

@@ -55,10 +55,10 @@ ep_status ep_rope_init(ep_rope *r, const ep_model_cfg *c)
     // YaRN: high-frequency dims keep their frequency (extrapolate), low ones
     // are divided by factor (interpolate), a linear ramp in between.
     double f = c->yarn_factor;
-    int low = (int)floor(correction_dim(c->yarn_beta_fast, r->dim, c->rope_theta,
-                                        c->yarn_orig_max_pos));
-    int high = (int)ceil(correction_dim(c->yarn_beta_slow, r->dim, c->rope_theta,
-                                        c->yarn_orig_max_pos));
+    int low =
+        (int)floor(correction_dim(c->yarn_beta_fast, r->dim, c->rope_theta, c->yarn_orig_max_pos));
+    int high =
+        (int)ceil(correction_dim(c->yarn_beta_slow, r->dim, c->rope_theta, c->yarn_orig_max_pos));
     if (low < 0) low = 0;
     if (high > r->dim - 1) high = r->dim - 1;
     float lo = (float)low, hi = (float)high;
@@ -70,8 +70,8 @@ ep_status ep_rope_init(ep_rope *r, const ep_model_cfg *c)
         float inter = (float)(1.0 / (f * pow((double)c->rope_theta, (double)(2 * i) / r->dim)));
         r->inv_freq[i] = inter * (1.0f - keep) + extra[i] * keep;
     }
-    r->cs_scale = (float)(ep_yarn_mscale(f, c->yarn_mscale) /
-                          ep_yarn_mscale(f, c->yarn_mscale_all_dim));
+    r->cs_scale =
+        (float)(ep_yarn_mscale(f, c->yarn_mscale) / ep_yarn_mscale(f, c->yarn_mscale_all_dim));
     return EP_OK;
 }
 

@@ -81,13 +81,15 @@ static int by_logit_desc(const void *a, const void *b)
 static int kept_set(ep_sampler *s, const float *logits)
 {
     int V = s->vocab;
-    for (int i = 0; i < V; i++) s->idx[i] = i;
+    for (int i = 0; i < V; i++)
+        s->idx[i] = i;
     sort_logits = logits;
     qsort(s->idx, (size_t)V, sizeof(int), by_logit_desc);
     int n = s->p.top_k > 0 && s->p.top_k < V ? s->p.top_k : V;
     double top = logit_at(logits, s->idx[0]), sum = 0;
     if (isinf(top) && top < 0) { // every logit -inf (or NaN): uniform over the kept set
-        for (int i = 0; i < n; i++) s->prob[i] = 1.0 / n;
+        for (int i = 0; i < n; i++)
+            s->prob[i] = 1.0 / n;
         sum = 1.0;
     } else {
         for (int i = 0; i < n; i++) {
@@ -104,8 +106,10 @@ static int kept_set(ep_sampler *s, const float *logits)
     }
     if (keep < n) {
         double mass = 0;
-        for (int i = 0; i < keep; i++) mass += s->prob[i];
-        for (int i = 0; i < keep; i++) s->prob[i] /= mass;
+        for (int i = 0; i < keep; i++)
+            mass += s->prob[i];
+        for (int i = 0; i < keep; i++)
+            s->prob[i] /= mass;
     }
     return keep;
 }
@@ -124,13 +128,15 @@ int ep_sampler_sample(ep_sampler *s, const float *logits)
 
 void ep_sampler_probs(ep_sampler *s, const float *logits, float *prob)
 {
-    for (int i = 0; i < s->vocab; i++) prob[i] = 0.0f;
+    for (int i = 0; i < s->vocab; i++)
+        prob[i] = 0.0f;
     if (s->p.temperature == 0.0f || s->p.top_k == 1) {
         prob[argmax(logits, s->vocab)] = 1.0f;
         return;
     }
     int n = kept_set(s, logits);
-    for (int i = 0; i < n; i++) prob[s->idx[i]] = (float)s->prob[i];
+    for (int i = 0; i < n; i++)
+        prob[s->idx[i]] = (float)s->prob[i];
 }
 
 ep_stop_reason ep_stop_check(const ep_stop_params *p, int token, int n_generated)
@@ -144,8 +150,11 @@ ep_stop_reason ep_stop_check(const ep_stop_params *p, int token, int n_generated
 const char *ep_stop_reason_str(ep_stop_reason r)
 {
     switch (r) {
-    case EP_STOP_EOS: return "stop";
-    case EP_STOP_LENGTH: return "length";
-    default: return NULL;
+    case EP_STOP_EOS:
+        return "stop";
+    case EP_STOP_LENGTH:
+        return "length";
+    default:
+        return NULL;
     }
 }

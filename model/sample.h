@@ -10,8 +10,8 @@
 typedef struct {
     float temperature; // 0: greedy (argmax, lowest id on ties)
     int top_k;         // 0: no limit
-    float top_p;       // 1: no limit; keeps the smallest set of most likely tokens with mass >= top_p
-    uint64_t seed;     // the request's RNG stream
+    float top_p;   // 1: no limit; keeps the smallest set of most likely tokens with mass >= top_p
+    uint64_t seed; // the request's RNG stream
 } ep_sample_params;
 void ep_sample_params_default(ep_sample_params *p); // greedy, top_k 0, top_p 1, seed 0
 
@@ -28,9 +28,9 @@ void ep_sampler_probs(ep_sampler *s, const float *logits, float *prob);
 
 typedef enum { EP_STOP_NONE, EP_STOP_EOS, EP_STOP_LENGTH } ep_stop_reason;
 typedef struct {
-    const int *eos;  // [n_eos] token ids that end the request
+    const int *eos; // [n_eos] token ids that end the request
     int n_eos;
-    int max_tokens;  // most generated tokens (>= 1)
+    int max_tokens; // most generated tokens (>= 1)
 } ep_stop_params;
 // After generating `token` as the n_generated-th token (1-based): EOS wins
 // over length when both hold.

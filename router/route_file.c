@@ -66,7 +66,8 @@ ep_status ep_route_file(const ep_model_cfg *m, const ep_policy *p, int layer, co
     }
     if (T > INT64_MAX / ((int64_t)E * 4)) {
         fclose(in);
-        return ep_errorf(EP_ERR_ARG, "--tokens: %lld tokens x %d experts x 4 bytes overflows a file size",
+        return ep_errorf(EP_ERR_ARG,
+                         "--tokens: %lld tokens x %d experts x 4 bytes overflows a file size",
                          (long long)T, E);
     }
     int64_t want = T * E * 4;

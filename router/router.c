@@ -12,13 +12,13 @@
 struct ep_router {
     ep_model_cfg cfg; // copy: the router outlives nothing it borrows
     int cap_tokens;
-    float *logits;     // [cap_tokens, n_experts] gate logits of ep_router_route
-    float *score;      // [n_experts] softmax scores of the current token
-    uint8_t *allowed;  // [n_experts] group mask of the current token
-    int *cand;         // [n_experts] candidates, score descending
-    float *cand_score; // [n_experts]
-    int *kept;         // [n_experts] the policy's choice
-    int *scratch;      // [n_experts] lent to the policy
+    float *logits;      // [cap_tokens, n_experts] gate logits of ep_router_route
+    float *score;       // [n_experts] softmax scores of the current token
+    uint8_t *allowed;   // [n_experts] group mask of the current token
+    int *cand;          // [n_experts] candidates, score descending
+    float *cand_score;  // [n_experts]
+    int *kept;          // [n_experts] the policy's choice
+    int *scratch;       // [n_experts] lent to the policy
     int64_t *rank_load; // [load_cap] laser's running load per rank (router.h)
     int load_cap;
 };
@@ -74,7 +74,8 @@ __attribute__((target("avx512f"))) static inline __m512 chunk(const float *p, in
 __attribute__((target("avx512f"))) static float dot_avx512(const float *a, const float *b, int H)
 {
     __m512 acc = _mm512_setzero_ps();
-    for (int h = 0; h < H; h += 16) acc = _mm512_fmadd_ps(chunk(a, h, H), chunk(b, h, H), acc);
+    for (int h = 0; h < H; h += 16)
+        acc = _mm512_fmadd_ps(chunk(a, h, H), chunk(b, h, H), acc);
     return _mm512_reduce_add_ps(acc);
 }
 
@@ -89,18 +90,19 @@ EP_GATE_INLINE void gate_block_step(__m512 acc[4][4], const float *x0, const flo
     const __mmask16 k = tail ? (__mmask16)((1u << (H - h)) - 1u) : (__mmask16)0xffff;
     __m512 wv[4];
 #pragma GCC unroll 4
-    for (int e = 0; e < 4; e++) wv[e] = _mm512_maskz_loadu_ps(k, w0 + (size_t)e * H + h);
+    for (int e = 0; e < 4; e++)
+        wv[e] = _mm512_maskz_loadu_ps(k, w0 + (size_t)e * H + h);
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++) {
         const __m512 xv = _mm512_maskz_loadu_ps(k, x0 + (size_t)t * H + h);
 #pragma GCC unroll 4
-        for (int e = 0; e < 4; e++) acc[t][e] = _mm512_fmadd_ps(xv, wv[e], acc[t][e]);
+        for (int e = 0; e < 4; e++)
+            acc[t][e] = _mm512_fmadd_ps(xv, wv[e], acc[t][e]);
     }
 }
 
-__attribute__((target("avx512f"))) static void gate_avx512(const float *x, int T, int H,
-                                                           const float *gate_w, int E,
-                                                           float *logits)
+__attribute__((target("avx512f"))) static void
+gate_avx512(const float *x, int T, int H, const float *gate_w, int E, float *logits)
 {
     enum { TB = 4, EB = 4 };
     const int H16 = H & ~15;
@@ -114,9 +116,11 @@ __attribute__((target("avx512f"))) static void gate_avx512(const float *x, int T
 #pragma GCC unroll 4
             for (int t = 0; t < TB; t++)
 #pragma GCC unroll 4
-                for (int e = 0; e < EB; e++) acc[t][e] = _mm512_setzero_ps();
+                for (int e = 0; e < EB; e++)
+                    acc[t][e] = _mm512_setzero_ps();
             int h = 0;
-            for (; h < H16; h += 16) gate_block_step(acc, x0, w0, H, h, false);
+            for (; h < H16; h += 16)
+                gate_block_step(acc, x0, w0, H, h, false);
             if (h < H) gate_block_step(acc, x0, w0, H, h, true);
 #pragma GCC unroll 4
             for (int t = 0; t < TB; t++)

@@ -61,8 +61,7 @@ const int64_t *ep_router_rank_load(const ep_router *r);
 // logits[t, e] = dot(x[t, :], gate_w[e, :]) in fp32, row-independent (a
 // token's logits are bit-identical alone or in any batch): AVX-512 FMA chains
 // in 4x4 register blocks where the CPU has AVX-512F, portable C otherwise.
-void ep_router_gate_logits(const float *x, int T, int H, const float *gate_w, int E,
-                           float *logits);
+void ep_router_gate_logits(const float *x, int T, int H, const float *gate_w, int E, float *logits);
 // In-place numerically stable softmax over n values (fp32, as HF does).
 void ep_router_softmax(float *row, int n);
 // Indices of the k largest scores among those with allowed[e] != 0 (allowed
@@ -72,8 +71,7 @@ int ep_router_topk(const float *score, int n, int k, const uint8_t *allowed, int
 // DeepSeek group_limited_greedy: group score = max score in each of n_group
 // contiguous groups; allowed[e] = 1 for experts of the best topk_group groups
 // (ties -> lower group id), 0 otherwise.
-void ep_router_group_mask(const float *score, int n, int n_group, int topk_group,
-                          uint8_t *allowed);
+void ep_router_group_mask(const float *score, int n, int n_group, int topk_group, uint8_t *allowed);
 // Combine weights for the kept experts idx[0..k): Qwen3 and DeepSeek with
 // norm_topk_prob: score / sum(kept scores) (+1e-20 for DeepSeek, as its code);
 // otherwise score * routed_scaling_factor.

@@ -33,14 +33,15 @@ typedef struct {
     int64_t slot_budget;     // per rank, predicted Σ K of a step over MoE layers
                              // (0: max_tokens_per_step tokens at k_base)
     int max_waiting;         // requests waiting before submit says EP_ERR_BUSY (default 256)
-    double step_timeout_s;   // a step not finished on every rank within this is a failure (default 30)
+    double
+        step_timeout_s; // a step not finished on every rank within this is a failure (default 30)
     // Routing profiles, created on every rank at ep_engine_create: policy
     // names (baseline, ban, ...) or routing YAML files / presets (what
     // ep_policy_create accepts). [0] is the default. No file is ever opened
     // because of a request: requests name one of these.
     const char *const *routings;
-    int n_routings;          // >= 1
-    bool exit_when_idle;     // ep_engine_run returns once nothing runs or waits (generate, tests)
+    int n_routings;      // >= 1
+    bool exit_when_idle; // ep_engine_run returns once nothing runs or waits (generate, tests)
 } ep_engine_opts;
 // Defaults from the model (ep_model_opts_default), routings {"baseline"}.
 void ep_engine_opts_default(ep_engine_opts *o, const ep_model_cfg *cfg, int world_size);
@@ -60,22 +61,22 @@ int ep_engine_n_routings(const ep_engine *e);
 
 // ---- requests (rank 0) -----------------------------------------------------
 typedef struct {
-    const int *prompt;         // [n_prompt] token ids, copied
-    int n_prompt;              // >= 1
+    const int *prompt; // [n_prompt] token ids, copied
+    int n_prompt;      // >= 1
     ep_sample_params sample;
-    int max_tokens;            // generated tokens, >= 1
-    const char *const *stop;   // [n_stop] stop strings, copied (need a tokenizer)
+    int max_tokens;          // generated tokens, >= 1
+    const char *const *stop; // [n_stop] stop strings, copied (need a tokenizer)
     int n_stop;
     bool ignore_eos;
-    int routing;               // index of opts.routings, -1: the default [0]
-    const char *pick_domain;   // NULL or "": the profile's own; else a domain of the profile
+    int routing;             // index of opts.routings, -1: the default [0]
+    const char *pick_domain; // NULL or "": the profile's own; else a domain of the profile
 } ep_request;
 
 typedef enum { EP_EV_TOKEN, EP_EV_FINISH, EP_EV_ERROR } ep_event_kind;
 typedef struct {
     ep_event_kind kind;
     uint64_t id;
-    int token;                 // EV_TOKEN: the generated id
+    int token; // EV_TOKEN: the generated id
     // EV_TOKEN and EV_FINISH: UTF-8 text released since the previous event
     // (possibly empty: bytes of an unfinished character or of a possible stop
     // string are held back until they resolve; a matched stop string and all
@@ -84,7 +85,7 @@ typedef struct {
     size_t text_len;
     const char *finish_reason; // EV_FINISH: "stop" (EOS or stop string), "length", "abort"
     int prompt_tokens, completion_tokens;
-    ep_status error;           // EV_ERROR: what failed; message names it
+    ep_status error; // EV_ERROR: what failed; message names it
     const char *message;
 } ep_event;
 // Called on the engine thread of rank 0. Must return quickly and must not
@@ -124,9 +125,9 @@ typedef struct {
     int64_t finished, aborted, failed;        // requests ended, since start
     int64_t prompt_tokens, generation_tokens; // since start
     int64_t steps;
-    int last_step_tokens;                     // over all ranks
-    double last_step_slots;                   // predicted Σ K the planner admitted
-    int64_t kv_blocks_used, kv_blocks_total;  // over all ranks
+    int last_step_tokens;                    // over all ranks
+    double last_step_slots;                  // predicted Σ K the planner admitted
+    int64_t kv_blocks_used, kv_blocks_total; // over all ranks
     // MoE, over all ranks and MoE layers since start (ep_comm_stats summed)
     int64_t moe_pairs, moe_base_pairs, moe_token_layers;
     int64_t dispatch_bytes, combine_bytes, base_dispatch_bytes, base_combine_bytes;

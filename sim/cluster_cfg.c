@@ -13,10 +13,10 @@
 // Achievable fractions of peak when a preset does not say (docs/scale.md):
 // large bf16 GEMMs reach ~60 % of the dense peak, streaming kernels ~80 % of
 // HBM bandwidth, all-to-all ~75 % of NVLink and ~80 % of the NIC line rate.
-#define EP_SIM_DEF_GEMM_EFF 0.6
-#define EP_SIM_DEF_HBM_EFF 0.8
+#define EP_SIM_DEF_GEMM_EFF   0.6
+#define EP_SIM_DEF_HBM_EFF    0.8
 #define EP_SIM_DEF_NVLINK_EFF 0.75
-#define EP_SIM_DEF_INTER_EFF 0.8
+#define EP_SIM_DEF_INTER_EFF  0.8
 #define EP_SIM_DEF_MEM_USABLE 0.9 // vLLM's gpu_memory_utilization default
 
 typedef struct {
@@ -27,8 +27,14 @@ typedef struct {
     size_t off; // offsetof into ep_sim_cluster (double or int field)
 } cluster_key;
 
-#define KD(k, req, lo, hi, f) {k, req, false, lo, hi, offsetof(ep_sim_cluster, f)}
-#define KI(k, req, lo, hi, f) {k, req, true, lo, hi, offsetof(ep_sim_cluster, f)}
+#define KD(k, req, lo, hi, f)                                                                      \
+    {                                                                                              \
+        k, req, false, lo, hi, offsetof(ep_sim_cluster, f)                                         \
+    }
+#define KI(k, req, lo, hi, f)                                                                      \
+    {                                                                                              \
+        k, req, true, lo, hi, offsetof(ep_sim_cluster, f)                                          \
+    }
 static const cluster_key cluster_keys[] = {
     KI("nodes", true, 1, 4096, n_nodes),
     KI("gpus_per_node", true, 1, 64, gpus_per_node),
@@ -104,8 +110,10 @@ static ep_status parse_doc(ep_yaml_doc *d, ep_sim_cluster *c)
             double x;
             if ((st = ep_yaml_double(d, v, key, &x))) return st;
             if (!(x >= ck->lo && x <= ck->hi))
-                return ep_errorf(EP_ERR_CONFIG, "%s:%d: key '%s': expected a number in [%g, %g], "
-                                 "found %g", d->path, ep_yaml_line(v), key, ck->lo, ck->hi, x);
+                return ep_errorf(EP_ERR_CONFIG,
+                                 "%s:%d: key '%s': expected a number in [%g, %g], "
+                                 "found %g",
+                                 d->path, ep_yaml_line(v), key, ck->lo, ck->hi, x);
             *(double *)field = x;
         }
     }
@@ -121,8 +129,9 @@ static ep_status load_file(const char *path, ep_sim_cluster *c)
 {
     const size_t len = strlen(path);
     if (len >= sizeof c->source)
-        return ep_errorf(EP_ERR_ARG, "cluster file %.80s...: a path of %zu bytes, expected under %zu",
-                         path, len, sizeof c->source);
+        return ep_errorf(EP_ERR_ARG,
+                         "cluster file %.80s...: a path of %zu bytes, expected under %zu", path,
+                         len, sizeof c->source);
     memset(c, 0, sizeof *c);
     memcpy(c->source, path, len + 1);
     c->gemm_eff = EP_SIM_DEF_GEMM_EFF;
@@ -144,16 +153,19 @@ ep_status ep_sim_cluster_validate(const ep_sim_cluster *c)
     if (c->n_nodes < 1 || c->gpus_per_node < 1)
         return ep_errorf(EP_ERR_CONFIG, "%s: nodes and gpus_per_node must be >= 1, found %d, %d",
                          src, c->n_nodes, c->gpus_per_node);
-    const double v[] = {c->mem_gb, c->hbm_GBps, c->bf16_tflops, c->nvlink_GBps, c->inter_GBps,
-                        c->gemm_eff, c->hbm_eff, c->nvlink_eff, c->inter_eff, c->mem_usable};
+    const double v[] = {c->mem_gb,   c->hbm_GBps, c->bf16_tflops, c->nvlink_GBps, c->inter_GBps,
+                        c->gemm_eff, c->hbm_eff,  c->nvlink_eff,  c->inter_eff,   c->mem_usable};
     for (size_t i = 0; i < EP_ARRAY_LEN(v); i++)
         if (!(v[i] > 0))
             return ep_errorf(EP_ERR_CONFIG,
                              "%s: bandwidths, FLOP/s, memory and efficiencies must be > 0, "
-                             "found %g (field %zu)", src, v[i], i);
+                             "found %g (field %zu)",
+                             src, v[i], i);
     if (c->redundant_experts < 0)
-        return ep_errorf(EP_ERR_CONFIG, "%s: key 'redundant_experts': expected an integer >= 0, "
-                         "found %d", src, c->redundant_experts);
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'redundant_experts': expected an integer >= 0, "
+                         "found %d",
+                         src, c->redundant_experts);
     if (c->nvlink_latency_us < 0 || c->inter_latency_us < 0)
         return ep_errorf(EP_ERR_CONFIG, "%s: latencies must be >= 0, found %g and %g", src,
                          c->nvlink_latency_us, c->inter_latency_us);
@@ -163,9 +175,12 @@ ep_status ep_sim_cluster_validate(const ep_sim_cluster *c)
 static void clusters_dir(char *buf, size_t n, int which)
 {
     const char *env = getenv("EP_CONFIG_DIR");
-    if (which == 0 && env && env[0]) snprintf(buf, n, "%s/../clusters", env);
-    else if (which == 1) snprintf(buf, n, "./configs/clusters");
-    else snprintf(buf, n, "%s/configs/clusters", EP_SOURCE_DIR);
+    if (which == 0 && env && env[0])
+        snprintf(buf, n, "%s/../clusters", env);
+    else if (which == 1)
+        snprintf(buf, n, "./configs/clusters");
+    else
+        snprintf(buf, n, "%s/configs/clusters", EP_SOURCE_DIR);
 }
 
 ep_status ep_sim_cluster_load(const char *spec, ep_sim_cluster *c)
@@ -182,9 +197,11 @@ ep_status ep_sim_cluster_load(const char *spec, ep_sim_cluster *c)
         snprintf(path, sizeof path, "%s/%s.yaml", dir, spec);
         if (is_file(path)) return load_file(path, c);
     }
-    return ep_errorf(EP_ERR_ARG, "cluster '%s': no such preset in ./configs/clusters or %s/configs/"
+    return ep_errorf(EP_ERR_ARG,
+                     "cluster '%s': no such preset in ./configs/clusters or %s/configs/"
                      "clusters (presets: 1x8-h100, 2x8-h100, 4x8-h100, 8x8-h100 and the same for "
-                     "h200)", spec, EP_SOURCE_DIR);
+                     "h200)",
+                     spec, EP_SOURCE_DIR);
 }
 
 static int cmp_str(const void *a, const void *b)

@@ -41,8 +41,8 @@ double ep_sim_experts_us(const ep_sim_cluster *c, int hidden, int moe_inter, dou
     const double HI = (double)hidden * (double)moe_inter;
     double flops = 6.0 * HI * pairs;
     // weights of each active expert once; per pair: x in, gate/up out, h in, y out
-    double bytes = EP_SIM_BF16 * (3.0 * HI * active_experts +
-                                  pairs * (2.0 * hidden + 3.0 * (double)moe_inter));
+    double bytes = EP_SIM_BF16 *
+                   (3.0 * HI * active_experts + pairs * (2.0 * hidden + 3.0 * (double)moe_inter));
     return roofline_us(c, flops, bytes);
 }
 
@@ -77,8 +77,10 @@ static int count_tensor(void *user, const char *name, int ndim, const int64_t *s
             p->layer_attn[layer] += n;
         return 0;
     }
-    if (!strcmp(name, "model.embed_tokens.weight")) p->embed += n;
-    else p->head += n; // lm_head.weight, model.norm.weight
+    if (!strcmp(name, "model.embed_tokens.weight"))
+        p->embed += n;
+    else
+        p->head += n; // lm_head.weight, model.norm.weight
     return 0;
 }
 
@@ -112,8 +114,7 @@ int64_t ep_sim_kv_bytes_per_token_layer(const ep_model_cfg *cfg)
 static double attn_flops_per_pair(const ep_model_cfg *cfg, bool decode)
 {
     if (cfg->arch == EP_ARCH_DEEPSEEK_V2 && cfg->kv_lora_rank > 0) {
-        if (decode)
-            return 2.0 * cfg->n_heads * (2.0 * cfg->kv_lora_rank + cfg->qk_rope_dim);
+        if (decode) return 2.0 * cfg->n_heads * (2.0 * cfg->kv_lora_rank + cfg->qk_rope_dim);
         return 2.0 * cfg->n_heads * (cfg->qk_nope_dim + cfg->qk_rope_dim + cfg->v_head_dim);
     }
     return 4.0 * cfg->n_heads * cfg->head_dim;
@@ -127,8 +128,8 @@ double ep_sim_dense_us(const ep_sim_cluster *c, const ep_model_cfg *cfg, const e
     double w = (double)p->layer_dense[layer];
     // Weight GEMMs (projections, gate, shared experts / dense MLP): weights
     // read once per step, activations in and out of each of ~6 kernels.
-    double t = roofline_us(c, 2.0 * tokens * w,
-                           EP_SIM_BF16 * (w + 6.0 * tokens * (double)cfg->hidden));
+    double t =
+        roofline_us(c, 2.0 * tokens * w, EP_SIM_BF16 * (w + 6.0 * tokens * (double)cfg->hidden));
     // Attention over the context: decode reads each sequence's cache once.
     double attended = decode ? ctx : 0.5 * ctx;
     double kv = (double)ep_sim_kv_bytes_per_token_layer(cfg);
@@ -177,8 +178,8 @@ void ep_sim_plan_memory(const ep_model_cfg *cfg, const ep_sim_cluster *c, int co
     m->experts_per_gpu = E > 0 ? (E + EP_MAX(n_redundant, 0) + W - 1) / W : 0;
     m->routed_bytes = B * (double)n_moe * m->experts_per_gpu * (double)p.expert;
 
-    m->kv_bytes = (double)batch * context * cfg->n_layers *
-                  (double)ep_sim_kv_bytes_per_token_layer(cfg);
+    m->kv_bytes =
+        (double)batch * context * cfg->n_layers * (double)ep_sim_kv_bytes_per_token_layer(cfg);
 
     // Workspace for a step of `chunk` tokens: ~6 live [T, H] bf16 activations,
     // fp32 gate logits, expert gate|up|h intermediates for T·k pairs, dispatch

@@ -63,8 +63,10 @@ static ep_dispatch_plan *layer_plan(ep_sim_layer *L, int r, const int *node_of, 
 static void add_traffic(ep_sim_traffic *t, bool send, bool intra, double bytes)
 {
     if (bytes <= 0) return;
-    if (send) *(intra ? &t->send_intra : &t->send_inter) += bytes;
-    else *(intra ? &t->recv_intra : &t->recv_inter) += bytes;
+    if (send)
+        *(intra ? &t->send_intra : &t->send_inter) += bytes;
+    else
+        *(intra ? &t->recv_intra : &t->recv_inter) += bytes;
 }
 
 void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model_cfg *cfg,
@@ -178,9 +180,9 @@ void ep_sim_report_free(ep_sim_report *r)
 // One policy's state across the run (routes of every rank).
 typedef struct {
     ep_policy *pol;
-    ep_routes *routes;  // [W]
-    int **pair_rank;    // [W] (replicas only)
-    ep_placement eplb;  // this layer's EPLB placement (replicas only)
+    ep_routes *routes; // [W]
+    int **pair_rank;   // [W] (replicas only)
+    ep_placement eplb; // this layer's EPLB placement (replicas only)
     bool has_eplb;
 } sim_pol;
 
@@ -251,9 +253,10 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
     if (cfg->n_experts <= 0 || ep_model_n_moe_layers(cfg) == 0)
         return ep_errorf(EP_ERR_ARG, "simulate: model %s has no MoE layers", cfg->name);
     if (o->tokens < 1 || o->context < 1 || o->sample_layers < 0 || o->n_redundant < 0)
-        return ep_errorf(EP_ERR_ARG, "simulate: expected tokens >= 1, context >= 1, layers >= 0 "
-                         "and redundant >= 0, found %d, %d, %d, %d", o->tokens, o->context,
-                         o->sample_layers, o->n_redundant);
+        return ep_errorf(EP_ERR_ARG,
+                         "simulate: expected tokens >= 1, context >= 1, layers >= 0 "
+                         "and redundant >= 0, found %d, %d, %d, %d",
+                         o->tokens, o->context, o->sample_layers, o->n_redundant);
     const int W = ep_sim_cluster_gpus(c), E = cfg->n_experts, H = cfg->hidden;
     const int S = ep_sim_sample_tokens(o, W);
     const double scale = (double)o->tokens / S;
@@ -342,8 +345,8 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
                 int dom = (int)((o->decode ? g : g / 64) % EP_SYNTH_N_DOMAINS);
                 ep_synth_hidden(cfg, o->seed, l, dom, g, x + (size_t)i * H);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, E, H, 1.0f, x, H, gate, H,
-                        0.0f, logits, E);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, E, H, 1.0f, x, H, gate, H, 0.0f,
+                        logits, E);
             // Routed on the placement they are priced on first (the +eplb
             // row prices the same routes on its EPLB placement).
             const ep_route_ctx ctx = {.place = &place, .node_of = node_of, .rank = r};
@@ -358,8 +361,8 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
                                &sum);
             acc_layer(&out->res[i * per_pol], &L, &sum, li);
             if (per_pol == 2) {
-                if ((st = place_replicas(&sp[i], cfg, c, o->n_redundant, W, load, rank_load,
-                                         visit)))
+                if ((st =
+                         place_replicas(&sp[i], cfg, c, o->n_redundant, W, load, rank_load, visit)))
                     goto done;
                 ep_sim_layer_price(&L, c, cfg, &sp[i].eplb, node_of, sp[i].routes,
                                    (const int *const *)sp[i].pair_rank, o->wire, scale, &sum);

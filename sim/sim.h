@@ -18,24 +18,27 @@
 // Bandwidths are per GPU and per direction, in decimal GB/s (1e9 bytes/s);
 // FLOP/s are dense (no sparsity); memory in decimal GB as datasheets state it.
 typedef struct {
-    char name[64];          // "4x8-h100"
-    char gpu[64];           // "h100-sxm"
+    char name[64]; // "4x8-h100"
+    char gpu[64];  // "h100-sxm"
     int n_nodes, gpus_per_node;
-    double mem_gb;          // HBM capacity per GPU
-    double hbm_GBps;        // HBM bandwidth per GPU
-    double bf16_tflops;     // dense bf16 tensor-core peak per GPU
-    double nvlink_GBps;     // intra-node, per GPU per direction
+    double mem_gb;      // HBM capacity per GPU
+    double hbm_GBps;    // HBM bandwidth per GPU
+    double bf16_tflops; // dense bf16 tensor-core peak per GPU
+    double nvlink_GBps; // intra-node, per GPU per direction
     double nvlink_latency_us;
-    double inter_GBps;      // inter-node (NIC), per GPU per direction
+    double inter_GBps; // inter-node (NIC), per GPU per direction
     double inter_latency_us;
     // Achievable fraction of each peak (defaults in sim/cluster_cfg.c).
     double gemm_eff, hbm_eff, nvlink_eff, inter_eff;
-    double mem_usable;      // fraction of HBM the server may use (default 0.9)
-    int redundant_experts;  // EPLB replica slots per MoE layer (key redundant_experts, default 0)
-    char source[4096];      // the file it was read from (PATH_MAX)
+    double mem_usable;     // fraction of HBM the server may use (default 0.9)
+    int redundant_experts; // EPLB replica slots per MoE layer (key redundant_experts, default 0)
+    char source[4096];     // the file it was read from (PATH_MAX)
 } ep_sim_cluster;
 
-static inline int ep_sim_cluster_gpus(const ep_sim_cluster *c) { return c->n_nodes * c->gpus_per_node; }
+static inline int ep_sim_cluster_gpus(const ep_sim_cluster *c)
+{
+    return c->n_nodes * c->gpus_per_node;
+}
 
 // spec: a YAML file, or a preset name looked up as configs/clusters/<spec>.yaml
 // (in $EP_CONFIG_DIR/../clusters, ./configs/clusters, then the source tree).
@@ -51,9 +54,9 @@ void ep_sim_free_list(char **list, int n);
 // What one rank sends and receives in one all-to-all phase (dispatch or
 // combine), split by link class, and how many distinct peers it talks to.
 typedef struct {
-    double send_intra, send_inter;   // bytes to other ranks of its node / of other nodes
+    double send_intra, send_inter; // bytes to other ranks of its node / of other nodes
     double recv_intra, recv_inter;
-    int peers_intra, peers_inter;    // distinct remote ranks it sends to (not in the time model)
+    int peers_intra, peers_inter; // distinct remote ranks it sends to (not in the time model)
 } ep_sim_traffic;
 
 // One rank's time for one phase (us): the links of the two classes run in
@@ -69,10 +72,10 @@ double ep_sim_experts_us(const ep_sim_cluster *c, int hidden, int moe_inter, dou
 
 // Parameter counts of the HF layout (from ep_model_for_each_tensor).
 typedef struct ep_sim_params {
-    int64_t embed, head;     // embed_tokens, lm_head (+ final norm)
-    int64_t *layer_dense;    // [n_layers] everything of layer l but routed experts
-    int64_t *layer_attn;     // [n_layers] attention + its norms (part of layer_dense)
-    int64_t expert;          // one routed expert (gate + up + down)
+    int64_t embed, head;  // embed_tokens, lm_head (+ final norm)
+    int64_t *layer_dense; // [n_layers] everything of layer l but routed experts
+    int64_t *layer_attn;  // [n_layers] attention + its norms (part of layer_dense)
+    int64_t expert;       // one routed expert (gate + up + down)
     int64_t total;
 } ep_sim_params;
 void ep_sim_params_count(const ep_model_cfg *cfg, ep_sim_params *p);
@@ -83,9 +86,8 @@ void ep_sim_params_free(ep_sim_params *p); // NULL-safe fields
 // in the step; ctx: context length each token attends to (decode: the
 // cached length; prefill: the prompt length, causal -> ctx/2 on average);
 // decode: the KV cache of `tokens` sequences is read once per layer.
-double ep_sim_dense_us(const ep_sim_cluster *c, const ep_model_cfg *cfg,
-                       const ep_sim_params *p, int layer, double tokens, double ctx,
-                       bool decode);
+double ep_sim_dense_us(const ep_sim_cluster *c, const ep_model_cfg *cfg, const ep_sim_params *p,
+                       int layer, double tokens, double ctx, bool decode);
 // lm-head + final norm of `tokens` rows (decode samples every row; prefill
 // only the last row of each prompt: pass the number of prompts).
 double ep_sim_head_us(const ep_sim_cluster *c, const ep_model_cfg *cfg, double rows);
@@ -101,12 +103,12 @@ int64_t ep_sim_kv_bytes_per_token_layer(const ep_model_cfg *cfg);
 // rank's dispatch/combine traffic per destination from its plan.
 typedef struct {
     int world;
-    ep_sim_traffic *dispatch; // [world]
-    ep_sim_traffic *combine;  // [world]
-    int64_t *recv_pairs;      // [world] pairs each rank computes
-    int *active_experts;      // [world] distinct local experts with >= 1 pair
+    ep_sim_traffic *dispatch;                   // [world]
+    ep_sim_traffic *combine;                    // [world]
+    int64_t *recv_pairs;                        // [world] pairs each rank computes
+    int *active_experts;                        // [world] distinct local experts with >= 1 pair
     double dispatch_us, combine_us, experts_us; // max over ranks
-    double imbalance;         // max / mean of recv_pairs (1 when no pairs)
+    double imbalance;                           // max / mean of recv_pairs (1 when no pairs)
     // scratch (sized on first use, grown only when a layer is bigger)
     ep_dispatch_plan *plans;  // [world] rank r's plan (made on first use)
     int64_t *pair_dest_bytes; // [world * world] dispatch bytes src -> dst
@@ -128,16 +130,16 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
 
 // ---- the whole run ------------------------------------------------------------
 typedef struct {
-    int tokens;          // tokens per GPU per step (decode: sequences per GPU)
-    int sample_tokens;   // tokens per GPU actually routed (volumes scaled); 0: = tokens;
-                         // < 0: auto, 8192 over all GPUs (at least 32 per GPU)
-    int sample_layers;   // MoE layers routed, evenly spaced; 0: all
+    int tokens;        // tokens per GPU per step (decode: sequences per GPU)
+    int sample_tokens; // tokens per GPU actually routed (volumes scaled); 0: = tokens;
+                       // < 0: auto, 8192 over all GPUs (at least 32 per GPU)
+    int sample_layers; // MoE layers routed, evenly spaced; 0: all
     bool decode;
-    int context;         // decode: cached tokens per sequence; prefill: prompt length
-    ep_dtype wire;       // dispatch/combine payload (bf16 by default)
+    int context;             // decode: cached tokens per sequence; prefill: prompt length
+    ep_dtype wire;           // dispatch/combine payload (bf16 by default)
     ep_place_kind placement; // contiguous or round_robin (home placement)
-    int n_redundant;     // > 0: EPLB placement with this many replica slots per layer
-    uint64_t seed;       // input stream (ep_synth_hidden)
+    int n_redundant;         // > 0: EPLB placement with this many replica slots per layer
+    uint64_t seed;           // input stream (ep_synth_hidden)
     bool quiet;
     // Replay instead of routing (a recorded trace): fills r with T tokens of
     // MoE layer `layer`, `first` = the global index of the rank's first token.
@@ -151,8 +153,8 @@ void ep_sim_opts_default(ep_sim_opts *o);
 int ep_sim_sample_tokens(const ep_sim_opts *o, int world);
 
 typedef struct {
-    char label[64];             // the --routing entry or a YAML's base name (+ "+eplb")
-    double avg_k;               // pairs per token
+    char label[64]; // the --routing entry or a YAML's base name (+ "+eplb")
+    double avg_k;   // pairs per token
     double dense_us, dispatch_us, experts_us, combine_us, head_us; // per step, all layers
     double step_us;
     double tokens_per_s_gpu;
@@ -168,10 +170,10 @@ typedef struct {
 
 typedef struct {
     int n_sampled;
-    int *layers;          // [n_sampled] sampled MoE layer ids
+    int *layers; // [n_sampled] sampled MoE layer ids
     int n_pol;
-    ep_sim_result *res;   // [n_pol]
-    double route_s;       // wall time spent generating and routing
+    ep_sim_result *res; // [n_pol]
+    double route_s;     // wall time spent generating and routing
 } ep_sim_report;
 void ep_sim_report_free(ep_sim_report *r);
 
@@ -184,14 +186,14 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
 
 // ---- memory plan (sim/cost.c) --------------------------------------------------
 typedef struct {
-    int experts_per_gpu;         // routed experts on the fullest GPU (replicas incl.)
-    double replicated_bytes;     // embed + lm_head + attention + norms + gates + shared/dense MLP
+    int experts_per_gpu;     // routed experts on the fullest GPU (replicas incl.)
+    double replicated_bytes; // embed + lm_head + attention + norms + gates + shared/dense MLP
     double attn_bytes, gate_bytes, shared_bytes, embed_head_bytes; // parts of it
-    double routed_bytes;         // this GPU's routed-expert shard, all MoE layers
-    double kv_bytes;             // batch sequences x context x layers
-    double workspace_bytes;      // activations + dispatch/combine buffers + runtime reserve
+    double routed_bytes;    // this GPU's routed-expert shard, all MoE layers
+    double kv_bytes;        // batch sequences x context x layers
+    double workspace_bytes; // activations + dispatch/combine buffers + runtime reserve
     double total_bytes;
-    double usable_bytes;         // mem_gb x mem_usable
+    double usable_bytes; // mem_gb x mem_usable
     bool fits;
 } ep_sim_mem;
 // Weights in bf16. batch: concurrent sequences per GPU (attention is data

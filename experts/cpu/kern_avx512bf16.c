@@ -110,13 +110,13 @@ EP_DP(1, 1) EP_DP(1, 2) EP_DP(1, 3) EP_DP(1, 4)
 EP_DP(2, 1) EP_DP(2, 2) EP_DP(2, 3) EP_DP(2, 4)
 EP_DP(3, 1) EP_DP(3, 2) EP_DP(3, 3) EP_DP(3, 4)
 EP_DP(4, 1) EP_DP(4, 2) EP_DP(4, 3) EP_DP(4, 4)
-// clang-format on
+    // clang-format on
 
-        static const bf16_tile_fn dp_tiles[4][4] = {
-            {dp_1_1, dp_1_2, dp_1_3, dp_1_4},
-            {dp_2_1, dp_2_2, dp_2_3, dp_2_4},
-            {dp_3_1, dp_3_2, dp_3_3, dp_3_4},
-            {dp_4_1, dp_4_2, dp_4_3, dp_4_4},
+    static const bf16_tile_fn dp_tiles[4][4] = {
+        {dp_1_1, dp_1_2, dp_1_3, dp_1_4},
+        {dp_2_1, dp_2_2, dp_2_3, dp_2_4},
+        {dp_3_1, dp_3_2, dp_3_3, dp_3_4},
+        {dp_4_1, dp_4_2, dp_4_3, dp_4_4},
 };
 
 // Weight rows outer, activation rows inner: the 4 weight rows of a tile stay

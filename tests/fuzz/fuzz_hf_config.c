@@ -45,6 +45,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                   back.n_shared == cfg.n_shared && back.first_k_dense == cfg.first_k_dense &&
                   back.topk_method == cfg.topk_method && back.n_group == cfg.n_group &&
                   back.topk_group == cfg.topk_group && back.norm_topk_prob == cfg.norm_topk_prob);
-                  ep_fuzz_accepted();
+    ep_fuzz_accepted();
     return 0;
 }

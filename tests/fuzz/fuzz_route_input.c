@@ -38,7 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (raw_t) {
         if (size < 8) return 0;
         uint64_t u = 0;
-        for (int i = 7; i >= 0; i--) u = u << 8 | data[i];
+        for (int i = 7; i >= 0; i--)
+            u = u << 8 | data[i];
         memcpy(&T, &u, sizeof T);
         data += 8, size -= 8;
     } else {
@@ -54,7 +55,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FILE *f = fopen(out, "r");
     EP_FUZZ_CHECK(f != NULL);
     int64_t lines = 0;
-    for (int c; (c = fgetc(f)) != EOF;) lines += c == '\n';
+    for (int c; (c = fgetc(f)) != EOF;)
+        lines += c == '\n';
     fclose(f);
     EP_FUZZ_CHECK(lines == T);
     ep_fuzz_accepted();

@@ -21,7 +21,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *lo = NULL, *hi = NULL; // the span every tensor must lie in
     if (size >= 8) {
         uint64_t hlen = 0;
-        for (int i = 7; i >= 0; i--) hlen = hlen << 8 | data[i];
+        for (int i = 7; i >= 0; i--)
+            hlen = hlen << 8 | data[i];
         EP_FUZZ_CHECK(hlen <= size - 8);
     }
     int n = ep_st_count(f);
@@ -42,7 +43,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         // Every byte is read: a tensor that runs past the mapping faults here.
         const uint8_t *p = t->data;
         unsigned acc = 0;
-        for (size_t b = 0; b < t->nbytes; b++) acc += p[b];
+        for (size_t b = 0; b < t->nbytes; b++)
+            acc += p[b];
         if (t->nbytes) {
             if (!lo || p < lo) lo = p;
             if (!hi || p + t->nbytes > hi) hi = p + t->nbytes;

@@ -20,7 +20,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         {"a", EP_DTYPE_F32, 2, {2, 3}, k_a},
         {"b", EP_DTYPE_BF16, 1, {5}, k_b},
     };
-    if (ep_st_write(ep_fuzz_path(SHARD), e, 2, NULL) != EP_OK) ep_fuzz_fail(__FILE__, __LINE__, "shard");
+    if (ep_st_write(ep_fuzz_path(SHARD), e, 2, NULL) != EP_OK)
+        ep_fuzz_fail(__FILE__, __LINE__, "shard");
     return 0;
 }
 

@@ -71,7 +71,8 @@ const char *ep_fuzz_path(const char *name)
 {
     const char *dir = ep_fuzz_dir();
     int known = 0;
-    for (int i = 0; i < g_n_names; i++) known |= !strcmp(g_names[i], name);
+    for (int i = 0; i < g_n_names; i++)
+        known |= !strcmp(g_names[i], name);
     if (!known) {
         if (g_n_names == EP_FUZZ_MAX_NAMES || strlen(name) >= sizeof g_names[0]) {
             fprintf(stderr, "fuzz: too many or too long temporary names (%s)\n", name);

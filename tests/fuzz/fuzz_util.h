@@ -27,9 +27,9 @@ void ep_fuzz_load_preset(const char *name, ep_model_cfg *cfg);
 void ep_fuzz_accepted(void);
 // A parser accepted input that breaks its own contract: print why and abort,
 // so that libFuzzer records the input as a crash.
-#define EP_FUZZ_CHECK(cond)                                                                  \
-    do {                                                                                     \
-        if (!(cond)) ep_fuzz_fail(__FILE__, __LINE__, #cond);                                \
+#define EP_FUZZ_CHECK(cond)                                                                        \
+    do {                                                                                           \
+        if (!(cond)) ep_fuzz_fail(__FILE__, __LINE__, #cond);                                      \
     } while (0)
 void ep_fuzz_fail(const char *file, int line, const char *what) __attribute__((noreturn));
 

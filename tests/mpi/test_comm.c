@@ -301,9 +301,8 @@ static void run_cfg(ep_cluster *cl, ep_transport *t, const cfg *c)
         // Over all ranks: every pair computed once, every (token, rank) group
         // received once, the transports sent exactly the planned bytes, and
         // the bytes decoded where they arrived are the planned ones.
-        int64_t g[7] = {st.pairs,       st.recv_pairs,    st.dest_ranks,
-                        st.recv_tokens, st.planned_bytes, t->bytes_moved - moved0,
-                        st.measured_bytes};
+        int64_t g[7] = {st.pairs,         st.recv_pairs,           st.dest_ranks,    st.recv_tokens,
+                        st.planned_bytes, t->bytes_moved - moved0, st.measured_bytes};
         CHECK_OK(ep_cluster_allreduce_i64(cl, g, 7, EP_REDUCE_SUM));
         CHECK(g[0] == g[1], "%s: Σ pairs %lld, Σ recv_pairs %lld", tag, (long long)g[0],
               (long long)g[1]);

@@ -33,7 +33,8 @@ static void seq_tokens(int i, int vocab, int *tok)
 {
     ep_rng r;
     ep_rng_seed(&r, 9901 + (uint64_t)i);
-    for (int t = 0; t < MAX_LEN; t++) tok[t] = (int)(ep_rng_next(&r) % (uint64_t)vocab);
+    for (int t = 0; t < MAX_LEN; t++)
+        tok[t] = (int)(ep_rng_next(&r) % (uint64_t)vocab);
 }
 
 typedef struct {
@@ -78,7 +79,8 @@ static void run_policy(ep_cluster *cl, const ep_model_cfg *cfg, ep_model *m, con
             int L = prompt_len[o.gid[k]], h = (L + 1) / 2;
             int from = chunk ? h : 0, to = chunk ? L : h;
             n_new[k] = to - from;
-            for (int t = from; t < to; t++) tokens[T++] = o.tok[k][t];
+            for (int t = from; t < to; t++)
+                tokens[T++] = o.tok[k][t];
         }
         b.all_logits = true;
         ep_status s = ep_model_forward(m, pol, &b, logits, NULL);
@@ -122,7 +124,8 @@ static void run_policy(ep_cluster *cl, const ep_model_cfg *cfg, ep_model *m, con
     for (int k = 0; k < o.n; k++) {
         CHECK_OK(ep_model_seq_new(m, &fresh[k]));
         n_new[k] = prompt_len[o.gid[k]] + N_DEC;
-        for (int t = 0; t < n_new[k]; t++) tokens[T++] = o.tok[k][t];
+        for (int t = 0; t < n_new[k]; t++)
+            tokens[T++] = o.tok[k][t];
     }
     b.seq = fresh;
     b.all_logits = true;
@@ -135,7 +138,8 @@ static void run_policy(ep_cluster *cl, const ep_model_cfg *cfg, ep_model *m, con
                    logits + (size_t)(T + L) * V, N_DEC, tol_self, o.gid[k], L);
         T += n_new[k];
     }
-    for (int k = 0; k < o.n; k++) ep_model_seq_free(m, fresh[k]);
+    for (int k = 0; k < o.n; k++)
+        ep_model_seq_free(m, fresh[k]);
     b.seq = o.seq;
 
     // A bad batch on rank 0 only (an unknown token id): every rank's step
@@ -188,7 +192,8 @@ int main(int argc, char **argv)
         o.max_ctx = 32;
         for (size_t i = 0; i < EP_ARRAY_LEN(policies); i++) {
             CHECK_OK(ep_policy_create(&cfg, policies[i], &pol[i]));
-            if (pol[i] && ep_policy_max_k(pol[i]) > o.moe.max_k) o.moe.max_k = ep_policy_max_k(pol[i]);
+            if (pol[i] && ep_policy_max_k(pol[i]) > o.moe.max_k)
+                o.moe.max_k = ep_policy_max_k(pol[i]);
         }
         CHECK_OK(ep_model_init(&cfg, cl, w, &o, &m));
         if (m) {
@@ -200,7 +205,8 @@ int main(int argc, char **argv)
                   ep_kv_free_blocks(ep_model_kv(m)), free0);
         }
         ep_model_free(m);
-        for (size_t i = 0; i < EP_ARRAY_LEN(policies); i++) ep_policy_free(pol[i]);
+        for (size_t i = 0; i < EP_ARRAY_LEN(policies); i++)
+            ep_policy_free(pol[i]);
         ep_weights_free(w);
     }
     int rc = mpi_check_finish(cl, "model_forward");

@@ -20,11 +20,11 @@ enum { MAX_READS = 4096 };
 
 typedef struct {
     const ep_model_cfg *cfg;
-    int n;                      // reads seen
-    char *name[MAX_READS];      // in order
-    int *expert_reads;          // [n_layers * n_experts] routed expert tensors read
-    int64_t other_reads;        // every other tensor
-    ep_weights_stats last;      // totals the hook saw last
+    int n;                 // reads seen
+    char *name[MAX_READS]; // in order
+    int *expert_reads;     // [n_layers * n_experts] routed expert tensors read
+    int64_t other_reads;   // every other tensor
+    ep_weights_stats last; // totals the hook saw last
 } read_log;
 
 static void on_read(void *user, const char *name, const ep_weights_stats *tot)
@@ -52,7 +52,8 @@ typedef struct {
 static int times_read(const read_log *lg, const char *name)
 {
     int c = 0;
-    for (int i = 0; i < lg->n && i < MAX_READS; i++) c += !strcmp(lg->name[i], name);
+    for (int i = 0; i < lg->n && i < MAX_READS; i++)
+        c += !strcmp(lg->name[i], name);
     return c;
 }
 
@@ -61,7 +62,8 @@ static int walk_layout(void *user, const char *name, int ndim, const int64_t *sh
     layout_walk *w = user;
     if (strstr(name, ".mlp.experts.")) return 0;
     uint64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= (uint64_t)shape[i];
+    for (int i = 0; i < ndim; i++)
+        n *= (uint64_t)shape[i];
     w->n_other++;
     w->other_bytes += n * (uint64_t)w->elem_bytes;
     if (times_read(w->lg, name) != 1) {
@@ -127,8 +129,8 @@ static void run(ep_cluster *cl, const char *preset, const char *ckpt, ep_place_k
     uint64_t want = lw.other_bytes + (uint64_t)mine * 3 * (uint64_t)I * H * eb;
     CHECK(tot.bytes == want && tot.tensors == lg.n,
           "%s %s rank %d: counter %llu bytes / %lld tensors, expected %llu / %d", cfg.name, what,
-          cl->rank, (unsigned long long)tot.bytes, (long long)tot.tensors,
-          (unsigned long long)want, lg.n);
+          cl->rank, (unsigned long long)tot.bytes, (long long)tot.tensors, (unsigned long long)want,
+          lg.n);
     CHECK(lg.last.bytes == tot.bytes, "%s: the hook saw %llu bytes last, the counter says %llu",
           cfg.name, (unsigned long long)lg.last.bytes, (unsigned long long)tot.bytes);
 
@@ -145,7 +147,8 @@ static void run(ep_cluster *cl, const char *preset, const char *ckpt, ep_place_k
 out:
     ep_model_free(m);
     ep_weights_free(w);
-    for (int i = 0; i < lg.n && i < MAX_READS; i++) free(lg.name[i]);
+    for (int i = 0; i < lg.n && i < MAX_READS; i++)
+        free(lg.name[i]);
     free(lg.expert_reads);
 }
 

@@ -103,8 +103,8 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, p
     if (!m) goto out;
     // laser and comm-aware Ban see each layer's placement through the
     // routing context ep_moe_forward and ep_moe_reference both build.
-    int64_t off_home = 0;  // pairs sent to a replica that is not the expert's home
-    int64_t fp8_sends = 0; // records that crossed ranks in fp8
+    int64_t off_home = 0;                  // pairs sent to a replica that is not the expert's home
+    int64_t fp8_sends = 0;                 // records that crossed ranks in fp8
     double worst_err = 0, rms[2] = {0, 0}; // Σ (y - yref)^2, Σ yref^2 (fp8 wire)
 
     int T = tokens_of(cl->rank, cl->world_size);
@@ -112,7 +112,8 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, p
     float *y = ep_xmalloc((size_t)CAP * cfg->hidden * sizeof(float));
     float *yref = ep_xmalloc((size_t)CAP * cfg->hidden * sizeof(float));
     int64_t base_offset = 0;
-    for (int r = 0; r < cl->rank; r++) base_offset += tokens_of(r, cl->world_size);
+    for (int r = 0; r < cl->rank; r++)
+        base_offset += tokens_of(r, cl->world_size);
 
     for (int rpn = rpn_lo; rpn <= 2; rpn++) {
         ep_cluster_set_ranks_per_node(cl, rpn);
@@ -153,7 +154,8 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, p
                     off_home += prk[j] != lp->rank_of[rr->expert[j]];
                 }
                 CHECK(bad == 0, "layer %d: %d pairs sent to a rank holding no replica", l, bad);
-                CHECK(st.tokens == T, "stats count %lld tokens, routed %d", (long long)st.tokens, T);
+                CHECK(st.tokens == T, "stats count %lld tokens, routed %d", (long long)st.tokens,
+                      T);
                 // Work conservation: the pairs routed anywhere are the pairs
                 // computed somewhere, and the bytes planned at the senders are
                 // the bytes decoded where they arrived.
@@ -216,7 +218,8 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, p
     free(yref);
     ep_moe_free(m);
 out:
-    for (int p = 0; p < n_pol; p++) ep_policy_free(pol[p]);
+    for (int p = 0; p < n_pol; p++)
+        ep_policy_free(pol[p]);
 }
 
 int main(int argc, char **argv)

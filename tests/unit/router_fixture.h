@@ -83,9 +83,9 @@ static inline void fixture_place(ep_placement *pl, const int *rank_of, int n_exp
     assert_true(n_experts <= FIXTURE_MAX_E);
     for (int e = 0; e < n_experts; e++)
         phy[e] = e;
-    assert_int_equal(ep_placement_from_slots(pl, EP_PLACE_CONTIGUOUS, n_experts, world, n_experts,
-                                             phy, rank_of),
-                     EP_OK);
+    assert_int_equal(
+        ep_placement_from_slots(pl, EP_PLACE_CONTIGUOUS, n_experts, world, n_experts, phy, rank_of),
+        EP_OK);
 }
 
 static inline void fixture_expect_kept(const tok_buf *b, int K, int n, const int *want)

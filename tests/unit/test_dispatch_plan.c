@@ -205,8 +205,7 @@ static void test_random(void **state)
             }
             assert_int_equal(pl.stats.sends, sends);
             assert_int_equal(pl.stats.dispatch_bytes_inter, inter);
-            assert_int_equal(pl.stats.combine_bytes,
-                             sends * ep_comm_combine_record_bytes(H, wire));
+            assert_int_equal(pl.stats.combine_bytes, sends * ep_comm_combine_record_bytes(H, wire));
             // ep_comm_count is the same plan's stats.
             ep_comm_stats cs;
             ep_comm_count(&r, &p, prk, me, node_of, H, wire, &cs);

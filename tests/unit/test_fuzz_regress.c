@@ -39,7 +39,8 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    for (int i = 0; i < n_paths; i++) unlink(paths[i]);
+    for (int i = 0; i < n_paths; i++)
+        unlink(paths[i]);
     n_paths = 0;
     return rmdir(dir);
 }

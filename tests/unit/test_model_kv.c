@@ -22,8 +22,12 @@ static float tag(int seq, int layer, int pos, int i)
 
 static ep_kv *make(int n_blocks, int max_seqs, int max_tokens)
 {
-    ep_kv_opts o = {.n_layers = LAYERS, .row_floats = ROW, .block_tokens = BLOCK,
-                    .n_blocks = n_blocks, .max_seqs = max_seqs, .max_seq_tokens = max_tokens};
+    ep_kv_opts o = {.n_layers = LAYERS,
+                    .row_floats = ROW,
+                    .block_tokens = BLOCK,
+                    .n_blocks = n_blocks,
+                    .max_seqs = max_seqs,
+                    .max_seq_tokens = max_tokens};
     ep_kv *kv = NULL;
     assert_int_equal(ep_kv_init(&o, &kv), EP_OK);
     return kv;
@@ -35,7 +39,8 @@ static void append(ep_kv *kv, int s)
     assert_int_equal(ep_kv_reserve(kv, s, 1), EP_OK);
     for (int l = 0; l < LAYERS; l++) {
         float *r = ep_kv_row(kv, s, l, pos);
-        for (int i = 0; i < ROW; i++) r[i] = tag(s, l, pos, i);
+        for (int i = 0; i < ROW; i++)
+            r[i] = tag(s, l, pos, i);
     }
     ep_kv_commit(kv, s, 1);
 }
@@ -45,7 +50,8 @@ static void check_seq(ep_kv *kv, int s)
     for (int p = 0; p < ep_kv_seq_len(kv, s); p++)
         for (int l = 0; l < LAYERS; l++) {
             const float *r = ep_kv_row(kv, s, l, p);
-            for (int i = 0; i < ROW; i++) assert_float_equal(r[i], tag(s, l, p, i), 0.0);
+            for (int i = 0; i < ROW; i++)
+                assert_float_equal(r[i], tag(s, l, p, i), 0.0);
         }
 }
 
@@ -54,7 +60,8 @@ static void test_interleaved_growth(void **state)
     ep_kv *kv = make(11, 5, 16);
     const int want[3] = {5, 11, 13};
     int seq[3];
-    for (int i = 0; i < 3; i++) assert_int_equal(ep_kv_seq_new(kv, &seq[i]), EP_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(ep_kv_seq_new(kv, &seq[i]), EP_OK);
     for (int p = 0; p < 13; p++)
         for (int i = 0; i < 3; i++)
             if (p < want[i]) append(kv, seq[i]);
@@ -73,7 +80,8 @@ static void test_interleaved_growth(void **state)
     assert_int_equal(ep_kv_free_blocks(kv), 11 - used + 3);
     int s4;
     assert_int_equal(ep_kv_seq_new(kv, &s4), EP_OK);
-    for (int p = 0; p < 9; p++) append(kv, s4);
+    for (int p = 0; p < 9; p++)
+        append(kv, s4);
     check_seq(kv, seq[0]);
     check_seq(kv, seq[2]);
     check_seq(kv, s4);
@@ -110,8 +118,12 @@ static void test_limits(void **state)
     ep_kv_free(kv);
     ep_kv_free(NULL);
 
-    ep_kv_opts bad = {.n_layers = 2, .row_floats = 0, .block_tokens = 4, .n_blocks = 1,
-                      .max_seqs = 1, .max_seq_tokens = 4};
+    ep_kv_opts bad = {.n_layers = 2,
+                      .row_floats = 0,
+                      .block_tokens = 4,
+                      .n_blocks = 1,
+                      .max_seqs = 1,
+                      .max_seq_tokens = 4};
     ep_kv *none = NULL;
     assert_int_equal(ep_kv_init(&bad, &none), EP_ERR_ARG);
     assert_null(none);

@@ -97,7 +97,8 @@ static void fill(float *x, int n, unsigned seed)
 static double dotd(const float *a, const float *b, int n)
 {
     double s = 0;
-    for (int i = 0; i < n; i++) s += (double)a[i] * b[i];
+    for (int i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
     return s;
 }
 
@@ -122,7 +123,8 @@ static void test_rotation_properties(void **state)
         fill(k0, d, 11 + n);
         memcpy(q, q0, d * sizeof(float));
         rot(&r, 0, q); // position 0 is the identity
-        for (int i = 0; i < d; i++) assert_float_equal(q[i], q0[i], 1e-7);
+        for (int i = 0; i < d; i++)
+            assert_float_equal(q[i], q0[i], 1e-7);
         rot(&r, 13, q);
         assert_float_equal(dotd(q, q, d), dotd(q0, q0, d), 1e-5);
         // q at 13, k at 7 vs q at 11, k at 5: same offset, same score
@@ -160,15 +162,19 @@ static void test_interleaved_is_hf_layout(void **state)
     }
     rot(&inter, 37, x);
     rot(&half, 37, px);
-    for (int i = 0; i < h; i++) a[i] = x[2 * i], a[h + i] = x[2 * i + 1];
-    for (int i = 0; i < d; i++) assert_float_equal(a[i], px[i], 1e-6);
+    for (int i = 0; i < h; i++)
+        a[i] = x[2 * i], a[h + i] = x[2 * i + 1];
+    for (int i = 0; i < d; i++)
+        assert_float_equal(a[i], px[i], 1e-6);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mla_scale_facts),     cmocka_unit_test(test_yarn_table),
-        cmocka_unit_test(test_plain_table),         cmocka_unit_test(test_rotation_properties),
+        cmocka_unit_test(test_mla_scale_facts),
+        cmocka_unit_test(test_yarn_table),
+        cmocka_unit_test(test_plain_table),
+        cmocka_unit_test(test_rotation_properties),
         cmocka_unit_test(test_interleaved_is_hf_layout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -16,8 +16,8 @@
 
 // 7 tokens with logits ln 4, ln 2, 0, ln 0.5 (ids 3, 0, 5, 1), the rest -inf:
 // their softmax is easy to write down.
-static const float L7[7] = {0.6931472f, -0.6931472f, -INFINITY, 2.0f * 0.6931472f, -INFINITY,
-                            0.0f, -INFINITY};
+static const float L7[7] = {0.6931472f, -0.6931472f, -INFINITY, 2.0f * 0.6931472f,
+                            -INFINITY,  0.0f,        -INFINITY};
 // probabilities at T = 1 over the four finite tokens: 4, 2, 1, 0.5 / 7.5
 
 static ep_sampler *make(float temp, int top_k, float top_p, uint64_t seed, int V)
@@ -43,7 +43,8 @@ static void test_greedy(void **state)
     ep_sampler_free(s5);
     // top-k 1 is greedy even when hot
     ep_sampler *hot = make(5.0f, 1, 1.0f, 42, 7);
-    for (int i = 0; i < 50; i++) assert_int_equal(ep_sampler_sample(hot, L7), 3);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(ep_sampler_sample(hot, L7), 3);
     ep_sampler_free(hot);
 }
 
@@ -51,7 +52,8 @@ static void check_probs(ep_sampler *s, const float *want)
 {
     float got[7];
     ep_sampler_probs(s, L7, got);
-    for (int i = 0; i < 7; i++) assert_float_equal(got[i], want[i], 1e-6);
+    for (int i = 0; i < 7; i++)
+        assert_float_equal(got[i], want[i], 1e-6);
 }
 
 static void test_probs(void **state)
@@ -93,7 +95,8 @@ static void test_draw_frequencies(void **state)
     enum { N = 20000 };
     ep_sampler *s = make(1.0f, 0, 0.85f, 12345, 7);
     int count[7] = {0};
-    for (int i = 0; i < N; i++) count[ep_sampler_sample(s, L7)]++;
+    for (int i = 0; i < N; i++)
+        count[ep_sampler_sample(s, L7)]++;
     float want[7];
     ep_sampler_probs(s, L7, want);
     for (int i = 0; i < 7; i++) {
@@ -111,7 +114,8 @@ static void test_seed(void **state)
     ep_sampler *c = make(1.3f, 0, 1.0f, 78, 7);
     int same = 0, differ = 0;
     for (int i = 0; i < 200; i++) {
-        int x = ep_sampler_sample(a, L7), y = ep_sampler_sample(b, L7), z = ep_sampler_sample(c, L7);
+        int x = ep_sampler_sample(a, L7), y = ep_sampler_sample(b, L7),
+            z = ep_sampler_sample(c, L7);
         same += x == y;
         differ += x != z;
     }
@@ -157,14 +161,16 @@ static void test_stop(void **state)
     ep_sampler *s = make(0.0f, 0, 1.0f, 0, 7);
     int n = 0;
     ep_stop_reason r = EP_STOP_NONE;
-    while (r == EP_STOP_NONE) r = ep_stop_check(&p, ep_sampler_sample(s, L7), ++n);
+    while (r == EP_STOP_NONE)
+        r = ep_stop_check(&p, ep_sampler_sample(s, L7), ++n);
     assert_int_equal(n, 3);
     assert_int_equal(r, EP_STOP_LENGTH);
     int eos3 = 3;
     ep_stop_params q = {.eos = &eos3, .n_eos = 1, .max_tokens = 100};
     n = 0;
     r = EP_STOP_NONE;
-    while (r == EP_STOP_NONE) r = ep_stop_check(&q, ep_sampler_sample(s, L7), ++n);
+    while (r == EP_STOP_NONE)
+        r = ep_stop_check(&q, ep_sampler_sample(s, L7), ++n);
     assert_int_equal(n, 1);
     assert_int_equal(r, EP_STOP_EOS);
     ep_sampler_free(s);
@@ -173,9 +179,9 @@ static void test_stop(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_greedy),          cmocka_unit_test(test_probs),
+        cmocka_unit_test(test_greedy),           cmocka_unit_test(test_probs),
         cmocka_unit_test(test_draw_frequencies), cmocka_unit_test(test_seed),
-        cmocka_unit_test(test_bad_params),      cmocka_unit_test(test_stop),
+        cmocka_unit_test(test_bad_params),       cmocka_unit_test(test_stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,7 +16,10 @@
 
 #include "router_fixture.h"
 
-static void qwen_cfg(ep_model_cfg *m, int L, int E, int k) { fixture_qwen_cfg(m, L, E, k, 16); }
+static void qwen_cfg(ep_model_cfg *m, int L, int E, int k)
+{
+    fixture_qwen_cfg(m, L, E, k, 16);
+}
 
 static ep_policy *make(const ep_routing_cfg *rc)
 {
@@ -183,7 +186,7 @@ static void test_pick_strategies(void **state)
     do {                                                                                           \
         const int k_[] = KEYS;                                                                     \
         p = pick_policy(EP_POLICY_PICK, S, 1, k_, (int)(sizeof k_ / sizeof k_[0]));                \
-        EXPECT(&b, fixture_select(p, 1, pk, 16, &b), __VA_ARGS__);                                     \
+        EXPECT(&b, fixture_select(p, 1, pk, 16, &b), __VA_ARGS__);                                 \
         ep_policy_free(p);                                                                         \
     } while (0)
 #define L(...) {__VA_ARGS__}

@@ -22,7 +22,10 @@
 enum { E = 16, KB = 4, W = 4 };
 
 // 2 layers x 16 experts, top-4; 4 ranks, expert e on rank e / 4.
-static void hand_cfg(ep_model_cfg *m) { fixture_qwen_cfg(m, 2, E, KB, 8); }
+static void hand_cfg(ep_model_cfg *m)
+{
+    fixture_qwen_cfg(m, 2, E, KB, 8);
+}
 
 static const int rank_of[E] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
 

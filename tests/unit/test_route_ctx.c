@@ -54,8 +54,8 @@ static int64_t bytes_of(ep_router *rt, const ep_policy *p, const float *lg,
     int visit[W], *prk = malloc(sizeof(int) * T * ep_policy_max_k(p));
     for (int rank = 0; rank < W; rank++) {
         const ep_route_ctx ctx = {.place = route_on, .node_of = node_of, .rank = rank};
-        assert_int_equal(
-            ep_router_route_logits(rt, p, &ctx, 1, lg + (size_t)rank * T * NE, T, &r), EP_OK);
+        assert_int_equal(ep_router_route_logits(rt, p, &ctx, 1, lg + (size_t)rank * T * NE, T, &r),
+                         EP_OK);
         memset(load, 0, sizeof load);
         ep_placement_choose(send_on, &r, rank, load, visit, prk);
         ep_dispatch_plan pl;

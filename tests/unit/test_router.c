@@ -21,7 +21,10 @@ static float frand(void) // uniform in [-1, 1), fixed LCG
     return (float)((rng_state >> 40) * (1.0 / (1ULL << 24))) * 2.0f - 1.0f;
 }
 
-static void qwen_cfg(ep_model_cfg *m, int L, int E, int k) { fixture_qwen_cfg(m, L, E, k, 37); }
+static void qwen_cfg(ep_model_cfg *m, int L, int E, int k)
+{
+    fixture_qwen_cfg(m, L, E, k, 37);
+}
 
 static void deepseek_cfg(ep_model_cfg *m, int L, int E, int k, int ng, int tg)
 {
@@ -328,14 +331,16 @@ static void test_route_zero_tokens_and_errors(void **state)
     assert_int_equal(routes.offsets[0], 0);
     assert_int_equal(ep_routes_nnz(&routes), 0);
     float lg[6 * 12] = {0};
-    assert_int_equal(ep_router_route_logits(r, p, NULL, 0, lg, 1, &routes), EP_ERR_ARG); // dense layer
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 0, lg, 1, &routes),
+                     EP_ERR_ARG); // dense layer
     assert_non_null(strstr(ep_last_error(), "layer 0 is not a MoE layer"));
     assert_int_equal(ep_router_route_logits(r, p, NULL, 3, lg, 1, &routes), EP_ERR_ARG);
     assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, 6, &routes), EP_ERR_ARG); // > cap
     assert_non_null(strstr(ep_last_error(), "6 tokens"));
     ep_routes small;
     ep_routes_init(&small, 5, 2, 3);
-    assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, 1, &small), EP_ERR_ARG); // max_k 2 < 3
+    assert_int_equal(ep_router_route_logits(r, p, NULL, 1, lg, 1, &small),
+                     EP_ERR_ARG); // max_k 2 < 3
     assert_non_null(strstr(ep_last_error(), "max_k"));
     ep_routes_free(&small);
     // all-equal logits: ties resolve to the lowest ids of the first groups

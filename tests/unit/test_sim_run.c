@@ -47,7 +47,8 @@ static void random_routes(ep_routes *r, int W, int E, int kmax, int k_base, uint
             for (int j = K; j < k_base; j++)
                 for (int q = 0; q < j; q++)
                     if (r[w].base_expert[i * k_base + q] == r[w].base_expert[i * k_base + j]) {
-                        r[w].base_expert[i * k_base + j] = (r[w].base_expert[i * k_base + j] + 1) % E;
+                        r[w].base_expert[i * k_base + j] =
+                            (r[w].base_expert[i * k_base + j] + 1) % E;
                         q = -1;
                     }
         }
@@ -124,14 +125,12 @@ static void test_bytes_equal_planner(void **state)
     const int node_of[5] = {0, 0, 0, 1, 1}; // uneven nodes: 3 + 2 ranks
     for (int kind = 0; kind < 2; kind++) {
         ep_placement p;
-        assert_int_equal(ep_placement_init(&p, kind ? EP_PLACE_ROUND_ROBIN : EP_PLACE_CONTIGUOUS,
-                                           E, W),
-                         EP_OK);
+        assert_int_equal(
+            ep_placement_init(&p, kind ? EP_PLACE_ROUND_ROBIN : EP_PLACE_CONTIGUOUS, E, W), EP_OK);
         for (int wire = 0; wire < 2; wire++) {
             ep_routes r[5];
             random_routes(r, W, E, 7, 5, 11 + 7 * kind + wire);
-            check_against_planner(&p, node_of, r, W, NULL, 7,
-                                  wire ? EP_DTYPE_BF16 : EP_DTYPE_F32);
+            check_against_planner(&p, node_of, r, W, NULL, 7, wire ? EP_DTYPE_BF16 : EP_DTYPE_F32);
             for (int w = 0; w < W; w++)
                 ep_routes_free(&r[w]);
         }
