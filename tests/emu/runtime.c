@@ -789,26 +789,30 @@ void emu_syncthreads(void)
     pthread_mutex_unlock(&b->mu);
 }
 
-// The calling thread has returned from the kernel for this block.
+// The calling thread has returned from the kernel for this block. Wakes
+// the others only when that releases someone (a barrier now met by all
+// live threads, or the block done), not once per thread.
 static void emu_block_end(struct emu_block_sync *b)
 {
     pthread_mutex_lock(&b->mu);
+    bool wake = false;
     b->live--;
     if (b->waiting && b->waiting == b->live) { // the rest wait only for those gone
         b->waiting = 0;
         b->sync_gen++;
+        wake = true;
     }
     if (++b->done == b->n) {
         b->done = 0;
         b->live = b->n;
         b->block_gen++;
-    } else {
-        unsigned long long g = b->block_gen;
-        pthread_cond_broadcast(&b->cv);
+        wake = true;
+    }
+    const unsigned long long g = b->block_gen;
+    if (wake) pthread_cond_broadcast(&b->cv);
+    if (b->done) // not the last: wait for the block's other threads
         while (g == b->block_gen)
             pthread_cond_wait(&b->cv, &b->mu);
-    }
-    pthread_cond_broadcast(&b->cv);
     pthread_mutex_unlock(&b->mu);
 }
 
