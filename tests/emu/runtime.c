@@ -913,7 +913,9 @@ void emu_launch_grid(const char *kernel, dim3 grid, dim3 block, size_t smem, cud
     if (!w || !th) emu_fault("launch of %s: out of host memory for %llu threads", kernel, nt);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 1 << 20);
+    // 128 KiB: kernels keep small locals, and 256 such stacks fit glibc's
+    // cache of thread stacks (bigger ones are mapped and unmapped per launch).
+    pthread_attr_setstacksize(&attr, 128 << 10);
     for (unsigned i = 0; i < nt; i++) {
         w[i] = (struct emu_worker){&l, i};
         int rc = pthread_create(&th[i], &attr, emu_worker_main, &w[i]);
