@@ -5,6 +5,7 @@
 // scan over the tokens (record index, byte offset, totals), then where each
 // destination's part starts. Integer arithmetic only, so host and device
 // agree exactly. Packing itself is not here.
+#include "cluster/cuda/launch.h"
 #include "comm/cuda/dispatch_layout.h"
 #include "comm/dispatch_group.h"
 
@@ -127,14 +128,14 @@ extern "C" cudaError_t ep_dispatch_layout_launch(const ep_dl_params *p, const ep
     const int threads = 128;
     if (T > 0) {
         const int blocks = (T + threads - 1) / threads;
-        ep_dl_token_kernel<<<blocks, threads, 0, stream>>>(*p, *b, T);
+        EP_LAUNCH(ep_dl_token_kernel, blocks, threads, 0, stream, *p, *b, T);
     }
-    ep_dl_scan_kernel<<<p->world, EP_DL_SCAN_THREADS, 0, stream>>>(*p, *b, T);
-    ep_dl_starts_kernel<<<1, 1, 0, stream>>>(*p, *b);
+    EP_LAUNCH(ep_dl_scan_kernel, p->world, EP_DL_SCAN_THREADS, 0, stream, *p, *b, T);
+    EP_LAUNCH(ep_dl_starts_kernel, 1, 1, 0, stream, *p, *b);
     if (T > 0) {
         const size_t nb = ((size_t)T * p->world + threads - 1) / threads;
         const int blocks = (int)(nb < 4096 ? nb : 4096); // grid-stride beyond
-        ep_dl_shift_kernel<<<blocks, threads, 0, stream>>>(*p, *b, T);
+        EP_LAUNCH(ep_dl_shift_kernel, blocks, threads, 0, stream, *p, *b, T);
     }
     return cudaGetLastError();
 }

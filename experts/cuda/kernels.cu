@@ -3,6 +3,7 @@
 // (experts_cuda.c). Each has a plain C counterpart in experts.c/plan.c.
 #include <cuda_bf16.h>
 
+#include "cluster/cuda/launch.h"
 #include "experts/cuda/kernels.h"
 
 #define EP_THREADS 256
@@ -100,7 +101,8 @@ extern "C" cudaError_t ep_cuda_gather_bf16(const float *x, const int *row_rec, i
 {
     const int64_t n = (int64_t)n_rows * H;
     if (n <= 0) return cudaSuccess;
-    ep_gather_bf16_kernel<<<ep_blocks(n), EP_THREADS, 0, stream>>>(x, row_rec, n_rows, H, xg);
+    EP_LAUNCH(ep_gather_bf16_kernel, ep_blocks(n), EP_THREADS, 0, stream, x, row_rec, n_rows, H,
+              xg);
     return cudaGetLastError();
 }
 
@@ -109,7 +111,7 @@ extern "C" cudaError_t ep_cuda_swiglu_bf16(const uint16_t *gu, int rows, int W, 
 {
     const int64_t n = (int64_t)rows * W;
     if (n <= 0) return cudaSuccess;
-    ep_swiglu_bf16_kernel<<<ep_blocks(n), EP_THREADS, 0, stream>>>(gu, rows, W, act);
+    EP_LAUNCH(ep_swiglu_bf16_kernel, ep_blocks(n), EP_THREADS, 0, stream, gu, rows, W, act);
     return cudaGetLastError();
 }
 
@@ -119,8 +121,8 @@ extern "C" cudaError_t ep_cuda_combine_rows(const uint16_t *og, int H, const int
 {
     const int64_t n = (int64_t)n_rec * H;
     if (n <= 0) return cudaSuccess;
-    ep_combine_rows_kernel<<<ep_blocks(n), EP_THREADS, 0, stream>>>(og, H, rec_off, pair_row, w,
-                                                                    n_rec, y);
+    EP_LAUNCH(ep_combine_rows_kernel, ep_blocks(n), EP_THREADS, 0, stream, og, H, rec_off, pair_row,
+              w, n_rec, y);
     return cudaGetLastError();
 }
 
@@ -128,7 +130,7 @@ extern "C" cudaError_t ep_cuda_add_bf16(const uint16_t *src, int64_t n, float *y
                                         cudaStream_t stream)
 {
     if (n <= 0) return cudaSuccess;
-    ep_add_bf16_kernel<<<ep_blocks(n), EP_THREADS, 0, stream>>>(src, n, y);
+    EP_LAUNCH(ep_add_bf16_kernel, ep_blocks(n), EP_THREADS, 0, stream, src, n, y);
     return cudaGetLastError();
 }
 
@@ -136,7 +138,7 @@ extern "C" cudaError_t ep_cuda_f32_to_bf16(const float *src, int64_t n, uint16_t
                                            cudaStream_t stream)
 {
     if (n <= 0) return cudaSuccess;
-    ep_f32_to_bf16_kernel<<<ep_blocks(n), EP_THREADS, 0, stream>>>(src, n, dst);
+    EP_LAUNCH(ep_f32_to_bf16_kernel, ep_blocks(n), EP_THREADS, 0, stream, src, n, dst);
     return cudaGetLastError();
 }
 
@@ -144,6 +146,6 @@ extern "C" cudaError_t ep_cuda_bf16_to_f32(const uint16_t *src, int64_t n, float
                                            cudaStream_t stream)
 {
     if (n <= 0) return cudaSuccess;
-    ep_bf16_to_f32_kernel<<<ep_blocks(n), EP_THREADS, 0, stream>>>(src, n, dst);
+    EP_LAUNCH(ep_bf16_to_f32_kernel, ep_blocks(n), EP_THREADS, 0, stream, src, n, dst);
     return cudaGetLastError();
 }

@@ -6,6 +6,7 @@
 // expf's last bits on the device.
 #include <math.h>
 
+#include "cluster/cuda/launch.h"
 #include "router/cuda/route_token.h"
 
 #define EP_HD __host__ __device__
@@ -247,8 +248,8 @@ extern "C" cudaError_t ep_route_tokens_launch(const ep_route_params *p, float *l
     if (T <= 0) return cudaSuccess;
     const int threads = 128;
     const int blocks = (T + threads - 1) / threads;
-    ep_route_tokens_kernel<<<blocks, threads, 0, stream>>>(*p, logits, T, k, kept, weight, base,
-                                                           base_w);
+    EP_LAUNCH(ep_route_tokens_kernel, blocks, threads, 0, stream, *p, logits, T, k, kept, weight,
+              base, base_w);
     return cudaGetLastError();
 }
 

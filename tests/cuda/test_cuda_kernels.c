@@ -21,11 +21,13 @@
 
 #define CK(call) assert_int_equal((int)(call), (int)cudaSuccess)
 
+// src NULL: an output buffer, nothing to copy (cudaMemcpy refuses a NULL
+// source with cudaErrorInvalidValue).
 static void *dev_upload(const void *src, size_t bytes)
 {
     void *d = NULL;
     CK(cudaMalloc(&d, bytes ? bytes : 1));
-    if (bytes) CK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
+    if (bytes && src) CK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
     return d;
 }
 

@@ -1,0 +1,37 @@
+// Kernels for the emulation's own test (test_emu_runtime.c): one that
+// writes past its buffer, one that needs its barrier.
+#include "cluster/cuda/launch.h"
+#include "test_emu_kernels.h"
+
+__global__ void emu_test_past_end_kernel(float *p, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) p[i] = 1.0f; // i == n is one past the end
+}
+
+// Each thread reads its neighbour's slot after the barrier; threads from
+// `quit` on return first, as a GPU's may (the rest still meet).
+__global__ void emu_test_barrier_kernel(int *out, int quit)
+{
+    __shared__ int sh[64];
+    const int t = threadIdx.x, n = blockDim.x;
+    if (t >= quit) {
+        out[blockIdx.x * n + t] = -1;
+        return;
+    }
+    sh[t] = (int)blockIdx.x * 1000 + t;
+    __syncthreads();
+    out[blockIdx.x * n + t] = sh[(t + 1) % quit];
+}
+
+extern "C" cudaError_t emu_test_past_end(float *p, int n)
+{
+    EP_LAUNCH(emu_test_past_end_kernel, (n + 32) / 32, 32, 0, 0, p, n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t emu_test_barrier(int *out, int blocks, int threads, int quit)
+{
+    EP_LAUNCH(emu_test_barrier_kernel, blocks, threads, 0, 0, out, quit);
+    return cudaGetLastError();
+}

@@ -1,0 +1,20 @@
+// The kernels of test_emu_kernels.cu, launched from C.
+#ifndef EP_TEST_EMU_KERNELS_H
+#define EP_TEST_EMU_KERNELS_H
+
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Writes 1.0f to p[0..n] inclusive: one element past a buffer of n.
+cudaError_t emu_test_past_end(float *p, int n);
+// out[b * threads + t] = (neighbour's id) for t < quit, else -1; threads <= 64.
+cudaError_t emu_test_barrier(int *out, int blocks, int threads, int quit);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

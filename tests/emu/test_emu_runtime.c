@@ -1,0 +1,239 @@
+// The emulated CUDA device itself (EP_CUDA_EMU builds only): a kernel that
+// writes one past its buffer dies naming the kernel (in a child process),
+// a host write past a buffer is caught at cudaFree, copies of the wrong
+// direction or size are refused with the real runtime's errors, the
+// last-error rules, poisoned fresh memory, __syncthreads as a barrier, and
+// the bf16 conversions bit-exact with common/dtype.h except NaN (CUDA makes
+// every NaN 0x7fff, dtype.c keeps sign and payload).
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/dtype.h"
+#include "emu.h"
+#include "test_emu_kernels.h"
+
+#define CK(call) assert_int_equal((int)(call), (int)cudaSuccess)
+
+// Runs fn in a child with stderr into a pipe; returns the child's stderr
+// (at most cap - 1 bytes) and its wait status in *status.
+static void run_child(void (*fn)(void), char *out, size_t cap, int *status)
+{
+    int fd[2];
+    assert_int_equal(pipe(fd), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fd[0]);
+        dup2(fd[1], 2);
+        fn();
+        _exit(0);
+    }
+    close(fd[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < cap && (r = read(fd[0], out + n, cap - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(fd[0]);
+    assert_int_equal(waitpid(pid, status, 0), pid);
+}
+
+static void kernel_past_end(void)
+{
+    float *p;
+    if (cudaMalloc((void **)&p, 37 * sizeof(float))) _exit(3);
+    emu_test_past_end(p, 37);
+    _exit(0); // not reached: the launch faults
+}
+
+static void test_kernel_past_end_named(void **state)
+{
+    char msg[4096];
+    int st;
+    run_child(kernel_past_end, msg, sizeof msg, &st);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    assert_non_null(strstr(msg, "cuda-emu: FAULT: kernel emu_test_past_end_kernel"));
+    assert_non_null(strstr(msg, "guard zone after the 148-byte device allocation"));
+    assert_non_null(strstr(msg, "byte 0 past its end"));
+}
+
+static void host_past_end(void)
+{
+    unsigned char *p;
+    if (cudaMalloc((void **)&p, 10)) _exit(3);
+    p[-1] = 0; // the host writes device memory here only because it is emulated
+    cudaFree(p);
+    _exit(0);
+}
+
+static void test_free_checks_guard(void **state)
+{
+    char msg[4096];
+    int st;
+    run_child(host_past_end, msg, sizeof msg, &st);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    assert_non_null(strstr(msg, "cudaFree: the guard zone before the 10-byte device allocation"));
+}
+
+static void test_kernel_in_bounds(void **state)
+{
+    float *p;
+    CK(cudaMalloc((void **)&p, 38 * sizeof(float)));
+    CK(emu_test_past_end(p, 37)); // writes p[0..37]: in bounds of 38
+    float h[38];
+    CK(cudaMemcpy(h, p, sizeof h, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < 38; i++)
+        assert_true(h[i] == 1.0f);
+    CK(cudaFree(p));
+}
+
+static void test_memcpy_kinds(void **state)
+{
+    float host[16] = {0}, *dev;
+    CK(cudaMalloc((void **)&dev, sizeof host));
+    assert_true(emu_is_device(dev, sizeof host) && !emu_is_device(dev, sizeof host + 1));
+    assert_false(emu_is_device(host, 4));
+    // Fresh device memory is poisoned: NaN as fp32.
+    CK(cudaMemcpy(host, dev, sizeof host, cudaMemcpyDeviceToHost));
+    assert_true(isnan(host[0]) && isnan(host[15]));
+    // Host and device swapped, for each direction.
+    assert_int_equal(cudaMemcpy(host, dev, sizeof host, cudaMemcpyHostToDevice),
+                     cudaErrorInvalidValue);
+    assert_int_equal(cudaMemcpy(dev, host, sizeof host, cudaMemcpyDeviceToHost),
+                     cudaErrorInvalidValue);
+    assert_int_equal(cudaMemcpy(host, host + 8, 8 * sizeof(float), cudaMemcpyDeviceToDevice),
+                     cudaErrorInvalidValue);
+    assert_int_equal(cudaMemcpy(dev, host, sizeof host, cudaMemcpyHostToHost),
+                     cudaErrorInvalidValue);
+    // Past the allocation's end, a bad kind, a NULL source, memset of host memory.
+    assert_int_equal(cudaMemcpy(dev + 1, host, sizeof host, cudaMemcpyHostToDevice),
+                     cudaErrorInvalidValue);
+    assert_int_equal(cudaMemcpy(dev, host, sizeof host, (enum cudaMemcpyKind)7),
+                     cudaErrorInvalidMemcpyDirection);
+    assert_int_equal(cudaMemcpy(dev, NULL, 4, cudaMemcpyHostToDevice), cudaErrorInvalidValue);
+    assert_int_equal(cudaMemset(host, 0, sizeof host), cudaErrorInvalidValue);
+    // The last error is the latest failure until cudaGetLastError reads it.
+    assert_int_equal(cudaPeekAtLastError(), cudaErrorInvalidValue);
+    assert_int_equal(cudaPeekAtLastError(), cudaErrorInvalidValue);
+    assert_int_equal(cudaGetLastError(), cudaErrorInvalidValue);
+    assert_int_equal(cudaGetLastError(), cudaSuccess);
+    // The right ones work; cudaMemcpyDefault infers the direction.
+    for (int i = 0; i < 16; i++)
+        host[i] = (float)i;
+    CK(cudaMemcpy(dev, host, sizeof host, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dev, dev + 8, 8 * sizeof(float), cudaMemcpyDefault));
+    CK(cudaMemcpy(host, dev, sizeof host, cudaMemcpyDefault));
+    assert_true(host[0] == 8.0f && host[7] == 15.0f && host[8] == 8.0f);
+    struct cudaPointerAttributes a;
+    CK(cudaPointerGetAttributes(&a, dev + 3));
+    assert_int_equal(a.type, cudaMemoryTypeDevice);
+    CK(cudaPointerGetAttributes(&a, host));
+    assert_int_equal(a.type, cudaMemoryTypeUnregistered);
+    void *pin;
+    CK(cudaMallocHost(&pin, 64));
+    assert_true(emu_is_pinned(pin) && !emu_is_pinned(host));
+    CK(cudaPointerGetAttributes(&a, pin));
+    assert_int_equal(a.type, cudaMemoryTypeHost);
+    assert_int_equal(cudaFree(pin), cudaErrorInvalidValue);
+    assert_int_equal(cudaFreeHost(dev), cudaErrorInvalidValue);
+    CK(cudaFreeHost(pin));
+    assert_int_equal(cudaFree(host), cudaErrorInvalidValue);
+    CK(cudaFree(dev));
+    (void)cudaGetLastError();
+}
+
+static void test_device_and_launch_config(void **state)
+{
+    int n = 0;
+    CK(cudaGetDeviceCount(&n));
+    assert_true(n >= 1);
+    struct cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, 0));
+    assert_string_equal(p.name, "epserve emulated device");
+    assert_int_equal(p.major * 10 + p.minor, 90);
+    assert_int_equal(cudaSetDevice(n), cudaErrorInvalidDevice);
+    assert_string_equal(cudaGetErrorName(cudaGetLastError()), "cudaErrorInvalidDevice");
+    int *out;
+    CK(cudaMalloc((void **)&out, 64 * sizeof(int)));
+    // 2000 threads per block: refused, nothing runs, the last error says so.
+    assert_int_equal(emu_test_barrier(out, 1, 2000, 2000), cudaErrorInvalidConfiguration);
+    assert_string_equal(cudaGetErrorString(cudaErrorInvalidConfiguration),
+                        "invalid configuration argument");
+    CK(cudaFree(out));
+}
+
+static void test_syncthreads(void **state)
+{
+    enum { B = 5, T = 64 };
+    int *dout, out[B * T];
+    CK(cudaMalloc((void **)&dout, sizeof out));
+    for (int quit = T; quit >= T - 7; quit -= 7) {
+        CK(emu_test_barrier(dout, B, T, quit));
+        CK(cudaMemcpy(out, dout, sizeof out, cudaMemcpyDeviceToHost));
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                assert_int_equal(out[b * T + t], t < quit ? b * 1000 + (t + 1) % quit : -1);
+    }
+    CK(cudaFree(dout));
+}
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static void test_bf16_bit_exact(void **state)
+{
+    // Every bf16-sized top half with low halves around the rounding points:
+    // zeros, subnormals, normals, ties to even, carries into inf, inf, NaN.
+    static const uint32_t lows[] = {0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff};
+    long nan = 0;
+    for (uint32_t hi = 0; hi < 0x10000; hi++)
+        for (size_t j = 0; j < sizeof lows / sizeof lows[0]; j++) {
+            const uint32_t u = hi << 16 | lows[j];
+            float f;
+            memcpy(&f, &u, sizeof f);
+            const unsigned short got = __float2bfloat16_rn(f).x;
+            if (isnan(f)) {
+                assert_int_equal(got, 0x7fff); // CUDA's canonical NaN
+                assert_true(isnan(ep_bf16_to_f32(ep_f32_to_bf16(f))));
+                nan++;
+            } else {
+                assert_int_equal(got, ep_f32_to_bf16(f));
+            }
+        }
+    assert_true(nan > 0);
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        const __nv_bfloat16 b = {(unsigned short)h};
+        const float f = __bfloat162float(b);
+        if (isnan(f))
+            assert_true(isnan(ep_bf16_to_f32((uint16_t)h)));
+        else
+            assert_int_equal(f32_bits(f), f32_bits(ep_bf16_to_f32((uint16_t)h)));
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kernel_past_end_named),    cmocka_unit_test(test_free_checks_guard),
+        cmocka_unit_test(test_kernel_in_bounds),         cmocka_unit_test(test_memcpy_kinds),
+        cmocka_unit_test(test_device_and_launch_config), cmocka_unit_test(test_syncthreads),
+        cmocka_unit_test(test_bf16_bit_exact),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
