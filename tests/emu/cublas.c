@@ -236,6 +236,15 @@ static cublasStatus_t read_scalars(const char *call, const void *alpha, const vo
     return CUBLAS_STATUS_SUCCESS;
 }
 
+// cuBLAS answers a NULL C that beta would scale with INVALID_VALUE; a NULL
+// C that is only written faults in check_operands, as on the device.
+static cublasStatus_t check_c_null(const char *call, const gemm_problem *p)
+{
+    if (p->C || p->m == 0 || p->n == 0 || p->beta == 0.0f) return CUBLAS_STATUS_SUCCESS;
+    emu_warn("cublas", "%s: C is NULL, but beta = %g scales it", call, p->beta);
+    return CUBLAS_STATUS_INVALID_VALUE;
+}
+
 // The compute types taken for fp32 accumulation; the fast ones would round
 // the inputs on a GPU and are refused rather than emulated wrongly.
 static cublasStatus_t check_compute(const char *call, cublasComputeType_t ct)
@@ -377,6 +386,7 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa,
     if ((rc = check_shape(call, "", &p)) != CUBLAS_STATUS_SUCCESS) return rc;
     if ((rc = read_scalars(call, alpha, beta, 1, &p.alpha, &p.beta, 0)) != CUBLAS_STATUS_SUCCESS)
         return rc;
+    if ((rc = check_c_null(call, &p)) != CUBLAS_STATUS_SUCCESS) return rc;
     check_operands(call, "", &p, CUDA_R_32F, CUDA_R_32F);
     gemm_run(&p, CUDA_R_32F, CUDA_R_32F);
     return CUBLAS_STATUS_SUCCESS;
@@ -418,6 +428,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
     }
     if ((rc = read_scalars(call, alpha, beta, 1, &p.alpha, &p.beta, 0)) != CUBLAS_STATUS_SUCCESS)
         return rc;
+    if ((rc = check_c_null(call, &p)) != CUBLAS_STATUS_SUCCESS) return rc;
     check_operands(call, "", &p, Atype, Ctype);
     gemm_run(&p, Atype, Ctype);
     return CUBLAS_STATUS_SUCCESS;

@@ -711,6 +711,8 @@ static void test_rejections(void **state)
                   CUBLAS_STATUS_INVALID_VALUE, "alpha is NULL");
     EXPECT_REJECT(cublasSgemm(h, N, N, m, n, k, &one, A, m, B, k, NULL, C, m),
                   CUBLAS_STATUS_INVALID_VALUE, "beta is NULL");
+    EXPECT_REJECT(cublasSgemm(h, N, N, m, n, k, &one, A, m, B, k, &one, NULL, m),
+                  CUBLAS_STATUS_INVALID_VALUE, "C is NULL, but beta = 1 scales it");
 
     // GemmEx: the same checks, and types / compute types not emulated.
     EXPECT_REJECT(cublasGemmEx(h, T, N, m, n, k, &one, A, CUDA_R_16BF, k - 1, B, CUDA_R_16BF, k,
