@@ -182,12 +182,18 @@ static ncclResult_t emu_nccl_check_join(const emu_nccl_join *all, int size, char
                      size, j->nranks, j->world_rank);
             return ncclInvalidArgument;
         }
-        // Split orders by rank, so a clean set of ranks is 0..size-1 in place.
+        // Split orders by rank, so a clean set of ranks is 0..size-1 in
+        // place; the first one out of place is a duplicate or follows a gap.
         if (j->rank != i) {
-            snprintf(msg, n,
-                     "expected each rank in [0, %d) exactly once, found rank %d on world rank "
-                     "%d and on another process (or a rank missing)",
-                     size, j->rank, j->world_rank);
+            if (i > 0 && j->rank == all[i - 1].rank)
+                snprintf(msg, n,
+                         "expected each rank in [0, %d) once, found rank %d on world ranks %d "
+                         "and %d",
+                         size, j->rank, all[i - 1].world_rank, j->world_rank);
+            else
+                snprintf(msg, n,
+                         "expected each rank in [0, %d) once, found no process with rank %d", size,
+                         i);
             return ncclInvalidArgument;
         }
     }

@@ -349,7 +349,7 @@ static void test_bad_args(ncclComm_t comm)
     // Two ranks claim rank 0.
     if (g_world >= 2)
         CHECK_FAILS(ncclCommInitRank(&c2, g_world, id, g_rank == 1 ? 0 : g_rank),
-                    ncclInvalidArgument, "exactly once");
+                    ncclInvalidArgument, "found rank 0 on world ranks 0 and 1");
     ncclUniqueId junk;
     memset(&junk, 0x5a, sizeof junk);
     CHECK_FAILS(ncclCommInitRank(&c2, g_world, junk, g_rank), ncclInvalidArgument,
@@ -358,6 +358,31 @@ static void test_bad_args(ncclComm_t comm)
     // The same id still makes a working communicator afterwards.
     CHECK(ncclCommInitRank(&c2, g_world, id, g_rank) == ncclSuccess);
     CHECK(ncclCommDestroy(c2) == ncclSuccess);
+    dev_free(d);
+}
+
+// Rank 1 never posts the recv for rank 0's send: rank 0 gives up after
+// EMU_NCCL_TIMEOUT_S instead of hanging, and the communicator reports the
+// failure as its async error from then on. Runs last, on a communicator of
+// its own (the abandoned requests stay with it).
+static void test_timeout(void)
+{
+    ncclComm_t comm = make_comm();
+    if (!comm) return;
+    int32_t *d = dev_alloc(4 * sizeof(int32_t));
+    if (g_rank == 0) {
+        setenv("EMU_NCCL_TIMEOUT_S", "1", 1);
+        CHECK_FAILS(ncclSend(d, 4, ncclInt32, 1, comm, NULL), ncclRemoteError,
+                    "rank 0 waited 1 s (EMU_NCCL_TIMEOUT_S) for rank 1 to post the recv matching "
+                    "its send of 4 elements of ncclInt32");
+        unsetenv("EMU_NCCL_TIMEOUT_S");
+        ncclResult_t async = ncclSuccess;
+        CHECK(ncclCommGetAsyncError(comm, &async) == ncclSuccess && async == ncclRemoteError);
+        CHECK_FAILS(ncclSend(d, 4, ncclInt32, 1, comm, NULL), ncclRemoteError,
+                    "the communicator failed earlier");
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    CHECK(ncclCommDestroy(comm) == ncclSuccess);
     dev_free(d);
 }
 
@@ -382,6 +407,7 @@ int main(int argc, char **argv)
         test_bad_args(comm);
         test_alltoallv(comm, ncclInt32); // still usable after all the failures
         CHECK(ncclCommDestroy(comm) == ncclSuccess);
+        test_timeout();
     }
     int ok = g_failed == 0, all_ok = 0;
     MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
