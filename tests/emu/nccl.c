@@ -236,6 +236,9 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId commId,
     ncclResult_t rc =
         EMU_MPI(MPI_Comm_split(MPI_COMM_WORLD, emu_nccl_color(&commId), me.ok ? rank : 0, &mpi));
     if (rc != ncclSuccess) return rc;
+    // MPI failures come back as ncclSystemError with MPI's words, as the
+    // project's own communicator does, instead of aborting the job.
+    MPI_Comm_set_errhandler(mpi, MPI_ERRORS_RETURN);
     int size = 0;
     MPI_Comm_size(mpi, &size);
     emu_nccl_join *all = malloc((size_t)size * sizeof *all);
