@@ -21,8 +21,7 @@ bool emu_is_pinned(const void *p);
 // Reports a misuse that the real library would answer with an error code:
 // prints "cuda-emu: <lib>: <message>" to stderr (the error paths of the
 // project run too); the caller then returns the library's error code.
-void emu_warn(const char *lib, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void emu_warn(const char *lib, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 // A fault the real device would turn into a sticky error or a crash (an
 // out-of-bounds access in a kernel, a guard zone overwritten): prints
 // "cuda-emu: FAULT: <message>" and aborts, so the test fails at once.
