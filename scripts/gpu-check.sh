@@ -264,7 +264,11 @@ else
         results=$(sed -n 's/^ *[0-9]*\/[0-9]* Test *#\([0-9]*\): \(cuda\.[^ ]*\) \.*[ *]*\([A-Za-z][A-Za-z ]*[A-Za-z]\) *\(.*\)$/\1|\2|\3|\4/p' "$ct")
         n_tests=$(printf '%s' "$results" | grep -c .)
         if [ "$n_tests" = 0 ]; then
-            record "ctest -R cuda" FAIL "no cuda test ran (${run_why:-none found})" "$run_secs"
+            if [ -n "$run_why" ]; then
+                record "ctest -R cuda" FAIL "$run_why, before any cuda test finished" "$run_secs"
+            else
+                record "ctest -R cuda" FAIL "no cuda test found in $build" "$run_secs"
+            fi
         else
             while IFS='|' read -r num tname res rest; do
                 secs=$(echo "$rest" | sed -n 's/^\([0-9.]*\) sec.*/\1/p')
