@@ -841,36 +841,40 @@ static void *emu_worker_main(void *arg)
 static void emu_segv(int sig)
 {
     const char *k = (const char *)emu_cur_kernel;
-    static const char a[] = "cuda-emu: FAULT: kernel ", b[] = ": invalid memory access (SIGSEGV)\n";
+    static const char a[] = "cuda-emu: FAULT: kernel ",
+                      b[] = ": invalid memory access (SIGSEGV or SIGBUS)\n";
     if (k) {
         ssize_t r = write(2, a, sizeof a - 1);
         r = write(2, k, strlen(k));
         r = write(2, b, sizeof b - 1);
         (void)r;
     }
-    signal(sig, SIG_DFL);
+    signal(sig, SIG_DFL); // the default action: the process dies of sig
     raise(sig);
 }
 
-// A SIGSEGV in a kernel names it, unless someone (ASan) handles it already.
-static void emu_install_segv(void)
+// A SIGSEGV or SIGBUS while a kernel runs names the kernel: the handler is
+// installed for the launch and the previous one restored after it (a test
+// framework's handler cannot unwind out of a kernel's thread, and one
+// installed after ASan's would hide ASan's report too).
+static void emu_segv_swap(bool on, struct sigaction old[2])
 {
-    struct sigaction old;
-    if (sigaction(SIGSEGV, NULL, &old) == 0 && old.sa_handler == SIG_DFL &&
-        !(old.sa_flags & SA_SIGINFO)) {
+    if (on) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = emu_segv;
-        sigaction(SIGSEGV, &sa, NULL);
+        sigaction(SIGSEGV, &sa, &old[0]);
+        sigaction(SIGBUS, &sa, &old[1]);
+    } else {
+        sigaction(SIGSEGV, &old[0], NULL);
+        sigaction(SIGBUS, &old[1], NULL);
     }
 }
 
 void emu_launch_grid(const char *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                      void (*run)(void *ctx), void *ctx)
 {
-    static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
     if (emu_need_device()) return;
-    pthread_once(&segv_once, emu_install_segv);
     if (!emu_stream_ok(stream)) {
         emu_warn("cudart", "launch of %s: stream %p: expected a live stream", kernel,
                  (void *)stream);
@@ -907,6 +911,8 @@ void emu_launch_grid(const char *kernel, dim3 grid, dim3 block, size_t smem, cud
     pthread_cond_init(&l.bs.cv, NULL);
     emu_cur_launch = &l;
     emu_cur_kernel = kernel;
+    struct sigaction old_sig[2];
+    emu_segv_swap(true, old_sig);
 
     struct emu_worker *w = calloc(nt, sizeof *w);
     pthread_t *th = calloc(nt, sizeof *th);
@@ -929,6 +935,7 @@ void emu_launch_grid(const char *kernel, dim3 grid, dim3 block, size_t smem, cud
     free(th);
     free(w);
 
+    emu_segv_swap(false, old_sig);
     snprintf(when, sizeof when, "kernel %s", kernel);
     emu_check_all(when);
     emu_cur_kernel = NULL;

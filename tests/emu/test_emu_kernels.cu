@@ -1,5 +1,6 @@
 // Kernels for the emulation's own test (test_emu_runtime.c): one that
-// writes past its buffer, one that needs its barrier.
+// writes past its buffer, one that reads through an index it was given
+// (a wild one faults), one that needs its barrier.
 #include "cluster/cuda/launch.h"
 #include "test_emu_kernels.h"
 
@@ -7,6 +8,12 @@ __global__ void emu_test_past_end_kernel(float *p, int n)
 {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i <= n) p[i] = 1.0f; // i == n is one past the end
+}
+
+__global__ void emu_test_gather_kernel(const float *x, const int *idx, float *y, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[idx[i]];
 }
 
 // Each thread reads its neighbour's slot after the barrier; threads from
@@ -27,6 +34,12 @@ __global__ void emu_test_barrier_kernel(int *out, int quit)
 extern "C" cudaError_t emu_test_past_end(float *p, int n)
 {
     EP_LAUNCH(emu_test_past_end_kernel, (n + 32) / 32, 32, 0, 0, p, n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t emu_test_gather(const float *x, const int *idx, float *y, int n)
+{
+    EP_LAUNCH(emu_test_gather_kernel, (n + 31) / 32, 32, 0, 0, x, idx, y, n);
     return cudaGetLastError();
 }
 

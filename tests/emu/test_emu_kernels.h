@@ -10,6 +10,8 @@ extern "C" {
 
 // Writes 1.0f to p[0..n] inclusive: one element past a buffer of n.
 cudaError_t emu_test_past_end(float *p, int n);
+// y[i] = x[idx[i]] for i < n (idx and the buffers on the device).
+cudaError_t emu_test_gather(const float *x, const int *idx, float *y, int n);
 // out[b * threads + t] = (neighbour's id) for t < quit, else -1; threads <= 64.
 cudaError_t emu_test_barrier(int *out, int blocks, int threads, int quit);
 

@@ -1,5 +1,6 @@
 // The emulated CUDA device itself (EP_CUDA_EMU builds only): a kernel that
-// writes one past its buffer dies naming the kernel (in a child process),
+// writes one past its buffer dies naming the kernel (in a child process), so
+// does one that reads through a wild index,
 // a host write past a buffer is caught at cudaFree, copies of the wrong
 // direction or size are refused with the real runtime's errors, the
 // last-error rules, poisoned fresh memory, __syncthreads as a barrier, and
@@ -67,6 +68,32 @@ static void test_kernel_past_end_named(void **state)
     assert_non_null(strstr(msg, "cuda-emu: FAULT: kernel emu_test_past_end_kernel"));
     assert_non_null(strstr(msg, "guard zone after the 148-byte device allocation"));
     assert_non_null(strstr(msg, "byte 0 past its end"));
+}
+
+// A kernel that reads far outside every allocation (an index gone wrong)
+// dies naming the kernel: the emulation's SIGSEGV handler, or under ASan its
+// report, whose stack holds the kernel's frame.
+static void kernel_wild_read(void)
+{
+    float *x, *y;
+    int *idx;
+    const int h_idx[2] = {0, 1 << 30}; // 4 GiB past x
+    if (cudaMalloc((void **)&x, 2 * sizeof(float)) || cudaMalloc((void **)&y, 2 * sizeof(float)) ||
+        cudaMalloc((void **)&idx, sizeof h_idx) ||
+        cudaMemcpy(idx, h_idx, sizeof h_idx, cudaMemcpyHostToDevice))
+        _exit(3);
+    emu_test_gather(x, idx, y, 2);
+    _exit(0); // not reached: the read faults
+}
+
+static void test_kernel_wild_read_named(void **state)
+{
+    char msg[16384];
+    int st;
+    run_child(kernel_wild_read, msg, sizeof msg, &st);
+    if (!strstr(msg, "emu_test_gather_kernel")) fprintf(stderr, "the child said:\n%s\n", msg);
+    assert_true(WIFSIGNALED(st) || (WIFEXITED(st) && WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 3));
+    assert_non_null(strstr(msg, "emu_test_gather_kernel"));
 }
 
 static void host_past_end(void)
@@ -230,9 +257,13 @@ static void test_bf16_bit_exact(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_kernel_past_end_named),    cmocka_unit_test(test_free_checks_guard),
-        cmocka_unit_test(test_kernel_in_bounds),         cmocka_unit_test(test_memcpy_kinds),
-        cmocka_unit_test(test_device_and_launch_config), cmocka_unit_test(test_syncthreads),
+        cmocka_unit_test(test_kernel_past_end_named),
+        cmocka_unit_test(test_kernel_wild_read_named),
+        cmocka_unit_test(test_free_checks_guard),
+        cmocka_unit_test(test_kernel_in_bounds),
+        cmocka_unit_test(test_memcpy_kinds),
+        cmocka_unit_test(test_device_and_launch_config),
+        cmocka_unit_test(test_syncthreads),
         cmocka_unit_test(test_bf16_bit_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
