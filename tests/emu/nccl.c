@@ -353,13 +353,21 @@ static long emu_nccl_wait(MPI_Request *req, size_t n, ncclResult_t *rc)
     }
 }
 
+// Queues given up on (below), kept reachable so that LeakSanitizer does not
+// report them; a process gives up a few times at most.
+static emu_nccl_op *emu_nccl_abandoned[64];
+static int emu_nccl_n_abandoned;
+
 // A wait gave up: the requests stay posted (MPI may still write into the
-// headers), so the queue is leaked on purpose and the communicators marked.
+// headers), so the queue is never freed or reused, and the communicators
+// are marked failed.
 static ncclResult_t emu_nccl_timed_out(emu_nccl_op *ops, size_t n, const emu_nccl_op *stuck,
                                        const char *phase)
 {
     for (size_t i = 0; i < n; i++)
         ops[i].comm->async = ncclRemoteError;
+    if (emu_nccl_n_abandoned < (int)(sizeof emu_nccl_abandoned / sizeof *emu_nccl_abandoned))
+        emu_nccl_abandoned[emu_nccl_n_abandoned++] = emu_nccl_group.ops;
     emu_nccl_group.ops = NULL;
     emu_nccl_group.cap = 0;
     return emu_nccl_fail(ncclRemoteError,
