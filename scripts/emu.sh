@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The emulated-device job (docs/cuda.md): the whole --backend cuda path on
+# the emulated CUDA device (tests/emu), no GPU needed.
+#   1. build-emu/ (-DEP_CUDA=ON -DEP_CUDA_EMU=ON): every cuda.* test, none
+#      may skip;
+#   2. `bench --backend cuda --check` at np 2 on both tiny presets: 0 wrong
+#      rows, planned == measured bytes;
+#   3. `logits` and `generate --backend cuda` against the CPU path: logits
+#      within EP_EMU_LOGIT_TOL (row-wise max|a-b| / max|b|) of the CPU with
+#      BF16 experts; every token greedy generation picks is, under the CPU
+#      fp32 model's logits for the same prefix, within that tolerance of the
+#      best (BF16 may break a near-tie the other way, nothing more);
+#   4. build-emu-asan/ (the same with ASan + UBSan + LSan): the cuda.* tests.
+#   scripts/emu.sh [--no-asan]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+jobs=${EP_JOBS:-$(nproc)}
+asan=1
+case "${1:-}" in
+  --no-asan) asan=0 ;;
+  "") ;;
+  *) echo "emu.sh: unknown option '$1' (expected --no-asan or nothing)" >&2; exit 2 ;;
+esac
+py=/usr/bin/python3
+tol=${EP_EMU_LOGIT_TOL:-0.05}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+export EP_EMU_DEVICES=4 # one emulated GPU per rank
+
+"$root/scripts/deps.sh"
+
+# Runs the cuda.* tests of build $1; fails when one fails or skips (on the
+# emulated device every one of them must run).
+cuda_tests() {
+  local log="$1/emu-ctest.log"
+  (cd "$1" && ctest --output-on-failure -j "$jobs" -R '^cuda\.') | tee "$log"
+  if grep -q 'Skipped' "$log"; then
+    echo "emu.sh: a cuda test skipped on the emulated device (see $log)" >&2
+    return 1
+  fi
+}
+
+# Configures build $1 (extra cmake arguments after it) and builds only what
+# this job runs: the cuda.* tests' binaries and epserve.
+emu_build() {
+  local b="$1"
+  shift
+  cmake -S "$root" -B "$b" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEP_CUDA=ON -DEP_CUDA_EMU=ON "$@" \
+    >/dev/null
+  local targets
+  targets=$(cmake --build "$b" --target help | grep -oE '\btest_(cuda|emu|moe_cuda|mpi_nccl)[a-z_]*' |
+    sort -u)
+  # shellcheck disable=SC2086 # one target per word
+  cmake --build "$b" -j "$jobs" --target epserve $targets
+}
+
+build="$root/build-emu"
+emu_build "$build"
+cuda_tests "$build"
+
+bin="$build/epserve"
+out="$build/emu-check"
+rm -rf "$out" && mkdir -p "$out"
+run2() { mpirun -np 2 --oversubscribe "$bin" "$@"; }
+
+echo "# bench --backend cuda --check, np 2"
+for m in tiny-qwen3-moe tiny-deepseek-v2; do
+  run2 bench --model "$m" --backend cuda --routing baseline,ban,banpick --tokens 48 --steps 2 \
+    --warmup 1 --check --quiet --json "$out/bench_$m.json"
+  "$py" - "$out/bench_$m.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+bad = []
+for p in d["policies"]:
+    if p["wrong"] != 0 or p["checked_tokens"] == 0:
+        bad.append(f'{p["name"]}: {p["wrong"]} wrong of {p["checked_tokens"]} checked')
+    if p["planned_bytes"] != p["measured_bytes"]:
+        bad.append(f'{p["name"]}: planned {p["planned_bytes"]} != measured {p["measured_bytes"]}')
+print(f'{d["model"]}: ' + ("; ".join(bad) if bad else
+      f'{len(d["policies"])} policies, 0 wrong rows, planned == measured'))
+sys.exit(1 if bad else 0)
+PY
+done
+
+echo "# logits and generate --backend cuda vs the CPU path, np 2"
+prompt=1,2,3,4,5,6,7
+for m in tiny-qwen3-moe tiny-deepseek-v2; do
+  run2 logits --model "$m" --tokens "$prompt" --backend cuda --out "$out/logits_${m}_cuda.bin"
+  run2 logits --model "$m" --tokens "$prompt" --expert-dtype bf16 --out "$out/logits_${m}_bf16.bin"
+  run2 generate --model "$m" --tokens "$prompt" --max-tokens 8 --ignore-eos --backend cuda --json \
+    >"$out/generate_${m}_cuda.json"
+  ids=$("$py" -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))["ids"])))' \
+    "$out/generate_${m}_cuda.json")
+  # The CPU fp32 model's logits for every prefix of prompt + generated ids.
+  run2 logits --model "$m" --tokens "$prompt,$ids" --out "$out/logits_${m}_teacher.bin"
+  "$py" - "$m" "$tol" "$prompt" "$ids" "$out" <<'PY'
+import array, sys
+m, tol, prompt, ids, out = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+P, G = len(prompt.split(",")), [int(t) for t in ids.split(",")]
+def rows(path, n):
+    a = array.array("f")
+    with open(path, "rb") as f:
+        a.frombytes(f.read())
+    v = len(a) // n
+    assert v * n == len(a), f"{path}: {len(a)} floats is not {n} rows"
+    return [a[i * v:(i + 1) * v] for i in range(n)]
+cuda, cpu = rows(f"{out}/logits_{m}_cuda.bin", P), rows(f"{out}/logits_{m}_bf16.bin", P)
+err = max(max(abs(x - y) for x, y in zip(a, b)) / max(abs(y) for y in b) for a, b in zip(cuda, cpu))
+teach = rows(f"{out}/logits_{m}_teacher.bin", P + len(G))
+worst = 0.0
+for i, t in enumerate(G):  # row P-1+i predicts generated token i
+    r = teach[P - 1 + i]
+    worst = max(worst, (max(r) - r[t]) / max(abs(y) for y in r))
+ok = err <= tol and worst <= tol
+print(f"{m}: logits cuda vs cpu-bf16 max rel err {err:.4f}; generated {len(G)} tokens, "
+      f"worst gap to the CPU's best {worst:.4f} (tolerance {tol}) {'ok' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
+done
+
+if [ "$asan" = 1 ]; then
+  echo "# the cuda tests under ASan + UBSan + LSan"
+  abuild="$root/build-emu-asan"
+  emu_build "$abuild" -DEP_SANITIZE=ON
+  . "$root/scripts/sanitize_env.sh"
+  ep_sanitize_env "$abuild"
+  cuda_tests "$abuild"
+fi
+echo "emu.sh: the cuda backend ran on the emulated device: tests, bench --check, logits, generate"
