@@ -114,6 +114,16 @@ static void test_shards_vs_cpu(void **state)
                 assert_int_equal(used, EP_CUDA_GEMM_LOOP);
             else
                 assert_true(used == EP_CUDA_GEMM_GROUPED || used == EP_CUDA_GEMM_LOOP);
+#ifdef EP_CUDA_EMU
+            // The emulated cuBLAS takes the grouped call unless told to
+            // refuse it (EP_EMU_CUBLAS_GROUPED=0, the .no_grouped run): then
+            // AUTO must have fallen back to the per-expert GEMMs.
+            if (modes[m] == EP_CUDA_GEMM_AUTO) {
+                const char *g = getenv("EP_EMU_CUBLAS_GROUPED");
+                assert_int_equal(used,
+                                 g && !strcmp(g, "0") ? EP_CUDA_GEMM_LOOP : EP_CUDA_GEMM_GROUPED);
+            }
+#endif
             printf("# %s rank %d, mode %s: %s GEMMs\n", c->name, rank,
                    modes[m] == EP_CUDA_GEMM_AUTO ? "auto" : "loop",
                    used == EP_CUDA_GEMM_GROUPED ? "grouped" : "per-expert");
