@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -223,6 +224,64 @@ static uint32_t f32_bits(float f)
     return u;
 }
 
+// The nearest e5m2 code to a finite |a| below the overflow point, by
+// search over every code's value (common/dtype.h decodes them): ties go to
+// the even code, as round-to-nearest-even does.
+static unsigned char e5m2_nearest(double a)
+{
+    unsigned char best = 0;
+    double bd = INFINITY;
+    for (unsigned c = 0; c < 0x7C; c++) { // the finite non-negative codes
+        const double d = fabs((double)ep_fp8_e5m2_to_f32((uint8_t)c) - a);
+        if (d < bd || (d == bd && !(c & 1u))) bd = d, best = (unsigned char)c;
+    }
+    return best;
+}
+
+static void test_fp8_bit_exact(void **state)
+{
+    // Decoding: every code, against common/dtype.h.
+    for (unsigned c = 0; c < 256; c++) {
+        const float a = emu_fp8_to_float((unsigned char)c, __NV_E4M3);
+        const float b = ep_fp8_e4m3_to_f32((uint8_t)c);
+        assert_true(isnan(a) ? isnan(b) : f32_bits(a) == f32_bits(b));
+        const float x = emu_fp8_to_float((unsigned char)c, __NV_E5M2);
+        const float y = ep_fp8_e5m2_to_f32((uint8_t)c);
+        assert_true(isnan(x) ? isnan(y) : f32_bits(x) == f32_bits(y));
+    }
+    // Encoding: fp32 patterns across every exponent (top 16 bits) with low
+    // halves around e4m3's and e5m2's rounding points.
+    static const uint32_t lows[] = {0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff};
+    static const uint32_t mids[] = {0x00000, 0x0ffff, 0x10000, 0x10001, 0x1ffff, 0x3ffff};
+    long n = 0;
+    for (uint32_t hi = 0; hi < 0x10000; hi++)
+        for (size_t j = 0; j < 6; j++) {
+            const uint32_t u = (hi << 16 | lows[j]) ^ (hi & 1u ? mids[j] : 0u);
+            float f;
+            memcpy(&f, &u, sizeof f);
+            const unsigned char sign = (unsigned char)(u >> 24 & 0x80u);
+            const unsigned char e4 = __nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3);
+            const unsigned char e5 = __nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E5M2);
+            const double a = fabs((double)f);
+            if (isnan(f)) { // CUDA keeps the sign; e5m2 keeps two payload bits, quiet
+                assert_int_equal(e4, sign | 0x7F);
+                assert_int_equal(e5, sign | 0x7E | (u >> 21 & 3u));
+                continue;
+            }
+            assert_int_equal(e4, ep_f32_to_fp8_e4m3(f)); // saturating, as __NV_SATFINITE
+            if (a >= 61440.0) {                          // past 57344 + half an ulp
+                assert_int_equal(e5, sign | 0x7B);
+                assert_int_equal(__nv_cvt_float_to_fp8(f, __NV_NOSAT, __NV_E5M2), sign | 0x7C);
+            } else {
+                assert_int_equal(e5, sign | e5m2_nearest(a));
+            }
+            if (a > 464.0)
+                assert_int_equal(__nv_cvt_float_to_fp8(f, __NV_NOSAT, __NV_E4M3), sign | 0x7F);
+            n++;
+        }
+    assert_true(n > 300000);
+}
+
 static void test_bf16_bit_exact(void **state)
 {
     // Every bf16-sized top half with low halves around the rounding points:
@@ -265,6 +324,7 @@ int main(void)
         cmocka_unit_test(test_device_and_launch_config),
         cmocka_unit_test(test_syncthreads),
         cmocka_unit_test(test_bf16_bit_exact),
+        cmocka_unit_test(test_fp8_bit_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
