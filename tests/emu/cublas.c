@@ -364,45 +364,16 @@ const char *cublasGetStatusString(cublasStatus_t status)
     }
 }
 
-cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa,
-                              cublasOperation_t transb, int m, int n, int k, const float *alpha,
-                              const float *A, int lda, const float *B, int ldb, const float *beta,
-                              float *C, int ldc)
+// One GEMM (cublasSgemm, cublasGemmEx): the checks in cuBLAS's order, then
+// the product; `call` names the entry point in messages.
+static cublasStatus_t gemm_one(const char *call, cublasHandle_t handle, cublasOperation_t transa,
+                               cublasOperation_t transb, int m, int n, int k, const void *alpha,
+                               const void *A, cudaDataType Atype, int lda, const void *B,
+                               cudaDataType Btype, int ldb, const void *beta, void *C,
+                               cudaDataType Ctype, int ldc, cublasComputeType_t computeType)
 {
-    static const char call[] = "cublasSgemm";
     cublasStatus_t rc = check_handle(call, handle);
     if (rc != CUBLAS_STATUS_SUCCESS) return rc;
-    gemm_problem p = {.ta = transa,
-                      .tb = transb,
-                      .m = m,
-                      .n = n,
-                      .k = k,
-                      .A = A,
-                      .B = B,
-                      .C = C,
-                      .lda = lda,
-                      .ldb = ldb,
-                      .ldc = ldc};
-    if ((rc = check_shape(call, "", &p)) != CUBLAS_STATUS_SUCCESS) return rc;
-    if ((rc = read_scalars(call, alpha, beta, 1, &p.alpha, &p.beta, 0)) != CUBLAS_STATUS_SUCCESS)
-        return rc;
-    if ((rc = check_c_null(call, &p)) != CUBLAS_STATUS_SUCCESS) return rc;
-    check_operands(call, "", &p, CUDA_R_32F, CUDA_R_32F);
-    gemm_run(&p, CUDA_R_32F, CUDA_R_32F);
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
-                            cublasOperation_t transb, int m, int n, int k, const void *alpha,
-                            const void *A, cudaDataType Atype, int lda, const void *B,
-                            cudaDataType Btype, int ldb, const void *beta, void *C,
-                            cudaDataType Ctype, int ldc, cublasComputeType_t computeType,
-                            cublasGemmAlgo_t algo)
-{
-    static const char call[] = "cublasGemmEx";
-    cublasStatus_t rc = check_handle(call, handle);
-    if (rc != CUBLAS_STATUS_SUCCESS) return rc;
-    (void)algo; // every algorithm computes the same here
     gemm_problem p = {.ta = transa,
                       .tb = transb,
                       .m = m,
@@ -432,6 +403,27 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
     check_operands(call, "", &p, Atype, Ctype);
     gemm_run(&p, Atype, Ctype);
     return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa,
+                              cublasOperation_t transb, int m, int n, int k, const float *alpha,
+                              const float *A, int lda, const float *B, int ldb, const float *beta,
+                              float *C, int ldc)
+{
+    return gemm_one("cublasSgemm", handle, transa, transb, m, n, k, alpha, A, CUDA_R_32F, lda, B,
+                    CUDA_R_32F, ldb, beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F);
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
+                            cublasOperation_t transb, int m, int n, int k, const void *alpha,
+                            const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C,
+                            cudaDataType Ctype, int ldc, cublasComputeType_t computeType,
+                            cublasGemmAlgo_t algo)
+{
+    (void)algo; // every algorithm computes the same here
+    return gemm_one("cublasGemmEx", handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype,
+                    ldb, beta, C, Ctype, ldc, computeType);
 }
 
 // EP_EMU_CUBLAS_GROUPED=0 makes the grouped call answer NOT_SUPPORTED, as a
