@@ -1,12 +1,14 @@
 // Emulated cuBLAS: the GEMMs epserve calls (cublasSgemm, cublasGemmEx,
 // cublasGemmGroupedBatchedEx) and the handle calls around them, run on the
 // host at once (emulated streams are synchronous). Column-major, fp32
-// accumulation in k order, BF16 rounded to nearest even as CUDA does.
+// accumulation in k order, BF16 rounded as CUDA does (cuda_bf16.h's
+// conversions, the kernels' own).
 // Arguments cuBLAS rejects get its status and a message through emu_warn;
 // operands the device could not read (a host pointer, a buffer smaller than
 // the extent m, n, k and ld imply) are faults, as the device's MMU would
 // make them. Pointer mode is host only.
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -34,38 +36,6 @@ typedef struct {
     int lda, ldb, ldc;
 } gemm_problem;
 
-// ---- BF16 ---------------------------------------------------------------------------------
-
-static float bits_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static float bf16_to_f32(uint16_t h)
-{
-    return bits_f32((uint32_t)h << 16);
-}
-
-// As CUDA's __float2bfloat16_rn: every NaN becomes 0x7fff, the rest rounds to
-// nearest with ties to even (a carry correctly bumps the exponent, up to Inf).
-static uint16_t f32_to_bf16(float f)
-{
-    uint32_t u = f32_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;
-    uint32_t r = u >> 16, rem = u << 16;
-    if (rem > 0x80000000u || (rem == 0x80000000u && (r & 1u))) r++;
-    return (uint16_t)r;
-}
-
 static size_t type_size(cudaDataType t)
 {
     return t == CUDA_R_32F ? 4 : 2;
@@ -74,7 +44,7 @@ static size_t type_size(cudaDataType t)
 static float load(const void *p, cudaDataType t, size_t i)
 {
     if (t == CUDA_R_32F) return ((const float *)p)[i];
-    return bf16_to_f32(((const uint16_t *)p)[i]);
+    return __bfloat162float((__nv_bfloat16){((const uint16_t *)p)[i]});
 }
 
 static void store(void *p, cudaDataType t, size_t i, float v)
@@ -82,7 +52,7 @@ static void store(void *p, cudaDataType t, size_t i, float v)
     if (t == CUDA_R_32F)
         ((float *)p)[i] = v;
     else
-        ((uint16_t *)p)[i] = f32_to_bf16(v);
+        ((uint16_t *)p)[i] = emu_f32_to_bf16_bits(v);
 }
 
 // ---- checks -------------------------------------------------------------------------------
@@ -434,6 +404,17 @@ static bool grouped_enabled(void)
     return !v || strcmp(v, "0") != 0;
 }
 
+// Group g's shape from the grouped call's per-group arrays.
+#define GROUP_PROBLEM(g)                                                                           \
+    ((gemm_problem){.ta = transa_array[g],                                                         \
+                    .tb = transb_array[g],                                                         \
+                    .m = m_array[g],                                                               \
+                    .n = n_array[g],                                                               \
+                    .k = k_array[g],                                                               \
+                    .lda = lda_array[g],                                                           \
+                    .ldb = ldb_array[g],                                                           \
+                    .ldc = ldc_array[g]})
+
 cublasStatus_t cublasGemmGroupedBatchedEx(
     cublasHandle_t handle, const cublasOperation_t transa_array[],
     const cublasOperation_t transb_array[], const int m_array[], const int n_array[],
@@ -480,14 +461,7 @@ cublasStatus_t cublasGemmGroupedBatchedEx(
             emu_warn("cublas", "%s%s: group_size = %d, expected >= 0", call, where, group_size[g]);
             return CUBLAS_STATUS_INVALID_VALUE;
         }
-        gemm_problem p = {.ta = transa_array[g],
-                          .tb = transb_array[g],
-                          .m = m_array[g],
-                          .n = n_array[g],
-                          .k = k_array[g],
-                          .lda = lda_array[g],
-                          .ldb = ldb_array[g],
-                          .ldc = ldc_array[g]};
+        gemm_problem p = GROUP_PROBLEM(g);
         if ((rc = check_shape(call, where, &p)) != CUBLAS_STATUS_SUCCESS) return rc;
         total += (size_t)group_size[g];
     }
@@ -507,14 +481,7 @@ cublasStatus_t cublasGemmGroupedBatchedEx(
 
     size_t q = 0;
     for (int g = 0; g < group_count; g++) {
-        gemm_problem p = {.ta = transa_array[g],
-                          .tb = transb_array[g],
-                          .m = m_array[g],
-                          .n = n_array[g],
-                          .k = k_array[g],
-                          .lda = lda_array[g],
-                          .ldb = ldb_array[g],
-                          .ldc = ldc_array[g]};
+        gemm_problem p = GROUP_PROBLEM(g);
         (void)read_scalars(call, alpha_array, beta_array, (size_t)group_count, &p.alpha, &p.beta,
                            (size_t)g);
         for (int s = 0; s < group_size[g]; s++, q++) {
@@ -528,3 +495,4 @@ cublasStatus_t cublasGemmGroupedBatchedEx(
     }
     return CUBLAS_STATUS_SUCCESS;
 }
+#undef GROUP_PROBLEM
