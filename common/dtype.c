@@ -360,3 +360,16 @@ ep_status ep_dtype_from_f32(ep_dtype t, const float *src, void *dst, size_t n)
                          ep_dtype_name(t));
     }
 }
+
+ep_status ep_weight_dtype_parse(const char *s, ep_dtype *out)
+{
+    if (!strcmp(s, "auto"))
+        *out = EP_DTYPE_AUTO;
+    else if (!strcmp(s, "f32"))
+        *out = EP_DTYPE_F32;
+    else if (!strcmp(s, "bf16"))
+        *out = EP_DTYPE_BF16;
+    else
+        return ep_errorf(EP_ERR_ARG, "weight dtype: expected auto, f32 or bf16, found '%s'", s);
+    return EP_OK;
+}

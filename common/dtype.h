@@ -8,6 +8,9 @@
 #include "common/ep.h"
 
 typedef enum {
+    // Not a storage type: where an option takes a weight dtype, "the
+    // checkpoint's own" (BF16 tensors stay BF16, everything else F32).
+    EP_DTYPE_AUTO = -1,
     EP_DTYPE_F32,
     EP_DTYPE_F16,
     EP_DTYPE_BF16,
@@ -86,5 +89,9 @@ void ep_fp8_row_decode(const void *src, int hidden, float *dst);
 ep_status ep_dtype_to_f32(ep_dtype t, const void *src, float *dst, size_t n);
 // Converts n fp32 values to dtype t (F32, F16, BF16, F8_E4M3).
 ep_status ep_dtype_from_f32(ep_dtype t, const float *src, void *dst, size_t n);
+
+// A weight storage option (--dtype, --expert-dtype): "auto" (EP_DTYPE_AUTO),
+// "f32" or "bf16"; EP_ERR_ARG names what was found.
+ep_status ep_weight_dtype_parse(const char *s, ep_dtype *out);
 
 #endif

@@ -18,6 +18,7 @@ void ep_model_opts_default(ep_model_opts *o, const ep_model_cfg *cfg)
 {
     memset(o, 0, sizeof *o);
     ep_moe_opts_default(&o->moe, cfg);
+    o->dtype = EP_DTYPE_AUTO;
     o->kv_block_tokens = 16;
     o->max_seqs = 64;
     o->max_ctx = cfg->max_pos < 4096 ? cfg->max_pos : 4096;
@@ -485,4 +486,14 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
     }
     ep_dense_gemm_nt(rows, c->vocab, H, m->xn, m->lm_head, 0.0f, logits);
     return EP_OK;
+}
+
+void ep_model_get_bytes(const ep_model *m, ep_model_bytes *out)
+{
+    const ep_model_cfg *c = m->cfg;
+    memset(out, 0, sizeof *out);
+    out->embed = (uint64_t)c->vocab * c->hidden * sizeof(float);
+    out->dense = m->weight_bytes - out->embed + (c->tie_embeddings ? out->embed : 0);
+    out->expert = (uint64_t)3 * c->moe_inter * c->hidden * sizeof(float);
+    out->experts = ep_moe_expert_bytes(m->moe);
 }

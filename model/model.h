@@ -11,8 +11,15 @@
 #include "model/moe.h"
 
 typedef struct {
-    ep_moe_opts moe;     // MoE layer options; moe.cap_tokens is also the most
-                         // tokens one rank runs in one step (all sequences)
+    ep_moe_opts moe; // MoE layer options; moe.cap_tokens is also the most
+                     // tokens one rank runs in one step (all sequences)
+    // Storage of the replicated weights (embeddings, attention/MLA, dense
+    // MLPs, shared experts, lm_head): EP_DTYPE_AUTO (default: each tensor in
+    // the checkpoint's dtype when BF16, mapped from the file without a copy;
+    // fp32 otherwise), EP_DTYPE_F32 or EP_DTYPE_BF16. BF16 products round
+    // their activations to BF16 and accumulate in fp32. Norm weights, the
+    // router gates and the KV cache stay fp32.
+    ep_dtype dtype;
     int kv_block_tokens; // tokens per KV block
     int kv_blocks;       // blocks in this rank's pool
     int max_seqs;        // sequences this rank holds at once
@@ -35,6 +42,16 @@ void ep_model_free(ep_model *m); // NULL ok
 ep_moe *ep_model_moe(ep_model *m);
 ep_kv *ep_model_kv(ep_model *m);
 size_t ep_model_weight_bytes(const ep_model *m); // replicated + this rank's expert bytes
+// The weights this rank holds, by how a step reads them (bytes as stored).
+typedef struct {
+    uint64_t embed;   // embedding table: a step reads its tokens' rows only
+    uint64_t dense;   // read whole by every step that runs a token: norms,
+                      // attention / MLA, dense MLPs, router gates, shared
+                      // experts, final norm, lm_head (the embedding again when tied)
+    uint64_t expert;  // one routed expert at one MoE layer (gate, up, down)
+    uint64_t experts; // every routed expert held, over all MoE layers
+} ep_model_bytes;
+void ep_model_get_bytes(const ep_model *m, ep_model_bytes *out);
 
 // Sequences live in this rank's KV cache (ep_kv_seq_* on ep_model_kv() work too).
 ep_status ep_model_seq_new(ep_model *m, int *seq);
