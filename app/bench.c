@@ -63,8 +63,8 @@ static void usage(FILE *f)
         "                       dispatch with a scale per 128 channels, bf16 combine\n"
         "  --backend B          cpu | cuda: where the experts run (default cpu); cuda: BF16\n"
         "                       experts on one GPU per rank, NCCL transport (EP_CUDA builds)\n"
-        "  --expert-dtype D     cpu backend: f32 | bf16 storage of the routed experts\n"
-        "                       (default f32, the reference precision)\n"
+        "  --expert-dtype D     cpu backend: auto | f32 | bf16 storage of the experts\n"
+        "                       (default auto: bf16 for a BF16 checkpoint, else f32)\n"
         "  --micro-batches N    1 | 2: with 2, each MoE layer runs as two half-batches, one's\n"
         "                       all-to-all overlapping the other's experts (default 1)\n"
         "  --ranks-per-node N   treat every N consecutive ranks as one node\n"
@@ -116,7 +116,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
     a->placement = "contiguous";
     a->wire = "f32";
     a->backend = "cpu";
-    a->expert_dtype = "f32";
+    a->expert_dtype = "auto";
     a->micro_batches = 1;
     a->domain = "mix";
     a->mode = "prefill";
@@ -576,7 +576,7 @@ int ep_cmd_bench(int argc, char **argv)
     mo.home_only = a.home_only;
     mo.micro_batches = a.micro_batches;
     if ((st = ep_comm_wire_parse("--wire", a.wire, &mo.wire))) goto setup_done;
-    if ((st = ep_moe_expert_dtype_parse(a.expert_dtype, &mo.expert_dtype))) {
+    if ((st = ep_weight_dtype_parse(a.expert_dtype, &mo.expert_dtype))) {
         st = ep_error_prefix(st, "--expert-dtype");
         goto setup_done;
     }
@@ -621,6 +621,9 @@ int ep_cmd_bench(int argc, char **argv)
     }
 
     if ((st = ep_weights_open(&cfg, &w))) goto setup_done;
+    // What auto stands for, for the header, the JSON and the bound below.
+    if ((st = ep_weights_expert_dtype(w, &mo.expert_dtype))) goto setup_done;
+    a.expert_dtype = mo.expert_dtype == EP_DTYPE_BF16 ? "bf16" : "f32";
     // Comm-aware Ban and laser see each layer's placement through the
     // routing context ep_moe_forward builds (ep_moe_route_ctx).
     if ((st = ep_moe_init(&cfg, cl, w, &mo, &moe))) goto setup_done;

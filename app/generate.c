@@ -37,7 +37,9 @@ static void usage(FILE *f)
                "  --backend B          cpu | cuda: where the MoE experts run (default cpu);\n"
                "                       cuda: BF16 experts on one GPU per rank, NCCL\n"
                "                       (builds with EP_CUDA=ON)\n"
-               "  --expert-dtype D     cpu backend: f32 | bf16 routed experts (default f32)\n"
+               "  --dtype D            auto | f32 | bf16: storage of the replicated weights\n"
+               "                       (default auto: the checkpoint's when BF16, else f32)\n"
+               "  --expert-dtype D     cpu backend: auto | f32 | bf16 experts (default auto)\n"
                "  --micro-batches N    1 | 2: overlap each MoE layer's all-to-all with the\n"
                "                       other half-batch's experts (default 1)\n"
                "  --step-timeout S     seconds before a step counts as failed (default 30)\n"
@@ -137,6 +139,7 @@ int ep_cmd_generate(int argc, char **argv)
         {"step-timeout", required_argument, 0, 'w'},
         {"backend", required_argument, 0, 'b'},
         {"expert-dtype", required_argument, 0, 'D'},
+        {"dtype", required_argument, 0, 'Y'},
         {"micro-batches", required_argument, 0, 'U'},
         {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},
@@ -144,7 +147,7 @@ int ep_cmd_generate(int argc, char **argv)
     };
     const char *model = NULL, *prompt = NULL, *chat = NULL, *tokens = NULL, *routing = "baseline";
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
-    ep_dtype expert_dtype = EP_DTYPE_F32;
+    ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO;
     int max_tokens = 16, rpn = 0, micro_batches = 1;
     float timeout = 30.0f;
     bool ignore_eos = false, as_json = false;
@@ -208,7 +211,10 @@ int ep_cmd_generate(int argc, char **argv)
             ok = ep_moe_backend_parse(optarg, &backend) == EP_OK;
             break;
         case 'D':
-            ok = ep_moe_expert_dtype_parse(optarg, &expert_dtype) == EP_OK;
+            ok = ep_weight_dtype_parse(optarg, &expert_dtype) == EP_OK;
+            break;
+        case 'Y':
+            ok = ep_weight_dtype_parse(optarg, &dense_dtype) == EP_OK;
             break;
         case 'U':
             ok = ep_arg_int(optarg, 1, 2, &micro_batches);
@@ -312,6 +318,7 @@ int ep_cmd_generate(int argc, char **argv)
     eo.step_timeout_s = timeout;
     eo.model.moe.backend = backend;
     eo.model.moe.expert_dtype = expert_dtype;
+    eo.model.dtype = dense_dtype;
     eo.model.moe.micro_batches = micro_batches;
     // One sequence: each rank holds at most one, with KV room for a whole context.
     eo.model.max_seqs = 1;

@@ -42,8 +42,11 @@ static void usage(FILE *f)
             "  --backend B      cpu | cuda: where the MoE experts run (default cpu); cuda:\n"
             "                   BF16 experts on one GPU per rank, NCCL (EP_CUDA builds);\n"
             "                   --reference then allows %g\n"
-            "  --expert-dtype D f32 | bf16: how the CPU backend stores the routed experts\n"
-            "                   (default f32; bf16: --reference allows the same as cuda)\n"
+            "  --dtype D        auto | f32 | bf16: storage of the replicated weights (default\n"
+            "                   auto: the checkpoint's when BF16, else f32)\n"
+            "  --expert-dtype D auto | f32 | bf16: how the CPU backend stores the experts\n"
+            "                   (default auto; any BF16 storage: --reference allows the same\n"
+            "                   as cuda)\n"
             "  --progress       loading progress on stderr even when it is not a terminal\n"
             "  --help           this text\n"
             "Runs under mpirun: rank 0 holds the sequence, every rank joins every MoE layer.\n",
@@ -101,22 +104,17 @@ static int print_json(const ep_model_cfg *cfg, const int *tok, int n, const floa
 int ep_cmd_logits(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},
-        {"tokens", required_argument, 0, 't'},
-        {"out", required_argument, 0, 'o'},
-        {"json", no_argument, 0, 'j'},
-        {"routing", required_argument, 0, 'r'},
-        {"reference", no_argument, 0, 'R'},
-        {"progress", no_argument, 0, 'p'},
-        {"help", no_argument, 0, 'h'},
-        {"backend", required_argument, 0, 'b'},
-        {"expert-dtype", required_argument, 0, 'D'},
-        {0, 0, 0, 0},
+        {"model", required_argument, 0, 'm'},   {"tokens", required_argument, 0, 't'},
+        {"out", required_argument, 0, 'o'},     {"json", no_argument, 0, 'j'},
+        {"routing", required_argument, 0, 'r'}, {"reference", no_argument, 0, 'R'},
+        {"progress", no_argument, 0, 'p'},      {"help", no_argument, 0, 'h'},
+        {"backend", required_argument, 0, 'b'}, {"expert-dtype", required_argument, 0, 'D'},
+        {"dtype", required_argument, 0, 'Y'},   {0, 0, 0, 0},
     };
     const char *model = NULL, *tokens = NULL, *out = NULL, *routing = "baseline";
     bool json = false, reference = false, progress = false;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
-    ep_dtype expert_dtype = EP_DTYPE_F32;
+    ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "m:t:o:jr:Rpb:D:h", opts, NULL)) != -1) {
@@ -149,8 +147,10 @@ int ep_cmd_logits(int argc, char **argv)
             }
             break;
         case 'D':
-            if (ep_moe_expert_dtype_parse(optarg, &expert_dtype)) {
-                fprintf(stderr, "epserve logits: --%s\n", ep_last_error());
+        case 'Y':
+            if (ep_weight_dtype_parse(optarg, c == 'D' ? &expert_dtype : &dense_dtype)) {
+                fprintf(stderr, "epserve logits: --%s: %s\n", c == 'D' ? "expert-dtype" : "dtype",
+                        ep_last_error());
                 return 2;
             }
             break;
@@ -221,11 +221,16 @@ int ep_cmd_logits(int argc, char **argv)
     mo.moe.with_reference = reference && root; // every expert, rank 0 only
     mo.moe.backend = backend;
     mo.moe.expert_dtype = expert_dtype;
+    mo.dtype = dense_dtype;
     mo.max_seqs = 1;
     mo.max_ctx = n;
     mo.kv_blocks = (n + mo.kv_block_tokens - 1) / mo.kv_block_tokens;
     mo.progress = progress || isatty(STDERR_FILENO);
     if ((st = ep_weights_open(&cfg, &w))) goto setup_done;
+    // The storage auto stands for, known before the model: it sets the bound.
+    if ((st = ep_weights_expert_dtype(w, &mo.moe.expert_dtype)) ||
+        (st = ep_weights_dense_dtype(w, &mo.dtype)))
+        goto setup_done;
     if ((st = ep_model_init(&cfg, cl, w, &mo, &m))) goto setup_done;
     if (root) {
         logits = malloc((size_t)n * cfg.vocab * sizeof(float));
@@ -261,7 +266,8 @@ setup_done:;
                            (size_t)n * cfg.vocab * sizeof(float));
         else if (!(st = ep_model_reference(m, pol, tok, n, ref))) {
             int64_t wrong = 0;
-            const bool b16 = backend == EP_MOE_BACKEND_CUDA || expert_dtype == EP_DTYPE_BF16;
+            const bool b16 = backend == EP_MOE_BACKEND_CUDA ||
+                             mo.moe.expert_dtype == EP_DTYPE_BF16 || mo.dtype == EP_DTYPE_BF16;
             const double tol = b16 ? LOGITS_REF_TOL_BF16 : LOGITS_REF_TOL;
             ref_err = ep_moe_rel_err(logits, ref, n, cfg.vocab, tol, &wrong);
             fprintf(stderr,

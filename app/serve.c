@@ -38,7 +38,9 @@ static void serve_usage(FILE *f)
                "  --max-body-bytes B        largest request body (default 1048576)\n"
                "  --backend B               cpu | cuda: where the MoE experts run (default cpu;\n"
                "                            cuda: BF16 experts on one GPU per rank, NCCL)\n"
-               "  --expert-dtype D          cpu backend: f32 | bf16 routed experts (default f32)\n"
+               "  --dtype D                 auto | f32 | bf16: storage of the replicated weights\n"
+               "                            (default auto: the checkpoint's when BF16, else f32)\n"
+               "  --expert-dtype D          cpu backend: auto | f32 | bf16 experts (default auto)\n"
                "  --micro-batches N         1 | 2: overlap each MoE layer's all-to-all with the\n"
                "                            other half-batch's experts (default 1)\n"
                "Launch with `mpirun --mca odls_base_sigkill_timeout 3 ...` so that when a rank\n"
@@ -101,6 +103,7 @@ int ep_cmd_serve(int argc, char **argv)
         {"max-body-bytes", required_argument, 0, 'B'},
         {"backend", required_argument, 0, 'b'},
         {"expert-dtype", required_argument, 0, 'D'},
+        {"dtype", required_argument, 0, 'Y'},
         {"micro-batches", required_argument, 0, 'U'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
@@ -113,7 +116,7 @@ int ep_cmd_serve(int argc, char **argv)
     long port = 8000, body = (long)so.max_body_bytes, micro_batches = 1;
     double step_timeout = 0;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
-    ep_dtype expert_dtype = EP_DTYPE_F32;
+    ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -166,8 +169,10 @@ int ep_cmd_serve(int argc, char **argv)
             }
             break;
         case 'D':
-            if (ep_moe_expert_dtype_parse(optarg, &expert_dtype)) {
-                fprintf(stderr, "epserve serve: --%s\n", ep_last_error());
+        case 'Y':
+            if (ep_weight_dtype_parse(optarg, c == 'D' ? &expert_dtype : &dense_dtype)) {
+                fprintf(stderr, "epserve serve: --%s: %s\n", c == 'D' ? "expert-dtype" : "dtype",
+                        ep_last_error());
                 return 2;
             }
             break;
@@ -250,6 +255,7 @@ int ep_cmd_serve(int argc, char **argv)
         if (step_timeout > 0) eo.step_timeout_s = step_timeout;
         eo.model.moe.backend = backend;
         eo.model.moe.expert_dtype = expert_dtype;
+        eo.model.dtype = dense_dtype;
         eo.model.moe.micro_batches = (int)micro_batches;
         eo.routings = routings;
         eo.n_routings = n_routings;

@@ -550,10 +550,12 @@ ep_status ep_ckpt_find(ep_ckpt *c, const char *name, const ep_st_tensor **out)
     return ckpt_find(c, name, out, NULL);
 }
 
-ep_status ep_ckpt_read_f32(ep_ckpt *c, const char *name, int ndim, const int64_t *shape, float *dst)
+ep_status ep_ckpt_find_float(ep_ckpt *c, const char *name, int ndim, const int64_t *shape,
+                             const ep_st_tensor **out)
 {
     const ep_st_tensor *t;
     const ep_st_file *f = NULL;
+    *out = NULL;
     ep_status st = ckpt_find(c, name, &t, &f);
     if (st != EP_OK) return st;
     if (!ep_dtype_is_float(t->dtype))
@@ -570,8 +572,29 @@ ep_status ep_ckpt_read_f32(ep_ckpt *c, const char *name, int ndim, const int64_t
                          f->path, fmt_shape(a, sizeof a, ndim, shape),
                          fmt_shape(b, sizeof b, t->ndim, t->shape));
     }
+    *out = t;
+    return EP_OK;
+}
+
+ep_status ep_ckpt_read_f32(ep_ckpt *c, const char *name, int ndim, const int64_t *shape, float *dst)
+{
+    const ep_st_tensor *t;
+    ep_status st = ep_ckpt_find_float(c, name, ndim, shape, &t);
+    if (st != EP_OK) return st;
     size_t n = t->nbytes / ep_dtype_size(t->dtype);
     return ep_dtype_to_f32(t->dtype, t->data, dst, n);
+}
+
+// The pages are read-only and never written, so dropping them only makes a
+// later read fault them in again from the page cache (or the file).
+void ep_st_release(const ep_st_tensor *t)
+{
+    if (!t || !t->nbytes) return;
+    static size_t page;
+    if (!page) page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(page - 1);
+    uintptr_t b = ((uintptr_t)t->data + t->nbytes + page - 1) & ~(uintptr_t)(page - 1);
+    (void)madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
 // ---- writer ----------------------------------------------------------------

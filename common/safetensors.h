@@ -36,9 +36,18 @@ void ep_ckpt_free(ep_ckpt *c);
 // naming the tensor and the index/file.
 ep_status ep_ckpt_find(ep_ckpt *c, const char *name, const ep_st_tensor **out);
 // Finds, checks dtype is a float type and the shape equals `shape`
-// (message names the tensor, expected and found shape), converts to fp32.
+// (message names the tensor, expected and found shape).
+ep_status ep_ckpt_find_float(ep_ckpt *c, const char *name, int ndim, const int64_t *shape,
+                             const ep_st_tensor **out);
+// ep_ckpt_find_float, then converts to fp32.
 ep_status ep_ckpt_read_f32(ep_ckpt *c, const char *name, int ndim, const int64_t *shape,
                            float *dst);
+
+// Drops a tensor's mapped pages from this process's resident memory (they
+// stay in the page cache; a later read faults them in again): for a tensor
+// the caller copied and will not read through the mapping soon. Pages it
+// shares with its neighbours go too, which costs them nothing but a fault.
+void ep_st_release(const ep_st_tensor *t);
 
 // Writer: tensors are given whole; `data` is copied as-is (already in dtype).
 typedef struct {

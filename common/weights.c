@@ -137,17 +137,9 @@ static void count_read(ep_weights *w, const char *name, uint64_t bytes)
     if (w->hook) w->hook(w->hook_user, name, &w->stats);
 }
 
-ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const int64_t *shape,
-                              float *dst)
+// A synthetic tensor's shape check (the layout of ep_model_for_each_tensor).
+static ep_status synth_check(const ep_weights *w, const char *name, int ndim, const int64_t *shape)
 {
-    if (w->ckpt) {
-        ep_status st = ep_ckpt_read_f32(w->ckpt, name, ndim, shape, dst);
-        const ep_st_tensor *t = NULL;
-        // The lookup cannot fail after a successful read; it gives the stored size.
-        if (!st && !ep_ckpt_find(w->ckpt, name, &t)) count_read(w, name, t->nbytes);
-        return st;
-    }
-
     const layout_entry *e = w->n_slots ? &w->slots[slot_of(w, name)] : NULL;
     if (!e || !e->name)
         return ep_errorf(EP_ERR_ARG,
@@ -167,10 +159,130 @@ ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const i
                          "asked for %s",
                          w->cfg->name, name, want, got);
     }
+    return EP_OK;
+}
+
+// A checkpoint tensor read into the caller's memory is not read through the
+// mapping again: its pages leave this process's resident set, so a copy and
+// its source are never both resident (peak RSS about the checkpoint's size).
+ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const int64_t *shape,
+                              float *dst)
+{
+    if (w->ckpt) {
+        const ep_st_tensor *t = NULL;
+        ep_status st = ep_ckpt_find_float(w->ckpt, name, ndim, shape, &t);
+        if (st) return st;
+        if ((st = ep_dtype_to_f32(t->dtype, t->data, dst, t->nbytes / ep_dtype_size(t->dtype))))
+            return st;
+        ep_st_release(t);
+        count_read(w, name, t->nbytes);
+        return EP_OK;
+    }
+    ep_status st = synth_check(w, name, ndim, shape);
+    if (st) return st;
     ep_synth_tensor(w->cfg, name, ndim, shape, dst);
     size_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= (size_t)shape[i];
     count_read(w, name, n * sizeof(float));
+    return EP_OK;
+}
+
+ep_status ep_weights_stored_dtype(ep_weights *w, const char *name, ep_dtype *out)
+{
+    *out = EP_DTYPE_F32;
+    if (!w->ckpt) return EP_OK;
+    const ep_st_tensor *t = NULL;
+    ep_status st = ep_ckpt_find(w->ckpt, name, &t);
+    if (!st) *out = t->dtype;
+    return st;
+}
+
+ep_status ep_weights_read_mat(ep_weights *w, const char *name, int64_t rows, int64_t cols,
+                              ep_dtype want, ep_mat *out)
+{
+    memset(out, 0, sizeof *out);
+    const int64_t shape[2] = {rows, cols};
+    const ep_st_tensor *t = NULL;
+    ep_status st = EP_OK;
+    if (w->ckpt && (st = ep_ckpt_find_float(w->ckpt, name, 2, shape, &t))) return st;
+    if (want == EP_DTYPE_AUTO) want = t && t->dtype == EP_DTYPE_BF16 ? EP_DTYPE_BF16 : EP_DTYPE_F32;
+    if (want != EP_DTYPE_F32 && want != EP_DTYPE_BF16)
+        return ep_errorf(EP_ERR_ARG, "weights: tensor %s: storage %s, expected F32 or BF16", name,
+                         ep_dtype_name(want));
+    out->dtype = want;
+    out->rows = rows;
+    out->cols = cols;
+    const size_t n = (size_t)rows * (size_t)cols, esz = ep_dtype_size(want);
+    // Stored as wanted and aligned for its element type: used where it lies.
+    if (t && t->dtype == want && (uintptr_t)t->data % esz == 0) {
+        out->data = t->data;
+        count_read(w, name, t->nbytes);
+        return EP_OK;
+    }
+    float *f = malloc(n * sizeof(float));
+    if (!f)
+        return ep_errorf(EP_ERR_NOMEM, "weights: cannot allocate %zu bytes for tensor %s",
+                         n * sizeof(float), name);
+    if ((st = ep_weights_read_f32(w, name, 2, shape, f))) {
+        free(f);
+        return st;
+    }
+    if (want == EP_DTYPE_BF16) { // in place: element i is written after it is read
+        uint16_t *b = (uint16_t *)f;
+        for (size_t i = 0; i < n; i++)
+            b[i] = ep_f32_to_bf16(f[i]);
+        void *shrunk = realloc(f, n * sizeof(uint16_t));
+        if (shrunk) f = shrunk;
+    }
+    out->data = out->owned = f;
+    return EP_OK;
+}
+
+void ep_mat_free(ep_mat *m)
+{
+    if (!m) return;
+    free(m->owned);
+    memset(m, 0, sizeof *m);
+}
+
+void ep_mat_row_f32(const ep_mat *m, int64_t r, float *out)
+{
+    EP_ASSERT(m->data && r >= 0 && r < m->rows);
+    if (m->dtype == EP_DTYPE_F32) {
+        memcpy(out, (const float *)m->data + r * m->cols, (size_t)m->cols * sizeof(float));
+        return;
+    }
+    EP_ASSERT(m->dtype == EP_DTYPE_BF16);
+    const uint16_t *b = (const uint16_t *)m->data + r * m->cols;
+    for (int64_t i = 0; i < m->cols; i++)
+        out[i] = ep_bf16_to_f32(b[i]);
+}
+
+ep_status ep_weights_expert_dtype(ep_weights *w, ep_dtype *dt)
+{
+    if (*dt != EP_DTYPE_AUTO) return EP_OK;
+    *dt = EP_DTYPE_F32;
+    const ep_model_cfg *cfg = w->cfg;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        if (!ep_model_layer_is_moe(cfg, l)) continue;
+        char name[256];
+        ep_name_expert(name, sizeof name, l, 0, "gate_proj");
+        ep_dtype stored;
+        ep_status st = ep_weights_stored_dtype(w, name, &stored);
+        if (st) return st;
+        if (stored == EP_DTYPE_BF16) *dt = EP_DTYPE_BF16;
+        break;
+    }
+    return EP_OK;
+}
+
+ep_status ep_weights_dense_dtype(ep_weights *w, ep_dtype *dt)
+{
+    if (*dt != EP_DTYPE_AUTO) return EP_OK;
+    ep_dtype stored;
+    ep_status st = ep_weights_stored_dtype(w, "model.embed_tokens.weight", &stored);
+    if (st) return st;
+    *dt = stored == EP_DTYPE_BF16 ? EP_DTYPE_BF16 : EP_DTYPE_F32;
     return EP_OK;
 }

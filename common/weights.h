@@ -6,6 +6,7 @@
 #define EP_WEIGHTS_H
 
 #include "common/dtype.h"
+#include "common/mat.h"
 #include "common/model_cfg.h"
 
 typedef struct ep_weights ep_weights;
@@ -16,6 +17,22 @@ void ep_weights_free(ep_weights *w);
 // Reads one tensor as fp32 into dst (prod(shape) floats), checking its shape.
 ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const int64_t *shape,
                               float *dst);
+// A 2-D tensor [rows, cols] as a matrix stored in `want` (EP_DTYPE_F32,
+// EP_DTYPE_BF16, or EP_DTYPE_AUTO: BF16 when the checkpoint stores it so,
+// else F32). A checkpoint tensor already in that dtype (and aligned for it)
+// is not copied: out->data points into the mapping, valid while w lives.
+// Anything else is an owned copy (BF16: rounded to nearest even, exact for
+// BF16 values). Free with ep_mat_free.
+ep_status ep_weights_read_mat(ep_weights *w, const char *name, int64_t rows, int64_t cols,
+                              ep_dtype want, ep_mat *out);
+// The dtype the source stores `name` in (synthetic weights: F32).
+ep_status ep_weights_stored_dtype(ep_weights *w, const char *name, ep_dtype *out);
+// What EP_DTYPE_AUTO (*dt; any other value is left alone) stands for in this
+// source: BF16 when the checkpoint stores the first MoE layer's first routed
+// expert (expert) or the embedding (dense) in BF16, else F32. For callers
+// that need the storage before the model is built (tolerances, reports).
+ep_status ep_weights_expert_dtype(ep_weights *w, ep_dtype *dt);
+ep_status ep_weights_dense_dtype(ep_weights *w, ep_dtype *dt);
 
 // Read accounting: the successful ep_weights_read_f32 calls so far, in the
 // source's bytes (a checkpoint: the tensor as stored, e.g. 2 bytes a value

@@ -36,9 +36,11 @@ typedef struct {
     float *down;         // [n_local, H*I]
     uint16_t *gate_up16; // [n_local, 2*I, H] the same in BF16; BF16 only
     uint16_t *down16;    // [n_local, H, I]; BF16 only
-    float *sh_gate_up;   // [2*S, H] shared gate_proj | up_proj, S = moe_inter * n_shared; or NULL
-    float *sh_down;      // [H, S]
-    uint8_t *pending;    // [n_local] 1 = awaiting ep_experts_import after a reshard; or NULL
+    // Shared experts, S = moe_inter * n_shared (empty without): gate_proj and
+    // up_proj [S, H], down_proj [H, S], stored as the routed ones (BF16 mapped
+    // from the checkpoint when it stores them so).
+    ep_mat sh_gate, sh_up, sh_down;
+    uint8_t *pending; // [n_local] 1 = awaiting ep_experts_import after a reshard; or NULL
 } ep_experts_layer;
 
 struct ep_experts {
@@ -198,20 +200,17 @@ static ep_status load_shared(ep_experts *e, ep_weights *w, int layer)
 {
     const int H = e->hidden, S = e->shared_inter;
     ep_experts_layer *L = &e->layers[layer];
-    ep_status st;
-    if ((st = alloc_floats(&L->sh_gate_up, (size_t)2 * S * H, "shared gate_proj|up_proj", layer)))
-        return st;
-    if ((st = alloc_floats(&L->sh_down, (size_t)H * S, "shared down_proj", layer))) return st;
-
-    const int64_t gu_shape[2] = {S, H}, d_shape[2] = {H, S};
+    const ep_dtype dt = e->bf16 ? EP_DTYPE_BF16 : EP_DTYPE_F32;
     char name[256];
+    ep_status st;
     ep_name_shared(name, sizeof name, layer, "gate_proj");
-    if ((st = ep_weights_read_f32(w, name, 2, gu_shape, L->sh_gate_up))) goto fail;
+    if ((st = ep_weights_read_mat(w, name, S, H, dt, &L->sh_gate))) goto fail;
     ep_name_shared(name, sizeof name, layer, "up_proj");
-    if ((st = ep_weights_read_f32(w, name, 2, gu_shape, L->sh_gate_up + (size_t)S * H))) goto fail;
+    if ((st = ep_weights_read_mat(w, name, S, H, dt, &L->sh_up))) goto fail;
     ep_name_shared(name, sizeof name, layer, "down_proj");
-    if ((st = ep_weights_read_f32(w, name, 2, d_shape, L->sh_down))) goto fail;
-    e->weight_bytes += (size_t)3 * S * H * sizeof(float);
+    if ((st = ep_weights_read_mat(w, name, H, S, dt, &L->sh_down))) goto fail;
+    e->weight_bytes +=
+        ep_mat_bytes(&L->sh_gate) + ep_mat_bytes(&L->sh_up) + ep_mat_bytes(&L->sh_down);
     return EP_OK;
 fail:
     return ep_error_prefix(st, "experts: layer %d shared experts", layer);
@@ -227,11 +226,14 @@ ep_status ep_experts_load_ex(const ep_model_cfg *cfg, ep_weights *w, const ep_pl
                              int rank, const ep_experts_opts *opts, ep_experts **out)
 {
     *out = NULL;
-    const ep_dtype wdt = opts ? opts->weight_dtype : EP_DTYPE_F32;
-    if (wdt != EP_DTYPE_F32 && wdt != EP_DTYPE_BF16)
+    ep_dtype wdt = opts ? opts->weight_dtype : EP_DTYPE_F32;
+    if (wdt != EP_DTYPE_F32 && wdt != EP_DTYPE_BF16 && wdt != EP_DTYPE_AUTO)
         return ep_errorf(EP_ERR_UNSUPPORTED,
-                         "experts: weight_dtype %s: expected F32 or BF16 storage of routed experts",
+                         "experts: weight_dtype %s: expected auto, F32 or BF16 storage of routed "
+                         "experts",
                          ep_dtype_name(wdt));
+    ep_status rs = ep_weights_expert_dtype(w, &wdt);
+    if (rs) return rs;
     if (cfg->n_experts > 0 && (cfg->hidden <= 0 || cfg->moe_inter <= 0 || cfg->n_shared < 0))
         return ep_errorf(EP_ERR_CONFIG,
                          "experts: %s: expected hidden > 0, moe_inter > 0, n_shared >= 0, found "
@@ -282,8 +284,9 @@ void ep_experts_free(ep_experts *e)
         free(L->down);
         free(L->gate_up16);
         free(L->down16);
-        free(L->sh_gate_up);
-        free(L->sh_down);
+        ep_mat_free(&L->sh_gate);
+        ep_mat_free(&L->sh_up);
+        ep_mat_free(&L->sh_down);
         free(L->pending);
     }
     free(e->layers);
@@ -373,6 +376,17 @@ bool ep_experts_pending(const ep_experts *e, int layer, int expert)
     return e->layers[layer].pending && e->layers[layer].pending[s];
 }
 
+// dst = src: a mapped matrix is shared (the mapping outlives both), an owned
+// one copied.
+static void mat_copy(const ep_mat *src, ep_mat *dst)
+{
+    *dst = *src;
+    if (!src->owned) return;
+    dst->owned = ep_xmalloc(ep_mat_bytes(src));
+    memcpy(dst->owned, src->owned, ep_mat_bytes(src));
+    dst->data = dst->owned;
+}
+
 ep_status ep_experts_reshard(const ep_experts *old, const ep_placement *p, int rank,
                              ep_experts **out)
 {
@@ -393,7 +407,7 @@ ep_status ep_experts_reshard(const ep_experts *old, const ep_placement *p, int r
     e->inter = old->inter;
     e->shared_inter = old->shared_inter;
     e->layers = ep_xcalloc((size_t)(cfg->n_layers > 0 ? cfg->n_layers : 1), sizeof *e->layers);
-    const int H = e->hidden, S = e->shared_inter;
+    const int S = e->shared_inter;
     const size_t eb = ep_experts_expert_bytes(e);
     void *tmp = ep_xmalloc(eb);
     ep_status st = EP_OK;
@@ -417,13 +431,11 @@ ep_status ep_experts_reshard(const ep_experts *old, const ep_placement *p, int r
             }
         }
         if (S > 0) { // shared experts are replicated: copy, never re-read
-            if ((st = alloc_floats(&L->sh_gate_up, (size_t)2 * S * H, "shared gate_proj|up_proj",
-                                   l)) ||
-                (st = alloc_floats(&L->sh_down, (size_t)H * S, "shared down_proj", l)))
-                break;
-            memcpy(L->sh_gate_up, O->sh_gate_up, (size_t)2 * S * H * sizeof(float));
-            memcpy(L->sh_down, O->sh_down, (size_t)H * S * sizeof(float));
-            e->weight_bytes += (size_t)3 * S * H * sizeof(float);
+            mat_copy(&O->sh_gate, &L->sh_gate);
+            mat_copy(&O->sh_up, &L->sh_up);
+            mat_copy(&O->sh_down, &L->sh_down);
+            e->weight_bytes +=
+                ep_mat_bytes(&L->sh_gate) + ep_mat_bytes(&L->sh_up) + ep_mat_bytes(&L->sh_down);
         }
     }
     free(tmp);
@@ -774,10 +786,12 @@ ep_status ep_experts_shared_forward(ep_experts *e, int layer, const float *x, in
     grow_chunk(e, EP_MIN(T, EP_EXPERTS_CHUNK_ROWS));
     for (int c = 0; c < T; c += EP_EXPERTS_CHUNK_ROWS) {
         const int m = EP_MIN(EP_EXPERTS_CHUNK_ROWS, T - c);
-        ep_dense_gemm_nt(m, 2 * S, H, x + (size_t)c * H, L->sh_gate_up, 0.0f, e->gu);
+        const float *xc = x + (size_t)c * H;
+        ep_dense_mm(m, xc, H, &L->sh_gate, 0.0f, e->gu, 2 * S);
+        ep_dense_mm(m, xc, H, &L->sh_up, 0.0f, e->gu + S, 2 * S);
         swiglu_rows(m, S, e->gu, e->act);
         // beta = 1: the shared output is added straight into y, unweighted.
-        ep_dense_gemm_nt(m, H, S, e->act, L->sh_down, 1.0f, y + (size_t)c * H);
+        ep_dense_mm(m, e->act, S, &L->sh_down, 1.0f, y + (size_t)c * H, H);
     }
     return EP_OK;
 }
@@ -823,8 +837,15 @@ void ep_experts_reference(const ep_experts *e, int layer, const ep_routes *r, co
     float *h = ep_xmalloc((size_t)EP_MAX(I, S) * sizeof(float));
     // The stored weights in the checkpoint's layout: unpacked from the
     // panels (fp32), or widened (BF16: the rounded values the kernels use).
-    const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I;
+    const size_t gu_n = (size_t)2 * I * H, d_n = (size_t)H * I, sh_n = (size_t)S * H;
     float *wide = ep_xmalloc((gu_n + d_n) * sizeof(float));
+    float *sh = ep_xmalloc((3 * sh_n + 1) * sizeof(float));
+    for (int i = 0; S > 0 && i < S; i++) {
+        ep_mat_row_f32(&L->sh_gate, i, sh + (size_t)i * H);
+        ep_mat_row_f32(&L->sh_up, i, sh + sh_n + (size_t)i * H);
+    }
+    for (int o = 0; S > 0 && o < H; o++)
+        ep_mat_row_f32(&L->sh_down, o, sh + 2 * sh_n + (size_t)o * S);
     for (int t = 0; t < r->n_tokens; t++) {
         const float *xt = x + (size_t)t * H;
         float *yt = y + (size_t)t * H;
@@ -845,10 +866,9 @@ void ep_experts_reference(const ep_experts *e, int layer, const ep_routes *r, co
             const float *gate = wide, *down = wide + gu_n;
             ref_expert(gate, gate + (size_t)I * H, down, I, H, xt, r->weight[j], h, yt);
         }
-        if (S > 0)
-            ref_expert(L->sh_gate_up, L->sh_gate_up + (size_t)S * H, L->sh_down, S, H, xt, 1.0f, h,
-                       yt);
+        if (S > 0) ref_expert(sh, sh + sh_n, sh + 2 * sh_n, S, H, xt, 1.0f, h, yt);
     }
+    free(sh);
     free(wide);
     free(h);
 }

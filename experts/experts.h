@@ -17,10 +17,12 @@ ep_status ep_experts_load(const ep_model_cfg *cfg, ep_weights *w, const ep_place
                           ep_experts **out);
 // Load options. Zeroed (or NULL) = the defaults ep_experts_load uses.
 typedef struct {
-    // Storage of the routed experts' weights: EP_DTYPE_F32 (default; the
-    // reference precision) or EP_DTYPE_BF16 (half the memory and the bytes
+    // Storage of the experts' weights: EP_DTYPE_F32 (the zeroed default; the
+    // reference precision), EP_DTYPE_BF16 (half the memory and the bytes
     // streamed; values rounded to BF16 at load, exact for BF16 checkpoints;
-    // activations rounded to BF16 for the products). Shared experts stay fp32.
+    // activations rounded to BF16 for the products) or EP_DTYPE_AUTO (BF16
+    // when the checkpoint stores the routed experts in BF16, else F32).
+    // Shared experts are stored alike (BF16 ones mapped from the checkpoint).
     // fp32 is kept packed in column panels (experts/kernels.h), which
     // the fp32 kernels stream; export/import and the reference see the
     // checkpoint's layout.

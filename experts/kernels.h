@@ -1,5 +1,5 @@
-// CPU expert kernels below the backend vtable: a small thread pool shared by
-// the kernels (not by OpenBLAS, which keeps its own threads), the fp32
+// CPU expert kernels below the backend vtable: the process's thread pool
+// (every CPU product of a step runs on it), the fp32
 // product over weights packed in column panels and the BF16 "nt" product,
 // for the decode and prefill shapes of routed experts alike, and a
 // vectorised SwiGLU.
@@ -11,10 +11,11 @@
 #include "common/ep.h"
 
 // ---- thread pool (experts/cpu/threads.c) ---------------------------------
-// One process-wide pool. Threads per rank: EP_NUM_THREADS, else
-// OPENBLAS_NUM_THREADS, else the online CPUs; with several ranks on a node
-// set it to cores / ranks (mpirun -x EP_NUM_THREADS=...). Not re-entrant: a
-// task must not call ep_par_for.
+// One process-wide pool, the only threads a step computes on: OpenBLAS is
+// set to one thread (called inside tasks) when the pool starts. Threads per
+// rank: EP_NUM_THREADS, else OPENBLAS_NUM_THREADS, else the online CPUs; with
+// several ranks on a node set it to cores / ranks (mpirun -x
+// EP_NUM_THREADS=...). Not re-entrant: a task must not call ep_par_for.
 typedef void (*ep_par_fn)(void *ctx, int task, int thread);
 int ep_par_threads(void);
 void ep_par_set_threads(int n); // n >= 1; takes effect at the next ep_par_for

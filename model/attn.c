@@ -1,5 +1,5 @@
 // Attention of one step on the paged KV cache, CPU (projections through
-// ep_dense_gemm_nt, the rest plain C): Qwen3 GQA with per-head q/k RMSNorm
+// ep_dense_mm, the rest plain C): Qwen3 GQA with per-head q/k RMSNorm
 // before NeoX RoPE; DeepSeek-V2 MLA on the latent cache with the absorbed
 // form (q_nope folded into W_UK, the output latent unfolded with W_UV), so
 // full keys and values are never materialised. The reference that expands
@@ -43,9 +43,9 @@ static void qwen3_attention(ep_model *m, int l, int T)
     const ep_layer_w *L = &m->L[l];
     const int H = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
     const int kvw = nkv * hd, group = nh / nkv;
-    ep_dense_gemm_nt(T, nh * hd, H, m->xn, L->wq, 0.0f, m->q);
-    ep_dense_gemm_nt(T, kvw, H, m->xn, L->wk, 0.0f, m->k);
-    ep_dense_gemm_nt(T, kvw, H, m->xn, L->wv, 0.0f, m->v);
+    ep_dense_mm(T, m->xn, H, &L->wq, 0.0f, m->q, nh * hd);
+    ep_dense_mm(T, m->xn, H, &L->wk, 0.0f, m->k, kvw);
+    ep_dense_mm(T, m->xn, H, &L->wv, 0.0f, m->v, kvw);
 
     // Norm + RoPE of the new tokens; their k and v go to the cache first, so
     // a token of a prefill chunk sees the chunk's earlier tokens.
@@ -83,7 +83,7 @@ static void qwen3_attention(ep_model *m, int l, int T)
             }
         }
     }
-    ep_dense_gemm_nt(T, H, nh * hd, m->att, L->wo, 0.0f, m->y);
+    ep_dense_mm(T, m->att, nh * hd, &L->wo, 0.0f, m->y, H);
 }
 
 // ---- DeepSeek-V2 MLA -------------------------------------------------------------
@@ -100,13 +100,13 @@ static void mla_attention(ep_model *m, int l, int T)
     const int qhd = nope + rope, kvb = nope + vd, row_w = R + rope;
 
     if (c->q_lora_rank > 0) {
-        ep_dense_gemm_nt(T, c->q_lora_rank, H, m->xn, L->wq_a, 0.0f, m->qa);
+        ep_dense_mm(T, m->xn, H, &L->wq_a, 0.0f, m->qa, c->q_lora_rank);
         ep_model_rmsnorm(m->qa, L->q_a_norm, T, c->q_lora_rank, c->rms_eps, m->qa);
-        ep_dense_gemm_nt(T, m->q_dim, c->q_lora_rank, m->qa, L->wq_b, 0.0f, m->q);
+        ep_dense_mm(T, m->qa, c->q_lora_rank, &L->wq_b, 0.0f, m->q, m->q_dim);
     } else {
-        ep_dense_gemm_nt(T, m->q_dim, H, m->xn, L->wq, 0.0f, m->q);
+        ep_dense_mm(T, m->xn, H, &L->wq, 0.0f, m->q, m->q_dim);
     }
-    ep_dense_gemm_nt(T, row_w, H, m->xn, L->wkv_a, 0.0f, m->k);
+    ep_dense_mm(T, m->xn, H, &L->wkv_a, 0.0f, m->k, row_w);
 
     for (int t = 0; t < T; t++) {
         const float *ckv = m->k + (size_t)t * row_w;
@@ -153,7 +153,7 @@ static void mla_attention(ep_model *m, int l, int T)
                 o[j] = dot(wuv + (size_t)j * R, olat, R);
         }
     }
-    ep_dense_gemm_nt(T, H, nh * vd, m->att, L->wo, 0.0f, m->y);
+    ep_dense_mm(T, m->att, nh * vd, &L->wo, 0.0f, m->y, H);
 }
 
 void ep_model_attention(ep_model *m, int layer, int T)

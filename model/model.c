@@ -63,6 +63,23 @@ static ep_status read_w(ep_model *m, ep_weights *w, float **dst, int64_t d0, int
     return ep_weights_read_f32(w, name, d1 < 0 ? 1 : 2, shape, *dst);
 }
 
+// Reads one matrix [d0, d1] in the storage m->opts.dtype asks for (mapped
+// from the checkpoint when it is stored so); name is printf-style.
+static ep_status read_m(ep_model *m, ep_weights *w, ep_mat *dst, int64_t d0, int64_t d1,
+                        const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static ep_status read_m(ep_model *m, ep_weights *w, ep_mat *dst, int64_t d0, int64_t d1,
+                        const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    ep_status s = ep_weights_read_mat(w, name, d0, d1, m->opts.dtype, dst);
+    if (!s) m->weight_bytes += ep_mat_bytes(dst);
+    return s;
+}
+
 static ep_status read_layer(ep_model *m, ep_weights *w, int l)
 {
     const ep_model_cfg *c = m->cfg;
@@ -75,10 +92,10 @@ static ep_status read_layer(ep_model *m, ep_weights *w, int l)
         return s;
     if (c->arch == EP_ARCH_QWEN3_MOE) {
         int64_t q = nh * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-        if ((s = read_w(m, w, &L->wq, q, H, "%s.%d.self_attn.q_proj.weight", pre, l)) ||
-            (s = read_w(m, w, &L->wk, kv, H, "%s.%d.self_attn.k_proj.weight", pre, l)) ||
-            (s = read_w(m, w, &L->wv, kv, H, "%s.%d.self_attn.v_proj.weight", pre, l)) ||
-            (s = read_w(m, w, &L->wo, H, q, "%s.%d.self_attn.o_proj.weight", pre, l)))
+        if ((s = read_m(m, w, &L->wq, q, H, "%s.%d.self_attn.q_proj.weight", pre, l)) ||
+            (s = read_m(m, w, &L->wk, kv, H, "%s.%d.self_attn.k_proj.weight", pre, l)) ||
+            (s = read_m(m, w, &L->wv, kv, H, "%s.%d.self_attn.v_proj.weight", pre, l)) ||
+            (s = read_m(m, w, &L->wo, H, q, "%s.%d.self_attn.o_proj.weight", pre, l)))
             return s;
         if (c->qk_norm && ((s = read_w(m, w, &L->q_norm, c->head_dim, -1,
                                        "%s.%d.self_attn.q_norm.weight", pre, l)) ||
@@ -88,30 +105,30 @@ static ep_status read_layer(ep_model *m, ep_weights *w, int l)
     } else {
         int64_t qk = nh * (c->qk_nope_dim + c->qk_rope_dim);
         if (c->q_lora_rank == 0) {
-            if ((s = read_w(m, w, &L->wq, qk, H, "%s.%d.self_attn.q_proj.weight", pre, l)))
+            if ((s = read_m(m, w, &L->wq, qk, H, "%s.%d.self_attn.q_proj.weight", pre, l)))
                 return s;
-        } else if ((s = read_w(m, w, &L->wq_a, c->q_lora_rank, H, "%s.%d.self_attn.q_a_proj.weight",
+        } else if ((s = read_m(m, w, &L->wq_a, c->q_lora_rank, H, "%s.%d.self_attn.q_a_proj.weight",
                                pre, l)) ||
                    (s = read_w(m, w, &L->q_a_norm, c->q_lora_rank, -1,
                                "%s.%d.self_attn.q_a_layernorm.weight", pre, l)) ||
-                   (s = read_w(m, w, &L->wq_b, qk, c->q_lora_rank,
+                   (s = read_m(m, w, &L->wq_b, qk, c->q_lora_rank,
                                "%s.%d.self_attn.q_b_proj.weight", pre, l))) {
             return s;
         }
-        if ((s = read_w(m, w, &L->wkv_a, c->kv_lora_rank + c->qk_rope_dim, H,
+        if ((s = read_m(m, w, &L->wkv_a, c->kv_lora_rank + c->qk_rope_dim, H,
                         "%s.%d.self_attn.kv_a_proj_with_mqa.weight", pre, l)) ||
             (s = read_w(m, w, &L->kv_a_norm, c->kv_lora_rank, -1,
                         "%s.%d.self_attn.kv_a_layernorm.weight", pre, l)) ||
             (s = read_w(m, w, &L->wkv_b, nh * (c->qk_nope_dim + c->v_head_dim), c->kv_lora_rank,
                         "%s.%d.self_attn.kv_b_proj.weight", pre, l)) ||
-            (s = read_w(m, w, &L->wo, H, nh * c->v_head_dim, "%s.%d.self_attn.o_proj.weight", pre,
+            (s = read_m(m, w, &L->wo, H, nh * c->v_head_dim, "%s.%d.self_attn.o_proj.weight", pre,
                         l)))
             return s;
     }
     if (!ep_model_layer_is_moe(c, l) &&
-        ((s = read_w(m, w, &L->w_gate, c->intermediate, H, "%s.%d.mlp.gate_proj.weight", pre, l)) ||
-         (s = read_w(m, w, &L->w_up, c->intermediate, H, "%s.%d.mlp.up_proj.weight", pre, l)) ||
-         (s = read_w(m, w, &L->w_down, H, c->intermediate, "%s.%d.mlp.down_proj.weight", pre, l))))
+        ((s = read_m(m, w, &L->w_gate, c->intermediate, H, "%s.%d.mlp.gate_proj.weight", pre, l)) ||
+         (s = read_m(m, w, &L->w_up, c->intermediate, H, "%s.%d.mlp.up_proj.weight", pre, l)) ||
+         (s = read_m(m, w, &L->w_down, H, c->intermediate, "%s.%d.mlp.down_proj.weight", pre, l))))
         return s;
     return EP_OK;
 }
@@ -152,11 +169,14 @@ static void progress_hook(void *user, const char *name, const ep_weights_stats *
 
 static void free_layer(ep_layer_w *L)
 {
-    float *all[] = {L->in_norm,   L->post_norm, L->wq,     L->wk,       L->wv,    L->q_norm,
-                    L->k_norm,    L->wo,        L->wq_a,   L->q_a_norm, L->wq_b,  L->wkv_a,
-                    L->kv_a_norm, L->wkv_b,     L->w_gate, L->w_up,     L->w_down};
-    for (size_t i = 0; i < EP_ARRAY_LEN(all); i++)
-        free(all[i]);
+    float *vec[] = {L->in_norm,  L->post_norm, L->q_norm, L->k_norm,
+                    L->q_a_norm, L->kv_a_norm, L->wkv_b};
+    for (size_t i = 0; i < EP_ARRAY_LEN(vec); i++)
+        free(vec[i]);
+    ep_mat *mat[] = {&L->wq,   &L->wk,    &L->wv,     &L->wo,   &L->wq_a,
+                     &L->wq_b, &L->wkv_a, &L->w_gate, &L->w_up, &L->w_down};
+    for (size_t i = 0; i < EP_ARRAY_LEN(mat); i++)
+        ep_mat_free(mat[i]);
 }
 
 // ---- init / free -------------------------------------------------------------
@@ -218,13 +238,15 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
         m->attn_scale = (float)(1.0 / sqrt((double)cfg->head_dim));
     }
 
-    if ((s = read_w(m, w, &m->embed, cfg->vocab, H, "model.embed_tokens.weight")) ||
+    if ((s = read_m(m, w, &m->embed, cfg->vocab, H, "model.embed_tokens.weight")) ||
         (s = read_w(m, w, &m->final_norm, H, -1, "model.norm.weight")))
         goto err;
-    if (cfg->tie_embeddings)
+    if (cfg->tie_embeddings) {
         m->lm_head = m->embed;
-    else if ((s = read_w(m, w, &m->lm_head, cfg->vocab, H, "lm_head.weight")))
+        m->lm_head.owned = NULL;
+    } else if ((s = read_m(m, w, &m->lm_head, cfg->vocab, H, "lm_head.weight"))) {
         goto err;
+    }
     m->L = ep_xcalloc((size_t)cfg->n_layers, sizeof *m->L);
     for (int l = 0; l < cfg->n_layers; l++)
         if ((s = read_layer(m, w, l))) goto err;
@@ -287,8 +309,8 @@ void ep_model_free(ep_model *m)
         for (int l = 0; l < m->cfg->n_layers; l++)
             free_layer(&m->L[l]);
     free(m->L);
-    if (m->lm_head != m->embed) free(m->lm_head);
-    free(m->embed);
+    ep_mat_free(&m->lm_head);
+    ep_mat_free(&m->embed);
     free(m->final_norm);
     ep_kv_free(m->kv);
     ep_moe_free(m->moe);
@@ -382,10 +404,10 @@ static void dense_mlp(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
     const ep_layer_w *L = &m->L[l];
-    ep_dense_gemm_nt(T, c->intermediate, c->hidden, m->xn, L->w_gate, 0.0f, m->mg);
-    ep_dense_gemm_nt(T, c->intermediate, c->hidden, m->xn, L->w_up, 0.0f, m->mu);
+    ep_dense_mm(T, m->xn, c->hidden, &L->w_gate, 0.0f, m->mg, c->intermediate);
+    ep_dense_mm(T, m->xn, c->hidden, &L->w_up, 0.0f, m->mu, c->intermediate);
     ep_dense_swiglu((int64_t)T * c->intermediate, m->mg, m->mu, m->mg);
-    ep_dense_gemm_nt(T, c->hidden, c->intermediate, m->mg, L->w_down, 0.0f, m->y);
+    ep_dense_mm(T, m->mg, c->intermediate, &L->w_down, 0.0f, m->y, c->hidden);
 }
 
 static void add_rows(float *x, const float *y, size_t n)
@@ -445,7 +467,7 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
         for (int j = 0; j < b->n_new[i]; j++, t++) {
             m->tok_seq[t] = b->seq[i];
             m->tok_pos[t] = len0 + j;
-            memcpy(m->x + (size_t)t * H, m->embed + (size_t)b->tokens[t] * H, H * sizeof(float));
+            ep_mat_row_f32(&m->embed, b->tokens[t], m->x + (size_t)t * H);
         }
     }
     for (int l = 0; l < c->n_layers; l++) {
@@ -484,16 +506,18 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
                              m->xn + (size_t)rows * H);
         }
     }
-    ep_dense_gemm_nt(rows, c->vocab, H, m->xn, m->lm_head, 0.0f, logits);
+    ep_dense_mm(rows, m->xn, H, &m->lm_head, 0.0f, logits, c->vocab);
     return EP_OK;
 }
 
 void ep_model_get_bytes(const ep_model *m, ep_model_bytes *out)
 {
-    const ep_model_cfg *c = m->cfg;
-    memset(out, 0, sizeof *out);
-    out->embed = (uint64_t)c->vocab * c->hidden * sizeof(float);
-    out->dense = m->weight_bytes - out->embed + (c->tie_embeddings ? out->embed : 0);
-    out->expert = (uint64_t)3 * c->moe_inter * c->hidden * sizeof(float);
-    out->experts = ep_moe_expert_bytes(m->moe);
+    ep_moe_bytes mb;
+    ep_moe_get_bytes(m->moe, &mb);
+    out->embed = ep_mat_bytes(&m->embed);
+    // weight_bytes holds the embedding once; lm_head adds it again when tied.
+    out->dense = m->weight_bytes - out->embed + (m->cfg->tie_embeddings ? out->embed : 0) +
+                 mb.shared + mb.gates;
+    out->expert = mb.expert;
+    out->experts = ep_moe_expert_bytes(m->moe) - mb.shared;
 }

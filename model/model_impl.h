@@ -8,26 +8,30 @@
 #include "model/model.h"
 #include "model/rope.h"
 
-// One layer's replicated weights, [out, in] as in HF; NULL when absent.
+// One layer's replicated weights, [out, in] as in HF; matrices in the
+// storage opts.dtype gives (ep_mat: fp32 or BF16, maybe mapped from the
+// checkpoint), vectors in fp32; NULL / empty when absent.
 typedef struct {
     float *in_norm;   // [H] input_layernorm
     float *post_norm; // [H] post_attention_layernorm
     // Qwen3
-    float *wq;      // [nh * hd, H] (MLA without q LoRA: q_proj [nh * (nope + rope), H])
-    float *wk, *wv; // [nkv * hd, H]
-    float *q_norm;  // [hd]
-    float *k_norm;  // [hd]
-    float *wo;      // [H, nh * hd] (MLA: [H, nh * v])
+    ep_mat wq;     // [nh * hd, H] (MLA without q LoRA: q_proj [nh * (nope + rope), H])
+    ep_mat wk, wv; // [nkv * hd, H]
+    float *q_norm; // [hd]
+    float *k_norm; // [hd]
+    ep_mat wo;     // [H, nh * hd] (MLA: [H, nh * v])
     // DeepSeek-V2 MLA
-    float *wq_a;      // [q_lora, H]
+    ep_mat wq_a;      // [q_lora, H]
     float *q_a_norm;  // [q_lora]
-    float *wq_b;      // [nh * (nope + rope), q_lora]
-    float *wkv_a;     // [kv_lora + rope, H] (kv_a_proj_with_mqa)
+    ep_mat wq_b;      // [nh * (nope + rope), q_lora]
+    ep_mat wkv_a;     // [kv_lora + rope, H] (kv_a_proj_with_mqa)
     float *kv_a_norm; // [kv_lora]
-    float *wkv_b;     // [nh * (nope + v), kv_lora]; head h rows: [k_nope | v]
+    // [nh * (nope + v), kv_lora]; head h rows: [k_nope | v]. fp32 always: the
+    // absorbed form reads it per head as W_UK and W_UV (model/attn.c).
+    float *wkv_b;
     // dense MLP (layers < first_k_dense)
-    float *w_gate, *w_up; // [inter, H]
-    float *w_down;        // [H, inter]
+    ep_mat w_gate, w_up; // [inter, H]
+    ep_mat w_down;       // [H, inter]
 } ep_layer_w;
 
 struct ep_model {
@@ -41,11 +45,11 @@ struct ep_model {
     int q_dim;           // per-token q width: nh * hd (Qwen3), nh * (nope + rope) (MLA)
     int kv_row;          // floats per cached (layer, token)
     int attn_out;        // per-token attention output width before o_proj
-    size_t weight_bytes; // replicated fp32 weights held
+    size_t weight_bytes; // replicated weights held, as stored (the embedding included)
 
-    float *embed;      // [V, H]
+    ep_mat embed;      // [V, H]
     float *final_norm; // [H]
-    float *lm_head;    // [V, H] (the embedding when tied)
+    ep_mat lm_head;    // [V, H]; when tied, a view of embed (owns nothing)
     ep_layer_w *L;     // [n_layers]
 
     // Per-step scratch, sized for cap tokens once (cap = moe.cap_tokens).

@@ -15,7 +15,7 @@ void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
     o->backend = EP_MOE_BACKEND_CPU;
     o->placement = EP_PLACE_CONTIGUOUS;
     o->wire = EP_DTYPE_F32;
-    o->expert_dtype = EP_DTYPE_F32;
+    o->expert_dtype = EP_DTYPE_AUTO;
     o->cap_tokens = 256;
     o->max_k = cfg->k_base;
     o->micro_batches = 1;
@@ -120,6 +120,17 @@ const ep_placement *ep_moe_placement(const ep_moe *m)
 size_t ep_moe_expert_bytes(const ep_moe *m)
 {
     return ep_expert_backend_bytes(m->be.experts);
+}
+
+void ep_moe_get_bytes(const ep_moe *m, ep_moe_bytes *out)
+{
+    const ep_model_cfg *c = m->cfg;
+    const uint64_t ih = (uint64_t)c->moe_inter * c->hidden, n_moe = ep_model_n_moe_layers(c);
+    // A backend that cannot move experts does not say their size: BF16 (cuda).
+    uint64_t e = ep_expert_backend_expert_bytes(m->be.experts);
+    out->expert = e ? e : 3 * ih * sizeof(uint16_t);
+    out->shared = n_moe * (uint64_t)c->n_shared * out->expert;
+    out->gates = n_moe * (uint64_t)c->n_experts * c->hidden * sizeof(float);
 }
 
 const ep_placement *ep_moe_layer_placement(const ep_moe *m, int layer)

@@ -21,15 +21,13 @@ ep_status ep_moe_backend_parse(const char *s, ep_moe_backend *out);
 // Whether this build has the backend: CPU always, CUDA when built with EP_CUDA=ON
 // (a device is still needed at run time).
 bool ep_moe_backend_built(ep_moe_backend b);
-// "f32" or "bf16" (a command line's --expert-dtype: how the CPU backend stores
-// the routed experts); EP_ERR_ARG names what was found.
-ep_status ep_moe_expert_dtype_parse(const char *s, ep_dtype *out);
 
 typedef struct {
     ep_moe_backend backend;  // default CPU
     ep_place_kind placement; // expert placement across ranks
     ep_dtype wire;           // payload dtype on the wire (F32, BF16, F16, F8_E4M3)
-    ep_dtype expert_dtype;   // CPU backend: routed experts stored F32 (default) or BF16
+    ep_dtype expert_dtype;   // CPU backend: experts stored AUTO (default: the checkpoint's
+                             // dtype when BF16, else F32), F32 or BF16 (experts/experts.h)
     int cap_tokens;          // most tokens one rank routes in one call
     int max_k;               // most experts a token may keep (>= k_base; policies may add)
     bool with_reference;     // also hold every expert, for ep_moe_reference()
@@ -72,6 +70,12 @@ const ep_placement *ep_moe_layer_placement(const ep_moe *m, int layer);
 // until the next call). Replica choice fills it; without replicas the home rank.
 const int *ep_moe_last_pair_rank(const ep_moe *m);
 size_t ep_moe_expert_bytes(const ep_moe *m); // routed + shared weights held by this rank
+// The same split: one routed expert at one layer (gate, up, down) as stored,
+// the shared experts of every MoE layer, and the router gates (fp32).
+typedef struct {
+    uint64_t expert, shared, gates;
+} ep_moe_bytes;
+void ep_moe_get_bytes(const ep_moe *m, ep_moe_bytes *out);
 
 // The routing context of MoE layer `layer` on this rank: that layer's
 // placement (the one dispatch uses), the node map, this rank. Valid until

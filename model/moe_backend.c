@@ -80,14 +80,3 @@ bool ep_moe_backend_built(ep_moe_backend b)
     const ep_moe_backend_i *t = lookup(b);
     return t && t->built;
 }
-
-ep_status ep_moe_expert_dtype_parse(const char *s, ep_dtype *out)
-{
-    if (!strcmp(s, "f32"))
-        *out = EP_DTYPE_F32;
-    else if (!strcmp(s, "bf16"))
-        *out = EP_DTYPE_BF16;
-    else
-        return ep_errorf(EP_ERR_ARG, "expert dtype: expected f32 or bf16, found '%s'", s);
-    return EP_OK;
-}

@@ -10,16 +10,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-// out[r, o] = sum_i x[r, i] * w[o, i]
-static void ref_linear(const float *x, const float *w, int rows, int n_out, int n_in, float *out)
+// out[r, o] = sum_i x[r, i] * w[o, i], w's values as stored (BF16 widened
+// exactly) against fp32 x: the reference does not round activations.
+static void ref_linear(const float *x, const ep_mat *w, int rows, int n_out, int n_in, float *out)
 {
-    for (int r = 0; r < rows; r++)
-        for (int o = 0; o < n_out; o++) {
+    EP_ASSERT(w->rows == n_out && w->cols == n_in);
+    float *wr = ep_xmalloc((size_t)n_in * sizeof(float));
+    for (int o = 0; o < n_out; o++) {
+        ep_mat_row_f32(w, o, wr);
+        for (int r = 0; r < rows; r++) {
             double s = 0;
             for (int i = 0; i < n_in; i++)
-                s += (double)x[(size_t)r * n_in + i] * w[(size_t)o * n_in + i];
+                s += (double)x[(size_t)r * n_in + i] * wr[i];
             out[(size_t)r * n_out + o] = (float)s;
         }
+    }
+    free(wr);
 }
 
 static void ref_rmsnorm(const float *x, const float *w, int n, float eps, float *out)
@@ -95,9 +101,9 @@ static void ref_qwen3(ep_model *m, int l, const float *xn, int n, float *att)
     float *q = ep_xmalloc((size_t)n * nh * hd * sizeof(float));
     float *k = ep_xmalloc((size_t)n * nkv * hd * sizeof(float));
     float *v = ep_xmalloc((size_t)n * nkv * hd * sizeof(float));
-    ref_linear(xn, L->wq, n, nh * hd, H, q);
-    ref_linear(xn, L->wk, n, nkv * hd, H, k);
-    ref_linear(xn, L->wv, n, nkv * hd, H, v);
+    ref_linear(xn, &L->wq, n, nh * hd, H, q);
+    ref_linear(xn, &L->wk, n, nkv * hd, H, k);
+    ref_linear(xn, &L->wv, n, nkv * hd, H, v);
     for (int t = 0; t < n; t++) {
         for (int h = 0; h < nh; h++) {
             float *qh = q + ((size_t)t * nh + h) * hd;
@@ -130,22 +136,23 @@ static void ref_mla(ep_model *m, int l, const float *xn, int n, float *att)
     float *q = ep_xmalloc((size_t)n * nh * qhd * sizeof(float));
     if (c->q_lora_rank > 0) {
         float *qa = ep_xmalloc((size_t)n * c->q_lora_rank * sizeof(float));
-        ref_linear(xn, L->wq_a, n, c->q_lora_rank, H, qa);
+        ref_linear(xn, &L->wq_a, n, c->q_lora_rank, H, qa);
         for (int t = 0; t < n; t++)
             ref_rmsnorm(qa + (size_t)t * c->q_lora_rank, L->q_a_norm, c->q_lora_rank, c->rms_eps,
                         qa + (size_t)t * c->q_lora_rank);
-        ref_linear(qa, L->wq_b, n, nh * qhd, c->q_lora_rank, q);
+        ref_linear(qa, &L->wq_b, n, nh * qhd, c->q_lora_rank, q);
         free(qa);
     } else {
-        ref_linear(xn, L->wq, n, nh * qhd, H, q);
+        ref_linear(xn, &L->wq, n, nh * qhd, H, q);
     }
     float *ckv = ep_xmalloc((size_t)n * (R + rope) * sizeof(float));
     float *lat = ep_xmalloc((size_t)n * R * sizeof(float));
     float *kv = ep_xmalloc((size_t)n * nh * kvb * sizeof(float));
-    ref_linear(xn, L->wkv_a, n, R + rope, H, ckv);
+    ref_linear(xn, &L->wkv_a, n, R + rope, H, ckv);
     for (int t = 0; t < n; t++)
         ref_rmsnorm(ckv + (size_t)t * (R + rope), L->kv_a_norm, R, c->rms_eps, lat + (size_t)t * R);
-    ref_linear(lat, L->wkv_b, n, nh * kvb, R, kv);
+    const ep_mat wkv_b = {.dtype = EP_DTYPE_F32, .rows = nh * kvb, .cols = R, .data = L->wkv_b};
+    ref_linear(lat, &wkv_b, n, nh * kvb, R, kv);
     // Full keys [n, nh, nope + rope] (k_pe shared by every head) and values.
     float *key = ep_xmalloc((size_t)n * nh * qhd * sizeof(float));
     for (int t = 0; t < n; t++) {
@@ -193,7 +200,7 @@ ep_status ep_model_reference(ep_model *m, const ep_policy *p, const int *tokens,
     float *att = ep_xmalloc((size_t)n * m->attn_out * sizeof(float));
     ep_status s = EP_OK;
     for (int t = 0; t < n; t++)
-        memcpy(x + (size_t)t * H, m->embed + (size_t)tokens[t] * H, H * sizeof(float));
+        ep_mat_row_f32(&m->embed, tokens[t], x + (size_t)t * H);
     for (int l = 0; l < c->n_layers && !s; l++) {
         const ep_layer_w *L = &m->L[l];
         for (int t = 0; t < n; t++)
@@ -202,7 +209,7 @@ ep_status ep_model_reference(ep_model *m, const ep_policy *p, const int *tokens,
             ref_mla(m, l, xn, n, att);
         else
             ref_qwen3(m, l, xn, n, att);
-        ref_linear(att, L->wo, n, H, m->attn_out, y);
+        ref_linear(att, &L->wo, n, H, m->attn_out, y);
         for (size_t i = 0; i < nh_; i++)
             x[i] += y[i];
         for (int t = 0; t < n; t++)
@@ -214,11 +221,11 @@ ep_status ep_model_reference(ep_model *m, const ep_policy *p, const int *tokens,
             const int I = c->intermediate;
             float *g = ep_xmalloc((size_t)n * I * sizeof(float));
             float *u = ep_xmalloc((size_t)n * I * sizeof(float));
-            ref_linear(xn, L->w_gate, n, I, H, g);
-            ref_linear(xn, L->w_up, n, I, H, u);
+            ref_linear(xn, &L->w_gate, n, I, H, g);
+            ref_linear(xn, &L->w_up, n, I, H, u);
             for (size_t i = 0; i < (size_t)n * I; i++)
                 g[i] = (float)(g[i] / (1.0 + exp(-(double)g[i])) * u[i]);
-            ref_linear(g, L->w_down, n, H, I, y);
+            ref_linear(g, &L->w_down, n, H, I, y);
             free(g);
             free(u);
         }
@@ -229,7 +236,7 @@ ep_status ep_model_reference(ep_model *m, const ep_policy *p, const int *tokens,
     if (!s) {
         for (int t = 0; t < n; t++)
             ref_rmsnorm(x + (size_t)t * H, m->final_norm, H, c->rms_eps, xn + (size_t)t * H);
-        ref_linear(xn, m->lm_head, n, c->vocab, H, logits);
+        ref_linear(xn, &m->lm_head, n, c->vocab, H, logits);
     }
     free(x);
     free(xn);

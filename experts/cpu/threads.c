@@ -1,9 +1,10 @@
 // The process-wide thread pool of the CPU expert kernels: workers started on
 // first need, woken per ep_par_for, tasks handed out by an atomic counter;
 // a round ends when its tasks are done, whether or not every worker woke.
-// It does not pin threads or manage OpenBLAS's own threads.
+// It does not pin threads; it sets OpenBLAS to one thread when it starts.
 #include "experts/kernels.h"
 
+#include <cblas.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -53,6 +54,16 @@ static int default_threads(void)
     return n;
 }
 
+// The pool's size on first use. OpenBLAS (the fp32 dense products) then
+// runs on one thread inside each task: the pool is the step's only threads,
+// so OpenBLAS's own never compete with it for the cores.
+static void pool_init_locked(void)
+{
+    if (ep_pool.want) return;
+    ep_pool.want = default_threads();
+    openblas_set_num_threads(1);
+}
+
 static void run_tasks(ep_par_fn fn, void *ctx, int n, int thread)
 {
     for (int t; (t = atomic_fetch_add_explicit(&ep_pool.next, 1, memory_order_relaxed)) < n;)
@@ -92,7 +103,7 @@ static void *worker(void *arg)
 int ep_par_threads(void)
 {
     pthread_mutex_lock(&ep_pool.mu);
-    if (!ep_pool.want) ep_pool.want = default_threads();
+    pool_init_locked();
     int n = ep_pool.want;
     pthread_mutex_unlock(&ep_pool.mu);
     return n;
@@ -103,6 +114,7 @@ void ep_par_set_threads(int n)
     EP_ASSERT(n >= 1);
     pthread_mutex_lock(&ep_pool.mu);
     EP_ASSERT(!ep_pool.busy);
+    pool_init_locked();
     ep_pool.want = EP_MIN(n, EP_PAR_MAX_THREADS);
     pthread_mutex_unlock(&ep_pool.mu);
 }
@@ -112,7 +124,7 @@ void ep_par_for(int n_tasks, ep_par_fn fn, void *ctx)
     if (n_tasks <= 0) return;
     pthread_mutex_lock(&ep_pool.mu);
     EP_ASSERT(!ep_pool.busy); // a task called ep_par_for, or two threads share the pool
-    if (!ep_pool.want) ep_pool.want = default_threads();
+    pool_init_locked();
     const int threads = EP_MIN(ep_pool.want, n_tasks);
     if (threads <= 1) {
         pthread_mutex_unlock(&ep_pool.mu);

@@ -18,7 +18,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 "$bin" make-model --preset tiny-qwen3-moe --out "$tmp/qwen"
-mpirun -np 4 --oversubscribe "$bin" bench --model "$tmp/qwen" \
+# The checkpoint is BF16; --expert-dtype f32 keeps the experts at the
+# reference's precision, so the 1e-4 bounds below check the exchange only.
+mpirun -np 4 --oversubscribe "$bin" bench --model "$tmp/qwen" --expert-dtype f32 \
   --routing baseline,ban,pick,banpick,topp,des,laser-ban --tokens 32 --steps 2 --warmup 1 \
   --ranks-per-node 2 --check --quiet --json "$tmp/qwen.json" --plot "$tmp/plots"
 for png in bytes_per_layer k_hist rank_load; do
@@ -27,7 +29,7 @@ done
 mpirun -np 3 --oversubscribe "$bin" bench --model tiny-deepseek-v2 \
   --routing baseline,ban,banpick --tokens 17 --steps 1 --warmup 0 --placement round_robin \
   --check --quiet --json "$tmp/ds.json"
-mpirun -np 3 --oversubscribe "$bin" bench --model "$tmp/qwen" \
+mpirun -np 3 --oversubscribe "$bin" bench --model "$tmp/qwen" --expert-dtype f32 \
   --routing baseline,ban --tokens 13 --steps 1 --warmup 1 --ranks-per-node 2 \
   --placement eplb --redundant-experts 5 --check --quiet --json "$tmp/eplb.json"
 gsm="$2/../shared/data/routing/qwen3-30b-a3b/gsm_avg_activation.csv"

@@ -1,6 +1,9 @@
 // The dense host ops (experts/dense.h) against plain loops: gemm_nt for odd
 // shapes (5, 7, 11, 13, and the empty and single-row cases) with beta 0 and
-// 1, and swiglu values including large |x|, infinities and NaN. Fixed seeds; tolerances stated.
+// 1; ep_dense_mm over fp32 and BF16 matrices with row strides, shapes around
+// its 64-row tasks and its gemv/gemm crossover, every ISA and 1 or 3
+// threads; and swiglu values including large |x|, infinities and NaN. Fixed
+// seeds; tolerances stated.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,7 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/dtype.h"
 #include "experts/dense.h"
+#include "experts/kernels.h"
 
 static uint64_t rng_state;
 static float frand(void) // uniform in [-1, 1), xorshift64*
@@ -109,6 +114,100 @@ static void test_gemm_empty_k(void **state)
         assert_true(D[i] == (float)(i == 1 ? -2 : i + 1));
 }
 
+// ep_dense_mm: C[M, N] (row stride ldc = N + 3) = A[M, K] (lda = K + 2) . W^T
+// + beta * C0, W [N, K] in dtype. Checked against double sums of A and W's
+// stored values: fp32 |err| <= 1e-5 * Σ|a w|; BF16 rounds each a to BF16
+// (relative error <= 2^-8), so |err| <= (2^-8 + 1e-5) * Σ|a w|; plus 1e-6 *
+// |beta C0| either way. Past-the-row padding must stay untouched. Returns C
+// (the caller frees) so runs can be compared bit for bit.
+static float *check_mm(int M, int N, int K, ep_dtype dt, float beta)
+{
+    const int lda = K + 2, ldc = N + 3;
+    float *A = malloc(sizeof(float) * ((size_t)M * lda + 1));
+    float *Wf = malloc(sizeof(float) * ((size_t)N * K + 1));
+    uint16_t *Wb = malloc(sizeof(uint16_t) * ((size_t)N * K + 1));
+    float *C = malloc(sizeof(float) * ((size_t)M * ldc + 1));
+    float *C0 = malloc(sizeof(float) * ((size_t)M * ldc + 1));
+    fill(A, (size_t)M * lda);
+    fill(Wf, (size_t)N * K);
+    for (size_t i = 0; i < (size_t)N * K; i++) {
+        Wb[i] = ep_f32_to_bf16(Wf[i]);
+        if (dt == EP_DTYPE_BF16) Wf[i] = ep_bf16_to_f32(Wb[i]); // the values stored
+    }
+    fill(C0, (size_t)M * ldc);
+    if (beta == 0.0f)
+        for (size_t i = 0; i < (size_t)M * ldc; i++)
+            C0[i] = (i % (size_t)ldc) < (size_t)N ? NAN : C0[i]; // must not be read
+    memcpy(C, C0, sizeof(float) * (size_t)M * ldc);
+    const ep_mat W = {.dtype = dt,
+                      .rows = N,
+                      .cols = K,
+                      .data = dt == EP_DTYPE_BF16 ? (const void *)Wb : (const void *)Wf};
+    ep_dense_mm(M, A, lda, &W, beta, C, ldc);
+    const double rel = dt == EP_DTYPE_BF16 ? 1.0 / 256 + 1e-5 : 1e-5;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < ldc; n++) {
+            double got = C[(size_t)m * ldc + n];
+            if (n >= N) { // padding between rows
+                if (memcmp(&C[(size_t)m * ldc + n], &C0[(size_t)m * ldc + n], sizeof(float)))
+                    fail_msg("mm wrote padding at (%d, %d)", m, n);
+                continue;
+            }
+            double ref = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                double p = (double)A[(size_t)m * lda + k] * Wf[(size_t)n * K + k];
+                ref += p;
+                mag += fabs(p);
+            }
+            double c0 = beta != 0.0f ? (double)beta * C0[(size_t)m * ldc + n] : 0.0;
+            ref += c0;
+            if (!(fabs(got - ref) <= rel * mag + 1e-6 * fabs(c0) + 1e-30))
+                fail_msg("mm %s M=%d N=%d K=%d beta=%g at (%d, %d): got %.9g, expected %.9g",
+                         ep_dtype_name(dt), M, N, K, beta, m, n, got, ref);
+        }
+    free(A);
+    free(Wf);
+    free(Wb);
+    free(C0);
+    return C;
+}
+
+static void test_mm_shapes(void **state)
+{
+    (void)state;
+    const int ms[] = {0, 1, EP_DENSE_GEMV_ROWS, EP_DENSE_GEMV_ROWS + 1, 9, 70};
+    const int ns[] = {1, 63, 64, 65, 130};
+    const int ks[] = {0, 1, 31, 32, 33, 100};
+    const float betas[] = {0.0f, 1.0f, 0.5f};
+    const ep_dtype dts[] = {EP_DTYPE_F32, EP_DTYPE_BF16};
+    const ep_kern_isa best = ep_kern_isa_best();
+    for (int isa = EP_KERN_ISA_C; isa <= (int)best; isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        for (size_t d = 0; d < EP_ARRAY_LEN(dts); d++)
+            for (size_t a = 0; a < EP_ARRAY_LEN(ms); a++)
+                for (size_t b = 0; b < EP_ARRAY_LEN(ns); b++)
+                    for (size_t c = 0; c < EP_ARRAY_LEN(ks); c++)
+                        for (size_t e = 0; e < EP_ARRAY_LEN(betas); e++) {
+                            // The same inputs on 1 and 3 threads: each output
+                            // is one task's sum, so the bits must agree.
+                            const uint64_t seed = 0x1234567ULL + a * 131 + b * 17 + c * 7 + e;
+                            rng_state = seed;
+                            ep_par_set_threads(1);
+                            float *c1 = check_mm(ms[a], ns[b], ks[c], dts[d], betas[e]);
+                            rng_state = seed;
+                            ep_par_set_threads(3);
+                            float *c3 = check_mm(ms[a], ns[b], ks[c], dts[d], betas[e]);
+                            const size_t n = (size_t)ms[a] * (ns[b] + 3);
+                            if (n && memcmp(c1, c3, n * sizeof(float)))
+                                fail_msg("mm %s M=%d N=%d K=%d: 1 and 3 threads differ",
+                                         ep_dtype_name(dts[d]), ms[a], ns[b], ks[c]);
+                            free(c1);
+                            free(c3);
+                        }
+    }
+    ep_kern_isa_cap(best);
+}
+
 static double silu_ref(double x)
 {
     return x / (1.0 + exp(-x));
@@ -173,7 +272,7 @@ int main(void)
         cmocka_unit_test(test_gemm_odd_shapes),      cmocka_unit_test(test_gemm_blocked),
         cmocka_unit_test(test_gemm_beta0_ignores_c), cmocka_unit_test(test_gemm_empty_k),
         cmocka_unit_test(test_swiglu_values),        cmocka_unit_test(test_swiglu_extremes),
-        cmocka_unit_test(test_swiglu_random),
+        cmocka_unit_test(test_swiglu_random),        cmocka_unit_test(test_mm_shapes),
     };
     return cmocka_run_group_tests_name("dense", tests, NULL, NULL);
 }

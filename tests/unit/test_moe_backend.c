@@ -47,15 +47,17 @@ static void test_parse_expert_dtype(void **state)
 {
     (void)state;
     ep_dtype d = EP_DTYPE_F16;
-    assert_int_equal(ep_moe_expert_dtype_parse("f32", &d), EP_OK);
+    assert_int_equal(ep_weight_dtype_parse("f32", &d), EP_OK);
     assert_int_equal(d, EP_DTYPE_F32);
-    assert_int_equal(ep_moe_expert_dtype_parse("bf16", &d), EP_OK);
+    assert_int_equal(ep_weight_dtype_parse("bf16", &d), EP_OK);
     assert_int_equal(d, EP_DTYPE_BF16);
+    assert_int_equal(ep_weight_dtype_parse("auto", &d), EP_OK);
+    assert_int_equal(d, EP_DTYPE_AUTO);
     const char *bad[] = {"fp8", "", "BF16", "f16"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         d = EP_DTYPE_F32;
-        assert_int_equal(ep_moe_expert_dtype_parse(bad[i], &d), EP_ERR_ARG);
-        assert_non_null(strstr(ep_last_error(), "expected f32 or bf16"));
+        assert_int_equal(ep_weight_dtype_parse(bad[i], &d), EP_ERR_ARG);
+        assert_non_null(strstr(ep_last_error(), "expected auto, f32 or bf16"));
         char quoted[32];
         snprintf(quoted, sizeof quoted, "'%s'", bad[i]);
         assert_non_null(strstr(ep_last_error(), quoted));

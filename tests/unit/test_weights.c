@@ -104,6 +104,35 @@ static void expect_same(const ep_model_cfg *cfg, ep_weights *w, const char *name
     free(b);
 }
 
+// Reads `name` as an ep_mat in `want` and checks dtype, where the data lies
+// (mapped: inside the checkpoint, nothing owned; else an owned copy) and the
+// values, widened, bit for bit against ep_synth_tensor (BF16-exact values).
+static void expect_mat(const ep_model_cfg *cfg, ep_weights *w, const char *name, int64_t rows,
+                       int64_t cols, ep_dtype want, ep_dtype want_stored, bool want_mapped)
+{
+    const int64_t shape[2] = {rows, cols};
+    float *b = malloc((size_t)(rows * cols) * sizeof *b), *row = malloc((size_t)cols * sizeof *row);
+    ep_synth_tensor(cfg, name, 2, shape, b);
+    ep_mat m;
+    if (ep_weights_read_mat(w, name, rows, cols, want, &m))
+        fail_msg("read_mat %s: %s", name, ep_last_error());
+    assert_int_equal(m.dtype, want_stored);
+    assert_true(m.rows == rows && m.cols == cols);
+    if (want_mapped != (m.owned == NULL))
+        fail_msg("%s as %s: expected %s", name, ep_dtype_name(want_stored),
+                 want_mapped ? "mapped from the checkpoint" : "an owned copy");
+    for (int64_t r = 0; r < rows; r++) {
+        ep_mat_row_f32(&m, r, row);
+        if (memcmp(row, b + r * cols, (size_t)cols * sizeof *row))
+            fail_msg("%s as %s: row %lld differs", name, ep_dtype_name(want_stored), (long long)r);
+    }
+    assert_true(ep_mat_bytes(&m) == (size_t)(rows * cols) * ep_dtype_size(want_stored));
+    ep_mat_free(&m);
+    assert_null(m.data);
+    free(row);
+    free(b);
+}
+
 static void round_trip(fixture *f, const char *preset, int n_shards, ep_dtype dtype)
 {
     ep_model_cfg cfg;
@@ -176,6 +205,29 @@ static void round_trip(fixture *f, const char *preset, int n_shards, ep_dtype dt
             expect_same(&cfg, w, name, H, (int64_t)I * cfg.n_shared);
         }
     }
+
+    // Matrices: a BF16 checkpoint's BF16 tensor is used where it lies (auto
+    // or bf16); anything converted is owned. Synthetic weights are fp32.
+    const bool bf = dtype == EP_DTYPE_BF16;
+    ep_name_expert(name, sizeof name, L, 1, "up_proj");
+    expect_mat(&cfg, wc, name, I, H, EP_DTYPE_AUTO, dtype, true);
+    expect_mat(&cfg, wc, name, I, H, EP_DTYPE_BF16, EP_DTYPE_BF16, bf);
+    expect_mat(&cfg, wc, name, I, H, EP_DTYPE_F32, EP_DTYPE_F32, !bf);
+    expect_mat(&cfg, ws, "lm_head.weight", cfg.vocab, H, EP_DTYPE_AUTO, EP_DTYPE_F32, false);
+    expect_mat(&cfg, ws, "lm_head.weight", cfg.vocab, H, EP_DTYPE_BF16, EP_DTYPE_BF16, false);
+    ep_dtype d = EP_DTYPE_AUTO, e = EP_DTYPE_AUTO;
+    assert_int_equal(ep_weights_dense_dtype(wc, &d), EP_OK);
+    assert_int_equal(ep_weights_expert_dtype(wc, &e), EP_OK);
+    assert_true(d == (bf ? EP_DTYPE_BF16 : EP_DTYPE_F32) && e == d);
+    d = e = EP_DTYPE_AUTO;
+    assert_int_equal(ep_weights_dense_dtype(ws, &d), EP_OK);
+    assert_int_equal(ep_weights_expert_dtype(ws, &e), EP_OK);
+    assert_true(d == EP_DTYPE_F32 && e == EP_DTYPE_F32);
+    // A wrong shape as a matrix too.
+    ep_mat bad;
+    assert_int_not_equal(ep_weights_read_mat(wc, name, I + 1, H, EP_DTYPE_AUTO, &bad), EP_OK);
+    if (!strstr(ep_last_error(), name))
+        fail_msg("shape error does not name '%s': %s", name, ep_last_error());
 
     // A wrong shape is refused, naming the tensor, from either source.
     ep_name_expert(name, sizeof name, L, 3, "up_proj");
