@@ -15,12 +15,12 @@
 // once:
 //   BF16: A rounded to BF16, ep_kern_bf16_nt (vdpbf16ps where the CPU has it),
 //         fp32 sums; one kernel for every M.
-//   F32:  OpenBLAS on one thread per task: sgemv per row of A up to
-//         EP_DENSE_GEMV_ROWS rows (a matrix-vector product streams W without
-//         packing it), sgemm above (measured crossover, docs/benchmarks.md).
+//   F32:  OpenBLAS sgemm on one thread per task, on the task's 64 rows of W
+//         (measured faster than sgemv per row of A at every M from 1 to 7:
+//         1.07 against 1.22 ms at M = 1 over W [4096, 2048] on one core, so
+//         no separate matrix-vector path; docs/benchmarks.md).
 // beta == 0 never reads C (it may hold NaN from an earlier step). Not
 // re-entrant (it runs ep_par_for); A and C must not overlap.
-#define EP_DENSE_GEMV_ROWS 2
 void ep_dense_mm(int M, const float *A, int lda, const ep_mat *W, float beta, float *C, int ldc);
 
 // C[M, N] = A[M, K] . B[N, K]^T + beta * C on fp32 arrays (a view of B as an

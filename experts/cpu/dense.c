@@ -67,12 +67,6 @@ static void f32_task(void *ctx, int task, int thread)
     const int K = (int)d->W->cols, n0 = task * DENSE_TASK_ROWS;
     const int nb = (int)EP_MIN((int64_t)DENSE_TASK_ROWS, d->W->rows - n0);
     const float *B = (const float *)d->W->data + (size_t)n0 * K;
-    if (d->M <= EP_DENSE_GEMV_ROWS) {
-        for (int i = 0; i < d->M; i++)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, nb, K, 1.0f, B, K, d->A + (size_t)i * d->lda,
-                        1, d->beta, d->C + (size_t)i * d->ldc + n0, 1);
-        return;
-    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->M, nb, K, 1.0f, d->A, d->lda, B, K,
                 d->beta, d->C + n0, d->ldc);
 }
