@@ -66,3 +66,13 @@ ep_status ep_arg_ids(const char *opt, const char *s, long lo, int **ids, int *n)
     *n = k;
     return EP_OK;
 }
+
+void ep_arg_policy_label(const char *spec, char *out, size_t n)
+{
+    const char *base = strrchr(spec, '/');
+    base = base ? base + 1 : spec;
+    size_t len = strlen(base);
+    const char *dot = strrchr(base, '.');
+    if (dot && (!strcmp(dot, ".yaml") || !strcmp(dot, ".yml"))) len = (size_t)(dot - base);
+    snprintf(out, n, "%.*s", (int)len, base);
+}

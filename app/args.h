@@ -14,5 +14,8 @@ bool ep_arg_float(const char *s, float *out);
 // "1,2,3" -> *ids (malloc'ed, *n >= 1), each in [lo, INT_MAX]. EP_ERR_ARG
 // names opt, the item's index and what was found.
 ep_status ep_arg_ids(const char *opt, const char *s, long lo, int **ids, int *n);
+// Row name of a --routing entry: the policy name, or a routing file's base
+// name without .yaml/.yml (two files of one policy kind stay apart).
+void ep_arg_policy_label(const char *spec, char *out, size_t n);
 
 #endif

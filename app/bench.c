@@ -3,6 +3,7 @@
 // one process, and reports avg K, throughput, all-to-all bytes (actual and
 // the fixed-k_base counterfactual), balance and, with --check, the error
 // against the single-process reference. Table in the nccl-tests style; JSON.
+#include "app/args.h"
 #include "app/bench_plot.h"
 #include "app/commands.h"
 #include "common/json_util.h"
@@ -79,7 +80,9 @@ static void usage(FILE *f)
         "  --json FILE          write the results as JSON (rank 0)\n"
         "  --plot DIR           write PNG charts (gnuplot) into DIR (rank 0)\n"
         "  --quiet              no progress line\n"
-        "`epserve bench sched --help`: the trace-driven scheduler check (no MPI)\n");
+        "`epserve bench sched --help`: the trace-driven scheduler check (no MPI)\n"
+        "`epserve bench model --help`: the whole model's forward against the bandwidth and\n"
+        "GEMM limits measured in the same run\n");
 }
 
 static int parse_args(int argc, char **argv, bench_args *a)
@@ -460,18 +463,6 @@ static void make_inputs(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
     }
 }
 
-// Row name of a --routing entry: the policy name, or a routing file's base
-// name without extension (two files of one policy kind stay apart).
-static void policy_label(const char *spec, char *out, size_t n)
-{
-    const char *base = strrchr(spec, '/');
-    base = base ? base + 1 : spec;
-    size_t len = strlen(base);
-    const char *dot = strrchr(base, '.');
-    if (dot && (!strcmp(dot, ".yaml") || !strcmp(dot, ".yml"))) len = (size_t)(dot - base);
-    snprintf(out, n, "%.*s", (int)len, base);
-}
-
 // One MoE layer for one row of the table: routed by the policy, or replayed
 // from the trace. *routes_out gets the routes used.
 static ep_status run_layer(ep_moe *moe, const bench_policy *bp, const ep_trace *trace,
@@ -534,6 +525,7 @@ int ep_cmd_bench(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "sched")) return ep_cmd_bench_sched(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "serve")) return ep_cmd_bench_serve(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "kl")) return ep_cmd_bench_kl(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "model")) return ep_cmd_bench_model(argc - 1, argv + 1);
     bench_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc == 1 ? 0 : rc;
@@ -608,7 +600,7 @@ int ep_cmd_bench(int argc, char **argv)
                 n_pol = i;
                 goto setup_done;
             }
-            policy_label(tok, bp[i].label, sizeof bp[i].label);
+            ep_arg_policy_label(tok, bp[i].label, sizeof bp[i].label);
             if (ep_policy_max_k(bp[i].pol) > mo.max_k) mo.max_k = ep_policy_max_k(bp[i].pol);
             i++;
         }

@@ -1,8 +1,10 @@
 // `epserve bench kernels`: the grouped SwiGLU of routed experts (gate|up,
 // SiLU*mul, down, weighting) on real model shapes at decode and prefill step
-// sizes, against two limits measured in the same run: OpenBLAS dense sgemm on
-// the same per-expert shapes, and the DRAM triad bandwidth. One rank, no MPI
+// sizes, against limits measured in the same run: OpenBLAS dense sgemm on
+// the same per-expert shapes, the DRAM triad and read-only bandwidth, and the
+// BF16 GEMM peak of the experts' kernel (app/bench_limits.h). One rank, no MPI
 // traffic; routing is synthetic (Zipf-hot experts), not the model's router.
+#include "app/bench_limits.h"
 #include "app/commands.h"
 #include "experts/experts.h"
 #include "experts/kernels.h"
@@ -36,6 +38,7 @@ typedef struct {
     int variants[BK_MAX_LIST]; // bk_variant
     int n_variants;
     int repeats, warmup, threads;
+    int peak_size; // square BF16 GEMM of the peak; 0: not measured
     double zipf;
     uint64_t seed;
     const char *json_path;
@@ -72,7 +75,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: epserve bench kernels [--models M1,M2] [--tokens 1,8,32,...]\n"
                "                             [--variants f32,bf16]\n"
                "                             [--repeats N] [--warmup N] [--threads N] [--zipf S]\n"
-               "                             [--seed N] [--no-dense]\n"
+               "                             [--seed N] [--no-dense] [--peak-size N]\n"
                "                             [--json FILE]\n"
                "  models: presets or YAML files (default qwen3-30b-a3b,deepseek-v2-lite); one MoE\n"
                "  layer of routed experts is held, all experts resident in DRAM; every variant's\n"
@@ -82,26 +85,35 @@ static void usage(FILE *f)
                "  variants: f32 (fp32 weights in column panels; the default), bf16 (BF16\n"
                "  weights)\n"
                "  threads: kernel threads and OpenBLAS threads (default EP_NUM_THREADS,\n"
-               "  OPENBLAS_NUM_THREADS or all CPUs)\n");
+               "  OPENBLAS_NUM_THREADS or all CPUs)\n"
+               "  peak-size: N x N x N BF16 GEMM through ep_kern_bf16_nt on the pool, best of\n"
+               "  5, GFLOP/s = 2 N^3 / time (default 2048; 0 skips it); JSON frac_bf16_peak = "
+               "GFLOP/s / it\n");
 }
 
 static int parse_args(int argc, char **argv, bk_args *a)
 {
-    static const struct option opts[] = {
-        {"models", required_argument, 0, 'm'},   {"tokens", required_argument, 0, 't'},
-        {"variants", required_argument, 0, 'd'}, {"repeats", required_argument, 0, 'r'},
-        {"warmup", required_argument, 0, 'w'},   {"threads", required_argument, 0, 'p'},
-        {"zipf", required_argument, 0, 'z'},     {"seed", required_argument, 0, 's'},
-        {"no-dense", no_argument, 0, 'D'},       {"json", required_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+    static const struct option opts[] = {{"models", required_argument, 0, 'm'},
+                                         {"tokens", required_argument, 0, 't'},
+                                         {"variants", required_argument, 0, 'd'},
+                                         {"repeats", required_argument, 0, 'r'},
+                                         {"warmup", required_argument, 0, 'w'},
+                                         {"threads", required_argument, 0, 'p'},
+                                         {"zipf", required_argument, 0, 'z'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"no-dense", no_argument, 0, 'D'},
+                                         {"json", required_argument, 0, 'j'},
+                                         {"peak-size", required_argument, 0, 'P'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     static char models_buf[1024], tokens_buf[256], variants_buf[256];
     snprintf(models_buf, sizeof models_buf, "qwen3-30b-a3b,deepseek-v2-lite");
     snprintf(tokens_buf, sizeof tokens_buf, "1,8,32,128,512,2048");
     snprintf(variants_buf, sizeof variants_buf, "f32,bf16");
-    *a = (bk_args){.repeats = 5, .warmup = 1, .zipf = 0.8, .seed = 1};
+    *a = (bk_args){.repeats = 5, .warmup = 1, .zipf = 0.8, .seed = 1, .peak_size = 2048};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:t:d:r:w:p:z:s:Dj:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:t:d:r:w:p:z:s:Dj:P:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             snprintf(models_buf, sizeof models_buf, "%s", optarg);
@@ -129,6 +141,9 @@ static int parse_args(int argc, char **argv, bk_args *a)
             break;
         case 'D':
             a->no_dense = true;
+            break;
+        case 'P':
+            a->peak_size = atoi(optarg);
             break;
         case 'j':
             a->json_path = optarg;
@@ -168,27 +183,16 @@ static int parse_args(int argc, char **argv, bk_args *a)
         }
     }
     if (a->n_models < 1 || a->n_tokens < 1 || a->n_variants < 1 || a->repeats < 1 ||
-        a->repeats >= BK_MAX_REPEATS || a->warmup < 0 || a->threads < 0 || a->zipf < 0) {
+        a->repeats >= BK_MAX_REPEATS || a->warmup < 0 || a->threads < 0 || a->zipf < 0 ||
+        a->peak_size < 0) {
         fprintf(stderr, "epserve bench kernels: expected non-empty lists, 1 <= --repeats < 100, "
-                        "--warmup >= 0, --threads >= 0, --zipf >= 0\n");
+                        "--warmup >= 0, --threads >= 0, --zipf >= 0, --peak-size >= 0\n");
         return 2;
     }
     return -1; // go on
 }
 
 // ---- statistics, routing ---------------------------------------------------
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Expert popularity: p_e ~ 1 / (1 + rank(e))^zipf, ranks a seeded shuffle, so
 // the hot experts are scattered over the ids as in trained models.
@@ -264,87 +268,7 @@ static void free_step(bk_step *s)
     free(s->m_of);
 }
 
-// ---- the two limits ----------------------------------------------------------
-
-typedef struct {
-    float *a, *b, *c; // [n] the triad's arrays
-    uint64_t *r;      // [n / 2] the read-only pass's array (as many bytes as one of a, b, c)
-    int64_t n, chunk;
-    uint64_t *partial; // [threads] read-only sums (kept so the reads are not dropped)
-} bk_triad;
-
-static void triad_task(void *ctx, int task, int thread)
-{
-    bk_triad *t = ctx;
-    int64_t lo = task * t->chunk, hi = EP_MIN(t->n, lo + t->chunk);
-    for (int64_t i = lo; i < hi; i++)
-        t->a[i] = t->b[i] + 3.0f * t->c[i];
-}
-
-// Integer sums: a float sum cannot be vectorised or reordered without
-// -ffast-math and would measure the adder's latency, not the memory.
-static void read_task(void *ctx, int task, int thread)
-{
-    bk_triad *t = ctx;
-    const int64_t words = t->n / 2, chunk = t->chunk / 2;
-    int64_t lo = task * chunk, hi = EP_MIN(words, lo + chunk);
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int64_t i = lo;
-    for (; i + 4 <= hi; i += 4) {
-        s0 += t->r[i];
-        s1 += t->r[i + 1];
-        s2 += t->r[i + 2];
-        s3 += t->r[i + 3];
-    }
-    for (; i < hi; i++)
-        s0 += t->r[i];
-    t->partial[thread] += s0 + s1 + s2 + s3;
-}
-
-// STREAM triad a = b + s*c over 3 x 128 MiB (far beyond any cache), bytes
-// counted as STREAM does (3 arrays, no write-allocate); and a read-only sum
-// over b, the access pattern of weight streaming. Measured next to every
-// timed step, so each row is compared with the bandwidth of its own moment
-// (the machine is shared and its bandwidth drifts).
-static void bw_init(bk_triad *t)
-{
-    *t = (bk_triad){.n = (int64_t)32 << 20};
-    t->a = ep_xmalloc((size_t)t->n * sizeof(float));
-    t->b = ep_xmalloc((size_t)t->n * sizeof(float));
-    t->c = ep_xmalloc((size_t)t->n * sizeof(float));
-    t->r = ep_xmalloc((size_t)t->n / 2 * sizeof(uint64_t));
-    t->partial = ep_xcalloc((size_t)ep_par_threads(), sizeof(uint64_t));
-    for (int64_t i = 0; i < t->n; i++) {
-        t->a[i] = 0;
-        t->b[i] = (float)(i & 1023);
-        t->c[i] = 1.0f;
-    }
-    for (int64_t i = 0; i < t->n / 2; i++)
-        t->r[i] = (uint64_t)i * 0x9E3779B97F4A7C15ull;
-    t->chunk = (t->n + 255) / 256;
-}
-
-static void bw_once(bk_triad *t, double *triad_gbs, double *read_gbs)
-{
-    const int tasks = (int)((t->n + t->chunk - 1) / t->chunk);
-    double t0 = ep_now_us();
-    ep_par_for(tasks, triad_task, t);
-    double t1 = ep_now_us();
-    ep_par_for(tasks, read_task, t);
-    double t2 = ep_now_us();
-    *triad_gbs = 3.0 * t->n * sizeof(float) / ((t1 - t0) * 1e3);
-    *read_gbs = (double)t->n * sizeof(float) / ((t2 - t1) * 1e3);
-}
-
-static void bw_free(bk_triad *t)
-{
-    if (t->partial[0] == 1) printf("#\n"); // keeps the sums observable
-    free(t->r);
-    free(t->a);
-    free(t->b);
-    free(t->c);
-    free(t->partial);
-}
+// ---- the dense twin ----------------------------------------------------------
 
 // OpenBLAS sgemm on each active expert's shapes (m_e x 2I x H, then m_e x H x
 // I), contiguous inputs, its own threads: what the grouped SwiGLU would take
@@ -440,7 +364,7 @@ static ep_status load_experts(const ep_model_cfg *cfg, bk_variant v, ep_experts 
     return st;
 }
 
-static void print_header(const bk_args *a, double triad, double readbw)
+static void print_header(const bk_args *a, double triad, double readbw, double peak)
 {
     printf("# epserve bench kernels: grouped SwiGLU of routed experts, one MoE layer, 1 rank\n");
     printf("# threads: %d (kernels), OpenBLAS %d; kernels ISA: %s; zipf %.2f; median of %d "
@@ -451,8 +375,13 @@ static void print_header(const bk_args *a, double triad, double readbw)
            " GB/s = weights of active experts / time;\n# xf32 = tokens/s / f32's on the same"
            " steps, the variants taking turns within each repeat;\n# xdense = GFLOP/s / OpenBLAS"
            " dense on the same per-expert shapes; triad measured beside each row, xtriad = GB/s"
-           " / triad\n#\n",
+           " / triad\n",
            triad, readbw);
+    if (peak > 0)
+        printf("# BF16 GEMM peak %.1f GFLOP/s (%d^3 through ep_kern_bf16_nt on the pool, best of 5,"
+               " same run); JSON frac_bf16_peak = GFLOP/s / peak\n",
+               peak, a->peak_size);
+    printf("#\n");
     printf("# %-17s %7s %6s %6s %4s %5s %9s %9s %8s %5s %9s %7s %6s %7s %6s %6s\n", "model", "var",
            "tokens", "pairs", "act", "max_m", "time", "GFLOP/s", "GB/s", "xf32", "dense", "xdense",
            "triad", "xtriad", "read", "xread");
@@ -470,17 +399,17 @@ int ep_cmd_bench_kernels(int argc, char **argv)
         ep_par_set_threads(a.threads);
         openblas_set_num_threads(a.threads);
     }
-    bk_triad bw;
-    bw_init(&bw);
+    ep_bench_bw *bw = ep_bench_bw_init(true);
     double triad = 0, readbw = 0;
     {
         double tv[BK_MAX_REPEATS], rv[BK_MAX_REPEATS];
         for (int r = 0; r <= a.repeats; r++) // r = 0 warms up (page faults, threads)
-            bw_once(&bw, &tv[r], &rv[r]);
-        triad = median(tv + 1, a.repeats);
-        readbw = median(rv + 1, a.repeats);
+            ep_bench_bw_once(bw, &tv[r], &rv[r]);
+        triad = ep_bench_median(tv + 1, a.repeats);
+        readbw = ep_bench_median(rv + 1, a.repeats);
     }
-    print_header(&a, triad, readbw);
+    const double peak = a.peak_size ? ep_bench_bf16_gemm_gflops(a.peak_size, 5) : 0;
+    print_header(&a, triad, readbw, peak);
 
     json_t *jrows = json_array();
     const int n_steps = a.warmup + a.repeats;
@@ -538,7 +467,7 @@ int ep_cmd_bench_kernels(int argc, char **argv)
             double tv[BK_MAX_REPEATS], rv[BK_MAX_REPEATS];
             for (int r = 0; r < n_steps && rc < 0; r++) {
                 const bk_step *s = &steps[ti * n_steps + r];
-                if (r >= a.warmup) bw_once(&bw, &tv[r - a.warmup], &rv[r - a.warmup]);
+                if (r >= a.warmup) ep_bench_bw_once(bw, &tv[r - a.warmup], &rv[r - a.warmup]);
                 dus[r] = 0;
                 if (!a.no_dense) {
                     dus[r] = dense_step_us(&d, s);
@@ -564,13 +493,14 @@ int ep_cmd_bench_kernels(int argc, char **argv)
             }
             if (rc >= 0) break;
             const double n = a.repeats;
-            const double row_triad = median(tv, a.repeats), row_read = median(rv, a.repeats);
+            const double row_triad = ep_bench_median(tv, a.repeats),
+                         row_read = ep_bench_median(rv, a.repeats);
             const double dg = a.no_dense ? 0
                                          : flops_of(&cfg, 1) * (pairs / n) /
-                                               (median(dus + a.warmup, a.repeats) * 1e3);
+                                               (ep_bench_median(dus + a.warmup, a.repeats) * 1e3);
             double med[BK_MAX_LIST];
             for (int di = 0; di < a.n_variants; di++)
-                med[di] = median(us + di * n_steps + a.warmup, a.repeats);
+                med[di] = ep_bench_median(us + di * n_steps + a.warmup, a.repeats);
             for (int di = 0; di < a.n_variants; di++) {
                 const bk_variant var = (bk_variant)a.variants[di];
                 const double elem = var == BK_BF16 ? 2 : 4;
@@ -606,6 +536,8 @@ int ep_cmd_bench_kernels(int argc, char **argv)
                 json_object_set_new(o, "read_gbs", json_real(row_read));
                 json_object_set_new(o, "frac_triad", json_real(res.gbs / row_triad));
                 json_object_set_new(o, "frac_read", json_real(res.gbs / row_read));
+                json_object_set_new(o, "frac_bf16_peak",
+                                    json_real(peak > 0 ? res.gflops / peak : 0));
                 json_array_append_new(jrows, o);
             }
         }
@@ -621,7 +553,7 @@ int ep_cmd_bench_kernels(int argc, char **argv)
         free(dus);
         if (!a.no_dense) dense_free(&d);
     }
-    bw_free(&bw);
+    ep_bench_bw_free(bw);
     if (rc < 0 && a.json_path) {
         json_t *root = json_object();
         json_object_set_new(root, "bench", json_string("kernels"));
@@ -629,6 +561,8 @@ int ep_cmd_bench_kernels(int argc, char **argv)
         json_object_set_new(root, "isa", json_string(ep_kern_isa_name(ep_kern_isa_get())));
         json_object_set_new(root, "triad_gbs", json_real(triad));
         json_object_set_new(root, "read_gbs", json_real(readbw));
+        json_object_set_new(root, "bf16_gemm_peak_gflops", json_real(peak));
+        json_object_set_new(root, "bf16_gemm_peak_size", json_integer(a.peak_size));
         json_object_set_new(root, "rows", jrows);
         jrows = NULL;
         if (json_dump_file(root, a.json_path, JSON_INDENT(2))) {

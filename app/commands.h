@@ -19,5 +19,6 @@ int ep_cmd_logits(int argc, char **argv);        // app/logits.c (one sequence's
 int ep_cmd_serve(int argc, char **argv);         // app/serve.c (server/)
 int ep_cmd_bench_serve(int argc, char **argv);   // app/bench_serve.c (`bench serve`)
 int ep_cmd_bench_kl(int argc, char **argv);      // app/bench_kl.c (`bench kl`)
+int ep_cmd_bench_model(int argc, char **argv);   // app/bench_model.c (`bench model`)
 
 #endif
