@@ -667,10 +667,8 @@ int ep_cmd_bench_model(int argc, char **argv)
         return rc == 1 ? 0 : rc;
     }
     char *cmd = command_line(argc, argv);
-    if (a.threads) {
-        ep_par_set_threads(a.threads);
-        openblas_set_num_threads(a.threads);
-    }
+    // The pool is the only threads: it sets OpenBLAS to one when it starts.
+    if (a.threads) ep_par_set_threads(a.threads);
 
     ep_cluster *cl = NULL;
     ep_weights *w = NULL;

@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -14,14 +15,16 @@
 
 static struct {
     pthread_mutex_t mu;
-    pthread_cond_t wake; // a new round (gen changed)
-    pthread_cond_t done; // the last worker that joined a closed round finished
-    int want;            // threads per round, caller included; 0 = not yet read from env
-    int started;         // workers running (the caller is not one)
-    uint64_t gen;        // round number
-    bool open;           // the round still lets workers join (its tasks may not all be taken)
-    int active;          // workers that joined this round and have not finished
-    int round_threads;   // threads taking tasks this round (worker ids below it may join)
+    pthread_cond_t wake;          // a new round (gen changed)
+    pthread_cond_t done;          // the last worker that joined a closed round finished
+    int want;                     // threads per round, caller included; 0 = not yet read from env
+    int started;                  // workers running (the caller is not one)
+    uint64_t gen;                 // round number
+    atomic_uint_fast64_t gen_pub; // gen, for the spinning reads outside the lock
+    bool open;         // the round still lets workers join (its tasks may not all be taken)
+    atomic_int active; // workers that joined this round and have not finished (changed
+                       // under the lock, read without it while spinning)
+    int round_threads; // threads taking tasks this round (worker ids below it may join)
     ep_par_fn fn;
     void *ctx;
     int n_tasks;
@@ -33,6 +36,14 @@ static struct {
     .wake = PTHREAD_COND_INITIALIZER,
     .done = PTHREAD_COND_INITIALIZER,
 };
+
+// How long a thread polls before it sleeps on a condition variable: a
+// decode step runs ~50 rounds of 0.1-1 ms, and a wake-up through the
+// condition variable costs tens of microseconds, often a small round's
+// whole length, during which the caller runs the round alone. Each poll
+// yields the core (sched_yield), so ranks oversubscribing the cores lose
+// little; ~100 polls are ~50-100 us.
+#define EP_PAR_SPIN 128
 
 static int env_threads(const char *name)
 {
@@ -84,6 +95,12 @@ static void *worker(void *arg)
     // after that round's broadcast, and must still be able to join the next.
     uint64_t seen = ep_pool.start_gen[id];
     for (;;) {
+        if (ep_pool.gen == seen) {
+            pthread_mutex_unlock(&ep_pool.mu);
+            for (int i = 0; i < EP_PAR_SPIN && atomic_load(&ep_pool.gen_pub) == seen; i++)
+                sched_yield();
+            pthread_mutex_lock(&ep_pool.mu);
+        }
         while (ep_pool.gen == seen)
             pthread_cond_wait(&ep_pool.wake, &ep_pool.mu);
         seen = ep_pool.gen;
@@ -149,6 +166,7 @@ void ep_par_for(int n_tasks, ep_par_fn fn, void *ctx)
     ep_pool.active = 0;
     ep_pool.open = true;
     ep_pool.gen++;
+    atomic_store(&ep_pool.gen_pub, ep_pool.gen);
     pthread_cond_broadcast(&ep_pool.wake);
     pthread_mutex_unlock(&ep_pool.mu);
 
@@ -157,6 +175,12 @@ void ep_par_for(int n_tasks, ep_par_fn fn, void *ctx)
     // Every task is taken now; those not run here belong to joined workers.
     pthread_mutex_lock(&ep_pool.mu);
     ep_pool.open = false;
+    if (ep_pool.active > 0) { // joined workers finish their last task: poll first
+        pthread_mutex_unlock(&ep_pool.mu);
+        for (int i = 0; i < EP_PAR_SPIN && atomic_load(&ep_pool.active) > 0; i++)
+            sched_yield();
+        pthread_mutex_lock(&ep_pool.mu);
+    }
     while (ep_pool.active > 0)
         pthread_cond_wait(&ep_pool.done, &ep_pool.mu);
     ep_pool.busy = false;
