@@ -1,12 +1,14 @@
 // Attention of one step on the paged KV cache, CPU: projections through
-// ep_dense_mm; scores, softmax and weighted sums through the attention
-// kernels (experts/kernels.h: AVX-512 or portable C), threaded on the one
-// pool (ep_par_for) over (kv head or head group, block of the step's
-// tokens), the softmax online over tiles of keys. Qwen3 GQA with per-head
-// q/k RMSNorm before NeoX RoPE; DeepSeek-V2 MLA on the latent cache with the
-// absorbed form (q_nope folded into W_UK, the output latent unfolded with
-// W_UV), so full keys and values are never materialised. The reference that
-// expands them instead is model/reference.c.
+// ep_dense_mm; the norms, RoPE and cache writes of the new tokens, then
+// scores, softmax and weighted sums through the attention kernels
+// (experts/kernels.h: AVX-512 or portable C), each threaded on the one pool
+// (ep_par_for): over blocks of tokens, then over (kv head or head group,
+// block of the step's tokens) with the softmax online over tiles of keys.
+// Qwen3 GQA with per-head q/k RMSNorm before NeoX RoPE; DeepSeek-V2 MLA on
+// the latent cache with the absorbed form (q_nope folded into W_UK, the
+// output latent unfolded with W_UV), so full keys and values are never
+// materialised. The reference that expands them instead is
+// model/reference.c.
 #include "model/model_impl.h"
 
 #include "experts/kernels.h"
@@ -33,6 +35,7 @@ typedef struct {
     float *s;        // [rows, EP_ATTN_KEYS] one key tile's scores, then probabilities
     float *mx, *sum; // [rows] running max and sum of the online softmax
     int *valid;      // [rows] keys of the tile each row sees (causal)
+    float *cs;       // [rope dim] cos | sin of one position
 } attn_ws;
 
 // Tokens [t0, t0 + n) of the step; cost ~ query rows x keys, for the order.
@@ -46,7 +49,7 @@ struct ep_attn {
     int n_ws;
     int rows, qw, dv;  // per-thread sizes
     attn_chunk *chunk; // [cap] this step's, costliest first
-    int layer;         // of the running ep_par_for
+    int layer, T;      // the step being run: layer, new tokens
     int groups;        // tasks per chunk: kv heads (GQA) or head groups (MLA)
 };
 
@@ -58,6 +61,7 @@ static void ws_free(attn_ws *w)
     free(w->mx);
     free(w->sum);
     free(w->valid);
+    free(w->cs);
 }
 
 void ep_model_attn_free(ep_model *m)
@@ -72,10 +76,11 @@ void ep_model_attn_free(ep_model *m)
     m->attn = NULL;
 }
 
-// The attention state with scratch for every thread the pool may use now
-// (ep_par_set_threads may have raised it since the last step). On the
-// calling thread, before ep_par_for; allocates only when the pool grew.
-static ep_attn *attn_get(ep_model *m)
+// The attention state of layer l's step of T tokens, with scratch for every
+// thread the pool may use now (ep_par_set_threads may have raised it since
+// the last step). On the calling thread, before ep_par_for; allocates only
+// when the pool grew.
+static ep_attn *attn_begin(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
     ep_attn *a = m->attn;
@@ -104,9 +109,12 @@ static ep_attn *attn_get(ep_model *m)
             w->mx = ep_xmalloc(r * sizeof(float));
             w->sum = ep_xmalloc(r * sizeof(float));
             w->valid = ep_xmalloc(r * sizeof(int));
+            w->cs = ep_xmalloc((size_t)m->rope.dim * sizeof(float));
         }
         a->n_ws = threads;
     }
+    a->layer = l;
+    a->T = T;
     return a;
 }
 
@@ -124,8 +132,9 @@ static int chunk_cmp(const void *x, const void *y)
 // first: the pool hands tasks out in order, and a long task left for last
 // would keep one thread busy while the others wait. Each output belongs to
 // one (chunk, head) task whatever the order or the thread that runs it.
-static int make_chunks(ep_model *m, ep_attn *a, int T, bool across_seqs)
+static int make_chunks(ep_model *m, ep_attn *a, bool across_seqs)
 {
+    const int T = a->T;
     int n = 0;
     for (int t = 0; t < T; n++) {
         int end = EP_MIN(T, t + EP_ATTN_TOKENS);
@@ -191,13 +200,18 @@ static void attend(ep_model *m, attn_ws *ws, int l, int seq, int pos0, int n, in
     }
 }
 
-// Runs fn over every (chunk, group) task of the step.
-static void attn_run(ep_model *m, int l, int T, bool across_seqs, int groups, ep_par_fn fn)
+// Runs fn over every (chunk, group) task of the step (after attn_begin).
+static void attn_run(ep_model *m, bool across_seqs, int groups, ep_par_fn fn)
 {
-    ep_attn *a = attn_get(m);
-    a->layer = l;
+    ep_attn *a = m->attn;
     a->groups = groups;
-    ep_par_for(make_chunks(m, a, T, across_seqs) * groups, fn, m);
+    ep_par_for(make_chunks(m, a, across_seqs) * groups, fn, m);
+}
+
+// Tasks of the norm / RoPE / cache-write pass: EP_ATTN_TOKENS tokens each.
+static int token_tasks(const ep_attn *a)
+{
+    return (a->T + EP_ATTN_TOKENS - 1) / EP_ATTN_TOKENS;
 }
 
 // ---- Qwen3 GQA -----------------------------------------------------------------
@@ -224,6 +238,34 @@ static void gqa_task(void *ctx, int task, int thread)
                gw * sizeof(float));
 }
 
+// Per-head q/k RMSNorm and RoPE of tokens [EP_ATTN_TOKENS task, +
+// EP_ATTN_TOKENS), k and v into their cache rows; token by token as one loop
+// over the step would (cos | sin in the thread's scratch).
+static void qwen3_rope_task(void *ctx, int task, int thread)
+{
+    ep_model *m = ctx;
+    const ep_model_cfg *c = m->cfg;
+    const ep_attn *a = m->attn;
+    const ep_layer_w *L = &m->L[a->layer];
+    const int nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim, kvw = nkv * hd;
+    float *cs = a->ws[thread].cs;
+    for (int t = task * EP_ATTN_TOKENS; t < EP_MIN(a->T, (task + 1) * EP_ATTN_TOKENS); t++) {
+        float *q = m->q + (size_t)t * nh * hd, *k = m->k + (size_t)t * kvw;
+        if (L->q_norm) {
+            ep_model_rmsnorm(q, L->q_norm, nh, hd, c->rms_eps, q);
+            ep_model_rmsnorm(k, L->k_norm, nkv, hd, c->rms_eps, k);
+        }
+        ep_rope_table(&m->rope, m->tok_pos[t], cs);
+        for (int h = 0; h < nh; h++)
+            ep_rope_rotate(&m->rope, cs, q + (size_t)h * hd);
+        for (int h = 0; h < nkv; h++)
+            ep_rope_rotate(&m->rope, cs, k + (size_t)h * hd);
+        float *row = ep_kv_row(m->kv, m->tok_seq[t], a->layer, m->tok_pos[t]);
+        memcpy(row, k, (size_t)kvw * sizeof(float));
+        memcpy(row + kvw, m->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
+    }
+}
+
 static void qwen3_attention(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
@@ -236,23 +278,8 @@ static void qwen3_attention(ep_model *m, int l, int T)
 
     // Norm + RoPE of the new tokens; their k and v go to the cache first, so
     // a token of a prefill chunk sees the chunk's earlier tokens.
-    for (int t = 0; t < T; t++) {
-        float *q = m->q + (size_t)t * nh * hd, *k = m->k + (size_t)t * kvw;
-        if (L->q_norm) {
-            ep_model_rmsnorm(q, L->q_norm, nh, hd, c->rms_eps, q);
-            ep_model_rmsnorm(k, L->k_norm, nkv, hd, c->rms_eps, k);
-        }
-        ep_rope_table(&m->rope, m->tok_pos[t], m->cs);
-        for (int h = 0; h < nh; h++)
-            ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * hd);
-        for (int h = 0; h < nkv; h++)
-            ep_rope_rotate(&m->rope, m->cs, k + (size_t)h * hd);
-        float *row = ep_kv_row(m->kv, m->tok_seq[t], l, m->tok_pos[t]);
-        memcpy(row, k, (size_t)kvw * sizeof(float));
-        memcpy(row + kvw, m->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
-    }
-
-    attn_run(m, l, T, false, nkv, gqa_task);
+    ep_par_for(token_tasks(attn_begin(m, l, T)), qwen3_rope_task, m);
+    attn_run(m, false, nkv, gqa_task);
     ep_dense_mm(T, m->att, nh * hd, &L->wo, 0.0f, m->y, H);
 }
 
@@ -299,13 +326,37 @@ static void mla_task(void *ctx, int task, int thread)
     }
 }
 
+// kv_a_layernorm of the latent and RoPE of k_pe into the cache rows of tokens
+// [EP_ATTN_TOKENS task, + EP_ATTN_TOKENS), RoPE of their q_pe; token by token
+// as one loop over the step would.
+static void mla_rope_task(void *ctx, int task, int thread)
+{
+    ep_model *m = ctx;
+    const ep_model_cfg *c = m->cfg;
+    const ep_attn *a = m->attn;
+    const ep_layer_w *L = &m->L[a->layer];
+    const int R = c->kv_lora_rank, nope = c->qk_nope_dim, rope = c->qk_rope_dim;
+    const int qhd = nope + rope, row_w = R + rope;
+    float *cs = a->ws[thread].cs;
+    for (int t = task * EP_ATTN_TOKENS; t < EP_MIN(a->T, (task + 1) * EP_ATTN_TOKENS); t++) {
+        const float *ckv = m->k + (size_t)t * row_w;
+        float *row = ep_kv_row(m->kv, m->tok_seq[t], a->layer, m->tok_pos[t]);
+        ep_model_rmsnorm(ckv, L->kv_a_norm, 1, R, c->rms_eps, row);
+        memcpy(row + R, ckv + R, (size_t)rope * sizeof(float));
+        ep_rope_table(&m->rope, m->tok_pos[t], cs);
+        ep_rope_rotate(&m->rope, cs, row + R);
+        float *q = m->q + (size_t)t * m->q_dim;
+        for (int h = 0; h < c->n_heads; h++)
+            ep_rope_rotate(&m->rope, cs, q + (size_t)h * qhd + nope);
+    }
+}
+
 static void mla_attention(ep_model *m, int l, int T)
 {
     const ep_model_cfg *c = m->cfg;
     const ep_layer_w *L = &m->L[l];
-    const int H = c->hidden, nh = c->n_heads, R = c->kv_lora_rank;
-    const int nope = c->qk_nope_dim, rope = c->qk_rope_dim, vd = c->v_head_dim;
-    const int qhd = nope + rope, row_w = R + rope;
+    const int H = c->hidden, nh = c->n_heads, vd = c->v_head_dim;
+    const int row_w = c->kv_lora_rank + c->qk_rope_dim;
 
     if (c->q_lora_rank > 0) {
         ep_dense_mm(T, m->xn, H, &L->wq_a, 0.0f, m->qa, c->q_lora_rank);
@@ -316,19 +367,9 @@ static void mla_attention(ep_model *m, int l, int T)
     }
     ep_dense_mm(T, m->xn, H, &L->wkv_a, 0.0f, m->k, row_w);
 
-    for (int t = 0; t < T; t++) {
-        const float *ckv = m->k + (size_t)t * row_w;
-        float *row = ep_kv_row(m->kv, m->tok_seq[t], l, m->tok_pos[t]);
-        ep_model_rmsnorm(ckv, L->kv_a_norm, 1, R, c->rms_eps, row);
-        memcpy(row + R, ckv + R, (size_t)rope * sizeof(float));
-        ep_rope_table(&m->rope, m->tok_pos[t], m->cs);
-        ep_rope_rotate(&m->rope, m->cs, row + R);
-        float *q = m->q + (size_t)t * m->q_dim;
-        for (int h = 0; h < nh; h++)
-            ep_rope_rotate(&m->rope, m->cs, q + (size_t)h * qhd + nope);
-    }
-
-    attn_run(m, l, T, true, (nh + EP_ATTN_MLA_HEADS - 1) / EP_ATTN_MLA_HEADS, mla_task);
+    // The new tokens' cache rows first, as for Qwen3.
+    ep_par_for(token_tasks(attn_begin(m, l, T)), mla_rope_task, m);
+    attn_run(m, true, (nh + EP_ATTN_MLA_HEADS - 1) / EP_ATTN_MLA_HEADS, mla_task);
     ep_dense_mm(T, m->att, nh * vd, &L->wo, 0.0f, m->y, H);
 }
 

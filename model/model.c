@@ -285,7 +285,6 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
         m->mg = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
         m->mu = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
     }
-    m->cs = ep_xmalloc((size_t)m->rope.dim * sizeof(float));
     m->tok_seq = ep_xmalloc(capz * sizeof(int));
     m->tok_pos = ep_xmalloc(capz * sizeof(int));
     *out = m;
@@ -312,7 +311,7 @@ void ep_model_free(ep_model *m)
     ep_kv_free(m->kv);
     ep_moe_free(m->moe);
     ep_model_attn_free(m);
-    float *bufs[] = {m->x, m->xn, m->y, m->q, m->k, m->v, m->qa, m->att, m->mg, m->mu, m->cs};
+    float *bufs[] = {m->x, m->xn, m->y, m->q, m->k, m->v, m->qa, m->att, m->mg, m->mu};
     for (size_t i = 0; i < EP_ARRAY_LEN(bufs); i++)
         free(bufs[i]);
     free(m->tok_seq);

@@ -63,7 +63,6 @@ struct ep_model {
     float *qa;      // [cap, q_lora] (MLA with q LoRA)
     float *att;     // [cap, attn_out]
     float *mg, *mu; // [cap, inter] dense MLP gate / up
-    float *cs;      // [rope dim] cos | sin of one position
     int *tok_seq;   // [cap] sequence of each new token
     int *tok_pos;   // [cap] its position in the sequence
     // Attention's per-thread scratch and task list (model/attn.c), made on
