@@ -98,8 +98,7 @@ static ep_attn *attn_begin(ep_model *m, int l, int T)
     }
     const int threads = ep_par_threads();
     if (a->n_ws < threads) {
-        a->ws = realloc(a->ws, (size_t)threads * sizeof *a->ws);
-        EP_ASSERT(a->ws);
+        a->ws = ep_xrealloc(a->ws, (size_t)threads * sizeof *a->ws);
         const size_t r = (size_t)a->rows;
         for (int i = a->n_ws; i < threads; i++) {
             attn_ws *w = &a->ws[i];
