@@ -1,8 +1,8 @@
 // CPU expert kernels below the backend vtable: the process's thread pool
 // (every CPU product of a step runs on it), the fp32
 // product over weights packed in column panels and the BF16 "nt" product,
-// for the decode and prefill shapes of routed experts alike, and a
-// vectorised SwiGLU.
+// for the decode and prefill shapes of routed experts alike, a vectorised
+// SwiGLU, and the products and online softmax of CPU attention.
 // Each kernel has a portable C path and, where the CPU has them, AVX-512 /
 // AVX512-BF16 paths chosen at run time. No MPI here.
 #ifndef EP_KERNELS_H
@@ -72,5 +72,34 @@ void ep_kern_axpy(int n, float w, const float *x, float *y);
 void ep_kern_swiglu(int64_t n, const float *g, const float *u, float *out);
 // dst[i] = bf16(src[i]), round to nearest even, i < n.
 void ep_kern_to_bf16(int64_t n, const float *src, uint16_t *dst);
+
+// ---- attention (model/attn.c) ----------------------------------------------
+// A block of query rows against a run of cache rows (rows of one paged KV
+// block, any row stride): scores, one key tile of the online softmax, and
+// probabilities times values. Each output of a call is computed by that call
+// alone, in an order fixed by its arguments, so a caller that splits work
+// into fixed tasks gets the same bits from any number of threads.
+//
+// C[m, n] = A[m, K] . B[n, K]^T in fp32, both row-major (query rows against
+// key rows). Row strides lda, ldb, ldc in elements.
+void ep_kern_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb, float *C,
+                    int ldc);
+// C[m, n] = beta C + A[m, K] . B[K, n] in fp32, B row-major (probabilities
+// times value rows; q_nope times W_UK). Each C element is beta * C (beta 0:
+// C is not read) then one k-ordered chain of fused multiply-adds (fmaf in the
+// portable C path): the bits depend neither on m nor on the ISA.
+void ep_kern_f32_nn(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
+                    float beta, float *C, int ldc);
+// One key tile of the online softmax (max-subtracted, fp32). Row i of S
+// (stride lds) holds w scores of which the first n_i = min(valid[i], w) are
+// visible (causal mask). For a row with n_i >= 1: the visible scores are
+// multiplied by scale, mx[i] becomes max(mx[i], their max) = mx', S[i, j]
+// becomes exp(scale S[i, j] - mx') for j < n_i and 0 for n_i <= j < w,
+// sum[i] = sum[i] c + the row's sum and O[i, 0:dv) *= c (stride ldo), with
+// c = exp(old mx[i] - mx') (0 while mx[i] is -inf). A row with n_i <= 0
+// only has S[i, 0:w) zeroed. Start each row at mx -inf, sum 0, O 0; the
+// output is O[i] / sum[i] after the last tile. Columns >= w are not touched.
+void ep_kern_softmax_tile(int rows, int w, float *S, int lds, const int *valid, float scale,
+                          float *mx, float *sum, float *O, int ldo, int dv);
 
 #endif

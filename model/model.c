@@ -285,10 +285,6 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
         m->mg = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
         m->mu = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
     }
-    m->scores = ep_xmalloc((size_t)o->max_ctx * sizeof(float));
-    int lat = mla ? cfg->kv_lora_rank : cfg->head_dim;
-    m->lat = ep_xmalloc(2 * (size_t)lat * sizeof(float));
-    m->cs = ep_xmalloc((size_t)m->rope.dim * sizeof(float));
     m->tok_seq = ep_xmalloc(capz * sizeof(int));
     m->tok_pos = ep_xmalloc(capz * sizeof(int));
     *out = m;
@@ -314,8 +310,8 @@ void ep_model_free(ep_model *m)
     free(m->final_norm);
     ep_kv_free(m->kv);
     ep_moe_free(m->moe);
-    float *bufs[] = {m->x,   m->xn, m->y,  m->q,      m->k,   m->v, m->qa,
-                     m->att, m->mg, m->mu, m->scores, m->lat, m->cs};
+    ep_model_attn_free(m);
+    float *bufs[] = {m->x, m->xn, m->y, m->q, m->k, m->v, m->qa, m->att, m->mg, m->mu};
     for (size_t i = 0; i < EP_ARRAY_LEN(bufs); i++)
         free(bufs[i]);
     free(m->tok_seq);

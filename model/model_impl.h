@@ -8,6 +8,8 @@
 #include "model/model.h"
 #include "model/rope.h"
 
+typedef struct ep_attn ep_attn; // model/attn.c
+
 // One layer's replicated weights, [out, in] as in HF; matrices in the
 // storage opts.dtype gives (ep_mat: fp32 or BF16, maybe mapped from the
 // checkpoint), vectors in fp32; NULL / empty when absent.
@@ -61,17 +63,21 @@ struct ep_model {
     float *qa;      // [cap, q_lora] (MLA with q LoRA)
     float *att;     // [cap, attn_out]
     float *mg, *mu; // [cap, inter] dense MLP gate / up
-    float *scores;  // [max_ctx] attention scores of one (token, head)
-    float *lat;     // [max(kv_lora, hd)] one head's absorbed query / latent output
-    float *cs;      // [rope dim] cos | sin of one position
     int *tok_seq;   // [cap] sequence of each new token
     int *tok_pos;   // [cap] its position in the sequence
+    // Attention's per-thread scratch and task list (model/attn.c), made on
+    // first use and grown when the pool has more threads; NULL before.
+    ep_attn *attn;
 };
 
 // Attention of every new token of the step (model/attn.c): reads m->xn,
 // writes this layer's KV rows of the new tokens, then attends over each
-// sequence's cache; output [T, H] into m->y (o_proj applied).
+// sequence's cache on the thread pool; output [T, H] into m->y (o_proj
+// applied). The bits do not depend on the number of threads.
 void ep_model_attention(ep_model *m, int layer, int T);
+
+// Frees m->attn (the scratch of ep_model_attention); NULL ok.
+void ep_model_attn_free(ep_model *m);
 
 // RMSNorm of rows: out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w (fp32, as HF).
 void ep_model_rmsnorm(const float *x, const float *w, int rows, int n, float eps, float *out);

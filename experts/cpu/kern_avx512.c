@@ -1,12 +1,14 @@
-// AVX-512 (f/bw/vl + FMA) bodies of the CPU expert kernels: the fp32
-// product over panel-packed weights, the widened-BF16 "nt" product in
-// register tiles, SwiGLU with a vectorised exp, fp32 -> BF16 rounding. Only kern_dispatch.c calls
-// them, after checking the CPU; nothing here is compiled with -mavx512 globally.
+// AVX-512 (f/bw/vl + FMA) bodies of the CPU kernels: the fp32 product over
+// panel-packed weights, the widened-BF16 "nt" product in register tiles,
+// SwiGLU with a vectorised exp, fp32 -> BF16 rounding, and attention's
+// products and online softmax. Only kern_dispatch.c calls them, after
+// checking the CPU; nothing here is compiled with -mavx512 globally.
 #include "experts/cpu/kern_impl.h"
 #include "experts/kernels.h"
 
 #if EP_KERN_X86
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define EP_TGT    __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
@@ -252,21 +254,36 @@ EP_TGT void ep_kern_avx512_bf16_nt(int m, int n, int K, const uint16_t *A, int l
 // weights in DRAM: 112 GFLOP/s unblocked against 101 at 256-k blocks,
 // docs/benchmarks.md). The panel (512 KiB at K = 2048) stays in L2 while the
 // activation rows pass over it 6 at a time.
+// The same tile is the "nn" product of attention (ep_kern_f32_nn): there
+// the "panel" is 64 columns of a row-major B, rows ldp apart, and the
+// accumulators may start from beta C.
 
-typedef void (*f32_panel_tile_fn)(int K, const float *A, int lda, const float *P, int w, float *C,
-                                  int ldc, __mmask16 ml);
+typedef void (*f32_panel_tile_fn)(int K, const float *A, int lda, const float *P, int ldp, float *C,
+                                  int ldc, __mmask16 ml, float beta);
 
 EP_INLINE void f32_panel_tile(const int MR, const int NV, int K, const float *A, int lda,
-                              const float *P, int w, float *C, int ldc, __mmask16 ml)
+                              const float *P, int ldp, float *C, int ldc, __mmask16 ml, float beta)
 {
     __m512 acc[6][4];
+    if (beta == 0.0f) {
 #pragma GCC unroll 6
-    for (int r = 0; r < MR; r++)
+        for (int r = 0; r < MR; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            acc[r][v] = _mm512_setzero_ps();
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = _mm512_setzero_ps();
+    } else {
+        const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) {
+                const float *c = C + (size_t)r * ldc + 16 * v;
+                acc[r][v] = _mm512_mul_ps(vb, v == NV - 1 ? _mm512_maskz_loadu_ps(ml, c)
+                                                          : _mm512_loadu_ps(c));
+            }
+    }
     for (int k = 0; k < K; k++) {
-        const float *p = P + (size_t)k * w;
+        const float *p = P + (size_t)k * ldp;
         __m512 wv[4];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
@@ -293,10 +310,10 @@ EP_INLINE void f32_panel_tile(const int MR, const int NV, int K, const float *A,
 }
 
 #define EP_PANEL_FN(mr, nv)                                                                        \
-    static EP_TGT void f32p_##mr##_##nv(int K, const float *A, int lda, const float *P, int w,     \
-                                        float *C, int ldc, __mmask16 ml)                           \
+    static EP_TGT void f32p_##mr##_##nv(int K, const float *A, int lda, const float *P, int ldp,   \
+                                        float *C, int ldc, __mmask16 ml, float beta)               \
     {                                                                                              \
-        f32_panel_tile(mr, nv, K, A, lda, P, w, C, ldc, ml);                                       \
+        f32_panel_tile(mr, nv, K, A, lda, P, ldp, C, ldc, ml, beta);                               \
     }
 #define EP_PANEL_FNS(mr) EP_PANEL_FN(mr, 1) EP_PANEL_FN(mr, 2) EP_PANEL_FN(mr, 3) EP_PANEL_FN(mr, 4)
 EP_PANEL_FNS(1)
@@ -327,7 +344,21 @@ EP_TGT void ep_kern_avx512_f32_panel(int m, int n, int K, const float *A, int ld
         const float *pj = P + (size_t)j0 * K;
         for (int i = 0; i < m; i += 6)
             f32_panel_tiles[EP_MIN(6, m - i) - 1][nv - 1](K, A + (size_t)i * lda, lda, pj, w,
-                                                          C + (size_t)i * ldc + j0, ldc, ml);
+                                                          C + (size_t)i * ldc + j0, ldc, ml, 0.0f);
+    }
+}
+
+// C = beta C + A B: 64 columns of B outer (K x 64 floats, which stay in L1
+// for the short K of attention), rows of A inner.
+EP_TGT void ep_kern_avx512_f32_nn(int m, int n, int K, const float *A, int lda, const float *B,
+                                  int ldb, float beta, float *C, int ldc)
+{
+    for (int j0 = 0; j0 < n; j0 += 64) {
+        const int w = EP_MIN(64, n - j0), nv = (w + 15) / 16;
+        const __mmask16 ml = (__mmask16)((1u << (w - 16 * (nv - 1))) - 1);
+        for (int i = 0; i < m; i += 6)
+            f32_panel_tiles[EP_MIN(6, m - i) - 1][nv - 1](K, A + (size_t)i * lda, lda, B + j0, ldb,
+                                                          C + (size_t)i * ldc + j0, ldc, ml, beta);
     }
 }
 
@@ -426,6 +457,112 @@ EP_TGT void ep_kern_avx512_to_bf16(int64_t n, const float *src, uint16_t *dst)
     if (i < n) {
         const __mmask16 mk = (__mmask16)((1u << (n - i)) - 1);
         _mm256_mask_storeu_epi16(dst + i, mk, to_bf16x16(_mm512_maskz_loadu_ps(mk, src + i)));
+    }
+}
+
+// ---- attention ----------------------------------------------------------------
+
+// The lanes below r of a 16-lane vector (all of them from r = 16 on).
+EP_INLINE __mmask16 lanes_below(int r)
+{
+    return r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (r > 0 ? r : 0)) - 1);
+}
+
+// Scores: MR query rows x NR key rows, 16 lanes of K per step as in the BF16
+// tiles (the key rows are read once per tile, straight from the cache),
+// reduced by the same transposing tree. pf is unused (the macro's shape).
+EP_INLINE void f32nt_tile(const int MR, const int NR, int K, const float *A, int lda,
+                          const float *B, int ldb, float *C, int ldc, uintptr_t pf)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 16) {
+        const __mmask16 mk = lanes_below(K - k);
+        __m512 b[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; j++)
+            b[j] = _mm512_maskz_loadu_ps(mk, B + (size_t)j * ldb + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            const __m512 a = _mm512_maskz_loadu_ps(mk, A + (size_t)i * lda + k);
+#pragma GCC unroll 4
+            for (int j = 0; j < NR; j++)
+                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+        store_row_sums(NR, acc[i], C + (size_t)i * ldc);
+}
+
+typedef void (*f32_nt_tile_fn)(int K, const float *A, int lda, const float *B, int ldb, float *C,
+                               int ldc, uintptr_t pf);
+EP_TILE_FNS(f32nt, f32nt_tile, float)
+static const f32_nt_tile_fn f32nt_tiles[4][4] = EP_TILE_TABLE(f32nt);
+
+// Query rows outer, key rows inner: a run of key rows (a KV block, 16 rows of
+// at most a few KiB each) stays in L1 while the 4-row query tiles pass.
+EP_TGT void ep_kern_avx512_f32_nt(int m, int n, int K, const float *A, int lda, const float *B,
+                                  int ldb, float *C, int ldc)
+{
+    for (int i = 0; i < m; i += 4) {
+        const int mr = EP_MIN(4, m - i);
+        for (int j = 0; j < n; j += 4)
+            f32nt_tiles[mr - 1][EP_MIN(4, n - j) - 1](K, A + (size_t)i * lda, lda,
+                                                      B + (size_t)j * ldb, ldb,
+                                                      C + (size_t)i * ldc + j, ldc, 0);
+    }
+}
+
+// Two passes over a row (it is in L1): scale and max, then exp and sum. The
+// exponents are clamped at -104, below which e^x is 0 in fp32 anyway (the
+// polynomial needs a bounded argument); masked-off lanes are stored as 0.
+EP_TGT void ep_kern_avx512_softmax_tile(int rows, int w, float *S, int lds, const int *valid,
+                                        float scale, float *mx, float *sum, float *O, int ldo,
+                                        int dv)
+{
+    const __m512 vs = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-104.0f);
+    for (int i = 0; i < rows; i++) {
+        float *s = S + (size_t)i * lds;
+        const int n = EP_MIN(valid[i], w);
+        if (n <= 0) {
+            for (int j = 0; j < w; j += 16)
+                _mm512_mask_storeu_ps(s + j, lanes_below(w - j), _mm512_setzero_ps());
+            continue;
+        }
+        __m512 vmax = _mm512_set1_ps(-INFINITY);
+        for (int j = 0; j < n; j += 16) {
+            const __mmask16 k = lanes_below(n - j);
+            const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + j), vs);
+            _mm512_mask_storeu_ps(s + j, k, x);
+            vmax = _mm512_mask_max_ps(vmax, k, vmax, x);
+        }
+        const float m0 = mx[i], rmax = _mm512_reduce_max_ps(vmax), m1 = rmax > m0 ? rmax : m0;
+        const __m512 vm = _mm512_set1_ps(m1);
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < w; j += 16) {
+            const __mmask16 k = lanes_below(n - j);
+            const __m512 x = _mm512_maskz_loadu_ps(k, s + j);
+            const __m512 e =
+                _mm512_maskz_mov_ps(k, exp_nonpos(_mm512_max_ps(_mm512_sub_ps(x, vm), lo)));
+            _mm512_mask_storeu_ps(s + j, lanes_below(w - j), e);
+            acc = _mm512_add_ps(acc, e);
+        }
+        const float c = m0 == -INFINITY ? 0.0f : expf(m0 - m1);
+        sum[i] = sum[i] * c + _mm512_reduce_add_ps(acc);
+        mx[i] = m1;
+        if (c != 1.0f) {
+            const __m512 vc = _mm512_set1_ps(c);
+            float *o = O + (size_t)i * ldo;
+            for (int d = 0; d < dv; d += 16) {
+                const __mmask16 k = lanes_below(dv - d);
+                _mm512_mask_storeu_ps(o + d, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, o + d), vc));
+            }
+        }
     }
 }
 

@@ -211,3 +211,106 @@ void ep_kern_to_bf16(int64_t n, const float *src, uint16_t *dst)
 #endif
     c_to_bf16(n, src, dst);
 }
+
+// ---- attention ----------------------------------------------------------------
+
+static void c_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
+                     float *C, int ldc)
+{
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            const float *a = A + (size_t)i * lda, *b = B + (size_t)j * ldb;
+            float s = 0.0f;
+            for (int k = 0; k < K; k++)
+                s += a[k] * b[k];
+            C[(size_t)i * ldc + j] = s;
+        }
+}
+
+// Row by row, k outer: each element is still its own k-ordered fmaf chain
+// (the AVX-512 bits), and B is read along its rows.
+static void c_f32_nn(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
+                     float beta, float *C, int ldc)
+{
+    for (int i = 0; i < m; i++) {
+        float *c = C + (size_t)i * ldc;
+        for (int j = 0; j < n; j++)
+            c[j] = beta == 0.0f ? 0.0f : beta * c[j];
+        for (int k = 0; k < K; k++) {
+            const float a = A[(size_t)i * lda + k], *b = B + (size_t)k * ldb;
+            for (int j = 0; j < n; j++)
+                c[j] = fmaf(a, b[j], c[j]);
+        }
+    }
+}
+
+static void c_softmax_tile(int rows, int w, float *S, int lds, const int *valid, float scale,
+                           float *mx, float *sum, float *O, int ldo, int dv)
+{
+    for (int i = 0; i < rows; i++) {
+        float *s = S + (size_t)i * lds;
+        const int n = EP_MIN(valid[i], w);
+        for (int j = EP_MAX(n, 0); j < w; j++)
+            s[j] = 0.0f;
+        if (n <= 0) continue;
+        float m1 = mx[i];
+        for (int j = 0; j < n; j++) {
+            s[j] *= scale;
+            m1 = s[j] > m1 ? s[j] : m1;
+        }
+        float add = 0.0f;
+        for (int j = 0; j < n; j++) {
+            s[j] = expf(s[j] - m1);
+            add += s[j];
+        }
+        const float c = mx[i] == -INFINITY ? 0.0f : expf(mx[i] - m1);
+        sum[i] = sum[i] * c + add;
+        mx[i] = m1;
+        if (c != 1.0f) {
+            float *o = O + (size_t)i * ldo;
+            for (int d = 0; d < dv; d++)
+                o[d] *= c;
+        }
+    }
+}
+
+void ep_kern_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb, float *C,
+                    int ldc)
+{
+    EP_ASSERT(m >= 0 && n >= 0 && K >= 0);
+    if (m == 0 || n == 0) return;
+#if EP_KERN_X86
+    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_f32_nt(m, n, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
+#endif
+    c_f32_nt(m, n, K, A, lda, B, ldb, C, ldc);
+}
+
+void ep_kern_f32_nn(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
+                    float beta, float *C, int ldc)
+{
+    EP_ASSERT(m >= 0 && n >= 0 && K >= 0);
+    if (m == 0 || n == 0) return;
+#if EP_KERN_X86
+    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_f32_nn(m, n, K, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#endif
+    c_f32_nn(m, n, K, A, lda, B, ldb, beta, C, ldc);
+}
+
+void ep_kern_softmax_tile(int rows, int w, float *S, int lds, const int *valid, float scale,
+                          float *mx, float *sum, float *O, int ldo, int dv)
+{
+    EP_ASSERT(rows >= 0 && w >= 0 && dv >= 0);
+#if EP_KERN_X86
+    if (ep_kern_isa_get() >= EP_KERN_ISA_AVX512) {
+        ep_kern_avx512_softmax_tile(rows, w, S, lds, valid, scale, mx, sum, O, ldo, dv);
+        return;
+    }
+#endif
+    c_softmax_tile(rows, w, S, lds, valid, scale, mx, sum, O, ldo, dv);
+}

@@ -33,6 +33,12 @@ void ep_kern_avx512_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, con
 void ep_kern_avx512_swiglu(int64_t n, const float *g, const float *u, float *out);
 void ep_kern_avx512_axpy(int n, float w, const float *x, float *y);
 void ep_kern_avx512_to_bf16(int64_t n, const float *src, uint16_t *dst);
+void ep_kern_avx512_f32_nt(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
+                           float *C, int ldc);
+void ep_kern_avx512_f32_nn(int m, int n, int K, const float *A, int lda, const float *B, int ldb,
+                           float beta, float *C, int ldc);
+void ep_kern_avx512_softmax_tile(int rows, int w, float *S, int lds, const int *valid, float scale,
+                                 float *mx, float *sum, float *O, int ldo, int dv);
 // kern_avx512bf16.c (+ avx512bf16)
 void ep_kern_avx512bf16_bf16_nt(int m, int n, int K, const uint16_t *A, int lda, const uint16_t *B,
                                 int ldb, float *C, int ldc);

@@ -2,7 +2,9 @@
 // AVX-512, AVX512-BF16): the fp32 panel packing (layout, round trip) and the
 // fp32 product over it bit for bit against a plain fmaf chain on odd shapes
 // with padded strides, the BF16 product against a double loop, SwiGLU
-// including extremes, axpy and fp32 -> BF16 rounding bit for bit; the thread
+// including extremes, axpy and fp32 -> BF16 rounding bit for bit; attention's
+// score product against a double loop, its nn product bit for bit against an
+// fmaf chain and the online softmax tile against its definition; the thread
 // pool; and the grouped forward (fp32, BF16 weights) against
 // ep_experts_reference across thread counts and a step larger than one
 // pass, with the bits of a step unchanged when it is run as two calls.
@@ -393,6 +395,217 @@ static void test_to_bf16(void **state)
     }
 }
 
+// ---- attention --------------------------------------------------------------------
+
+// Scores C = A . B^T on padded strides (NaN padding of A and B never read),
+// against the double product: |C - ref| <= 1e-5 * sum_k |a b|; C's padding
+// untouched. Shapes: odd, the 4x4 tile's edges, head dims (32, 128) and the
+// MLA widths (kv_lora + rope: 80, 576).
+static void check_nt(int m, int n, int K, int pad)
+{
+    const int lda = K + 3 * pad, ldb = K + 2 * pad, ldc = n + 5 * pad;
+    float *A = malloc(sizeof(float) * m * lda), *B = malloc(sizeof(float) * n * ldb);
+    float *C = malloc(sizeof(float) * m * ldc);
+    for (int i = 0; i < m * lda; i++)
+        A[i] = i % lda < K ? frand() : NAN;
+    for (int i = 0; i < n * ldb; i++)
+        B[i] = i % ldb < K ? frand() : NAN;
+    for (int i = 0; i < m * ldc; i++)
+        C[i] = SENTINEL;
+    ep_kern_f32_nt(m, n, K, A, lda, B, ldb, C, ldc);
+    for (int i = 0; i < m; i++) {
+        for (int j = 0; j < n; j++) {
+            double ref = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                const double p = (double)A[(size_t)i * lda + k] * B[(size_t)j * ldb + k];
+                ref += p;
+                mag += fabs(p);
+            }
+            const float got = C[(size_t)i * ldc + j];
+            if (!(fabs(got - ref) <= 1e-5 * mag + 1e-30))
+                fail_msg("f32 nt isa %s m=%d n=%d K=%d C[%d,%d]: got %.9g expected %.9g",
+                         ep_kern_isa_name(ep_kern_isa_get()), m, n, K, i, j, got, ref);
+        }
+        for (int j = n; j < ldc; j++)
+            assert_true(C[(size_t)i * ldc + j] == SENTINEL);
+    }
+    free(A);
+    free(B);
+    free(C);
+}
+
+// C = beta C + A . B, bit for bit the chain acc = beta * C (0 when beta is
+// 0, and then C is not read: it starts NaN), acc = fmaf(a[k], B[k, j], acc);
+// B's padding NaN, C's padding untouched.
+static void check_nn(int m, int n, int K, int pad, float beta)
+{
+    const int lda = K + 3 * pad, ldb = n + 2 * pad, ldc = n + 5 * pad;
+    float *A = malloc(sizeof(float) * m * lda + 1), *B = malloc(sizeof(float) * K * ldb + 1);
+    float *C = malloc(sizeof(float) * m * ldc), *C0 = malloc(sizeof(float) * m * ldc);
+    for (int i = 0; i < m * lda; i++)
+        A[i] = i % lda < K ? frand() : NAN;
+    for (int i = 0; i < K * ldb; i++)
+        B[i] = i % ldb < n ? frand() : NAN;
+    for (int i = 0; i < m * ldc; i++)
+        C[i] = C0[i] = i % ldc >= n ? SENTINEL : beta == 0.0f ? NAN : frand();
+    ep_kern_f32_nn(m, n, K, A, lda, B, ldb, beta, C, ldc);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < ldc; j++) {
+            const size_t at = (size_t)i * ldc + j;
+            float ref = SENTINEL;
+            if (j < n) {
+                ref = beta == 0.0f ? 0.0f : beta * C0[at];
+                for (int k = 0; k < K; k++)
+                    ref = fmaf(A[(size_t)i * lda + k], B[(size_t)k * ldb + j], ref);
+            }
+            if (memcmp(&C[at], &ref, sizeof ref))
+                fail_msg("f32 nn isa %s m=%d n=%d K=%d beta=%g C[%d,%d]: got %.9g (%a), "
+                         "expected %.9g (%a)",
+                         ep_kern_isa_name(ep_kern_isa_get()), m, n, K, (double)beta, i, j, C[at],
+                         (double)C[at], ref, (double)ref);
+        }
+    free(A);
+    free(B);
+    free(C);
+    free(C0);
+}
+
+static void test_attn_products(void **state)
+{
+    static const int ms[] = {1, 2, 3, 4, 5, 6, 7, 13, 64};
+    static const int nt_n[] = {1, 3, 4, 5, 16, 17};
+    static const int nt_k[] = {1, 5, 16, 17, 32, 33, 80, 128, 576};
+    static const int nn_n[] = {1, 15, 16, 17, 32, 64, 65, 130, 512};
+    static const int nn_k[] = {0, 1, 5, 16, 17};
+    static const float betas[] = {0.0f, 1.0f, 0.37f};
+    for (int isa = 0; isa < n_isas(); isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        assert_int_equal(ep_kern_isa_get(), isa);
+        rng_state = 0xA77Eull + (uint64_t)isa;
+        for (size_t a = 0; a < EP_ARRAY_LEN(ms); a++) {
+            for (size_t b = 0; b < EP_ARRAY_LEN(nt_n); b++)
+                for (size_t c = 0; c < EP_ARRAY_LEN(nt_k); c++)
+                    check_nt(ms[a], nt_n[b], nt_k[c], 1);
+            for (size_t b = 0; b < EP_ARRAY_LEN(nn_n); b++)
+                for (size_t c = 0; c < EP_ARRAY_LEN(nn_k); c++)
+                    for (size_t d = 0; d < EP_ARRAY_LEN(betas); d++)
+                        check_nn(ms[a], nn_n[b], nn_k[c], 1, betas[d]);
+        }
+        check_nt(3, 5, 0, 1); // K = 0: zeros
+        // m = 0 or n = 0: nothing written, the operands (NULL) not read.
+        float C[4] = {SENTINEL, SENTINEL, SENTINEL, SENTINEL}, one = 1.0f;
+        ep_kern_f32_nt(0, 3, 5, NULL, 5, &one, 5, C, 4);
+        ep_kern_f32_nt(3, 0, 5, &one, 5, NULL, 5, C, 4);
+        ep_kern_f32_nn(0, 3, 5, NULL, 5, &one, 5, 1.0f, C, 4);
+        ep_kern_f32_nn(3, 0, 5, &one, 5, NULL, 5, 1.0f, C, 4);
+        for (int i = 0; i < 4; i++)
+            assert_true(C[i] == SENTINEL);
+    }
+}
+
+// One softmax tile against its definition in double, rows in every state:
+// first tile (mx -inf), a running max above and below the tile's, visible
+// counts <= 0, 1, partial, w and beyond w; widths with masked tails. Then
+// whole rows of scores streamed through tiles of several widths give the
+// softmax-weighted sum of value rows (O / sum) within 1e-6 relative.
+static void test_softmax_tile(void **state)
+{
+    enum { ROWS = 9, LDS = 70, DV = 37, LDO = 40, N = 150 };
+    static const int widths[] = {1, 5, 16, 17, 64};
+    static const int valid_of[ROWS] = {-3, 0, 1, 4, 16, 17, 64, 65, 1000};
+    float S[ROWS * LDS], S0[ROWS * LDS], O[ROWS * LDO], O0[ROWS * LDO];
+    float mx[ROWS], sum[ROWS], mx0[ROWS], sum0[ROWS];
+    const float scale = 0.125f;
+    for (int isa = 0; isa < n_isas(); isa++) {
+        ep_kern_isa_cap((ep_kern_isa)isa);
+        rng_state = 0x50F7ull + (uint64_t)isa;
+        for (size_t wi = 0; wi < EP_ARRAY_LEN(widths); wi++)
+            for (int state_kind = 0; state_kind < 3; state_kind++) {
+                const int w = widths[wi];
+                for (int i = 0; i < ROWS * LDS; i++)
+                    S[i] = S0[i] = frand() * 40.0f;
+                for (int i = 0; i < ROWS * LDO; i++)
+                    O[i] = O0[i] = frand();
+                for (int i = 0; i < ROWS; i++) {
+                    // state 0: a first tile; 1: a running max above any score
+                    // of the tile (c < 1 only from the tile's side); 2: below.
+                    mx[i] = mx0[i] = state_kind == 0 ? -INFINITY : state_kind == 1 ? 6.0f : -6.0f;
+                    sum[i] = sum0[i] = state_kind == 0 ? 0.0f : 1.0f + (float)i;
+                    if (state_kind == 0)
+                        for (int d = 0; d < DV; d++)
+                            O[i * LDO + d] = O0[i * LDO + d] = 0.0f;
+                }
+                ep_kern_softmax_tile(ROWS, w, S, LDS, valid_of, scale, mx, sum, O, LDO, DV);
+                for (int i = 0; i < ROWS; i++) {
+                    const int n = EP_MIN(valid_of[i], w);
+                    double m1 = mx0[i], add = 0;
+                    for (int j = 0; j < n; j++)
+                        m1 = fmax(m1, (double)(S0[i * LDS + j] * scale));
+                    const double c = n <= 0 ? 1.0 : mx0[i] == -INFINITY ? 0.0 : exp(mx0[i] - m1);
+                    for (int j = 0; j < LDS; j++) {
+                        double want = S0[i * LDS + j];
+                        if (j < n)
+                            add += want = exp((double)(S0[i * LDS + j] * scale) - m1);
+                        else if (j < w)
+                            want = 0.0;
+                        const double got = S[i * LDS + j];
+                        if (!(fabs(got - want) <= 1e-6 * fabs(want) + (j < w ? 1e-37 : 0.0)))
+                            fail_msg("softmax isa %s w=%d state %d row %d (valid %d) S[%d]: got "
+                                     "%.9g expected %.9g",
+                                     ep_kern_isa_name(ep_kern_isa_get()), w, state_kind, i,
+                                     valid_of[i], j, got, want);
+                    }
+                    const double want_mx = n <= 0 ? mx0[i] : m1;
+                    const double want_sum = n <= 0 ? sum0[i] : sum0[i] * c + add;
+                    assert_true(mx[i] == (float)want_mx || (isinf(mx[i]) && isinf(want_mx)));
+                    if (!(fabs(sum[i] - want_sum) <= 1e-6 * want_sum))
+                        fail_msg("softmax isa %s w=%d state %d row %d: sum %.9g expected %.9g",
+                                 ep_kern_isa_name(ep_kern_isa_get()), w, state_kind, i, sum[i],
+                                 want_sum);
+                    for (int d = 0; d < LDO; d++) {
+                        const double want = d < DV ? O0[i * LDO + d] * c : O0[i * LDO + d];
+                        if (!(fabs(O[i * LDO + d] - want) <= 1e-6 * fabs(want)))
+                            fail_msg("softmax isa %s w=%d state %d row %d: O[%d] %.9g expected "
+                                     "%.9g",
+                                     ep_kern_isa_name(ep_kern_isa_get()), w, state_kind, i, d,
+                                     O[i * LDO + d], want);
+                    }
+                }
+            }
+
+        // Streaming: one row of N scores against N value rows of DV, in tiles
+        // of w; O / sum is the softmax-weighted sum.
+        static float sc[N], V[N * DV];
+        for (int j = 0; j < N; j++)
+            sc[j] = frand() * 60.0f;
+        for (int j = 0; j < N * DV; j++)
+            V[j] = frand();
+        double p[N], ps = 0, pm = -INFINITY;
+        for (int j = 0; j < N; j++)
+            pm = fmax(pm, (double)(sc[j] * scale));
+        for (int j = 0; j < N; j++)
+            ps += p[j] = exp((double)(sc[j] * scale) - pm);
+        for (size_t wi = 0; wi < EP_ARRAY_LEN(widths); wi++) {
+            const int w = widths[wi];
+            float m = -INFINITY, l = 0, o[DV] = {0}, tile[64];
+            for (int s0 = 0; s0 < N; s0 += w) {
+                const int tw = EP_MIN(w, N - s0), vis = N - s0;
+                memcpy(tile, sc + s0, (size_t)tw * sizeof(float));
+                ep_kern_softmax_tile(1, tw, tile, 64, &vis, scale, &m, &l, o, DV, DV);
+                ep_kern_f32_nn(1, DV, tw, tile, 64, V + (size_t)s0 * DV, DV, 1.0f, o, DV);
+            }
+            for (int d = 0; d < DV; d++) {
+                double want = 0;
+                for (int j = 0; j < N; j++)
+                    want += p[j] / ps * V[j * DV + d];
+                if (!(fabs(o[d] / l - want) <= 1e-6 * (1.0 + fabs(want))))
+                    fail_msg("softmax isa %s streamed in tiles of %d: out[%d] %.9g expected %.9g",
+                             ep_kern_isa_name(ep_kern_isa_get()), w, d, o[d] / l, want);
+            }
+        }
+    }
+}
+
 // ---- thread pool ---------------------------------------------------------------
 
 typedef struct {
@@ -638,6 +851,8 @@ int main(void)
         cmocka_unit_test_teardown(test_swiglu, teardown_isa),
         cmocka_unit_test_teardown(test_axpy, teardown_isa),
         cmocka_unit_test_teardown(test_to_bf16, teardown_isa),
+        cmocka_unit_test_teardown(test_attn_products, teardown_isa),
+        cmocka_unit_test_teardown(test_softmax_tile, teardown_isa),
         cmocka_unit_test_teardown(test_pool, teardown_isa),
         cmocka_unit_test_teardown(test_forward_variants, teardown_isa),
         cmocka_unit_test(test_load_bad_dtype),
