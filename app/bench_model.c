@@ -55,6 +55,7 @@ typedef struct {
     int64_t tokens_all; // tokens of all ranks over the timed steps
     int64_t distinct;   // Σ over timed steps and MoE layers of distinct experts touched
     double read_gbs;    // read bandwidth beside this shape's steps, summed over ranks
+    double peak_gflops; // prefill: BF16 GEMM peak beside this shape's steps, summed over ranks
     double tps, tps_min, gflops, step_ms, flops_sum;
     int64_t pairs_sum;
     double *rank_tps; // [world]
@@ -377,14 +378,24 @@ typedef struct {
     char label[64];
 } bm_policy;
 
+// The BF16 GEMM peak on every rank at once; GFLOP/s summed over ranks.
+static ep_status peak_pass(bm_ctx *c, int size, int repeats, double *gflops)
+{
+    ep_status st = ep_cluster_barrier(c->cl);
+    if (st) return st;
+    *gflops = ep_bench_bf16_gemm_gflops(size, repeats);
+    return ep_cluster_allreduce_f64(c->cl, gflops, 1, EP_REDUCE_SUM);
+}
+
 // Prefill rows of T tokens: for each repeat, each policy in turn prefills a
-// new sequence of T tokens in one step (then frees it); a read pass after
-// each timed repeat.
+// new sequence of T tokens in one step (then frees it); a read pass and a
+// peak pass after each timed repeat (the peak drifts with the machine as
+// the bandwidth does: a row is compared with the peak of its own minutes).
 static ep_status prefill_rows(bm_ctx *c, const bm_args *a, bm_policy *pols, int n_pol, int T,
                               bm_row *rows, bool prog)
 {
     const int n_rep = a->warmup + a->prefill_steps;
-    double gbs[64];
+    double gbs[64], pk[64];
     int n_gbs = 0;
     ep_status st = EP_OK;
     for (int r = 0; r < n_rep && !st; r++) {
@@ -398,11 +409,17 @@ static ep_status prefill_rows(bm_ctx *c, const bm_args *a, bm_policy *pols, int 
             st = run_step(c, pols[p].pol, 1, r >= a->warmup ? &rows[p] : NULL);
             ep_model_seq_free(c->m, c->seq[0]);
         }
-        if (!st && r >= a->warmup && n_gbs < (int)EP_ARRAY_LEN(gbs)) st = bw_pass(c, &gbs[n_gbs++]);
+        if (!st && r >= a->warmup && n_gbs < (int)EP_ARRAY_LEN(gbs)) {
+            st = bw_pass(c, &gbs[n_gbs]);
+            if (!st) st = peak_pass(c, a->peak_size, 3, &pk[n_gbs]);
+            n_gbs++;
+        }
     }
     if (!st)
-        for (int p = 0; p < n_pol; p++)
+        for (int p = 0; p < n_pol; p++) {
             rows[p].read_gbs = ep_bench_median(gbs, n_gbs);
+            rows[p].peak_gflops = ep_bench_median(pk, n_gbs);
+        }
     return st;
 }
 
@@ -492,6 +509,7 @@ static bm_derived derive(const bm_ctx *c, const bm_row *r, const bm_row *base, d
     d.bpt = r->tokens_all ? r->bytes / r->tokens_all : 0;
     d.limit = d.bpt > 0 ? r->read_gbs * 1e9 / d.bpt : 0;
     d.frac_limit = d.limit > 0 ? r->tps / d.limit : 0;
+    if (r->peak_gflops > 0) peak = r->peak_gflops; // the row's own minutes
     d.frac_peak = peak > 0 ? r->gflops / peak : 0;
     d.avg_k = r->tokens_all && c->n_moe ? (double)r->pairs_sum / r->tokens_all / c->n_moe : 0;
     d.distinct = r->steps && c->n_moe ? (double)r->distinct / r->steps / c->n_moe : 0;
@@ -522,6 +540,7 @@ static json_t *row_json(const bm_ctx *c, const bm_row *r, const bm_derived *d, c
     json_object_set_new(o, "bytes_per_step", json_real(r->bytes / EP_MAX(r->steps, 1)));
     json_object_set_new(o, "bytes_per_token", json_real(d->bpt));
     json_object_set_new(o, "read_gbs", json_real(r->read_gbs));
+    if (r->peak_gflops > 0) json_object_set_new(o, "peak_gflops", json_real(r->peak_gflops));
     json_object_set_new(o, "limit_tokens_per_s", json_real(d->limit));
     json_object_set_new(o, "frac_limit", json_real(d->frac_limit));
     json_object_set_new(o, "x_bytes", json_real(d->x_bytes));
@@ -566,7 +585,8 @@ static void print_header(const bm_ctx *c, const bm_args *a, double read, double 
            "steps;\n# limit = read / MB/tok, xlimit = tok/s / limit; xbytes = baseline MB/tok / "
            "MB/tok; speedup = tok/s / baseline's;\n# GFLOP/s = (2 x (dense params x tokens + "
            "expert params x kept pairs + lm_head x sequences) + (query, key) pairs x %.0f) / time,"
-           " xpeak = GFLOP/s / peak;\n#   %.0f = layers x %s per pair\n"
+           " xpeak = GFLOP/s / the peak measured beside the row's steps;\n#   %.0f = layers x %s "
+           "per pair\n"
            "# tok/s = sum over ranks of each rank's tokens / its time; min_rank = the slowest "
            "rank's; ms = step time of the slowest rank\n#\n",
            c->par.attn, c->par.attn,
@@ -747,10 +767,7 @@ int ep_cmd_bench_model(int argc, char **argv)
         for (int i = 0; i <= BM_BW_PASSES && !st; i++) // pass 0 warms up
             st = bw_pass(&c, &v[i]);
         if (!st) read = ep_bench_median(v + 1, BM_BW_PASSES);
-        if (!st && !(st = ep_cluster_barrier(cl))) {
-            peak = ep_bench_bf16_gemm_gflops(a.peak_size, 5);
-            st = ep_cluster_allreduce_f64(cl, &peak, 1, EP_REDUCE_SUM);
-        }
+        if (!st) st = peak_pass(&c, a.peak_size, 5, &peak);
         if (st) goto fail;
     }
     if (root) print_header(&c, &a, read, peak);
