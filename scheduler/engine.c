@@ -143,6 +143,18 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     ep_status as = ep_cluster_allreduce_i64(cl, &bad, 1, EP_REDUCE_MAX);
     if (!st && as) st = as;
     if (!st && bad) st = ep_errorf(EP_ERR_COMM, "engine: another rank failed to set up the engine");
+    // Only rank 0 holds the tokenizer; every owner rank's samplers need its
+    // EOS ids (min_tokens keeps them out).
+    if (!st) {
+        int32_t ids[1 + EP_ARRAY_LEN(e->eos)] = {e->n_eos};
+        for (int i = 0; i < e->n_eos; i++)
+            ids[1 + i] = e->eos[i];
+        if (!(st = ep_cluster_bcast(cl, ids, sizeof ids, 0))) {
+            e->n_eos = (int)EP_MIN((int32_t)EP_ARRAY_LEN(e->eos), EP_MAX(ids[0], 0));
+            for (int i = 0; i < e->n_eos; i++)
+                e->eos[i] = ids[1 + i];
+        }
+    }
     // The engine's messages travel apart from the model's collectives; its
     // waits give up at the step deadline with the engine's wording.
     if (!st) st = ep_cluster_chan_init(cl, ep_eng_wait_error, e, &e->chan);

@@ -107,8 +107,9 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
         ep_eng_plan_get_new(&rd, &slot, &owner, &sp);
         if (owner != e->rank || st) continue;
         EP_ASSERT(slot >= 0 && slot < e->cap_slots && e->slot_seq[slot] < 0);
-        if (!(st = ep_model_seq_new(e->m, &e->slot_seq[slot])))
-            st = ep_sampler_init(&sp, e->cfg->vocab, &e->slot_sampler[slot]);
+        if (!(st = ep_model_seq_new(e->m, &e->slot_seq[slot])) &&
+            !(st = ep_sampler_init(&sp, e->cfg->vocab, &e->slot_sampler[slot])))
+            ep_sampler_set_stop_ids(e->slot_sampler[slot], e->eos, e->n_eos); // min_tokens
     }
 
     // This rank's sequences of the step.
@@ -124,6 +125,9 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
             e->b_n[nb] = n;
             e->b_sample[nb] = sample;
             memcpy(e->b_tok + T, tok, (size_t)n * sizeof(int));
+            // The context the repetition penalty sees: prompt chunks and the
+            // sampled tokens fed back.
+            if (e->slot_sampler[slot]) ep_sampler_observe(e->slot_sampler[slot], e->b_tok + T, n);
             T += n;
             nb++;
         }

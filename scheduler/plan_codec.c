@@ -7,7 +7,9 @@
 // index, [3] domain bytes, [4..20) domain (NUL-padded), then three sections,
 // each a count and its entries:
 //   frees: {slot, owner},
-//   news:  {slot, owner, temperature (f32 bits), top_k, top_p (f32 bits), seed lo, hi},
+//   news:  {slot, owner, temperature (f32 bits), top_k, top_p (f32 bits), seed lo, hi,
+//           repetition_penalty, presence_penalty, frequency_penalty (f32 bits),
+//           min_tokens, n_bias, n_bias x {token, bias (f32 bits)}},
 //   runs:  {slot, owner, n, sample, n tokens}.
 // A stop plan has frees only (its news and runs are empty).
 #include "scheduler/engine_impl.h"
@@ -16,7 +18,7 @@
 
 enum { FLAG_STOP = 1, FLAG_FAILED = 2 };
 enum { SEC_END = EP_ENG_PLAN_RUNS + 1 }; // past the last section
-enum { FREE_WORDS = 2, NEW_WORDS = 7, RUN_HEAD_WORDS = 4 };
+enum { FREE_WORDS = 2, NEW_WORDS = 12 + 2 * EP_SAMPLE_MAX_BIAS, RUN_HEAD_WORDS = 4 };
 
 size_t ep_eng_plan_words(int slots, int64_t tokens)
 {
@@ -82,6 +84,16 @@ void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sa
     put(p, (int32_t)ep_f32_bits(sp->top_p));
     put(p, (int32_t)(uint32_t)sp->seed);
     put(p, (int32_t)(uint32_t)(sp->seed >> 32));
+    put(p, (int32_t)ep_f32_bits(sp->repetition_penalty));
+    put(p, (int32_t)ep_f32_bits(sp->presence_penalty));
+    put(p, (int32_t)ep_f32_bits(sp->frequency_penalty));
+    put(p, sp->min_tokens);
+    EP_ASSERT(sp->n_bias >= 0 && sp->n_bias <= EP_SAMPLE_MAX_BIAS);
+    put(p, sp->n_bias);
+    for (int i = 0; i < sp->n_bias; i++) {
+        put(p, sp->bias_tok[i]);
+        put(p, (int32_t)ep_f32_bits(sp->bias_val[i]));
+    }
     p->count++;
 }
 
@@ -175,6 +187,18 @@ void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample
     sp->top_p = ep_bits_f32((uint32_t)get(r));
     uint32_t lo = (uint32_t)get(r), hi = (uint32_t)get(r);
     sp->seed = (uint64_t)lo | (uint64_t)hi << 32;
+    sp->repetition_penalty = ep_bits_f32((uint32_t)get(r));
+    sp->presence_penalty = ep_bits_f32((uint32_t)get(r));
+    sp->frequency_penalty = ep_bits_f32((uint32_t)get(r));
+    sp->min_tokens = get(r);
+    // A count past the maximum is a corrupt plan: read none (the sampler's
+    // init then refuses nothing it should not; the planner never writes one).
+    int nb = get(r);
+    sp->n_bias = nb >= 0 && nb <= EP_SAMPLE_MAX_BIAS ? nb : 0;
+    for (int i = 0; i < sp->n_bias; i++) {
+        sp->bias_tok[i] = get(r);
+        sp->bias_val[i] = ep_bits_f32((uint32_t)get(r));
+    }
 }
 
 void ep_eng_plan_get_run(ep_eng_plan_reader *r, int *slot, int *owner, int *n, bool *sample,

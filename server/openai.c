@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 static const char *IRE = "invalid_request_error";
 
@@ -295,13 +296,87 @@ static int parse_unsupported(json_t *o, ep_oai_kind kind, ep_oai_error *err)
         return ep_oai_errorf(err, 400, IRE, "best_of", NULL, "'best_of': only 1 is supported");
     if ((v = json_object_get(o, "tools")) && !json_is_null(v) && json_array_size(v) > 0)
         return ep_oai_errorf(err, 400, IRE, "tools", NULL, "'tools' is not supported");
-    static const char *const pen[] = {"presence_penalty", "frequency_penalty"};
-    for (int i = 0; i < 2; i++)
-        if ((v = json_object_get(o, pen[i])) && !json_is_null(v) &&
-            !(json_is_number(v) && json_number_value(v) == 0))
-            return ep_oai_errorf(err, 400, IRE, pen[i], NULL, "'%s': only 0 is supported", pen[i]);
+    if ((v = json_object_get(o, "response_format")) && !json_is_null(v)) {
+        json_t *t = json_is_object(v) ? json_object_get(v, "type") : NULL;
+        if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
+            return ep_oai_errorf(err, 400, IRE, "response_format", NULL,
+                                 "'response_format': only {\"type\": \"text\"} is supported "
+                                 "(no JSON mode or schema-guided decoding)");
+    }
     (void)kind;
     return 0;
+}
+
+// The logits processors of the request (model/sample.h): OpenAI's
+// presence_penalty, frequency_penalty and logit_bias ({"token id": bias in
+// [-100, 100]}), and vLLM's repetition_penalty and min_tokens.
+static int parse_processors(json_t *o, const ep_oai_limits *lim, ep_oai_request *r,
+                            ep_oai_error *err)
+{
+    ep_sample_params *sp = &r->sample;
+    static const char *const pen[] = {"presence_penalty", "frequency_penalty"};
+    float *dst[] = {&sp->presence_penalty, &sp->frequency_penalty};
+    int st;
+    for (int i = 0; i < 2; i++) {
+        double v = 0;
+        if ((st = get_num(o, pen[i], &v, err))) return st;
+        if (!(v >= -2 && v <= 2))
+            return ep_oai_errorf(err, 400, IRE, pen[i], NULL,
+                                 "'%s': expected a number in [-2, 2], found %g", pen[i], v);
+        *dst[i] = (float)v;
+    }
+    double rp = 1;
+    if ((st = get_num(o, "repetition_penalty", &rp, err))) return st;
+    if (!(rp > 0 && rp <= 100))
+        return ep_oai_errorf(err, 400, IRE, "repetition_penalty", NULL,
+                             "'repetition_penalty': expected a number in (0, 100], found %g", rp);
+    sp->repetition_penalty = (float)rp;
+    long long mt = 0;
+    if ((st = get_int(o, "min_tokens", 0, INT32_MAX, &mt, NULL, err))) return st;
+    if (r->max_tokens > 0 && mt > r->max_tokens)
+        return ep_oai_errorf(err, 400, IRE, "min_tokens", NULL,
+                             "'min_tokens' (%lld) must not exceed max_tokens (%d)", mt,
+                             r->max_tokens);
+    if (mt > 0 && r->n_stop > 0)
+        return ep_oai_errorf(err, 400, IRE, "min_tokens", NULL,
+                             "'min_tokens' together with 'stop' strings is not supported "
+                             "(min_tokens holds back EOS only)");
+    sp->min_tokens = (int)mt;
+    json_t *lb = json_object_get(o, "logit_bias");
+    if (!lb || json_is_null(lb)) return 0;
+    if (!json_is_object(lb)) return type_err(err, "logit_bias", "an object", lb);
+    if (json_object_size(lb) > EP_SAMPLE_MAX_BIAS)
+        return ep_oai_errorf(err, 400, IRE, "logit_bias", NULL,
+                             "'logit_bias': at most %d entries, found %zu", EP_SAMPLE_MAX_BIAS,
+                             json_object_size(lb));
+    const char *key;
+    json_t *val;
+    json_object_foreach(lb, key, val)
+    {
+        char *end = NULL;
+        long id = strtol(key, &end, 10);
+        if (!*key || *end || id < 0 || id >= lim->vocab)
+            return ep_oai_errorf(err, 400, IRE, "logit_bias", NULL,
+                                 "'logit_bias': key '%.40s' is not a token id in [0, %d)", key,
+                                 lim->vocab);
+        if (!json_is_number(val) || !(json_number_value(val) >= -100) ||
+            !(json_number_value(val) <= 100))
+            return ep_oai_errorf(err, 400, IRE, "logit_bias", NULL,
+                                 "'logit_bias': the bias of token %ld must be a number in "
+                                 "[-100, 100]",
+                                 id);
+        sp->bias_tok[sp->n_bias] = (int32_t)id;
+        sp->bias_val[sp->n_bias++] = (float)json_number_value(val);
+    }
+    return 0;
+}
+
+// 64 bits from the kernel's random source: an unseeded request's stream.
+static uint64_t fresh_seed(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) v = (uint64_t)ep_now_us() ^ (uint64_t)&v;
+    return v;
 }
 
 static int parse_obj(ep_oai_kind kind, json_t *o, const ep_oai_limits *lim, ep_oai_request *r,
@@ -360,9 +435,12 @@ static int parse_obj(ep_oai_kind kind, json_t *o, const ep_oai_limits *lim, ep_o
     r->sample.temperature = (float)temp;
     r->sample.top_p = (float)top_p;
     r->sample.top_k = top_k < 0 ? 0 : (int)top_k; // vLLM's -1: no limit
-    r->sample.seed = has_seed ? (uint64_t)seed : 0;
+    // No seed: fresh randomness per request (OpenAI's and vLLM's behaviour);
+    // a seed makes the stream reproducible across runs and rank counts.
+    r->sample.seed = has_seed ? (uint64_t)seed : fresh_seed();
 
     if ((st = parse_stop(o, r, err))) return st;
+    if ((st = parse_processors(o, lim, r, err))) return st;
     if ((st = get_bool(o, "stream", &r->stream, err))) return st;
     if ((st = get_bool(o, "ignore_eos", &r->ignore_eos, err))) return st;
     json_t *so = json_object_get(o, "stream_options");

@@ -1,8 +1,9 @@
 // Sampling on hand-made logits: greedy and its ties, top-k = 1 is greedy at
 // any temperature, probabilities of temperature / top-k / top-p against
 // values worked out by hand, draw frequencies against those probabilities
-// (fixed seed, 20000 draws, 4 sigma), seeds reproduce, bad parameters, and
-// the stop rule.
+// (fixed seed, 20000 draws, 4 sigma), seeds reproduce, bad parameters, the
+// logits processors (min_tokens, logit_bias, repetition / presence /
+// frequency penalties: values worked out by hand) and the stop rule.
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -146,6 +147,88 @@ static void test_bad_params(void **state)
     ep_sampler_free(NULL);
 }
 
+// The processors on 4 tokens, greedy and through ep_sampler_probs.
+static void test_processors(void **state)
+{
+    (void)state;
+    const float L[4] = {2.0f, 1.0f, -1.0f, 0.5f};
+    ep_sample_params p;
+    ep_sampler *s = NULL;
+    float pr[4];
+
+    // min_tokens: the stop id (0, the argmax) is masked for the first 2 samples.
+    ep_sample_params_default(&p);
+    p.min_tokens = 2;
+    assert_int_equal(ep_sampler_init(&p, 4, &s), EP_OK);
+    const int eos = 0;
+    ep_sampler_set_stop_ids(s, &eos, 1);
+    assert_int_equal(ep_sampler_sample(s, L), 1);
+    assert_int_equal(ep_sampler_sample(s, L), 1);
+    assert_int_equal(ep_sampler_sample(s, L), 0); // the third may stop
+    ep_sampler_free(s);
+
+    // logit_bias: -100 on token 0, +2 on token 2 (-1 + 2 = 1 ties token 1: lower id wins).
+    ep_sample_params_default(&p);
+    p.n_bias = 2;
+    p.bias_tok[0] = 0, p.bias_val[0] = -100.0f;
+    p.bias_tok[1] = 2, p.bias_val[1] = 2.5f; // 1.5: now the largest
+    assert_int_equal(ep_sampler_init(&p, 4, &s), EP_OK);
+    assert_int_equal(ep_sampler_sample(s, L), 2);
+    ep_sampler_free(s);
+
+    // repetition_penalty 2: seen tokens 0 (2 -> 1) and 2 (-1 -> -2); then T = 1
+    // softmax over {1, 1, -2, 0.5}.
+    ep_sample_params_default(&p);
+    p.repetition_penalty = 2.0f;
+    p.temperature = 1.0f;
+    assert_int_equal(ep_sampler_init(&p, 4, &s), EP_OK);
+    const int ctx[3] = {0, 2, 99}; // 99: outside the vocabulary, ignored
+    ep_sampler_observe(s, ctx, 3);
+    ep_sampler_probs(s, L, pr);
+    const double z = 2 * exp(1.0) + exp(-2.0) + exp(0.5);
+    assert_float_equal(pr[0], exp(1.0) / z, 1e-6);
+    assert_float_equal(pr[2], exp(-2.0) / z, 1e-6);
+    assert_float_equal(pr[3], exp(0.5) / z, 1e-6);
+    ep_sampler_free(s);
+
+    // presence 0.5, frequency 0.25 over the output only, greedy: token 0 at
+    // 2, then 2 - 0.5 - 0.25 = 1.25, then 2 - 0.5 - 0.5 = 1.0 (ties token 1:
+    // the lower id), then 0.75 < 1: token 1. Then 0 (0.75) beats 1 (0.25)
+    // and 3 (0.5).
+    ep_sample_params_default(&p);
+    p.presence_penalty = 0.5f;
+    p.frequency_penalty = 0.25f;
+    assert_int_equal(ep_sampler_init(&p, 4, &s), EP_OK);
+    ep_sampler_observe(s, ctx, 2); // context does not count for these
+    assert_int_equal(ep_sampler_sample(s, L), 0);
+    assert_int_equal(ep_sampler_sample(s, L), 0);
+    assert_int_equal(ep_sampler_sample(s, L), 0);
+    assert_int_equal(ep_sampler_sample(s, L), 1);
+    ep_sampler_probs(s, L, pr);
+    assert_float_equal(pr[0], 1.0f, 0.0f);
+    ep_sampler_free(s);
+
+    // Refusals name the field.
+    const struct {
+        ep_sample_params p;
+        const char *what;
+    } bad[] = {
+        {.p = {.top_p = 1, .repetition_penalty = -1}, .what = "repetition_penalty"},
+        {.p = {.top_p = 1, .presence_penalty = 3}, .what = "presence_penalty"},
+        {.p = {.top_p = 1, .frequency_penalty = -2.5f}, .what = "frequency_penalty"},
+        {.p = {.top_p = 1, .min_tokens = -1}, .what = "min_tokens"},
+        {.p = {.top_p = 1, .n_bias = 1, .bias_tok = {4}}, .what = "logit_bias token 4"},
+        {.p = {.top_p = 1, .n_bias = EP_SAMPLE_MAX_BIAS + 1}, .what = "logit_bias entries"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        s = NULL;
+        assert_int_equal(ep_sampler_init(&bad[i].p, 4, &s), EP_ERR_ARG);
+        assert_null(s);
+        if (!strstr(ep_last_error(), bad[i].what))
+            fail_msg("error '%s' does not name %s", ep_last_error(), bad[i].what);
+    }
+}
+
 static void test_stop(void **state)
 {
     int eos[2] = {11, 5};
@@ -182,6 +265,7 @@ int main(void)
         cmocka_unit_test(test_greedy),           cmocka_unit_test(test_probs),
         cmocka_unit_test(test_draw_frequencies), cmocka_unit_test(test_seed),
         cmocka_unit_test(test_bad_params),       cmocka_unit_test(test_stop),
+        cmocka_unit_test(test_processors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -73,7 +73,23 @@ static void test_refusals(void **state)
     refuse(C, "{\"prompt\":\"hi\",\"pick_domain\":[]}", 400, "pick_domain", "expected a string");
     refuse(C, "{\"prompt\":\"hi\",\"echo\":true}", 400, "echo", "not supported");
     refuse(C, "{\"prompt\":\"hi\",\"logprobs\":2}", 400, "logprobs", "not supported");
-    refuse(C, "{\"prompt\":\"hi\",\"presence_penalty\":0.5}", 400, "presence_penalty", "only 0");
+    refuse(C, "{\"prompt\":\"hi\",\"presence_penalty\":2.5}", 400, "presence_penalty", "[-2, 2]");
+    refuse(C, "{\"prompt\":\"hi\",\"frequency_penalty\":\"x\"}", 400, "frequency_penalty",
+           "expected a number");
+    refuse(C, "{\"prompt\":\"hi\",\"repetition_penalty\":0}", 400, "repetition_penalty",
+           "(0, 100]");
+    refuse(C, "{\"prompt\":\"hi\",\"min_tokens\":-1}", 400, "min_tokens", "[0,");
+    refuse(C, "{\"prompt\":\"hi\",\"max_tokens\":4,\"min_tokens\":5}", 400, "min_tokens",
+           "must not exceed max_tokens (4)");
+    refuse(C, "{\"prompt\":\"hi\",\"min_tokens\":2,\"stop\":\"x\"}", 400, "min_tokens",
+           "not supported");
+    refuse(C, "{\"prompt\":\"hi\",\"logit_bias\":[1]}", 400, "logit_bias", "an object");
+    refuse(C, "{\"prompt\":\"hi\",\"logit_bias\":{\"1024\":1}}", 400, "logit_bias",
+           "not a token id in [0, 1024)");
+    refuse(C, "{\"prompt\":\"hi\",\"logit_bias\":{\"x\":1}}", 400, "logit_bias", "not a token id");
+    refuse(C, "{\"prompt\":\"hi\",\"logit_bias\":{\"5\":101}}", 400, "logit_bias", "[-100, 100]");
+    refuse(C, "{\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_object\"}}", 400,
+           "response_format", "only {\"type\": \"text\"}");
     refuse(C, "{}", 400, "prompt", "'prompt' is required");
     refuse(C, "{\"prompt\":{}}", 400, "prompt", "a string or an array of token ids");
     refuse(C, "{\"prompt\":[]}", 400, "prompt", "empty");
@@ -108,7 +124,9 @@ static void test_good_request(void **state)
         "\"top_p\":0.9,\"top_k\":-1,\"seed\":42,\"stop\":[\"\\n\",\"END\"],"
         "\"stream\":true,\"stream_options\":{\"include_usage\":true},"
         "\"ignore_eos\":true,\"routing\":\"banpick\",\"pick_domain\":\"math\","
-        "\"user\":\"u\",\"logprobs\":null,\"frequency_penalty\":0}";
+        "\"user\":\"u\",\"logprobs\":null,\"frequency_penalty\":0.25,\"presence_penalty\":-1,"
+        "\"repetition_penalty\":1.2,\"logit_bias\":{\"7\":-100,\"1023\":2.5},"
+        "\"response_format\":{\"type\":\"text\"}}";
     ep_oai_request r;
     ep_oai_error err;
     assert_int_equal(ep_oai_parse(EP_OAI_COMPLETIONS, body, strlen(body), &LIM, &r, &err), 0);
@@ -120,6 +138,12 @@ static void test_good_request(void **state)
     assert_true(r.sample.top_p == 0.9f);
     assert_int_equal(r.sample.top_k, 0);
     assert_int_equal(r.sample.seed, 42);
+    assert_true(r.sample.frequency_penalty == 0.25f && r.sample.presence_penalty == -1.0f);
+    assert_true(r.sample.repetition_penalty == 1.2f);
+    assert_int_equal(r.sample.n_bias, 2);
+    // jansson keeps insertion order
+    assert_true(r.sample.bias_tok[0] == 7 && r.sample.bias_val[0] == -100.0f);
+    assert_true(r.sample.bias_tok[1] == 1023 && r.sample.bias_val[1] == 2.5f);
     assert_int_equal(r.n_stop, 2);
     assert_string_equal(r.stop[1], "END");
     assert_true(r.stream && r.include_usage && r.ignore_eos);
@@ -147,7 +171,15 @@ static void test_good_request(void **state)
     assert_true(r.sample.temperature == 1.0f);
     assert_int_equal(r.routing, -1);
     assert_null(r.pick_domain);
+    assert_true(r.sample.repetition_penalty == 1.0f && r.sample.n_bias == 0);
     ep_oai_request_free(&r);
+    // No seed: a fresh stream per request (two requests, two seeds).
+    ep_oai_request r2;
+    assert_int_equal(ep_oai_parse(EP_OAI_CHAT, chat, strlen(chat), &LIM, &r, &err), 0);
+    assert_int_equal(ep_oai_parse(EP_OAI_CHAT, chat, strlen(chat), &LIM, &r2, &err), 0);
+    assert_true(r.sample.seed != r2.sample.seed);
+    ep_oai_request_free(&r);
+    ep_oai_request_free(&r2);
 
     // A one-element batch of one id array is that prompt.
     const char *one = "{\"prompt\":[[9,8]]}";
