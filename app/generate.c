@@ -4,6 +4,7 @@
 // here; the work is scheduler/engine.c. Input errors exit 2 on every rank.
 #include "app/args.h"
 #include "app/commands.h"
+#include "comm/comm.h"
 #include "common/weights.h"
 #include "model/tokenizer.h"
 #include "scheduler/engine.h"
@@ -40,6 +41,8 @@ static void usage(FILE *f)
                "  --dtype D            auto | f32 | bf16: storage of the replicated weights\n"
                "                       (default auto: the checkpoint's when BF16, else f32)\n"
                "  --expert-dtype D     cpu backend: auto | f32 | bf16 experts (default auto)\n"
+               "  --wire DTYPE         f32 | bf16 | f16 | fp8 all-to-all payload (default f32;\n"
+               "                       docs/wire-format.md)\n"
                "  --micro-batches N    1 | 2: overlap each MoE layer's all-to-all with the\n"
                "                       other half-batch's experts (default 1)\n"
                "  --step-timeout S     seconds before a step counts as failed (default 30)\n"
@@ -140,6 +143,7 @@ int ep_cmd_generate(int argc, char **argv)
         {"backend", required_argument, 0, 'b'},
         {"expert-dtype", required_argument, 0, 'D'},
         {"dtype", required_argument, 0, 'Y'},
+        {"wire", required_argument, 0, 'W'},
         {"micro-batches", required_argument, 0, 'U'},
         {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},
@@ -147,7 +151,7 @@ int ep_cmd_generate(int argc, char **argv)
     };
     const char *model = NULL, *prompt = NULL, *chat = NULL, *tokens = NULL, *routing = "baseline";
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
-    ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO;
+    ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO, wire = EP_DTYPE_F32;
     int max_tokens = 16, rpn = 0, micro_batches = 1;
     float timeout = 30.0f;
     bool ignore_eos = false, as_json = false;
@@ -215,6 +219,9 @@ int ep_cmd_generate(int argc, char **argv)
             break;
         case 'Y':
             ok = ep_weight_dtype_parse(optarg, &dense_dtype) == EP_OK;
+            break;
+        case 'W':
+            ok = ep_comm_wire_parse("--wire", optarg, &wire) == EP_OK;
             break;
         case 'U':
             ok = ep_arg_int(optarg, 1, 2, &micro_batches);
@@ -319,6 +326,7 @@ int ep_cmd_generate(int argc, char **argv)
     eo.model.moe.backend = backend;
     eo.model.moe.expert_dtype = expert_dtype;
     eo.model.dtype = dense_dtype;
+    eo.model.moe.wire = wire;
     eo.model.moe.micro_batches = micro_batches;
     // One sequence: each rank holds at most one, with KV room for a whole context.
     eo.model.max_seqs = 1;

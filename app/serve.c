@@ -5,6 +5,7 @@
 // the engine answers every request with an error and this exits non-zero).
 #include "app/args.h"
 #include "app/commands.h"
+#include "comm/comm.h"
 #include "common/weights.h"
 #include "scheduler/engine.h"
 #include "server/server.h"
@@ -41,6 +42,8 @@ static void serve_usage(FILE *f)
                "  --dtype D                 auto | f32 | bf16: storage of the replicated weights\n"
                "                            (default auto: the checkpoint's when BF16, else f32)\n"
                "  --expert-dtype D          cpu backend: auto | f32 | bf16 experts (default auto)\n"
+               "  --wire DTYPE              f32 | bf16 | f16 | fp8 all-to-all payload (default\n"
+               "                            f32; docs/wire-format.md)\n"
                "  --micro-batches N         1 | 2: overlap each MoE layer's all-to-all with the\n"
                "                            other half-batch's experts (default 1)\n"
                "Launch with `mpirun --mca odls_base_sigkill_timeout 3 ...` so that when a rank\n"
@@ -104,6 +107,7 @@ int ep_cmd_serve(int argc, char **argv)
         {"backend", required_argument, 0, 'b'},
         {"expert-dtype", required_argument, 0, 'D'},
         {"dtype", required_argument, 0, 'Y'},
+        {"wire", required_argument, 0, 'W'},
         {"micro-batches", required_argument, 0, 'U'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
@@ -116,7 +120,7 @@ int ep_cmd_serve(int argc, char **argv)
     long port = 8000, body = (long)so.max_body_bytes, micro_batches = 1;
     double step_timeout = 0;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
-    ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO;
+    ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO, wire = EP_DTYPE_F32;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -165,6 +169,12 @@ int ep_cmd_serve(int argc, char **argv)
         case 'b':
             if (ep_moe_backend_parse(optarg, &backend)) {
                 fprintf(stderr, "epserve serve: --%s\n", ep_last_error());
+                return 2;
+            }
+            break;
+        case 'W':
+            if (ep_comm_wire_parse("--wire", optarg, &wire)) {
+                fprintf(stderr, "epserve serve: %s\n", ep_last_error());
                 return 2;
             }
             break;
@@ -256,6 +266,7 @@ int ep_cmd_serve(int argc, char **argv)
         eo.model.moe.backend = backend;
         eo.model.moe.expert_dtype = expert_dtype;
         eo.model.dtype = dense_dtype;
+        eo.model.moe.wire = wire;
         eo.model.moe.micro_batches = (int)micro_batches;
         eo.routings = routings;
         eo.n_routings = n_routings;
