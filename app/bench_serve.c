@@ -305,9 +305,23 @@ static bool get_model(const char *url, const char *api_key, char *model, size_t 
     return ok;
 }
 
-// The MoE byte counters of an epserve server's /metrics (dispatch, combine,
-// saved against top-k_base); false when the server exposes none.
-static bool get_moe_bytes(const char *url, double v[3])
+// The counters of an epserve server's /metrics: v[0..3) the MoE bytes
+// (dispatch, combine, saved against top-k_base), v[3..7) the routing
+// profile's steps, tokens, admitted slots (per MoE layer) and pairs /
+// token-layers... of `routing` (NULL: summed over every profile); false when
+// the server exposes none.
+enum {
+    BS_M_DISPATCH,
+    BS_M_COMBINE,
+    BS_M_SAVED,
+    BS_M_STEPS,
+    BS_M_TOKENS,
+    BS_M_SLOTS,
+    BS_M_PAIRS,
+    BS_M_TOKEN_LAYERS,
+    BS_M_N
+};
+static bool get_moe_bytes(const char *url, const char *routing, double v[BS_M_N])
 {
     CURL *h = curl_easy_init();
     if (!h) return false;
@@ -323,20 +337,35 @@ static bool get_moe_bytes(const char *url, double v[3])
     bool ok = curl_easy_perform(h) == CURLE_OK &&
               curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code) == CURLE_OK && code == 200 &&
               s.buf;
-    static const char *const names[3] = {"epserve:moe_dispatch_bytes_total{",
-                                         "epserve:moe_combine_bytes_total{",
-                                         "epserve:moe_bytes_saved_total{"};
+    static const char *const names[BS_M_N] = {
+        "epserve:moe_dispatch_bytes_total{", "epserve:moe_combine_bytes_total{",
+        "epserve:moe_bytes_saved_total{",    "epserve:routing_steps_total{",
+        "epserve:routing_tokens_total{",     "epserve:routing_slots_total{",
+        "epserve:routing_pairs_total{",      "epserve:routing_token_layers_total{"};
+    char want[160] = "";
+    if (routing) snprintf(want, sizeof want, "routing=\"%s\"}", routing);
     int found = 0;
+    for (int i = 0; i < BS_M_N; i++)
+        v[i] = 0;
     for (const char *l = ok ? s.buf : ""; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : "") {
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < BS_M_N; i++)
             if (!strncmp(l, names[i], strlen(names[i]))) {
-                const char *sp = strchr(l, ' ');
-                if (sp) v[i] = strtod(sp + 1, NULL), found |= 1 << i;
+                const char *sp = strchr(l, '}');
+                sp = sp ? strchr(sp, ' ') : NULL;
+                if (!sp) continue;
+                // The profile's line (a routing series), or every profile's.
+                if (i >= BS_M_STEPS && routing) {
+                    const char *end = strchr(l, '}');
+                    const size_t wl = strlen(want);
+                    if ((size_t)(end + 1 - l) < wl || strncmp(end + 1 - wl, want, wl)) continue;
+                }
+                v[i] += strtod(sp + 1, NULL);
+                found |= 1 << i;
             }
     }
     free(s.buf);
     curl_easy_cleanup(h);
-    return found == 7;
+    return (found & 7) == 7;
 }
 
 int ep_cmd_bench_serve(int argc, char **argv)
@@ -488,8 +517,8 @@ int ep_cmd_bench_serve(int argc, char **argv)
             "output %ld\n",
             num, base, model, routing ? ", routing " : "", routing ? routing : "", rate_s, conc,
             in_len, out_len);
-    double moe0[3] = {0}, moe1[3] = {0};
-    bool have_moe = get_moe_bytes(base, moe0);
+    double moe0[BS_M_N] = {0}, moe1[BS_M_N] = {0};
+    bool have_moe = get_moe_bytes(base, routing, moe0);
     pthread_t *th = ep_xcalloc((size_t)conc, sizeof *th);
     ctx.t0 = now_s();
     int started = 0;
@@ -498,9 +527,18 @@ int ep_cmd_bench_serve(int argc, char **argv)
     for (long i = 0; i < conc; i++)
         if (th[i]) pthread_join(th[i], NULL);
     double duration = now_s() - ctx.t0;
-    have_moe = have_moe && get_moe_bytes(base, moe1);
+    have_moe = have_moe && get_moe_bytes(base, routing, moe1);
     // The server's counters over the run (exact when nothing else used the server).
     double moe_bytes = moe1[0] + moe1[1] - moe0[0] - moe0[1], moe_saved = moe1[2] - moe0[2];
+    double d[BS_M_N];
+    for (int i = 0; i < BS_M_N; i++)
+        d[i] = moe1[i] - moe0[i];
+    // Per step of the run's profile: tokens and admitted slots (per MoE
+    // layer), and the mean K its tokens kept.
+    const bool have_steps = have_moe && d[BS_M_STEPS] > 0;
+    const double tok_step = have_steps ? d[BS_M_TOKENS] / d[BS_M_STEPS] : 0;
+    const double slot_step = have_steps ? d[BS_M_SLOTS] / d[BS_M_STEPS] : 0;
+    const double run_k = d[BS_M_TOKEN_LAYERS] > 0 ? d[BS_M_PAIRS] / d[BS_M_TOKEN_LAYERS] : 0;
     if (!started) {
         fprintf(stderr, "epserve bench serve: could not start worker threads\n");
         return 1;
@@ -573,6 +611,11 @@ int ep_cmd_bench_serve(int argc, char **argv)
         printf("%-40s %.3f\n", "Saved vs top-k_base (MB):", moe_saved / 1e6);
         printf("%-40s %.1f\n", "Saved vs top-k_base (%):",
                moe_bytes + moe_saved > 0 ? 100 * moe_saved / (moe_bytes + moe_saved) : 0);
+        if (have_steps) {
+            printf("%-40s %.1f\n", "Tokens per step:", tok_step);
+            printf("%-40s %.1f\n", "Slots per step (per MoE layer):", slot_step);
+            printf("%-40s %.3f\n", "Avg K (experts per token):", run_k);
+        }
     }
     printf("==================================================\n");
     if (first_err) printf("first failure: %s\n", first_err);
@@ -611,6 +654,12 @@ int ep_cmd_bench_serve(int argc, char **argv)
         if (have_moe) {
             json_object_set_new(o, "moe_alltoall_bytes", json_real(moe_bytes));
             json_object_set_new(o, "moe_bytes_saved", json_real(moe_saved));
+            if (have_steps) {
+                json_object_set_new(o, "engine_steps", json_real(d[BS_M_STEPS]));
+                json_object_set_new(o, "tokens_per_step", json_real(tok_step));
+                json_object_set_new(o, "slots_per_step", json_real(slot_step));
+                json_object_set_new(o, "avg_k", json_real(run_k));
+            }
         }
         if (first_err) json_object_set_new(o, "first_error", json_string(first_err));
         if (ep_json_write_atomic(json_path, o, JSON_INDENT(2) | JSON_REAL_PRECISION(9))) {

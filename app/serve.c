@@ -30,7 +30,11 @@ static void serve_usage(FILE *f)
                "  --served-model-name NAME  model id of the API (default: the model's name)\n"
                "  --max-num-seqs N          running sequences over all ranks\n"
                "  --max-model-len L         prompt + generated tokens of one request\n"
-               "  --max-tokens-per-step T   tokens one rank runs in one step\n"
+               "  --max-num-batched-tokens T  tokens one rank runs in one step (default 512;\n"
+               "                            also --max-tokens-per-step)\n"
+               "  --max-num-slots S         predicted (token, expert) pairs per MoE layer one\n"
+               "                            rank admits in one step (default 256 x k_base: the\n"
+               "                            binding limit, so a smaller K admits more tokens)\n"
                "  --max-waiting W           queued requests before new ones get 429 (default 256)\n"
                "  --routing R[,R2,...]      routing profiles a request may name (policy names or\n"
                "                            routing YAML); the first is the default (baseline)\n"
@@ -99,6 +103,8 @@ int ep_cmd_serve(int argc, char **argv)
         {"max-num-seqs", required_argument, 0, 's'},
         {"max-model-len", required_argument, 0, 'l'},
         {"max-tokens-per-step", required_argument, 0, 't'},
+        {"max-num-batched-tokens", required_argument, 0, 't'},
+        {"max-num-slots", required_argument, 0, 'S'},
         {"max-waiting", required_argument, 0, 'w'},
         {"routing", required_argument, 0, 'r'},
         {"step-timeout", required_argument, 0, 'T'},
@@ -117,6 +123,7 @@ int ep_cmd_serve(int argc, char **argv)
     ep_server_opts_default(&so);
     so.api_key = getenv("EPSERVE_API_KEY");
     long max_num_seqs = 0, max_model_len = 0, max_tps = 0, max_waiting = -1, rpn = 0;
+    long max_slots = 0;
     long port = 8000, body = (long)so.max_body_bytes, micro_batches = 1;
     double step_timeout = 0;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
@@ -152,7 +159,10 @@ int ep_cmd_serve(int argc, char **argv)
             dst = &max_model_len, name = "--max-model-len";
             break;
         case 't':
-            dst = &max_tps, name = "--max-tokens-per-step";
+            dst = &max_tps, name = "--max-num-batched-tokens";
+            break;
+        case 'S':
+            dst = &max_slots, name = "--max-num-slots";
             break;
         case 'w':
             dst = &max_waiting, name = "--max-waiting", lo = 0;
@@ -260,7 +270,11 @@ int ep_cmd_serve(int argc, char **argv)
             eo.max_model_len = (int)max_model_len;
             if (eo.model.max_ctx < eo.max_model_len) eo.model.max_ctx = eo.max_model_len;
         }
-        if (max_tps) eo.max_tokens_per_step = (int)max_tps;
+        if (max_tps) {
+            eo.max_tokens_per_step = (int)max_tps;
+            eo.model.moe.cap_tokens = (int)max_tps; // the buffers of a step
+        }
+        if (max_slots) eo.slot_budget = (int64_t)max_slots * ep_model_n_moe_layers(&cfg);
         if (max_waiting >= 0) eo.max_waiting = (int)max_waiting;
         if (step_timeout > 0) eo.step_timeout_s = step_timeout;
         eo.model.moe.backend = backend;

@@ -20,8 +20,14 @@ void ep_engine_opts_default(ep_engine_opts *o, const ep_model_cfg *cfg, int worl
     ep_model_opts_default(&o->model, cfg);
     o->max_num_seqs = world_size * o->model.max_seqs;
     o->max_model_len = o->model.max_ctx;
+    // The slot budget binds, not the token cap: a step admits the model's
+    // default cap of tokens at k_base (256), and up to twice that when a
+    // policy such as Ban halves K, so the slots Ban frees become tokens.
+    const int base = o->model.moe.cap_tokens;
+    o->model.moe.cap_tokens = 2 * base;
     o->max_tokens_per_step = o->model.moe.cap_tokens;
-    o->slot_budget = 0;
+    o->slot_budget =
+        (int64_t)base * (cfg->k_base > 0 ? cfg->k_base : 1) * ep_model_n_moe_layers(cfg);
     o->max_waiting = 256;
     o->step_timeout_s = 30.0;
     o->routings = baseline;
@@ -206,6 +212,8 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
         e->m_layer = ep_xcalloc((size_t)e->n_layers * EP_ENG_LAYER_WORDS, sizeof(int64_t));
         e->m_layer_recv = ep_xcalloc((size_t)e->n_layers * e->world, sizeof(int64_t));
         e->m_expert = ep_xcalloc((size_t)e->n_layers * e->n_experts, sizeof(int64_t));
+        e->m_prof = ep_xcalloc((size_t)o->n_routings * EP_ENG_PROF_WORDS, sizeof(int64_t));
+        e->m_prof_slots = ep_xcalloc((size_t)o->n_routings, sizeof(double));
     }
     ep_sched_budget_default(&e->budget, cfg->k_base > 0 ? cfg->k_base : 1, e->n_moe,
                             e->o.max_tokens_per_step);
@@ -275,6 +283,8 @@ void ep_engine_free(ep_engine *e)
     free(e->m_layer);
     free(e->m_layer_recv);
     free(e->m_expert);
+    free(e->m_prof);
+    free(e->m_prof_slots);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e);
@@ -637,6 +647,7 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
     if (n_run > 0) {
         e->m_last_tokens = tokens;
         e->m_last_slots = slots;
+        e->m_last_routing = routing;
     }
     // A plan that only frees still goes out (no forward runs then): rank 0
     // has already released those slots and their KV in its mirror.
@@ -677,6 +688,7 @@ static void on_token(ep_engine *e, int s, int token)
 static ep_status apply_results(ep_engine *e)
 {
     const int L = e->n_layers, E = e->n_experts;
+    int64_t *prof = e->m_prof + (size_t)e->m_last_routing * EP_ENG_PROF_WORDS;
     for (int k = 0; k < e->world; k++) {
         const int64_t *res = e->rres[k];
         if (res[0] != EP_OK)
@@ -692,6 +704,8 @@ static ep_status apply_results(ep_engine *e)
         for (int l = 0; l < L; l++, w += EP_ENG_LAYER_WORDS) {
             for (int j = 0; j < EP_ENG_LAYER_WORDS; j++)
                 e->m_layer[(size_t)l * EP_ENG_LAYER_WORDS + j] += res[w + j];
+            for (int j = 0; j < 7; j++)
+                prof[2 + j] += res[w + j];
             e->m_layer_recv[(size_t)l * e->world + k] += res[w + 7];
         }
         for (size_t j = 0; j < (size_t)L * E; j++)
@@ -713,6 +727,9 @@ static ep_status apply_results(ep_engine *e)
         }
     }
     e->m_steps++;
+    prof[0]++;
+    prof[1] += e->m_last_tokens;
+    e->m_prof_slots[e->m_last_routing] += e->m_last_slots;
     return EP_OK;
 }
 
@@ -864,6 +881,23 @@ ep_status ep_engine_metrics_get(ep_engine *e, ep_engine_metrics *m)
         m->layer_load_imbalance[l] = sum > 0 ? (double)mx * W / (double)sum : 0;
     }
     memcpy(m->expert_load, e->m_expert, (size_t)L * E * sizeof(int64_t));
+    m->n_routings = e->o.n_routings;
+    m->routing_names = (const char *const *)e->routing_names;
+    m->profile = ep_xcalloc((size_t)m->n_routings, sizeof *m->profile);
+    for (int i = 0; i < m->n_routings; i++) {
+        const int64_t *p = e->m_prof + (size_t)i * EP_ENG_PROF_WORDS;
+        ep_engine_profile_metrics *q = &m->profile[i];
+        *q = (ep_engine_profile_metrics){.steps = p[0],
+                                         .tokens = p[1],
+                                         .token_layers = p[2],
+                                         .pairs = p[3],
+                                         .base_pairs = p[4],
+                                         .dispatch_bytes = p[5],
+                                         .combine_bytes = p[6],
+                                         .base_dispatch_bytes = p[7],
+                                         .base_combine_bytes = p[8],
+                                         .slots = e->m_prof_slots[i]};
+    }
     pthread_mutex_unlock(&e->mu);
     return EP_OK;
 }
@@ -874,6 +908,8 @@ void ep_engine_metrics_free(ep_engine_metrics *m)
     free(m->layer_avg_k);
     free(m->layer_load_imbalance);
     free(m->expert_load);
+    free(m->profile);
+    m->profile = NULL;
     m->layer_avg_k = m->layer_load_imbalance = NULL;
     m->expert_load = NULL;
 }

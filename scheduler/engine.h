@@ -29,10 +29,13 @@ typedef struct {
     ep_model_opts model;     // per rank (cap_tokens, KV blocks, max_seqs, max_ctx)
     int max_num_seqs;        // running sequences over all ranks (default world * model.max_seqs)
     int max_model_len;       // prompt + generated tokens (default model.max_ctx)
-    int max_tokens_per_step; // per rank (default model.moe.cap_tokens)
-    int64_t slot_budget;     // per rank, predicted Σ K of a step over MoE layers
-                             // (0: max_tokens_per_step tokens at k_base)
-    int max_waiting;         // requests waiting before submit says EP_ERR_BUSY (default 256)
+    int max_tokens_per_step; // per rank (default model.moe.cap_tokens, which the default
+                             // sets to twice the model's: 512)
+    // Per rank, predicted Σ K of a step over MoE layers (0: max_tokens_per_step
+    // tokens at k_base). Default: 256 tokens at k_base, half the token cap,
+    // so the budget binds at baseline and Ban's smaller K admits more tokens.
+    int64_t slot_budget;
+    int max_waiting; // requests waiting before submit says EP_ERR_BUSY (default 256)
     double
         step_timeout_s; // a step not finished on every rank within this is a failure (default 30)
     // Routing profiles, created on every rank at ep_engine_create: policy
@@ -121,6 +124,11 @@ bool ep_engine_serving(const ep_engine *e); // accepting requests and no failure
 
 // ---- metrics (rank 0, any thread, a consistent snapshot) -------------------
 typedef struct {
+    int64_t steps, tokens, token_layers, pairs, base_pairs;
+    int64_t dispatch_bytes, combine_bytes, base_dispatch_bytes, base_combine_bytes;
+    double slots;
+} ep_engine_profile_metrics;
+typedef struct {
     int64_t running, waiting;                 // requests now
     int64_t finished, aborted, failed;        // requests ended, since start
     int64_t prompt_tokens, generation_tokens; // since start
@@ -135,6 +143,12 @@ typedef struct {
     double *layer_avg_k;          // [n_layers] pairs / tokens of each layer (0 for dense layers)
     double *layer_load_imbalance; // [n_layers] max/mean over ranks of pairs received
     int64_t *expert_load;         // [n_layers * n_experts] pairs routed to each expert
+    // Per routing profile (opts.routings order; each step runs one), since
+    // start, over all ranks: steps, tokens, predicted Σ K the planner
+    // admitted (slots, over MoE layers), and the MoE counters as above.
+    int n_routings;
+    const char *const *routing_names;   // [n_routings] the engine's, valid while it lives
+    ep_engine_profile_metrics *profile; // [n_routings]
 } ep_engine_metrics;
 ep_status ep_engine_metrics_get(ep_engine *e, ep_engine_metrics *m); // arrays malloc'ed
 void ep_engine_metrics_free(ep_engine_metrics *m);

@@ -18,6 +18,7 @@ enum { EP_ENG_TAG_READY = 7101, EP_ENG_TAG_RESULT = 7102 };
 enum { EP_ENG_DOMAIN_MAX = 64 }; // bytes of a pick domain name in a plan
 // Counters per MoE layer in a step result (int64 each).
 enum { EP_ENG_LAYER_WORDS = 8 };
+enum { EP_ENG_PROF_WORDS = 9 };
 
 typedef enum { RQ_FREE, RQ_WAITING, RQ_RUNNING, RQ_FREEING } rq_state;
 
@@ -105,6 +106,13 @@ struct ep_engine {
     int64_t m_finished, m_aborted, m_failed, m_prompt, m_gen, m_steps;
     int m_last_tokens;
     double m_last_slots;
+    int m_last_routing; // the routing profile of the last planned step that ran
+    // Per routing profile: [n_routings * EP_ENG_PROF_WORDS] steps, tokens,
+    // then the EP_ENG_LAYER_WORDS[0..7) summed over ranks and layers
+    // (token layers, pairs, top-k_base pairs, dispatch, combine and their
+    // top-k_base counterfactuals); m_prof_slots: predicted Σ K admitted.
+    int64_t *m_prof;
+    double *m_prof_slots;
     int64_t *m_layer;      // [n_layers * EP_ENG_LAYER_WORDS] summed over ranks
     int64_t *m_layer_recv; // [n_layers * world] pairs each rank computed
     int64_t *m_expert;     // [n_layers * n_experts]

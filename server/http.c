@@ -69,6 +69,7 @@ typedef struct {
     int prompt_tokens, completion_tokens;
     double t0_us, last_us; // arrival, last token
     int n_tok;
+    int routing; // the engine's profile index (the routing label of its latencies)
 } srv_req;
 
 static void req_release(srv_req *q)
@@ -120,10 +121,11 @@ static void on_event(void *user, const ep_event *ev)
     double now = ep_now_us();
     pthread_mutex_lock(&s->mu);
     if (ev->kind == EP_EV_TOKEN) {
-        if (q->n_tok == 0)
-            ep_hist_observe(&s->stats.ttft, (now - q->t0_us) * 1e-6);
-        else
-            ep_hist_observe(&s->stats.itl, (now - q->last_us) * 1e-6);
+        const bool first = q->n_tok == 0;
+        const double v = (now - (first ? q->t0_us : q->last_us)) * 1e-6;
+        ep_hist_observe(first ? &s->stats.ttft : &s->stats.itl, v);
+        if (q->routing >= 0 && q->routing < EP_SRV_MAX_ROUTINGS)
+            ep_hist_observe(first ? &s->stats.ttft_r[q->routing] : &s->stats.itl_r[q->routing], v);
     } else if (ev->kind == EP_EV_FINISH) {
         ep_hist_observe(&s->stats.e2e, (now - q->t0_us) * 1e-6);
         const char *r = ev->finish_reason ? ev->finish_reason : "stop";
@@ -351,6 +353,7 @@ static enum MHD_Result do_completion(ep_server *s, struct MHD_Connection *c, ep_
                      .ignore_eos = r.ignore_eos,
                      .routing = r.routing,
                      .pick_domain = r.pick_domain};
+    q->routing = r.routing < 0 ? 0 : r.routing;
     q->refs = 2; // the engine's reference, dropped at the final event
     ep_status st = ep_engine_submit(s->e, &er, on_event, q, &q->id);
     free(ids);

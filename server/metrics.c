@@ -1,6 +1,7 @@
 // /metrics text (see metrics.h). Histograms are cumulative on output only.
 #include "server/metrics.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static const double ttft_le[] = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
@@ -48,6 +49,10 @@ void ep_srv_stats_init(ep_srv_stats *s)
     ep_hist_init_ttft(&s->ttft);
     ep_hist_init_itl(&s->itl);
     ep_hist_init_e2e(&s->e2e);
+    for (int i = 0; i < EP_SRV_MAX_ROUTINGS; i++) {
+        ep_hist_init_ttft(&s->ttft_r[i]);
+        ep_hist_init_itl(&s->itl_r[i]);
+    }
 }
 
 static void head(ep_sbuf *b, const char *name, const char *type, const char *help)
@@ -82,26 +87,150 @@ static void sample_d(ep_sbuf *b, const char *name, const char *model, double v)
     ep_sbuf_addf(b, "\"} %.17g\n", v);
 }
 
-static void hist(ep_sbuf *b, const char *name, const char *help, const char *model,
-                 const ep_hist *h)
+// The samples of one histogram; extra: more labels (",k=\"v\"" already
+// escaped) or "".
+static void hist_samples(ep_sbuf *b, const char *name, const char *model, const char *extra,
+                         const ep_hist *h)
 {
-    head(b, name, "histogram", help);
     int64_t cum = 0;
     for (int i = 0; i <= h->n; i++) {
         cum += h->count[i];
         ep_sbuf_addf(b, "epserve:%s_bucket{model_name=\"", name);
         label(b, model);
         if (i < h->n)
-            ep_sbuf_addf(b, "\",le=\"%g\"} %lld\n", h->le[i], (long long)cum);
+            ep_sbuf_addf(b, "\"%s,le=\"%g\"} %lld\n", extra, h->le[i], (long long)cum);
         else
-            ep_sbuf_addf(b, "\",le=\"+Inf\"} %lld\n", (long long)cum);
+            ep_sbuf_addf(b, "\"%s,le=\"+Inf\"} %lld\n", extra, (long long)cum);
     }
     ep_sbuf_addf(b, "epserve:%s_sum{model_name=\"", name);
     label(b, model);
-    ep_sbuf_addf(b, "\"} %.17g\n", h->sum);
+    ep_sbuf_addf(b, "\"%s} %.17g\n", extra, h->sum);
     ep_sbuf_addf(b, "epserve:%s_count{model_name=\"", name);
     label(b, model);
-    ep_sbuf_addf(b, "\"} %lld\n", (long long)h->total);
+    ep_sbuf_addf(b, "\"%s} %lld\n", extra, (long long)h->total);
+}
+
+static void hist(ep_sbuf *b, const char *name, const char *help, const char *model,
+                 const ep_hist *h)
+{
+    head(b, name, "histogram", help);
+    hist_samples(b, name, model, "", h);
+}
+
+// ",routing=\"<name escaped>\"" into buf.
+static const char *routing_label(char *buf, size_t n, const char *routing)
+{
+    size_t k = (size_t)snprintf(buf, n, ",routing=\"");
+    for (const char *v = routing; *v && k + 3 < n; v++) {
+        if (*v == '\\' || *v == '"') buf[k++] = '\\';
+        if (*v == '\n') {
+            buf[k++] = '\\';
+            buf[k++] = 'n';
+        } else {
+            buf[k++] = *v;
+        }
+    }
+    snprintf(buf + k, n - k, "\"");
+    return buf;
+}
+
+// Per routing profile: what each step of that profile admitted and did.
+enum {
+    PF_STEPS,
+    PF_TOKENS,
+    PF_SLOTS,
+    PF_PAIRS,
+    PF_TOKEN_LAYERS,
+    PF_TOKENS_PER_STEP,
+    PF_SLOTS_PER_STEP,
+    PF_AVG_K,
+    PF_DISPATCH,
+    PF_COMBINE,
+    PF_SAVED,
+    PF_N
+};
+
+static double profile_value(int f, const ep_engine_profile_metrics *p)
+{
+    const double steps = (double)p->steps;
+    // MoE layers a token passes through (token_layers / tokens).
+    const double n_moe = p->tokens > 0 ? (double)p->token_layers / (double)p->tokens : 0;
+    const double slots = n_moe > 0 ? p->slots / n_moe : 0; // per MoE layer
+    switch (f) {
+    case PF_STEPS:
+        return steps;
+    case PF_TOKENS:
+        return (double)p->tokens;
+    case PF_SLOTS:
+        return slots;
+    case PF_PAIRS:
+        return (double)p->pairs;
+    case PF_TOKEN_LAYERS:
+        return (double)p->token_layers;
+    case PF_TOKENS_PER_STEP:
+        return steps > 0 ? (double)p->tokens / steps : 0;
+    case PF_SLOTS_PER_STEP:
+        return steps > 0 ? slots / steps : 0;
+    case PF_AVG_K:
+        return p->token_layers > 0 ? (double)p->pairs / (double)p->token_layers : 0;
+    case PF_DISPATCH:
+        return (double)p->dispatch_bytes;
+    case PF_COMBINE:
+        return (double)p->combine_bytes;
+    default:
+        return (double)(p->base_dispatch_bytes + p->base_combine_bytes - p->dispatch_bytes -
+                        p->combine_bytes);
+    }
+}
+
+static void profile_samples(ep_sbuf *b, const char *model, const ep_srv_stats *s,
+                            const ep_engine_metrics *em)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } fam[PF_N] = {
+        [PF_STEPS] = {"routing_steps_total", "counter",
+                      "Engine steps run with this routing profile."},
+        [PF_TOKENS] = {"routing_tokens_total", "counter", "Tokens those steps ran, all ranks."},
+        [PF_SLOTS] = {"routing_slots_total", "counter",
+                      "Predicted (token, expert) pairs per MoE layer admitted, over steps."},
+        [PF_PAIRS] = {"routing_pairs_total", "counter", "(token, expert) pairs, all MoE layers."},
+        [PF_TOKEN_LAYERS] = {"routing_token_layers_total", "counter", "Tokens x MoE layers."},
+        [PF_TOKENS_PER_STEP] = {"routing_tokens_per_step", "gauge",
+                                "Mean tokens per step of this profile."},
+        [PF_SLOTS_PER_STEP] = {"routing_slots_per_step", "gauge",
+                               "Mean predicted pairs per MoE layer admitted per step."},
+        [PF_AVG_K] = {"routing_avg_k", "gauge",
+                      "Mean experts per token per MoE layer of this profile."},
+        [PF_DISPATCH] = {"routing_dispatch_bytes_total", "counter",
+                         "MoE dispatch bytes of this profile."},
+        [PF_COMBINE] = {"routing_combine_bytes_total", "counter",
+                        "MoE combine bytes of this profile."},
+        [PF_SAVED] = {"routing_bytes_saved_total", "counter",
+                      "Dispatch + combine bytes saved against top-k_base routing."},
+    };
+    for (int f = 0; f < PF_N; f++) {
+        head(b, fam[f].name, fam[f].type, fam[f].help);
+        for (int i = 0; i < em->n_routings; i++) {
+            char lab[160];
+            ep_sbuf_addf(b, "epserve:%s{model_name=\"", fam[f].name);
+            label(b, model);
+            ep_sbuf_addf(b, "\"%s} %.17g\n", routing_label(lab, sizeof lab, em->routing_names[i]),
+                         profile_value(f, &em->profile[i]));
+        }
+    }
+    static const char *const hname[2] = {"routing_time_to_first_token_seconds",
+                                         "routing_inter_token_latency_seconds"};
+    for (int k = 0; k < 2; k++) {
+        head(b, hname[k], "histogram",
+             k ? "Time between tokens, per routing profile."
+               : "Time to first token, per routing profile.");
+        for (int i = 0; i < em->n_routings && i < EP_SRV_MAX_ROUTINGS; i++) {
+            char lab[160];
+            hist_samples(b, hname[k], model, routing_label(lab, sizeof lab, em->routing_names[i]),
+                         k ? &s->itl_r[i] : &s->ttft_r[i]);
+        }
+    }
 }
 
 void ep_metrics_format(ep_sbuf *b, const char *model, const ep_srv_stats *s,
@@ -176,4 +305,5 @@ void ep_metrics_format(ep_sbuf *b, const char *model, const ep_srv_stats *s,
                 ep_sbuf_addf(b, "\",layer=\"%d\",expert=\"%d\"} %lld\n", l, x,
                              (long long)em->expert_load[(size_t)l * em->n_experts + x]);
             }
+    if (em->profile) profile_samples(b, model, s, em);
 }

@@ -25,9 +25,14 @@ void ep_hist_init_e2e(ep_hist *h);
 // Counts v in the first bucket with v <= le (Prometheus buckets are inclusive).
 void ep_hist_observe(ep_hist *h, double v);
 
+// Routing profiles whose latencies are kept apart (serve loads at most 64).
+enum { EP_SRV_MAX_ROUTINGS = 64 };
+
 // What the server measures itself.
 typedef struct {
     ep_hist ttft, itl, e2e;
+    // The same per routing profile (the engine's index), for the routing label.
+    ep_hist ttft_r[EP_SRV_MAX_ROUTINGS], itl_r[EP_SRV_MAX_ROUTINGS];
     int64_t success[3]; // requests ended: stop, length, abort
     int64_t errors;     // requests answered with an engine error
     int64_t rejected;   // refused before the engine: 4xx/5xx answers

@@ -99,9 +99,35 @@ static void test_page(void **state)
                             .layer_avg_k = avg_k,
                             .layer_load_imbalance = imb,
                             .expert_load = load};
+    // Two routing profiles; the second's name needs escaping. 2 MoE layers:
+    // token_layers = 2 x tokens.
+    const char *const names[2] = {"baseline", "my\"ban"};
+    ep_engine_profile_metrics prof[2] = {{.steps = 4,
+                                          .tokens = 40,
+                                          .token_layers = 80,
+                                          .pairs = 640,
+                                          .slots = 640,
+                                          .dispatch_bytes = 700,
+                                          .combine_bytes = 600,
+                                          .base_dispatch_bytes = 700,
+                                          .base_combine_bytes = 600},
+                                         {.steps = 2,
+                                          .tokens = 50,
+                                          .token_layers = 100,
+                                          .pairs = 400,
+                                          .slots = 300,
+                                          .dispatch_bytes = 300,
+                                          .combine_bytes = 300,
+                                          .base_dispatch_bytes = 800,
+                                          .base_combine_bytes = 700}};
+    em.n_routings = 2;
+    em.routing_names = names;
+    em.profile = prof;
     ep_srv_stats s;
     ep_srv_stats_init(&s);
     s.success[1] = 5;
+    ep_hist_observe(&s.ttft_r[1], 0.03);
+    ep_hist_observe(&s.itl_r[0], 0.02);
     ep_sbuf b = {0};
     ep_metrics_format(&b, "q\"3", &s, &em);
     const char *p = b.p;
@@ -125,6 +151,27 @@ static void test_page(void **state)
         value(p,
               "epserve:request_success_total{model_name=\"q\\\"3\",finished_reason=\"length\"}") ==
         5);
+    // Per routing profile: a routing label (escaped), tokens and slots per
+    // step (slots per MoE layer), avg K, bytes saved; latencies apart.
+    const char *b0 = "{model_name=\"q\\\"3\",routing=\"baseline\"}";
+    const char *b1 = "{model_name=\"q\\\"3\",routing=\"my\\\"ban\"}";
+    char key[256];
+#define PROF(name, lab) (snprintf(key, sizeof key, "epserve:%s%s", name, lab), value(p, key))
+    assert_true(PROF("routing_steps_total", b0) == 4);
+    assert_true(PROF("routing_tokens_per_step", b0) == 10);
+    assert_true(PROF("routing_tokens_per_step", b1) == 25);
+    assert_true(PROF("routing_slots_per_step", b0) == 80); // 640 / 2 layers / 4 steps
+    assert_true(PROF("routing_slots_total", b0) == 320 && PROF("routing_pairs_total", b1) == 400);
+    assert_true(PROF("routing_token_layers_total", b1) == 100);
+    assert_true(PROF("routing_slots_per_step", b1) == 75);
+    assert_true(PROF("routing_avg_k", b0) == 8);
+    assert_true(PROF("routing_avg_k", b1) == 4);
+    assert_true(PROF("routing_bytes_saved_total", b0) == 0);
+    assert_true(PROF("routing_bytes_saved_total", b1) == 900);
+    assert_true(PROF("routing_time_to_first_token_seconds_count", b1) == 1 &&
+                PROF("routing_time_to_first_token_seconds_count", b0) == 0 &&
+                PROF("routing_inter_token_latency_seconds_count", b0) == 1);
+#undef PROF
     // Every sample line's metric has exactly one TYPE line, and every line is
     // a comment or starts with the prefix.
     for (const char *l = p; *l; l = strchr(l, '\n') + 1) {
