@@ -46,6 +46,13 @@ static void serve_usage(FILE *f)
                "  --dtype D                 auto | f32 | bf16: storage of the replicated weights\n"
                "                            (default auto: the checkpoint's when BF16, else f32)\n"
                "  --expert-dtype D          cpu backend: auto | f32 | bf16 experts (default auto)\n"
+               "  --placement KIND          contiguous | round_robin | eplb (default contiguous);\n"
+               "                            eplb starts contiguous and re-places from the loads\n"
+               "                            served (--rebalance-interval, default 50 with eplb)\n"
+               "  --redundant-experts N     eplb: extra expert slots per layer (default 0)\n"
+               "  --rebalance-interval N    re-place the experts every N steps (0: never)\n"
+               "  --rebalance-min-gain G    move weights only when the predicted max/mean rank\n"
+               "                            load improves by G (relative; default 0.05)\n"
                "  --wire DTYPE              f32 | bf16 | f16 | fp8 all-to-all payload (default\n"
                "                            f32; docs/wire-format.md)\n"
                "  --micro-batches N         1 | 2: overlap each MoE layer's all-to-all with the\n"
@@ -114,6 +121,10 @@ int ep_cmd_serve(int argc, char **argv)
         {"expert-dtype", required_argument, 0, 'D'},
         {"dtype", required_argument, 0, 'Y'},
         {"wire", required_argument, 0, 'W'},
+        {"placement", required_argument, 0, 'P'},
+        {"redundant-experts", required_argument, 0, 'X'},
+        {"rebalance-interval", required_argument, 0, 'I'},
+        {"rebalance-min-gain", required_argument, 0, 'G'},
         {"micro-batches", required_argument, 0, 'U'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
@@ -123,7 +134,9 @@ int ep_cmd_serve(int argc, char **argv)
     ep_server_opts_default(&so);
     so.api_key = getenv("EPSERVE_API_KEY");
     long max_num_seqs = 0, max_model_len = 0, max_tps = 0, max_waiting = -1, rpn = 0;
-    long max_slots = 0;
+    long max_slots = 0, redundant = 0, rebalance = -1;
+    double min_gain = 0.05;
+    ep_place_kind placement = EP_PLACE_CONTIGUOUS;
     long port = 8000, body = (long)so.max_body_bytes, micro_batches = 1;
     double step_timeout = 0;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
@@ -182,6 +195,30 @@ int ep_cmd_serve(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'P':
+            if (ep_place_kind_parse(optarg, &placement)) {
+                fprintf(stderr, "epserve serve: --placement: %s\n", ep_last_error());
+                return 2;
+            }
+            break;
+        case 'X':
+            dst = &redundant, name = "--redundant-experts", lo = 0;
+            break;
+        case 'I':
+            dst = &rebalance, name = "--rebalance-interval", lo = 0;
+            break;
+        case 'G': {
+            char *end = NULL;
+            min_gain = strtod(optarg, &end);
+            if (!end || *end || !(min_gain >= -1 && min_gain < 1)) {
+                fprintf(stderr,
+                        "epserve serve: --rebalance-min-gain: expected a number in [-1, 1), "
+                        "found '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
         case 'W':
             if (ep_comm_wire_parse("--wire", optarg, &wire)) {
                 fprintf(stderr, "epserve serve: %s\n", ep_last_error());
@@ -233,6 +270,19 @@ int ep_cmd_serve(int argc, char **argv)
     }
     char *routing_buf = ep_xstrdup(routing_arg);
     const char *routings[64];
+    const long rebalance_eff = rebalance >= 0 ? rebalance : placement == EP_PLACE_EPLB ? 50 : 0;
+    if (redundant > 0 && rebalance_eff == 0) {
+        fprintf(stderr,
+                "epserve serve: --redundant-experts %ld has no effect without "
+                "re-placement: use --placement eplb or --rebalance-interval N > 0\n",
+                redundant);
+        return 2;
+    }
+    if (rebalance_eff > 0 && backend == EP_MOE_BACKEND_CUDA) {
+        fprintf(stderr, "epserve serve: re-placement (--placement eplb, --rebalance-interval) "
+                        "needs experts that can move between ranks; --backend cuda cannot yet\n");
+        return 2;
+    }
     int n_routings = split_list(routing_buf, routings, 64);
     if (n_routings == 0) {
         fprintf(stderr, "epserve serve: --routing: expected one or more names, found '%s'\n",
@@ -281,6 +331,11 @@ int ep_cmd_serve(int argc, char **argv)
         eo.model.moe.expert_dtype = expert_dtype;
         eo.model.dtype = dense_dtype;
         eo.model.moe.wire = wire;
+        // eplb: start contiguous (no loads yet), re-place from what is served.
+        eo.model.moe.placement = placement == EP_PLACE_EPLB ? EP_PLACE_CONTIGUOUS : placement;
+        eo.model.moe.redundant_experts = (int)redundant;
+        eo.rebalance_interval = (int)rebalance_eff;
+        eo.rebalance_min_gain = min_gain;
         eo.model.moe.micro_batches = (int)micro_batches;
         eo.routings = routings;
         eo.n_routings = n_routings;

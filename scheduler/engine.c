@@ -29,6 +29,7 @@ void ep_engine_opts_default(ep_engine_opts *o, const ep_model_cfg *cfg, int worl
     o->slot_budget =
         (int64_t)base * (cfg->k_base > 0 ? cfg->k_base : 1) * ep_model_n_moe_layers(cfg);
     o->max_waiting = 256;
+    o->rebalance_min_gain = 0.05;
     o->step_timeout_s = 30.0;
     o->routings = baseline;
     o->n_routings = 1;
@@ -529,6 +530,14 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
 {
     ep_eng_plan_head h = {
         .step = atomic_load(&e->step_no), .stop = stop, .failed = failed, .routing = 0};
+    // Every rebalance_interval steps that ran, the experts are re-placed from
+    // the loads the ranks observed since the last time (between two steps:
+    // nothing in flight is touched).
+    if (!stop && e->o.rebalance_interval > 0 &&
+        e->m_steps - e->replace_at_step >= e->o.rebalance_interval) {
+        h.replace = true;
+        e->replace_at_step = e->m_steps;
+    }
     int g = stop ? -1 : pick_group(e);
     if (g >= 0) {
         h.routing = e->rq[g].routing;
@@ -651,7 +660,7 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
     }
     // A plan that only frees still goes out (no forward runs then): rank 0
     // has already released those slots and their KV in its mirror.
-    return n_run > 0 || n_free > 0 ? words : 0;
+    return n_run > 0 || n_free > 0 || h.replace ? words : 0;
 }
 
 // ---- results (rank 0, under mu) --------------------------------------------
@@ -881,6 +890,10 @@ ep_status ep_engine_metrics_get(ep_engine *e, ep_engine_metrics *m)
         m->layer_load_imbalance[l] = sum > 0 ? (double)mx * W / (double)sum : 0;
     }
     memcpy(m->expert_load, e->m_expert, (size_t)L * E * sizeof(int64_t));
+    m->replace_checks = e->m_replace_checks;
+    m->replace_moves = e->m_replace_moves;
+    m->replace_imbalance_before = e->m_imb_before;
+    m->replace_imbalance_after = e->m_imb_after;
     m->n_routings = e->o.n_routings;
     m->routing_names = (const char *const *)e->routing_names;
     m->profile = ep_xcalloc((size_t)m->n_routings, sizeof *m->profile);

@@ -36,6 +36,13 @@ typedef struct {
     // so the budget binds at baseline and Ban's smaller K admits more tokens.
     int64_t slot_budget;
     int max_waiting; // requests waiting before submit says EP_ERR_BUSY (default 256)
+    // Every rebalance_interval steps that ran (0: never, the default), every
+    // rank calls ep_moe_replace between two steps: EPLB from the per-layer
+    // loads observed since the last one (model.moe.redundant_experts extra
+    // slots), weights moved between ranks only when the predicted max/mean
+    // rank load improves by rebalance_min_gain (relative; default 0.05).
+    int rebalance_interval;
+    double rebalance_min_gain;
     double
         step_timeout_s; // a step not finished on every rank within this is a failure (default 30)
     // Routing profiles, created on every rank at ep_engine_create: policy
@@ -146,6 +153,11 @@ typedef struct {
     // Per routing profile (opts.routings order; each step runs one), since
     // start, over all ranks: steps, tokens, predicted Σ K the planner
     // admitted (slots, over MoE layers), and the MoE counters as above.
+    // Re-placements (opts.rebalance_interval): checks run, those that moved
+    // weights, and the last check's predicted max/mean rank load before and
+    // after (mean over MoE layers).
+    int64_t replace_checks, replace_moves;
+    double replace_imbalance_before, replace_imbalance_after;
     int n_routings;
     const char *const *routing_names;   // [n_routings] the engine's, valid while it lives
     ep_engine_profile_metrics *profile; // [n_routings]

@@ -107,6 +107,12 @@ struct ep_engine {
     int m_last_tokens;
     double m_last_slots;
     int m_last_routing; // the routing profile of the last planned step that ran
+    // Re-placement (opts.rebalance_interval): steps run when the last one was
+    // planned; rank 0's outcome of each (moved or not) and the last
+    // predictions of max/mean rank load before and after.
+    int64_t replace_at_step;
+    int64_t m_replace_checks, m_replace_moves;
+    double m_imb_before, m_imb_after;
     // Per routing profile: [n_routings * EP_ENG_PROF_WORDS] steps, tokens,
     // then the EP_ENG_LAYER_WORDS[0..7) summed over ranks and layers
     // (token layers, pairs, top-k_base pairs, dispatch, combine and their
@@ -137,9 +143,10 @@ enum {
 };
 typedef struct {
     int64_t step;
-    bool stop;                      // the engine stops after this plan (it frees only)
-    bool failed;                    // it stops because a step failed
-    int routing;                    // index of the step's routing profile
+    bool stop;    // the engine stops after this plan (it frees only)
+    bool failed;  // it stops because a step failed
+    bool replace; // every rank re-places the experts (ep_moe_replace) before this step's forward
+    int routing;  // index of the step's routing profile
     char domain[EP_ENG_DOMAIN_MAX]; // the step's pick domain, "" = the profile's own
 } ep_eng_plan_head;
 // Words of the largest plan: `slots` request slots, `tokens` tokens over all

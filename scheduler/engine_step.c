@@ -100,6 +100,28 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
     if (h->stop) return EP_OK;
 
     ep_status st = EP_OK;
+    // Re-placement, collective over every rank (model/moe.h), before the
+    // step's sequences are set up: experts move between ranks, requests stay.
+    if (h->replace) {
+        double before = 0, after = 0;
+        bool moved = false;
+        if ((st = ep_moe_replace(ep_model_moe(e->m), e->o.rebalance_min_gain, &before, &after,
+                                 &moved)))
+            return ep_error_prefix(st, "engine: re-placement before step %lld", (long long)step);
+        if (e->rank == 0) {
+            pthread_mutex_lock(&e->mu);
+            e->m_replace_checks++;
+            e->m_replace_moves += moved;
+            e->m_imb_before = before;
+            e->m_imb_after = after;
+            pthread_mutex_unlock(&e->mu);
+            fprintf(stderr,
+                    "epserve: re-placement before step %lld: predicted load_imbalance %.3f -> "
+                    "%.3f, %s\n",
+                    (long long)step, before, after,
+                    moved ? "experts moved" : "kept (gain below --rebalance-min-gain)");
+        }
+    }
     int n_new = ep_eng_plan_count(&rd, EP_ENG_PLAN_NEWS);
     for (int i = 0; i < n_new; i++) {
         int slot, owner;

@@ -3,7 +3,8 @@
 // every rank (engine_step.c). It decides nothing: what runs where is the
 // planner's; what a rank does with it is the step's.
 //
-// Words: [0] step, [1] flags (1 = stop, 2 = after a failed step), [2] routing
+// Words: [0] step, [1] flags (1 = stop, 2 = after a failed step, 4 = re-place
+// the experts before the forward), [2] routing
 // index, [3] domain bytes, [4..20) domain (NUL-padded), then three sections,
 // each a count and its entries:
 //   frees: {slot, owner},
@@ -16,7 +17,7 @@
 
 #include <string.h>
 
-enum { FLAG_STOP = 1, FLAG_FAILED = 2 };
+enum { FLAG_STOP = 1, FLAG_FAILED = 2, FLAG_REPLACE = 4 };
 enum { SEC_END = EP_ENG_PLAN_RUNS + 1 }; // past the last section
 enum { FREE_WORDS = 2, NEW_WORDS = 12 + 2 * EP_SAMPLE_MAX_BIAS, RUN_HEAD_WORDS = 4 };
 
@@ -55,7 +56,8 @@ void ep_eng_plan_begin(ep_eng_plan_writer *p, int32_t *words, size_t cap, const 
     EP_ASSERT(dlen < EP_ENG_DOMAIN_MAX && cap >= EP_ENG_PLAN_MIN_WORDS);
     *p = (ep_eng_plan_writer){.w = words, .cap = cap};
     put(p, (int32_t)h->step);
-    put(p, (h->stop ? FLAG_STOP : 0) | (h->failed ? FLAG_FAILED : 0));
+    put(p, (h->stop ? FLAG_STOP : 0) | (h->failed ? FLAG_FAILED : 0) |
+               (h->replace ? FLAG_REPLACE : 0));
     put(p, h->routing);
     put(p, (int32_t)dlen);
     memset(p->w + p->n, 0, EP_ENG_DOMAIN_MAX);
@@ -153,6 +155,7 @@ void ep_eng_plan_read(ep_eng_plan_reader *r, const int32_t *words, size_t n, ep_
     int32_t flags = get(r);
     h->stop = (flags & FLAG_STOP) != 0;
     h->failed = (flags & FLAG_FAILED) != 0;
+    h->replace = (flags & FLAG_REPLACE) != 0;
     h->routing = get(r);
     int32_t dlen = get(r);
     EP_ASSERT(dlen >= 0 && dlen < EP_ENG_DOMAIN_MAX);

@@ -305,5 +305,17 @@ void ep_metrics_format(ep_sbuf *b, const char *model, const ep_srv_stats *s,
                 ep_sbuf_addf(b, "\",layer=\"%d\",expert=\"%d\"} %lld\n", l, x,
                              (long long)em->expert_load[(size_t)l * em->n_experts + x]);
             }
+    head(b, "moe_replacements_total", "counter",
+         "Expert re-placements that moved weights between ranks (--rebalance-interval).");
+    sample_i(b, "moe_replacements_total", model, em->replace_moves);
+    head(b, "moe_replacement_checks_total", "counter",
+         "Re-placement checks run (moved or kept under --rebalance-min-gain).");
+    sample_i(b, "moe_replacement_checks_total", model, em->replace_checks);
+    head(b, "moe_replacement_imbalance_before", "gauge",
+         "Predicted max/mean rank load of the last check, current placement.");
+    sample_d(b, "moe_replacement_imbalance_before", model, em->replace_imbalance_before);
+    head(b, "moe_replacement_imbalance_after", "gauge",
+         "Predicted max/mean rank load of the last check, EPLB placement.");
+    sample_d(b, "moe_replacement_imbalance_after", model, em->replace_imbalance_after);
     if (em->profile) profile_samples(b, model, s, em);
 }
