@@ -319,6 +319,8 @@ enum {
     BS_M_SLOTS,
     BS_M_PAIRS,
     BS_M_TOKEN_LAYERS,
+    BS_M_FORWARD_S,
+    BS_M_MOE_S,
     BS_M_N
 };
 static bool get_moe_bytes(const char *url, const char *routing, double v[BS_M_N])
@@ -338,10 +340,11 @@ static bool get_moe_bytes(const char *url, const char *routing, double v[BS_M_N]
               curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code) == CURLE_OK && code == 200 &&
               s.buf;
     static const char *const names[BS_M_N] = {
-        "epserve:moe_dispatch_bytes_total{", "epserve:moe_combine_bytes_total{",
-        "epserve:moe_bytes_saved_total{",    "epserve:routing_steps_total{",
-        "epserve:routing_tokens_total{",     "epserve:routing_slots_total{",
-        "epserve:routing_pairs_total{",      "epserve:routing_token_layers_total{"};
+        "epserve:moe_dispatch_bytes_total{",      "epserve:moe_combine_bytes_total{",
+        "epserve:moe_bytes_saved_total{",         "epserve:routing_steps_total{",
+        "epserve:routing_tokens_total{",          "epserve:routing_slots_total{",
+        "epserve:routing_pairs_total{",           "epserve:routing_token_layers_total{",
+        "epserve:routing_forward_seconds_total{", "epserve:routing_moe_seconds_total{"};
     char want[160] = "";
     if (routing) snprintf(want, sizeof want, "routing=\"%s\"}", routing);
     int found = 0;
@@ -539,6 +542,9 @@ int ep_cmd_bench_serve(int argc, char **argv)
     const double tok_step = have_steps ? d[BS_M_TOKENS] / d[BS_M_STEPS] : 0;
     const double slot_step = have_steps ? d[BS_M_SLOTS] / d[BS_M_STEPS] : 0;
     const double run_k = d[BS_M_TOKEN_LAYERS] > 0 ? d[BS_M_PAIRS] / d[BS_M_TOKEN_LAYERS] : 0;
+    // The MoE layers' share of rank 0's forward time: the f of Amdahl's law
+    // for a policy that speeds up the MoE layers only.
+    const double moe_share = d[BS_M_FORWARD_S] > 0 ? d[BS_M_MOE_S] / d[BS_M_FORWARD_S] : 0;
     if (!started) {
         fprintf(stderr, "epserve bench serve: could not start worker threads\n");
         return 1;
@@ -615,6 +621,7 @@ int ep_cmd_bench_serve(int argc, char **argv)
             printf("%-40s %.1f\n", "Tokens per step:", tok_step);
             printf("%-40s %.1f\n", "Slots per step (per MoE layer):", slot_step);
             printf("%-40s %.3f\n", "Avg K (experts per token):", run_k);
+            printf("%-40s %.3f\n", "MoE share of forward time (rank 0):", moe_share);
         }
     }
     printf("==================================================\n");
@@ -659,6 +666,7 @@ int ep_cmd_bench_serve(int argc, char **argv)
                 json_object_set_new(o, "tokens_per_step", json_real(tok_step));
                 json_object_set_new(o, "slots_per_step", json_real(slot_step));
                 json_object_set_new(o, "avg_k", json_real(run_k));
+                json_object_set_new(o, "moe_share", json_real(moe_share));
             }
         }
         if (first_err) json_object_set_new(o, "first_error", json_string(first_err));

@@ -474,8 +474,10 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
         ep_model_rmsnorm(m->x, L->post_norm, T, H, c->rms_eps, m->xn);
         if (ep_model_layer_is_moe(c, l)) {
             ep_comm_stats ls = {0};
+            const double t0 = fs ? ep_now_us() : 0;
             if ((s = ep_moe_forward(m->moe, p, l, m->xn, T, m->y, &ls, NULL)))
                 return ep_error_prefix(s, "model layer %d", l);
+            if (fs) fs->moe_us += ep_now_us() - t0;
             if (st) ep_comm_stats_add(st, &ls);
             if (fs) {
                 if (fs->layer) ep_comm_stats_add(&fs->layer[l], &ls);

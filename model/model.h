@@ -87,6 +87,8 @@ typedef struct {
                           // sequence's new tokens over all MoE layers
     int64_t *expert_load; // [n_layers * n_experts] pairs this rank's tokens routed
                           // to each expert (logical ids)
+    double moe_us;        // wall time in the MoE layers (routing through combine and
+                          // the shared experts, waits for other ranks included)
 } ep_forward_stats;
 // ep_model_forward plus the detail above (fs may be NULL).
 ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,

@@ -215,6 +215,7 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
         e->m_expert = ep_xcalloc((size_t)e->n_layers * e->n_experts, sizeof(int64_t));
         e->m_prof = ep_xcalloc((size_t)o->n_routings * EP_ENG_PROF_WORDS, sizeof(int64_t));
         e->m_prof_slots = ep_xcalloc((size_t)o->n_routings, sizeof(double));
+        e->m_prof_us = ep_xcalloc((size_t)o->n_routings * 2, sizeof(double));
     }
     ep_sched_budget_default(&e->budget, cfg->k_base > 0 ? cfg->k_base : 1, e->n_moe,
                             e->o.max_tokens_per_step);
@@ -286,6 +287,7 @@ void ep_engine_free(ep_engine *e)
     free(e->m_expert);
     free(e->m_prof);
     free(e->m_prof_slots);
+    free(e->m_prof_us);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e);
@@ -739,6 +741,8 @@ static ep_status apply_results(ep_engine *e)
     prof[0]++;
     prof[1] += e->m_last_tokens;
     e->m_prof_slots[e->m_last_routing] += e->m_last_slots;
+    e->m_prof_us[2 * e->m_last_routing] += e->f_fwd_us;
+    e->m_prof_us[2 * e->m_last_routing + 1] += e->f_moe_us;
     return EP_OK;
 }
 
@@ -909,7 +913,9 @@ ep_status ep_engine_metrics_get(ep_engine *e, ep_engine_metrics *m)
                                          .combine_bytes = p[6],
                                          .base_dispatch_bytes = p[7],
                                          .base_combine_bytes = p[8],
-                                         .slots = e->m_prof_slots[i]};
+                                         .slots = e->m_prof_slots[i],
+                                         .forward_s = e->m_prof_us[2 * i] * 1e-6,
+                                         .moe_s = e->m_prof_us[2 * i + 1] * 1e-6};
     }
     pthread_mutex_unlock(&e->mu);
     return EP_OK;

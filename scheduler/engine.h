@@ -134,6 +134,9 @@ typedef struct {
     int64_t steps, tokens, token_layers, pairs, base_pairs;
     int64_t dispatch_bytes, combine_bytes, base_dispatch_bytes, base_combine_bytes;
     double slots;
+    // Rank 0's forward time of those steps and the part in MoE layers (its
+    // waits for the other ranks included): the MoE share of a serving step.
+    double forward_s, moe_s;
 } ep_engine_profile_metrics;
 typedef struct {
     int64_t running, waiting;                 // requests now

@@ -119,9 +119,11 @@ struct ep_engine {
     // top-k_base counterfactuals); m_prof_slots: predicted Σ K admitted.
     int64_t *m_prof;
     double *m_prof_slots;
-    int64_t *m_layer;      // [n_layers * EP_ENG_LAYER_WORDS] summed over ranks
-    int64_t *m_layer_recv; // [n_layers * world] pairs each rank computed
-    int64_t *m_expert;     // [n_layers * n_experts]
+    double *m_prof_us;         // [n_routings * 2] rank 0's forward time and its MoE layers' part
+    double f_fwd_us, f_moe_us; // of the last step this rank ran
+    int64_t *m_layer;          // [n_layers * EP_ENG_LAYER_WORDS] summed over ranks
+    int64_t *m_layer_recv;     // [n_layers * world] pairs each rank computed
+    int64_t *m_expert;         // [n_layers * n_experts]
     // Test hook (EP_ENGINE_TEST_STALL=rank:step:seconds[:forward]): that rank
     // sleeps before it reports ready for that step (with ":forward", after,
     // so that the others wait inside the model's collectives), to exercise

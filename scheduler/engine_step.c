@@ -198,7 +198,10 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
     ep_forward_stats fs = {
         .layer = e->f_layer, .seq_pairs = e->f_seq_pairs, .expert_load = e->f_expert_load};
     ep_batch b = {.n_seqs = st ? 0 : nb, .seq = e->b_seq, .n_new = e->b_n, .tokens = e->b_tok};
+    const double f0 = ep_now_us();
     ep_status fst = ep_model_forward_ex(e->m, pol, &b, e->logits, NULL, &fs);
+    e->f_fwd_us = ep_now_us() - f0; // this rank's forward, and its MoE layers' part
+    e->f_moe_us = fs.moe_us;
     // Rank 0 gave up inside a MoE exchange (cluster/liveness.h): the others are
     // still in it and send no result; the message names the silent ranks.
     if (fst && e->rank == 0 && ep_cluster_watch_gave_up())

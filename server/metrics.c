@@ -147,6 +147,8 @@ enum {
     PF_DISPATCH,
     PF_COMBINE,
     PF_SAVED,
+    PF_FORWARD_S,
+    PF_MOE_S,
     PF_N
 };
 
@@ -177,6 +179,10 @@ static double profile_value(int f, const ep_engine_profile_metrics *p)
         return (double)p->dispatch_bytes;
     case PF_COMBINE:
         return (double)p->combine_bytes;
+    case PF_FORWARD_S:
+        return p->forward_s;
+    case PF_MOE_S:
+        return p->moe_s;
     default:
         return (double)(p->base_dispatch_bytes + p->base_combine_bytes - p->dispatch_bytes -
                         p->combine_bytes);
@@ -208,6 +214,10 @@ static void profile_samples(ep_sbuf *b, const char *model, const ep_srv_stats *s
                         "MoE combine bytes of this profile."},
         [PF_SAVED] = {"routing_bytes_saved_total", "counter",
                       "Dispatch + combine bytes saved against top-k_base routing."},
+        [PF_FORWARD_S] = {"routing_forward_seconds_total", "counter",
+                          "Rank 0's forward time of this profile's steps."},
+        [PF_MOE_S] = {"routing_moe_seconds_total", "counter",
+                      "The part of it in MoE layers (waits for other ranks included)."},
     };
     for (int f = 0; f < PF_N; f++) {
         head(b, fam[f].name, fam[f].type, fam[f].help);
