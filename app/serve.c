@@ -43,6 +43,8 @@ static void serve_usage(FILE *f)
                "  --expert-dtype D          cpu backend: auto | f32 | bf16 experts (default auto)\n"
                "  --micro-batches N         1 | 2: overlap each MoE layer's all-to-all with the\n"
                "                            other half-batch's experts (default 1)\n"
+               "  --enable-prefix-caching   reuse cached KV blocks of a shared prompt prefix\n"
+               "  --no-prefix-caching       (default: enabled; docs/scheduler.md)\n"
                "Launch with `mpirun --mca odls_base_sigkill_timeout 3 ...` so that when a rank\n"
                "dies, rank 0 has time to answer every request with an error naming it before\n"
                "mpirun kills the job (docs/serving.md).\n");
@@ -105,6 +107,8 @@ int ep_cmd_serve(int argc, char **argv)
         {"expert-dtype", required_argument, 0, 'D'},
         {"dtype", required_argument, 0, 'Y'},
         {"micro-batches", required_argument, 0, 'U'},
+        {"enable-prefix-caching", no_argument, 0, 'P'},
+        {"no-prefix-caching", no_argument, 0, 'Q'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -115,6 +119,7 @@ int ep_cmd_serve(int argc, char **argv)
     long max_num_seqs = 0, max_model_len = 0, max_tps = 0, max_waiting = -1, rpn = 0;
     long port = 8000, body = (long)so.max_body_bytes, micro_batches = 1;
     double step_timeout = 0;
+    bool prefix_caching = true;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
     ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO;
     optind = 1;
@@ -188,6 +193,10 @@ int ep_cmd_serve(int argc, char **argv)
             }
             break;
         }
+        case 'P':
+        case 'Q':
+            prefix_caching = c == 'P';
+            break;
         case 'h':
             serve_usage(stdout);
             return 0;
@@ -257,6 +266,7 @@ int ep_cmd_serve(int argc, char **argv)
         eo.model.moe.expert_dtype = expert_dtype;
         eo.model.dtype = dense_dtype;
         eo.model.moe.micro_batches = (int)micro_batches;
+        eo.model.prefix_caching = prefix_caching;
         eo.routings = routings;
         eo.n_routings = n_routings;
         st = ep_engine_create(&cfg, cl, w, tok, &eo, &e);

@@ -42,7 +42,8 @@ static void append(ep_kv *kv, int s)
         for (int i = 0; i < ROW; i++)
             r[i] = tag(s, l, pos, i);
     }
-    ep_kv_commit(kv, s, 1);
+    int tok = s * 1000 + pos;
+    ep_kv_commit(kv, s, 1, &tok);
 }
 
 static void check_seq(ep_kv *kv, int s)
