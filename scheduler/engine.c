@@ -861,6 +861,14 @@ static ep_status apply_results(ep_engine *e)
         }
         for (size_t j = 0; j < (size_t)L * E; j++)
             e->m_expert[j] += res[w + j];
+        // The mirror planned this rank's blocks: it must agree with the rank.
+        int64_t kv_free = res[w + (size_t)L * E], mine = ep_kv_free_blocks(e->mirror[k]);
+        if (kv_free != mine)
+            return ep_errorf(EP_ERR_COMM,
+                             "step %lld: rank %d has %lld free KV blocks, rank 0's mirror of "
+                             "its cache %lld (the plans were applied differently)",
+                             (long long)atomic_load(&e->step_no), k, (long long)kv_free,
+                             (long long)mine);
     }
     for (int k = 0; k < e->world; k++) {
         const int64_t *res = e->rres[k];

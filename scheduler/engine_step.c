@@ -6,7 +6,8 @@
 //
 // Result words: [0] status, [1] entries, entries x {slot, token (-1: none
 // sampled), pairs}, then per layer EP_ENG_LAYER_WORDS counters, then the
-// expert load [n_layers * n_experts].
+// expert load [n_layers * n_experts], then the rank's free KV blocks after the
+// step (rank 0 checks them against its mirror).
 #include "scheduler/engine_impl.h"
 
 #include <errno.h>
@@ -18,7 +19,7 @@
 size_t ep_eng_result_words(const ep_engine *e)
 {
     return 2 + 3 * (size_t)e->o.model.max_seqs + (size_t)EP_ENG_LAYER_WORDS * e->n_layers +
-           (size_t)e->n_layers * e->n_experts;
+           (size_t)e->n_layers * e->n_experts + 1;
 }
 
 ep_status ep_eng_wait_error(void *engine, const ep_cluster_watch_verdict *v)
@@ -210,6 +211,7 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
     }
     memcpy(r + k, e->f_expert_load, (size_t)e->n_layers * e->n_experts * sizeof(int64_t));
     k += (size_t)e->n_layers * e->n_experts;
+    r[k++] = ep_kv_free_blocks(ep_model_kv(e->m));
 
     if (e->rank != 0) {
         if ((ws = ep_cluster_chan_send(e->chan, 0, EP_ENG_TAG_RESULT, r, k * sizeof *r, "result")))
