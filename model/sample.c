@@ -126,6 +126,13 @@ int ep_sampler_sample(ep_sampler *s, const float *logits)
     return s->idx[n - 1]; // u within rounding of 1
 }
 
+void ep_sampler_skip(ep_sampler *s, int64_t n)
+{
+    if (s->p.temperature == 0.0f || s->p.top_k == 1) return; // as ep_sampler_sample
+    for (int64_t i = 0; i < n; i++)
+        (void)ep_rng_uniform(&s->rng);
+}
+
 void ep_sampler_probs(ep_sampler *s, const float *logits, float *prob)
 {
     for (int i = 0; i < s->vocab; i++)

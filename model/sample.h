@@ -22,6 +22,10 @@ ep_status ep_sampler_init(const ep_sample_params *p, int vocab, ep_sampler **out
 void ep_sampler_free(ep_sampler *s); // NULL ok
 // The next token from logits[vocab]. NaN logits count as -inf.
 int ep_sampler_sample(ep_sampler *s, const float *logits);
+// Advances the RNG past the draws of n samples (greedy draws none), so that a
+// sampler made again for a request that already sampled n tokens (a preempted
+// request recomputed elsewhere) continues the same stream.
+void ep_sampler_skip(ep_sampler *s, int64_t n);
 // The distribution ep_sampler_sample draws from: prob[vocab] (zeros outside
 // the kept set; greedy puts 1 on the argmax). Draws nothing.
 void ep_sampler_probs(ep_sampler *s, const float *logits, float *prob);

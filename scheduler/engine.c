@@ -769,7 +769,7 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
     if (stop) return ep_eng_plan_end(&p);
     for (int i = 0; i < n_new; i++) {
         const ep_eng_req *r = &e->rq[e->new_slot[i]];
-        ep_eng_plan_put_new(&p, e->new_slot[i], r->owner, &r->sp, r->n_hit, r->hash);
+        ep_eng_plan_put_new(&p, e->new_slot[i], r->owner, &r->sp, r->n_gen, r->n_hit, r->hash);
     }
 
     // What every admitted sequence runs: a prompt chunk (a recompute: its

@@ -168,9 +168,11 @@ typedef struct {
 void ep_eng_plan_begin(ep_eng_plan_writer *p, int32_t *words, size_t cap,
                        const ep_eng_plan_head *h);
 void ep_eng_plan_put_free(ep_eng_plan_writer *p, int slot, int owner);
-// hashes: [n_hit] chain hashes of the cached KV blocks its prefix maps.
+// sampled: tokens the request sampled before (a preempted one: its new
+// sampler skips their draws); hashes: [n_hit] chain hashes of the cached KV
+// blocks its prefix maps.
 void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sample_params *sp,
-                         int n_hit, const uint64_t *hashes);
+                         int sampled, int n_hit, const uint64_t *hashes);
 // tokens: [n] (a prompt chunk, or the last sampled token).
 void ep_eng_plan_put_run(ep_eng_plan_writer *p, int slot, int owner, int n, bool sample,
                          const int *tokens);
@@ -192,7 +194,7 @@ int ep_eng_plan_count(ep_eng_plan_reader *r, ep_eng_plan_section sec);
 void ep_eng_plan_get_free(ep_eng_plan_reader *r, int *slot, int *owner);
 // hashes: [max_hit] receives the n_hit hashes (EP_ASSERT n_hit <= max_hit).
 void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample_params *sp,
-                         int *n_hit, uint64_t *hashes, int max_hit);
+                         int *sampled, int *n_hit, uint64_t *hashes, int max_hit);
 // *tokens points into the plan ([n] words).
 void ep_eng_plan_get_run(ep_eng_plan_reader *r, int *slot, int *owner, int *n, bool *sample,
                          const int32_t **tokens);

@@ -106,14 +106,15 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
     uint64_t salt = routing >= 0 && routing < e->o.n_routings ? ep_eng_salt(e, routing, domain) : 0;
     int n_new = ep_eng_plan_count(&rd, EP_ENG_PLAN_NEWS);
     for (int i = 0; i < n_new; i++) {
-        int slot, owner, n_hit;
+        int slot, owner, sampled, n_hit;
         ep_sample_params sp;
-        ep_eng_plan_get_new(&rd, &slot, &owner, &sp, &n_hit, e->hash_buf, e->max_hit);
+        ep_eng_plan_get_new(&rd, &slot, &owner, &sp, &sampled, &n_hit, e->hash_buf, e->max_hit);
         if (owner != e->rank || st) continue;
         EP_ASSERT(slot >= 0 && slot < e->cap_slots && e->slot_seq[slot] < 0);
         if (!(st = ep_kv_seq_new_prefix(ep_model_kv(e->m), salt, e->hash_buf, n_hit,
                                         &e->slot_seq[slot])))
             st = ep_sampler_init(&sp, e->cfg->vocab, &e->slot_sampler[slot]);
+        if (!st) ep_sampler_skip(e->slot_sampler[slot], sampled);
     }
 
     // This rank's sequences of the step.

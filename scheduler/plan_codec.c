@@ -8,7 +8,8 @@
 // each a count and its entries:
 //   frees: {slot, owner},
 //   news:  {slot, owner, temperature (f32 bits), top_k, top_p (f32 bits), seed lo, hi,
-//           n_hit, n_hit x {hash lo, hi}} (n_hit: cached KV blocks its prefix maps),
+//           sampled, n_hit, n_hit x {hash lo, hi}} (sampled: tokens sampled before a
+//           preemption; n_hit: cached KV blocks its prefix maps),
 //   runs:  {slot, owner, n, sample, n tokens}.
 // A stop plan has frees only (its news and runs are empty).
 #include "scheduler/engine_impl.h"
@@ -17,7 +18,7 @@
 
 enum { FLAG_STOP = 1, FLAG_FAILED = 2 };
 enum { SEC_END = EP_ENG_PLAN_RUNS + 1 }; // past the last section
-enum { FREE_WORDS = 2, NEW_WORDS = 8, RUN_HEAD_WORDS = 4 };
+enum { FREE_WORDS = 2, NEW_WORDS = 9, RUN_HEAD_WORDS = 4 };
 
 size_t ep_eng_plan_words(int slots, int64_t tokens, int64_t hit_blocks)
 {
@@ -74,7 +75,7 @@ void ep_eng_plan_put_free(ep_eng_plan_writer *p, int slot, int owner)
 }
 
 void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sample_params *sp,
-                         int n_hit, const uint64_t *hashes)
+                         int sampled, int n_hit, const uint64_t *hashes)
 {
     advance(p, EP_ENG_PLAN_NEWS);
     put(p, slot);
@@ -84,6 +85,7 @@ void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sa
     put(p, (int32_t)ep_f32_bits(sp->top_p));
     put(p, (int32_t)(uint32_t)sp->seed);
     put(p, (int32_t)(uint32_t)(sp->seed >> 32));
+    put(p, sampled);
     put(p, n_hit);
     for (int i = 0; i < n_hit; i++) {
         put(p, (int32_t)(uint32_t)hashes[i]);
@@ -172,7 +174,7 @@ void ep_eng_plan_get_free(ep_eng_plan_reader *r, int *slot, int *owner)
 }
 
 void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample_params *sp,
-                         int *n_hit, uint64_t *hashes, int max_hit)
+                         int *sampled, int *n_hit, uint64_t *hashes, int max_hit)
 {
     entry(r, EP_ENG_PLAN_NEWS);
     *slot = get(r);
@@ -183,6 +185,7 @@ void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample
     sp->top_p = ep_bits_f32((uint32_t)get(r));
     uint32_t lo = (uint32_t)get(r), hi = (uint32_t)get(r);
     sp->seed = (uint64_t)lo | (uint64_t)hi << 32;
+    *sampled = get(r);
     *n_hit = get(r);
     EP_ASSERT(*n_hit >= 0 && *n_hit <= max_hit);
     for (int i = 0; i < *n_hit; i++) {

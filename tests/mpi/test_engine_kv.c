@@ -1,16 +1,14 @@
 // KV memory like vLLM's, at world sizes 1-4 (ctest), both tiny presets.
-// Preemption: the same greedy requests on a pool too small for all of them
-// at once finish with exactly the tokens of a roomy run, with preemptions > 0
-// and every block back afterwards (with and without prefix caching). Every
-// step of every run also checks (in the engine) that each rank's free KV
-// blocks equal rank 0's mirror of them, so the plans are deterministic. Prefix caching: requests sharing a long
-// system prompt, after one warm-up request per rank, skip the shared blocks
-// (prefill tokens computed drop by exactly the shared part, hit rate = shared
-// / prompt) and give the tokens of a run with caching off; eviction under
-// pressure: a pool that cannot keep the prefix evicts it and still serves.
-// Model level: the logits of a prompt whose prefix maps cached blocks equal
-// those of the same chunks computed without the cache (bitwise), and those
-// of one whole prefill within 1e-5.
+// Preemption: the same requests (greedy, every fourth seeded sampled) on a pool too small for all
+// of them at once finish with exactly the tokens of a roomy run, with preemptions > 0 and every
+// block back afterwards (with and without prefix caching). Every step of every run also checks (in
+// the engine) that each rank's free KV blocks equal rank 0's mirror of them, so the plans are
+// deterministic. Prefix caching: requests sharing a long system prompt, after one warm-up request
+// per rank, skip the shared blocks (prefill tokens computed drop by exactly the shared part, hit
+// rate = shared / prompt) and give the tokens of a run with caching off; eviction under pressure: a
+// pool that cannot keep the prefix evicts it and still serves. Model level: the logits of a prompt
+// whose prefix maps cached blocks equal those of the same chunks computed without the cache
+// (bitwise), and those of one whole prefill within 1e-5.
 #include "common/weights.h"
 #include "mpi_check.h"
 #include "scheduler/engine.h"
@@ -79,7 +77,7 @@ static counters counters_of(ep_cluster *cl, ep_engine *e)
     if (cl->rank != 0) return c;
     ep_engine_metrics m;
     CHECK_OK(ep_engine_metrics_get(e, &m));
-    c = (counters){m.preemptions,       m.prefill_tokens,   m.prefix_hit_tokens,
+    c = (counters){m.preemptions,         m.prefill_tokens,    m.prefix_hit_tokens,
                    m.prefix_query_tokens, m.generation_tokens, m.kv_blocks_used,
                    m.kv_blocks_cached};
     ep_engine_metrics_free(&m);
@@ -88,8 +86,8 @@ static counters counters_of(ep_cluster *cl, ep_engine *e)
 
 // Submits n requests (rank 0) of prompts[i][0..len[i]) and runs the engine
 // until idle on every rank.
-static void run_batch(ep_cluster *cl, ep_engine *e, int n, int (*prompts)[MAX_LEN],
-                      const int *len, int max_tokens, rec *out)
+static void run_batch(ep_cluster *cl, ep_engine *e, int n, int (*prompts)[MAX_LEN], const int *len,
+                      int max_tokens, rec *out)
 {
     memset(out, 0, (size_t)n * sizeof *out);
     if (cl->rank == 0)
@@ -99,6 +97,11 @@ static void run_batch(ep_cluster *cl, ep_engine *e, int n, int (*prompts)[MAX_LE
                             .max_tokens = max_tokens,
                             .ignore_eos = true};
             ep_sample_params_default(&q.sample);
+            if (i % 4 == 3) { // seeded sampling: a preempted one continues its RNG stream
+                q.sample.temperature = 0.8f;
+                q.sample.top_k = 20;
+                q.sample.seed = 99 + (uint64_t)i;
+            }
             CHECK_OK(ep_engine_submit(e, &q, on_event, &out[i], NULL));
         }
     CHECK_OK(ep_engine_run(e));
@@ -333,8 +336,9 @@ static void logits_phase(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w)
     uint64_t hash[SYS / BT + 1];
     int unref = -1;
     int hit = ep_kv_prefix_match(kv, 0, tok, SYS + SUF, (SYS + SUF - 1) / BT, hash, &unref);
-    CHECK(hit == SYS / BT && unref == SYS / BT, "%s: %d cached blocks (%d unreferenced) of the "
-                                                 "prefix, expected %d",
+    CHECK(hit == SYS / BT && unref == SYS / BT,
+          "%s: %d cached blocks (%d unreferenced) of the "
+          "prefix, expected %d",
           cfg->name, hit, unref, SYS / BT);
     int free0 = ep_kv_free_blocks(kv);
     CHECK_OK(ep_kv_seq_new_prefix(kv, 0, hash, hit, &sb));

@@ -83,24 +83,16 @@ static void test_words_and_back(void **state)
     // A new sequence: its sampling parameters as f32 bits, the seed in two halves.
     ep_eng_plan_begin(&p, w, 128, &(ep_eng_plan_head){.step = 7});
     const uint64_t hit[2] = {0x0123456789abcdefULL, 0xfedcba9876543210ULL};
-    ep_eng_plan_put_new(&p, 9, 2, &sp, 2, hit);
+    ep_eng_plan_put_new(&p, 9, 2, &sp, 3, 2, hit);
     n = ep_eng_plan_end(&p);
     const int32_t lo = (int32_t)0x9abcdef0u, hi = 0x12345678;
-    const int32_t news[] = {0,
-                            1,
-                            9,
-                            2,
-                            bits(0.7f),
-                            5,
-                            bits(0.9f),
-                            lo,
-                            hi,
-                            2,
-                            (int32_t)0x89abcdefu,
-                            0x01234567,
-                            0x76543210,
-                            (int32_t)0xfedcba98u,
+    // clang-format off
+    // 0 frees, 1 new: slot 9, owner 2, the sampling parameters, 3 sampled,
+    // 2 cached blocks (each hash lo, hi); 0 runs.
+    const int32_t news[] = {0, 1, 9, 2, bits(0.7f), 5, bits(0.9f), lo, hi, 3, 2,
+                            (int32_t)0x89abcdefu, 0x01234567, 0x76543210, (int32_t)0xfedcba98u,
                             0};
+    // clang-format on
     assert_int_equal(n, EP_ENG_PLAN_HEAD_WORDS + sizeof news / sizeof news[0]);
     assert_memory_equal(w + EP_ENG_PLAN_HEAD_WORDS, news, sizeof news);
     assert_int_equal(w[3], 0); // no domain
@@ -109,8 +101,9 @@ static void test_words_and_back(void **state)
     assert_int_equal(ep_eng_plan_count(&r, EP_ENG_PLAN_NEWS), 1);
     ep_sample_params back;
     uint64_t hback[4];
-    int n_hit = -1;
-    ep_eng_plan_get_new(&r, &slot, &owner, &back, &n_hit, hback, 4);
+    int n_hit = -1, sampled = -1;
+    ep_eng_plan_get_new(&r, &slot, &owner, &back, &sampled, &n_hit, hback, 4);
+    assert_int_equal(sampled, 3);
     assert_int_equal(n_hit, 2);
     assert_true(hback[0] == hit[0] && hback[1] == hit[1]);
     assert_int_equal(slot, 9);
@@ -162,7 +155,7 @@ static void test_capacity(void **state)
     for (int s = 0; s < slots; s++)
         ep_eng_plan_put_free(&p, s, 0);
     for (int s = 0; s < slots; s++)
-        ep_eng_plan_put_new(&p, s, 0, &sp, s == 1 ? 7 : 0, hit);
+        ep_eng_plan_put_new(&p, s, 0, &sp, 0, s == 1 ? 7 : 0, hit);
     for (int s = 0; s < slots; s++)
         ep_eng_plan_put_run(&p, s, 0, s == 0 ? tokens - (slots - 1) : 1, true, tok);
     assert_int_equal(ep_eng_plan_end(&p), cap);
