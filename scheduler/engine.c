@@ -189,8 +189,10 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
         ep_kv_opts ko = *ep_kv_options(ep_model_kv(e->m));
         ko.no_rows = true;
         e->mirror = ep_xcalloc((size_t)e->world, sizeof *e->mirror);
-        for (int r = 0; r < e->world; r++)
-            if (ep_kv_init(&ko, &e->mirror[r])) EP_ASSERT(!"kv mirror: the model's own options");
+        for (int r = 0; r < e->world; r++) {
+            ep_status ks = ep_kv_init(&ko, &e->mirror[r]); // the model's own options, no pool
+            EP_ASSERT(ks == EP_OK);
+        }
         e->mslot = ep_xmalloc((size_t)e->cap_slots * sizeof(int));
         for (int i = 0; i < e->cap_slots; i++)
             e->mslot[i] = -1;
