@@ -680,9 +680,9 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
         // New sequences of the group in arrival order (preempted ones keep
         // their place): each rank's cached prefix of the request is looked
         // up; the rank with the most free KV blocks after this sequence's
-        // first chunk (ties: fewest predicted slots this step, then the lower
-        // rank) that still has step room takes it; the first request that
-        // finds none stops the rest.
+        // first chunk (ties: the longer cached prefix, then the fewest
+        // predicted slots this step, then the lower rank) that still has
+        // step room takes it; the first request that finds none stops the rest.
         for (int s = e->head; s >= 0; s = e->rq[s].next) {
             ep_eng_req *r = &e->rq[s];
             if (r->state != RQ_WAITING || !same_group(r, routing, domain)) continue;
@@ -712,7 +712,8 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
                 int blocks_left = avail - ep_eng_blocks(e, fit);
                 if (e->rk_nseqs[k] > 0 && blocks_left < e->kv_watermark) continue;
                 if (best < 0 || blocks_left > best_left ||
-                    (blocks_left == best_left && e->rk_slots[k] < e->rk_slots[best])) {
+                    (blocks_left == best_left &&
+                     (hit > best_hit || (hit == best_hit && e->rk_slots[k] < e->rk_slots[best])))) {
                     best = k;
                     best_fit = fit;
                     best_left = blocks_left;
