@@ -57,6 +57,8 @@ static void serve_usage(FILE *f)
                "                            f32; docs/wire-format.md)\n"
                "  --micro-batches N         1 | 2: overlap each MoE layer's all-to-all with the\n"
                "                            other half-batch's experts (default 1)\n"
+               "  --enable-prefix-caching   reuse cached KV blocks of a shared prompt prefix\n"
+               "  --no-prefix-caching       (default: enabled; docs/scheduler.md)\n"
                "Launch with `mpirun --mca odls_base_sigkill_timeout 3 ...` so that when a rank\n"
                "dies, rank 0 has time to answer every request with an error naming it before\n"
                "mpirun kills the job (docs/serving.md).\n");
@@ -121,11 +123,13 @@ int ep_cmd_serve(int argc, char **argv)
         {"expert-dtype", required_argument, 0, 'D'},
         {"dtype", required_argument, 0, 'Y'},
         {"wire", required_argument, 0, 'W'},
-        {"placement", required_argument, 0, 'P'},
+        {"placement", required_argument, 0, 'L'},
         {"redundant-experts", required_argument, 0, 'X'},
         {"rebalance-interval", required_argument, 0, 'I'},
         {"rebalance-min-gain", required_argument, 0, 'G'},
         {"micro-batches", required_argument, 0, 'U'},
+        {"enable-prefix-caching", no_argument, 0, 'P'},
+        {"no-prefix-caching", no_argument, 0, 'Q'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -139,6 +143,7 @@ int ep_cmd_serve(int argc, char **argv)
     ep_place_kind placement = EP_PLACE_CONTIGUOUS;
     long port = 8000, body = (long)so.max_body_bytes, micro_batches = 1;
     double step_timeout = 0;
+    bool prefix_caching = true;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
     ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO, wire = EP_DTYPE_F32;
     optind = 1;
@@ -195,7 +200,7 @@ int ep_cmd_serve(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'P':
+        case 'L':
             if (ep_place_kind_parse(optarg, &placement)) {
                 fprintf(stderr, "epserve serve: --placement: %s\n", ep_last_error());
                 return 2;
@@ -245,6 +250,10 @@ int ep_cmd_serve(int argc, char **argv)
             }
             break;
         }
+        case 'P':
+        case 'Q':
+            prefix_caching = c == 'P';
+            break;
         case 'h':
             serve_usage(stdout);
             return 0;
@@ -337,6 +346,7 @@ int ep_cmd_serve(int argc, char **argv)
         eo.rebalance_interval = (int)rebalance_eff;
         eo.rebalance_min_gain = min_gain;
         eo.model.moe.micro_batches = (int)micro_batches;
+        eo.model.prefix_caching = prefix_caching;
         eo.routings = routings;
         eo.n_routings = n_routings;
         st = ep_engine_create(&cfg, cl, w, tok, &eo, &e);

@@ -24,6 +24,7 @@ void ep_model_opts_default(ep_model_opts *o, const ep_model_cfg *cfg)
     o->max_ctx = cfg->max_pos < 4096 ? cfg->max_pos : 4096;
     int per_seq = (o->max_ctx / 4 + o->kv_block_tokens - 1) / o->kv_block_tokens;
     o->kv_blocks = o->max_seqs * (per_seq > 0 ? per_seq : 1);
+    o->prefix_caching = true;
 }
 
 void ep_model_rmsnorm(const float *x, const float *w, int rows, int n, float eps, float *out)
@@ -268,7 +269,8 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
                      .block_tokens = o->kv_block_tokens,
                      .n_blocks = o->kv_blocks,
                      .max_seqs = o->max_seqs,
-                     .max_seq_tokens = o->max_ctx};
+                     .max_seq_tokens = o->max_ctx,
+                     .prefix_caching = o->prefix_caching};
     if ((s = ep_kv_init(&ko, &m->kv))) goto err;
 
     size_t capz = (size_t)cap;
@@ -488,8 +490,8 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
         }
         add_rows(m->x, m->y, (size_t)T * H);
     }
-    for (int i = 0; i < b->n_seqs; i++)
-        ep_kv_commit(m->kv, b->seq[i], b->n_new[i]);
+    for (int i = 0, t0 = 0; i < b->n_seqs; t0 += b->n_new[i], i++)
+        ep_kv_commit(m->kv, b->seq[i], b->n_new[i], b->tokens + t0);
 
     // Final norm and lm_head on the rows asked for only.
     int rows = 0;

@@ -24,12 +24,13 @@ typedef struct {
     int kv_blocks;       // blocks in this rank's pool
     int max_seqs;        // sequences this rank holds at once
     int max_ctx;         // longest sequence, <= cfg->max_pos
+    bool prefix_caching; // cache full KV blocks by token prefix (model/kv_cache.h); default true
     bool progress;       // rank 0 prints a loading line on stderr (bytes, MB/s) while
                          // ep_model_init reads weights; default false (callers set
                          // it, e.g. when stderr is a terminal)
 } ep_model_opts;
 // cap 256 tokens, blocks of 16 tokens, 64 sequences, context min(max_pos, 4096),
-// enough blocks for every sequence at a quarter of the context.
+// enough blocks for every sequence at a quarter of the context, prefix caching on.
 void ep_model_opts_default(ep_model_opts *o, const ep_model_cfg *cfg);
 
 typedef struct ep_model ep_model;

@@ -236,6 +236,16 @@ int ep_sampler_sample(ep_sampler *s, const float *logits)
     return took(s, s->idx[n - 1]); // u within rounding of 1
 }
 
+void ep_sampler_skip(ep_sampler *s, int64_t n)
+{
+    // min_tokens counts them; which tokens they were is not known here, so
+    // presence / frequency penalties restart their counts (docs/serving.md).
+    s->n_out += (int)EP_MIN(n, (int64_t)INT32_MAX);
+    if (s->p.temperature == 0.0f || s->p.top_k == 1) return; // as ep_sampler_sample
+    for (int64_t i = 0; i < n; i++)
+        (void)ep_rng_uniform(&s->rng);
+}
+
 void ep_sampler_probs(ep_sampler *s, const float *logits, float *prob)
 {
     logits = process(s, logits);

@@ -52,6 +52,10 @@ void ep_sampler_observe(ep_sampler *s, const int *tokens, int n);
 // The next token from logits[vocab] (not modified). NaN logits count as
 // -inf. The token drawn counts as output (penalties, min_tokens).
 int ep_sampler_sample(ep_sampler *s, const float *logits);
+// Advances the RNG past the draws of n samples (greedy draws none), so that a
+// sampler made again for a request that already sampled n tokens (a preempted
+// request recomputed elsewhere) continues the same stream.
+void ep_sampler_skip(ep_sampler *s, int64_t n);
 // The distribution ep_sampler_sample draws from: prob[vocab] (zeros outside
 // the kept set; greedy puts 1 on the argmax), after the processors. Draws
 // nothing.

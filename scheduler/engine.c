@@ -180,7 +180,13 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     for (int i = 0; i < e->cap_slots; i++)
         e->slot_seq[i] = -1;
     e->slot_sampler = ep_xcalloc((size_t)e->cap_slots, sizeof *e->slot_sampler);
-    e->plan_cap = ep_eng_plan_words(e->cap_slots, (int64_t)e->world * e->o.max_tokens_per_step);
+    // A new sequence maps at most the blocks of max_model_len - 1 tokens.
+    e->max_hit = ep_eng_blocks(e, o->model.max_ctx);
+    int64_t hits =
+        (int64_t)EP_MIN(e->cap_slots, o->max_num_seqs) * ep_eng_blocks(e, e->o.max_model_len - 1);
+    e->plan_cap =
+        ep_eng_plan_words(e->cap_slots, (int64_t)e->world * e->o.max_tokens_per_step, hits);
+    e->hash_buf = ep_xmalloc((size_t)e->max_hit * sizeof(uint64_t));
     e->plan = ep_xmalloc(e->plan_cap * sizeof(int32_t));
     e->res_cap = ep_eng_result_words(e);
     e->res = ep_xmalloc(e->res_cap * sizeof(int64_t));
@@ -199,8 +205,22 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
         e->head = e->tail = -1;
         e->next_id = 1;
         e->rk_free_blocks = ep_xmalloc((size_t)e->world * sizeof(int));
-        for (int r = 0; r < e->world; r++)
-            e->rk_free_blocks[r] = e->kv_blocks;
+        ep_kv_opts ko = *ep_kv_options(ep_model_kv(e->m));
+        ko.no_rows = true;
+        e->mirror = ep_xcalloc((size_t)e->world, sizeof *e->mirror);
+        for (int r = 0; r < e->world; r++) {
+            ep_status ks = ep_kv_init(&ko, &e->mirror[r]); // the model's own options, no pool
+            EP_ASSERT(ks == EP_OK);
+        }
+        e->mslot = ep_xmalloc((size_t)e->cap_slots * sizeof(int));
+        for (int i = 0; i < e->cap_slots; i++)
+            e->mslot[i] = -1;
+        e->pf_slot = ep_xmalloc((size_t)e->cap_slots * sizeof(int));
+        e->pf_owner = ep_xmalloc((size_t)e->cap_slots * sizeof(int));
+        e->new_slot = ep_xmalloc((size_t)e->cap_slots * sizeof(int));
+        // vLLM's watermark: 1% of the pool, so that admitting a prompt does
+        // not leave the running sequences without room for their next token.
+        e->kv_watermark = (e->kv_blocks + 99) / 100;
         e->rk_nseqs = ep_xcalloc((size_t)e->world, sizeof(int));
         e->rk_tokens = ep_xcalloc((size_t)e->world, sizeof(int));
         e->rk_slots = ep_xcalloc((size_t)e->world, sizeof(double));
@@ -221,14 +241,17 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
                             e->o.max_tokens_per_step);
     if (o->slot_budget > 0) e->budget.slot_budget = o->slot_budget;
     e->budget.max_tokens = e->o.max_tokens_per_step;
-    e->budget.kv_free = -1; // KV is reserved for a request's whole life at admission
+    // KV is planned in blocks by build_plan (a step's tokens against the
+    // owner's free blocks), not by the token budget.
+    e->budget.kv_free = -1;
     *out = e;
     return EP_OK;
 }
 
 static void req_release(ep_eng_req *r)
 {
-    free(r->prompt);
+    free(r->toks);
+    free(r->hash);
     ep_stop_text_free(&r->text);
     memset(r, 0, sizeof *r);
     r->state = RQ_FREE;
@@ -253,6 +276,15 @@ void ep_engine_free(ep_engine *e)
     if (e->rres)
         for (int r = 0; r < e->world; r++)
             free(e->rres[r]);
+    if (e->mirror)
+        for (int r = 0; r < e->world; r++)
+            ep_kv_free(e->mirror[r]);
+    free(e->mirror);
+    free(e->mslot);
+    free(e->pf_slot);
+    free(e->pf_owner);
+    free(e->new_slot);
+    free(e->hash_buf);
     if (e->have_watch) ep_cluster_watch_stop();
     ep_cluster_chan_free(e->chan);
     ep_model_free(e->m);
@@ -325,6 +357,18 @@ static void emit(ep_eng_req *r, ep_event_kind kind, int token, const char *text,
     r->fn(r->user, &ev);
 }
 
+// The sequence of running request s is freed in its owner's mirror now and
+// on the owner by the next plan, in the same order.
+static void release_kv(ep_engine *e, int s)
+{
+    ep_eng_req *r = &e->rq[s];
+    ep_kv_seq_free(e->mirror[r->owner], e->mslot[s]);
+    e->mslot[s] = -1;
+    e->pf_slot[e->n_pf] = s;
+    e->pf_owner[e->n_pf++] = r->owner;
+    e->rk_nseqs[r->owner]--;
+}
+
 // The request's final event; its sequence (if any) is freed by the next plan.
 static void finish(ep_engine *e, int s, const char *reason)
 {
@@ -339,7 +383,7 @@ static void finish(ep_engine *e, int s, const char *reason)
     emit(r, EP_EV_FINISH, -1, txt, tl, reason, EP_OK, NULL);
     if (r->state == RQ_RUNNING) {
         e->n_running--;
-        e->rk_free_blocks[r->owner] += r->commit_blocks;
+        release_kv(e, s);
         r->state = RQ_FREEING; // the plan that frees it releases the slot
     } else {
         e->n_waiting--;
@@ -356,10 +400,12 @@ void ep_eng_fail_all(ep_engine *e, ep_status err, const char *msg)
         if (r->state != RQ_WAITING && r->state != RQ_RUNNING) continue;
         emit(r, EP_EV_ERROR, -1, NULL, 0, NULL, err, msg);
         e->m_failed++;
-        if (r->state == RQ_RUNNING)
+        if (r->state == RQ_RUNNING) {
             e->n_running--;
-        else
+            release_kv(e, s);
+        } else {
             e->n_waiting--;
+        }
         r->state = RQ_FREEING;
     }
     e->serving_closed = true;
@@ -443,8 +489,10 @@ ep_status ep_engine_submit(ep_engine *e, const ep_request *q, ep_event_fn fn, vo
     memset(r, 0, sizeof *r);
     r->state = RQ_WAITING;
     r->id = e->next_id++;
-    r->prompt = ep_xmalloc((size_t)q->n_prompt * sizeof(int));
-    memcpy(r->prompt, q->prompt, (size_t)q->n_prompt * sizeof(int));
+    r->toks = ep_xmalloc(((size_t)q->n_prompt + q->max_tokens) * sizeof(int));
+    memcpy(r->toks, q->prompt, (size_t)q->n_prompt * sizeof(int));
+    r->hash = ep_xmalloc((size_t)ep_eng_blocks(e, q->n_prompt + q->max_tokens) * sizeof(uint64_t));
+    r->salt = ep_eng_salt(e, routing, dom);
     r->n_prompt = q->n_prompt;
     r->max_tokens = q->max_tokens;
     r->ignore_eos = q->ignore_eos;
@@ -501,13 +549,16 @@ static bool same_group(const ep_eng_req *a, int routing, const char *domain)
     return a->routing == routing && !strcmp(a->domain, domain);
 }
 
-// Whether a waiting request could get a rank now (KV room, sequence bounds).
+// Whether a waiting request could get a rank now (sequence bounds, a free
+// KV block beyond the watermark, or a rank with nothing running).
 static bool admissible(const ep_engine *e, const ep_eng_req *r)
 {
+    (void)r;
     if (e->n_running >= e->o.max_num_seqs) return false;
-    int need = ep_eng_blocks(e, r->n_prompt + r->max_tokens - 1);
     for (int k = 0; k < e->world; k++)
-        if (e->rk_nseqs[k] < e->o.model.max_seqs && e->rk_free_blocks[k] >= need) return true;
+        if (e->rk_nseqs[k] < e->o.model.max_seqs &&
+            (e->rk_nseqs[k] == 0 || ep_kv_free_blocks(e->mirror[k]) > e->kv_watermark))
+            return true;
     return false;
 }
 
@@ -525,11 +576,114 @@ static int pick_group(const ep_engine *e)
     return best;
 }
 
+// Tokens request r knows: its prompt and what it generated (the last one
+// not yet fed while it decodes).
+static int known_tokens(const ep_eng_req *r)
+{
+    return r->n_prompt + r->n_gen;
+}
+
+// Preemption by recompute (vLLM's default): the running request s loses its
+// sequence (freed by the next plan, its blocks in the mirror now) and waits
+// again, in its place of arrival, to prefill its prompt and the tokens it
+// generated so far; its events continue where they stopped.
+static void preempt(ep_engine *e, int s)
+{
+    ep_eng_req *r = &e->rq[s];
+    EP_ASSERT(r->state == RQ_RUNNING);
+    release_kv(e, s);
+    r->state = RQ_WAITING;
+    r->owner = -1;
+    r->fed = 0;
+    r->step_n = 0;
+    e->n_running--;
+    e->n_waiting++;
+    e->m_preempt++;
+}
+
+// The running request of rank k admitted last, -1 none.
+static int latest_running(const ep_engine *e, int k)
+{
+    int best = -1;
+    for (int s = e->head; s >= 0; s = e->rq[s].next) {
+        const ep_eng_req *r = &e->rq[s];
+        if (r->state == RQ_RUNNING && r->owner == k &&
+            (best < 0 || r->admit_no > e->rq[best].admit_no))
+            best = s;
+    }
+    return best;
+}
+
+// The running sequences of the group on rank k: what each runs this step
+// (step_n), first come first served under the token and slot budgets, then
+// against the rank's free KV blocks: a prefill chunk shrinks to the blocks
+// left; a sequence that cannot get one token preempts the rank's latest
+// admitted request (possibly itself) and the rank is planned again.
+// Leaves rk_tokens, rk_slots, rk_full and rk_free_blocks (blocks left for
+// new sequences) of rank k.
+static void plan_running(ep_engine *e, int k, int routing, const char *domain)
+{
+    const int bt = e->kv_block_tokens;
+    for (;;) {
+        int nq = 0;
+        for (int s = e->head; s >= 0; s = e->rq[s].next) {
+            ep_eng_req *r = &e->rq[s];
+            r->step_n = r->state == RQ_RUNNING && r->owner == k ? 0 : r->step_n;
+            if (r->state != RQ_RUNNING || r->owner != k || !same_group(r, routing, domain))
+                continue;
+            ep_sched_seq q = r->ss;
+            q.want_tokens = known_tokens(r) - r->fed;
+            q.kv_need = 0;
+            e->q_seq[nq] = q;
+            e->q_slot[nq++] = s;
+        }
+        ep_sched_step a = ep_sched_admit(&e->budget, e->q_seq, nq);
+        int left = ep_kv_free_blocks(e->mirror[k]), victim = -1;
+        int tokens = 0, n_ok = 0;
+        double slots = 0;
+        bool cut = a.n_seqs < nq || a.last_partial_tokens > 0;
+        for (int i = 0; i < a.n_seqs; i++) {
+            ep_eng_req *r = &e->rq[e->q_slot[i]];
+            int n = e->q_seq[i].want_tokens;
+            if (i == a.n_seqs - 1 && a.last_partial_tokens > 0) n = a.last_partial_tokens;
+            int held = ep_kv_seq_blocks(e->mirror[k], e->mslot[e->q_slot[i]]);
+            int need = ep_eng_blocks(e, r->fed + n) - held;
+            if (need > left) {
+                n = (held + left) * bt - r->fed; // the tokens the free blocks hold
+                if (n < 1) {
+                    victim = latest_running(e, k);
+                    break;
+                }
+                need = left;
+                cut = true;
+            }
+            left -= need;
+            r->step_n = n;
+            tokens += n;
+            slots += ep_sched_predict_slots(&e->budget, &e->q_seq[i], n);
+            n_ok++;
+            if (n < e->q_seq[i].want_tokens) break; // nothing jumps a partly run sequence
+        }
+        if (victim >= 0) {
+            preempt(e, victim);
+            continue;
+        }
+        e->rk_tokens[k] = tokens;
+        e->rk_slots[k] = slots;
+        e->rk_full[k] = cut || n_ok < nq;
+        e->rk_free_blocks[k] = left;
+        return;
+    }
+}
+
 // Writes the step's plan into e->plan; returns its words, 0 when there is
-// nothing to run or free.
+// nothing to run or free. Every KV decision is applied to the owner's mirror
+// in the order the owner applies the plan: frees, new sequences (mapping
+// their cached prefix), then each run's reserve and commit.
 // stop: a stop plan (frees only). failed: tells the other ranks why.
 static size_t build_plan(ep_engine *e, bool stop, bool failed)
 {
+    const int bt = e->kv_block_tokens;
     ep_eng_plan_head h = {
         .step = atomic_load(&e->step_no), .stop = stop, .failed = failed, .routing = 0};
     // Every rebalance_interval steps that ran, the experts are re-placed from
@@ -547,111 +701,136 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
     }
     const int routing = h.routing;
     const char *domain = h.domain;
+
+    int n_new = 0;
+    if (!stop) {
+        // Running sequences of the group, per rank (this may preempt).
+        for (int s = e->head; s >= 0; s = e->rq[s].next)
+            e->rq[s].step_n = 0;
+        for (int k = 0; k < e->world; k++)
+            plan_running(e, k, routing, domain);
+
+        // New sequences of the group in arrival order (preempted ones keep
+        // their place): each rank's cached prefix of the request is looked
+        // up; the rank with the most free KV blocks after this sequence's
+        // first chunk (ties: the longer cached prefix, then the fewest
+        // predicted slots this step, then the lower rank) that still has
+        // step room takes it; the first request that finds none stops the rest.
+        for (int s = e->head; s >= 0; s = e->rq[s].next) {
+            ep_eng_req *r = &e->rq[s];
+            if (r->state != RQ_WAITING || !same_group(r, routing, domain)) continue;
+            if (e->n_running >= e->o.max_num_seqs) break;
+            int known = known_tokens(r);
+            ep_sched_seq q = {.want_tokens = known};
+            double per_tok = ep_sched_predict_slots(&e->budget, &q, 1);
+            int best = -1, best_fit = 0, best_left = 0, best_hit = 0;
+            for (int k = 0; k < e->world; k++) {
+                if (e->rk_full[k] || e->rk_nseqs[k] >= e->o.model.max_seqs) continue;
+                // At least the last known token is computed (its logits).
+                int unref = 0;
+                int hit = ep_kv_prefix_match(e->mirror[k], r->salt, r->toks, known,
+                                             (known - 1) / bt, e->hash_buf, &unref);
+                int avail = e->rk_free_blocks[k] - unref;
+                int want = known - hit * bt;
+                int fit = EP_MIN(want, e->o.max_tokens_per_step - e->rk_tokens[k]);
+                if (per_tok > 0) {
+                    double sl = (double)e->budget.slot_budget - e->rk_slots[k];
+                    int by = sl > 0 ? (int)(sl / per_tok + 1e-9) : 0;
+                    fit = EP_MIN(fit, by);
+                }
+                if (fit < 1 && e->rk_tokens[k] == 0) fit = 1; // a rank's first sequence runs
+                // Its chunk starts block-aligned: avail blocks hold avail * bt tokens.
+                fit = EP_MIN(fit, avail * bt);
+                if (fit < 1) continue;
+                int blocks_left = avail - ep_eng_blocks(e, fit);
+                if (e->rk_nseqs[k] > 0 && blocks_left < e->kv_watermark) continue;
+                if (best < 0 || blocks_left > best_left ||
+                    (blocks_left == best_left &&
+                     (hit > best_hit || (hit == best_hit && e->rk_slots[k] < e->rk_slots[best])))) {
+                    best = k;
+                    best_fit = fit;
+                    best_left = blocks_left;
+                    best_hit = hit;
+                }
+            }
+            if (best < 0) break;
+            // The owner's mirror maps the same blocks the owner will.
+            r->n_hit = ep_kv_prefix_match(e->mirror[best], r->salt, r->toks, known,
+                                          (known - 1) / bt, r->hash, NULL);
+            EP_ASSERT(r->n_hit == best_hit);
+            ep_status ks =
+                ep_kv_seq_new_prefix(e->mirror[best], r->salt, r->hash, r->n_hit, &e->mslot[s]);
+            EP_ASSERT(ks == EP_OK); // max_seqs per rank is checked above
+            r->state = RQ_RUNNING;
+            r->owner = best;
+            r->fed = r->n_hit * bt;
+            r->fill_to = known;
+            r->admit_no = e->admit_no++;
+            r->step_n = best_fit;
+            if (!r->admitted) e->m_prompt += r->n_prompt;
+            r->admitted = true;
+            e->m_hit_tokens += (int64_t)r->n_hit * bt;
+            e->m_query_tokens += known;
+            e->n_waiting--;
+            e->n_running++;
+            e->rk_free_blocks[best] = best_left;
+            e->rk_nseqs[best]++;
+            e->rk_tokens[best] += best_fit;
+            e->rk_slots[best] += per_tok * best_fit;
+            if (best_fit < known - r->fed) e->rk_full[best] = true;
+            e->new_slot[n_new++] = s;
+        }
+    }
+
     ep_eng_plan_writer p;
     ep_eng_plan_begin(&p, e->plan, e->plan_cap, &h);
-
-    // Frees: finished sequences whose owner still holds them.
-    int n_free = 0;
+    // Frees: finished and preempted sequences, in the order the mirror freed them.
+    int n_free = e->n_pf;
+    for (int i = 0; i < e->n_pf; i++) {
+        int s = e->pf_slot[i];
+        ep_eng_plan_put_free(&p, s, e->pf_owner[i]);
+        if (e->rq[s].state == RQ_FREEING) {
+            list_remove(e, s);
+            req_release(&e->rq[s]);
+        }
+    }
+    e->n_pf = 0;
+    // Finished requests that never had a sequence (failed while waiting).
     for (int s = 0; s < e->cap_slots; s++) {
         ep_eng_req *r = &e->rq[s];
         if (r->state != RQ_FREEING) continue;
-        if (r->owner >= 0) {
-            ep_eng_plan_put_free(&p, s, r->owner);
-            n_free++;
-            e->rk_nseqs[r->owner]--;
-        }
         list_remove(e, s);
         req_release(r);
     }
     if (stop) return ep_eng_plan_end(&p);
-
-    // Running sequences of the group, per rank, first come first served.
-    for (int s = e->head; s >= 0; s = e->rq[s].next)
-        e->rq[s].step_n = 0;
-    for (int k = 0; k < e->world; k++) {
-        int nq = 0;
-        for (int s = e->head; s >= 0; s = e->rq[s].next) {
-            ep_eng_req *r = &e->rq[s];
-            if (r->state != RQ_RUNNING || r->owner != k || !same_group(r, routing, domain))
-                continue;
-            ep_sched_seq q = r->ss;
-            q.want_tokens = r->fed < r->n_prompt ? r->n_prompt - r->fed : 1;
-            q.kv_need = 0;
-            e->q_seq[nq] = q;
-            e->q_slot[nq++] = s;
-        }
-        ep_sched_step a = ep_sched_admit(&e->budget, e->q_seq, nq);
-        for (int i = 0; i < a.n_seqs; i++) {
-            int n = e->q_seq[i].want_tokens;
-            if (i == a.n_seqs - 1 && a.last_partial_tokens > 0) n = a.last_partial_tokens;
-            e->rq[e->q_slot[i]].step_n = n;
-        }
-        e->rk_tokens[k] = a.tokens;
-        e->rk_slots[k] = a.slots;
-        e->rk_full[k] = a.n_seqs < nq || a.last_partial_tokens > 0;
+    for (int i = 0; i < n_new; i++) {
+        const ep_eng_req *r = &e->rq[e->new_slot[i]];
+        ep_eng_plan_put_new(&p, e->new_slot[i], r->owner, &r->sp, r->n_gen, r->n_hit, r->hash);
     }
 
-    // New sequences of the group in arrival order: the rank with the most
-    // free KV blocks (ties: fewest predicted slots this step, then the lower
-    // rank) that still has step room; the first that finds none stops the rest.
-    for (int s = e->head; s >= 0; s = e->rq[s].next) {
-        ep_eng_req *r = &e->rq[s];
-        if (r->state != RQ_WAITING || !same_group(r, routing, domain)) continue;
-        if (e->n_running >= e->o.max_num_seqs) break;
-        int need = ep_eng_blocks(e, r->n_prompt + r->max_tokens - 1);
-        ep_sched_seq q = {.want_tokens = r->n_prompt};
-        double per_tok = ep_sched_predict_slots(&e->budget, &q, 1);
-        int best = -1, best_fit = 0;
-        for (int k = 0; k < e->world; k++) {
-            if (e->rk_full[k] || e->rk_nseqs[k] >= e->o.model.max_seqs ||
-                e->rk_free_blocks[k] < need)
-                continue;
-            int fit = EP_MIN(r->n_prompt, e->o.max_tokens_per_step - e->rk_tokens[k]);
-            if (per_tok > 0) {
-                double left = (double)e->budget.slot_budget - e->rk_slots[k];
-                int by = left > 0 ? (int)(left / per_tok + 1e-9) : 0;
-                fit = EP_MIN(fit, by);
-            }
-            if (fit < 1 && e->rk_tokens[k] == 0) fit = 1; // a rank's first sequence always runs
-            if (fit < 1) continue;
-            if (best < 0 || e->rk_free_blocks[k] > e->rk_free_blocks[best] ||
-                (e->rk_free_blocks[k] == e->rk_free_blocks[best] &&
-                 e->rk_slots[k] < e->rk_slots[best])) {
-                best = k;
-                best_fit = fit;
-            }
-        }
-        if (best < 0) break;
-        r->state = RQ_RUNNING;
-        r->owner = best;
-        r->commit_blocks = need;
-        r->step_n = best_fit;
-        e->n_waiting--;
-        e->n_running++;
-        e->rk_free_blocks[best] -= need;
-        e->rk_nseqs[best]++;
-        e->rk_tokens[best] += best_fit;
-        e->rk_slots[best] += per_tok * best_fit;
-        if (best_fit < r->n_prompt) e->rk_full[best] = true;
-        ep_eng_plan_put_new(&p, s, best, &r->sp);
-    }
-
-    // What every admitted sequence runs: a prompt chunk or its last token.
+    // What every admitted sequence runs: a prompt chunk (a recompute: its
+    // prompt and generated tokens) or its last token; the mirror reserves
+    // every run's blocks, then commits their tokens, as the forward does.
     int n_run = 0, tokens = 0;
     double slots = 0;
     for (int s = e->head; s >= 0; s = e->rq[s].next) {
         ep_eng_req *r = &e->rq[s];
         if (r->state != RQ_RUNNING || r->step_n <= 0) continue;
         int n = r->step_n;
-        bool prompt = r->fed < r->n_prompt;
-        EP_ASSERT(prompt || n == 1); // a generating sequence runs its last token
-        // It samples after this step once its prompt is done.
-        ep_eng_plan_put_run(&p, s, r->owner, n, r->fed + n >= r->n_prompt,
-                            prompt ? r->prompt + r->fed : &r->last_tok);
+        EP_ASSERT(r->fed + n <= known_tokens(r));
+        // It samples after this step once every known token is fed.
+        ep_eng_plan_put_run(&p, s, r->owner, n, r->fed + n == known_tokens(r), r->toks + r->fed);
+        ep_status ks = ep_kv_reserve(e->mirror[r->owner], e->mslot[s], n);
+        EP_ASSERT(ks == EP_OK); // planned against the mirror's free blocks
         slots += ep_sched_predict_slots(&e->budget, &r->ss, n);
         r->served = e->tick;
         n_run++;
         tokens += n;
+    }
+    for (int s = e->head; s >= 0; s = e->rq[s].next) {
+        ep_eng_req *r = &e->rq[s];
+        if (r->state == RQ_RUNNING && r->step_n > 0)
+            ep_kv_commit(e->mirror[r->owner], e->mslot[s], r->step_n, r->toks + r->fed);
     }
     e->tick++;
     size_t words = ep_eng_plan_end(&p);
@@ -670,6 +849,7 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
 static void on_token(ep_engine *e, int s, int token)
 {
     ep_eng_req *r = &e->rq[s];
+    r->toks[r->n_prompt + r->n_gen] = token;
     r->n_gen++;
     r->last_tok = token;
     e->m_gen++;
@@ -721,6 +901,14 @@ static ep_status apply_results(ep_engine *e)
         }
         for (size_t j = 0; j < (size_t)L * E; j++)
             e->m_expert[j] += res[w + j];
+        // The mirror planned this rank's blocks: it must agree with the rank.
+        int64_t kv_free = res[w + (size_t)L * E], mine = ep_kv_free_blocks(e->mirror[k]);
+        if (kv_free != mine)
+            return ep_errorf(EP_ERR_COMM,
+                             "step %lld: rank %d has %lld free KV blocks, rank 0's mirror of "
+                             "its cache %lld (the plans were applied differently)",
+                             (long long)atomic_load(&e->step_no), k, (long long)kv_free,
+                             (long long)mine);
     }
     for (int k = 0; k < e->world; k++) {
         const int64_t *res = e->rres[k];
@@ -731,7 +919,7 @@ static ep_status apply_results(ep_engine *e)
             ep_eng_req *r = &e->rq[s];
             if (r->state != RQ_RUNNING) continue; // ended meanwhile (cancel)
             int n = r->step_n;
-            if (r->fed < r->n_prompt) e->m_prompt += n;
+            if (r->fed < r->fill_to) e->m_prefill += n;
             r->fed += n;
             ep_sched_observe(&e->budget, &r->ss, pairs, (int64_t)n * e->n_moe);
             if (token >= 0) on_token(e, s, token);
@@ -869,9 +1057,14 @@ ep_status ep_engine_metrics_get(ep_engine *e, ep_engine_metrics *m)
     m->last_step_tokens = e->m_last_tokens;
     m->last_step_slots = e->m_last_slots;
     m->kv_blocks_total = (int64_t)W * e->kv_blocks;
-    for (int s = 0; s < e->cap_slots; s++)
-        if (e->rq[s].owner >= 0 && (e->rq[s].state == RQ_RUNNING || e->rq[s].state == RQ_FREEING))
-            m->kv_blocks_used += ep_eng_blocks(e, e->rq[s].fed);
+    for (int k = 0; k < W; k++) {
+        m->kv_blocks_used += e->kv_blocks - ep_kv_free_blocks(e->mirror[k]);
+        m->kv_blocks_cached += ep_kv_cached_blocks(e->mirror[k]);
+    }
+    m->prefill_tokens = e->m_prefill;
+    m->preemptions = e->m_preempt;
+    m->prefix_hit_tokens = e->m_hit_tokens;
+    m->prefix_query_tokens = e->m_query_tokens;
     m->n_layers = L;
     m->n_experts = E;
     m->world_size = W;

@@ -145,7 +145,11 @@ typedef struct {
     int64_t steps;
     int last_step_tokens;                    // over all ranks
     double last_step_slots;                  // predicted Σ K the planner admitted
-    int64_t kv_blocks_used, kv_blocks_total; // over all ranks
+    int64_t kv_blocks_used, kv_blocks_total; // over all ranks (used: held by sequences)
+    int64_t kv_blocks_cached; // unreferenced cached prefix blocks (free for reuse), all ranks
+    int64_t prefill_tokens;   // prompt tokens computed (recomputes included, cache hits not)
+    int64_t preemptions;      // running requests preempted (freed, to be recomputed)
+    int64_t prefix_hit_tokens, prefix_query_tokens; // tokens found cached / looked up at admission
     // MoE, over all ranks and MoE layers since start (ep_comm_stats summed)
     int64_t moe_pairs, moe_base_pairs, moe_token_layers;
     int64_t dispatch_bytes, combine_bytes, base_dispatch_bytes, base_combine_bytes;

@@ -28,19 +28,24 @@ typedef struct {
     rq_state state;
     uint64_t id;
     int prev, next; // arrival-ordered list of live slots
-    int *prompt;    // [n_prompt]
+    int *toks;      // [n_prompt + max_tokens] the prompt, then the generated tokens
     int n_prompt;
-    int fed; // tokens the owner's sequence holds (prompt chunks + fed samples)
-    int n_gen, last_tok;
+    int fed;             // tokens the owner's sequence holds (cached prefix + chunks + fed samples)
+    int n_gen, last_tok; // known tokens: n_prompt + n_gen (the last one not yet fed)
+    int fill_to;         // known tokens at admission: below it a chunk is a prefill
+    uint64_t salt;       // what besides the tokens decides its KV rows (routing, domain)
+    uint64_t *hash;      // [blocks of n_prompt + max_tokens] cached prefix of its admission
+    int n_hit;           // cached KV blocks its admission mapped
+    int64_t admit_no;    // admission order on its owner (the latest is preempted first)
+    bool admitted;       // admitted once (its prompt counted in prompt_tokens)
     int max_tokens;
     bool ignore_eos, cancel;
     ep_sample_params sp;
     int routing;
     char domain[EP_ENG_DOMAIN_MAX]; // "" = the profile's own
     int owner;
-    int commit_blocks; // KV blocks reserved for its whole life on the owner
-    int64_t served;    // tick of arrival or of the last step it ran in (group order)
-    ep_sched_seq ss;   // mean K estimate
+    int64_t served;  // tick of arrival or of the last step it ran in (group order)
+    ep_sched_seq ss; // mean K estimate
     ep_stop_text text;
     ep_event_fn fn;
     void *user;
@@ -77,6 +82,8 @@ struct ep_engine {
     ep_comm_stats *f_layer;                       // [n_layers]
     int64_t *f_seq_pairs;                         // [max_seqs]
     int64_t *f_expert_load;                       // [n_layers * n_experts]
+    uint64_t *hash_buf;                           // [max_hit] a new sequence's cached prefix
+    int max_hit;                                  // most KV blocks of one sequence
 
     // Rank 0: requests, planning, results.
     pthread_mutex_t mu;
@@ -87,6 +94,16 @@ struct ep_engine {
     uint64_t next_id;
     int64_t tick;
     ep_sched_budget budget;
+    // Every rank's KV bookkeeping, mirrored exactly (model/kv_cache.h, no
+    // rows): rank 0 applies each plan's frees, new sequences, reserves and
+    // commits in the order the owner will, so its planning sees the owner's
+    // free blocks and cached prefixes without asking.
+    ep_kv **mirror;                // [world]
+    int *mslot;                    // [cap_slots] the slot's sequence in its owner's mirror, -1 none
+    int *pf_slot, *pf_owner, n_pf; // [cap_slots] frees of the next plan, in the mirror's order
+    int *new_slot;                 // [cap_slots] sequences a plan creates, in order
+    int64_t admit_no;
+    int kv_watermark; // blocks a rank keeps free when it admits beside running sequences
     int *rk_free_blocks, *rk_nseqs, *rk_tokens; // [world]
     double *rk_slots;
     bool *rk_full;
@@ -104,6 +121,7 @@ struct ep_engine {
     bool serving_closed; // submit refused (shutdown or failure)
     // Metrics (under mu).
     int64_t m_finished, m_aborted, m_failed, m_prompt, m_gen, m_steps;
+    int64_t m_prefill, m_preempt, m_hit_tokens, m_query_tokens;
     int m_last_tokens;
     double m_last_slots;
     int m_last_routing; // the routing profile of the last planned step that ran
@@ -152,8 +170,8 @@ typedef struct {
     char domain[EP_ENG_DOMAIN_MAX]; // the step's pick domain, "" = the profile's own
 } ep_eng_plan_head;
 // Words of the largest plan: `slots` request slots, `tokens` tokens over all
-// ranks in one step.
-size_t ep_eng_plan_words(int slots, int64_t tokens);
+// ranks in one step, `hit_blocks` cached KV blocks mapped by its new sequences.
+size_t ep_eng_plan_words(int slots, int64_t tokens, int64_t hit_blocks);
 
 // Rank 0 writes a plan entry by entry, sections in order (a section left
 // out is written empty); EP_ASSERT when it would outgrow cap.
@@ -167,7 +185,11 @@ typedef struct {
 void ep_eng_plan_begin(ep_eng_plan_writer *p, int32_t *words, size_t cap,
                        const ep_eng_plan_head *h);
 void ep_eng_plan_put_free(ep_eng_plan_writer *p, int slot, int owner);
-void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sample_params *sp);
+// sampled: tokens the request sampled before (a preempted one: its new
+// sampler skips their draws); hashes: [n_hit] chain hashes of the cached KV
+// blocks its prefix maps.
+void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sample_params *sp,
+                         int sampled, int n_hit, const uint64_t *hashes);
 // tokens: [n] (a prompt chunk, or the last sampled token).
 void ep_eng_plan_put_run(ep_eng_plan_writer *p, int slot, int owner, int n, bool sample,
                          const int *tokens);
@@ -187,7 +209,9 @@ void ep_eng_plan_read(ep_eng_plan_reader *r, const int32_t *words, size_t n, ep_
 // Entries of section sec (those of the sections before it read already).
 int ep_eng_plan_count(ep_eng_plan_reader *r, ep_eng_plan_section sec);
 void ep_eng_plan_get_free(ep_eng_plan_reader *r, int *slot, int *owner);
-void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample_params *sp);
+// hashes: [max_hit] receives the n_hit hashes (EP_ASSERT n_hit <= max_hit).
+void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample_params *sp,
+                         int *sampled, int *n_hit, uint64_t *hashes, int max_hit);
 // *tokens points into the plan ([n] words).
 void ep_eng_plan_get_run(ep_eng_plan_reader *r, int *slot, int *owner, int *n, bool *sample,
                          const int32_t **tokens);
@@ -238,6 +262,14 @@ void ep_eng_fail_all(ep_engine *e, ep_status err, const char *msg);
 static inline int ep_eng_blocks(const ep_engine *e, int tokens)
 {
     return (tokens + e->kv_block_tokens - 1) / e->kv_block_tokens;
+}
+
+// The prefix-cache salt of a routing profile and pick domain ("" = the
+// profile's own): MoE routing decides the rows of every layer after the
+// first MoE layer, so sequences of different profiles or domains never share.
+static inline uint64_t ep_eng_salt(const ep_engine *e, int routing, const char *domain)
+{
+    return ep_kv_salt((uint64_t)routing + 1, domain[0] ? domain : e->pol_domain0[routing]);
 }
 
 #endif

@@ -6,7 +6,8 @@
 //
 // Result words: [0] status, [1] entries, entries x {slot, token (-1: none
 // sampled), pairs}, then per layer EP_ENG_LAYER_WORDS counters, then the
-// expert load [n_layers * n_experts].
+// expert load [n_layers * n_experts], then the rank's free KV blocks after the
+// step (rank 0 checks them against its mirror).
 #include "scheduler/engine_impl.h"
 
 #include <errno.h>
@@ -18,7 +19,7 @@
 size_t ep_eng_result_words(const ep_engine *e)
 {
     return 2 + 3 * (size_t)e->o.model.max_seqs + (size_t)EP_ENG_LAYER_WORDS * e->n_layers +
-           (size_t)e->n_layers * e->n_experts;
+           (size_t)e->n_layers * e->n_experts + 1;
 }
 
 ep_status ep_eng_wait_error(void *engine, const ep_cluster_watch_verdict *v)
@@ -100,6 +101,9 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
     if (h->stop) return EP_OK;
 
     ep_status st = EP_OK;
+    // New sequences map the cached prefix blocks rank 0 found in its mirror
+    // of this rank's cache (the same blocks: the mirror is exact).
+    uint64_t salt = routing >= 0 && routing < e->o.n_routings ? ep_eng_salt(e, routing, domain) : 0;
     // Re-placement, collective over every rank (model/moe.h), before the
     // step's sequences are set up: experts move between ranks, requests stay.
     if (h->replace) {
@@ -124,14 +128,17 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
     }
     int n_new = ep_eng_plan_count(&rd, EP_ENG_PLAN_NEWS);
     for (int i = 0; i < n_new; i++) {
-        int slot, owner;
+        int slot, owner, sampled, n_hit;
         ep_sample_params sp;
-        ep_eng_plan_get_new(&rd, &slot, &owner, &sp);
+        ep_eng_plan_get_new(&rd, &slot, &owner, &sp, &sampled, &n_hit, e->hash_buf, e->max_hit);
         if (owner != e->rank || st) continue;
         EP_ASSERT(slot >= 0 && slot < e->cap_slots && e->slot_seq[slot] < 0);
-        if (!(st = ep_model_seq_new(e->m, &e->slot_seq[slot])) &&
-            !(st = ep_sampler_init(&sp, e->cfg->vocab, &e->slot_sampler[slot])))
+        if (!(st = ep_kv_seq_new_prefix(ep_model_kv(e->m), salt, e->hash_buf, n_hit,
+                                        &e->slot_seq[slot])) &&
+            !(st = ep_sampler_init(&sp, e->cfg->vocab, &e->slot_sampler[slot]))) {
             ep_sampler_set_stop_ids(e->slot_sampler[slot], e->eos, e->n_eos); // min_tokens
+            ep_sampler_skip(e->slot_sampler[slot], sampled);
+        }
     }
 
     // This rank's sequences of the step.
@@ -235,6 +242,7 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
     }
     memcpy(r + k, e->f_expert_load, (size_t)e->n_layers * e->n_experts * sizeof(int64_t));
     k += (size_t)e->n_layers * e->n_experts;
+    r[k++] = ep_kv_free_blocks(ep_model_kv(e->m));
 
     if (e->rank != 0) {
         if ((ws = ep_cluster_chan_send(e->chan, 0, EP_ENG_TAG_RESULT, r, k * sizeof *r, "result")))

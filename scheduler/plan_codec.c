@@ -10,7 +10,9 @@
 //   frees: {slot, owner},
 //   news:  {slot, owner, temperature (f32 bits), top_k, top_p (f32 bits), seed lo, hi,
 //           repetition_penalty, presence_penalty, frequency_penalty (f32 bits),
-//           min_tokens, n_bias, n_bias x {token, bias (f32 bits)}},
+//           min_tokens, n_bias, n_bias x {token, bias (f32 bits)},
+//           sampled, n_hit, n_hit x {hash lo, hi}} (sampled: tokens sampled before a
+//           preemption; n_hit: cached KV blocks its prefix maps),
 //   runs:  {slot, owner, n, sample, n tokens}.
 // A stop plan has frees only (its news and runs are empty).
 #include "scheduler/engine_impl.h"
@@ -19,13 +21,13 @@
 
 enum { FLAG_STOP = 1, FLAG_FAILED = 2, FLAG_REPLACE = 4 };
 enum { SEC_END = EP_ENG_PLAN_RUNS + 1 }; // past the last section
-enum { FREE_WORDS = 2, NEW_WORDS = 12 + 2 * EP_SAMPLE_MAX_BIAS, RUN_HEAD_WORDS = 4 };
+enum { FREE_WORDS = 2, NEW_WORDS = 14 + 2 * EP_SAMPLE_MAX_BIAS, RUN_HEAD_WORDS = 4 };
 
-size_t ep_eng_plan_words(int slots, int64_t tokens)
+size_t ep_eng_plan_words(int slots, int64_t tokens, int64_t hit_blocks)
 {
     size_t cap = (size_t)slots;
     return EP_ENG_PLAN_MIN_WORDS + FREE_WORDS * cap + NEW_WORDS * cap + RUN_HEAD_WORDS * cap +
-           (size_t)tokens;
+           (size_t)tokens + 2 * (size_t)hit_blocks;
 }
 
 // ---- writing (rank 0) --------------------------------------------------------------
@@ -76,7 +78,8 @@ void ep_eng_plan_put_free(ep_eng_plan_writer *p, int slot, int owner)
     p->count++;
 }
 
-void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sample_params *sp)
+void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sample_params *sp,
+                         int sampled, int n_hit, const uint64_t *hashes)
 {
     advance(p, EP_ENG_PLAN_NEWS);
     put(p, slot);
@@ -95,6 +98,12 @@ void ep_eng_plan_put_new(ep_eng_plan_writer *p, int slot, int owner, const ep_sa
     for (int i = 0; i < sp->n_bias; i++) {
         put(p, sp->bias_tok[i]);
         put(p, (int32_t)ep_f32_bits(sp->bias_val[i]));
+    }
+    put(p, sampled);
+    put(p, n_hit);
+    for (int i = 0; i < n_hit; i++) {
+        put(p, (int32_t)(uint32_t)hashes[i]);
+        put(p, (int32_t)(uint32_t)(hashes[i] >> 32));
     }
     p->count++;
 }
@@ -179,7 +188,8 @@ void ep_eng_plan_get_free(ep_eng_plan_reader *r, int *slot, int *owner)
     *owner = get(r);
 }
 
-void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample_params *sp)
+void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample_params *sp,
+                         int *sampled, int *n_hit, uint64_t *hashes, int max_hit)
 {
     entry(r, EP_ENG_PLAN_NEWS);
     *slot = get(r);
@@ -201,6 +211,13 @@ void ep_eng_plan_get_new(ep_eng_plan_reader *r, int *slot, int *owner, ep_sample
     for (int i = 0; i < sp->n_bias; i++) {
         sp->bias_tok[i] = get(r);
         sp->bias_val[i] = ep_bits_f32((uint32_t)get(r));
+    }
+    *sampled = get(r);
+    *n_hit = get(r);
+    EP_ASSERT(*n_hit >= 0 && *n_hit <= max_hit);
+    for (int i = 0; i < *n_hit; i++) {
+        uint32_t hl = (uint32_t)get(r), hh = (uint32_t)get(r);
+        hashes[i] = (uint64_t)hl | (uint64_t)hh << 32;
     }
 }
 

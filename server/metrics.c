@@ -256,8 +256,30 @@ void ep_metrics_format(ep_sbuf *b, const char *model, const ep_srv_stats *s,
         sample_d(b, "kv_cache_usage_perc", model,
                  em->kv_blocks_total ? (double)em->kv_blocks_used / (double)em->kv_blocks_total
                                      : 0);
-        head(b, "prompt_tokens_total", "counter", "Prefill tokens processed.");
+        head(b, "prompt_tokens_total", "counter",
+             "Prompt tokens of admitted requests (cache hits included, counted once).");
         sample_i(b, "prompt_tokens_total", model, em->prompt_tokens);
+        head(b, "prefill_tokens_computed_total", "counter",
+             "Prefill tokens computed (recomputes after preemption included, cache hits not).");
+        sample_i(b, "prefill_tokens_computed_total", model, em->prefill_tokens);
+        head(b, "num_preemptions_total", "counter",
+             "Running requests preempted for KV blocks (recomputed later).");
+        sample_i(b, "num_preemptions_total", model, em->preemptions);
+        head(b, "prefix_cache_queries_total", "counter",
+             "Tokens looked up in the prefix cache at admission.");
+        sample_i(b, "prefix_cache_queries_total", model, em->prefix_query_tokens);
+        head(b, "prefix_cache_hits_total", "counter",
+             "Tokens found in the prefix cache at admission (their prefill skipped).");
+        sample_i(b, "prefix_cache_hits_total", model, em->prefix_hit_tokens);
+        head(b, "prefix_cache_hit_rate", "gauge",
+             "prefix_cache_hits_total / prefix_cache_queries_total (0 before any query).");
+        sample_d(b, "prefix_cache_hit_rate", model,
+                 em->prefix_query_tokens
+                     ? (double)em->prefix_hit_tokens / (double)em->prefix_query_tokens
+                     : 0);
+        head(b, "kv_cache_cached_blocks", "gauge",
+             "Unreferenced KV blocks kept for prefix reuse (free for new tokens), all ranks.");
+        sample_i(b, "kv_cache_cached_blocks", model, em->kv_blocks_cached);
         head(b, "generation_tokens_total", "counter", "Generation tokens processed.");
         sample_i(b, "generation_tokens_total", model, em->generation_tokens);
         head(b, "num_steps_total", "counter", "Engine steps run.");

@@ -91,6 +91,9 @@ check "$(grep -q '^epserve:time_to_first_token_seconds_count' "$tmp/metrics" && 
   "/metrics has the TTFT histogram"
 check "$(grep -q '^epserve:moe_avg_k{model_name="tiny-qwen3-moe",layer="1"}' "$tmp/metrics" && echo 1 || echo 0)" \
   "/metrics has moe_avg_k per layer"
+queries=$(metric prefix_cache_queries_total)
+check "$([[ $queries -gt 0 ]] && grep -q '^epserve:num_preemptions_total' "$tmp/metrics" && grep -q '^epserve:prefix_cache_hit_rate' "$tmp/metrics" && echo 1 || echo 0)" \
+  "/metrics counts prefix-cache queries ($queries tokens) and has preemptions and the hit rate"
 
 # ---- bad requests: status + error object, then still serving ----
 post() { # post <path> <body> [auth header]: prints the status, body in $tmp/body

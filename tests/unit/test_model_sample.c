@@ -127,6 +127,21 @@ static void test_seed(void **state)
     ep_sampler_free(c);
 }
 
+// A sampler that skips the draws of n samples continues the stream of one
+// that sampled them (a preempted request recomputed on another rank).
+static void test_skip(void **state)
+{
+    (void)state;
+    ep_sampler *a = make(1.3f, 0, 1.0f, 5, 7), *b = make(1.3f, 0, 1.0f, 5, 7);
+    for (int i = 0; i < 13; i++)
+        (void)ep_sampler_sample(a, L7);
+    ep_sampler_skip(b, 13);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(ep_sampler_sample(b, L7), ep_sampler_sample(a, L7));
+    ep_sampler_free(a);
+    ep_sampler_free(b);
+}
+
 static void test_bad_params(void **state)
 {
     ep_sampler *s = NULL;
@@ -262,9 +277,13 @@ static void test_stop(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_greedy),           cmocka_unit_test(test_probs),
-        cmocka_unit_test(test_draw_frequencies), cmocka_unit_test(test_seed),
-        cmocka_unit_test(test_bad_params),       cmocka_unit_test(test_stop),
+        cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_probs),
+        cmocka_unit_test(test_draw_frequencies),
+        cmocka_unit_test(test_seed),
+        cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_stop),
+        cmocka_unit_test(test_skip),
         cmocka_unit_test(test_processors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

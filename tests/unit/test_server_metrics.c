@@ -89,6 +89,11 @@ static void test_page(void **state)
                             .steps = 9,
                             .kv_blocks_used = 16,
                             .kv_blocks_total = 64,
+                            .kv_blocks_cached = 5,
+                            .prefill_tokens = 512,
+                            .preemptions = 4,
+                            .prefix_hit_tokens = 160,
+                            .prefix_query_tokens = 640,
                             .dispatch_bytes = 1000,
                             .combine_bytes = 900,
                             .base_dispatch_bytes = 1500,
@@ -137,6 +142,12 @@ static void test_page(void **state)
     assert_true(value(p, "epserve:kv_cache_usage_perc{model_name=\"q\\\"3\"}") == 0.25);
     assert_true(value(p, "epserve:prompt_tokens_total{model_name=\"q\\\"3\"}") == 640);
     assert_true(value(p, "epserve:generation_tokens_total{model_name=\"q\\\"3\"}") == 77);
+    assert_true(value(p, "epserve:prefill_tokens_computed_total{model_name=\"q\\\"3\"}") == 512);
+    assert_true(value(p, "epserve:num_preemptions_total{model_name=\"q\\\"3\"}") == 4);
+    assert_true(value(p, "epserve:prefix_cache_queries_total{model_name=\"q\\\"3\"}") == 640);
+    assert_true(value(p, "epserve:prefix_cache_hits_total{model_name=\"q\\\"3\"}") == 160);
+    assert_true(value(p, "epserve:prefix_cache_hit_rate{model_name=\"q\\\"3\"}") == 0.25);
+    assert_true(value(p, "epserve:kv_cache_cached_blocks{model_name=\"q\\\"3\"}") == 5);
     assert_true(value(p, "epserve:moe_dispatch_bytes_total{model_name=\"q\\\"3\"}") == 1000);
     assert_true(value(p, "epserve:moe_combine_bytes_total{model_name=\"q\\\"3\"}") == 900);
     assert_true(value(p, "epserve:moe_bytes_saved_total{model_name=\"q\\\"3\"}") == 2800 - 1900);
