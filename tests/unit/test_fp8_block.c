@@ -39,9 +39,9 @@ static float rng_sym(uint64_t *s) // uniform in (-1, 1)
 static const struct {
     int64_t rows, cols, br, bc;
 } shapes[] = {
-    {1, 1, 128, 128},   {5, 7, 128, 128},  {130, 257, 128, 128}, {256, 128, 128, 128},
-    {129, 300, 128, 128}, {300, 129, 128, 128}, {13, 11, 3, 5},  {97, 200, 64, 32},
-    {128, 384, 128, 128},
+    {1, 1, 128, 128},     {5, 7, 128, 128},     {130, 257, 128, 128},
+    {256, 128, 128, 128}, {129, 300, 128, 128}, {300, 129, 128, 128},
+    {13, 11, 3, 5},       {97, 200, 64, 32},    {128, 384, 128, 128},
 };
 
 static void test_dequant_vs_reference(void **state)
@@ -49,8 +49,7 @@ static void test_dequant_vs_reference(void **state)
     (void)state;
     uint64_t s = 11;
     for (size_t k = 0; k < EP_ARRAY_LEN(shapes); k++) {
-        const int64_t R = shapes[k].rows, C = shapes[k].cols, br = shapes[k].br,
-                      bc = shapes[k].bc;
+        const int64_t R = shapes[k].rows, C = shapes[k].cols, br = shapes[k].br, bc = shapes[k].bc;
         const int64_t nbr = ep_fp8_blocks(R, br), nbc = ep_fp8_blocks(C, bc);
         uint8_t *codes = malloc((size_t)(R * C));
         float *sc = malloc((size_t)(nbr * nbc) * sizeof(float));
@@ -71,7 +70,8 @@ static void test_dequant_vs_reference(void **state)
             for (int64_t c = 0; c < C; c++) {
                 float want = ep_fp8_e4m3_to_f32(codes[r * C + c]) * sc[(r / br) * nbc + c / bc];
                 if (memcmp(&want, &got[r * C + c], 4)) {
-                    fprintf(stderr, "[%lld x %lld] blocks %lld x %lld: (%lld, %lld) = %a, want %a\n",
+                    fprintf(stderr,
+                            "[%lld x %lld] blocks %lld x %lld: (%lld, %lld) = %a, want %a\n",
                             (long long)R, (long long)C, (long long)br, (long long)bc, (long long)r,
                             (long long)c, (double)got[r * C + c], (double)want);
                     fail();
@@ -101,8 +101,7 @@ static void test_quant_round_trip(void **state)
     uint64_t s = 5;
     double worst = 0;
     for (size_t k = 0; k < EP_ARRAY_LEN(shapes); k++) {
-        const int64_t R = shapes[k].rows, C = shapes[k].cols, br = shapes[k].br,
-                      bc = shapes[k].bc;
+        const int64_t R = shapes[k].rows, C = shapes[k].cols, br = shapes[k].br, bc = shapes[k].bc;
         const int64_t nbr = ep_fp8_blocks(R, br), nbc = ep_fp8_blocks(C, bc);
         float *x = malloc((size_t)(R * C) * sizeof(float));
         float *d = malloc((size_t)(R * C) * sizeof(float));
@@ -142,8 +141,7 @@ static void test_quant_round_trip(void **state)
                 double bound = (0x1p-4 + 0x1p-20) * fabs(x[i]) + 0x1p-10 * sb * (1 + 0x1p-20);
                 if (err > bound)
                     fprintf(stderr, "(%lld, %lld): x %a decoded %a, scale %a: %g > %g\n",
-                            (long long)r, (long long)c, (double)x[i], (double)d[i], sb, err,
-                            bound);
+                            (long long)r, (long long)c, (double)x[i], (double)d[i], sb, err, bound);
                 assert_true(err <= bound);
                 if (fabs(x[i]) >= 64 * sb && err / fabs(x[i]) > worst) worst = err / fabs(x[i]);
             }
@@ -195,9 +193,9 @@ static void test_edges(void **state)
     (void)state;
     // Blocks of 2 x 2 on a [3, 4] matrix: (0,0) zero, (0,1) NaN + Inf + 1,
     // (1,0) tiny, (1,1) ordinary (partial: one row).
-    float x[12] = {0, 0, NAN, 1.0f,                 //
-                   0, 0, INFINITY, -0.5f,           //
-                   1e-40f, -2e-40f, 3.0f, -448.0f}; //
+    float x[12] = {0,      0,       NAN,      1.0f,     //
+                   0,      0,       INFINITY, -0.5f,    //
+                   1e-40f, -2e-40f, 3.0f,     -448.0f}; //
     uint8_t codes[12];
     float sc[4], d[12];
     ep_fp8_block_quant(x, 3, 4, 2, 2, codes, sc);
