@@ -395,7 +395,7 @@ static void test_loader(void **state)
                              .dtype = loader_tensors[i].dtype,
                              .ndim = loader_tensors[i].ndim,
                              .data = data[i]};
-        memcpy(e[i].shape, loader_tensors[i].shape, sizeof e[i].shape);
+        memcpy(e[i].shape, loader_tensors[i].shape, sizeof loader_tensors[i].shape);
     }
     char path[600];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
