@@ -425,8 +425,9 @@ static void test_loader(void **state)
     expect_msg("'i.weight_scale_inv'", "F8_E4M3", "expected F32");
     ep_weights_free(w);
 
-    // The same files with a non-square block: [64, 32] gives a [3, 9] grid
-    // for a; a written as such reads with it.
+    // The same files read with [64, 32] blocks: a's scales should then be a
+    // [3, 9] grid, its [2, 3] one is refused, naming the block size
+    // (test_loader_block_shape reads a [3, 9] grid).
     write_config(dir, 64, 32);
     if (ep_model_cfg_load(dir, &cfg)) fail_msg("%s", ep_last_error());
     if (ep_weights_open(&cfg, &w)) fail_msg("%s", ep_last_error());
