@@ -43,7 +43,7 @@ static void usage(FILE *f)
             "                   BF16 experts on one GPU per rank, NCCL (EP_CUDA builds);\n"
             "                   --reference then allows %g\n"
             "  --dtype D        auto | f32 | bf16: storage of the replicated weights (default\n"
-            "                   auto: the checkpoint's when BF16, else f32)\n"
+            "                   auto: the checkpoint's when BF16, BF16 for FP8, else f32)\n"
             "  --expert-dtype D auto | f32 | bf16: how the CPU backend stores the experts\n"
             "                   (default auto; any BF16 storage: --reference allows the same\n"
             "                   as cuda)\n"

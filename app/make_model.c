@@ -29,7 +29,10 @@ static void usage(FILE *f)
            "  --out DIR         new (or empty) directory to create\n"
            "  --seed S          generator seed (default: the model's `seed`)\n"
            "  --shards N        number of safetensors files (default: one per ~2 GiB, at least 2)\n"
-           "  --dtype D         bf16 (default) or f32\n"
+           "  --dtype D         bf16 (default), f32, or fp8: block-quantized FP8 as the\n"
+           "                    published FP8 checkpoints (e4m3 Linear weights with fp32\n"
+           "                    weight_scale_inv per 128x128 block, the rest BF16,\n"
+           "                    quantization_config in config.json; docs/model.md)\n"
            "  --max-gib G       refuse checkpoints larger than G GiB (default 4; 0: no limit);\n"
            "                    the full presets are 30-470 GB: mind the disk\n"
            "  --help            this text\n"
@@ -78,6 +81,10 @@ static int write_model(const make_model_opts *o)
     if (o->have_seed) cfg.seed = o->seed;
     // The checkpoint holds the values themselves; it must not point elsewhere.
     cfg.checkpoint[0] = '\0';
+    // FP8 blocks as the published checkpoints; a model read from an FP8
+    // checkpoint is written as asked (BF16 / F32: no quantization).
+    cfg.quant = o->dtype == EP_DTYPE_F8_E4M3 ? EP_QUANT_FP8_BLOCK : EP_QUANT_NONE;
+    cfg.quant_block[0] = cfg.quant_block[1] = o->dtype == EP_DTYPE_F8_E4M3 ? 128 : 0;
 
     ep_synth_ckpt_info size;
     ep_synth_checkpoint_size(&cfg, o->dtype, &size);
@@ -127,9 +134,12 @@ static int write_model(const make_model_opts *o)
     printf("wrote %s (model %s, %s, seed %" PRIu64 ", %s) in %.2f s\n", o->out, cfg.name,
            cfg.arch == EP_ARCH_DEEPSEEK_V2 ? "deepseek_v2" : "qwen3_moe", cfg.seed,
            ep_dtype_name(o->dtype), (ep_now_us() - t0) / 1e6);
-    printf("  %" PRId64 " tensors, %" PRIu64 " bytes (%.1f MiB) in %d shard(s): %s%s%s\n",
-           info.n_tensors, info.total_bytes, info.total_bytes / (1024.0 * 1024.0), info.n_shards,
-           first, info.n_shards > 1 ? " .. " : "", info.n_shards > 1 ? last : "");
+    char scales[64] = "";
+    if (info.n_scales)
+        snprintf(scales, sizeof scales, " + %" PRId64 " FP8 block scales", info.n_scales);
+    printf("  %" PRId64 " tensors%s, %" PRIu64 " bytes (%.1f MiB) in %d shard(s): %s%s%s\n",
+           info.n_tensors, scales, info.total_bytes, info.total_bytes / (1024.0 * 1024.0),
+           info.n_shards, first, info.n_shards > 1 ? " .. " : "", info.n_shards > 1 ? last : "");
     printf("  + model.safetensors.index.json, config.json, tokenizer.json\n");
     return 0;
 }
@@ -176,8 +186,10 @@ int ep_cmd_make_model(int argc, char **argv)
                 o.dtype = EP_DTYPE_BF16;
             else if (!strcmp(optarg, "f32") || !strcmp(optarg, "F32"))
                 o.dtype = EP_DTYPE_F32;
+            else if (!strcmp(optarg, "fp8") || !strcmp(optarg, "FP8"))
+                o.dtype = EP_DTYPE_F8_E4M3;
             else
-                return usage_error("--dtype: expected bf16 or f32, found '%s'", optarg);
+                return usage_error("--dtype: expected bf16, f32 or fp8, found '%s'", optarg);
             break;
         case 'g':
             if (!parse_u64(optarg, &o.max_gib) || o.max_gib > (1ull << 20))

@@ -14,6 +14,7 @@
 
 typedef struct {
     const char *model, *cluster, *json_path;
+    const char *weights; // auto | bf16 | fp8
     int context, batch, chunk, replicas;
 } plan_args;
 
@@ -27,24 +28,28 @@ static void usage(FILE *f)
            "  --batch B       concurrent sequences per GPU (default 16)\n"
            "  --chunk T       prefill tokens per GPU per step, sizes the workspace (default 4096)\n"
            "  --replicas N    redundant expert slots per layer (EPLB), default 0\n"
+           "  --weights W     auto | bf16 | fp8: how the weights are counted (default auto:\n"
+           "                  as the checkpoint stores them, FP8 when its config.json has an\n"
+           "                  fp8 quantization_config, else BF16); fp8: the Linear weights of\n"
+           "                  attention, dense MLPs and experts at 1 byte + an fp32 scale per\n"
+           "                  128x128 block, the rest BF16. epserve's own backends dequantize\n"
+           "                  FP8 to BF16 at load: bf16 is what they hold today\n"
            "  --json FILE     write the results as JSON\n");
 }
 
 static int parse_args(int argc, char **argv, plan_args *a)
 {
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                         {"cluster", required_argument, 0, 'c'},
-                                         {"context", required_argument, 0, 'x'},
-                                         {"batch", required_argument, 0, 'b'},
-                                         {"chunk", required_argument, 0, 'T'},
-                                         {"replicas", required_argument, 0, 'R'},
-                                         {"json", required_argument, 0, 'j'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},   {"cluster", required_argument, 0, 'c'},
+        {"context", required_argument, 0, 'x'}, {"batch", required_argument, 0, 'b'},
+        {"chunk", required_argument, 0, 'T'},   {"replicas", required_argument, 0, 'R'},
+        {"json", required_argument, 0, 'j'},    {"weights", required_argument, 0, 'w'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->context = 4096;
     a->batch = 16;
     a->chunk = 4096;
+    a->weights = "auto";
     optind = 1;
     int c, li = 0;
     while ((c = getopt_long(argc, argv, "", opts, &li)) != -1) {
@@ -70,6 +75,16 @@ static int parse_args(int argc, char **argv, plan_args *a)
             break;
         case 'j':
             a->json_path = optarg;
+            break;
+        case 'w':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "bf16") && strcmp(optarg, "fp8")) {
+                fprintf(stderr,
+                        "epserve plan: option --weights: expected auto, bf16 or fp8, found "
+                        "'%s'\n",
+                        optarg);
+                return 2;
+            }
+            a->weights = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -146,6 +161,16 @@ int ep_cmd_plan(int argc, char **argv)
         fprintf(stderr, "epserve plan: %s\n", ep_last_error());
         return st == EP_ERR_ARG ? 2 : 1;
     }
+    if (!strcmp(a.weights, "bf16")) {
+        cfg.quant = EP_QUANT_NONE;
+    } else if (!strcmp(a.weights, "fp8") && cfg.quant != EP_QUANT_FP8_BLOCK) {
+        cfg.quant = EP_QUANT_FP8_BLOCK; // the published checkpoints' blocks
+        cfg.quant_block[0] = cfg.quant_block[1] = 128;
+    }
+    char wdesc[64] = "bf16 weights";
+    if (cfg.quant == EP_QUANT_FP8_BLOCK)
+        snprintf(wdesc, sizeof wdesc, "fp8 weights (%dx%d blocks, fp32 scales; rest bf16)",
+                 cfg.quant_block[0], cfg.quant_block[1]);
     char **paths = NULL;
     int n = 0;
     if (a.cluster) {
@@ -157,9 +182,9 @@ int ep_cmd_plan(int argc, char **argv)
         return 1;
     }
 
-    printf("# epserve plan: model %s, bf16 weights, context %d, %d sequences per GPU, prefill "
+    printf("# epserve plan: model %s, %s, context %d, %d sequences per GPU, prefill "
            "chunk %d, %d redundant slots\n",
-           cfg.name, a.context, a.batch, a.chunk, a.replicas);
+           cfg.name, wdesc, a.context, a.batch, a.chunk, a.replicas);
     printf("# %-12s %4s %7s %8s %8s %7s %8s %7s %8s %8s %9s  %s\n", "cluster", "gpus", "mem_GB",
            "attn", "gate+shr", "emb+lm", "experts", "kv", "work", "total", "usable", "verdict");
     printf("# %-12s %4s %7s %8s %8s %7s %8s %7s %8s %8s %9s\n", "", "", "", "GiB", "GiB", "GiB",
@@ -199,6 +224,11 @@ int ep_cmd_plan(int argc, char **argv)
     if (!rc_out && a.json_path) {
         json_t *root = json_object();
         json_object_set_new(root, "model", json_string(cfg.name));
+        json_object_set_new(root, "weights",
+                            json_string(cfg.quant == EP_QUANT_FP8_BLOCK ? "fp8" : "bf16"));
+        if (cfg.quant == EP_QUANT_FP8_BLOCK)
+            json_object_set_new(root, "weight_block_size",
+                                json_pack("[ii]", cfg.quant_block[0], cfg.quant_block[1]));
         json_object_set_new(root, "context", json_integer(a.context));
         json_object_set_new(root, "batch_per_gpu", json_integer(a.batch));
         json_object_set_new(root, "chunk", json_integer(a.chunk));

@@ -273,6 +273,69 @@ void ep_fp8_row_decode(const void *src, int hidden, float *dst)
     }
 }
 
+// ---- fp8 block-scaled weights -------------------------------------------------
+
+// The block's scale from its amax over finite values, as the row codec's.
+static inline float block_scale(float amax)
+{
+    if (!(amax > 0)) return 0;
+    float scale = amax / EP_FP8_E4M3_MAX;
+    return scale < FLT_MIN ? FLT_MIN : scale;
+}
+
+void ep_fp8_block_quant(const float *src, int64_t rows, int64_t cols, int64_t b_rows,
+                        int64_t b_cols, uint8_t *codes, float *scales)
+{
+    EP_ASSERT(rows >= 0 && cols >= 0 && b_rows > 0 && b_cols > 0);
+    const int64_t nbc = ep_fp8_blocks(cols, b_cols);
+    for (int64_t r0 = 0; r0 < rows; r0 += b_rows) {
+        const int64_t r1 = EP_MIN(r0 + b_rows, rows);
+        float *srow = scales + (r0 / b_rows) * nbc;
+        // amax of each block of this block row, bit patterns as in the row
+        // codec (non-negative floats order as their bits; Inf / NaN dropped).
+        for (int64_t bc = 0; bc < nbc; bc++) {
+            const int64_t c0 = bc * b_cols, c1 = EP_MIN(c0 + b_cols, cols);
+            int32_t amax_bits = 0;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++) {
+                    int32_t a = (int32_t)(ep_f32_bits(src[r * cols + c]) & 0x7fffffffu);
+                    a = a < 0x7f800000 ? a : 0;
+                    amax_bits = a > amax_bits ? a : amax_bits;
+                }
+            srow[bc] = block_scale(ep_bits_f32((uint32_t)amax_bits));
+        }
+        for (int64_t r = r0; r < r1; r++)
+            for (int64_t bc = 0; bc < nbc; bc++) {
+                const int64_t c0 = bc * b_cols, c1 = EP_MIN(c0 + b_cols, cols);
+                const float scale = srow[bc];
+                // x / scale as DeepSeek's quantizer; a zero block: x * 0 keeps
+                // NaN a NaN and everything else 0.
+                for (int64_t c = c0; c < c1; c++) {
+                    const float x = src[r * cols + c];
+                    codes[r * cols + c] = ep_e4m3_code(scale > 0 ? x / scale : x * 0.0f);
+                }
+            }
+    }
+}
+
+void ep_fp8_block_dequant(const uint8_t *codes, const float *scales, int64_t rows, int64_t cols,
+                          int64_t b_rows, int64_t b_cols, float *dst)
+{
+    EP_ASSERT(rows >= 0 && cols >= 0 && b_rows > 0 && b_cols > 0);
+    const int64_t nbc = ep_fp8_blocks(cols, b_cols);
+    for (int64_t r = 0; r < rows; r++) {
+        const float *srow = scales + (r / b_rows) * nbc;
+        const uint8_t *cr = codes + r * cols;
+        float *dr = dst + r * cols;
+        for (int64_t bc = 0; bc < nbc; bc++) {
+            const int64_t c0 = bc * b_cols, c1 = EP_MIN(c0 + b_cols, cols);
+            const float scale = srow[bc];
+            for (int64_t c = c0; c < c1; c++)
+                dr[c] = ep_e4m3_value(cr[c]) * scale;
+        }
+    }
+}
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif

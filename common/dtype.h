@@ -84,6 +84,33 @@ void ep_fp8_row_encode(const float *src, int hidden, void *dst);
 // src [ep_fp8_row_bytes(hidden)] bytes -> dst [hidden] fp32.
 void ep_fp8_row_decode(const void *src, int hidden, float *dst);
 
+// ---- fp8 block-scaled weights (FP8 checkpoints) ----------------------------
+// How DeepSeek-V3 and Qwen3-*-FP8 store a Linear weight [rows, cols] (HF's
+// [out, in]): e4m3 codes, and one fp32 scale per block of b_rows x b_cols
+// values (the last block row / column shorter when rows / cols are not
+// multiples), row-major [ceil(rows / b_rows), ceil(cols / b_cols)]: the
+// checkpoint's `<name>_scale_inv`. The weight is code * scale ("inv" is
+// historical: it multiplies). Blocks are 128 x 128 in the published
+// checkpoints; any positive size works here.
+static inline int64_t ep_fp8_blocks(int64_t n, int64_t block)
+{
+    return (n + block - 1) / block;
+}
+// codes [rows, cols] (any alignment) and scales [ceil(rows / b_rows),
+// ceil(cols / b_cols)] -> dst [rows, cols] fp32, each value e4m3(code) * scale
+// rounded once to fp32 (what DeepSeek's weight_dequant computes before its
+// cast). NaN codes decode to NaN.
+void ep_fp8_block_dequant(const uint8_t *codes, const float *scales, int64_t rows, int64_t cols,
+                          int64_t b_rows, int64_t b_cols, float *dst);
+// The inverse, as DeepSeek's block quantizer: per block scale = amax / 448
+// (amax over its finite values) and code = e4m3(x / scale), so the block's
+// largest value maps to e4m3's max. Edge cases as the fp8 rows above: an
+// all-zero block has scale 0 (decodes to zeros), a tiny amax uses scale
+// 2^-126, NaN and +-Inf are left out of amax and stored as NaN. Per element,
+// s its block's scale: |decoded - x| <= (2^-4 + 2^-20) |x| + 2^-10 s.
+void ep_fp8_block_quant(const float *src, int64_t rows, int64_t cols, int64_t b_rows,
+                        int64_t b_cols, uint8_t *codes, float *scales);
+
 // Converts n elements of a float dtype to fp32. EP_ERR_UNSUPPORTED for
 // integer/bool types (message names the dtype).
 ep_status ep_dtype_to_f32(ep_dtype t, const void *src, float *dst, size_t n);

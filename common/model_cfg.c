@@ -540,6 +540,12 @@ ep_status ep_model_cfg_validate(const ep_model_cfg *c)
             return bad(c, KEY(c, "mla.qk_rope_head_dim", "qk_rope_head_dim"),
                        "expected an even number (RoPE rotates pairs), found %d", c->qk_rope_dim);
     }
+    if (c->quant != EP_QUANT_NONE &&
+        (c->quant != EP_QUANT_FP8_BLOCK || c->quant_block[0] <= 0 || c->quant_block[1] <= 0))
+        return bad(c, "quantization_config",
+                   "expected block-scaled FP8 with positive weight_block_size, found method %d "
+                   "with blocks [%d, %d]",
+                   (int)c->quant, c->quant_block[0], c->quant_block[1]);
     if (c->has_yarn) {
         const char *p = "rope_scaling."; // the same spelling in YAML and config.json
         char key[96];

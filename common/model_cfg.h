@@ -9,6 +9,11 @@
 
 typedef enum { EP_ARCH_QWEN3_MOE, EP_ARCH_DEEPSEEK_V2 } ep_arch;
 typedef enum { EP_TOPK_GREEDY, EP_TOPK_GROUP_LIMITED } ep_topk_method;
+// How the checkpoint's weights are quantized (config.json quantization_config).
+typedef enum {
+    EP_QUANT_NONE,      // every tensor a float dtype, read as stored
+    EP_QUANT_FP8_BLOCK, // quant_method "fp8", fmt e4m3, dynamic activations, block scales
+} ep_quant;
 
 typedef struct {
     char name[64];    // "qwen3-235b-a22b", "tiny-qwen3-moe", ...
@@ -44,6 +49,13 @@ typedef struct {
     bool has_yarn;
     float yarn_factor, yarn_beta_fast, yarn_beta_slow, yarn_mscale, yarn_mscale_all_dim;
     int yarn_orig_max_pos;
+
+    // Weight quantization. EP_QUANT_FP8_BLOCK: each F8_E4M3 tensor X comes
+    // with X_scale_inv [ceil(out / quant_block[0]), ceil(in / quant_block[1])]
+    // and is dequantized at load (common/weights.c); which tensors are FP8 is
+    // each tensor's own dtype. make-model quantizes ep_model_tensor_is_fp8's.
+    ep_quant quant;
+    int quant_block[2]; // weight_block_size [out, in]; 0 when quant is NONE
 
     // Where the weights come from: a checkpoint directory (safetensors,
     // HF layout), or "" for synthetic weights generated from `seed`.
@@ -81,5 +93,10 @@ void ep_model_for_each_tensor(const ep_model_cfg *cfg, ep_tensor_fn fn, void *us
 void ep_name_gate(char *buf, size_t n, int layer); // model.layers.L.mlp.gate.weight
 void ep_name_expert(char *buf, size_t n, int layer, int e, const char *proj);
 void ep_name_shared(char *buf, size_t n, int layer, const char *proj); // DeepSeek shared_experts
+// Whether a tensor of the layout is a quantized Linear weight in the
+// published FP8 checkpoints (Qwen3-*-FP8, DeepSeek-V3): the 2-D weights of
+// attention, dense MLPs and experts (shared included); not the embedding,
+// the norms, the router gates (mlp.gate) or lm_head (FACTS.md).
+bool ep_model_tensor_is_fp8(const char *name, int ndim);
 
 #endif

@@ -264,6 +264,61 @@ static ep_status hf_deepseek(const char *path, json_t *r, ep_model_cfg *c)
     return EP_OK;
 }
 
+// quantization_config (FACTS.md: Qwen3-*-FP8 and DeepSeek-V3 write
+// {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+// "weight_block_size": [128, 128]}). Only that scheme loads; every other
+// value of those keys is refused by name, never read as something else.
+// fmt and activation_scheme may be absent (HF's FP8 config knows only e4m3
+// and defaults to dynamic); weight_block_size may not: without it an "fp8"
+// checkpoint is per-tensor FP8 (weight_scale, input_scale), which epserve
+// does not read. modules_to_not_convert is not needed: each tensor's dtype
+// says whether it is FP8, and the loader checks that every FP8 tensor has
+// its scales.
+static ep_status hf_quant(const char *path, json_t *r, ep_model_cfg *c)
+{
+    char found[128];
+    json_t *q = json_object_get(r, "quantization_config");
+    if (!q || json_is_null(q)) return EP_OK;
+    if (!json_is_object(q))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'quantization_config': expected null or an object, found %s",
+                         path, json_describe(q, found, sizeof found));
+    json_t *m = json_object_get(q, "quant_method");
+    if (!json_is_string(m) || strcmp(json_string_value(m), "fp8") != 0)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'quantization_config.quant_method': expected \"fp8\" "
+                         "(block-quantized FP8, the only quantization epserve loads), found %s",
+                         path, json_describe(m, found, sizeof found));
+    json_t *f = json_object_get(q, "fmt");
+    if (f && !json_is_null(f) && !(json_is_string(f) && !strcmp(json_string_value(f), "e4m3")))
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'quantization_config.fmt': expected \"e4m3\" (F8_E4M3 "
+                         "weights), found %s",
+                         path, json_describe(f, found, sizeof found));
+    json_t *a = json_object_get(q, "activation_scheme");
+    if (a && !json_is_null(a) && !(json_is_string(a) && !strcmp(json_string_value(a), "dynamic")))
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'quantization_config.activation_scheme': expected \"dynamic\" "
+                         "(epserve dequantizes the weights at load and never reads input "
+                         "scales), found %s",
+                         path, json_describe(a, found, sizeof found));
+    json_t *b = json_object_get(q, "weight_block_size");
+    bool ok = json_is_array(b) && json_array_size(b) == 2;
+    for (size_t i = 0; ok && i < 2; i++) {
+        json_t *v = json_array_get(b, i);
+        ok = json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) <= INT_MAX;
+        if (ok) c->quant_block[i] = (int)json_integer_value(v);
+    }
+    if (!ok)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'quantization_config.weight_block_size': expected [rows, cols] "
+                         "of two positive integers (block-scaled FP8; per-tensor FP8 is not "
+                         "supported), found %s",
+                         path, b ? json_describe(b, found, sizeof found) : "no such key");
+    c->quant = EP_QUANT_FP8_BLOCK;
+    return EP_OK;
+}
+
 ep_status ep_model_cfg_from_hf_json(const char *path, ep_model_cfg *cfg)
 {
     ep_model_cfg c;
@@ -296,6 +351,7 @@ ep_status ep_model_cfg_from_hf_json(const char *path, ep_model_cfg *cfg)
                        "\"%s\"",
                        path, json_string_value(mt));
     }
+    if (st == EP_OK) st = hf_quant(path, r, &c);
     json_decref(r);
     if (st != EP_OK) return st;
 
@@ -322,6 +378,33 @@ ep_status ep_model_cfg_from_hf_json(const char *path, ep_model_cfg *cfg)
 static json_t *jfloat(float f)
 {
     return json_real(ep_json_float(f));
+}
+
+static int list_unconverted(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    (void)shape;
+    size_t n = strlen(name);
+    if (ndim == 2 && !ep_model_tensor_is_fp8(name, ndim) && n > 7 &&
+        !strcmp(name + n - 7, ".weight"))
+        json_array_append_new(user, json_stringn(name, n - 7));
+    return 0;
+}
+
+// quantization_config as the published FP8 checkpoints write it, plus
+// modules_to_not_convert: the modules whose 2-D weight stays BF16.
+static void hf_write_quant(const ep_model_cfg *c, json_t *r)
+{
+    if (c->quant != EP_QUANT_FP8_BLOCK) return;
+    json_t *q = json_object();
+    json_object_set_new(q, "quant_method", json_string("fp8"));
+    json_object_set_new(q, "fmt", json_string("e4m3"));
+    json_object_set_new(q, "activation_scheme", json_string("dynamic"));
+    json_object_set_new(q, "weight_block_size",
+                        json_pack("[ii]", c->quant_block[0], c->quant_block[1]));
+    json_t *keep = json_array();
+    ep_model_for_each_tensor(c, list_unconverted, keep);
+    json_object_set_new(q, "modules_to_not_convert", keep);
+    json_object_set_new(r, "quantization_config", q);
 }
 
 ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
@@ -407,6 +490,7 @@ ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
         snprintf(s, sizeof s, "%llu", (unsigned long long)c->seed);
         json_object_set_new(r, "epserve_seed", json_string(s));
     }
+    hf_write_quant(c, r);
     st = ep_json_write_atomic(path, r, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
     json_decref(r);
     return st;

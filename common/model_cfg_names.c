@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 void ep_name_gate(char *buf, size_t n, int layer)
 {
@@ -20,6 +21,18 @@ void ep_name_expert(char *buf, size_t n, int layer, int e, const char *proj)
 void ep_name_shared(char *buf, size_t n, int layer, const char *proj)
 {
     snprintf(buf, n, "model.layers.%d.mlp.shared_experts.%s.weight", layer, proj);
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+bool ep_model_tensor_is_fp8(const char *name, int ndim)
+{
+    return ndim == 2 && ends_with(name, ".weight") && strcmp(name, "model.embed_tokens.weight") &&
+           strcmp(name, "lm_head.weight") && !ends_with(name, ".mlp.gate.weight");
 }
 
 typedef struct {

@@ -39,7 +39,9 @@ ep_status ep_ckpt_find(ep_ckpt *c, const char *name, const ep_st_tensor **out);
 // (message names the tensor, expected and found shape).
 ep_status ep_ckpt_find_float(ep_ckpt *c, const char *name, int ndim, const int64_t *shape,
                              const ep_st_tensor **out);
-// ep_ckpt_find_float, then converts to fp32.
+// ep_ckpt_find_float, then converts the stored values to fp32. F8 tensors
+// give their codes' values without any block scale: model weights are read
+// through ep_weights_read_f32, which dequantizes FP8 checkpoints (weights.h).
 ep_status ep_ckpt_read_f32(ep_ckpt *c, const char *name, int ndim, const int64_t *shape,
                            float *dst);
 

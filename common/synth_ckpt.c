@@ -17,20 +17,26 @@ typedef struct {
     char *name;
     int ndim;
     int64_t shape[EP_ST_MAX_DIMS];
-    uint64_t nbytes; // in the checkpoint's dtype
+    ep_dtype dtype;  // as written
+    uint64_t numel;  // values
+    uint64_t nbytes; // in dtype
+    bool is_scale;   // the FP8 block scales of the entry before it (same shard)
     int shard;
 } ckpt_tensor;
 
 typedef struct {
     ckpt_tensor *t;
     int64_t n, cap;
-    size_t elem_size;
+    ep_dtype dtype;  // the checkpoint's: F32, BF16, or F8_E4M3 (FP8 + BF16 + F32 scales)
+    int block[2];    // FP8 weight_block_size
+    int64_t n_model; // tensors of the model layout (scales not counted)
+    int64_t n_scales;
     uint64_t total_bytes;
 } ckpt_layout;
 
-static int collect(void *user, const char *name, int ndim, const int64_t *shape)
+static ckpt_tensor *layout_push(ckpt_layout *L, const char *name, int ndim, const int64_t *shape,
+                                ep_dtype dtype)
 {
-    ckpt_layout *L = user;
     EP_ASSERT(ndim >= 1 && ndim <= EP_ST_MAX_DIMS);
     if (L->n == L->cap) {
         L->cap = L->cap ? 2 * L->cap : 256;
@@ -40,13 +46,39 @@ static int collect(void *user, const char *name, int ndim, const int64_t *shape)
     memset(t, 0, sizeof *t);
     t->name = ep_xstrdup(name);
     t->ndim = ndim;
-    uint64_t numel = 1;
+    t->dtype = dtype;
+    t->numel = 1;
     for (int i = 0; i < ndim; i++) {
         t->shape[i] = shape[i];
-        numel *= (uint64_t)shape[i];
+        t->numel *= (uint64_t)shape[i];
     }
-    t->nbytes = numel * L->elem_size;
+    t->nbytes = t->numel * ep_dtype_size(dtype);
     L->total_bytes += t->nbytes;
+    return t;
+}
+
+// One tensor of the model layout; in an FP8 checkpoint the quantized Linear
+// weights (ep_model_tensor_is_fp8) are F8_E4M3 followed by their
+// `_scale_inv` (F32), everything else BF16, as the published ones.
+static int collect(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    ckpt_layout *L = user;
+    L->n_model++;
+    if (L->dtype != EP_DTYPE_F8_E4M3) {
+        layout_push(L, name, ndim, shape, L->dtype);
+        return 0;
+    }
+    if (!ep_model_tensor_is_fp8(name, ndim)) {
+        layout_push(L, name, ndim, shape, EP_DTYPE_BF16);
+        return 0;
+    }
+    layout_push(L, name, ndim, shape, EP_DTYPE_F8_E4M3);
+    char sname[320];
+    snprintf(sname, sizeof sname, "%s_scale_inv", name);
+    const int64_t sshape[2] = {ep_fp8_blocks(shape[0], L->block[0]),
+                               ep_fp8_blocks(shape[1], L->block[1])};
+    layout_push(L, sname, 2, sshape, EP_DTYPE_F32)->is_scale = true;
+    L->n_scales++;
     return 0;
 }
 
@@ -58,10 +90,13 @@ static void layout_free(ckpt_layout *L)
     memset(L, 0, sizeof *L);
 }
 
+// dtype F8_E4M3 takes its blocks from cfg->quant_block (128 x 128 when unset).
 static void layout_build(const ep_model_cfg *cfg, ep_dtype dtype, ckpt_layout *L)
 {
     memset(L, 0, sizeof *L);
-    L->elem_size = ep_dtype_size(dtype);
+    L->dtype = dtype;
+    L->block[0] = cfg->quant_block[0] > 0 ? cfg->quant_block[0] : 128;
+    L->block[1] = cfg->quant_block[1] > 0 ? cfg->quant_block[1] : 128;
     ep_model_for_each_tensor(cfg, collect, L);
 }
 
@@ -69,7 +104,8 @@ void ep_synth_checkpoint_size(const ep_model_cfg *cfg, ep_dtype dtype, ep_synth_
 {
     ckpt_layout L;
     layout_build(cfg, dtype, &L);
-    info->n_tensors = L.n;
+    info->n_tensors = L.n_model;
+    info->n_scales = L.n_scales;
     info->total_bytes = L.total_bytes;
     info->n_shards = 0;
     layout_free(&L);
@@ -77,20 +113,26 @@ void ep_synth_checkpoint_size(const ep_model_cfg *cfg, ep_dtype dtype, ep_synth_
 
 // Contiguous shards in layout order, balanced by bytes: a tensor goes to the
 // next shard when its midpoint passes that shard's share of the total, and
-// every shard gets at least one tensor.
+// every shard gets at least one tensor. FP8 block scales stay with their
+// weight (counted as part of it for "at least one").
 static void assign_shards(ckpt_layout *L, int n_shards)
 {
     int s = 0;
-    int64_t in_shard = 0;
+    int64_t in_shard = 0, left = L->n_model; // model tensors from i on
     uint64_t acc = 0;
     for (int64_t i = 0; i < L->n; i++) {
         ckpt_tensor *t = &L->t[i];
+        if (t->is_scale) {
+            t->shard = s;
+            acc += t->nbytes;
+            continue;
+        }
         if (in_shard > 0 && s < n_shards - 1) {
             // Share of shards 0..s, compared with the tensor's midpoint (in
             // long double: byte totals times a shard count can pass 2^64).
             long double target = (long double)L->total_bytes * (s + 1) / n_shards;
             bool past = (long double)acc + t->nbytes / 2.0L > target;
-            bool forced = L->n - i <= n_shards - 1 - s;
+            bool forced = left <= n_shards - 1 - s;
             if (past || forced) {
                 s++;
                 in_shard = 0;
@@ -99,6 +141,7 @@ static void assign_shards(ckpt_layout *L, int n_shards)
         t->shard = s;
         acc += t->nbytes;
         in_shard++;
+        left--;
     }
 }
 
@@ -220,14 +263,14 @@ static void shard_name(char *buf, size_t n, int s, int n_shards)
 
 // Generates and writes shard s (tensors [lo, hi) of the layout).
 static ep_status write_shard(const ep_model_cfg *cfg, const ckpt_layout *L, int64_t lo, int64_t hi,
-                             ep_dtype dtype, const char *path)
+                             const char *path)
 {
     int64_t n = hi - lo;
     ep_st_entry *ent = ep_xcalloc((size_t)n, sizeof *ent);
     void **data = ep_xcalloc((size_t)n, sizeof *data);
     uint64_t max_numel = 1;
     for (int64_t i = lo; i < hi; i++)
-        max_numel = EP_MAX(max_numel, L->t[i].nbytes / L->elem_size);
+        max_numel = EP_MAX(max_numel, L->t[i].numel);
     float *f32 = malloc(max_numel * sizeof(float));
     ep_status st = EP_OK;
     if (!f32) {
@@ -240,7 +283,7 @@ static ep_status write_shard(const ep_model_cfg *cfg, const ckpt_layout *L, int6
         const ckpt_tensor *t = &L->t[i];
         ep_st_entry *e = &ent[i - lo];
         e->name = t->name;
-        e->dtype = dtype;
+        e->dtype = t->dtype;
         e->ndim = t->ndim;
         memcpy(e->shape, t->shape, (size_t)t->ndim * sizeof *t->shape);
         data[i - lo] = malloc(t->nbytes ? t->nbytes : 1);
@@ -250,10 +293,20 @@ static ep_status write_shard(const ep_model_cfg *cfg, const ckpt_layout *L, int6
                            t->name, (unsigned long long)t->nbytes);
             goto out;
         }
-        ep_synth_tensor(cfg, t->name, t->ndim, t->shape, f32);
-        size_t numel = (size_t)(t->nbytes / L->elem_size);
-        if ((st = ep_dtype_from_f32(dtype, f32, data[i - lo], numel))) goto out;
         e->data = data[i - lo];
+    }
+    for (int64_t i = lo; i < hi; i++) {
+        const ckpt_tensor *t = &L->t[i];
+        if (t->is_scale) continue; // filled with its weight, the entry before
+        ep_synth_tensor(cfg, t->name, t->ndim, t->shape, f32);
+        if (t->dtype == EP_DTYPE_F8_E4M3) {
+            // The scales are the next entry, in this shard (assign_shards).
+            EP_ASSERT(i + 1 < hi && L->t[i + 1].is_scale);
+            ep_fp8_block_quant(f32, t->shape[0], t->shape[1], L->block[0], L->block[1],
+                               data[i - lo], data[i + 1 - lo]);
+            continue;
+        }
+        if ((st = ep_dtype_from_f32(t->dtype, f32, data[i - lo], (size_t)t->numel))) goto out;
     }
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)cfg->seed);
@@ -272,9 +325,18 @@ ep_status ep_synth_write_checkpoint_ex(const ep_model_cfg *cfg, const char *dir,
                                        ep_dtype dtype, uint64_t max_bytes, ep_synth_ckpt_info *info)
 {
     if (info) memset(info, 0, sizeof *info);
-    if (dtype != EP_DTYPE_BF16 && dtype != EP_DTYPE_F32)
-        return ep_errorf(EP_ERR_UNSUPPORTED, "synthetic checkpoint: dtype %s: expected BF16 or F32",
+    if (dtype != EP_DTYPE_BF16 && dtype != EP_DTYPE_F32 && dtype != EP_DTYPE_F8_E4M3)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "synthetic checkpoint: dtype %s: expected BF16, F32 or F8_E4M3",
                          ep_dtype_name(dtype));
+    // config.json is written from cfg: its quantization_config must say what
+    // the files hold.
+    if ((dtype == EP_DTYPE_F8_E4M3) != (cfg->quant == EP_QUANT_FP8_BLOCK))
+        return ep_errorf(EP_ERR_ARG,
+                         "synthetic checkpoint: dtype %s with model '%s' quantization %s: "
+                         "expected F8_E4M3 exactly when the config is block-quantized FP8",
+                         ep_dtype_name(dtype), cfg->name,
+                         cfg->quant == EP_QUANT_FP8_BLOCK ? "fp8" : "none");
     if (n_shards < 1)
         return ep_errorf(EP_ERR_ARG, "synthetic checkpoint: shards must be >= 1, found %d",
                          n_shards);
@@ -309,10 +371,10 @@ ep_status ep_synth_write_checkpoint_ex(const ep_model_cfg *cfg, const char *dir,
             L.total_bytes / (1024.0 * 1024 * 1024), (unsigned long long)max_bytes);
         goto out;
     }
-    if (n_shards > L.n) {
+    if (n_shards > L.n_model) {
         st = ep_errorf(EP_ERR_ARG,
                        "synthetic checkpoint: %d shards for model '%s' with only %lld tensors",
-                       n_shards, cfg->name, (long long)L.n);
+                       n_shards, cfg->name, (long long)L.n_model);
         goto out;
     }
     int used = dir_state(out);
@@ -350,7 +412,7 @@ ep_status ep_synth_write_checkpoint_ex(const ep_model_cfg *cfg, const char *dir,
         while (hi < L.n && L.t[hi].shard == s)
             hi++;
         snprintf(path, sizeof path, "%s/%s", tmp, file_names[s]);
-        if ((st = write_shard(cfg, &L, lo, hi, dtype, path))) goto out;
+        if ((st = write_shard(cfg, &L, lo, hi, path))) goto out;
         lo = hi;
     }
     for (int64_t i = 0; i < L.n; i++) {
@@ -371,7 +433,8 @@ ep_status ep_synth_write_checkpoint_ex(const ep_model_cfg *cfg, const char *dir,
     }
     tmp_made = false;
     if (info) {
-        info->n_tensors = L.n;
+        info->n_tensors = L.n_model;
+        info->n_scales = L.n_scales;
         info->total_bytes = L.total_bytes;
         info->n_shards = n_shards;
     }

@@ -4,6 +4,7 @@
 #include "common/weights.h"
 #include "common/safetensors.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +163,83 @@ static ep_status synth_check(const ep_weights *w, const char *name, int ndim, co
     return EP_OK;
 }
 
+// ---- FP8 block-quantized tensors ----------------------------------------------
+// An F8_E4M3 tensor is only ever read with its block scales: codes alone are
+// not the weight (each block is off by its scale, 448/amax), so a checkpoint
+// whose config does not declare the quantization is refused rather than read.
+
+static ep_status fp8_refuse_unquantized(const ep_weights *w, const char *name,
+                                        const ep_st_tensor *t)
+{
+    return ep_errorf(EP_ERR_FORMAT,
+                     "checkpoint %s: tensor '%s' is %s, but %s has no quantization_config: "
+                     "expected {\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", "
+                     "\"weight_block_size\": [128, 128], ...} for a block-quantized FP8 "
+                     "checkpoint (FP8 codes without their scales are not the weights)",
+                     w->cfg->checkpoint, name, ep_dtype_name(t->dtype),
+                     w->cfg->source[0] ? w->cfg->source : "the model config");
+}
+
+// The dequantized tensor `name` (t: its F8_E4M3 codes) into dst, reading
+// `<name>_scale_inv` [ceil(rows / b0), ceil(cols / b1)]. Adds the scale's
+// bytes to *scale_bytes.
+static ep_status read_fp8(ep_weights *w, const char *name, const ep_st_tensor *t, float *dst,
+                          uint64_t *scale_bytes)
+{
+    const ep_model_cfg *cfg = w->cfg;
+    if (cfg->quant != EP_QUANT_FP8_BLOCK) return fp8_refuse_unquantized(w, name, t);
+    if (t->dtype != EP_DTYPE_F8_E4M3)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "checkpoint %s: tensor '%s': dtype %s; expected F8_E4M3 "
+                         "(quantization_config.fmt e4m3 in %s)",
+                         cfg->checkpoint, name, ep_dtype_name(t->dtype), cfg->source);
+    if (t->ndim != 2)
+        return ep_errorf(EP_ERR_FORMAT,
+                         "checkpoint %s: tensor '%s': F8_E4M3 with %d dimensions; expected a 2-D "
+                         "[out, in] weight (block scales are 2-D)",
+                         cfg->checkpoint, name, t->ndim);
+    const int64_t rows = t->shape[0], cols = t->shape[1];
+    const int64_t b0 = cfg->quant_block[0], b1 = cfg->quant_block[1];
+    const int64_t sshape[2] = {ep_fp8_blocks(rows, b0), ep_fp8_blocks(cols, b1)};
+    char sname[320];
+    if (snprintf(sname, sizeof sname, "%s_scale_inv", name) >= (int)sizeof sname)
+        return ep_errorf(EP_ERR_ARG, "weights: tensor name '%s' too long", name);
+    const ep_st_tensor *s = NULL;
+    ep_status st = ep_ckpt_find_float(w->ckpt, sname, 2, sshape, &s);
+    if (st)
+        return ep_error_prefix(st,
+                               "FP8 tensor '%s' [%lld, %lld] needs its block scales '%s' "
+                               "[%lld, %lld] (weight_block_size [%lld, %lld])",
+                               name, (long long)rows, (long long)cols, sname, (long long)sshape[0],
+                               (long long)sshape[1], (long long)b0, (long long)b1);
+    if (s->dtype == EP_DTYPE_F8_E4M3 || s->dtype == EP_DTYPE_F8_E5M2)
+        return ep_errorf(EP_ERR_FORMAT,
+                         "checkpoint %s: block scales '%s': dtype %s; expected F32 (or BF16, "
+                         "F16)",
+                         cfg->checkpoint, sname, ep_dtype_name(s->dtype));
+    const size_t n_scales = (size_t)(sshape[0] * sshape[1]);
+    float *scales = malloc(n_scales * sizeof(float) + 1);
+    if (!scales)
+        return ep_errorf(EP_ERR_NOMEM, "weights: cannot allocate %zu bytes for '%s'",
+                         n_scales * sizeof(float), sname);
+    if ((st = ep_dtype_to_f32(s->dtype, s->data, scales, n_scales))) goto out;
+    for (size_t i = 0; i < n_scales; i++)
+        if (!isfinite(scales[i])) {
+            st = ep_errorf(EP_ERR_FORMAT,
+                           "checkpoint %s: block scales '%s': block [%lld, %lld] is %g; expected "
+                           "a finite scale",
+                           cfg->checkpoint, sname, (long long)(i / (size_t)sshape[1]),
+                           (long long)(i % (size_t)sshape[1]), (double)scales[i]);
+            goto out;
+        }
+    ep_fp8_block_dequant(t->data, scales, rows, cols, b0, b1, dst);
+    ep_st_release(s);
+    *scale_bytes += s->nbytes;
+out:
+    free(scales);
+    return st;
+}
+
 // A checkpoint tensor read into the caller's memory is not read through the
 // mapping again: its pages leave this process's resident set, so a copy and
 // its source are never both resident (peak RSS about the checkpoint's size).
@@ -172,10 +250,14 @@ ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const i
         const ep_st_tensor *t = NULL;
         ep_status st = ep_ckpt_find_float(w->ckpt, name, ndim, shape, &t);
         if (st) return st;
-        if ((st = ep_dtype_to_f32(t->dtype, t->data, dst, t->nbytes / ep_dtype_size(t->dtype))))
-            return st;
+        uint64_t extra = 0;
+        if (t->dtype == EP_DTYPE_F8_E4M3 || t->dtype == EP_DTYPE_F8_E5M2)
+            st = read_fp8(w, name, t, dst, &extra);
+        else
+            st = ep_dtype_to_f32(t->dtype, t->data, dst, t->nbytes / ep_dtype_size(t->dtype));
+        if (st) return st;
         ep_st_release(t);
-        count_read(w, name, t->nbytes);
+        count_read(w, name, t->nbytes + extra);
         return EP_OK;
     }
     ep_status st = synth_check(w, name, ndim, shape);
@@ -206,7 +288,10 @@ ep_status ep_weights_read_mat(ep_weights *w, const char *name, int64_t rows, int
     const ep_st_tensor *t = NULL;
     ep_status st = EP_OK;
     if (w->ckpt && (st = ep_ckpt_find_float(w->ckpt, name, 2, shape, &t))) return st;
-    if (want == EP_DTYPE_AUTO) want = t && t->dtype == EP_DTYPE_BF16 ? EP_DTYPE_BF16 : EP_DTYPE_F32;
+    // AUTO: BF16 for BF16 tensors and for FP8 ones (dequantized, then rounded to BF16).
+    if (want == EP_DTYPE_AUTO)
+        want = t && (t->dtype == EP_DTYPE_BF16 || t->dtype == EP_DTYPE_F8_E4M3) ? EP_DTYPE_BF16
+                                                                                : EP_DTYPE_F32;
     if (want != EP_DTYPE_F32 && want != EP_DTYPE_BF16)
         return ep_errorf(EP_ERR_ARG, "weights: tensor %s: storage %s, expected F32 or BF16", name,
                          ep_dtype_name(want));
@@ -271,7 +356,7 @@ ep_status ep_weights_expert_dtype(ep_weights *w, ep_dtype *dt)
         ep_dtype stored;
         ep_status st = ep_weights_stored_dtype(w, name, &stored);
         if (st) return st;
-        if (stored == EP_DTYPE_BF16) *dt = EP_DTYPE_BF16;
+        if (stored == EP_DTYPE_BF16 || stored == EP_DTYPE_F8_E4M3) *dt = EP_DTYPE_BF16;
         break;
     }
     return EP_OK;
@@ -283,6 +368,9 @@ ep_status ep_weights_dense_dtype(ep_weights *w, ep_dtype *dt)
     ep_dtype stored;
     ep_status st = ep_weights_stored_dtype(w, "model.embed_tokens.weight", &stored);
     if (st) return st;
-    *dt = stored == EP_DTYPE_BF16 ? EP_DTYPE_BF16 : EP_DTYPE_F32;
+    // An FP8 checkpoint keeps its embedding in BF16; its FP8 attention and
+    // dense MLPs are stored dequantized in BF16 too.
+    *dt = stored == EP_DTYPE_BF16 || w->cfg->quant == EP_QUANT_FP8_BLOCK ? EP_DTYPE_BF16
+                                                                         : EP_DTYPE_F32;
     return EP_OK;
 }

@@ -15,29 +15,35 @@ typedef struct ep_weights ep_weights;
 ep_status ep_weights_open(const ep_model_cfg *cfg, ep_weights **out);
 void ep_weights_free(ep_weights *w);
 // Reads one tensor as fp32 into dst (prod(shape) floats), checking its shape.
+// An F8_E4M3 tensor X of an FP8 checkpoint (cfg->quant EP_QUANT_FP8_BLOCK)
+// is dequantized with X_scale_inv (dtype.h, ep_fp8_block_dequant); an FP8
+// tensor without that config, or without its scales, is refused by name.
 ep_status ep_weights_read_f32(ep_weights *w, const char *name, int ndim, const int64_t *shape,
                               float *dst);
 // A 2-D tensor [rows, cols] as a matrix stored in `want` (EP_DTYPE_F32,
-// EP_DTYPE_BF16, or EP_DTYPE_AUTO: BF16 when the checkpoint stores it so,
-// else F32). A checkpoint tensor already in that dtype (and aligned for it)
-// is not copied: out->data points into the mapping, valid while w lives.
-// Anything else is an owned copy (BF16: rounded to nearest even, exact for
-// BF16 values). Free with ep_mat_free.
+// EP_DTYPE_BF16, or EP_DTYPE_AUTO: BF16 when the checkpoint stores it in
+// BF16 or FP8 -- dequantized in fp32, then rounded once to BF16 -- else F32).
+// A checkpoint tensor already in that dtype (and aligned for it) is not
+// copied: out->data points into the mapping, valid while w lives. Anything
+// else is an owned copy (BF16: rounded to nearest even, exact for BF16
+// values). Free with ep_mat_free.
 ep_status ep_weights_read_mat(ep_weights *w, const char *name, int64_t rows, int64_t cols,
                               ep_dtype want, ep_mat *out);
 // The dtype the source stores `name` in (synthetic weights: F32).
 ep_status ep_weights_stored_dtype(ep_weights *w, const char *name, ep_dtype *out);
 // What EP_DTYPE_AUTO (*dt; any other value is left alone) stands for in this
 // source: BF16 when the checkpoint stores the first MoE layer's first routed
-// expert (expert) or the embedding (dense) in BF16, else F32. For callers
-// that need the storage before the model is built (tolerances, reports).
+// expert (expert) in BF16 or FP8, or the embedding (dense) in BF16 or is an
+// FP8 checkpoint, else F32. For callers that need the storage before the
+// model is built (tolerances, reports).
 ep_status ep_weights_expert_dtype(ep_weights *w, ep_dtype *dt);
 ep_status ep_weights_dense_dtype(ep_weights *w, ep_dtype *dt);
 
 // Read accounting: the successful ep_weights_read_f32 calls so far, in the
 // source's bytes (a checkpoint: the tensor as stored, e.g. 2 bytes a value
-// for BF16; synthetic: the fp32 values generated). A tensor read twice (the
-// reference's copy of every expert, a re-placement) counts twice.
+// for BF16, 1 for FP8 plus its block scales; synthetic: the fp32 values
+// generated). A tensor read twice (the reference's copy of every expert, a
+// re-placement) counts twice.
 typedef struct {
     int64_t tensors;
     uint64_t bytes;
@@ -83,17 +89,23 @@ uint64_t ep_hash64(const void *data, size_t n, uint64_t seed); // FNV-1a then sp
 // ---- synthetic checkpoints (common/synth_ckpt.c) ---------------------------
 // What a synthetic checkpoint holds (or would hold) for cfg in dtype.
 typedef struct {
-    int64_t n_tensors;
+    int64_t n_tensors;    // of the model's layout
+    int64_t n_scales;     // FP8 block-scale tensors besides them (F8_E4M3 only)
     uint64_t total_bytes; // tensor data, as the index's metadata.total_size
     int n_shards;         // model-0000S-of-0000N.safetensors files written
 } ep_synth_ckpt_info;
-// Sizes the checkpoint without generating anything (dtype BF16 or F32).
+// Sizes the checkpoint without generating anything (dtype BF16, F32 or F8_E4M3).
 void ep_synth_checkpoint_size(const ep_model_cfg *cfg, ep_dtype dtype, ep_synth_ckpt_info *info);
 // Writes every tensor of ep_model_for_each_tensor with its synthetic values
 // into dir in the HF layout: n_shards (>= 1) safetensors files
 // model-0000S-of-0000N.safetensors balanced by bytes, model.safetensors.index.json
 // and config.json (with "epserve_seed"). dtype: EP_DTYPE_BF16 (the values are
-// BF16-exact) or EP_DTYPE_F32. Atomic: everything goes to "<dir>.tmp.<pid>",
+// BF16-exact), EP_DTYPE_F32, or EP_DTYPE_F8_E4M3: an FP8 checkpoint as the
+// published ones, for a cfg with quant EP_QUANT_FP8_BLOCK (and only then):
+// each ep_model_tensor_is_fp8 weight in e4m3 codes (ep_fp8_block_quant of
+// its BF16 values) followed by "<name>_scale_inv" (F32, in the same shard),
+// everything else BF16, config.json with its quantization_config.
+// Atomic: everything goes to "<dir>.tmp.<pid>",
 // renamed to dir at the end and removed on failure. Refuses a dir that exists
 // and is not empty. Memory: one shard's tensors at a time.
 ep_status ep_synth_write_checkpoint(const ep_model_cfg *cfg, const char *dir, int n_shards,

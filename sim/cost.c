@@ -151,32 +151,68 @@ double ep_sim_head_us(const ep_sim_cluster *c, const ep_model_cfg *cfg, double r
 // a fixed reserve per GPU (vLLM-style deployments see 1.5-3 GiB of it).
 #define EP_SIM_RUNTIME_RESERVE_BYTES (2.0 * 1024 * 1024 * 1024)
 
+double ep_sim_tensor_bytes(const ep_model_cfg *cfg, const char *name, int ndim,
+                           const int64_t *shape)
+{
+    double n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (double)shape[i];
+    if (cfg->quant != EP_QUANT_FP8_BLOCK || !ep_model_tensor_is_fp8(name, ndim))
+        return EP_SIM_BF16 * n;
+    return n + 4.0 * (double)ep_fp8_blocks(shape[0], cfg->quant_block[0]) *
+                   (double)ep_fp8_blocks(shape[1], cfg->quant_block[1]);
+}
+
+// Weight bytes by what holds them, classified as count_tensor does.
+typedef struct {
+    const ep_model_cfg *cfg;
+    double attn, gate, other, embed_head, expert; // expert: one routed expert
+} bytes_ctx;
+
+static int count_bytes(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    bytes_ctx *bc = user;
+    const double b = ep_sim_tensor_bytes(bc->cfg, name, ndim, shape);
+    int layer = -1, off = 0;
+    if (sscanf(name, "model.layers.%d.%n", &layer, &off) != 1 || off <= 0) {
+        bc->embed_head += b; // embed_tokens, lm_head, final norm
+        return 0;
+    }
+    const char *rest = name + off;
+    int e = -1;
+    if (!strncmp(rest, "mlp.experts.", 12)) {
+        if (sscanf(rest, "mlp.experts.%d.", &e) == 1 && e == 0 && layer == bc->cfg->first_k_dense)
+            bc->expert += b;
+    } else if (!strcmp(rest, "mlp.gate.weight")) {
+        bc->gate += b;
+    } else if (!strncmp(rest, "self_attn.", 10) || !strncmp(rest, "input_layernorm", 15)) {
+        bc->attn += b;
+    } else {
+        bc->other += b; // shared experts, dense MLPs, post-attention norms
+    }
+    return 0;
+}
+
 void ep_sim_plan_memory(const ep_model_cfg *cfg, const ep_sim_cluster *c, int context, int batch,
                         int chunk, int n_redundant, ep_sim_mem *m)
 {
     memset(m, 0, sizeof *m);
     const int W = ep_sim_cluster_gpus(c);
-    const double B = 2.0; // bf16
-    ep_sim_params p;
-    ep_sim_params_count(cfg, &p);
+    const double B = EP_SIM_BF16; // activations, KV
     const int n_moe = ep_model_n_moe_layers(cfg);
     const int E = cfg->n_experts;
 
-    double attn = 0, dense = 0;
-    for (int l = 0; l < cfg->n_layers; l++) {
-        attn += (double)p.layer_attn[l];
-        dense += (double)p.layer_dense[l];
-    }
-    double gate = (double)n_moe * E * cfg->hidden;
-    m->attn_bytes = B * attn;
-    m->gate_bytes = B * gate;
-    m->shared_bytes = B * (dense - attn - gate); // shared experts, dense MLPs, post-attn norms
-    m->embed_head_bytes = B * (double)(p.embed + p.head);
+    bytes_ctx bc = {.cfg = cfg};
+    ep_model_for_each_tensor(cfg, count_bytes, &bc);
+    m->attn_bytes = bc.attn;
+    m->gate_bytes = bc.gate;
+    m->shared_bytes = bc.other;
+    m->embed_head_bytes = bc.embed_head;
     m->replicated_bytes = m->attn_bytes + m->gate_bytes + m->shared_bytes + m->embed_head_bytes;
 
     // The fullest GPU: slots spread as evenly as placement can (ceil).
     m->experts_per_gpu = E > 0 ? (E + EP_MAX(n_redundant, 0) + W - 1) / W : 0;
-    m->routed_bytes = B * (double)n_moe * m->experts_per_gpu * (double)p.expert;
+    m->routed_bytes = (double)n_moe * m->experts_per_gpu * bc.expert;
 
     m->kv_bytes =
         (double)batch * context * cfg->n_layers * (double)ep_sim_kv_bytes_per_token_layer(cfg);
@@ -196,5 +232,4 @@ void ep_sim_plan_memory(const ep_model_cfg *cfg, const ep_sim_cluster *c, int co
     m->total_bytes = m->replicated_bytes + m->routed_bytes + m->kv_bytes + m->workspace_bytes;
     m->usable_bytes = c->mem_gb * 1e9 * c->mem_usable;
     m->fits = m->total_bytes <= m->usable_bytes;
-    ep_sim_params_free(&p);
 }

@@ -196,10 +196,17 @@ typedef struct {
     double usable_bytes; // mem_gb x mem_usable
     bool fits;
 } ep_sim_mem;
-// Weights in bf16. batch: concurrent sequences per GPU (attention is data
+// Weights as the checkpoint stores them (ep_sim_tensor_bytes): BF16, or for
+// cfg->quant FP8 the quantized Linear weights at 1 byte a value plus an fp32
+// scale per block. batch: concurrent sequences per GPU (attention is data
 // parallel: each GPU holds its own sequences' KV cache); chunk: prefill tokens
 // per GPU per step (sizes the workspace); n_redundant: replica slots per layer.
 void ep_sim_plan_memory(const ep_model_cfg *cfg, const ep_sim_cluster *c, int context, int batch,
                         int chunk, int n_redundant, ep_sim_mem *m);
+// Bytes of one tensor of the layout as stored: 2 a value (BF16), or, when
+// cfg->quant is EP_QUANT_FP8_BLOCK and ep_model_tensor_is_fp8(name), 1 a
+// value + 4 per quant_block block (F8_E4M3 codes and F32 weight_scale_inv).
+double ep_sim_tensor_bytes(const ep_model_cfg *cfg, const char *name, int ndim,
+                           const int64_t *shape);
 
 #endif

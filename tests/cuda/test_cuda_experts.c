@@ -3,7 +3,8 @@
 // for each shard of a 3-rank round-robin placement, with records of 0 to 4
 // pairs and pair_off not starting at 0; grouped and per-expert GEMMs; the
 // shared experts; a whole layer (routes -> experts + shared) vs
-// ep_experts_reference; determinism; scratch reuse; caller errors.
+// ep_experts_reference; determinism; scratch reuse; caller errors; the
+// shards of an FP8 block-quantized checkpoint (dequantized at load).
 // Tolerance CUDA_TEST_BF16_TOL per row (BF16 storage, see cuda_test_util.h).
 // Skips (77) without a device.
 #include <setjmp.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cuda_test_util.h"
 #include "experts/cuda/experts_cuda.h"
@@ -51,6 +53,46 @@ static int teardown(void **state)
     ep_weights_free(f->w);
     free(f);
     return 0;
+}
+
+// The deepseek fixture written as an FP8 block-quantized checkpoint with
+// small blocks (4 x 8: partial blocks everywhere on hidden 13) and read
+// back: the CUDA backend uploads the dequantized values in BF16, the CPU
+// experts keep them in fp32 (docs/cuda.md).
+static char fp8_dir[512];
+static int setup_deepseek_fp8(void **state)
+{
+    ep_model_cfg c;
+    cuda_test_cfg_deepseek(&c);
+    c.quant = EP_QUANT_FP8_BLOCK;
+    c.quant_block[0] = 4;
+    c.quant_block[1] = 8;
+    const char *tmp = getenv("TMPDIR");
+    snprintf(fp8_dir, sizeof fp8_dir, "%s/ep_cuda_fp8_%ld", tmp && tmp[0] ? tmp : "/tmp",
+             (long)getpid());
+    fixture *f = calloc(1, sizeof *f);
+    char name[256];
+    ep_name_expert(name, sizeof name, c.first_k_dense, 0, "down_proj");
+    ep_dtype stored = EP_DTYPE_F32;
+    if (ep_synth_write_checkpoint(&c, fp8_dir, 1, EP_DTYPE_F8_E4M3) ||
+        ep_model_cfg_load(fp8_dir, &f->cfg) || ep_weights_open(&f->cfg, &f->w) ||
+        ep_weights_stored_dtype(f->w, name, &stored)) {
+        fprintf(stderr, "setup: %s\n", ep_last_error());
+        return -1;
+    }
+    if (stored != EP_DTYPE_F8_E4M3) {
+        fprintf(stderr, "setup: %s is %s, expected F8_E4M3\n", name, ep_dtype_name(stored));
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+static int teardown_fp8(void **state)
+{
+    teardown(state);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fp8_dir);
+    return system(cmd) == 0 ? 0 : -1;
 }
 
 // One step of n_rec records on one shard, GPU vs CPU. Returns the error.
@@ -251,6 +293,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_shards_vs_cpu, setup_qwen, teardown),
         cmocka_unit_test_setup_teardown(test_shards_vs_cpu, setup_deepseek, teardown),
+        cmocka_unit_test_setup_teardown(test_shards_vs_cpu, setup_deepseek_fp8, teardown_fp8),
         cmocka_unit_test_setup_teardown(test_layer_vs_reference, setup_qwen, teardown),
         cmocka_unit_test_setup_teardown(test_layer_vs_reference, setup_deepseek, teardown),
         cmocka_unit_test_setup_teardown(test_shared_vs_cpu, setup_deepseek, teardown),

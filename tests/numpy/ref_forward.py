@@ -5,7 +5,11 @@ Written from the models' definitions (the Hugging Face modeling code's math:
 qwen3_moe/modeling_qwen3_moe.py, DeepSeek's modeling_deepseek.py), not from
 epserve's C code: it shares nothing with epserve but the checkpoint files. It
 reads config.json and the safetensors files (header parsed with json, data
-with numpy.frombuffer; F32, F16 and BF16), computes the logits of one token
+with numpy.frombuffer; F32, F16, BF16, and F8_E4M3 weights with their
+`_scale_inv` block scales when config.json has an fp8 quantization_config:
+value = e4m3 decoded from its bit fields times the scale of its
+weight_block_size block, as DeepSeek's fp8_cast_bf16 does before its cast),
+computes the logits of one token
 sequence at positions 0..n-1 in float64 with the models' own routing (top-k of
 the softmax, "baseline" in epserve's terms) and, given epserve's logits file
 (`epserve logits --out F.bin`: [n, vocab] float32 little-endian), compares:
@@ -56,14 +60,34 @@ def read_safetensors(path, names=None):
         elif dt == "BF16":
             # bfloat16 is the high half of a float32.
             a = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        elif dt == "F8_E4M3":
+            a = E4M3[np.frombuffer(raw, dtype=np.uint8)]
         else:
             raise ValueError(f"{path}: tensor {name}: dtype {dt} not supported here "
-                             "(F32, F16, BF16)")
+                             "(F32, F16, BF16, F8_E4M3)")
         shape = info["shape"]
         if a.size != int(np.prod(shape)):
             raise ValueError(f"{path}: tensor {name}: {a.size} values for shape {shape}")
         out[name] = a.astype(np.float64).reshape(shape)
     return out
+
+
+def e4m3_table():
+    """float e4m3 (OCP "fn": bias 7, no Inf, S.1111.111 NaN) of each byte."""
+    t = np.empty(256)
+    for v in range(256):
+        sign = -1.0 if v & 0x80 else 1.0
+        e, m = (v >> 3) & 15, v & 7
+        if e == 15 and m == 7:
+            t[v] = np.nan
+        elif e == 0:
+            t[v] = sign * m * 2.0 ** -9
+        else:
+            t[v] = sign * (1 + m / 8) * 2.0 ** (e - 7)
+    return t
+
+
+E4M3 = e4m3_table()
 
 
 def read_checkpoint(d):
@@ -76,6 +100,21 @@ def read_checkpoint(d):
     w = {}
     for fn in files:
         w.update(read_safetensors(os.path.join(d, fn)))
+    with open(os.path.join(d, "config.json")) as f:
+        q = json.load(f).get("quantization_config")
+    scales = [n for n in w if n.endswith("_scale_inv")]
+    if not scales:
+        return w
+    if not q or q.get("quant_method") != "fp8":
+        raise ValueError(f"{d}: block scales present but no fp8 quantization_config")
+    br, bc = q["weight_block_size"]
+    for sn in scales:
+        name = sn[:-len("_scale_inv")]
+        codes, s = w[name], w.pop(sn)
+        r, c = codes.shape
+        full = np.repeat(np.repeat(s, br, axis=0), bc, axis=1)[:r, :c]
+        # fp32 product, as the dequantizers compute it.
+        w[name] = (codes.astype(np.float32) * full.astype(np.float32)).astype(np.float64)
     return w
 
 

@@ -318,12 +318,65 @@ static void test_params_and_plan(void **state)
     assert_true(m.shared_bytes > 0); // 2 shared experts + the dense layer 0
 }
 
+// FP8 block-quantized weights: the Linear weights of attention and experts
+// at 1 byte a value + 4 per 128 x 128 block, gates, norms, embedding and
+// lm_head at 2; partial blocks counted whole.
+static void test_plan_fp8(void **state)
+{
+    (void)state;
+    ep_model_cfg cfg;
+    assert_int_equal(ep_model_cfg_load("qwen3-235b-a22b", &cfg), EP_OK);
+    ep_sim_cluster c;
+    assert_int_equal(ep_sim_cluster_load("1x8-h100", &c), EP_OK);
+    ep_sim_mem bf, f8;
+    ep_sim_plan_memory(&cfg, &c, 4096, 16, 4096, 0, &bf);
+    cfg.quant = EP_QUANT_FP8_BLOCK;
+    cfg.quant_block[0] = cfg.quant_block[1] = 128;
+    ep_sim_plan_memory(&cfg, &c, 4096, 16, 4096, 0, &f8);
+    // gate/up [1536, 4096] and down [4096, 1536]: 12 x 32 blocks each.
+    const double expert = 3.0 * 4096 * 1536 + 4.0 * 3 * 12 * 32;
+    assert_float_equal(f8.routed_bytes, 94.0 * 16 * expert, 1);
+    // q [8192, 4096], k, v [512, 4096], o [4096, 8192]; q/k norms and
+    // input_layernorm in BF16.
+    const double attn = 2 * (8192.0 * 4096 + 4 * 64 * 32) + 2 * (512.0 * 4096 + 4 * 4 * 32) +
+                        2.0 * (128 + 128 + 4096);
+    assert_float_equal(f8.attn_bytes, 94 * attn, 1);
+    assert_float_equal(f8.gate_bytes, bf.gate_bytes, 0);
+    assert_float_equal(f8.embed_head_bytes, bf.embed_head_bytes, 0);
+    assert_float_equal(f8.shared_bytes, bf.shared_bytes, 0); // post-attention norms only
+    assert_float_equal(f8.kv_bytes, bf.kv_bytes, 0);
+    assert_float_equal(f8.workspace_bytes, bf.workspace_bytes, 0);
+    assert_false(bf.fits);
+    assert_true(f8.fits); // 235 GB of FP8 weights fit 8 x 80 GB
+
+    // Odd shapes: MLA's kv_a_proj_with_mqa [576, 5120] of DeepSeek-V2.5 is
+    // 5 x 40 blocks (the last block row 64 high); lm_head stays BF16.
+    assert_int_equal(ep_model_cfg_load("deepseek-v2.5", &cfg), EP_OK);
+    cfg.quant = EP_QUANT_FP8_BLOCK;
+    cfg.quant_block[0] = cfg.quant_block[1] = 128;
+    const int64_t kva[2] = {576, 5120}, head[2] = {102400, 5120}, norm[1] = {5120};
+    assert_float_equal(
+        ep_sim_tensor_bytes(&cfg, "model.layers.3.self_attn.kv_a_proj_with_mqa.weight", 2, kva),
+        576.0 * 5120 + 4.0 * 5 * 40, 0);
+    assert_float_equal(ep_sim_tensor_bytes(&cfg, "lm_head.weight", 2, head), 2.0 * 102400 * 5120,
+                       0);
+    assert_float_equal(ep_sim_tensor_bytes(&cfg, "model.norm.weight", 1, norm), 2.0 * 5120, 0);
+    const int64_t g[2] = {160, 5120};
+    assert_float_equal(ep_sim_tensor_bytes(&cfg, "model.layers.3.mlp.gate.weight", 2, g),
+                       2.0 * 160 * 5120, 0);
+    cfg.quant = EP_QUANT_NONE;
+    assert_float_equal(
+        ep_sim_tensor_bytes(&cfg, "model.layers.3.self_attn.kv_a_proj_with_mqa.weight", 2, kva),
+        2.0 * 576 * 5120, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a2a_rank),        cmocka_unit_test(test_experts_roofline),
         cmocka_unit_test(test_layer_two_ranks), cmocka_unit_test(test_cluster_yaml),
         cmocka_unit_test(test_cluster_presets), cmocka_unit_test(test_params_and_plan),
+        cmocka_unit_test(test_plan_fp8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
