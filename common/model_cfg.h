@@ -40,10 +40,15 @@ typedef struct {
     // DeepSeek-V2 MLA (0 when not MLA)
     int q_lora_rank; // 0: q_proj (Lite); >0: q_a_proj/q_a_layernorm/q_b_proj
     int kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim;
-    // YaRN rope scaling (has_yarn false: plain RoPE)
+    // YaRN rope scaling (has_yarn false: plain RoPE). DeepSeek-V2 reads it as
+    // its own modeling code does (mscale default 1), Qwen3 as transformers'
+    // _compute_yarn_parameters does (mscale / mscale_all_dim 0 = not given,
+    // attention_factor, truncate); see model/rope.c.
     bool has_yarn;
     float yarn_factor, yarn_beta_fast, yarn_beta_slow, yarn_mscale, yarn_mscale_all_dim;
     int yarn_orig_max_pos;
+    float yarn_attn_factor; // rope_scaling.attention_factor (Qwen3), 0: not given
+    bool yarn_truncate;     // rope_scaling.truncate (Qwen3, default true): floor/ceil the ramp ends
 
     // Where the weights come from: a checkpoint directory (safetensors,
     // HF layout), or "" for synthetic weights generated from `seed`.
