@@ -68,8 +68,17 @@ ep_status ep_model_cfg_from_yaml(const char *path, ep_model_cfg *cfg);
 // keys that epserve needs are errors. Sets cfg->checkpoint to the directory.
 ep_status ep_model_cfg_from_hf_json(const char *path, ep_model_cfg *cfg);
 ep_status ep_model_cfg_validate(const ep_model_cfg *cfg);
-// Writes config.json in the HF layout of cfg's family (for make-model).
+// Writes config.json in the HF layout of cfg's family (for make-model):
+// torch_dtype "bfloat16", no token ids.
 ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *cfg, const char *path);
+// What config.json says beside the architecture, as the published configs
+// have it: the dtype of the weights written and the special token ids.
+typedef struct {
+    const char *torch_dtype;        // "bfloat16", "float32", ...
+    int bos_token_id, eos_token_id; // -1: not written
+} ep_hf_json_extra;
+ep_status ep_model_cfg_write_hf_json_ex(const ep_model_cfg *cfg, const ep_hf_json_extra *x,
+                                        const char *path);
 
 static inline bool ep_model_layer_is_moe(const ep_model_cfg *c, int layer)
 {

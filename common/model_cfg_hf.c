@@ -427,6 +427,13 @@ static json_t *hf_rope_scaling(const ep_model_cfg *c)
 
 ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
 {
+    const ep_hf_json_extra x = {.torch_dtype = "bfloat16", .bos_token_id = -1, .eos_token_id = -1};
+    return ep_model_cfg_write_hf_json_ex(c, &x, path);
+}
+
+ep_status ep_model_cfg_write_hf_json_ex(const ep_model_cfg *c, const ep_hf_json_extra *x,
+                                        const char *path)
+{
     ep_status st = ep_model_cfg_validate(c);
     if (st != EP_OK) return st;
     bool q = c->arch == EP_ARCH_QWEN3_MOE;
@@ -434,7 +441,7 @@ ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
     json_object_set_new(r, "architectures",
                         json_pack("[s]", q ? "Qwen3MoeForCausalLM" : "DeepseekV2ForCausalLM"));
     json_object_set_new(r, "model_type", json_string(q ? "qwen3_moe" : "deepseek_v2"));
-    json_object_set_new(r, "torch_dtype", json_string("bfloat16"));
+    json_object_set_new(r, "torch_dtype", json_string(x->torch_dtype));
     json_object_set_new(r, "hidden_size", json_integer(c->hidden));
     json_object_set_new(r, "intermediate_size", json_integer(c->intermediate));
     json_object_set_new(r, "moe_intermediate_size", json_integer(c->moe_inter));
@@ -487,6 +494,8 @@ ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
     json_object_set_new(r, "attention_dropout", json_real(0.0));
     json_object_set_new(r, "initializer_range", json_real(0.02));
     json_object_set_new(r, "use_cache", json_true());
+    if (x->bos_token_id >= 0) json_object_set_new(r, "bos_token_id", json_integer(x->bos_token_id));
+    if (x->eos_token_id >= 0) json_object_set_new(r, "eos_token_id", json_integer(x->eos_token_id));
     if (c->seed <= (uint64_t)INT64_MAX) {
         json_object_set_new(r, "epserve_seed", json_integer((json_int_t)c->seed));
     } else {

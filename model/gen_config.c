@@ -5,6 +5,7 @@
 #include "model/gen_config.h"
 
 #include "common/json_util.h"
+#include "common/weights.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -319,4 +320,54 @@ char *ep_gen_config_json(const ep_gen_config *g, const ep_sample_params *d, cons
     json_decref(o);
     EP_ASSERT(s);
     return s;
+}
+
+// ---- writing (make-model) ------------------------------------------------------
+
+ep_status ep_gen_config_write(const ep_gen_config *g, const char *path)
+{
+    json_t *o = json_object();
+    if (g->bos >= 0) json_object_set_new(o, "bos_token_id", json_integer(g->bos));
+    if (g->has_do_sample) json_object_set_new(o, "do_sample", json_boolean(g->do_sample));
+    if (g->n_eos == 1) {
+        json_object_set_new(o, "eos_token_id", json_integer(g->eos[0]));
+    } else if (g->n_eos > 1) {
+        json_t *e = json_array();
+        for (int i = 0; i < g->n_eos; i++)
+            json_array_append_new(e, json_integer(g->eos[i]));
+        json_object_set_new(o, "eos_token_id", e);
+    }
+    if (g->has_max_new_tokens)
+        json_object_set_new(o, "max_new_tokens", json_integer(g->max_new_tokens));
+    if (g->pad >= 0) json_object_set_new(o, "pad_token_id", json_integer(g->pad));
+    if (g->has_temperature)
+        json_object_set_new(o, "temperature", json_real(ep_json_float(g->temperature)));
+    if (g->has_top_k) json_object_set_new(o, "top_k", json_integer(g->top_k));
+    if (g->has_top_p) json_object_set_new(o, "top_p", json_real(ep_json_float(g->top_p)));
+    ep_status st = ep_json_write_atomic(
+        path, o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    return st;
+}
+
+void ep_gen_config_synth(const ep_model_cfg *cfg, ep_gen_config *g)
+{
+    ep_synth_special_ids ids;
+    ep_synth_special_ids_of(cfg, &ids);
+    memset(g, 0, sizeof *g);
+    g->bos = ids.bos;
+    g->pad = -1;
+    g->has_do_sample = g->do_sample = true;
+    g->has_temperature = g->has_top_p = true;
+    g->top_p = 0.95f;
+    g->eos[g->n_eos++] = ids.eos;
+    if (cfg->arch == EP_ARCH_DEEPSEEK_V2) {
+        g->temperature = 0.3f;
+        return;
+    }
+    g->eos[g->n_eos++] = ids.bos; // Qwen3: [<|im_end|>, <|endoftext|>]
+    g->pad = ids.pad;
+    g->temperature = 0.6f;
+    g->has_top_k = true;
+    g->top_k = 20;
 }

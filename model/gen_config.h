@@ -63,4 +63,15 @@ void ep_gen_config_sample_defaults(const ep_gen_config *g, ep_sample_params *p);
 char *ep_gen_config_json(const ep_gen_config *g, const ep_sample_params *defaults, const int *eos,
                          int n_eos);
 
+// Writes the keys g gives (bos_token_id, do_sample, eos_token_id: an integer
+// when one, else a list; pad_token_id, temperature, top_k, top_p,
+// max_new_tokens) as transformers saves them, atomically.
+ep_status ep_gen_config_write(const ep_gen_config *g, const char *path);
+// The generation_config.json make-model writes: the published file of the
+// family (Qwen3-30B-A3B: do_sample, temperature 0.6, top_k 20, top_p 0.95,
+// eos [<|im_end|>, <|endoftext|>], bos / pad <|endoftext|>; DeepSeek-V2-Lite-
+// Chat: do_sample, temperature 0.3, top_p 0.95, bos, eos) with the synthetic
+// tokenizer's ids (ep_synth_special_ids_of).
+void ep_gen_config_synth(const ep_model_cfg *cfg, ep_gen_config *g);
+
 #endif
