@@ -142,105 +142,7 @@ static ep_status hf_common(const char *path, json_t *r, ep_model_cfg *c)
                      json_describe(seed, found, sizeof found));
 }
 
-// ---- rope_scaling -------------------------------------------------------------
-
-// The keys each family's YaRN reads. DeepSeek-V2: its modeling code's
-// DeepseekV2YarnRotaryEmbedding; Qwen3: transformers' _compute_yarn_parameters
-// and its validator's required and optional keys (partial_rotary_factor and
-// rope_theta are checked, not used: they must agree with the rest).
-static const char *const YARN_KEYS_DS[] = {
-    "type",      "rope_type", "factor", "original_max_position_embeddings",
-    "beta_fast", "beta_slow", "mscale", "mscale_all_dim"};
-static const char *const YARN_KEYS_QWEN3[] = {"type",
-                                              "rope_type",
-                                              "factor",
-                                              "original_max_position_embeddings",
-                                              "beta_fast",
-                                              "beta_slow",
-                                              "mscale",
-                                              "mscale_all_dim",
-                                              "attention_factor",
-                                              "truncate",
-                                              "partial_rotary_factor",
-                                              "rope_theta"};
-
-// rope_scaling of config.json: only YaRN, only the keys the family's reference
-// reads (anything else is refused by name rather than ignored).
-static ep_status hf_yarn(const char *path, json_t *rs, ep_model_cfg *c)
-{
-    char found[128];
-    bool q = c->arch == EP_ARCH_QWEN3_MOE;
-    const char *fam = q ? "qwen3_moe" : "deepseek_v2";
-    if (!json_is_object(rs))
-        return ep_errorf(EP_ERR_CONFIG,
-                         "%s: key 'rope_scaling': expected null or an object, found %s", path,
-                         json_describe(rs, found, sizeof found));
-    const char *const *keys = q ? YARN_KEYS_QWEN3 : YARN_KEYS_DS;
-    size_t n_keys = q ? EP_ARRAY_LEN(YARN_KEYS_QWEN3) : EP_ARRAY_LEN(YARN_KEYS_DS);
-    const char *k;
-    json_t *v;
-    json_object_foreach(rs, k, v)
-    {
-        size_t i = 0;
-        while (i < n_keys && strcmp(keys[i], k))
-            i++;
-        if (i < n_keys) continue;
-        char list[512];
-        size_t o = 0;
-        for (i = 0; i < n_keys && o < sizeof list; i++)
-            o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "", keys[i]);
-        return ep_errorf(EP_ERR_UNSUPPORTED,
-                         "%s: key 'rope_scaling.%s': not a YaRN parameter epserve reads for %s "
-                         "(expected one of: %s)",
-                         path, k, fam, list);
-    }
-    // "rope_type" is the newer transformers spelling of "type".
-    json_t *t = json_object_get(rs, "rope_type"), *t_old = json_object_get(rs, "type");
-    const char *tkey = t ? "rope_scaling.rope_type" : "rope_scaling.type";
-    if (!t) t = t_old;
-    if (!json_is_string(t) || strcmp(json_string_value(t), "yarn") != 0)
-        return ep_errorf(EP_ERR_UNSUPPORTED,
-                         "%s: key '%s': expected \"yarn\" (the only rope scaling epserve "
-                         "implements), found %s",
-                         path, tkey, json_describe(t, found, sizeof found));
-    if (t_old && t != t_old && !json_equal(t, t_old))
-        return ep_errorf(EP_ERR_CONFIG,
-                         "%s: key 'rope_scaling.type': expected the same as rope_type (\"yarn\"), "
-                         "found %s",
-                         path, json_describe(t_old, found, sizeof found));
-    c->has_yarn = true;
-    ep_status st;
-    if ((st = js_float(path, rs, "rope_scaling.factor", true, &c->yarn_factor)) ||
-        (st = js_int(path, rs, "rope_scaling.original_max_position_embeddings", true,
-                     &c->yarn_orig_max_pos)) ||
-        (st = js_float(path, rs, "rope_scaling.beta_fast", false, &c->yarn_beta_fast)) ||
-        (st = js_float(path, rs, "rope_scaling.beta_slow", false, &c->yarn_beta_slow)) ||
-        (st = js_float(path, rs, "rope_scaling.mscale", false, &c->yarn_mscale)) ||
-        (st = js_float(path, rs, "rope_scaling.mscale_all_dim", false, &c->yarn_mscale_all_dim)))
-        return st;
-    if (!q) return EP_OK;
-    if ((st = js_float(path, rs, "rope_scaling.attention_factor", false, &c->yarn_attn_factor)) ||
-        (st = js_bool(path, rs, "rope_scaling.truncate", false, &c->yarn_truncate)))
-        return st;
-    // transformers reads beta_fast / beta_slow with `or`: 0 stands for the default.
-    if (c->yarn_beta_fast == 0.0f) c->yarn_beta_fast = 32.0f;
-    if (c->yarn_beta_slow == 0.0f) c->yarn_beta_slow = 1.0f;
-    float prf = 1.0f, theta = c->rope_theta;
-    if ((st = js_float(path, rs, "rope_scaling.partial_rotary_factor", false, &prf)) ||
-        (st = js_float(path, rs, "rope_scaling.rope_theta", false, &theta)))
-        return st;
-    if (prf != 1.0f)
-        return ep_errorf(EP_ERR_UNSUPPORTED,
-                         "%s: key 'rope_scaling.partial_rotary_factor': Qwen3 rotates all of "
-                         "head_dim: expected 1, found %g",
-                         path, (double)prf);
-    if (theta != c->rope_theta)
-        return ep_errorf(EP_ERR_CONFIG,
-                         "%s: key 'rope_scaling.rope_theta': expected the top-level rope_theta "
-                         "(%g), found %g",
-                         path, (double)c->rope_theta, (double)theta);
-    return EP_OK;
-}
+static ep_status hf_yarn(const char *path, json_t *rs, ep_model_cfg *c);
 
 static ep_status hf_qwen3(const char *path, json_t *r, ep_model_cfg *c)
 {
@@ -279,6 +181,106 @@ static ep_status hf_qwen3(const char *path, json_t *r, ep_model_cfg *c)
     c->topk_method = EP_TOPK_GREEDY;
     c->n_group = c->topk_group = 1;
     c->routed_scaling_factor = 1.0f;
+    return EP_OK;
+}
+
+// ---- rope_scaling -------------------------------------------------------------
+
+// The keys each family's YaRN reads. DeepSeek-V2: its modeling code's
+// DeepseekV2YarnRotaryEmbedding; Qwen3: transformers' _compute_yarn_parameters
+// and its validator's required and optional keys (partial_rotary_factor and
+// rope_theta are checked, not used: they must agree with the rest).
+static const char *const YARN_KEYS_DS[] = {
+    "type",      "rope_type", "factor", "original_max_position_embeddings",
+    "beta_fast", "beta_slow", "mscale", "mscale_all_dim"};
+static const char *const YARN_KEYS_QWEN3[] = {"type",
+                                              "rope_type",
+                                              "factor",
+                                              "original_max_position_embeddings",
+                                              "beta_fast",
+                                              "beta_slow",
+                                              "mscale",
+                                              "mscale_all_dim",
+                                              "attention_factor",
+                                              "truncate",
+                                              "partial_rotary_factor",
+                                              "rope_theta"};
+
+// rope_scaling of config.json: only YaRN, only the keys the family's reference
+// reads (anything else is refused by name rather than ignored).
+static ep_status hf_yarn(const char *path, json_t *rs, ep_model_cfg *c)
+{
+    char found[128];
+    bool q = c->arch == EP_ARCH_QWEN3_MOE;
+    const char *fam = q ? "qwen3_moe" : "deepseek_v2";
+    if (!json_is_object(rs))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'rope_scaling': expected null or an object, found %s", path,
+                         json_describe(rs, found, sizeof found));
+    // "rope_type" is the newer transformers spelling of "type".
+    json_t *t = json_object_get(rs, "rope_type"), *t_old = json_object_get(rs, "type");
+    const char *tkey = t ? "rope_scaling.rope_type" : "rope_scaling.type";
+    if (!t) t = t_old;
+    if (!json_is_string(t) || strcmp(json_string_value(t), "yarn") != 0)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key '%s': expected \"yarn\" (the only rope scaling epserve "
+                         "implements), found %s",
+                         path, tkey, json_describe(t, found, sizeof found));
+    if (t_old && t != t_old && !json_equal(t, t_old))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'rope_scaling.type': expected the same as rope_type (\"yarn\"), "
+                         "found %s",
+                         path, json_describe(t_old, found, sizeof found));
+    const char *const *keys = q ? YARN_KEYS_QWEN3 : YARN_KEYS_DS;
+    size_t n_keys = q ? EP_ARRAY_LEN(YARN_KEYS_QWEN3) : EP_ARRAY_LEN(YARN_KEYS_DS);
+    const char *k;
+    json_t *v;
+    json_object_foreach(rs, k, v)
+    {
+        size_t i = 0;
+        while (i < n_keys && strcmp(keys[i], k))
+            i++;
+        if (i < n_keys) continue;
+        char list[512];
+        size_t o = 0;
+        for (i = 0; i < n_keys && o < sizeof list; i++)
+            o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "", keys[i]);
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'rope_scaling.%s': not a YaRN parameter epserve reads for %s "
+                         "(expected one of: %s)",
+                         path, k, fam, list);
+    }
+    c->has_yarn = true;
+    ep_status st;
+    if ((st = js_float(path, rs, "rope_scaling.factor", true, &c->yarn_factor)) ||
+        (st = js_int(path, rs, "rope_scaling.original_max_position_embeddings", true,
+                     &c->yarn_orig_max_pos)) ||
+        (st = js_float(path, rs, "rope_scaling.beta_fast", false, &c->yarn_beta_fast)) ||
+        (st = js_float(path, rs, "rope_scaling.beta_slow", false, &c->yarn_beta_slow)) ||
+        (st = js_float(path, rs, "rope_scaling.mscale", false, &c->yarn_mscale)) ||
+        (st = js_float(path, rs, "rope_scaling.mscale_all_dim", false, &c->yarn_mscale_all_dim)))
+        return st;
+    if (!q) return EP_OK;
+    if ((st = js_float(path, rs, "rope_scaling.attention_factor", false, &c->yarn_attn_factor)) ||
+        (st = js_bool(path, rs, "rope_scaling.truncate", false, &c->yarn_truncate)))
+        return st;
+    // transformers reads beta_fast / beta_slow with `or`: 0 stands for the default.
+    if (c->yarn_beta_fast == 0.0f) c->yarn_beta_fast = 32.0f;
+    if (c->yarn_beta_slow == 0.0f) c->yarn_beta_slow = 1.0f;
+    float prf = 1.0f, theta = c->rope_theta;
+    if ((st = js_float(path, rs, "rope_scaling.partial_rotary_factor", false, &prf)) ||
+        (st = js_float(path, rs, "rope_scaling.rope_theta", false, &theta)))
+        return st;
+    if (prf != 1.0f)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'rope_scaling.partial_rotary_factor': Qwen3 rotates all of "
+                         "head_dim: expected 1, found %g",
+                         path, (double)prf);
+    if (theta != c->rope_theta)
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'rope_scaling.rope_theta': expected the top-level rope_theta "
+                         "(%g), found %g",
+                         path, (double)c->rope_theta, (double)theta);
     return EP_OK;
 }
 

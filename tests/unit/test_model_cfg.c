@@ -722,6 +722,10 @@ static void test_hf_json_qwen3_yarn_bad(void **state)
     json_bad(base, "\"yarn\"", "\"linear\"", EP_ERR_UNSUPPORTED, "expected \"yarn\"", "linear");
     json_bad(base, "\"factor\": 4.0", "\"factor\": 4.0, \"low_freq_factor\": 1", EP_ERR_UNSUPPORTED,
              "'rope_scaling.low_freq_factor'", "attention_factor");
+    // Another rope type is named as such, before its keys are.
+    json_bad(base, "\"yarn\", \"factor\": 4.0",
+             "\"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1, \"high_freq_factor\": 4",
+             EP_ERR_UNSUPPORTED, "'rope_scaling.rope_type'", "\"llama3\"");
     json_bad(base, "\"factor\": 4.0, ", "", EP_ERR_CONFIG, "'rope_scaling.factor'", "no such key");
     json_bad(base, "\"factor\": 4.0", "\"factor\": 0.5", EP_ERR_CONFIG, "'rope_scaling.factor'",
              "found 0.5");
