@@ -5,7 +5,9 @@
 #include "app/args.h"
 #include "app/commands.h"
 #include "comm/comm.h"
+#include "common/json_util.h"
 #include "common/weights.h"
+#include "model/gen_config.h"
 #include "model/tokenizer.h"
 #include "scheduler/engine.h"
 
@@ -31,6 +33,9 @@ static void usage(FILE *f)
                "  --temperature T      0 = greedy (default 0)\n"
                "  --top-k K            0 = no limit (default)\n"
                "  --top-p P            in (0, 1] (default 1)\n"
+               "                       (a checkpoint's generation_config.json replaces these\n"
+               "                       four defaults and adds its eos_token_id to the stop ids;\n"
+               "                       the options given here win)\n"
                "  --seed S             sampling seed (default 0)\n"
                "  --stop S             a stop string (repeatable)\n"
                "  --ignore-eos         generate past end-of-sequence tokens\n"
@@ -154,6 +159,8 @@ int ep_cmd_generate(int argc, char **argv)
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
     ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO, wire = EP_DTYPE_F32;
     int max_tokens = 16, rpn = 0, micro_batches = 1;
+    // Which sampling options were given: those win over generation_config.json.
+    bool set_max_tokens = false, set_temp = false, set_top_k = false, set_top_p = false;
     float timeout = 30.0f;
     bool ignore_eos = false, as_json = false;
     ep_sample_params sp;
@@ -179,18 +186,22 @@ int ep_cmd_generate(int argc, char **argv)
             break;
         case 'n':
             ok = ep_arg_int(optarg, 1, 1 << 24, &max_tokens);
+            set_max_tokens = true;
             break;
         case 'r':
             routing = optarg;
             break;
         case 'T':
             ok = ep_arg_float(optarg, &sp.temperature);
+            set_temp = true;
             break;
         case 'k':
             ok = ep_arg_int(optarg, 0, INT_MAX, &sp.top_k);
+            set_top_k = true;
             break;
         case 'P':
             ok = ep_arg_float(optarg, &sp.top_p);
+            set_top_p = true;
             break;
         case 's': {
             char *end;
@@ -276,9 +287,22 @@ int ep_cmd_generate(int argc, char **argv)
     double t0 = 0, t1 = 0;
     ep_engine_metrics mm = {0};
     bool have_metrics = false;
+    ep_gen_config gen = {.bos = -1, .pad = -1};
 
     // Every rank reads the inputs, so input errors are found alike everywhere.
     if ((st = ep_model_cfg_load(model, &cfg))) goto done;
+    // Options given > generation_config.json > the built-in defaults.
+    if ((st = ep_gen_config_load(&cfg, &gen))) goto done;
+    if (cl->rank == 0) ep_gen_config_warn(&gen);
+    {
+        ep_sample_params d = sp;
+        ep_gen_config_sample_defaults(&gen, &d);
+        if (!set_temp) sp.temperature = d.temperature;
+        if (!set_top_k) sp.top_k = d.top_k;
+        if (!set_top_p) sp.top_p = d.top_p;
+        sp.repetition_penalty = d.repetition_penalty; // no option of generate's
+        if (!set_max_tokens && gen.has_max_new_tokens) max_tokens = gen.max_new_tokens;
+    }
     if ((st = ep_tokenizer_for_model(&cfg, &tok))) {
         if (tokens && !n_stop) { // ids in, ids out: the text is optional
             if (cl->rank == 0)
@@ -335,6 +359,8 @@ int ep_cmd_generate(int argc, char **argv)
         (eo.model.max_ctx + eo.model.kv_block_tokens - 1) / eo.model.kv_block_tokens;
     eo.max_num_seqs = cl->world_size;
     eo.max_waiting = 1;
+    eo.eos_ids = gen.eos;
+    eo.n_eos_ids = gen.n_eos;
     if ((int64_t)n_ids + max_tokens > eo.max_model_len) {
         st = ep_errorf(EP_ERR_ARG,
                        "the prompt of %d tokens + --max-tokens %d = %lld tokens is "
@@ -406,6 +432,13 @@ done:;
             json_object_set_new(o, "tokens_per_s", json_real(tps));
             json_object_set_new(o, "avg_k", json_real(avg_k));
             json_object_set_new(o, "k_base", json_integer(cfg.k_base));
+            json_object_set_new(o, "sampling",
+                                json_pack("{s:f, s:i, s:f, s:I, s:i}", "temperature",
+                                          ep_json_float(sp.temperature), "top_k", sp.top_k, "top_p",
+                                          ep_json_float(sp.top_p), "seed", (json_int_t)sp.seed,
+                                          "max_tokens", max_tokens));
+            json_object_set_new(o, "generation_config",
+                                gen.present ? json_string(gen.path) : json_null());
             char *s = json_dumps(o, JSON_COMPACT);
             printf("%s\n", s ? s : "{}");
             free(s);

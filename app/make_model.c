@@ -1,11 +1,12 @@
 // `epserve make-model`: writes a synthetic checkpoint (HF layout: sharded
-// safetensors, index, config.json, tokenizer.json) for a preset or model
-// YAML. Argument handling and the report only; the writers are
-// common/synth_ckpt.c and model/tokenizer_synth.c.
+// safetensors, index, config.json, generation_config.json, tokenizer.json,
+// tokenizer_config.json) for a preset or model YAML. Argument handling and the report only; the
+// writers are common/synth_ckpt.c and model/tokenizer_synth.c.
 #include "app/commands.h"
 #include "cluster/cluster.h"
 #include "common/json_util.h"
 #include "common/weights.h"
+#include "model/gen_config.h"
 #include "model/tokenizer.h"
 
 #include <errno.h>
@@ -37,7 +38,9 @@ static void usage(FILE *f)
            "                    the full presets are 30-470 GB: mind the disk\n"
            "  --help            this text\n"
            "Writes model-0000S-of-0000N.safetensors, model.safetensors.index.json,\n"
-           "config.json and tokenizer.json (the synthetic tokenizer, docs/tokenizer.md).\n"
+           "config.json (torch_dtype of --dtype, bos / eos ids), generation_config.json\n"
+           "(the family's published sampling defaults), tokenizer.json and\n"
+           "tokenizer_config.json (the synthetic tokenizer, docs/tokenizer.md).\n"
            "The values equal what ranks generate in memory from the same model and seed\n"
            "(see docs/synthetic.md).\n");
 }
@@ -67,6 +70,27 @@ typedef struct {
     uint64_t seed, shards, max_gib; // shards 0: one per MAKE_MODEL_SHARD_BYTES
     ep_dtype dtype;
 } make_model_opts;
+
+// tokenizer_config.json and generation_config.json, as a published
+// checkpoint has them beside tokenizer.json (model/tokenizer_synth.c,
+// model/gen_config.c).
+static ep_status write_hf_extras(const ep_model_cfg *cfg, const char *out)
+{
+    char path[1200], *text;
+    size_t len;
+    ep_status st = ep_tokenizer_synth_config_json(cfg, &text, &len);
+    if (st) return st;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", out);
+    const void *bufs[] = {text, "\n"};
+    const size_t lens[] = {len, 1};
+    st = ep_file_write_atomic(path, bufs, lens, 2);
+    free(text);
+    if (st) return st;
+    ep_gen_config g;
+    ep_gen_config_synth(cfg, &g);
+    snprintf(path, sizeof path, "%s/generation_config.json", out);
+    return ep_gen_config_write(&g, path);
+}
 
 // Loads the model, checks the size, writes the checkpoint, reports. Runs on
 // one rank: the output is one directory whatever the world size.
@@ -124,6 +148,7 @@ static int write_model(const make_model_opts *o)
         st = ep_file_write_atomic(path, bufs, &tok_len, 1);
         free(tok);
     }
+    if (!st) st = write_hf_extras(&cfg, o->out);
     if (st) {
         fprintf(stderr, "epserve make-model: %s\n", ep_last_error());
         return 1;
@@ -140,7 +165,8 @@ static int write_model(const make_model_opts *o)
     printf("  %" PRId64 " tensors%s, %" PRIu64 " bytes (%.1f MiB) in %d shard(s): %s%s%s\n",
            info.n_tensors, scales, info.total_bytes, info.total_bytes / (1024.0 * 1024.0),
            info.n_shards, first, info.n_shards > 1 ? " .. " : "", info.n_shards > 1 ? last : "");
-    printf("  + model.safetensors.index.json, config.json, tokenizer.json\n");
+    printf("  + model.safetensors.index.json, config.json, generation_config.json, "
+           "tokenizer.json, tokenizer_config.json\n");
     return 0;
 }
 

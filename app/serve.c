@@ -60,6 +60,8 @@ static void serve_usage(FILE *f)
                "                            other half-batch's experts (default 1)\n"
                "  --enable-prefix-caching   reuse cached KV blocks of a shared prompt prefix\n"
                "  --no-prefix-caching       (default: enabled; docs/scheduler.md)\n"
+               "A checkpoint's generation_config.json supplies the sampling defaults and extra\n"
+               "end-of-sequence ids (a request's own fields win; docs/serving.md).\n"
                "Launch with `mpirun --mca odls_base_sigkill_timeout 3 ...` so that when a rank\n"
                "dies, rank 0 has time to answer every request with an error naming it before\n"
                "mpirun kills the job (docs/serving.md).\n");
@@ -318,9 +320,11 @@ int ep_cmd_serve(int argc, char **argv)
     // creation is collective, so no rank may skip it alone (rank 0 alone
     // loads the tokenizer and alone starts the HTTP front end).
     int64_t worst = 0;
-    if (!(st = ep_model_cfg_load(model, &cfg)) && !(st = ep_weights_open(&cfg, &w)) &&
-        cl->rank == 0)
+    ep_gen_config gen = {.bos = -1, .pad = -1}; // generation_config.json, read on every rank
+    if (!(st = ep_model_cfg_load(model, &cfg)) && !(st = ep_gen_config_load(&cfg, &gen)) &&
+        !(st = ep_weights_open(&cfg, &w)) && cl->rank == 0)
         st = ep_tokenizer_for_model(&cfg, &tok);
+    if (!st && cl->rank == 0) ep_gen_config_warn(&gen);
     if (!agree(cl, st, &worst)) {
         ep_engine_opts eo;
         ep_engine_opts_default(&eo, &cfg, cl->world_size);
@@ -350,12 +354,15 @@ int ep_cmd_serve(int argc, char **argv)
         eo.model.prefix_caching = prefix_caching;
         eo.routings = routings;
         eo.n_routings = n_routings;
+        eo.eos_ids = gen.eos;
+        eo.n_eos_ids = gen.n_eos;
         st = ep_engine_create(&cfg, cl, w, tok, &eo, &e);
         if (!st && cl->rank == 0) {
             so.port = (int)port;
             so.max_body_bytes = (size_t)body;
             so.model_name = served ? served : cfg.name;
             so.max_model_len = eo.max_model_len;
+            so.gen = &gen;
             st = ep_server_start(&so, e, &cfg, tok, &srv);
         }
         agree(cl, st, &worst);

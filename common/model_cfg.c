@@ -68,7 +68,10 @@ static const field mla_fields[] = {
 };
 
 // Defaults of the optional keys follow DeepSeek's modeling code
-// (DeepseekV2YarnRotaryEmbedding: beta_fast 32, beta_slow 1, mscale 1, mscale_all_dim 0).
+// (DeepseekV2YarnRotaryEmbedding: beta_fast 32, beta_slow 1, mscale 1,
+// mscale_all_dim 0) and, for qwen3_moe, transformers' _compute_yarn_parameters
+// (mscale not given, attention_factor from factor, truncate true), which also
+// reads the two keys only Qwen3 accepts.
 static const field yarn_fields[] = {
     {"type", FT_YARN, 0, FAM_ALL, FAM_ALL, NULL},
     {"factor", FT_FLOAT, OFF(yarn_factor), FAM_ALL, FAM_ALL, NULL},
@@ -77,6 +80,8 @@ static const field yarn_fields[] = {
     {"beta_slow", FT_FLOAT, OFF(yarn_beta_slow), FAM_ALL, 0, NULL},
     {"mscale", FT_FLOAT, OFF(yarn_mscale), FAM_ALL, 0, NULL},
     {"mscale_all_dim", FT_FLOAT, OFF(yarn_mscale_all_dim), FAM_ALL, 0, NULL},
+    {"attention_factor", FT_FLOAT, OFF(yarn_attn_factor), FAM_Q, 0, NULL},
+    {"truncate", FT_BOOL, OFF(yarn_truncate), FAM_Q, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -119,6 +124,15 @@ void ep_model_cfg_defaults(ep_model_cfg *c)
     c->yarn_beta_slow = 1.0f;
     c->yarn_mscale = 1.0f;
     c->yarn_mscale_all_dim = 0.0f;
+    c->yarn_truncate = true;
+}
+
+void ep_model_cfg_qwen3_yarn_defaults(ep_model_cfg *c)
+{
+    c->yarn_mscale = 0.0f; // HF reads a missing mscale as None
+    c->yarn_mscale_all_dim = 0.0f;
+    c->yarn_attn_factor = 0.0f;
+    c->yarn_truncate = true;
 }
 
 static void join_key(char *buf, size_t n, const char *prefix, const char *key)
@@ -376,6 +390,7 @@ ep_status ep_model_cfg_from_yaml(const char *path, ep_model_cfg *cfg)
         goto out;
     }
     c.arch = fam == FAM_Q ? EP_ARCH_QWEN3_MOE : EP_ARCH_DEEPSEEK_V2;
+    if (fam == FAM_Q) ep_model_cfg_qwen3_yarn_defaults(&c);
     if ((st = parse_map(&d, root, top_fields, "", fam, &c)) != EP_OK) goto out;
 
     if (c.arch == EP_ARCH_DEEPSEEK_V2 && c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
@@ -513,10 +528,6 @@ ep_status ep_model_cfg_validate(const ep_model_cfg *c)
             return bad(c, KEY(c, "moe.routed_scaling_factor", "routed_scaling_factor"),
                        "qwen3_moe does not scale routing weights: expected 1.0, found %g",
                        (double)c->routed_scaling_factor);
-        if (c->has_yarn)
-            return bad(c, "rope_scaling",
-                       "YaRN is implemented for deepseek_v2 (MLA) only: expected no rope_scaling "
-                       "for qwen3_moe");
         if (c->q_lora_rank || c->kv_lora_rank || c->qk_nope_dim || c->qk_rope_dim || c->v_head_dim)
             return bad(c, "mla", "qwen3_moe has no MLA: expected all MLA dims 0");
     } else {
@@ -563,11 +574,24 @@ ep_status ep_model_cfg_validate(const ep_model_cfg *c)
             return bad(c, key, "expected beta_fast > beta_slow > 0, found %g and %g",
                        (double)c->yarn_beta_fast, (double)c->yarn_beta_slow);
         }
-        if (!(c->yarn_mscale > 0.0f) || !(c->yarn_mscale_all_dim >= 0.0f) ||
-            !isfinite(c->yarn_mscale) || !isfinite(c->yarn_mscale_all_dim)) {
+        // Qwen3 (HF): mscale 0 means "not given", as a missing key does.
+        if (!(q ? c->yarn_mscale >= 0.0f : c->yarn_mscale > 0.0f) ||
+            !(c->yarn_mscale_all_dim >= 0.0f) || !isfinite(c->yarn_mscale) ||
+            !isfinite(c->yarn_mscale_all_dim)) {
             snprintf(key, sizeof key, "%smscale", p);
-            return bad(c, key, "expected mscale > 0 and mscale_all_dim >= 0, found %g and %g",
-                       (double)c->yarn_mscale, (double)c->yarn_mscale_all_dim);
+            return bad(c, key, "expected mscale %s 0 and mscale_all_dim >= 0, found %g and %g",
+                       q ? ">=" : ">", (double)c->yarn_mscale, (double)c->yarn_mscale_all_dim);
+        }
+        if (!(c->yarn_attn_factor >= 0.0f) || !isfinite(c->yarn_attn_factor) ||
+            (!q && c->yarn_attn_factor != 0.0f)) {
+            snprintf(key, sizeof key, "%sattention_factor", p);
+            return bad(c, key, "%s, found %g",
+                       q ? "expected a positive number" : "deepseek_v2 does not read it",
+                       (double)c->yarn_attn_factor);
+        }
+        if (!q && !c->yarn_truncate) {
+            snprintf(key, sizeof key, "%struncate", p);
+            return bad(c, key, "deepseek_v2 always truncates: expected true, found false");
         }
     }
     return EP_OK;

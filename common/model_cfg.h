@@ -45,10 +45,15 @@ typedef struct {
     // DeepSeek-V2 MLA (0 when not MLA)
     int q_lora_rank; // 0: q_proj (Lite); >0: q_a_proj/q_a_layernorm/q_b_proj
     int kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim;
-    // YaRN rope scaling (has_yarn false: plain RoPE)
+    // YaRN rope scaling (has_yarn false: plain RoPE). DeepSeek-V2 reads it as
+    // its own modeling code does (mscale default 1), Qwen3 as transformers'
+    // _compute_yarn_parameters does (mscale / mscale_all_dim 0 = not given,
+    // attention_factor, truncate); see model/rope.c.
     bool has_yarn;
     float yarn_factor, yarn_beta_fast, yarn_beta_slow, yarn_mscale, yarn_mscale_all_dim;
     int yarn_orig_max_pos;
+    float yarn_attn_factor; // rope_scaling.attention_factor (Qwen3), 0: not given
+    bool yarn_truncate;     // rope_scaling.truncate (Qwen3, default true): floor/ceil the ramp ends
 
     // Weight quantization. EP_QUANT_FP8_BLOCK: each F8_E4M3 tensor X comes
     // with X_scale_inv [ceil(out / quant_block[0]), ceil(in / quant_block[1])]
@@ -75,8 +80,17 @@ ep_status ep_model_cfg_from_yaml(const char *path, ep_model_cfg *cfg);
 // keys that epserve needs are errors. Sets cfg->checkpoint to the directory.
 ep_status ep_model_cfg_from_hf_json(const char *path, ep_model_cfg *cfg);
 ep_status ep_model_cfg_validate(const ep_model_cfg *cfg);
-// Writes config.json in the HF layout of cfg's family (for make-model).
+// Writes config.json in the HF layout of cfg's family (for make-model):
+// torch_dtype "bfloat16", no token ids.
 ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *cfg, const char *path);
+// What config.json says beside the architecture, as the published configs
+// have it: the dtype of the weights written and the special token ids.
+typedef struct {
+    const char *torch_dtype;        // "bfloat16", "float32", ...
+    int bos_token_id, eos_token_id; // -1: not written
+} ep_hf_json_extra;
+ep_status ep_model_cfg_write_hf_json_ex(const ep_model_cfg *cfg, const ep_hf_json_extra *x,
+                                        const char *path);
 
 static inline bool ep_model_layer_is_moe(const ep_model_cfg *c, int layer)
 {

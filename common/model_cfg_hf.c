@@ -142,11 +142,14 @@ static ep_status hf_common(const char *path, json_t *r, ep_model_cfg *c)
                      json_describe(seed, found, sizeof found));
 }
 
+static ep_status hf_yarn(const char *path, json_t *rs, ep_model_cfg *c);
+
 static ep_status hf_qwen3(const char *path, json_t *r, ep_model_cfg *c)
 {
     ep_status st;
     char found[128];
     c->arch = EP_ARCH_QWEN3_MOE;
+    ep_model_cfg_qwen3_yarn_defaults(c);
     if ((st = js_int(path, r, "num_key_value_heads", true, &c->n_kv_heads)) ||
         (st = js_int(path, r, "head_dim", true, &c->head_dim)) ||
         (st = js_int(path, r, "num_experts", true, &c->n_experts)))
@@ -165,12 +168,7 @@ static ep_status hf_qwen3(const char *path, json_t *r, ep_model_cfg *c)
                          "expected [], found %s",
                          path, json_describe(v, found, sizeof found));
     v = json_object_get(r, "rope_scaling");
-    if (v && !json_is_null(v))
-        return ep_errorf(
-            EP_ERR_UNSUPPORTED,
-            "%s: key 'rope_scaling': epserve does not support rope scaling for qwen3_moe: "
-            "expected null, found %s",
-            path, json_describe(v, found, sizeof found));
+    if (v && !json_is_null(v) && (st = hf_yarn(path, v, c))) return st;
     v = json_object_get(r, "use_sliding_window");
     if (json_is_true(v))
         return ep_errorf(EP_ERR_UNSUPPORTED,
@@ -186,20 +184,72 @@ static ep_status hf_qwen3(const char *path, json_t *r, ep_model_cfg *c)
     return EP_OK;
 }
 
+// ---- rope_scaling -------------------------------------------------------------
+
+// The keys each family's YaRN reads. DeepSeek-V2: its modeling code's
+// DeepseekV2YarnRotaryEmbedding; Qwen3: transformers' _compute_yarn_parameters
+// and its validator's required and optional keys (partial_rotary_factor and
+// rope_theta are checked, not used: they must agree with the rest).
+static const char *const YARN_KEYS_DS[] = {
+    "type",      "rope_type", "factor", "original_max_position_embeddings",
+    "beta_fast", "beta_slow", "mscale", "mscale_all_dim"};
+static const char *const YARN_KEYS_QWEN3[] = {"type",
+                                              "rope_type",
+                                              "factor",
+                                              "original_max_position_embeddings",
+                                              "beta_fast",
+                                              "beta_slow",
+                                              "mscale",
+                                              "mscale_all_dim",
+                                              "attention_factor",
+                                              "truncate",
+                                              "partial_rotary_factor",
+                                              "rope_theta"};
+
+// rope_scaling of config.json: only YaRN, only the keys the family's reference
+// reads (anything else is refused by name rather than ignored).
 static ep_status hf_yarn(const char *path, json_t *rs, ep_model_cfg *c)
 {
     char found[128];
+    bool q = c->arch == EP_ARCH_QWEN3_MOE;
+    const char *fam = q ? "qwen3_moe" : "deepseek_v2";
     if (!json_is_object(rs))
         return ep_errorf(EP_ERR_CONFIG,
                          "%s: key 'rope_scaling': expected null or an object, found %s", path,
                          json_describe(rs, found, sizeof found));
-    json_t *t = json_object_get(rs, "type");
-    if (!t) t = json_object_get(rs, "rope_type"); // newer transformers spelling
+    // "rope_type" is the newer transformers spelling of "type".
+    json_t *t = json_object_get(rs, "rope_type"), *t_old = json_object_get(rs, "type");
+    const char *tkey = t ? "rope_scaling.rope_type" : "rope_scaling.type";
+    if (!t) t = t_old;
     if (!json_is_string(t) || strcmp(json_string_value(t), "yarn") != 0)
         return ep_errorf(EP_ERR_UNSUPPORTED,
-                         "%s: key 'rope_scaling.type': expected \"yarn\" (the only rope scaling "
-                         "epserve implements), found %s",
-                         path, json_describe(t, found, sizeof found));
+                         "%s: key '%s': expected \"yarn\" (the only rope scaling epserve "
+                         "implements), found %s",
+                         path, tkey, json_describe(t, found, sizeof found));
+    if (t_old && t != t_old && !json_equal(t, t_old))
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'rope_scaling.type': expected the same as rope_type (\"yarn\"), "
+                         "found %s",
+                         path, json_describe(t_old, found, sizeof found));
+    const char *const *keys = q ? YARN_KEYS_QWEN3 : YARN_KEYS_DS;
+    size_t n_keys = q ? EP_ARRAY_LEN(YARN_KEYS_QWEN3) : EP_ARRAY_LEN(YARN_KEYS_DS);
+    const char *k;
+    json_t *v;
+    json_object_foreach(rs, k, v)
+    {
+        size_t i = 0;
+        while (i < n_keys && strcmp(keys[i], k))
+            i++;
+        if (i < n_keys) continue;
+        char list[512];
+        size_t o = 0;
+        for (i = 0; i < n_keys && o < sizeof list; i++)
+            o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "", keys[i]);
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'rope_scaling.%s': not a YaRN parameter epserve reads for %s "
+                         "(expected one of: %s)",
+                         path, k, fam, list);
+    }
     c->has_yarn = true;
     ep_status st;
     if ((st = js_float(path, rs, "rope_scaling.factor", true, &c->yarn_factor)) ||
@@ -210,6 +260,27 @@ static ep_status hf_yarn(const char *path, json_t *rs, ep_model_cfg *c)
         (st = js_float(path, rs, "rope_scaling.mscale", false, &c->yarn_mscale)) ||
         (st = js_float(path, rs, "rope_scaling.mscale_all_dim", false, &c->yarn_mscale_all_dim)))
         return st;
+    if (!q) return EP_OK;
+    if ((st = js_float(path, rs, "rope_scaling.attention_factor", false, &c->yarn_attn_factor)) ||
+        (st = js_bool(path, rs, "rope_scaling.truncate", false, &c->yarn_truncate)))
+        return st;
+    // transformers reads beta_fast / beta_slow with `or`: 0 stands for the default.
+    if (c->yarn_beta_fast == 0.0f) c->yarn_beta_fast = 32.0f;
+    if (c->yarn_beta_slow == 0.0f) c->yarn_beta_slow = 1.0f;
+    float prf = 1.0f, theta = c->rope_theta;
+    if ((st = js_float(path, rs, "rope_scaling.partial_rotary_factor", false, &prf)) ||
+        (st = js_float(path, rs, "rope_scaling.rope_theta", false, &theta)))
+        return st;
+    if (prf != 1.0f)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: key 'rope_scaling.partial_rotary_factor': Qwen3 rotates all of "
+                         "head_dim: expected 1, found %g",
+                         path, (double)prf);
+    if (theta != c->rope_theta)
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'rope_scaling.rope_theta': expected the top-level rope_theta "
+                         "(%g), found %g",
+                         path, (double)c->rope_theta, (double)theta);
     return EP_OK;
 }
 
@@ -407,7 +478,46 @@ static void hf_write_quant(const ep_model_cfg *c, json_t *r)
     json_object_set_new(r, "quantization_config", q);
 }
 
+// rope_scaling as each family's published configs spell it: DeepSeek-V2
+// every key under "type"; Qwen3's README the three under "rope_type", plus
+// whatever differs from transformers' defaults.
+static json_t *hf_rope_scaling(const ep_model_cfg *c)
+{
+    if (!c->has_yarn) return json_null();
+    json_t *y = json_object();
+    if (c->arch == EP_ARCH_DEEPSEEK_V2) {
+        json_object_set_new(y, "type", json_string("yarn"));
+        json_object_set_new(y, "factor", jfloat(c->yarn_factor));
+        json_object_set_new(y, "original_max_position_embeddings",
+                            json_integer(c->yarn_orig_max_pos));
+        json_object_set_new(y, "beta_fast", jfloat(c->yarn_beta_fast));
+        json_object_set_new(y, "beta_slow", jfloat(c->yarn_beta_slow));
+        json_object_set_new(y, "mscale", jfloat(c->yarn_mscale));
+        json_object_set_new(y, "mscale_all_dim", jfloat(c->yarn_mscale_all_dim));
+        return y;
+    }
+    json_object_set_new(y, "rope_type", json_string("yarn"));
+    json_object_set_new(y, "factor", jfloat(c->yarn_factor));
+    json_object_set_new(y, "original_max_position_embeddings", json_integer(c->yarn_orig_max_pos));
+    if (c->yarn_beta_fast != 32.0f) json_object_set_new(y, "beta_fast", jfloat(c->yarn_beta_fast));
+    if (c->yarn_beta_slow != 1.0f) json_object_set_new(y, "beta_slow", jfloat(c->yarn_beta_slow));
+    if (c->yarn_mscale != 0.0f) json_object_set_new(y, "mscale", jfloat(c->yarn_mscale));
+    if (c->yarn_mscale_all_dim != 0.0f)
+        json_object_set_new(y, "mscale_all_dim", jfloat(c->yarn_mscale_all_dim));
+    if (c->yarn_attn_factor != 0.0f)
+        json_object_set_new(y, "attention_factor", jfloat(c->yarn_attn_factor));
+    if (!c->yarn_truncate) json_object_set_new(y, "truncate", json_false());
+    return y;
+}
+
 ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
+{
+    const ep_hf_json_extra x = {.torch_dtype = "bfloat16", .bos_token_id = -1, .eos_token_id = -1};
+    return ep_model_cfg_write_hf_json_ex(c, &x, path);
+}
+
+ep_status ep_model_cfg_write_hf_json_ex(const ep_model_cfg *c, const ep_hf_json_extra *x,
+                                        const char *path)
 {
     ep_status st = ep_model_cfg_validate(c);
     if (st != EP_OK) return st;
@@ -416,7 +526,7 @@ ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
     json_object_set_new(r, "architectures",
                         json_pack("[s]", q ? "Qwen3MoeForCausalLM" : "DeepseekV2ForCausalLM"));
     json_object_set_new(r, "model_type", json_string(q ? "qwen3_moe" : "deepseek_v2"));
-    json_object_set_new(r, "torch_dtype", json_string("bfloat16"));
+    json_object_set_new(r, "torch_dtype", json_string(x->torch_dtype));
     json_object_set_new(r, "hidden_size", json_integer(c->hidden));
     json_object_set_new(r, "intermediate_size", json_integer(c->intermediate));
     json_object_set_new(r, "moe_intermediate_size", json_integer(c->moe_inter));
@@ -435,7 +545,6 @@ ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
         json_object_set_new(r, "use_sliding_window", json_false());
         json_object_set_new(r, "sliding_window", json_null());
         json_object_set_new(r, "max_window_layers", json_integer(c->n_layers));
-        json_object_set_new(r, "rope_scaling", json_null());
     } else {
         json_object_set_new(r, "n_routed_experts", json_integer(c->n_experts));
         json_object_set_new(r, "n_shared_experts", json_integer(c->n_shared));
@@ -458,21 +567,8 @@ ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
         json_object_set_new(r, "qk_nope_head_dim", json_integer(c->qk_nope_dim));
         json_object_set_new(r, "qk_rope_head_dim", json_integer(c->qk_rope_dim));
         json_object_set_new(r, "v_head_dim", json_integer(c->v_head_dim));
-        if (c->has_yarn) {
-            json_t *y = json_object();
-            json_object_set_new(y, "type", json_string("yarn"));
-            json_object_set_new(y, "factor", jfloat(c->yarn_factor));
-            json_object_set_new(y, "original_max_position_embeddings",
-                                json_integer(c->yarn_orig_max_pos));
-            json_object_set_new(y, "beta_fast", jfloat(c->yarn_beta_fast));
-            json_object_set_new(y, "beta_slow", jfloat(c->yarn_beta_slow));
-            json_object_set_new(y, "mscale", jfloat(c->yarn_mscale));
-            json_object_set_new(y, "mscale_all_dim", jfloat(c->yarn_mscale_all_dim));
-            json_object_set_new(r, "rope_scaling", y);
-        } else {
-            json_object_set_new(r, "rope_scaling", json_null());
-        }
     }
+    json_object_set_new(r, "rope_scaling", hf_rope_scaling(c));
     json_object_set_new(r, "max_position_embeddings", json_integer(c->max_pos));
     json_object_set_new(r, "vocab_size", json_integer(c->vocab));
     json_object_set_new(r, "rms_norm_eps", jfloat(c->rms_eps));
@@ -483,6 +579,8 @@ ep_status ep_model_cfg_write_hf_json(const ep_model_cfg *c, const char *path)
     json_object_set_new(r, "attention_dropout", json_real(0.0));
     json_object_set_new(r, "initializer_range", json_real(0.02));
     json_object_set_new(r, "use_cache", json_true());
+    if (x->bos_token_id >= 0) json_object_set_new(r, "bos_token_id", json_integer(x->bos_token_id));
+    if (x->eos_token_id >= 0) json_object_set_new(r, "eos_token_id", json_integer(x->eos_token_id));
     if (c->seed <= (uint64_t)INT64_MAX) {
         json_object_set_new(r, "epserve_seed", json_integer((json_int_t)c->seed));
     } else {

@@ -9,8 +9,11 @@
 
 // Zeroes cfg and sets the defaults of optional keys (HF's defaults: n_group
 // and topk_group 1, greedy, routed_scaling_factor 1, YaRN beta_fast 32,
-// beta_slow 1, mscale 1, mscale_all_dim 0).
+// beta_slow 1, mscale 1, mscale_all_dim 0, truncate true).
 void ep_model_cfg_defaults(ep_model_cfg *c);
+// Qwen3's YaRN defaults (transformers' _compute_yarn_parameters): mscale and
+// mscale_all_dim not given (0), attention_factor not given (0), truncate true.
+void ep_model_cfg_qwen3_yarn_defaults(ep_model_cfg *c);
 // The directory part of path ("." when none, "/" for a root file), into buf.
 void ep_path_dir(const char *path, char *buf, size_t n);
 

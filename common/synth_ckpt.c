@@ -1,5 +1,6 @@
 // Writes a synthetic checkpoint directory in the Hugging Face layout (what
-// `epserve make-model` produces): sharded safetensors, the index, config.json.
+// `epserve make-model` produces): sharded safetensors, the index, config.json
+// (make-model adds the tokenizer files and generation_config.json).
 // The values come from ep_synth_tensor; the file format from safetensors.c.
 #include "common/safetensors.h"
 #include "common/weights.h"
@@ -259,6 +260,32 @@ static void shard_name(char *buf, size_t n, int s, int n_shards)
     snprintf(buf, n, "model-%05d-of-%05d.safetensors", s + 1, n_shards);
 }
 
+// ---- config.json ---------------------------------------------------------------
+
+void ep_synth_special_ids_of(const ep_model_cfg *cfg, ep_synth_special_ids *ids)
+{
+    if (cfg->arch == EP_ARCH_DEEPSEEK_V2)
+        *ids = (ep_synth_special_ids){
+            .bos = cfg->vocab - 2, .eos = cfg->vocab - 1, .pad = cfg->vocab - 1, .im_start = -1};
+    else
+        *ids = (ep_synth_special_ids){.bos = cfg->vocab - 3,
+                                      .eos = cfg->vocab - 1,
+                                      .pad = cfg->vocab - 3,
+                                      .im_start = cfg->vocab - 2};
+}
+
+// config.json as the published ones: torch_dtype of the weights written,
+// bos / eos ids of the tokenizer make-model writes beside them.
+static ep_status write_config(const ep_model_cfg *cfg, ep_dtype dtype, const char *path)
+{
+    ep_synth_special_ids ids;
+    ep_synth_special_ids_of(cfg, &ids);
+    ep_hf_json_extra x = {.torch_dtype = dtype == EP_DTYPE_F32 ? "float32" : "bfloat16",
+                          .bos_token_id = ids.bos,
+                          .eos_token_id = ids.eos};
+    return ep_model_cfg_write_hf_json_ex(cfg, &x, path);
+}
+
 // ---- writing -----------------------------------------------------------------
 
 // Generates and writes shard s (tensors [lo, hi) of the layout).
@@ -422,7 +449,7 @@ ep_status ep_synth_write_checkpoint_ex(const ep_model_cfg *cfg, const char *dir,
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", tmp);
     if ((st = ep_st_write_index(path, names, files, (int)L.n, L.total_bytes))) goto out;
     snprintf(path, sizeof path, "%s/config.json", tmp);
-    if ((st = ep_model_cfg_write_hf_json(cfg, path))) goto out;
+    if ((st = write_config(cfg, dtype, path))) goto out;
 
     // rename() replaces an empty directory atomically and fails on a full one
     // (someone wrote into dir meanwhile): the check above is not relied on.

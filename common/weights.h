@@ -87,6 +87,17 @@ double ep_rng_normal(ep_rng *r);                               // N(0, 1)
 uint64_t ep_hash64(const void *data, size_t n, uint64_t seed); // FNV-1a then splitmix finalizer
 
 // ---- synthetic checkpoints (common/synth_ckpt.c) ---------------------------
+// Ids of the synthetic tokenizer's special tokens, which it puts at the top
+// of the vocabulary (model/tokenizer_synth.c, docs/tokenizer.md). Qwen3:
+// <|endoftext|> vocab-3 (bos and pad, as Qwen3's configs), <|im_start|>
+// vocab-2, <|im_end|> vocab-1 (eos); DeepSeek-V2: <｜begin▁of▁sentence｜>
+// vocab-2 (bos), <｜end▁of▁sentence｜> vocab-1 (eos, and pad as its
+// tokenizer_config has it). im_start -1 for DeepSeek-V2.
+typedef struct {
+    int bos, eos, pad, im_start;
+} ep_synth_special_ids;
+void ep_synth_special_ids_of(const ep_model_cfg *cfg, ep_synth_special_ids *ids);
+
 // What a synthetic checkpoint holds (or would hold) for cfg in dtype.
 typedef struct {
     int64_t n_tensors;    // of the model's layout
@@ -99,7 +110,8 @@ void ep_synth_checkpoint_size(const ep_model_cfg *cfg, ep_dtype dtype, ep_synth_
 // Writes every tensor of ep_model_for_each_tensor with its synthetic values
 // into dir in the HF layout: n_shards (>= 1) safetensors files
 // model-0000S-of-0000N.safetensors balanced by bytes, model.safetensors.index.json
-// and config.json (with "epserve_seed"). dtype: EP_DTYPE_BF16 (the values are
+// and config.json (with "epserve_seed", torch_dtype naming dtype, and the
+// synthetic tokenizer's bos / eos ids). dtype: EP_DTYPE_BF16 (the values are
 // BF16-exact), EP_DTYPE_F32, or EP_DTYPE_F8_E4M3: an FP8 checkpoint as the
 // published ones, for a cfg with quant EP_QUANT_FP8_BLOCK (and only then):
 // each ep_model_tensor_is_fp8 weight in e4m3 codes (ep_fp8_block_quant of

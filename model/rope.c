@@ -1,6 +1,8 @@
 // RoPE and YaRN tables (DeepSeek-V2 modeling_deepseek.py:
 // DeepseekV2YarnRotaryEmbedding, yarn_find_correction_range,
-// yarn_linear_ramp_mask, yarn_get_mscale) and the two rotation layouts.
+// yarn_linear_ramp_mask, yarn_get_mscale; Qwen3: transformers'
+// modeling_rope_utils._compute_yarn_parameters, the same frequency blend
+// with its own attention factor and `truncate`) and the two rotation layouts.
 // The tables are computed once per model; rotation allocates nothing.
 #include "model/rope.h"
 
@@ -29,6 +31,22 @@ static double correction_dim(double num_rot, int dim, double base, int max_pos)
     return (dim * log(max_pos / (num_rot * 2.0 * M_PI))) / (2.0 * log(base));
 }
 
+double ep_rope_attention_factor(const ep_model_cfg *c)
+{
+    if (!c->has_yarn) return 1.0;
+    double f = c->yarn_factor;
+    // DeepseekV2YarnRotaryEmbedding: _mscale = mscale(f, mscale) / mscale(f, mscale_all_dim).
+    if (c->arch == EP_ARCH_DEEPSEEK_V2)
+        return ep_yarn_mscale(f, c->yarn_mscale) / ep_yarn_mscale(f, c->yarn_mscale_all_dim);
+    // transformers' _compute_yarn_parameters: attention_factor when given;
+    // else the same ratio when both mscale and mscale_all_dim are (non-zero);
+    // else get_mscale(factor) = 0.1 ln(factor) + 1.
+    if (c->yarn_attn_factor > 0.0f) return c->yarn_attn_factor;
+    if (c->yarn_mscale != 0.0f && c->yarn_mscale_all_dim != 0.0f)
+        return ep_yarn_mscale(f, c->yarn_mscale) / ep_yarn_mscale(f, c->yarn_mscale_all_dim);
+    return ep_yarn_mscale(f, 1.0);
+}
+
 ep_status ep_rope_init(ep_rope *r, const ep_model_cfg *c)
 {
     memset(r, 0, sizeof *r);
@@ -48,30 +66,33 @@ ep_status ep_rope_init(ep_rope *r, const ep_model_cfg *c)
     float extra[EP_ROPE_MAX_DIM / 2];
     for (int i = 0; i < half; i++)
         extra[i] = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / r->dim));
-    if (!c->has_yarn || !(c->yarn_factor > 1.0f)) {
+    if (!c->has_yarn) {
         memcpy(r->inv_freq, extra, (size_t)half * sizeof(float));
         return EP_OK;
     }
     // YaRN: high-frequency dims keep their frequency (extrapolate), low ones
-    // are divided by factor (interpolate), a linear ramp in between.
+    // are divided by factor (interpolate), a linear ramp in between. The ramp
+    // ends are whole dims (floor / ceil) unless Qwen3's truncate is false;
+    // DeepSeek's code always truncates.
     double f = c->yarn_factor;
-    int low =
-        (int)floor(correction_dim(c->yarn_beta_fast, r->dim, c->rope_theta, c->yarn_orig_max_pos));
-    int high =
-        (int)ceil(correction_dim(c->yarn_beta_slow, r->dim, c->rope_theta, c->yarn_orig_max_pos));
+    double low = correction_dim(c->yarn_beta_fast, r->dim, c->rope_theta, c->yarn_orig_max_pos);
+    double high = correction_dim(c->yarn_beta_slow, r->dim, c->rope_theta, c->yarn_orig_max_pos);
+    if (mla || c->yarn_truncate) {
+        low = floor(low);
+        high = ceil(high);
+    }
     if (low < 0) low = 0;
     if (high > r->dim - 1) high = r->dim - 1;
-    float lo = (float)low, hi = (float)high;
-    if (lo == hi) hi += 0.001f;
+    if (low == high) high += 0.001; // the HF code's guard against a zero-width ramp
+    float lo = (float)low, span = (float)(high - low);
     for (int i = 0; i < half; i++) {
-        float ramp = ((float)i - lo) / (hi - lo);
+        float ramp = ((float)i - lo) / span;
         ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
-        float keep = 1.0f - ramp; // inv_freq_mask
+        float keep = 1.0f - ramp; // inv_freq_mask / inv_freq_extrapolation_factor
         float inter = (float)(1.0 / (f * pow((double)c->rope_theta, (double)(2 * i) / r->dim)));
         r->inv_freq[i] = inter * (1.0f - keep) + extra[i] * keep;
     }
-    r->cs_scale =
-        (float)(ep_yarn_mscale(f, c->yarn_mscale) / ep_yarn_mscale(f, c->yarn_mscale_all_dim));
+    r->cs_scale = (float)ep_rope_attention_factor(c);
     return EP_OK;
 }
 

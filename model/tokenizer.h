@@ -73,5 +73,13 @@ ep_status ep_chat_render(ep_arch arch, const ep_chat_msg *msgs, int n, char **ou
 // <｜end▁of▁sentence｜>). Qwen3's pre-tokenizer regex and NFC normaliser.
 // EP_ERR_ARG when cfg->vocab < 256 + specials. *json malloc'ed.
 ep_status ep_tokenizer_synth_json(const ep_model_cfg *cfg, char **json, size_t *len);
+// The tokenizer_config.json beside it, shaped like the published ones
+// (Qwen3's, DeepSeek-V2-Lite-Chat's): added_tokens_decoder with the special
+// tokens at their ids, bos / eos / pad tokens, model_max_length, and a
+// chat_template string (Qwen3: plain ChatML; DeepSeek-V2: its published
+// template) that renders, with add_generation_prompt, exactly what
+// ep_chat_render produces. add_bos_token is false for both: epserve's encode
+// never adds a BOS (the DeepSeek template writes it as text). *json malloc'ed.
+ep_status ep_tokenizer_synth_config_json(const ep_model_cfg *cfg, char **json, size_t *len);
 
 #endif

@@ -4,6 +4,7 @@
 // good tokenizer (the corpus is a few KB), but a complete and exact one.
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "common/ep.h"
+#include "common/weights.h"
 #include "model/tokenizer.h"
 #include "model/tokenizer_impl.h"
 
@@ -329,6 +330,83 @@ ep_status ep_tokenizer_synth_json(const ep_model_cfg *cfg, char **json, size_t *
     free(tok_len);
     free(ma);
     free(mb);
+    *json = text;
+    *len = strlen(text);
+    return EP_OK;
+}
+
+// ---- tokenizer_config.json -------------------------------------------------------
+
+// One line each, no whitespace between tags: the same text with or without
+// trim_blocks / lstrip_blocks. Qwen3: ChatML as model/chat.c writes it
+// (Qwen's own template adds tools and thinking blocks, which epserve does
+// not render). DeepSeek-V2: the template of DeepSeek-V2(-Lite)-Chat.
+static const char QWEN3_CHAT_TEMPLATE[] =
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt "
+    "%}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+static const char DSV2_CHAT_TEMPLATE[] =
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% "
+    "endif %}{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ "
+    "'User: ' + message['content'] + '\\n\\n' }}{% elif message['role'] == 'assistant' %}{{ "
+    "'Assistant: ' + message['content'] + eos_token }}{% elif message['role'] == 'system' "
+    "%}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt "
+    "%}{{ 'Assistant:' }}{% endif %}";
+
+ep_status ep_tokenizer_synth_config_json(const ep_model_cfg *cfg, char **json, size_t *len)
+{
+    *json = NULL;
+    *len = 0;
+    bool ds = cfg->arch == EP_ARCH_DEEPSEEK_V2;
+    const char *const *spec = ds ? DSV2_SPECIALS : QWEN3_SPECIALS;
+    int n_spec = ds ? (int)EP_ARRAY_LEN(DSV2_SPECIALS) : (int)EP_ARRAY_LEN(QWEN3_SPECIALS);
+    if (cfg->vocab < 256 + n_spec)
+        return ep_errorf(EP_ERR_ARG,
+                         "model '%s': vocab_size: expected at least %d for the synthetic "
+                         "tokenizer (256 bytes + %d special tokens), found %d",
+                         cfg->name, 256 + n_spec, n_spec, cfg->vocab);
+    ep_synth_special_ids ids;
+    ep_synth_special_ids_of(cfg, &ids);
+    // The specials sit at the top ids in table order (ep_tokenizer_synth_json).
+    const int top = cfg->vocab - n_spec;
+    EP_ASSERT(ids.bos == top && ids.eos == cfg->vocab - 1);
+    json_t *dec = json_object();
+    for (int i = 0; i < n_spec; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "%d", top + i);
+        json_object_set_new(dec, id,
+                            json_pack("{s:s, s:b, s:b, s:b, s:b, s:b}", "content", spec[i],
+                                      "lstrip", 0, "normalized", 0, "rstrip", 0, "single_word", 0,
+                                      "special", 1));
+    }
+    const char *eos = spec[ids.eos - top], *pad = spec[ids.pad - top];
+    json_t *root = json_object();
+    json_object_set_new(root, "add_bos_token", json_false());
+    json_object_set_new(root, "add_eos_token", json_false());
+    json_object_set_new(root, "add_prefix_space", json_false());
+    json_object_set_new(root, "added_tokens_decoder", dec);
+    json_t *extra = json_array();
+    if (!ds) {
+        json_array_append_new(extra, json_string(spec[ids.im_start - top]));
+        json_array_append_new(extra, json_string(eos));
+    }
+    json_object_set_new(root, "additional_special_tokens", extra);
+    // Qwen3 has no BOS token (its configs' bos_token_id is <|endoftext|>).
+    json_object_set_new(root, "bos_token", ds ? json_string(spec[ids.bos - top]) : json_null());
+    json_object_set_new(root, "chat_template",
+                        json_string(ds ? DSV2_CHAT_TEMPLATE : QWEN3_CHAT_TEMPLATE));
+    json_object_set_new(root, "clean_up_tokenization_spaces", json_false());
+    json_object_set_new(root, "eos_token", json_string(eos));
+    json_object_set_new(root, "errors", json_string("replace"));
+    json_object_set_new(root, "model_max_length", json_integer(cfg->max_pos));
+    json_object_set_new(root, "pad_token", json_string(pad));
+    json_object_set_new(root, "split_special_tokens", json_false());
+    // The generic class: tokenizer.json is all it needs.
+    json_object_set_new(root, "tokenizer_class", json_string("PreTrainedTokenizerFast"));
+    json_object_set_new(root, "unk_token", json_null());
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    EP_ASSERT(text);
     *json = text;
     *len = strlen(text);
     return EP_OK;

@@ -39,6 +39,13 @@ ep_model *ep_engine_model(ep_engine *e)
 {
     return e->m;
 }
+int ep_engine_eos_ids(const ep_engine *e, int *ids, int max)
+{
+    int n = EP_MIN(e->n_eos, max);
+    memcpy(ids, e->eos, (size_t)n * sizeof *ids);
+    return n;
+}
+
 int ep_engine_n_routings(const ep_engine *e)
 {
     return e->o.n_routings;
@@ -80,6 +87,9 @@ static ep_status check_opts(const ep_engine_opts *o)
                          o->max_tokens_per_step);
     if (!(o->step_timeout_s > 0))
         return ep_errorf(EP_ERR_ARG, "engine: step_timeout_s %g, expected > 0", o->step_timeout_s);
+    if (o->n_eos_ids < 0 || o->n_eos_ids > 16 || (o->n_eos_ids && !o->eos_ids))
+        return ep_errorf(EP_ERR_ARG, "engine: %d extra end-of-sequence ids, expected 0..16",
+                         o->n_eos_ids);
     return EP_OK;
 }
 
@@ -131,7 +141,17 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     read_stall_hook(e);
-    if (tok) e->n_eos = ep_tokenizer_eos_ids(tok, e->eos, (int)EP_ARRAY_LEN(e->eos));
+    if (tok) e->n_eos = ep_tokenizer_eos_ids(tok, e->eos, 8);
+    for (int i = 0; i < o->n_eos_ids && !st; i++) {
+        int id = o->eos_ids[i], j = 0;
+        if (id < 0 || id >= cfg->vocab)
+            st = ep_errorf(EP_ERR_ARG, "engine: end-of-sequence id %d, expected 0..%d", id,
+                           cfg->vocab - 1);
+        while (j < e->n_eos && e->eos[j] != id)
+            j++;
+        if (!st && j == e->n_eos) e->eos[e->n_eos++] = id;
+    }
+    e->o.eos_ids = NULL; // copied
 
     for (int i = 0; !st && i < o->n_routings; i++) {
         if ((st = ep_policy_create(cfg, e->routing_names[i], &e->pol[i]))) break;

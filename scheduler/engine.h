@@ -52,6 +52,10 @@ typedef struct {
     const char *const *routings;
     int n_routings;      // >= 1
     bool exit_when_idle; // ep_engine_run returns once nothing runs or waits (generate, tests)
+    // End-of-sequence ids besides the tokenizer's (generation_config.json's
+    // eos_token_id), copied; each in [0, vocab). NULL / 0: none.
+    const int *eos_ids;
+    int n_eos_ids; // <= 16
 } ep_engine_opts;
 // Defaults from the model (ep_model_opts_default), routings {"baseline"}.
 void ep_engine_opts_default(ep_engine_opts *o, const ep_model_cfg *cfg, int world_size);
@@ -66,6 +70,9 @@ void ep_engine_free(ep_engine *e); // NULL ok; after ep_engine_run returned
 ep_model *ep_engine_model(ep_engine *e);
 
 int ep_engine_find_routing(const ep_engine *e, const char *name); // index, -1 when not loaded
+// Every id that ends a request (the tokenizer's EOS ids, then opts.eos_ids
+// not among them) into ids[max]; returns how many.
+int ep_engine_eos_ids(const ep_engine *e, int *ids, int max);
 const char *ep_engine_routing_name(const ep_engine *e, int i);
 int ep_engine_n_routings(const ep_engine *e);
 

@@ -56,7 +56,7 @@ struct ep_engine {
     const ep_model_cfg *cfg;
     ep_cluster *cl;
     const ep_tokenizer *tok;
-    int eos[8], n_eos; // end-of-sequence ids of tok (none without one)
+    int eos[24], n_eos; // end-of-sequence ids: tok's, then opts.eos_ids (deduplicated)
     ep_engine_opts o;
     ep_model *m;
     int rank, world;

@@ -31,7 +31,9 @@ struct ep_server {
     ep_server_opts o;
     char *host, *api_key, *model_name;
     ep_oai_limits lim;
-    const char **routing_names; // [n] borrowed from the engine
+    ep_sample_params sample_defaults; // lim.sample_defaults points here
+    char *gen_json;                   // /v1/models' "generation_config" object
+    const char **routing_names;       // [n] borrowed from the engine
     int port;
     unsigned nonce; // request ids differ between runs
     atomic_ullong next_id;
@@ -292,7 +294,10 @@ static enum MHD_Result do_models(ep_server *s, struct MHD_Connection *c)
         if (i) ep_sbuf_adds(&b, ",");
         ep_sbuf_add_json_str(&b, s->lim.routings[i], strlen(s->lim.routings[i]));
     }
-    ep_sbuf_adds(&b, "]}]}");
+    // Extension: the defaults a request gets and the ids that end it.
+    ep_sbuf_adds(&b, "],\"generation_config\":");
+    ep_sbuf_adds(&b, s->gen_json);
+    ep_sbuf_adds(&b, "}]}");
     return send_json(c, 200, &b);
 }
 
@@ -533,6 +538,7 @@ ep_status ep_server_start(const ep_server_opts *o, ep_engine *e, const ep_model_
     s->cfg = cfg;
     s->tok = tok;
     s->o = *o;
+    s->o.gen = NULL; // borrowed for this call only
     s->host = ep_xstrdup(o->host);
     s->api_key = o->api_key && *o->api_key ? ep_xstrdup(o->api_key) : NULL;
     s->model_name = ep_xstrdup(o->model_name);
@@ -548,6 +554,19 @@ ep_status ep_server_start(const ep_server_opts *o, ep_engine *e, const ep_model_
                              .vocab = cfg->vocab,
                              .routings = s->routing_names,
                              .n_routings = nr};
+    // Sampling defaults: OpenAI's (temperature 1, top_p 1, no top-k), then
+    // generation_config.json's; a request's own fields win over both.
+    ep_gen_config none;
+    memset(&none, 0, sizeof none);
+    none.bos = none.pad = -1;
+    const ep_gen_config *gen = o->gen ? o->gen : &none;
+    s->sample_defaults = (ep_sample_params){.temperature = 1.0f, .top_k = 0, .top_p = 1.0f};
+    ep_gen_config_sample_defaults(gen, &s->sample_defaults);
+    s->lim.sample_defaults = &s->sample_defaults;
+    s->lim.default_max_tokens = gen->has_max_new_tokens ? gen->max_new_tokens : 0;
+    int eos[32];
+    int n_eos = ep_engine_eos_ids(e, eos, (int)EP_ARRAY_LEN(eos));
+    s->gen_json = ep_gen_config_json(gen, &s->sample_defaults, eos, n_eos);
     s->nonce = (unsigned)time(NULL) ^ ((unsigned)getpid() << 16);
     pthread_mutex_init(&s->mu, NULL);
     ep_srv_stats_init(&s->stats);
@@ -587,5 +606,6 @@ void ep_server_stop(ep_server *s)
     free(s->host);
     free(s->api_key);
     free(s->model_name);
+    free(s->gen_json);
     free(s);
 }

@@ -325,7 +325,10 @@ static int parse_processors(json_t *o, const ep_oai_limits *lim, ep_oai_request 
                                  "'%s': expected a number in [-2, 2], found %g", pen[i], v);
         *dst[i] = (float)v;
     }
-    double rp = 1;
+    // Request > generation_config.json (lim->sample_defaults) > off.
+    double rp = lim->sample_defaults && lim->sample_defaults->repetition_penalty > 0
+                    ? lim->sample_defaults->repetition_penalty
+                    : 1;
     if ((st = get_num(o, "repetition_penalty", &rp, err))) return st;
     if (!(rp > 0 && rp <= 100))
         return ep_oai_errorf(err, 400, IRE, "repetition_penalty", NULL,
@@ -418,8 +421,15 @@ static int parse_obj(ep_oai_kind kind, json_t *o, const ep_oai_limits *lim, ep_o
                              mt_field, mt, lim->max_model_len);
     r->max_tokens = (int)mt;
 
+    // Request > generation_config.json (lim->sample_defaults) > OpenAI's defaults.
     ep_sample_params_default(&r->sample);
-    double temp = 1.0, top_p = 1.0; // OpenAI's defaults
+    double temp = 1.0, top_p = 1.0;
+    long long top_k = 0, seed = 0;
+    if (lim->sample_defaults) {
+        temp = lim->sample_defaults->temperature;
+        top_p = lim->sample_defaults->top_p;
+        top_k = lim->sample_defaults->top_k;
+    }
     if ((st = get_num(o, "temperature", &temp, err))) return st;
     if (!isfinite(temp) || temp < 0 || temp > 100)
         return ep_oai_errorf(err, 400, IRE, "temperature", NULL,
@@ -428,7 +438,6 @@ static int parse_obj(ep_oai_kind kind, json_t *o, const ep_oai_limits *lim, ep_o
     if (!(top_p > 0 && top_p <= 1))
         return ep_oai_errorf(err, 400, IRE, "top_p", NULL,
                              "'top_p': expected a number in (0, 1], found %g", top_p);
-    long long top_k = 0, seed = 0;
     bool has_seed = false;
     if ((st = get_int(o, "top_k", -1, INT32_MAX, &top_k, NULL, err))) return st;
     if ((st = get_int(o, "seed", INT64_MIN, INT64_MAX, &seed, &has_seed, err))) return st;
@@ -543,6 +552,8 @@ int ep_oai_prompt(ep_oai_request *r, const ep_tokenizer *tok, ep_arch arch,
                                "%s has %d tokens, which leaves no room to generate. Please reduce "
                                "the length of the %s.",
                                lim->max_model_len, field, *n, field);
+    else if (r->max_tokens == 0 && lim->default_max_tokens > 0)
+        r->max_tokens = EP_MIN(lim->default_max_tokens, lim->max_model_len - *n);
     else if (r->max_tokens == 0)
         r->max_tokens =
             r->kind == EP_OAI_CHAT ? lim->max_model_len - *n : EP_MIN(16, lim->max_model_len - *n);

@@ -19,6 +19,12 @@ typedef struct {
     int vocab;                   // token ids of a prompt array lie in [0, vocab)
     const char *const *routings; // names a request may give as `routing`
     int n_routings;
+    // Sampling of a request that leaves a field out: NULL means OpenAI's
+    // (temperature 1, top_p 1, top_k 0); the server passes the model's
+    // generation_config.json defaults laid over those.
+    const ep_sample_params *sample_defaults;
+    int default_max_tokens; // generation_config max_new_tokens; 0: 16 (completions) / the
+                            // rest of the context (chat)
 } ep_oai_limits;
 
 // An OpenAI error: HTTP status and the body {"error":{message,type,param,code}}.

@@ -6,6 +6,7 @@
 #ifndef EP_SERVER_H
 #define EP_SERVER_H
 
+#include "model/gen_config.h"
 #include "scheduler/engine.h"
 
 typedef struct {
@@ -16,6 +17,10 @@ typedef struct {
     size_t max_body_bytes;  // larger bodies: 413 (default 1 MiB)
     int max_connections;    // concurrent connections (default 512)
     int max_model_len;      // from the engine's options
+    // The model's generation_config.json (NULL: none): its defaults fill the
+    // sampling fields a request leaves out, and /v1/models reports them.
+    // Borrowed for the call only.
+    const ep_gen_config *gen;
 } ep_server_opts;
 void ep_server_opts_default(ep_server_opts *o);
 

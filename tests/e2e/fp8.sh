@@ -122,7 +122,7 @@ for preset in tiny-qwen3-moe tiny-deepseek-v2; do
   counts=""
   for t in "${prompts[@]}"; do
     for k in bf16 fp8; do
-      run_np 2 generate --model "$tmp/$preset-$k" --tokens "$t" --max-tokens 32 --json \
+      run_np 2 generate --model "$tmp/$preset-$k" --tokens "$t" --max-tokens 32 --temperature 0 --json \
         > "$tmp/g-$k.json"
     done
     n=$("$py" -c 'import json, sys

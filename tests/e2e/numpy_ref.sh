@@ -6,6 +6,8 @@
 # the safetensors files and requires max relative error <= 1e-3 (row-wise
 # max|a-b| / max|b|). Also: the comparison fails on another sequence's
 # logits, --json equals --out, a bad token id exits 2 naming vocab_size,
+# Qwen3 with YaRN rope scaling matches too (and the plain model's logits
+# do not),
 # --progress prints the loading line and nothing is printed without it.
 # Skips (77) only when no python3 with numpy is found.
 set -euo pipefail
@@ -65,6 +67,33 @@ for preset in tiny-qwen3-moe tiny-deepseek-v2; do
     > "$tmp/neg.log" 2>&1 && r=0 || r=1
   check "$r" "$preset: logits of another sequence fail the comparison ($(grep -o 'max relative error [^ ]*' "$tmp/neg.log"))"
 done
+
+# Qwen3 with YaRN rope scaling (the README's keys, original context 256 so that
+# the ramp falls inside head_dim 32): the NumPy reference computes the YaRN
+# tables from transformers' formulas; epserve's fast path and its C reference
+# (--reference) both match it, and the plain model's logits do not.
+{
+  grep -v '^name:' "$src/configs/models/tiny-qwen3-moe.yaml"
+  printf 'name: tiny-qwen3-moe-yarn\nrope_scaling:\n  type: yarn\n  factor: 4.0\n'
+  printf '  original_max_position_embeddings: 256\n'
+} > "$tmp/qwen3-yarn.yaml"
+ck="$tmp/qwen3-yarn"
+"$bin" make-model --model "$tmp/qwen3-yarn.yaml" --dtype f32 --out "$ck" > /dev/null
+check "$(grep -q '"rope_type": "yarn"' "$ck/config.json" && echo 1 || echo 0)" \
+  "make-model writes Qwen3's rope_scaling (rope_type yarn) into config.json"
+t=${toks[tiny-qwen3-moe]}
+for np in 1 3; do
+  run_np "$np" logits --model "$ck" --tokens "$t" --reference --out "$tmp/yarn.np$np.bin" \
+    2> "$tmp/yarn.log" && rc=0 || rc=$?
+  msg=$("$py" "$ref" --checkpoint "$ck" --tokens "$t" --logits "$tmp/yarn.np$np.bin" --tol 1e-3 2>&1) && r=1 || r=0
+  echo "      $msg"
+  check "$r" "tiny-qwen3-moe + YaRN np $np: epserve logits match the NumPy reference"
+  check "$([[ $rc == 0 ]] && grep -q 'reference max relative error' "$tmp/yarn.log" && echo 1 || echo 0)" \
+    "tiny-qwen3-moe + YaRN np $np: the fast path matches the C reference ($(grep -o 'reference max relative error [^ ]*' "$tmp/yarn.log"))"
+done
+"$py" "$ref" --checkpoint "$ck" --tokens "$t" --logits "$tmp/tiny-qwen3-moe.np1.bin" \
+  > "$tmp/neg.log" 2>&1 && r=0 || r=1
+check "$r" "the plain model's logits fail the YaRN reference ($(grep -o 'max relative error [^ ]*' "$tmp/neg.log"))"
 
 # BF16 checkpoint at 2 ranks: the script widens BF16 the same way. Computed
 # in fp32 (--dtype f32 --expert-dtype f32; the default keeps BF16 and rounds

@@ -9,7 +9,9 @@ with numpy.frombuffer; F32, F16, BF16, and F8_E4M3 weights with their
 `_scale_inv` block scales when config.json has an fp8 quantization_config:
 value = e4m3 decoded from its bit fields times the scale of its
 weight_block_size block, as DeepSeek's fp8_cast_bf16 does before its cast),
-computes the logits of one token
+with YaRN rope scaling for both families (Qwen3: transformers'
+_compute_yarn_parameters as documented; DeepSeek-V2: its own modeling
+code), computes the logits of one token
 sequence at positions 0..n-1 in float64 with the models' own routing (top-k of
 the softmax, "baseline" in epserve's terms) and, given epserve's logits file
 (`epserve logits --out F.bin`: [n, vocab] float32 little-endian), compares:
@@ -171,6 +173,86 @@ def top_k(scores, k, margins):
     return idx[:k]
 
 
+# ---- rotary tables -----------------------------------------------------------
+
+
+def yarn_get_mscale(scale, mscale):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def yarn_correction_dim(rotations, dim, base, max_pos):
+    """The dimension whose wavelength turns `rotations` times over max_pos positions."""
+    return dim * math.log(max_pos / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+
+def yarn_inv_freq(base, d, factor, low, high):
+    """YaRN's blend: dims below `low` keep theta^(-2i/d) (extrapolation), dims
+    above `high` are divided by factor (interpolation), a linear ramp between."""
+    freq_extra = 1.0 / base ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    freq_inter = freq_extra / factor
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    extra_mask = 1.0 - ramp  # 1: keep the original frequency (high frequencies)
+    return freq_inter * (1 - extra_mask) + freq_extra * extra_mask
+
+
+def qwen3_rope_params(cfg, d):
+    """inv_freq [d/2] and the factor on cos/sin of Qwen3's rotary embedding.
+
+    Without rope_scaling: default RoPE, factor 1. With rope_scaling of
+    rope_type (or type) "yarn": transformers' YaRN as its documentation of
+    _compute_yarn_parameters describes the keys: `factor`; the correction
+    range from `beta_fast` / `beta_slow` (read with `or`: missing, null or 0
+    give 32 / 1) over `original_max_position_embeddings`, floored / ceiled
+    unless `truncate` is false; `attention_factor` when given, else
+    mscale(factor, mscale) / mscale(factor, mscale_all_dim) when both are
+    given and non-zero, else 0.1 ln(factor) + 1.
+    """
+    base = cfg["rope_theta"]
+    rs = cfg.get("rope_scaling")
+    if not rs:
+        return 1.0 / base ** (np.arange(0, d, 2, dtype=np.float64) / d), 1.0
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind != "yarn":
+        raise ValueError(f"rope_scaling type {kind!r} not handled here")
+    factor = rs["factor"]
+    orig = rs.get("original_max_position_embeddings", cfg["max_position_embeddings"])
+    low = yarn_correction_dim(rs.get("beta_fast") or 32, d, base, orig)
+    high = yarn_correction_dim(rs.get("beta_slow") or 1, d, base, orig)
+    if rs.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    att = rs.get("attention_factor")
+    if att is None:
+        ms, msa = rs.get("mscale"), rs.get("mscale_all_dim")
+        if ms and msa:
+            att = yarn_get_mscale(factor, ms) / yarn_get_mscale(factor, msa)
+        else:
+            att = yarn_get_mscale(factor, 1)
+    return yarn_inv_freq(base, d, factor, low, high), att
+
+
+def deepseek_rope_params(cfg, d):
+    """inv_freq [d/2] and the factor on cos/sin of DeepseekV2(Yarn)RotaryEmbedding
+    (modeling_deepseek.py: beta_fast 32, beta_slow 1, mscale 1, mscale_all_dim 0
+    when absent; the range always floored / ceiled)."""
+    base = cfg["rope_theta"]
+    rs = cfg.get("rope_scaling") or {}
+    if not rs:
+        return 1.0 / base ** (np.arange(0, d, 2, dtype=np.float64) / d), 1.0
+    kind = rs.get("type", rs.get("rope_type"))
+    if kind != "yarn":
+        raise ValueError(f"rope_scaling type {kind!r} not handled here")
+    factor = rs["factor"]
+    orig = rs["original_max_position_embeddings"]
+    low = max(math.floor(yarn_correction_dim(rs.get("beta_fast", 32), d, base, orig)), 0)
+    high = min(math.ceil(yarn_correction_dim(rs.get("beta_slow", 1), d, base, orig)), d - 1)
+    att = yarn_get_mscale(factor, rs.get("mscale", 1)) / yarn_get_mscale(
+        factor, rs.get("mscale_all_dim", 0))
+    return yarn_inv_freq(base, d, factor, low, high), att
+
+
 # ---- Qwen3-MoE ---------------------------------------------------------------
 
 
@@ -182,10 +264,10 @@ def qwen3_forward(cfg, w, tokens, margins):
     E, k = cfg["num_experts"], cfg["num_experts_per_tok"]
     n = len(tokens)
     pos = np.arange(n, dtype=np.float64)
-    # Default RoPE: inv_freq_i = theta^(-2i/d); cos/sin of cat(freqs, freqs).
-    inv_freq = 1.0 / cfg["rope_theta"] ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    # cos/sin of cat(freqs, freqs), times YaRN's attention factor.
+    inv_freq, att = qwen3_rope_params(cfg, hd)
     emb = np.concatenate([np.outer(pos, inv_freq)] * 2, axis=-1)  # [n, hd]
-    cos, sin = np.cos(emb), np.sin(emb)
+    cos, sin = np.cos(emb) * att, np.sin(emb) * att
     sparse_step = cfg.get("decoder_sparse_step", 1)
     dense_layers = set(cfg.get("mlp_only_layers", []) or [])
 
@@ -231,39 +313,11 @@ def qwen3_forward(cfg, w, tokens, margins):
 # ---- DeepSeek-V2 -------------------------------------------------------------
 
 
-def yarn_get_mscale(scale, mscale):
-    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
-
-
-def yarn_correction_dim(rotations, dim, base, max_pos):
-    return dim * math.log(max_pos / (rotations * 2 * math.pi)) / (2 * math.log(base))
-
-
 def deepseek_rope(cfg, d, n):
     """cos, sin [n, d] of DeepseekV2(Yarn)RotaryEmbedding for positions 0..n-1."""
-    base = cfg["rope_theta"]
-    freq_extra = 1.0 / base ** (np.arange(0, d, 2, dtype=np.float64) / d)
-    rs = cfg.get("rope_scaling") or {}
-    mscale = 1.0
-    if rs.get("type") == "yarn":
-        factor = rs["factor"]
-        freq_inter = freq_extra / factor
-        orig = rs["original_max_position_embeddings"]
-        low = max(math.floor(yarn_correction_dim(rs.get("beta_fast", 32), d, base, orig)), 0)
-        high = min(math.ceil(yarn_correction_dim(rs.get("beta_slow", 1), d, base, orig)), d - 1)
-        if low == high:
-            high += 0.001
-        ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low) / (high - low), 0, 1)
-        extra_mask = 1.0 - ramp  # 1: keep the original frequency (high frequencies)
-        inv_freq = freq_inter * (1 - extra_mask) + freq_extra * extra_mask
-        mscale = yarn_get_mscale(factor, rs.get("mscale", 1)) / yarn_get_mscale(
-            factor, rs.get("mscale_all_dim", 0))
-    elif rs:
-        raise ValueError(f"rope_scaling type {rs.get('type')!r} not handled here")
-    else:
-        inv_freq = freq_extra
+    inv_freq, att = deepseek_rope_params(cfg, d)
     emb = np.concatenate([np.outer(np.arange(n, dtype=np.float64), inv_freq)] * 2, axis=-1)
-    return np.cos(emb) * mscale, np.sin(emb) * mscale
+    return np.cos(emb) * att, np.sin(emb) * att
 
 
 def deinterleave(x):

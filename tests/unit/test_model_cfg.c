@@ -635,7 +635,7 @@ static void test_hf_json_bad(void **state)
     json_bad(DS_JSON, "\"scoring_func\": \"softmax\"", "\"scoring_func\": \"sigmoid\"",
              EP_ERR_UNSUPPORTED, "'scoring_func'", "sigmoid");
     json_bad(QWEN_JSON, "\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"yarn\"}",
-             EP_ERR_UNSUPPORTED, "'rope_scaling'", "qwen3_moe");
+             EP_ERR_CONFIG, "'rope_scaling.factor'", "no such key");
 
     ep_model_cfg c;
     char empty[512];
@@ -643,6 +643,114 @@ static void test_hf_json_bad(void **state)
     mkdir(empty, 0755);
     assert_int_equal(ep_model_cfg_load(empty, &c), EP_ERR_IO);
     expect_msg(empty, "config.json", NULL);
+}
+
+// Qwen3's README: YaRN to 131072 tokens is this rope_scaling in config.json.
+static const char *QWEN_YARN = "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0, "
+                               "\"original_max_position_embeddings\": 32768}";
+
+static char *qwen_yarn_json(const char *rope_scaling)
+{
+    char *a = subst(QWEN_JSON, "\"rope_scaling\": null", rope_scaling);
+    char *b = subst(a, "\"max_position_embeddings\": 40960", "\"max_position_embeddings\": 131072");
+    free(a);
+    return b;
+}
+
+static ep_model_cfg load_json_text(const char *sub, const char *json)
+{
+    const char *dir = write_ckpt_json(sub, json);
+    return load_ok(dir);
+}
+
+static void test_hf_json_qwen3_yarn(void **state)
+{
+    char *j = qwen_yarn_json(QWEN_YARN);
+    ep_model_cfg c = load_json_text("qwen3-yarn", j);
+    free(j);
+    assert_true(c.has_yarn);
+    assert_true(c.yarn_factor == 4.0f);
+    assert_int_equal(c.yarn_orig_max_pos, 32768);
+    assert_int_equal(c.max_pos, 131072); // beyond the original: what YaRN is for
+    assert_true(c.yarn_beta_fast == 32.0f && c.yarn_beta_slow == 1.0f);
+    assert_true(c.yarn_mscale == 0.0f && c.yarn_mscale_all_dim == 0.0f); // not given
+    assert_true(c.yarn_attn_factor == 0.0f);
+    assert_true(c.yarn_truncate);
+
+    // The old spelling "type"; every optional key transformers reads for it;
+    // beta_fast 0 and null mean the default (transformers' `or 32`).
+    j = qwen_yarn_json(
+        "\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 2, "
+        "\"original_max_position_embeddings\": 4096, \"beta_fast\": 0, \"beta_slow\": 2.5, "
+        "\"mscale\": 0.707, \"mscale_all_dim\": 0.5, \"attention_factor\": 1.25, "
+        "\"truncate\": false, \"partial_rotary_factor\": 1.0, \"rope_theta\": 1000000.0}");
+    c = load_json_text("qwen3-yarn2", j);
+    free(j);
+    assert_true(c.yarn_factor == 2.0f);
+    assert_int_equal(c.yarn_orig_max_pos, 4096);
+    assert_true(c.yarn_beta_fast == 32.0f && c.yarn_beta_slow == 2.5f);
+    assert_true(c.yarn_mscale == 0.707f && c.yarn_mscale_all_dim == 0.5f);
+    assert_true(c.yarn_attn_factor == 1.25f);
+    assert_false(c.yarn_truncate);
+    j = qwen_yarn_json("\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4, "
+                       "\"original_max_position_embeddings\": 32768, \"beta_fast\": null}");
+    c = load_json_text("qwen3-yarn3", j);
+    free(j);
+    assert_true(c.yarn_beta_fast == 32.0f);
+
+    // YAML presets take the same keys (attention_factor and truncate: Qwen3 only).
+    char y[2048];
+    snprintf(y, sizeof y, "%s%s", QWEN_YAML,
+             "rope_scaling:\n  type: yarn\n  factor: 4\n  original_max_position_embeddings: 128\n"
+             "  attention_factor: 1.5\n  truncate: false\n");
+    const char *p = write_tmp("qy.yaml", y);
+    c = load_ok(p);
+    assert_true(c.has_yarn && c.yarn_factor == 4.0f && c.yarn_orig_max_pos == 128);
+    assert_true(c.yarn_attn_factor == 1.5f && !c.yarn_truncate && c.yarn_mscale == 0.0f);
+    yaml_bad(DS_YAML, "  v_head_dim: 8\n",
+             "  v_head_dim: 8\nrope_scaling:\n  type: yarn\n  factor: 2\n"
+             "  original_max_position_embeddings: 64\n  attention_factor: 1.1\n",
+             EP_ERR_CONFIG, "'rope_scaling.attention_factor' applies only to family qwen3_moe",
+             NULL);
+}
+
+static void test_hf_json_qwen3_yarn_bad(void **state)
+{
+    char *base = qwen_yarn_json(QWEN_YARN);
+    json_bad(base, "\"yarn\"", "\"dynamic\"", EP_ERR_UNSUPPORTED, "'rope_scaling.rope_type'",
+             "\"dynamic\"");
+    json_bad(base, "\"yarn\"", "\"linear\"", EP_ERR_UNSUPPORTED, "expected \"yarn\"", "linear");
+    json_bad(base, "\"factor\": 4.0", "\"factor\": 4.0, \"low_freq_factor\": 1", EP_ERR_UNSUPPORTED,
+             "'rope_scaling.low_freq_factor'", "attention_factor");
+    // Another rope type is named as such, before its keys are.
+    json_bad(base, "\"yarn\", \"factor\": 4.0",
+             "\"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1, \"high_freq_factor\": 4",
+             EP_ERR_UNSUPPORTED, "'rope_scaling.rope_type'", "\"llama3\"");
+    json_bad(base, "\"factor\": 4.0, ", "", EP_ERR_CONFIG, "'rope_scaling.factor'", "no such key");
+    json_bad(base, "\"factor\": 4.0", "\"factor\": 0.5", EP_ERR_CONFIG, "'rope_scaling.factor'",
+             "found 0.5");
+    json_bad(base, ", \"original_max_position_embeddings\": 32768", "", EP_ERR_CONFIG,
+             "'rope_scaling.original_max_position_embeddings'", "no such key");
+    json_bad(base, "\"factor\": 4.0", "\"factor\": 4.0, \"attention_factor\": -1", EP_ERR_CONFIG,
+             "'rope_scaling.attention_factor'", "found -1");
+    json_bad(base, "\"factor\": 4.0", "\"factor\": 4.0, \"truncate\": \"no\"", EP_ERR_CONFIG,
+             "'rope_scaling.truncate'", "a string \"no\"");
+    json_bad(base, "\"factor\": 4.0", "\"factor\": 4.0, \"partial_rotary_factor\": 0.5",
+             EP_ERR_UNSUPPORTED, "'rope_scaling.partial_rotary_factor'", "found 0.5");
+    json_bad(base, "\"factor\": 4.0", "\"factor\": 4.0, \"rope_theta\": 10000", EP_ERR_CONFIG,
+             "'rope_scaling.rope_theta'", "found 10000");
+    json_bad(base, "\"factor\": 4.0", "\"factor\": 4.0, \"type\": \"linear\"", EP_ERR_CONFIG,
+             "'rope_scaling.type'", "\"linear\"");
+    json_bad(base, "\"factor\": 4.0", "\"factor\": 4.0, \"beta_slow\": 40", EP_ERR_CONFIG,
+             "'rope_scaling.beta_fast'", "found 32 and 40");
+    json_bad(base, "\"rope_scaling\": {", "\"rope_scaling\": 5, \"x\": {", EP_ERR_CONFIG,
+             "'rope_scaling'", "expected null or an object, found an integer 5");
+    free(base);
+    // DeepSeek's YaRN is its modeling code's: no attention_factor, no truncate.
+    json_bad(DS_JSON, "\"factor\": 40,", "\"factor\": 40, \"attention_factor\": 1.1,",
+             EP_ERR_UNSUPPORTED, "'rope_scaling.attention_factor'", "deepseek_v2");
+    json_bad(DS_JSON, "\"factor\": 40,", "\"factor\": 40, \"truncate\": false,", EP_ERR_UNSUPPORTED,
+             "'rope_scaling.truncate'", "deepseek_v2");
 }
 
 static void compare_cfg(const ep_model_cfg *a, const ep_model_cfg *b)
@@ -683,6 +791,8 @@ static void compare_cfg(const ep_model_cfg *a, const ep_model_cfg *b)
     SAME(yarn_mscale);
     SAME(yarn_mscale_all_dim);
     SAME(yarn_orig_max_pos);
+    SAME(yarn_attn_factor);
+    SAME(yarn_truncate);
     SAME(seed);
 #undef SAME
 }
@@ -703,6 +813,17 @@ static void test_hf_json_round_trip(void **state)
         assert_int_equal(ep_model_cfg_from_hf_json(path, &b), EP_OK);
         compare_cfg(&a, &b);
         assert_string_equal(b.checkpoint, dir);
+        if (a.arch == EP_ARCH_QWEN3_MOE) { // the same with Qwen3's YaRN, defaults or not
+            a.has_yarn = true;
+            a.yarn_factor = 4.0f;
+            a.yarn_orig_max_pos = 1024;
+            a.yarn_attn_factor = i % 2 ? 0.0f : 1.125f;
+            a.yarn_truncate = i % 2;
+            a.yarn_beta_slow = i % 2 ? 1.0f : 2.0f;
+            assert_int_equal(ep_model_cfg_write_hf_json(&a, path), EP_OK);
+            assert_int_equal(ep_model_cfg_from_hf_json(path, &b), EP_OK);
+            compare_cfg(&a, &b);
+        }
         char tmpname[700];
         snprintf(tmpname, sizeof tmpname, "%s.tmp.%ld", path, (long)getpid());
         assert_int_equal(access(tmpname, F_OK), -1); // temp file renamed away
@@ -856,6 +977,7 @@ int main(void)
         cmocka_unit_test(test_yaml_wrong_types),    cmocka_unit_test(test_yaml_inconsistent),
         cmocka_unit_test(test_yaml_files),          cmocka_unit_test(test_hf_json_good),
         cmocka_unit_test(test_hf_json_bad),         cmocka_unit_test(test_hf_json_round_trip),
+        cmocka_unit_test(test_hf_json_qwen3_yarn),  cmocka_unit_test(test_hf_json_qwen3_yarn_bad),
         cmocka_unit_test(test_tensors_tiny),        cmocka_unit_test(test_tensors_param_counts),
     };
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);

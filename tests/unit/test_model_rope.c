@@ -1,7 +1,8 @@
 // RoPE / YaRN / MLA constants: the MLA softmax scales of DeepSeek-V2.5 and
 // V2-Lite against FACTS.md (mscale^2 1.87385 -> 0.135234; 1.58963 ->
 // 0.114721); the YaRN frequency table of tiny-deepseek-v2 against values
-// worked out by hand (correction range [1, 5] over 8 frequencies); plain
+// worked out by hand (correction range [1, 5] over 8 frequencies), and
+// Qwen3's YaRN (transformers' attention factor, truncate) likewise; plain
 // RoPE of tiny-qwen3-moe; rotation keeps norms, makes q.k depend only on the
 // position difference, and the interleaved layout equals the HF code's
 // de-interleave + rotate-half up to that permutation.
@@ -66,6 +67,66 @@ static void test_yarn_table(void **state)
     c.yarn_mscale_all_dim = 0.0f;
     assert_int_equal(ep_rope_init(&r, &c), EP_OK);
     assert_float_equal(r.cs_scale, 1.1386294, 1e-6);
+}
+
+// Qwen3-30B-A3B with its README's YaRN (factor 4, original 32768, theta 1e6,
+// head_dim 128), worked out by hand: correction dims 128 ln(32768 / (32 2 pi))
+// / (2 ln 1e6) = 23.596 -> 23 and (beta_slow 1) 39.651 -> 40; inv_freq_i =
+// theta^(-2i/128) (1 - 0.75 ramp_i), ramp_i = (i - 23) / 17 clamped to [0, 1];
+// cos / sin times 0.1 ln 4 + 1 = 1.1386294. No softmax mscale for Qwen3.
+static void test_qwen3_yarn_table(void **state)
+{
+    ep_model_cfg c;
+    load("qwen3-30b-a3b", &c);
+    c.has_yarn = true;
+    c.yarn_factor = 4.0f;
+    c.yarn_orig_max_pos = 32768;
+    c.max_pos = 131072;
+    assert_int_equal(ep_model_cfg_validate(&c), EP_OK);
+    ep_rope r;
+    assert_int_equal(ep_rope_init(&r, &c), EP_OK);
+    assert_int_equal(r.dim, 128);
+    assert_false(r.interleaved);
+    assert_float_equal(r.cs_scale, 1.1386294, 1e-6);
+    assert_float_equal(ep_rope_attention_factor(&c), 1.138629436, 1e-9);
+    const struct {
+        int i;
+        double want;
+    } inv[] = {{0, 1.0},
+               {23, 0.006978305848598663},
+               {30, 0.001064360981247002},
+               {40, 4.445698525097307e-05},
+               {63, 3.102344401879299e-07}};
+    for (size_t k = 0; k < EP_ARRAY_LEN(inv); k++)
+        assert_float_equal(r.inv_freq[inv[k].i], inv[k].want, 1e-6 * inv[k].want);
+    // Past original_max_position_embeddings: position 100000, dim 30 turns
+    // 106.436 rad: cos 1.0582256, sin -0.4202804 (times the factor).
+    float cs[EP_ROPE_MAX_DIM];
+    ep_rope_table(&r, 100000, cs);
+    assert_float_equal(cs[30], 1.0582256, 1e-4);
+    assert_float_equal(cs[64 + 30], -0.4202804, 1e-4);
+
+    // attention_factor, when given, is the factor.
+    c.yarn_attn_factor = 1.3f;
+    assert_int_equal(ep_rope_init(&r, &c), EP_OK);
+    assert_float_equal(r.cs_scale, 1.3, 1e-7);
+    // mscale and mscale_all_dim both given: (0.09 ln 4 + 1) / (0.07 ln 4 + 1).
+    c.yarn_attn_factor = 0.0f;
+    c.yarn_mscale = 0.9f;
+    c.yarn_mscale_all_dim = 0.7f;
+    assert_int_equal(ep_rope_init(&r, &c), EP_OK);
+    assert_float_equal(r.cs_scale, 1.0252733, 1e-6);
+    // Only mscale_all_dim: transformers ignores it (0.1 ln 4 + 1), where
+    // DeepSeek's code would divide by mscale(4, 0.7).
+    c.yarn_mscale = 0.0f;
+    assert_int_equal(ep_rope_init(&r, &c), EP_OK);
+    assert_float_equal(r.cs_scale, 1.1386294, 1e-6);
+    // truncate false: the ramp runs over [23.596, 39.651] unrounded; dim 30 is
+    // 0.39888 of the way: theta^(-60/128) (1 - 0.75 * 0.39888).
+    c.yarn_truncate = false;
+    assert_int_equal(ep_rope_init(&r, &c), EP_OK);
+    assert_float_equal(r.inv_freq[30], 0.001079237741676554, 1e-6 * 0.00107924);
+    assert_float_equal(r.inv_freq[23], pow(1e6, -46.0 / 128), 1e-6 * 0.007);
 }
 
 static void test_plain_table(void **state)
@@ -171,11 +232,9 @@ static void test_interleaved_is_hf_layout(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mla_scale_facts),
-        cmocka_unit_test(test_yarn_table),
-        cmocka_unit_test(test_plain_table),
-        cmocka_unit_test(test_rotation_properties),
-        cmocka_unit_test(test_interleaved_is_hf_layout),
+        cmocka_unit_test(test_mla_scale_facts),     cmocka_unit_test(test_yarn_table),
+        cmocka_unit_test(test_qwen3_yarn_table),    cmocka_unit_test(test_plain_table),
+        cmocka_unit_test(test_rotation_properties), cmocka_unit_test(test_interleaved_is_hf_layout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

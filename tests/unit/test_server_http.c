@@ -4,7 +4,9 @@
 // the OpenAI shapes, a client that goes away mid-stream cancels its request,
 // engine refusals map to 429/503/400 with error objects, an engine failure
 // mid-stream ends the stream with an error chunk and [DONE], /health follows
-// ep_engine_serving, /metrics counts what was served. libcurl is the client.
+// ep_engine_serving, /metrics counts what was served, generation_config.json
+// fills the sampling fields a request leaves out and /v1/models reports it.
+// libcurl is the client.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -36,6 +38,7 @@ struct ep_engine {
     } r[MAXR];
     uint64_t next_id;
     int cancels, submitted, last_routing, last_max_tokens, last_n_prompt, last_n_stop;
+    ep_sample_params last_sample;
 };
 
 static void *fake_loop(void *arg)
@@ -103,6 +106,7 @@ ep_status ep_engine_submit(ep_engine *e, const ep_request *r, ep_event_fn fn, vo
         e->last_max_tokens = r->max_tokens;
         e->last_n_prompt = r->n_prompt;
         e->last_n_stop = r->n_stop;
+        e->last_sample = r->sample;
     }
     pthread_mutex_unlock(&e->mu);
     return st;
@@ -117,6 +121,15 @@ void ep_engine_cancel(ep_engine *e, uint64_t id)
             e->cancels++;
         }
     pthread_mutex_unlock(&e->mu);
+}
+
+int ep_engine_eos_ids(const ep_engine *e, int *ids, int max)
+{
+    (void)e;
+    static const int eos[] = {1023, 7};
+    int n = max < 2 ? max : 2;
+    memcpy(ids, eos, (size_t)n * sizeof *ids);
+    return n;
 }
 
 bool ep_engine_serving(const ep_engine *e)
@@ -279,9 +292,18 @@ static void test_routes(void **state)
     curl_slist_free_all(hd);
     curl_easy_cleanup(h);
     json_t *j = json_loads(out.buf, 0, NULL);
-    assert_string_equal(
-        json_string_value(json_object_get(json_array_get(json_object_get(j, "data"), 0), "id")),
-        "tiny");
+    json_t *m0 = json_array_get(json_object_get(j, "data"), 0);
+    assert_string_equal(json_string_value(json_object_get(m0, "id")), "tiny");
+    // No generation_config.json: OpenAI's defaults, the engine's stop ids.
+    json_t *gc = json_object_get(m0, "generation_config");
+    assert_true(json_is_null(json_object_get(gc, "file")));
+    assert_true(json_number_value(json_object_get(gc, "temperature")) == 1.0);
+    assert_true(json_number_value(json_object_get(gc, "top_p")) == 1.0);
+    assert_int_equal(json_integer_value(json_object_get(gc, "top_k")), 0);
+    assert_true(json_is_null(json_object_get(gc, "max_tokens")));
+    assert_int_equal(json_array_size(json_object_get(gc, "eos_token_id")), 2);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(gc, "eos_token_id"), 0)),
+                     1023);
     json_decref(j);
     assert_int_equal(http("GET", "/v1/nothing", NULL, "k3y", &out), 404);
     assert_error(&out, "no such endpoint");
@@ -434,12 +456,83 @@ static void test_metrics(void **state)
     assert_non_null(strstr(out.buf, "epserve:request_errors_total{model_name=\"tiny\"} 2\n"));
 }
 
+// A second server whose model has a generation_config.json: a request that
+// leaves a sampling field out gets the file's value, one that sets it keeps
+// its own; max_new_tokens is the default max_tokens; /v1/models reports it.
+static void test_generation_config(void **state)
+{
+    char dir[] = "/tmp/ep_test_server_gen_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"do_sample\": true, \"temperature\": 0.6, \"top_k\": 20, \"top_p\": 0.95,\n"
+          " \"max_new_tokens\": 5, \"eos_token_id\": [3, 1023], \"bos_token_id\": 1,\n"
+          " \"repetition_penalty\": 1.1, \"transformers_version\": \"4.51.0\"}\n",
+          f);
+    fclose(f);
+    ep_gen_config g;
+    assert_int_equal(ep_gen_config_read(path, cfg.vocab, &g), EP_OK);
+    ep_server_opts o;
+    ep_server_opts_default(&o);
+    o.port = 0;
+    o.model_name = "tiny-gen";
+    o.max_model_len = 64;
+    o.gen = &g;
+    ep_server *s2 = NULL;
+    assert_int_equal(ep_server_start(&o, &E, &cfg, NULL, &s2), EP_OK);
+    char saved[64];
+    snprintf(saved, sizeof saved, "%s", base);
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", ep_server_port(s2));
+
+    assert_int_equal(http("POST", "/v1/completions", "{\"prompt\":[1,2]}", NULL, &out), 200);
+    assert_true(E.last_sample.temperature == 0.6f);
+    assert_int_equal(E.last_sample.top_k, 20);
+    assert_true(E.last_sample.top_p == 0.95f);
+    assert_true(E.last_sample.repetition_penalty == 1.1f);
+    assert_int_equal(E.last_max_tokens, 5);
+    assert_int_equal(http("POST", "/v1/completions",
+                          "{\"prompt\":[1,2],\"temperature\":0,\"top_k\":-1,\"max_tokens\":3}",
+                          NULL, &out),
+                     200);
+    assert_true(E.last_sample.temperature == 0.0f);
+    assert_int_equal(E.last_sample.top_k, 0);
+    assert_true(E.last_sample.top_p == 0.95f); // not in the request: the file's
+    assert_int_equal(E.last_max_tokens, 3);
+
+    assert_int_equal(http("GET", "/v1/models", NULL, NULL, &out), 200);
+    json_t *j = json_loads(out.buf, 0, NULL);
+    json_t *gc =
+        json_object_get(json_array_get(json_object_get(j, "data"), 0), "generation_config");
+    assert_string_equal(json_string_value(json_object_get(gc, "file")), path);
+    assert_true(json_number_value(json_object_get(gc, "temperature")) == 0.6);
+    assert_true(json_number_value(json_object_get(gc, "top_p")) == 0.95);
+    assert_int_equal(json_integer_value(json_object_get(gc, "top_k")), 20);
+    assert_int_equal(json_integer_value(json_object_get(gc, "max_tokens")), 5);
+    assert_int_equal(json_integer_value(json_object_get(gc, "bos_token_id")), 1);
+    assert_true(json_is_null(json_object_get(gc, "pad_token_id")));
+    // repetition_penalty is applied (the sampler has it): a default, not ignored.
+    assert_true(json_number_value(json_object_get(gc, "repetition_penalty")) == 1.1);
+    assert_int_equal(json_array_size(json_object_get(gc, "ignored")), 0);
+    json_decref(j);
+
+    snprintf(base, sizeof base, "%s", saved);
+    ep_server_stop(s2);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_routes),   cmocka_unit_test(test_completion),
-        cmocka_unit_test(test_stream),   cmocka_unit_test(test_disconnect_cancels),
-        cmocka_unit_test(test_refusals), cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_completion),
+        cmocka_unit_test(test_stream),
+        cmocka_unit_test(test_disconnect_cancels),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_generation_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

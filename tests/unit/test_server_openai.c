@@ -237,6 +237,45 @@ static void test_prompt_lengths(void **state)
     ep_oai_request_free(&r);
 }
 
+// The server's defaults (generation_config.json over OpenAI's): a field left
+// out takes them, a field given wins; max_new_tokens is the default
+// max_tokens, capped by the room the context leaves.
+static void test_sample_defaults(void **state)
+{
+    const ep_sample_params d = {.temperature = 0.6f, .top_k = 20, .top_p = 0.95f};
+    ep_oai_limits lim = LIM;
+    lim.sample_defaults = &d;
+    lim.default_max_tokens = 10;
+    ep_oai_request r;
+    ep_oai_error err;
+    int *ids, n;
+    const char *b = "{\"prompt\":[1,2,3]}";
+    assert_int_equal(ep_oai_parse(EP_OAI_COMPLETIONS, b, strlen(b), &lim, &r, &err), 0);
+    assert_true(r.sample.temperature == 0.6f && r.sample.top_k == 20 && r.sample.top_p == 0.95f);
+    assert_int_equal(ep_oai_prompt(&r, NULL, EP_ARCH_QWEN3_MOE, &lim, &ids, &n, &err), 0);
+    assert_int_equal(r.max_tokens, 10);
+    free(ids);
+    ep_oai_request_free(&r);
+    b = "{\"prompt\":[1,2,3],\"temperature\":0,\"top_p\":0.5,\"top_k\":-1,\"max_tokens\":2}";
+    assert_int_equal(ep_oai_parse(EP_OAI_COMPLETIONS, b, strlen(b), &lim, &r, &err), 0);
+    assert_true(r.sample.temperature == 0.0f && r.sample.top_k == 0 && r.sample.top_p == 0.5f);
+    assert_int_equal(ep_oai_prompt(&r, NULL, EP_ARCH_QWEN3_MOE, &lim, &ids, &n, &err), 0);
+    assert_int_equal(r.max_tokens, 2);
+    free(ids);
+    ep_oai_request_free(&r);
+    // 60 of 64 tokens taken: the default of 10 becomes the 4 left.
+    char body[512];
+    size_t k = (size_t)snprintf(body, sizeof body, "{\"prompt\":[");
+    for (int i = 0; i < 60; i++)
+        k += (size_t)snprintf(body + k, sizeof body - k, "%s1", i ? "," : "");
+    snprintf(body + k, sizeof body - k, "]}");
+    assert_int_equal(ep_oai_parse(EP_OAI_COMPLETIONS, body, strlen(body), &lim, &r, &err), 0);
+    assert_int_equal(ep_oai_prompt(&r, NULL, EP_ARCH_QWEN3_MOE, &lim, &ids, &n, &err), 0);
+    assert_int_equal(r.max_tokens, 4);
+    free(ids);
+    ep_oai_request_free(&r);
+}
+
 // Splits "data: X\n\n" events; returns the JSON of event i (a parsed object) or NULL.
 static json_t *event(const char *sse, int i, const char **raw)
 {
@@ -362,7 +401,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals),       cmocka_unit_test(test_good_request),
         cmocka_unit_test(test_prompt_lengths), cmocka_unit_test(test_chunks),
-        cmocka_unit_test(test_key_equal),
+        cmocka_unit_test(test_key_equal),      cmocka_unit_test(test_sample_defaults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
