@@ -1,0 +1,260 @@
+// The automatic Pick domain's classifier (router/detect.h) against a plain
+// reference written here: scores of the three methods, the choice on
+// histograms drawn from known profiles, and every way it falls back to no
+// domain (ambiguous, too short, unlike every profile, nothing to compare).
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/weights.h"
+#include "router/detect.h"
+
+#include "router_fixture.h"
+
+enum { L = 3, E = 16, K = 2, D = 3 }; // layer 0 dense; 3 domains
+
+// Domain d's frequency at MoE layer l: two hot experts of its own (0.7 and
+// 0.5 of tokens), a common hot one (0.4) and the rest spread evenly, so a
+// layer sums to K. Layer 0 (dense) holds noise the classifier must ignore.
+static void make_profiles(ep_model_cfg *m, ep_routing_cfg *rc)
+{
+    fixture_qwen_cfg(m, L, E, K, 16);
+    m->first_k_dense = 1;
+    ep_routing_cfg_default(rc, m, EP_POLICY_BANPICK);
+    static const char *const names[D] = {"general", "math", "code"};
+    for (int d = 0; d < D; d++) {
+        int di = ep_routing_cfg_add_domain(rc, names[d]);
+        float *f = rc->pick.domains[di].frequency = calloc((size_t)L * E, sizeof(float));
+        for (int e = 0; e < E; e++)
+            f[e] = (float)((e * 7 + d) % 5); // dense layer: ignored
+        for (int l = 1; l < L; l++) {
+            float *fl = f + (size_t)l * E;
+            int a = (3 * d + l) % E, b = (3 * d + l + 1) % E, c = 15;
+            for (int e = 0; e < E; e++)
+                fl[e] = (float)((K - 1.6) / (E - 3));
+            fl[a] = 0.7f, fl[b] = 0.5f, fl[c] = 0.4f;
+        }
+    }
+    rc->pick.domain_auto = true;
+}
+
+// A request of n tokens of profile f: each token's top-K at each MoE layer
+// by systematic sampling (inclusion probability exactly f).
+static void sample_hist(ep_rng *rng, const float *f, int n, float *hist)
+{
+    memset(hist, 0, (size_t)L * E * sizeof(float));
+    for (int l = 1; l < L; l++)
+        for (int t = 0; t < n; t++) {
+            double u = ep_rng_uniform(rng), c = 0.0;
+            int next = 0;
+            for (int e = 0; e < E && next < K; e++) {
+                c += f[(size_t)l * E + e];
+                while (next < K && c > u + next) {
+                    hist[(size_t)l * E + e] += 1.0f;
+                    next++;
+                }
+            }
+        }
+}
+
+// ---- the reference -----------------------------------------------------------
+
+static double ref_cosine(const float *h, const float *f)
+{
+    double hf = 0, hh = 0, ff = 0;
+    for (int i = E; i < L * E; i++)
+        hf += (double)h[i] * f[i], hh += (double)h[i] * h[i], ff += (double)f[i] * f[i];
+    return hf / sqrt(hh * ff);
+}
+
+static double ref_loglik(const float *h, const float *f, double smooth)
+{
+    double ll = 0, n = 0;
+    for (int l = 1; l < L; l++) {
+        double fs = 0;
+        for (int e = 0; e < E; e++)
+            fs += f[l * E + e];
+        for (int e = 0; e < E; e++) {
+            double p = (1 - smooth) * f[l * E + e] / fs + smooth / E;
+            ll += h[l * E + e] * log(p);
+            n += h[l * E + e];
+        }
+    }
+    return ll / n;
+}
+
+static void test_scores_match_reference(void **state)
+{
+    ep_model_cfg m;
+    ep_routing_cfg rc;
+    make_profiles(&m, &rc);
+    ep_rng rng;
+    ep_rng_seed(&rng, 11);
+    float hist[L * E];
+    ep_detect_opts o;
+    ep_detect_opts_default(&o);
+    for (int d = 0; d < D; d++) {
+        sample_hist(&rng, rc.pick.domains[d].frequency, 13, hist);
+        for (int meth = 0; meth < EP_DETECT_COUNT; meth++) {
+            o.method = (ep_detect_method)meth;
+            ep_detect_result r;
+            ep_domain_detect(&rc, hist, 13, &o, &r);
+            assert_int_equal(r.best, d);
+            double want[D], mean[L * E] = {0};
+            for (int q = 0; q < D; q++)
+                for (int i = 0; i < L * E; i++)
+                    mean[i] += rc.pick.domains[q].frequency[i] / D;
+            for (int q = 0; q < D; q++) {
+                const float *f = rc.pick.domains[q].frequency;
+                if (meth == EP_DETECT_COSINE) want[q] = ref_cosine(hist, f);
+                if (meth == EP_DETECT_LOGLIK) want[q] = ref_loglik(hist, f, o.smooth);
+                if (meth == EP_DETECT_CENTERED) {
+                    double hf = 0, hh = 0, ff = 0;
+                    for (int i = E; i < L * E; i++) {
+                        double x = hist[i] / 13.0 - mean[i], y = f[i] - mean[i];
+                        hf += x * y, hh += x * x, ff += y * y;
+                    }
+                    want[q] = hf / sqrt(hh * ff);
+                }
+            }
+            assert_float_equal(r.score_best, want[d], 1e-9);
+            assert_float_equal(r.margin, r.score_best - r.score_second, 1e-12);
+            assert_true(r.second >= 0 && r.second != d);
+            assert_float_equal(r.score_second, want[r.second], 1e-9);
+        }
+    }
+    ep_routing_cfg_free(&rc);
+}
+
+// 100 sampled requests of 8 tokens per domain: every method names the right
+// domain for all of them (the profiles differ in 2 of 16 experts per layer).
+static void test_sampled_requests(void **state)
+{
+    ep_model_cfg m;
+    ep_routing_cfg rc;
+    make_profiles(&m, &rc);
+    ep_rng rng;
+    ep_rng_seed(&rng, 5);
+    float hist[L * E];
+    for (int meth = 0; meth < EP_DETECT_COUNT; meth++) {
+        ep_detect_opts o;
+        ep_detect_opts_default(&o);
+        o.method = (ep_detect_method)meth;
+        if (meth != EP_DETECT_LOGLIK) o.min_margin = 0.01;
+        for (int d = 0; d < D; d++)
+            for (int q = 0; q < 100; q++) {
+                sample_hist(&rng, rc.pick.domains[d].frequency, 8, hist);
+                assert_int_equal(ep_domain_detect(&rc, hist, 8, &o, NULL), d);
+            }
+    }
+    ep_routing_cfg_free(&rc);
+}
+
+static void test_fallbacks(void **state)
+{
+    ep_model_cfg m;
+    ep_routing_cfg rc;
+    make_profiles(&m, &rc);
+    ep_detect_opts o;
+    ep_detect_opts_default(&o);
+    ep_detect_result r;
+    float hist[L * E];
+    const float *f0 = rc.pick.domains[0].frequency, *f1 = rc.pick.domains[1].frequency;
+
+    // The expected histogram of 32 math tokens: math, clearly.
+    for (int i = 0; i < L * E; i++)
+        hist[i] = 32.0f * f1[i];
+    assert_int_equal(ep_domain_detect(&rc, hist, 32, &o, &r), 1);
+    assert_true(r.margin > o.min_margin && r.gap < o.max_gap);
+    // Too short a prompt: the same histogram, fewer tokens than min_tokens.
+    assert_int_equal(ep_domain_detect(&rc, hist, o.min_tokens - 1, &o, &r), -1);
+    assert_int_equal(r.best, 1); // the scores are still reported
+
+    // Half general, half math: the two tie within the margin -> none.
+    for (int i = 0; i < L * E; i++)
+        hist[i] = 16.0f * f0[i] + 16.0f * f1[i];
+    assert_int_equal(ep_domain_detect(&rc, hist, 32, &o, &r), -1);
+    assert_true(r.best == 0 || r.best == 1);
+    assert_true(r.margin < o.min_margin);
+    // Exact ties of the cosine go to the lower index; margin 0 still chooses.
+    o.method = EP_DETECT_COSINE;
+    o.min_margin = 0.0;
+    assert_int_equal(ep_domain_detect(&rc, hist, 32, &o, &r), 0);
+    ep_detect_opts_default(&o);
+
+    // Unlike every profile: experts none of them favours (9..13 at both
+    // layers). loglik's gap says none; without the gap rule the best wins.
+    memset(hist, 0, sizeof hist);
+    for (int l = 1; l < L; l++)
+        for (int e = 9; e < 14; e++)
+            hist[l * E + e] = 8.0f;
+    assert_int_equal(ep_domain_detect(&rc, hist, 20, &o, &r), -1);
+    assert_true(r.gap > o.max_gap);
+    o.max_gap = 0.0;
+    assert_true(ep_domain_detect(&rc, hist, 20, &o, &r) >= 0);
+    ep_detect_opts_default(&o);
+
+    // Routes only at the dense layer (or none): nothing to compare.
+    memset(hist, 0, sizeof hist);
+    hist[3] = 5.0f;
+    assert_int_equal(ep_domain_detect(&rc, hist, 5, &o, &r), -1);
+    assert_int_equal(r.best, -1);
+    // No domain with a frequency: none.
+    for (int i = 0; i < L * E; i++)
+        hist[i] = 32.0f * f1[i];
+    for (int d = 0; d < D; d++) {
+        free(rc.pick.domains[d].frequency);
+        rc.pick.domains[d].frequency = NULL;
+    }
+    assert_int_equal(ep_domain_detect(&rc, hist, 32, &o, &r), -1);
+    ep_routing_cfg_free(&rc);
+}
+
+// One profile: no runner-up, the margin is infinite; the gap rule still holds.
+static void test_single_domain(void **state)
+{
+    ep_model_cfg m;
+    ep_routing_cfg rc;
+    make_profiles(&m, &rc);
+    free(rc.pick.domains[1].frequency);
+    free(rc.pick.domains[2].frequency);
+    rc.pick.domains[1].frequency = rc.pick.domains[2].frequency = NULL;
+    float hist[L * E];
+    for (int i = 0; i < L * E; i++)
+        hist[i] = 10.0f * rc.pick.domains[0].frequency[i];
+    ep_detect_opts o;
+    ep_detect_opts_default(&o);
+    ep_detect_result r;
+    assert_int_equal(ep_domain_detect(&rc, hist, 10, &o, &r), 0);
+    assert_int_equal(r.second, -1);
+    assert_true(isinf(r.margin));
+    ep_routing_cfg_free(&rc);
+}
+
+static void test_method_names(void **state)
+{
+    ep_detect_method mth;
+    for (int k = 0; k < EP_DETECT_COUNT; k++) {
+        assert_int_equal(ep_detect_method_parse(ep_detect_method_name(k), &mth), EP_OK);
+        assert_int_equal(mth, k);
+    }
+    assert_int_equal(ep_detect_method_parse("kl", &mth), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "loglik"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scores_match_reference),
+        cmocka_unit_test(test_sampled_requests),
+        cmocka_unit_test(test_fallbacks),
+        cmocka_unit_test(test_single_domain),
+        cmocka_unit_test(test_method_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
