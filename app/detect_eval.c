@@ -221,8 +221,8 @@ static int run_eval(eval_src *s, const ep_routing_cfg *rc, const eval_args *a)
            "# precision: right / chosen; held-out none: requests of unprofiled domains left on\n"
            "# none (both at the margin and the %lld-token minimum)\n",
            (long long)o[0].min_tokens);
-    printf("# %-8s %6s %8s %8s %8s %9s %13s\n", "method", "tokens", "margin", "accuracy",
-           "covered", "precision", "held-out none");
+    printf("# %-8s %6s %8s %8s %8s %9s %13s\n", "method", "tokens", "margin", "accuracy", "covered",
+           "precision", "held-out none");
     for (int ti = 0; ti < a->n_tokens; ti++) {
         int n = a->tokens[ti];
         memset(conf, 0, (size_t)EP_DETECT_COUNT * D * (P + 1) * sizeof(int64_t));
@@ -374,8 +374,9 @@ static int eval_qwen3(const eval_args *a)
             st = read_qwen3(a->qwen3, tasks[d], a->test_lang, &m, s.test_freq + (size_t)d * L * E);
     }
     if (!st && rc.pick.n_domains == 0)
-        st = ep_errorf(EP_ERR_ARG, "--profile-tasks '%s': expected some of arc, copa, gsm, mmlu, "
-                                   "nli, ted, found none",
+        st = ep_errorf(EP_ERR_ARG,
+                       "--profile-tasks '%s': expected some of arc, copa, gsm, mmlu, "
+                       "nli, ted, found none",
                        a->profile_tasks);
     int rcode = 1;
     if (st) {
@@ -394,12 +395,18 @@ static int eval_qwen3(const eval_args *a)
 int ep_cmd_detect_eval(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"synthetic", required_argument, 0, 's'},    {"qwen3", required_argument, 0, 'q'},
-        {"profile-lang", required_argument, 0, 'P'}, {"test-lang", required_argument, 0, 'T'},
-        {"calib-tokens", required_argument, 0, 'c'}, {"requests", required_argument, 0, 'r'},
-        {"tokens", required_argument, 0, 't'},       {"method", required_argument, 0, 'M'},
-        {"min-margin", required_argument, 0, 'g'},   {"seed", required_argument, 0, 'S'},
-        {"profile-tasks", required_argument, 0, 'K'}, {"help", no_argument, 0, 'h'},
+        {"synthetic", required_argument, 0, 's'},
+        {"qwen3", required_argument, 0, 'q'},
+        {"profile-lang", required_argument, 0, 'P'},
+        {"test-lang", required_argument, 0, 'T'},
+        {"calib-tokens", required_argument, 0, 'c'},
+        {"requests", required_argument, 0, 'r'},
+        {"tokens", required_argument, 0, 't'},
+        {"method", required_argument, 0, 'M'},
+        {"min-margin", required_argument, 0, 'g'},
+        {"seed", required_argument, 0, 'S'},
+        {"profile-tasks", required_argument, 0, 'K'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     eval_args a = {.profile_lang = "English",
@@ -415,11 +422,21 @@ int ep_cmd_detect_eval(int argc, char **argv)
     float x;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 's': a.synthetic = optarg; break;
-        case 'q': a.qwen3 = optarg; break;
-        case 'P': a.profile_lang = optarg; break;
-        case 'T': a.test_lang = optarg; break;
-        case 'K': a.profile_tasks = optarg; break;
+        case 's':
+            a.synthetic = optarg;
+            break;
+        case 'q':
+            a.qwen3 = optarg;
+            break;
+        case 'P':
+            a.profile_lang = optarg;
+            break;
+        case 'T':
+            a.test_lang = optarg;
+            break;
+        case 'K':
+            a.profile_tasks = optarg;
+            break;
         case 'c':
             if (!ep_arg_int(optarg, 1, 1 << 20, &a.calib_tokens)) goto bad;
             break;
@@ -452,8 +469,13 @@ int ep_cmd_detect_eval(int argc, char **argv)
             if (!ep_arg_long(optarg, 0, 1L << 40, &v)) goto bad;
             a.seed = (uint64_t)v;
             break;
-        case 'h': usage(stdout); rc = 0; goto out;
-        default: usage(stderr); goto out;
+        case 'h':
+            usage(stdout);
+            rc = 0;
+            goto out;
+        default:
+            usage(stderr);
+            goto out;
         }
     }
     if (optind < argc || !a.synthetic == !a.qwen3) {

@@ -27,8 +27,8 @@ ep_status ep_detect_method_parse(const char *s, ep_detect_method *out)
             *out = (ep_detect_method)m;
             return EP_OK;
         }
-    return ep_errorf(EP_ERR_ARG, "expected a detection method (cosine, centered, loglik), found '%s'",
-                     s);
+    return ep_errorf(EP_ERR_ARG,
+                     "expected a detection method (cosine, centered, loglik), found '%s'", s);
 }
 
 void ep_detect_opts_default(ep_detect_opts *o)
@@ -137,9 +137,15 @@ int ep_domain_detect(const ep_routing_cfg *rc, const float *hist, int64_t n_toke
         if (!f) continue;
         double s;
         switch (o->method) {
-        case EP_DETECT_COSINE: s = cosine(hist, NULL, f, NULL, 1.0, lo, hi); break;
-        case EP_DETECT_CENTERED: s = cosine(hist, mean, f, mean, 1.0 / n_tokens, lo, hi); break;
-        default: s = loglik(rc, hist, f, o->smooth); break;
+        case EP_DETECT_COSINE:
+            s = cosine(hist, NULL, f, NULL, 1.0, lo, hi);
+            break;
+        case EP_DETECT_CENTERED:
+            s = cosine(hist, mean, f, mean, 1.0 / n_tokens, lo, hi);
+            break;
+        default:
+            s = loglik(rc, hist, f, o->smooth);
+            break;
         }
         if (r.best < 0 || s > r.score_best) {
             r.second = r.best;

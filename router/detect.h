@@ -39,12 +39,12 @@ typedef struct {
 void ep_detect_opts_default(ep_detect_opts *o);
 
 typedef struct {
-    int domain;           // the chosen domain, -1 none
-    int best, second;     // best and runner-up by score (-1 when absent)
-    double score_best;    // the method's score of best (and second)
-    double score_second;  // -inf when there is no runner-up
-    double margin;        // score_best - score_second (+inf with one domain)
-    double gap;           // loglik: best's expected score minus score_best (else 0)
+    int domain;          // the chosen domain, -1 none
+    int best, second;    // best and runner-up by score (-1 when absent)
+    double score_best;   // the method's score of best (and second)
+    double score_second; // -inf when there is no runner-up
+    double margin;       // score_best - score_second (+inf with one domain)
+    double gap;          // loglik: best's expected score minus score_best (else 0)
 } ep_detect_result;
 
 // hist [n_layers * n_experts]: the request's (token, expert) pairs per MoE
