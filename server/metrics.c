@@ -176,4 +176,18 @@ void ep_metrics_format(ep_sbuf *b, const char *model, const ep_srv_stats *s,
                 ep_sbuf_addf(b, "\",layer=\"%d\",expert=\"%d\"} %lld\n", l, x,
                              (long long)em->expert_load[(size_t)l * em->n_experts + x]);
             }
+    if (em->n_auto > 0) {
+        head(b, "pick_domain_auto_total", "counter",
+             "Requests of a pick.domain auto profile by the Pick domain detected from their "
+             "prompt (none: no domain was clear).");
+        for (int i = 0; i < em->n_auto; i++) {
+            ep_sbuf_adds(b, "epserve:pick_domain_auto_total{model_name=\"");
+            label(b, model);
+            ep_sbuf_adds(b, "\",routing=\"");
+            label(b, em->auto_routing[i]);
+            ep_sbuf_adds(b, "\",domain=\"");
+            label(b, em->auto_domain[i][0] ? em->auto_domain[i] : "none");
+            ep_sbuf_addf(b, "\"} %lld\n", (long long)em->auto_requests[i]);
+        }
+    }
 }

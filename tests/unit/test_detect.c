@@ -1,7 +1,8 @@
 // The automatic Pick domain's classifier (router/detect.h) against a plain
 // reference written here: scores of the three methods, the choice on
 // histograms drawn from known profiles, and every way it falls back to no
-// domain (ambiguous, too short, unlike every profile, nothing to compare).
+// domain (ambiguous, too short, unlike every profile, nothing to compare);
+// and the router's per-token Pick domain that applies the choice.
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -236,6 +237,75 @@ static void test_single_domain(void **state)
     ep_routing_cfg_free(&rc);
 }
 
+// ---- the per-token domain of a routing call -----------------------------------
+
+// Routing a batch with ep_route_ctx.token_domain gives every token exactly
+// what the policy gives it with that domain set (ep_policy_set_domain) or
+// none, and the domains make a difference on these logits.
+static void test_token_domain(void **state)
+{
+    enum { T = 9, EX = 16, KB = 4 };
+    ep_model_cfg m;
+    fixture_qwen_cfg(&m, 3, EX, KB, 16);
+    ep_routing_cfg rc;
+    ep_routing_cfg_default(&rc, &m, EP_POLICY_BANPICK);
+    int dm = ep_routing_cfg_add_domain(&rc, "math"), dc = ep_routing_cfg_add_domain(&rc, "code");
+    for (int e = 4; e < 8; e++)
+        rc.pick.domains[dm].key[1 * EX + e] = 1;
+    for (int e = 8; e < 12; e++)
+        rc.pick.domains[dc].key[1 * EX + e] = 1;
+    rc.pick.domain = -1;
+    ep_policy *p, *q;
+    assert_int_equal(ep_policy_create_cfg(&rc, &p), EP_OK);
+    assert_int_equal(ep_policy_create_cfg(&rc, &q), EP_OK);
+    const int mk = ep_policy_max_k(p);
+    float lg[T * EX];
+    ep_rng rng;
+    ep_rng_seed(&rng, 3);
+    for (int i = 0; i < T * EX; i++)
+        lg[i] = (float)ep_rng_normal(&rng);
+    const int dom[T] = {dm, dc, -1, dm, dc, -1, dm, dc, -1};
+    ep_router *r;
+    assert_int_equal(ep_router_init(&m, T, &r), EP_OK);
+    ep_routes got, want[3];
+    ep_routes_init(&got, T, mk, KB);
+    const char *names[3] = {"", "math", "code"}; // domain -1, dm, dc
+    for (int d = 0; d < 3; d++) {
+        ep_routes_init(&want[d], T, mk, KB);
+        assert_int_equal(ep_policy_set_domain(q, names[d]), EP_OK);
+        assert_int_equal(ep_router_route_logits(r, q, NULL, 1, lg, T, &want[d]), EP_OK);
+    }
+    ep_route_ctx ctx = {.rank = -1, .token_domain = dom};
+    assert_int_equal(ep_router_route_logits(r, p, &ctx, 1, lg, T, &got), EP_OK);
+    int differ = 0;
+    for (int t = 0; t < T; t++) {
+        const ep_routes *w = &want[dom[t] + 1];
+        int n = got.offsets[t + 1] - got.offsets[t];
+        assert_int_equal(n, w->offsets[t + 1] - w->offsets[t]);
+        assert_memory_equal(got.expert + got.offsets[t], w->expert + w->offsets[t],
+                            n * sizeof(int));
+        assert_memory_equal(got.weight + got.offsets[t], w->weight + w->offsets[t],
+                            n * sizeof(float));
+        const ep_routes *none = &want[0];
+        differ +=
+            n != none->offsets[t + 1] - none->offsets[t] ||
+            memcmp(got.expert + got.offsets[t], none->expert + none->offsets[t], n * sizeof(int));
+    }
+    assert_true(differ >= 2);
+    assert_int_equal(p->cfg.pick.domain, -1); // the policy itself is untouched
+    const int bad[T] = {0, 1, 2, 0, 0, 0, 0, 0, 0};
+    ctx.token_domain = bad;
+    assert_int_equal(ep_router_route_logits(r, p, &ctx, 1, lg, T, &got), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "Pick domain 2"));
+    for (int d = 0; d < 3; d++)
+        ep_routes_free(&want[d]);
+    ep_routes_free(&got);
+    ep_router_free(r);
+    ep_policy_free(p);
+    ep_policy_free(q);
+    ep_routing_cfg_free(&rc);
+}
+
 static void test_method_names(void **state)
 {
     ep_detect_method mth;
@@ -254,6 +324,7 @@ int main(void)
         cmocka_unit_test(test_sampled_requests),
         cmocka_unit_test(test_fallbacks),
         cmocka_unit_test(test_single_domain),
+        cmocka_unit_test(test_token_domain),
         cmocka_unit_test(test_method_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
