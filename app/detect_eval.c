@@ -43,6 +43,8 @@ static void usage(FILE *f)
             "  --method M           cosine | centered | loglik: the method of the confusion\n"
             "                       tables (default loglik); the summary has all three\n"
             "  --min-margin X       confidence margin of --method (default: the serving one)\n"
+            "  --max-gap X          loglik: none when the best domain scores more than X nats\n"
+            "                       per pair below its own tokens' mean (default: serving's, off)\n"
             "  --seed S             request stream (default 2)\n");
 }
 
@@ -166,7 +168,7 @@ typedef struct {
     int *tokens, n_tokens;
     ep_detect_method method;
     bool margin_set;
-    double min_margin;
+    double min_margin, max_gap;
     uint64_t seed;
 } eval_args;
 
@@ -216,7 +218,11 @@ static int run_eval(eval_src *s, const ep_routing_cfg *rc, const eval_args *a)
         o[k].method = (ep_detect_method)k;
         if (k != EP_DETECT_LOGLIK) o[k].min_margin = 0.0; // units differ: argmax there
         if (k == (int)a->method && a->margin_set) o[k].min_margin = a->min_margin;
+        if (a->max_gap >= 0) o[k].max_gap = a->max_gap;
     }
+    printf("# loglik gap rule: %s\n", o[EP_DETECT_LOGLIK].max_gap > 0 ? "on" : "off");
+    if (o[EP_DETECT_LOGLIK].max_gap > 0)
+        printf("#   max_gap %.3f nats per pair\n", o[EP_DETECT_LOGLIK].max_gap);
     printf("# accuracy: argmax right / requests of profiled domains; covered: a domain chosen;\n"
            "# precision: right / chosen; held-out none: requests of unprofiled domains left on\n"
            "# none (both at the margin and the %lld-token minimum)\n",
@@ -406,6 +412,7 @@ int ep_cmd_detect_eval(int argc, char **argv)
         {"min-margin", required_argument, 0, 'g'},
         {"seed", required_argument, 0, 'S'},
         {"profile-tasks", required_argument, 0, 'K'},
+        {"max-gap", required_argument, 0, 'G'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -414,6 +421,7 @@ int ep_cmd_detect_eval(int argc, char **argv)
                    .calib_tokens = 512,
                    .requests = 200,
                    .method = EP_DETECT_LOGLIK,
+                   .max_gap = -1,
                    .seed = 2};
     int *toks = NULL, rc = 2;
     optind = 1;
@@ -436,6 +444,10 @@ int ep_cmd_detect_eval(int argc, char **argv)
             break;
         case 'K':
             a.profile_tasks = optarg;
+            break;
+        case 'G':
+            if (!ep_arg_float(optarg, &x) || x < 0) goto bad;
+            a.max_gap = x;
             break;
         case 'c':
             if (!ep_arg_int(optarg, 1, 1 << 20, &a.calib_tokens)) goto bad;

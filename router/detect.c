@@ -33,15 +33,17 @@ ep_status ep_detect_method_parse(const char *s, ep_detect_method *out)
 
 void ep_detect_opts_default(ep_detect_opts *o)
 {
-    // Measured with `epserve detect-eval` (docs/routing.md §4a): loglik is
-    // the most accurate of the three on both the synthetic domains and the
-    // real Qwen3-30B-A3B tasks; the margin keeps short prompts of an
-    // ambiguous mixture on plain Ban.
+    // Measured with `epserve detect-eval` (docs/routing.md §4a): on the real
+    // Qwen3-30B-A3B tasks across languages loglik is as accurate as the
+    // cosines (centered cosine slips), and its margin is in nats per pair,
+    // the same unit whatever the profile. The gap rule is off: a fixed gap
+    // that sends unprofiled tasks to none (0.5 with English profiles) also
+    // drops most in-domain requests when the profiles come from Hebrew.
     o->method = EP_DETECT_LOGLIK;
     o->min_margin = 0.02;
     o->min_tokens = 4;
     o->smooth = 0.05;
-    o->max_gap = 0.5;
+    o->max_gap = 0.0;
 }
 
 static double cosine(const float *a, const double *a_off, const float *b, const double *b_off,

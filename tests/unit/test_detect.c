@@ -163,6 +163,7 @@ static void test_fallbacks(void **state)
     make_profiles(&m, &rc);
     ep_detect_opts o;
     ep_detect_opts_default(&o);
+    o.max_gap = 0.5;
     ep_detect_result r;
     float hist[L * E];
     const float *f0 = rc.pick.domains[0].frequency, *f1 = rc.pick.domains[1].frequency;
@@ -187,6 +188,7 @@ static void test_fallbacks(void **state)
     o.min_margin = 0.0;
     assert_int_equal(ep_domain_detect(&rc, hist, 32, &o, &r), 0);
     ep_detect_opts_default(&o);
+    o.max_gap = 0.5;
 
     // Unlike every profile: experts none of them favours (9..13 at both
     // layers). loglik's gap says none; without the gap rule the best wins.
@@ -196,9 +198,8 @@ static void test_fallbacks(void **state)
             hist[l * E + e] = 8.0f;
     assert_int_equal(ep_domain_detect(&rc, hist, 20, &o, &r), -1);
     assert_true(r.gap > o.max_gap);
-    o.max_gap = 0.0;
+    ep_detect_opts_default(&o); // the default: no gap rule, the best wins
     assert_true(ep_domain_detect(&rc, hist, 20, &o, &r) >= 0);
-    ep_detect_opts_default(&o);
 
     // Routes only at the dense layer (or none): nothing to compare.
     memset(hist, 0, sizeof hist);
