@@ -40,11 +40,13 @@ static void usage(FILE *f)
             "  --calib-tokens N     synthetic: tokens per domain for the profiles (default 512)\n"
             "  --requests N         requests per domain (default 200)\n"
             "  --tokens LIST        prompt lengths, comma-separated (default 4,16,64)\n"
-            "  --method M           cosine | centered | loglik: the method of the confusion\n"
-            "                       tables (default loglik); the summary has all three\n"
+            "  --method M           cosine | centered | loglik | mixture: the method of the\n"
+            "                       confusion tables (default loglik); the summary has all\n"
             "  --min-margin X       confidence margin of --method (default: the serving one)\n"
             "  --max-gap X          loglik: none when the best domain scores more than X nats\n"
             "                       per pair below its own tokens' mean (default: serving's, off)\n"
+            "  --signal W           share of a request's tokens drawn from its own domain, the\n"
+            "                       rest from any domain alike, per token (default 1)\n"
             "  --seed S             request stream (default 2)\n");
 }
 
@@ -169,8 +171,22 @@ typedef struct {
     ep_detect_method method;
     bool margin_set;
     double min_margin, max_gap;
+    double signal; // share of a request's tokens from its own domain
     uint64_t seed;
 } eval_args;
+
+// The domain token t of request q (domain d) is drawn from: d with
+// probability --signal, else any test domain alike (d included), the same
+// at every layer. A pure function of (seed, d, q, t).
+static int token_domain(const eval_src *s, const eval_args *a, int d, int q, int t)
+{
+    if (a->signal >= 1.0) return d;
+    uint64_t key[4] = {a->seed, (uint64_t)d, (uint64_t)q, (uint64_t)t};
+    ep_rng rng;
+    ep_rng_seed(&rng, ep_hash64(key, sizeof key, 0x5167));
+    if (ep_rng_uniform(&rng) < a->signal) return d;
+    return (int)(ep_rng_uniform(&rng) * s->n_domains);
+}
 
 // One request's histogram: n tokens of domain d, request q.
 static void request_hist(eval_src *s, const eval_args *a, int d, int q, int n, float *hist,
@@ -183,15 +199,18 @@ static void request_hist(eval_src *s, const eval_args *a, int d, int q, int n, f
         for (int l = 0; l < L; l++)
             if (s->gate[l])
                 for (int t = 0; t < n; t++)
-                    synth_route(s, l, a->seed, d, (int64_t)q * 4096 + t, hist);
+                    synth_route(s, l, a->seed, token_domain(s, a, d, q, t), (int64_t)q * 4096 + t,
+                                hist);
         return;
     }
     ep_rng rng;
     ep_rng_seed(&rng, a->seed * 1000003u + (uint64_t)d * 7919u + (uint64_t)q * 104729u);
-    for (int l = 0; l < L; l++)
-        for (int t = 0; t < n; t++)
-            sample_topk(&rng, s->test_freq + ((size_t)d * L + l) * E, E, m->k_base, perm,
+    for (int t = 0; t < n; t++) {
+        int src = token_domain(s, a, d, q, t);
+        for (int l = 0; l < L; l++)
+            sample_topk(&rng, s->test_freq + ((size_t)src * L + l) * E, E, m->k_base, perm,
                         hist + (size_t)l * E);
+    }
 }
 
 static int run_eval(eval_src *s, const ep_routing_cfg *rc, const eval_args *a)
@@ -216,10 +235,14 @@ static int run_eval(eval_src *s, const ep_routing_cfg *rc, const eval_args *a)
     for (int k = 0; k < EP_DETECT_COUNT; k++) {
         ep_detect_opts_default(&o[k]);
         o[k].method = (ep_detect_method)k;
-        if (k != EP_DETECT_LOGLIK) o[k].min_margin = 0.0; // units differ: argmax there
+        // The cosines' units differ from the nats of loglik / mixture: argmax there.
+        if (k == EP_DETECT_COSINE || k == EP_DETECT_CENTERED) o[k].min_margin = 0.0;
         if (k == (int)a->method && a->margin_set) o[k].min_margin = a->min_margin;
         if (a->max_gap >= 0) o[k].max_gap = a->max_gap;
     }
+    printf("# signal %.2f: a request's tokens come from its own domain with that probability, "
+           "else from any alike\n",
+           a->signal);
     printf("# loglik gap rule: %s\n", o[EP_DETECT_LOGLIK].max_gap > 0 ? "on" : "off");
     if (o[EP_DETECT_LOGLIK].max_gap > 0)
         printf("#   max_gap %.3f nats per pair\n", o[EP_DETECT_LOGLIK].max_gap);
@@ -413,6 +436,7 @@ int ep_cmd_detect_eval(int argc, char **argv)
         {"seed", required_argument, 0, 'S'},
         {"profile-tasks", required_argument, 0, 'K'},
         {"max-gap", required_argument, 0, 'G'},
+        {"signal", required_argument, 0, 'W'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -422,6 +446,7 @@ int ep_cmd_detect_eval(int argc, char **argv)
                    .requests = 200,
                    .method = EP_DETECT_LOGLIK,
                    .max_gap = -1,
+                   .signal = 1.0,
                    .seed = 2};
     int *toks = NULL, rc = 2;
     optind = 1;
@@ -444,6 +469,10 @@ int ep_cmd_detect_eval(int argc, char **argv)
             break;
         case 'K':
             a.profile_tasks = optarg;
+            break;
+        case 'W':
+            if (!ep_arg_float(optarg, &x) || x < 0 || x > 1) goto bad;
+            a.signal = x;
             break;
         case 'G':
             if (!ep_arg_float(optarg, &x) || x < 0) goto bad;

@@ -12,6 +12,11 @@ typedef enum {
     EP_DETECT_COSINE,   // cosine of hist and frequency, all MoE layers concatenated
     EP_DETECT_CENTERED, // the same after subtracting the domains' mean frequency
     EP_DETECT_LOGLIK,   // mean log-likelihood per (token, layer, expert) pair
+    // loglik of a two-part model per pair: the domain with weight pi, the
+    // domains' mean with 1 - pi, pi fitted to the request: generic
+    // tokens (templates, punctuation) that route like every domain's mean
+    // then cost no domain anything.
+    EP_DETECT_MIXTURE,
     EP_DETECT_COUNT
 } ep_detect_method;
 
@@ -22,7 +27,10 @@ typedef struct {
     ep_detect_method method;
     // Confidence rule: a domain is chosen only when the prompt has at least
     // min_tokens tokens and its score beats the runner-up's by min_margin
-    // (loglik: nats per pair; cosine: cosine units). Otherwise none (-1).
+    // (loglik, mixture: nats per pair; cosines: cosine units). Otherwise
+    // none (-1). With a single domain there is no runner-up: the margin is
+    // infinite (and the centered cosine, with nothing to center against,
+    // always names it).
     double min_margin;
     int64_t min_tokens;
     // loglik only, a request unlike every profile: none also when the best

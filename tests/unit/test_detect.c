@@ -89,6 +89,35 @@ static double ref_loglik(const float *h, const float *f, double smooth)
     return ll / n;
 }
 
+// mixture: the best pi on a grid of 10^4 steps of log(pi p_d + (1 - pi) b),
+// b the mean of the domains' smoothed distributions.
+static double ref_mixture(const ep_routing_cfg *rc, const float *h, int d, double smooth)
+{
+    static double pd[L * E], pb[L * E];
+    for (int l = 1; l < L; l++)
+        for (int q = -1; q < D; q++) {
+            const float *f = rc->pick.domains[q < 0 ? d : q].frequency + l * E;
+            double fs = 0;
+            for (int e = 0; e < E; e++)
+                fs += f[e];
+            for (int e = 0; e < E; e++) {
+                double p = (1 - smooth) * f[e] / fs + smooth / E;
+                if (q < 0)
+                    pd[l * E + e] = p, pb[l * E + e] = 0;
+                else
+                    pb[l * E + e] += p / D;
+            }
+        }
+    double best = -INFINITY;
+    for (int s = 0; s <= 10000; s++) {
+        double pi = s / 10000.0, ll = 0, n = 0;
+        for (int i = E; i < L * E; i++)
+            if (h[i] > 0) ll += h[i] * log(pi * pd[i] + (1 - pi) * pb[i]), n += h[i];
+        if (ll / n > best) best = ll / n;
+    }
+    return best;
+}
+
 static void test_scores_match_reference(void **state)
 {
     ep_model_cfg m;
@@ -114,6 +143,7 @@ static void test_scores_match_reference(void **state)
                 const float *f = rc.pick.domains[q].frequency;
                 if (meth == EP_DETECT_COSINE) want[q] = ref_cosine(hist, f);
                 if (meth == EP_DETECT_LOGLIK) want[q] = ref_loglik(hist, f, o.smooth);
+                if (meth == EP_DETECT_MIXTURE) want[q] = ref_mixture(&rc, hist, q, o.smooth);
                 if (meth == EP_DETECT_CENTERED) {
                     double hf = 0, hh = 0, ff = 0;
                     for (int i = E; i < L * E; i++) {
@@ -123,10 +153,12 @@ static void test_scores_match_reference(void **state)
                     want[q] = hf / sqrt(hh * ff);
                 }
             }
-            assert_float_equal(r.score_best, want[d], 1e-9);
+            // Bisection against a grid of 10^-4: both within 1e-6 of the optimum.
+            const double tol = meth == EP_DETECT_MIXTURE ? 1e-6 : 1e-9;
+            assert_float_equal(r.score_best, want[d], tol);
             assert_float_equal(r.margin, r.score_best - r.score_second, 1e-12);
             assert_true(r.second >= 0 && r.second != d);
-            assert_float_equal(r.score_second, want[r.second], 1e-9);
+            assert_float_equal(r.score_second, want[r.second], tol);
         }
     }
     ep_routing_cfg_free(&rc);
@@ -146,7 +178,7 @@ static void test_sampled_requests(void **state)
         ep_detect_opts o;
         ep_detect_opts_default(&o);
         o.method = (ep_detect_method)meth;
-        if (meth != EP_DETECT_LOGLIK) o.min_margin = 0.01;
+        o.min_margin = 0.01;
         for (int d = 0; d < D; d++)
             for (int q = 0; q < 100; q++) {
                 sample_hist(&rng, rc.pick.domains[d].frequency, 8, hist);
@@ -192,6 +224,7 @@ static void test_fallbacks(void **state)
 
     // Unlike every profile: experts none of them favours (9..13 at both
     // layers). loglik's gap says none; without the gap rule the best wins.
+    o.method = EP_DETECT_LOGLIK;
     memset(hist, 0, sizeof hist);
     for (int l = 1; l < L; l++)
         for (int e = 9; e < 14; e++)
@@ -199,7 +232,9 @@ static void test_fallbacks(void **state)
     assert_int_equal(ep_domain_detect(&rc, hist, 20, &o, &r), -1);
     assert_true(r.gap > o.max_gap);
     ep_detect_opts_default(&o); // the default: no gap rule, the best wins
+    o.method = EP_DETECT_LOGLIK;
     assert_true(ep_domain_detect(&rc, hist, 20, &o, &r) >= 0);
+    ep_detect_opts_default(&o);
 
     // Routes only at the dense layer (or none): nothing to compare.
     memset(hist, 0, sizeof hist);
