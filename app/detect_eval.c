@@ -41,7 +41,8 @@ static void usage(FILE *f)
             "  --requests N         requests per domain (default 200)\n"
             "  --tokens LIST        prompt lengths, comma-separated (default 4,16,64)\n"
             "  --method M           cosine | centered | loglik | mixture: the method of the\n"
-            "                       confusion tables (default loglik); the summary has all\n"
+            "                       confusion tables (default: the serving one); the\n"
+            "                       summary has all four\n"
             "  --min-margin X       confidence margin of --method (default: the serving one)\n"
             "  --max-gap X          loglik: none when the best domain scores more than X nats\n"
             "                       per pair below its own tokens' mean (default: serving's, off)\n"
@@ -235,8 +236,9 @@ static int run_eval(eval_src *s, const ep_routing_cfg *rc, const eval_args *a)
     for (int k = 0; k < EP_DETECT_COUNT; k++) {
         ep_detect_opts_default(&o[k]);
         o[k].method = (ep_detect_method)k;
-        // The cosines' units differ from the nats of loglik / mixture: argmax there.
-        if (k == EP_DETECT_COSINE || k == EP_DETECT_CENTERED) o[k].min_margin = 0.0;
+        // The serving margin is in cosine units; loglik and mixture score in
+        // nats per pair, where 0.02 is their margin here.
+        if (k == EP_DETECT_LOGLIK || k == EP_DETECT_MIXTURE) o[k].min_margin = 0.02;
         if (k == (int)a->method && a->margin_set) o[k].min_margin = a->min_margin;
         if (a->max_gap >= 0) o[k].max_gap = a->max_gap;
     }
@@ -444,7 +446,7 @@ int ep_cmd_detect_eval(int argc, char **argv)
                    .test_lang = "Hebrew",
                    .calib_tokens = 512,
                    .requests = 200,
-                   .method = EP_DETECT_LOGLIK,
+                   .method = EP_DETECT_COUNT, // the serving one
                    .max_gap = -1,
                    .signal = 1.0,
                    .seed = 2};
@@ -523,6 +525,11 @@ int ep_cmd_detect_eval(int argc, char **argv)
         fprintf(stderr, "epserve detect-eval: expected exactly one of --synthetic and --qwen3\n");
         usage(stderr);
         goto out;
+    }
+    if (a.method == EP_DETECT_COUNT) {
+        ep_detect_opts so;
+        ep_detect_opts_default(&so);
+        a.method = so.method;
     }
     static int def_tokens[] = {4, 16, 64};
     if (!a.tokens) {
