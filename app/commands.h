@@ -20,5 +20,6 @@ int ep_cmd_serve(int argc, char **argv);         // app/serve.c (server/)
 int ep_cmd_bench_serve(int argc, char **argv);   // app/bench_serve.c (`bench serve`)
 int ep_cmd_bench_kl(int argc, char **argv);      // app/bench_kl.c (`bench kl`)
 int ep_cmd_bench_model(int argc, char **argv);   // app/bench_model.c (`bench model`)
+int ep_cmd_detect_eval(int argc, char **argv);   // app/detect_eval.c (router/detect.h)
 
 #endif

@@ -64,6 +64,8 @@ typedef struct {
     int prompt_tokens, completion_tokens;
     bool done, error;
     char message[1024];
+    bool has_domain; // ep_event.pick_domain was set
+    char domain[64];
 } gen_out;
 
 static void on_event(void *user, const ep_event *ev)
@@ -96,6 +98,8 @@ static void on_event(void *user, const ep_event *ev)
     } else {
         snprintf(g->reason, sizeof g->reason, "%s", ev->finish_reason);
     }
+    g->has_domain = ev->pick_domain != NULL;
+    if (ev->pick_domain) snprintf(g->domain, sizeof g->domain, "%s", ev->pick_domain);
 }
 
 // A JSON string of bytes that may not be UTF-8 (a byte-level token on its
@@ -439,6 +443,9 @@ done:;
                                           "max_tokens", max_tokens));
             json_object_set_new(o, "generation_config",
                                 gen.present ? json_string(gen.path) : json_null());
+            if (g.has_domain) // the automatic Pick domain (pick.domain auto), null: none clear
+                json_object_set_new(o, "pick_domain",
+                                    g.domain[0] ? json_string(g.domain) : json_null());
             char *s = json_dumps(o, JSON_COMPACT);
             printf("%s\n", s ? s : "{}");
             free(s);
@@ -453,6 +460,7 @@ done:;
                    g.prompt_tokens, g.completion_tokens);
             printf("tokens/s: %.1f  avg K: %.3f (k_base %d, routing %s, %d rank%s)\n", tps, avg_k,
                    cfg.k_base, routing, cl->world_size, cl->world_size > 1 ? "s" : "");
+            if (g.has_domain) printf("pick domain (auto): %s\n", g.domain[0] ? g.domain : "none");
             if (g.error) fprintf(stderr, "epserve generate: %s\n", g.message);
         }
         fflush(stdout);

@@ -19,6 +19,8 @@ static const struct {
     {"calibrate", ep_cmd_calibrate,
      "run the model on calibration sequences, write a routing profile"},
     {"make-model", ep_cmd_make_model, "write a synthetic checkpoint in the Hugging Face layout"},
+    {"detect-eval", ep_cmd_detect_eval,
+     "accuracy of the automatic Pick domain on synthetic or real routing data"},
     {"route", ep_cmd_route, "route gate logits offline with a policy, write JSON lines"},
     {"simulate", ep_cmd_simulate, "project throughput and bytes of a model on a cluster preset"},
     {"plan", ep_cmd_plan, "memory per GPU of a model on cluster presets; the smallest that fits"},

@@ -288,6 +288,7 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
         m->mu = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
     }
     m->tok_seq = ep_xmalloc(capz * sizeof(int));
+    m->tok_domain = ep_xmalloc(capz * sizeof(int));
     m->tok_pos = ep_xmalloc(capz * sizeof(int));
     *out = m;
     return EP_OK;
@@ -317,6 +318,7 @@ void ep_model_free(ep_model *m)
     for (size_t i = 0; i < EP_ARRAY_LEN(bufs); i++)
         free(bufs[i]);
     free(m->tok_seq);
+    free(m->tok_domain);
     free(m->tok_pos);
     free(m);
 }
@@ -434,6 +436,17 @@ static void add_route_stats(const ep_model *m, const ep_batch *b, int layer, ep_
             t = end;
         }
     }
+    if (fs->seq_hist) {
+        const int kb = m->cfg->k_base, E = m->cfg->n_experts;
+        int t = 0;
+        for (int i = 0; i < b->n_seqs; i++) {
+            float *h = fs->seq_hist[i];
+            int end = t + b->n_new[i];
+            for (int j = t * kb; h && j < end * kb; j++)
+                h[(size_t)layer * E + r->base_expert[j]] += 1.0f;
+            t = end;
+        }
+    }
     if (fs->expert_load) {
         int64_t *row = fs->expert_load + (size_t)layer * m->cfg->n_experts;
         for (int j = 0; j < ep_routes_nnz(r); j++)
@@ -464,10 +477,12 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
         int len0 = ep_kv_seq_len(m->kv, b->seq[i]);
         for (int j = 0; j < b->n_new[i]; j++, t++) {
             m->tok_seq[t] = b->seq[i];
+            m->tok_domain[t] = b->pick_domain ? b->pick_domain[i] : -1;
             m->tok_pos[t] = len0 + j;
             ep_mat_row_f32(&m->embed, b->tokens[t], m->x + (size_t)t * H);
         }
     }
+    ep_moe_set_token_domain(m->moe, b->pick_domain ? m->tok_domain : NULL);
     for (int l = 0; l < c->n_layers; l++) {
         const ep_layer_w *L = &m->L[l];
         ep_model_rmsnorm(m->x, L->in_norm, T, H, c->rms_eps, m->xn);
@@ -477,8 +492,10 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
         if (ep_model_layer_is_moe(c, l)) {
             ep_comm_stats ls = {0};
             const double t0 = fs ? ep_now_us() : 0;
-            if ((s = ep_moe_forward(m->moe, p, l, m->xn, T, m->y, &ls, NULL)))
+            if ((s = ep_moe_forward(m->moe, p, l, m->xn, T, m->y, &ls, NULL))) {
+                ep_moe_set_token_domain(m->moe, NULL);
                 return ep_error_prefix(s, "model layer %d", l);
+            }
             if (fs) fs->moe_us += ep_now_us() - t0;
             if (st) ep_comm_stats_add(st, &ls);
             if (fs) {
@@ -490,6 +507,7 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
         }
         add_rows(m->x, m->y, (size_t)T * H);
     }
+    ep_moe_set_token_domain(m->moe, NULL);
     for (int i = 0, t0 = 0; i < b->n_seqs; t0 += b->n_new[i], i++)
         ep_kv_commit(m->kv, b->seq[i], b->n_new[i], b->tokens + t0);
 

@@ -67,6 +67,9 @@ typedef struct {
     const int *n_new;  // [n_seqs] tokens appended to each, >= 1
     const int *tokens; // [sum n_new] the new tokens, sequence after sequence
     bool all_logits;   // logits of every new token, else of each sequence's last
+    // [n_seqs] Pick domain of each sequence's tokens (an index into the
+    // policy's pick.domains, -1 none), or NULL: the policy's own for all.
+    const int *pick_domain;
 } ep_batch;
 
 // Runs every layer (joining every MoE layer's collectives even when
@@ -90,6 +93,11 @@ typedef struct {
                           // to each expert (logical ids)
     double moe_us;        // wall time in the MoE layers (routing through combine and
                           // the shared experts, waits for other ranks included)
+    // [n_seqs of the batch]: per sequence NULL or a histogram [n_layers *
+    // n_experts] += the model's own top-k_base of its new tokens (the routes'
+    // static counterfactual, what a calibrated frequency counts), whatever
+    // the policy kept: the input of router/detect.h.
+    float *const *seq_hist;
 } ep_forward_stats;
 // ep_model_forward plus the detail above (fs may be NULL).
 ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,

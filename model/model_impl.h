@@ -55,16 +55,17 @@ struct ep_model {
     ep_layer_w *L;     // [n_layers]
 
     // Per-step scratch, sized for cap tokens once (cap = moe.cap_tokens).
-    float *x;       // [cap, H] residual stream
-    float *xn;      // [cap, H] normed input of a sublayer
-    float *y;       // [cap, H] sublayer output
-    float *q;       // [cap, q_dim]
-    float *k, *v;   // [cap, nkv * hd] (MLA: k is [cap, kv_lora + rope]; v unused)
-    float *qa;      // [cap, q_lora] (MLA with q LoRA)
-    float *att;     // [cap, attn_out]
-    float *mg, *mu; // [cap, inter] dense MLP gate / up
-    int *tok_seq;   // [cap] sequence of each new token
-    int *tok_pos;   // [cap] its position in the sequence
+    float *x;        // [cap, H] residual stream
+    float *xn;       // [cap, H] normed input of a sublayer
+    float *y;        // [cap, H] sublayer output
+    float *q;        // [cap, q_dim]
+    float *k, *v;    // [cap, nkv * hd] (MLA: k is [cap, kv_lora + rope]; v unused)
+    float *qa;       // [cap, q_lora] (MLA with q LoRA)
+    float *att;      // [cap, attn_out]
+    float *mg, *mu;  // [cap, inter] dense MLP gate / up
+    int *tok_seq;    // [cap] sequence of each new token
+    int *tok_domain; // [cap] Pick domain of each new token (ep_batch.pick_domain)
+    int *tok_pos;    // [cap] its position in the sequence
     // Attention's per-thread scratch and task list (model/attn.c), made on
     // first use and grown when the pool has more threads; NULL before.
     ep_attn *attn;

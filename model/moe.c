@@ -319,6 +319,7 @@ ep_route_ctx ep_moe_route_ctx(const ep_moe *m, int layer)
         .node_of = m->cl->node_of,
         .rank = m->cl->rank,
         .home_only = m->opts.home_only,
+        .token_domain = m->token_domain,
     };
     return c;
 }

@@ -133,6 +133,9 @@ ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float
 // layer (borrowed: its placement and node map must outlive the calls); NULL
 // restores the default.
 void ep_moe_set_reference_ctx(ep_moe *m, const ep_route_ctx *ctx);
+// The Pick domain of each token of the following routing calls ([T],
+// borrowed, ep_route_ctx.token_domain), or NULL: the policy's own.
+void ep_moe_set_token_domain(ep_moe *m, const int *token_domain);
 
 // The reference with given routes (needs opts.with_reference).
 // (pairs kept, tokens routed) summed over every ep_moe_reference call so far:

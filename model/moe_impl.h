@@ -34,6 +34,8 @@ struct ep_moe {
     ep_routes ref_routes;
     int64_t ref_pairs, ref_token_layers; // kept pairs / tokens routed by ep_moe_reference
     ep_route_ctx ref_ctx; // the reference's routing context when a caller set one (place != NULL)
+    const int
+        *token_domain; // borrowed [T] Pick domain per token (ep_moe_set_token_domain), or NULL
 };
 
 // EP_ERR_ARG unless layer is a MoE layer and 0 <= T <= cap_tokens.

@@ -41,6 +41,11 @@ void ep_moe_set_reference_ctx(ep_moe *m, const ep_route_ctx *ctx)
     if (ctx) m->ref_ctx = *ctx;
 }
 
+void ep_moe_set_token_domain(ep_moe *m, const int *token_domain)
+{
+    m->token_domain = token_domain;
+}
+
 void ep_moe_reference_counts(const ep_moe *m, int64_t *pairs, int64_t *token_layers)
 {
     *pairs = m->ref_pairs;

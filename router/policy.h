@@ -125,6 +125,9 @@ typedef struct {
     // has a placement. The router zeroes it per call and adds each token's
     // pairs after its select, so later tokens see earlier ones.
     const int64_t *rank_load;
+    // This token's Pick domain (ep_route_ctx.token_domain), or NULL: the
+    // policy's own (pick.domain). Read by Pick through ep_pick_domain_of.
+    const int *domain;
 } ep_policy_token;
 
 typedef struct {
@@ -200,6 +203,11 @@ int ep_pick_apply(const ep_policy *p, const ep_policy_token *t, ep_pick_strategy
                   int K);
 // The number of keys of the active domain at layer l (0 without a domain).
 int ep_pick_n_keys(const ep_policy *p, int layer);
+// The Pick domain token t routes with: its own, else the policy's (-1 none).
+static inline int ep_pick_domain_of(const ep_policy *p, const ep_policy_token *t)
+{
+    return t->domain ? *t->domain : p->cfg.pick.domain;
+}
 
 extern const ep_policy_vtable ep_policy_baseline_vt, ep_policy_ban_vt, ep_policy_pick_vt,
     ep_policy_banpick_vt, ep_policy_topp_vt, ep_policy_des_vt, ep_policy_laser_vt;

@@ -3,7 +3,8 @@
 // of five strategies (A forced addition, B forced replacement, C range-based
 // addition, D range-based replacement, E score bias). A layer without key
 // experts (or no active domain) keeps the set it was given. Choosing the
-// domain is the caller's (ep_pick_domain_auto, ep_policy_set_domain).
+// domain is the caller's: per token (ep_route_ctx.token_domain, from
+// router/detect.h per request) or the policy's own (ep_policy_set_domain).
 #include "router/policy.h"
 
 #include <string.h>
@@ -72,7 +73,8 @@ static int pick_bias(const ep_policy_token *t, const int *keys, int nk, int *kep
 int ep_pick_apply(const ep_policy *p, const ep_policy_token *t, ep_pick_strategy s, int *kept,
                   int K)
 {
-    int d = p->cfg.pick.domain;
+    int d = ep_pick_domain_of(p, t);
+    EP_ASSERT(d >= -1 && d < p->cfg.pick.n_domains);
     if (d < 0) return K;
     const ep_pick_keys *pk = &p->params.keys[d];
     const int *keys = pk->ids + pk->off[t->layer];

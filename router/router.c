@@ -364,6 +364,12 @@ ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, const ep_rout
 {
     ep_status st = check_call(r, p, layer, T, out);
     if (!st) st = check_ctx(r, ctx);
+    for (int t = 0; !st && ctx && ctx->token_domain && t < T; t++)
+        if (ctx->token_domain[t] < -1 || ctx->token_domain[t] >= p->cfg.pick.n_domains)
+            st = ep_errorf(EP_ERR_ARG,
+                           "router: routing context: token %d has Pick domain %d, expected -1..%d "
+                           "(policy '%s')",
+                           t, ctx->token_domain[t], p->cfg.pick.n_domains - 1, ep_policy_name(p));
     if (st) return st;
     const ep_model_cfg *c = &r->cfg;
     const int E = c->n_experts, kb = c->k_base;
@@ -400,6 +406,7 @@ ep_status ep_router_route_logits(ep_router *r, const ep_policy *p, const ep_rout
         memcpy(out->base_expert + (size_t)t * kb, r->cand, (size_t)kb * sizeof(int));
         ep_router_weights(c, r->score, r->cand, kb, out->base_weight + (size_t)t * kb);
 
+        tok.domain = ctx && ctx->token_domain ? &ctx->token_domain[t] : NULL;
         int K = p->vt->select(p, &tok, r->kept);
         EP_ASSERT(K >= 1 && K <= max_k);
         if (load) ep_route_load_add(ctx, load, r->kept, K);

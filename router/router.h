@@ -35,6 +35,10 @@ typedef struct {
     const int *node_of;        // [place->world_size] node of each rank, or NULL (one node)
     int rank;                  // the routed tokens' rank, or -1 (none: no rank is free)
     bool home_only;            // every pair goes to its expert's home rank (replicas unused)
+    // Pick domain of each routed token ([T] indices into the policy's
+    // pick.domains, -1 none), or NULL: every token takes the policy's own.
+    // A mixed batch routes each request with its own (automatic) domain.
+    const int *token_domain;
 } ep_route_ctx;
 
 // Per-call scratch, sized once for cap_tokens (laser's per-rank load grows

@@ -219,6 +219,14 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     e->f_layer = ep_xcalloc((size_t)e->n_layers, sizeof *e->f_layer);
     e->f_seq_pairs = ep_xcalloc((size_t)max_seqs, sizeof(int64_t));
     e->f_expert_load = ep_xcalloc((size_t)e->n_layers * e->n_experts, sizeof(int64_t));
+    e->slot_hist = ep_xcalloc((size_t)e->cap_slots, sizeof *e->slot_hist);
+    e->slot_hist_tokens = ep_xcalloc((size_t)e->cap_slots, sizeof(int64_t));
+    e->slot_domain = ep_xmalloc((size_t)e->cap_slots * sizeof(int));
+    for (int i = 0; i < e->cap_slots; i++)
+        e->slot_domain[i] = -2;
+    e->b_dom = ep_xmalloc((size_t)max_seqs * sizeof(int));
+    e->b_hist = ep_xcalloc((size_t)max_seqs, sizeof *e->b_hist);
+    e->b_found = ep_xmalloc((size_t)max_seqs * sizeof(int));
     e->ready_buf = ep_xcalloc((size_t)e->world, sizeof *e->ready_buf);
     if (e->rank == 0) {
         e->rq = ep_xcalloc((size_t)e->cap_slots, sizeof *e->rq);
@@ -256,6 +264,10 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
         e->m_prof = ep_xcalloc((size_t)o->n_routings * EP_ENG_PROF_WORDS, sizeof(int64_t));
         e->m_prof_slots = ep_xcalloc((size_t)o->n_routings, sizeof(double));
         e->m_prof_us = ep_xcalloc((size_t)o->n_routings * 2, sizeof(double));
+        e->m_auto_off = ep_xcalloc((size_t)o->n_routings + 1, sizeof(int));
+        for (int i = 0; i < o->n_routings; i++)
+            e->m_auto_off[i + 1] = e->m_auto_off[i] + e->pol[i]->cfg.pick.n_domains + 1;
+        e->m_auto = ep_xcalloc((size_t)e->m_auto_off[o->n_routings], sizeof(int64_t));
     }
     ep_sched_budget_default(&e->budget, cfg->k_base > 0 ? cfg->k_base : 1, e->n_moe,
                             e->o.max_tokens_per_step);
@@ -324,6 +336,16 @@ void ep_engine_free(ep_engine *e)
     free(e->f_layer);
     free(e->f_seq_pairs);
     free(e->f_expert_load);
+    for (int i = 0; e->slot_hist && i < e->cap_slots; i++)
+        free(e->slot_hist[i]);
+    free(e->slot_hist);
+    free(e->slot_hist_tokens);
+    free(e->slot_domain);
+    free(e->b_dom);
+    free(e->b_hist);
+    free(e->b_found);
+    free(e->m_auto);
+    free(e->m_auto_off);
     free(e->ready_buf);
     free(e->rq);
     free(e->rk_free_blocks);
@@ -373,7 +395,8 @@ static void emit(ep_eng_req *r, ep_event_kind kind, int token, const char *text,
                    .prompt_tokens = r->n_prompt,
                    .completion_tokens = r->n_gen,
                    .error = err,
-                   .message = msg};
+                   .message = msg,
+                   .pick_domain = r->auto_domain};
     r->fn(r->user, &ev);
 }
 
@@ -911,7 +934,7 @@ static ep_status apply_results(ep_engine *e)
     }
     for (int k = 0; k < e->world; k++) {
         const int64_t *res = e->rres[k];
-        size_t w = 2 + 3 * (size_t)res[1];
+        size_t w = 2 + EP_ENG_ENTRY_WORDS * (size_t)res[1];
         for (int l = 0; l < L; l++, w += EP_ENG_LAYER_WORDS) {
             for (int j = 0; j < EP_ENG_LAYER_WORDS; j++)
                 e->m_layer[(size_t)l * EP_ENG_LAYER_WORDS + j] += res[w + j];
@@ -933,11 +956,18 @@ static ep_status apply_results(ep_engine *e)
     for (int k = 0; k < e->world; k++) {
         const int64_t *res = e->rres[k];
         for (int64_t i = 0; i < res[1]; i++) {
-            int s = (int)res[2 + 3 * i];
-            int token = (int)res[3 + 3 * i];
-            int64_t pairs = res[4 + 3 * i];
+            const int64_t *en = res + 2 + EP_ENG_ENTRY_WORDS * i;
+            int s = (int)en[0];
+            int token = (int)en[1];
+            int64_t pairs = en[2];
             ep_eng_req *r = &e->rq[s];
             if (r->state != RQ_RUNNING) continue; // ended meanwhile (cancel)
+            if (en[3] >= -1) { // its owner detected its Pick domain (engine_step.c)
+                const ep_routing_cfg *rc = &e->pol[r->routing]->cfg;
+                EP_ASSERT(en[3] < rc->pick.n_domains);
+                r->auto_domain = en[3] >= 0 ? rc->pick.domains[en[3]].name : "";
+                e->m_auto[e->m_auto_off[r->routing] + en[3] + 1]++;
+            }
             int n = r->step_n;
             if (r->fed < r->fill_to) e->m_prefill += n;
             r->fed += n;
@@ -1130,6 +1160,19 @@ ep_status ep_engine_metrics_get(ep_engine *e, ep_engine_metrics *m)
                                          .forward_s = e->m_prof_us[2 * i] * 1e-6,
                                          .moe_s = e->m_prof_us[2 * i + 1] * 1e-6};
     }
+    int n = e->m_auto_off[e->o.n_routings];
+    m->auto_routing = ep_xcalloc((size_t)(n > 0 ? n : 1), sizeof(char *));
+    m->auto_domain = ep_xcalloc((size_t)(n > 0 ? n : 1), sizeof(char *));
+    m->auto_requests = ep_xcalloc((size_t)(n > 0 ? n : 1), sizeof(int64_t));
+    for (int i = 0; i < e->o.n_routings; i++) {
+        const ep_routing_cfg *rc = &e->pol[i]->cfg;
+        if (!rc->pick.domain_auto) continue;
+        for (int d = -1; d < rc->pick.n_domains; d++) {
+            m->auto_routing[m->n_auto] = e->routing_names[i];
+            m->auto_domain[m->n_auto] = d >= 0 ? rc->pick.domains[d].name : "";
+            m->auto_requests[m->n_auto++] = e->m_auto[e->m_auto_off[i] + d + 1];
+        }
+    }
     pthread_mutex_unlock(&e->mu);
     return EP_OK;
 }
@@ -1142,6 +1185,11 @@ void ep_engine_metrics_free(ep_engine_metrics *m)
     free(m->expert_load);
     free(m->profile);
     m->profile = NULL;
+    free(m->auto_routing);
+    free(m->auto_domain);
+    free(m->auto_requests);
+    m->auto_routing = m->auto_domain = NULL;
+    m->auto_requests = NULL;
     m->layer_avg_k = m->layer_load_imbalance = NULL;
     m->expert_load = NULL;
 }

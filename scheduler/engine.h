@@ -104,6 +104,12 @@ typedef struct {
     int prompt_tokens, completion_tokens;
     ep_status error; // EV_ERROR: what failed; message names it
     const char *message;
+    // Automatic Pick domain (a profile with `pick.domain: auto` and no
+    // pick_domain in the request; router/detect.h): the domain detected from
+    // the prompt's routing, "" when none was clear, NULL when nothing was
+    // detected (another profile, or the request ended before its prefill).
+    // Set on the events after the prompt's last chunk ran.
+    const char *pick_domain;
 } ep_event;
 // Called on the engine thread of rank 0. Must return quickly and must not
 // call ep_engine_* functions. Every accepted request gets exactly one final
@@ -175,6 +181,11 @@ typedef struct {
     int n_routings;
     const char *const *routing_names;   // [n_routings] the engine's, valid while it lives
     ep_engine_profile_metrics *profile; // [n_routings]
+    // Requests whose automatic Pick domain was detected, per (profile,
+    // domain or none): n_auto entries, names borrowed from the engine.
+    int n_auto;
+    const char **auto_routing, **auto_domain; // [n_auto]; auto_domain "" = none
+    int64_t *auto_requests;                   // [n_auto]
 } ep_engine_metrics;
 ep_status ep_engine_metrics_get(ep_engine *e, ep_engine_metrics *m); // arrays malloc'ed
 void ep_engine_metrics_free(ep_engine_metrics *m);

@@ -19,6 +19,8 @@ enum { EP_ENG_DOMAIN_MAX = 64 }; // bytes of a pick domain name in a plan
 // Counters per MoE layer in a step result (int64 each).
 enum { EP_ENG_LAYER_WORDS = 8 };
 enum { EP_ENG_PROF_WORDS = 9 };
+// Words per sequence in a step result: slot, token, pairs, domain found.
+enum { EP_ENG_ENTRY_WORDS = 4 };
 
 typedef enum { RQ_FREE, RQ_WAITING, RQ_RUNNING, RQ_FREEING } rq_state;
 
@@ -43,6 +45,7 @@ typedef struct {
     ep_sample_params sp;
     int routing;
     char domain[EP_ENG_DOMAIN_MAX]; // "" = the profile's own
+    const char *auto_domain;        // detected Pick domain (ep_event.pick_domain), NULL none yet
     int owner;
     int64_t served;  // tick of arrival or of the last step it ran in (group order)
     ep_sched_seq ss; // mean K estimate
@@ -84,6 +87,15 @@ struct ep_engine {
     int64_t *f_expert_load;                       // [n_layers * n_experts]
     uint64_t *hash_buf;                           // [max_hit] a new sequence's cached prefix
     int max_hit;                                  // most KV blocks of one sequence
+    // Automatic Pick domain (router/detect.h), each rank for the sequences
+    // it owns: the prompt's routing histogram while its prefill runs, then
+    // the domain its tokens route with (scheduler/engine_step.c).
+    float **slot_hist;         // [cap_slots] [n_layers * n_experts], NULL when none
+    int64_t *slot_hist_tokens; // [cap_slots] prompt tokens in slot_hist
+    int *slot_domain;          // [cap_slots] -2: the step's own; -1: none found; >= 0 found
+    int *b_dom;                // [max_seqs] Pick domain of each batch entry
+    float **b_hist;            // [max_seqs] its histogram or NULL
+    int *b_found;              // [max_seqs] domain found this step (-2: nothing new)
 
     // Rank 0: requests, planning, results.
     pthread_mutex_t mu;
@@ -142,6 +154,8 @@ struct ep_engine {
     int64_t *m_layer;          // [n_layers * EP_ENG_LAYER_WORDS] summed over ranks
     int64_t *m_layer_recv;     // [n_layers * world] pairs each rank computed
     int64_t *m_expert;         // [n_layers * n_experts]
+    int64_t *m_auto;           // [m_auto_off[n_routings]] requests per (profile, domain + 1)
+    int *m_auto_off;           // [n_routings + 1]
     // Test hook (EP_ENGINE_TEST_STALL=rank:step:seconds[:forward]): that rank
     // sleeps before it reports ready for that step (with ":forward", after,
     // so that the others wait inside the model's collectives), to exercise

@@ -5,9 +5,10 @@
 // request bookkeeping are in scheduler/engine.c; see docs/engine.md.
 //
 // Result words: [0] status, [1] entries, entries x {slot, token (-1: none
-// sampled), pairs}, then per layer EP_ENG_LAYER_WORDS counters, then the
-// expert load [n_layers * n_experts], then the rank's free KV blocks after the
-// step (rank 0 checks them against its mirror).
+// sampled), pairs, Pick domain found (-2: nothing new, -1: none clear)}, then per layer
+// EP_ENG_LAYER_WORDS counters, then the expert load [n_layers * n_experts], then
+// the rank's free KV blocks after the step (rank 0 checks them against its mirror).
+#include "router/detect.h"
 #include "scheduler/engine_impl.h"
 
 #include <errno.h>
@@ -18,8 +19,8 @@
 
 size_t ep_eng_result_words(const ep_engine *e)
 {
-    return 2 + 3 * (size_t)e->o.model.max_seqs + (size_t)EP_ENG_LAYER_WORDS * e->n_layers +
-           (size_t)e->n_layers * e->n_experts + 1;
+    return 2 + EP_ENG_ENTRY_WORDS * (size_t)e->o.model.max_seqs +
+           (size_t)EP_ENG_LAYER_WORDS * e->n_layers + (size_t)e->n_layers * e->n_experts + 1;
 }
 
 ep_status ep_eng_wait_error(void *engine, const ep_cluster_watch_verdict *v)
@@ -79,6 +80,36 @@ static void stall_hook(const ep_engine *e, int64_t step, bool in_forward)
     }
 }
 
+// ---- automatic Pick domain (router/detect.h) ---------------------------------
+
+static void auto_domain_reset(ep_engine *e, int slot)
+{
+    free(e->slot_hist[slot]);
+    e->slot_hist[slot] = NULL;
+    e->slot_hist_tokens[slot] = 0;
+    e->slot_domain[slot] = -2;
+}
+
+// After the step: a sequence whose prompt just finished (it samples now)
+// gets its domain from its prompt's routing; the histogram goes, the
+// domain stays for its decode steps and is reported in the result.
+static void auto_domain_detect(ep_engine *e, const ep_policy *pol, int nb)
+{
+    ep_detect_opts o;
+    ep_detect_opts_default(&o);
+    for (int i = 0; i < nb; i++) {
+        int slot = e->b_slot[i];
+        if (!e->b_hist[i] || !e->b_sample[i]) continue;
+        int d =
+            ep_domain_detect(&pol->cfg, e->slot_hist[slot], e->slot_hist_tokens[slot], &o, NULL);
+        free(e->slot_hist[slot]);
+        e->slot_hist[slot] = NULL;
+        e->b_hist[i] = NULL;
+        e->slot_domain[slot] = d;
+        e->b_found[i] = d;
+    }
+}
+
 ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
 {
     ep_eng_plan_reader rd;
@@ -97,6 +128,7 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
         ep_sampler_free(e->slot_sampler[slot]);
         e->slot_seq[slot] = -1;
         e->slot_sampler[slot] = NULL;
+        auto_domain_reset(e, slot);
     }
     if (h->stop) return EP_OK;
 
@@ -139,6 +171,14 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
             ep_sampler_set_stop_ids(e->slot_sampler[slot], e->eos, e->n_eos); // min_tokens
             ep_sampler_skip(e->slot_sampler[slot], sampled);
         }
+        // A request of an auto profile that names no domain: its prompt's
+        // routing picks one (the plan's domain is "" for it).
+        auto_domain_reset(e, slot);
+        if (!st && !domain[0] && routing >= 0 && routing < e->o.n_routings &&
+            e->pol[routing]->cfg.pick.domain_auto) {
+            e->slot_hist[slot] = ep_xcalloc((size_t)e->n_layers * e->n_experts, sizeof(float));
+            e->slot_domain[slot] = -1;
+        }
     }
 
     // This rank's sequences of the step.
@@ -153,6 +193,10 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
             e->b_seq[nb] = e->slot_seq[slot];
             e->b_n[nb] = n;
             e->b_sample[nb] = sample;
+            e->b_dom[nb] = e->slot_domain[slot];
+            e->b_hist[nb] = e->slot_hist[slot];
+            e->b_found[nb] = -2;
+            if (e->slot_hist[slot]) e->slot_hist_tokens[slot] += n;
             memcpy(e->b_tok + T, tok, (size_t)n * sizeof(int));
             // The context the repetition penalty sees: prompt chunks and the
             // sampled tokens fed back.
@@ -169,6 +213,15 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
                          (long long)step, routing, e->o.n_routings);
     ep_policy *pol = e->pol[routing];
     if (!st) st = ep_policy_set_domain(pol, domain[0] ? domain : e->pol_domain0[routing]);
+    // Sequences with a domain of their own route with it, the rest with the
+    // step's; no array at all when none has one (the common case).
+    bool own_domain = false;
+    for (int i = 0; i < nb; i++) {
+        if (e->b_dom[i] == -2)
+            e->b_dom[i] = pol->cfg.pick.domain;
+        else
+            own_domain = true;
+    }
 
     stall_hook(e, step, false);
     // Ready: rank 0 learns that every rank holds the plan before it enters
@@ -202,13 +255,20 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
     memset(e->f_layer, 0, (size_t)e->n_layers * sizeof *e->f_layer);
     memset(e->f_seq_pairs, 0, (size_t)e->o.model.max_seqs * sizeof *e->f_seq_pairs);
     memset(e->f_expert_load, 0, (size_t)e->n_layers * e->n_experts * sizeof(int64_t));
-    ep_forward_stats fs = {
-        .layer = e->f_layer, .seq_pairs = e->f_seq_pairs, .expert_load = e->f_expert_load};
-    ep_batch b = {.n_seqs = st ? 0 : nb, .seq = e->b_seq, .n_new = e->b_n, .tokens = e->b_tok};
+    ep_forward_stats fs = {.layer = e->f_layer,
+                           .seq_pairs = e->f_seq_pairs,
+                           .expert_load = e->f_expert_load,
+                           .seq_hist = e->b_hist};
+    ep_batch b = {.n_seqs = st ? 0 : nb,
+                  .seq = e->b_seq,
+                  .n_new = e->b_n,
+                  .tokens = e->b_tok,
+                  .pick_domain = own_domain ? e->b_dom : NULL};
     const double f0 = ep_now_us();
     ep_status fst = ep_model_forward_ex(e->m, pol, &b, e->logits, NULL, &fs);
     e->f_fwd_us = ep_now_us() - f0; // this rank's forward, and its MoE layers' part
     e->f_moe_us = fs.moe_us;
+    if (!fst && !st) auto_domain_detect(e, pol, nb);
     // Rank 0 gave up inside a MoE exchange (cluster/liveness.h): the others are
     // still in it and send no result; the message names the silent ranks.
     if (fst && e->rank == 0 && ep_cluster_watch_gave_up())
@@ -226,6 +286,7 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
                                                     e->logits + (size_t)i * e->cfg->vocab)
                                 : -1;
         r[k++] = e->f_seq_pairs[i];
+        r[k++] = e->b_found[i];
     }
     for (int l = 0; l < e->n_layers; l++) {
         const ep_comm_stats *c = &e->f_layer[l];

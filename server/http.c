@@ -151,6 +151,9 @@ static void on_event(void *user, const ep_event *ev)
         snprintf(q->finish, sizeof q->finish, "%s", ev->finish_reason ? ev->finish_reason : "stop");
         q->prompt_tokens = ev->prompt_tokens;
         q->completion_tokens = ev->completion_tokens;
+        q->h.has_pick_domain = ev->pick_domain != NULL;
+        if (ev->pick_domain)
+            snprintf(q->h.pick_domain, sizeof q->h.pick_domain, "%s", ev->pick_domain);
         if (q->stream) {
             ep_oai_chunk(&q->out, &q->h, false, text, len, q->finish);
             if (q->include_usage)

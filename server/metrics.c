@@ -349,5 +349,19 @@ void ep_metrics_format(ep_sbuf *b, const char *model, const ep_srv_stats *s,
     head(b, "moe_replacement_imbalance_after", "gauge",
          "Predicted max/mean rank load of the last check, EPLB placement.");
     sample_d(b, "moe_replacement_imbalance_after", model, em->replace_imbalance_after);
+    if (em->n_auto > 0) {
+        head(b, "pick_domain_auto_total", "counter",
+             "Requests of a pick.domain auto profile by the Pick domain detected from their "
+             "prompt (none: no domain was clear).");
+        for (int i = 0; i < em->n_auto; i++) {
+            ep_sbuf_adds(b, "epserve:pick_domain_auto_total{model_name=\"");
+            label(b, model);
+            ep_sbuf_adds(b, "\",routing=\"");
+            label(b, em->auto_routing[i]);
+            ep_sbuf_adds(b, "\",domain=\"");
+            label(b, em->auto_domain[i][0] ? em->auto_domain[i] : "none");
+            ep_sbuf_addf(b, "\"} %lld\n", (long long)em->auto_requests[i]);
+        }
+    }
     if (em->profile) profile_samples(b, model, s, em);
 }

@@ -596,6 +596,18 @@ static void finish(ep_sbuf *b, const char *reason)
     ep_sbuf_adds(b, "}]");
 }
 
+// epserve's own fields, after OpenAI's (clients ignore unknown keys).
+static void extension(ep_sbuf *b, const ep_oai_resp_hdr *h)
+{
+    if (!h->has_pick_domain) return;
+    ep_sbuf_adds(b, ",\"epserve\":{\"pick_domain\":");
+    if (h->pick_domain[0])
+        ep_sbuf_add_json_str(b, h->pick_domain, strlen(h->pick_domain));
+    else
+        ep_sbuf_adds(b, "null");
+    ep_sbuf_adds(b, "}");
+}
+
 static void usage(ep_sbuf *b, int prompt_tokens, int completion_tokens)
 {
     ep_sbuf_addf(b,
@@ -618,6 +630,7 @@ void ep_oai_response(ep_sbuf *b, const ep_oai_resp_hdr *h, const char *text, siz
     }
     finish(b, finish_reason);
     usage(b, prompt_tokens, completion_tokens);
+    extension(b, h);
     ep_sbuf_adds(b, "}");
 }
 
@@ -641,6 +654,7 @@ void ep_oai_chunk(ep_sbuf *b, const ep_oai_resp_hdr *h, bool role, const char *t
         ep_sbuf_adds(b, "}");
     }
     finish(b, finish_reason);
+    if (finish_reason) extension(b, h);
     ep_sbuf_adds(b, "}\n\n");
 }
 

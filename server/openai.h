@@ -83,6 +83,11 @@ typedef struct {
     const char *id;    // "cmpl-..." / "chatcmpl-..."
     long long created; // unix seconds
     const char *model;
+    // The automatic Pick domain detected for the request (ep_event.pick_domain):
+    // has_pick_domain adds "epserve": {"pick_domain": name or null} to the
+    // final response / chunk, an extension field beside OpenAI's.
+    bool has_pick_domain;
+    char pick_domain[64];
 } ep_oai_resp_hdr;
 
 // A whole non-streamed response (choices[0].text or .message, usage).
