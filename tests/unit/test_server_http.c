@@ -175,7 +175,7 @@ static int setup(void **state)
     o.model_name = "tiny";
     o.max_body_bytes = 4096;
     o.max_model_len = 64;
-    if (ep_server_start(&o, &E, &cfg, NULL, &S)) return -1;
+    if (ep_server_start(&o, &E, &cfg, NULL, NULL, &S)) return -1;
     snprintf(base, sizeof base, "http://127.0.0.1:%d", ep_server_port(S));
     curl_global_init(CURL_GLOBAL_DEFAULT);
     return 0;

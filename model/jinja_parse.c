@@ -1,0 +1,1357 @@
+// Jinja template text -> AST (model/jinja_impl.h): the lexer, with Jinja2's
+// whitespace rules as transformers configures them (trim_blocks,
+// lstrip_blocks, `-`/`+` markers, one trailing newline dropped, \r\n and \r
+// read as \n), and a recursive-descent parser that follows Jinja2's grammar
+// and operator precedence. Constructs outside the subset are refused here
+// when they can be seen here (tags, filters, tests, *args); the evaluator
+// refuses the rest. Nesting and expression depth are bounded.
+#include "model/jinja_impl.h"
+
+#include "common/utf8.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---- tokens --------------------------------------------------------------------------
+
+typedef enum {
+    T_EOF,
+    T_DATA,        // text between tags, whitespace rules applied
+    T_VAR_BEGIN,   // {{
+    T_VAR_END,     // }}
+    T_BLOCK_BEGIN, // {%
+    T_BLOCK_END,   // %}
+    T_NAME,
+    T_STRING, // s: the decoded value
+    T_INT,
+    T_FLOAT,
+    T_OP, // s: the operator's text
+} tok_type;
+
+typedef struct {
+    tok_type t;
+    int line;
+    jj_str s;
+    int64_t i;
+    double f;
+} tok;
+
+typedef struct {
+    jj_ctx *c;
+    const char *src;
+    size_t n, pos;
+    int line;
+    tok *v;
+    size_t nt, cap;
+} lexer;
+
+static void emit(lexer *L, tok t)
+{
+    if (L->nt == L->cap) {
+        size_t cap = L->cap ? 2 * L->cap : 256;
+        tok *v = jj_alloc(L->c, cap * sizeof *v);
+        if (L->nt) memcpy(v, L->v, L->nt * sizeof *v);
+        L->v = v;
+        L->cap = cap;
+    }
+    L->v[L->nt++] = t;
+}
+
+static int count_nl(const char *p, size_t n)
+{
+    int k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += p[i] == '\n';
+    return k;
+}
+
+// Python's \s at p[0..n): the length of the whitespace character there, 0 if none.
+static size_t space_len(const char *p, size_t n)
+{
+    if (!n) return 0;
+    size_t l;
+    uint32_t cp = jj_cp_at(p, n, &l);
+    return jj_py_isspace(cp) ? l : 0;
+}
+
+static size_t skip_space(const char *p, size_t n, size_t i)
+{
+    size_t l;
+    while (i < n && (l = space_len(p + i, n - i)))
+        i += l;
+    return i;
+}
+
+// Python's str.rstrip(): the length of s without its trailing whitespace.
+static size_t rstrip_len(const char *p, size_t n)
+{
+    while (n > 0) {
+        size_t st;
+        uint32_t cp = ep_utf8_prev(p, n, &st);
+        if (!jj_py_isspace(cp)) break;
+        n = st;
+    }
+    return n;
+}
+
+static bool starts(const lexer *L, size_t i, const char *s)
+{
+    size_t k = strlen(s);
+    return i + k <= L->n && !memcmp(L->src + i, s, k);
+}
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+// A string literal's value: Python's unicode-escape decoding of the text
+// between the quotes after it was encoded with backslashreplace (Jinja2's
+// lexer does exactly that), so "\n", "\x41", "\u00e9", octal, and an
+// unknown escape kept as it is.
+static jj_str decode_string(lexer *L, const char *p, size_t n, int line)
+{
+    jj_buf b = {0};
+    jj_buf_add(L->c, &b, "", 0);
+    for (size_t i = 0; i < n;) {
+        if (p[i] != '\\') {
+            size_t j = i;
+            while (j < n && p[j] != '\\')
+                j++;
+            jj_buf_add(L->c, &b, p + i, j - i);
+            i = j;
+            continue;
+        }
+        if (i + 1 >= n) { // cannot happen: the lexer's string ends at an unescaped quote
+            jj_buf_add(L->c, &b, "\\", 1);
+            break;
+        }
+        char e = p[i + 1];
+        char one = 0;
+        i += 2;
+        switch (e) {
+        case '\n':
+            continue; // line continuation
+        case '\\':
+            one = '\\';
+            break;
+        case '\'':
+            one = '\'';
+            break;
+        case '"':
+            one = '"';
+            break;
+        case 'a':
+            one = 7;
+            break;
+        case 'b':
+            one = 8;
+            break;
+        case 'f':
+            one = 12;
+            break;
+        case 'n':
+            one = '\n';
+            break;
+        case 'r':
+            one = '\r';
+            break;
+        case 't':
+            one = '\t';
+            break;
+        case 'v':
+            one = 11;
+            break;
+        default:
+            break;
+        }
+        if (one) {
+            jj_buf_add(L->c, &b, &one, 1);
+            continue;
+        }
+        uint32_t cp = 0;
+        if (e >= '0' && e <= '7') {
+            cp = (uint32_t)(e - '0');
+            for (int k = 0; k < 2 && i < n && p[i] >= '0' && p[i] <= '7'; k++)
+                cp = cp * 8 + (uint32_t)(p[i++] - '0');
+        } else if (e == 'x' || e == 'u' || e == 'U') {
+            int want = e == 'x' ? 2 : e == 'u' ? 4 : 8;
+            for (int k = 0; k < want; k++) {
+                int h = i < n ? hexval(p[i]) : -1;
+                if (h < 0)
+                    jj_fail(L->c, EP_ERR_FORMAT, line,
+                            "string literal: truncated \\%c escape (expected %d hex digits)", e,
+                            want);
+                cp = cp * 16 + (uint32_t)h;
+                i++;
+            }
+            if (cp > 0x10FFFF)
+                jj_fail(L->c, EP_ERR_FORMAT, line,
+                        "string literal: \\U%08X is not a Unicode code point", cp);
+        } else if (e == 'N') {
+            jj_fail(L->c, EP_ERR_UNSUPPORTED, line,
+                    "string literal: named escapes \\N{...} are not supported");
+        } else if ((unsigned char)e >= 0x80) {
+            // backslashreplace turned the character into \xNN / \uNNNN /
+            // \UNNNNNNNN, whose backslash the preceding one then escaped.
+            size_t l;
+            uint32_t c2 = jj_cp_at(p + i - 1, n - (i - 1), &l);
+            char tmp[16];
+            int k = snprintf(tmp, sizeof tmp,
+                             c2 < 0x100     ? "\\x%02x"
+                             : c2 < 0x10000 ? "\\u%04x"
+                                            : "\\U%08x",
+                             c2);
+            jj_buf_add(L->c, &b, tmp, (size_t)k);
+            i += l - 1;
+            continue;
+        } else { // unknown escape: Python keeps both characters
+            char two[2] = {'\\', e};
+            jj_buf_add(L->c, &b, two, 2);
+            continue;
+        }
+        if (cp >= 0xD800 && cp <= 0xDFFF)
+            jj_fail(L->c, EP_ERR_UNSUPPORTED, line,
+                    "string literal: the surrogate \\u%04X is not a character", cp);
+        char u[4];
+        jj_buf_add(L->c, &b, u, ep_utf8_encode(cp, u));
+    }
+    return (jj_str){b.p, b.n};
+}
+
+static const char *const OPS2[] = {"//", "**", "==", "!=", ">=", "<="};
+static const char OPS1[] = "+-/*%~[](){}><=.:|,;";
+
+// The tokens inside a {{ }} or {% %} tag, up to and including its end.
+static void lex_tag(lexer *L, bool block, bool *line_starting)
+{
+    char stack[EP_JINJA_MAX_DEPTH];
+    int depth = 0;
+    for (;;) {
+        size_t i = L->pos;
+        if (i >= L->n)
+            jj_fail(L->c, EP_ERR_FORMAT, L->line,
+                    "unexpected end of template: the %s is not closed",
+                    block ? "{% tag" : "{{ expression");
+        if (depth == 0) { // an end only counts with every bracket closed (Jinja2's rule)
+            const char *end = block ? "%}" : "}}";
+            size_t k = 0;
+            bool strip = false;
+            if (block && starts(L, i, "+%}")) {
+                k = 3;
+            } else if (starts(L, i, block ? "-%}" : "-}}")) {
+                k = 3;
+                strip = true;
+            } else if (starts(L, i, end)) {
+                k = 2;
+            }
+            if (k) {
+                emit(L, (tok){.t = block ? T_BLOCK_END : T_VAR_END, .line = L->line});
+                size_t j = i + k;
+                if (strip)
+                    j = skip_space(L->src, L->n, j);
+                else if (block && k == 2 && j < L->n && L->src[j] == '\n')
+                    j++; // trim_blocks
+                L->line += count_nl(L->src + i, j - i);
+                *line_starting = L->src[j - 1] == '\n';
+                L->pos = j;
+                return;
+            }
+        }
+        size_t w = skip_space(L->src, L->n, i);
+        if (w > i) {
+            L->line += count_nl(L->src + i, w - i);
+            L->pos = w;
+            continue;
+        }
+        const char *s = L->src;
+        unsigned char ch = (unsigned char)s[i];
+        tok t = {.line = L->line};
+        if (ch >= '0' && ch <= '9') {
+            // Digits with `_` between them; a fraction and/or an exponent make a float
+            // (not right after a '.', so that x.0.1 is two subscripts).
+            char num[128];
+            size_t k = 0, j = i;
+            bool is_float = false;
+            int base = 10;
+            if (ch == '0' && j + 2 < L->n && strchr("xXoObB", s[j + 1]) && hexval(s[j + 2]) >= 0) {
+                base = s[j + 1] == 'x' || s[j + 1] == 'X'   ? 16
+                       : s[j + 1] == 'o' || s[j + 1] == 'O' ? 8
+                                                            : 2;
+                j += 2;
+                while (j < L->n && (hexval(s[j]) >= 0 || s[j] == '_') && k < sizeof num - 1)
+                    if (s[j++] != '_') num[k++] = s[j - 1];
+            } else {
+                while (j < L->n && ((s[j] >= '0' && s[j] <= '9') || s[j] == '_') &&
+                       k < sizeof num - 1)
+                    if (s[j++] != '_') num[k++] = s[j - 1];
+                bool after_dot = i > 0 && s[i - 1] == '.';
+                if (!after_dot && j + 1 < L->n && s[j] == '.' && s[j + 1] >= '0' &&
+                    s[j + 1] <= '9') {
+                    is_float = true;
+                    num[k++] = s[j++];
+                    while (j < L->n && ((s[j] >= '0' && s[j] <= '9') || s[j] == '_') &&
+                           k < sizeof num - 1)
+                        if (s[j++] != '_') num[k++] = s[j - 1];
+                }
+                if (!after_dot && j < L->n && (s[j] == 'e' || s[j] == 'E')) {
+                    size_t e = j + 1;
+                    if (e < L->n && (s[e] == '+' || s[e] == '-')) e++;
+                    if (e < L->n && s[e] >= '0' && s[e] <= '9') {
+                        is_float = true;
+                        while (j < e && k < sizeof num - 1)
+                            num[k++] = s[j++];
+                        while (j < L->n && ((s[j] >= '0' && s[j] <= '9') || s[j] == '_') &&
+                               k < sizeof num - 1)
+                            if (s[j++] != '_') num[k++] = s[j - 1];
+                    }
+                }
+            }
+            if (k >= sizeof num - 1)
+                jj_fail(L->c, EP_ERR_FORMAT, L->line, "number literal longer than %zu characters",
+                        sizeof num - 2);
+            num[k] = 0;
+            errno = 0;
+            char *endp;
+            if (is_float) {
+                t.t = T_FLOAT;
+                t.f = strtod(num, &endp);
+            } else {
+                t.t = T_INT;
+                unsigned long long u = strtoull(num, &endp, base);
+                if (errno || u > INT64_MAX)
+                    jj_fail(L->c, EP_ERR_UNSUPPORTED, L->line,
+                            "integer literal %s does not fit 64 bits (epserve's integers are "
+                            "64-bit)",
+                            num);
+                t.i = (int64_t)u;
+            }
+            L->pos = j;
+        } else if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_') {
+            size_t j = i;
+            while (j < L->n && ((s[j] >= 'a' && s[j] <= 'z') || (s[j] >= 'A' && s[j] <= 'Z') ||
+                                (s[j] >= '0' && s[j] <= '9') || s[j] == '_'))
+                j++;
+            t.t = T_NAME;
+            t.s = (jj_str){s + i, j - i};
+            L->pos = j;
+        } else if (ch == '\'' || ch == '"') {
+            size_t j = i + 1;
+            while (j < L->n && s[j] != (char)ch)
+                j += s[j] == '\\' ? 2 : 1;
+            if (j >= L->n) jj_fail(L->c, EP_ERR_FORMAT, L->line, "unterminated string literal");
+            t.t = T_STRING;
+            t.s = decode_string(L, s + i + 1, j - i - 1, L->line);
+            L->line += count_nl(s + i, j - i);
+            L->pos = j + 1;
+        } else {
+            size_t k = 0;
+            for (size_t o = 0; o < EP_ARRAY_LEN(OPS2); o++)
+                if (starts(L, i, OPS2[o])) k = 2;
+            if (!k && ch && strchr(OPS1, ch)) k = 1;
+            if (!k) {
+                size_t l;
+                uint32_t cp = jj_cp_at(s + i, L->n - i, &l);
+                jj_fail(L->c, EP_ERR_FORMAT, L->line,
+                        "unexpected character '%.*s' (U+%04X) in a tag", (int)l, s + i, cp);
+            }
+            if (ch == '(' || ch == '[' || ch == '{') {
+                if (depth == EP_JINJA_MAX_DEPTH)
+                    jj_fail(L->c, EP_ERR_UNSUPPORTED, L->line, "brackets nested deeper than %d",
+                            EP_JINJA_MAX_DEPTH);
+                stack[depth++] = ch == '(' ? ')' : ch == '[' ? ']' : '}';
+            } else if (k == 1 && (ch == ')' || ch == ']' || ch == '}')) {
+                if (!depth) jj_fail(L->c, EP_ERR_FORMAT, L->line, "unexpected '%c'", ch);
+                if (stack[--depth] != (char)ch)
+                    jj_fail(L->c, EP_ERR_FORMAT, L->line, "unexpected '%c', expected '%c'", ch,
+                            stack[depth]);
+            }
+            t.t = T_OP;
+            t.s = (jj_str){s + i, k};
+            L->pos = i + k;
+        }
+        emit(L, t);
+    }
+}
+
+static void lex(lexer *L)
+{
+    bool line_starting = true;
+    for (;;) {
+        // The next tag start: {{, {% or {#.
+        size_t i = L->pos;
+        while (i + 1 < L->n && !(L->src[i] == '{' && strchr("{%#", L->src[i + 1]) && L->src[i + 1]))
+            i++;
+        if (i + 1 >= L->n) { // the rest is text
+            if (L->pos < L->n)
+                emit(L, (tok){.t = T_DATA, .line = L->line, .s = {L->src + L->pos, L->n - L->pos}});
+            emit(L, (tok){.t = T_EOF, .line = L->line + count_nl(L->src + L->pos, L->n - L->pos)});
+            return;
+        }
+        char kind = L->src[i + 1];
+        char sign =
+            i + 2 < L->n && (L->src[i + 2] == '-' || L->src[i + 2] == '+') ? L->src[i + 2] : 0;
+        const char *text = L->src + L->pos;
+        size_t tn = i - L->pos;
+        if (sign == '-') {
+            tn = rstrip_len(text, tn);
+        } else if (sign != '+' && kind != '{') { // lstrip_blocks: not for {{ }}
+            size_t l = tn;
+            while (l > 0 && text[l - 1] != '\n')
+                l--;
+            if ((l > 0 || line_starting) && l < tn && skip_space(text, tn, l) == tn) tn = l;
+        }
+        if (tn) emit(L, (tok){.t = T_DATA, .line = L->line, .s = {text, tn}});
+        L->line += count_nl(L->src + L->pos, i - L->pos);
+        L->pos = i + 2 + (sign ? 1 : 0);
+        if (kind == '#') {
+            size_t j = L->pos, end = 0;
+            for (; j + 1 < L->n; j++) {
+                if (starts(L, j, "+#}")) {
+                    end = j + 3;
+                } else if (starts(L, j, "-#}")) {
+                    end = skip_space(L->src, L->n, j + 3);
+                } else if (starts(L, j, "#}")) {
+                    end = j + 2;
+                    if (end < L->n && L->src[end] == '\n') end++;
+                }
+                if (end) break;
+            }
+            if (!end) jj_fail(L->c, EP_ERR_FORMAT, L->line, "missing end of comment tag '#}'");
+            L->line += count_nl(L->src + L->pos, end - L->pos);
+            line_starting = L->src[end - 1] == '\n';
+            L->pos = end;
+            continue;
+        }
+        emit(L, (tok){.t = kind == '%' ? T_BLOCK_BEGIN : T_VAR_BEGIN, .line = L->line});
+        lex_tag(L, kind == '%', &line_starting);
+    }
+}
+
+// ---- parser ---------------------------------------------------------------------------
+
+typedef struct {
+    jj_ctx *c;
+    tok *t;
+    size_t i;
+    int depth;
+    int in_macro, in_loop;
+    bool uses_varargs, uses_kwargs;
+} parser;
+
+static const tok *cur(parser *p)
+{
+    return &p->t[p->i];
+}
+static const tok *nxt(parser *p)
+{
+    return p->t[p->i].t == T_EOF ? &p->t[p->i] : &p->t[p->i + 1];
+}
+
+static bool is_op(const tok *t, const char *op)
+{
+    return t->t == T_OP && t->s.n == strlen(op) && !memcmp(t->s.p, op, t->s.n);
+}
+static bool is_name(const tok *t, const char *name)
+{
+    return t->t == T_NAME && jj_str_eq(t->s, name);
+}
+
+static const char *describe(parser *p, const tok *t)
+{
+    static const char *const names[] = {
+        "end of template", "text",     "'{{'",       "'}}'",   "'{%'", "'%}'",
+        "a name",          "a string", "an integer", "a float"};
+    if (t->t == T_OP || t->t == T_NAME) {
+        char *s = jj_alloc(p->c, t->s.n + 3);
+        snprintf(s, t->s.n + 3, "'%.*s'", (int)t->s.n, t->s.p);
+        return s;
+    }
+    return names[t->t];
+}
+
+static noreturn void unexpected(parser *p, const char *expected)
+{
+    jj_fail(p->c, EP_ERR_FORMAT, cur(p)->line, "expected %s, found %s", expected,
+            describe(p, cur(p)));
+}
+
+static void expect_op(parser *p, const char *op)
+{
+    if (!is_op(cur(p), op)) {
+        char want[16];
+        snprintf(want, sizeof want, "'%s'", op);
+        unexpected(p, want);
+    }
+    p->i++;
+}
+
+static void expect_block_end(parser *p)
+{
+    if (cur(p)->t != T_BLOCK_END) unexpected(p, "'%}'");
+    p->i++;
+}
+
+static jj_str expect_name(parser *p, const char *what)
+{
+    if (cur(p)->t != T_NAME) unexpected(p, what);
+    return p->t[p->i++].s;
+}
+
+static void enter(parser *p)
+{
+    if (++p->depth > EP_JINJA_MAX_DEPTH)
+        jj_fail(p->c, EP_ERR_UNSUPPORTED, cur(p)->line, "nested deeper than %d levels",
+                EP_JINJA_MAX_DEPTH);
+}
+
+static int expr_depth(const jj_expr *e);
+
+static jj_expr *mk(parser *p, je_kind k, int line)
+{
+    jj_expr *e = jj_alloc(p->c, sizeof *e);
+    e->k = k;
+    e->line = line;
+    e->depth = 1;
+    return e;
+}
+
+// Depth of the tree, checked: left-leaning chains (a + b + c ..., a.b.c ...)
+// are built by loops, not recursion, and the evaluator recurses into them.
+static jj_expr *fin(parser *p, jj_expr *e)
+{
+    if (expr_depth(e) > 2 * EP_JINJA_MAX_DEPTH)
+        jj_fail(p->c, EP_ERR_UNSUPPORTED, e->line, "expression nested deeper than %d levels",
+                2 * EP_JINJA_MAX_DEPTH);
+    return e;
+}
+
+static int expr_depth(const jj_expr *e)
+{
+    return e ? e->depth : 0;
+}
+static void set_depth(jj_expr *e)
+{
+    int d = EP_MAX(expr_depth(e->a), EP_MAX(expr_depth(e->b), expr_depth(e->c)));
+    for (int i = 0; i < e->n_args; i++)
+        d = EP_MAX(d, expr_depth(e->args[i]));
+    for (int i = 0; i < e->n_kw; i++)
+        d = EP_MAX(d, expr_depth(e->kwv[i]));
+    e->depth = d + 1;
+}
+
+typedef struct {
+    jj_expr **v;
+    int n, cap;
+} expr_vec;
+
+static void vec_push(parser *p, expr_vec *v, jj_expr *e)
+{
+    if (v->n == v->cap) {
+        int cap = v->cap ? 2 * v->cap : 4;
+        jj_expr **nv = jj_alloc(p->c, (size_t)cap * sizeof *nv);
+        if (v->n) memcpy(nv, v->v, (size_t)v->n * sizeof *nv);
+        v->v = nv;
+        v->cap = cap;
+    }
+    v->v[v->n++] = e;
+}
+
+static jj_expr *done(parser *p, jj_expr *e)
+{
+    set_depth(e);
+    return fin(p, e);
+}
+
+static jj_expr *parse_expression(parser *p, bool with_condexpr);
+static jj_expr *parse_unary(parser *p, bool with_filter);
+static jj_expr *parse_tuple(parser *p, bool with_condexpr, bool explicit_parens);
+static jj_expr *parse_primary(parser *p);
+
+// ( args, kw=value ) after the '(' was seen; refuses *args and **kwargs.
+static void parse_call_args(parser *p, jj_expr *e)
+{
+    expect_op(p, "(");
+    expr_vec pos = {0}, kwv = {0};
+    jj_str kw[64];
+    int n_kw = 0;
+    while (!is_op(cur(p), ")")) {
+        if (pos.n + n_kw) expect_op(p, ",");
+        if (is_op(cur(p), ")")) break; // trailing comma
+        if (is_op(cur(p), "*") || is_op(cur(p), "**"))
+            jj_fail(p->c, EP_ERR_UNSUPPORTED, cur(p)->line,
+                    "calls with *args or **kwargs are not supported");
+        if (cur(p)->t == T_NAME && is_op(nxt(p), "=")) {
+            if (n_kw == (int)EP_ARRAY_LEN(kw))
+                jj_fail(p->c, EP_ERR_UNSUPPORTED, cur(p)->line, "more than %d keyword arguments",
+                        (int)EP_ARRAY_LEN(kw));
+            kw[n_kw] = cur(p)->s;
+            p->i += 2;
+            vec_push(p, &kwv, parse_expression(p, true));
+            n_kw++;
+        } else {
+            if (n_kw)
+                jj_fail(p->c, EP_ERR_FORMAT, cur(p)->line,
+                        "a positional argument follows a keyword argument");
+            vec_push(p, &pos, parse_expression(p, true));
+        }
+    }
+    p->i++;
+    e->args = pos.v;
+    e->n_args = pos.n;
+    e->kwv = kwv.v;
+    e->n_kw = n_kw;
+    if (n_kw) {
+        e->kw = jj_alloc(p->c, (size_t)n_kw * sizeof *e->kw);
+        memcpy(e->kw, kw, (size_t)n_kw * sizeof *kw);
+    }
+}
+
+static jj_expr *parse_subscript(parser *p, jj_expr *obj)
+{
+    int line = cur(p)->line;
+    if (is_op(cur(p), ".")) {
+        p->i++;
+        if (cur(p)->t == T_NAME) {
+            jj_expr *e = mk(p, JE_ATTR, line);
+            e->a = obj;
+            e->name = p->t[p->i++].s;
+            return done(p, e);
+        }
+        if (cur(p)->t == T_INT) { // x.0 is x[0]
+            jj_expr *e = mk(p, JE_ITEM, line);
+            e->a = obj;
+            e->b = mk(p, JE_LIT, line);
+            e->b->lit = jv_int(p->t[p->i++].i);
+            return done(p, e);
+        }
+        unexpected(p, "a name after '.'");
+    }
+    expect_op(p, "[");
+    jj_expr *parts[3] = {NULL, NULL, NULL};
+    bool slice = false;
+    if (!is_op(cur(p), ":")) parts[0] = parse_expression(p, true);
+    if (is_op(cur(p), ":")) {
+        slice = true;
+        p->i++;
+        if (!is_op(cur(p), "]") && !is_op(cur(p), ",") && !is_op(cur(p), ":"))
+            parts[1] = parse_expression(p, true);
+        if (is_op(cur(p), ":")) {
+            p->i++;
+            if (!is_op(cur(p), "]") && !is_op(cur(p), ",")) parts[2] = parse_expression(p, true);
+        }
+    }
+    if (is_op(cur(p), ","))
+        jj_fail(p->c, EP_ERR_UNSUPPORTED, cur(p)->line,
+                "subscripts with several items (x[a, b]) are not supported");
+    expect_op(p, "]");
+    jj_expr *e = mk(p, slice ? JE_SLICE : JE_ITEM, line);
+    e->a = obj;
+    if (slice) {
+        e->args = jj_alloc(p->c, 3 * sizeof *e->args);
+        memcpy(e->args, parts, sizeof parts);
+        e->n_args = 3;
+    } else {
+        e->b = parts[0];
+    }
+    return done(p, e);
+}
+
+static jj_expr *parse_postfix(parser *p, jj_expr *e)
+{
+    for (;;) {
+        if (is_op(cur(p), ".") || is_op(cur(p), "[")) {
+            e = parse_subscript(p, e);
+        } else if (is_op(cur(p), "(")) {
+            jj_expr *call = mk(p, JE_CALL, cur(p)->line);
+            call->a = e;
+            parse_call_args(p, call);
+            e = done(p, call);
+        } else {
+            return e;
+        }
+    }
+}
+
+static jj_expr *parse_filter_expr(parser *p, jj_expr *e)
+{
+    for (;;) {
+        if (is_op(cur(p), "|")) {
+            p->i++;
+            int line = cur(p)->line;
+            jj_str name = expect_name(p, "a filter name after '|'");
+            if (is_op(cur(p), "."))
+                jj_fail(p->c, EP_ERR_UNSUPPORTED, line, "dotted filter names are not supported");
+            int id = jj_filter_id(name);
+            if (id < 0)
+                jj_fail(p->c, EP_ERR_UNSUPPORTED, line,
+                        "filter '%.*s' is not supported (docs/model.md lists the filters)",
+                        (int)name.n, name.p);
+            jj_expr *f = mk(p, JE_FILTER, line);
+            f->a = e;
+            f->name = name;
+            f->op = id;
+            if (is_op(cur(p), "(")) parse_call_args(p, f);
+            e = done(p, f);
+        } else if (is_name(cur(p), "is")) {
+            p->i++;
+            int line = cur(p)->line;
+            bool neg = false;
+            if (is_name(cur(p), "not")) {
+                neg = true;
+                p->i++;
+            }
+            jj_str name = expect_name(p, "a test name after 'is'");
+            int id = jj_test_id(name);
+            if (id < 0)
+                jj_fail(p->c, EP_ERR_UNSUPPORTED, line,
+                        "test '%.*s' is not supported (docs/model.md lists the tests)", (int)name.n,
+                        name.p);
+            jj_expr *t = mk(p, JE_TEST, line);
+            t->a = e;
+            t->name = name;
+            t->op = id;
+            t->negate = neg;
+            const tok *c = cur(p);
+            if (is_op(c, "(")) {
+                parse_call_args(p, t);
+            } else if ((c->t == T_NAME || c->t == T_STRING || c->t == T_INT || c->t == T_FLOAT ||
+                        is_op(c, "[") || is_op(c, "{")) &&
+                       !is_name(c, "else") && !is_name(c, "or") && !is_name(c, "and")) {
+                if (is_name(c, "is"))
+                    jj_fail(p->c, EP_ERR_FORMAT, c->line, "cannot chain tests with 'is'");
+                jj_expr *arg = parse_postfix(p, parse_primary(p));
+                t->args = jj_alloc(p->c, sizeof *t->args);
+                t->args[0] = arg;
+                t->n_args = 1;
+            }
+            e = done(p, t);
+        } else if (is_op(cur(p), "(")) {
+            jj_expr *call = mk(p, JE_CALL, cur(p)->line);
+            call->a = e;
+            parse_call_args(p, call);
+            e = done(p, call);
+        } else {
+            return e;
+        }
+    }
+}
+
+static jj_expr *parse_primary(parser *p)
+{
+    const tok *t = cur(p);
+    int line = t->line;
+    jj_expr *e;
+    if (t->t == T_NAME) {
+        p->i++;
+        e = mk(p, JE_LIT, line);
+        if (jj_str_eq(t->s, "true") || jj_str_eq(t->s, "True")) {
+            e->lit = jv_bool(true);
+        } else if (jj_str_eq(t->s, "false") || jj_str_eq(t->s, "False")) {
+            e->lit = jv_bool(false);
+        } else if (jj_str_eq(t->s, "none") || jj_str_eq(t->s, "None")) {
+            e->lit = jv_none();
+        } else {
+            e->k = JE_NAME;
+            e->name = t->s;
+            if (jj_str_eq(t->s, "varargs")) p->uses_varargs = true;
+            if (jj_str_eq(t->s, "kwargs")) p->uses_kwargs = true;
+        }
+        return e;
+    }
+    if (t->t == T_STRING) { // adjacent literals are one string
+        jj_buf b = {0};
+        jj_buf_add(p->c, &b, "", 0);
+        while (cur(p)->t == T_STRING) {
+            jj_buf_add(p->c, &b, cur(p)->s.p, cur(p)->s.n);
+            p->i++;
+        }
+        e = mk(p, JE_LIT, line);
+        e->lit = jv_strn(b.p, b.n);
+        return e;
+    }
+    if (t->t == T_INT || t->t == T_FLOAT) {
+        p->i++;
+        e = mk(p, JE_LIT, line);
+        e->lit = t->t == T_INT ? jv_int(t->i) : jv_float(t->f);
+        return e;
+    }
+    if (is_op(t, "(")) {
+        p->i++;
+        e = parse_tuple(p, true, true);
+        expect_op(p, ")");
+        return e;
+    }
+    if (is_op(t, "[") || is_op(t, "{")) {
+        bool dict = is_op(t, "{");
+        const char *close = dict ? "}" : "]";
+        p->i++;
+        expr_vec items = {0};
+        while (!is_op(cur(p), close)) {
+            if (items.n) expect_op(p, ",");
+            if (is_op(cur(p), close)) break;
+            vec_push(p, &items, parse_expression(p, true));
+            if (dict) {
+                expect_op(p, ":");
+                vec_push(p, &items, parse_expression(p, true));
+            }
+        }
+        p->i++;
+        e = mk(p, dict ? JE_DICT : JE_LIST, line);
+        e->args = items.v;
+        e->n_args = items.n;
+        return done(p, e);
+    }
+    unexpected(p, "an expression");
+}
+
+static jj_expr *parse_unary(parser *p, bool with_filter)
+{
+    enter(p);
+    int line = cur(p)->line;
+    jj_expr *e;
+    if (is_op(cur(p), "-") || is_op(cur(p), "+")) {
+        bool neg = is_op(cur(p), "-");
+        p->i++;
+        e = mk(p, neg ? JE_NEG : JE_POS, line);
+        e->a = parse_unary(p, false);
+        e = done(p, e);
+    } else {
+        e = parse_primary(p);
+    }
+    e = parse_postfix(p, e);
+    if (with_filter) e = parse_filter_expr(p, e);
+    p->depth--;
+    return e;
+}
+
+static jj_expr *binary(parser *p, je_kind k, int op, jj_expr *a, jj_expr *b, int line)
+{
+    jj_expr *e = mk(p, k, line);
+    e->op = op;
+    e->a = a;
+    e->b = b;
+    return done(p, e);
+}
+
+static jj_expr *parse_pow(parser *p)
+{
+    jj_expr *e = parse_unary(p, true);
+    while (is_op(cur(p), "**")) {
+        int line = cur(p)->line;
+        p->i++;
+        e = binary(p, JE_BIN, JO_POW, e, parse_unary(p, true), line);
+    }
+    return e;
+}
+
+static jj_expr *parse_math2(parser *p)
+{
+    jj_expr *e = parse_pow(p);
+    for (;;) {
+        int op = is_op(cur(p), "*")    ? JO_MUL
+                 : is_op(cur(p), "/")  ? JO_DIV
+                 : is_op(cur(p), "//") ? JO_FDIV
+                 : is_op(cur(p), "%")  ? JO_MOD
+                                       : -1;
+        if (op < 0) return e;
+        int line = cur(p)->line;
+        p->i++;
+        e = binary(p, JE_BIN, op, e, parse_pow(p), line);
+    }
+}
+
+static jj_expr *parse_concat(parser *p)
+{
+    jj_expr *first = parse_math2(p);
+    if (!is_op(cur(p), "~")) return first;
+    jj_expr *e = mk(p, JE_CONCAT, cur(p)->line);
+    expr_vec v = {0};
+    vec_push(p, &v, first);
+    while (is_op(cur(p), "~")) {
+        p->i++;
+        vec_push(p, &v, parse_math2(p));
+    }
+    e->args = v.v;
+    e->n_args = v.n;
+    return done(p, e);
+}
+
+static jj_expr *parse_math1(parser *p)
+{
+    jj_expr *e = parse_concat(p);
+    while (is_op(cur(p), "+") || is_op(cur(p), "-")) {
+        int op = is_op(cur(p), "+") ? JO_ADD : JO_SUB, line = cur(p)->line;
+        p->i++;
+        e = binary(p, JE_BIN, op, e, parse_concat(p), line);
+    }
+    return e;
+}
+
+static jj_expr *parse_compare(parser *p)
+{
+    int line = cur(p)->line;
+    jj_expr *first = parse_math1(p);
+    expr_vec v = {0};
+    int ops[64], n = 0;
+    for (;;) {
+        const tok *t = cur(p);
+        int op = is_op(t, "==")   ? JC_EQ
+                 : is_op(t, "!=") ? JC_NE
+                 : is_op(t, "<")  ? JC_LT
+                 : is_op(t, "<=") ? JC_LE
+                 : is_op(t, ">")  ? JC_GT
+                 : is_op(t, ">=") ? JC_GE
+                                  : -1;
+        if (op >= 0) {
+            p->i++;
+        } else if (is_name(t, "in")) {
+            op = JC_IN;
+            p->i++;
+        } else if (is_name(t, "not") && is_name(nxt(p), "in")) {
+            op = JC_NOTIN;
+            p->i += 2;
+        } else {
+            break;
+        }
+        if (n == (int)EP_ARRAY_LEN(ops))
+            jj_fail(p->c, EP_ERR_UNSUPPORTED, t->line, "more than %d chained comparisons",
+                    (int)EP_ARRAY_LEN(ops));
+        ops[n++] = op;
+        vec_push(p, &v, parse_math1(p));
+    }
+    if (!n) return first;
+    jj_expr *e = mk(p, JE_CMP, line);
+    e->a = first;
+    e->args = v.v;
+    e->n_args = v.n;
+    e->ops = jj_alloc(p->c, (size_t)n * sizeof *e->ops);
+    memcpy(e->ops, ops, (size_t)n * sizeof *ops);
+    return done(p, e);
+}
+
+static jj_expr *parse_not(parser *p)
+{
+    if (is_name(cur(p), "not")) {
+        enter(p);
+        jj_expr *e = mk(p, JE_NOT, cur(p)->line);
+        p->i++;
+        e->a = parse_not(p);
+        p->depth--;
+        return done(p, e);
+    }
+    return parse_compare(p);
+}
+
+static jj_expr *parse_and(parser *p)
+{
+    jj_expr *e = parse_not(p);
+    while (is_name(cur(p), "and")) {
+        int line = cur(p)->line;
+        p->i++;
+        e = binary(p, JE_AND, 0, e, parse_not(p), line);
+    }
+    return e;
+}
+
+static jj_expr *parse_or(parser *p)
+{
+    jj_expr *e = parse_and(p);
+    while (is_name(cur(p), "or")) {
+        int line = cur(p)->line;
+        p->i++;
+        e = binary(p, JE_OR, 0, e, parse_and(p), line);
+    }
+    return e;
+}
+
+static jj_expr *parse_condexpr(parser *p)
+{
+    jj_expr *e = parse_or(p);
+    while (is_name(cur(p), "if")) {
+        int line = cur(p)->line;
+        p->i++;
+        jj_expr *c = mk(p, JE_COND, line);
+        c->a = e;
+        c->b = parse_or(p);
+        if (is_name(cur(p), "else")) {
+            p->i++;
+            enter(p);
+            c->c = parse_condexpr(p);
+            p->depth--;
+        }
+        e = done(p, c);
+    }
+    return e;
+}
+
+static jj_expr *parse_expression(parser *p, bool with_condexpr)
+{
+    enter(p);
+    jj_expr *e = with_condexpr ? parse_condexpr(p) : parse_or(p);
+    p->depth--;
+    return e;
+}
+
+// An expression, or a tuple when commas follow ({{ a, b }}, for x in a, b).
+static jj_expr *parse_tuple(parser *p, bool with_condexpr, bool explicit_parens)
+{
+    int line = cur(p)->line;
+    expr_vec v = {0};
+    bool comma = false;
+    for (;;) {
+        if (v.n) {
+            if (!is_op(cur(p), ",")) break;
+            p->i++;
+            comma = true;
+        }
+        const tok *t = cur(p);
+        if (t->t == T_VAR_END || t->t == T_BLOCK_END || is_op(t, ")") ||
+            (v.n && (is_name(t, "in") || is_name(t, "recursive"))))
+            break;
+        vec_push(p, &v, parse_expression(p, with_condexpr));
+    }
+    if (!comma && v.n == 1) return v.v[0];
+    if (!v.n && !explicit_parens) unexpected(p, "an expression");
+    jj_expr *e = mk(p, JE_TUPLE, line);
+    e->args = v.v;
+    e->n_args = v.n;
+    return done(p, e);
+}
+
+// ---- statements ------------------------------------------------------------------------
+
+typedef struct {
+    jj_node **v;
+    int n, cap;
+} node_vec;
+
+static void node_push(parser *p, node_vec *v, jj_node *n)
+{
+    if (v->n == v->cap) {
+        int cap = v->cap ? 2 * v->cap : 8;
+        jj_node **nv = jj_alloc(p->c, (size_t)cap * sizeof *nv);
+        if (v->n) memcpy(nv, v->v, (size_t)v->n * sizeof *nv);
+        v->v = nv;
+        v->cap = cap;
+    }
+    v->v[v->n++] = n;
+}
+
+static jj_node *mknode(parser *p, jn_kind k, int line)
+{
+    jj_node *n = jj_alloc(p->c, sizeof *n);
+    n->k = k;
+    n->line = line;
+    return n;
+}
+
+// Names being assigned: `x`, `a, b`, `(a, b)`.
+static void parse_targets(parser *p, jj_node *n, const char *what)
+{
+    bool paren = is_op(cur(p), "(");
+    if (paren) p->i++;
+    jj_str names[16];
+    int k = 0;
+    for (;;) {
+        if (k == (int)EP_ARRAY_LEN(names))
+            jj_fail(p->c, EP_ERR_UNSUPPORTED, cur(p)->line, "more than %d names in one %s",
+                    (int)EP_ARRAY_LEN(names), what);
+        names[k++] = expect_name(p, what);
+        jj_str last = names[k - 1];
+        if (jj_str_eq(last, "true") || jj_str_eq(last, "false") || jj_str_eq(last, "none") ||
+            jj_str_eq(last, "True") || jj_str_eq(last, "False") || jj_str_eq(last, "None"))
+            jj_fail(p->c, EP_ERR_FORMAT, cur(p)->line, "cannot assign to '%.*s'", (int)last.n,
+                    last.p);
+        if (!is_op(cur(p), ",")) break;
+        p->i++;
+        if (cur(p)->t != T_NAME) break; // trailing comma
+    }
+    if (paren) expect_op(p, ")");
+    n->names = jj_alloc(p->c, (size_t)k * sizeof *n->names);
+    memcpy(n->names, names, (size_t)k * sizeof *names);
+    n->n_names = k;
+}
+
+static jj_body parse_body(parser *p, const char *const *ends, int n_ends, jj_str *ended);
+
+static jj_node *parse_for(parser *p, int line)
+{
+    jj_node *n = mknode(p, JN_FOR, line);
+    parse_targets(p, n, "for loop target");
+    if (!is_name(cur(p), "in")) unexpected(p, "'in'");
+    p->i++;
+    n->e = parse_tuple(p, false, false);
+    if (is_name(cur(p), "if")) {
+        p->i++;
+        n->cond = parse_expression(p, true);
+    }
+    if (is_name(cur(p), "recursive"))
+        jj_fail(p->c, EP_ERR_UNSUPPORTED, cur(p)->line, "recursive for loops are not supported");
+    expect_block_end(p);
+    static const char *const ends[] = {"endfor", "else"};
+    jj_str ended;
+    p->in_loop++;
+    n->body = parse_body(p, ends, 2, &ended);
+    p->in_loop--;
+    expect_block_end(p);
+    if (jj_str_eq(ended, "else")) {
+        n->els = parse_body(p, ends, 1, &ended);
+        expect_block_end(p);
+    }
+    return n;
+}
+
+static jj_node *parse_if(parser *p, int line)
+{
+    jj_node *n = mknode(p, JN_IF, line);
+    n->e = parse_tuple(p, false, false);
+    expect_block_end(p);
+    static const char *const ends[] = {"endif", "elif", "else"};
+    jj_str ended;
+    n->body = parse_body(p, ends, 3, &ended);
+    if (jj_str_eq(ended, "elif")) {
+        jj_node *sub = parse_if(p, p->t[p->i - 1].line);
+        n->els.v = jj_alloc(p->c, sizeof *n->els.v);
+        n->els.v[0] = sub;
+        n->els.n = 1;
+        return n; // the elif consumed the shared endif
+    }
+    expect_block_end(p);
+    if (jj_str_eq(ended, "else")) {
+        n->els = parse_body(p, ends, 1, &ended);
+        expect_block_end(p);
+    }
+    return n;
+}
+
+static jj_node *parse_set(parser *p, int line)
+{
+    jj_node *n = mknode(p, JN_SET, line);
+    if (cur(p)->t == T_NAME && is_op(nxt(p), ".")) { // set ns.attr = value
+        n->names = jj_alloc(p->c, sizeof *n->names);
+        n->names[0] = p->t[p->i].s;
+        n->n_names = 1;
+        p->i += 2;
+        n->attr = expect_name(p, "an attribute name");
+    } else {
+        parse_targets(p, n, "set target");
+    }
+    if (is_op(cur(p), "=")) {
+        p->i++;
+        n->e = parse_tuple(p, true, false);
+        expect_block_end(p);
+        return n;
+    }
+    if (n->attr.p || n->n_names != 1)
+        jj_fail(p->c, EP_ERR_FORMAT, line, "a block {%% set %%} assigns one plain name");
+    if (is_op(cur(p), "|"))
+        jj_fail(p->c, EP_ERR_UNSUPPORTED, line, "filters on a block {%% set %%} are not supported");
+    expect_block_end(p);
+    n->k = JN_SETBLOCK;
+    static const char *const ends[] = {"endset"};
+    jj_str ended;
+    n->body = parse_body(p, ends, 1, &ended);
+    expect_block_end(p);
+    return n;
+}
+
+static jj_node *parse_macro(parser *p, int line)
+{
+    jj_node *n = mknode(p, JN_MACRO, line);
+    n->names = jj_alloc(p->c, sizeof *n->names);
+    n->names[0] = expect_name(p, "a macro name");
+    n->n_names = 1;
+    expect_op(p, "(");
+    jj_str params[32];
+    jj_expr *defs[32];
+    int k = 0;
+    while (!is_op(cur(p), ")")) {
+        if (k) expect_op(p, ",");
+        if (is_op(cur(p), ")")) break;
+        if (k == (int)EP_ARRAY_LEN(params))
+            jj_fail(p->c, EP_ERR_UNSUPPORTED, line, "a macro with more than %d parameters",
+                    (int)EP_ARRAY_LEN(params));
+        params[k] = expect_name(p, "a parameter name");
+        defs[k] = NULL;
+        if (is_op(cur(p), "=")) {
+            p->i++;
+            defs[k] = parse_expression(p, true);
+        } else if (k && defs[k - 1]) {
+            jj_fail(p->c, EP_ERR_FORMAT, line, "a parameter without a default follows one with");
+        }
+        k++;
+    }
+    p->i++;
+    expect_block_end(p);
+    n->params = jj_alloc(p->c, (size_t)(k ? k : 1) * sizeof *n->params);
+    n->defaults = jj_alloc(p->c, (size_t)(k ? k : 1) * sizeof *n->defaults);
+    memcpy(n->params, params, (size_t)k * sizeof *params);
+    memcpy(n->defaults, defs, (size_t)k * sizeof *defs);
+    n->n_params = k;
+    bool va = p->uses_varargs, kwa = p->uses_kwargs;
+    int loops = p->in_loop;
+    p->uses_varargs = p->uses_kwargs = false;
+    p->in_loop = 0; // a break in a macro body does not reach a loop around the macro
+    p->in_macro++;
+    static const char *const ends[] = {"endmacro"};
+    jj_str ended;
+    n->body = parse_body(p, ends, 1, &ended);
+    p->in_macro--;
+    p->in_loop = loops;
+    n->varargs = p->uses_varargs;
+    n->kwargs = p->uses_kwargs;
+    p->uses_varargs = va;
+    p->uses_kwargs = kwa;
+    expect_block_end(p);
+    return n;
+}
+
+static jj_node *parse_statement(parser *p)
+{
+    int line = cur(p)->line;
+    jj_str tag = expect_name(p, "a tag name after '{%'");
+    enter(p);
+    jj_node *n = NULL;
+    if (jj_str_eq(tag, "for")) {
+        n = parse_for(p, line);
+    } else if (jj_str_eq(tag, "if")) {
+        n = parse_if(p, line);
+    } else if (jj_str_eq(tag, "set")) {
+        n = parse_set(p, line);
+    } else if (jj_str_eq(tag, "macro")) {
+        n = parse_macro(p, line);
+    } else if (jj_str_eq(tag, "break") || jj_str_eq(tag, "continue")) {
+        if (!p->in_loop)
+            jj_fail(p->c, EP_ERR_FORMAT, line, "'%.*s' outside a for loop", (int)tag.n, tag.p);
+        n = mknode(p, jj_str_eq(tag, "break") ? JN_BREAK : JN_CONTINUE, line);
+        expect_block_end(p);
+    } else if (jj_str_eq(tag, "generation")) {
+        expect_block_end(p);
+        n = mknode(p, JN_PASS, line);
+        static const char *const ends[] = {"endgeneration"};
+        jj_str ended;
+        n->body = parse_body(p, ends, 1, &ended);
+        expect_block_end(p);
+    } else {
+        static const char *const refused[] = {"block", "extends",    "include", "import", "from",
+                                              "with",  "autoescape", "filter",  "call",   "raw",
+                                              "do",    "print",      "trans"};
+        for (size_t i = 0; i < EP_ARRAY_LEN(refused); i++)
+            if (jj_str_eq(tag, refused[i]))
+                jj_fail(p->c, EP_ERR_UNSUPPORTED, line,
+                        "{%% %s %%} is not supported (docs/model.md lists the tags)", refused[i]);
+        jj_fail(p->c, EP_ERR_FORMAT, line, "unknown or misplaced tag '%.*s'", (int)tag.n, tag.p);
+    }
+    p->depth--;
+    return n;
+}
+
+// Nodes up to a {% tag %} named in ends (its name is consumed, *ended set,
+// the rest of the tag is left to the caller), or the end of the template
+// when ends is empty.
+static jj_body parse_body(parser *p, const char *const *ends, int n_ends, jj_str *ended)
+{
+    node_vec v = {0};
+    int open_line = p->i ? p->t[p->i - 1].line : 1;
+    for (;;) {
+        const tok *t = cur(p);
+        if (t->t == T_EOF) {
+            if (n_ends)
+                jj_fail(p->c, EP_ERR_FORMAT, t->line,
+                        "unexpected end of template: the block opened near line %d needs "
+                        "{%% %s %%}",
+                        open_line, ends[0]);
+            break;
+        }
+        if (t->t == T_DATA) {
+            jj_node *n = mknode(p, JN_TEXT, t->line);
+            n->text = t->s;
+            node_push(p, &v, n);
+            p->i++;
+        } else if (t->t == T_VAR_BEGIN) {
+            p->i++;
+            jj_node *n = mknode(p, JN_OUT, t->line);
+            n->e = parse_tuple(p, true, false);
+            if (cur(p)->t != T_VAR_END) unexpected(p, "'}}'");
+            p->i++;
+            node_push(p, &v, n);
+        } else if (t->t == T_BLOCK_BEGIN) {
+            const tok *name = nxt(p);
+            for (int i = 0; i < n_ends; i++)
+                if (is_name(name, ends[i])) {
+                    p->i += 2;
+                    *ended = name->s;
+                    jj_body b = {v.v, v.n};
+                    return b;
+                }
+            p->i++;
+            node_push(p, &v, parse_statement(p));
+        } else {
+            unexpected(p, "text, '{{' or '{%'");
+        }
+    }
+    jj_body b = {v.v, v.n};
+    return b;
+}
+
+// ---- entry points ---------------------------------------------------------------------
+
+ep_status ep_jinja_parse(const char *src, size_t len, const char *name, ep_jinja **out)
+{
+    *out = NULL;
+    if (len > EP_JINJA_MAX_SOURCE_BYTES)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "%s: the template has %zu bytes, more than the %d allowed", name, len,
+                         EP_JINJA_MAX_SOURCE_BYTES);
+    size_t bad = ep_utf8_check(src, len);
+    if (bad < len)
+        return ep_errorf(EP_ERR_FORMAT, "%s: the template is not valid UTF-8 (byte %zu)", name,
+                         bad);
+    ep_jinja *t = ep_xcalloc(1, sizeof *t);
+    t->name = ep_xstrdup(name);
+    t->c.name = t->name;
+    t->c.limit = EP_JINJA_MAX_ARENA_BYTES;
+    jmp_buf jb;
+    t->c.jb = &jb;
+    if (setjmp(jb)) {
+        ep_status st = ep_errorf(t->c.st, "%s", t->c.msg);
+        ep_jinja_free(t);
+        return st;
+    }
+    // \r\n and \r are \n (Jinja2 splits lines on all three); one trailing newline goes.
+    char *s = jj_alloc(&t->c, len + 1);
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (src[i] == '\r') {
+            s[n++] = '\n';
+            if (i + 1 < len && src[i + 1] == '\n') i++;
+        } else {
+            s[n++] = src[i];
+        }
+    }
+    if (n && s[n - 1] == '\n') n--;
+    lexer L = {.c = &t->c, .src = s, .n = n, .line = 1};
+    lex(&L);
+    parser P = {.c = &t->c, .t = L.v};
+    jj_str ended;
+    t->root = parse_body(&P, NULL, 0, &ended);
+    t->c.jb = NULL;
+    *out = t;
+    return EP_OK;
+}
+
+void ep_jinja_free(ep_jinja *t)
+{
+    if (!t) return;
+    jj_arena_free(&t->c);
+    free(t->name);
+    free(t);
+}
