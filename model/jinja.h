@@ -22,7 +22,7 @@ enum {
     EP_JINJA_MAX_DEPTH = 128,            // nesting of blocks and expressions; macro calls
     EP_JINJA_MAX_OUTPUT_BYTES = 64 << 20,
 };
-#define EP_JINJA_MAX_STEPS       50000000LL // expression evaluations + loop iterations per render
+#define EP_JINJA_MAX_STEPS       10000000LL // expression evaluations + loop iterations per render
 #define EP_JINJA_MAX_ARENA_BYTES (512LL << 20)
 
 // Parses src[0..len) (UTF-8). `name` stands for the template in every

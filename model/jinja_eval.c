@@ -30,6 +30,15 @@ static jj_frame *frame_new(jj_render *r, jj_frame *parent)
     return f;
 }
 
+// The frame of the next loop iteration: f emptied for reuse (an iteration's
+// names do not outlive it), unless a macro defined in it holds on to it.
+static jj_frame *frame_next(jj_render *r, jj_frame *f, jj_frame *parent)
+{
+    if (!f || f->captured) return frame_new(r, parent);
+    f->n = 0;
+    return f;
+}
+
 static jv *frame_find(jj_frame *f, jj_str k)
 {
     for (; f; f = f->parent)
@@ -527,9 +536,10 @@ static flow exec_for(jj_render *r, jj_frame *f, const jj_node *n)
     if (n->cond) { // `for x in xs if cond`: loop.length counts what passes
         jv *kept = jj_alloc(r->c, (count ? count : 1) * sizeof *kept);
         size_t k = 0;
+        jj_frame *tf = NULL;
         for (size_t i = 0; i < count; i++) {
             jj_step(r, n->line, 1);
-            jj_frame *tf = frame_new(r, f);
+            tf = frame_next(r, tf, f);
             assign(r, tf, n, items[i], n->line);
             jv c = eval(r, tf, n->cond);
             if (jv_truthy(&c)) kept[k++] = items[i];
@@ -541,10 +551,11 @@ static flow exec_for(jj_render *r, jj_frame *f, const jj_node *n)
     jj_loop *loop = jj_alloc(r->c, sizeof *loop);
     loop->items = items;
     loop->n = count;
+    jj_frame *it_f = NULL;
     for (size_t i = 0; i < count; i++) {
         jj_step(r, n->line, 1);
         loop->i = i;
-        jj_frame *it_f = frame_new(r, f);
+        it_f = frame_next(r, it_f, f);
         assign(r, it_f, n, items[i], n->line);
         frame_set(r, it_f, jj_cstr("loop"), (jv){.t = JV_LOOP, .u.loop = loop});
         flow fl = exec_body(r, it_f, &n->body);
@@ -605,6 +616,7 @@ static flow exec_node(jj_render *r, jj_frame *f, const jj_node *n)
         jj_macro *m = jj_alloc(r->c, sizeof *m);
         m->def = n;
         m->env = f;
+        f->captured = true;
         frame_set(r, f, n->names[0], (jv){.t = JV_MACRO, .u.m = m});
         return FLOW_NEXT;
     }

@@ -212,6 +212,7 @@ struct jj_frame {
     jj_str *k;
     jv *v;
     int n, cap;
+    bool captured; // a macro defined here keeps it: a loop must not reuse it
 };
 
 typedef struct {

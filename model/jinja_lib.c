@@ -891,10 +891,14 @@ static size_t slice_indices(int64_t len, const jv *startv, const jv *stopv, int6
 jv jj_slice(jj_render *r, int line, jv obj, const jv *start, const jv *stop, const jv *step)
 {
     if (obj.t == JV_UNDEF) jj_undefined_fail(r->c, line, &obj);
+    // A slice is Python's own subscript (Jinja2 does not route it through
+    // getitem), so bad indices and unsliceable objects are errors.
     const jv *b[3] = {start, stop, step};
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 3; i++) {
+        if (b[i]->t == JV_UNDEF) jj_undefined_fail(r->c, line, b[i]);
         if (b[i]->t != JV_NONE && !is_int(b[i]))
-            return jv_undef("slice indices must be integers or None");
+            FAIL("slice indices must be integers or None, found %s", jv_type_name(b[i]));
+    }
     int64_t st = step->t == JV_NONE ? 1 : ival(step);
     if (st == 0) FAIL("slice step cannot be zero");
     if (obj.t == JV_STR) {
@@ -920,7 +924,7 @@ jv jj_slice(jj_render *r, int line, jv obj, const jv *start, const jv *stop, con
         jj_step(r, line, (long long)k);
         return mklist(l);
     }
-    return jv_undef("the object cannot be sliced");
+    FAIL("'%s' object is not subscriptable", jv_type_name(&obj));
 }
 
 jj_list *jj_iterate(jj_render *r, int line, jv v, const char *what)
@@ -1290,6 +1294,7 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
         static const char *const p[] = {"default"};
         bind(r, line, fname, p, 1, 0, args, n_args, kw, kwv, n_kw, a, g);
         jv def = g[0] ? a[0] : jv_float(0.0);
+        if (v.t == JV_UNDEF) jj_undefined_fail(r->c, line, &v); // Undefined.__float__ fails
         if (v.t == JV_FLOAT) return v;
         if (is_int(&v)) return jv_float((double)ival(&v));
         double d;
@@ -1302,6 +1307,7 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
         jv def = g[0] ? a[0] : jv_int(0);
         if (g[1] && !(is_int(&a[1]) && ival(&a[1]) == 10))
             REFUSE("int(): bases other than 10 are not supported");
+        if (v.t == JV_UNDEF) jj_undefined_fail(r->c, line, &v); // Undefined.__int__ fails
         if (is_int(&v)) return jv_int(ival(&v));
         if (v.t == JV_FLOAT) {
             if (!isfinite(v.u.f)) return def;

@@ -292,6 +292,13 @@ static void lex_tag(lexer *L, bool block, bool *line_starting)
                 while (j < L->n && ((s[j] >= '0' && s[j] <= '9') || s[j] == '_') &&
                        k < sizeof num - 1)
                     if (s[j++] != '_') num[k++] = s[j - 1];
+                bool zeros = true; // Jinja2 reads 012 as 0 then 12: a syntax error
+                for (size_t z = 0; z < k; z++)
+                    zeros = zeros && num[z] == '0';
+                if (k > 1 && num[0] == '0' && !zeros && (j >= L->n || s[j] != '.') &&
+                    (j >= L->n || (s[j] != 'e' && s[j] != 'E')))
+                    jj_fail(L->c, EP_ERR_FORMAT, L->line,
+                            "integer literal with leading zeros ('%.*s')", (int)(j - i), s + i);
                 bool after_dot = i > 0 && s[i - 1] == '.';
                 if (!after_dot && j + 1 < L->n && s[j] == '.' && s[j + 1] >= '0' &&
                     s[j + 1] <= '9') {
@@ -326,6 +333,8 @@ static void lex_tag(lexer *L, bool block, bool *line_starting)
             } else {
                 t.t = T_INT;
                 unsigned long long u = strtoull(num, &endp, base);
+                if (*endp) jj_fail(L->c, EP_ERR_FORMAT, L->line, "malformed number '%s'", num);
+                if (*endp) jj_fail(L->c, EP_ERR_FORMAT, L->line, "malformed number '%s'", num);
                 if (errno || u > INT64_MAX)
                     jj_fail(L->c, EP_ERR_UNSUPPORTED, L->line,
                             "integer literal %s does not fit 64 bits (epserve's integers are "

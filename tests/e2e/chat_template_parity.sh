@@ -8,7 +8,9 @@
 # Debian's python3-jinja2 set up as transformers sets it up
 # (tests/e2e/chat_template/reference.py). Every text must be byte-identical,
 # and where Jinja2 raises, epserve must refuse too; at least 100 cases per
-# template must render. Then the single-shot form and its errors.
+# template must render. Then the construct table of tests/unit/test_jinja.c
+# is recomputed with Jinja2 and must equal the committed one, and the
+# single-shot form and its errors are checked.
 # Needs /usr/bin/python3 with jinja2 (scripts/deps.sh); skips (77) without it.
 # usage: chat_template_parity.sh /path/to/epserve /path/to/source
 set -u
@@ -60,6 +62,17 @@ if same < 100:
 sys.exit(1 if bad or same < 100 else 0)
 PY
 done
+
+# The construct table of tests/unit/test_jinja.c must be what Jinja2 gives:
+# constructs.py recomputes every expected text and refusal with it.
+"$PY" "$HERE/constructs.py" > "$TMP/constructs.json" || { echo "FAIL: constructs.py"; fail=1; }
+if cmp -s "$TMP/constructs.json" "$DATA/constructs.json"; then
+  echo "constructs.json: $("$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); print(len(c), "entries,", sum("text" in e for e in c), "texts")' "$DATA/constructs.json") as Jinja2 renders them"
+else
+  echo "FAIL: tests/data/chat_template/constructs.json differs from what Jinja2 gives now (rerun constructs.py):"
+  diff "$DATA/constructs.json" "$TMP/constructs.json" | head -20
+  fail=1
+fi
 
 # The single-shot form prints the same text as --cases, and the options map
 # to the same variables.

@@ -66,14 +66,18 @@ def special_tokens(config):
     return m
 
 
-def main():
-    config = json.load(open(sys.argv[1], encoding="utf-8"))
+def make_env():
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=[Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
-    template = env.from_string(template_of(config))
+    return env
+
+
+def main():
+    config = json.load(open(sys.argv[1], encoding="utf-8"))
+    template = make_env().from_string(template_of(config))
     tokens = special_tokens(config)
     for line in open(sys.argv[2], encoding="utf-8"):
         if not line.strip():
@@ -90,4 +94,5 @@ def main():
         print(json.dumps(out, ensure_ascii=False))
 
 
-main()
+if __name__ == "__main__":
+    main()
