@@ -375,7 +375,23 @@ static jv call_value(jj_render *r, int line, jv callee, const call_args *a, cons
     jj_fail(r->c, EP_ERR_ARG, line, "'%s' object is not callable", jv_type_name(&callee));
 }
 
+static jv eval_node(jj_render *r, jj_frame *f, const jj_expr *e);
+
+// Each nesting level is bounded by the parser, but macros stack them: the
+// C stack is bounded here, for all of them together.
+enum { MAX_EVAL_DEPTH = 3000 };
+
 static jv eval(jj_render *r, jj_frame *f, const jj_expr *e)
+{
+    if (++r->eval_depth > MAX_EVAL_DEPTH)
+        jj_fail(r->c, EP_ERR_ARG, e->line, "evaluation nested deeper than %d levels (the limit)",
+                MAX_EVAL_DEPTH);
+    jv v = eval_node(r, f, e);
+    r->eval_depth--;
+    return v;
+}
+
+static jv eval_node(jj_render *r, jj_frame *f, const jj_expr *e)
 {
     jj_step(r, e->line, 1);
     switch (e->k) {

@@ -225,7 +225,8 @@ typedef struct {
     const ep_jinja *t;
     jj_buf *out; // where text goes now (a capture for set blocks and macros)
     long long steps;
-    int depth;
+    int depth;      // macro calls
+    int eval_depth; // nested evaluations (C stack), all macros together
 } jj_render;
 
 struct jj_loop {

@@ -316,6 +316,8 @@ err("doubling string", "{% set ns = namespace(s='x') %}{% for i in range(100) %}
     "longer than 64 MiB", jinja2="unchecked")
 err("macro recursion depth", "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "macro calls nested deeper than 128",
     jinja2="unchecked")
+err("evaluation depth through macros", "{% macro f() %}{{ " + "[" * 50 + "f()" + "]" * 50 + " }}{% endmacro %}{{ f() }}",
+    "evaluation nested deeper than 3000", jinja2="unchecked")
 err("expression depth", "{{ " + "(" * 300 + "1" + ")" * 300 + " }}", "nested deeper than", jinja2="unchecked")
 err("block depth", "{% if 1 %}" * 200 + "{% endif %}" * 200, "nested deeper than", jinja2="unchecked")
 err("operator chain depth", "{{ " + " + ".join(["1"] * 1000) + " }}", "expression nested deeper than",
