@@ -118,6 +118,33 @@ static inline jv jv_strn(const char *p, size_t n)
     return (jv){.t = JV_STR, .u.s = {p, n}};
 }
 
+// ---- tokens (jinja_lex.c) -------------------------------------------------------------
+
+typedef enum {
+    JT_EOF,
+    JT_DATA,        // text between tags, whitespace rules applied
+    JT_VAR_BEGIN,   // {{
+    JT_VAR_END,     // }}
+    JT_BLOCK_BEGIN, // {%
+    JT_BLOCK_END,   // %}
+    JT_NAME,
+    JT_STRING, // s: the decoded value
+    JT_INT,
+    JT_FLOAT,
+    JT_OP, // s: the operator's text
+} jj_tok_type;
+
+typedef struct {
+    jj_tok_type t;
+    int line;
+    jj_str s;
+    int64_t i;
+    double f;
+} jj_tok;
+
+// The tokens of a template, ending with JT_EOF; fails (jj_fail) on a lexical error.
+jj_tok *jj_lex(jj_ctx *c, const char *src, size_t len);
+
 // ---- the AST ---------------------------------------------------------------------------
 
 typedef enum {
@@ -300,5 +327,95 @@ void jj_step(jj_render *r, int line, long long n); // counts work, fails past th
 // Calls a macro (jinja_eval.c), for the builtins that call one back.
 jv jj_call_macro(jj_render *r, int line, const jj_macro *m, const jv *args, int n_args,
                  const jj_str *kw, const jv *kwv, int n_kw);
+
+// ---- shared by the builtins (jinja_lib.c, jinja_str.c) -----------------------------------
+
+static inline jv jj_mklist(jj_list *l)
+{
+    return (jv){.t = JV_LIST, .u.l = l};
+}
+static inline jj_str jj_soft_str(jj_render *r, int line, const jv *v) // str(); undefined is ""
+{
+    return jv_to_str(r->c, line, v);
+}
+static inline bool jj_is_int(const jv *v) // int, or bool (Python's bool is an int)
+{
+    return v->t == JV_INT || v->t == JV_BOOL;
+}
+static inline int64_t jj_ival(const jv *v)
+{
+    return v->t == JV_BOOL ? v->u.b : v->u.i;
+}
+
+// Binds positional and keyword arguments to the parameters `names` (the first
+// `req` required); given[i] says whether out[i] was passed. Python's TypeErrors
+// for too many, unknown, repeated or missing arguments.
+void jj_bind(jj_render *r, int line, const char *fname, const char *const *names, int n, int req,
+             const jv *args, int n_args, const jj_str *kw, const jv *kwv, int n_kw, jv *out,
+             bool *given);
+jj_str jj_want_str(jj_render *r, int line, const char *what, const jv *v);
+int64_t jj_want_int(jj_render *r, int line, const char *what, const jv *v);
+
+// A growable list of values.
+typedef struct {
+    jv *v;
+    size_t n, cap;
+} jj_vec;
+
+void jj_vec_push(jj_render *r, jj_vec *v, jv x);
+jv jj_vec_list(jj_render *r, jj_vec *v, jl_kind kind);
+
+// Python's str methods and the string work of the filters (jinja_str.c). By
+// code point where Python counts code points.
+// Methods: implemented ones, then the rest of Python's (refused when called).
+typedef enum {
+    JM_CAPITALIZE,
+    JM_COUNT,
+    JM_ENDSWITH,
+    JM_FIND,
+    JM_JOIN,
+    JM_LOWER,
+    JM_LSTRIP,
+    JM_REMOVEPREFIX,
+    JM_REMOVESUFFIX,
+    JM_REPLACE,
+    JM_RFIND,
+    JM_RSPLIT,
+    JM_RSTRIP,
+    JM_SPLIT,
+    JM_SPLITLINES,
+    JM_STARTSWITH,
+    JM_STRIP,
+    JM_TITLE,
+    JM_UPPER, // str
+    JM_GET,
+    JM_ITEMS,
+    JM_KEYS,
+    JM_VALUES, // dict
+    JM_LCOUNT,
+    JM_INDEX, // list
+    JM_CYCLE, // loop
+    JM_REFUSED,
+} jj_method;
+size_t *jj_cp_offsets(jj_render *r, jj_str s, size_t *count); // [count + 1] byte offsets
+const char *jj_find_sub(jj_str s, size_t from, jj_str sub);   // first sub at or after `from`
+jj_str jj_py_strip(jj_str s, const jj_str *chars, bool left, bool right); // chars NULL: whitespace
+jv jj_py_replace(jj_render *r, int line, jj_str s, jj_str old, jj_str new_, int64_t count);
+jv jj_py_splitlines(jj_render *r, jj_str s, bool keepends);
+typedef enum {
+    JJ_CASE_LOWER,
+    JJ_CASE_UPPER,
+    JJ_CASE_TITLE, // str.title()
+    JJ_CASE_CAPITALIZE,
+    JJ_CASE_JINJA_TITLE, // Jinja's title filter: words begin after - ( { [ < or a space
+} jj_case;
+// Refuses a non-ASCII character that has a case (see jinja_str.c).
+void jj_check_caseless(jj_render *r, int line, const char *fname, jj_str s);
+jv jj_map_case(jj_render *r, int line, const char *fname, jj_str s, jj_case op);
+jv jj_str_method(jj_render *r, int line, jj_method id, const char *name, jj_str s, const jv *args,
+                 int n_args, const jj_str *kw, const jv *kwv, int n_kw);
+jv jj_html_escape(jj_render *r, jj_str s);
+bool jj_parse_py_float(jj_str s, double *out); // Python's float(str); false where it raises
+bool jj_parse_py_int(jj_str s, int64_t *out);  // Python's int(str); false where it raises
 
 #endif

@@ -1,13 +1,10 @@
 // The builtins of the Jinja subset: filters and tests (Jinja2 3.1's, with
 // transformers' tojson), the globals transformers gives a chat template
-// (range, namespace, dict, raise_exception, strftime_now), Python's str,
-// dict and list methods a template may call, attribute and item access,
+// (range, namespace, dict, raise_exception, strftime_now), method lookup
+// (Python's str methods are in jinja_str.c), attribute and item access,
 // slicing and iteration. Python methods epserve does not implement are
-// refused by name when called; case mapping is exact for ASCII and refused
-// for other cased letters rather than approximated.
+// refused by name when called.
 #include "model/jinja_impl.h"
-
-#include "common/utf8.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -15,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <utf8proc.h>
 
 // ---- tables ---------------------------------------------------------------------------
 
@@ -102,115 +98,84 @@ enum { G_RANGE, G_NAMESPACE, G_DICT, G_RAISE, G_STRFTIME, G_N };
 static const char *const GLOBALS[G_N] = {"range", "namespace", "dict", "raise_exception",
                                          "strftime_now"};
 
-// Methods: implemented ones, then the rest of Python's (refused when called).
-typedef enum {
-    M_CAPITALIZE,
-    M_COUNT,
-    M_ENDSWITH,
-    M_FIND,
-    M_JOIN,
-    M_LOWER,
-    M_LSTRIP,
-    M_REMOVEPREFIX,
-    M_REMOVESUFFIX,
-    M_REPLACE,
-    M_RFIND,
-    M_RSPLIT,
-    M_RSTRIP,
-    M_SPLIT,
-    M_SPLITLINES,
-    M_STARTSWITH,
-    M_STRIP,
-    M_TITLE,
-    M_UPPER, // str
-    M_GET,
-    M_ITEMS,
-    M_KEYS,
-    M_VALUES, // dict
-    M_LCOUNT,
-    M_INDEX, // list
-    M_CYCLE, // loop
-    M_REFUSED,
-} method_id;
-
 typedef struct {
     jv_type owner;
     const char *name;
-    method_id id;
+    jj_method id;
 } method;
 
 static const method METHODS[] = {
-    {JV_STR, "capitalize", M_CAPITALIZE},
-    {JV_STR, "count", M_COUNT},
-    {JV_STR, "endswith", M_ENDSWITH},
-    {JV_STR, "find", M_FIND},
-    {JV_STR, "join", M_JOIN},
-    {JV_STR, "lower", M_LOWER},
-    {JV_STR, "lstrip", M_LSTRIP},
-    {JV_STR, "removeprefix", M_REMOVEPREFIX},
-    {JV_STR, "removesuffix", M_REMOVESUFFIX},
-    {JV_STR, "replace", M_REPLACE},
-    {JV_STR, "rfind", M_RFIND},
-    {JV_STR, "rsplit", M_RSPLIT},
-    {JV_STR, "rstrip", M_RSTRIP},
-    {JV_STR, "split", M_SPLIT},
-    {JV_STR, "splitlines", M_SPLITLINES},
-    {JV_STR, "startswith", M_STARTSWITH},
-    {JV_STR, "strip", M_STRIP},
-    {JV_STR, "title", M_TITLE},
-    {JV_STR, "upper", M_UPPER},
-    {JV_DICT, "get", M_GET},
-    {JV_DICT, "items", M_ITEMS},
-    {JV_DICT, "keys", M_KEYS},
-    {JV_DICT, "values", M_VALUES},
-    {JV_LIST, "count", M_LCOUNT},
-    {JV_LIST, "index", M_INDEX},
-    {JV_LOOP, "cycle", M_CYCLE},
-    {JV_LOOP, "changed", M_REFUSED},
-    {JV_STR, "casefold", M_REFUSED},
-    {JV_STR, "center", M_REFUSED},
-    {JV_STR, "encode", M_REFUSED},
-    {JV_STR, "expandtabs", M_REFUSED},
-    {JV_STR, "format", M_REFUSED},
-    {JV_STR, "format_map", M_REFUSED},
-    {JV_STR, "index", M_REFUSED},
-    {JV_STR, "isalnum", M_REFUSED},
-    {JV_STR, "isalpha", M_REFUSED},
-    {JV_STR, "isascii", M_REFUSED},
-    {JV_STR, "isdecimal", M_REFUSED},
-    {JV_STR, "isdigit", M_REFUSED},
-    {JV_STR, "isidentifier", M_REFUSED},
-    {JV_STR, "islower", M_REFUSED},
-    {JV_STR, "isnumeric", M_REFUSED},
-    {JV_STR, "isprintable", M_REFUSED},
-    {JV_STR, "isspace", M_REFUSED},
-    {JV_STR, "istitle", M_REFUSED},
-    {JV_STR, "isupper", M_REFUSED},
-    {JV_STR, "ljust", M_REFUSED},
-    {JV_STR, "maketrans", M_REFUSED},
-    {JV_STR, "partition", M_REFUSED},
-    {JV_STR, "rindex", M_REFUSED},
-    {JV_STR, "rjust", M_REFUSED},
-    {JV_STR, "rpartition", M_REFUSED},
-    {JV_STR, "swapcase", M_REFUSED},
-    {JV_STR, "translate", M_REFUSED},
-    {JV_STR, "zfill", M_REFUSED},
-    {JV_DICT, "clear", M_REFUSED},
-    {JV_DICT, "copy", M_REFUSED},
-    {JV_DICT, "fromkeys", M_REFUSED},
-    {JV_DICT, "pop", M_REFUSED},
-    {JV_DICT, "popitem", M_REFUSED},
-    {JV_DICT, "setdefault", M_REFUSED},
-    {JV_DICT, "update", M_REFUSED},
-    {JV_LIST, "append", M_REFUSED},
-    {JV_LIST, "clear", M_REFUSED},
-    {JV_LIST, "copy", M_REFUSED},
-    {JV_LIST, "extend", M_REFUSED},
-    {JV_LIST, "insert", M_REFUSED},
-    {JV_LIST, "pop", M_REFUSED},
-    {JV_LIST, "remove", M_REFUSED},
-    {JV_LIST, "reverse", M_REFUSED},
-    {JV_LIST, "sort", M_REFUSED},
+    {JV_STR, "capitalize", JM_CAPITALIZE},
+    {JV_STR, "count", JM_COUNT},
+    {JV_STR, "endswith", JM_ENDSWITH},
+    {JV_STR, "find", JM_FIND},
+    {JV_STR, "join", JM_JOIN},
+    {JV_STR, "lower", JM_LOWER},
+    {JV_STR, "lstrip", JM_LSTRIP},
+    {JV_STR, "removeprefix", JM_REMOVEPREFIX},
+    {JV_STR, "removesuffix", JM_REMOVESUFFIX},
+    {JV_STR, "replace", JM_REPLACE},
+    {JV_STR, "rfind", JM_RFIND},
+    {JV_STR, "rsplit", JM_RSPLIT},
+    {JV_STR, "rstrip", JM_RSTRIP},
+    {JV_STR, "split", JM_SPLIT},
+    {JV_STR, "splitlines", JM_SPLITLINES},
+    {JV_STR, "startswith", JM_STARTSWITH},
+    {JV_STR, "strip", JM_STRIP},
+    {JV_STR, "title", JM_TITLE},
+    {JV_STR, "upper", JM_UPPER},
+    {JV_DICT, "get", JM_GET},
+    {JV_DICT, "items", JM_ITEMS},
+    {JV_DICT, "keys", JM_KEYS},
+    {JV_DICT, "values", JM_VALUES},
+    {JV_LIST, "count", JM_LCOUNT},
+    {JV_LIST, "index", JM_INDEX},
+    {JV_LOOP, "cycle", JM_CYCLE},
+    {JV_LOOP, "changed", JM_REFUSED},
+    {JV_STR, "casefold", JM_REFUSED},
+    {JV_STR, "center", JM_REFUSED},
+    {JV_STR, "encode", JM_REFUSED},
+    {JV_STR, "expandtabs", JM_REFUSED},
+    {JV_STR, "format", JM_REFUSED},
+    {JV_STR, "format_map", JM_REFUSED},
+    {JV_STR, "index", JM_REFUSED},
+    {JV_STR, "isalnum", JM_REFUSED},
+    {JV_STR, "isalpha", JM_REFUSED},
+    {JV_STR, "isascii", JM_REFUSED},
+    {JV_STR, "isdecimal", JM_REFUSED},
+    {JV_STR, "isdigit", JM_REFUSED},
+    {JV_STR, "isidentifier", JM_REFUSED},
+    {JV_STR, "islower", JM_REFUSED},
+    {JV_STR, "isnumeric", JM_REFUSED},
+    {JV_STR, "isprintable", JM_REFUSED},
+    {JV_STR, "isspace", JM_REFUSED},
+    {JV_STR, "istitle", JM_REFUSED},
+    {JV_STR, "isupper", JM_REFUSED},
+    {JV_STR, "ljust", JM_REFUSED},
+    {JV_STR, "maketrans", JM_REFUSED},
+    {JV_STR, "partition", JM_REFUSED},
+    {JV_STR, "rindex", JM_REFUSED},
+    {JV_STR, "rjust", JM_REFUSED},
+    {JV_STR, "rpartition", JM_REFUSED},
+    {JV_STR, "swapcase", JM_REFUSED},
+    {JV_STR, "translate", JM_REFUSED},
+    {JV_STR, "zfill", JM_REFUSED},
+    {JV_DICT, "clear", JM_REFUSED},
+    {JV_DICT, "copy", JM_REFUSED},
+    {JV_DICT, "fromkeys", JM_REFUSED},
+    {JV_DICT, "pop", JM_REFUSED},
+    {JV_DICT, "popitem", JM_REFUSED},
+    {JV_DICT, "setdefault", JM_REFUSED},
+    {JV_DICT, "update", JM_REFUSED},
+    {JV_LIST, "append", JM_REFUSED},
+    {JV_LIST, "clear", JM_REFUSED},
+    {JV_LIST, "copy", JM_REFUSED},
+    {JV_LIST, "extend", JM_REFUSED},
+    {JV_LIST, "insert", JM_REFUSED},
+    {JV_LIST, "pop", JM_REFUSED},
+    {JV_LIST, "remove", JM_REFUSED},
+    {JV_LIST, "reverse", JM_REFUSED},
+    {JV_LIST, "sort", JM_REFUSED},
 };
 enum { METHOD_BASE = 100 }; // jj_func ids: globals below, METHODS[id - METHOD_BASE] above
 
@@ -239,44 +204,25 @@ int jj_global_id(jj_str name)
 #define FAIL(...)   jj_fail(r->c, EP_ERR_ARG, line, __VA_ARGS__)
 #define REFUSE(...) jj_fail(r->c, EP_ERR_UNSUPPORTED, line, __VA_ARGS__)
 
-static jv mklist(jj_list *l)
-{
-    return (jv){.t = JV_LIST, .u.l = l};
-}
-
-static jj_str soft_str(jj_render *r, int line, const jv *v)
-{
-    return jv_to_str(r->c, line, v);
-}
-
-static bool is_int(const jv *v)
-{
-    return v->t == JV_INT || v->t == JV_BOOL;
-}
-static int64_t ival(const jv *v)
-{
-    return v->t == JV_BOOL ? v->u.b : v->u.i;
-}
-
-static jj_str want_str(jj_render *r, int line, const char *what, const jv *v)
+jj_str jj_want_str(jj_render *r, int line, const char *what, const jv *v)
 {
     if (v->t == JV_UNDEF) jj_undefined_fail(r->c, line, v);
     if (v->t != JV_STR) FAIL("%s: expected a str, found %s", what, jv_type_name(v));
     return v->u.s;
 }
 
-static int64_t want_int(jj_render *r, int line, const char *what, const jv *v)
+int64_t jj_want_int(jj_render *r, int line, const char *what, const jv *v)
 {
     if (v->t == JV_UNDEF) jj_undefined_fail(r->c, line, v);
-    if (!is_int(v)) FAIL("%s: expected an int, found %s", what, jv_type_name(v));
-    return ival(v);
+    if (!jj_is_int(v)) FAIL("%s: expected an int, found %s", what, jv_type_name(v));
+    return jj_ival(v);
 }
 
 // Binds positional and keyword arguments to the parameters `names` (the first
 // `req` required). given[i] says whether out[i] was passed.
-static void bind(jj_render *r, int line, const char *fname, const char *const *names, int n,
-                 int req, const jv *args, int n_args, const jj_str *kw, const jv *kwv, int n_kw,
-                 jv *out, bool *given)
+void jj_bind(jj_render *r, int line, const char *fname, const char *const *names, int n, int req,
+             const jv *args, int n_args, const jj_str *kw, const jv *kwv, int n_kw, jv *out,
+             bool *given)
 {
     if (n_args > n)
         FAIL("%s() takes at most %d argument%s (%d given)", fname, n, n == 1 ? "" : "s", n_args);
@@ -296,454 +242,6 @@ static void bind(jj_render *r, int line, const char *fname, const char *const *n
     }
     for (int i = 0; i < req; i++)
         if (!given[i]) FAIL("%s() missing required argument '%s'", fname, names[i]);
-}
-
-// Byte offsets of each code point of s, plus s.n at the end: [count + 1].
-static size_t *cp_offsets(jj_render *r, jj_str s, size_t *count)
-{
-    size_t n = jj_cp_count(s), k = 0;
-    size_t *o = jj_alloc(r->c, (n + 1) * sizeof *o);
-    for (size_t i = 0; i < s.n; i++)
-        if (((unsigned char)s.p[i] & 0xC0) != 0x80) o[k++] = i;
-    o[n] = s.n;
-    *count = n;
-    return o;
-}
-
-static const char *find_sub(jj_str s, size_t from, jj_str sub)
-{
-    if (sub.n > s.n - from) return NULL;
-    return jj_memfind(s.p + from, s.n - from, sub.p, sub.n);
-}
-
-// ---- case mapping ---------------------------------------------------------------------
-
-// ASCII case mapping; a non-ASCII character that has a case (or a case
-// mapping) is refused, since Python's full Unicode mapping (ß -> SS, ...)
-// is not reproduced. Characters without case pass through.
-static void check_caseless(jj_render *r, int line, const char *fname, jj_str s)
-{
-    for (size_t i = 0; i < s.n;) {
-        size_t l;
-        uint32_t cp = jj_cp_at(s.p + i, s.n - i, &l);
-        if (cp >= 0x80) {
-            utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)cp);
-            if (cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL ||
-                cat == UTF8PROC_CATEGORY_LT ||
-                utf8proc_toupper((utf8proc_int32_t)cp) != (utf8proc_int32_t)cp ||
-                utf8proc_tolower((utf8proc_int32_t)cp) != (utf8proc_int32_t)cp)
-                REFUSE("%s of the non-ASCII letter '%.*s' is not supported (only ASCII case "
-                       "mapping is)",
-                       fname, (int)l, s.p + i);
-        }
-        i += l;
-    }
-}
-
-typedef enum { CASE_LOWER, CASE_UPPER, CASE_TITLE, CASE_CAPITALIZE, CASE_JINJA_TITLE } case_op;
-
-static jv map_case(jj_render *r, int line, const char *fname, jj_str s, case_op op)
-{
-    check_caseless(r, line, fname, s);
-    char *d = jj_alloc(r->c, s.n + 1);
-    bool prev_cased = false, word_start = true;
-    for (size_t i = 0; i < s.n; i++) {
-        unsigned char ch = (unsigned char)s.p[i];
-        bool alpha = ch < 0x80 && isalpha(ch);
-        switch (op) {
-        case CASE_LOWER:
-            ch = (unsigned char)tolower(ch);
-            break;
-        case CASE_UPPER:
-            ch = (unsigned char)toupper(ch);
-            break;
-        case CASE_CAPITALIZE:
-            ch = (unsigned char)(i == 0 ? toupper(ch) : tolower(ch));
-            break;
-        case CASE_TITLE: // str.title(): a letter after a letter is lower, else upper
-            if (alpha) ch = (unsigned char)(prev_cased ? tolower(ch) : toupper(ch));
-            prev_cased = alpha;
-            break;
-        case CASE_JINJA_TITLE: { // Jinja's title filter: words begin after -, (, {, [, < or space
-            size_t l;
-            uint32_t cp = jj_cp_at(s.p + i, s.n - i, &l);
-            bool sep =
-                cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' || jj_py_isspace(cp);
-            if (sep) {
-                word_start = true;
-            } else {
-                ch = (unsigned char)(word_start ? toupper(ch) : tolower(ch));
-                // only the first byte of a word's first character counts as its start
-                if (((unsigned char)s.p[i] & 0xC0) != 0x80) word_start = false;
-            }
-            break;
-        }
-        }
-        d[i] = (char)(ch < 0x80 ? ch : (unsigned char)s.p[i]);
-    }
-    return jv_strn(d, s.n);
-}
-
-// ---- str methods ----------------------------------------------------------------------
-
-// Python's str.strip family; chars NULL: whitespace.
-static jj_str py_strip(jj_str s, const jj_str *chars, bool left, bool right)
-{
-    size_t b = 0, e = s.n;
-    if (left)
-        while (b < e) {
-            size_t l;
-            uint32_t cp = jj_cp_at(s.p + b, e - b, &l);
-            bool hit = false;
-            if (chars) {
-                for (size_t k = 0; k < chars->n && !hit;) {
-                    size_t cl;
-                    hit = jj_cp_at(chars->p + k, chars->n - k, &cl) == cp;
-                    k += cl;
-                }
-            } else {
-                hit = jj_py_isspace(cp);
-            }
-            if (!hit) break;
-            b += l;
-        }
-    if (right)
-        while (e > b) {
-            size_t st;
-            uint32_t cp = ep_utf8_prev(s.p, e, &st);
-            bool hit = false;
-            if (chars) {
-                for (size_t k = 0; k < chars->n && !hit;) {
-                    size_t cl;
-                    hit = jj_cp_at(chars->p + k, chars->n - k, &cl) == cp;
-                    k += cl;
-                }
-            } else {
-                hit = jj_py_isspace(cp);
-            }
-            if (!hit) break;
-            e = st;
-        }
-    return (jj_str){s.p + b, e - b};
-}
-
-typedef struct {
-    jv *v;
-    size_t n, cap;
-} vec;
-
-static void vec_push(jj_render *r, vec *v, jv x)
-{
-    if (v->n == v->cap) {
-        size_t cap = v->cap ? 2 * v->cap : 8;
-        jv *nv = jj_alloc(r->c, cap * sizeof *nv);
-        if (v->n) memcpy(nv, v->v, v->n * sizeof *nv);
-        v->v = nv;
-        v->cap = cap;
-    }
-    v->v[v->n++] = x;
-}
-
-static jv vec_list(jj_render *r, vec *v, jl_kind kind)
-{
-    jj_list *l = jj_list_new(r->c, v->n, kind);
-    if (v->n) memcpy(l->v, v->v, v->n * sizeof *l->v);
-    return mklist(l);
-}
-
-static size_t ws_len_at(jj_str s, size_t i)
-{
-    size_t l;
-    uint32_t cp = jj_cp_at(s.p + i, s.n - i, &l);
-    return jj_py_isspace(cp) ? l : 0;
-}
-
-static jv py_split(jj_render *r, int line, jj_str s, const jv *sepv, int64_t maxsplit)
-{
-    vec out = {0};
-    jj_step(r, line, (long long)s.n / 64);
-    if (sepv->t == JV_NONE || sepv->t == JV_UNDEF) { // runs of whitespace
-        size_t i = 0, l;
-        while (i < s.n) {
-            while (i < s.n && (l = ws_len_at(s, i)))
-                i += l;
-            if (i >= s.n) break;
-            if (maxsplit >= 0 && (int64_t)out.n == maxsplit) {
-                vec_push(r, &out, jv_strn(s.p + i, s.n - i));
-                break;
-            }
-            size_t j = i;
-            while (j < s.n && !ws_len_at(s, j))
-                j += 1;
-            vec_push(r, &out, jv_strn(s.p + i, j - i));
-            i = j;
-        }
-        return vec_list(r, &out, JL_LIST);
-    }
-    jj_str sep = want_str(r, line, "split() separator", sepv);
-    if (!sep.n) FAIL("split(): empty separator");
-    size_t i = 0;
-    const char *hit;
-    while ((maxsplit < 0 || (int64_t)out.n < maxsplit) && (hit = find_sub(s, i, sep))) {
-        vec_push(r, &out, jv_strn(s.p + i, (size_t)(hit - s.p) - i));
-        i = (size_t)(hit - s.p) + sep.n;
-    }
-    vec_push(r, &out, jv_strn(s.p + i, s.n - i));
-    return vec_list(r, &out, JL_LIST);
-}
-
-static jv py_rsplit(jj_render *r, int line, jj_str s, const jv *sepv, int64_t maxsplit)
-{
-    vec out = {0};
-    jj_step(r, line, (long long)s.n / 64);
-    if (sepv->t == JV_NONE || sepv->t == JV_UNDEF) {
-        size_t e = s.n;
-        while (e > 0) {
-            size_t st;
-            while (e > 0 && jj_py_isspace(ep_utf8_prev(s.p, e, &st)))
-                e = st;
-            if (!e) break;
-            if (maxsplit >= 0 && (int64_t)out.n == maxsplit) {
-                vec_push(r, &out, jv_strn(s.p, e));
-                break;
-            }
-            size_t b = e;
-            while (b > 0 && !jj_py_isspace(ep_utf8_prev(s.p, b, &st)))
-                b = st;
-            vec_push(r, &out, jv_strn(s.p + b, e - b));
-            e = b;
-        }
-    } else {
-        jj_str sep = want_str(r, line, "rsplit() separator", sepv);
-        if (!sep.n) FAIL("rsplit(): empty separator");
-        size_t e = s.n;
-        while (maxsplit < 0 || (int64_t)out.n < maxsplit) {
-            const char *hit = NULL;
-            for (size_t i = e >= sep.n ? e - sep.n + 1 : 0; i-- > 0;)
-                if (!memcmp(s.p + i, sep.p, sep.n)) {
-                    hit = s.p + i;
-                    break;
-                }
-            if (!hit) break;
-            size_t h = (size_t)(hit - s.p);
-            vec_push(r, &out, jv_strn(s.p + h + sep.n, e - h - sep.n));
-            e = h;
-        }
-        vec_push(r, &out, jv_strn(s.p, e));
-    }
-    for (size_t i = 0; i < out.n / 2; i++) { // collected back to front
-        jv t = out.v[i];
-        out.v[i] = out.v[out.n - 1 - i];
-        out.v[out.n - 1 - i] = t;
-    }
-    return vec_list(r, &out, JL_LIST);
-}
-
-static jv py_replace(jj_render *r, int line, jj_str s, jj_str old, jj_str new_, int64_t count)
-{
-    jj_buf b = {0};
-    jj_buf_add(r->c, &b, "", 0);
-    jj_step(r, line, (long long)s.n / 64);
-    if (!old.n) { // Python inserts `new` before every character and at the end
-        size_t i = 0;
-        int64_t done = 0;
-        while (count < 0 || done < count) {
-            jj_buf_add(r->c, &b, new_.p, new_.n);
-            done++;
-            if (i >= s.n) {
-                i = s.n + 1;
-                break;
-            }
-            size_t l;
-            jj_cp_at(s.p + i, s.n - i, &l);
-            jj_buf_add(r->c, &b, s.p + i, l);
-            i += l;
-        }
-        if (i <= s.n) jj_buf_add(r->c, &b, s.p + i, s.n - i);
-        return jv_strn(b.p, b.n);
-    }
-    size_t i = 0;
-    const char *hit;
-    int64_t done = 0;
-    while ((count < 0 || done < count) && (hit = find_sub(s, i, old))) {
-        jj_buf_add(r->c, &b, s.p + i, (size_t)(hit - s.p) - i);
-        jj_buf_add(r->c, &b, new_.p, new_.n);
-        i = (size_t)(hit - s.p) + old.n;
-        done++;
-    }
-    jj_buf_add(r->c, &b, s.p + i, s.n - i);
-    return jv_strn(b.p, b.n);
-}
-
-// Python's str.splitlines line boundaries.
-static size_t line_break_len(jj_str s, size_t i)
-{
-    size_t l;
-    uint32_t cp = jj_cp_at(s.p + i, s.n - i, &l);
-    if (cp == '\r' && i + 1 < s.n && s.p[i + 1] == '\n') return 2;
-    if (cp == '\n' || cp == '\r' || cp == 0x0B || cp == 0x0C || cp == 0x1C || cp == 0x1D ||
-        cp == 0x1E || cp == 0x85 || cp == 0x2028 || cp == 0x2029)
-        return l;
-    return 0;
-}
-
-static jv py_splitlines(jj_render *r, jj_str s, bool keepends)
-{
-    vec out = {0};
-    size_t i = 0, start = 0;
-    while (i < s.n) {
-        size_t bl = line_break_len(s, i);
-        if (bl) {
-            vec_push(r, &out, jv_strn(s.p + start, (keepends ? i + bl : i) - start));
-            i += bl;
-            start = i;
-        } else {
-            size_t l;
-            jj_cp_at(s.p + i, s.n - i, &l);
-            i += l;
-        }
-    }
-    if (start < s.n) vec_push(r, &out, jv_strn(s.p + start, s.n - start));
-    return vec_list(r, &out, JL_LIST);
-}
-
-static bool affix_match(jj_render *r, int line, const char *fname, jj_str s, const jv *arg,
-                        bool end)
-{
-    if (arg->t == JV_LIST && arg->u.l->kind == JL_TUPLE) {
-        for (size_t i = 0; i < arg->u.l->n; i++)
-            if (affix_match(r, line, fname, s, &arg->u.l->v[i], end)) return true;
-        return false;
-    }
-    if (arg->t != JV_STR)
-        FAIL("%s first arg must be str or a tuple of str, not %s", fname, jv_type_name(arg));
-    jj_str a = arg->u.s;
-    if (a.n > s.n) return false;
-    return !memcmp(end ? s.p + s.n - a.n : s.p, a.p, a.n);
-}
-
-static jv py_join(jj_render *r, int line, jj_str sep, const jv *iterable)
-{
-    jj_list *items = jj_iterate(r, line, *iterable, "str.join()");
-    jj_buf b = {0};
-    jj_buf_add(r->c, &b, "", 0);
-    for (size_t i = 0; i < items->n; i++) {
-        if (items->v[i].t != JV_STR)
-            FAIL("sequence item %zu: expected str instance, %s found", i,
-                 jv_type_name(&items->v[i]));
-        if (i) jj_buf_add(r->c, &b, sep.p, sep.n);
-        jj_buf_add(r->c, &b, items->v[i].u.s.p, items->v[i].u.s.n);
-    }
-    jj_step(r, line, (long long)b.n / 64 + (long long)items->n);
-    return jv_strn(b.p, b.n);
-}
-
-static jv str_method(jj_render *r, int line, method_id id, const char *name, jj_str s,
-                     const jv *args, int n_args, const jj_str *kw, const jv *kwv, int n_kw)
-{
-    jv a[3];
-    bool g[3];
-    char fname[32];
-    snprintf(fname, sizeof fname, "str.%s", name);
-    switch (id) {
-    case M_CAPITALIZE:
-    case M_LOWER:
-    case M_UPPER:
-    case M_TITLE:
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
-        return map_case(r, line, fname, s,
-                        id == M_LOWER   ? CASE_LOWER
-                        : id == M_UPPER ? CASE_UPPER
-                        : id == M_TITLE ? CASE_TITLE
-                                        : CASE_CAPITALIZE);
-    case M_STRIP:
-    case M_LSTRIP:
-    case M_RSTRIP: {
-        static const char *const p[] = {"chars"};
-        bind(r, line, fname, p, 1, 0, args, n_args, kw, kwv, n_kw, a, g);
-        jj_str chars;
-        bool has = g[0] && a[0].t != JV_NONE;
-        if (has) chars = want_str(r, line, fname, &a[0]);
-        jj_str o = py_strip(s, has ? &chars : NULL, id != M_RSTRIP, id != M_LSTRIP);
-        return jv_strn(o.p, o.n);
-    }
-    case M_SPLIT:
-    case M_RSPLIT: {
-        static const char *const p[] = {"sep", "maxsplit"};
-        bind(r, line, fname, p, 2, 0, args, n_args, kw, kwv, n_kw, a, g);
-        jv sep = g[0] ? a[0] : jv_none();
-        int64_t max = g[1] ? want_int(r, line, fname, &a[1]) : -1;
-        return id == M_SPLIT ? py_split(r, line, s, &sep, max) : py_rsplit(r, line, s, &sep, max);
-    }
-    case M_SPLITLINES: {
-        static const char *const p[] = {"keepends"};
-        bind(r, line, fname, p, 1, 0, args, n_args, kw, kwv, n_kw, a, g);
-        return py_splitlines(r, s, g[0] && jv_truthy(&a[0]));
-    }
-    case M_REPLACE: {
-        static const char *const p[] = {"old", "new", "count"};
-        bind(r, line, fname, p, 3, 2, args, n_args, kw, kwv, n_kw, a, g);
-        return py_replace(r, line, s, want_str(r, line, fname, &a[0]),
-                          want_str(r, line, fname, &a[1]),
-                          g[2] ? want_int(r, line, fname, &a[2]) : -1);
-    }
-    case M_STARTSWITH:
-    case M_ENDSWITH: {
-        static const char *const p[] = {"prefix"};
-        if (n_args > 1 || n_kw) REFUSE("%s(): start and end arguments are not supported", fname);
-        bind(r, line, fname, p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
-        return jv_bool(affix_match(r, line, fname, s, &a[0], id == M_ENDSWITH));
-    }
-    case M_FIND:
-    case M_RFIND:
-    case M_COUNT: {
-        static const char *const p[] = {"sub"};
-        if (n_args > 1 || n_kw) REFUSE("%s(): start and end arguments are not supported", fname);
-        bind(r, line, fname, p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
-        jj_str sub = want_str(r, line, fname, &a[0]);
-        jj_step(r, line, (long long)s.n / 64);
-        if (id == M_COUNT) {
-            if (!sub.n) return jv_int((int64_t)jj_cp_count(s) + 1);
-            int64_t k = 0;
-            size_t i = 0;
-            const char *hit;
-            while ((hit = find_sub(s, i, sub))) {
-                k++;
-                i = (size_t)(hit - s.p) + sub.n;
-            }
-            return jv_int(k);
-        }
-        const char *hit = NULL;
-        if (id == M_FIND) {
-            hit = find_sub(s, 0, sub);
-        } else {
-            for (size_t i = s.n >= sub.n ? s.n - sub.n + 1 : 0; i-- > 0;)
-                if (!memcmp(s.p + i, sub.p, sub.n)) {
-                    hit = s.p + i;
-                    break;
-                }
-        }
-        if (!hit) return jv_int(-1);
-        return jv_int((int64_t)jj_cp_count((jj_str){s.p, (size_t)(hit - s.p)}));
-    }
-    case M_JOIN: {
-        static const char *const p[] = {"iterable"};
-        bind(r, line, fname, p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
-        return py_join(r, line, s, &a[0]);
-    }
-    case M_REMOVEPREFIX:
-    case M_REMOVESUFFIX: {
-        static const char *const p[] = {"affix"};
-        bind(r, line, fname, p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
-        jj_str x = want_str(r, line, fname, &a[0]);
-        if (x.n <= s.n && !memcmp(id == M_REMOVESUFFIX ? s.p + s.n - x.n : s.p, x.p, x.n))
-            return id == M_REMOVESUFFIX ? jv_strn(s.p, s.n - x.n) : jv_strn(s.p + x.n, s.n - x.n);
-        return jv_strn(s.p, s.n);
-    }
-    default:
-        break;
-    }
-    REFUSE("%s() is not supported", fname);
 }
 
 // ---- attribute and item access --------------------------------------------------------
@@ -838,8 +336,8 @@ jv jj_getitem(jj_render *r, int line, jv obj, jv key)
     }
     if ((obj.t == JV_LIST && obj.u.l->kind != JL_GEN && obj.u.l->kind != JL_VIEW) ||
         obj.t == JV_STR) {
-        if (is_int(&key)) {
-            int64_t i = ival(&key);
+        if (jj_is_int(&key)) {
+            int64_t i = jj_ival(&key);
             if (obj.t == JV_LIST) {
                 int64_t n = (int64_t)obj.u.l->n;
                 if (i < 0) i += n;
@@ -847,7 +345,7 @@ jv jj_getitem(jj_render *r, int line, jv obj, jv key)
                 return obj.u.l->v[i];
             }
             size_t n;
-            size_t *o = cp_offsets(r, obj.u.s, &n);
+            size_t *o = jj_cp_offsets(r, obj.u.s, &n);
             if (i < 0) i += (int64_t)n;
             if (i < 0 || i >= (int64_t)n) return jv_undef("string index out of range");
             return jv_strn(obj.u.s.p + o[i], o[i + 1] - o[i]);
@@ -865,7 +363,7 @@ static size_t slice_indices(int64_t len, const jv *startv, const jv *stopv, int6
     if (startv->t == JV_NONE) {
         *start = neg ? len - 1 : 0;
     } else {
-        *start = ival(startv);
+        *start = jj_ival(startv);
         if (*start < 0) {
             *start += len;
             if (*start < 0) *start = neg ? -1 : 0;
@@ -876,7 +374,7 @@ static size_t slice_indices(int64_t len, const jv *startv, const jv *stopv, int6
     if (stopv->t == JV_NONE) {
         *stop = neg ? -1 : len;
     } else {
-        *stop = ival(stopv);
+        *stop = jj_ival(stopv);
         if (*stop < 0) {
             *stop += len;
             if (*stop < 0) *stop = neg ? -1 : 0;
@@ -896,14 +394,14 @@ jv jj_slice(jj_render *r, int line, jv obj, const jv *start, const jv *stop, con
     const jv *b[3] = {start, stop, step};
     for (int i = 0; i < 3; i++) {
         if (b[i]->t == JV_UNDEF) jj_undefined_fail(r->c, line, b[i]);
-        if (b[i]->t != JV_NONE && !is_int(b[i]))
+        if (b[i]->t != JV_NONE && !jj_is_int(b[i]))
             FAIL("slice indices must be integers or None, found %s", jv_type_name(b[i]));
     }
-    int64_t st = step->t == JV_NONE ? 1 : ival(step);
+    int64_t st = step->t == JV_NONE ? 1 : jj_ival(step);
     if (st == 0) FAIL("slice step cannot be zero");
     if (obj.t == JV_STR) {
         size_t n;
-        size_t *o = cp_offsets(r, obj.u.s, &n);
+        size_t *o = jj_cp_offsets(r, obj.u.s, &n);
         int64_t s0, s1;
         size_t k = slice_indices((int64_t)n, start, stop, st, &s0, &s1);
         jj_buf out = {0};
@@ -922,7 +420,7 @@ jv jj_slice(jj_render *r, int line, jv obj, const jv *start, const jv *stop, con
         for (size_t i = 0; i < k; i++)
             l->v[i] = obj.u.l->v[s0 + (int64_t)i * st];
         jj_step(r, line, (long long)k);
-        return mklist(l);
+        return jj_mklist(l);
     }
     FAIL("'%s' object is not subscriptable", jv_type_name(&obj));
 }
@@ -942,7 +440,7 @@ jj_list *jj_iterate(jj_render *r, int line, jv v, const char *what)
     }
     case JV_STR: {
         size_t n;
-        size_t *o = cp_offsets(r, v.u.s, &n);
+        size_t *o = jj_cp_offsets(r, v.u.s, &n);
         jj_list *l = jj_list_new(r->c, n, JL_LIST);
         for (size_t i = 0; i < n; i++)
             l->v[i] = jv_strn(v.u.s.p + o[i], o[i + 1] - o[i]);
@@ -957,8 +455,8 @@ jj_list *jj_iterate(jj_render *r, int line, jv v, const char *what)
 
 static bool str_case_test(jj_render *r, int line, const jv *v, bool upper)
 {
-    jj_str s = soft_str(r, line, v);
-    check_caseless(r, line, upper ? "isupper()" : "islower()", s);
+    jj_str s = jj_soft_str(r, line, v);
+    jj_check_caseless(r, line, upper ? "isupper()" : "islower()", s);
     bool cased = false;
     for (size_t i = 0; i < s.n; i++) {
         unsigned char ch = (unsigned char)s.p[i];
@@ -1017,16 +515,16 @@ bool jj_call_test(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
     case T_DIVISIBLEBY: {
         jv d = id == T_DIVISIBLEBY ? *a : jv_int(2);
         if (v.t == JV_UNDEF) jj_undefined_fail(r->c, line, &v);
-        if (!(is_int(&v) || v.t == JV_FLOAT) || !(is_int(&d) || d.t == JV_FLOAT))
+        if (!(jj_is_int(&v) || v.t == JV_FLOAT) || !(jj_is_int(&d) || d.t == JV_FLOAT))
             FAIL("unsupported operand type(s) for %%: '%s' and '%s'", jv_type_name(&v),
                  jv_type_name(&d));
-        double x = v.t == JV_FLOAT ? v.u.f : (double)ival(&v);
-        double y = d.t == JV_FLOAT ? d.u.f : (double)ival(&d);
+        double x = v.t == JV_FLOAT ? v.u.f : (double)jj_ival(&v);
+        double y = d.t == JV_FLOAT ? d.u.f : (double)jj_ival(&d);
         if (y == 0) FAIL("%s by zero", "modulo");
         bool zero;
-        if (is_int(&v) && is_int(&d)) {
-            int64_t q = ival(&d);
-            zero = q == -1 || ival(&v) % q == 0;
+        if (jj_is_int(&v) && jj_is_int(&d)) {
+            int64_t q = jj_ival(&d);
+            zero = q == -1 || jj_ival(&v) % q == 0;
         } else {
             double m = fmod(x, y);
             zero = m == 0;
@@ -1077,112 +575,6 @@ bool jj_call_test(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
 
 // ---- filters --------------------------------------------------------------------------
 
-static jv html_escape(jj_render *r, jj_str s)
-{
-    jj_buf b = {0};
-    jj_buf_add(r->c, &b, "", 0);
-    for (size_t i = 0; i < s.n; i++) {
-        const char *e = NULL;
-        switch (s.p[i]) {
-        case '&':
-            e = "&amp;";
-            break;
-        case '<':
-            e = "&lt;";
-            break;
-        case '>':
-            e = "&gt;";
-            break;
-        case '"':
-            e = "&#34;";
-            break;
-        case '\'':
-            e = "&#39;";
-            break;
-        default:
-            break;
-        }
-        if (e)
-            jj_buf_addc(r->c, &b, e);
-        else
-            jj_buf_add(r->c, &b, s.p + i, 1);
-    }
-    return jv_strn(b.p, b.n);
-}
-
-// Python's float(str): optional whitespace, sign, digits with one point and
-// an exponent, or inf/infinity/nan. Returns false when Python would raise.
-static bool parse_py_float(jj_str s, double *out)
-{
-    jj_str t = py_strip(s, NULL, true, true);
-    char buf[128];
-    size_t k = 0;
-    for (size_t i = 0; i < t.n; i++) {
-        char ch = t.p[i];
-        if (ch == '_') {
-            bool ok = i > 0 && i + 1 < t.n && isdigit((unsigned char)t.p[i - 1]) &&
-                      isdigit((unsigned char)t.p[i + 1]);
-            if (!ok) return false;
-            continue;
-        }
-        if (k >= sizeof buf - 1) return false;
-        buf[k++] = ch;
-    }
-    buf[k] = 0;
-    const char *p = buf;
-    if (*p == '+' || *p == '-') p++;
-    if (!strcasecmp(p, "inf") || !strcasecmp(p, "infinity") || !strcasecmp(p, "nan")) {
-        *out = strtod(buf, NULL);
-        return true;
-    }
-    bool digits = false;
-    const char *q = p;
-    while (isdigit((unsigned char)*q))
-        q++, digits = true;
-    if (*q == '.') {
-        q++;
-        while (isdigit((unsigned char)*q))
-            q++, digits = true;
-    }
-    if (!digits) return false;
-    if (*q == 'e' || *q == 'E') {
-        q++;
-        if (*q == '+' || *q == '-') q++;
-        if (!isdigit((unsigned char)*q)) return false;
-        while (isdigit((unsigned char)*q))
-            q++;
-    }
-    if (*q) return false;
-    *out = strtod(buf, NULL);
-    return true;
-}
-
-// Python's int(str, 10): whitespace, sign, digits with single underscores between.
-static bool parse_py_int(jj_str s, int64_t *out)
-{
-    jj_str t = py_strip(s, NULL, true, true);
-    size_t i = 0;
-    bool neg = false;
-    if (i < t.n && (t.p[i] == '+' || t.p[i] == '-')) neg = t.p[i++] == '-';
-    if (i >= t.n) return false;
-    uint64_t v = 0;
-    bool prev_digit = false;
-    for (; i < t.n; i++) {
-        char ch = t.p[i];
-        if (ch == '_' && prev_digit && i + 1 < t.n && isdigit((unsigned char)t.p[i + 1])) {
-            prev_digit = false;
-            continue;
-        }
-        if (!isdigit((unsigned char)ch)) return false;
-        if (v > (UINT64_MAX - 9) / 10) return false;
-        v = v * 10 + (uint64_t)(ch - '0');
-        prev_digit = true;
-    }
-    if (v > (uint64_t)INT64_MAX + neg) return false;
-    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
-    return true;
-}
-
 // Jinja's make_attrgetter: "a.b.0" looked up part by part with getitem.
 static jv attr_path(jj_render *r, int line, jv item, jj_str path)
 {
@@ -1198,7 +590,7 @@ static jv attr_path(jj_render *r, int line, jv item, jj_str path)
         jv key = jv_strn(part.p, part.n);
         if (digits) {
             int64_t n;
-            if (parse_py_int(part, &n)) key = jv_int(n);
+            if (jj_parse_py_int(part, &n)) key = jv_int(n);
         }
         item = jj_getitem(r, line, item, key);
         i = j + 1;
@@ -1229,7 +621,7 @@ static jv filter_length(jj_render *r, int line, jv v)
 static bool select_one(jj_render *r, int line, jv item, const jv *args, int n_args)
 {
     if (!n_args) return jv_truthy(&item);
-    jj_str name = want_str(r, line, "the test name", &args[0]);
+    jj_str name = jj_want_str(r, line, "the test name", &args[0]);
     int tid = jj_test_id(name);
     if (tid < 0) REFUSE("test '%.*s' is not supported", (int)name.n, name.p);
     return jj_call_test(r, line, tid, item, args + 1, n_args - 1);
@@ -1244,12 +636,12 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
     jj_step(r, line, 1);
     switch (id) {
     case F_ABS:
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
         if (v.t == JV_FLOAT) return jv_float(fabs(v.u.f));
-        if (is_int(&v)) {
-            if (ival(&v) == INT64_MIN)
+        if (jj_is_int(&v)) {
+            if (jj_ival(&v) == INT64_MIN)
                 REFUSE("integer overflow (Python's integers are unbounded; epserve's are 64-bit)");
-            return jv_int(ival(&v) < 0 ? -ival(&v) : ival(&v));
+            return jv_int(jj_ival(&v) < 0 ? -jj_ival(&v) : jj_ival(&v));
         }
         if (v.t == JV_UNDEF) jj_undefined_fail(r->c, line, &v);
         FAIL("bad operand type for abs(): '%s'", jv_type_name(&v));
@@ -1257,31 +649,31 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
     case F_LOWER:
     case F_UPPER:
     case F_TITLE:
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
-        return map_case(r, line, fname, soft_str(r, line, &v),
-                        id == F_LOWER   ? CASE_LOWER
-                        : id == F_UPPER ? CASE_UPPER
-                        : id == F_TITLE ? CASE_JINJA_TITLE
-                                        : CASE_CAPITALIZE);
+        jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+        return jj_map_case(r, line, fname, jj_soft_str(r, line, &v),
+                           id == F_LOWER   ? JJ_CASE_LOWER
+                           : id == F_UPPER ? JJ_CASE_UPPER
+                           : id == F_TITLE ? JJ_CASE_JINJA_TITLE
+                                           : JJ_CASE_CAPITALIZE);
     case F_COUNT:
     case F_LENGTH:
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
         return filter_length(r, line, v);
     case F_D:
     case F_DEFAULT: {
         static const char *const p[] = {"default_value", "boolean"};
-        bind(r, line, fname, p, 2, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, p, 2, 0, args, n_args, kw, kwv, n_kw, a, g);
         if (v.t == JV_UNDEF || (g[1] && jv_truthy(&a[1]) && !jv_truthy(&v)))
             return g[0] ? a[0] : jv_strn("", 0);
         return v;
     }
     case F_E:
     case F_ESCAPE:
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
-        return html_escape(r, soft_str(r, line, &v));
+        jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+        return jj_html_escape(r, jj_soft_str(r, line, &v));
     case F_FIRST:
     case F_LAST: {
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
         if (id == F_LAST && v.t == JV_LIST && v.u.l->kind == JL_GEN)
             FAIL("'generator' object is not reversible");
         jj_list *l = jj_iterate(r, line, v, fname);
@@ -1292,23 +684,23 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
     }
     case F_FLOAT: {
         static const char *const p[] = {"default"};
-        bind(r, line, fname, p, 1, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, p, 1, 0, args, n_args, kw, kwv, n_kw, a, g);
         jv def = g[0] ? a[0] : jv_float(0.0);
         if (v.t == JV_UNDEF) jj_undefined_fail(r->c, line, &v); // Undefined.__float__ fails
         if (v.t == JV_FLOAT) return v;
-        if (is_int(&v)) return jv_float((double)ival(&v));
+        if (jj_is_int(&v)) return jv_float((double)jj_ival(&v));
         double d;
-        if (v.t == JV_STR && parse_py_float(v.u.s, &d)) return jv_float(d);
+        if (v.t == JV_STR && jj_parse_py_float(v.u.s, &d)) return jv_float(d);
         return def;
     }
     case F_INT: {
         static const char *const p[] = {"default", "base"};
-        bind(r, line, fname, p, 2, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, p, 2, 0, args, n_args, kw, kwv, n_kw, a, g);
         jv def = g[0] ? a[0] : jv_int(0);
-        if (g[1] && !(is_int(&a[1]) && ival(&a[1]) == 10))
+        if (g[1] && !(jj_is_int(&a[1]) && jj_ival(&a[1]) == 10))
             REFUSE("int(): bases other than 10 are not supported");
         if (v.t == JV_UNDEF) jj_undefined_fail(r->c, line, &v); // Undefined.__int__ fails
-        if (is_int(&v)) return jv_int(ival(&v));
+        if (jj_is_int(&v)) return jv_int(jj_ival(&v));
         if (v.t == JV_FLOAT) {
             if (!isfinite(v.u.f)) return def;
             if (fabs(v.u.f) >= 9.2e18)
@@ -1319,8 +711,8 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
         if (v.t == JV_STR) {
             int64_t n;
             double d;
-            if (parse_py_int(v.u.s, &n)) return jv_int(n);
-            if (parse_py_float(v.u.s, &d) && isfinite(d)) {
+            if (jj_parse_py_int(v.u.s, &n)) return jv_int(n);
+            if (jj_parse_py_float(v.u.s, &d) && isfinite(d)) {
                 if (fabs(d) >= 9.2e18)
                     REFUSE("integer overflow (Python's integers are unbounded; epserve's are "
                            "64-bit)");
@@ -1330,30 +722,30 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
         return def;
     }
     case F_ITEMS: {
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
-        if (v.t == JV_UNDEF) return mklist(jj_list_new(r->c, 0, JL_GEN));
+        jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+        if (v.t == JV_UNDEF) return jj_mklist(jj_list_new(r->c, 0, JL_GEN));
         if (v.t != JV_DICT) FAIL("Can only get item pairs from a mapping.");
         jj_list *l = jj_list_new(r->c, v.u.d->n, JL_GEN);
         for (size_t i = 0; i < v.u.d->n; i++) {
             jj_list *pair = jj_list_new(r->c, 2, JL_TUPLE);
             pair->v[0] = jv_strn(v.u.d->k[i].p, v.u.d->k[i].n);
             pair->v[1] = v.u.d->v[i];
-            l->v[i] = mklist(pair);
+            l->v[i] = jj_mklist(pair);
         }
-        return mklist(l);
+        return jj_mklist(l);
     }
     case F_JOIN: {
         static const char *const p[] = {"d", "attribute"};
-        bind(r, line, fname, p, 2, 0, args, n_args, kw, kwv, n_kw, a, g);
-        jj_str sep = g[0] ? soft_str(r, line, &a[0]) : (jj_str){"", 0};
+        jj_bind(r, line, fname, p, 2, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_str sep = g[0] ? jj_soft_str(r, line, &a[0]) : (jj_str){"", 0};
         jj_list *l = jj_iterate(r, line, v, "join");
         jj_buf b = {0};
         jj_buf_add(r->c, &b, "", 0);
         for (size_t i = 0; i < l->n; i++) {
             jv item = l->v[i];
             if (g[1] && a[1].t != JV_NONE)
-                item = attr_path(r, line, item, want_str(r, line, "join attribute", &a[1]));
-            jj_str s = soft_str(r, line, &item);
+                item = attr_path(r, line, item, jj_want_str(r, line, "join attribute", &a[1]));
+            jj_str s = jj_soft_str(r, line, &item);
             if (i) jj_buf_add(r->c, &b, sep.p, sep.n);
             jj_buf_add(r->c, &b, s.p, s.n);
         }
@@ -1361,26 +753,26 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
         return jv_strn(b.p, b.n);
     }
     case F_LIST: {
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
         jj_list *l = jj_iterate(r, line, v, "list");
         jj_list *o = jj_list_new(r->c, l->n, JL_LIST);
         if (l->n) memcpy(o->v, l->v, l->n * sizeof *o->v);
-        return mklist(o);
+        return jj_mklist(o);
     }
     case F_MAP: {
         jj_list *l = jj_iterate(r, line, v, "map");
         jj_list *o = jj_list_new(r->c, l->n, JL_GEN);
         if (!n_args) { // map(attribute='x', default=...)
             static const char *const p[] = {"attribute", "default"};
-            bind(r, line, fname, p, 2, 0, args, n_args, kw, kwv, n_kw, a, g);
+            jj_bind(r, line, fname, p, 2, 0, args, n_args, kw, kwv, n_kw, a, g);
             if (!g[0]) FAIL("map: give a filter name or attribute=");
-            jj_str path = want_str(r, line, "map attribute", &a[0]);
+            jj_str path = jj_want_str(r, line, "map attribute", &a[0]);
             for (size_t i = 0; i < l->n; i++) {
                 o->v[i] = attr_path(r, line, l->v[i], path);
                 if (o->v[i].t == JV_UNDEF && g[1]) o->v[i] = a[1];
             }
         } else {
-            jj_str name = want_str(r, line, "the filter name", &args[0]);
+            jj_str name = jj_want_str(r, line, "the filter name", &args[0]);
             int fid = jj_filter_id(name);
             if (fid < 0) REFUSE("filter '%.*s' is not supported", (int)name.n, name.p);
             for (size_t i = 0; i < l->n; i++)
@@ -1388,7 +780,7 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
                     jj_call_filter(r, line, fid, l->v[i], args + 1, n_args - 1, kw, kwv, n_kw);
         }
         jj_step(r, line, (long long)l->n);
-        return mklist(o);
+        return jj_mklist(o);
     }
     case F_SELECT:
     case F_REJECT:
@@ -1399,25 +791,25 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
         bool want = id == F_SELECT || id == F_SELECTATTR;
         if (attr && !n_args) FAIL("%s() missing required argument 'attr'", fname);
         jj_list *l = jj_iterate(r, line, v, fname);
-        vec out = {0};
-        jj_str path = attr ? want_str(r, line, "the attribute", &args[0]) : (jj_str){0};
+        jj_vec out = {0};
+        jj_str path = attr ? jj_want_str(r, line, "the attribute", &args[0]) : (jj_str){0};
         for (size_t i = 0; i < l->n; i++) {
             jv item = attr ? attr_path(r, line, l->v[i], path) : l->v[i];
             if (select_one(r, line, item, args + attr, n_args - attr) == want)
-                vec_push(r, &out, l->v[i]);
+                jj_vec_push(r, &out, l->v[i]);
         }
         jj_step(r, line, (long long)l->n);
-        return vec_list(r, &out, JL_GEN);
+        return jj_vec_list(r, &out, JL_GEN);
     }
     case F_REPLACE: {
         static const char *const p[] = {"old", "new", "count"};
-        bind(r, line, fname, p, 3, 2, args, n_args, kw, kwv, n_kw, a, g);
-        int64_t count = g[2] && a[2].t != JV_NONE ? want_int(r, line, fname, &a[2]) : -1;
-        return py_replace(r, line, soft_str(r, line, &v), soft_str(r, line, &a[0]),
-                          soft_str(r, line, &a[1]), count);
+        jj_bind(r, line, fname, p, 3, 2, args, n_args, kw, kwv, n_kw, a, g);
+        int64_t count = g[2] && a[2].t != JV_NONE ? jj_want_int(r, line, fname, &a[2]) : -1;
+        return jj_py_replace(r, line, jj_soft_str(r, line, &v), jj_soft_str(r, line, &a[0]),
+                             jj_soft_str(r, line, &a[1]), count);
     }
     case F_REVERSE: {
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
         if (v.t == JV_STR) {
             jv step = jv_int(-1), none = jv_none();
             return jj_slice(r, line, v, &none, &none, &step);
@@ -1426,31 +818,31 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
         jj_list *o = jj_list_new(r->c, l->n, JL_GEN);
         for (size_t i = 0; i < l->n; i++)
             o->v[i] = l->v[l->n - 1 - i];
-        return mklist(o);
+        return jj_mklist(o);
     }
     case F_SAFE:
     case F_STRING: {
-        bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
-        jj_str s = soft_str(r, line, &v);
+        jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_str s = jj_soft_str(r, line, &v);
         return jv_strn(s.p, s.n);
     }
     case F_TRIM: {
         static const char *const p[] = {"chars"};
-        bind(r, line, fname, p, 1, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, p, 1, 0, args, n_args, kw, kwv, n_kw, a, g);
         jj_str chars;
         bool has = g[0] && a[0].t != JV_NONE;
-        if (has) chars = want_str(r, line, "trim", &a[0]);
-        jj_str o = py_strip(soft_str(r, line, &v), has ? &chars : NULL, true, true);
+        if (has) chars = jj_want_str(r, line, "trim", &a[0]);
+        jj_str o = jj_py_strip(jj_soft_str(r, line, &v), has ? &chars : NULL, true, true);
         return jv_strn(o.p, o.n);
     }
     case F_INDENT: {
         static const char *const p[] = {"width", "first", "blank"};
-        bind(r, line, fname, p, 3, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, p, 3, 0, args, n_args, kw, kwv, n_kw, a, g);
         jj_str ind;
         if (g[0] && a[0].t == JV_STR) {
             ind = a[0].u.s;
         } else {
-            int64_t w = g[0] ? want_int(r, line, "indent width", &a[0]) : 4;
+            int64_t w = g[0] ? jj_want_int(r, line, "indent width", &a[0]) : 4;
             if (w < 0) w = 0;
             if (w > 4096) REFUSE("indent width %lld is over 4096", (long long)w);
             char *sp = jj_alloc(r->c, (size_t)w + 1);
@@ -1458,11 +850,11 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
             ind = (jj_str){sp, (size_t)w};
         }
         bool first = g[1] && jv_truthy(&a[1]), blank = g[2] && jv_truthy(&a[2]);
-        jj_str s0 = soft_str(r, line, &v);
+        jj_str s0 = jj_soft_str(r, line, &v);
         jj_buf t = {0};
         jj_buf_add(r->c, &t, s0.p, s0.n);
         jj_buf_add(r->c, &t, "\n", 1); // Jinja appends it so that splitlines sees the last line
-        jv lines = py_splitlines(r, (jj_str){t.p, t.n}, false);
+        jv lines = jj_py_splitlines(r, (jj_str){t.p, t.n}, false);
         jj_list *ls = lines.u.l;
         jj_buf b = {0};
         jj_buf_add(r->c, &b, "", 0);
@@ -1479,13 +871,13 @@ jv jj_call_filter(jj_render *r, int line, int id, jv v, const jv *args, int n_ar
     }
     case F_TOJSON: {
         static const char *const p[] = {"ensure_ascii", "indent", "separators", "sort_keys"};
-        bind(r, line, fname, p, 4, 0, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, p, 4, 0, args, n_args, kw, kwv, n_kw, a, g);
         bool ascii = g[0] && jv_truthy(&a[0]);
         int indent = -1;
         if (g[1] && a[1].t != JV_NONE) {
-            if (!is_int(&a[1]))
+            if (!jj_is_int(&a[1]))
                 REFUSE("tojson: indent must be an integer or none (found %s)", jv_type_name(&a[1]));
-            int64_t w = ival(&a[1]);
+            int64_t w = jj_ival(&a[1]);
             indent = w < 0 ? 0 : w > 64 ? -2 : (int)w;
             if (indent == -2) REFUSE("tojson: indent %lld is over 64", (long long)w);
         }
@@ -1549,7 +941,7 @@ static jv call_global(jj_render *r, int line, int id, const jv *args, int n_args
         if (n_args < 1 || n_args > 3) FAIL("range expected 1 to 3 arguments, got %d", n_args);
         int64_t v[3];
         for (int i = 0; i < n_args; i++)
-            v[i] = want_int(r, line, "range()", &args[i]);
+            v[i] = jj_want_int(r, line, "range()", &args[i]);
         int64_t start = n_args == 1 ? 0 : v[0], stop = n_args == 1 ? v[0] : v[1];
         int64_t step = n_args == 3 ? v[2] : 1;
         if (!step) FAIL("range() arg 3 must not be zero");
@@ -1563,7 +955,7 @@ static jv call_global(jj_render *r, int line, int id, const jv *args, int n_args
         for (size_t i = 0; i < (size_t)n; i++)
             l->v[i] = jv_int(start + (int64_t)i * step);
         jj_step(r, line, (long long)n);
-        return mklist(l);
+        return jj_mklist(l);
     }
     case G_NAMESPACE:
     case G_DICT: {
@@ -1572,14 +964,14 @@ static jv call_global(jj_render *r, int line, int id, const jv *args, int n_args
     }
     case G_RAISE: {
         static const char *const p[] = {"message"};
-        bind(r, line, "raise_exception", p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
-        jj_str m = soft_str(r, line, &a[0]);
+        jj_bind(r, line, "raise_exception", p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
+        jj_str m = jj_soft_str(r, line, &a[0]);
         FAIL("the template raised an error: %.*s", (int)EP_MIN(m.n, 400), m.p);
     }
     case G_STRFTIME: {
         static const char *const p[] = {"format"};
-        bind(r, line, "strftime_now", p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
-        jj_str fmt = want_str(r, line, "strftime_now()", &a[0]);
+        jj_bind(r, line, "strftime_now", p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
+        jj_str fmt = jj_want_str(r, line, "strftime_now()", &a[0]);
         if (fmt.n > 256 || memchr(fmt.p, 0, fmt.n)) FAIL("strftime_now(): format too long");
         char f[260], out[1024];
         memcpy(f, fmt.p, fmt.n);
@@ -1606,46 +998,46 @@ jv jj_call_func(jj_render *r, int line, const jj_func *f, const jv *args, int n_
     bool g[3];
     char fname[48];
     snprintf(fname, sizeof fname, "%s.%s", jv_type_name(&self), m->name);
-    if (m->id == M_REFUSED) REFUSE("%s() is not supported", fname);
+    if (m->id == JM_REFUSED) REFUSE("%s() is not supported", fname);
     jj_step(r, line, 1);
     switch (self.t) {
     case JV_STR:
-        return str_method(r, line, m->id, m->name, self.u.s, args, n_args, kw, kwv, n_kw);
+        return jj_str_method(r, line, m->id, m->name, self.u.s, args, n_args, kw, kwv, n_kw);
     case JV_DICT:
-        if (m->id == M_GET) {
+        if (m->id == JM_GET) {
             static const char *const p[] = {"key", "default"};
-            bind(r, line, fname, p, 2, 1, args, n_args, kw, kwv, n_kw, a, g);
+            jj_bind(r, line, fname, p, 2, 1, args, n_args, kw, kwv, n_kw, a, g);
             jv *v = a[0].t == JV_STR ? jj_dict_get(self.u.d, a[0].u.s) : NULL;
             return v ? *v : g[1] ? a[1] : jv_none();
         } else {
-            bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
+            jj_bind(r, line, fname, NULL, 0, 0, args, n_args, kw, kwv, n_kw, a, g);
             jj_list *l = jj_list_new(r->c, self.u.d->n, JL_VIEW);
-            l->what = m->id == M_ITEMS  ? "dict_items"
-                      : m->id == M_KEYS ? "dict_keys"
-                                        : "dict_values";
+            l->what = m->id == JM_ITEMS  ? "dict_items"
+                      : m->id == JM_KEYS ? "dict_keys"
+                                         : "dict_values";
             for (size_t i = 0; i < self.u.d->n; i++) {
                 jv k = jv_strn(self.u.d->k[i].p, self.u.d->k[i].n);
-                if (m->id == M_ITEMS) {
+                if (m->id == JM_ITEMS) {
                     jj_list *pair = jj_list_new(r->c, 2, JL_TUPLE);
                     pair->v[0] = k;
                     pair->v[1] = self.u.d->v[i];
-                    l->v[i] = mklist(pair);
+                    l->v[i] = jj_mklist(pair);
                 } else {
-                    l->v[i] = m->id == M_KEYS ? k : self.u.d->v[i];
+                    l->v[i] = m->id == JM_KEYS ? k : self.u.d->v[i];
                 }
             }
-            return mklist(l);
+            return jj_mklist(l);
         }
     case JV_LIST: {
         static const char *const p[] = {"value"};
-        bind(r, line, fname, p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
+        jj_bind(r, line, fname, p, 1, 1, args, n_args, kw, kwv, n_kw, a, g);
         int64_t k = 0;
         for (size_t i = 0; i < self.u.l->n; i++)
             if (jv_equal(&self.u.l->v[i], &a[0])) {
-                if (m->id == M_INDEX) return jv_int((int64_t)i);
+                if (m->id == JM_INDEX) return jv_int((int64_t)i);
                 k++;
             }
-        if (m->id == M_INDEX) FAIL("%s(x): x not in %s", fname, self.u.l->what);
+        if (m->id == JM_INDEX) FAIL("%s(x): x not in %s", fname, self.u.l->what);
         return jv_int(k);
     }
     case JV_LOOP: {
