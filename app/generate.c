@@ -288,6 +288,11 @@ int ep_cmd_generate(int argc, char **argv)
         free(stops);
         return 2;
     }
+    if (chat_kwargs && !chat) {
+        fprintf(stderr, "epserve generate: --chat-template-kwargs goes with --chat\n");
+        free(stops);
+        return 2;
+    }
 
     ep_cluster *cl = NULL;
     ep_status st = ep_cluster_init(&argc, &argv, rpn, &cl);
