@@ -14,6 +14,7 @@ int ep_cmd_simulate(int argc, char **argv);      // app/simulate.c (sim/)
 int ep_cmd_plan(int argc, char **argv);          // app/plan.c (sim/)
 int ep_cmd_calibrate(int argc, char **argv);     // app/calibrate.c
 int ep_cmd_tokenize(int argc, char **argv);      // app/tokenize.c (model/tokenizer.h)
+int ep_cmd_chat_template(int argc, char **argv); // app/chat_template.c (model/chat.h)
 int ep_cmd_generate(int argc, char **argv);      // app/generate.c (scheduler/engine.h)
 int ep_cmd_logits(int argc, char **argv);        // app/logits.c (one sequence's logits, for checks)
 int ep_cmd_serve(int argc, char **argv);         // app/serve.c (server/)

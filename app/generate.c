@@ -7,6 +7,7 @@
 #include "comm/comm.h"
 #include "common/json_util.h"
 #include "common/weights.h"
+#include "model/chat.h"
 #include "model/gen_config.h"
 #include "model/tokenizer.h"
 #include "scheduler/engine.h"
@@ -26,7 +27,10 @@ static void usage(FILE *f)
                "                                     --tokens 1,2,3) [options]\n"
                "  --model M            model preset name, model YAML or checkpoint directory\n"
                "  --prompt TEXT        the prompt as text (special tokens recognised)\n"
-               "  --chat TEXT          one user message in the model's chat template\n"
+               "  --chat TEXT          one user message in the model's chat template (the\n"
+               "                       checkpoint's tokenizer_config.json, else built-in)\n"
+               "  --chat-template-kwargs JSON  arguments of that template, e.g.\n"
+               "                       '{\"enable_thinking\": false}' for Qwen3\n"
                "  --tokens 1,2,3       the prompt as token ids\n"
                "  --max-tokens N       most generated tokens (default 16)\n"
                "  --routing R          policy name or routing YAML / preset (default baseline)\n"
@@ -133,12 +137,42 @@ static json_t *json_text(const char *s, size_t n)
     return j ? j : json_string("");
 }
 
+// --chat: one user message rendered with the model's chat template.
+static ep_status chat_prompt(const ep_model_cfg *cfg, const char *chat, const char *kwargs,
+                             char **out)
+{
+    json_t *kw = NULL;
+    if (kwargs) {
+        json_error_t je;
+        kw = json_loads(kwargs, 0, &je);
+        if (!json_is_object(kw)) {
+            json_decref(kw);
+            return ep_errorf(EP_ERR_ARG,
+                             "--chat-template-kwargs: expected a JSON object, found %s (column "
+                             "%d)",
+                             kw ? "another JSON value" : je.text, je.column);
+        }
+    }
+    ep_chat_template *t;
+    ep_status st = ep_chat_template_for_model(cfg, &t);
+    if (!st) {
+        json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", chat);
+        st = msgs ? ep_chat_template_render(t, msgs, NULL, true, kw, out)
+                  : ep_errorf(EP_ERR_ARG, "--chat: expected UTF-8 text");
+        json_decref(msgs);
+        ep_chat_template_free(t);
+    }
+    json_decref(kw);
+    return st;
+}
+
 int ep_cmd_generate(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"prompt", required_argument, 0, 'p'},
         {"chat", required_argument, 0, 'c'},
+        {"chat-template-kwargs", required_argument, 0, 'K'},
         {"tokens", required_argument, 0, 't'},
         {"max-tokens", required_argument, 0, 'n'},
         {"routing", required_argument, 0, 'r'},
@@ -160,6 +194,7 @@ int ep_cmd_generate(int argc, char **argv)
         {0, 0, 0, 0},
     };
     const char *model = NULL, *prompt = NULL, *chat = NULL, *tokens = NULL, *routing = "baseline";
+    const char *chat_kwargs = NULL;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
     ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO, wire = EP_DTYPE_F32;
     int max_tokens = 16, rpn = 0, micro_batches = 1;
@@ -184,6 +219,9 @@ int ep_cmd_generate(int argc, char **argv)
             break;
         case 'c':
             chat = optarg;
+            break;
+        case 'K':
+            chat_kwargs = optarg;
             break;
         case 't':
             tokens = optarg;
@@ -273,6 +311,11 @@ int ep_cmd_generate(int argc, char **argv)
         free(stops);
         return 2;
     }
+    if (chat_kwargs && !chat) {
+        fprintf(stderr, "epserve generate: --chat-template-kwargs goes with --chat\n");
+        free(stops);
+        return 2;
+    }
 
     ep_cluster *cl = NULL;
     ep_status st = ep_cluster_init(&argc, &argv, rpn, &cl);
@@ -332,8 +375,7 @@ int ep_cmd_generate(int argc, char **argv)
         char *rendered = NULL;
         const char *text = prompt;
         if (chat) {
-            ep_chat_msg msg = {"user", chat};
-            if ((st = ep_chat_render(cfg.arch, &msg, 1, &rendered))) goto done;
+            if ((st = chat_prompt(&cfg, chat, chat_kwargs, &rendered))) goto done;
             text = rendered;
         }
         st = ep_tokenizer_encode(tok, text, strlen(text), true, &ids, &n_ids);

@@ -14,6 +14,8 @@ static const struct {
     {"generate", ep_cmd_generate,
      "generate text for one prompt on all ranks; prints tokens and text"},
     {"tokenize", ep_cmd_tokenize, "text to token ids (or ids to text) with a tokenizer.json"},
+    {"chat-template", ep_cmd_chat_template,
+     "render messages with a model's chat template (its tokenizer_config.json)"},
     {"logits", ep_cmd_logits, "logits of one token sequence, for checks against other references"},
     {"bench", ep_cmd_bench, "run MoE layers under routing policies; throughput and bytes saved"},
     {"calibrate", ep_cmd_calibrate,
@@ -30,7 +32,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: epserve <command> [options]   (run under mpirun for several ranks)\n\n");
     for (size_t i = 0; i < sizeof ep_commands / sizeof ep_commands[0]; i++)
-        fprintf(f, "  %-12s %s\n", ep_commands[i].name, ep_commands[i].help);
+        fprintf(f, "  %-14s %s\n", ep_commands[i].name, ep_commands[i].help);
     fprintf(f, "\n`epserve <command> --help` describes each command's options.\n");
 }
 

@@ -321,9 +321,11 @@ int ep_cmd_serve(int argc, char **argv)
     // loads the tokenizer and alone starts the HTTP front end).
     int64_t worst = 0;
     ep_gen_config gen = {.bos = -1, .pad = -1}; // generation_config.json, read on every rank
+    ep_chat_template *chat = NULL;
     if (!(st = ep_model_cfg_load(model, &cfg)) && !(st = ep_gen_config_load(&cfg, &gen)) &&
-        !(st = ep_weights_open(&cfg, &w)) && cl->rank == 0)
-        st = ep_tokenizer_for_model(&cfg, &tok);
+        !(st = ep_weights_open(&cfg, &w)) && cl->rank == 0 &&
+        !(st = ep_tokenizer_for_model(&cfg, &tok)))
+        st = ep_chat_template_for_model(&cfg, &chat);
     if (!st && cl->rank == 0) ep_gen_config_warn(&gen);
     if (!agree(cl, st, &worst)) {
         ep_engine_opts eo;
@@ -363,7 +365,7 @@ int ep_cmd_serve(int argc, char **argv)
             so.model_name = served ? served : cfg.name;
             so.max_model_len = eo.max_model_len;
             so.gen = &gen;
-            st = ep_server_start(&so, e, &cfg, tok, &srv);
+            st = ep_server_start(&so, e, &cfg, tok, chat, &srv);
         }
         agree(cl, st, &worst);
     }
@@ -381,6 +383,7 @@ int ep_cmd_serve(int argc, char **argv)
         if (cl->rank != 0) sigaction(SIGTERM, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
         if (cl->rank == 0) {
+            printf("epserve serve: chat template: %s\n", ep_chat_template_origin(chat));
             printf("epserve serve: listening on http://%s:%d (model %s, %d rank%s)\n", so.host,
                    ep_server_port(srv), so.model_name, cl->world_size,
                    cl->world_size > 1 ? "s" : "");
@@ -415,6 +418,7 @@ int ep_cmd_serve(int argc, char **argv)
     ep_server_stop(srv);
     ep_engine_free(e);
     ep_tokenizer_free(tok);
+    ep_chat_template_free(chat);
     ep_weights_free(w);
     ep_cluster_free(cl);
     free(routing_buf);

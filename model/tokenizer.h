@@ -3,8 +3,8 @@
 // (utf8proc), pre-tokenizer Split regex (PCRE2, UTF + Unicode properties) then
 // ByteLevel, BPE with merge ranks, added/special tokens matched before
 // pre-tokenisation, ByteLevel decoder. Immutable once loaded, so one
-// tokenizer serves every thread. Also the chat templates (Qwen3 ChatML,
-// DeepSeek-V2) and the synthetic tokenizer of the tiny presets.
+// tokenizer serves every thread. Also the synthetic tokenizer of the tiny
+// presets. Chat templates are model/chat.h.
 #ifndef EP_TOKENIZER_H
 #define EP_TOKENIZER_H
 
@@ -51,19 +51,6 @@ int ep_tokenizer_find(const ep_tokenizer *t, const char *content);
 // End-of-sequence ids this tokenizer knows (Qwen3: <|im_end|>, <|endoftext|>;
 // DeepSeek-V2: <｜end▁of▁sentence｜>), those present; returns how many (<= max).
 int ep_tokenizer_eos_ids(const ep_tokenizer *t, int *ids, int max);
-
-// ---- chat templates --------------------------------------------------------
-typedef struct {
-    const char *role;    // "system", "user", "assistant"
-    const char *content; // UTF-8
-} ep_chat_msg;
-// Renders messages as the model family's chat template with the generation
-// prompt added (Qwen3: "<|im_start|>{role}\n{content}<|im_end|>\n" each,
-// then "<|im_start|>assistant\n"; DeepSeek-V2: "<｜begin▁of▁sentence｜>" then
-// "User: {c}\n\n", "Assistant: {c}<｜end▁of▁sentence｜>", system "{c}\n\n",
-// then "Assistant:"). EP_ERR_ARG names a role other than the three, or no
-// message. *out malloc'ed, NUL-terminated. Encode it with allow_special.
-ep_status ep_chat_render(ep_arch arch, const ep_chat_msg *msgs, int n, char **out);
 
 // ---- the synthetic tokenizer of the tiny presets ---------------------------
 // A byte-level BPE tokenizer.json whose ids fill exactly cfg->vocab: 256 byte

@@ -14,6 +14,7 @@ pkgs=(
   libmicrohttpd-dev            # `serve`: the HTTP front end
   libcurl4-openssl-dev         # `bench serve`: the HTTP client
   python3-numpy                # tests/numpy: the independent forward reference
+  python3-jinja2               # tests/e2e/chat_template_parity.sh: the reference chat template renderer
   gnuplot-nox
   python3
   clang libclang-rt-dev llvm # scripts/fuzz.sh: libFuzzer, sanitizer runtimes, llvm-symbolizer

@@ -5,7 +5,7 @@
 # a crash leaves build-fuzz/artifacts/<target>-crash-* and fails the script.
 #   scripts/fuzz.sh [--seconds N] [--jobs J] [TARGET...]   (N defaults to 60)
 # TARGET is a short name (safetensors, st_index, model_yaml, hf_config, routing_yaml,
-# route_input, trace, http_request, tokenizer); none given: all of them.
+# route_input, trace, http_request, tokenizer, jinja); none given: all of them.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${EP_FUZZ_BUILD_DIR:-$root/build-fuzz}

@@ -28,6 +28,7 @@ struct ep_server {
     ep_engine *e;
     const ep_model_cfg *cfg;
     const ep_tokenizer *tok;
+    const ep_chat_template *chat;
     ep_server_opts o;
     char *host, *api_key, *model_name;
     ep_oai_limits lim;
@@ -328,7 +329,7 @@ static enum MHD_Result do_completion(ep_server *s, struct MHD_Connection *c, ep_
     ep_oai_error err;
     int status = ep_oai_parse(kind, body, len, &s->lim, &r, &err);
     int *ids = NULL, n = 0;
-    if (!status) status = ep_oai_prompt(&r, s->tok, s->cfg->arch, &s->lim, &ids, &n, &err);
+    if (!status) status = ep_oai_prompt(&r, s->tok, s->chat, &s->lim, &ids, &n, &err);
     if (status) {
         ep_oai_request_free(&r);
         return send_error(s, c, &err);
@@ -518,7 +519,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 // ---- lifetime --------------------------------------------------------------------
 
 ep_status ep_server_start(const ep_server_opts *o, ep_engine *e, const ep_model_cfg *cfg,
-                          const ep_tokenizer *tok, ep_server **out)
+                          const ep_tokenizer *tok, const ep_chat_template *chat, ep_server **out)
 {
     *out = NULL;
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
@@ -540,6 +541,7 @@ ep_status ep_server_start(const ep_server_opts *o, ep_engine *e, const ep_model_
     s->e = e;
     s->cfg = cfg;
     s->tok = tok;
+    s->chat = chat;
     s->o = *o;
     s->o.gen = NULL; // borrowed for this call only
     s->host = ep_xstrdup(o->host);

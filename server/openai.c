@@ -3,7 +3,8 @@
 // field in every refusal; fields that do not change the result (user,
 // zero penalties, logprobs null/false) are accepted and ignored, fields that
 // would change it and are not implemented (echo, logprobs, best_of > 1,
-// suffix, tools) are refused rather than silently dropped.
+// suffix, tools on completions, a forced tool_choice) are refused rather
+// than silently dropped.
 #include "server/openai.h"
 #include "common/json_util.h"
 
@@ -55,11 +56,9 @@ void ep_oai_request_free(ep_oai_request *r)
     if (!r) return;
     free(r->prompt_text);
     free(r->prompt_ids);
-    for (int i = 0; i < r->n_msgs; i++) {
-        free((char *)r->msgs[i].role);
-        free((char *)r->msgs[i].content);
-    }
-    free(r->msgs);
+    json_decref(r->messages);
+    json_decref(r->tools);
+    json_decref(r->chat_kwargs);
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
     free(r->pick_domain);
@@ -186,6 +185,94 @@ static int parse_prompt(json_t *o, const ep_oai_limits *lim, ep_oai_request *r, 
     return parse_ids(p, lim, r, err);
 }
 
+// One message as the template sees it: role, content (a string, text parts
+// joined, or null for an assistant turn), and the keys templates use
+// for tools and reasoning, passed as they are.
+static int parse_message(json_t *msg, size_t i, json_t **out, ep_oai_error *err)
+{
+    *out = NULL;
+    if (!json_is_object(msg))
+        return ep_oai_errorf(err, 400, IRE, "messages", NULL,
+                             "'messages'[%zu]: expected an object, found %s", i,
+                             ep_json_type_name(msg));
+    json_t *role = json_object_get(msg, "role");
+    if (!json_is_string(role))
+        return ep_oai_errorf(err, 400, IRE, "messages", NULL,
+                             "'messages'[%zu].role: expected a string, found %s", i,
+                             ep_json_type_name(role));
+    const char *rs = json_string_value(role);
+    // "developer" is the newer name OpenAI gives the system role.
+    if (!strcmp(rs, "developer")) rs = "system";
+    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") && strcmp(rs, "tool"))
+        return ep_oai_errorf(err, 400, IRE, "messages", NULL,
+                             "'messages'[%zu].role: expected system, user, assistant or tool, "
+                             "found '%.64s'",
+                             i, json_string_value(role));
+    json_t *c = json_object_get(msg, "content");
+    json_t *content;
+    if (json_is_string(c)) {
+        content = json_incref(c);
+    } else if (json_is_array(c)) {
+        // Content parts: only text parts, joined.
+        ep_sbuf text = {0};
+        ep_sbuf_add(&text, "", 0);
+        for (size_t k = 0; k < json_array_size(c); k++) {
+            json_t *part = json_array_get(c, k);
+            json_t *t = json_object_get(part, "type");
+            json_t *tx = json_object_get(part, "text");
+            if (!json_is_string(t) || strcmp(json_string_value(t), "text") || !json_is_string(tx)) {
+                ep_sbuf_free(&text);
+                return ep_oai_errorf(err, 400, IRE, "messages", NULL,
+                                     "'messages'[%zu].content[%zu]: expected a text part "
+                                     "{\"type\": \"text\", \"text\": ...}",
+                                     i, k);
+            }
+            ep_sbuf_add(&text, json_string_value(tx), json_string_length(tx));
+        }
+        content = json_stringn_nocheck(text.p, text.len);
+        ep_sbuf_free(&text);
+    } else if ((!c || json_is_null(c)) && !strcmp(rs, "assistant")) {
+        content = json_null(); // a turn of tool calls; the template decides what that means
+    } else {
+        return ep_oai_errorf(err, 400, IRE, "messages", NULL,
+                             "'messages'[%zu].content: expected a string or an array of text "
+                             "parts, found %s",
+                             i, ep_json_type_name(c));
+    }
+    json_t *m = json_object();
+    json_object_set_new(m, "role", json_string(rs));
+    json_object_set_new(m, "content", content);
+    static const struct {
+        const char *key;
+        json_type type;
+    } keep[] = {{"name", JSON_STRING},
+                {"tool_call_id", JSON_STRING},
+                {"reasoning_content", JSON_STRING},
+                {"tool_calls", JSON_ARRAY}};
+    for (size_t k = 0; k < EP_ARRAY_LEN(keep); k++) {
+        json_t *v = json_object_get(msg, keep[k].key);
+        if (!v || json_is_null(v)) continue;
+        if (json_typeof(v) != keep[k].type) {
+            json_decref(m);
+            return ep_oai_errorf(err, 400, IRE, "messages", NULL,
+                                 "'messages'[%zu].%s: expected %s, found %s", i, keep[k].key,
+                                 keep[k].type == JSON_STRING ? "a string" : "an array",
+                                 ep_json_type_name(v));
+        }
+        if (keep[k].type == JSON_ARRAY)
+            for (size_t j = 0; j < json_array_size(v); j++)
+                if (!json_is_object(json_array_get(v, j))) {
+                    json_decref(m);
+                    return ep_oai_errorf(err, 400, IRE, "messages", NULL,
+                                         "'messages'[%zu].%s[%zu]: expected an object, found %s", i,
+                                         keep[k].key, j, ep_json_type_name(json_array_get(v, j)));
+                }
+        json_object_set(m, keep[k].key, v);
+    }
+    *out = m;
+    return 0;
+}
+
 static int parse_messages(json_t *o, ep_oai_request *r, ep_oai_error *err)
 {
     json_t *m = json_object_get(o, "messages");
@@ -197,58 +284,50 @@ static int parse_messages(json_t *o, ep_oai_request *r, ep_oai_error *err)
     if (n > EP_OAI_MAX_MESSAGES)
         return ep_oai_errorf(err, 400, IRE, "messages", NULL,
                              "'messages': at most %d messages, found %zu", EP_OAI_MAX_MESSAGES, n);
-    r->msgs = calloc(n, sizeof *r->msgs);
-    if (!r->msgs) return nomem(err);
+    r->messages = json_array();
     for (size_t i = 0; i < n; i++) {
-        json_t *msg = json_array_get(m, i);
-        if (!json_is_object(msg))
-            return ep_oai_errorf(err, 400, IRE, "messages", NULL,
-                                 "'messages'[%zu]: expected an object, found %s", i,
-                                 ep_json_type_name(msg));
-        json_t *role = json_object_get(msg, "role");
-        if (!json_is_string(role))
-            return ep_oai_errorf(err, 400, IRE, "messages", NULL,
-                                 "'messages'[%zu].role: expected a string, found %s", i,
-                                 ep_json_type_name(role));
-        const char *rs = json_string_value(role);
-        // "developer" is the newer name OpenAI gives the system role.
-        if (!strcmp(rs, "developer")) rs = "system";
-        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
-            return ep_oai_errorf(err, 400, IRE, "messages", NULL,
-                                 "'messages'[%zu].role: expected system, user or assistant, found "
-                                 "'%.64s'",
-                                 i, json_string_value(role));
-        json_t *c = json_object_get(msg, "content");
-        ep_sbuf text = {0};
-        if (json_is_string(c)) {
-            ep_sbuf_add(&text, json_string_value(c), json_string_length(c));
-        } else if (json_is_array(c)) {
-            // Content parts: only text parts, joined.
-            for (size_t k = 0; k < json_array_size(c); k++) {
-                json_t *part = json_array_get(c, k);
-                json_t *t = json_object_get(part, "type");
-                json_t *tx = json_object_get(part, "text");
-                if (!json_is_string(t) || strcmp(json_string_value(t), "text") ||
-                    !json_is_string(tx)) {
-                    ep_sbuf_free(&text);
-                    return ep_oai_errorf(err, 400, IRE, "messages", NULL,
-                                         "'messages'[%zu].content[%zu]: expected a text part "
-                                         "{\"type\": \"text\", \"text\": ...}",
-                                         i, k);
-                }
-                ep_sbuf_add(&text, json_string_value(tx), json_string_length(tx));
-            }
-        } else if (!(json_is_null(c) && !strcmp(rs, "assistant"))) {
-            return ep_oai_errorf(err, 400, IRE, "messages", NULL,
-                                 "'messages'[%zu].content: expected a string or an array of text "
-                                 "parts, found %s",
-                                 i, ep_json_type_name(c));
-        }
-        if (!text.p) ep_sbuf_add(&text, "", 0);
-        r->msgs[i].content = text.p;
-        r->msgs[i].role = ep_xstrdup(rs);
-        r->n_msgs = (int)i + 1;
+        json_t *msg;
+        int st = parse_message(json_array_get(m, i), i, &msg, err);
+        if (st) return st;
+        json_array_append_new(r->messages, msg);
     }
+
+    // What the template gets besides the messages.
+    json_t *tools = json_object_get(o, "tools");
+    if (tools && !json_is_null(tools)) {
+        if (!json_is_array(tools)) return type_err(err, "tools", "an array of tools", tools);
+        for (size_t i = 0; i < json_array_size(tools); i++)
+            if (!json_is_object(json_array_get(tools, i)))
+                return ep_oai_errorf(err, 400, IRE, "tools", NULL,
+                                     "'tools'[%zu]: expected an object, found %s", i,
+                                     ep_json_type_name(json_array_get(tools, i)));
+        r->tools = json_incref(tools);
+    }
+    json_t *tc = json_object_get(o, "tool_choice");
+    if (tc && !json_is_null(tc) &&
+        !(json_is_string(tc) &&
+          (!strcmp(json_string_value(tc), "auto") || !strcmp(json_string_value(tc), "none"))))
+        return ep_oai_errorf(err, 400, IRE, "tool_choice", NULL,
+                             "'tool_choice': only \"auto\" and \"none\" are supported (the "
+                             "server does not force a tool call)");
+    json_t *kw = json_object_get(o, "chat_template_kwargs");
+    if (kw && !json_is_null(kw)) {
+        if (!json_is_object(kw)) return type_err(err, "chat_template_kwargs", "an object", kw);
+        r->chat_kwargs = json_incref(kw);
+    }
+    r->add_generation_prompt = true;
+    int st = get_bool(o, "add_generation_prompt", &r->add_generation_prompt, err);
+    if (st) return st;
+    json_t *v;
+    if ((v = json_object_get(o, "continue_final_message")) && json_is_true(v))
+        return ep_oai_errorf(err, 400, IRE, "continue_final_message", NULL,
+                             "'continue_final_message': true is not supported");
+    if ((v = json_object_get(o, "chat_template")) && !json_is_null(v))
+        return ep_oai_errorf(err, 400, IRE, "chat_template", NULL,
+                             "'chat_template' is not supported: the server renders the model's "
+                             "own template");
+    if ((v = json_object_get(o, "documents")) && !json_is_null(v))
+        return ep_oai_errorf(err, 400, IRE, "documents", NULL, "'documents' is not supported");
     return 0;
 }
 
@@ -294,8 +373,11 @@ static int parse_unsupported(json_t *o, ep_oai_kind kind, ep_oai_error *err)
     if ((v = json_object_get(o, "best_of")) && !json_is_null(v) &&
         !(json_is_integer(v) && json_integer_value(v) == 1))
         return ep_oai_errorf(err, 400, IRE, "best_of", NULL, "'best_of': only 1 is supported");
-    if ((v = json_object_get(o, "tools")) && !json_is_null(v) && json_array_size(v) > 0)
-        return ep_oai_errorf(err, 400, IRE, "tools", NULL, "'tools' is not supported");
+    if (kind == EP_OAI_COMPLETIONS && (v = json_object_get(o, "tools")) && !json_is_null(v) &&
+        json_array_size(v) > 0)
+        return ep_oai_errorf(err, 400, IRE, "tools", NULL,
+                             "'tools' is not supported on completions (chat renders them with "
+                             "the model's template)");
     if ((v = json_object_get(o, "response_format")) && !json_is_null(v)) {
         json_t *t = json_is_object(v) ? json_object_get(v, "type") : NULL;
         if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
@@ -303,7 +385,6 @@ static int parse_unsupported(json_t *o, ep_oai_kind kind, ep_oai_error *err)
                                  "'response_format': only {\"type\": \"text\"} is supported "
                                  "(no JSON mode or schema-guided decoding)");
     }
-    (void)kind;
     return 0;
 }
 
@@ -517,7 +598,7 @@ int ep_oai_parse(ep_oai_kind kind, const char *body, size_t len, const ep_oai_li
     return st;
 }
 
-int ep_oai_prompt(ep_oai_request *r, const ep_tokenizer *tok, ep_arch arch,
+int ep_oai_prompt(ep_oai_request *r, const ep_tokenizer *tok, const ep_chat_template *chat,
                   const ep_oai_limits *lim, int **ids, int *n, ep_oai_error *err)
 {
     *ids = NULL;
@@ -534,7 +615,11 @@ int ep_oai_prompt(ep_oai_request *r, const ep_tokenizer *tok, ep_arch arch,
         char *rendered = NULL;
         const char *text = r->prompt_text;
         if (r->kind == EP_OAI_CHAT) {
-            if (ep_chat_render(arch, r->msgs, r->n_msgs, &rendered))
+            if (!chat)
+                return ep_oai_errorf(err, 400, IRE, field, NULL,
+                                     "this server has no chat template: use /v1/completions");
+            if (ep_chat_template_render(chat, r->messages, r->tools, r->add_generation_prompt,
+                                        r->chat_kwargs, &rendered))
                 return ep_oai_errorf(err, 400, IRE, field, NULL, "%s", ep_last_error());
             text = rendered;
         }

@@ -6,9 +6,12 @@
 #ifndef EP_OPENAI_H
 #define EP_OPENAI_H
 
+#include "model/chat.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
 #include "server/sbuf.h"
+
+#include <jansson.h>
 
 typedef enum { EP_OAI_COMPLETIONS, EP_OAI_CHAT } ep_oai_kind;
 
@@ -43,9 +46,13 @@ typedef struct {
     char *prompt_text; // completions with a string prompt (else NULL)
     int *prompt_ids;   // completions with an id array: [n_prompt_ids]
     int n_prompt_ids;
-    ep_chat_msg *msgs; // chat: [n_msgs], strings owned
-    int n_msgs;
-    int max_tokens; // 0: absent (completions default 16, chat: up to max_model_len)
+    // chat: the messages as the template sees them (role "developer" read as
+    // "system", text parts joined, the keys a template may use kept: role,
+    // content, name, tool_calls, tool_call_id, reasoning_content), the tools
+    // (NULL: none), chat_template_kwargs (NULL: none); owned references.
+    json_t *messages, *tools, *chat_kwargs;
+    bool add_generation_prompt; // vLLM's extension (default true)
+    int max_tokens;             // 0: absent (completions default 16, chat: up to max_model_len)
     ep_sample_params sample;
     char *stop[EP_OAI_MAX_STOP];
     int n_stop;
@@ -64,11 +71,12 @@ int ep_oai_parse(ep_oai_kind kind, const char *body, size_t len, const ep_oai_li
 void ep_oai_request_free(ep_oai_request *r); // NULL-safe, zeroes
 
 // The prompt's tokens: ids as given, the string encoded (special tokens
-// recognised, as HF does), or the chat messages rendered with the model
-// family's template. *ids malloc'ed. Then the length checks (prompt alone,
-// prompt + max_tokens over max_model_len: 400 with both numbers); fills the
-// default max_tokens. Returns 0 or the HTTP status with *err set.
-int ep_oai_prompt(ep_oai_request *r, const ep_tokenizer *tok, ep_arch arch,
+// recognised, as HF does), or the chat messages rendered with the model's
+// chat template (its errors are 400s naming the template line). *ids
+// malloc'ed. Then the length checks (prompt alone, prompt + max_tokens over
+// max_model_len: 400 with both numbers); fills the default max_tokens.
+// Returns 0 or the HTTP status with *err set.
+int ep_oai_prompt(ep_oai_request *r, const ep_tokenizer *tok, const ep_chat_template *chat,
                   const ep_oai_limits *lim, int **ids, int *n, ep_oai_error *err);
 
 // Sets *err (printf message) and returns status.

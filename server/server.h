@@ -6,6 +6,7 @@
 #ifndef EP_SERVER_H
 #define EP_SERVER_H
 
+#include "model/chat.h"
 #include "model/gen_config.h"
 #include "scheduler/engine.h"
 
@@ -25,10 +26,11 @@ typedef struct {
 void ep_server_opts_default(ep_server_opts *o);
 
 typedef struct ep_server ep_server;
-// Starts listening. e, cfg and tok (may be NULL: token-id prompts only) are
-// borrowed and must outlive the server.
+// Starts listening. e, cfg, tok (may be NULL: token-id prompts only) and
+// chat (may be NULL: no /v1/chat/completions) are borrowed and must outlive
+// the server.
 ep_status ep_server_start(const ep_server_opts *o, ep_engine *e, const ep_model_cfg *cfg,
-                          const ep_tokenizer *tok, ep_server **out);
+                          const ep_tokenizer *tok, const ep_chat_template *chat, ep_server **out);
 int ep_server_port(const ep_server *s);
 // Stops listening and waits for every connection thread; call after
 // ep_engine_run returned (every request has had its final event). NULL ok.

@@ -2,7 +2,7 @@
 // /v1/chat/completions (the first byte picks the endpoint). What
 // ep_oai_parse accepts must respect the limits it was given; a refusal must
 // carry a 4xx status and a message; the prompt step (tiny Qwen3's synthetic
-// tokenizer and chat template) must keep prompt + max_tokens within
+// tokenizer and built-in chat template) must keep prompt + max_tokens within
 // max_model_len; every response shape written from the accepted strings, and
 // the JSON escaping of the raw input bytes, must be valid JSON.
 #include "fuzz_util.h"
@@ -14,12 +14,14 @@
 
 static ep_model_cfg cfg;
 static ep_tokenizer *tok;
+static ep_chat_template *chat;
 static const char *const routings[] = {"baseline", "banpick"};
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     ep_fuzz_load_preset("tiny-qwen3-moe", &cfg);
     if (ep_tokenizer_for_model(&cfg, &tok)) tok = NULL; // id prompts only then
+    if (ep_chat_template_for_model(&cfg, &chat)) chat = NULL;
     return 0;
 }
 
@@ -65,14 +67,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     EP_FUZZ_CHECK(r.sample.top_p > 0 && r.sample.top_p <= 1 && r.sample.temperature >= 0 &&
                   r.sample.top_k >= 0);
     if (kind == EP_OAI_CHAT) {
-        EP_FUZZ_CHECK(r.n_msgs >= 1 && r.msgs);
+        EP_FUZZ_CHECK(json_array_size(r.messages) >= 1);
+        for (size_t i = 0; i < json_array_size(r.messages); i++) {
+            json_t *m = json_array_get(r.messages, i), *c = json_object_get(m, "content");
+            EP_FUZZ_CHECK(json_is_string(json_object_get(m, "role")));
+            EP_FUZZ_CHECK(json_is_string(c) || json_is_null(c));
+        }
+        EP_FUZZ_CHECK(!r.tools || json_is_array(r.tools));
+        EP_FUZZ_CHECK(!r.chat_kwargs || json_is_object(r.chat_kwargs));
     } else {
         EP_FUZZ_CHECK((r.prompt_text != NULL) != (r.prompt_ids != NULL));
         for (int i = 0; i < r.n_prompt_ids; i++)
             EP_FUZZ_CHECK(r.prompt_ids[i] >= 0 && r.prompt_ids[i] < lim.vocab);
     }
     int *ids = NULL, n = 0;
-    st = ep_oai_prompt(&r, tok, cfg.arch, &lim, &ids, &n, &err);
+    st = ep_oai_prompt(&r, tok, chat, &lim, &ids, &n, &err);
     if (!st) {
         EP_FUZZ_CHECK(n >= 1 && r.max_tokens >= 1 && n + r.max_tokens <= lim.max_model_len);
         for (int i = 0; i < n; i++)
@@ -84,9 +93,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     // The responses written with the request's strings as text.
     ep_oai_resp_hdr h = {.kind = kind, .id = "cmpl-x", .created = 1, .model = "tiny"};
-    const char *text = kind == EP_OAI_CHAT ? r.msgs[r.n_msgs - 1].content
-                       : r.prompt_text     ? r.prompt_text
-                                           : "";
+    json_t *last = kind == EP_OAI_CHAT
+                       ? json_object_get(
+                             json_array_get(r.messages, json_array_size(r.messages) - 1), "content")
+                       : NULL;
+    const char *text = json_is_string(last) ? json_string_value(last)
+                       : r.prompt_text      ? r.prompt_text
+                                            : "";
     ep_oai_response(&b, &h, text, strlen(text), "stop", n, r.max_tokens);
     check_json(&b);
     ep_sbuf_free(&b);

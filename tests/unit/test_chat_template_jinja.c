@@ -1,7 +1,9 @@
 // The chat_template make-model writes into tokenizer_config.json, rendered by
 // jinja2 as transformers' apply_chat_template does
-// (tests/jinja/render_chat_template.py), equals what epserve's own renderer
-// (ep_chat_render) produces, for both families and several conversations
+// (tests/jinja/render_chat_template.py), equals what epserve's built-in
+// template of the family produces and what epserve's own Jinja interpreter
+// makes of the same template (model/chat.h), for both families and several
+// conversations
 // (system / user / assistant turns, newlines, non-ASCII text, a special
 // token written as text), with and without trim_blocks. A changed template
 // fails it (checked: a template without the generation prompt differs).
@@ -13,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "model/chat.h"
 #include "model/tokenizer.h"
 
 #include <jansson.h>
@@ -23,13 +26,44 @@
 
 static const char *python;
 
-// jinja2's rendering of msgs with tokenizer_config tc (a JSON object).
-static char *render(json_t *tc, const ep_chat_msg *msgs, int n, bool trim)
+typedef struct {
+    const char *role, *content;
+} ep_chat_msg;
+
+static json_t *messages_of(const ep_chat_msg *msgs, int n)
 {
-    json_t *req = json_object(), *m = json_array();
+    json_t *m = json_array();
     for (int i = 0; i < n; i++)
         json_array_append_new(
             m, json_pack("{s:s, s:s}", "role", msgs[i].role, "content", msgs[i].content));
+    return m;
+}
+
+// epserve's rendering of msgs with template t (generation prompt on).
+static char *ep_render(const ep_chat_template *t, const ep_chat_msg *msgs, int n)
+{
+    json_t *m = messages_of(msgs, n);
+    char *out = NULL;
+    if (ep_chat_template_render(t, m, NULL, true, NULL, &out))
+        fail_msg("%s: %s", ep_chat_template_origin(t), ep_last_error());
+    json_decref(m);
+    return out;
+}
+
+// The family's built-in template's rendering (what epserve used to hard-code).
+static char *builtin_render(ep_arch arch, const ep_chat_msg *msgs, int n)
+{
+    ep_chat_template *t = NULL;
+    assert_int_equal(ep_chat_template_builtin(arch, &t), EP_OK);
+    char *out = ep_render(t, msgs, n);
+    ep_chat_template_free(t);
+    return out;
+}
+
+// jinja2's rendering of msgs with tokenizer_config tc (a JSON object).
+static char *render(json_t *tc, const ep_chat_msg *msgs, int n, bool trim)
+{
+    json_t *req = json_object(), *m = messages_of(msgs, n);
     json_object_set(req, "tokenizer_config", tc);
     json_object_set_new(req, "messages", m);
     json_object_set_new(req, "add_generation_prompt", json_true());
@@ -86,9 +120,23 @@ static void check_family(const char *preset)
 {
     ep_model_cfg c;
     json_t *tc = config_of(preset, &c);
+    // epserve's interpreter on the same tokenizer_config.json (its special
+    // tokens included: DeepSeek's template writes bos_token).
+    char path[] = "/tmp/ep_test_tokenizer_config_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(json_dump_file(tc, path, JSON_COMPACT), 0);
+    ep_chat_template *mine = NULL;
+    if (ep_chat_template_load(path, &mine)) fail_msg("%s: %s", path, ep_last_error());
+    unlink(path);
     for (size_t i = 0; i < EP_ARRAY_LEN(CONVS); i++) {
-        char *want = NULL;
-        assert_int_equal(ep_chat_render(c.arch, CONVS[i].m, CONVS[i].n, &want), EP_OK);
+        char *want = builtin_render(c.arch, CONVS[i].m, CONVS[i].n);
+        char *interp = ep_render(mine, CONVS[i].m, CONVS[i].n);
+        if (strcmp(interp, want))
+            fail_msg("%s conversation %zu:\nepserve's interpreter: [%s]\nbuilt-in: [%s]", preset, i,
+                     interp, want);
+        free(interp);
         for (int trim = 0; trim < 2; trim++) {
             char *got = render(tc, CONVS[i].m, CONVS[i].n, trim);
             if (strcmp(got, want))
@@ -98,6 +146,7 @@ static void check_family(const char *preset)
         }
         free(want);
     }
+    ep_chat_template_free(mine);
     json_decref(tc);
 }
 
@@ -127,8 +176,7 @@ static void test_can_fail(void **state)
     *at = 0;
     json_object_set_new(tc, "chat_template", json_string(cut));
     free(cut);
-    char *want = NULL, *got = render(tc, ONE, 1, true);
-    assert_int_equal(ep_chat_render(c.arch, ONE, 1, &want), EP_OK);
+    char *want = builtin_render(c.arch, ONE, 1), *got = render(tc, ONE, 1, true);
     assert_string_not_equal(got, want);
     free(got);
     free(want);

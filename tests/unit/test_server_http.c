@@ -188,7 +188,7 @@ static int setup(void **state)
     o.model_name = "tiny";
     o.max_body_bytes = 4096;
     o.max_model_len = 64;
-    if (ep_server_start(&o, &E, &cfg, NULL, &S)) return -1;
+    if (ep_server_start(&o, &E, &cfg, NULL, NULL, &S)) return -1;
     snprintf(base, sizeof base, "http://127.0.0.1:%d", ep_server_port(S));
     curl_global_init(CURL_GLOBAL_DEFAULT);
     return 0;
@@ -481,7 +481,7 @@ static void test_generation_config(void **state)
     o.max_model_len = 64;
     o.gen = &g;
     ep_server *s2 = NULL;
-    assert_int_equal(ep_server_start(&o, &E, &cfg, NULL, &s2), EP_OK);
+    assert_int_equal(ep_server_start(&o, &E, &cfg, NULL, NULL, &s2), EP_OK);
     char saved[64];
     snprintf(saved, sizeof saved, "%s", base);
     snprintf(base, sizeof base, "http://127.0.0.1:%d", ep_server_port(s2));

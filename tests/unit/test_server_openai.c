@@ -110,8 +110,32 @@ static void test_refusals(void **state)
     refuse(H, "{\"messages\":[]}", 400, "messages", "empty");
     refuse(H, "{\"messages\":[3]}", 400, "messages", "'messages'[0]: expected an object");
     refuse(H, "{\"messages\":[{\"content\":\"x\"}]}", 400, "messages", "'messages'[0].role");
-    refuse(H, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400, "messages",
-           "found 'tool'");
+    refuse(H, "{\"messages\":[{\"role\":\"function\",\"content\":\"x\"}]}", 400, "messages",
+           "found 'function'");
+    refuse(H, "{\"messages\":[{\"role\":\"tool\",\"content\":null}]}", 400, "messages",
+           "'messages'[0].content: expected a string");
+    refuse(H, "{\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":{}}]}", 400,
+           "messages", "'messages'[0].tool_calls: expected an array, found an object");
+    refuse(H, "{\"messages\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[1]}]}", 400,
+           "messages", "'messages'[0].tool_calls[0]: expected an object");
+    refuse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"name\":3}]}", 400, "messages",
+           "'messages'[0].name: expected a string");
+    refuse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":{}}", 400, "tools",
+           "expected an array of tools");
+    refuse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[\"f\"]}", 400,
+           "tools", "'tools'[0]: expected an object");
+    refuse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"required\"}",
+           400, "tool_choice", "only \"auto\" and \"none\"");
+    refuse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":1}",
+           400, "chat_template_kwargs", "expected an object, found an integer");
+    refuse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"add_generation_prompt\":1}",
+           400, "add_generation_prompt", "expected a boolean");
+    refuse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template\":\"{{x}}\"}",
+           400, "chat_template", "the model's own template");
+    refuse(H,
+           "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"continue_final_message\":true}",
+           400, "continue_final_message", "not supported");
+    refuse(C, "{\"prompt\":\"hi\",\"tools\":[{}]}", 400, "tools", "not supported on completions");
     refuse(H, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", 400, "messages", ".content");
     refuse(H, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", 400,
            "messages", "content[0]: expected a text part");
@@ -151,7 +175,7 @@ static void test_good_request(void **state)
     assert_string_equal(r.pick_domain, "math");
     // Ids as given; the default fills nothing here (max_tokens was set).
     int *ids, n;
-    assert_int_equal(ep_oai_prompt(&r, NULL, EP_ARCH_QWEN3_MOE, &LIM, &ids, &n, &err), 0);
+    assert_int_equal(ep_oai_prompt(&r, NULL, NULL, &LIM, &ids, &n, &err), 0);
     assert_int_equal(n, 3);
     assert_int_equal(ids[0], 1);
     free(ids);
@@ -164,9 +188,14 @@ static void test_good_request(void **state)
                        "{\"type\":\"text\",\"text\":\"b\"}]}],\"max_tokens\":3,"
                        "\"max_completion_tokens\":5}";
     assert_int_equal(ep_oai_parse(EP_OAI_CHAT, chat, strlen(chat), &LIM, &r, &err), 0);
-    assert_int_equal(r.n_msgs, 2);
-    assert_string_equal(r.msgs[0].role, "system");
-    assert_string_equal(r.msgs[1].content, "ab");
+    assert_int_equal(json_array_size(r.messages), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(r.messages, 0), "role")),
+                        "system");
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(r.messages, 1), "content")), "ab");
+    assert_true(r.add_generation_prompt);
+    assert_null(r.tools);
+    assert_null(r.chat_kwargs);
     assert_int_equal(r.max_tokens, 5);
     assert_true(r.sample.temperature == 1.0f);
     assert_int_equal(r.routing, -1);
@@ -180,6 +209,48 @@ static void test_good_request(void **state)
     assert_true(r.sample.seed != r2.sample.seed);
     ep_oai_request_free(&r);
     ep_oai_request_free(&r2);
+
+    // Chat with tools: the tool turns and template arguments reach the template as
+    // sent (content null kept for a tool-call turn; unknown message keys dropped).
+    const char *tools =
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"w?\",\"x-extra\":1},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\","
+        "\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},"
+        "{\"role\":\"tool\",\"content\":\"sunny\",\"tool_call_id\":\"c1\"}],"
+        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
+        "\"tool_choice\":\"auto\",\"chat_template_kwargs\":{\"enable_thinking\":false},"
+        "\"add_generation_prompt\":false}";
+    assert_int_equal(ep_oai_parse(EP_OAI_CHAT, tools, strlen(tools), &LIM, &r, &err), 0);
+    json_t *m0 = json_array_get(r.messages, 0), *m1 = json_array_get(r.messages, 1);
+    assert_null(json_object_get(m0, "x-extra"));
+    assert_true(json_is_null(json_object_get(m1, "content")));
+    assert_int_equal(json_array_size(json_object_get(m1, "tool_calls")), 1);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(r.messages, 2), "tool_call_id")), "c1");
+    assert_int_equal(json_array_size(r.tools), 1);
+    assert_true(json_is_false(json_object_get(r.chat_kwargs, "enable_thinking")));
+    assert_false(r.add_generation_prompt);
+    // Without a template the chat is refused; the built-in one refuses tools.
+    assert_int_equal(ep_oai_prompt(&r, NULL, NULL, &LIM, &ids, &n, &err), 400);
+    ep_chat_template *ct;
+    assert_int_equal(ep_chat_template_builtin(EP_ARCH_QWEN3_MOE, &ct), EP_OK);
+    ep_model_cfg cfg;
+    assert_int_equal(ep_model_cfg_load("tiny-qwen3-moe", &cfg), EP_OK);
+    ep_tokenizer *tok;
+    assert_int_equal(ep_tokenizer_for_model(&cfg, &tok), EP_OK);
+    assert_int_equal(ep_oai_prompt(&r, tok, ct, &LIM, &ids, &n, &err), 400);
+    assert_string_equal(err.param, "messages");
+    assert_non_null(strstr(err.message, "tools need the model's own chat template"));
+    ep_oai_request_free(&r);
+    // A plain chat renders and encodes: <|im_start|> first.
+    const char *plain = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    assert_int_equal(ep_oai_parse(EP_OAI_CHAT, plain, strlen(plain), &LIM, &r, &err), 0);
+    assert_int_equal(ep_oai_prompt(&r, tok, ct, &LIM, &ids, &n, &err), 0);
+    assert_int_equal(ids[0], ep_tokenizer_find(tok, "<|im_start|>"));
+    free(ids);
+    ep_oai_request_free(&r);
+    ep_tokenizer_free(tok);
+    ep_chat_template_free(ct);
 
     // A one-element batch of one id array is that prompt.
     const char *one = "{\"prompt\":[[9,8]]}";
@@ -201,7 +272,7 @@ static void test_prompt_lengths(void **state)
         k += (size_t)snprintf(body + k, sizeof body - k, "%s1", i ? "," : "");
     snprintf(body + k, sizeof body - k, "]}");
     assert_int_equal(ep_oai_parse(EP_OAI_COMPLETIONS, body, strlen(body), &LIM, &r, &err), 0);
-    assert_int_equal(ep_oai_prompt(&r, NULL, EP_ARCH_QWEN3_MOE, &LIM, &ids, &n, &err), 400);
+    assert_int_equal(ep_oai_prompt(&r, NULL, NULL, &LIM, &ids, &n, &err), 400);
     assert_string_equal(err.param, "max_tokens");
     assert_non_null(
         strstr(err.message, "requested 65 tokens (60 in the prompt, 5 for the completion)"));
@@ -213,7 +284,7 @@ static void test_prompt_lengths(void **state)
         k += (size_t)snprintf(body + k, sizeof body - k, "%s1", i ? "," : "");
     snprintf(body + k, sizeof body - k, "]}");
     assert_int_equal(ep_oai_parse(EP_OAI_COMPLETIONS, body, strlen(body), &LIM, &r, &err), 0);
-    assert_int_equal(ep_oai_prompt(&r, NULL, EP_ARCH_QWEN3_MOE, &LIM, &ids, &n, &err), 0);
+    assert_int_equal(ep_oai_prompt(&r, NULL, NULL, &LIM, &ids, &n, &err), 0);
     assert_int_equal(n, 60);
     assert_int_equal(r.max_tokens, 4);
     free(ids);
@@ -224,7 +295,7 @@ static void test_prompt_lengths(void **state)
         k += (size_t)snprintf(body + k, sizeof body - k, "%s1", i ? "," : "");
     snprintf(body + k, sizeof body - k, "]}");
     assert_int_equal(ep_oai_parse(EP_OAI_COMPLETIONS, body, strlen(body), &LIM, &r, &err), 0);
-    assert_int_equal(ep_oai_prompt(&r, NULL, EP_ARCH_QWEN3_MOE, &LIM, &ids, &n, &err), 400);
+    assert_int_equal(ep_oai_prompt(&r, NULL, NULL, &LIM, &ids, &n, &err), 400);
     assert_string_equal(err.param, "prompt");
     assert_non_null(strstr(err.message, "has 64 tokens"));
     ep_oai_request_free(&r);
@@ -232,7 +303,7 @@ static void test_prompt_lengths(void **state)
     const char *t = "{\"prompt\":\"hello\"}";
     assert_int_equal(ep_oai_parse(EP_OAI_COMPLETIONS, t, strlen(t), &LIM, &r, &err), 0);
     assert_string_equal(r.prompt_text, "hello");
-    assert_int_equal(ep_oai_prompt(&r, NULL, EP_ARCH_QWEN3_MOE, &LIM, &ids, &n, &err), 400);
+    assert_int_equal(ep_oai_prompt(&r, NULL, NULL, &LIM, &ids, &n, &err), 400);
     assert_non_null(strstr(err.message, "no tokenizer"));
     ep_oai_request_free(&r);
 }

@@ -475,65 +475,13 @@ static void test_synth(void **state)
     rmdir(dir);
 }
 
-// ---- chat templates ------------------------------------------------------------
-
-static void test_chat(void **state)
-{
-    ep_chat_msg m[] = {
-        {"system", "Be brief."}, {"user", "Hi!"}, {"assistant", "Hello."}, {"user", "2+2?"}};
-    char *s;
-    assert_int_equal(ep_chat_render(EP_ARCH_QWEN3_MOE, m, 4, &s), EP_OK);
-    assert_string_equal(s, "<|im_start|>system\nBe brief.<|im_end|>\n"
-                           "<|im_start|>user\nHi!<|im_end|>\n"
-                           "<|im_start|>assistant\nHello.<|im_end|>\n"
-                           "<|im_start|>user\n2+2?<|im_end|>\n"
-                           "<|im_start|>assistant\n");
-    free(s);
-    assert_int_equal(ep_chat_render(EP_ARCH_DEEPSEEK_V2, m, 4, &s), EP_OK);
-    assert_string_equal(s, "<｜begin▁of▁sentence｜>Be brief.\n\nUser: Hi!\n\n"
-                           "Assistant: Hello.<｜end▁of▁sentence｜>User: 2+2?\n\nAssistant:");
-    free(s);
-
-    // rendered chat encodes with the special tokens as single ids
-    ep_model_cfg cfg;
-    ep_tokenizer *t = synth("tiny-qwen3-moe", &cfg);
-    assert_int_equal(ep_chat_render(EP_ARCH_QWEN3_MOE, m + 1, 1, &s), EP_OK);
-    int *ids, n;
-    assert_int_equal(ep_tokenizer_encode(t, s, strlen(s), true, &ids, &n), EP_OK);
-    assert_int_equal(ids[0], 1022);
-    int ends = 0;
-    for (int i = 0; i < n; i++)
-        ends += ids[i] == 1023;
-    assert_int_equal(ends, 1);
-    char *d;
-    size_t dl;
-    assert_int_equal(ep_tokenizer_decode(t, ids, n, false, &d, &dl), EP_OK);
-    assert_string_equal(d, s);
-    free(d);
-    free(ids);
-    free(s);
-    ep_tokenizer_free(t);
-
-    ep_chat_msg bad[] = {{"user", "x"}, {"tool", "y"}};
-    assert_int_equal(ep_chat_render(EP_ARCH_QWEN3_MOE, bad, 2, &s), EP_ERR_ARG);
-    assert_non_null(strstr(ep_last_error(), "messages[1]"));
-    assert_non_null(strstr(ep_last_error(), "tool"));
-    assert_int_equal(ep_chat_render(EP_ARCH_DEEPSEEK_V2, bad, 0, &s), EP_ERR_ARG);
-    assert_non_null(strstr(ep_last_error(), "at least one"));
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_merge_order),
-        cmocka_unit_test(test_merge_rank_not_greedy),
-        cmocka_unit_test(test_added_tokens),
-        cmocka_unit_test(test_nfc),
-        cmocka_unit_test(test_bytes_round_trip),
-        cmocka_unit_test(test_long_input),
-        cmocka_unit_test(test_bad_inputs),
-        cmocka_unit_test(test_synth),
-        cmocka_unit_test(test_chat),
+        cmocka_unit_test(test_merge_order),      cmocka_unit_test(test_merge_rank_not_greedy),
+        cmocka_unit_test(test_added_tokens),     cmocka_unit_test(test_nfc),
+        cmocka_unit_test(test_bytes_round_trip), cmocka_unit_test(test_long_input),
+        cmocka_unit_test(test_bad_inputs),       cmocka_unit_test(test_synth),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
