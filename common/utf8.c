@@ -58,7 +58,7 @@ uint32_t ep_utf8_prev(const char *s, size_t end, size_t *start)
     size_t i = end - 1;
     while (i > 0 && end - i < 4 && (u[i] & 0xC0) == 0x80)
         i--;
-    uint32_t cp;
+    uint32_t cp = 0xFFFD; // set by ep_utf8_next whenever it consumes a byte
     if (ep_utf8_next(u + i, end - i, &cp) == end - i) {
         *start = i;
         return cp;
