@@ -229,6 +229,9 @@ int ep_domain_detect(const ep_routing_cfg *rc, const float *hist, int64_t n_toke
         }
     }
     free(mean);
+    free(pd);
+    free(pb);
+    free(tmp);
     r.margin = r.second >= 0 ? r.score_best - r.score_second : INFINITY;
     if (o->method == EP_DETECT_LOGLIK)
         r.gap = loglik_self(rc, rc->pick.domains[r.best].frequency, o->smooth) - r.score_best;
