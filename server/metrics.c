@@ -1,7 +1,6 @@
 // /metrics text (see metrics.h). Histograms are cumulative on output only.
 #include "server/metrics.h"
 
-#include <stdio.h>
 #include <string.h>
 
 static const double ttft_le[] = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
@@ -87,51 +86,45 @@ static void sample_d(ep_sbuf *b, const char *name, const char *model, double v)
     ep_sbuf_addf(b, "\"} %.17g\n", v);
 }
 
-// The samples of one histogram; extra: more labels (",k=\"v\"" already
-// escaped) or "".
-static void hist_samples(ep_sbuf *b, const char *name, const char *model, const char *extra,
+// Opens a sample: epserve:<name><suffix>{model_name="<model>" and, with a
+// routing profile, ,routing="<routing>" (both escaped by label()); the
+// caller adds any further labels and closes the braces.
+static void open_sample(ep_sbuf *b, const char *name, const char *suffix, const char *model,
+                        const char *routing)
+{
+    ep_sbuf_addf(b, "epserve:%s%s{model_name=\"", name, suffix);
+    label(b, model);
+    if (routing) {
+        ep_sbuf_adds(b, "\",routing=\"");
+        label(b, routing);
+    }
+    ep_sbuf_adds(b, "\"");
+}
+
+// The samples of one histogram, with a routing label when routing is not NULL.
+static void hist_samples(ep_sbuf *b, const char *name, const char *model, const char *routing,
                          const ep_hist *h)
 {
     int64_t cum = 0;
     for (int i = 0; i <= h->n; i++) {
         cum += h->count[i];
-        ep_sbuf_addf(b, "epserve:%s_bucket{model_name=\"", name);
-        label(b, model);
+        open_sample(b, name, "_bucket", model, routing);
         if (i < h->n)
-            ep_sbuf_addf(b, "\"%s,le=\"%g\"} %lld\n", extra, h->le[i], (long long)cum);
+            ep_sbuf_addf(b, ",le=\"%g\"} %lld\n", h->le[i], (long long)cum);
         else
-            ep_sbuf_addf(b, "\"%s,le=\"+Inf\"} %lld\n", extra, (long long)cum);
+            ep_sbuf_addf(b, ",le=\"+Inf\"} %lld\n", (long long)cum);
     }
-    ep_sbuf_addf(b, "epserve:%s_sum{model_name=\"", name);
-    label(b, model);
-    ep_sbuf_addf(b, "\"%s} %.17g\n", extra, h->sum);
-    ep_sbuf_addf(b, "epserve:%s_count{model_name=\"", name);
-    label(b, model);
-    ep_sbuf_addf(b, "\"%s} %lld\n", extra, (long long)h->total);
+    open_sample(b, name, "_sum", model, routing);
+    ep_sbuf_addf(b, "} %.17g\n", h->sum);
+    open_sample(b, name, "_count", model, routing);
+    ep_sbuf_addf(b, "} %lld\n", (long long)h->total);
 }
 
 static void hist(ep_sbuf *b, const char *name, const char *help, const char *model,
                  const ep_hist *h)
 {
     head(b, name, "histogram", help);
-    hist_samples(b, name, model, "", h);
-}
-
-// ",routing=\"<name escaped>\"" into buf.
-static const char *routing_label(char *buf, size_t n, const char *routing)
-{
-    size_t k = (size_t)snprintf(buf, n, ",routing=\"");
-    for (const char *v = routing; *v && k + 3 < n; v++) {
-        if (*v == '\\' || *v == '"') buf[k++] = '\\';
-        if (*v == '\n') {
-            buf[k++] = '\\';
-            buf[k++] = 'n';
-        } else {
-            buf[k++] = *v;
-        }
-    }
-    snprintf(buf + k, n - k, "\"");
-    return buf;
+    hist_samples(b, name, model, NULL, h);
 }
 
 // Per routing profile: what each step of that profile admitted and did.
@@ -222,11 +215,8 @@ static void profile_samples(ep_sbuf *b, const char *model, const ep_srv_stats *s
     for (int f = 0; f < PF_N; f++) {
         head(b, fam[f].name, fam[f].type, fam[f].help);
         for (int i = 0; i < em->n_routings; i++) {
-            char lab[160];
-            ep_sbuf_addf(b, "epserve:%s{model_name=\"", fam[f].name);
-            label(b, model);
-            ep_sbuf_addf(b, "\"%s} %.17g\n", routing_label(lab, sizeof lab, em->routing_names[i]),
-                         profile_value(f, &em->profile[i]));
+            open_sample(b, fam[f].name, "", model, em->routing_names[i]);
+            ep_sbuf_addf(b, "} %.17g\n", profile_value(f, &em->profile[i]));
         }
     }
     static const char *const hname[2] = {"routing_time_to_first_token_seconds",
@@ -236,8 +226,7 @@ static void profile_samples(ep_sbuf *b, const char *model, const ep_srv_stats *s
              k ? "Time between tokens, per routing profile."
                : "Time to first token, per routing profile.");
         for (int i = 0; i < em->n_routings && i < EP_SRV_MAX_ROUTINGS; i++) {
-            char lab[160];
-            hist_samples(b, hname[k], model, routing_label(lab, sizeof lab, em->routing_names[i]),
+            hist_samples(b, hname[k], model, em->routing_names[i],
                          k ? &s->itl_r[i] : &s->ttft_r[i]);
         }
     }
@@ -354,11 +343,8 @@ void ep_metrics_format(ep_sbuf *b, const char *model, const ep_srv_stats *s,
              "Requests of a pick.domain auto profile by the Pick domain detected from their "
              "prompt (none: no domain was clear).");
         for (int i = 0; i < em->n_auto; i++) {
-            ep_sbuf_adds(b, "epserve:pick_domain_auto_total{model_name=\"");
-            label(b, model);
-            ep_sbuf_adds(b, "\",routing=\"");
-            label(b, em->auto_routing[i]);
-            ep_sbuf_adds(b, "\",domain=\"");
+            open_sample(b, "pick_domain_auto_total", "", model, em->auto_routing[i]);
+            ep_sbuf_adds(b, ",domain=\"");
             label(b, em->auto_domain[i][0] ? em->auto_domain[i] : "none");
             ep_sbuf_addf(b, "\"} %lld\n", (long long)em->auto_requests[i]);
         }
