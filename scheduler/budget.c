@@ -19,7 +19,7 @@ void ep_sched_budget_default(ep_sched_budget *b, int k_base, int n_moe_layers, i
 
 static double k_hat(const ep_sched_budget *b, const ep_sched_seq *s)
 {
-    return s->mean_k > 0 ? s->mean_k : (double)b->k_base;
+    return s->mean_k > 0 ? s->mean_k : s->prior_k > 0 ? s->prior_k : (double)b->k_base;
 }
 
 double ep_sched_predict_slots(const ep_sched_budget *b, const ep_sched_seq *s, int n)

@@ -24,6 +24,8 @@ typedef struct {
     int want_tokens; // tokens it would run this step (prefill: the rest of the prompt; decode: 1)
     int kv_need;     // KV slots those tokens need
     double mean_k;   // recent mean experts per token per MoE layer; 0 = none seen (new)
+    double prior_k;  // the prediction before its first observation: the mean K its routing
+                     // profile has shown so far (0 = none yet: k_base)
 } ep_sched_seq;
 
 // What one admission decided.
@@ -34,7 +36,8 @@ typedef struct {
     int last_partial_tokens; // > 0: the last admitted sequence runs only this many tokens
 } ep_sched_step;
 
-// Predicted pairs of n tokens of s: n * K̂ * n_moe_layers, K̂ = mean_k or k_base.
+// Predicted pairs of n tokens of s: n * K̂ * n_moe_layers, K̂ = mean_k, else
+// prior_k, else k_base.
 double ep_sched_predict_slots(const ep_sched_budget *b, const ep_sched_seq *s, int n);
 
 // Admits sequences in queue order (first come, first served: a sequence that

@@ -644,6 +644,16 @@ static void preempt(ep_engine *e, int s)
     e->m_preempt++;
 }
 
+// Mean experts per token per MoE layer that steps of routing profile
+// `routing` have shown so far (pairs over token layers, every rank): the
+// prediction for a new sequence of that profile, so that a policy that
+// lowers K admits more prompt tokens from its first step. 0 before any.
+static double profile_k(const ep_engine *e, int routing)
+{
+    const int64_t *p = e->m_prof + (size_t)routing * EP_ENG_PROF_WORDS;
+    return p[2] > 0 ? (double)p[3] / (double)p[2] : 0.0;
+}
+
 // The running request of rank k admitted last, -1 none.
 static int latest_running(const ep_engine *e, int k)
 {
@@ -764,7 +774,7 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
             if (r->state != RQ_WAITING || !same_group(r, routing, domain)) continue;
             if (e->n_running >= e->o.max_num_seqs) break;
             int known = known_tokens(r);
-            ep_sched_seq q = {.want_tokens = known};
+            ep_sched_seq q = {.want_tokens = known, .prior_k = profile_k(e, routing)};
             double per_tok = ep_sched_predict_slots(&e->budget, &q, 1);
             int best = -1, best_fit = 0, best_left = 0, best_hit = 0;
             for (int k = 0; k < e->world; k++) {
@@ -810,6 +820,7 @@ static size_t build_plan(ep_engine *e, bool stop, bool failed)
             r->fill_to = known;
             r->admit_no = e->admit_no++;
             r->step_n = best_fit;
+            r->ss.prior_k = q.prior_k;
             if (!r->admitted) e->m_prompt += r->n_prompt;
             r->admitted = true;
             e->m_hit_tokens += (int64_t)r->n_hit * bt;

@@ -96,6 +96,24 @@ static void test_observe(void **state)
     assert_true(fabs(ep_sched_predict_slots(&b, &s, 3) - 75) < 1e-9);
 }
 
+// A new sequence counts at its profile's mean K (prior_k) until its own
+// first observation, which then replaces the prior outright.
+static void test_prior(void **state)
+{
+    ep_sched_budget b;
+    ep_sched_budget_default(&b, KB, NL, 13); // 520 slots: 13 tokens at k_base
+    ep_sched_seq q[40];
+    for (int i = 0; i < 40; i++)
+        q[i] = (ep_sched_seq){.want_tokens = 1, .kv_need = 1, .prior_k = 4.0};
+    ep_sched_step a = ep_sched_admit(&b, q, 40);
+    assert_int_equal(a.tokens, 26); // 520 / (4 * 5)
+    ep_sched_seq s = {.want_tokens = 1, .prior_k = 4.0};
+    assert_true(fabs(ep_sched_predict_slots(&b, &s, 2) - 40) < 1e-9);
+    ep_sched_observe(&b, &s, 6 * 5, 5); // first observation K 6: taken as is
+    assert_true(fabs(s.mean_k - 6.0) < 1e-12);
+    assert_true(fabs(ep_sched_predict_slots(&b, &s, 2) - 60) < 1e-9);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -103,6 +121,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_chunked_prefill_and_fcfs),
         cmocka_unit_test(test_observe),
+        cmocka_unit_test(test_prior),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
