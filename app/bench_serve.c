@@ -19,18 +19,121 @@
 
 static void bench_serve_usage(FILE *f)
 {
-    fprintf(f, "usage: epserve bench serve --url U [options]\n"
-               "  --url U               server base URL, e.g. http://127.0.0.1:8000\n"
-               "  --num-prompts N       requests to send (default 100)\n"
-               "  --request-rate R|inf  Poisson arrivals per second (default inf: all at once)\n"
-               "  --max-concurrency C   requests in flight at most (default: num-prompts)\n"
-               "  --input-len I         prompt tokens, random ids (default 128)\n"
-               "  --output-len O        generated tokens (ignore_eos; default 64)\n"
-               "  --routing R           routing profile name sent with each request\n"
-               "  --model NAME          model id (default: the first of /v1/models)\n"
-               "  --seed S              prompts and arrivals (default 0)\n"
-               "  --api-key K           Bearer key (or env EPSERVE_API_KEY)\n"
-               "  --json F              write the results as JSON (atomic)\n");
+    fprintf(f,
+            "usage: epserve bench serve --url U [options]\n"
+            "  --url U               server base URL, e.g. http://127.0.0.1:8000\n"
+            "  --num-prompts N       requests to send (default 100)\n"
+            "  --request-rate R|inf  Poisson arrivals per second (default inf: all at once)\n"
+            "  --max-concurrency C   requests in flight at most (default: num-prompts)\n"
+            "  --input-len I         prompt tokens, random ids (default 128)\n"
+            "  --output-len O        generated tokens (ignore_eos; default 64)\n"
+            "  --routing R           routing profile name sent with each request\n"
+            "  --model NAME          model id (default: the first of /v1/models)\n"
+            "  --seed S              prompts and arrivals (default 0)\n"
+            "  --api-key K           Bearer key (or env EPSERVE_API_KEY)\n"
+            "  --json F              write the results as JSON (atomic)\n"
+            "  --compare F           the --json of a baseline run of the same workload: prints\n"
+            "                        the served speedup and tokens per step against it\n"
+            "  --moe-bench F         with --compare: an `epserve bench --json` file whose first\n"
+            "                        row is the baseline and which has a row named as --routing;\n"
+            "                        prints Amdahl's prediction from its MoE-layer speedup\n");
+}
+
+// What --compare and --moe-bench read, checked before any request is sent.
+typedef struct {
+    bool on, amdahl;
+    double out_tp, moe_share, tok_step; // the baseline run's
+    double layer_speedup;               // the policy's row of `bench`, over its first row
+    char layer_base[64];                // that first row's name
+} serve_cmp;
+
+static double cmp_num(json_t *o, const char *path, const char *key, bool *bad)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_number(v) || !(json_number_value(v) >= 0)) {
+        fprintf(stderr, "epserve bench serve: %s: expected a number >= 0 at key '%s', found %s\n",
+                path, key, v ? "another value" : "none");
+        *bad = true;
+        return 0;
+    }
+    return json_number_value(v);
+}
+
+// Reads the baseline run (same prompts, lengths and concurrency, else the
+// ratio means nothing) and, with bench_path, the MoE-layer speedup of the
+// row named `routing`. false after an error naming the file and key.
+static bool load_compare(const char *path, const char *bench_path, const char *routing, long num,
+                         long conc, long in_len, long out_len, serve_cmp *c)
+{
+    json_error_t je;
+    json_t *o = json_load_file(path, 0, &je);
+    if (!o) {
+        fprintf(stderr, "epserve bench serve: --compare %s: %s (line %d)\n", path, je.text,
+                je.line);
+        return false;
+    }
+    bool bad = false;
+    const struct {
+        const char *key;
+        long want;
+    } same[] = {{"num_prompts", num},
+                {"max_concurrency", conc},
+                {"input_len", in_len},
+                {"output_len", out_len}};
+    for (size_t i = 0; i < sizeof same / sizeof same[0] && !bad; i++) {
+        double v = cmp_num(o, path, same[i].key, &bad);
+        if (!bad && v != (double)same[i].want) {
+            fprintf(stderr,
+                    "epserve bench serve: --compare %s: '%s' is %.0f, this run's is %ld (compare "
+                    "runs of the same workload)\n",
+                    path, same[i].key, v, same[i].want);
+            bad = true;
+        }
+    }
+    if (!bad) c->out_tp = cmp_num(o, path, "output_throughput", &bad);
+    if (!bad) c->moe_share = cmp_num(o, path, "moe_share", &bad);
+    if (!bad) c->tok_step = cmp_num(o, path, "tokens_per_step", &bad);
+    json_decref(o);
+    if (bad) return false;
+    c->on = true;
+    if (!bench_path) return true;
+    if (!routing) {
+        fprintf(stderr, "epserve bench serve: --moe-bench needs --routing (the row to read)\n");
+        return false;
+    }
+    o = json_load_file(bench_path, 0, &je);
+    if (!o) {
+        fprintf(stderr, "epserve bench serve: --moe-bench %s: %s (line %d)\n", bench_path, je.text,
+                je.line);
+        return false;
+    }
+    json_t *rows = json_object_get(o, "policies");
+    size_t n = json_is_array(rows) ? json_array_size(rows) : 0;
+    json_t *row = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = json_string_value(json_object_get(json_array_get(rows, i), "name"));
+        if (name && !strcmp(name, routing)) row = json_array_get(rows, i);
+    }
+    if (!row) {
+        fprintf(stderr,
+                "epserve bench serve: --moe-bench %s: expected an array 'policies' with a row "
+                "named '%s', found %zu rows without it\n",
+                bench_path, routing, n);
+        json_decref(o);
+        return false;
+    }
+    const char *b0 = json_string_value(json_object_get(json_array_get(rows, 0), "name"));
+    snprintf(c->layer_base, sizeof c->layer_base, "%s", b0 ? b0 : "?");
+    c->layer_speedup = cmp_num(row, bench_path, "speedup", &bad);
+    json_decref(o);
+    if (bad) return false;
+    if (!(c->layer_speedup > 0)) {
+        fprintf(stderr, "epserve bench serve: --moe-bench %s: row '%s' has speedup 0\n", bench_path,
+                routing);
+        return false;
+    }
+    c->amdahl = true;
+    return true;
 }
 
 typedef struct {
@@ -385,10 +488,12 @@ int ep_cmd_bench_serve(int argc, char **argv)
         {"seed", required_argument, 0, 's'},
         {"api-key", required_argument, 0, 'k'},
         {"json", required_argument, 0, 'j'},
+        {"compare", required_argument, 0, 'C'},
+        {"moe-bench", required_argument, 0, 'B'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    const char *url = NULL, *routing = NULL, *json_path = NULL,
+    const char *url = NULL, *routing = NULL, *json_path = NULL, *cmp_path = NULL, *moe_bench = NULL,
                *api_key = getenv("EPSERVE_API_KEY");
     char model[256] = "";
     long num = 100, conc = 0, in_len = 128, out_len = 64, seed = 0;
@@ -413,6 +518,12 @@ int ep_cmd_bench_serve(int argc, char **argv)
             break;
         case 'j':
             json_path = optarg;
+            break;
+        case 'C':
+            cmp_path = optarg;
+            break;
+        case 'B':
+            moe_bench = optarg;
             break;
         case 'n':
             dst = &num, name = "--num-prompts";
@@ -477,6 +588,13 @@ int ep_cmd_bench_serve(int argc, char **argv)
         return 2;
     }
     if (!conc || conc > num) conc = num;
+    serve_cmp cmp = {0};
+    if (moe_bench && !cmp_path) {
+        fprintf(stderr, "epserve bench serve: --moe-bench needs --compare (the baseline run)\n");
+        return 2;
+    }
+    if (cmp_path && !load_compare(cmp_path, moe_bench, routing, num, conc, in_len, out_len, &cmp))
+        return 2;
     char base[1024];
     snprintf(base, sizeof base, "%s", url);
     size_t bl = strlen(base);
@@ -624,6 +742,27 @@ int ep_cmd_bench_serve(int argc, char **argv)
             printf("%-40s %.3f\n", "MoE share of forward time (rank 0):", moe_share);
         }
     }
+    // Against the baseline run: the served speedup, and what Amdahl's law
+    // predicts from the baseline's MoE share f and the MoE-layer speedup s
+    // `bench` measured: 1 / ((1 - f) + f / s).
+    const double served = cmp.on && cmp.out_tp > 0 ? out_tp / cmp.out_tp : 0;
+    const double amdahl =
+        cmp.amdahl ? 1.0 / ((1 - cmp.moe_share) + cmp.moe_share / cmp.layer_speedup) : 0;
+    const double tok_ratio = cmp.on && cmp.tok_step > 0 ? tok_step / cmp.tok_step : 0;
+    if (cmp.on) {
+        printf("%.*s%s%.*s\n", 14, "--------------------------", "Against the baseline run", 12,
+               "--------------------------");
+        printf("%-40s %.3f\n", "Served speedup (output tok/s):", served);
+        printf("%-40s %.3f\n", "Tokens per step / baseline's:", tok_ratio);
+        if (cmp.amdahl) {
+            printf("%-40s %.3f\n", "MoE share of a baseline step (f):", cmp.moe_share);
+            char l[128];
+            snprintf(l, sizeof l, "MoE-layer speedup vs %.64s (s, bench):", cmp.layer_base);
+            printf("%-40s %.3f\n", l, cmp.layer_speedup);
+            printf("%-40s %.3f\n", "Amdahl 1/((1-f)+f/s):", amdahl);
+            printf("%-40s %.3f\n", "Served / Amdahl:", served / amdahl);
+        }
+    }
     printf("==================================================\n");
     if (first_err) printf("first failure: %s\n", first_err);
     fflush(stdout);
@@ -668,6 +807,16 @@ int ep_cmd_bench_serve(int argc, char **argv)
                 json_object_set_new(o, "avg_k", json_real(run_k));
                 json_object_set_new(o, "moe_share", json_real(moe_share));
             }
+        }
+        if (cmp.on) {
+            json_object_set_new(o, "served_speedup", json_real(served));
+            json_object_set_new(o, "tokens_per_step_ratio", json_real(tok_ratio));
+        }
+        if (cmp.amdahl) {
+            json_object_set_new(o, "baseline_moe_share", json_real(cmp.moe_share));
+            json_object_set_new(o, "moe_layer_speedup", json_real(cmp.layer_speedup));
+            json_object_set_new(o, "amdahl_speedup", json_real(amdahl));
+            json_object_set_new(o, "served_over_amdahl", json_real(served / amdahl));
         }
         if (first_err) json_object_set_new(o, "first_error", json_string(first_err));
         if (ep_json_write_atomic(json_path, o, JSON_INDENT(2) | JSON_REAL_PRECISION(9))) {

@@ -50,6 +50,10 @@ static void serve_usage(FILE *f)
                "  --placement KIND          contiguous | round_robin | eplb (default contiguous);\n"
                "                            eplb starts contiguous and re-places from the loads\n"
                "                            served (--rebalance-interval, default 50 with eplb)\n"
+               "  --expert-load F           eplb: start from the loads in F (SGLang's expert-\n"
+               "                            distribution format, {\"logical_count\": [L][E]})\n"
+               "  --save-expert-load F      at a normal stop, write the loads served to F (same\n"
+               "                            format)\n"
                "  --redundant-experts N     eplb: extra expert slots per layer (default 0)\n"
                "  --rebalance-interval N    re-place the experts every N steps (0: never)\n"
                "  --rebalance-min-gain G    move weights only when the predicted max/mean rank\n"
@@ -131,12 +135,15 @@ int ep_cmd_serve(int argc, char **argv)
         {"rebalance-interval", required_argument, 0, 'I'},
         {"rebalance-min-gain", required_argument, 0, 'G'},
         {"micro-batches", required_argument, 0, 'U'},
+        {"expert-load", required_argument, 0, 'E'},
+        {"save-expert-load", required_argument, 0, 'O'},
         {"enable-prefix-caching", no_argument, 0, 'P'},
         {"no-prefix-caching", no_argument, 0, 'Q'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *model = NULL, *served = NULL, *routing_arg = "baseline";
+    const char *load_in = NULL, *load_out = NULL;
     ep_server_opts so;
     ep_server_opts_default(&so);
     so.api_key = getenv("EPSERVE_API_KEY");
@@ -157,6 +164,12 @@ int ep_cmd_serve(int argc, char **argv)
         switch (c) {
         case 'm':
             model = optarg;
+            break;
+        case 'E':
+            load_in = optarg;
+            break;
+        case 'O':
+            load_out = optarg;
             break;
         case 'H':
             so.host = optarg;
@@ -283,10 +296,16 @@ int ep_cmd_serve(int argc, char **argv)
     char *routing_buf = ep_xstrdup(routing_arg);
     const char *routings[64];
     const long rebalance_eff = rebalance >= 0 ? rebalance : placement == EP_PLACE_EPLB ? 50 : 0;
-    if (redundant > 0 && rebalance_eff == 0) {
+    if (load_in && placement != EP_PLACE_EPLB) {
+        fprintf(stderr, "epserve serve: --expert-load places experts by EPLB: it needs "
+                        "--placement eplb\n");
+        return 2;
+    }
+    if (redundant > 0 && rebalance_eff == 0 && !load_in) {
         fprintf(stderr,
                 "epserve serve: --redundant-experts %ld has no effect without "
-                "re-placement: use --placement eplb or --rebalance-interval N > 0\n",
+                "re-placement or loads: use --placement eplb with --expert-load F or "
+                "--rebalance-interval N > 0\n",
                 redundant);
         return 2;
     }
@@ -322,11 +341,20 @@ int ep_cmd_serve(int argc, char **argv)
     int64_t worst = 0;
     ep_gen_config gen = {.bos = -1, .pad = -1}; // generation_config.json, read on every rank
     ep_chat_template *chat = NULL;
+    double *load = NULL; // --expert-load, read on every rank (like the model)
     if (!(st = ep_model_cfg_load(model, &cfg)) && !(st = ep_gen_config_load(&cfg, &gen)) &&
         !(st = ep_weights_open(&cfg, &w)) && cl->rank == 0 &&
         !(st = ep_tokenizer_for_model(&cfg, &tok)))
         st = ep_chat_template_for_model(&cfg, &chat);
     if (!st && cl->rank == 0) ep_gen_config_warn(&gen);
+    if (!st && load_in) {
+        bool *is_moe = ep_xcalloc((size_t)cfg.n_layers, sizeof(bool));
+        for (int l = 0; l < cfg.n_layers; l++)
+            is_moe[l] = ep_model_layer_is_moe(&cfg, l);
+        st = ep_expert_load_read(load_in, cfg.n_layers, cfg.n_experts, is_moe, &load);
+        free(is_moe);
+        if (st) st = ep_error_prefix(st, "--expert-load");
+    }
     if (!agree(cl, st, &worst)) {
         ep_engine_opts eo;
         ep_engine_opts_default(&eo, &cfg, cl->world_size);
@@ -347,8 +375,11 @@ int ep_cmd_serve(int argc, char **argv)
         eo.model.moe.expert_dtype = expert_dtype;
         eo.model.dtype = dense_dtype;
         eo.model.moe.wire = wire;
-        // eplb: start contiguous (no loads yet), re-place from what is served.
-        eo.model.moe.placement = placement == EP_PLACE_EPLB ? EP_PLACE_CONTIGUOUS : placement;
+        // eplb: start from the file's loads, else contiguous (no loads yet);
+        // re-place from what is served.
+        eo.model.moe.placement =
+            placement == EP_PLACE_EPLB && !load ? EP_PLACE_CONTIGUOUS : placement;
+        eo.model.moe.expert_load = load;
         eo.model.moe.redundant_experts = (int)redundant;
         eo.rebalance_interval = (int)rebalance_eff;
         eo.rebalance_min_gain = min_gain;
@@ -359,6 +390,8 @@ int ep_cmd_serve(int argc, char **argv)
         eo.eos_ids = gen.eos;
         eo.n_eos_ids = gen.n_eos;
         st = ep_engine_create(&cfg, cl, w, tok, &eo, &e);
+        free(load); // read by ep_moe_init
+        load = NULL;
         if (!st && cl->rank == 0) {
             so.port = (int)port;
             so.max_body_bytes = (size_t)body;
@@ -412,6 +445,17 @@ int ep_cmd_serve(int argc, char **argv)
         ep_server_stop(srv); // every request has had its final event
         srv = NULL;
         code = 0;
+        if (load_out && cl->rank == 0) {
+            ep_engine_metrics em;
+            if (!(st = ep_engine_metrics_get(e, &em))) {
+                st = ep_expert_load_write(load_out, em.n_layers, em.n_experts, em.expert_load);
+                ep_engine_metrics_free(&em);
+            }
+            if (st) {
+                fprintf(stderr, "epserve serve: --save-expert-load: %s\n", ep_last_error());
+                code = 1;
+            }
+        }
     } else {
         code = (int)worst;
     }
@@ -422,5 +466,6 @@ int ep_cmd_serve(int argc, char **argv)
     ep_weights_free(w);
     ep_cluster_free(cl);
     free(routing_buf);
+    free(load);
     return code;
 }

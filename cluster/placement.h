@@ -92,6 +92,20 @@ void ep_placement_choose(const ep_placement *p, const ep_routes *r, int my_rank,
 void ep_placement_rank_load(const ep_placement *p, const ep_routes *r, const int *pair_rank,
                             int64_t *load);
 
+// ---- expert loads in a file -----------------------------------------------
+// The format of SGLang's expert-distribution dumps (its EPLB input):
+// {"logical_count": [[...n_experts numbers...] x n_layers]}, tokens routed
+// to each expert of each layer, every layer of the model a row. is_moe
+// [n_layers] (NULL: every layer) marks the MoE layers: a dense layer's row
+// must be all zeros, since nothing could use it. Other keys are refused.
+// *out: [n_layers * n_experts] (the caller frees it). Errors: EP_ERR_IO (the
+// file), EP_ERR_FORMAT (JSON syntax), EP_ERR_CONFIG (a key, row or value:
+// named, with what was expected and found).
+ep_status ep_expert_load_read(const char *path, int n_layers, int n_experts, const bool *is_moe,
+                              double **out);
+// Writes load [n_layers * n_experts] in that format, atomically.
+ep_status ep_expert_load_write(const char *path, int n_layers, int n_experts, const int64_t *load);
+
 static inline int ep_placement_n_local(const ep_placement *p, int rank)
 {
     return p->local_off[rank + 1] - p->local_off[rank];

@@ -11,42 +11,15 @@
 set -uo pipefail
 bin=$1
 tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do
-    kill -TERM "$p" 2> /dev/null
-    for _ in $(seq 50); do kill -0 "$p" 2> /dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2> /dev/null
-  done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 EP_NUM_THREADS=1
-failures=0
-check() { # check <0|1> <message>
-  if [[ $1 == 1 ]]; then echo "ok    $2"; else echo "FAIL  $2"; failures=$((failures + 1)); fi
-}
+source "$(dirname "$0")/lib/serve.sh"
+trap e2e_cleanup EXIT
 model=tiny-qwen3-moe
 
 start() { # start <name> <np> <args...>: the URL in $tmp/<name>.url
   local name=$1 np=$2
   shift 2
-  timeout 300 mpirun -np "$np" --oversubscribe "$bin" serve --model $model --port 0 \
-    --max-model-len 256 --max-num-seqs 48 --max-waiting 256 "$@" \
-    > "$tmp/$name.out" 2> "$tmp/$name.err" &
-  pids+=($!)
-  local url=
-  for _ in $(seq 300); do
-    url=$(grep -o 'http://127.0.0.1:[0-9]*' "$tmp/$name.out" 2> /dev/null | head -1)
-    [[ -n $url ]] && break
-    sleep 0.1
-  done
-  [[ -n $url ]] || { echo "FAIL  server $name did not start"; cat "$tmp/$name.err"; exit 1; }
-  for _ in $(seq 100); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "$url/health") == 200 ]] && break
-    sleep 0.1
-  done
-  echo "$url" > "$tmp/$name.url"
+  e2e_serve_start "$name" "$np" --model $model --max-model-len 256 --max-num-seqs 48 \
+    --max-waiting 256 "$@"
 }
 start ref 1
 start eplb 3 --placement eplb --redundant-experts 3 --rebalance-interval 4 --rebalance-min-gain -1
@@ -93,14 +66,14 @@ print(ok, refok, len(diff), diff[:5])
 PY
 )
 read -r ok refok ndiff rest <<< "$summary"
-check "$([[ $ok == 200 && $refok == 200 ]] && echo 1 || echo 0)" \
+e2e_check "$([[ $ok == 200 && $refok == 200 ]] && echo 1 || echo 0)" \
   "200 answers with 200 OK from each server (re-placing: $ok, reference: $refok)"
-check "$([[ $ndiff == 0 ]] && echo 1 || echo 0)" \
+e2e_check "$([[ $ndiff == 0 ]] && echo 1 || echo 0)" \
   "every greedy response equals the 1-rank server's ($ndiff differ: $rest)"
 moves=$(curl -s "$(cat "$tmp/eplb.url")/metrics" | awk '/^epserve:moe_replacements_total/ { print $NF }')
-check "$([[ ${moves:-0} -ge 3 ]] && echo 1 || echo 0)" "at least 3 re-placements moved weights ($moves)"
+e2e_check "$([[ ${moves:-0} -ge 3 ]] && echo 1 || echo 0)" "at least 3 re-placements moved weights ($moves)"
 logged=$(grep -c 're-placement before step .*load_imbalance .* -> .*experts moved' "$tmp/eplb.err")
-check "$([[ $logged -ge 3 ]] && echo 1 || echo 0)" "the log shows load_imbalance before -> after ($logged lines)"
+e2e_check "$([[ $logged -ge 3 ]] && echo 1 || echo 0)" "the log shows load_imbalance before -> after ($logged lines)"
 grep -m 3 're-placement' "$tmp/eplb.err" | sed 's/^/      /'
 echo "serve_replace: $failures failed"
 [[ $failures == 0 ]]

@@ -9,8 +9,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cluster/placement.h"
 
@@ -185,6 +187,65 @@ static void test_errors(void **state)
     assert_string_equal(ep_place_kind_name(k), "eplb");
 }
 
+// The expert-load file: what is written reads back; every malformed file
+// is refused naming the file and what is wrong, and nothing is returned.
+static void put(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void load_fails(const char *path, const char *text, const bool *is_moe, ep_status want,
+                       const char *needle)
+{
+    put(path, text);
+    double *out = (double *)1;
+    assert_int_equal(ep_expert_load_read(path, 3, 2, is_moe, &out), want);
+    assert_null(out);
+    assert_non_null(strstr(ep_last_error(), path));
+    if (!strstr(ep_last_error(), needle)) fail_msg("'%s' lacks '%s'", ep_last_error(), needle);
+}
+
+static void test_expert_load_file(void **state)
+{
+    char path[] = "/tmp/ep_test_loadXXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    const int64_t load[6] = {0, 0, 7, 1, 123456789012LL, 3};
+    assert_int_equal(ep_expert_load_write(path, 3, 2, load), EP_OK);
+    const bool is_moe[3] = {false, true, true};
+    double *got = NULL;
+    assert_int_equal(ep_expert_load_read(path, 3, 2, is_moe, &got), EP_OK);
+    for (int i = 0; i < 6; i++)
+        assert_true(got[i] == (double)load[i]);
+    free(got);
+    // SGLang's dumps hold counts as numbers of either kind.
+    put(path, "{\"logical_count\": [[0, 0], [1.5, 2], [3, 4.0]]}");
+    assert_int_equal(ep_expert_load_read(path, 3, 2, is_moe, &got), EP_OK);
+    assert_true(got[2] == 1.5 && got[5] == 4.0);
+    free(got);
+    load_fails(path, "{\"logical_count\": [[0, 0], [1, 2]]}", NULL, EP_ERR_CONFIG, "3 rows");
+    load_fails(path, "{\"logical_count\": [[0, 0], [1, 2], [3]]}", NULL, EP_ERR_CONFIG, "row 2");
+    load_fails(path, "{\"logical_count\": [[0, 0], [1, -2], [3, 4]]}", NULL, EP_ERR_CONFIG,
+               "[1][1]");
+    load_fails(path, "{\"logical_count\": [[0, 0], [1, \"2\"], [3, 4]]}", NULL, EP_ERR_CONFIG,
+               "[1][1]");
+    load_fails(path, "{\"logical_count\": [[5, 0], [1, 2], [3, 4]]}", is_moe, EP_ERR_CONFIG,
+               "dense");
+    load_fails(path, "{\"logical_count\": [[0, 0], [1, 2], [3, 4]], \"physical_count\": 1}", NULL,
+               EP_ERR_CONFIG, "physical_count");
+    load_fails(path, "[[0, 0], [1, 2], [3, 4]]", NULL, EP_ERR_CONFIG, "logical_count");
+    load_fails(path, "{\"logical_count\": [[0, 0]", NULL, EP_ERR_FORMAT, "line");
+    unlink(path);
+    double *out = (double *)1;
+    assert_int_equal(ep_expert_load_read(path, 3, 2, NULL, &out), EP_ERR_IO);
+    assert_null(out);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -195,6 +256,7 @@ int main(void)
         cmocka_unit_test(test_placement_from_eplb),
         cmocka_unit_test(test_two_slots_one_rank),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_expert_load_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
