@@ -14,11 +14,8 @@
 # answers a greedy request exactly as the first (fp32 experts: the forward
 # is bitwise invariant under placement); --expert-load without eplb and a
 # malformed file are refused naming the option and the file. Bounded: < 90 s.
-set -uo pipefail
 bin=$1
-tmp=$(mktemp -d)
 source "$(dirname "$0")/lib/serve.sh"
-trap e2e_cleanup EXIT
 py=python3
 model=tiny-qwen3-moe
 check=e2e_check

@@ -8,11 +8,8 @@
 # invariant under placement, docs/architecture.md, so a difference is a bug,
 # not a near-tie), at least 3 re-placements that moved weights (/metrics),
 # and the log shows the predicted load_imbalance before and after each.
-set -uo pipefail
 bin=$1
-tmp=$(mktemp -d)
 source "$(dirname "$0")/lib/serve.sh"
-trap e2e_cleanup EXIT
 model=tiny-qwen3-moe
 
 start() { # start <name> <np> <args...>: the URL in $tmp/<name>.url

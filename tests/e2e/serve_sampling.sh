@@ -7,11 +7,8 @@
 # tokens then EOS: 4 completion tokens, finish "stop"; without min_tokens,
 # 1); the penalties are accepted and change a greedy text; response_format
 # json_object is refused naming the field. Bounded: < 60 s.
-set -uo pipefail
 bin=$1
-tmp=$(mktemp -d)
 source "$(dirname "$0")/lib/serve.sh"
-trap e2e_cleanup EXIT
 py=python3
 model=tiny-qwen3-moe
 eos=$("$bin" tokenize --model $model --text '<|im_end|>' | tr -d '[] \n')

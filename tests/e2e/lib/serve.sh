@@ -1,8 +1,11 @@
 # Shared by the e2e tests that run `epserve serve` (sourced, not a test: the
 # ctest glob takes tests/e2e/*.sh only). The caller sets `bin` (the epserve
-# binary) and `tmp` (a scratch directory it removes) and traps EXIT with
-# e2e_cleanup. Exports what every rank needs: Open MPI as root, one BLAS and
-# one pool thread per rank.
+# binary) first. Sourcing makes the scratch directory $tmp, traps EXIT to
+# stop every server started here and remove $tmp, and exports what every rank
+# needs: Open MPI as root, one BLAS and one pool thread per rank.
+set -uo pipefail
+tmp=$(mktemp -d)
+trap e2e_cleanup EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1 EP_NUM_THREADS=1
 failures=0
 e2e_pids=()
