@@ -31,9 +31,10 @@ ep_status ep_expert_load_read(const char *path, int n_layers, int n_experts, con
     json_object_foreach(root, key, v)
     {
         if (strcmp(key, "logical_count")) {
-            st = ep_errorf(EP_ERR_CONFIG,
-                           "%s: unknown key '%s' (expected only 'logical_count', [layers][experts])",
-                           path, key);
+            st =
+                ep_errorf(EP_ERR_CONFIG,
+                          "%s: unknown key '%s' (expected only 'logical_count', [layers][experts])",
+                          path, key);
             goto done;
         }
     }

@@ -10,7 +10,9 @@
 #      BF16 experts; every token greedy generation picks is, under the CPU
 #      fp32 model's logits for the same prefix, within that tolerance of the
 #      best (BF16 may break a near-tie the other way, nothing more);
-#   4. build-emu-asan/ (the same with ASan + UBSan + LSan): the cuda.* tests.
+#   4. `serve --backend cuda` at np 2: the official openai npm client
+#      (completion, chat, streaming, a 404) and `bench serve` answered;
+#   5. build-emu-asan/ (the same with ASan + UBSan + LSan): the cuda.* tests.
 #   scripts/emu.sh [--no-asan]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -117,6 +119,39 @@ sys.exit(0 if ok else 1)
 PY
 done
 
+echo "# serve --backend cuda, np 2: the official openai client, then bench serve"
+# tests/e2e/lib/serve.sh: the server under mpirun, its URL, stopped on exit.
+source "$root/tests/e2e/lib/serve.sh"
+set -e
+key=emu-$$
+e2e_serve_start cuda 2 --model tiny-qwen3-moe --backend cuda --routing baseline,banpick \
+  --api-key "$key" --max-model-len 512
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "emu.sh: node/npm missing (scripts/deps.sh installs them)" >&2
+  exit 1
+fi
+mkdir -p "$tmp/npm"
+if (cd "$tmp/npm" && timeout 60 npm install --no-audit --no-fund --silent openai@4 >"$tmp/npm.log" 2>&1); then
+  cp "$root/tests/e2e/serve/openai_client.mjs" "$tmp/npm/"
+  node "$tmp/npm/openai_client.mjs" "$url" "$key" tiny-qwen3-moe
+elif grep -qiE 'ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ETIMEDOUT|network' "$tmp/npm.log"; then
+  echo "emu.sh: the npm registry is unreachable: the openai client part is left out"
+else
+  cat "$tmp/npm.log" >&2
+  exit 1
+fi
+EPSERVE_API_KEY=$key "$bin" bench serve --url "$url" --routing banpick --num-prompts 8 \
+  --max-concurrency 4 --input-len 48 --output-len 8 --json "$out/bench_serve.json" >/dev/null
+"$py" - "$out/bench_serve.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+ok = d["completed"] == 8 and d["failed"] == 0 and 0 < d["avg_k"] < 8
+print(f'bench serve --backend cuda: {d["completed"]} of 8 answered, avg K {d["avg_k"]:.3f} '
+      f'{"ok" if ok else "FAIL"}')
+sys.exit(0 if ok else 1)
+PY
+e2e_serve_stop "$server_pid"
+
 if [ "$asan" = 1 ]; then
   echo "# the cuda tests under ASan + UBSan + LSan"
   abuild="$root/build-emu-asan"
@@ -125,4 +160,4 @@ if [ "$asan" = 1 ]; then
   ep_sanitize_env "$abuild"
   cuda_tests "$abuild"
 fi
-echo "emu.sh: the cuda backend ran on the emulated device: tests, bench --check, logits, generate"
+echo "emu.sh: the cuda backend ran on the emulated device: tests, bench --check, logits, generate, serve"

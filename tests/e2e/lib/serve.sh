@@ -1,6 +1,6 @@
 # Shared by the e2e tests that run `epserve serve` (sourced, not a test: the
 # ctest glob takes tests/e2e/*.sh only). The caller sets `bin` (the epserve
-# binary) first. Sourcing makes the scratch directory $tmp, traps EXIT to
+# binary) first. The functions also work under `set -e`. Sourcing makes the scratch directory $tmp, traps EXIT to
 # stop every server started here and remove $tmp, and exports what every rank
 # needs: Open MPI as root, one BLAS and one pool thread per rank.
 set -uo pipefail
@@ -28,7 +28,7 @@ e2e_serve_start() {
   e2e_pids+=("$server_pid")
   url=
   for _ in $(seq 300); do
-    url=$(grep -o 'http://127.0.0.1:[0-9]*' "$tmp/$name.out" 2> /dev/null | head -1)
+    url=$(grep -o 'http://127.0.0.1:[0-9]*' "$tmp/$name.out" 2> /dev/null | head -1 || true)
     [[ -n $url ]] && break
     kill -0 "$server_pid" 2> /dev/null || break
     sleep 0.1
@@ -45,10 +45,9 @@ e2e_serve_start() {
 e2e_serve_stop() {
   local p=$1
   kill -0 "$p" 2> /dev/null || return 0
-  kill -TERM "$p" 2> /dev/null
+  kill -TERM "$p" 2> /dev/null || true
   for _ in $(seq 50); do kill -0 "$p" 2> /dev/null || break; sleep 0.1; done
-  kill -KILL "$p" 2> /dev/null
-  return 0
+  kill -KILL "$p" 2> /dev/null || true
 }
 
 # Stops every server this test started and removes $tmp (trap it on EXIT).
