@@ -25,6 +25,12 @@ void ep_sim_layer_init(ep_sim_layer *L, int world)
     L->active_experts = ep_xcalloc((size_t)world, sizeof *L->active_experts);
     L->pair_dest_bytes = ep_xcalloc((size_t)world * world, sizeof *L->pair_dest_bytes);
     L->pair_comb_bytes = ep_xcalloc((size_t)world * world, sizeof *L->pair_comb_bytes);
+    L->hdispatch = ep_xcalloc((size_t)world, sizeof *L->hdispatch);
+    L->hcombine = ep_xcalloc((size_t)world, sizeof *L->hcombine);
+    L->node_rank = ep_xcalloc((size_t)world, sizeof *L->node_rank);
+    L->node_off = ep_xcalloc((size_t)world + 1, sizeof *L->node_off);
+    L->local_idx = ep_xcalloc((size_t)world, sizeof *L->local_idx);
+    L->node_pairs = ep_xcalloc((size_t)world, sizeof *L->node_pairs);
 }
 
 void ep_sim_layer_free(ep_sim_layer *L)
@@ -37,6 +43,12 @@ void ep_sim_layer_free(ep_sim_layer *L)
     free(L->pair_dest_bytes);
     free(L->pair_comb_bytes);
     free(L->seen);
+    free(L->hdispatch);
+    free(L->hcombine);
+    free(L->node_rank);
+    free(L->node_off);
+    free(L->local_idx);
+    free(L->node_pairs);
     for (int r = 0; L->plans && r < L->world; r++)
         ep_dispatch_plan_free(&L->plans[r]);
     free(L->plans);
@@ -69,6 +81,80 @@ static void add_traffic(ep_sim_traffic *t, bool send, bool intra, double bytes)
         *(intra ? &t->recv_intra : &t->recv_inter) += bytes;
 }
 
+// Ranks grouped by node (node ids are < world: ep_dispatch_plan_init checks
+// node_of), each rank's index among its node's ranks in ascending order.
+static void layer_nodes(ep_sim_layer *L, const int *node_of)
+{
+    const int W = L->world;
+    for (int r = 0; r < W; r++)
+        EP_ASSERT(node_of[r] >= 0 && node_of[r] < W);
+    memset(L->node_off, 0, sizeof *L->node_off * ((size_t)W + 1));
+    for (int r = 0; r < W; r++)
+        L->node_off[node_of[r] + 1]++;
+    for (int n = 0; n < W; n++)
+        L->node_off[n + 1] += L->node_off[n];
+    for (int n = 0; n < W; n++)
+        L->node_pairs[n] = L->node_off[n]; // cursor
+    for (int r = 0; r < W; r++) {
+        L->local_idx[r] = L->node_pairs[node_of[r]] - L->node_off[node_of[r]];
+        L->node_rank[L->node_pairs[node_of[r]]++] = r;
+    }
+    memset(L->node_pairs, 0, sizeof *L->node_pairs * (size_t)W);
+}
+
+// The rank of node n that forwards rank r's tokens (DeepEP pairs RDMA peers
+// by local index); a node with fewer ranks takes the index modulo its size.
+static int layer_forwarder(const ep_sim_layer *L, int r, int n)
+{
+    const int cnt = L->node_off[n + 1] - L->node_off[n];
+    return L->node_rank[L->node_off[n] + L->local_idx[r] % cnt];
+}
+
+// One record of `bytes` from s to d (and `cbytes` back in the combine) in
+// stage `stage` of the two-stage model.
+static void hier_add(ep_sim_layer *L, ep_sim_stage stage, int s, int d, int64_t bytes,
+                     int64_t cbytes, double scale)
+{
+    const bool intra = stage == EP_SIM_STAGE_NVLINK;
+    add_traffic(&L->hdispatch[s], true, intra, scale * (double)bytes);
+    add_traffic(&L->hdispatch[d], false, intra, scale * (double)bytes);
+    add_traffic(&L->hcombine[d], true, intra, scale * (double)cbytes);
+    add_traffic(&L->hcombine[s], false, intra, scale * (double)cbytes);
+    L->hier_bytes[0][stage] += bytes;
+    L->hier_bytes[1][stage] += cbytes;
+}
+
+// Rank r's tokens in the two-stage model, from its plan's groups (one per
+// (token, destination rank), tokens ascending): per token, one RDMA record
+// per remote node carrying the ids and weights of every pair on that node,
+// NVLink records from the forwarder (or, on r's own node, from r) to each
+// other rank holding its experts; one combine row back per record.
+static void hier_rank(ep_sim_layer *L, const ep_dispatch_plan *pl, const int *node_of, int r,
+                      int hidden, ep_dtype wire, double scale)
+{
+    const int64_t crow = ep_comm_combine_record_bytes(hidden, wire);
+    const int nr = node_of[r];
+    for (int g0 = 0, g1; g0 < pl->n_grp; g0 = g1) {
+        const int tok = pl->grp_tok[g0];
+        for (g1 = g0; g1 < pl->n_grp && pl->grp_tok[g1] == tok; g1++) {
+            const int d = pl->grp_dest[g1], nd = node_of[d];
+            const int np = pl->grp_off[g1 + 1] - pl->grp_off[g1];
+            const int from = nd == nr ? r : layer_forwarder(L, r, nd);
+            if (d != from)
+                hier_add(L, EP_SIM_STAGE_NVLINK, from, d,
+                         ep_comm_dispatch_record_bytes(np, hidden, wire), crow, scale);
+            if (nd != nr) L->node_pairs[nd] += np;
+        }
+        for (int g = g0; g < g1; g++) {
+            const int nd = node_of[pl->grp_dest[g]];
+            if (L->node_pairs[nd] == 0) continue; // own node, or already sent
+            hier_add(L, EP_SIM_STAGE_RDMA, r, layer_forwarder(L, r, nd),
+                     ep_comm_dispatch_record_bytes(L->node_pairs[nd], hidden, wire), crow, scale);
+            L->node_pairs[nd] = 0;
+        }
+    }
+}
+
 void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model_cfg *cfg,
                         const ep_placement *p, const int *node_of, const ep_routes *routes,
                         const int *const *pair_rank, ep_dtype wire, double scale,
@@ -80,6 +166,10 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
     memset(L->combine, 0, sizeof *L->combine * (size_t)W);
     memset(L->recv_pairs, 0, sizeof *L->recv_pairs * (size_t)W);
     memset(L->active_experts, 0, sizeof *L->active_experts * (size_t)W);
+    memset(L->hdispatch, 0, sizeof *L->hdispatch * (size_t)W);
+    memset(L->hcombine, 0, sizeof *L->hcombine * (size_t)W);
+    memset(L->hier_bytes, 0, sizeof L->hier_bytes);
+    layer_nodes(L, node_of);
     if (E > L->n_experts) {
         L->n_experts = E;
         L->seen = ep_xrealloc(L->seen, (size_t)W * E);
@@ -111,6 +201,7 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
             bytes[(size_t)r * W + d] = pl->send_bytes[d];
             cbytes[(size_t)r * W + d] = (int64_t)ep_dispatch_plan_n_rec(pl, d) * crow;
         }
+        hier_rank(L, pl, node_of, r, cfg->hidden, wire, scale);
     }
 
     for (int r = 0; r < W; r++)
@@ -128,8 +219,15 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
         }
 
     L->dispatch_us = L->combine_us = L->experts_us = 0;
+    memset(L->hier_us, 0, sizeof L->hier_us);
     int64_t max_pairs = 0, tot_pairs = 0;
     for (int r = 0; r < W; r++) {
+        for (int s = 0; s < 2; s++) {
+            L->hier_us[0][s] =
+                EP_MAX(L->hier_us[0][s], ep_sim_hier_stage_us(c, &L->hdispatch[r], s));
+            L->hier_us[1][s] =
+                EP_MAX(L->hier_us[1][s], ep_sim_hier_stage_us(c, &L->hcombine[r], s));
+        }
         for (int e = 0; e < E; e++)
             L->active_experts[r] += L->seen[(size_t)r * E + e];
         L->dispatch_us = EP_MAX(L->dispatch_us, ep_sim_a2a_rank_us(c, &L->dispatch[r]));
@@ -202,15 +300,23 @@ static void free_pols(sim_pol *sp, int n, int W)
 }
 
 // Accumulates one priced layer into a result.
-static void acc_layer(ep_sim_result *res, const ep_sim_layer *L, const ep_comm_stats *sum, int li)
+// hier: the phases are the two-stage model's (each its stages in sequence).
+static void acc_layer(ep_sim_result *res, const ep_sim_layer *L, const ep_comm_stats *sum, int li,
+                      bool hier)
 {
     ep_comm_stats_add(&res->total, sum);
-    double t = L->dispatch_us + L->experts_us + L->combine_us;
-    res->layer_step_us[li] = t;
-    res->dispatch_us += L->dispatch_us;
+    double td = hier ? L->hier_us[0][0] + L->hier_us[0][1] : L->dispatch_us;
+    double tc = hier ? L->hier_us[1][0] + L->hier_us[1][1] : L->combine_us;
+    res->layer_step_us[li] = td + L->experts_us + tc;
+    res->dispatch_us += td;
     res->experts_us += L->experts_us;
-    res->combine_us += L->combine_us;
+    res->combine_us += tc;
     res->load_imbalance += L->imbalance;
+    for (int p = 0; p < 2; p++)
+        for (int s = 0; s < 2; s++) {
+            res->stage_us[p][s] += L->hier_us[p][s];
+            res->hier_bytes[p][s] += L->hier_bytes[p][s];
+        }
 }
 
 // EPLB for one layer from this policy's own loads (pairs per expert over
@@ -298,7 +404,8 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
     ep_status st;
 
     if ((st = ep_placement_init(&place, o->placement, E, W))) goto done;
-    if (!replay && (st = ep_weights_open(cfg, &wts))) goto done;
+    const bool synth = !replay && !o->logits_fn; // synthetic inputs through the gate
+    if (synth && (st = ep_weights_open(cfg, &wts))) goto done;
     if (!replay && (st = ep_router_init(cfg, S, &router))) goto done;
     for (int i = 0; i < n_pol; i++) {
         const char *spec = replay ? "replay" : policies[i];
@@ -337,16 +444,20 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
         char name[128];
         ep_name_gate(name, sizeof name, l);
         int64_t gshape[2] = {E, H};
-        if (!replay && (st = ep_weights_read_f32(wts, name, 2, gshape, gate))) goto done;
+        if (synth && (st = ep_weights_read_f32(wts, name, 2, gshape, gate))) goto done;
         for (int r = 0; r < W && !replay; r++) {
-            for (int i = 0; i < S; i++) {
-                int64_t g = (int64_t)r * S + i;
-                // prefill: a domain per 64-token prompt; decode: per sequence
-                int dom = (int)((o->decode ? g : g / 64) % EP_SYNTH_N_DOMAINS);
-                ep_synth_hidden(cfg, o->seed, l, dom, g, x + (size_t)i * H);
+            if (synth) {
+                for (int i = 0; i < S; i++) {
+                    int64_t g = (int64_t)r * S + i;
+                    // prefill: a domain per 64-token prompt; decode: per sequence
+                    int dom = (int)((o->decode ? g : g / 64) % EP_SYNTH_N_DOMAINS);
+                    ep_synth_hidden(cfg, o->seed, l, dom, g, x + (size_t)i * H);
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, E, H, 1.0f, x, H, gate, H,
+                            0.0f, logits, E);
+            } else {
+                o->logits_fn(o->logits_user, l, r, S, logits);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, E, H, 1.0f, x, H, gate, H, 0.0f,
-                        logits, E);
             // Routed on the placement they are priced on first (the +eplb
             // row prices the same routes on its EPLB placement).
             const ep_route_ctx ctx = {.place = &place, .node_of = node_of, .rank = r};
@@ -359,14 +470,14 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
             ep_comm_stats sum;
             ep_sim_layer_price(&L, c, cfg, &place, node_of, sp[i].routes, NULL, o->wire, scale,
                                &sum);
-            acc_layer(&out->res[i * per_pol], &L, &sum, li);
+            acc_layer(&out->res[i * per_pol], &L, &sum, li, o->hier);
             if (per_pol == 2) {
                 if ((st =
                          place_replicas(&sp[i], cfg, c, o->n_redundant, W, load, rank_load, visit)))
                     goto done;
                 ep_sim_layer_price(&L, c, cfg, &sp[i].eplb, node_of, sp[i].routes,
                                    (const int *const *)sp[i].pair_rank, o->wire, scale, &sum);
-                acc_layer(&out->res[i * per_pol + 1], &L, &sum, li);
+                acc_layer(&out->res[i * per_pol + 1], &L, &sum, li, o->hier);
             }
         }
         if (!o->quiet)
@@ -388,6 +499,9 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
         res->dispatch_us *= f;
         res->experts_us *= f;
         res->combine_us *= f;
+        for (int p = 0; p < 2; p++)
+            for (int s = 0; s < 2; s++)
+                res->stage_us[p][s] *= f;
         res->load_imbalance /= n_lay;
         res->dense_us = dense_us;
         res->head_us = head_us;
@@ -400,6 +514,12 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
         double base = (double)(t->base_dispatch_bytes + t->base_combine_bytes);
         double base_inter = (double)(t->base_dispatch_bytes_inter + t->base_combine_bytes_inter);
         res->avg_k = (double)t->pairs / tok;
+        res->hier_rdma_bytes_per_token_layer = (double)(res->hier_bytes[0][EP_SIM_STAGE_RDMA] +
+                                                        res->hier_bytes[1][EP_SIM_STAGE_RDMA]) /
+                                               tok;
+        res->hier_nvlink_bytes_per_token_layer = (double)(res->hier_bytes[0][EP_SIM_STAGE_NVLINK] +
+                                                          res->hier_bytes[1][EP_SIM_STAGE_NVLINK]) /
+                                                 tok;
         res->bytes_per_token_layer = act / tok;
         res->inter_bytes_per_token_layer = inter / tok;
         res->base_bytes_per_token_layer = base / tok;
