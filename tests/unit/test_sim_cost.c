@@ -400,6 +400,8 @@ static void test_cluster_presets(void **state)
     assert_int_equal(ep_sim_cluster_gpus(&c), 32);
     assert_float_equal(c.mem_gb, 80, 0);
     assert_float_equal(c.bf16_tflops, 989, 0);
+    assert_float_equal(c.hier_rdma_GBps, 43, 0); // DeepEP's EP16 normal-kernel RDMA figure
+    assert_float_equal(c.hier_nvlink_GBps, 344, 0);
     assert_int_equal(ep_sim_cluster_load("8x8-h200", &c), EP_OK);
     assert_int_equal(c.n_nodes, 8);
     assert_float_equal(c.mem_gb, 141, 0);
