@@ -286,18 +286,25 @@ static void print_table(const ep_model_cfg *cfg, const ep_sim_cluster *cl, const
     if (cl->n_nodes > 1 || o->hier) {
         printf("# two-stage (hier) model of the same routes: bytes per routed token per MoE layer, "
                "ms per step\n");
-        printf("# %-22s %10s %10s %10s %9s %9s %9s %9s\n", "policy", "rdma", "nvlink", "flat_inter",
-               "d_rdma", "d_nvlink", "c_nvlink", "c_rdma");
+        printf("# %-22s %10s %10s %10s %10s %7s %9s %9s %9s %9s\n", "policy", "rdma", "nvlink",
+               "flat_inter", "rdma_base", "saved_r", "d_rdma", "d_nvlink", "c_nvlink", "c_rdma");
         for (int i = 0; i < rep->n_pol; i++) {
             const ep_sim_result *r = &rep->res[i];
-            printf("  %-22s %10.0f %10.0f %10.0f %9.2f %9.2f %9.2f %9.2f\n", r->label,
+            printf("  %-22s %10.0f %10.0f %10.0f %10.0f %7.1f %9.2f %9.2f %9.2f %9.2f\n", r->label,
                    r->hier_rdma_bytes_per_token_layer, r->hier_nvlink_bytes_per_token_layer,
-                   r->inter_bytes_per_token_layer, r->stage_us[0][EP_SIM_STAGE_RDMA] * 1e-3,
+                   r->inter_bytes_per_token_layer, r->hier_base_rdma_bytes_per_token_layer,
+                   r->hier_saved_rdma_pct, r->stage_us[0][EP_SIM_STAGE_RDMA] * 1e-3,
                    r->stage_us[0][EP_SIM_STAGE_NVLINK] * 1e-3,
                    r->stage_us[1][EP_SIM_STAGE_NVLINK] * 1e-3,
                    r->stage_us[1][EP_SIM_STAGE_RDMA] * 1e-3);
         }
     }
+    if (cl->n_nodes > 1 || o->hier)
+        printf("# rdma / nvlink: the two-stage model's stage-1 (inter-node) and stage-2 bytes, "
+               "from the planner's hier mode; flat_inter: the flat inter column; rdma_base / "
+               "saved_r: static top-%d two-stage and the RDMA bytes saved vs it; d_*, c_*: "
+               "dispatch and combine stage times\n",
+               cfg->k_base);
     printf("# bytes: dispatch + combine to other GPUs per routed token per MoE layer; inter: the "
            "part crossing nodes; base: static top-%d on the same placement; saved / saved_i: vs "
            "base, all / inter-node; imbal: max/mean pairs per GPU; times per step, all layers "
@@ -359,6 +366,9 @@ static ep_status write_json(const char *path, const ep_model_cfg *cfg, const ep_
                             json_real(r->hier_rdma_bytes_per_token_layer));
         json_object_set_new(o1, "hier_nvlink_bytes_per_token_layer",
                             json_real(r->hier_nvlink_bytes_per_token_layer));
+        json_object_set_new(o1, "hier_base_rdma_bytes_per_token_layer",
+                            json_real(r->hier_base_rdma_bytes_per_token_layer));
+        json_object_set_new(o1, "hier_rdma_bytes_saved_pct", json_real(r->hier_saved_rdma_pct));
         json_t *sg = json_object();
         json_object_set_new(sg, "dispatch_rdma_ms",
                             json_real(r->stage_us[0][EP_SIM_STAGE_RDMA] * 1e-3));

@@ -27,10 +27,7 @@ void ep_sim_layer_init(ep_sim_layer *L, int world)
     L->pair_comb_bytes = ep_xcalloc((size_t)world * world, sizeof *L->pair_comb_bytes);
     L->hdispatch = ep_xcalloc((size_t)world, sizeof *L->hdispatch);
     L->hcombine = ep_xcalloc((size_t)world, sizeof *L->hcombine);
-    L->node_rank = ep_xcalloc((size_t)world, sizeof *L->node_rank);
-    L->node_off = ep_xcalloc((size_t)world + 1, sizeof *L->node_off);
-    L->local_idx = ep_xcalloc((size_t)world, sizeof *L->local_idx);
-    L->node_pairs = ep_xcalloc((size_t)world, sizeof *L->node_pairs);
+    L->fwd_n = ep_xcalloc((size_t)world, sizeof *L->fwd_n);
 }
 
 void ep_sim_layer_free(ep_sim_layer *L)
@@ -45,28 +42,31 @@ void ep_sim_layer_free(ep_sim_layer *L)
     free(L->seen);
     free(L->hdispatch);
     free(L->hcombine);
-    free(L->node_rank);
-    free(L->node_off);
-    free(L->local_idx);
-    free(L->node_pairs);
+    free(L->fwd_n);
     for (int r = 0; L->plans && r < L->world; r++)
         ep_dispatch_plan_free(&L->plans[r]);
+    for (int r = 0; L->hplans && r < L->world; r++)
+        ep_dispatch_plan_free(&L->hplans[r]);
     free(L->plans);
+    free(L->hplans);
     memset(L, 0, sizeof *L);
 }
 
-// Rank r's plan, (re)made when the row size or node map it prices with changed.
-static ep_dispatch_plan *layer_plan(ep_sim_layer *L, int r, const int *node_of, int hidden,
-                                    ep_dtype wire)
+// Rank r's plan of a mode, (re)made when the row size or node map it prices
+// with changed.
+static ep_dispatch_plan *layer_plan(ep_sim_layer *L, ep_dispatch_mode mode, int r,
+                                    const int *node_of, int hidden, ep_dtype wire)
 {
-    if (!L->plans) L->plans = ep_xcalloc((size_t)L->world, sizeof *L->plans);
-    ep_dispatch_plan *pl = &L->plans[r];
+    ep_dispatch_plan **set = mode == EP_DISPATCH_HIER ? &L->hplans : &L->plans;
+    if (!*set) *set = ep_xcalloc((size_t)L->world, sizeof **set);
+    ep_dispatch_plan *pl = &(*set)[r];
     bool fresh = pl->node_of && pl->hidden == hidden && pl->wire == wire;
     for (int d = 0; fresh && d < L->world; d++)
         fresh = pl->node_of[d] == node_of[d];
     if (!fresh) {
         ep_dispatch_plan_free(pl);
         ep_status st = ep_dispatch_plan_init(pl, L->world, r, node_of, hidden, wire);
+        if (!st) st = ep_dispatch_plan_set_mode(pl, mode);
         EP_ASSERT(st == EP_OK);
     }
     return pl;
@@ -79,35 +79,6 @@ static void add_traffic(ep_sim_traffic *t, bool send, bool intra, double bytes)
         *(intra ? &t->send_intra : &t->send_inter) += bytes;
     else
         *(intra ? &t->recv_intra : &t->recv_inter) += bytes;
-}
-
-// Ranks grouped by node (node ids are < world: ep_dispatch_plan_init checks
-// node_of), each rank's index among its node's ranks in ascending order.
-static void layer_nodes(ep_sim_layer *L, const int *node_of)
-{
-    const int W = L->world;
-    for (int r = 0; r < W; r++)
-        EP_ASSERT(node_of[r] >= 0 && node_of[r] < W);
-    memset(L->node_off, 0, sizeof *L->node_off * ((size_t)W + 1));
-    for (int r = 0; r < W; r++)
-        L->node_off[node_of[r] + 1]++;
-    for (int n = 0; n < W; n++)
-        L->node_off[n + 1] += L->node_off[n];
-    for (int n = 0; n < W; n++)
-        L->node_pairs[n] = L->node_off[n]; // cursor
-    for (int r = 0; r < W; r++) {
-        L->local_idx[r] = L->node_pairs[node_of[r]] - L->node_off[node_of[r]];
-        L->node_rank[L->node_pairs[node_of[r]]++] = r;
-    }
-    memset(L->node_pairs, 0, sizeof *L->node_pairs * (size_t)W);
-}
-
-// The rank of node n that forwards rank r's tokens (DeepEP pairs RDMA peers
-// by local index); a node with fewer ranks takes the index modulo its size.
-static int layer_forwarder(const ep_sim_layer *L, int r, int n)
-{
-    const int cnt = L->node_off[n + 1] - L->node_off[n];
-    return L->node_rank[L->node_off[n] + L->local_idx[r] % cnt];
 }
 
 // One record of `bytes` from s to d (and `cbytes` back in the combine) in
@@ -124,33 +95,31 @@ static void hier_add(ep_sim_layer *L, ep_sim_stage stage, int s, int d, int64_t 
     L->hier_bytes[1][stage] += cbytes;
 }
 
-// Rank r's tokens in the two-stage model, from its plan's groups (one per
-// (token, destination rank), tokens ascending): per token, one RDMA record
-// per remote node carrying the ids and weights of every pair on that node,
-// NVLink records from the forwarder (or, on r's own node, from r) to each
-// other rank holding its experts; one combine row back per record.
+// Who sends what in rank r's hier plan: each group to another rank is a
+// record from r (RDMA to another node's forwarder, NVLink on r's own node);
+// a group to a forwarder is then split by the rank computing each pair
+// (grp_prank) into NVLink records from the forwarder. One combine row back
+// per record. The sums equal the plan's *_inter / *_intra counters.
 static void hier_rank(ep_sim_layer *L, const ep_dispatch_plan *pl, const int *node_of, int r,
-                      int hidden, ep_dtype wire, double scale)
+                      double scale)
 {
-    const int64_t crow = ep_comm_combine_record_bytes(hidden, wire);
-    const int nr = node_of[r];
-    for (int g0 = 0, g1; g0 < pl->n_grp; g0 = g1) {
-        const int tok = pl->grp_tok[g0];
-        for (g1 = g0; g1 < pl->n_grp && pl->grp_tok[g1] == tok; g1++) {
-            const int d = pl->grp_dest[g1], nd = node_of[d];
-            const int np = pl->grp_off[g1 + 1] - pl->grp_off[g1];
-            const int from = nd == nr ? r : layer_forwarder(L, r, nd);
-            if (d != from)
-                hier_add(L, EP_SIM_STAGE_NVLINK, from, d,
-                         ep_comm_dispatch_record_bytes(np, hidden, wire), crow, scale);
-            if (nd != nr) L->node_pairs[nd] += np;
-        }
-        for (int g = g0; g < g1; g++) {
-            const int nd = node_of[pl->grp_dest[g]];
-            if (L->node_pairs[nd] == 0) continue; // own node, or already sent
-            hier_add(L, EP_SIM_STAGE_RDMA, r, layer_forwarder(L, r, nd),
-                     ep_comm_dispatch_record_bytes(L->node_pairs[nd], hidden, wire), crow, scale);
-            L->node_pairs[nd] = 0;
+    const int64_t crow = ep_comm_combine_record_bytes(pl->hidden, pl->wire);
+    for (int g = 0; g < pl->n_grp; g++) {
+        const int d = pl->grp_dest[g], o = pl->grp_off[g], e = pl->grp_off[g + 1];
+        if (d == r) continue;
+        const bool remote = node_of[d] != node_of[r];
+        hier_add(L, remote ? EP_SIM_STAGE_RDMA : EP_SIM_STAGE_NVLINK, r, d,
+                 ep_dispatch_plan_rec_bytes(pl, d, e - o), crow, scale);
+        if (!remote) continue;
+        for (int q = o; q < e; q++)
+            L->fwd_n[pl->grp_prank[q]]++;
+        for (int q = o; q < e; q++) {
+            const int ra = pl->grp_prank[q];
+            if (ra != d && L->fwd_n[ra] > 0)
+                hier_add(L, EP_SIM_STAGE_NVLINK, d, ra,
+                         ep_comm_dispatch_record_bytes(L->fwd_n[ra], pl->hidden, pl->wire), crow,
+                         scale);
+            L->fwd_n[ra] = 0;
         }
     }
 }
@@ -169,7 +138,7 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
     memset(L->hdispatch, 0, sizeof *L->hdispatch * (size_t)W);
     memset(L->hcombine, 0, sizeof *L->hcombine * (size_t)W);
     memset(L->hier_bytes, 0, sizeof L->hier_bytes);
-    layer_nodes(L, node_of);
+    memset(&L->hier_sum, 0, sizeof L->hier_sum);
     if (E > L->n_experts) {
         L->n_experts = E;
         L->seen = ep_xrealloc(L->seen, (size_t)W * E);
@@ -185,7 +154,7 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
     for (int r = 0; r < W; r++) {
         const ep_routes *R = &routes[r];
         const int *pr = pair_rank ? pair_rank[r] : NULL;
-        ep_dispatch_plan *pl = layer_plan(L, r, node_of, cfg->hidden, wire);
+        ep_dispatch_plan *pl = layer_plan(L, EP_DISPATCH_FLAT, r, node_of, cfg->hidden, wire);
         ep_dispatch_plan_build(pl, R, p, pr);
         ep_comm_stats_add(sum, &pl->stats);
         ep_placement_rank_load(p, R, pr, L->recv_pairs);
@@ -201,7 +170,11 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
             bytes[(size_t)r * W + d] = pl->send_bytes[d];
             cbytes[(size_t)r * W + d] = (int64_t)ep_dispatch_plan_n_rec(pl, d) * crow;
         }
-        hier_rank(L, pl, node_of, r, cfg->hidden, wire, scale);
+        // The same routes under the planner's hier mode.
+        ep_dispatch_plan *hp = layer_plan(L, EP_DISPATCH_HIER, r, node_of, cfg->hidden, wire);
+        ep_dispatch_plan_build(hp, R, p, pr);
+        ep_comm_stats_add(&L->hier_sum, &hp->stats);
+        hier_rank(L, hp, node_of, r, scale);
     }
 
     for (int r = 0; r < W; r++)
@@ -305,6 +278,7 @@ static void acc_layer(ep_sim_result *res, const ep_sim_layer *L, const ep_comm_s
                       bool hier)
 {
     ep_comm_stats_add(&res->total, sum);
+    ep_comm_stats_add(&res->hier_total, &L->hier_sum);
     double td = hier ? L->hier_us[0][0] + L->hier_us[0][1] : L->dispatch_us;
     double tc = hier ? L->hier_us[1][0] + L->hier_us[1][1] : L->combine_us;
     res->layer_step_us[li] = td + L->experts_us + tc;
@@ -520,6 +494,11 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
         res->hier_nvlink_bytes_per_token_layer = (double)(res->hier_bytes[0][EP_SIM_STAGE_NVLINK] +
                                                           res->hier_bytes[1][EP_SIM_STAGE_NVLINK]) /
                                                  tok;
+        const ep_comm_stats *h = &res->hier_total;
+        double h_inter = (double)(h->dispatch_bytes_inter + h->combine_bytes_inter);
+        double h_base = (double)(h->base_dispatch_bytes_inter + h->base_combine_bytes_inter);
+        res->hier_base_rdma_bytes_per_token_layer = h_base / tok;
+        res->hier_saved_rdma_pct = h_base > 0 ? 100.0 * (1.0 - h_inter / h_base) : 0.0;
         res->bytes_per_token_layer = act / tok;
         res->inter_bytes_per_token_layer = inter / tok;
         res->base_bytes_per_token_layer = base / tok;

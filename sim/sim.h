@@ -125,27 +125,29 @@ typedef struct {
     int *active_experts;                        // [world] distinct local experts with >= 1 pair
     double dispatch_us, combine_us, experts_us; // max over ranks (flat model)
     double imbalance;                           // max / mean of recv_pairs (1 when no pairs)
-    // The two-stage (hier) model of the same routes: each token goes once
-    // per remote node over RDMA to the rank of that node with the sender's
-    // local index (the forwarder), which forwards over NVLink to the ranks
-    // holding its experts; to its own node's ranks it goes over NVLink
-    // directly. Combine in reverse: partial sums reduced at the forwarder,
-    // one row back per (token, remote node). Stage traffic per rank
-    // (inter fields: RDMA stage, intra fields: NVLink stage), stage times
-    // (max over ranks; a phase is its two stages in sequence) and the
-    // unscaled bytes of each [phase][stage] summed over ranks.
+    // The two-stage (hier) model of the same routes, from each rank's plan in
+    // EP_DISPATCH_HIER mode (comm/comm.h): each token goes once per remote
+    // node over RDMA to the rank of that node with the sender's local index
+    // (the forwarder), which forwards over NVLink to the ranks computing its
+    // pairs; to its own node's ranks it goes over NVLink directly. Combine
+    // in reverse: partial sums reduced at the forwarder, one row back per
+    // (token, remote node). Stage traffic per rank (inter fields: RDMA stage,
+    // intra fields: NVLink stage), stage times (max over ranks; a phase is
+    // its two stages in sequence), the unscaled bytes of each [phase][stage]
+    // summed over ranks, and the hier plans' stats summed (unscaled).
     ep_sim_traffic *hdispatch; // [world]
     ep_sim_traffic *hcombine;  // [world]
     double hier_us[2][2];      // [0 dispatch, 1 combine][ep_sim_stage]
     int64_t hier_bytes[2][2];  // [0 dispatch, 1 combine][ep_sim_stage]
+    ep_comm_stats hier_sum;
     // scratch (sized on first use, grown only when a layer is bigger)
     ep_dispatch_plan *plans;  // [world] rank r's plan (made on first use)
     int64_t *pair_dest_bytes; // [world * world] dispatch bytes src -> dst
     int64_t *pair_comb_bytes; // [world * world] combine bytes dst -> src of those records
     uint8_t *seen;            // [world * n_experts]
     int n_experts;
-    int *node_rank, *node_off, *local_idx; // [world], [world + 1], [world]: ranks by node
-    int *node_pairs;                       // [world] one token's pairs per node
+    ep_dispatch_plan *hplans; // [world] rank r's hier plan (made on first use)
+    int *fwd_n;               // [world] one group's pairs per computing rank
 } ep_sim_layer;
 
 void ep_sim_layer_init(ep_sim_layer *L, int world);
@@ -202,8 +204,11 @@ typedef struct {
     // combine, and the time of each [phase][stage] per step, all layers. With
     // o->hier, dispatch_us = stage_us[0][0] + stage_us[0][1] (combine alike).
     double hier_rdma_bytes_per_token_layer, hier_nvlink_bytes_per_token_layer;
-    double stage_us[2][2];             // [0 dispatch, 1 combine][ep_sim_stage]
-    int64_t hier_bytes[2][2];          // unscaled, sampled layers, all ranks
+    double stage_us[2][2];                       // [0 dispatch, 1 combine][ep_sim_stage]
+    int64_t hier_bytes[2][2];                    // unscaled, sampled layers, all ranks
+    double hier_base_rdma_bytes_per_token_layer; // static top-k_base, two-stage
+    double hier_saved_rdma_pct;                  // RDMA-stage bytes saved vs that
+    ep_comm_stats hier_total; // the hier plans' counters, sampled layers, all ranks (unscaled)
     double base_bytes_per_token_layer; // static top-k_base on the home placement
     double saved_pct, saved_inter_pct; // vs the counterfactual of the same routes
     double load_imbalance;             // mean over sampled layers of max/mean pairs per rank

@@ -194,14 +194,15 @@ static void test_layer_two_ranks(void **state)
 }
 
 // Two nodes x two ranks, eight experts contiguous (rank r: {2r, 2r+1}),
-// hidden 8, f32 wire: record(n) = 8 + 8n + 32, combine row 32. Local index:
-// ranks 0, 2 -> 0; ranks 1, 3 -> 1.
+// hidden 8, f32 wire: record(n) = 8 + 8n + 32, an RDMA (stage-1) record also
+// carries n destination ranks: + 4n; combine row 32. Local index: ranks 0,
+// 2 -> 0; ranks 1, 3 -> 1.
 //   rank 0, t {2, 4, 6, 7}: NVLink 0 -> 1 record(1) = 48; RDMA 0 -> 2 (node 1's
-//     rank with local index 0) record(3) = 64; 2 forwards NVLink 2 -> 3
+//     rank with local index 0) record(3) + 12 = 76; 2 forwards NVLink 2 -> 3
 //     record(2) = 56 (expert 4 stays on 2).
-//   rank 3, t {0, 5}: NVLink 3 -> 2 record(1) = 48; RDMA 3 -> 1 record(1) = 48;
-//     1 forwards 1 -> 0 record(1) = 48.
-// Dispatch RDMA 64 + 48, NVLink 48 + 56 + 48 + 48; combine: one row per
+//   rank 3, t {0, 5}: NVLink 3 -> 2 record(1) = 48; RDMA 3 -> 1 record(1) + 4
+//     = 52; 1 forwards 1 -> 0 record(1) = 48.
+// Dispatch RDMA 76 + 52, NVLink 48 + 56 + 48 + 48; combine: one row per
 // record, RDMA 2 x 32, NVLink 4 x 32. Flat sends 48 + 56 + 48 = 152 across nodes.
 static void test_layer_hier(void **state)
 {
@@ -240,26 +241,31 @@ static void test_layer_hier(void **state)
     ep_comm_stats sum;
     ep_sim_layer_price(&L, &c, &cfg, &p, node_of, r, NULL, EP_DTYPE_F32, 1.0, &sum);
     assert_int_equal(sum.dispatch_bytes_inter, 152);
-    assert_int_equal(L.hier_bytes[0][EP_SIM_STAGE_RDMA], 112);
+    assert_int_equal(L.hier_bytes[0][EP_SIM_STAGE_RDMA], 128);
     assert_int_equal(L.hier_bytes[0][EP_SIM_STAGE_NVLINK], 200);
     assert_int_equal(L.hier_bytes[1][EP_SIM_STAGE_RDMA], 64);
     assert_int_equal(L.hier_bytes[1][EP_SIM_STAGE_NVLINK], 128);
+    // the planner's hier counters say the same
+    assert_int_equal(L.hier_sum.dispatch_bytes_inter, 128);
+    assert_int_equal(L.hier_sum.dispatch_bytes_intra, 200);
+    assert_int_equal(L.hier_sum.combine_bytes_inter, 64);
+    assert_int_equal(L.hier_sum.combine_bytes_intra, 128);
     // per rank: stage 1 in the inter fields, stage 2 in the intra fields
-    assert_float_equal(L.hdispatch[0].send_inter, 64, 0);
+    assert_float_equal(L.hdispatch[0].send_inter, 76, 0);
     assert_float_equal(L.hdispatch[0].send_intra, 48, 0);
     assert_float_equal(L.hdispatch[0].recv_intra, 48, 0);
-    assert_float_equal(L.hdispatch[1].recv_inter, 48, 0);
+    assert_float_equal(L.hdispatch[1].recv_inter, 52, 0);
     assert_float_equal(L.hdispatch[1].send_intra, 48, 0);
-    assert_float_equal(L.hdispatch[2].recv_inter, 64, 0);
+    assert_float_equal(L.hdispatch[2].recv_inter, 76, 0);
     assert_float_equal(L.hdispatch[2].send_intra, 56, 0);
     assert_float_equal(L.hdispatch[2].recv_intra, 48, 0);
-    assert_float_equal(L.hdispatch[3].send_inter, 48, 0);
+    assert_float_equal(L.hdispatch[3].send_inter, 52, 0);
     assert_float_equal(L.hdispatch[3].recv_intra, 56, 0);
     assert_float_equal(L.hcombine[2].send_inter, 32, 0);
     assert_float_equal(L.hcombine[0].recv_inter, 32, 0);
     assert_float_equal(L.hcombine[3].send_intra, 32, 0);
     // stage times: the slowest rank of each stage
-    assert_float_equal(L.hier_us[0][EP_SIM_STAGE_RDMA], 4 + 64.0 / 500, 1e-9);
+    assert_float_equal(L.hier_us[0][EP_SIM_STAGE_RDMA], 4 + 76.0 / 500, 1e-9);
     assert_float_equal(L.hier_us[0][EP_SIM_STAGE_NVLINK], 1 + 56.0 / 1000, 1e-9);
     assert_float_equal(L.hier_us[1][EP_SIM_STAGE_RDMA], 4 + 32.0 / 500, 1e-9);
     assert_float_equal(L.hier_us[1][EP_SIM_STAGE_NVLINK], 1 + 32.0 / 1000, 1e-9);
