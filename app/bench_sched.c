@@ -9,6 +9,7 @@
 #include "comm/comm.h"
 #include "router/policy.h"
 #include "scheduler/budget.h"
+#include "sim/freq.h"
 #include "sim/sim.h"
 #include "sim/trace.h"
 
@@ -62,66 +63,6 @@ typedef struct {
     double temp;
     uint64_t seed;
 } sched_args;
-
-static uint64_t sched_rng(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-// Reads the rows of `language` from an activation CSV: freq [n_rows * E].
-static ep_status read_freq_csv(const char *path, const char *language, int E, double **freq,
-                               int *n_rows)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return ep_errorf(EP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    long ln = 0;
-    int n = 0;
-    double *out = NULL;
-    ep_status st = EP_OK;
-    while (getline(&line, &cap, f) > 0) {
-        ln++;
-        if (ln == 1) continue; // header: Layer,Language,Expert_0..
-        char *save = NULL, *tok = strtok_r(line, ",\n\r", &save);
-        if (!tok) continue;
-        int layer = (int)strtol(tok, NULL, 10);
-        char *lang = strtok_r(NULL, ",\n\r", &save);
-        if (!lang || strcmp(lang, language)) continue;
-        if (layer != n) {
-            st = ep_errorf(EP_ERR_FORMAT, "%s:%ld: layer %d, expected %d (layers in order)", path,
-                           ln, layer, n);
-            break;
-        }
-        out = ep_xrealloc(out, (size_t)(n + 1) * E * sizeof(double));
-        int e = 0;
-        for (char *v = strtok_r(NULL, ",\n\r", &save); v; v = strtok_r(NULL, ",\n\r", &save)) {
-            if (e == E) break;
-            out[(size_t)n * E + e++] = strtod(v, NULL);
-        }
-        if (e != E || strtok_r(NULL, ",\n\r", &save)) {
-            st = ep_errorf(EP_ERR_FORMAT,
-                           "%s:%ld: expected %d expert columns (the model's), found %s", path, ln,
-                           E, e != E ? "fewer" : "more");
-            break;
-        }
-        n++;
-    }
-    free(line);
-    fclose(f);
-    if (!st && n == 0)
-        st = ep_errorf(EP_ERR_FORMAT, "%s: no rows for language '%s'", path, language);
-    if (st) {
-        free(out);
-        return st;
-    }
-    *freq = out;
-    *n_rows = n;
-    return EP_OK;
-}
 
 static void sched_usage(FILE *f)
 {
@@ -384,12 +325,7 @@ static ep_status sched_run_source(const sched_source *src, const sched_variant *
             for (int r = 0; r < W && !st; r++) {
                 if (src->freq) {
                     const double *fq = src->freq + (size_t)(moe_l % src->n_freq_layers) * E;
-                    for (int t = 0; t < T; t++)
-                        for (int e = 0; e < E; e++) {
-                            double u = ((sched_rng(&rng) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-                            double g = -log(-log(u));
-                            logits[(size_t)t * E + e] = (float)((log(fq[e] + 1e-6) + g) / a->temp);
-                        }
+                    ep_freq_logits(fq, E, T, a->temp, &rng, logits);
                 }
                 for (int p = 0; p < src->n_pol && !st; p++) {
                     ep_policy *pol = src->pol[p];
@@ -592,7 +528,7 @@ int ep_cmd_bench_sched(int argc, char **argv)
             st = ep_trace_load(path, &cfg, cfg.k_base, &trace);
             src.trace = trace;
         } else {
-            st = read_freq_csv(path, a.language, cfg.n_experts, &freq, &src.n_freq_layers);
+            st = ep_freq_load(path, a.language, cfg.n_experts, &freq, &src.n_freq_layers);
             src.freq = freq;
         }
         if (!st) {

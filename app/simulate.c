@@ -3,11 +3,13 @@
 // the real router and dispatch planner (sim/). Prints a table and writes
 // JSON; it runs in one process and never touches MPI or a GPU.
 #include "app/commands.h"
+#include "sim/freq.h"
 #include "sim/sim.h"
 #include "sim/trace.h"
 
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,8 @@
 
 typedef struct {
     const char *model, *cluster, *routing, *mode, *placement, *wire, *json_path, *routes_from;
+    const char *dispatch, *routes_freq, *freq_lang;
+    double freq_temp;
     int tokens, sample_tokens, layers, context, replicas, quiet;
     uint64_t seed;
 } sim_args;
@@ -45,6 +49,15 @@ static void usage(FILE *f)
            "                       bf16 combine\n"
            "  --routes-from FILE   replay a routing trace (JSON lines or CSV, as bench) instead\n"
            "                       of routing; one row named 'replay'\n"
+           "  --routes-freq CSV    route logits drawn from real per-layer expert frequencies\n"
+           "                       (a Qwen3-30B-A3B <task>_avg_activation.csv; the model must\n"
+           "                       have as many experts) instead of the synthetic gate; file\n"
+           "                       layers are stretched over the model's MoE layers\n"
+           "  --freq-lang L        language rows of --routes-freq (default English)\n"
+           "  --freq-temp X        score temperature of --routes-freq (default 1)\n"
+           "  --dispatch D         hier | flat (default hier on more than one node, else flat):\n"
+           "                       hier = once per node over RDMA, then NVLink (DeepEP normal\n"
+           "                       kernels); flat = once per destination GPU\n"
            "  --seed S             input stream seed (default 1)\n"
            "  --json FILE          write the results as JSON\n"
            "  --quiet              no progress line\n");
@@ -80,6 +93,10 @@ static int parse_args(int argc, char **argv, sim_args *a)
                                          {"json", required_argument, 0, 'j'},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"routes-from", required_argument, 0, 'F'},
+                                         {"routes-freq", required_argument, 0, 'f'},
+                                         {"freq-lang", required_argument, 0, 'L'},
+                                         {"freq-temp", required_argument, 0, 'T'},
+                                         {"dispatch", required_argument, 0, 'D'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -90,6 +107,7 @@ static int parse_args(int argc, char **argv, sim_args *a)
     a->tokens = a->context = a->sample_tokens = a->layers = -1;
     a->replicas = -1; // -1: the cluster's redundant_experts
     a->seed = 1;
+    a->freq_temp = -1; // unset: 1
     optind = 1;
     int c, li = 0, rc = 0;
     while ((c = getopt_long(argc, argv, "", opts, &li)) != -1) {
@@ -147,6 +165,27 @@ static int parse_args(int argc, char **argv, sim_args *a)
         case 'q':
             a->quiet = 1;
             break;
+        case 'f':
+            a->routes_freq = optarg;
+            break;
+        case 'L':
+            a->freq_lang = optarg;
+            break;
+        case 'D':
+            a->dispatch = optarg;
+            break;
+        case 'T': {
+            char *end = NULL;
+            a->freq_temp = strtod(optarg, &end);
+            if (!end || *end || !(a->freq_temp > 0) || !isfinite(a->freq_temp)) {
+                fprintf(stderr,
+                        "epserve simulate: option --freq-temp: expected a number > 0, found "
+                        "'%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
         case 'h':
             usage(stdout);
             return 1;
@@ -168,6 +207,22 @@ static int parse_args(int argc, char **argv, sim_args *a)
     if (strcmp(a->mode, "prefill") && strcmp(a->mode, "decode")) {
         fprintf(stderr, "epserve simulate: --mode: expected prefill or decode, found '%s'\n",
                 a->mode);
+        return 2;
+    }
+    if (a->dispatch && strcmp(a->dispatch, "hier") && strcmp(a->dispatch, "flat")) {
+        fprintf(stderr, "epserve simulate: --dispatch: expected hier or flat, found '%s'\n",
+                a->dispatch);
+        return 2;
+    }
+    if (!a->routes_freq && (a->freq_lang || a->freq_temp > 0)) {
+        fprintf(stderr, "epserve simulate: --freq-lang and --freq-temp need --routes-freq\n");
+        return 2;
+    }
+    if (!a->freq_lang) a->freq_lang = "English";
+    if (!(a->freq_temp > 0)) a->freq_temp = 1.0;
+    if (a->routes_from && a->routes_freq) {
+        fprintf(stderr, "epserve simulate: --routes-from and --routes-freq exclude each other "
+                        "(a trace has its own routes)\n");
         return 2;
     }
     if (a->tokens == 0 || a->context == 0) {
@@ -201,6 +256,14 @@ static void print_table(const ep_model_cfg *cfg, const ep_sim_cluster *cl, const
            a->routes_from ? "replayed" : "routed", S, (double)o->tokens / S, a->wire, a->placement,
            o->n_redundant ? " (+eplb rows)" : "");
     if (a->routes_from) printf("# routes replayed from %s\n", a->routes_from);
+    if (a->routes_freq)
+        printf("# logits drawn from the frequencies of %s (%s, temperature %g; file layers "
+               "stretched over the MoE layers)\n",
+               a->routes_freq, a->freq_lang, a->freq_temp);
+    printf("# dispatch %s: %s\n", o->hier ? "hier" : "flat",
+           o->hier ? "dispatch/combine times from the two-stage model (RDMA once per node, then "
+                     "NVLink; table below)"
+                   : "one copy per destination GPU");
     printf("# MoE layers routed (%d):", rep->n_sampled);
     for (int i = 0; i < rep->n_sampled; i++)
         printf(" %d", rep->layers[i]);
@@ -220,6 +283,28 @@ static void print_table(const ep_model_cfg *cfg, const ep_sim_cluster *cl, const
                (r->dense_us + r->head_us) * 1e-3, r->dispatch_us * 1e-3, r->experts_us * 1e-3,
                r->combine_us * 1e-3, r->step_us * 1e-3, r->tokens_per_s_gpu, r->speedup);
     }
+    if (cl->n_nodes > 1 || o->hier) {
+        printf("# two-stage (hier) model of the same routes: bytes per routed token per MoE layer, "
+               "ms per step\n");
+        printf("# %-22s %10s %10s %10s %10s %7s %9s %9s %9s %9s\n", "policy", "rdma", "nvlink",
+               "flat_inter", "rdma_base", "saved_r", "d_rdma", "d_nvlink", "c_nvlink", "c_rdma");
+        for (int i = 0; i < rep->n_pol; i++) {
+            const ep_sim_result *r = &rep->res[i];
+            printf("  %-22s %10.0f %10.0f %10.0f %10.0f %7.1f %9.2f %9.2f %9.2f %9.2f\n", r->label,
+                   r->hier_rdma_bytes_per_token_layer, r->hier_nvlink_bytes_per_token_layer,
+                   r->inter_bytes_per_token_layer, r->hier_base_rdma_bytes_per_token_layer,
+                   r->hier_saved_rdma_pct, r->stage_us[0][EP_SIM_STAGE_RDMA] * 1e-3,
+                   r->stage_us[0][EP_SIM_STAGE_NVLINK] * 1e-3,
+                   r->stage_us[1][EP_SIM_STAGE_NVLINK] * 1e-3,
+                   r->stage_us[1][EP_SIM_STAGE_RDMA] * 1e-3);
+        }
+    }
+    if (cl->n_nodes > 1 || o->hier)
+        printf("# rdma / nvlink: the two-stage model's stage-1 (inter-node) and stage-2 bytes, "
+               "from the planner's hier mode; flat_inter: the flat inter column; rdma_base / "
+               "saved_r: static top-%d two-stage and the RDMA bytes saved vs it; d_*, c_*: "
+               "dispatch and combine stage times\n",
+               cfg->k_base);
     printf("# bytes: dispatch + combine to other GPUs per routed token per MoE layer; inter: the "
            "part crossing nodes; base: static top-%d on the same placement; saved / saved_i: vs "
            "base, all / inter-node; imbal: max/mean pairs per GPU; times per step, all layers "
@@ -242,6 +327,11 @@ static ep_status write_json(const char *path, const ep_model_cfg *cfg, const ep_
                         json_integer(ep_sim_sample_tokens(o, ep_sim_cluster_gpus(cl))));
     json_object_set_new(root, "wire", json_string(a->wire));
     json_object_set_new(root, "placement", json_string(a->placement));
+    json_object_set_new(root, "dispatch", json_string(o->hier ? "hier" : "flat"));
+    json_object_set_new(root, "routing_source",
+                        json_string(a->routes_from   ? a->routes_from
+                                    : a->routes_freq ? a->routes_freq
+                                                     : "synthetic"));
     json_object_set_new(root, "redundant_slots", json_integer(o->n_redundant));
     json_t *layers = json_array();
     for (int i = 0; i < rep->n_sampled; i++)
@@ -272,6 +362,31 @@ static ep_status write_json(const char *path, const ep_model_cfg *cfg, const ep_
         json_object_set_new(o1, "combine_bytes", json_integer(r->total.combine_bytes));
         json_object_set_new(o1, "base_dispatch_bytes", json_integer(r->total.base_dispatch_bytes));
         json_object_set_new(o1, "base_combine_bytes", json_integer(r->total.base_combine_bytes));
+        json_object_set_new(o1, "hier_rdma_bytes_per_token_layer",
+                            json_real(r->hier_rdma_bytes_per_token_layer));
+        json_object_set_new(o1, "hier_nvlink_bytes_per_token_layer",
+                            json_real(r->hier_nvlink_bytes_per_token_layer));
+        json_object_set_new(o1, "hier_base_rdma_bytes_per_token_layer",
+                            json_real(r->hier_base_rdma_bytes_per_token_layer));
+        json_object_set_new(o1, "hier_rdma_bytes_saved_pct", json_real(r->hier_saved_rdma_pct));
+        json_t *sg = json_object();
+        json_object_set_new(sg, "dispatch_rdma_ms",
+                            json_real(r->stage_us[0][EP_SIM_STAGE_RDMA] * 1e-3));
+        json_object_set_new(sg, "dispatch_nvlink_ms",
+                            json_real(r->stage_us[0][EP_SIM_STAGE_NVLINK] * 1e-3));
+        json_object_set_new(sg, "combine_nvlink_ms",
+                            json_real(r->stage_us[1][EP_SIM_STAGE_NVLINK] * 1e-3));
+        json_object_set_new(sg, "combine_rdma_ms",
+                            json_real(r->stage_us[1][EP_SIM_STAGE_RDMA] * 1e-3));
+        json_object_set_new(sg, "dispatch_rdma_bytes",
+                            json_integer(r->hier_bytes[0][EP_SIM_STAGE_RDMA]));
+        json_object_set_new(sg, "dispatch_nvlink_bytes",
+                            json_integer(r->hier_bytes[0][EP_SIM_STAGE_NVLINK]));
+        json_object_set_new(sg, "combine_nvlink_bytes",
+                            json_integer(r->hier_bytes[1][EP_SIM_STAGE_NVLINK]));
+        json_object_set_new(sg, "combine_rdma_bytes",
+                            json_integer(r->hier_bytes[1][EP_SIM_STAGE_RDMA]));
+        json_object_set_new(o1, "hier_stages", sg);
         json_t *lt = json_array();
         for (int l = 0; l < rep->n_sampled; l++)
             json_array_append_new(lt, json_real(r->layer_step_us[l] * 1e-3));
@@ -293,6 +408,29 @@ static void replay_fill(void *user, int layer, int64_t first, int T, ep_routes *
 {
     const replay_ctx *rc = user;
     ep_trace_fill(rc->trace, rc->cfg, layer, first, T, r);
+}
+
+// --routes-freq: the file's rows stretched over the model's MoE layers; each
+// (layer, rank) draws from its own stream, so a run is reproducible.
+typedef struct {
+    const ep_model_cfg *cfg;
+    const double *freq; // [n_rows * E]
+    int n_rows, n_moe, world;
+    double temp;
+    uint64_t seed;
+} freq_ctx;
+
+static void freq_fill(void *user, int layer, int rank, int T, float *logits)
+{
+    const freq_ctx *fc = user;
+    const int E = fc->cfg->n_experts;
+    int m = 0; // MoE index of `layer`
+    for (int l = 0; l < layer; l++)
+        m += ep_model_layer_is_moe(fc->cfg, l);
+    const double *fq = fc->freq + (size_t)ep_freq_row(m, fc->n_moe, fc->n_rows) * E;
+    uint64_t rng =
+        fc->seed * 0x100000001B3ull + (uint64_t)layer * (uint64_t)fc->world + (uint64_t)rank;
+    ep_freq_logits(fq, E, T, fc->temp, &rng, logits);
 }
 
 int ep_cmd_simulate(int argc, char **argv)
@@ -318,6 +456,7 @@ int ep_cmd_simulate(int argc, char **argv)
     o.n_redundant = a.replicas >= 0 ? a.replicas : cl.redundant_experts;
     o.seed = a.seed;
     o.quiet = a.quiet;
+    o.hier = a.dispatch ? !strcmp(a.dispatch, "hier") : cl.n_nodes > 1;
     if ((st = ep_place_kind_parse(a.placement, &o.placement)) || o.placement == EP_PLACE_EPLB) {
         fprintf(stderr,
                 "epserve simulate: --placement: expected contiguous or round_robin, found "
@@ -343,6 +482,22 @@ int ep_cmd_simulate(int argc, char **argv)
         o.replay = replay_fill;
         o.replay_user = &rctx;
     }
+    double *freq = NULL;
+    freq_ctx fctx = {.cfg = &cfg,
+                     .n_moe = ep_model_n_moe_layers(&cfg),
+                     .world = ep_sim_cluster_gpus(&cl),
+                     .temp = a.freq_temp,
+                     .seed = a.seed};
+    if (a.routes_freq) {
+        if ((st = ep_freq_load(a.routes_freq, a.freq_lang, cfg.n_experts, &freq, &fctx.n_rows))) {
+            fprintf(stderr, "epserve simulate: --routes-freq: %s\n", ep_last_error());
+            ep_trace_free(trace);
+            return 2;
+        }
+        fctx.freq = freq;
+        o.logits_fn = freq_fill;
+        o.logits_user = &fctx;
+    }
     char *rbuf = ep_xstrdup(a.routing);
     const char *pols[32];
     int n_pol = split_list(rbuf, pols, (int)EP_ARRAY_LEN(pols));
@@ -351,6 +506,7 @@ int ep_cmd_simulate(int argc, char **argv)
     if (st) {
         fprintf(stderr, "epserve simulate: %s\n", ep_last_error());
         free(rbuf);
+        free(freq);
         ep_trace_free(trace);
         return st == EP_ERR_ARG || st == EP_ERR_CONFIG ? 2 : 1;
     }
@@ -359,6 +515,7 @@ int ep_cmd_simulate(int argc, char **argv)
         fprintf(stderr, "epserve simulate: %s\n", ep_last_error());
     ep_sim_report_free(&rep);
     free(rbuf);
+    free(freq);
     ep_trace_free(trace);
     return st ? 1 : 0;
 }

@@ -45,6 +45,11 @@ static const cluster_key cluster_keys[] = {
     KD("nvlink_latency_us", true, 0, 1e6, nvlink_latency_us),
     KD("inter_GBps", true, 0.001, 1e6, inter_GBps),
     KD("inter_latency_us", true, 0, 1e6, inter_latency_us),
+    // Two-stage dispatch (simulate --dispatch hier): achieved rates.
+    KD("hier_rdma_GBps", false, 0.001, 1e6, hier_rdma_GBps),
+    KD("hier_rdma_latency_us", false, 0, 1e6, hier_rdma_latency_us),
+    KD("hier_nvlink_GBps", false, 0.001, 1e6, hier_nvlink_GBps),
+    KD("hier_nvlink_latency_us", false, 0, 1e6, hier_nvlink_latency_us),
     KD("gemm_efficiency", false, 0.001, 1, gemm_eff),
     KD("hbm_efficiency", false, 0.001, 1, hbm_eff),
     KD("nvlink_efficiency", false, 0.001, 1, nvlink_eff),
@@ -93,7 +98,8 @@ static ep_status parse_doc(ep_yaml_doc *d, ep_sim_cluster *c)
             return ep_errorf(EP_ERR_CONFIG,
                              "%s:%d: unknown key '%s' (expected name, gpu, nodes, gpus_per_node, "
                              "mem_gb, hbm_GBps, bf16_tflops, nvlink_GBps, nvlink_latency_us, "
-                             "inter_GBps, inter_latency_us, *_efficiency, mem_usable, "
+                             "inter_GBps, inter_latency_us, hier_rdma_GBps, hier_rdma_latency_us, "
+                             "hier_nvlink_GBps, hier_nvlink_latency_us, *_efficiency, mem_usable, "
                              "redundant_experts)",
                              d->path, ep_yaml_line(k), key);
         const cluster_key *ck = &cluster_keys[i];
@@ -139,10 +145,18 @@ static ep_status load_file(const char *path, ep_sim_cluster *c)
     c->nvlink_eff = EP_SIM_DEF_NVLINK_EFF;
     c->inter_eff = EP_SIM_DEF_INTER_EFF;
     c->mem_usable = EP_SIM_DEF_MEM_USABLE;
+    c->hier_rdma_latency_us = c->hier_nvlink_latency_us = -1; // absent: the flat link's
     ep_yaml_doc d = {0};
     ep_status st = ep_yaml_load(path, &d);
     if (!st) st = parse_doc(&d, c);
     ep_yaml_free(&d);
+    if (!st) {
+        // Absent hier keys: the flat links' achievable rates and latencies.
+        if (c->hier_rdma_GBps <= 0) c->hier_rdma_GBps = c->inter_GBps * c->inter_eff;
+        if (c->hier_nvlink_GBps <= 0) c->hier_nvlink_GBps = c->nvlink_GBps * c->nvlink_eff;
+        if (c->hier_rdma_latency_us < 0) c->hier_rdma_latency_us = c->inter_latency_us;
+        if (c->hier_nvlink_latency_us < 0) c->hier_nvlink_latency_us = c->nvlink_latency_us;
+    }
     if (!st) st = ep_sim_cluster_validate(c);
     return st;
 }
@@ -166,9 +180,14 @@ ep_status ep_sim_cluster_validate(const ep_sim_cluster *c)
                          "%s: key 'redundant_experts': expected an integer >= 0, "
                          "found %d",
                          src, c->redundant_experts);
-    if (c->nvlink_latency_us < 0 || c->inter_latency_us < 0)
-        return ep_errorf(EP_ERR_CONFIG, "%s: latencies must be >= 0, found %g and %g", src,
-                         c->nvlink_latency_us, c->inter_latency_us);
+    if (c->nvlink_latency_us < 0 || c->inter_latency_us < 0 || c->hier_rdma_latency_us < 0 ||
+        c->hier_nvlink_latency_us < 0 || c->hier_rdma_GBps < 0 || c->hier_nvlink_GBps < 0)
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: latencies and hier bandwidths must be >= 0, found nvlink_latency_us "
+                         "%g, inter_latency_us %g, hier_rdma_latency_us %g, hier_nvlink_latency_us "
+                         "%g, hier_rdma_GBps %g, hier_nvlink_GBps %g",
+                         src, c->nvlink_latency_us, c->inter_latency_us, c->hier_rdma_latency_us,
+                         c->hier_nvlink_latency_us, c->hier_rdma_GBps, c->hier_nvlink_GBps);
     return EP_OK;
 }
 

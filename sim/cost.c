@@ -26,6 +26,18 @@ double ep_sim_a2a_rank_us(const ep_sim_cluster *c, const ep_sim_traffic *t)
     return EP_MAX(ti, te);
 }
 
+double ep_sim_hier_stage_us(const ep_sim_cluster *c, const ep_sim_traffic *t, ep_sim_stage stage)
+{
+    // Achieved rates: efficiency 1; 0 GBps falls back on the flat link's
+    // achievable rate (GBps x efficiency).
+    if (stage == EP_SIM_STAGE_RDMA) {
+        double bw = c->hier_rdma_GBps > 0 ? c->hier_rdma_GBps : c->inter_GBps * c->inter_eff;
+        return link_us(c->hier_rdma_latency_us, EP_MAX(t->send_inter, t->recv_inter), bw, 1.0);
+    }
+    double bw = c->hier_nvlink_GBps > 0 ? c->hier_nvlink_GBps : c->nvlink_GBps * c->nvlink_eff;
+    return link_us(c->hier_nvlink_latency_us, EP_MAX(t->send_intra, t->recv_intra), bw, 1.0);
+}
+
 // max(compute, memory) in us.
 static double roofline_us(const ep_sim_cluster *c, double flops, double bytes)
 {

@@ -25,6 +25,9 @@ void ep_sim_layer_init(ep_sim_layer *L, int world)
     L->active_experts = ep_xcalloc((size_t)world, sizeof *L->active_experts);
     L->pair_dest_bytes = ep_xcalloc((size_t)world * world, sizeof *L->pair_dest_bytes);
     L->pair_comb_bytes = ep_xcalloc((size_t)world * world, sizeof *L->pair_comb_bytes);
+    L->hdispatch = ep_xcalloc((size_t)world, sizeof *L->hdispatch);
+    L->hcombine = ep_xcalloc((size_t)world, sizeof *L->hcombine);
+    L->fwd_n = ep_xcalloc((size_t)world, sizeof *L->fwd_n);
 }
 
 void ep_sim_layer_free(ep_sim_layer *L)
@@ -37,24 +40,33 @@ void ep_sim_layer_free(ep_sim_layer *L)
     free(L->pair_dest_bytes);
     free(L->pair_comb_bytes);
     free(L->seen);
+    free(L->hdispatch);
+    free(L->hcombine);
+    free(L->fwd_n);
     for (int r = 0; L->plans && r < L->world; r++)
         ep_dispatch_plan_free(&L->plans[r]);
+    for (int r = 0; L->hplans && r < L->world; r++)
+        ep_dispatch_plan_free(&L->hplans[r]);
     free(L->plans);
+    free(L->hplans);
     memset(L, 0, sizeof *L);
 }
 
-// Rank r's plan, (re)made when the row size or node map it prices with changed.
-static ep_dispatch_plan *layer_plan(ep_sim_layer *L, int r, const int *node_of, int hidden,
-                                    ep_dtype wire)
+// Rank r's plan of a mode, (re)made when the row size or node map it prices
+// with changed.
+static ep_dispatch_plan *layer_plan(ep_sim_layer *L, ep_dispatch_mode mode, int r,
+                                    const int *node_of, int hidden, ep_dtype wire)
 {
-    if (!L->plans) L->plans = ep_xcalloc((size_t)L->world, sizeof *L->plans);
-    ep_dispatch_plan *pl = &L->plans[r];
+    ep_dispatch_plan **set = mode == EP_DISPATCH_HIER ? &L->hplans : &L->plans;
+    if (!*set) *set = ep_xcalloc((size_t)L->world, sizeof **set);
+    ep_dispatch_plan *pl = &(*set)[r];
     bool fresh = pl->node_of && pl->hidden == hidden && pl->wire == wire;
     for (int d = 0; fresh && d < L->world; d++)
         fresh = pl->node_of[d] == node_of[d];
     if (!fresh) {
         ep_dispatch_plan_free(pl);
         ep_status st = ep_dispatch_plan_init(pl, L->world, r, node_of, hidden, wire);
+        if (!st) st = ep_dispatch_plan_set_mode(pl, mode);
         EP_ASSERT(st == EP_OK);
     }
     return pl;
@@ -69,6 +81,49 @@ static void add_traffic(ep_sim_traffic *t, bool send, bool intra, double bytes)
         *(intra ? &t->recv_intra : &t->recv_inter) += bytes;
 }
 
+// One record of `bytes` from s to d (and `cbytes` back in the combine) in
+// stage `stage` of the two-stage model.
+static void hier_add(ep_sim_layer *L, ep_sim_stage stage, int s, int d, int64_t bytes,
+                     int64_t cbytes, double scale)
+{
+    const bool intra = stage == EP_SIM_STAGE_NVLINK;
+    add_traffic(&L->hdispatch[s], true, intra, scale * (double)bytes);
+    add_traffic(&L->hdispatch[d], false, intra, scale * (double)bytes);
+    add_traffic(&L->hcombine[d], true, intra, scale * (double)cbytes);
+    add_traffic(&L->hcombine[s], false, intra, scale * (double)cbytes);
+    L->hier_bytes[0][stage] += bytes;
+    L->hier_bytes[1][stage] += cbytes;
+}
+
+// Who sends what in rank r's hier plan: each group to another rank is a
+// record from r (RDMA to another node's forwarder, NVLink on r's own node);
+// a group to a forwarder is then split by the rank computing each pair
+// (grp_prank) into NVLink records from the forwarder. One combine row back
+// per record. The sums equal the plan's *_inter / *_intra counters.
+static void hier_rank(ep_sim_layer *L, const ep_dispatch_plan *pl, const int *node_of, int r,
+                      double scale)
+{
+    const int64_t crow = ep_comm_combine_record_bytes(pl->hidden, pl->wire);
+    for (int g = 0; g < pl->n_grp; g++) {
+        const int d = pl->grp_dest[g], o = pl->grp_off[g], e = pl->grp_off[g + 1];
+        if (d == r) continue;
+        const bool remote = node_of[d] != node_of[r];
+        hier_add(L, remote ? EP_SIM_STAGE_RDMA : EP_SIM_STAGE_NVLINK, r, d,
+                 ep_dispatch_plan_rec_bytes(pl, d, e - o), crow, scale);
+        if (!remote) continue;
+        for (int q = o; q < e; q++)
+            L->fwd_n[pl->grp_prank[q]]++;
+        for (int q = o; q < e; q++) {
+            const int ra = pl->grp_prank[q];
+            if (ra != d && L->fwd_n[ra] > 0)
+                hier_add(L, EP_SIM_STAGE_NVLINK, d, ra,
+                         ep_comm_dispatch_record_bytes(L->fwd_n[ra], pl->hidden, pl->wire), crow,
+                         scale);
+            L->fwd_n[ra] = 0;
+        }
+    }
+}
+
 void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model_cfg *cfg,
                         const ep_placement *p, const int *node_of, const ep_routes *routes,
                         const int *const *pair_rank, ep_dtype wire, double scale,
@@ -80,6 +135,10 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
     memset(L->combine, 0, sizeof *L->combine * (size_t)W);
     memset(L->recv_pairs, 0, sizeof *L->recv_pairs * (size_t)W);
     memset(L->active_experts, 0, sizeof *L->active_experts * (size_t)W);
+    memset(L->hdispatch, 0, sizeof *L->hdispatch * (size_t)W);
+    memset(L->hcombine, 0, sizeof *L->hcombine * (size_t)W);
+    memset(L->hier_bytes, 0, sizeof L->hier_bytes);
+    memset(&L->hier_sum, 0, sizeof L->hier_sum);
     if (E > L->n_experts) {
         L->n_experts = E;
         L->seen = ep_xrealloc(L->seen, (size_t)W * E);
@@ -95,7 +154,7 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
     for (int r = 0; r < W; r++) {
         const ep_routes *R = &routes[r];
         const int *pr = pair_rank ? pair_rank[r] : NULL;
-        ep_dispatch_plan *pl = layer_plan(L, r, node_of, cfg->hidden, wire);
+        ep_dispatch_plan *pl = layer_plan(L, EP_DISPATCH_FLAT, r, node_of, cfg->hidden, wire);
         ep_dispatch_plan_build(pl, R, p, pr);
         ep_comm_stats_add(sum, &pl->stats);
         ep_placement_rank_load(p, R, pr, L->recv_pairs);
@@ -111,6 +170,11 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
             bytes[(size_t)r * W + d] = pl->send_bytes[d];
             cbytes[(size_t)r * W + d] = (int64_t)ep_dispatch_plan_n_rec(pl, d) * crow;
         }
+        // The same routes under the planner's hier mode.
+        ep_dispatch_plan *hp = layer_plan(L, EP_DISPATCH_HIER, r, node_of, cfg->hidden, wire);
+        ep_dispatch_plan_build(hp, R, p, pr);
+        ep_comm_stats_add(&L->hier_sum, &hp->stats);
+        hier_rank(L, hp, node_of, r, scale);
     }
 
     for (int r = 0; r < W; r++)
@@ -128,8 +192,15 @@ void ep_sim_layer_price(ep_sim_layer *L, const ep_sim_cluster *c, const ep_model
         }
 
     L->dispatch_us = L->combine_us = L->experts_us = 0;
+    memset(L->hier_us, 0, sizeof L->hier_us);
     int64_t max_pairs = 0, tot_pairs = 0;
     for (int r = 0; r < W; r++) {
+        for (int s = 0; s < 2; s++) {
+            L->hier_us[0][s] =
+                EP_MAX(L->hier_us[0][s], ep_sim_hier_stage_us(c, &L->hdispatch[r], s));
+            L->hier_us[1][s] =
+                EP_MAX(L->hier_us[1][s], ep_sim_hier_stage_us(c, &L->hcombine[r], s));
+        }
         for (int e = 0; e < E; e++)
             L->active_experts[r] += L->seen[(size_t)r * E + e];
         L->dispatch_us = EP_MAX(L->dispatch_us, ep_sim_a2a_rank_us(c, &L->dispatch[r]));
@@ -202,15 +273,24 @@ static void free_pols(sim_pol *sp, int n, int W)
 }
 
 // Accumulates one priced layer into a result.
-static void acc_layer(ep_sim_result *res, const ep_sim_layer *L, const ep_comm_stats *sum, int li)
+// hier: the phases are the two-stage model's (each its stages in sequence).
+static void acc_layer(ep_sim_result *res, const ep_sim_layer *L, const ep_comm_stats *sum, int li,
+                      bool hier)
 {
     ep_comm_stats_add(&res->total, sum);
-    double t = L->dispatch_us + L->experts_us + L->combine_us;
-    res->layer_step_us[li] = t;
-    res->dispatch_us += L->dispatch_us;
+    ep_comm_stats_add(&res->hier_total, &L->hier_sum);
+    double td = hier ? L->hier_us[0][0] + L->hier_us[0][1] : L->dispatch_us;
+    double tc = hier ? L->hier_us[1][0] + L->hier_us[1][1] : L->combine_us;
+    res->layer_step_us[li] = td + L->experts_us + tc;
+    res->dispatch_us += td;
     res->experts_us += L->experts_us;
-    res->combine_us += L->combine_us;
+    res->combine_us += tc;
     res->load_imbalance += L->imbalance;
+    for (int p = 0; p < 2; p++)
+        for (int s = 0; s < 2; s++) {
+            res->stage_us[p][s] += L->hier_us[p][s];
+            res->hier_bytes[p][s] += L->hier_bytes[p][s];
+        }
 }
 
 // EPLB for one layer from this policy's own loads (pairs per expert over
@@ -298,7 +378,8 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
     ep_status st;
 
     if ((st = ep_placement_init(&place, o->placement, E, W))) goto done;
-    if (!replay && (st = ep_weights_open(cfg, &wts))) goto done;
+    const bool synth = !replay && !o->logits_fn; // synthetic inputs through the gate
+    if (synth && (st = ep_weights_open(cfg, &wts))) goto done;
     if (!replay && (st = ep_router_init(cfg, S, &router))) goto done;
     for (int i = 0; i < n_pol; i++) {
         const char *spec = replay ? "replay" : policies[i];
@@ -337,16 +418,20 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
         char name[128];
         ep_name_gate(name, sizeof name, l);
         int64_t gshape[2] = {E, H};
-        if (!replay && (st = ep_weights_read_f32(wts, name, 2, gshape, gate))) goto done;
+        if (synth && (st = ep_weights_read_f32(wts, name, 2, gshape, gate))) goto done;
         for (int r = 0; r < W && !replay; r++) {
-            for (int i = 0; i < S; i++) {
-                int64_t g = (int64_t)r * S + i;
-                // prefill: a domain per 64-token prompt; decode: per sequence
-                int dom = (int)((o->decode ? g : g / 64) % EP_SYNTH_N_DOMAINS);
-                ep_synth_hidden(cfg, o->seed, l, dom, g, x + (size_t)i * H);
+            if (synth) {
+                for (int i = 0; i < S; i++) {
+                    int64_t g = (int64_t)r * S + i;
+                    // prefill: a domain per 64-token prompt; decode: per sequence
+                    int dom = (int)((o->decode ? g : g / 64) % EP_SYNTH_N_DOMAINS);
+                    ep_synth_hidden(cfg, o->seed, l, dom, g, x + (size_t)i * H);
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, E, H, 1.0f, x, H, gate, H,
+                            0.0f, logits, E);
+            } else {
+                o->logits_fn(o->logits_user, l, r, S, logits);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, E, H, 1.0f, x, H, gate, H, 0.0f,
-                        logits, E);
             // Routed on the placement they are priced on first (the +eplb
             // row prices the same routes on its EPLB placement).
             const ep_route_ctx ctx = {.place = &place, .node_of = node_of, .rank = r};
@@ -359,14 +444,14 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
             ep_comm_stats sum;
             ep_sim_layer_price(&L, c, cfg, &place, node_of, sp[i].routes, NULL, o->wire, scale,
                                &sum);
-            acc_layer(&out->res[i * per_pol], &L, &sum, li);
+            acc_layer(&out->res[i * per_pol], &L, &sum, li, o->hier);
             if (per_pol == 2) {
                 if ((st =
                          place_replicas(&sp[i], cfg, c, o->n_redundant, W, load, rank_load, visit)))
                     goto done;
                 ep_sim_layer_price(&L, c, cfg, &sp[i].eplb, node_of, sp[i].routes,
                                    (const int *const *)sp[i].pair_rank, o->wire, scale, &sum);
-                acc_layer(&out->res[i * per_pol + 1], &L, &sum, li);
+                acc_layer(&out->res[i * per_pol + 1], &L, &sum, li, o->hier);
             }
         }
         if (!o->quiet)
@@ -388,6 +473,9 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
         res->dispatch_us *= f;
         res->experts_us *= f;
         res->combine_us *= f;
+        for (int p = 0; p < 2; p++)
+            for (int s = 0; s < 2; s++)
+                res->stage_us[p][s] *= f;
         res->load_imbalance /= n_lay;
         res->dense_us = dense_us;
         res->head_us = head_us;
@@ -400,6 +488,17 @@ ep_status ep_sim_run(const ep_model_cfg *cfg, const ep_sim_cluster *c, const cha
         double base = (double)(t->base_dispatch_bytes + t->base_combine_bytes);
         double base_inter = (double)(t->base_dispatch_bytes_inter + t->base_combine_bytes_inter);
         res->avg_k = (double)t->pairs / tok;
+        res->hier_rdma_bytes_per_token_layer = (double)(res->hier_bytes[0][EP_SIM_STAGE_RDMA] +
+                                                        res->hier_bytes[1][EP_SIM_STAGE_RDMA]) /
+                                               tok;
+        res->hier_nvlink_bytes_per_token_layer = (double)(res->hier_bytes[0][EP_SIM_STAGE_NVLINK] +
+                                                          res->hier_bytes[1][EP_SIM_STAGE_NVLINK]) /
+                                                 tok;
+        const ep_comm_stats *h = &res->hier_total;
+        double h_inter = (double)(h->dispatch_bytes_inter + h->combine_bytes_inter);
+        double h_base = (double)(h->base_dispatch_bytes_inter + h->base_combine_bytes_inter);
+        res->hier_base_rdma_bytes_per_token_layer = h_base / tok;
+        res->hier_saved_rdma_pct = h_base > 0 ? 100.0 * (1.0 - h_inter / h_base) : 0.0;
         res->bytes_per_token_layer = act / tok;
         res->inter_bytes_per_token_layer = inter / tok;
         res->base_bytes_per_token_layer = base / tok;

@@ -28,6 +28,13 @@ typedef struct {
     double nvlink_latency_us;
     double inter_GBps; // inter-node (NIC), per GPU per direction
     double inter_latency_us;
+    // The two-stage (hier) dispatch's links, as *achieved* rates (no
+    // efficiency applied): stage 1 over RDMA, stage 2 forwarding over NVLink.
+    // Absent from a preset: GBps = the flat link's GBps x efficiency,
+    // latency = the flat link's (ep_sim_cluster_load fills them; a GBps of 0
+    // in a hand-built cluster means the same, see ep_sim_hier_stage_us).
+    double hier_rdma_GBps, hier_rdma_latency_us;
+    double hier_nvlink_GBps, hier_nvlink_latency_us;
     // Achievable fraction of each peak (defaults in sim/cluster_cfg.c).
     double gemm_eff, hbm_eff, nvlink_eff, inter_eff;
     double mem_usable;     // fraction of HBM the server may use (default 0.9)
@@ -64,6 +71,15 @@ typedef struct {
 // anything: transfers to all peers are issued together) plus the larger of
 // its send and receive volume over its effective bandwidth.
 double ep_sim_a2a_rank_us(const ep_sim_cluster *c, const ep_sim_traffic *t);
+
+// One rank's time (us) for one stage of a two-stage (DeepEP-style, "hier")
+// phase: stage 1 is the RDMA exchange between same-local-index ranks of
+// different nodes (t->send_inter / recv_inter), stage 2 the NVLink exchange
+// inside a node (t->send_intra / recv_intra): the stage's latency plus the
+// larger of send and receive volume over its achieved bandwidth
+// (hier_rdma_* / hier_nvlink_*), 0 when the stage carries nothing.
+typedef enum { EP_SIM_STAGE_RDMA = 0, EP_SIM_STAGE_NVLINK = 1 } ep_sim_stage;
+double ep_sim_hier_stage_us(const ep_sim_cluster *c, const ep_sim_traffic *t, ep_sim_stage stage);
 
 // Routed experts of one rank (us), roofline: FLOPs 6·H·I per pair (gate, up,
 // down), bytes = weights of the active local experts + activations in bf16.
@@ -107,14 +123,31 @@ typedef struct {
     ep_sim_traffic *combine;                    // [world]
     int64_t *recv_pairs;                        // [world] pairs each rank computes
     int *active_experts;                        // [world] distinct local experts with >= 1 pair
-    double dispatch_us, combine_us, experts_us; // max over ranks
+    double dispatch_us, combine_us, experts_us; // max over ranks (flat model)
     double imbalance;                           // max / mean of recv_pairs (1 when no pairs)
+    // The two-stage (hier) model of the same routes, from each rank's plan in
+    // EP_DISPATCH_HIER mode (comm/comm.h): each token goes once per remote
+    // node over RDMA to the rank of that node with the sender's local index
+    // (the forwarder), which forwards over NVLink to the ranks computing its
+    // pairs; to its own node's ranks it goes over NVLink directly. Combine
+    // in reverse: partial sums reduced at the forwarder, one row back per
+    // (token, remote node). Stage traffic per rank (inter fields: RDMA stage,
+    // intra fields: NVLink stage), stage times (max over ranks; a phase is
+    // its two stages in sequence), the unscaled bytes of each [phase][stage]
+    // summed over ranks, and the hier plans' stats summed (unscaled).
+    ep_sim_traffic *hdispatch; // [world]
+    ep_sim_traffic *hcombine;  // [world]
+    double hier_us[2][2];      // [0 dispatch, 1 combine][ep_sim_stage]
+    int64_t hier_bytes[2][2];  // [0 dispatch, 1 combine][ep_sim_stage]
+    ep_comm_stats hier_sum;
     // scratch (sized on first use, grown only when a layer is bigger)
     ep_dispatch_plan *plans;  // [world] rank r's plan (made on first use)
     int64_t *pair_dest_bytes; // [world * world] dispatch bytes src -> dst
     int64_t *pair_comb_bytes; // [world * world] combine bytes dst -> src of those records
     uint8_t *seen;            // [world * n_experts]
     int n_experts;
+    ep_dispatch_plan *hplans; // [world] rank r's hier plan (made on first use)
+    int *fwd_n;               // [world] one group's pairs per computing rank
 } ep_sim_layer;
 
 void ep_sim_layer_init(ep_sim_layer *L, int world);
@@ -135,6 +168,7 @@ typedef struct {
                        // < 0: auto, 8192 over all GPUs (at least 32 per GPU)
     int sample_layers; // MoE layers routed, evenly spaced; 0: all
     bool decode;
+    bool hier;               // step time from the two-stage dispatch (simulate --dispatch hier)
     int context;             // decode: cached tokens per sequence; prefill: prompt length
     ep_dtype wire;           // dispatch/combine payload (bf16 by default)
     ep_place_kind placement; // contiguous or round_robin (home placement)
@@ -147,6 +181,11 @@ typedef struct {
     void (*replay)(void *user, int layer, int64_t first, int T, ep_routes *r);
     void *replay_user;
     int replay_max_k;
+    // Logits from elsewhere (simulate --routes-freq) instead of the synthetic
+    // inputs and gate; the policies still route them. Fills logits [T, E]
+    // for rank `rank`'s T tokens at model layer `layer`.
+    void (*logits_fn)(void *user, int layer, int rank, int T, float *logits);
+    void *logits_user;
 } ep_sim_opts;
 void ep_sim_opts_default(ep_sim_opts *o);
 // The tokens per GPU that are routed under o on `world` GPUs.
@@ -160,12 +199,22 @@ typedef struct {
     double tokens_per_s_gpu;
     double bytes_per_token_layer;       // dispatch + combine, per routed token per MoE layer
     double inter_bytes_per_token_layer; // the part crossing nodes
-    double base_bytes_per_token_layer;  // static top-k_base on the home placement
-    double saved_pct, saved_inter_pct;  // vs the counterfactual of the same routes
-    double load_imbalance;              // mean over sampled layers of max/mean pairs per rank
-    double speedup;                     // step time of the first policy / this one
-    ep_comm_stats total;                // planner counters, sampled layers, all ranks (unscaled)
-    double *layer_step_us;              // [n_sampled] MoE-part time of each sampled layer
+    // The two-stage model of the same routes (whatever o->hier): bytes of the
+    // RDMA and NVLink stages per routed token per MoE layer, dispatch +
+    // combine, and the time of each [phase][stage] per step, all layers. With
+    // o->hier, dispatch_us = stage_us[0][0] + stage_us[0][1] (combine alike).
+    double hier_rdma_bytes_per_token_layer, hier_nvlink_bytes_per_token_layer;
+    double stage_us[2][2];                       // [0 dispatch, 1 combine][ep_sim_stage]
+    int64_t hier_bytes[2][2];                    // unscaled, sampled layers, all ranks
+    double hier_base_rdma_bytes_per_token_layer; // static top-k_base, two-stage
+    double hier_saved_rdma_pct;                  // RDMA-stage bytes saved vs that
+    ep_comm_stats hier_total; // the hier plans' counters, sampled layers, all ranks (unscaled)
+    double base_bytes_per_token_layer; // static top-k_base on the home placement
+    double saved_pct, saved_inter_pct; // vs the counterfactual of the same routes
+    double load_imbalance;             // mean over sampled layers of max/mean pairs per rank
+    double speedup;                    // step time of the first policy / this one
+    ep_comm_stats total;               // planner counters, sampled layers, all ranks (unscaled)
+    double *layer_step_us;             // [n_sampled] MoE-part time of each sampled layer
 } ep_sim_result;
 
 typedef struct {

@@ -52,6 +52,33 @@ static void test_a2a_rank(void **state)
     assert_float_equal(ep_sim_a2a_rank_us(&c, &t), 9.0, 1e-9);
 }
 
+static void test_hier_stage(void **state)
+{
+    ep_sim_cluster c = hand_cluster(2, 2);
+    ep_sim_traffic t = {0};
+    // nothing to move costs nothing, latency included
+    assert_true(ep_sim_hier_stage_us(&c, &t, EP_SIM_STAGE_RDMA) == 0.0);
+    assert_true(ep_sim_hier_stage_us(&c, &t, EP_SIM_STAGE_NVLINK) == 0.0);
+    t.send_inter = 1000;
+    t.recv_inter = 1500;
+    t.send_intra = 3000;
+    // 0 GBps: the flat links' achievable rates (500 and 1000 B/us), latencies as given
+    c.hier_rdma_latency_us = 4;
+    c.hier_nvlink_latency_us = 1;
+    assert_float_equal(ep_sim_hier_stage_us(&c, &t, EP_SIM_STAGE_RDMA), 4 + 1500.0 / 500, 1e-9);
+    assert_float_equal(ep_sim_hier_stage_us(&c, &t, EP_SIM_STAGE_NVLINK), 1 + 3000.0 / 1000, 1e-9);
+    c.inter_eff = 0.5; // falls back on GBps x efficiency
+    assert_float_equal(ep_sim_hier_stage_us(&c, &t, EP_SIM_STAGE_RDMA), 4 + 1500.0 / 250, 1e-9);
+    // achieved rates: no efficiency applied on top
+    c.hier_rdma_GBps = 3;
+    c.hier_nvlink_GBps = 6;
+    assert_float_equal(ep_sim_hier_stage_us(&c, &t, EP_SIM_STAGE_RDMA), 4 + 1500.0 / 3000, 1e-9);
+    assert_float_equal(ep_sim_hier_stage_us(&c, &t, EP_SIM_STAGE_NVLINK), 1 + 3000.0 / 6000, 1e-9);
+    // each stage reads only its own link class
+    t.send_inter = t.recv_inter = 0;
+    assert_true(ep_sim_hier_stage_us(&c, &t, EP_SIM_STAGE_RDMA) == 0.0);
+}
+
 static void test_experts_roofline(void **state)
 {
     ep_sim_cluster c = hand_cluster(1, 2);
@@ -166,6 +193,97 @@ static void test_layer_two_ranks(void **state)
     ep_placement_free(&p);
 }
 
+// Two nodes x two ranks, eight experts contiguous (rank r: {2r, 2r+1}),
+// hidden 8, f32 wire: record(n) = 8 + 8n + 32, an RDMA (stage-1) record also
+// carries n destination ranks: + 4n; combine row 32. Local index: ranks 0,
+// 2 -> 0; ranks 1, 3 -> 1.
+//   rank 0, t {2, 4, 6, 7}: NVLink 0 -> 1 record(1) = 48; RDMA 0 -> 2 (node 1's
+//     rank with local index 0) record(3) + 12 = 76; 2 forwards NVLink 2 -> 3
+//     record(2) = 56 (expert 4 stays on 2).
+//   rank 3, t {0, 5}: NVLink 3 -> 2 record(1) = 48; RDMA 3 -> 1 record(1) + 4
+//     = 52; 1 forwards 1 -> 0 record(1) = 48.
+// Dispatch RDMA 76 + 52, NVLink 48 + 56 + 48 + 48; combine: one row per
+// record, RDMA 2 x 32, NVLink 4 x 32. Flat sends 48 + 56 + 48 = 152 across nodes.
+static void test_layer_hier(void **state)
+{
+    ep_model_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.hidden = 8;
+    cfg.moe_inter = 4;
+    cfg.n_experts = 8;
+    cfg.k_base = 4;
+    ep_placement p;
+    assert_int_equal(ep_placement_init(&p, EP_PLACE_CONTIGUOUS, 8, 4), EP_OK);
+    ep_routes r[4];
+    for (int i = 0; i < 4; i++)
+        ep_routes_init(&r[i], 1, 4, 4);
+    const int e0[4] = {2, 4, 6, 7}, e3[4] = {0, 5, 1, 3};
+    for (int j = 0; j < 4; j++) {
+        r[0].expert[j] = r[0].base_expert[j] = e0[j];
+        r[3].base_expert[j] = e3[j];
+        r[0].weight[j] = r[0].base_weight[j] = r[3].base_weight[j] = 0.25f;
+    }
+    r[3].expert[0] = 0;
+    r[3].expert[1] = 5;
+    r[3].weight[0] = r[3].weight[1] = 0.5f;
+    r[0].n_tokens = r[3].n_tokens = 1;
+    r[0].offsets[1] = 4;
+    r[3].offsets[1] = 2;
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(ep_routes_check(&r[i], 8), EP_OK);
+
+    ep_sim_cluster c = hand_cluster(2, 2);
+    c.hier_rdma_latency_us = 4;
+    c.hier_nvlink_latency_us = 1;
+    const int node_of[4] = {0, 0, 1, 1};
+    ep_sim_layer L;
+    ep_sim_layer_init(&L, 4);
+    ep_comm_stats sum;
+    ep_sim_layer_price(&L, &c, &cfg, &p, node_of, r, NULL, EP_DTYPE_F32, 1.0, &sum);
+    assert_int_equal(sum.dispatch_bytes_inter, 152);
+    assert_int_equal(L.hier_bytes[0][EP_SIM_STAGE_RDMA], 128);
+    assert_int_equal(L.hier_bytes[0][EP_SIM_STAGE_NVLINK], 200);
+    assert_int_equal(L.hier_bytes[1][EP_SIM_STAGE_RDMA], 64);
+    assert_int_equal(L.hier_bytes[1][EP_SIM_STAGE_NVLINK], 128);
+    // the planner's hier counters say the same
+    assert_int_equal(L.hier_sum.dispatch_bytes_inter, 128);
+    assert_int_equal(L.hier_sum.dispatch_bytes_intra, 200);
+    assert_int_equal(L.hier_sum.combine_bytes_inter, 64);
+    assert_int_equal(L.hier_sum.combine_bytes_intra, 128);
+    // per rank: stage 1 in the inter fields, stage 2 in the intra fields
+    assert_float_equal(L.hdispatch[0].send_inter, 76, 0);
+    assert_float_equal(L.hdispatch[0].send_intra, 48, 0);
+    assert_float_equal(L.hdispatch[0].recv_intra, 48, 0);
+    assert_float_equal(L.hdispatch[1].recv_inter, 52, 0);
+    assert_float_equal(L.hdispatch[1].send_intra, 48, 0);
+    assert_float_equal(L.hdispatch[2].recv_inter, 76, 0);
+    assert_float_equal(L.hdispatch[2].send_intra, 56, 0);
+    assert_float_equal(L.hdispatch[2].recv_intra, 48, 0);
+    assert_float_equal(L.hdispatch[3].send_inter, 52, 0);
+    assert_float_equal(L.hdispatch[3].recv_intra, 56, 0);
+    assert_float_equal(L.hcombine[2].send_inter, 32, 0);
+    assert_float_equal(L.hcombine[0].recv_inter, 32, 0);
+    assert_float_equal(L.hcombine[3].send_intra, 32, 0);
+    // stage times: the slowest rank of each stage
+    assert_float_equal(L.hier_us[0][EP_SIM_STAGE_RDMA], 4 + 76.0 / 500, 1e-9);
+    assert_float_equal(L.hier_us[0][EP_SIM_STAGE_NVLINK], 1 + 56.0 / 1000, 1e-9);
+    assert_float_equal(L.hier_us[1][EP_SIM_STAGE_RDMA], 4 + 32.0 / 500, 1e-9);
+    assert_float_equal(L.hier_us[1][EP_SIM_STAGE_NVLINK], 1 + 32.0 / 1000, 1e-9);
+
+    // One node: no RDMA stage; NVLink carries what flat sends.
+    const int one_node[4] = {0, 0, 0, 0};
+    ep_sim_layer_price(&L, &c, &cfg, &p, one_node, r, NULL, EP_DTYPE_F32, 1.0, &sum);
+    assert_int_equal(L.hier_bytes[0][EP_SIM_STAGE_RDMA], 0);
+    assert_int_equal(L.hier_bytes[0][EP_SIM_STAGE_NVLINK], sum.dispatch_bytes);
+    assert_int_equal(L.hier_bytes[1][EP_SIM_STAGE_NVLINK], sum.combine_bytes);
+    assert_true(L.hier_us[0][EP_SIM_STAGE_RDMA] == 0.0);
+
+    ep_sim_layer_free(&L);
+    for (int i = 0; i < 4; i++)
+        ep_routes_free(&r[i]);
+    ep_placement_free(&p);
+}
+
 // ---- cluster YAML -----------------------------------------------------------------
 
 static void write_file(const char *path, const char *text)
@@ -198,9 +316,29 @@ static void test_cluster_yaml(void **state)
     assert_true(c.gemm_eff > 0 && c.gemm_eff <= 1); // defaulted
     assert_true(c.mem_usable > 0 && c.mem_usable <= 1);
     assert_int_equal(c.redundant_experts, 0); // defaulted: no EPLB replicas
+    // absent hier keys: the flat links' achievable rates and latencies
+    assert_float_equal(c.hier_rdma_GBps, 2.5 * c.inter_eff, 1e-12);
+    assert_float_equal(c.hier_nvlink_GBps, 5 * c.nvlink_eff, 1e-12);
+    assert_float_equal(c.hier_rdma_latency_us, 4, 0);
+    assert_float_equal(c.hier_nvlink_latency_us, 1.5, 0);
+
+    char text[1024];
+    snprintf(text, sizeof text,
+             "%shier_rdma_GBps: 43\nhier_rdma_latency_us: 9\nhier_nvlink_GBps: 150\n"
+             "hier_nvlink_latency_us: 0\n",
+             good_yaml);
+    write_file(path, text);
+    assert_int_equal(ep_sim_cluster_load(path, &c), EP_OK);
+    assert_float_equal(c.hier_rdma_GBps, 43, 0);
+    assert_float_equal(c.hier_rdma_latency_us, 9, 0);
+    assert_float_equal(c.hier_nvlink_GBps, 150, 0);
+    assert_float_equal(c.hier_nvlink_latency_us, 0, 0);
+    snprintf(text, sizeof text, "%shier_rdma_GBps: 0\n", good_yaml);
+    write_file(path, text);
+    assert_int_equal(ep_sim_cluster_load(path, &c), EP_ERR_CONFIG);
+    assert_non_null(strstr(ep_last_error(), "hier_rdma_GBps"));
 
     // An unknown key names the file and the key.
-    char text[1024];
     snprintf(text, sizeof text, "%sbandwidth: 3\n", good_yaml);
     write_file(path, text);
     assert_int_equal(ep_sim_cluster_load(path, &c), EP_ERR_CONFIG);
@@ -268,6 +406,8 @@ static void test_cluster_presets(void **state)
     assert_int_equal(ep_sim_cluster_gpus(&c), 32);
     assert_float_equal(c.mem_gb, 80, 0);
     assert_float_equal(c.bf16_tflops, 989, 0);
+    assert_float_equal(c.hier_rdma_GBps, 43, 0); // DeepEP's EP16 normal-kernel RDMA figure
+    assert_float_equal(c.hier_nvlink_GBps, 344, 0);
     assert_int_equal(ep_sim_cluster_load("8x8-h200", &c), EP_OK);
     assert_int_equal(c.n_nodes, 8);
     assert_float_equal(c.mem_gb, 141, 0);
@@ -376,7 +516,8 @@ int main(void)
         cmocka_unit_test(test_a2a_rank),        cmocka_unit_test(test_experts_roofline),
         cmocka_unit_test(test_layer_two_ranks), cmocka_unit_test(test_cluster_yaml),
         cmocka_unit_test(test_cluster_presets), cmocka_unit_test(test_params_and_plan),
-        cmocka_unit_test(test_plan_fp8),
+        cmocka_unit_test(test_plan_fp8),        cmocka_unit_test(test_hier_stage),
+        cmocka_unit_test(test_layer_hier),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
