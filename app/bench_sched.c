@@ -52,6 +52,7 @@ typedef struct {
     double *layer_imb; // [n_layers] Σ over steps
     double moe_us;     // modelled MoE time of the measured steps (all layers)
     ep_comm_stats st;
+    ep_route_sends sends; // per (token, layer): other ranks / nodes it is sent to
 } sched_row;
 
 typedef struct {
@@ -435,6 +436,14 @@ static ep_status sched_run_source(const sched_source *src, const sched_variant *
                             prk = pair_rank;
                         }
                         ep_placement_rank_load(q, rr, prk, sl.recv);
+                        for (int t = 0; t < rr->n_tokens; t++) {
+                            int o = rr->offsets[t];
+                            ep_route_sends_add(rr->expert + o, ep_routes_k(rr, t), q->rank_of,
+                                               prk ? prk + o : NULL, r, node_of, &row->sends, 0);
+                            ep_route_sends_add(rr->base_expert + (size_t)t * rr->k_base, rr->k_base,
+                                               q->rank_of, NULL, r, node_of, &row->sends, 1);
+                        }
+                        row->sends.token_layers += rr->n_tokens;
                         ep_comm_stats cs;
                         memset(&cs, 0, sizeof cs);
                         ep_comm_count(rr, q, prk, r, node_of, cfg->hidden, EP_DTYPE_BF16, &cs);
@@ -518,6 +527,10 @@ static json_t *sched_row_json(const sched_row *row, const ep_model_cfg *cfg, int
     json_object_set_new(o, "combine_bytes", json_integer(t->combine_bytes));
     json_object_set_new(o, "inter_node_bytes",
                         json_integer(t->dispatch_bytes_inter + t->combine_bytes_inter));
+    json_object_set_new(o, "node_sends", json_integer(row->sends.nodes[0]));
+    json_object_set_new(o, "base_node_sends", json_integer(row->sends.nodes[1]));
+    json_object_set_new(o, "inter_rank_sends", json_integer(row->sends.inter_ranks[0]));
+    json_object_set_new(o, "base_inter_rank_sends", json_integer(row->sends.inter_ranks[1]));
     json_object_set_new(o, "tokens", json_integer(t->tokens));
     json_object_set_new(o, "pairs", json_integer(t->pairs));
     json_object_set_new(o, "tokens_per_s", json_real(sched_tokens_per_s(row, cfg)));
@@ -635,21 +648,27 @@ int ep_cmd_bench_sched(int argc, char **argv)
         printf("# tokens/s: modelled MoE layers only (slowest rank's dispatch + experts + combine\n"
                "# per layer, bf16), priced with %s (%s); not a timing\n",
                a.hw.name, a.hw.gpu);
-        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %10s %10s\n", "source", "policy",
+        printf("# nodes: other nodes a token is sent to per MoE layer (a node-level dispatch's\n"
+               "# inter-node sends; the top-k_base pairs go home), saved: vs the same tokens'\n"
+               "# top-k_base\n");
+        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %10s %10s %7s %7s\n", "source", "policy",
                "placement", "avg_k", "imb_mean", "imb_max", "bytes/token", "inter/token",
-               "tok@budget", "tokens/s");
-        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %10s %10s\n", "", "", "", "", "max/mean",
-               "max/mean", "B", "B", "tokens", "model");
+               "tok@budget", "tokens/s", "nodes", "saved");
+        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %10s %10s %7s %7s\n", "", "", "", "",
+               "max/mean", "max/mean", "B", "B", "tokens", "model", "/token", "%");
         for (int i = 0; i < n_rows; i++) {
             const ep_comm_stats *t = &rows[i].st;
             double tok = t->tokens ? (double)t->tokens : 1;
-            printf("  %-26s %-10s %-18s %6.2f %9.3f %9.3f %12.0f %12.0f %10d %10.0f\n",
+            const ep_route_sends *ns = &rows[i].sends;
+            printf("  %-26s %-10s %-18s %6.2f %9.3f %9.3f %12.0f %12.0f %10d %10.0f %7.4f %7.2f\n",
                    rows[i].source, rows[i].policy, rows[i].placement, t->pairs / tok,
                    rows[i].imb_n ? rows[i].imb_sum / rows[i].imb_n : 0, rows[i].imb_max,
                    (t->dispatch_bytes + t->combine_bytes) / tok,
                    (t->dispatch_bytes_inter + t->combine_bytes_inter) / tok,
                    sched_budget_step(&rows[i], &cfg, a.tokens * a.ranks).tokens,
-                   sched_tokens_per_s(&rows[i], &cfg));
+                   sched_tokens_per_s(&rows[i], &cfg),
+                   (double)ns->nodes[0] / (double)EP_MAX(1, ns->token_layers),
+                   ns->nodes[1] ? 100.0 * (1.0 - (double)ns->nodes[0] / (double)ns->nodes[1]) : 0);
         }
         if (a.json_path) {
             json_t *root = json_object(), *arr = json_array();

@@ -85,6 +85,11 @@ if sys.argv[1]:
     check(rows[("ban", "contiguous")]["tokens_per_step_at_budget"] >
           rows[("baseline", "contiguous")]["tokens_per_step_at_budget"],
           'sched: the slot budget admits more tokens under ban')
+    b, n = rows[("baseline", "contiguous")], rows[("ban", "contiguous")]
+    check(b["node_sends"] == b["base_node_sends"] > 0 and n["base_node_sends"] > 0
+          and n["node_sends"] < n["base_node_sends"],
+          f'sched: node sends: baseline {b["node_sends"]} == its top-k_base, ban '
+          f'{n["node_sends"]} < {n["base_node_sends"]}')
     for pl in ("contiguous", "eplb+16+choice"):
         b, l = rows[("ban", pl)], rows[("laser-ban", pl)]
         check(l["pairs"] == b["pairs"] and l["tokens"] == b["tokens"],
