@@ -22,6 +22,11 @@
 // an F8_E4M3 wire: partial sums never travel in fp8), in the order the
 // dispatch records arrived.
 int64_t ep_comm_dispatch_record_bytes(int n_pairs, int hidden, ep_dtype wire);
+// Under hier dispatch a stage-1 record (token -> the forwarding rank of
+// another node) also carries n x int32 destination rank after the weights,
+// so the forwarder needs no placement lookup and replicas work:
+// ep_comm_dispatch_record_bytes + 4n. Stage-2 and direct records are plain.
+int64_t ep_comm_hier_record_bytes(int n_pairs, int hidden, ep_dtype wire);
 int64_t ep_comm_combine_record_bytes(int hidden, ep_dtype wire);
 ep_dtype ep_comm_combine_wire(ep_dtype wire); // F8_E4M3 -> BF16, others unchanged
 // Wire dtype from its command-line name (f32, bf16, f16, fp8); EP_ERR_ARG
@@ -29,8 +34,24 @@ ep_dtype ep_comm_combine_wire(ep_dtype wire); // F8_E4M3 -> BF16, others unchang
 ep_status ep_comm_wire_parse(const char *option, const char *s, ep_dtype *out);
 const char *ep_comm_wire_name(ep_dtype wire);
 
+// How a layer's tokens reach the ranks of their experts.
+// FLAT: one record per (token, destination rank), straight there.
+// HIER (DeepEP's normal kernels): a token goes once per other node, to the
+// forwarding rank there (the rank of that node with the sender's local index,
+// or local index mod the node's size when the node is smaller), carrying its
+// pairs for that whole node; stage 2 forwards within the node to the ranks
+// holding those experts. Pairs on the sender's own node go straight there.
+// Combine mirrors it: the forwarder sums its node's partial sums, then sends
+// one row per (token, node) back.
+typedef enum { EP_DISPATCH_FLAT, EP_DISPATCH_HIER } ep_dispatch_mode;
+// "flat" or "hier"; EP_ERR_ARG naming `option` and what was found.
+ep_status ep_dispatch_mode_parse(const char *option, const char *s, ep_dispatch_mode *out);
+const char *ep_dispatch_mode_name(ep_dispatch_mode mode);
+
 // Counters for one layer on one rank (sum them over layers and ranks).
-// "bytes" are payload bytes to *other* ranks; intra = total - inter.
+// "bytes" are payload bytes to *other* ranks; intra = total - inter. All are
+// billed to the token's rank, the hier stage 2 (forwarder -> expert rank) and
+// its combine return included.
 typedef struct {
     int64_t tokens;     // tokens routed on this rank
     int64_t pairs;      // (token, expert) pairs kept, Σ K_i
@@ -42,14 +63,22 @@ typedef struct {
     int64_t base_pairs, base_sends, base_dest_ranks;
     int64_t base_dispatch_bytes, base_combine_bytes;
     int64_t base_dispatch_bytes_inter, base_combine_bytes_inter;
-    int64_t planned_bytes; // dispatch_bytes + combine_bytes, from the plan
+    // Per stage: bytes that stay inside a node (flat: every send to a rank of
+    // this node; hier: direct sends on this node, stage-2 forwards and their
+    // combine returns) = total - inter. Inter-node bytes are the *_inter
+    // above (hier: stage 1 and the one combine row per (token, node) back).
+    int64_t dispatch_bytes_intra, combine_bytes_intra;
+    int64_t base_dispatch_bytes_intra, base_combine_bytes_intra;
+    int64_t fwd_sends, base_fwd_sends; // hier stage-2 records (0 under flat)
+    int64_t planned_bytes;             // dispatch_bytes + combine_bytes, from the plan
     // Bytes counted where they arrived: dispatch records this rank decoded
     // from other ranks, plus combine rows it decoded for its own tokens.
     // Per rank it differs from planned_bytes (dispatch is planned at the
     // sender); summed over ranks the two are equal.
     int64_t measured_bytes;
-    int64_t recv_pairs;  // (token, expert) pairs computed on this rank (its load)
-    int64_t recv_tokens; // records computed on this rank (own local ones incl.)
+    int64_t measured_bytes_inter; // the part of it that came from another node
+    int64_t recv_pairs;           // (token, expert) pairs computed on this rank (its load)
+    int64_t recv_tokens;          // records computed on this rank (own local ones incl.)
 } ep_comm_stats;
 void ep_comm_stats_add(ep_comm_stats *acc, const ep_comm_stats *s);
 
@@ -61,6 +90,10 @@ void ep_comm_stats_add(ep_comm_stats *acc, const ep_comm_stats *s);
 // a plan of its own instead, which allocates nothing once grown.
 void ep_comm_count(const ep_routes *r, const ep_placement *p, const int *pair_rank, int rank,
                    const int *node_of, int hidden, ep_dtype wire, ep_comm_stats *st);
+// The same under a dispatch mode (ep_comm_count is EP_DISPATCH_FLAT).
+void ep_comm_count_mode(const ep_routes *r, const ep_placement *p, const int *pair_rank, int rank,
+                        const int *node_of, int hidden, ep_dtype wire, ep_dispatch_mode mode,
+                        ep_comm_stats *st);
 
 // ---- transport -----------------------------------------------------------
 typedef struct ep_transport ep_transport;
@@ -127,6 +160,16 @@ typedef struct ep_comm ep_comm;
 ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire, int cap_tokens,
                        int max_k, ep_comm **out);
 void ep_comm_free(ep_comm *m); // NULL ok
+// Flat (the default) or hier dispatch for the next layers; EP_ERR_ARG
+// between the halves of an exchange or for an unknown mode. Every rank must
+// use the same mode. Hier: stage 1 (the plan's records, forwarded ones to
+// the forwarding rank of another node) is the posted exchange; stage 2 (the
+// forward within the node: counts, payload) runs blocking in
+// dispatch_finish; combine_start posts the stage-2 returns, combine_finish
+// sums them per (token, node) and returns those rows blocking. All on the
+// one transport: stage 2 moves bytes between ranks of one node only.
+ep_status ep_comm_set_mode(ep_comm *m, ep_dispatch_mode mode);
+ep_dispatch_mode ep_comm_mode(const ep_comm *m);
 // Plans (an ep_dispatch_plan; its stats into st), exchanges counts, sends x [T, hidden] and
 // fills `work`. Every rank must call it for every layer, even with T = 0.
 ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p,

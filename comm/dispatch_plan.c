@@ -26,6 +26,10 @@ ep_status ep_dispatch_plan_init(ep_dispatch_plan *pl, int world, int rank, const
     const size_t W = (size_t)world;
     pl->node_of = ep_xcalloc(W, sizeof(int));
     if (node_of) memcpy(pl->node_of, node_of, W * sizeof(int));
+    pl->fwd_of = ep_xcalloc(W, sizeof(int));
+    pl->mode = EP_DISPATCH_FLAT;
+    for (int d = 0; d < world; d++)
+        pl->fwd_of[d] = d;
     pl->dest_off = ep_xcalloc(W + 1, sizeof(int));
     pl->send_bytes = ep_xcalloc(W, sizeof(int64_t));
     pl->send_off = ep_xcalloc(W, sizeof(int64_t));
@@ -36,6 +40,12 @@ ep_status ep_dispatch_plan_init(ep_dispatch_plan *pl, int world, int rank, const
 void ep_dispatch_plan_free(ep_dispatch_plan *pl)
 {
     free(pl->node_of);
+    free(pl->fwd_of);
+    free(pl->grp_prank);
+    free(pl->row_key);
+    free(pl->row_pair);
+    free(pl->row_prank);
+    free(pl->row_tmp);
     free(pl->grp_tok);
     free(pl->grp_dest);
     free(pl->grp_off);
@@ -48,6 +58,45 @@ void ep_dispatch_plan_free(ep_dispatch_plan *pl)
     free(pl->row_dest);
     free(pl->row_n);
     memset(pl, 0, sizeof *pl);
+}
+
+ep_status ep_dispatch_plan_set_mode(ep_dispatch_plan *pl, ep_dispatch_mode mode)
+{
+    if (mode != EP_DISPATCH_FLAT && mode != EP_DISPATCH_HIER)
+        return ep_errorf(EP_ERR_ARG,
+                         "dispatch plan: mode: expected flat (%d) or hier (%d), found %d",
+                         EP_DISPATCH_FLAT, EP_DISPATCH_HIER, (int)mode);
+    pl->mode = mode;
+    const int W = pl->world, me = pl->rank, my_node = pl->node_of[me];
+    int li = 0; // this rank's local index: ranks of its node below it
+    for (int d = 0; d < me; d++)
+        li += pl->node_of[d] == my_node;
+    for (int d = 0; d < W; d++) {
+        const int nd = pl->node_of[d];
+        pl->fwd_of[d] = d;
+        if (mode == EP_DISPATCH_FLAT || nd == my_node) continue;
+        // As DeepEP pairs RDMA peers: the same local index on the other
+        // node; a smaller node wraps (li mod its size), so every rank has a
+        // peer there and a node's forwarding load stays spread.
+        int size = 0;
+        for (int q = 0; q < W; q++)
+            size += pl->node_of[q] == nd;
+        for (int q = 0, k = 0; q < W; q++) {
+            if (pl->node_of[q] != nd) continue;
+            if (k++ == li % size) {
+                pl->fwd_of[d] = q;
+                break;
+            }
+        }
+    }
+    return EP_OK;
+}
+
+int64_t ep_dispatch_plan_rec_bytes(const ep_dispatch_plan *pl, int d, int n)
+{
+    if (pl->mode == EP_DISPATCH_HIER && pl->node_of[d] != pl->node_of[pl->rank])
+        return ep_comm_hier_record_bytes(n, pl->hidden, pl->wire);
+    return ep_comm_dispatch_record_bytes(n, pl->hidden, pl->wire);
 }
 
 void ep_dispatch_plan_reserve(ep_dispatch_plan *pl, size_t n_pairs)
@@ -66,6 +115,7 @@ void ep_dispatch_plan_reserve(ep_dispatch_plan *pl, size_t n_pairs)
     if (n_pairs > pl->pair_cap) {
         size_t n = EP_MAX(n_pairs, pl->pair_cap + pl->pair_cap / 2);
         pl->grp_pair = ep_xrealloc(pl->grp_pair, n * sizeof(int));
+        pl->grp_prank = ep_xrealloc(pl->grp_prank, n * sizeof(int));
         pl->pair_cap = n;
     }
 }
@@ -75,29 +125,56 @@ static void reserve_row(ep_dispatch_plan *pl, int k)
     if (k <= pl->row_cap) return;
     pl->row_dest = ep_xrealloc(pl->row_dest, (size_t)k * sizeof(int));
     pl->row_n = ep_xrealloc(pl->row_n, (size_t)k * sizeof(int));
+    pl->row_key = ep_xrealloc(pl->row_key, (size_t)k * sizeof(int));
+    pl->row_pair = ep_xrealloc(pl->row_pair, (size_t)k * sizeof(int));
+    pl->row_prank = ep_xrealloc(pl->row_prank, (size_t)k * sizeof(int));
+    pl->row_tmp = ep_xrealloc(pl->row_tmp, (size_t)k * sizeof(int));
     pl->row_cap = k;
 }
 
 // Bytes of one row's groups: each group on another rank is one dispatch
 // record out and one combine row back; on another node, inter-node bytes.
+// A hier group to another node is also forwarded: one plain record per
+// other rank of its pairs there and one combine row from it, intra-node.
 typedef struct {
-    int64_t sends, dest_ranks, dispatch, combine, dispatch_inter, combine_inter;
+    int64_t sends, fwd_sends, dest_ranks, dispatch, combine, dispatch_inter, combine_inter;
 } row_cost;
 
 static void cost_groups(const ep_dispatch_plan *pl, const int *dest, const int *n, int g,
-                        int64_t crow_bytes, row_cost *acc)
+                        const int *prank, int64_t crow_bytes, row_cost *acc)
 {
-    acc->dest_ranks += g;
-    for (int k = 0; k < g; k++) {
+    for (int k = 0, o = 0; k < g; o += n[k], k++) {
         const int d = dest[k];
-        if (d == pl->rank) continue; // computed where it lives: no bytes
-        const int64_t db = ep_comm_dispatch_record_bytes(n[k], pl->hidden, pl->wire);
+        if (d == pl->rank) { // computed where it lives: no bytes
+            acc->dest_ranks++;
+            continue;
+        }
+        const int64_t db = ep_dispatch_plan_rec_bytes(pl, d, n[k]);
         acc->sends++;
         acc->dispatch += db;
         acc->combine += crow_bytes;
-        if (pl->node_of[d] != pl->node_of[pl->rank]) {
-            acc->dispatch_inter += db;
-            acc->combine_inter += crow_bytes;
+        if (pl->node_of[d] == pl->node_of[pl->rank]) {
+            acc->dest_ranks++;
+            continue;
+        }
+        acc->dispatch_inter += db;
+        acc->combine_inter += crow_bytes;
+        // Stage 2 (hier): the group's pairs by the rank computing them, each
+        // rank once; pairs of the forwarder itself stay there.
+        for (int a = o; a < o + n[k]; a++) {
+            const int ra = prank[a];
+            bool first = true;
+            for (int b = o; b < a && first; b++)
+                first = prank[b] != ra;
+            if (!first) continue;
+            acc->dest_ranks++;
+            if (ra == d) continue;
+            int na = 0;
+            for (int b = a; b < o + n[k]; b++)
+                na += prank[b] == ra;
+            acc->fwd_sends++;
+            acc->dispatch += ep_comm_dispatch_record_bytes(na, pl->hidden, pl->wire);
+            acc->combine += crow_bytes;
         }
     }
 }
@@ -106,6 +183,35 @@ static void check_dests(const ep_dispatch_plan *pl, const int *dest, int g)
 {
     for (int k = 0; k < g; k++)
         EP_ASSERT(dest[k] >= 0 && dest[k] < pl->world);
+}
+
+// Groups the pairs [o, e) of one row by stage-1 destination (the rank
+// computing each pair, through fwd_of under hier): ep_dispatch_group_row's
+// rule on the keys. gpair receives pair indices (absolute), gprank their
+// ranks, group after group.
+static int group_row(ep_dispatch_plan *pl, const int *expert, const int *pair_rank,
+                     const int *rank_of, int o, int e, int *gd, int *gn, int *gpair, int *gprank)
+{
+    const int n = e - o;
+    if (pl->mode == EP_DISPATCH_FLAT) {
+        const int g = ep_dispatch_group_row(expert, pair_rank, rank_of, o, e, gd, gn, gpair);
+        for (int q = 0; q < n; q++)
+            gprank[q] = ep_dispatch_pair_dest(expert, pair_rank, rank_of, gpair[q]);
+        return g;
+    }
+    for (int j = o; j < e; j++) {
+        const int d = ep_dispatch_pair_dest(expert, pair_rank, rank_of, j);
+        EP_ASSERT(d >= 0 && d < pl->world);
+        pl->row_key[j - o] = pl->fwd_of[d];
+        pl->row_tmp[j - o] = d;
+    }
+    // The keys stand in for the pair ranks of the rule (pair j -> key[j]).
+    const int g = ep_dispatch_group_row(pl->row_key, pl->row_key, NULL, 0, n, gd, gn, gpair);
+    for (int q = 0; q < n; q++) {
+        gprank[q] = pl->row_tmp[gpair[q]];
+        gpair[q] += o;
+    }
+    return g;
 }
 
 void ep_dispatch_plan_build(ep_dispatch_plan *pl, const ep_routes *r, const ep_placement *p,
@@ -129,11 +235,13 @@ void ep_dispatch_plan_build(ep_dispatch_plan *pl, const ep_routes *r, const ep_p
         EP_ASSERT(o <= e);
         for (int j = o; j < e; j++)
             EP_ASSERT(r->expert[j] >= 0 && r->expert[j] < p->n_experts);
+        reserve_row(pl, e - o);
         int *gd = pl->grp_dest + q, *gn = pl->grp_off + q; // counts for now
-        const int g = ep_dispatch_group_row(r->expert, pair_rank, p->rank_of, o, e, gd, gn,
-                                            pl->grp_pair + np);
+        const int g = group_row(pl, r->expert, pair_rank, p->rank_of, o, e, gd, gn,
+                                pl->grp_pair + np, pl->grp_prank + np);
         check_dests(pl, gd, g);
-        cost_groups(pl, gd, gn, g, crow_bytes, &act);
+        check_dests(pl, pl->grp_prank + np, e - o);
+        cost_groups(pl, gd, gn, g, pl->grp_prank + np, crow_bytes, &act);
         for (int k = 0; k < g; k++) {
             const int n = gn[k];
             pl->grp_tok[q + k] = i;
@@ -149,10 +257,10 @@ void ep_dispatch_plan_build(ep_dispatch_plan *pl, const ep_routes *r, const ep_p
         const int *be = r->base_expert + (size_t)i * r->k_base;
         for (int j = 0; j < r->k_base; j++)
             EP_ASSERT(be[j] >= 0 && be[j] < p->n_experts);
-        const int gb = ep_dispatch_group_row(be, NULL, p->rank_of, 0, r->k_base, pl->row_dest,
-                                             pl->row_n, NULL);
+        const int gb = group_row(pl, be, NULL, p->rank_of, 0, r->k_base, pl->row_dest, pl->row_n,
+                                 pl->row_pair, pl->row_prank);
         check_dests(pl, pl->row_dest, gb);
-        cost_groups(pl, pl->row_dest, pl->row_n, gb, crow_bytes, &base);
+        cost_groups(pl, pl->row_dest, pl->row_n, gb, pl->row_prank, crow_bytes, &base);
     }
     pl->grp_off[q] = np;
     pl->n_grp = q;
@@ -181,8 +289,7 @@ void ep_dispatch_plan_build(ep_dispatch_plan *pl, const ep_routes *r, const ep_p
                 continue;
             }
             pl->rec_off[g] = off + b;
-            b += ep_comm_dispatch_record_bytes(pl->grp_off[g + 1] - pl->grp_off[g], pl->hidden,
-                                               pl->wire);
+            b += ep_dispatch_plan_rec_bytes(pl, d, pl->grp_off[g + 1] - pl->grp_off[g]);
         }
         pl->send_bytes[d] = b;
         off += b;
@@ -193,6 +300,8 @@ void ep_dispatch_plan_build(ep_dispatch_plan *pl, const ep_routes *r, const ep_p
     st->tokens = T;
     st->pairs = nnz;
     st->sends = act.sends;
+    st->fwd_sends = act.fwd_sends;
+    st->base_fwd_sends = base.fwd_sends;
     st->dest_ranks = act.dest_ranks;
     st->dispatch_bytes = act.dispatch;
     st->combine_bytes = act.combine;
@@ -205,5 +314,9 @@ void ep_dispatch_plan_build(ep_dispatch_plan *pl, const ep_routes *r, const ep_p
     st->base_combine_bytes = base.combine;
     st->base_dispatch_bytes_inter = base.dispatch_inter;
     st->base_combine_bytes_inter = base.combine_inter;
+    st->dispatch_bytes_intra = act.dispatch - act.dispatch_inter;
+    st->combine_bytes_intra = act.combine - act.combine_inter;
+    st->base_dispatch_bytes_intra = base.dispatch - base.dispatch_inter;
+    st->base_combine_bytes_intra = base.combine - base.combine_inter;
     st->planned_bytes = act.dispatch + act.combine;
 }

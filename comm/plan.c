@@ -58,6 +58,29 @@ int64_t ep_comm_dispatch_record_bytes(int n_pairs, int hidden, ep_dtype wire)
            ep_comm_row_bytes(hidden, wire);
 }
 
+int64_t ep_comm_hier_record_bytes(int n_pairs, int hidden, ep_dtype wire)
+{
+    return ep_comm_dispatch_record_bytes(n_pairs, hidden, wire) + 4 * (int64_t)n_pairs;
+}
+
+ep_status ep_dispatch_mode_parse(const char *option, const char *s, ep_dispatch_mode *out)
+{
+    if (s && !strcmp(s, "flat")) {
+        *out = EP_DISPATCH_FLAT;
+        return EP_OK;
+    }
+    if (s && !strcmp(s, "hier")) {
+        *out = EP_DISPATCH_HIER;
+        return EP_OK;
+    }
+    return ep_errorf(EP_ERR_ARG, "%s: expected flat or hier, found '%s'", option, s ? s : "(none)");
+}
+
+const char *ep_dispatch_mode_name(ep_dispatch_mode mode)
+{
+    return mode == EP_DISPATCH_HIER ? "hier" : "flat";
+}
+
 int64_t ep_comm_combine_record_bytes(int hidden, ep_dtype wire)
 {
     return ep_comm_row_bytes(hidden, ep_comm_combine_wire(wire));
@@ -80,8 +103,15 @@ void ep_comm_stats_add(ep_comm_stats *acc, const ep_comm_stats *s)
     acc->base_combine_bytes += s->base_combine_bytes;
     acc->base_dispatch_bytes_inter += s->base_dispatch_bytes_inter;
     acc->base_combine_bytes_inter += s->base_combine_bytes_inter;
+    acc->dispatch_bytes_intra += s->dispatch_bytes_intra;
+    acc->combine_bytes_intra += s->combine_bytes_intra;
+    acc->base_dispatch_bytes_intra += s->base_dispatch_bytes_intra;
+    acc->base_combine_bytes_intra += s->base_combine_bytes_intra;
+    acc->fwd_sends += s->fwd_sends;
+    acc->base_fwd_sends += s->base_fwd_sends;
     acc->planned_bytes += s->planned_bytes;
     acc->measured_bytes += s->measured_bytes;
+    acc->measured_bytes_inter += s->measured_bytes_inter;
     acc->recv_pairs += s->recv_pairs;
     acc->recv_tokens += s->recv_tokens;
 }
@@ -89,9 +119,18 @@ void ep_comm_stats_add(ep_comm_stats *acc, const ep_comm_stats *s)
 void ep_comm_count(const ep_routes *r, const ep_placement *p, const int *pair_rank, int rank,
                    const int *node_of, int hidden, ep_dtype wire, ep_comm_stats *st)
 {
+    ep_comm_count_mode(r, p, pair_rank, rank, node_of, hidden, wire, EP_DISPATCH_FLAT, st);
+}
+
+void ep_comm_count_mode(const ep_routes *r, const ep_placement *p, const int *pair_rank, int rank,
+                        const int *node_of, int hidden, ep_dtype wire, ep_dispatch_mode mode,
+                        ep_comm_stats *st)
+{
     EP_ASSERT(r && p && node_of && st);
     ep_dispatch_plan pl;
     ep_status s = ep_dispatch_plan_init(&pl, p->world_size, rank, node_of, hidden, wire);
+    EP_ASSERT(s == EP_OK);
+    s = ep_dispatch_plan_set_mode(&pl, mode);
     EP_ASSERT(s == EP_OK);
     ep_dispatch_plan_build(&pl, r, p, pair_rank);
     *st = pl.stats;
