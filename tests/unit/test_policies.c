@@ -398,7 +398,7 @@ static void test_ban_locality(void **state)
     qwen_cfg(&m, 2, 16, 8);
     ep_routing_cfg rc;
     ep_routing_cfg_default(&rc, &m, EP_POLICY_BAN);
-    rc.ban.locality = true;
+    rc.ban.locality = EP_BAN_LOC_RANK;
     ep_policy *p = make(&rc);
     int rank_of[16], node_of[4] = {0, 0, 1, 1};
     for (int e = 0; e < 16; e++)

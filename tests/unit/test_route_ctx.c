@@ -80,7 +80,7 @@ static void test_locality_under_eplb(void **state)
     ep_routing_cfg_default(&rc, &m, EP_POLICY_BAN);
     ep_policy *ban = NULL, *local = NULL;
     assert_int_equal(ep_policy_create_cfg(&rc, &ban), EP_OK);
-    rc.ban.locality = true;
+    rc.ban.locality = EP_BAN_LOC_RANK;
     assert_int_equal(ep_policy_create_cfg(&rc, &local), EP_OK);
     ep_router *rt = NULL;
     assert_int_equal(ep_router_init(&m, T, &rt), EP_OK);
