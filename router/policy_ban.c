@@ -76,12 +76,13 @@ static bool same_node(const ep_route_ctx *c, int e, int f)
 }
 
 // ban.locality: node (needs a node map). A hierarchical dispatch sends a
-// token once per remote node, so only the node counts. Eligible: candidates scoring >= rho x the
-// weakest one plain Ban keeps (cand[K-1]), fixed for the token. Each slot
-// after k_min takes the best eligible one on a node the token visits; when
-// none is, it opens the node holding the most eligible ones (counted up to
-// the slots left; ties: the better score) and takes that node's best, so the
-// following slots land there instead of on further nodes.
+// token once per remote node, so only the node counts. Eligible: the
+// candidates scoring >= rho x the weakest one plain Ban keeps (cand[K-1]),
+// fixed for the token. Each slot after k_min takes the best eligible one on
+// a node the token visits; when none is, it opens the node holding the most
+// eligible ones (counted up to the slots left; ties: the better score) and
+// takes that node's best, so the following slots land there instead of on
+// further nodes.
 static void fill_node(const ep_policy *p, const ep_policy_token *t, int K, int *kept)
 {
     const ep_route_ctx *c = t->ctx;
