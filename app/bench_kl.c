@@ -5,7 +5,11 @@
 // forward (ep_model_reference) holds every expert, so the numbers do not
 // depend on the world size; policies that look at placement (comm-aware Ban,
 // laser) are given a contiguous placement over --ranks ranks, routing as
-// rank 0 would. Also the mean experts per token (from the reference's routes).
+// rank 0 would. Also the mean experts per token (from the reference's routes)
+// and, per token and layer, the sends rank 0 would make with them: other
+// nodes (a node-level dispatch's inter-node sends) and ranks on other nodes
+// (a flat dispatch's), and the share of each that the policy saves against
+// the same tokens' top-k_base.
 #include "app/args.h"
 #include "app/commands.h"
 #include "cluster/cluster.h"
@@ -50,21 +54,46 @@ typedef struct {
     const char *name;
     ep_policy *pol; // created once
     double kl_mean, kl_max, avg_k;
+    ep_route_sends sends; // of this policy's run
 } kl_row;
 
 // Reference logits of every sequence under policy p; also its mean K.
 static ep_status run_policy(const ep_model_cfg *cfg, ep_model *m, const ep_policy *p,
-                            const int *tok, int n_seqs, int len, float *logits, double *avg_k)
+                            const int *tok, int n_seqs, int len, float *logits, double *avg_k,
+                            ep_route_sends *sends)
 {
     ep_status st = EP_OK;
     int64_t p0, t0, p1, t1;
+    ep_route_sends s0, s1;
     ep_moe_reference_counts(ep_model_moe(m), &p0, &t0);
+    ep_moe_reference_sends(ep_model_moe(m), &s0);
     for (int s = 0; s < n_seqs && !st; s++)
         st = ep_model_reference(m, p, tok + (size_t)s * len, len,
                                 logits + (size_t)s * len * cfg->vocab);
     ep_moe_reference_counts(ep_model_moe(m), &p1, &t1);
+    ep_moe_reference_sends(ep_model_moe(m), &s1);
     *avg_k = t1 > t0 ? (double)(p1 - p0) / (double)(t1 - t0) : 0.0;
+    for (int i = 0; i < 2; i++) {
+        sends->ranks[i] = s1.ranks[i] - s0.ranks[i];
+        sends->inter_ranks[i] = s1.inter_ranks[i] - s0.inter_ranks[i];
+        sends->nodes[i] = s1.nodes[i] - s0.nodes[i];
+    }
+    sends->token_layers = s1.token_layers - s0.token_layers;
     return st;
+}
+
+static double saved_pct(int64_t act, int64_t base)
+{
+    return base > 0 ? 100.0 * (1.0 - (double)act / (double)base) : 0.0;
+}
+
+static void print_row(const char *name, double avg_k, double kl_mean, double kl_max,
+                      const ep_route_sends *s)
+{
+    double tl = s->token_layers > 0 ? (double)s->token_layers : 1.0;
+    printf("  %-40s %8.3f %12.6f %12.6f %8.4f %7.2f %8.4f %7.2f\n", name, avg_k, kl_mean, kl_max,
+           (double)s->nodes[0] / tl, saved_pct(s->nodes[0], s->nodes[1]),
+           (double)s->inter_ranks[0] / tl, saved_pct(s->inter_ranks[0], s->inter_ranks[1]));
 }
 
 int ep_cmd_bench_kl(int argc, char **argv)
@@ -208,15 +237,18 @@ int ep_cmd_bench_kl(int argc, char **argv)
                            rows_total * cfg.vocab * sizeof(float));
     }
     double base_k = 0;
+    ep_route_sends base_sends = {0};
     if (!st) {
         ep_rng rng;
         ep_rng_seed(&rng, (uint64_t)seed);
         for (size_t i = 0; i < rows_total; i++)
             tok[i] = (int)(ep_rng_next(&rng) % (uint64_t)cfg.vocab);
-        st = run_policy(&cfg, m, base_pol, tok, n_seqs, len, base, &base_k);
+        st = run_policy(&cfg, m, base_pol, tok, n_seqs, len, base, &base_k, &base_sends);
     }
     for (int i = 0; i < n_pol && !st; i++) {
-        if ((st = run_policy(&cfg, m, rows[i].pol, tok, n_seqs, len, q, &rows[i].avg_k))) break;
+        if ((st = run_policy(&cfg, m, rows[i].pol, tok, n_seqs, len, q, &rows[i].avg_k,
+                             &rows[i].sends)))
+            break;
         double sum = 0, mx = 0;
         for (size_t r = 0; r < rows_total; r++) {
             double kl =
@@ -234,22 +266,34 @@ int ep_cmd_bench_kl(int argc, char **argv)
     } else {
         printf("# %s: top-%d KL(baseline || policy) of the next-token distribution, %d random "
                "sequences x %d tokens (seed %d), placement-aware policies on %d ranks "
-               "contiguous\n",
-               cfg.name, top, n_seqs, len, seed, W);
-        printf("# %-40s %8s %12s %12s\n", "policy", "avg K", "KL mean", "KL max");
-        printf("  %-40s %8.3f %12.6f %12.6f\n", "baseline", base_k, 0.0, 0.0);
+               "contiguous, %d per node\n",
+               cfg.name, top, n_seqs, len, seed, W, rpn);
+        printf("# sends per token and layer from rank 0: 'nodes' = other nodes (node-level "
+               "dispatch), 'xranks' = ranks on other nodes (flat); saved = vs the same tokens' "
+               "top-k_base\n");
+        printf("# %-40s %8s %12s %12s %8s %7s %8s %7s\n", "policy", "avg K", "KL mean", "KL max",
+               "nodes", "saved%", "xranks", "saved%");
+        print_row("baseline", base_k, 0.0, 0.0, &base_sends);
         for (int i = 0; i < n_pol; i++)
-            printf("  %-40s %8.3f %12.6f %12.6f\n", rows[i].name, rows[i].avg_k, rows[i].kl_mean,
-                   rows[i].kl_max);
+            print_row(rows[i].name, rows[i].avg_k, rows[i].kl_mean, rows[i].kl_max, &rows[i].sends);
         if (json_out) {
-            json_t *root = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:f}", "model", cfg.name,
+            json_t *root = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:f}", "model", cfg.name,
                                      "top", top, "seqs", n_seqs, "len", len, "seed", seed, "ranks",
-                                     W, "baseline_avg_k", base_k);
+                                     W, "ranks_per_node", rpn, "baseline_avg_k", base_k);
             json_t *arr = json_array();
-            for (int i = 0; i < n_pol; i++)
-                json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:f}", "policy", rows[i].name,
-                                                     "avg_k", rows[i].avg_k, "kl_mean",
-                                                     rows[i].kl_mean, "kl_max", rows[i].kl_max));
+            for (int i = 0; i < n_pol; i++) {
+                const ep_route_sends *q = &rows[i].sends;
+                json_array_append_new(
+                    arr,
+                    json_pack("{s:s, s:f, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "policy",
+                              rows[i].name, "avg_k", rows[i].avg_k, "kl_mean", rows[i].kl_mean,
+                              "kl_max", rows[i].kl_max, "token_layers", (json_int_t)q->token_layers,
+                              "node_sends", (json_int_t)q->nodes[0], "base_node_sends",
+                              (json_int_t)q->nodes[1], "inter_rank_sends",
+                              (json_int_t)q->inter_ranks[0], "base_inter_rank_sends",
+                              (json_int_t)q->inter_ranks[1], "rank_sends", (json_int_t)q->ranks[0],
+                              "base_rank_sends", (json_int_t)q->ranks[1]));
+            }
             json_object_set_new(root, "policies", arr);
             if (ep_json_write_atomic(json_out, root, JSON_INDENT(2))) {
                 fprintf(stderr, "epserve bench kl: %s\n", ep_last_error());

@@ -53,6 +53,8 @@ typedef struct {
     double *layer_imb; // [n_layers] Σ over steps
     double moe_us;     // modelled MoE time of the measured steps (all layers)
     ep_comm_stats st;
+    ep_route_sends sends; // per (token, layer): other ranks / nodes it is sent to
+    ep_comm_stats hier;   // the same routes under a node-level (hier) dispatch
 } sched_row;
 
 typedef struct {
@@ -371,10 +373,23 @@ static ep_status sched_run_source(const sched_source *src, const sched_variant *
                             prk = pair_rank;
                         }
                         ep_placement_rank_load(q, rr, prk, sl.recv);
+                        for (int t = 0; t < rr->n_tokens; t++) {
+                            int o = rr->offsets[t];
+                            ep_route_sends_add(rr->expert + o, ep_routes_k(rr, t), q->rank_of,
+                                               prk ? prk + o : NULL, r, node_of, &row->sends, 0);
+                            ep_route_sends_add(rr->base_expert + (size_t)t * rr->k_base, rr->k_base,
+                                               q->rank_of, NULL, r, node_of, &row->sends, 1);
+                        }
+                        row->sends.token_layers += rr->n_tokens;
                         ep_comm_stats cs;
                         memset(&cs, 0, sizeof cs);
                         ep_comm_count(rr, q, prk, r, node_of, cfg->hidden, EP_DTYPE_BF16, &cs);
                         ep_comm_stats_add(&row->st, &cs);
+                        ep_comm_stats ch; // priced as before (flat); hier is reported
+                        memset(&ch, 0, sizeof ch);
+                        ep_comm_count_mode(rr, q, prk, r, node_of, cfg->hidden, EP_DTYPE_BF16,
+                                           EP_DISPATCH_HIER, &ch);
+                        ep_comm_stats_add(&row->hier, &ch);
                         sl.disp[r] = (double)cs.dispatch_bytes;
                         sl.disp_inter[r] = (double)cs.dispatch_bytes_inter;
                         sl.comb[r] = (double)cs.combine_bytes;
@@ -439,6 +454,18 @@ static double sched_tokens_per_s(const sched_row *row, const ep_model_cfg *cfg)
     return row->moe_us > 0 ? tokens / (row->moe_us * 1e-6) : 0;
 }
 
+// Inter-node bytes of s (dispatch + combine): actual (base 0) or top-k_base (1).
+static double sched_inter(const ep_comm_stats *s, int base)
+{
+    return base ? (double)(s->base_dispatch_bytes_inter + s->base_combine_bytes_inter)
+                : (double)(s->dispatch_bytes_inter + s->combine_bytes_inter);
+}
+
+static double sched_saved(double act, double base)
+{
+    return base > 0 ? 100.0 * (1.0 - act / base) : 0.0;
+}
+
 static json_t *sched_row_json(const sched_row *row, const ep_model_cfg *cfg, int steps,
                               int tokens_per_step)
 {
@@ -454,6 +481,13 @@ static json_t *sched_row_json(const sched_row *row, const ep_model_cfg *cfg, int
     json_object_set_new(o, "combine_bytes", json_integer(t->combine_bytes));
     json_object_set_new(o, "inter_node_bytes",
                         json_integer(t->dispatch_bytes_inter + t->combine_bytes_inter));
+    json_object_set_new(o, "base_inter_node_bytes", json_real(sched_inter(t, 1)));
+    json_object_set_new(o, "hier_inter_node_bytes", json_real(sched_inter(&row->hier, 0)));
+    json_object_set_new(o, "hier_base_inter_node_bytes", json_real(sched_inter(&row->hier, 1)));
+    json_object_set_new(o, "node_sends", json_integer(row->sends.nodes[0]));
+    json_object_set_new(o, "base_node_sends", json_integer(row->sends.nodes[1]));
+    json_object_set_new(o, "inter_rank_sends", json_integer(row->sends.inter_ranks[0]));
+    json_object_set_new(o, "base_inter_rank_sends", json_integer(row->sends.inter_ranks[1]));
     json_object_set_new(o, "tokens", json_integer(t->tokens));
     json_object_set_new(o, "pairs", json_integer(t->pairs));
     json_object_set_new(o, "tokens_per_s", json_real(sched_tokens_per_s(row, cfg)));
@@ -571,21 +605,31 @@ int ep_cmd_bench_sched(int argc, char **argv)
         printf("# tokens/s: modelled MoE layers only (slowest rank's dispatch + experts + combine\n"
                "# per layer, bf16), priced with %s (%s); not a timing\n",
                a.hw.name, a.hw.gpu);
-        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %10s %10s\n", "source", "policy",
-               "placement", "avg_k", "imb_mean", "imb_max", "bytes/token", "inter/token",
-               "tok@budget", "tokens/s");
-        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %10s %10s\n", "", "", "", "", "max/mean",
-               "max/mean", "B", "B", "tokens", "model");
+        printf("# bytes, inter, saved: flat dispatch (a token once per rank); hier: node-level\n"
+               "# (once per other node, then forwarded inside it), inter-node bytes and the\n"
+               "# share saved vs the same tokens' top-k_base; nodes: other nodes a token is\n"
+               "# sent to per MoE layer\n");
+        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %6s %10s %10s %12s %6s %7s\n", "source",
+               "policy", "placement", "avg_k", "imb_mean", "imb_max", "bytes/token", "inter/token",
+               "saved", "tok@budget", "tokens/s", "hier inter", "saved", "nodes");
+        printf("# %-26s %-10s %-18s %6s %9s %9s %12s %12s %6s %10s %10s %12s %6s %7s\n", "", "", "",
+               "", "max/mean", "max/mean", "B", "B", "%", "tokens", "model", "B/token", "%",
+               "/token");
         for (int i = 0; i < n_rows; i++) {
             const ep_comm_stats *t = &rows[i].st;
             double tok = t->tokens ? (double)t->tokens : 1;
-            printf("  %-26s %-10s %-18s %6.2f %9.3f %9.3f %12.0f %12.0f %10d %10.0f\n",
+            const ep_route_sends *ns = &rows[i].sends;
+            const ep_comm_stats *h = &rows[i].hier;
+            printf("  %-26s %-10s %-18s %6.2f %9.3f %9.3f %12.0f %12.0f %6.2f %10d %10.0f %12.0f "
+                   "%6.2f %7.4f\n",
                    rows[i].source, rows[i].policy, rows[i].placement, t->pairs / tok,
                    rows[i].imb_n ? rows[i].imb_sum / rows[i].imb_n : 0, rows[i].imb_max,
-                   (t->dispatch_bytes + t->combine_bytes) / tok,
-                   (t->dispatch_bytes_inter + t->combine_bytes_inter) / tok,
+                   (t->dispatch_bytes + t->combine_bytes) / tok, sched_inter(t, 0) / tok,
+                   sched_saved(sched_inter(t, 0), sched_inter(t, 1)),
                    sched_budget_step(&rows[i], &cfg, a.tokens * a.ranks).tokens,
-                   sched_tokens_per_s(&rows[i], &cfg));
+                   sched_tokens_per_s(&rows[i], &cfg), sched_inter(h, 0) / tok,
+                   sched_saved(sched_inter(h, 0), sched_inter(h, 1)),
+                   (double)ns->nodes[0] / (double)EP_MAX(1, ns->token_layers));
         }
         if (a.json_path) {
             json_t *root = json_object(), *arr = json_array();

@@ -47,8 +47,32 @@ struct ep_comm {
     float *pair_weight; // [pair_cap]
     float *row;         // [hidden] decode scratch
 
-    int T;           // tokens of the last dispatch: rows of combine's out
-    int64_t arrived; // dispatch payload bytes the last unpack decoded from other ranks
+    int T;                 // tokens of the last dispatch: rows of combine's out
+    int64_t arrived;       // dispatch payload bytes the last unpack decoded from other ranks
+    int64_t arrived_inter; // the part of it that came from another node
+
+    // Hier (EP_DISPATCH_HIER, comm/dispatch_plan.h): the stage-1 records
+    // received from other ranks, sources ascending, arrival order within one
+    // (s1_off[s]..s1_off[s+1] from rank s; none from this rank). A record
+    // from another node was sent here to forward: its pairs of this rank
+    // become work record s1_work[c] (-1: none), the others stage-2 records.
+    int *s1_off; // [world + 1]
+    size_t s1_cap;
+    int *s1_work;  // [s1_cap]
+    float *s1_sum; // [s1_cap, hidden] combine: the node's partial sum per record
+    int n_work1;   // work records from stage 1 (own, direct, local parts)
+    int own_work0; // work record of this rank's first own group
+    // Stage 2: records this rank forwards, by destination rank (s2_dst_off
+    // CSR), each the part of stage-1 record s2_rec[k] for that rank; sizes
+    // and offsets per peer of the forward and of the stage-2 records
+    // received (work records n_work1.. by source, s2_recv_rec_off CSR).
+    size_t s2_cap;
+    int *s2_rec;                                                        // [s2_cap]
+    int *s2_dst_off;                                                    // [world + 1]
+    int *s2_recv_rec_off;                                               // [world + 1]
+    int64_t *s2_send_bytes, *s2_send_off, *s2_recv_bytes, *s2_recv_off; // [world]
+    uint8_t *s2_sendbuf, *s2_recvbuf;
+    size_t s2_sendbuf_cap, s2_recvbuf_cap;
 
     // Where the ep_comm is between the halves of dispatch and combine
     // (comm.h): each phase admits only the next call.
@@ -141,6 +165,13 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
     m->cursor = ep_xcalloc(w, sizeof(int64_t));
     m->recv_rec_off = ep_xcalloc(w + 1, sizeof(int));
     m->row = ep_xcalloc((size_t)hidden, sizeof(float));
+    m->s1_off = ep_xcalloc(w + 1, sizeof(int));
+    m->s2_dst_off = ep_xcalloc(w + 1, sizeof(int));
+    m->s2_recv_rec_off = ep_xcalloc(w + 1, sizeof(int));
+    m->s2_send_bytes = ep_xcalloc(w, sizeof(int64_t));
+    m->s2_send_off = ep_xcalloc(w, sizeof(int64_t));
+    m->s2_recv_bytes = ep_xcalloc(w, sizeof(int64_t));
+    m->s2_recv_off = ep_xcalloc(w, sizeof(int64_t));
     ep_status st = ep_dispatch_plan_init(&m->plan, m->world, m->rank, c->node_of, hidden, wire);
     EP_ASSERT(st == EP_OK);                   // its arguments were checked above
     m->pair_off = ep_xcalloc(1, sizeof(int)); // rec_cap + 1 entries, rec_cap = 0 so far
@@ -180,6 +211,18 @@ void ep_comm_free(ep_comm *m)
     free(m->pair_expert);
     free(m->pair_weight);
     free(m->row);
+    free(m->s1_off);
+    free(m->s1_work);
+    free(m->s1_sum);
+    free(m->s2_rec);
+    free(m->s2_dst_off);
+    free(m->s2_recv_rec_off);
+    free(m->s2_send_bytes);
+    free(m->s2_send_off);
+    free(m->s2_recv_bytes);
+    free(m->s2_recv_off);
+    free(m->s2_sendbuf);
+    free(m->s2_recvbuf);
     free(m);
 }
 
@@ -244,7 +287,8 @@ static inline int32_t ep_get_i32(const uint8_t *p)
 
 // ---- dispatch ---------------------------------------------------------------------
 
-// Packs every record of the plan at the offset the plan gave it.
+// Packs every record of the plan at the offset the plan gave it (a hier
+// stage-1 record with the rank of each pair after the weights).
 static void ep_comm_pack(ep_comm *m, const ep_routes *r, const float *x)
 {
     const ep_dispatch_plan *pl = &m->plan;
@@ -255,28 +299,45 @@ static void ep_comm_pack(ep_comm *m, const ep_routes *r, const float *x)
         int d = pl->grp_dest[g];
         if (d == m->rank) continue;
         int i = pl->grp_tok[g], b = pl->grp_off[g], n = pl->grp_off[g + 1] - b;
+        const int64_t rb = ep_dispatch_plan_rec_bytes(pl, d, n);
+        const bool ranks = rb != ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
         uint8_t *rec = m->sendbuf + pl->rec_off[g];
         ep_put_i32(rec, i);
         ep_put_i32(rec + 4, n);
         uint8_t *ids = rec + EP_COMM_REC_HEADER_BYTES, *wts = ids + 4 * (size_t)n;
+        uint8_t *row = wts + 4 * (size_t)n;
         for (int k = 0; k < n; k++) {
             int j = pl->grp_pair[b + k];
             ep_put_i32(ids + 4 * (size_t)k, r->expert[j]);
             memcpy(wts + 4 * (size_t)k, &r->weight[j], 4);
+            if (ranks) ep_put_i32(row + 4 * (size_t)k, pl->grp_prank[b + k]);
         }
-        ep_comm_encode_row(m, m->wire, x + (size_t)i * H, wts + 4 * (size_t)n);
-        m->cursor[d] += ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
+        if (ranks) row += 4 * (size_t)n;
+        ep_comm_encode_row(m, m->wire, x + (size_t)i * H, row);
+        m->cursor[d] += rb;
     }
     for (int d = 0; d < m->world; d++)
         EP_ASSERT(m->cursor[d] == pl->send_bytes[d]);
 }
 
-// Counts the records and pairs a source rank sent, checking that its payload
-// is a whole number of well-formed records.
-static ep_status ep_comm_walk(const ep_comm *m, int src, int *n_rec, int64_t *n_pairs)
+// Whether records from rank s are hier stage-1 records (to forward).
+static bool ep_comm_forwarded(const ep_comm *m, int s)
 {
-    const uint8_t *buf = m->recvbuf + m->recv_off[src];
-    const int64_t len = m->recv_bytes[src];
+    return m->plan.mode == EP_DISPATCH_HIER && m->plan.node_of[s] != m->plan.node_of[m->rank];
+}
+
+static int64_t ep_comm_rec_bytes(const ep_comm *m, bool hier, int n)
+{
+    return hier ? ep_comm_hier_record_bytes(n, m->hidden, m->wire)
+                : ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
+}
+
+// Counts the records and pairs a source rank sent (len bytes at buf; hier:
+// stage-1 records), checking that its payload is a whole number of
+// well-formed records.
+static ep_status ep_comm_walk(const ep_comm *m, int src, const uint8_t *buf, int64_t len, bool hier,
+                              int *n_rec, int64_t *n_pairs)
+{
     int64_t pos = 0;
     *n_rec = 0;
     *n_pairs = 0;
@@ -289,7 +350,7 @@ static ep_status ep_comm_walk(const ep_comm *m, int src, int *n_rec, int64_t *n_
                 src, (long long)pos, EP_COMM_REC_HEADER_BYTES, (long long)(len - pos),
                 (long long)len);
         int32_t tok = ep_get_i32(buf + pos), n = ep_get_i32(buf + pos + 4);
-        int64_t rb = n >= 1 ? ep_comm_dispatch_record_bytes(n, m->hidden, m->wire) : 0;
+        int64_t rb = n >= 1 ? ep_comm_rec_bytes(m, hier, n) : 0;
         if (tok < 0 || n < 1 || rb > len - pos)
             return ep_errorf(EP_ERR_COMM,
                              "dispatch from rank %d: record at byte %lld: expected token >= 0 and "
@@ -302,12 +363,58 @@ static ep_status ep_comm_walk(const ep_comm *m, int src, int *n_rec, int64_t *n_
     return EP_OK;
 }
 
+// Work record k from this rank's own groups of the plan, straight from the
+// routes (fp32, no wire); advances *k and *pk.
+static void ep_comm_take_own(ep_comm *m, const ep_routes *r, const float *x, int *k, int *pk)
+{
+    const size_t H = (size_t)m->hidden;
+    const ep_dispatch_plan *pl = &m->plan;
+    for (int c = pl->dest_off[m->rank]; c < pl->dest_off[m->rank + 1]; c++) {
+        const int g = pl->dest_grp[c];
+        m->pair_off[*k] = *pk;
+        for (int q = pl->grp_off[g]; q < pl->grp_off[g + 1]; q++) {
+            int j = pl->grp_pair[q];
+            m->pair_expert[*pk] = r->expert[j];
+            m->pair_weight[*pk] = r->weight[j];
+            (*pk)++;
+        }
+        memcpy(m->x + (size_t)*k * H, x + (size_t)pl->grp_tok[g] * H, H * sizeof(float));
+        (*k)++;
+    }
+}
+
+// Work record k from a plain record (walked already) of rank s, its
+// idx-th; returns its size. An expert of another rank is EP_ERR_COMM.
+static ep_status ep_comm_take_record(ep_comm *m, const ep_placement *p, const int *pair_rank, int s,
+                                     int idx, const uint8_t *rec, int *k, int *pk, int64_t *bytes)
+{
+    int n = ep_get_i32(rec + 4);
+    const uint8_t *ids = rec + EP_COMM_REC_HEADER_BYTES, *wts = ids + 4 * (size_t)n;
+    m->pair_off[*k] = *pk;
+    for (int q = 0; q < n; q++) {
+        int e = ep_get_i32(ids + 4 * (size_t)q);
+        // With home placement every expert must live here; with replicas
+        // the sender chose the rank, so only the id range can be checked.
+        if (e < 0 || e >= p->n_experts || (!pair_rank && p->rank_of[e] != m->rank))
+            return ep_errorf(EP_ERR_COMM,
+                             "dispatch from rank %d: record %d names expert %d, expected an "
+                             "expert of rank %d among %d (placements differ between ranks?)",
+                             s, idx, e, m->rank, p->n_experts);
+        m->pair_expert[*pk] = e;
+        memcpy(&m->pair_weight[*pk], wts + 4 * (size_t)q, 4);
+        (*pk)++;
+    }
+    ep_comm_decode_row(m, m->wire, wts + 4 * (size_t)n, m->x + (size_t)*k * (size_t)m->hidden);
+    (*k)++;
+    *bytes = ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
+    return EP_OK;
+}
+
 // Fills the work arrays: records by source rank, each source's records in
 // the order it packed them (its token order); own groups straight from the routes.
 static ep_status ep_comm_unpack(ep_comm *m, const ep_routes *r, const ep_placement *p,
                                 const int *pair_rank, const float *x)
 {
-    const size_t H = (size_t)m->hidden;
     int64_t total_pairs = 0;
     m->recv_rec_off[0] = 0;
     for (int s = 0; s < m->world; s++) {
@@ -317,7 +424,8 @@ static ep_status ep_comm_unpack(ep_comm *m, const ep_routes *r, const ep_placeme
             n_rec = ep_dispatch_plan_n_rec(&m->plan, s);
             n_pairs = m->plan.own_pairs;
         } else {
-            ep_status st = ep_comm_walk(m, s, &n_rec, &n_pairs);
+            ep_status st = ep_comm_walk(m, s, m->recvbuf + m->recv_off[s], m->recv_bytes[s], false,
+                                        &n_rec, &n_pairs);
             if (st != EP_OK) return st;
         }
         m->recv_rec_off[s + 1] = m->recv_rec_off[s] + n_rec;
@@ -330,52 +438,259 @@ static ep_status ep_comm_unpack(ep_comm *m, const ep_routes *r, const ep_placeme
     ep_comm_grow_work(m, (size_t)m->n_rec, (size_t)total_pairs);
 
     int k = 0, pk = 0;
-    m->arrived = 0;
+    m->arrived = m->arrived_inter = 0;
     for (int s = 0; s < m->world; s++) {
         if (s == m->rank) {
-            const ep_dispatch_plan *pl = &m->plan;
-            for (int c = pl->dest_off[s]; c < pl->dest_off[s + 1]; c++) {
-                const int g = pl->dest_grp[c];
-                m->pair_off[k] = pk;
-                for (int q = pl->grp_off[g]; q < pl->grp_off[g + 1]; q++) {
-                    int j = pl->grp_pair[q];
-                    m->pair_expert[pk] = r->expert[j];
-                    m->pair_weight[pk] = r->weight[j];
-                    pk++;
-                }
-                memcpy(m->x + (size_t)k * H, x + (size_t)pl->grp_tok[g] * H, H * sizeof(float));
-                k++;
-            }
+            ep_comm_take_own(m, r, x, &k, &pk);
             continue;
         }
         const uint8_t *rec = m->recvbuf + m->recv_off[s];
+        const bool inter = m->plan.node_of[s] != m->plan.node_of[m->rank];
         for (int c = m->recv_rec_off[s]; c < m->recv_rec_off[s + 1]; c++) {
-            int n = ep_get_i32(rec + 4);
-            const uint8_t *ids = rec + EP_COMM_REC_HEADER_BYTES, *wts = ids + 4 * (size_t)n;
-            m->pair_off[k] = pk;
-            for (int q = 0; q < n; q++) {
-                int e = ep_get_i32(ids + 4 * (size_t)q);
-                // With home placement every expert must live here; with replicas
-                // the sender chose the rank, so only the id range can be checked.
-                if (e < 0 || e >= p->n_experts || (!pair_rank && p->rank_of[e] != m->rank))
-                    return ep_errorf(
-                        EP_ERR_COMM,
-                        "dispatch from rank %d: record %d names expert %d, expected an "
-                        "expert of rank %d among %d (placements differ between ranks?)",
-                        s, c - m->recv_rec_off[s], e, m->rank, p->n_experts);
-                m->pair_expert[pk] = e;
-                memcpy(&m->pair_weight[pk], wts + 4 * (size_t)q, 4);
-                pk++;
-            }
-            ep_comm_decode_row(m, m->wire, wts + 4 * (size_t)n, m->x + (size_t)k * H);
-            const int64_t rb = ep_comm_dispatch_record_bytes(n, m->hidden, m->wire);
+            int64_t rb;
+            ep_status st =
+                ep_comm_take_record(m, p, pair_rank, s, c - m->recv_rec_off[s], rec, &k, &pk, &rb);
+            if (st != EP_OK) return st;
             rec += rb;
             m->arrived += rb;
-            k++;
+            if (inter) m->arrived_inter += rb;
         }
     }
     m->pair_off[k] = pk;
     EP_ASSERT(k == m->n_rec && pk == total_pairs);
+    return EP_OK;
+}
+
+// ---- hier: forward within the node (stage 2) ----------------------------------
+
+static void ep_comm_grow_hier(ep_comm *m, size_t n_s1, size_t n_fwd)
+{
+    size_t n = ep_grown(m->s1_cap, n_s1);
+    if (n) {
+        m->s1_work = ep_xrealloc(m->s1_work, n * sizeof(int));
+        m->s1_sum = ep_xrealloc(m->s1_sum, n * (size_t)m->hidden * sizeof(float));
+        m->s1_cap = n;
+    }
+    n = ep_grown(m->s2_cap, n_fwd);
+    if (n) {
+        m->s2_rec = ep_xrealloc(m->s2_rec, n * sizeof(int));
+        m->s2_cap = n;
+    }
+}
+
+// The pairs of one stage-1 record for rank rk, counted (only the first
+// pair of rk in the record asks: *first).
+static int ep_comm_rank_pairs(const uint8_t *rks, int n, int q, bool *first)
+{
+    const int rk = ep_get_i32(rks + 4 * (size_t)q);
+    *first = true;
+    for (int b = 0; b < q && *first; b++)
+        *first = ep_get_i32(rks + 4 * (size_t)b) != rk;
+    int c = 0;
+    for (int b = q; b < n; b++)
+        c += ep_get_i32(rks + 4 * (size_t)b) == rk;
+    return c;
+}
+
+// After stage 1 arrived: work from own groups, direct records and the local
+// pairs of forwarded records; the other pairs forwarded (stage 2, blocking:
+// counts, then payload) and decoded as work after them.
+static ep_status ep_comm_unpack_hier(ep_comm *m, const ep_routes *r, const ep_placement *p,
+                                     const int *pair_rank, const float *x)
+{
+    const int W = m->world, me = m->rank, my_node = m->plan.node_of[me];
+    const size_t H = (size_t)m->hidden;
+    ep_status st;
+    // Pass 1: count, check the forwarded records, size the forward.
+    int n_s1 = 0, n_work = 0, n_fwd = 0;
+    int64_t n_pairs = 0;
+    memset(m->s2_send_bytes, 0, (size_t)W * sizeof(int64_t));
+    memset(m->s2_dst_off, 0, ((size_t)W + 1) * sizeof(int));
+    m->s1_off[0] = 0;
+    for (int s = 0; s < W; s++) {
+        if (s == me) {
+            n_work += ep_dispatch_plan_n_rec(&m->plan, s);
+            n_pairs += m->plan.own_pairs;
+            m->s1_off[s + 1] = n_s1;
+            continue;
+        }
+        const bool fwd = ep_comm_forwarded(m, s);
+        const uint8_t *rec = m->recvbuf + m->recv_off[s];
+        int nr;
+        int64_t np;
+        if ((st = ep_comm_walk(m, s, rec, m->recv_bytes[s], fwd, &nr, &np)) != EP_OK) return st;
+        m->s1_off[s + 1] = n_s1 + nr;
+        n_s1 += nr;
+        if (!fwd) {
+            n_work += nr;
+            n_pairs += np;
+            continue;
+        }
+        for (int c = 0; c < nr; c++) {
+            const int n = ep_get_i32(rec + 4);
+            const uint8_t *rks = rec + EP_COMM_REC_HEADER_BYTES + 8 * (size_t)n;
+            int local = 0;
+            for (int q = 0; q < n; q++) {
+                const int rk = ep_get_i32(rks + 4 * (size_t)q);
+                if (rk < 0 || rk >= W || m->plan.node_of[rk] != my_node)
+                    return ep_errorf(EP_ERR_COMM,
+                                     "dispatch from rank %d: stage-1 record %d pair %d names rank "
+                                     "%d, expected a rank of node %d (node maps differ?)",
+                                     s, c, q, rk, my_node);
+                bool first;
+                const int cnt = ep_comm_rank_pairs(rks, n, q, &first);
+                if (rk == me) {
+                    local++;
+                } else if (first) {
+                    m->s2_dst_off[rk + 1]++;
+                    m->s2_send_bytes[rk] += ep_comm_dispatch_record_bytes(cnt, m->hidden, m->wire);
+                    n_fwd++;
+                }
+            }
+            if (local) {
+                n_work++;
+                n_pairs += local;
+            }
+            rec += ep_comm_rec_bytes(m, true, n);
+        }
+    }
+    if (n_pairs > INT32_MAX)
+        return ep_errorf(EP_ERR_COMM, "dispatch: %lld pairs received, expected at most %d",
+                         (long long)n_pairs, INT32_MAX);
+    ep_comm_grow_hier(m, (size_t)n_s1, (size_t)n_fwd);
+    ep_comm_grow_work(m, (size_t)n_work, (size_t)n_pairs);
+    int64_t so = 0;
+    for (int d = 0; d < W; d++) {
+        m->s2_send_off[d] = so;
+        so += m->s2_send_bytes[d];
+        m->s2_dst_off[d + 1] += m->s2_dst_off[d];
+        m->cursor[d] = 0;
+        m->recv_rec_off[d] = 0; // stage-2 records packed per destination so far
+    }
+    ep_comm_grow_bytes(&m->s2_sendbuf, &m->s2_sendbuf_cap, (size_t)so);
+
+    // Pass 2: work from stage 1, the forward packed per destination.
+    int k = 0, pk = 0;
+    m->arrived = m->arrived_inter = 0;
+    for (int s = 0; s < W; s++) {
+        if (s == me) {
+            m->own_work0 = k;
+            ep_comm_take_own(m, r, x, &k, &pk);
+            continue;
+        }
+        const bool fwd = ep_comm_forwarded(m, s);
+        const uint8_t *rec = m->recvbuf + m->recv_off[s];
+        for (int c = m->s1_off[s]; c < m->s1_off[s + 1]; c++) {
+            int64_t rb;
+            if (!fwd) {
+                m->s1_work[c] = k;
+                st = ep_comm_take_record(m, p, pair_rank, s, c - m->s1_off[s], rec, &k, &pk, &rb);
+                if (st != EP_OK) return st;
+                rec += rb;
+                m->arrived += rb;
+                continue;
+            }
+            const int n = ep_get_i32(rec + 4);
+            const uint8_t *ids = rec + EP_COMM_REC_HEADER_BYTES, *wts = ids + 4 * (size_t)n;
+            const uint8_t *rks = wts + 4 * (size_t)n, *row = rks + 4 * (size_t)n;
+            rb = ep_comm_rec_bytes(m, true, n);
+            m->s1_work[c] = -1;
+            for (int q = 0; q < n; q++) {
+                const int rk = ep_get_i32(rks + 4 * (size_t)q);
+                bool first;
+                const int cnt = ep_comm_rank_pairs(rks, n, q, &first);
+                if (rk == me) {
+                    const int e = ep_get_i32(ids + 4 * (size_t)q);
+                    if (e < 0 || e >= p->n_experts || (!pair_rank && p->rank_of[e] != me))
+                        return ep_errorf(EP_ERR_COMM,
+                                         "dispatch from rank %d: stage-1 record %d names expert "
+                                         "%d for rank %d, expected one of its experts among %d",
+                                         s, c - m->s1_off[s], e, me, p->n_experts);
+                    if (m->s1_work[c] < 0) {
+                        m->s1_work[c] = k;
+                        m->pair_off[k] = pk;
+                        ep_comm_decode_row(m, m->wire, row, m->x + (size_t)k * H);
+                        k++;
+                    }
+                    m->pair_expert[pk] = e;
+                    memcpy(&m->pair_weight[pk], wts + 4 * (size_t)q, 4);
+                    pk++;
+                    continue;
+                }
+                if (!first) continue;
+                // Stage-2 record to rk: its pairs in row order, the row as it
+                // came (never re-encoded: one rounding, as flat).
+                uint8_t *o = m->s2_sendbuf + m->s2_send_off[rk] + m->cursor[rk];
+                ep_put_i32(o, c);
+                ep_put_i32(o + 4, cnt);
+                uint8_t *oid = o + EP_COMM_REC_HEADER_BYTES, *owt = oid + 4 * (size_t)cnt;
+                for (int b = q, w = 0; b < n; b++) {
+                    if (ep_get_i32(rks + 4 * (size_t)b) != rk) continue;
+                    memcpy(oid + 4 * (size_t)w, ids + 4 * (size_t)b, 4);
+                    memcpy(owt + 4 * (size_t)w, wts + 4 * (size_t)b, 4);
+                    w++;
+                }
+                memcpy(owt + 4 * (size_t)cnt, row, (size_t)m->row_bytes);
+                m->cursor[rk] += ep_comm_dispatch_record_bytes(cnt, m->hidden, m->wire);
+                m->s2_rec[m->s2_dst_off[rk] + m->recv_rec_off[rk]++] = c;
+            }
+            rec += rb;
+            m->arrived += rb;
+            m->arrived_inter += rb;
+        }
+    }
+    m->n_work1 = k;
+    for (int d = 0; d < W; d++)
+        EP_ASSERT(m->cursor[d] == m->s2_send_bytes[d]);
+
+    // Stage 2 over the same transport: only ranks of this node exchange.
+    st = m->t->vt->exchange_counts(m->t, m->s2_send_bytes, m->s2_recv_bytes);
+    if (st != EP_OK) return ep_error_prefix(st, "comm dispatch: stage-2 sizes");
+    int64_t ro = 0;
+    for (int d = 0; d < W; d++) {
+        const int64_t b = m->s2_recv_bytes[d];
+        if (b < 0 || ((d == me || m->plan.node_of[d] != my_node) && b != 0))
+            return ep_errorf(EP_ERR_COMM,
+                             "comm dispatch: stage 2: rank %d announces %lld bytes, expected %s", d,
+                             (long long)b,
+                             d == me ? "0 (self)"
+                             : b < 0 ? ">= 0"
+                                     : "0 (another node)");
+        m->s2_recv_off[d] = ro;
+        ro += b;
+    }
+    ep_comm_grow_bytes(&m->s2_recvbuf, &m->s2_recvbuf_cap, (size_t)ro);
+    st = ep_transport_alltoallv(m->t, m->s2_sendbuf, m->s2_send_bytes, m->s2_send_off,
+                                m->s2_recvbuf, m->s2_recv_bytes, m->s2_recv_off);
+    if (st != EP_OK) return ep_error_prefix(st, "comm dispatch: stage 2");
+    m->s2_recv_rec_off[0] = 0;
+    for (int s = 0; s < W; s++) {
+        int nr;
+        int64_t np;
+        if ((st = ep_comm_walk(m, s, m->s2_recvbuf + m->s2_recv_off[s], m->s2_recv_bytes[s], false,
+                               &nr, &np)) != EP_OK)
+            return ep_error_prefix(st, "stage 2");
+        m->s2_recv_rec_off[s + 1] = m->s2_recv_rec_off[s] + nr;
+        n_pairs += np;
+    }
+    if (n_pairs > INT32_MAX)
+        return ep_errorf(EP_ERR_COMM, "dispatch: %lld pairs received, expected at most %d",
+                         (long long)n_pairs, INT32_MAX);
+    m->n_rec = m->n_work1 + m->s2_recv_rec_off[W];
+    ep_comm_grow_work(m, (size_t)m->n_rec, (size_t)n_pairs);
+    for (int s = 0; s < W; s++) {
+        const uint8_t *rec = m->s2_recvbuf + m->s2_recv_off[s];
+        for (int c = m->s2_recv_rec_off[s]; c < m->s2_recv_rec_off[s + 1]; c++) {
+            int64_t rb;
+            st = ep_comm_take_record(m, p, pair_rank, s, c - m->s2_recv_rec_off[s], rec, &k, &pk,
+                                     &rb);
+            if (st != EP_OK) return ep_error_prefix(st, "stage 2");
+            rec += rb;
+            m->arrived += rb;
+        }
+    }
+    m->pair_off[k] = pk;
+    EP_ASSERT(k == m->n_rec && pk == n_pairs);
     return EP_OK;
 }
 
@@ -454,7 +769,9 @@ ep_status ep_comm_dispatch_finish(ep_comm *m, ep_comm_work *work, ep_comm_stats 
     m->req = NULL;
     // The exchange is over: whatever unpack finds, the next call is a new dispatch.
     m->phase = EP_COMM_IDLE;
-    s = ep_comm_unpack(m, m->d_r, m->d_p, m->d_pair_rank, m->d_x);
+    s = m->plan.mode == EP_DISPATCH_HIER
+            ? ep_comm_unpack_hier(m, m->d_r, m->d_p, m->d_pair_rank, m->d_x)
+            : ep_comm_unpack(m, m->d_r, m->d_p, m->d_pair_rank, m->d_x);
     if (s != EP_OK) return s;
     m->T = m->d_r->n_tokens;
     m->phase = EP_COMM_DISPATCHED;
@@ -469,6 +786,7 @@ ep_status ep_comm_dispatch_finish(ep_comm *m, ep_comm_work *work, ep_comm_stats 
     // differs from the plan (which counts what the rank sends); summed over
     // ranks the two must be equal.
     st->measured_bytes += m->arrived;
+    st->measured_bytes_inter += m->arrived_inter;
     st->recv_pairs = m->pair_off[m->n_rec];
     st->recv_tokens = m->n_rec;
     return EP_OK;
@@ -484,6 +802,29 @@ ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p
 
 // ---- combine ----------------------------------------------------------------------
 
+// Stage A of a hier combine: each stage-2 record's partial sum back to the
+// rank that forwarded it (combine_finish adds them up per stage-1 record).
+static void ep_comm_combine_layout_hier(ep_comm *m, const ep_comm_work *work)
+{
+    const size_t H = (size_t)m->hidden;
+    const int64_t rb = m->crow_bytes;
+    int64_t so = 0, ro = 0;
+    for (int d = 0; d < m->world; d++) {
+        m->c_send_bytes[d] = (m->s2_recv_rec_off[d + 1] - m->s2_recv_rec_off[d]) * rb;
+        m->c_recv_bytes[d] = (m->s2_dst_off[d + 1] - m->s2_dst_off[d]) * rb;
+        m->c_send_off[d] = so;
+        m->c_recv_off[d] = ro;
+        so += m->c_send_bytes[d];
+        ro += m->c_recv_bytes[d];
+    }
+    // The stage-2 payloads are decoded already: their buffers are free.
+    ep_comm_grow_bytes(&m->s2_recvbuf, &m->s2_recvbuf_cap, (size_t)so);
+    ep_comm_grow_bytes(&m->s2_sendbuf, &m->s2_sendbuf_cap, (size_t)ro);
+    uint8_t *dst = m->s2_recvbuf;
+    for (int c = m->n_work1; c < m->n_rec; c++, dst += rb)
+        ep_comm_encode_row(m, m->cwire, work->y + (size_t)c * H, dst);
+}
+
 ep_status ep_comm_combine_start(ep_comm *m, const ep_comm_work *work)
 {
     if (m->phase != EP_COMM_DISPATCHED)
@@ -495,37 +836,99 @@ ep_status ep_comm_combine_start(ep_comm *m, const ep_comm_work *work)
                          work->n_rec, work->y ? "set" : "missing", m->n_rec);
     const size_t H = (size_t)m->hidden;
     const int64_t rb = m->crow_bytes;
+    const bool hier = m->plan.mode == EP_DISPATCH_HIER;
+    const void *sbuf = m->recvbuf;
+    void *rbuf = m->sendbuf;
+    if (hier) {
+        ep_comm_combine_layout_hier(m, work);
+        sbuf = m->s2_recvbuf;
+        rbuf = m->s2_sendbuf;
+    } else {
+        // Reverse path: one row back per record received, one row in per record sent.
+        int64_t so = 0, ro = 0;
+        for (int d = 0; d < m->world; d++) {
+            bool self = d == m->rank;
+            m->c_send_bytes[d] = self ? 0 : (m->recv_rec_off[d + 1] - m->recv_rec_off[d]) * rb;
+            m->c_recv_bytes[d] = self ? 0 : ep_dispatch_plan_n_rec(&m->plan, d) * rb;
+            m->c_send_off[d] = so;
+            m->c_recv_off[d] = ro;
+            so += m->c_send_bytes[d];
+            ro += m->c_recv_bytes[d];
+        }
+        // The dispatch payload in recvbuf is decoded into work already, so both
+        // buffers are free; they only grow when a combine row outweighs the
+        // dispatch record (an fp8 wire) and then stay grown.
+        ep_comm_grow_bytes(&m->recvbuf, &m->recvbuf_cap, (size_t)so);
+        ep_comm_grow_bytes(&m->sendbuf, &m->sendbuf_cap, (size_t)ro);
+        for (int s = 0; s < m->world; s++) {
+            if (s == m->rank) continue;
+            uint8_t *dst = m->recvbuf + m->c_send_off[s];
+            for (int c = m->recv_rec_off[s]; c < m->recv_rec_off[s + 1]; c++, dst += rb)
+                ep_comm_encode_row(m, m->cwire, work->y + (size_t)c * H, dst);
+        }
+        sbuf = m->recvbuf;
+        rbuf = m->sendbuf;
+    }
+    // A failed start leaves the dispatch done: the caller may not combine again.
+    m->phase = EP_COMM_IDLE;
+    ep_status rc = m->t->vt->alltoallv_start(m->t, sbuf, m->c_send_bytes, m->c_send_off, rbuf,
+                                             m->c_recv_bytes, m->c_recv_off, &m->req);
+    if (rc != EP_OK) return ep_error_prefix(rc, "comm combine");
+    m->c_y = work->y;
+    m->phase = EP_COMM_COMBINE_POSTED;
+    return EP_OK;
+}
 
-    // Reverse path: one row back per record received, one row in per record sent.
+// Hier, after stage A arrived: each stage-1 record's node sum (its own
+// partial sum, then the forwarded ones by rank), returned with the direct
+// records' rows in one exchange (stage B, blocking), laid out as flat's
+// combine so ep_comm_sum_out reads it the same way. *incoming: stage-A
+// bytes decoded here.
+static ep_status ep_comm_combine_hier_return(ep_comm *m, int64_t *incoming)
+{
+    const size_t H = (size_t)m->hidden;
+    const int64_t rb = m->crow_bytes;
+    const int W = m->world;
+    const int n_s1 = m->s1_off[W];
+    for (int c = 0; c < n_s1; c++) {
+        float *o = m->s1_sum + (size_t)c * H;
+        if (m->s1_work[c] >= 0)
+            memcpy(o, m->c_y + (size_t)m->s1_work[c] * H, H * sizeof(float));
+        else
+            memset(o, 0, H * sizeof(float));
+    }
+    for (int d = 0; d < W; d++)
+        for (int k = m->s2_dst_off[d]; k < m->s2_dst_off[d + 1]; k++) {
+            ep_comm_decode_row(
+                m, m->cwire,
+                m->s2_sendbuf + m->c_recv_off[d] + (int64_t)(k - m->s2_dst_off[d]) * rb, m->row);
+            *incoming += rb;
+            float *o = m->s1_sum + (size_t)m->s2_rec[k] * H;
+            for (size_t h = 0; h < H; h++)
+                o[h] += m->row[h];
+        }
     int64_t so = 0, ro = 0;
-    for (int d = 0; d < m->world; d++) {
-        bool self = d == m->rank;
-        m->c_send_bytes[d] = self ? 0 : (m->recv_rec_off[d + 1] - m->recv_rec_off[d]) * rb;
-        m->c_recv_bytes[d] = self ? 0 : ep_dispatch_plan_n_rec(&m->plan, d) * rb;
+    for (int d = 0; d < W; d++) {
+        m->c_send_bytes[d] = (m->s1_off[d + 1] - m->s1_off[d]) * rb;
+        m->c_recv_bytes[d] = d == m->rank ? 0 : ep_dispatch_plan_n_rec(&m->plan, d) * rb;
         m->c_send_off[d] = so;
         m->c_recv_off[d] = ro;
         so += m->c_send_bytes[d];
         ro += m->c_recv_bytes[d];
     }
-    // The dispatch payload in recvbuf is decoded into work already, so both
-    // buffers are free; they only grow when a combine row outweighs the
-    // dispatch record (an fp8 wire) and then stay grown.
     ep_comm_grow_bytes(&m->recvbuf, &m->recvbuf_cap, (size_t)so);
     ep_comm_grow_bytes(&m->sendbuf, &m->sendbuf_cap, (size_t)ro);
-    for (int s = 0; s < m->world; s++) {
-        if (s == m->rank) continue;
+    for (int s = 0; s < W; s++) {
+        const bool fwd = ep_comm_forwarded(m, s);
         uint8_t *dst = m->recvbuf + m->c_send_off[s];
-        for (int c = m->recv_rec_off[s]; c < m->recv_rec_off[s + 1]; c++, dst += rb)
-            ep_comm_encode_row(m, m->cwire, work->y + (size_t)c * H, dst);
+        for (int c = m->s1_off[s]; c < m->s1_off[s + 1]; c++, dst += rb)
+            ep_comm_encode_row(m, m->cwire,
+                               fwd ? m->s1_sum + (size_t)c * H : m->c_y + (size_t)m->s1_work[c] * H,
+                               dst);
     }
-    // A failed start leaves the dispatch done: the caller may not combine again.
-    m->phase = EP_COMM_IDLE;
-    ep_status rc = m->t->vt->alltoallv_start(m->t, m->recvbuf, m->c_send_bytes, m->c_send_off,
-                                             m->sendbuf, m->c_recv_bytes, m->c_recv_off, &m->req);
-    if (rc != EP_OK) return ep_error_prefix(rc, "comm combine");
-    m->c_y = work->y;
-    m->phase = EP_COMM_COMBINE_POSTED;
-    return EP_OK;
+    ep_status rc = ep_transport_alltoallv(m->t, m->recvbuf, m->c_send_bytes, m->c_send_off,
+                                          m->sendbuf, m->c_recv_bytes, m->c_recv_off);
+    return rc != EP_OK ? ep_error_prefix(rc, "comm combine: stage B") : EP_OK;
 }
 
 ep_status ep_comm_combine_finish(ep_comm *m, float *out, ep_comm_stats *st)
@@ -540,21 +943,26 @@ ep_status ep_comm_combine_finish(ep_comm *m, float *out, ep_comm_stats *st)
     rc = m->t->vt->alltoallv_wait(m->t, m->req, NULL);
     m->req = NULL;
     if (rc != EP_OK) return ep_error_prefix(rc, "comm combine");
+    int64_t incoming = 0, incoming_inter = 0;
+    const bool hier = m->plan.mode == EP_DISPATCH_HIER;
+    if (hier && (rc = ep_comm_combine_hier_return(m, &incoming)) != EP_OK) return rc;
     // Sum in rank order (own records at position `rank`) for reproducible
     // results. The combine rows decoded here are measured where they arrive:
     // the token's rank, which the plan bills them to as well.
     const ep_dispatch_plan *pl = &m->plan;
-    int64_t incoming = 0;
+    const float *own_y = m->c_y + (size_t)(hier ? m->own_work0 : m->recv_rec_off[m->rank]) * H;
     if (m->T > 0) memset(out, 0, (size_t)m->T * H * sizeof(float));
     for (int d = 0; d < m->world; d++) {
+        const bool inter = pl->node_of[d] != pl->node_of[m->rank];
         for (int k = 0; k < ep_dispatch_plan_n_rec(pl, d); k++) {
             const float *src;
             if (d == m->rank) {
-                src = m->c_y + (size_t)(m->recv_rec_off[d] + k) * H;
+                src = own_y + (size_t)k * H;
             } else {
                 ep_comm_decode_row(m, m->cwire, m->sendbuf + m->c_recv_off[d] + (int64_t)k * rb,
                                    m->row);
                 incoming += rb;
+                if (inter) incoming_inter += rb;
                 src = m->row;
             }
             float *o = out + (size_t)pl->grp_tok[pl->dest_grp[pl->dest_off[d] + k]] * H;
@@ -563,6 +971,7 @@ ep_status ep_comm_combine_finish(ep_comm *m, float *out, ep_comm_stats *st)
         }
     }
     st->measured_bytes += incoming;
+    st->measured_bytes_inter += incoming_inter;
     return EP_OK;
 }
 
@@ -573,4 +982,17 @@ ep_status ep_comm_combine(ep_comm *m, const ep_comm_work *work, float *out, ep_c
         return ep_errorf(EP_ERR_ARG, "comm combine: %d tokens to write and no output", m->T);
     ep_status s = ep_comm_combine_start(m, work);
     return s != EP_OK ? s : ep_comm_combine_finish(m, out, st);
+}
+
+ep_status ep_comm_set_mode(ep_comm *m, ep_dispatch_mode mode)
+{
+    if (m->phase != EP_COMM_IDLE)
+        return ep_errorf(EP_ERR_ARG, "comm set_mode: expected no exchange under way, found %s due",
+                         ep_comm_phase_next(m->phase));
+    return ep_dispatch_plan_set_mode(&m->plan, mode);
+}
+
+ep_dispatch_mode ep_comm_mode(const ep_comm *m)
+{
+    return m->plan.mode;
 }

@@ -160,6 +160,16 @@ typedef struct ep_comm ep_comm;
 ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire, int cap_tokens,
                        int max_k, ep_comm **out);
 void ep_comm_free(ep_comm *m); // NULL ok
+// Flat (the default) or hier dispatch for the next layers; EP_ERR_ARG
+// between the halves of an exchange or for an unknown mode. Every rank must
+// use the same mode. Hier: stage 1 (the plan's records, forwarded ones to
+// the forwarding rank of another node) is the posted exchange; stage 2 (the
+// forward within the node: counts, payload) runs blocking in
+// dispatch_finish; combine_start posts the stage-2 returns, combine_finish
+// sums them per (token, node) and returns those rows blocking. All on the
+// one transport: stage 2 moves bytes between ranks of one node only.
+ep_status ep_comm_set_mode(ep_comm *m, ep_dispatch_mode mode);
+ep_dispatch_mode ep_comm_mode(const ep_comm *m);
 // Plans (an ep_dispatch_plan; its stats into st), exchanges counts, sends x [T, hidden] and
 // fills `work`. Every rank must call it for every layer, even with T = 0.
 ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p,

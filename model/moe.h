@@ -137,6 +137,10 @@ void ep_moe_set_reference_ctx(ep_moe *m, const ep_route_ctx *ctx);
 // borrowed, ep_route_ctx.token_domain), or NULL: the policy's own.
 void ep_moe_set_token_domain(ep_moe *m, const int *token_domain);
 
+// What the reference routes would send (ep_route_sends, home ranks) from
+// the rank of the context a caller set (rank >= 0), summed over every
+// ep_moe_reference call since; zero without such a context.
+void ep_moe_reference_sends(const ep_moe *m, ep_route_sends *out);
 // The reference with given routes (needs opts.with_reference).
 // (pairs kept, tokens routed) summed over every ep_moe_reference call so far:
 // pairs / tokens is the mean experts per token of the reference routes.

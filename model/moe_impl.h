@@ -34,6 +34,7 @@ struct ep_moe {
     ep_routes ref_routes;
     int64_t ref_pairs, ref_token_layers; // kept pairs / tokens routed by ep_moe_reference
     ep_route_ctx ref_ctx; // the reference's routing context when a caller set one (place != NULL)
+    ep_route_sends ref_sends; // counted while ref_ctx has a placement and a rank
     const int
         *token_domain; // borrowed [T] Pick domain per token (ep_moe_set_token_domain), or NULL
 };

@@ -32,6 +32,17 @@ ep_status ep_moe_reference(ep_moe *m, const ep_policy *p, int layer, const float
     ep_experts_reference(m->all_experts, layer, &m->ref_routes, x, y);
     m->ref_pairs += m->ref_routes.offsets[T];
     m->ref_token_layers += T;
+    const ep_routes *r = &m->ref_routes;
+    if (m->ref_ctx.place && m->ref_ctx.rank >= 0) {
+        m->ref_sends.token_layers += T;
+        const ep_route_ctx *c = &m->ref_ctx;
+        for (int t = 0; t < T; t++) {
+            ep_route_sends_add(r->expert + r->offsets[t], ep_routes_k(r, t), c->place->rank_of,
+                               NULL, c->rank, c->node_of, &m->ref_sends, 0);
+            ep_route_sends_add(r->base_expert + (size_t)t * r->k_base, r->k_base, c->place->rank_of,
+                               NULL, c->rank, c->node_of, &m->ref_sends, 1);
+        }
+    }
     return EP_OK;
 }
 
@@ -44,6 +55,11 @@ void ep_moe_set_reference_ctx(ep_moe *m, const ep_route_ctx *ctx)
 void ep_moe_set_token_domain(ep_moe *m, const int *token_domain)
 {
     m->token_domain = token_domain;
+}
+
+void ep_moe_reference_sends(const ep_moe *m, ep_route_sends *out)
+{
+    *out = m->ref_sends;
 }
 
 void ep_moe_reference_counts(const ep_moe *m, int64_t *pairs, int64_t *token_layers)

@@ -26,6 +26,11 @@ typedef enum {
 
 typedef enum { EP_PICK_A, EP_PICK_B, EP_PICK_C, EP_PICK_D, EP_PICK_E } ep_pick_strategy;
 
+// ban.locality (docs/routing.md "comm-aware Ban"): off (plain Ban), rank
+// (`true` in older YAMLs: visited ranks, then nodes, per slot) or node (the
+// node is what counts; a new node is chosen for the most candidates it holds).
+typedef enum { EP_BAN_LOC_OFF, EP_BAN_LOC_RANK, EP_BAN_LOC_NODE } ep_ban_locality;
+
 // One calibrated domain profile (math, code, general, ...).
 typedef struct {
     char name[64];
@@ -40,7 +45,7 @@ typedef struct {
         float lambda, beta;       // lambda in (0, 1], beta in [0, 1]
         float r_min, r_max;       // R_i normalisation, 0 <= r_min <= r_max <= 1
         float *layer_sensitivity; // [n_layers] W_l, or NULL (then L'_l = 0)
-        bool locality;            // comm-aware Ban (needs a placement in the routing context)
+        ep_ban_locality locality; // comm-aware Ban (needs a placement in the routing context)
         float locality_ratio;     // rho in (0, 1]
     } ban;
     struct {

@@ -2,8 +2,10 @@
 // K = floor(K_min + (k_base - K_min) * lambda * S) of the top-k_base, where
 // S mixes the layer's calibrated sensitivity and the token's score
 // concentration. With ban.locality and a placement it is comm-aware: it
-// prefers near-tie candidates on ranks/nodes the token already visits. It
-// never adds experts beyond k_base (that is Pick).
+// prefers near-tie candidates on ranks/nodes the token already visits
+// (locality rank) or on nodes only, choosing new nodes for the candidates
+// they hold (locality node). It never adds experts beyond k_base (that is
+// Pick), and locality never changes K.
 #include "router/policy.h"
 
 #include <math.h>
@@ -67,11 +69,62 @@ static bool near_node(const ep_route_ctx *c, const int *kept, int n, int e)
     return false;
 }
 
+// Whether expert f has a copy on expert e's home node.
+static bool same_node(const ep_route_ctx *c, int e, int f)
+{
+    return ep_route_on_node(c, f, ep_route_node(c, c->place->rank_of[e]));
+}
+
+// ban.locality: node (needs a node map). A hierarchical dispatch sends a
+// token once per remote node, so only the node counts. Eligible: the
+// candidates scoring >= rho x the weakest one plain Ban keeps (cand[K-1]),
+// fixed for the token. Each slot after k_min takes the best eligible one on
+// a node the token visits; when none is, it opens the node holding the most
+// eligible ones (counted up to the slots left; ties: the better score) and
+// takes that node's best, so the following slots land there instead of on
+// further nodes.
+static void fill_node(const ep_policy *p, const ep_policy_token *t, int K, int *kept)
+{
+    const ep_route_ctx *c = t->ctx;
+    int n = EP_MIN(p->cfg.ban.k_min, K);
+    memcpy(kept, t->cand, (size_t)n * sizeof(int));
+    const float thr = p->cfg.ban.locality_ratio * t->cand_score[K - 1];
+    int n_elig = K; // candidates are sorted: the eligible ones are a prefix
+    while (n_elig < t->n_cand && t->cand_score[n_elig] >= thr)
+        n_elig++;
+    for (; n < K; n++) {
+        int pick = -1;
+        for (int j = 0; j < n_elig && pick < 0; j++)
+            if (!in_list(kept, n, t->cand[j]) && near_node(c, kept, n, t->cand[j]))
+                pick = t->cand[j];
+        // None on a visited node: open one (the scan may stop at a full count).
+        int best = pick >= 0 ? K - n : 0;
+        for (int j = 0; j < n_elig && best < K - n; j++) {
+            int e = t->cand[j];
+            if (in_list(kept, n, e)) continue;
+            int gain = 0;
+            for (int i = 0; i < n_elig && gain < K - n; i++)
+                if (!in_list(kept, n, t->cand[i]) && same_node(c, e, t->cand[i])) gain++;
+            if (gain > best) best = gain, pick = e;
+        }
+        EP_ASSERT(pick >= 0);
+        kept[n] = pick;
+    }
+}
+
 void ep_ban_fill(const ep_policy *p, const ep_policy_token *t, int K, int *kept)
 {
     const ep_route_ctx *c = t->ctx;
     if (!p->cfg.ban.locality || !ep_route_ctx_placed(c)) {
         memcpy(kept, t->cand, (size_t)K * sizeof(int));
+        return;
+    }
+    if (p->cfg.ban.locality == EP_BAN_LOC_NODE) {
+        // Without a node map there is one node and nothing to save.
+        if (c->node_of)
+            fill_node(p, t, K, kept);
+        else
+            memcpy(kept, t->cand, (size_t)K * sizeof(int));
         return;
     }
     // The top K_min are always kept; each later slot may go to a candidate

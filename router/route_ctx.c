@@ -46,3 +46,24 @@ bool ep_route_on_node(const ep_route_ctx *c, int e, int node)
         if (ep_route_node(c, slot_rank(p, q)) == node) return true;
     return false;
 }
+
+void ep_route_sends_add(const int *ids, int k, const int *rank_of, const int *pair_rank, int me,
+                        const int *node_of, ep_route_sends *s, int i)
+{
+#define RANK_(j) (pair_rank ? pair_rank[j] : rank_of[ids[j]])
+#define NODE_(r) (node_of ? node_of[r] : 0)
+    const int my_node = NODE_(me);
+    for (int a = 0; a < k; a++) {
+        int r = RANK_(a), nd = NODE_(r);
+        bool new_r = r != me, new_n = nd != my_node;
+        for (int b = 0; b < a && (new_r || new_n); b++) { // K is small: no scratch
+            new_r = new_r && RANK_(b) != r;
+            new_n = new_n && NODE_(RANK_(b)) != nd;
+        }
+        s->ranks[i] += new_r;
+        s->inter_ranks[i] += new_r && nd != my_node;
+        s->nodes[i] += new_n;
+    }
+#undef RANK_
+#undef NODE_
+}

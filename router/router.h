@@ -41,6 +41,20 @@ typedef struct {
     const int *token_domain;
 } ep_route_ctx;
 
+// What routes would send from rank `me`, per (token, layer) summed: the
+// other ranks holding a token's experts (a flat dispatch's sends; of them
+// `inter_ranks` on other nodes) and the other nodes (a node-level dispatch
+// sends once per node). [0]: kept experts, [1]: the static top-k_base.
+typedef struct {
+    int64_t ranks[2], inter_ranks[2], nodes[2];
+    int64_t token_layers; // (token, layer) pairs counted
+} ep_route_sends;
+// Adds one token's sends to s->...[i] for its experts ids[0..k): pair j goes
+// to pair_rank[j], or with pair_rank NULL to rank_of[ids[j]] (home ranks).
+// node_of NULL: one node. Does not touch token_layers.
+void ep_route_sends_add(const int *ids, int k, const int *rank_of, const int *pair_rank, int me,
+                        const int *node_of, ep_route_sends *s, int i);
+
 // Per-call scratch, sized once for cap_tokens (laser's per-rank load grows
 // to the largest world a context brings, once).
 typedef struct ep_router ep_router;

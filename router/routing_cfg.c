@@ -12,6 +12,9 @@
 #include <yaml.h>
 
 static const char *const pick_strategy_names = "ABCDE";
+// Written back by ep_routing_cfg_write; `true` reads as rank (its meaning
+// before node existed), so older YAMLs keep routing as they did.
+static const char *const ban_locality_names[] = {"false", "rank", "node"};
 
 // ---- defaults, copy, free --------------------------------------------------
 
@@ -151,6 +154,10 @@ ep_status ep_routing_cfg_validate(const ep_routing_cfg *rc)
                          "%s: keys 'ban.r_min', 'ban.r_max': expected 0 <= r_min <= r_max <= 1, "
                          "found r_min %g, r_max %g",
                          f, rc->ban.r_min, rc->ban.r_max);
+    if (rc->ban.locality < EP_BAN_LOC_OFF || rc->ban.locality > EP_BAN_LOC_NODE)
+        return ep_errorf(EP_ERR_CONFIG,
+                         "%s: key 'ban.locality': expected false, rank or node, found %d", f,
+                         (int)rc->ban.locality);
     if (!(rc->ban.locality_ratio > 0.0f && rc->ban.locality_ratio <= 1.0f))
         return ep_errorf(EP_ERR_CONFIG,
                          "%s: key 'ban.locality_ratio': expected a number in (0, 1], found %g", f,
@@ -368,6 +375,23 @@ static ep_status yget_unit(yctx *c, yaml_node_t *n, const char *key, yrange r, f
     return EP_OK;
 }
 
+// ban.locality: false | true (= rank) | rank | node.
+static ep_status yget_locality(yctx *c, yaml_node_t *n, ep_ban_locality *out)
+{
+    bool b;
+    if (ybool(n, &b)) {
+        *out = b ? EP_BAN_LOC_RANK : EP_BAN_LOC_OFF;
+        return EP_OK;
+    }
+    const char *s = n->type == YAML_SCALAR_NODE ? yscalar(n) : "";
+    for (int i = EP_BAN_LOC_RANK; i <= EP_BAN_LOC_NODE; i++)
+        if (!strcmp(s, ban_locality_names[i])) {
+            *out = (ep_ban_locality)i;
+            return EP_OK;
+        }
+    return ybad(c, n, "ban.locality", "false, true (= rank), rank or node");
+}
+
 // Iterates the pairs of a mapping, rejecting non-scalar and repeated keys.
 #define YMAP_FOR(c, map, kn, vn)                                                                   \
     for (yaml_node_pair_t *pr_ = (map)->data.mapping.pairs.start;                                  \
@@ -546,7 +570,7 @@ static ep_status parse_ban(yctx *c, yaml_node_t *map)
             if (!yis_null(v))
                 st = yget_layer_list(c, v, "ban.layer_sensitivity", &rc->ban.layer_sensitivity);
         } else if (!strcmp(key, "locality")) {
-            if (!ybool(v, &rc->ban.locality)) st = ybad(c, v, "ban.locality", "true or false");
+            st = yget_locality(c, v, &rc->ban.locality);
         } else if (!strcmp(key, "locality_ratio")) {
             st = yget_unit(c, v, "ban.locality_ratio", R_OPEN_CLOSED, &rc->ban.locality_ratio);
         } else {
@@ -896,7 +920,7 @@ static void write_yaml(FILE *f, const ep_routing_cfg *rc, const ep_model_cfg *m)
         write_row(f, rc->ban.layer_sensitivity, L);
         fputc('\n', f);
     }
-    fprintf(f, "  locality: %s\n  locality_ratio: %.9g\n", rc->ban.locality ? "true" : "false",
+    fprintf(f, "  locality: %s\n  locality_ratio: %.9g\n", ban_locality_names[rc->ban.locality],
             rc->ban.locality_ratio);
     fprintf(f, "pick:\n  strategy: %c\n  range: %d\n", pick_strategy_names[rc->pick.strategy],
             rc->pick.range);

@@ -4,7 +4,8 @@
 # must show: no wrong token, error <= 1e-4 against the reference, planned ==
 # measured bytes, K = k_base for baseline and < k_base (with fewer dispatch
 # bytes) for ban. Then the DeepSeek preset (synthetic in memory) on 3 ranks,
-# the tiny Qwen3 with EPLB (+5 redundant experts, replica choice) on 3 ranks
+# the tiny Qwen3 with EPLB (+5 redundant experts, replica choice; also
+# node-aware Ban, ban-node.yaml, on 2 nodes) on 3 ranks
 # (same checks), and `bench sched` on the real Qwen3-30B GSM8K frequencies:
 # EPLB + replica choice must balance better than contiguous placement; laser
 # after Ban keeps Ban's K exactly and balances contiguous placement better
@@ -30,7 +31,7 @@ mpirun -np 3 --oversubscribe "$bin" bench --model tiny-deepseek-v2 \
   --routing baseline,ban,banpick --tokens 17 --steps 1 --warmup 0 --placement round_robin \
   --check --quiet --json "$tmp/ds.json"
 mpirun -np 3 --oversubscribe "$bin" bench --model "$tmp/qwen" --expert-dtype f32 \
-  --routing baseline,ban --tokens 13 --steps 1 --warmup 1 --ranks-per-node 2 \
+  --routing baseline,ban,ban-node --tokens 13 --steps 1 --warmup 1 --ranks-per-node 2 \
   --placement eplb --redundant-experts 5 --check --quiet --json "$tmp/eplb.json"
 gsm="$2/../shared/data/routing/qwen3-30b-a3b/gsm_avg_activation.csv"
 sched_json=""
@@ -85,6 +86,11 @@ if sys.argv[1]:
     check(rows[("ban", "contiguous")]["tokens_per_step_at_budget"] >
           rows[("baseline", "contiguous")]["tokens_per_step_at_budget"],
           'sched: the slot budget admits more tokens under ban')
+    b, n = rows[("baseline", "contiguous")], rows[("ban", "contiguous")]
+    check(b["node_sends"] == b["base_node_sends"] > 0 and n["base_node_sends"] > 0
+          and n["node_sends"] < n["base_node_sends"],
+          f'sched: node sends: baseline {b["node_sends"]} == its top-k_base, ban '
+          f'{n["node_sends"]} < {n["base_node_sends"]}')
     for pl in ("contiguous", "eplb+16+choice"):
         b, l = rows[("ban", pl)], rows[("laser-ban", pl)]
         check(l["pairs"] == b["pairs"] and l["tokens"] == b["tokens"],

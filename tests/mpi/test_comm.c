@@ -9,6 +9,10 @@
 // different T per rank and T = 0 on some ranks. Also checks planned bytes ==
 // measured bytes per rank, that Σ over ranks matches what the transports
 // sent, and that fp8 dispatch saves exactly the row bytes it should over bf16.
+// Flat and hier dispatch (two stages through forwarding ranks) at 1, 2 and 4
+// ranks per node; hier: the same outputs, per-stage bytes planned == measured
+// (inter-node part too), never more inter-node combine rows than flat.
+// `--subset` (the np 5-8 entries) runs every fifth configuration.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +31,7 @@ typedef struct {
     int E, H;
     ep_dtype wire;
     bool replicas; // pair_rank chosen at random instead of home ranks
+    ep_dispatch_mode mode;
     int id;
 } cfg;
 
@@ -126,9 +131,38 @@ static int dest_of(const cfg *c, const rank_data *d, const ep_placement *p, int 
 
 // The records this rank must receive, in order: sources ascending, each
 // source's tokens ascending, a token's pairs for this rank in row order.
+// Hier: the work of this rank holds, per (token, this rank), its pairs here
+// with the source row: checked as counts and by the outputs (check_out).
+static void check_work_hier(const cfg *c, const rank_data *all, const ep_placement *p, int me,
+                            int W, const ep_comm_work *w, const char *tag)
+{
+    int k = 0, pk = 0;
+    for (int s = 0; s < W; s++)
+        for (int i = 0; i < all[s].r.n_tokens; i++) {
+            int n = 0;
+            for (int j = all[s].r.offsets[i]; j < all[s].r.offsets[i + 1]; j++)
+                n += dest_of(c, &all[s], p, j) == me;
+            k += n > 0;
+            pk += n;
+        }
+    CHECK(w->n_rec == k && w->pair_off[w->n_rec] == pk,
+          "%s: hier: %d records with %d pairs received, expected %d with %d", tag, w->n_rec,
+          w->pair_off[w->n_rec], k, pk);
+    if (!c->replicas) {
+        int foreign = 0;
+        for (int q = 0; q < w->pair_off[w->n_rec]; q++)
+            foreign += p->rank_of[w->pair_expert[q]] != me;
+        CHECK(foreign == 0, "%s: %d received pairs name experts of other ranks", tag, foreign);
+    }
+}
+
 static void check_work(const cfg *c, const rank_data *all, const ep_placement *p, int me, int W,
                        const ep_comm_work *w, const char *tag)
 {
+    if (c->mode == EP_DISPATCH_HIER) {
+        check_work_hier(c, all, p, me, W, w, tag);
+        return;
+    }
     int k = 0, pk = 0, bad_pairs = 0, bad_x = 0;
     // fp8: the row as the codec decodes it (the codec itself is checked
     // bit for bit against a plain reference in tests/unit/test_dtype.c).
@@ -206,9 +240,13 @@ static void fake_experts(const ep_comm_work *w, int H)
 // combine adds 2^-8 (1 + 2^-4): 2^-4 + 2^-7 of Σ |terms| + 2^-17 Σ |coefficients|.
 static void check_out(const cfg *c, const rank_data *d, const float *out, const char *tag)
 {
-    double rel = c->wire == EP_DTYPE_F32    ? 2e-6
-                 : c->wire == EP_DTYPE_BF16 ? 2.0 / 256.0
-                                            : 0x1p-4 + 0x1p-7;
+    // Hier rounds a forwarded partial sum twice (stage-2 return, then the
+    // node's sum): one more 2^-8 for bf16 and fp8 (bf16 combine rows).
+    const double extra = c->mode == EP_DISPATCH_HIER && c->wire != EP_DTYPE_F32 ? 1.0 / 256.0 : 0;
+    double rel = (c->wire == EP_DTYPE_F32    ? 2e-6
+                  : c->wire == EP_DTYPE_BF16 ? 2.0 / 256.0
+                                             : 0x1p-4 + 0x1p-7) +
+                 extra;
     double abs_per_coef = c->wire == EP_DTYPE_F8_E4M3 ? 0x1p-17 : 0;
     int bad = 0;
     double worst = 0;
@@ -247,11 +285,12 @@ static void run_cfg(ep_cluster *cl, ep_transport *t, const cfg *c)
         ep_placement_free(&p);
         return;
     }
+    CHECK_OK(ep_comm_set_mode(m, c->mode));
     rank_data *all = calloc((size_t)W, sizeof *all);
     for (int layer = 0; layer < N_LAYERS; layer++) {
-        snprintf(tag, sizeof tag, "cfg %d (%s, rpn %d, E %d, H %d, %s%s) layer %d rank %d", c->id,
-                 ep_place_kind_name(c->kind), c->rpn, c->E, c->H, ep_dtype_name(c->wire),
-                 c->replicas ? ", replicas" : "", layer, me);
+        snprintf(tag, sizeof tag, "cfg %d (%s, %s, rpn %d, E %d, H %d, %s%s) layer %d rank %d",
+                 c->id, ep_dispatch_mode_name(c->mode), ep_place_kind_name(c->kind), c->rpn, c->E,
+                 c->H, ep_dtype_name(c->wire), c->replicas ? ", replicas" : "", layer, me);
         for (int s = 0; s < W; s++)
             gen(c, layer, s, W, &all[s]);
         const rank_data *mine = &all[me];
@@ -296,14 +335,50 @@ static void run_cfg(ep_cluster *cl, ep_transport *t, const cfg *c)
                       st.base_dispatch_bytes_inter == 0,
                   "%s: one node, yet inter-node bytes", tag);
         CHECK(st.dispatch_bytes_inter <= st.dispatch_bytes, "%s: inter > total", tag);
+        CHECK(st.dispatch_bytes_intra + st.dispatch_bytes_inter == st.dispatch_bytes &&
+                  st.combine_bytes_intra + st.combine_bytes_inter == st.combine_bytes,
+              "%s: intra + inter != total", tag);
+        if (c->mode == EP_DISPATCH_FLAT) CHECK(st.fwd_sends == 0, "%s: flat forwards", tag);
+        {
+            // The same routes priced by the plan alone, in both modes: this
+            // dispatch's stats are the plan's; hier never returns more
+            // combine rows across nodes than flat.
+            ep_comm_stats pm, pf;
+            ep_comm_count_mode(&mine->r, &p, mine->pair_rank, me, cl->node_of, c->H, c->wire,
+                               c->mode, &pm);
+            ep_comm_count_mode(&mine->r, &p, mine->pair_rank, me, cl->node_of, c->H, c->wire,
+                               EP_DISPATCH_FLAT, &pf);
+            CHECK(pm.dispatch_bytes == st.dispatch_bytes && pm.fwd_sends == st.fwd_sends &&
+                      pm.dispatch_bytes_inter == st.dispatch_bytes_inter,
+                  "%s: ep_comm_count_mode differs from the dispatch's plan", tag);
+            CHECK(st.combine_bytes_inter <= pf.combine_bytes_inter &&
+                      st.dispatch_bytes_inter <= pf.dispatch_bytes_inter + 4 * st.pairs,
+                  "%s: %s inter-node bytes %lld + %lld, flat %lld + %lld", tag,
+                  ep_dispatch_mode_name(c->mode), (long long)st.dispatch_bytes_inter,
+                  (long long)st.combine_bytes_inter, (long long)pf.dispatch_bytes_inter,
+                  (long long)pf.combine_bytes_inter);
+        }
         if (W == 1) CHECK(st.planned_bytes == 0 && st.sends == 0, "%s: bytes on one rank", tag);
 
         // Over all ranks: every pair computed once, every (token, rank) group
         // received once, the transports sent exactly the planned bytes, and
         // the bytes decoded where they arrived are the planned ones.
-        int64_t g[7] = {st.pairs,         st.recv_pairs,           st.dest_ranks,    st.recv_tokens,
-                        st.planned_bytes, t->bytes_moved - moved0, st.measured_bytes};
-        CHECK_OK(ep_cluster_allreduce_i64(cl, g, 7, EP_REDUCE_SUM));
+        int64_t g[10] = {st.pairs,
+                         st.recv_pairs,
+                         st.dest_ranks,
+                         st.recv_tokens,
+                         st.planned_bytes,
+                         t->bytes_moved - moved0,
+                         st.measured_bytes,
+                         st.dispatch_bytes_inter + st.combine_bytes_inter,
+                         st.measured_bytes_inter,
+                         st.fwd_sends};
+        CHECK_OK(ep_cluster_allreduce_i64(cl, g, 10, EP_REDUCE_SUM));
+        if (c->mode == EP_DISPATCH_HIER && cl->n_nodes > 1 && c->rpn >= 2 && layer == 1 &&
+            !c->replicas)
+            CHECK(g[9] > 0, "%s: hier forwarded nothing (the test would prove nothing)", tag);
+        CHECK(g[7] == g[8], "%s: Σ planned inter-node %lld, Σ measured inter-node %lld", tag,
+              (long long)g[7], (long long)g[8]);
         CHECK(g[0] == g[1], "%s: Σ pairs %lld, Σ recv_pairs %lld", tag, (long long)g[0],
               (long long)g[1]);
         CHECK(g[2] == g[3], "%s: Σ dest_ranks %lld, Σ recv_tokens %lld", tag, (long long)g[2],
@@ -320,12 +395,14 @@ static void run_cfg(ep_cluster *cl, ep_transport *t, const cfg *c)
         // and the same (bf16) combine rows.
         if (c->wire == EP_DTYPE_F8_E4M3) {
             ep_comm_stats b;
-            ep_comm_count(&mine->r, &p, mine->pair_rank, me, cl->node_of, c->H, EP_DTYPE_BF16, &b);
+            ep_comm_count_mode(&mine->r, &p, mine->pair_rank, me, cl->node_of, c->H, EP_DTYPE_BF16,
+                               c->mode, &b);
             int64_t row8 = 4 * ((c->H + 127) / 128) + ((c->H + 3) & ~3);
             int64_t row16 = (2 * c->H + 3) & ~3;
             int64_t inter_sends = b.combine_bytes_inter / row16; // one combine row each
-            CHECK(b.sends == st.sends &&
-                      st.dispatch_bytes == b.dispatch_bytes - st.sends * (row16 - row8) &&
+            CHECK(b.sends == st.sends && b.fwd_sends == st.fwd_sends &&
+                      st.dispatch_bytes ==
+                          b.dispatch_bytes - (st.sends + st.fwd_sends) * (row16 - row8) &&
                       st.dispatch_bytes_inter ==
                           b.dispatch_bytes_inter - inter_sends * (row16 - row8) &&
                       st.combine_bytes == b.combine_bytes &&
@@ -380,23 +457,30 @@ int main(int argc, char **argv)
 
     static const int shapes[][2] = {{16, 13}, {64, 64}, {16, 200}};
     static const ep_dtype wires[] = {EP_DTYPE_F32, EP_DTYPE_BF16, EP_DTYPE_F8_E4M3};
+    static const int rpns[] = {0, 1, 2, 4};
+    const bool subset = argc > 1 && !strcmp(argv[1], "--subset");
     int id = 0;
     for (int k = 0; k < 2; k++)
-        for (int rpn = 0; rpn <= 2; rpn++)
-            for (int sh = 0; sh < 3; sh++)
-                for (int wi = 0; wi < 3; wi++)
-                    for (int rep = 0; rep < 2; rep++) {
-                        // hidden 200 is there for fp8's short second group
-                        if (sh == 2 && wires[wi] != EP_DTYPE_F8_E4M3) continue;
-                        cfg c = {.kind = k ? EP_PLACE_ROUND_ROBIN : EP_PLACE_CONTIGUOUS,
-                                 .rpn = rpn,
-                                 .E = shapes[sh][0],
-                                 .H = shapes[sh][1],
-                                 .wire = wires[wi],
-                                 .replicas = rep,
-                                 .id = id++};
-                        run_cfg(cl, t, &c);
-                    }
+        for (int ri = 0; ri < 4; ri++)
+            for (int mode = 0; mode < 2; mode++)
+                for (int sh = 0; sh < 3; sh++)
+                    for (int wi = 0; wi < 3; wi++)
+                        for (int rep = 0; rep < 2; rep++) {
+                            // hidden 200 is there for fp8's short second group
+                            if (sh == 2 && wires[wi] != EP_DTYPE_F8_E4M3) continue;
+                            // Hostname nodes are one node here: hier is flat.
+                            if (rpns[ri] == 0 && mode) continue;
+                            cfg c = {.kind = k ? EP_PLACE_ROUND_ROBIN : EP_PLACE_CONTIGUOUS,
+                                     .rpn = rpns[ri],
+                                     .E = shapes[sh][0],
+                                     .H = shapes[sh][1],
+                                     .wire = wires[wi],
+                                     .replicas = rep,
+                                     .mode = mode ? EP_DISPATCH_HIER : EP_DISPATCH_FLAT,
+                                     .id = id++};
+                            if (subset && c.id % 5) continue;
+                            run_cfg(cl, t, &c);
+                        }
     ep_transport_free(t);
     int rc = mpi_check_finish(cl, "test_comm");
     ep_cluster_free(cl);

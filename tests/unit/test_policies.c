@@ -1,7 +1,7 @@
 // Every policy and Pick strategy against hand-computed cases: Ban's K (ties,
 // K_min = k_base, R_max = R_min, W_max = W_min, dense layers ignored, floor),
 // Pick A-E (key already kept, key outside the range, range ties, several
-// keys), Ban&Pick, top-p, DES, comm-aware Ban, group-limited candidates, the
+// keys), Ban&Pick, top-p, DES, comm-aware Ban (rank and node modes), group-limited candidates, the
 // automatic Pick domain, and policy max K.
 #include <math.h>
 #include <setjmp.h>
@@ -398,7 +398,7 @@ static void test_ban_locality(void **state)
     qwen_cfg(&m, 2, 16, 8);
     ep_routing_cfg rc;
     ep_routing_cfg_default(&rc, &m, EP_POLICY_BAN);
-    rc.ban.locality = true;
+    rc.ban.locality = EP_BAN_LOC_RANK;
     ep_policy *p = make(&rc);
     int rank_of[16], node_of[4] = {0, 0, 1, 1};
     for (int e = 0; e < 16; e++)
@@ -468,6 +468,141 @@ static void test_ban_locality(void **state)
     ep_placement_free(&pl);
     ep_policy_free(q);
     ep_policy_free(p);
+    ep_routing_cfg_free(&rc);
+}
+
+// ban.locality: node. 16 experts on 8 ranks (2 each), 4 nodes (2 ranks
+// each): expert e on rank e / 2, node e / 4. k_min 3, rho 0.8.
+static void test_ban_locality_node(void **state)
+{
+    ep_model_cfg m;
+    qwen_cfg(&m, 2, 16, 8);
+    ep_routing_cfg rc;
+    ep_routing_cfg_default(&rc, &m, EP_POLICY_BAN);
+    rc.ban.locality = EP_BAN_LOC_NODE;
+    ep_policy *p = make(&rc);
+    rc.ban.locality = EP_BAN_LOC_RANK;
+    ep_policy *pr = make(&rc);
+    int rank_of[16], node_of[8];
+    for (int e = 0; e < 16; e++)
+        rank_of[e] = e / 2;
+    for (int r = 0; r < 8; r++)
+        node_of[r] = r / 2;
+    ep_placement pl;
+    fixture_place(&pl, rank_of, 16, 8);
+    ep_route_ctx ctx = {.place = &pl, .node_of = node_of, .rank = 0};
+    // top 3 on node 0; then 8 (.12, node 2), 12, 13, 14 (node 3), 3 (node 0, .05)
+    float s[16] = {0};
+    s[0] = 0.20f, s[1] = 0.18f, s[2] = 0.16f, s[8] = 0.12f, s[12] = 0.115f, s[13] = 0.11f;
+    s[14] = 0.10f, s[3] = 0.05f;
+    tok_buf b;
+    fixture_select(p, 1, s, 16, &b);
+    b.t.ctx = &ctx;
+    int kept[16];
+    // K 5: nothing eligible (>= 0.8 x 0.115) is on node 0. Plain Ban and
+    // rank mode open nodes 2 and 3; node mode opens node 3, which holds
+    // three eligible ones, and fills both slots there.
+    ep_ban_fill(pr, &b.t, 5, kept);
+    assert_int_equal(kept[3], 8);
+    assert_int_equal(kept[4], 12);
+    ep_ban_fill(p, &b.t, 5, kept);
+    assert_int_equal(kept[0], 0);
+    assert_int_equal(kept[1], 1);
+    assert_int_equal(kept[2], 2);
+    assert_int_equal(kept[3], 12);
+    assert_int_equal(kept[4], 13);
+    // K 4: one slot left, so every node counts 1 and the best score wins
+    ep_ban_fill(p, &b.t, 4, kept);
+    assert_int_equal(kept[3], 8);
+    // A visited node beats better scores: 6 (node 1) with the token on
+    // rank 2 (node 1), when eligible (>= 0.092 at K 5) ...
+    s[6] = 0.093f;
+    fixture_select(p, 1, s, 16, &b);
+    b.t.ctx = &ctx;
+    ctx.rank = 2;
+    ep_ban_fill(p, &b.t, 5, kept);
+    assert_int_equal(kept[3], 6);
+    assert_int_equal(kept[4], 8); // one slot left: every node counts 1, best score
+    // ... but not below the ratio of the weakest one plain Ban keeps
+    s[6] = 0.091f;
+    fixture_select(p, 1, s, 16, &b);
+    b.t.ctx = &ctx;
+    ep_ban_fill(p, &b.t, 5, kept);
+    assert_int_equal(kept[3], 12);
+    assert_int_equal(kept[4], 13);
+    // On a visited node the score decides, not the rank: the token on rank
+    // 6 (node 3), 13 moved below 14; rank mode takes 13 for its rank.
+    s[13] = 0.10f, s[14] = 0.11f;
+    fixture_select(p, 1, s, 16, &b);
+    b.t.ctx = &ctx;
+    ctx.rank = 6;
+    ep_ban_fill(p, &b.t, 5, kept); // node 3 is the token's: 12, then 14 (better than 13)
+    assert_int_equal(kept[3], 12);
+    assert_int_equal(kept[4], 14);
+    ep_ban_fill(pr, &b.t, 5, kept); // rank mode: 12 (rank 6), then 13 (rank 6) over 14
+    assert_int_equal(kept[3], 12);
+    assert_int_equal(kept[4], 13);
+    // without a node map there is one node: plain Ban's choice
+    ctx.node_of = NULL;
+    ep_ban_fill(p, &b.t, 5, kept);
+    assert_int_equal(kept[3], 8);
+    assert_int_equal(kept[4], 12);
+    ep_placement_free(&pl);
+    ep_policy_free(pr);
+    ep_policy_free(p);
+    ep_routing_cfg_free(&rc);
+}
+
+// Locality only chooses which experts fill the slots: K is plain Ban's for
+// every token, the top k_min are kept and no expert twice.
+static void test_ban_locality_same_k(void **state)
+{
+    ep_model_cfg m;
+    qwen_cfg(&m, 2, 16, 8);
+    ep_routing_cfg rc;
+    ep_routing_cfg_default(&rc, &m, EP_POLICY_BAN);
+    ep_policy *pol[3];
+    for (int i = 0; i < 3; i++) {
+        rc.ban.locality = (ep_ban_locality)i;
+        rc.ban.locality_ratio = 0.5f;
+        pol[i] = make(&rc);
+    }
+    int rank_of[16], node_of[8];
+    for (int e = 0; e < 16; e++)
+        rank_of[e] = (e * 5) % 8; // scattered
+    for (int r = 0; r < 8; r++)
+        node_of[r] = r / 2;
+    ep_placement pl;
+    fixture_place(&pl, rank_of, 16, 8);
+    uint64_t x = 7;
+    int n_moved = 0;
+    for (int it = 0; it < 300; it++) {
+        float s[16], sum = 0.0f;
+        for (int e = 0; e < 16; e++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            s[e] = expf((float)((x >> 40) * (1.0 / (1ULL << 24))) * 3.0f);
+            sum += s[e];
+        }
+        for (int e = 0; e < 16; e++)
+            s[e] /= sum;
+        ep_route_ctx ctx = {.place = &pl, .node_of = node_of, .rank = it % 8};
+        tok_buf b0, b;
+        int K0 = fixture_select_ctx(pol[0], 1, s, 16, &ctx, NULL, &b0);
+        for (int i = 1; i < 3; i++) {
+            int K = fixture_select_ctx(pol[i], 1, s, 16, &ctx, NULL, &b);
+            assert_int_equal(K, K0);
+            for (int j = 0; j < rc.ban.k_min; j++)
+                assert_int_equal(b.kept[j], b0.cand[j]);
+            for (int j = 0; j < K; j++)
+                for (int k = 0; k < j; k++)
+                    assert_int_not_equal(b.kept[j], b.kept[k]);
+            n_moved += memcmp(b.kept, b0.kept, (size_t)K * sizeof(int)) != 0;
+        }
+    }
+    assert_true(n_moved > 0); // the placement did change some choices
+    ep_placement_free(&pl);
+    for (int i = 0; i < 3; i++)
+        ep_policy_free(pol[i]);
     ep_routing_cfg_free(&rc);
 }
 
@@ -663,6 +798,8 @@ int main(void)
         cmocka_unit_test(test_topp),
         cmocka_unit_test(test_des),
         cmocka_unit_test(test_ban_locality),
+        cmocka_unit_test(test_ban_locality_node),
+        cmocka_unit_test(test_ban_locality_same_k),
         cmocka_unit_test(test_group_limited_candidates),
         cmocka_unit_test(test_ban_through_router_weights),
         cmocka_unit_test(test_domain_auto),

@@ -80,7 +80,7 @@ static void test_locality_under_eplb(void **state)
     ep_routing_cfg_default(&rc, &m, EP_POLICY_BAN);
     ep_policy *ban = NULL, *local = NULL;
     assert_int_equal(ep_policy_create_cfg(&rc, &ban), EP_OK);
-    rc.ban.locality = true;
+    rc.ban.locality = EP_BAN_LOC_RANK;
     assert_int_equal(ep_policy_create_cfg(&rc, &local), EP_OK);
     ep_router *rt = NULL;
     assert_int_equal(ep_router_init(&m, T, &rt), EP_OK);
@@ -160,11 +160,36 @@ static void test_bad_ctx(void **state)
     ep_policy_free(p);
 }
 
+// ep_route_sends_add by hand: 4 ranks, nodes {0, 0, 1, 1}.
+static void test_route_sends(void **state)
+{
+    int rank_of[9] = {0};
+    rank_of[5] = 0, rank_of[6] = 1, rank_of[7] = 1, rank_of[8] = 3;
+    const int ids[4] = {5, 6, 7, 8};
+    ep_route_sends s = {0};
+    // from rank 0: ranks 1 and 3 (3 on the other node), one other node
+    ep_route_sends_add(ids, 4, rank_of, NULL, 0, node_of, &s, 0);
+    assert_true(s.ranks[0] == 2 && s.inter_ranks[0] == 1 && s.nodes[0] == 1);
+    // from rank 3: ranks 0 and 1, both on node 0
+    ep_route_sends_add(ids, 4, rank_of, NULL, 3, node_of, &s, 1);
+    assert_true(s.ranks[1] == 2 && s.inter_ranks[1] == 2 && s.nodes[1] == 1);
+    // chosen pair ranks replace the home ranks: 2, 1, 0, 3 from rank 0
+    memset(&s, 0, sizeof s);
+    const int pr[4] = {2, 1, 0, 3};
+    ep_route_sends_add(ids, 4, rank_of, pr, 0, node_of, &s, 0);
+    assert_true(s.ranks[0] == 3 && s.inter_ranks[0] == 2 && s.nodes[0] == 1);
+    // no node map: one node, nothing crosses
+    ep_route_sends_add(ids, 4, rank_of, NULL, 0, NULL, &s, 1);
+    assert_true(s.ranks[1] == 2 && s.inter_ranks[1] == 0 && s.nodes[1] == 0);
+    assert_int_equal(s.token_layers, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_locality_under_eplb),
         cmocka_unit_test(test_bad_ctx),
+        cmocka_unit_test(test_route_sends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -120,7 +120,7 @@ static void test_load_good(void **state)
     assert_float_equal(rc.ban.beta, 0.25f, 0.0);
     assert_float_equal(rc.ban.r_min, 0.3f, 0.0);
     assert_float_equal(rc.ban.r_max, 0.9f, 0.0);
-    assert_true(rc.ban.locality);
+    assert_int_equal(rc.ban.locality, EP_BAN_LOC_RANK); // `true` reads as rank
     assert_float_equal(rc.ban.locality_ratio, 0.75f, 0.0);
     assert_non_null(rc.ban.layer_sensitivity);
     assert_float_equal(rc.ban.layer_sensitivity[0], 9.0f, 0.0);
@@ -270,7 +270,10 @@ static void test_load_bad(void **state)
          {"'ban.r_min', 'ban.r_max'", "r_min <= r_max", "found r_min 0.9, r_max 0.5"}},
         {"policy: ban\nban: {locality: maybe}\n",
          EP_ERR_CONFIG,
-         {"ban.locality", "true or false", "'maybe'"}},
+         {"ban.locality", "false, true (= rank), rank or node", "'maybe'"}},
+        {"policy: ban\nban: {locality: nodes}\n",
+         EP_ERR_CONFIG,
+         {"key 'ban.locality'", "rank or node", "found 'nodes'"}},
         {"policy: topp\ntopp: {threshold: 0}\n",
          EP_ERR_CONFIG,
          {"topp.threshold", "(0, 1]", "found '0'"}},
@@ -375,6 +378,7 @@ static void test_write_round_trip(void **state)
     rc.ban.k_min = 2;
     rc.ban.lambda = 0.55f;
     rc.ban.r_min = 0.123456789f;
+    rc.ban.locality = EP_BAN_LOC_NODE;
     rc.ban.layer_sensitivity = malloc(5 * sizeof(float));
     for (int l = 0; l < 5; l++)
         rc.ban.layer_sensitivity[l] = 1.0f / (3.0f + l); // not short decimals
@@ -410,6 +414,7 @@ static void test_write_round_trip(void **state)
     if (st) fail_msg("%s", ep_last_error());
     assert_int_equal(back.policy, rc.policy);
     assert_int_equal(back.ban.k_min, 2);
+    assert_int_equal(back.ban.locality, EP_BAN_LOC_NODE);
     assert_true(back.ban.lambda == rc.ban.lambda && back.ban.r_min == rc.ban.r_min);
     assert_memory_equal(back.ban.layer_sensitivity, rc.ban.layer_sensitivity, 5 * sizeof(float));
     assert_int_equal(back.pick.strategy, EP_PICK_E);
@@ -507,7 +512,10 @@ static void test_examples(void **state)
     assert_non_null(strstr(ep_last_error(), "key_experts"));
     // a preset name resolves to configs/routing/<name>.yaml
     assert_int_equal(ep_policy_create(&q235, "ban-local", &p), EP_OK);
-    assert_true(p->cfg.ban.locality);
+    assert_int_equal(p->cfg.ban.locality, EP_BAN_LOC_RANK); // `true` keeps its meaning
+    ep_policy_free(p);
+    assert_int_equal(ep_policy_create(&q235, "ban-node", &p), EP_OK);
+    assert_int_equal(p->cfg.ban.locality, EP_BAN_LOC_NODE);
     ep_policy_free(p);
 }
 
