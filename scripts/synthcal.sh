@@ -23,7 +23,8 @@
 #       token is flatter than r_min: the layer term alone); exits 1 when a
 #       Ban&Pick K is outside +-5 % of the target.
 #
-# Presets default to all six. EP_BIN overrides the epserve binary
+# Presets default to all six. EP_BIN overrides the epserve binary, EP_SYNTHCAL_MODELS
+# the folder of model YAMLs
 # (default build/epserve). Tokens routed per check: EP_SYNTHCAL_TOKENS
 # (default 1024, over every MoE layer).
 set -euo pipefail
@@ -53,7 +54,7 @@ avg_k() {
   json=$(mktemp)
   "$bin" simulate --model "$1" --cluster 1x8-h100 --routing "$2" --layers 0 \
     --sample-tokens $((tokens / 8)) --quiet --json "$json" > /dev/null
-  /usr/bin/python3 -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["results"][0]["avg_k"])' "$json"
+  python3 -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["results"][0]["avg_k"])' "$json"
   rm -f "$json"
 }
 
@@ -61,7 +62,7 @@ avg_k() {
 # floor(k_min + (k_base - k_min) lambda (beta L'_l + 1 - beta)), averaged over
 # the MoE layers: what no score distribution can exceed with this profile.
 ceiling() {
-  /usr/bin/python3 - "$1" "$2" <<'PY'
+  python3 - "$1" "$2" <<'PY'
 import math, re, sys
 model, prof = open(sys.argv[1]).read(), open(sys.argv[2]).read()
 kb = int(re.search(r"num_experts_per_tok:\s*(\d+)", model).group(1))
@@ -77,8 +78,9 @@ print("%.3f" % (sum(ks) / len(ks)))
 PY
 }
 
+# EP_SYNTHCAL_MODELS: where the model YAMLs are (default configs/models).
 model_yaml() {
-  echo "configs/models/$1.yaml"
+  echo "${EP_SYNTHCAL_MODELS:-configs/models}/$1.yaml"
 }
 
 cmd_calibrate() {
@@ -113,19 +115,19 @@ cmd_search() {
   local p=$1 lo=${2:-0.05} hi=${3:-1.2} t c goal y mid k i
   t=$(target "$p")
   c=$(ceiling "$(model_yaml "$p")" "$cal/$p-calibrated.yaml")
-  goal=$(/usr/bin/python3 -c "print('%.4f' % min($t, 0.98 * $c))")
+  goal=$(python3 -c "print('%.4f' % min($t, 0.98 * $c))")
   echo "$p: target $t, ceiling $c, goal $goal"
   y=$(mktemp --suffix=.yaml)
   for i in $(seq 14); do
-    mid=$(/usr/bin/python3 -c "print('%.3g' % ((float('$lo') + float('$hi')) / 2))")
+    mid=$(python3 -c "print('%.3g' % ((float('$lo') + float('$hi')) / 2))")
     # the YAML without its synth block, then the one being tried
     sed '/^synth:/,/^[a-z]/{/^synth:/d;/^  /d}' "$(model_yaml "$p")" > "$y"
     printf 'synth:\n  concentration_median: %s\n' "$mid" >> "$y"
     k=$(avg_k "$y" "calibrated/$p-calibrated")
     echo "$p concentration_median $mid: Ban&Pick avg K $k"
-    if /usr/bin/python3 -c "import sys; sys.exit(0 if abs($k / $goal - 1) < 0.005 else 1)"; then break; fi
+    if python3 -c "import sys; sys.exit(0 if abs($k / $goal - 1) < 0.005 else 1)"; then break; fi
     # flatter (smaller median) keeps more experts
-    if /usr/bin/python3 -c "import sys; sys.exit(0 if $k < $goal else 1)"; then hi=$mid; else lo=$mid; fi
+    if python3 -c "import sys; sys.exit(0 if $k < $goal else 1)"; then hi=$mid; else lo=$mid; fi
   done
   rm -f "$y"
 }
@@ -138,8 +140,8 @@ cmd_check() {
     kb=$(avg_k "$(model_yaml "$p")" "calibrated/$p-ban-calibrated")
     kbp=$(avg_k "$(model_yaml "$p")" "calibrated/$p-calibrated")
     c=$(ceiling "$(model_yaml "$p")" "$cal/$p-calibrated.yaml")
-    dev=$(/usr/bin/python3 -c "print('%+.1f%%' % (100 * ($kbp / $t - 1)))")
-    if /usr/bin/python3 -c "import sys; sys.exit(0 if abs($kbp / $t - 1) <= 0.05 else 1)"; then
+    dev=$(python3 -c "print('%+.1f%%' % (100 * ($kbp / $t - 1)))")
+    if python3 -c "import sys; sys.exit(0 if abs($kbp / $t - 1) <= 0.05 else 1)"; then
       v=ok
     else
       v=OUTSIDE
