@@ -84,8 +84,9 @@ model_yaml() {
 }
 
 cmd_calibrate() {
-  local data p src
-  data=$(mktemp)
+  local dir data p src
+  dir=$(mktemp -d)
+  data=$dir/synthcal-calib.jsonl # the name the profiles' headers quote
   # 2 sequences per domain, 12-24 ids (tests/e2e/calibrate.sh's generator).
   bash tests/e2e/calibrate.sh --gen-data 1024 2 7 > "$data"
   for p in "$@"; do
@@ -108,7 +109,7 @@ cmd_calibrate() {
       sed -n '/^ban:/,/^[a-z]/p' "$cal/$p-calibrated.yaml" | sed '$d'
     } > "$cal/$p-ban-calibrated.yaml"
   done
-  rm -f "$data"
+  rm -rf "$dir"
 }
 
 cmd_search() {
