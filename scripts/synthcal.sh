@@ -23,10 +23,11 @@
 #       token is flatter than r_min: the layer term alone); exits 1 when a
 #       Ban&Pick K is outside +-5 % of the target.
 #
-# Presets default to all six. EP_BIN overrides the epserve binary, EP_SYNTHCAL_MODELS
-# the folder of model YAMLs
-# (default build/epserve). Tokens routed per check: EP_SYNTHCAL_TOKENS
-# (default 1024, over every MoE layer).
+# Presets default to all six. EP_BIN: the epserve binary (default
+# build/epserve); EP_SYNTHCAL_MODELS: the folder of model YAMLs (default
+# configs/models); EP_SYNTHCAL_TOKENS: tokens routed per check or search step
+# (default 1024, through every MoE layer). The check of all six takes minutes
+# (the full presets route at their real hidden size); the tiny ones seconds.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
