@@ -3,8 +3,8 @@
 // the real router and dispatch planner (sim/). Prints a table and writes
 // JSON; it runs in one process and never touches MPI or a GPU.
 #include "app/commands.h"
-#include "sim/sim.h"
 #include "router/policy.h"
+#include "sim/sim.h"
 #include "sim/trace.h"
 
 #include <getopt.h>
@@ -23,36 +23,35 @@ typedef struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: epserve simulate --model M --cluster C [options]\n"
-            "  --model M            preset name, model YAML, or checkpoint directory\n"
-            "  --cluster C          preset name (configs/clusters: 1x8-h100 ... 8x8-h200) or YAML\n"
-            "  --routing P[,P...]   policies or routing YAML files; the first one is the speedup\n"
-            "                       reference. Default: baseline, then Ban and Ban&Pick with the\n"
-            "                       model's shipped calibrated profiles when it has them\n"
-            "                       (calibrated/<model>-ban-calibrated, "
-            "calibrated/<model>-calibrated;\n"
-            "                       docs/synthetic.md §7), else baseline,ban,banpick\n"
-            "  --mode M             prefill | decode (default prefill)\n"
-            "  --tokens T           tokens per GPU per step (prefill default 4096; decode:\n"
-            "                       sequences per GPU, default 64)\n"
-            "  --context N          prefill: prompt length (default 2048); decode: cached\n"
-            "                       tokens per sequence (default 2048)\n"
-            "  --sample-tokens S    tokens per GPU actually routed, volumes scaled by T/S\n"
-            "                       (default: 8192 over all GPUs, at least 32 per GPU); 0: all T\n"
-            "  --layers N           MoE layers routed, evenly spaced (default 6); 0: all\n"
-            "  --placement KIND     contiguous | round_robin (default contiguous)\n"
-            "  --replicas N         also price EPLB placements with N redundant slots per layer\n"
-            "                       (rows '<policy>+eplb'); default: the cluster's\n"
-            "                       redundant_experts (0 in the shipped presets)\n"
-            "  --wire DTYPE         bf16 | f16 | f32 | fp8 dispatch/combine payload (default\n"
-            "                       bf16); fp8: e4m3 dispatch + a scale per 128 channels,\n"
-            "                       bf16 combine\n"
-            "  --routes-from FILE   replay a routing trace (JSON lines or CSV, as bench) instead\n"
-            "                       of routing; one row named 'replay'\n"
-            "  --seed S             input stream seed (default 1)\n"
-            "  --json FILE          write the results as JSON\n"
-            "  --quiet              no progress line\n");
+    fprintf(
+        f, "usage: epserve simulate --model M --cluster C [options]\n"
+           "  --model M            preset name, model YAML, or checkpoint directory\n"
+           "  --cluster C          preset name (configs/clusters: 1x8-h100 ... 8x8-h200) or YAML\n"
+           "  --routing P[,P...]   policies or routing YAML files (defaults: see the last lines);\n"
+           "                       the first one is the speedup reference\n"
+           "  --mode M             prefill | decode (default prefill)\n"
+           "  --tokens T           tokens per GPU per step (prefill default 4096; decode:\n"
+           "                       sequences per GPU, default 64)\n"
+           "  --context N          prefill: prompt length (default 2048); decode: cached\n"
+           "                       tokens per sequence (default 2048)\n"
+           "  --sample-tokens S    tokens per GPU actually routed, volumes scaled by T/S\n"
+           "                       (default: 8192 over all GPUs, at least 32 per GPU); 0: all T\n"
+           "  --layers N           MoE layers routed, evenly spaced (default 6); 0: all\n"
+           "  --placement KIND     contiguous | round_robin (default contiguous)\n"
+           "  --replicas N         also price EPLB placements with N redundant slots per layer\n"
+           "                       (rows '<policy>+eplb'); default: the cluster's\n"
+           "                       redundant_experts (0 in the shipped presets)\n"
+           "  --wire DTYPE         bf16 | f16 | f32 | fp8 dispatch/combine payload (default\n"
+           "                       bf16); fp8: e4m3 dispatch + a scale per 128 channels,\n"
+           "                       bf16 combine\n"
+           "  --routes-from FILE   replay a routing trace (JSON lines or CSV, as bench) instead\n"
+           "                       of routing; one row named 'replay'\n"
+           "  --seed S             input stream seed (default 1)\n"
+           "  --json FILE          write the results as JSON\n"
+           "  --quiet              no progress line\n");
+    fprintf(f, "default routing: baseline and the model's shipped calibrated Ban and Ban&Pick\n"
+               "profiles (calibrated/<model>-ban-calibrated, calibrated/<model>-calibrated;\n"
+               "docs/synthetic.md), else baseline,ban,banpick\n");
 }
 
 static int parse_int(const char *opt, const char *s, int *out)
@@ -301,8 +300,8 @@ static void replay_fill(void *user, int layer, int64_t first, int T, ep_routes *
 }
 
 // The rows without --routing: the model's shipped calibrated Ban and
-// Ban&Pick profiles (the ones whose synthetic routing keeps the paper's avg
-// K, docs/synthetic.md §7) when both load for it, else the uncalibrated
+// Ban&Pick profiles (`epserve calibrate` at the paper's settings,
+// docs/synthetic.md §7) when both load for it, else the uncalibrated
 // defaults. Writes into buf (n bytes).
 static const char *default_routing(const ep_model_cfg *cfg, char *buf, size_t n)
 {
