@@ -3,6 +3,7 @@
 // the real router and dispatch planner (sim/). Prints a table and writes
 // JSON; it runs in one process and never touches MPI or a GPU.
 #include "app/commands.h"
+#include "router/policy.h"
 #include "sim/freq.h"
 #include "sim/sim.h"
 #include "sim/trace.h"
@@ -30,7 +31,7 @@ static void usage(FILE *f)
         f, "usage: epserve simulate --model M --cluster C [options]\n"
            "  --model M            preset name, model YAML, or checkpoint directory\n"
            "  --cluster C          preset name (configs/clusters: 1x8-h100 ... 8x8-h200) or YAML\n"
-           "  --routing P[,P...]   policies or routing YAML files (default baseline,ban,banpick);\n"
+           "  --routing P[,P...]   policies or routing YAML files (defaults: see the last lines);\n"
            "                       the first one is the speedup reference\n"
            "  --mode M             prefill | decode (default prefill)\n"
            "  --tokens T           tokens per GPU per step (prefill default 4096; decode:\n"
@@ -61,6 +62,9 @@ static void usage(FILE *f)
            "  --seed S             input stream seed (default 1)\n"
            "  --json FILE          write the results as JSON\n"
            "  --quiet              no progress line\n");
+    fprintf(f, "default routing: baseline and the model's shipped calibrated Ban and Ban&Pick\n"
+               "profiles (calibrated/<model>-ban-calibrated, calibrated/<model>-calibrated;\n"
+               "docs/synthetic.md), else baseline,ban,banpick\n");
 }
 
 static int parse_int(const char *opt, const char *s, int *out)
@@ -100,7 +104,7 @@ static int parse_args(int argc, char **argv, sim_args *a)
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
-    a->routing = "baseline,ban,banpick";
+    a->routing = NULL; // default_routing() once the model is known
     a->mode = "prefill";
     a->placement = "contiguous";
     a->wire = "bf16";
@@ -433,6 +437,28 @@ static void freq_fill(void *user, int layer, int rank, int T, float *logits)
     ep_freq_logits(fq, E, T, fc->temp, &rng, logits);
 }
 
+// The rows without --routing: the model's shipped calibrated Ban and
+// Ban&Pick profiles (`epserve calibrate` at the paper's settings,
+// docs/synthetic.md §7) when both load for it, else the uncalibrated
+// defaults. Writes into buf (n bytes).
+static const char *default_routing(const ep_model_cfg *cfg, char *buf, size_t n)
+{
+    char ban[160], banpick[160];
+    snprintf(ban, sizeof ban, "calibrated/%s-ban-calibrated", cfg->name);
+    snprintf(banpick, sizeof banpick, "calibrated/%s-calibrated", cfg->name);
+    const char *specs[2] = {ban, banpick};
+    for (int i = 0; i < 2; i++) {
+        ep_policy *p = NULL;
+        if (ep_policy_create(cfg, specs[i], &p)) {
+            ep_clear_error();
+            return "baseline,ban,banpick";
+        }
+        ep_policy_free(p);
+    }
+    snprintf(buf, n, "baseline,%s,%s", ban, banpick);
+    return buf;
+}
+
 int ep_cmd_simulate(int argc, char **argv)
 {
     sim_args a;
@@ -498,6 +524,8 @@ int ep_cmd_simulate(int argc, char **argv)
         o.logits_fn = freq_fill;
         o.logits_user = &fctx;
     }
+    char defbuf[400];
+    if (!a.routing) a.routing = default_routing(&cfg, defbuf, sizeof defbuf);
     char *rbuf = ep_xstrdup(a.routing);
     const char *pols[32];
     int n_pol = split_list(rbuf, pols, (int)EP_ARRAY_LEN(pols));

@@ -24,6 +24,7 @@ typedef enum {
     FT_INT,    // int field
     FT_U64,    // uint64_t field
     FT_FLOAT,  // float field
+    FT_DOUBLE, // double field
     FT_BOOL,   // bool field
     FT_NAME,   // cfg->name
     FT_PATH,   // cfg->checkpoint, relative to the YAML file's directory
@@ -85,6 +86,15 @@ static const field yarn_fields[] = {
     {NULL, 0, 0, 0, 0, NULL},
 };
 
+// Concentration of the synthetic routing inputs (docs/synthetic.md §3); any
+// key given marks the block set, the others keep the built-in values.
+static const field synth_fields[] = {
+    {"concentration_median", FT_DOUBLE, OFF(synth_conc_median), FAM_ALL, 0, NULL},
+    {"concentration_sigma_token", FT_DOUBLE, OFF(synth_conc_sigma_token), FAM_ALL, 0, NULL},
+    {"concentration_sigma_layer", FT_DOUBLE, OFF(synth_conc_sigma_layer), FAM_ALL, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
 static const field top_fields[] = {
     {"name", FT_NAME, 0, FAM_ALL, 0, NULL},
     {"family", FT_FAMILY, 0, FAM_ALL, FAM_ALL, NULL},
@@ -105,6 +115,7 @@ static const field top_fields[] = {
     {"moe", FT_MAP, 0, FAM_ALL, FAM_ALL, moe_fields},
     {"mla", FT_MAP, 0, FAM_D, FAM_D, mla_fields},
     {"rope_scaling", FT_MAP, 0, FAM_ALL, 0, yarn_fields},
+    {"synth", FT_MAP, 0, FAM_ALL, 0, synth_fields},
     {NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -125,6 +136,9 @@ void ep_model_cfg_defaults(ep_model_cfg *c)
     c->yarn_mscale = 1.0f;
     c->yarn_mscale_all_dim = 0.0f;
     c->yarn_truncate = true;
+    c->synth_conc_median = EP_SYNTH_CONC_MEDIAN;
+    c->synth_conc_sigma_token = EP_SYNTH_CONC_SIGMA_TOKEN;
+    c->synth_conc_sigma_layer = EP_SYNTH_CONC_SIGMA_LAYER;
 }
 
 void ep_model_cfg_qwen3_yarn_defaults(ep_model_cfg *c)
@@ -151,6 +165,7 @@ static const char *field_expect(field_type t)
     case FT_U64:
         return "an unsigned integer";
     case FT_FLOAT:
+    case FT_DOUBLE:
         return "a number";
     case FT_BOOL:
         return "a boolean";
@@ -205,6 +220,9 @@ static ep_status parse_field(ep_yaml_doc *d, yaml_node_t *v, const field *f, con
         if (st == EP_OK) *(float *)(base + f->off) = (float)x;
         break;
     }
+    case FT_DOUBLE:
+        st = ep_yaml_double(d, v, key, (double *)(base + f->off));
+        break;
     case FT_BOOL:
         st = ep_yaml_bool(d, v, key, (bool *)(base + f->off));
         break;
@@ -267,6 +285,7 @@ static ep_status parse_field(ep_yaml_doc *d, yaml_node_t *v, const field *f, con
                              d->path, ep_yaml_line(v), key,
                              ep_yaml_describe(v, found, sizeof found));
         if (f->sub == yarn_fields) c->has_yarn = true;
+        if (f->sub == synth_fields) c->synth_conc_set = true;
         st = parse_map(d, v, f->sub, key, fam, c);
         break;
     }
@@ -593,6 +612,26 @@ ep_status ep_model_cfg_validate(const ep_model_cfg *c)
             snprintf(key, sizeof key, "%struncate", p);
             return bad(c, key, "deepseek_v2 always truncates: expected true, found false");
         }
+    }
+    if (c->synth_conc_set) {
+        // A median of 0 or a huge spread would put every token at f = 0 or
+        // f_max: no routing structure left to calibrate.
+        const char *mk = KEY(c, "synth.concentration_median", "epserve_synth.concentration_median");
+        if (!(c->synth_conc_median > 0.0 && c->synth_conc_median <= 100.0))
+            return bad(c, mk, "expected a number in (0, 100], found %g", c->synth_conc_median);
+        const struct {
+            const char *y, *j;
+            double v;
+        } sig[] = {
+            {"synth.concentration_sigma_token", "epserve_synth.concentration_sigma_token",
+             c->synth_conc_sigma_token},
+            {"synth.concentration_sigma_layer", "epserve_synth.concentration_sigma_layer",
+             c->synth_conc_sigma_layer},
+        };
+        for (size_t i = 0; i < EP_ARRAY_LEN(sig); i++)
+            if (!(sig[i].v >= 0.0 && sig[i].v <= 3.0))
+                return bad(c, KEY(c, sig[i].y, sig[i].j), "expected a number in [0, 3], found %g",
+                           sig[i].v);
     }
     return EP_OK;
 }

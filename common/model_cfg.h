@@ -7,6 +7,12 @@
 
 #include "common/ep.h"
 
+// The synthetic routing inputs' concentration when a config does not set it
+// (docs/synthetic.md §3; ep_model_cfg.synth_conc_*).
+#define EP_SYNTH_CONC_MEDIAN      1.2
+#define EP_SYNTH_CONC_SIGMA_TOKEN 0.6
+#define EP_SYNTH_CONC_SIGMA_LAYER 0.45
+
 typedef enum { EP_ARCH_QWEN3_MOE, EP_ARCH_DEEPSEEK_V2 } ep_arch;
 typedef enum { EP_TOPK_GREEDY, EP_TOPK_GROUP_LIMITED } ep_topk_method;
 // How the checkpoint's weights are quantized (config.json quantization_config).
@@ -66,6 +72,13 @@ typedef struct {
     // HF layout), or "" for synthetic weights generated from `seed`.
     char checkpoint[1024];
     uint64_t seed;
+    // Synthetic routing inputs (ep_synth_hidden, docs/synthetic.md §3): the
+    // concentration G of a token at a layer is log-normal,
+    // log G = log(median) + sigma_token·N_token + sigma_layer·N_(token,layer).
+    // synth_conc_set false: the generator's built-in 1.2 / 0.6 / 0.45 (YAML
+    // `synth:` absent), so configs that do not set it route as before.
+    bool synth_conc_set;
+    double synth_conc_median, synth_conc_sigma_token, synth_conc_sigma_layer;
     char source[1024]; // the file this config was read from (for messages)
 } ep_model_cfg;
 

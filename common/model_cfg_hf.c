@@ -75,6 +75,43 @@ static ep_status js_float(const char *path, json_t *root, const char *key, bool 
     return EP_OK;
 }
 
+// "epserve_synth" (written by make-model for a config with a `synth:` block):
+// the routing inputs' concentration, all three keys, numbers.
+static ep_status hf_synth(const char *path, json_t *r, ep_model_cfg *c)
+{
+    json_t *sy = json_object_get(r, "epserve_synth");
+    if (!sy || json_is_null(sy)) return EP_OK;
+    char found[128];
+    if (!json_is_object(sy))
+        return ep_errorf(EP_ERR_CONFIG, "%s: key 'epserve_synth': expected an object, found %s",
+                         path, json_describe(sy, found, sizeof found));
+    static const char *const keys[] = {"concentration_median", "concentration_sigma_token",
+                                       "concentration_sigma_layer"};
+    double *dst[] = {&c->synth_conc_median, &c->synth_conc_sigma_token, &c->synth_conc_sigma_layer};
+    const char *k;
+    json_t *v;
+    json_object_foreach(sy, k, v)
+    {
+        size_t i = 0;
+        while (i < EP_ARRAY_LEN(keys) && strcmp(k, keys[i]))
+            i++;
+        if (i == EP_ARRAY_LEN(keys))
+            return ep_errorf(EP_ERR_CONFIG,
+                             "%s: key 'epserve_synth.%s': unknown (expected %s, %s, %s)", path, k,
+                             keys[0], keys[1], keys[2]);
+    }
+    for (size_t i = 0; i < EP_ARRAY_LEN(keys); i++) {
+        v = json_object_get(sy, keys[i]);
+        if (!v || !json_is_number(v))
+            return ep_errorf(EP_ERR_CONFIG,
+                             "%s: key 'epserve_synth.%s': expected a number, found %s", path,
+                             keys[i], v ? json_describe(v, found, sizeof found) : "nothing");
+        *dst[i] = json_number_value(v);
+    }
+    c->synth_conc_set = true;
+    return EP_OK;
+}
+
 static ep_status js_bool(const char *path, json_t *root, const char *key, bool required, bool *out)
 {
     json_t *v;
@@ -117,7 +154,8 @@ static ep_status hf_common(const char *path, json_t *r, ep_model_cfg *c)
         (st = js_int(path, r, "num_experts_per_tok", true, &c->k_base)) ||
         (st = js_int(path, r, "moe_intermediate_size", true, &c->moe_inter)) ||
         (st = js_bool(path, r, "norm_topk_prob", true, &c->norm_topk_prob)) ||
-        (st = js_expect_str(path, r, "hidden_act", "silu", "experts are SwiGLU")))
+        (st = js_expect_str(path, r, "hidden_act", "silu", "experts are SwiGLU")) ||
+        (st = hf_synth(path, r, c)))
         return st;
     json_t *seed = json_object_get(r, "epserve_seed");
     if (!seed || json_is_null(seed)) return EP_OK;
@@ -587,6 +625,15 @@ ep_status ep_model_cfg_write_hf_json_ex(const ep_model_cfg *c, const ep_hf_json_
         char s[32];
         snprintf(s, sizeof s, "%llu", (unsigned long long)c->seed);
         json_object_set_new(r, "epserve_seed", json_string(s));
+    }
+    if (c->synth_conc_set) {
+        // The routing inputs' concentration travels with the seed, so that
+        // ep_synth_hidden on the checkpoint's config routes as the preset's.
+        json_t *sy = json_object();
+        json_object_set_new(sy, "concentration_median", json_real(c->synth_conc_median));
+        json_object_set_new(sy, "concentration_sigma_token", json_real(c->synth_conc_sigma_token));
+        json_object_set_new(sy, "concentration_sigma_layer", json_real(c->synth_conc_sigma_layer));
+        json_object_set_new(r, "epserve_synth", sy);
     }
     hf_write_quant(c, r);
     st = ep_json_write_atomic(path, r, JSON_INDENT(2) | JSON_REAL_PRECISION(9));

@@ -126,10 +126,8 @@ static const double synth_sigma_domain = 0.35; // spread of per-expert popularit
 static const double synth_hot_common_mult[SYNTH_N_HOT_COMMON] = {5.0, 3.0};
 static const double synth_hot_domain_mult[SYNTH_N_HOT_DOMAIN] = {8.0, 4.0, 2.5};
 static const double synth_hot_cap = 0.85;
-// Concentration: log G = log(median) + token part + (token, layer) part.
-static const double synth_conc_median = 1.2;
-static const double synth_conc_sigma_token = 0.6;
-static const double synth_conc_sigma_layer = 0.45;
+// Concentration: log G = log(median) + token part + (token, layer) part;
+// per model (cfg->synth_conc_*, YAML `synth:`), EP_SYNTH_CONC_* by default.
 static const double synth_f_max = 0.9; // keep some isotropic part in every hidden
 
 // Upper-tail quantile: z with P(N(0,1) > z) = p, p in (0, 1).
@@ -451,8 +449,11 @@ void ep_synth_hidden(const ep_model_cfg *cfg, uint64_t seed, int layer, int doma
     key[3] = (uint64_t)(int64_t)layer;
     ep_rng_seed(&rl, hash_u64s(key, 4, cfg->seed ^ 0x5851f42d4c957f2dull));
 
-    double logG = log(synth_conc_median) + synth_conc_sigma_token * ep_rng_normal(&rt) +
-                  synth_conc_sigma_layer * ep_rng_normal(&rl);
+    const bool cs = cfg->synth_conc_set;
+    double median = cs ? cfg->synth_conc_median : EP_SYNTH_CONC_MEDIAN;
+    double sig_t = cs ? cfg->synth_conc_sigma_token : EP_SYNTH_CONC_SIGMA_TOKEN;
+    double sig_l = cs ? cfg->synth_conc_sigma_layer : EP_SYNTH_CONC_SIGMA_LAYER;
+    double logG = log(median) + sig_t * ep_rng_normal(&rt) + sig_l * ep_rng_normal(&rl);
     double f = 3.0 * exp(2.0 * logG) / (synth_kappa * synth_kappa);
     if (f > synth_f_max) f = synth_f_max;
 

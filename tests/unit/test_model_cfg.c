@@ -794,6 +794,10 @@ static void compare_cfg(const ep_model_cfg *a, const ep_model_cfg *b)
     SAME(yarn_attn_factor);
     SAME(yarn_truncate);
     SAME(seed);
+    SAME(synth_conc_set);
+    SAME(synth_conc_median);
+    SAME(synth_conc_sigma_token);
+    SAME(synth_conc_sigma_layer);
 #undef SAME
 }
 
@@ -843,6 +847,50 @@ static void test_hf_json_round_trip(void **state)
     assert_non_null(strstr(buf, "\"q_lora_rank\": null"));
     assert_non_null(strstr(buf, "\"torch_dtype\": \"bfloat16\""));
     assert_non_null(strstr(buf, "\"DeepseekV2ForCausalLM\""));
+}
+
+// The synthetic routing inputs' concentration (YAML `synth:`, config.json
+// "epserve_synth"): absent = the built-in values, any key sets the block,
+// out-of-range or unknown keys are errors naming the key.
+static void test_synth_concentration(void **state)
+{
+    (void)state;
+    ep_model_cfg c = load_ok("qwen3-235b-a22b");
+    assert_false(c.synth_conc_set);
+    c = load_ok("tiny-qwen3-moe");
+    assert_true(c.synth_conc_set);
+    assert_true(c.synth_conc_median > 0 && c.synth_conc_median < EP_SYNTH_CONC_MEDIAN);
+    assert_true(c.synth_conc_sigma_token == EP_SYNTH_CONC_SIGMA_TOKEN);
+
+    char *y = subst(QWEN_YAML, "moe:", "synth:\n  concentration_sigma_layer: 0.25\nmoe:");
+    const char *p = write_tmp("synth.yaml", y);
+    free(y);
+    c = load_ok(p);
+    assert_true(c.synth_conc_set);
+    assert_true(c.synth_conc_median == EP_SYNTH_CONC_MEDIAN);
+    assert_true(c.synth_conc_sigma_token == EP_SYNTH_CONC_SIGMA_TOKEN);
+    assert_true(c.synth_conc_sigma_layer == 0.25);
+
+    yaml_bad(QWEN_YAML, "moe:", "synth:\n  concentration_median: 0\nmoe:", EP_ERR_CONFIG,
+             "synth.concentration_median", "expected a number in (0, 100], found 0");
+    yaml_bad(QWEN_YAML, "moe:", "synth:\n  concentration_sigma_token: -1\nmoe:", EP_ERR_CONFIG,
+             "synth.concentration_sigma_token", "expected a number in [0, 3], found -1");
+    yaml_bad(QWEN_YAML, "moe:", "synth:\n  concentration_sigma_layer: x\nmoe:", EP_ERR_CONFIG,
+             "synth.concentration_sigma_layer", "expected a finite number");
+    yaml_bad(QWEN_YAML, "moe:", "synth:\n  median: 1\nmoe:", EP_ERR_CONFIG,
+             "unknown key 'synth.median'", "concentration_median");
+
+    json_bad(DS_JSON, "\"vocab_size\"", "\"epserve_synth\": 3, \"vocab_size\"", EP_ERR_CONFIG,
+             "'epserve_synth'", "expected an object");
+    json_bad(DS_JSON, "\"vocab_size\"",
+             "\"epserve_synth\": {\"concentration_median\": 0.5}, \"vocab_size\"", EP_ERR_CONFIG,
+             "epserve_synth.concentration_sigma_token", "expected a number, found nothing");
+    json_bad(DS_JSON, "\"vocab_size\"", "\"epserve_synth\": {\"median\": 0.5}, \"vocab_size\"",
+             EP_ERR_CONFIG, "epserve_synth.median", "unknown");
+    json_bad(DS_JSON, "\"vocab_size\"",
+             "\"epserve_synth\": {\"concentration_median\": 0.5, \"concentration_sigma_token\": 9, "
+             "\"concentration_sigma_layer\": 0.4}, \"vocab_size\"",
+             EP_ERR_CONFIG, "epserve_synth.concentration_sigma_token", "in [0, 3], found 9");
 }
 
 // ---- tensor layout -----------------------------------------------------------------
@@ -970,15 +1018,25 @@ static void test_tensors_param_counts(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_preset_qwen3_235b),   cmocka_unit_test(test_preset_qwen3_30b),
-        cmocka_unit_test(test_preset_deepseek_v25), cmocka_unit_test(test_preset_deepseek_lite),
-        cmocka_unit_test(test_preset_tiny),         cmocka_unit_test(test_preset_lookup),
-        cmocka_unit_test(test_yaml_good),           cmocka_unit_test(test_yaml_unknown_missing),
-        cmocka_unit_test(test_yaml_wrong_types),    cmocka_unit_test(test_yaml_inconsistent),
-        cmocka_unit_test(test_yaml_files),          cmocka_unit_test(test_hf_json_good),
-        cmocka_unit_test(test_hf_json_bad),         cmocka_unit_test(test_hf_json_round_trip),
-        cmocka_unit_test(test_hf_json_qwen3_yarn),  cmocka_unit_test(test_hf_json_qwen3_yarn_bad),
-        cmocka_unit_test(test_tensors_tiny),        cmocka_unit_test(test_tensors_param_counts),
+        cmocka_unit_test(test_preset_qwen3_235b),
+        cmocka_unit_test(test_preset_qwen3_30b),
+        cmocka_unit_test(test_preset_deepseek_v25),
+        cmocka_unit_test(test_preset_deepseek_lite),
+        cmocka_unit_test(test_preset_tiny),
+        cmocka_unit_test(test_preset_lookup),
+        cmocka_unit_test(test_yaml_good),
+        cmocka_unit_test(test_yaml_unknown_missing),
+        cmocka_unit_test(test_yaml_wrong_types),
+        cmocka_unit_test(test_yaml_inconsistent),
+        cmocka_unit_test(test_yaml_files),
+        cmocka_unit_test(test_hf_json_good),
+        cmocka_unit_test(test_hf_json_bad),
+        cmocka_unit_test(test_hf_json_round_trip),
+        cmocka_unit_test(test_synth_concentration),
+        cmocka_unit_test(test_hf_json_qwen3_yarn),
+        cmocka_unit_test(test_hf_json_qwen3_yarn_bad),
+        cmocka_unit_test(test_tensors_tiny),
+        cmocka_unit_test(test_tensors_param_counts),
     };
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
 }
