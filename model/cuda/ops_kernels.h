@@ -1,0 +1,52 @@
+// Launchers of the model's device-op kernels (model/cuda/ops_kernels.cu),
+// callable from C; model/cuda/ops.c checks the arguments and turns the
+// launch status into an ep_status. BF16 values travel as uint16_t. Private
+// to ep_model_cuda.
+#ifndef EP_MODEL_CUDA_OPS_KERNELS_H
+#define EP_MODEL_CUDA_OPS_KERNELS_H
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Threads of the attention kernel's block and keys of one of its tiles.
+#define EP_MOPS_ATTN_THREADS 64
+// Widest query / value row of an attention call (kv_lora 512 + rope 64 fits).
+#define EP_MOPS_ATTN_MAX_DK 1024
+
+cudaError_t ep_mops_embed_launch(const uint16_t *embed, int V, int H, const int *ids, int T,
+                                 float *x, cudaStream_t stream);
+cudaError_t ep_mops_rmsnorm_launch(const float *x, int ldx, const float *w, int rows, int n,
+                                   float eps, float *out, int ldo, cudaStream_t stream);
+cudaError_t ep_mops_add_launch(float *x, const float *y, int64_t n, cudaStream_t stream);
+cudaError_t ep_mops_silu_mul_launch(const float *g, const float *u, int64_t n, float *out,
+                                    cudaStream_t stream);
+cudaError_t ep_mops_rope_launch(const float *inv_freq, int dim, int interleaved, float cs_scale,
+                                float *x, int T, int ld, int heads, int off, int head_stride,
+                                const int *pos, cudaStream_t stream);
+
+// Geometry of the paged pool, as ep_mops_kv holds it.
+typedef struct {
+    int n_layers, row, block_tokens, max_blocks;
+    uint16_t *pool;
+    const int *table;
+} ep_mops_kv_geom;
+
+cudaError_t ep_mops_kv_write_launch(ep_mops_kv_geom g, int layer, const float *src, int lds, int n,
+                                    int off, int T, const int *seq, const int *pos,
+                                    cudaStream_t stream);
+cudaError_t ep_mops_attention_launch(ep_mops_kv_geom g, int layer, int heads, int group, int dk,
+                                     int dv, int koff, int kstride, int voff, int vstride,
+                                     float scale, const float *q, int ldq, int T, const int *seq,
+                                     const int *pos, float *out, int ldo, cudaStream_t stream);
+cudaError_t ep_mops_argmax_launch(const float *logits, int rows, int V, int ld, int *ids,
+                                  cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
