@@ -228,6 +228,70 @@ ep_status ep_mops_attention(const ep_mops_kv *kv, int layer, const ep_mops_attn_
     return EP_OK;
 }
 
+// ---- MLA absorbed form ---------------------------------------------------------------------
+
+static ep_status mla_check(const char *fn, const ep_mops_mla *s, int T)
+{
+    if (s->heads < 1 || s->nope < 1 || s->rope < 0 || s->v < 1 || s->kv_lora < 1 || T < 0)
+        return ep_errorf(EP_ERR_ARG,
+                         "%s: heads %d, nope %d, rope %d, v %d, kv_lora %d, tokens "
+                         "%d, expected rope, tokens >= 0 and the others >= 1",
+                         fn, s->heads, s->nope, s->rope, s->v, s->kv_lora, T);
+    return EP_OK;
+}
+
+ep_status ep_mops_mla_absorb_q(cublasHandle_t blas, const ep_mops_mla *s, int T, const float *q,
+                               const uint16_t *wkv_b, float *qa, uint16_t *q_bf16,
+                               cudaStream_t stream)
+{
+    ep_status st = mla_check("ep_mops_mla_absorb_q", s, T);
+    if (st || T == 0) return st;
+    const int R = s->kv_lora, qhd = s->nope + s->rope, qw = R + s->rope, kvb = s->nope + s->v;
+    LAUNCH_ST(ep_cuda_f32_to_bf16(q, (int64_t)T * s->heads * qhd, q_bf16, stream),
+              "ep_mops_mla_absorb_q: q to bf16");
+    EP_CUBLAS_CHECK(cublasSetStream(blas, stream));
+    // Column-major, head h: qa_h^T [R, T] (ld heads * qw) = W_UK_h^T [R,
+    // nope] (W_UK_h row-major [nope, R] read as column-major, ld R) times
+    // q_nope_h^T [nope, T] (ld heads * qhd).
+    const float one = 1.0f, zero = 0.0f;
+    EP_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        blas, CUBLAS_OP_N, CUBLAS_OP_N, R, T, s->nope, &one, wkv_b, CUDA_R_16BF, R,
+        (long long)kvb * R, q_bf16, CUDA_R_16BF, s->heads * qhd, qhd, &zero, qa, CUDA_R_32F,
+        s->heads * qw, qw, s->heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (s->rope > 0)
+        LAUNCH_ST(ep_mops_copy_heads_launch(q + s->nope, s->heads * qhd, qhd, qa + R, s->heads * qw,
+                                            qw, T, s->heads, s->rope, stream),
+                  "ep_mops_mla_absorb_q: q_pe");
+    return EP_OK;
+}
+
+ep_status ep_mops_mla_unabsorb(cublasHandle_t blas, const ep_mops_mla *s, int T, const float *o_lat,
+                               const uint16_t *wkv_b, float *out, int ldo, uint16_t *o_bf16,
+                               cudaStream_t stream)
+{
+    ep_status st = mla_check("ep_mops_mla_unabsorb", s, T);
+    if (st) return st;
+    if (ldo < s->heads * s->v)
+        return ep_errorf(EP_ERR_ARG,
+                         "ep_mops_mla_unabsorb: output row stride %d, expected >= "
+                         "heads * v_head_dim = %d",
+                         ldo, s->heads * s->v);
+    if (T == 0) return EP_OK;
+    const int R = s->kv_lora, kvb = s->nope + s->v;
+    LAUNCH_ST(ep_cuda_f32_to_bf16(o_lat, (int64_t)T * s->heads * R, o_bf16, stream),
+              "ep_mops_mla_unabsorb: latent to bf16");
+    EP_CUBLAS_CHECK(cublasSetStream(blas, stream));
+    // Column-major, head h: out_h^T [v, T] (ld ldo) = W_UV_h [v, R] (row-major
+    // [v, R] is column-major [R, v], ld R, taken transposed) times o_h^T [R,
+    // T] (ld heads * R).
+    const float one = 1.0f, zero = 0.0f;
+    EP_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        blas, CUBLAS_OP_T, CUBLAS_OP_N, s->v, T, R, &one, wkv_b + (size_t)s->nope * R, CUDA_R_16BF,
+        R, (long long)kvb * R, o_bf16, CUDA_R_16BF, s->heads * R, R, &zero, out, CUDA_R_32F, ldo,
+        s->v, s->heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return EP_OK;
+}
+
 // ---- sampling ------------------------------------------------------------------------------
 
 ep_status ep_mops_argmax(const float *logits, int rows, int V, int ld, int *ids,

@@ -115,6 +115,32 @@ ep_status ep_mops_attention(const ep_mops_kv *kv, int layer, const ep_mops_attn_
                             const float *q, int ldq, int T, const int *seq, const int *pos,
                             float *out, int ldo, cudaStream_t stream);
 
+// ---- MLA absorbed form (DeepSeek-V2) ------------------------------------------------
+
+// One MLA layer's widths.
+typedef struct {
+    int heads, nope, rope, v, kv_lora;
+} ep_mops_mla;
+
+// The attention's queries in the absorbed form (model/attn.c's mla_task):
+// qa[t, h] = [W_UK_h^T q_nope[t, h] | q_pe[t, h]], kv_lora + rope floats,
+// row t at qa + t * heads * (kv_lora + rope). q: [T, heads * (nope + rope)]
+// fp32, q_pe already roped; wkv_b: [heads * (nope + v), kv_lora] bf16, head
+// h's rows W_UK_h [nope, kv_lora] then W_UV_h [v, kv_lora]. q is rounded to
+// bf16 into q_bf16 ([T, heads * (nope + rope)] scratch); one strided
+// batched GEMM over the heads (fp32 compute and output), one copy of q_pe.
+ep_status ep_mops_mla_absorb_q(cublasHandle_t blas, const ep_mops_mla *s, int T, const float *q,
+                               const uint16_t *wkv_b, float *qa, uint16_t *q_bf16,
+                               cudaStream_t stream);
+
+// The output unfolded: out[t, h * v ..] = W_UV_h o_lat[t, h] for o_lat [T,
+// heads * kv_lora] fp32 (ep_mops_attention with dv = kv_lora), out row
+// stride ldo >= heads * v. o_lat is rounded to bf16 into o_bf16 ([T, heads
+// * kv_lora] scratch); one strided batched GEMM over the heads.
+ep_status ep_mops_mla_unabsorb(cublasHandle_t blas, const ep_mops_mla *s, int T, const float *o_lat,
+                               const uint16_t *wkv_b, float *out, int ldo, uint16_t *o_bf16,
+                               cudaStream_t stream);
+
 // ---- sampling ------------------------------------------------------------------------
 
 // ids[r] = argmax of logits[r, :V] (row stride ld), NaN counting as -inf,

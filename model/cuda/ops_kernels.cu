@@ -190,6 +190,16 @@ __global__ void ep_mops_attention_kernel(ep_mops_kv_geom g, int layer, int heads
         o[d] = acc[k] * inv;
 }
 
+__global__ void ep_mops_copy_heads_kernel(const float *src, int lds, int ssh, float *dst, int ldd,
+                                          int dsh, int T, int heads, int n)
+{
+    EP_GRID_STRIDE(j, (int64_t)T * heads * n)
+    {
+        const int64_t i = j % n, th = j / n, t = th / heads, h = th % heads;
+        dst[t * ldd + h * dsh + i] = src[t * lds + h * ssh + i];
+    }
+}
+
 // ---- sampling -----------------------------------------------------------------------------
 
 // Whether (v, i) beats (bv, bi): larger value, then lower id; NaN is -inf.
@@ -288,6 +298,15 @@ extern "C" cudaError_t ep_mops_attention_launch(ep_mops_kv_geom g, int layer, in
     EP_LAUNCH(ep_mops_attention_kernel, (unsigned)T * heads, EP_MOPS_ATTN_THREADS, 0, stream, g,
               layer, heads, group, dk, dv, koff, kstride, voff, vstride, scale, q, ldq, seq, pos,
               out, ldo);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t ep_mops_copy_heads_launch(const float *src, int lds, int ssh, float *dst,
+                                                 int ldd, int dsh, int T, int heads, int n,
+                                                 cudaStream_t stream)
+{
+    EP_LAUNCH(ep_mops_copy_heads_kernel, ep_blocks((int64_t)T * heads * n), EP_THREADS, 0, stream,
+              src, lds, ssh, dst, ldd, dsh, T, heads, n);
     return cudaGetLastError();
 }
 

@@ -42,6 +42,10 @@ cudaError_t ep_mops_attention_launch(ep_mops_kv_geom g, int layer, int heads, in
                                      int dv, int koff, int kstride, int voff, int vstride,
                                      float scale, const float *q, int ldq, int T, const int *seq,
                                      const int *pos, float *out, int ldo, cudaStream_t stream);
+// dst[t * ldd + h * dsh + i] = src[t * lds + h * ssh + i], i < n, h < heads,
+// t < T: a block of columns of every head (MLA's q_pe into the absorbed q).
+cudaError_t ep_mops_copy_heads_launch(const float *src, int lds, int ssh, float *dst, int ldd,
+                                      int dsh, int T, int heads, int n, cudaStream_t stream);
 cudaError_t ep_mops_argmax_launch(const float *logits, int rows, int V, int ld, int *ids,
                                   cudaStream_t stream);
 

@@ -7,7 +7,8 @@
 // matrix), the paged KV cache write and attention (GQA and the MLA latent
 // shape; prefill, chunked prefill after cached tokens, decode of sequences
 // of different lengths, block boundaries; vs a plain C attention over the
-// host ep_kv's rows), greedy argmax (vs ep_sampler) and sampling from an
+// host ep_kv's rows), MLA's absorbed q and unfolded output (strided batched
+// cuBLAS vs plain loops), greedy argmax (vs ep_sampler) and sampling from an
 // explicit logits copy, and the host<->device copy counter (a device decode
 // step moves only ids and positions). Budgets are stated at each check.
 // Skips (77) without a device.
@@ -348,12 +349,13 @@ typedef struct {
 
 // Plain C attention of one query q over the host rows 0..last of sequence
 // seq, layer l (keys at s->koff, values at s->voff: the caller adds the kv
-// head's offsets), in double; rows rounded to bf16 when `rounded`. *bound receives
-// the BF16 budget against the fp32 rows: rounding k and v moves each score
-// by at most d = 2^-8 * scale * max_j sum_i |q_i k_ji| (2^-9 relative per
-// element, doubled for the fp32 q.k) and each value by 2^-9 |v|, so the
-// output by at most (2 d + 2^-9) * max |v| (softmax weights change by a
-// factor within e^{+-2d}, ~ 1 +- 2d).
+// head's offsets), in double; rows rounded to bf16 when `rounded`. *bound
+// receives the BF16 budget against the fp32 rows. Rounding to bf16 (8
+// significant bits) moves a value by at most 2^-8 of itself, so each score
+// by at most d = 2^-8 * scale * max_j sum_i |q_i k_ji|; the softmax weights
+// then change by a factor within e^{+-2d}, i.e. by at most (e^{2d} - 1) in
+// sum, and each value by 2^-8 |v|: the output moves by at most
+// ((e^{2d} - 1)(1 + 2^-8) + 2^-8) * max |v|.
 static void ref_attention(ep_kv *kv, int seq, int l, int last, const ep_mops_attn_shape *s,
                           const float *q, bool rounded, double *out, double *bound)
 {
@@ -384,7 +386,8 @@ static void ref_attention(ep_kv *kv, int seq, int l, int last, const ep_mops_att
     }
     for (int d = 0; d < s->dv; d++)
         out[d] /= sum;
-    *bound = (2.0 * ldexp(qk_max, -8) + ldexp(1.0, -9)) * vmax;
+    const double d = ldexp(qk_max, -8), u = ldexp(1.0, -8);
+    *bound = ((exp(2.0 * d) - 1.0) * (1.0 + u) + u) * vmax;
     free(sc);
 }
 
@@ -609,6 +612,103 @@ static void test_attention_errors(void **state)
     ep_mops_kv_free(&dkv); // cleared: a second free is a no-op
 }
 
+// ---- MLA absorbed form --------------------------------------------------------------------
+
+// Both products against plain loops in double: (a) on the same bf16-rounded
+// inputs, 1e-5 of sum |a w| (fp32 sums in another order); (b) on the fp32
+// q / latent and fp32 wkv_b the CPU forward keeps, 2^-8 of sum |a w| more
+// (rounding both factors of a product to bf16 moves it by at most
+// (1 + 2^-9)^2 - 1 < 2^-8 of its size). q_pe is copied exactly.
+static void check_mla(cublasHandle_t blas, const ep_mops_mla *s, int T, uint64_t seed)
+{
+    const int R = s->kv_lora, nh = s->heads, qhd = s->nope + s->rope, qw = R + s->rope;
+    const int kvb = s->nope + s->v, ldo = nh * s->v + 3;
+    const size_t nq = (size_t)T * nh * qhd, nw = (size_t)nh * kvb * R, no = (size_t)T * nh * R;
+    float *q = malloc(sizeof(float) * nq), *w = malloc(sizeof(float) * nw);
+    float *ol = malloc(sizeof(float) * no), *qa = malloc(sizeof(float) * T * nh * qw);
+    float *out = malloc(sizeof(float) * T * ldo), *out0 = malloc(sizeof(float) * T * ldo);
+    cuda_test_fill(q, nq, seed, 1.0f);
+    cuda_test_fill(w, nw, seed + 1, 0.2f);
+    cuda_test_fill(ol, no, seed + 2, 1.0f);
+    cuda_test_fill(out0, (size_t)T * ldo, seed + 3, 1.0f);
+    uint16_t *wb = to_bf16(w, nw);
+    float *dq = dev_upload(q, sizeof(float) * nq), *dol = dev_upload(ol, sizeof(float) * no);
+    float *dqa = dev_upload(NULL, sizeof(float) * T * nh * qw);
+    float *dout = dev_upload(out0, sizeof(float) * T * ldo);
+    uint16_t *dw = dev_upload(wb, sizeof(uint16_t) * nw);
+    uint16_t *dscr = dev_upload(NULL, sizeof(uint16_t) * (nq > no ? nq : no));
+    OK(ep_mops_mla_absorb_q(blas, s, T, dq, dw, dqa, dscr, 0));
+    download(qa, dqa, sizeof(float) * T * nh * qw);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++) {
+            const float *qh = q + ((size_t)t * nh + h) * qhd;
+            const float *got = qa + ((size_t)t * nh + h) * qw;
+            for (int r = 0; r < R; r++) {
+                double a = 0, b = 0, mag = 0;
+                for (int i = 0; i < s->nope; i++) {
+                    const size_t wi = ((size_t)h * kvb + i) * R + r;
+                    a += (double)ep_bf16_round(qh[i]) * ep_bf16_to_f32(wb[wi]);
+                    b += (double)qh[i] * w[wi];
+                    mag += fabs((double)qh[i] * w[wi]);
+                }
+                assert_true(fabs(got[r] - a) <= 1e-5 * mag + 1e-30);
+                assert_true(fabs(got[r] - b) <= (ldexp(1.0, -7) + 1e-5) * mag + 1e-30);
+            }
+            for (int i = 0; i < s->rope; i++)
+                assert_true(got[R + i] == qh[s->nope + i]);
+        }
+    OK(ep_mops_mla_unabsorb(blas, s, T, dol, dw, dout, ldo, dscr, 0));
+    download(out, dout, sizeof(float) * T * ldo);
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < nh; h++) {
+            const float *oh = ol + ((size_t)t * nh + h) * R;
+            for (int j = 0; j < s->v; j++) {
+                double a = 0, b = 0, mag = 0;
+                for (int r = 0; r < R; r++) {
+                    const size_t wi = ((size_t)h * kvb + s->nope + j) * R + r;
+                    a += (double)ep_bf16_round(oh[r]) * ep_bf16_to_f32(wb[wi]);
+                    b += (double)oh[r] * w[wi];
+                    mag += fabs((double)oh[r] * w[wi]);
+                }
+                const float got = out[(size_t)t * ldo + h * s->v + j];
+                assert_true(fabs(got - a) <= 1e-5 * mag + 1e-30);
+                assert_true(fabs(got - b) <= (ldexp(1.0, -7) + 1e-5) * mag + 1e-30);
+            }
+        }
+        for (int i = nh * s->v; i < ldo; i++) // the gap after each row is untouched
+            assert_true(out[(size_t)t * ldo + i] == out0[(size_t)t * ldo + i]);
+    }
+    cudaFree(dq);
+    cudaFree(dol);
+    cudaFree(dqa);
+    cudaFree(dout);
+    cudaFree(dw);
+    cudaFree(dscr);
+    free(q);
+    free(w);
+    free(ol);
+    free(qa);
+    free(out);
+    free(out0);
+    free(wb);
+}
+
+static void test_mla_absorb(void **state)
+{
+    cublasHandle_t blas;
+    assert_int_equal(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
+    const ep_mops_mla odd = {.heads = 3, .nope = 5, .rope = 4, .v = 7, .kv_lora = 11};
+    check_mla(blas, &odd, 1, 131);
+    check_mla(blas, &odd, 6, 132);
+    // DeepSeek-V2's head widths (128 nope, 64 rope, 128 v, kv_lora 512).
+    const ep_mops_mla real = {.heads = 2, .nope = 128, .rope = 64, .v = 128, .kv_lora = 512};
+    check_mla(blas, &real, 3, 133);
+    assert_int_equal(ep_mops_mla_unabsorb(blas, &odd, 1, NULL, NULL, NULL, 3 * 7 - 1, NULL, 0),
+                     EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "v_head_dim"));
+    cublasDestroy(blas);
+}
+
 // ---- sampling -------------------------------------------------------------------------------
 
 // Exact: a comparison, with ep_sampler's rules (NaN is -inf, lowest id on
@@ -830,12 +930,19 @@ int main(void)
     if (cuda_test_devices("test_cuda_model_ops") == 0) return CUDA_TEST_SKIP;
     if (cudaSetDevice(0) != cudaSuccess) return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_embed),         cmocka_unit_test(test_rmsnorm),
-        cmocka_unit_test(test_add_silu_mul),  cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_linear),        cmocka_unit_test(test_attention_gqa),
-        cmocka_unit_test(test_attention_mla), cmocka_unit_test(test_attention_errors),
-        cmocka_unit_test(test_argmax),        cmocka_unit_test(test_sample_from_logits_copy),
-        cmocka_unit_test(test_copy_stats),    cmocka_unit_test(test_decode_step_traffic),
+        cmocka_unit_test(test_embed),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_add_silu_mul),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_linear),
+        cmocka_unit_test(test_attention_gqa),
+        cmocka_unit_test(test_attention_mla),
+        cmocka_unit_test(test_attention_errors),
+        cmocka_unit_test(test_mla_absorb),
+        cmocka_unit_test(test_argmax),
+        cmocka_unit_test(test_sample_from_logits_copy),
+        cmocka_unit_test(test_copy_stats),
+        cmocka_unit_test(test_decode_step_traffic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
