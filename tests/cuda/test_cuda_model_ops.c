@@ -709,6 +709,135 @@ static void test_mla_absorb(void **state)
     cublasDestroy(blas);
 }
 
+// MLA decode in the absorbed form on the device (latent rows into the
+// cache, absorb, attention over [latent | k_pe], unfold) against the
+// expanded form in double on fp32 data (model/reference.c's way: full keys
+// [W_UK_h c_s | k_pe_s] and values W_UV_h c_s): the identity and the
+// pieces' layouts together. Budget per output, from the BF16 roundings
+// (unit roundoff u = 2^-8): the absorbed query moves by (2u + 1e-5) sum
+// |q w|, the cached latent and k_pe by u of themselves, so each score by at
+// most d = scale * (3u + 1e-5) * (sum_r (sum_i |q_i W_ir|) |c_r| + sum |q_pe
+// k_pe|) (max over keys); the attended latent o_r by at most ((e^{2d} - 1)
+// (1 + u) + u) * max_s |c_sr|; the unfold adds (2u + 1e-5) sum_r |W_jr o_r|.
+static void test_mla_decode_vs_expanded(void **state)
+{
+    const ep_mops_mla m = {.heads = 3, .nope = 5, .rope = 4, .v = 7, .kv_lora = 11};
+    const int R = m.kv_lora, nh = m.heads, qhd = m.nope + m.rope, kvb = m.nope + m.v;
+    const int row = R + m.rope, qw = R + m.rope;
+    const float scale = 1.0f / sqrtf((float)qhd);
+    enum { T = 4, BT = 3, SEQS = 4, MAXB = 5, NB = SEQS * MAXB };
+    const int seq[T] = {0, 1, 2, 3}, pos[T] = {0, 2, 7, 12}; // decode at block edges
+    int total = 0, start[T];
+    for (int t = 0; t < T; t++) {
+        start[t] = total;
+        total += pos[t] + 1;
+    }
+    // Each sequence's rows [c | k_pe] (already normed and roped: those ops
+    // are tested above) for positions 0..pos[t].
+    float *rows = malloc(sizeof(float) * total * row), q[T * 3 * 9], w[3 * 12 * 11];
+    cuda_test_fill(rows, (size_t)total * row, 141, 1.0f);
+    cuda_test_fill(q, sizeof q / sizeof *q, 142, 1.0f);
+    cuda_test_fill(w, sizeof w / sizeof *w, 143, 0.3f);
+    assert_int_equal((int)(sizeof q / sizeof *q), T * nh * qhd);
+    assert_int_equal((int)(sizeof w / sizeof *w), nh * kvb * R);
+    int *wseq = malloc(sizeof(int) * total), *wpos = malloc(sizeof(int) * total);
+    for (int t = 0; t < T; t++)
+        for (int p = 0; p <= pos[t]; p++) {
+            wseq[start[t] + p] = seq[t];
+            wpos[start[t] + p] = p;
+        }
+    int table[SEQS * MAXB];
+    for (int i = 0; i < SEQS * MAXB; i++)
+        table[i] = NB - 1 - i; // sequence t's block b is pool block NB - 1 - (t * MAXB + b)
+    ep_mops_kv kv;
+    OK(ep_mops_kv_init(&kv, 1, row, BT, NB, SEQS, MAXB));
+    CK(cudaMemcpy(kv.table, table, sizeof table, cudaMemcpyHostToDevice));
+    uint16_t *wb = to_bf16(w, sizeof w / sizeof *w);
+    float *drows = dev_upload(rows, sizeof(float) * total * row), *dq = dev_upload(q, sizeof q);
+    int *dwseq = dev_upload(wseq, sizeof(int) * total),
+        *dwpos = dev_upload(wpos, sizeof(int) * total);
+    int *dseq = dev_upload(seq, sizeof seq), *dpos = dev_upload(pos, sizeof pos);
+    uint16_t *dw = dev_upload(wb, sizeof(uint16_t) * nh * kvb * R);
+    float *dqa = dev_upload(NULL, sizeof(float) * T * nh * qw);
+    float *dol = dev_upload(NULL, sizeof(float) * T * nh * R);
+    float *dout = dev_upload(NULL, sizeof(float) * T * nh * m.v), out[T * 3 * 7];
+    uint16_t *dscr = dev_upload(NULL, sizeof(uint16_t) * T * nh * qw);
+    cublasHandle_t blas;
+    assert_int_equal(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
+    OK(ep_mops_kv_write(&kv, 0, drows, row, row, 0, total, dwseq, dwpos, 0));
+    OK(ep_mops_mla_absorb_q(blas, &m, T, dq, dw, dqa, dscr, 0));
+    const ep_mops_attn_shape as = {.heads = nh, .group = nh, .dk = qw, .dv = R, .scale = scale};
+    OK(ep_mops_attention(&kv, 0, &as, dqa, nh * qw, T, dseq, dpos, dol, nh * R, 0));
+    OK(ep_mops_mla_unabsorb(blas, &m, T, dol, dw, dout, nh * m.v, dscr, 0));
+    download(out, dout, sizeof out);
+    const double u = ldexp(1.0, -8);
+    double worst = 0, worst_budget = 0;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++) {
+            const float *qh = q + ((size_t)t * nh + h) * qhd;
+            const float *wuk = w + (size_t)h * kvb * R, *wuv = wuk + (size_t)m.nope * R;
+            const int n = pos[t] + 1;
+            double sc[16], mx = -INFINITY, sum = 0, dmax = 0, o[11] = {0}, cmax[11] = {0};
+            double qw_abs[11]; // sum_i |q_i W_UK[i, r]|
+            for (int r = 0; r < R; r++) {
+                qw_abs[r] = 0;
+                for (int i = 0; i < m.nope; i++)
+                    qw_abs[r] += fabs((double)qh[i] * wuk[i * R + r]);
+            }
+            for (int s = 0; s < n; s++) {
+                const float *c = rows + (size_t)(start[t] + s) * row, *kpe = c + R;
+                double dot = 0, mag = 0;
+                for (int i = 0; i < m.nope; i++) { // q_nope . (W_UK_h c), expanded
+                    double k = 0;
+                    for (int r = 0; r < R; r++)
+                        k += (double)wuk[i * R + r] * c[r];
+                    dot += qh[i] * k;
+                }
+                for (int r = 0; r < R; r++) {
+                    mag += qw_abs[r] * fabs(c[r]);
+                    cmax[r] = fmax(cmax[r], fabs(c[r]));
+                }
+                for (int i = 0; i < m.rope; i++) {
+                    dot += (double)qh[m.nope + i] * kpe[i];
+                    mag += fabs((double)qh[m.nope + i] * kpe[i]);
+                }
+                sc[s] = dot * scale;
+                mx = fmax(mx, sc[s]);
+                dmax = fmax(dmax, scale * (3 * u + 1e-5) * mag);
+            }
+            for (int s = 0; s < n; s++) {
+                const double p = exp(sc[s] - mx);
+                sum += p;
+                for (int r = 0; r < R; r++)
+                    o[r] += p * rows[(size_t)(start[t] + s) * row + r];
+            }
+            for (int j = 0; j < m.v; j++) {
+                double want = 0, bound = 0;
+                for (int r = 0; r < R; r++) {
+                    const double orr = o[r] / sum, wj = fabs((double)wuv[j * R + r]);
+                    want += (double)wuv[j * R + r] * orr; // W_UV (sum p c) = sum p (W_UV c)
+                    bound += wj * (((exp(2 * dmax) - 1) * (1 + u) + u) * cmax[r]) +
+                             (2 * u + 1e-5) * wj * fabs(orr);
+                }
+                const double err = fabs(out[((size_t)t * nh + h) * m.v + j] - want);
+                assert_true(err <= bound);
+                worst = fmax(worst, err);
+                worst_budget = fmax(worst_budget, bound);
+            }
+        }
+    printf("# MLA absorbed decode vs expanded: max err %.2e (budget up to %.2e)\n", worst,
+           worst_budget);
+    cublasDestroy(blas);
+    ep_mops_kv_free(&kv);
+    void *bufs[] = {drows, dq, dwseq, dwpos, dseq, dpos, dw, dqa, dol, dout, dscr};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        cudaFree(bufs[i]);
+    free(rows);
+    free(wseq);
+    free(wpos);
+    free(wb);
+}
+
 // ---- sampling -------------------------------------------------------------------------------
 
 // Exact: a comparison, with ep_sampler's rules (NaN is -inf, lowest id on
@@ -930,19 +1059,13 @@ int main(void)
     if (cuda_test_devices("test_cuda_model_ops") == 0) return CUDA_TEST_SKIP;
     if (cudaSetDevice(0) != cudaSuccess) return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_embed),
-        cmocka_unit_test(test_rmsnorm),
-        cmocka_unit_test(test_add_silu_mul),
-        cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_linear),
-        cmocka_unit_test(test_attention_gqa),
-        cmocka_unit_test(test_attention_mla),
-        cmocka_unit_test(test_attention_errors),
-        cmocka_unit_test(test_mla_absorb),
-        cmocka_unit_test(test_argmax),
-        cmocka_unit_test(test_sample_from_logits_copy),
-        cmocka_unit_test(test_copy_stats),
-        cmocka_unit_test(test_decode_step_traffic),
+        cmocka_unit_test(test_embed),         cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_add_silu_mul),  cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_linear),        cmocka_unit_test(test_attention_gqa),
+        cmocka_unit_test(test_attention_mla), cmocka_unit_test(test_attention_errors),
+        cmocka_unit_test(test_mla_absorb),    cmocka_unit_test(test_mla_decode_vs_expanded),
+        cmocka_unit_test(test_argmax),        cmocka_unit_test(test_sample_from_logits_copy),
+        cmocka_unit_test(test_copy_stats),    cmocka_unit_test(test_decode_step_traffic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
