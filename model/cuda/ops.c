@@ -4,6 +4,7 @@
 // the *_init functions; every op only enqueues on its stream.
 #include "model/cuda/ops.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -304,5 +305,42 @@ ep_status ep_mops_argmax(const float *logits, int rows, int V, int ld, int *ids,
                          rows, V, ld);
     if (rows == 0) return EP_OK;
     LAUNCH_ST(ep_mops_argmax_launch(logits, rows, V, ld, ids, stream), "ep_mops_argmax");
+    return EP_OK;
+}
+
+ep_status ep_mops_sample_row_check(const ep_mops_sample_row *r)
+{
+    if (!(r->temperature >= 0.0f) || !isfinite(r->temperature))
+        return ep_errorf(EP_ERR_ARG,
+                         "device sampling: temperature %g, expected a finite value "
+                         ">= 0",
+                         (double)r->temperature);
+    if (!(r->top_p > 0.0f && r->top_p <= 1.0f))
+        return ep_errorf(EP_ERR_ARG, "device sampling: top_p %g, expected a value in (0, 1]",
+                         (double)r->top_p);
+    if (!(r->u >= 0.0 && r->u < 1.0))
+        return ep_errorf(EP_ERR_ARG, "device sampling: uniform draw %g, expected [0, 1)", r->u);
+    if (r->top_k < 0)
+        return ep_errorf(EP_ERR_ARG, "device sampling: top_k %d, expected >= 0", r->top_k);
+    const bool greedy = r->temperature == 0.0f || r->top_k == 1;
+    if (!greedy && (r->top_k == 0 || r->top_k > EP_MOPS_TOPK_MAX))
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "device sampling: top_k %d, the device keeps 1..%d "
+                         "tokens (sample from a logits copy on the host instead)",
+                         r->top_k, EP_MOPS_TOPK_MAX);
+    return EP_OK;
+}
+
+ep_status ep_mops_sample_topk(const float *logits, int rows, int V, int ld,
+                              const ep_mops_sample_row *prm, int *ids, cudaStream_t stream)
+{
+    if (rows < 0 || V < 1 || ld < V)
+        return ep_errorf(EP_ERR_ARG,
+                         "ep_mops_sample_topk: %d rows of %d logits (stride %d), "
+                         "expected rows >= 0, vocab >= 1, stride >= vocab",
+                         rows, V, ld);
+    if (rows == 0) return EP_OK;
+    LAUNCH_ST(ep_mops_sample_topk_launch(logits, rows, V, ld, prm, ids, stream),
+              "ep_mops_sample_topk");
     return EP_OK;
 }

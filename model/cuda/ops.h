@@ -148,4 +148,22 @@ ep_status ep_mops_mla_unabsorb(cublasHandle_t blas, const ep_mops_mla *s, int T,
 ep_status ep_mops_argmax(const float *logits, int rows, int V, int ld, int *ids,
                          cudaStream_t stream);
 
+// Greedy, temperature, top-k and top-p on the device with ep_sampler's
+// rules and arithmetic (kept set in the sampler's order, probabilities in
+// double, the first token whose cumulative probability exceeds the row's
+// u): ids[r] is what ep_sampler_sample gives for row r's logits when its
+// RNG draws prm[r].u, for samplers without logits processors and with
+// top_k <= EP_MOPS_TOPK_MAX (a wider or unlimited top_k, or a processor:
+// copy the logits and sample on the host). prm: [rows] on the device,
+// checked by ep_mops_sample_row_check before the upload (a bad row gets id
+// -1). Equal to the host's token except where u falls within the last bits
+// of a cumulative boundary (the device's exp may differ from libm's by an
+// ulp).
+ep_status ep_mops_sample_topk(const float *logits, int rows, int V, int ld,
+                              const ep_mops_sample_row *prm, int *ids, cudaStream_t stream);
+// EP_ERR_ARG naming the parameter and its value when temperature, top_p or
+// u is out of range; EP_ERR_UNSUPPORTED when top_k is 0 or above
+// EP_MOPS_TOPK_MAX for a non-greedy row (the logits-copy path serves it).
+ep_status ep_mops_sample_row_check(const ep_mops_sample_row *r);
+
 #endif

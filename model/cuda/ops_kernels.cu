@@ -238,6 +238,111 @@ __global__ void ep_mops_argmax_kernel(const float *logits, int V, int ld, int *i
     if (tid == 0) ids[blockIdx.x] = ri[0];
 }
 
+// Whether (v, i) comes after (pv, pi) in the sampler's order (logit
+// descending, then id ascending).
+static __device__ __forceinline__ bool ep_after(float v, int i, float pv, int pi)
+{
+    return v < pv || (v == pv && i > pi);
+}
+
+// One block per row: the top k (value, id) pairs in the sampler's order by
+// k block-wide selections (the j-th is the best element after the (j-1)-th,
+// so nothing is marked or sorted), then thread 0 replays ep_sampler's
+// kept_set and draw in double on those k: exp((l - top) / temperature),
+// normalised, cut at the first cumulative mass >= top_p, renormalised, the
+// first token whose cumulative probability exceeds u. A row with bad
+// parameters (the host checks them, ep_mops_sample_row_check) gets id -1.
+__global__ void ep_mops_sample_topk_kernel(const float *logits, int V, int ld,
+                                           const ep_mops_sample_row *prm, int *ids)
+{
+    __shared__ float tv[EP_MOPS_TOPK_MAX];
+    __shared__ int ti[EP_MOPS_TOPK_MAX];
+    __shared__ double pr[EP_MOPS_TOPK_MAX];
+    __shared__ float rv[EP_ARGMAX_THREADS];
+    __shared__ int ri[EP_ARGMAX_THREADS];
+    const float *l = logits + (int64_t)blockIdx.x * ld;
+    const ep_mops_sample_row p = prm[blockIdx.x];
+    const int tid = threadIdx.x;
+    const bool greedy = p.temperature == 0.0f || p.top_k == 1;
+    if (p.top_k < 0 || p.top_k > EP_MOPS_TOPK_MAX || (!greedy && p.top_k == 0) ||
+        !(p.temperature >= 0.0f) || !(p.top_p > 0.0f && p.top_p <= 1.0f)) {
+        if (tid == 0) ids[blockIdx.x] = -1;
+        return; // the whole block returns: no barrier is left waiting
+    }
+    const int k = greedy ? 1 : (p.top_k < V ? p.top_k : V);
+    float pv = INFINITY;
+    int pi = -1; // before every element
+    for (int j = 0; j < k; j++) {
+        float bv = -INFINITY;
+        int bi = V;
+        for (int i = tid; i < V; i += blockDim.x) {
+            const float v = isnan(l[i]) ? -INFINITY : l[i];
+            if (ep_after(v, i, pv, pi) && ep_better(v, i, bv, bi)) {
+                bv = v;
+                bi = i;
+            }
+        }
+        rv[tid] = bv;
+        ri[tid] = bi;
+        __syncthreads();
+        for (int s = blockDim.x / 2; s > 0; s /= 2) {
+            if (tid < s && ep_better(rv[tid + s], ri[tid + s], rv[tid], ri[tid])) {
+                rv[tid] = rv[tid + s];
+                ri[tid] = ri[tid + s];
+            }
+            __syncthreads();
+        }
+        pv = rv[0];
+        pi = ri[0];
+        if (tid == 0) {
+            tv[j] = pv;
+            ti[j] = pi;
+        }
+        __syncthreads(); // rv / ri are reused by the next selection
+    }
+    if (tid != 0) return;
+    if (greedy) {
+        ids[blockIdx.x] = ti[0];
+        return;
+    }
+    const double top = tv[0];
+    double sum = 0.0;
+    if (isinf(top) && top < 0) { // every logit -inf (or NaN): uniform over the k
+        for (int i = 0; i < k; i++)
+            pr[i] = 1.0 / k;
+        sum = 1.0;
+    } else {
+        for (int i = 0; i < k; i++) {
+            pr[i] = exp(((double)tv[i] - top) / p.temperature);
+            sum += pr[i];
+        }
+    }
+    double cum = 0.0;
+    int keep = k;
+    for (int i = 0; i < k; i++) {
+        pr[i] /= sum;
+        cum += pr[i];
+        if (keep == k && cum >= p.top_p) keep = i + 1;
+    }
+    if (keep < k) {
+        double mass = 0.0;
+        for (int i = 0; i < keep; i++)
+            mass += pr[i];
+        for (int i = 0; i < keep; i++)
+            pr[i] /= mass;
+    }
+    cum = 0.0;
+    int id = ti[keep - 1]; // u within rounding of 1
+    for (int i = 0; i < keep; i++) {
+        cum += pr[i];
+        if (p.u < cum) {
+            id = ti[i];
+            break;
+        }
+    }
+    ids[blockIdx.x] = id;
+}
+
 // ---- launchers ----------------------------------------------------------------------------
 
 extern "C" cudaError_t ep_mops_embed_launch(const uint16_t *embed, int V, int H, const int *ids,
@@ -307,6 +412,15 @@ extern "C" cudaError_t ep_mops_copy_heads_launch(const float *src, int lds, int 
 {
     EP_LAUNCH(ep_mops_copy_heads_kernel, ep_blocks((int64_t)T * heads * n), EP_THREADS, 0, stream,
               src, lds, ssh, dst, ldd, dsh, T, heads, n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t ep_mops_sample_topk_launch(const float *logits, int rows, int V, int ld,
+                                                  const ep_mops_sample_row *prm, int *ids,
+                                                  cudaStream_t stream)
+{
+    EP_LAUNCH(ep_mops_sample_topk_kernel, (unsigned)rows, EP_ARGMAX_THREADS, 0, stream, logits, V,
+              ld, prm, ids);
     return cudaGetLastError();
 }
 

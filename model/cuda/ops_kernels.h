@@ -46,6 +46,24 @@ cudaError_t ep_mops_attention_launch(ep_mops_kv_geom g, int layer, int heads, in
 // t < T: a block of columns of every head (MLA's q_pe into the absorbed q).
 cudaError_t ep_mops_copy_heads_launch(const float *src, int lds, int ssh, float *dst, int ldd,
                                       int dsh, int T, int heads, int n, cudaStream_t stream);
+// Most tokens device sampling keeps (top_k); a larger or unlimited top_k
+// samples on the host from a logits copy.
+#define EP_MOPS_TOPK_MAX 256
+
+// One row's sampling parameters on the device (ep_sample_params' subset
+// without logits processors) and the uniform draw in [0, 1) the host's RNG
+// gave for it (ep_rng_uniform of the request's stream; none for greedy).
+typedef struct {
+    float temperature; // 0: greedy
+    int top_k;         // 1..EP_MOPS_TOPK_MAX (1: greedy); 0 only when greedy
+    float top_p;       // (0, 1]
+    int pad_;          // keeps u 8-byte aligned, the same layout in C and C++
+    double u;
+} ep_mops_sample_row;
+
+cudaError_t ep_mops_sample_topk_launch(const float *logits, int rows, int V, int ld,
+                                       const ep_mops_sample_row *prm, int *ids,
+                                       cudaStream_t stream);
 cudaError_t ep_mops_argmax_launch(const float *logits, int rows, int V, int ld, int *ids,
                                   cudaStream_t stream);
 

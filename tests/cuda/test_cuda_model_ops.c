@@ -8,7 +8,8 @@
 // shape; prefill, chunked prefill after cached tokens, decode of sequences
 // of different lengths, block boundaries; vs a plain C attention over the
 // host ep_kv's rows), MLA's absorbed q and unfolded output (strided batched
-// cuBLAS vs plain loops), greedy argmax (vs ep_sampler) and sampling from an
+// cuBLAS vs plain loops) and absorbed decode (vs the expanded form), greedy
+// argmax and top-k / top-p sampling (vs ep_sampler) and sampling from an
 // explicit logits copy, and the host<->device copy counter (a device decode
 // step moves only ids and positions). Budgets are stated at each check.
 // Skips (77) without a device.
@@ -879,6 +880,96 @@ static void test_argmax(void **state)
     free(l);
 }
 
+// Device sampling against ep_sampler on the same logits, row by row: the
+// sampler's RNG (seed s) draws u = ep_rng_uniform of a stream seeded s,
+// which the device row gets. Greedy, temperatures, top-k up to
+// EP_MOPS_TOPK_MAX and above the vocabulary, top-p cuts, ties, NaN and -inf
+// logits, a row of only -inf. The tokens must be identical (a different
+// token needs u within an ulp of a cumulative boundary: not at these seeds).
+static void check_sample_topk(int V, uint64_t seed)
+{
+    enum { ROWS = 60 };
+    const float temps[] = {0.0f, 0.3f, 0.8f, 1.5f};
+    const int topks[] = {1, 2, 7, 50, EP_MOPS_TOPK_MAX};
+    const float topps[] = {1.0f, 0.9f, 0.5f, 0.05f};
+    float *l = malloc(sizeof(float) * ROWS * V);
+    cuda_test_fill(l, (size_t)ROWS * V, seed, 3.0f);
+    for (int r = 0; r < ROWS; r++) {
+        float *row = l + (size_t)r * V;
+        row[r % V] = row[(r * 7 + 3) % V]; // a tie
+        if (V > 10) {
+            row[5] = NAN;
+            row[9] = -INFINITY;
+        }
+    }
+    for (int i = 0; i < V; i++) // the last row: every logit -inf
+        l[(size_t)(ROWS - 1) * V + i] = -INFINITY;
+    ep_mops_sample_row prm[ROWS];
+    int want[ROWS], got[ROWS];
+    for (int r = 0; r < ROWS; r++) {
+        ep_sample_params p;
+        ep_sample_params_default(&p);
+        p.temperature = temps[r % 4];
+        p.top_k = topks[(r / 4) % 5];
+        p.top_p = topps[(r / 20) % 4];
+        if (r == ROWS - 1) p.temperature = 1.0f, p.top_k = 3;
+        p.seed = seed * 1000 + (uint64_t)r;
+        ep_sampler *sm;
+        OK(ep_sampler_init(&p, V, &sm));
+        want[r] = ep_sampler_sample(sm, l + (size_t)r * V);
+        ep_sampler_free(sm);
+        ep_rng rng;
+        ep_rng_seed(&rng, p.seed);
+        const bool greedy = p.temperature == 0.0f || p.top_k == 1;
+        prm[r] = (ep_mops_sample_row){.temperature = p.temperature,
+                                      .top_k = p.top_k,
+                                      .top_p = p.top_p,
+                                      .u = greedy ? 0.0 : ep_rng_uniform(&rng)};
+        OK(ep_mops_sample_row_check(&prm[r]));
+    }
+    float *dl = dev_upload(l, sizeof(float) * ROWS * V);
+    ep_mops_sample_row *dp = dev_upload(prm, sizeof prm);
+    int *dids = dev_upload(NULL, sizeof got);
+    OK(ep_mops_sample_topk(dl, ROWS, V, V, dp, dids, 0));
+    download(got, dids, sizeof got);
+    for (int r = 0; r < ROWS; r++)
+        if (got[r] != want[r])
+            fail_msg("V %d row %d (temperature %g, top_k %d, top_p %g): device %d, host %d", V, r,
+                     (double)prm[r].temperature, prm[r].top_k, (double)prm[r].top_p, got[r],
+                     want[r]);
+    cudaFree(dl);
+    cudaFree(dp);
+    cudaFree(dids);
+    free(l);
+}
+
+static void test_sample_topk(void **state)
+{
+    check_sample_topk(1001, 151);
+    check_sample_topk(5, 152); // top_k above the vocabulary
+    // Rows the device does not serve: named, and -1 if uploaded anyway.
+    ep_mops_sample_row bad = {.temperature = 0.7f, .top_k = 0, .top_p = 1.0f, .u = 0.5};
+    assert_int_equal(ep_mops_sample_row_check(&bad), EP_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ep_last_error(), "top_k 0"));
+    float l[3] = {1, 2, 3};
+    float *dl = dev_upload(l, sizeof l);
+    ep_mops_sample_row *dp = dev_upload(&bad, sizeof bad);
+    int *dids = dev_upload(NULL, sizeof(int)), id = 0;
+    OK(ep_mops_sample_topk(dl, 1, 3, 3, dp, dids, 0));
+    download(&id, dids, sizeof id);
+    assert_int_equal(id, -1);
+    bad.top_k = EP_MOPS_TOPK_MAX + 1;
+    assert_int_equal(ep_mops_sample_row_check(&bad), EP_ERR_UNSUPPORTED);
+    bad = (ep_mops_sample_row){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f}; // greedy: fine
+    OK(ep_mops_sample_row_check(&bad));
+    bad.top_p = 0.0f;
+    assert_int_equal(ep_mops_sample_row_check(&bad), EP_ERR_ARG);
+    assert_non_null(strstr(ep_last_error(), "top_p"));
+    cudaFree(dl);
+    cudaFree(dp);
+    cudaFree(dids);
+}
+
 // Temperature / top-k / top-p with a seed: the logits come to the host in
 // one counted copy (rows * V * 4 bytes) and ep_sampler draws there, so the
 // tokens are those of the CPU path for the same logits and seed.
@@ -1059,13 +1150,21 @@ int main(void)
     if (cuda_test_devices("test_cuda_model_ops") == 0) return CUDA_TEST_SKIP;
     if (cudaSetDevice(0) != cudaSuccess) return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_embed),         cmocka_unit_test(test_rmsnorm),
-        cmocka_unit_test(test_add_silu_mul),  cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_linear),        cmocka_unit_test(test_attention_gqa),
-        cmocka_unit_test(test_attention_mla), cmocka_unit_test(test_attention_errors),
-        cmocka_unit_test(test_mla_absorb),    cmocka_unit_test(test_mla_decode_vs_expanded),
-        cmocka_unit_test(test_argmax),        cmocka_unit_test(test_sample_from_logits_copy),
-        cmocka_unit_test(test_copy_stats),    cmocka_unit_test(test_decode_step_traffic),
+        cmocka_unit_test(test_embed),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_add_silu_mul),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_linear),
+        cmocka_unit_test(test_attention_gqa),
+        cmocka_unit_test(test_attention_mla),
+        cmocka_unit_test(test_attention_errors),
+        cmocka_unit_test(test_mla_absorb),
+        cmocka_unit_test(test_mla_decode_vs_expanded),
+        cmocka_unit_test(test_argmax),
+        cmocka_unit_test(test_sample_from_logits_copy),
+        cmocka_unit_test(test_sample_topk),
+        cmocka_unit_test(test_copy_stats),
+        cmocka_unit_test(test_decode_step_traffic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
