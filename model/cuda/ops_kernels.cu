@@ -245,6 +245,11 @@ static __device__ __forceinline__ bool ep_after(float v, int i, float pv, int pi
     return v < pv || (v == pv && i > pi);
 }
 
+// Threads of a sampling block: k selections cost k rounds of barriers, and
+// a row is one block; 64 keeps the rounds short (on the emulated device
+// each barrier is a real one over that many threads).
+#define EP_SAMPLE_THREADS 64
+
 // One block per row: the top k (value, id) pairs in the sampler's order by
 // k block-wide selections (the j-th is the best element after the (j-1)-th,
 // so nothing is marked or sorted), then thread 0 replays ep_sampler's
@@ -258,8 +263,8 @@ __global__ void ep_mops_sample_topk_kernel(const float *logits, int V, int ld,
     __shared__ float tv[EP_MOPS_TOPK_MAX];
     __shared__ int ti[EP_MOPS_TOPK_MAX];
     __shared__ double pr[EP_MOPS_TOPK_MAX];
-    __shared__ float rv[EP_ARGMAX_THREADS];
-    __shared__ int ri[EP_ARGMAX_THREADS];
+    __shared__ float rv[EP_SAMPLE_THREADS];
+    __shared__ int ri[EP_SAMPLE_THREADS];
     const float *l = logits + (int64_t)blockIdx.x * ld;
     const ep_mops_sample_row p = prm[blockIdx.x];
     const int tid = threadIdx.x;
@@ -419,7 +424,7 @@ extern "C" cudaError_t ep_mops_sample_topk_launch(const float *logits, int rows,
                                                   const ep_mops_sample_row *prm, int *ids,
                                                   cudaStream_t stream)
 {
-    EP_LAUNCH(ep_mops_sample_topk_kernel, (unsigned)rows, EP_ARGMAX_THREADS, 0, stream, logits, V,
+    EP_LAUNCH(ep_mops_sample_topk_kernel, (unsigned)rows, EP_SAMPLE_THREADS, 0, stream, logits, V,
               ld, prm, ids);
     return cudaGetLastError();
 }

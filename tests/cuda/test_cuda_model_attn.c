@@ -563,10 +563,8 @@ int main(void)
     if (cuda_test_devices("test_cuda_model_attn") == 0) return CUDA_TEST_SKIP;
     if (cudaSetDevice(0) != cudaSuccess) return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_attention_gqa),
-        cmocka_unit_test(test_attention_mla),
-        cmocka_unit_test(test_attention_errors),
-        cmocka_unit_test(test_mla_absorb),
+        cmocka_unit_test(test_attention_gqa),          cmocka_unit_test(test_attention_mla),
+        cmocka_unit_test(test_attention_errors),       cmocka_unit_test(test_mla_absorb),
         cmocka_unit_test(test_mla_decode_vs_expanded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

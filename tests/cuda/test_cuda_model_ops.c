@@ -383,9 +383,11 @@ static void test_argmax(void **state)
 // token needs u within an ulp of a cumulative boundary: not at these seeds).
 static void check_sample_topk(int V, uint64_t seed)
 {
+    // top_k costs k block-wide selections, each a few barriers: slow on the
+    // emulated device, so the widest is in one row.
     enum { ROWS = 60 };
     const float temps[] = {0.0f, 0.3f, 0.8f, 1.5f};
-    const int topks[] = {1, 2, 7, 50, EP_MOPS_TOPK_MAX};
+    const int topks[] = {1, 2, 7, 33, 5};
     const float topps[] = {1.0f, 0.9f, 0.5f, 0.05f};
     float *l = malloc(sizeof(float) * ROWS * V);
     cuda_test_fill(l, (size_t)ROWS * V, seed, 3.0f);
@@ -407,6 +409,7 @@ static void check_sample_topk(int V, uint64_t seed)
         p.temperature = temps[r % 4];
         p.top_k = topks[(r / 4) % 5];
         p.top_p = topps[(r / 20) % 4];
+        if (r == 46) p.top_k = EP_MOPS_TOPK_MAX; // with top_p 0.5
         if (r == ROWS - 1) p.temperature = 1.0f, p.top_k = 3;
         p.seed = seed * 1000 + (uint64_t)r;
         ep_sampler *sm;
