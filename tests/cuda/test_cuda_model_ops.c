@@ -375,9 +375,9 @@ static void test_argmax(void **state)
     free(l);
 }
 
-// Device sampling against ep_sampler on the same logits, row by row: the
-// sampler's RNG (seed s) draws u = ep_rng_uniform of a stream seeded s,
-// which the device row gets. Greedy, temperatures, top-k up to
+// Device sampling against ep_sampler on the same logits, row by row: a
+// second sampler of the same request hands its parameters and uniform
+// draw to the device row (ep_sampler_device_draw). Greedy, temperatures, top-k up to
 // EP_MOPS_TOPK_MAX and above the vocabulary, top-p cuts, ties, NaN and -inf
 // logits, a row of only -inf. The tokens must be identical (a different
 // token needs u within an ulp of a cumulative boundary: not at these seeds).
@@ -412,17 +412,16 @@ static void check_sample_topk(int V, uint64_t seed)
         if (r == 46) p.top_k = EP_MOPS_TOPK_MAX; // with top_p 0.5
         if (r == ROWS - 1) p.temperature = 1.0f, p.top_k = 3;
         p.seed = seed * 1000 + (uint64_t)r;
-        ep_sampler *sm;
+        ep_sampler *sm, *dev;
         OK(ep_sampler_init(&p, V, &sm));
+        OK(ep_sampler_init(&p, V, &dev));
         want[r] = ep_sampler_sample(sm, l + (size_t)r * V);
         ep_sampler_free(sm);
-        ep_rng rng;
-        ep_rng_seed(&rng, p.seed);
-        const bool greedy = p.temperature == 0.0f || p.top_k == 1;
-        prm[r] = (ep_mops_sample_row){.temperature = p.temperature,
-                                      .top_k = p.top_k,
-                                      .top_p = p.top_p,
-                                      .u = greedy ? 0.0 : ep_rng_uniform(&rng)};
+        ep_sampler_draw d;
+        assert_true(ep_sampler_device_draw(dev, EP_MOPS_TOPK_MAX, &d));
+        ep_sampler_free(dev);
+        prm[r] = (ep_mops_sample_row){
+            .temperature = d.temperature, .top_k = d.top_k, .top_p = d.top_p, .u = d.u};
         OK(ep_mops_sample_row_check(&prm[r]));
     }
     float *dl = dev_upload(l, sizeof(float) * ROWS * V);
