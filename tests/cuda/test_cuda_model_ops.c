@@ -536,8 +536,8 @@ static void test_copy_stats(void **state)
 // One Qwen3-shaped decode layer of 3 sequences made of the device ops
 // (embed, norm, q/k/v, per-head norm, RoPE, cache write, attention, o_proj,
 // residual, SwiGLU MLP, lm-head, argmax): the only host traffic is the
-// step's ids, sequences and positions in and the sampled ids out. The ops'
-// results are checked by the tests above; this one checks what crosses PCIe.
+// step's ids, sequences and positions in and the sampled ids out; and the
+// logits are those of the same layer made of the CPU's routines.
 static void test_decode_step_traffic(void **state)
 {
     enum { T = 3, V = 50, H = 16, NH = 4, NKV = 2, HD = 8, I = 24, ROW = 2 * NKV * HD };
@@ -563,10 +563,10 @@ static void test_decode_step_traffic(void **state)
     int *dids = dev_upload(NULL, sizeof ids), *dseq = dev_upload(NULL, sizeof seq);
     int *dpos = dev_upload(NULL, sizeof pos), *dout = dev_upload(NULL, sizeof ids);
     ep_mops_kv kv;
-    OK(ep_mops_kv_init(&kv, 1, ROW, 4, 8, 3, 3));
-    const int table[9] = {0, 1, 2, 3, 4, 5, 6, 7, 6};
+    OK(ep_mops_kv_init(&kv, 1, ROW, 4, 9, 3, 3));
+    const int table[9] = {0, 1, 2, 3, 4, 5, 6, 7, 8};
     CK(cudaMemcpy(kv.table, table, sizeof table, cudaMemcpyHostToDevice));
-    CK(cudaMemset(kv.pool, 0, (size_t)8 * 4 * ROW * 2)); // earlier tokens' rows: zeros
+    CK(cudaMemset(kv.pool, 0, (size_t)9 * 4 * ROW * 2)); // earlier tokens' rows: zeros
     ep_model_cfg c;
     cfg_rope(&c, EP_ARCH_QWEN3_MOE, false);
     c.head_dim = HD;
@@ -632,6 +632,78 @@ static void test_decode_step_traffic(void **state)
         for (int i = 0; i < V; i++)
             assert_true(!(hl[t * V + i] > hl[t * V + out[t]]));
     }
+    // The same layer from the CPU's routines (ep_dense_mm over the same BF16
+    // matrices, which rounds its inputs to BF16 as the device does,
+    // ep_model_rmsnorm, ep_rope_*, ep_dense_swiglu, attention in double over
+    // bf16-rounded k / v: the earlier positions' rows are zeros). Budget 2^-8
+    // of the row's largest logit: both sides round the same values to BF16
+    // before every product and the cache, and differ otherwise only in fp32
+    // summation order (~1e-6 here), except where that difference tips a
+    // value across a BF16 rounding boundary, which moves it by up to 2^-8 of
+    // itself; 2^-8 of the row bounds one such flip's effect at these sizes.
+    const ep_mat Memb = {.dtype = EP_DTYPE_BF16, .rows = V, .cols = H, .data = wb};
+    const ep_mat Mq = {.dtype = EP_DTYPE_BF16, .rows = NH * HD, .cols = H, .data = wb};
+    const ep_mat Mk = {.dtype = EP_DTYPE_BF16, .rows = NKV * HD, .cols = H, .data = wb};
+    const ep_mat Mo = {.dtype = EP_DTYPE_BF16, .rows = H, .cols = NH * HD, .data = wb};
+    const ep_mat Mg = {.dtype = EP_DTYPE_BF16, .rows = I, .cols = H, .data = wb};
+    const ep_mat Md = {.dtype = EP_DTYPE_BF16, .rows = H, .cols = I, .data = wb};
+    float hx[T * H], hxn[T * H], hy[T * H], hq[T * NH * HD], hk[T * NKV * HD], hv[T * NKV * HD];
+    float hatt[T * NH * HD], hg[T * I], hu[T * I], hlog[T * V], cs[HD];
+    for (int t = 0; t < T; t++)
+        ep_mat_row_f32(&Memb, ids[t], hx + t * H);
+    ep_model_rmsnorm(hx, ones, T, H, 1e-6f, hxn);
+    ep_dense_mm(T, hxn, H, &Mq, 0.0f, hq, NH * HD);
+    ep_dense_mm(T, hxn, H, &Mk, 0.0f, hk, NKV * HD);
+    ep_dense_mm(T, hxn, H, &Mk, 0.0f, hv, NKV * HD); // wv holds the same values as wk
+    ep_model_rmsnorm(hq, ones, T * NH, HD, 1e-6f, hq);
+    ep_model_rmsnorm(hk, ones, T * NKV, HD, 1e-6f, hk);
+    for (int t = 0; t < T; t++) {
+        ep_rope_table(&hr, pos[t], cs);
+        for (int h = 0; h < NH; h++)
+            ep_rope_rotate(&hr, cs, hq + t * NH * HD + h * HD);
+        for (int h = 0; h < NKV; h++)
+            ep_rope_rotate(&hr, cs, hk + t * NKV * HD + h * HD);
+        for (int h = 0; h < NH; h++) { // keys 0..pos-1 are zero: score 0, value 0
+            const float *qh = hq + t * NH * HD + h * HD;
+            const float *kh = hk + t * NKV * HD + (h / (NH / NKV)) * HD;
+            const float *vh = hv + t * NKV * HD + (h / (NH / NKV)) * HD;
+            double sc = 0;
+            for (int d = 0; d < HD; d++)
+                sc += (double)qh[d] * ep_bf16_round(kh[d]);
+            sc *= as.scale;
+            const double mx = fmax(sc, pos[t] > 0 ? 0.0 : sc);
+            const double po = exp(sc - mx), sum = po + pos[t] * exp(0.0 - mx);
+            for (int d = 0; d < HD; d++)
+                hatt[t * NH * HD + h * HD + d] = (float)(po * ep_bf16_round(vh[d]) / sum);
+        }
+    }
+    ep_dense_mm(T, hatt, NH * HD, &Mo, 0.0f, hy, H);
+    for (int i = 0; i < T * H; i++)
+        hx[i] += hy[i];
+    ep_model_rmsnorm(hx, ones, T, H, 1e-6f, hxn);
+    ep_dense_mm(T, hxn, H, &Mg, 0.0f, hg, I);
+    ep_dense_mm(T, hxn, H, &Mg, 0.0f, hu, I); // wu holds the same values as wg
+    ep_dense_swiglu(T * I, hg, hu, hg);
+    ep_dense_mm(T, hg, I, &Md, 1.0f, hx, H);
+    ep_model_rmsnorm(hx, ones, T, H, 1e-6f, hxn);
+    ep_dense_mm(T, hxn, H, &Memb, 0.0f, hlog, V);
+    double worst = 0;
+    for (int t = 0; t < T; t++) {
+        const double tol = ldexp(row_max(hlog + t * V, V), -8);
+        int best = 0;
+        for (int i = 0; i < V; i++) {
+            const double e = fabs(hl[t * V + i] - hlog[t * V + i]);
+            assert_true(e <= tol);
+            worst = fmax(worst, e / row_max(hlog + t * V, V));
+            if (hlog[t * V + i] > hlog[t * V + best]) best = i;
+        }
+        double second = -INFINITY; // the greedy id must agree unless a near-tie
+        for (int i = 0; i < V; i++)
+            if (i != best) second = fmax(second, hlog[t * V + i]);
+        if (hlog[t * V + best] - second > 2 * tol) assert_int_equal(out[t], best);
+    }
+    printf("# decode layer vs the CPU routines: max logit error %.2e of the row's largest\n",
+           worst);
     cublasDestroy(blas);
     ep_mops_rope_free(&rope);
     ep_mops_kv_free(&kv);
