@@ -34,6 +34,21 @@ size_t ep_gpu_mem_bytes(const ep_gpu *g);       // total device memory
 // Makes the device current on the calling thread (CUDA state is per thread).
 ep_status ep_gpu_make_current(const ep_gpu *g);
 
+// ---- host <-> device traffic -------------------------------------------------
+// Bytes and calls of the copies made through ep_cuda_copy (cluster/cuda),
+// process-wide, since start or the last reset: what proves that a device
+// step moves no activation through host memory. Copies that other modules
+// make with cudaMemcpy directly (experts, router, dispatch, NCCL staging)
+// are not counted yet; the model's device ops (model/cuda/) copy only
+// through ep_cuda_copy. Device-to-device copies are not host traffic and are
+// not counted.
+typedef struct {
+    uint64_t h2d_bytes, d2h_bytes;   // host -> device, device -> host
+    uint64_t h2d_copies, d2h_copies; // calls
+} ep_gpu_copy_stats;
+void ep_gpu_copy_stats_get(ep_gpu_copy_stats *out);
+void ep_gpu_copy_stats_reset(void);
+
 // ---- NCCL ------------------------------------------------------------------
 typedef struct ep_nccl ep_nccl;
 // Collective over the cluster: every rank calls it with its own gpu. Checks

@@ -260,6 +260,23 @@ void ep_sampler_probs(ep_sampler *s, const float *logits, float *prob)
         prob[s->idx[i]] = (float)s->prob[i];
 }
 
+bool ep_sampler_device_draw(ep_sampler *s, int max_top_k, ep_sampler_draw *d)
+{
+    const bool greedy = s->p.temperature == 0.0f || s->p.top_k == 1;
+    if (s->work || (!greedy && (s->p.top_k < 1 || s->p.top_k > max_top_k))) return false;
+    *d = (ep_sampler_draw){.temperature = s->p.temperature,
+                           .top_k = greedy ? 1 : s->p.top_k,
+                           .top_p = s->p.top_p,
+                           .u = greedy ? 0.0 : ep_rng_uniform(&s->rng)};
+    return true;
+}
+
+void ep_sampler_accept(ep_sampler *s, int token)
+{
+    EP_ASSERT(token >= 0 && token < s->vocab); // a device's -1 is the caller's error to report
+    (void)took(s, token);
+}
+
 ep_stop_reason ep_stop_check(const ep_stop_params *p, int token, int n_generated)
 {
     for (int i = 0; i < p->n_eos; i++)

@@ -61,6 +61,24 @@ void ep_sampler_skip(ep_sampler *s, int64_t n);
 // nothing.
 void ep_sampler_probs(ep_sampler *s, const float *logits, float *prob);
 
+// Drawing on the device (model/cuda/ops.h, ep_mops_sample_topk): true when
+// this sampler's next token can be drawn there, i.e. no logits processor
+// is configured and it is greedy or keeps 1..max_top_k tokens; then *d
+// holds its temperature, top_k and top_p and the uniform draw
+// ep_sampler_sample would use (the RNG advances past it as that call's
+// would; greedy draws none: u = 0). False changes nothing: sample on the
+// host. The token drawn elsewhere is then given to ep_sampler_accept.
+typedef struct {
+    float temperature;
+    int top_k;
+    float top_p;
+    double u;
+} ep_sampler_draw;
+bool ep_sampler_device_draw(ep_sampler *s, int max_top_k, ep_sampler_draw *d);
+// Records a token drawn elsewhere as this sampler's output, as
+// ep_sampler_sample records its own (min_tokens, penalty counts).
+void ep_sampler_accept(ep_sampler *s, int token);
+
 typedef enum { EP_STOP_NONE, EP_STOP_EOS, EP_STOP_LENGTH } ep_stop_reason;
 typedef struct {
     const int *eos; // [n_eos] token ids that end the request

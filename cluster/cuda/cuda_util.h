@@ -45,4 +45,12 @@ ep_status ep_cublas_status(cublasStatus_t rc, const char *call, const char *file
 // (by half again at least, contents not kept). No-op when it is big enough.
 ep_status ep_cuda_grow(void **p, size_t *cap, size_t need, const char *what);
 
+// cudaMemcpyAsync of `bytes` from src to dst on `stream`, counted in the
+// process's copy statistics (ep_gpu_copy_stats) by direction: the one way
+// the model's device ops move data between host and device. kind must be
+// cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost or cudaMemcpyDeviceToDevice
+// (the last not counted); `what` names the data in an error. 0 bytes: no-op.
+ep_status ep_cuda_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                       cudaStream_t stream, const char *what);
+
 #endif

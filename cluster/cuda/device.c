@@ -1,6 +1,7 @@
 // Which CUDA device a rank drives, and the error reporting every CUDA file
 // shares (EP_CUDA_CHECK, EP_CUBLAS_CHECK). Creates no streams or handles:
 // the experts and the transport own theirs. NCCL is in nccl_boot.c.
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,4 +185,47 @@ ep_status ep_gpu_make_current(const ep_gpu *g)
 {
     EP_CUDA_CHECK(cudaSetDevice(g->device));
     return EP_OK;
+}
+
+// ---- host <-> device traffic ------------------------------------------------------
+// Relaxed atomics: the counts are read between steps, not to order anything.
+
+static _Atomic uint64_t copy_h2d_bytes, copy_d2h_bytes, copy_h2d_calls, copy_d2h_calls;
+
+ep_status ep_cuda_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                       cudaStream_t stream, const char *what)
+{
+    if (bytes == 0) return EP_OK;
+    if (kind != cudaMemcpyHostToDevice && kind != cudaMemcpyDeviceToHost &&
+        kind != cudaMemcpyDeviceToDevice)
+        return ep_errorf(EP_ERR_ARG,
+                         "%s: copy kind %d, expected host to device, device to host or device to "
+                         "device",
+                         what, (int)kind);
+    ep_status st = EP_CUDA_ST(cudaMemcpyAsync(dst, src, bytes, kind, stream));
+    if (st) return ep_error_prefix(st, "%s (%zu bytes)", what, bytes);
+    if (kind == cudaMemcpyHostToDevice) {
+        atomic_fetch_add_explicit(&copy_h2d_bytes, bytes, memory_order_relaxed);
+        atomic_fetch_add_explicit(&copy_h2d_calls, 1, memory_order_relaxed);
+    } else if (kind == cudaMemcpyDeviceToHost) {
+        atomic_fetch_add_explicit(&copy_d2h_bytes, bytes, memory_order_relaxed);
+        atomic_fetch_add_explicit(&copy_d2h_calls, 1, memory_order_relaxed);
+    }
+    return EP_OK;
+}
+
+void ep_gpu_copy_stats_get(ep_gpu_copy_stats *out)
+{
+    out->h2d_bytes = atomic_load_explicit(&copy_h2d_bytes, memory_order_relaxed);
+    out->d2h_bytes = atomic_load_explicit(&copy_d2h_bytes, memory_order_relaxed);
+    out->h2d_copies = atomic_load_explicit(&copy_h2d_calls, memory_order_relaxed);
+    out->d2h_copies = atomic_load_explicit(&copy_d2h_calls, memory_order_relaxed);
+}
+
+void ep_gpu_copy_stats_reset(void)
+{
+    atomic_store_explicit(&copy_h2d_bytes, 0, memory_order_relaxed);
+    atomic_store_explicit(&copy_d2h_bytes, 0, memory_order_relaxed);
+    atomic_store_explicit(&copy_h2d_calls, 0, memory_order_relaxed);
+    atomic_store_explicit(&copy_d2h_calls, 0, memory_order_relaxed);
 }

@@ -1,16 +1,15 @@
 // Emulated cuBLAS: the GEMMs epserve calls (cublasSgemm, cublasGemmEx,
-// cublasGemmGroupedBatchedEx) and the handle calls around them, run on the
-// host at once (emulated streams are synchronous). Column-major, fp32
-// accumulation in k order, BF16 rounded as CUDA does (cuda_bf16.h's
-// conversions, the kernels' own).
-// Arguments cuBLAS rejects get its status and a message through emu_warn;
-// operands the device could not read (a host pointer, a buffer smaller than
-// the extent m, n, k and ld imply) are faults, as the device's MMU would
-// make them. Pointer mode is host only.
+// cublasGemmStridedBatchedEx, cublasGemmGroupedBatchedEx) and the handle calls around them, run on
+// the host at once (emulated streams are synchronous). Column-major, fp32 accumulation in k order,
+// BF16 rounded as CUDA does (cuda_bf16.h's conversions, the kernels' own). Arguments cuBLAS rejects
+// get its status and a message through emu_warn; operands the device could not read (a host
+// pointer, a buffer smaller than the extent m, n, k and ld imply) are faults, as the device's MMU
+// would make them. Pointer mode is host only.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -334,13 +333,16 @@ const char *cublasGetStatusString(cublasStatus_t status)
     }
 }
 
-// One GEMM (cublasSgemm, cublasGemmEx): the checks in cuBLAS's order, then
-// the product; `call` names the entry point in messages.
-static cublasStatus_t gemm_one(const char *call, cublasHandle_t handle, cublasOperation_t transa,
-                               cublasOperation_t transb, int m, int n, int k, const void *alpha,
-                               const void *A, cudaDataType Atype, int lda, const void *B,
-                               cudaDataType Btype, int ldb, const void *beta, void *C,
-                               cudaDataType Ctype, int ldc, cublasComputeType_t computeType)
+// One GEMM (cublasSgemm, cublasGemmEx) or a strided batch of them
+// (cublasGemmStridedBatchedEx: batch b reads A + b * sa, B + b * sb and
+// writes C + b * sc, in elements): the checks in cuBLAS's order, then the
+// products; `call` names the entry point in messages.
+static cublasStatus_t gemm_batch(const char *call, cublasHandle_t handle, cublasOperation_t transa,
+                                 cublasOperation_t transb, int m, int n, int k, const void *alpha,
+                                 const void *A, cudaDataType Atype, int lda, long long sa,
+                                 const void *B, cudaDataType Btype, int ldb, long long sb,
+                                 const void *beta, void *C, cudaDataType Ctype, int ldc,
+                                 long long sc, int batch, cublasComputeType_t computeType)
 {
     cublasStatus_t rc = check_handle(call, handle);
     if (rc != CUBLAS_STATUS_SUCCESS) return rc;
@@ -356,6 +358,10 @@ static cublasStatus_t gemm_one(const char *call, cublasHandle_t handle, cublasOp
                       .ldb = ldb,
                       .ldc = ldc};
     if ((rc = check_shape(call, "", &p)) != CUBLAS_STATUS_SUCCESS) return rc;
+    if (batch < 0) {
+        emu_warn("cublas", "%s: batchCount = %d, expected >= 0", call, batch);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
     if ((rc = check_compute(call, computeType)) != CUBLAS_STATUS_SUCCESS) return rc;
     const bool ok =
         Atype == Btype && ((Atype == CUDA_R_32F && Ctype == CUDA_R_32F) ||
@@ -370,8 +376,22 @@ static cublasStatus_t gemm_one(const char *call, cublasHandle_t handle, cublasOp
     if ((rc = read_scalars(call, alpha, beta, 1, &p.alpha, &p.beta, 0)) != CUBLAS_STATUS_SUCCESS)
         return rc;
     if ((rc = check_c_null(call, &p)) != CUBLAS_STATUS_SUCCESS) return rc;
-    check_operands(call, "", &p, Atype, Ctype);
-    gemm_run(&p, Atype, Ctype);
+    // Every problem's operands are checked before any runs, as a fault
+    // would stop the kernel before it wrote.
+    const size_t ea = type_size(Atype), ec = type_size(Ctype);
+    for (int pass = 0; pass < 2; pass++)
+        for (int b = 0; b < batch; b++) {
+            gemm_problem q = p;
+            q.A = (const char *)A + (ptrdiff_t)(b * sa) * (ptrdiff_t)ea;
+            q.B = (const char *)B + (ptrdiff_t)(b * sb) * (ptrdiff_t)ea;
+            q.C = (char *)C + (ptrdiff_t)(b * sc) * (ptrdiff_t)ec;
+            char where[32] = "";
+            if (batch > 1 || sa || sb || sc) snprintf(where, sizeof where, " (batch %d)", b);
+            if (pass == 0)
+                check_operands(call, where, &q, Atype, Ctype);
+            else
+                gemm_run(&q, Atype, Ctype);
+        }
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -380,8 +400,8 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa,
                               const float *A, int lda, const float *B, int ldb, const float *beta,
                               float *C, int ldc)
 {
-    return gemm_one("cublasSgemm", handle, transa, transb, m, n, k, alpha, A, CUDA_R_32F, lda, B,
-                    CUDA_R_32F, ldb, beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F);
+    return gemm_batch("cublasSgemm", handle, transa, transb, m, n, k, alpha, A, CUDA_R_32F, lda, 0,
+                      B, CUDA_R_32F, ldb, 0, beta, C, CUDA_R_32F, ldc, 0, 1, CUBLAS_COMPUTE_32F);
 }
 
 cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
@@ -392,8 +412,23 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cublasGemmAlgo_t algo)
 {
     (void)algo; // every algorithm computes the same here
-    return gemm_one("cublasGemmEx", handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype,
-                    ldb, beta, C, Ctype, ldc, computeType);
+    return gemm_batch("cublasGemmEx", handle, transa, transb, m, n, k, alpha, A, Atype, lda, 0, B,
+                      Btype, ldb, 0, beta, C, Ctype, ldc, 0, 1, computeType);
+}
+
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa,
+                                          cublasOperation_t transb, int m, int n, int k,
+                                          const void *alpha, const void *A, cudaDataType Atype,
+                                          int lda, long long int strideA, const void *B,
+                                          cudaDataType Btype, int ldb, long long int strideB,
+                                          const void *beta, void *C, cudaDataType Ctype, int ldc,
+                                          long long int strideC, int batchCount,
+                                          cublasComputeType_t computeType, cublasGemmAlgo_t algo)
+{
+    (void)algo;
+    return gemm_batch("cublasGemmStridedBatchedEx", handle, transa, transb, m, n, k, alpha, A,
+                      Atype, lda, strideA, B, Btype, ldb, strideB, beta, C, Ctype, ldc, strideC,
+                      batchCount, computeType);
 }
 
 // EP_EMU_CUBLAS_GROUPED=0 makes the grouped call answer NOT_SUPPORTED, as a

@@ -1,7 +1,7 @@
 // The emulated cuBLAS (tests/emu/cublas.c) against a naive triple loop:
 // every op N/T pair, odd m, n, k, leading dimensions above the rows (the
 // padding must stay untouched), alpha/beta, beta == 0 not reading C, the
-// grouped call against one cublasGemmEx per problem, BF16 conversions
+// grouped and the strided batched calls against one cublasGemmEx per problem, BF16 conversions
 // bit-exact with CUDA's round to nearest even, each rejected argument with
 // its status and message, each unreadable operand as a fault naming the
 // call and argument, and EP_EMU_CUBLAS_GROUPED=0.
@@ -775,6 +775,65 @@ static void test_rejections(void **state)
 }
 
 // Operands the device could not read: a fault naming the call and argument.
+// cublasGemmStridedBatchedEx: every problem of the batch bit for bit what
+// cublasGemmEx gives for it alone (BF16 in, fp32 out, A transposed, strides
+// with gaps between the problems that must stay untouched); batchCount 0
+// touches nothing, a negative one is refused, and a stride 2 elements too
+// long (the extent of the 4th problem then leaves A by 2) faults before
+// anything runs, naming that problem.
+static void test_strided_batched(void **state)
+{
+    (void)state;
+    cublasHandle_t h;
+    assert_int_equal(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+    enum { M = 7, N = 3, K = 5, BATCH = 4, LDA = K + 1, LDB = K + 2, LDC = M + 1 };
+    const long long sa = (long long)LDA * M + 3, sb = (long long)LDB * N + 1, sc = LDC * N + 2;
+    const size_t na = (size_t)sa * BATCH, nb = (size_t)sb * BATCH, nc = (size_t)sc * BATCH;
+    uint16_t *A = dev_alloc(na * 2), *B = dev_alloc(nb * 2);
+    float *C = dev_alloc(nc * 4), *C1 = dev_alloc(nc * 4);
+    for (size_t i = 0; i < na; i++)
+        A[i] = ref_f32_to_bf16(next_f());
+    for (size_t i = 0; i < nb; i++)
+        B[i] = ref_f32_to_bf16(next_f());
+    for (size_t i = 0; i < nc; i++)
+        C[i] = C1[i] = next_f();
+    const float alpha = 1.5f, beta = 0.5f;
+    for (int b = 0; b < BATCH; b++)
+        assert_int_equal(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, &alpha, A + b * sa,
+                                      CUDA_R_16BF, LDA, B + b * sb, CUDA_R_16BF, LDB, &beta,
+                                      C1 + b * sc, CUDA_R_32F, LDC, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT),
+                         CUBLAS_STATUS_SUCCESS);
+    assert_int_equal(cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, &alpha, A,
+                                                CUDA_R_16BF, LDA, sa, B, CUDA_R_16BF, LDB, sb,
+                                                &beta, C, CUDA_R_32F, LDC, sc, BATCH,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                     CUBLAS_STATUS_SUCCESS);
+    assert_memory_equal(C, C1, nc * 4); // gaps included
+    assert_int_equal(cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, &alpha, A,
+                                                CUDA_R_16BF, LDA, sa, B, CUDA_R_16BF, LDB, sb,
+                                                &beta, C, CUDA_R_32F, LDC, sc, 0,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                     CUBLAS_STATUS_SUCCESS);
+    assert_memory_equal(C, C1, nc * 4);
+    EXPECT_REJECT(cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, &alpha, A,
+                                             CUDA_R_16BF, LDA, sa, B, CUDA_R_16BF, LDB, sb, &beta,
+                                             C, CUDA_R_32F, LDC, sc, -1, CUBLAS_COMPUTE_32F,
+                                             CUBLAS_GEMM_DEFAULT),
+                  CUBLAS_STATUS_INVALID_VALUE, "batchCount = -1");
+    EXPECT_FAULT(cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, &alpha, A,
+                                            CUDA_R_16BF, LDA, sa + 2, B, CUDA_R_16BF, LDB, sb,
+                                            &beta, C, CUDA_R_32F, LDC, sc, BATCH,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmStridedBatchedEx (batch 3): A = ", "smaller");
+    assert_memory_equal(C, C1, nc * 4); // the faulting call wrote nothing
+    dev_free(A);
+    dev_free(B);
+    dev_free(C);
+    dev_free(C1);
+    assert_int_equal(cublasDestroy(h), CUBLAS_STATUS_SUCCESS);
+}
+
 static void test_faults(void **state)
 {
     (void)state;
@@ -856,6 +915,7 @@ int main(void)
         cmocka_unit_test(test_beta_zero_and_quick_returns),
         cmocka_unit_test(test_bf16_bit_exact),
         cmocka_unit_test(test_grouped),
+        cmocka_unit_test(test_strided_batched),
         cmocka_unit_test(test_grouped_not_supported),
         cmocka_unit_test(test_rejections),
         cmocka_unit_test(test_faults),

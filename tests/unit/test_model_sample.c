@@ -3,7 +3,9 @@
 // values worked out by hand, draw frequencies against those probabilities
 // (fixed seed, 20000 draws, 4 sigma), seeds reproduce, bad parameters, the
 // logits processors (min_tokens, logit_bias, repetition / presence /
-// frequency penalties: values worked out by hand) and the stop rule.
+// frequency penalties: values worked out by hand), the stop rule, and the
+// hand-off to device sampling (ep_sampler_device_draw: the uniform
+// ep_sampler_sample would draw, the RNG left where that call leaves it).
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "common/weights.h"
 #include "model/sample.h"
 
 // 7 tokens with logits ln 4, ln 2, 0, ln 0.5 (ids 3, 0, 5, 1), the rest -inf:
@@ -244,6 +247,49 @@ static void test_processors(void **state)
     }
 }
 
+// ep_sampler_device_draw hands out what ep_sampler_sample would use: the
+// parameters and the stream's next uniform, advancing the RNG alike, so a
+// sampler that drew on the device and one that sampled on the host go on
+// with the same tokens; when it says no (a processor, top_k 0 or above the
+// device's limit) nothing moves.
+static void test_device_draw(void **state)
+{
+    (void)state;
+    ep_sampler *a = make(0.8f, 5, 0.9f, 9, 7), *b = make(0.8f, 5, 0.9f, 9, 7);
+    ep_sampler_draw d;
+    assert_true(ep_sampler_device_draw(a, 256, &d));
+    ep_rng r;
+    ep_rng_seed(&r, 9);
+    assert_true(d.u == ep_rng_uniform(&r));
+    assert_true(d.temperature == 0.8f && d.top_k == 5 && d.top_p == 0.9f);
+    ep_sampler_accept(a, 3);
+    (void)ep_sampler_sample(b, L7);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(ep_sampler_sample(a, L7), ep_sampler_sample(b, L7));
+    ep_sampler_free(a);
+    ep_sampler_free(b);
+    // Greedy (top_k 0 at temperature 0 too) draws nothing: u 0, top_k 1.
+    a = make(0.0f, 0, 1.0f, 4, 7);
+    assert_true(ep_sampler_device_draw(a, 256, &d));
+    assert_true(d.u == 0.0 && d.top_k == 1);
+    ep_sampler_free(a);
+    // Refusals leave the sampler as it was.
+    const ep_sample_params no[3] = {
+        {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 5},
+        {.temperature = 1.0f, .top_k = 300, .top_p = 1.0f, .seed = 5},
+        {.temperature = 1.0f, .top_k = 5, .top_p = 1.0f, .seed = 5, .repetition_penalty = 1.2f},
+    };
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(ep_sampler_init(&no[i], 7, &a), EP_OK);
+        assert_int_equal(ep_sampler_init(&no[i], 7, &b), EP_OK);
+        assert_false(ep_sampler_device_draw(a, 256, &d));
+        for (int j = 0; j < 10; j++)
+            assert_int_equal(ep_sampler_sample(a, L7), ep_sampler_sample(b, L7));
+        ep_sampler_free(a);
+        ep_sampler_free(b);
+    }
+}
+
 static void test_stop(void **state)
 {
     int eos[2] = {11, 5};
@@ -285,6 +331,7 @@ int main(void)
         cmocka_unit_test(test_stop),
         cmocka_unit_test(test_skip),
         cmocka_unit_test(test_processors),
+        cmocka_unit_test(test_device_draw),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -106,6 +106,18 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cudaDataType Ctype, int ldc, cublasComputeType_t computeType,
                             cublasGemmAlgo_t algo);
 
+// batchCount problems of one shape: problem b reads A + b * strideA and B +
+// b * strideB and writes C + b * strideC (strides in elements), as
+// cublasGemmEx would one by one.
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa,
+                                          cublasOperation_t transb, int m, int n, int k,
+                                          const void *alpha, const void *A, cudaDataType Atype,
+                                          int lda, long long int strideA, const void *B,
+                                          cudaDataType Btype, int ldb, long long int strideB,
+                                          const void *beta, void *C, cudaDataType Ctype, int ldc,
+                                          long long int strideC, int batchCount,
+                                          cublasComputeType_t computeType, cublasGemmAlgo_t algo);
+
 // group_count groups; group g holds group_size[g] problems that share
 // transa..ldc[g] and alpha/beta[g] (host arrays of float). Aarray, Barray,
 // Carray are device arrays of device pointers, one per problem, groups in order.
