@@ -25,7 +25,7 @@ typedef struct {
         *routes_from, *backend, *expert_dtype;
     int tokens, steps, warmup, ranks_per_node, quiet, check, per_layer;
     int redundant_experts, home_only;
-    int micro_batches;
+    int micro_batches, phase_barrier;
     uint64_t seed;
 } bench_args;
 
@@ -36,6 +36,7 @@ typedef struct {
     ep_comm_stats total;      // summed over layers and timed steps
     ep_comm_stats *per_layer; // [n_layers], summed over timed steps
     double *step_ms;          // [steps] max over ranks
+    double *phase_ms;         // [steps][2] dispatch, combine of a step, max over ranks
     double imbalance_sum;     // Σ over (layer, step) of max/mean received pairs
     int64_t imbalance_n;
     double *layer_imb; // [n_layers] Σ over steps
@@ -68,6 +69,8 @@ static void usage(FILE *f)
         "                       (default auto: bf16 for a BF16 checkpoint, else f32)\n"
         "  --micro-batches N    1 | 2: with 2, each MoE layer runs as two half-batches, one's\n"
         "                       all-to-all overlapping the other's experts (default 1)\n"
+        "  --phase-barrier      a barrier before dispatch and before combine, outside the\n"
+        "                       phase times: they are then transfer time (micro-batches 1)\n"
         "  --ranks-per-node N   treat every N consecutive ranks as one node\n"
         "  --domain D           general | math | code | chat | mix (default mix)\n"
         "  --mode M             prefill (a domain per 64-token prompt) | decode (a domain\n"
@@ -109,6 +112,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
                                          {"backend", required_argument, 0, 'B'},
                                          {"expert-dtype", required_argument, 0, 'E'},
                                          {"micro-batches", required_argument, 0, 'U'},
+                                         {"phase-barrier", no_argument, 0, 'G'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -158,6 +162,9 @@ static int parse_args(int argc, char **argv, bench_args *a)
             break;
         case 'U':
             a->micro_batches = (int)strtol(optarg, &end, 10);
+            break;
+        case 'G':
+            a->phase_barrier = 1;
             break;
         case 'n':
             a->ranks_per_node = (int)strtol(optarg, &end, 10);
@@ -210,6 +217,13 @@ static int parse_args(int argc, char **argv, bench_args *a)
     }
     if (a->micro_batches != 1 && a->micro_batches != 2) {
         fprintf(stderr, "epserve bench: --micro-batches: expected 1 or 2, found %d\n",
+                a->micro_batches);
+        return 2;
+    }
+    if (a->phase_barrier && a->micro_batches != 1) {
+        fprintf(stderr,
+                "epserve bench: --phase-barrier: needs --micro-batches 1 (two overlap the "
+                "phases), found %d\n",
                 a->micro_batches);
         return 2;
     }
@@ -339,6 +353,16 @@ static json_t *policy_json(const bench_policy *bp, const ep_model_cfg *cfg, int 
     json_object_set_new(ph, "combine", json_real(tm->combine_us * 1e-3 / steps));
     json_object_set_new(ph, "shared", json_real(tm->shared_us * 1e-3 / steps));
     json_object_set_new(o, "phase_ms_per_step", ph);
+    // Medians over the steps: robust to a step a shared machine descheduled.
+    double *col = ep_xmalloc((size_t)steps * sizeof(double));
+    json_t *pm = json_object();
+    for (int k = 0; k < 2; k++) {
+        for (int s = 0; s < steps; s++)
+            col[s] = bp->phase_ms[2 * s + k];
+        json_object_set_new(pm, k ? "combine" : "dispatch", json_real(percentile(col, steps, 0.5)));
+    }
+    free(col);
+    json_object_set_new(o, "phase_ms_p50", pm);
     double comm_s = (tm->dispatch_us + tm->combine_us) * 1e-6;
     double algbw = comm_s > 0 ? (double)t->planned_bytes / world / comm_s / 1e9 : 0;
     json_object_set_new(o, "algbw_gbps", json_real(algbw));
@@ -399,7 +423,8 @@ static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
     if (!strcmp(a->placement, "eplb"))
         printf(" (+%d redundant, %s)", a->redundant_experts,
                a->home_only ? "home slots" : "replica choice");
-    printf("  domain: %s  micro-batches: %d\n", a->domain, a->micro_batches);
+    printf("  domain: %s  micro-batches: %d%s\n", a->domain, a->micro_batches,
+           a->phase_barrier ? "  phase barrier" : "");
     printf("# bytes: payload to other ranks, all layers and timed steps, summed over ranks\n#\n");
     printf("# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", nw, "policy", "avg_k",
            "tokens/s", "p50_ms", "p99_ms", "speedup", "dispatch", "combine", "inter", "saved",
@@ -567,6 +592,7 @@ int ep_cmd_bench(int argc, char **argv)
     mo.redundant_experts = a.redundant_experts;
     mo.home_only = a.home_only;
     mo.micro_batches = a.micro_batches;
+    mo.phase_barrier = a.phase_barrier;
     if ((st = ep_comm_wire_parse("--wire", a.wire, &mo.wire))) goto setup_done;
     if ((st = ep_weight_dtype_parse(a.expert_dtype, &mo.expert_dtype))) {
         st = ep_error_prefix(st, "--expert-dtype");
@@ -647,6 +673,7 @@ setup_done:
     for (int i = 0; i < n_pol; i++) {
         bp[i].per_layer = ep_xcalloc((size_t)cfg.n_layers, sizeof(ep_comm_stats));
         bp[i].step_ms = ep_xcalloc((size_t)a.steps, sizeof(double));
+        bp[i].phase_ms = ep_xcalloc((size_t)a.steps * 2, sizeof(double));
         bp[i].layer_imb = ep_xcalloc((size_t)cfg.n_layers, sizeof(double));
         bp[i].k_hist = ep_xcalloc((size_t)mo.max_k + 1, sizeof(int64_t));
         bp[i].rank_load = ep_xcalloc((size_t)cl->world_size, sizeof(double));
@@ -664,6 +691,7 @@ setup_done:
         // touches all of them alike.
         for (int i = 0; i < n_pol; i++) {
             memset(lst, 0, (size_t)cfg.n_layers * sizeof *lst);
+            const ep_moe_times before = bp[i].times;
             if ((st = ep_cluster_barrier(cl))) goto fail;
             double t0 = ep_now_us();
             for (int l = 0; l < cfg.n_layers; l++) {
@@ -676,10 +704,14 @@ setup_done:
                     for (int t = 0; t < r->n_tokens; t++)
                         bp[i].k_hist[ep_routes_k(r, t)]++;
             }
-            double ms = (ep_now_us() - t0) * 1e-3;
-            if ((st = ep_cluster_allreduce_f64(cl, &ms, 1, EP_REDUCE_MAX))) goto fail;
+            // This step's time and phases, each the slowest rank's.
+            double ms[3] = {(ep_now_us() - t0) * 1e-3,
+                            (bp[i].times.dispatch_us - before.dispatch_us) * 1e-3,
+                            (bp[i].times.combine_us - before.combine_us) * 1e-3};
+            if ((st = ep_cluster_allreduce_f64(cl, ms, 3, EP_REDUCE_MAX))) goto fail;
             if (timed) {
-                bp[i].step_ms[step - a.warmup] = ms;
+                bp[i].step_ms[step - a.warmup] = ms[0];
+                memcpy(&bp[i].phase_ms[2 * (step - a.warmup)], &ms[1], 2 * sizeof(double));
                 for (int l = 0; l < cfg.n_layers; l++) {
                     ep_comm_stats_add(&bp[i].per_layer[l], &lst[l]);
                     ep_comm_stats_add(&bp[i].total, &lst[l]);
@@ -773,6 +805,7 @@ setup_done:
                             json_string(mo.backend == EP_MOE_BACKEND_CUDA ? "nccl" : "mpi"));
         json_object_set_new(res, "wire_dtype", json_string(a.wire));
         json_object_set_new(res, "micro_batches", json_integer(a.micro_batches));
+        json_object_set_new(res, "phase_barrier", json_boolean(a.phase_barrier));
         json_object_set_new(
             res, "expert_dtype",
             json_string(mo.backend == EP_MOE_BACKEND_CUDA ? "bf16" : a.expert_dtype));
@@ -806,6 +839,7 @@ done:
             ep_policy_free(bp[i].pol);
             free(bp[i].per_layer);
             free(bp[i].step_ms);
+            free(bp[i].phase_ms);
             free(bp[i].layer_imb);
             free(bp[i].k_hist);
             free(bp[i].rank_load);
