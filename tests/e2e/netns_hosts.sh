@@ -2,7 +2,8 @@
 # Two real hosts on one machine (scripts/netns-hosts.sh: network + UTS
 # namespaces ephost0/ephost1, one veth each into a bridge, mpirun over TCP
 # only), 2 ranks per host, node identity from the host names:
-# 1. `epserve bench --check` (tiny Qwen3 preset, baseline and ban) passes:
+# 1. `epserve bench --check --phase-barrier` (tiny Qwen3 preset, baseline
+#    and ban) passes:
 #    no wrong token, error <= 1e-4, planned == measured bytes, and bench saw
 #    2 nodes of 2 ranks without --ranks-per-node;
 # 2. the inter-node payload bench reports equals what the veths carried,
@@ -46,7 +47,7 @@ for d in "${dispatch[@]}"; do
   opt=()
   [ -z "$d" ] || opt=(--dispatch "$d")
   run "check-$tag" "$tmp/check-$tag.stats" "${opt[@]}" --routing baseline,ban --tokens 16 \
-    --steps 1 --warmup 0 --check
+    --steps 1 --warmup 0 --check --phase-barrier
   run "bytes-$tag" "$tmp/bytes-$tag.stats" "${opt[@]}" --routing baseline,ban --tokens 32 \
     --steps 2 --warmup 0
   run "empty-$tag" "$tmp/empty-$tag.stats" "${opt[@]}" --routing baseline,ban --tokens 0 \
