@@ -353,16 +353,19 @@ static json_t *policy_json(const bench_policy *bp, const ep_model_cfg *cfg, int 
     json_object_set_new(ph, "combine", json_real(tm->combine_us * 1e-3 / steps));
     json_object_set_new(ph, "shared", json_real(tm->shared_us * 1e-3 / steps));
     json_object_set_new(o, "phase_ms_per_step", ph);
-    // Medians over the steps: robust to a step a shared machine descheduled.
+    // Median and minimum over the steps: robust to steps a shared machine
+    // descheduled (the minimum: the step least disturbed).
     double *col = ep_xmalloc((size_t)steps * sizeof(double));
-    json_t *pm = json_object();
+    json_t *pm = json_object(), *pmin = json_object();
     for (int k = 0; k < 2; k++) {
         for (int s = 0; s < steps; s++)
             col[s] = bp->phase_ms[2 * s + k];
         json_object_set_new(pm, k ? "combine" : "dispatch", json_real(percentile(col, steps, 0.5)));
+        json_object_set_new(pmin, k ? "combine" : "dispatch", json_real(percentile(col, steps, 0)));
     }
     free(col);
     json_object_set_new(o, "phase_ms_p50", pm);
+    json_object_set_new(o, "phase_ms_min", pmin);
     double comm_s = (tm->dispatch_us + tm->combine_us) * 1e-6;
     double algbw = comm_s > 0 ? (double)t->planned_bytes / world / comm_s / 1e9 : 0;
     json_object_set_new(o, "algbw_gbps", json_real(algbw));

@@ -3,9 +3,10 @@
 // each peer); each size gets warm-up iterations, timed iterations and a
 // correctness pass that counts #wrong words. The same buffers also go through
 // the raw all-to-all of comm/ (ep_comm_raw_alltoallv, one plain MPI call), so
-// the transport's overhead can be read off one row. p50 is the median over
-// the timed iterations of the slowest rank's time: on a shared machine one
-// descheduled iteration moves the mean but not the median (docs/scale.md §6).
+// the transport's overhead can be read off one row. p50 and min are the
+// median and minimum over the timed iterations of the slowest rank's time: on
+// a shared machine one descheduled iteration moves the mean, not these
+// (docs/scale.md §6).
 #include "app/commands.h"
 #include "comm/comm.h"
 
@@ -129,10 +130,10 @@ int ep_cmd_bench_comm(int argc, char **argv)
                cl->n_nodes, tp->vt->name);
         printf("# size = bytes to each peer; algbw = bytes sent per rank / time; busbw = "
                "algbw*(n-1)/n\n#\n");
-        printf("# %12s %10s %10s %10s %9s %9s %10s %9s %8s\n", "size", "time", "p50_time",
-               "raw_time", "algbw", "busbw", "raw_algbw", "overhead", "#wrong");
-        printf("# %12s %10s %10s %10s %9s %9s %10s %9s %8s\n", "(B)", "(us)", "(us)", "(us)",
-               "(GB/s)", "(GB/s)", "(GB/s)", "(%)", "");
+        printf("# %12s %10s %10s %10s %10s %9s %9s %10s %9s %8s\n", "size", "time", "p50_time",
+               "min_time", "raw_time", "algbw", "busbw", "raw_algbw", "overhead", "#wrong");
+        printf("# %12s %10s %10s %10s %10s %9s %9s %10s %9s %8s\n", "(B)", "(us)", "(us)", "(us)",
+               "(us)", "(GB/s)", "(GB/s)", "(GB/s)", "(%)", "");
     }
     for (int64_t size = minb; size <= maxb; size *= factor) {
         int64_t words = size / 4;
@@ -195,8 +196,8 @@ int ep_cmd_bench_comm(int argc, char **argv)
             qsort(it_us, (size_t)iters, sizeof *it_us, cmp_double);
             double p50 =
                 iters % 2 ? it_us[iters / 2] : 0.5 * (it_us[iters / 2 - 1] + it_us[iters / 2]);
-            printf("  %12lld %10.2f %10.2f %10.2f %9.3f %9.3f %10.3f %9.1f %8lld\n",
-                   (long long)words * 4, tv[0] * 1e6, p50, tv[1] * 1e6, alg,
+            printf("  %12lld %10.2f %10.2f %10.2f %10.2f %9.3f %9.3f %10.3f %9.1f %8lld\n",
+                   (long long)words * 4, tv[0] * 1e6, p50, it_us[0], tv[1] * 1e6, alg,
                    W > 1 ? alg * (W - 1) / W : 0, raw,
                    tv[1] > 0 ? 100.0 * (tv[0] - tv[1]) / tv[1] : 0, (long long)wrong);
         }

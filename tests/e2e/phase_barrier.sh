@@ -2,9 +2,9 @@
 # `epserve bench --phase-barrier` (a barrier before dispatch and before
 # combine, so the phase times are transfer time; docs/scale.md §6): the
 # results still equal the single-process reference, the JSON says the
-# barrier was on and has the per-step medians; with two micro-batches the
+# barrier was on and has the per-step medians and minima; with two micro-batches the
 # option is refused with an error naming it. `bench comm` prints its p50
-# column and counts no wrong word.
+# and min columns and counts no wrong word.
 set -euo pipefail
 bin=$1
 tmp=$(mktemp -d)
@@ -33,12 +33,15 @@ check(d["phase_barrier"] is True, "JSON phase_barrier is true")
 for p in d["policies"]:
     check(p["wrong"] == 0 and p["max_rel_err"] <= 1e-4,
           f'{p["name"]}: #wrong {p["wrong"]}, max_rel_err {p["max_rel_err"]:.2e} <= 1e-4 with barriers')
-    pm = p["phase_ms_p50"]
-    check(pm["dispatch"] > 0 and pm["combine"] > 0,
-          f'{p["name"]}: phase_ms_p50 dispatch {pm["dispatch"]:.3f} ms, combine {pm["combine"]:.3f} ms')
-hdr = [l for l in open(sys.argv[2]) if l.startswith("#") and "size" in l and "p50_time" in l]
+    pm, mn = p["phase_ms_p50"], p["phase_ms_min"]
+    check(all(pm[k] >= mn[k] > 0 for k in ("dispatch", "combine")),
+          f'{p["name"]}: phase_ms_p50 dispatch {pm["dispatch"]:.3f} ms, combine {pm["combine"]:.3f} ms'
+          f' >= phase_ms_min {mn["dispatch"]:.3f}, {mn["combine"]:.3f} > 0')
+hdr = [l for l in open(sys.argv[2])
+       if l.startswith("#") and "size" in l and "p50_time" in l and "min_time" in l]
 rows = [l.split() for l in open(sys.argv[2]) if l.strip() and not l.startswith("#")]
 check(len(hdr) == 1 and len(rows) == 3, f"bench comm: p50_time column, {len(rows)} sizes (3)")
-check(all(r[-1] == "0" and float(r[2]) > 0 for r in rows), "bench comm: p50 > 0, #wrong 0")
+check(all(r[-1] == "0" and float(r[2]) >= float(r[3]) > 0 for r in rows),
+      "bench comm: p50 >= min > 0, #wrong 0")
 sys.exit(1 if failures else 0)
 PY
