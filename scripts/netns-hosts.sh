@@ -156,10 +156,14 @@ counters >"$tmp/before"
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
-# mpirun in ephost0's namespaces; binding off (every "host" sees all cores).
+# mpirun in ephost0's namespaces; binding off and waiting ranks yield the
+# core: every "host" shares this machine's cores, which Open MPI cannot see
+# (each host's slots look free), and a rank spinning in MPI_Wait would
+# otherwise hold a core its peer needs to answer (docs/scale.md §6).
 set +e
 ip netns exec "$(ns_of 0)" unshare --uts sh -c 'hostname ephost0 && exec "$@"' sh \
   mpirun -np $((hosts * slots)) --hostfile "$hostfile" --bind-to none \
+  --mca mpi_yield_when_idle 1 \
   --mca plm_rsh_agent "$agent" \
   --mca btl tcp,self --mca btl_tcp_if_include "$subnet.0/24" \
   --mca oob_tcp_if_include "$subnet.0/24" \
