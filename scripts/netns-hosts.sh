@@ -97,7 +97,9 @@ for d in /tmp/netns-hosts.*; do
 done
 
 ip netns add "$sw" 2>/dev/null || skip "cannot create a network namespace (ip netns add: needs root or CAP_NET_ADMIN)"
+ip netns exec "$sw" true 2>/dev/null || skip "cannot enter a network namespace (ip netns exec: needs CAP_SYS_ADMIN to mount /sys)"
 unshare --uts true 2>/dev/null || skip "cannot create a UTS namespace (unshare --uts: needs CAP_SYS_ADMIN)"
+mkdir -p "/etc/netns/$sw" 2>/dev/null || skip "cannot write /etc/netns (the host names' /etc/hosts for ip netns exec)"
 tmp=$(mktemp -d "/tmp/netns-hosts.$$.XXXXXX")
 
 # No IPv6: its autoconfiguration would put packets on the veths.
