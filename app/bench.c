@@ -22,7 +22,7 @@
 
 typedef struct {
     const char *model, *routing, *json_path, *plot_dir, *placement, *wire, *domain, *mode,
-        *routes_from, *backend, *expert_dtype;
+        *routes_from, *backend, *expert_dtype, *save_routes;
     int tokens, steps, warmup, ranks_per_node, quiet, check, per_layer;
     int redundant_experts, home_only;
     int micro_batches, phase_barrier;
@@ -77,6 +77,8 @@ static void usage(FILE *f)
         "                       per sequence, one token per sequence per step); default prefill\n"
         "  --routes-from FILE   replay routing decisions (JSON lines or CSV trace) instead\n"
         "                       of routing; one row named 'replay'\n"
+        "  --save-routes FILE   write the first row's routes of the first timed step (rank 0,\n"
+        "                       JSON lines, every MoE layer, rank by rank) for --routes-from\n"
         "  --seed S             input stream seed (default 1)\n"
         "  --check              compare every layer with the single-process reference\n"
         "  --per-layer          also print a per-layer table\n"
@@ -113,6 +115,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
                                          {"expert-dtype", required_argument, 0, 'E'},
                                          {"micro-batches", required_argument, 0, 'U'},
                                          {"phase-barrier", no_argument, 0, 'G'},
+                                         {"save-routes", required_argument, 0, 'O'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -165,6 +168,9 @@ static int parse_args(int argc, char **argv, bench_args *a)
             break;
         case 'G':
             a->phase_barrier = 1;
+            break;
+        case 'O':
+            a->save_routes = optarg;
             break;
         case 'n':
             a->ranks_per_node = (int)strtol(optarg, &end, 10);
@@ -509,6 +515,67 @@ static ep_status run_layer(ep_moe *moe, const bench_policy *bp, const ep_trace *
     return ep_moe_forward_routes(moe, layer, trace_routes, x, y, st, tm);
 }
 
+// --save-routes: the first row's routes of the first timed step, run again
+// outside the timing. Every rank sends rank 0 its routes of each MoE layer
+// (allgather of a fixed-size block: T, offsets, ids, weights, the top-k_base
+// ids of the counterfactual); rank 0 writes
+// them as JSON lines, rank by rank, so that rank r's tokens are rows r*T..
+// of each layer: what `bench --routes-from` on as many ranks and `simulate
+// --routes-from --sample-tokens 0` replay.
+static ep_status save_routes(ep_moe *moe, const bench_policy *bp, const ep_trace *trace,
+                             ep_routes *trace_routes, const ep_model_cfg *cfg, ep_cluster *cl,
+                             const bench_args *a, int max_k, float **x, float *y)
+{
+    const int T = a->tokens, W = cl->world_size, kb = cfg->k_base;
+    const int blk = 1 + (T + 1) + 2 * T * max_k + T * kb;
+    const int o_e = 2 + T, o_w = o_e + T * max_k, o_b = o_w + T * max_k; // block offsets
+    double *mine = ep_xmalloc((size_t)blk * sizeof(double));
+    double *all = ep_xmalloc((size_t)blk * W * sizeof(double));
+    FILE *f = NULL;
+    ep_status st = EP_OK, open_st = EP_OK;
+    if (cl->rank == 0 && !(f = fopen(a->save_routes, "w")))
+        open_st = ep_errorf(EP_ERR_IO, "--save-routes: cannot write '%s'", a->save_routes);
+    make_inputs(cfg, cl, a, a->warmup, x);
+    for (int l = 0; l < cfg->n_layers && !st; l++) {
+        if (!x[l]) continue;
+        const ep_routes *r;
+        if ((st = run_layer(moe, bp, trace, trace_routes, cfg, cl, a, a->warmup, l, x[l], y, NULL,
+                            NULL, &r)))
+            break;
+        const int nnz = ep_routes_nnz(r);
+        mine[0] = r->n_tokens;
+        for (int t = 0; t <= r->n_tokens; t++)
+            mine[1 + t] = r->offsets[t];
+        for (int j = 0; j < nnz; j++) {
+            mine[o_e + j] = r->expert[j];
+            mine[o_w + j] = r->weight[j];
+        }
+        for (int j = 0; j < r->n_tokens * kb; j++)
+            mine[o_b + j] = r->base_expert[j];
+        if ((st = ep_cluster_allgather_f64(cl, mine, blk, all))) break;
+        for (int q = 0; f && q < W; q++) {
+            const double *b = all + (size_t)q * blk;
+            for (int t = 0; t < (int)b[0]; t++) {
+                fprintf(f, "{\"layer\": %d, \"experts\": [", l);
+                for (int j = (int)b[1 + t]; j < (int)b[2 + t]; j++)
+                    fprintf(f, "%s%d", j > (int)b[1 + t] ? ", " : "", (int)b[o_e + j]);
+                fprintf(f, "], \"weights\": [");
+                for (int j = (int)b[1 + t]; j < (int)b[2 + t]; j++)
+                    fprintf(f, "%s%.9g", j > (int)b[1 + t] ? ", " : "", b[o_w + j]);
+                fprintf(f, "], \"base_experts\": [");
+                for (int j = 0; j < kb; j++)
+                    fprintf(f, "%s%d", j ? ", " : "", (int)b[o_b + t * kb + j]);
+                fprintf(f, "]}\n");
+            }
+        }
+    }
+    if (f && fclose(f) && !open_st)
+        open_st = ep_errorf(EP_ERR_IO, "--save-routes: writing '%s' failed", a->save_routes);
+    free(mine);
+    free(all);
+    return st ? st : open_st;
+}
+
 // EPLB needs loads: route the warm-up inputs (at least one step) with every
 // row's policy on the first placement, sum the pairs per (layer, expert)
 // over ranks and rows, then re-place (the experts are read again).
@@ -766,6 +833,9 @@ setup_done:
         }
     }
     if (progress) fprintf(stderr, "\r%60s\r", "");
+    if (a.save_routes &&
+        (st = save_routes(moe, &bp[0], trace, &trace_routes, &cfg, cl, &a, mo.max_k, x, y)))
+        goto fail;
 
     // Reduce to rank 0's view: counters summed, errors maxed.
     for (int i = 0; i < n_pol; i++) {
