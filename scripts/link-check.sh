@@ -9,7 +9,8 @@
 #   3. the same with --tokens 0 (the collectives without payload);
 #   4. `simulate --routes-from` on the same trace with a 2-node x 1-GPU
 #      cluster YAML holding the fitted link (inter_latency_us = alpha,
-#      inter_GBps = beta, efficiency 1);
+#      inter_GBps = beta, efficiency 1; the hier_rdma_* keys too, where the
+#      preset has them: one rank per host makes hier and flat one exchange);
 # and prints, per round and statistic, predicted vs measured dispatch and
 # combine per step, and the simulated vs measured bytes (must be equal).
 #
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --tokens) tokens=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "link-check.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -96,7 +97,8 @@ for r in range(1, rounds + 1):
         y = base
         for key, val in (("name", f"netns-2x1-{stat}-r{r}"), ("nodes", 2), ("gpus_per_node", 1),
                          ("inter_GBps", f"{gbps:.4f}"), ("inter_latency_us", f"{a:.2f}"),
-                         ("inter_efficiency", 1)):
+                         ("inter_efficiency", 1), ("hier_rdma_GBps", f"{gbps:.4f}"),
+                         ("hier_rdma_latency_us", f"{a:.2f}")):
             y = re.sub(rf"^{key}: .*$", f"{key}: {val}", y, flags=re.M)
         yp = f"{out}/cluster-{stat}-r{r}.yaml"
         open(yp, "w").write(y)

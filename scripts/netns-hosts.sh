@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
     --slots) slots=$2; shift 2 ;;
     --stats) stats=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
   esac
 done
