@@ -22,10 +22,10 @@
 
 typedef struct {
     const char *model, *routing, *json_path, *plot_dir, *placement, *wire, *domain, *mode,
-        *routes_from, *backend, *expert_dtype;
+        *routes_from, *backend, *expert_dtype, *save_routes;
     int tokens, steps, warmup, ranks_per_node, quiet, check, per_layer;
     int redundant_experts, home_only;
-    int micro_batches;
+    int micro_batches, phase_barrier;
     uint64_t seed;
 } bench_args;
 
@@ -36,6 +36,7 @@ typedef struct {
     ep_comm_stats total;      // summed over layers and timed steps
     ep_comm_stats *per_layer; // [n_layers], summed over timed steps
     double *step_ms;          // [steps] max over ranks
+    double *phase_ms;         // [steps][2] dispatch, combine of a step, max over ranks
     double imbalance_sum;     // Σ over (layer, step) of max/mean received pairs
     int64_t imbalance_n;
     double *layer_imb; // [n_layers] Σ over steps
@@ -68,12 +69,16 @@ static void usage(FILE *f)
         "                       (default auto: bf16 for a BF16 checkpoint, else f32)\n"
         "  --micro-batches N    1 | 2: with 2, each MoE layer runs as two half-batches, one's\n"
         "                       all-to-all overlapping the other's experts (default 1)\n"
+        "  --phase-barrier      a barrier before dispatch and before combine, outside the\n"
+        "                       phase times: they are then transfer time (micro-batches 1)\n"
         "  --ranks-per-node N   treat every N consecutive ranks as one node\n"
         "  --domain D           general | math | code | chat | mix (default mix)\n"
         "  --mode M             prefill (a domain per 64-token prompt) | decode (a domain\n"
         "                       per sequence, one token per sequence per step); default prefill\n"
         "  --routes-from FILE   replay routing decisions (JSON lines or CSV trace) instead\n"
         "                       of routing; one row named 'replay'\n"
+        "  --save-routes FILE   write the first row's routes of the first timed step (rank 0,\n"
+        "                       JSON lines, every MoE layer, rank by rank) for --routes-from\n"
         "  --seed S             input stream seed (default 1)\n"
         "  --check              compare every layer with the single-process reference\n"
         "  --per-layer          also print a per-layer table\n"
@@ -109,6 +114,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
                                          {"backend", required_argument, 0, 'B'},
                                          {"expert-dtype", required_argument, 0, 'E'},
                                          {"micro-batches", required_argument, 0, 'U'},
+                                         {"phase-barrier", no_argument, 0, 'G'},
+                                         {"save-routes", required_argument, 0, 'O'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -158,6 +165,12 @@ static int parse_args(int argc, char **argv, bench_args *a)
             break;
         case 'U':
             a->micro_batches = (int)strtol(optarg, &end, 10);
+            break;
+        case 'G':
+            a->phase_barrier = 1;
+            break;
+        case 'O':
+            a->save_routes = optarg;
             break;
         case 'n':
             a->ranks_per_node = (int)strtol(optarg, &end, 10);
@@ -210,6 +223,13 @@ static int parse_args(int argc, char **argv, bench_args *a)
     }
     if (a->micro_batches != 1 && a->micro_batches != 2) {
         fprintf(stderr, "epserve bench: --micro-batches: expected 1 or 2, found %d\n",
+                a->micro_batches);
+        return 2;
+    }
+    if (a->phase_barrier && a->micro_batches != 1) {
+        fprintf(stderr,
+                "epserve bench: --phase-barrier: needs --micro-batches 1 (two overlap the "
+                "phases), found %d\n",
                 a->micro_batches);
         return 2;
     }
@@ -339,6 +359,19 @@ static json_t *policy_json(const bench_policy *bp, const ep_model_cfg *cfg, int 
     json_object_set_new(ph, "combine", json_real(tm->combine_us * 1e-3 / steps));
     json_object_set_new(ph, "shared", json_real(tm->shared_us * 1e-3 / steps));
     json_object_set_new(o, "phase_ms_per_step", ph);
+    // Median and minimum over the steps: robust to steps a shared machine
+    // descheduled (the minimum: the step least disturbed).
+    double *col = ep_xmalloc((size_t)steps * sizeof(double));
+    json_t *pm = json_object(), *pmin = json_object();
+    for (int k = 0; k < 2; k++) {
+        for (int s = 0; s < steps; s++)
+            col[s] = bp->phase_ms[2 * s + k];
+        json_object_set_new(pm, k ? "combine" : "dispatch", json_real(percentile(col, steps, 0.5)));
+        json_object_set_new(pmin, k ? "combine" : "dispatch", json_real(percentile(col, steps, 0)));
+    }
+    free(col);
+    json_object_set_new(o, "phase_ms_p50", pm);
+    json_object_set_new(o, "phase_ms_min", pmin);
     double comm_s = (tm->dispatch_us + tm->combine_us) * 1e-6;
     double algbw = comm_s > 0 ? (double)t->planned_bytes / world / comm_s / 1e9 : 0;
     json_object_set_new(o, "algbw_gbps", json_real(algbw));
@@ -399,7 +432,8 @@ static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
     if (!strcmp(a->placement, "eplb"))
         printf(" (+%d redundant, %s)", a->redundant_experts,
                a->home_only ? "home slots" : "replica choice");
-    printf("  domain: %s  micro-batches: %d\n", a->domain, a->micro_batches);
+    printf("  domain: %s  micro-batches: %d%s\n", a->domain, a->micro_batches,
+           a->phase_barrier ? "  phase barrier" : "");
     printf("# bytes: payload to other ranks, all layers and timed steps, summed over ranks\n#\n");
     printf("# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", nw, "policy", "avg_k",
            "tokens/s", "p50_ms", "p99_ms", "speedup", "dispatch", "combine", "inter", "saved",
@@ -479,6 +513,67 @@ static ep_status run_layer(ep_moe *moe, const bench_policy *bp, const ep_trace *
     ep_trace_fill(trace, cfg, layer, first, a->tokens, trace_routes);
     *routes_out = trace_routes;
     return ep_moe_forward_routes(moe, layer, trace_routes, x, y, st, tm);
+}
+
+// --save-routes: the first row's routes of the first timed step, run again
+// outside the timing. Every rank sends rank 0 its routes of each MoE layer
+// (allgather of a fixed-size block: T, offsets, ids, weights, the top-k_base
+// ids of the counterfactual); rank 0 writes
+// them as JSON lines, rank by rank, so that rank r's tokens are rows r*T..
+// of each layer: what `bench --routes-from` on as many ranks and `simulate
+// --routes-from --sample-tokens 0` replay.
+static ep_status save_routes(ep_moe *moe, const bench_policy *bp, const ep_trace *trace,
+                             ep_routes *trace_routes, const ep_model_cfg *cfg, ep_cluster *cl,
+                             const bench_args *a, int max_k, float **x, float *y)
+{
+    const int T = a->tokens, W = cl->world_size, kb = cfg->k_base;
+    const int blk = 1 + (T + 1) + 2 * T * max_k + T * kb;
+    const int o_e = 2 + T, o_w = o_e + T * max_k, o_b = o_w + T * max_k; // block offsets
+    double *mine = ep_xmalloc((size_t)blk * sizeof(double));
+    double *all = ep_xmalloc((size_t)blk * W * sizeof(double));
+    FILE *f = NULL;
+    ep_status st = EP_OK, open_st = EP_OK;
+    if (cl->rank == 0 && !(f = fopen(a->save_routes, "w")))
+        open_st = ep_errorf(EP_ERR_IO, "--save-routes: cannot write '%s'", a->save_routes);
+    make_inputs(cfg, cl, a, a->warmup, x);
+    for (int l = 0; l < cfg->n_layers && !st; l++) {
+        if (!x[l]) continue;
+        const ep_routes *r;
+        if ((st = run_layer(moe, bp, trace, trace_routes, cfg, cl, a, a->warmup, l, x[l], y, NULL,
+                            NULL, &r)))
+            break;
+        const int nnz = ep_routes_nnz(r);
+        mine[0] = r->n_tokens;
+        for (int t = 0; t <= r->n_tokens; t++)
+            mine[1 + t] = r->offsets[t];
+        for (int j = 0; j < nnz; j++) {
+            mine[o_e + j] = r->expert[j];
+            mine[o_w + j] = r->weight[j];
+        }
+        for (int j = 0; j < r->n_tokens * kb; j++)
+            mine[o_b + j] = r->base_expert[j];
+        if ((st = ep_cluster_allgather_f64(cl, mine, blk, all))) break;
+        for (int q = 0; f && q < W; q++) {
+            const double *b = all + (size_t)q * blk;
+            for (int t = 0; t < (int)b[0]; t++) {
+                fprintf(f, "{\"layer\": %d, \"experts\": [", l);
+                for (int j = (int)b[1 + t]; j < (int)b[2 + t]; j++)
+                    fprintf(f, "%s%d", j > (int)b[1 + t] ? ", " : "", (int)b[o_e + j]);
+                fprintf(f, "], \"weights\": [");
+                for (int j = (int)b[1 + t]; j < (int)b[2 + t]; j++)
+                    fprintf(f, "%s%.9g", j > (int)b[1 + t] ? ", " : "", b[o_w + j]);
+                fprintf(f, "], \"base_experts\": [");
+                for (int j = 0; j < kb; j++)
+                    fprintf(f, "%s%d", j ? ", " : "", (int)b[o_b + t * kb + j]);
+                fprintf(f, "]}\n");
+            }
+        }
+    }
+    if (f && fclose(f) && !open_st)
+        open_st = ep_errorf(EP_ERR_IO, "--save-routes: writing '%s' failed", a->save_routes);
+    free(mine);
+    free(all);
+    return st ? st : open_st;
 }
 
 // EPLB needs loads: route the warm-up inputs (at least one step) with every
@@ -567,6 +662,7 @@ int ep_cmd_bench(int argc, char **argv)
     mo.redundant_experts = a.redundant_experts;
     mo.home_only = a.home_only;
     mo.micro_batches = a.micro_batches;
+    mo.phase_barrier = a.phase_barrier;
     if ((st = ep_comm_wire_parse("--wire", a.wire, &mo.wire))) goto setup_done;
     if ((st = ep_weight_dtype_parse(a.expert_dtype, &mo.expert_dtype))) {
         st = ep_error_prefix(st, "--expert-dtype");
@@ -647,6 +743,7 @@ setup_done:
     for (int i = 0; i < n_pol; i++) {
         bp[i].per_layer = ep_xcalloc((size_t)cfg.n_layers, sizeof(ep_comm_stats));
         bp[i].step_ms = ep_xcalloc((size_t)a.steps, sizeof(double));
+        bp[i].phase_ms = ep_xcalloc((size_t)a.steps * 2, sizeof(double));
         bp[i].layer_imb = ep_xcalloc((size_t)cfg.n_layers, sizeof(double));
         bp[i].k_hist = ep_xcalloc((size_t)mo.max_k + 1, sizeof(int64_t));
         bp[i].rank_load = ep_xcalloc((size_t)cl->world_size, sizeof(double));
@@ -664,6 +761,7 @@ setup_done:
         // touches all of them alike.
         for (int i = 0; i < n_pol; i++) {
             memset(lst, 0, (size_t)cfg.n_layers * sizeof *lst);
+            const ep_moe_times before = bp[i].times;
             if ((st = ep_cluster_barrier(cl))) goto fail;
             double t0 = ep_now_us();
             for (int l = 0; l < cfg.n_layers; l++) {
@@ -676,10 +774,14 @@ setup_done:
                     for (int t = 0; t < r->n_tokens; t++)
                         bp[i].k_hist[ep_routes_k(r, t)]++;
             }
-            double ms = (ep_now_us() - t0) * 1e-3;
-            if ((st = ep_cluster_allreduce_f64(cl, &ms, 1, EP_REDUCE_MAX))) goto fail;
+            // This step's time and phases, each the slowest rank's.
+            double ms[3] = {(ep_now_us() - t0) * 1e-3,
+                            (bp[i].times.dispatch_us - before.dispatch_us) * 1e-3,
+                            (bp[i].times.combine_us - before.combine_us) * 1e-3};
+            if ((st = ep_cluster_allreduce_f64(cl, ms, 3, EP_REDUCE_MAX))) goto fail;
             if (timed) {
-                bp[i].step_ms[step - a.warmup] = ms;
+                bp[i].step_ms[step - a.warmup] = ms[0];
+                memcpy(&bp[i].phase_ms[2 * (step - a.warmup)], &ms[1], 2 * sizeof(double));
                 for (int l = 0; l < cfg.n_layers; l++) {
                     ep_comm_stats_add(&bp[i].per_layer[l], &lst[l]);
                     ep_comm_stats_add(&bp[i].total, &lst[l]);
@@ -731,6 +833,9 @@ setup_done:
         }
     }
     if (progress) fprintf(stderr, "\r%60s\r", "");
+    if (a.save_routes &&
+        (st = save_routes(moe, &bp[0], trace, &trace_routes, &cfg, cl, &a, mo.max_k, x, y)))
+        goto fail;
 
     // Reduce to rank 0's view: counters summed, errors maxed.
     for (int i = 0; i < n_pol; i++) {
@@ -773,6 +878,7 @@ setup_done:
                             json_string(mo.backend == EP_MOE_BACKEND_CUDA ? "nccl" : "mpi"));
         json_object_set_new(res, "wire_dtype", json_string(a.wire));
         json_object_set_new(res, "micro_batches", json_integer(a.micro_batches));
+        json_object_set_new(res, "phase_barrier", json_boolean(a.phase_barrier));
         json_object_set_new(
             res, "expert_dtype",
             json_string(mo.backend == EP_MOE_BACKEND_CUDA ? "bf16" : a.expert_dtype));
@@ -806,6 +912,7 @@ done:
             ep_policy_free(bp[i].pol);
             free(bp[i].per_layer);
             free(bp[i].step_ms);
+            free(bp[i].phase_ms);
             free(bp[i].layer_imb);
             free(bp[i].k_hist);
             free(bp[i].rank_load);

@@ -3,7 +3,10 @@
 // each peer); each size gets warm-up iterations, timed iterations and a
 // correctness pass that counts #wrong words. The same buffers also go through
 // the raw all-to-all of comm/ (ep_comm_raw_alltoallv, one plain MPI call), so
-// the transport's overhead can be read off one row.
+// the transport's overhead can be read off one row. p50 and min are the
+// median and minimum over the timed iterations of the slowest rank's time: on
+// a shared machine one descheduled iteration moves the mean, not these
+// (docs/scale.md §6).
 #include "app/commands.h"
 #include "comm/comm.h"
 
@@ -42,6 +45,12 @@ static int64_t parse_size(const char *s, bool *ok)
     }
     *ok = v >= 0 && end != s;
     return (int64_t)(v * (double)mul);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 // The word rank `src` puts at index i of its block for rank `dst`.
@@ -114,16 +123,17 @@ int ep_cmd_bench_comm(int argc, char **argv)
     int64_t *cnt = ep_xmalloc((size_t)W * 4 * sizeof(int64_t));
     int64_t *soff = cnt + W, *rcnt = cnt + 2 * W, *roff = cnt + 3 * W;
     int *icnt = ep_xmalloc((size_t)W * 2 * sizeof(int)), *ioff = icnt + W;
+    double *it_us = ep_xmalloc((size_t)iters * sizeof(double)); // this rank, per timed iteration
 
     if (cl->rank == 0) {
         printf("# epserve bench comm: all-to-all, %d ranks, %d nodes, transport %s\n", W,
                cl->n_nodes, tp->vt->name);
         printf("# size = bytes to each peer; algbw = bytes sent per rank / time; busbw = "
                "algbw*(n-1)/n\n#\n");
-        printf("# %12s %10s %10s %9s %9s %10s %9s %8s\n", "size", "time", "raw_time", "algbw",
-               "busbw", "raw_algbw", "overhead", "#wrong");
-        printf("# %12s %10s %10s %9s %9s %10s %9s %8s\n", "(B)", "(us)", "(us)", "(GB/s)", "(GB/s)",
-               "(GB/s)", "(%)", "");
+        printf("# %12s %10s %10s %10s %10s %9s %9s %10s %9s %8s\n", "size", "time", "p50_time",
+               "min_time", "raw_time", "algbw", "busbw", "raw_algbw", "overhead", "#wrong");
+        printf("# %12s %10s %10s %10s %10s %9s %9s %10s %9s %8s\n", "(B)", "(us)", "(us)", "(us)",
+               "(us)", "(GB/s)", "(GB/s)", "(GB/s)", "(%)", "");
     }
     for (int64_t size = minb; size <= maxb; size *= factor) {
         int64_t words = size / 4;
@@ -153,6 +163,7 @@ int ep_cmd_bench_comm(int argc, char **argv)
             }
             double t3 = ep_now_us();
             if (it >= warm) {
+                it_us[it - warm] = t1 - t0;
                 t_ep += (t1 - t0) * 1e-6;
                 t_raw += (t3 - t2) * 1e-6;
             }
@@ -172,6 +183,7 @@ int ep_cmd_bench_comm(int argc, char **argv)
                 wrong += rbuf[(size_t)r * words + i] != pattern(r, cl->rank, i, 7);
         double tv[2] = {t_ep / iters, t_raw / iters};
         if (ep_cluster_allreduce_f64(cl, tv, 2, EP_REDUCE_MAX) ||
+            ep_cluster_allreduce_f64(cl, it_us, iters, EP_REDUCE_MAX) ||
             ep_cluster_allreduce_i64(cl, &wrong, 1, EP_REDUCE_SUM)) {
             fprintf(stderr, "epserve bench comm: %s\n", ep_last_error());
             rc = 1;
@@ -181,8 +193,12 @@ int ep_cmd_bench_comm(int argc, char **argv)
             double sent = (double)words * 4 * (W - 1); // bytes each rank sends to others
             double alg = tv[0] > 0 ? sent / tv[0] / 1e9 : 0;
             double raw = tv[1] > 0 ? sent / tv[1] / 1e9 : 0;
-            printf("  %12lld %10.2f %10.2f %9.3f %9.3f %10.3f %9.1f %8lld\n", (long long)words * 4,
-                   tv[0] * 1e6, tv[1] * 1e6, alg, W > 1 ? alg * (W - 1) / W : 0, raw,
+            qsort(it_us, (size_t)iters, sizeof *it_us, cmp_double);
+            double p50 =
+                iters % 2 ? it_us[iters / 2] : 0.5 * (it_us[iters / 2 - 1] + it_us[iters / 2]);
+            printf("  %12lld %10.2f %10.2f %10.2f %10.2f %9.3f %9.3f %10.3f %9.1f %8lld\n",
+                   (long long)words * 4, tv[0] * 1e6, p50, it_us[0], tv[1] * 1e6, alg,
+                   W > 1 ? alg * (W - 1) / W : 0, raw,
                    tv[1] > 0 ? 100.0 * (tv[0] - tv[1]) / tv[1] : 0, (long long)wrong);
         }
         if (wrong) rc = 1;
@@ -193,6 +209,7 @@ out:
     free(rbuf);
     free(cnt);
     free(icnt);
+    free(it_us);
     ep_transport_free(tp);
     ep_cluster_free(cl);
     return rc;

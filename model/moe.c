@@ -36,6 +36,9 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     if (o->micro_batches < 0 || o->micro_batches > 2)
         return ep_errorf(EP_ERR_ARG, "ep_moe_init: micro_batches: expected 1 or 2, found %d",
                          o->micro_batches);
+    if (o->phase_barrier && o->micro_batches == 2)
+        return ep_errorf(EP_ERR_ARG, "ep_moe_init: phase_barrier: needs micro_batches 1 (two "
+                                     "micro-batches overlap the phases), found 2");
     ep_moe *m = ep_xcalloc(1, sizeof *m);
     m->cfg = cfg;
     m->cl = cl;
@@ -291,10 +294,18 @@ static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const floa
         ep_comm_stats local;
         memset(&local, 0, sizeof local);
         ep_comm_work work;
+        if (m->opts.phase_barrier) {
+            if ((s = ep_cluster_barrier(m->cl))) return s;
+            t1 = ep_now_us();
+        }
         if ((s = ep_comm_dispatch(m->comm[0], r, pl, pair_rank, x, &work, &local))) return s;
         double t2 = ep_now_us();
         if ((s = run_experts(m, layer, &work))) return s;
         double t3 = ep_now_us();
+        if (m->opts.phase_barrier) {
+            if ((s = ep_cluster_barrier(m->cl))) return s;
+            t3 = ep_now_us();
+        }
         if ((s = ep_comm_combine(m->comm[0], &work, y, &local))) return s;
         mt.dispatch_us = t2 - t1;
         mt.experts_us = t3 - t2;

@@ -45,6 +45,11 @@ typedef struct {
     // stats and bytes, the same output up to the last bits where an
     // expert's kernel changes with its row count. Same value on every rank.
     int micro_batches;
+    // A barrier of every rank before dispatch and before combine, outside
+    // the timed phases, so dispatch_us and combine_us are transfer time
+    // rather than the wait for the slowest rank (docs/scale.md §6). Off by
+    // default (it costs the overlap of a rank's skew); micro_batches 1 only.
+    bool phase_barrier;
 } ep_moe_opts;
 void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg);
 

@@ -9,6 +9,9 @@
 // BF16: the nt product) gives the same bits whatever rows it has in a pass.
 // Big steps (tens of rows per expert) as well, and BF16 experts on one
 // preset (within 3e-2 of the fp32 reference, as test_replace).
+// The phase barrier (ep_moe_opts.phase_barrier, one micro-batch) changes
+// only the timing: same bits and stats as without, ranks with 0 tokens
+// included; with two micro-batches it is refused.
 // Also the transport's async exchange with two in flight, waited for in
 // reverse order (with and without the liveness watch), and the order
 // checks of the split dispatch/combine.
@@ -215,22 +218,29 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
     o.max_k = max_k;
     o.with_reference = true;
     o.expert_dtype = expert_dtype;
-    ep_moe *m1 = NULL, *m2 = NULL;
+    ep_moe *m1 = NULL, *m2 = NULL, *m3 = NULL;
     CHECK_OK(ep_moe_init(cfg, cl, w, &o, &m1));
     o.with_reference = false;
+    o.phase_barrier = true;
+    CHECK_OK(ep_moe_init(cfg, cl, w, &o, &m3));
     o.micro_batches = 2;
+    ep_moe *bad = NULL;
+    CHECK(ep_moe_init(cfg, cl, w, &o, &bad) == EP_ERR_ARG && !bad &&
+              strstr(ep_last_error(), "phase_barrier"),
+          "phase_barrier with 2 micro-batches accepted");
+    o.phase_barrier = false;
     CHECK_OK(ep_moe_init(cfg, cl, w, &o, &m2));
     o.micro_batches = 3;
-    ep_moe *bad = NULL;
     CHECK(ep_moe_init(cfg, cl, w, &o, &bad) == EP_ERR_ARG && !bad &&
               strstr(ep_last_error(), "micro_batches"),
           "micro_batches 3 accepted");
-    if (!m1 || !m2) goto out;
+    if (!m1 || !m2 || !m3) goto out;
 
     const size_t H = (size_t)cfg->hidden;
     float *x = ep_xmalloc((size_t)CAP * H * sizeof(float));
     float *y1 = ep_xmalloc((size_t)CAP * H * sizeof(float));
     float *y2 = ep_xmalloc((size_t)CAP * H * sizeof(float));
+    float *y3 = ep_xmalloc((size_t)CAP * H * sizeof(float));
     float *yref = ep_xmalloc((size_t)CAP * H * sizeof(float));
     int64_t crossed = 0;
     const char *dn = ep_dtype_name(expert_dtype);
@@ -245,15 +255,23 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
             for (int i = 0; i < T; i++)
                 ep_synth_hidden(cfg, 11, l, (int)((base + i) % EP_SYNTH_N_DOMAINS), base + i,
                                 x + (size_t)i * H);
-            ep_comm_stats s1, s2;
+            ep_comm_stats s1, s2, s3;
             memset(&s1, 0, sizeof s1);
             memset(&s2, 0, sizeof s2);
+            memset(&s3, 0, sizeof s3);
             const char *pn = ep_policy_name(pol[p]), *kn = ep_place_kind_name(kind);
             ep_status r1 = ep_moe_forward(m1, pol[p], l, x, T, y1, &s1, NULL);
             ep_status r2 = ep_moe_forward(m2, pol[p], l, x, T, y2, &s2, NULL);
-            CHECK(r1 == EP_OK && r2 == EP_OK, "%s %s %s %s layer %d: %s", cfg->name, dn, pn, kn, l,
-                  ep_last_error());
-            if (r1 || r2) continue;
+            ep_moe_times tm3 = {0};
+            ep_status r3 = ep_moe_forward(m3, pol[p], l, x, T, y3, &s3, &tm3);
+            CHECK(r1 == EP_OK && r2 == EP_OK && r3 == EP_OK, "%s %s %s %s layer %d: %s", cfg->name,
+                  dn, pn, kn, l, ep_last_error());
+            if (r1 || r2 || r3) continue;
+            CHECK(memcmp(y1, y3, (size_t)T * H * sizeof(float)) == 0 && stats_equal(&s1, &s3) &&
+                      tm3.dispatch_us >= 0 && tm3.combine_us >= 0,
+                  "%s %s %s %s layer %d rank %d T %d: the phase barrier changed the output or "
+                  "the stats",
+                  cfg->name, dn, pn, kn, l, cl->rank, T);
             CHECK_OK(ep_moe_reference(m1, pol[p], l, x, T, yref));
             int diff = 0;
             size_t first = 0;
@@ -290,10 +308,12 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
     free(x);
     free(y1);
     free(y2);
+    free(y3);
     free(yref);
 out:
     ep_moe_free(m1);
     ep_moe_free(m2);
+    ep_moe_free(m3);
     for (int p = 0; p < n_pol; p++)
         ep_policy_free(pol[p]);
 }
