@@ -4,6 +4,7 @@
 // worker thread per slot, each with its own libcurl easy handle); each is a
 // streamed /v1/completions of --input-len random token ids with ignore_eos
 // and max_tokens --output-len, timed per SSE chunk for TTFT and ITL.
+#include "app/args.h"
 #include "app/commands.h"
 #include "common/json_util.h"
 
@@ -109,16 +110,20 @@ static bool load_compare(const char *path, const char *bench_path, const char *r
     }
     json_t *rows = json_object_get(o, "policies");
     size_t n = json_is_array(rows) ? json_array_size(rows) : 0;
+    // bench names a row after a routing file's base name (ep_arg_policy_label):
+    // `calibrated/x` is served as that, benched as `x`.
+    char label[256];
+    ep_arg_policy_label(routing, label, sizeof label);
     json_t *row = NULL;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && !row; i++) {
         const char *name = json_string_value(json_object_get(json_array_get(rows, i), "name"));
-        if (name && !strcmp(name, routing)) row = json_array_get(rows, i);
+        if (name && (!strcmp(name, routing) || !strcmp(name, label))) row = json_array_get(rows, i);
     }
     if (!row) {
         fprintf(stderr,
                 "epserve bench serve: --moe-bench %s: expected an array 'policies' with a row "
-                "named '%s', found %zu rows without it\n",
-                bench_path, routing, n);
+                "named '%s' or '%s', found %zu rows without it\n",
+                bench_path, routing, label, n);
         json_decref(o);
         return false;
     }

@@ -32,7 +32,7 @@ if [ "$(id -u)" = 0 ]; then
 fi
 export OPENBLAS_NUM_THREADS=1
 mpirun -np 4 --oversubscribe "$bin" bench --model "$model" \
-  --routing "${EP_DEMO_ROUTING:-baseline,calibrated/tiny-qwen3-moe-ban-calibrated,pick,calibrated/tiny-qwen3-moe-calibrated,topp,des,configs/routing/ban-local.yaml,ban}" \
+  --routing "${EP_DEMO_ROUTING:-baseline,calibrated/tiny-qwen3-moe-ban-calibrated,pick,calibrated/tiny-qwen3-moe-calibrated,topp,des,configs/routing/ban-local.yaml,ban,banpick}" \
   --tokens 128 --steps 5 --warmup 1 --ranks-per-node 2 --check --json out/bench.json
 echo "# results: out/bench.json"
 
@@ -45,7 +45,7 @@ serve_model=$model
 [ -f "$model/tokenizer.json" ] || serve_model=tiny-qwen3-moe
 serve_log=out/serve.log
 mpirun -np 4 --oversubscribe --mca odls_base_sigkill_timeout 3 "$bin" serve --model "$serve_model" --port 0 \
-  --routing baseline,banpick --ranks-per-node 2 > "$serve_log" 2>&1 &
+  --routing baseline,banpick,calibrated/tiny-qwen3-moe-calibrated --ranks-per-node 2 > "$serve_log" 2>&1 &
 serve_pid=$!
 trap 'kill -TERM $serve_pid 2>/dev/null; sleep 2; kill -KILL $serve_pid 2>/dev/null || true' EXIT
 url=
@@ -60,16 +60,19 @@ for _ in $(seq 100); do curl -sf "$url/health" > /dev/null && break; sleep 0.2; 
 # A few requests first so that neither measured run pays the first steps' warm-up.
 "$bin" bench serve --url "$url" --num-prompts 4 --input-len 16 --output-len 4 > /dev/null
 # Prompts of 256 tokens: 4 per rank fill more than one step's slot budget at
-# baseline, so Ban&Pick's smaller K shows as more tokens per step. The
-# banpick run compares itself with the baseline run and with Amdahl's law
+# baseline, so Ban&Pick's smaller K shows as more tokens per step. Each
+# Ban&Pick run (the policy's defaults, then the profile calibrated to the
+# paper's avg K) compares itself with the baseline run and with Amdahl's law
 # (the MoE-layer speedup of the `bench` run above, the MoE share of a
 # baseline serving step).
 serve_work=(--num-prompts "${EP_DEMO_PROMPTS:-32}" --request-rate inf --max-concurrency 16
   --input-len 256 --output-len 32 --seed 1)
 "$bin" bench serve --url "$url" --routing baseline "${serve_work[@]}" --json out/bench_serve_baseline.json
-"$bin" bench serve --url "$url" --routing banpick "${serve_work[@]}" --json out/bench_serve_banpick.json \
-  --compare out/bench_serve_baseline.json --moe-bench out/bench.json
+for r in banpick calibrated/tiny-qwen3-moe-calibrated; do
+  "$bin" bench serve --url "$url" --routing $r "${serve_work[@]}" --json "out/bench_serve_${r##*/}.json" \
+    --compare out/bench_serve_baseline.json --moe-bench out/bench.json
+done
 kill -TERM $serve_pid
 wait $serve_pid || true
 trap - EXIT
-echo "# serving results: out/bench_serve_baseline.json, out/bench_serve_banpick.json"
+echo "# serving results: out/bench_serve_baseline.json, out/bench_serve_banpick.json, out/bench_serve_tiny-qwen3-moe-calibrated.json"
