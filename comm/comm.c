@@ -989,6 +989,8 @@ ep_status ep_comm_set_mode(ep_comm *m, ep_dispatch_mode mode)
     if (m->phase != EP_COMM_IDLE)
         return ep_errorf(EP_ERR_ARG, "comm set_mode: expected no exchange under way, found %s due",
                          ep_comm_phase_next(m->phase));
+    // The cluster's node map now (tests and bench re-derive it between layers).
+    memcpy(m->plan.node_of, m->cluster->node_of, (size_t)m->world * sizeof(int));
     return ep_dispatch_plan_set_mode(&m->plan, mode);
 }
 

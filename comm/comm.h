@@ -162,7 +162,8 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
 void ep_comm_free(ep_comm *m); // NULL ok
 // Flat (the default) or hier dispatch for the next layers; EP_ERR_ARG
 // between the halves of an exchange or for an unknown mode. Every rank must
-// use the same mode. Hier: stage 1 (the plan's records, forwarded ones to
+// use the same mode. It takes the cluster's node map of the moment (init
+// took the one of then). Hier: stage 1 (the plan's records, forwarded ones to
 // the forwarding rank of another node) is the posted exchange; stage 2 (the
 // forward within the node: counts, payload) runs blocking in
 // dispatch_finish; combine_start posts the stage-2 returns, combine_finish
