@@ -240,6 +240,35 @@ out:
         ep_policy_free(pol[p]);
 }
 
+// --dispatch resolution (no communication): auto is hier with several
+// nodes on the CPU backend, flat on one node or with cuda; hier with cuda
+// and unknown values are refused naming --dispatch.
+static void test_dispatch_mode(const ep_model_cfg *cfg)
+{
+    ep_cluster fake = {.rank = 0, .world_size = 4, .n_nodes = 2};
+    ep_moe_opts o;
+    ep_moe_opts_default(&o, cfg);
+    ep_dispatch_mode dm = EP_DISPATCH_FLAT;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_OK && dm == EP_DISPATCH_HIER,
+          "auto on 2 nodes: expected hier");
+    fake.n_nodes = 1;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_OK && dm == EP_DISPATCH_FLAT,
+          "auto on 1 node: expected flat");
+    fake.n_nodes = 2;
+    o.backend = EP_MOE_BACKEND_CUDA;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_OK && dm == EP_DISPATCH_FLAT,
+          "auto with cuda: expected flat");
+    o.dispatch = EP_DISPATCH_HIER;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_ERR_UNSUPPORTED &&
+              strstr(ep_last_error(), "--dispatch hier") && strstr(ep_last_error(), "cuda"),
+          "hier with cuda accepted: %s", ep_last_error());
+    o.backend = EP_MOE_BACKEND_CPU;
+    o.dispatch = 5;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_ERR_ARG &&
+              strstr(ep_last_error(), "--dispatch"),
+          "dispatch 5 accepted");
+}
+
 int main(int argc, char **argv)
 {
     ep_cluster *cl = NULL;
@@ -253,6 +282,7 @@ int main(int argc, char **argv)
         ep_status st = ep_model_cfg_load(presets[i], &cfg);
         CHECK(st == EP_OK, "load %s: %s", presets[i], ep_last_error());
         if (st) continue;
+        if (i == 0) test_dispatch_mode(&cfg);
         ep_weights *w = NULL;
         CHECK_OK(ep_weights_open(&cfg, &w));
         if (!w) continue;
