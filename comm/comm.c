@@ -991,6 +991,12 @@ ep_status ep_comm_set_mode(ep_comm *m, ep_dispatch_mode mode)
                          ep_comm_phase_next(m->phase));
     // The cluster's node map now (tests and bench re-derive it between layers).
     memcpy(m->plan.node_of, m->cluster->node_of, (size_t)m->world * sizeof(int));
+    // On one node hier plans exactly as flat (test_dispatch_plan): skip its
+    // empty stage-2 exchanges.
+    bool one_node = true;
+    for (int d = 1; d < m->world; d++)
+        one_node &= m->plan.node_of[d] == m->plan.node_of[0];
+    if (one_node && mode == EP_DISPATCH_HIER) mode = EP_DISPATCH_FLAT;
     return ep_dispatch_plan_set_mode(&m->plan, mode);
 }
 

@@ -169,6 +169,7 @@ void ep_comm_free(ep_comm *m); // NULL ok
 // dispatch_finish; combine_start posts the stage-2 returns, combine_finish
 // sums them per (token, node) and returns those rows blocking. All on the
 // one transport: stage 2 moves bytes between ranks of one node only.
+// On one node hier is flat, and ep_comm_mode says so.
 ep_status ep_comm_set_mode(ep_comm *m, ep_dispatch_mode mode);
 ep_dispatch_mode ep_comm_mode(const ep_comm *m);
 // Plans (an ep_dispatch_plan; its stats into st), exchanges counts, sends x [T, hidden] and
