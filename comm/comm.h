@@ -1,7 +1,8 @@
 // Dispatch and combine of one MoE layer across ranks, and the byte
 // accounting. A token is sent once per destination rank however many of its
-// experts live there; a token whose experts are all on its own rank costs no
-// bytes. The plan is pure (no communication) so the simulator can reuse it;
+// experts live there (flat), or once per other node and forwarded inside it
+// (hier, ep_dispatch_mode); a token whose experts are all on its own rank
+// costs no bytes. The plan is pure (no communication) so the simulator can reuse it;
 // the payload moves through an ep_transport (MPI here; NCCL on GPUs).
 #ifndef EP_COMM_H
 #define EP_COMM_H
