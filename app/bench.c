@@ -22,7 +22,8 @@
 
 typedef struct {
     const char *model, *routing, *json_path, *plot_dir, *placement, *wire, *domain, *mode,
-        *routes_from, *backend, *expert_dtype, *save_routes;
+        *routes_from, *backend, *expert_dtype, *save_routes, *dispatch;
+    const char *dispatch_used; // the mode ep_moe resolved (flat | hier), for the table
     int tokens, steps, warmup, ranks_per_node, quiet, check, per_layer;
     int redundant_experts, home_only;
     int micro_batches, phase_barrier;
@@ -67,6 +68,10 @@ static void usage(FILE *f)
         "                       experts on one GPU per rank, NCCL transport (EP_CUDA builds)\n"
         "  --expert-dtype D     cpu backend: auto | f32 | bf16 storage of the experts\n"
         "                       (default auto: bf16 for a BF16 checkpoint, else f32)\n"
+        "  --dispatch MODE      hier | flat: hier sends a token once per other node, to\n"
+        "                       the rank there with its local index, which forwards it\n"
+        "                       within the node (default hier with more than one node\n"
+        "                       on the cpu backend, else flat; cuda: flat only)\n"
         "  --micro-batches N    1 | 2: with 2, each MoE layer runs as two half-batches, one's\n"
         "                       all-to-all overlapping the other's experts (default 1)\n"
         "  --phase-barrier      a barrier before dispatch and before combine, outside the\n"
@@ -116,6 +121,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
                                          {"micro-batches", required_argument, 0, 'U'},
                                          {"phase-barrier", no_argument, 0, 'G'},
                                          {"save-routes", required_argument, 0, 'O'},
+                                         {"dispatch", required_argument, 0, 'D'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -156,6 +162,9 @@ static int parse_args(int argc, char **argv, bench_args *a)
             break;
         case 'W':
             a->wire = optarg;
+            break;
+        case 'D':
+            a->dispatch = optarg;
             break;
         case 'B':
             a->backend = optarg;
@@ -333,6 +342,12 @@ static json_t *policy_json(const bench_policy *bp, const ep_model_cfg *cfg, int 
                         json_integer(t->dispatch_bytes_inter + t->combine_bytes_inter));
     json_object_set_new(o, "baseline_inter_node_bytes",
                         json_integer(t->base_dispatch_bytes_inter + t->base_combine_bytes_inter));
+    json_object_set_new(o, "intra_node_bytes",
+                        json_integer(t->dispatch_bytes_intra + t->combine_bytes_intra));
+    json_object_set_new(o, "baseline_intra_node_bytes",
+                        json_integer(t->base_dispatch_bytes_intra + t->base_combine_bytes_intra));
+    json_object_set_new(o, "measured_inter_node_bytes", json_integer(t->measured_bytes_inter));
+    json_object_set_new(o, "forwards", json_integer(t->fwd_sends));
     json_object_set_new(o, "planned_bytes", json_integer(t->planned_bytes));
     json_object_set_new(o, "measured_bytes", json_integer(t->measured_bytes));
     json_object_set_new(o, "bytes_saved_pct",
@@ -432,26 +447,32 @@ static void print_table(const ep_model_cfg *cfg, const ep_cluster *cl, const ben
     if (!strcmp(a->placement, "eplb"))
         printf(" (+%d redundant, %s)", a->redundant_experts,
                a->home_only ? "home slots" : "replica choice");
-    printf("  domain: %s  micro-batches: %d%s\n", a->domain, a->micro_batches,
-           a->phase_barrier ? "  phase barrier" : "");
-    printf("# bytes: payload to other ranks, all layers and timed steps, summed over ranks\n#\n");
-    printf("# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", nw, "policy", "avg_k",
-           "tokens/s", "p50_ms", "p99_ms", "speedup", "dispatch", "combine", "inter", "saved",
-           "dests", "imbalance");
+    printf("  domain: %s  micro-batches: %d  dispatch: %s%s\n", a->domain, a->micro_batches,
+           a->dispatch_used, a->phase_barrier ? "  phase barrier" : "");
+    printf("# bytes: payload to other ranks, all layers and timed steps, summed over ranks;\n"
+           "# inter/intra: across/within nodes (hier: stage 1 / stage 2 and direct), "
+           "base_*: top-k_base\n#\n");
+    printf("# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %9s %10s %10s %7s %6s %9s", nw, "policy",
+           "avg_k", "tokens/s", "p50_ms", "p99_ms", "speedup", "dispatch", "combine", "inter",
+           "intra", "base_inter", "base_intra", "saved", "dests", "imbalance");
     if (a->check) printf(" %11s %6s", "max_rel_err", "#wrong");
-    printf("\n# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %7s %6s %9s", nw, "(name)", "(K)",
-           "(tok/s)", "(ms)", "(ms)", "(x)", "(MB)", "(MB)", "(MB)", "(%)", "(rank)", "(max/mean)");
+    printf("\n# %-*s %6s %10s %8s %8s %7s %10s %10s %9s %9s %10s %10s %7s %6s %9s", nw, "(name)",
+           "(K)", "(tok/s)", "(ms)", "(ms)", "(x)", "(MB)", "(MB)", "(MB)", "(MB)", "(MB)", "(MB)",
+           "(%)", "(rank)", "(max/mean)");
     if (a->check) printf(" %11s %6s", "", "");
     printf("\n");
     for (int i = 0; i < n_pol; i++) {
         json_t *o = json_array_get(jpol, (size_t)i);
 #define JR(k) json_real_value(json_object_get(o, k))
 #define JI(k) (double)json_integer_value(json_object_get(o, k))
-        printf("  %-*s %6.2f %10.0f %8.2f %8.2f %7.2f %10.3f %10.3f %9.3f %7.2f %6.2f %9.3f", nw,
-               bp[i].label, JR("avg_k"), JR("tokens_per_s"), JR("step_ms_p50"), JR("step_ms_p99"),
-               JR("speedup"), JI("dispatch_bytes") / 1e6, JI("combine_bytes") / 1e6,
-               JI("inter_node_bytes") / 1e6, JR("bytes_saved_pct"), JR("dest_ranks_per_token"),
-               JR("load_imbalance"));
+        printf("  %-*s %6.2f %10.0f %8.2f %8.2f %7.2f %10.3f %10.3f %9.3f %9.3f %10.3f %10.3f "
+               "%7.2f %6.2f %9.3f",
+               nw, bp[i].label, JR("avg_k"), JR("tokens_per_s"), JR("step_ms_p50"),
+               JR("step_ms_p99"), JR("speedup"), JI("dispatch_bytes") / 1e6,
+               JI("combine_bytes") / 1e6, JI("inter_node_bytes") / 1e6,
+               JI("intra_node_bytes") / 1e6, JI("baseline_inter_node_bytes") / 1e6,
+               JI("baseline_intra_node_bytes") / 1e6, JR("bytes_saved_pct"),
+               JR("dest_ranks_per_token"), JR("load_imbalance"));
         if (a->check) printf(" %11.3e %6.0f", JR("max_rel_err"), JI("wrong"));
         printf("\n");
     }
@@ -664,6 +685,16 @@ int ep_cmd_bench(int argc, char **argv)
     mo.micro_batches = a.micro_batches;
     mo.phase_barrier = a.phase_barrier;
     if ((st = ep_comm_wire_parse("--wire", a.wire, &mo.wire))) goto setup_done;
+    if (a.dispatch) {
+        ep_dispatch_mode dm;
+        if ((st = ep_dispatch_mode_parse("--dispatch", a.dispatch, &dm))) goto setup_done;
+        mo.dispatch = (int)dm;
+    }
+    {
+        ep_dispatch_mode dm;
+        if ((st = ep_moe_dispatch_mode(&mo, cl, &dm))) goto setup_done;
+        a.dispatch_used = ep_dispatch_mode_name(dm);
+    }
     if ((st = ep_weight_dtype_parse(a.expert_dtype, &mo.expert_dtype))) {
         st = ep_error_prefix(st, "--expert-dtype");
         goto setup_done;
@@ -879,6 +910,7 @@ setup_done:
         json_object_set_new(res, "wire_dtype", json_string(a.wire));
         json_object_set_new(res, "micro_batches", json_integer(a.micro_batches));
         json_object_set_new(res, "phase_barrier", json_boolean(a.phase_barrier));
+        json_object_set_new(res, "dispatch", json_string(a.dispatch_used));
         json_object_set_new(
             res, "expert_dtype",
             json_string(mo.backend == EP_MOE_BACKEND_CUDA ? "bf16" : a.expert_dtype));

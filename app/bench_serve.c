@@ -429,6 +429,11 @@ enum {
     BS_M_TOKEN_LAYERS,
     BS_M_FORWARD_S,
     BS_M_MOE_S,
+    // Server-wide (every profile): bytes across / within nodes, actual and top-k_base.
+    BS_M_INTER,
+    BS_M_INTRA,
+    BS_M_BASE_INTER,
+    BS_M_BASE_INTRA,
     BS_M_N
 };
 static bool get_moe_bytes(const char *url, const char *routing, double v[BS_M_N])
@@ -447,12 +452,20 @@ static bool get_moe_bytes(const char *url, const char *routing, double v[BS_M_N]
     bool ok = curl_easy_perform(h) == CURLE_OK &&
               curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code) == CURLE_OK && code == 200 &&
               s.buf;
-    static const char *const names[BS_M_N] = {
-        "epserve:moe_dispatch_bytes_total{",      "epserve:moe_combine_bytes_total{",
-        "epserve:moe_bytes_saved_total{",         "epserve:routing_steps_total{",
-        "epserve:routing_tokens_total{",          "epserve:routing_slots_total{",
-        "epserve:routing_pairs_total{",           "epserve:routing_token_layers_total{",
-        "epserve:routing_forward_seconds_total{", "epserve:routing_moe_seconds_total{"};
+    static const char *const names[BS_M_N] = {"epserve:moe_dispatch_bytes_total{",
+                                              "epserve:moe_combine_bytes_total{",
+                                              "epserve:moe_bytes_saved_total{",
+                                              "epserve:routing_steps_total{",
+                                              "epserve:routing_tokens_total{",
+                                              "epserve:routing_slots_total{",
+                                              "epserve:routing_pairs_total{",
+                                              "epserve:routing_token_layers_total{",
+                                              "epserve:routing_forward_seconds_total{",
+                                              "epserve:routing_moe_seconds_total{",
+                                              "epserve:moe_inter_node_bytes_total{",
+                                              "epserve:moe_intra_node_bytes_total{",
+                                              "epserve:moe_baseline_inter_node_bytes_total{",
+                                              "epserve:moe_baseline_intra_node_bytes_total{"};
     char want[160] = "";
     if (routing) snprintf(want, sizeof want, "routing=\"%s\"}", routing);
     int found = 0;
@@ -465,7 +478,7 @@ static bool get_moe_bytes(const char *url, const char *routing, double v[BS_M_N]
                 sp = sp ? strchr(sp, ' ') : NULL;
                 if (!sp) continue;
                 // The profile's line (a routing series), or every profile's.
-                if (i >= BS_M_STEPS && routing) {
+                if (i >= BS_M_STEPS && i <= BS_M_MOE_S && routing) {
                     const char *end = strchr(l, '}');
                     const size_t wl = strlen(want);
                     if ((size_t)(end + 1 - l) < wl || strncmp(end + 1 - wl, want, wl)) continue;
@@ -740,6 +753,11 @@ int ep_cmd_bench_serve(int argc, char **argv)
         printf("%-40s %.3f\n", "Saved vs top-k_base (MB):", moe_saved / 1e6);
         printf("%-40s %.1f\n", "Saved vs top-k_base (%):",
                moe_bytes + moe_saved > 0 ? 100 * moe_saved / (moe_bytes + moe_saved) : 0);
+        // Server-wide (all profiles), across / within nodes.
+        printf("%-40s %.3f\n", "Inter-node (MB, all profiles):", d[BS_M_INTER] / 1e6);
+        printf("%-40s %.3f\n", "Intra-node (MB, all profiles):", d[BS_M_INTRA] / 1e6);
+        printf("%-40s %.3f\n", "Inter-node top-k_base (MB, all):", d[BS_M_BASE_INTER] / 1e6);
+        printf("%-40s %.3f\n", "Intra-node top-k_base (MB, all):", d[BS_M_BASE_INTRA] / 1e6);
         if (have_steps) {
             printf("%-40s %.1f\n", "Tokens per step:", tok_step);
             printf("%-40s %.1f\n", "Slots per step (per MoE layer):", slot_step);
@@ -805,6 +823,10 @@ int ep_cmd_bench_serve(int argc, char **argv)
         if (have_moe) {
             json_object_set_new(o, "moe_alltoall_bytes", json_real(moe_bytes));
             json_object_set_new(o, "moe_bytes_saved", json_real(moe_saved));
+            json_object_set_new(o, "moe_inter_node_bytes", json_real(d[BS_M_INTER]));
+            json_object_set_new(o, "moe_intra_node_bytes", json_real(d[BS_M_INTRA]));
+            json_object_set_new(o, "moe_baseline_inter_node_bytes", json_real(d[BS_M_BASE_INTER]));
+            json_object_set_new(o, "moe_baseline_intra_node_bytes", json_real(d[BS_M_BASE_INTRA]));
             if (have_steps) {
                 json_object_set_new(o, "engine_steps", json_real(d[BS_M_STEPS]));
                 json_object_set_new(o, "tokens_per_step", json_real(tok_step));

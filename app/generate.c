@@ -55,6 +55,8 @@ static void usage(FILE *f)
                "                       docs/wire-format.md)\n"
                "  --micro-batches N    1 | 2: overlap each MoE layer's all-to-all with the\n"
                "                       other half-batch's experts (default 1)\n"
+               "  --dispatch MODE      hier | flat all-to-all (default hier with more than one\n"
+               "                       node on the cpu backend, else flat; docs/cluster.md)\n"
                "  --step-timeout S     seconds before a step counts as failed (default 30)\n"
                "  --json               print one JSON object\n");
 }
@@ -189,6 +191,7 @@ int ep_cmd_generate(int argc, char **argv)
         {"dtype", required_argument, 0, 'Y'},
         {"wire", required_argument, 0, 'W'},
         {"micro-batches", required_argument, 0, 'U'},
+        {"dispatch", required_argument, 0, 'A'},
         {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
@@ -197,7 +200,7 @@ int ep_cmd_generate(int argc, char **argv)
     const char *chat_kwargs = NULL;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
     ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO, wire = EP_DTYPE_F32;
-    int max_tokens = 16, rpn = 0, micro_batches = 1;
+    int max_tokens = 16, rpn = 0, micro_batches = 1, dispatch = EP_MOE_DISPATCH_AUTO;
     // Which sampling options were given: those win over generation_config.json.
     bool set_max_tokens = false, set_temp = false, set_top_k = false, set_top_p = false;
     float timeout = 30.0f;
@@ -280,6 +283,12 @@ int ep_cmd_generate(int argc, char **argv)
         case 'U':
             ok = ep_arg_int(optarg, 1, 2, &micro_batches);
             break;
+        case 'A': {
+            ep_dispatch_mode dm;
+            ok = ep_dispatch_mode_parse("--dispatch", optarg, &dm) == EP_OK;
+            dispatch = (int)dm;
+            break;
+        }
         case 'j':
             as_json = true;
             break;
@@ -399,6 +408,7 @@ int ep_cmd_generate(int argc, char **argv)
     eo.model.dtype = dense_dtype;
     eo.model.moe.wire = wire;
     eo.model.moe.micro_batches = micro_batches;
+    eo.model.moe.dispatch = dispatch;
     // One sequence: each rank holds at most one, with KV room for a whole context.
     eo.model.max_seqs = 1;
     eo.model.kv_blocks =

@@ -47,6 +47,8 @@ static void usage(FILE *f)
             "  --expert-dtype D auto | f32 | bf16: how the CPU backend stores the experts\n"
             "                   (default auto; any BF16 storage: --reference allows the same\n"
             "                   as cuda)\n"
+            "  --dispatch MODE  hier | flat all-to-all (default hier with more than one\n"
+            "                   node on the cpu backend, else flat; docs/cluster.md)\n"
             "  --progress       loading progress on stderr even when it is not a terminal\n"
             "  --help           this text\n"
             "Runs under mpirun: rank 0 holds the sequence, every rank joins every MoE layer.\n",
@@ -104,17 +106,25 @@ static int print_json(const ep_model_cfg *cfg, const int *tok, int n, const floa
 int ep_cmd_logits(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},   {"tokens", required_argument, 0, 't'},
-        {"out", required_argument, 0, 'o'},     {"json", no_argument, 0, 'j'},
-        {"routing", required_argument, 0, 'r'}, {"reference", no_argument, 0, 'R'},
-        {"progress", no_argument, 0, 'p'},      {"help", no_argument, 0, 'h'},
-        {"backend", required_argument, 0, 'b'}, {"expert-dtype", required_argument, 0, 'D'},
-        {"dtype", required_argument, 0, 'Y'},   {0, 0, 0, 0},
+        {"model", required_argument, 0, 'm'},
+        {"tokens", required_argument, 0, 't'},
+        {"out", required_argument, 0, 'o'},
+        {"json", no_argument, 0, 'j'},
+        {"routing", required_argument, 0, 'r'},
+        {"reference", no_argument, 0, 'R'},
+        {"progress", no_argument, 0, 'p'},
+        {"help", no_argument, 0, 'h'},
+        {"backend", required_argument, 0, 'b'},
+        {"expert-dtype", required_argument, 0, 'D'},
+        {"dtype", required_argument, 0, 'Y'},
+        {"dispatch", required_argument, 0, 'A'},
+        {0, 0, 0, 0},
     };
     const char *model = NULL, *tokens = NULL, *out = NULL, *routing = "baseline";
     bool json = false, reference = false, progress = false;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
     ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO;
+    int dispatch = EP_MOE_DISPATCH_AUTO;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "m:t:o:jr:Rpb:D:h", opts, NULL)) != -1) {
@@ -154,6 +164,15 @@ int ep_cmd_logits(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'A': {
+            ep_dispatch_mode dm;
+            if (ep_dispatch_mode_parse("--dispatch", optarg, &dm)) {
+                fprintf(stderr, "epserve logits: %s\n", ep_last_error());
+                return 2;
+            }
+            dispatch = (int)dm;
+            break;
+        }
         case 'h':
             usage(stdout);
             return 0;
@@ -221,6 +240,7 @@ int ep_cmd_logits(int argc, char **argv)
     mo.moe.with_reference = reference && root; // every expert, rank 0 only
     mo.moe.backend = backend;
     mo.moe.expert_dtype = expert_dtype;
+    mo.moe.dispatch = dispatch;
     mo.dtype = dense_dtype;
     mo.max_seqs = 1;
     mo.max_ctx = n;

@@ -62,6 +62,9 @@ static void serve_usage(FILE *f)
                "                            f32; docs/wire-format.md)\n"
                "  --micro-batches N         1 | 2: overlap each MoE layer's all-to-all with the\n"
                "                            other half-batch's experts (default 1)\n"
+               "  --dispatch MODE           hier | flat all-to-all (default hier with more than\n"
+               "                            one node on the cpu backend, else flat;\n"
+               "                            docs/cluster.md)\n"
                "  --enable-prefix-caching   reuse cached KV blocks of a shared prompt prefix\n"
                "  --no-prefix-caching       (default: enabled; docs/scheduler.md)\n"
                "A checkpoint's generation_config.json supplies the sampling defaults and extra\n"
@@ -137,6 +140,7 @@ int ep_cmd_serve(int argc, char **argv)
         {"micro-batches", required_argument, 0, 'U'},
         {"expert-load", required_argument, 0, 'E'},
         {"save-expert-load", required_argument, 0, 'O'},
+        {"dispatch", required_argument, 0, 'A'},
         {"enable-prefix-caching", no_argument, 0, 'P'},
         {"no-prefix-caching", no_argument, 0, 'Q'},
         {"help", no_argument, 0, 'h'},
@@ -149,6 +153,7 @@ int ep_cmd_serve(int argc, char **argv)
     so.api_key = getenv("EPSERVE_API_KEY");
     long max_num_seqs = 0, max_model_len = 0, max_tps = 0, max_waiting = -1, rpn = 0;
     long max_slots = 0, redundant = 0, rebalance = -1;
+    int dispatch = EP_MOE_DISPATCH_AUTO;
     double min_gain = 0.05;
     ep_place_kind placement = EP_PLACE_CONTIGUOUS;
     long port = 8000, body = (long)so.max_body_bytes, micro_batches = 1;
@@ -246,6 +251,15 @@ int ep_cmd_serve(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'A': {
+            ep_dispatch_mode dm;
+            if (ep_dispatch_mode_parse("--dispatch", optarg, &dm)) {
+                fprintf(stderr, "epserve serve: %s\n", ep_last_error());
+                return 2;
+            }
+            dispatch = (int)dm;
+            break;
+        }
         case 'D':
         case 'Y':
             if (ep_weight_dtype_parse(optarg, c == 'D' ? &expert_dtype : &dense_dtype)) {
@@ -384,6 +398,7 @@ int ep_cmd_serve(int argc, char **argv)
         eo.rebalance_interval = (int)rebalance_eff;
         eo.rebalance_min_gain = min_gain;
         eo.model.moe.micro_batches = (int)micro_batches;
+        eo.model.moe.dispatch = dispatch;
         eo.model.prefix_caching = prefix_caching;
         eo.routings = routings;
         eo.n_routings = n_routings;

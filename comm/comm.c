@@ -10,8 +10,10 @@
 #include "comm/dispatch_plan.h"
 
 struct ep_comm {
-    ep_cluster *cluster; // borrowed
-    ep_transport *t;     // borrowed
+    ep_cluster *cluster;  // borrowed
+    ep_transport *t;      // borrowed
+    ep_transport *t_node; // owned: hier's stage 2 over this node's ranks (MPI), or NULL
+    ep_transport *req_t;  // the transport m->req is on
     int hidden, rank, world;
     ep_dtype wire;      // dispatch rows
     ep_dtype cwire;     // combine rows: wire, or BF16 for an F8_E4M3 wire
@@ -223,6 +225,7 @@ void ep_comm_free(ep_comm *m)
     free(m->s2_recv_off);
     free(m->s2_sendbuf);
     free(m->s2_recvbuf);
+    ep_transport_free(m->t_node);
     free(m);
 }
 
@@ -644,7 +647,8 @@ static ep_status ep_comm_unpack_hier(ep_comm *m, const ep_routes *r, const ep_pl
         EP_ASSERT(m->cursor[d] == m->s2_send_bytes[d]);
 
     // Stage 2 over the same transport: only ranks of this node exchange.
-    st = m->t->vt->exchange_counts(m->t, m->s2_send_bytes, m->s2_recv_bytes);
+    ep_transport *tn = m->t_node ? m->t_node : m->t;
+    st = tn->vt->exchange_counts(tn, m->s2_send_bytes, m->s2_recv_bytes);
     if (st != EP_OK) return ep_error_prefix(st, "comm dispatch: stage-2 sizes");
     int64_t ro = 0;
     for (int d = 0; d < W; d++) {
@@ -660,8 +664,8 @@ static ep_status ep_comm_unpack_hier(ep_comm *m, const ep_routes *r, const ep_pl
         ro += b;
     }
     ep_comm_grow_bytes(&m->s2_recvbuf, &m->s2_recvbuf_cap, (size_t)ro);
-    st = ep_transport_alltoallv(m->t, m->s2_sendbuf, m->s2_send_bytes, m->s2_send_off,
-                                m->s2_recvbuf, m->s2_recv_bytes, m->s2_recv_off);
+    st = ep_transport_alltoallv(tn, m->s2_sendbuf, m->s2_send_bytes, m->s2_send_off, m->s2_recvbuf,
+                                m->s2_recv_bytes, m->s2_recv_off);
     if (st != EP_OK) return ep_error_prefix(st, "comm dispatch: stage 2");
     m->s2_recv_rec_off[0] = 0;
     for (int s = 0; s < W; s++) {
@@ -839,10 +843,12 @@ ep_status ep_comm_combine_start(ep_comm *m, const ep_comm_work *work)
     const bool hier = m->plan.mode == EP_DISPATCH_HIER;
     const void *sbuf = m->recvbuf;
     void *rbuf = m->sendbuf;
+    ep_transport *t = m->t;
     if (hier) {
         ep_comm_combine_layout_hier(m, work);
         sbuf = m->s2_recvbuf;
         rbuf = m->s2_sendbuf;
+        if (m->t_node) t = m->t_node;
     } else {
         // Reverse path: one row back per record received, one row in per record sent.
         int64_t so = 0, ro = 0;
@@ -871,9 +877,10 @@ ep_status ep_comm_combine_start(ep_comm *m, const ep_comm_work *work)
     }
     // A failed start leaves the dispatch done: the caller may not combine again.
     m->phase = EP_COMM_IDLE;
-    ep_status rc = m->t->vt->alltoallv_start(m->t, sbuf, m->c_send_bytes, m->c_send_off, rbuf,
-                                             m->c_recv_bytes, m->c_recv_off, &m->req);
+    ep_status rc = t->vt->alltoallv_start(t, sbuf, m->c_send_bytes, m->c_send_off, rbuf,
+                                          m->c_recv_bytes, m->c_recv_off, &m->req);
     if (rc != EP_OK) return ep_error_prefix(rc, "comm combine");
+    m->req_t = t;
     m->c_y = work->y;
     m->phase = EP_COMM_COMBINE_POSTED;
     return EP_OK;
@@ -940,7 +947,7 @@ ep_status ep_comm_combine_finish(ep_comm *m, float *out, ep_comm_stats *st)
     const size_t H = (size_t)m->hidden;
     const int64_t rb = m->crow_bytes;
     m->phase = EP_COMM_IDLE;
-    rc = m->t->vt->alltoallv_wait(m->t, m->req, NULL);
+    rc = m->req_t->vt->alltoallv_wait(m->req_t, m->req, NULL);
     m->req = NULL;
     if (rc != EP_OK) return ep_error_prefix(rc, "comm combine");
     int64_t incoming = 0, incoming_inter = 0;
@@ -989,7 +996,28 @@ ep_status ep_comm_set_mode(ep_comm *m, ep_dispatch_mode mode)
     if (m->phase != EP_COMM_IDLE)
         return ep_errorf(EP_ERR_ARG, "comm set_mode: expected no exchange under way, found %s due",
                          ep_comm_phase_next(m->phase));
-    return ep_dispatch_plan_set_mode(&m->plan, mode);
+    // The cluster's node map now (tests and bench re-derive it between layers).
+    memcpy(m->plan.node_of, m->cluster->node_of, (size_t)m->world * sizeof(int));
+    // On one node hier plans exactly as flat (test_dispatch_plan): skip its
+    // empty stage-2 exchanges.
+    bool one_node = true;
+    for (int d = 1; d < m->world; d++)
+        one_node &= m->plan.node_of[d] == m->plan.node_of[0];
+    if (one_node && mode == EP_DISPATCH_HIER) mode = EP_DISPATCH_FLAT;
+    ep_status st = ep_dispatch_plan_set_mode(&m->plan, mode);
+    if (st != EP_OK) return st;
+    // Stage 2 over this node's ranks only (a sub-communicator, split for the
+    // node map of now): the MPI transport's; others carry it themselves.
+    ep_transport_free(m->t_node);
+    m->t_node = NULL;
+    if (mode == EP_DISPATCH_HIER && !strcmp(m->t->vt->name, "mpi"))
+        st = ep_transport_mpi_init_node(m->cluster, &m->t_node);
+    return st;
+}
+
+int64_t ep_comm_node_bytes_moved(const ep_comm *m)
+{
+    return m->t_node ? m->t_node->bytes_moved : 0;
 }
 
 ep_dispatch_mode ep_comm_mode(const ep_comm *m)

@@ -1,7 +1,8 @@
 // Dispatch and combine of one MoE layer across ranks, and the byte
 // accounting. A token is sent once per destination rank however many of its
-// experts live there; a token whose experts are all on its own rank costs no
-// bytes. The plan is pure (no communication) so the simulator can reuse it;
+// experts live there (flat), or once per other node and forwarded inside it
+// (hier, ep_dispatch_mode); a token whose experts are all on its own rank
+// costs no bytes. The plan is pure (no communication) so the simulator can reuse it;
 // the payload moves through an ep_transport (MPI here; NCCL on GPUs).
 #ifndef EP_COMM_H
 #define EP_COMM_H
@@ -129,6 +130,11 @@ struct ep_transport {
     int64_t bytes_moved; // payload bytes sent to other ranks, since creation
 };
 ep_status ep_transport_mpi_init(ep_cluster *c, ep_transport **out);
+// The MPI transport over the ranks of this rank's logical node only (an
+// MPI_Comm_split of the cluster's communicator by c->node; collective over
+// every rank). Still indexed by world rank: ranks of other nodes must have 0
+// bytes. Hier's stage 2 runs on it.
+ep_status ep_transport_mpi_init_node(ep_cluster *c, ep_transport **out);
 void ep_transport_free(ep_transport *t); // NULL ok
 // The blocking exchange: alltoallv_start then alltoallv_wait, for any
 // transport. Adds the bytes sent to other ranks to t->bytes_moved.
@@ -162,14 +168,21 @@ ep_status ep_comm_init(ep_cluster *c, ep_transport *t, int hidden, ep_dtype wire
 void ep_comm_free(ep_comm *m); // NULL ok
 // Flat (the default) or hier dispatch for the next layers; EP_ERR_ARG
 // between the halves of an exchange or for an unknown mode. Every rank must
-// use the same mode. Hier: stage 1 (the plan's records, forwarded ones to
+// use the same mode. It takes the cluster's node map of the moment (init
+// took the one of then). Hier: stage 1 (the plan's records, forwarded ones to
 // the forwarding rank of another node) is the posted exchange; stage 2 (the
 // forward within the node: counts, payload) runs blocking in
 // dispatch_finish; combine_start posts the stage-2 returns, combine_finish
-// sums them per (token, node) and returns those rows blocking. All on the
-// one transport: stage 2 moves bytes between ranks of one node only.
+// sums them per (token, node) and returns those rows blocking. Stage 2 and
+// its returns move bytes between ranks of one node only, on a
+// node transport (ep_transport_mpi_init_node) when the transport is MPI's,
+// else on the transport itself. Collective (the node transport's split).
+// On one node hier is flat, and ep_comm_mode says so.
 ep_status ep_comm_set_mode(ep_comm *m, ep_dispatch_mode mode);
 ep_dispatch_mode ep_comm_mode(const ep_comm *m);
+// Payload bytes the node transport moved (0 without one): stage 2 and its
+// returns, which the transport given to ep_comm_init does not count then.
+int64_t ep_comm_node_bytes_moved(const ep_comm *m);
 // Plans (an ep_dispatch_plan; its stats into st), exchanges counts, sends x [T, hidden] and
 // fills `work`. Every rank must call it for every layer, even with T = 0.
 ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p,

@@ -29,12 +29,50 @@ struct ep_transport_req {
 };
 
 typedef struct {
-    MPI_Comm comm;     // borrowed from the cluster
+    MPI_Comm comm;     // borrowed from the cluster, or own (a node's ranks)
+    bool own_comm;     // comm is ours to free (ep_transport_mpi_init_node)
     MPI_Datatype word; // 4 contiguous bytes, no conversion
     ep_transport_req slot[EP_TRANSPORT_MAX_INFLIGHT];
+    // Node transport: the interface stays indexed by world rank; sub_of[d]
+    // is d's rank in comm, -1 for ranks of other nodes (which must have 0
+    // bytes). NULL: comm is the cluster's, ranks are the same.
+    int *sub_of;      // [world]
+    int n;            // ranks in comm
+    int64_t *cs, *cr; // [n] counts in comm order (exchange_counts)
 } ep_mpi_ctx;
 
+// d's rank in the transport's communicator, or -1.
+static int ep_mpi_sub(const ep_mpi_ctx *m, int d)
+{
+    return m->sub_of ? m->sub_of[d] : d;
+}
+
+static ep_status ep_mpi_exchange_counts_comm(ep_transport *t, const int64_t *send, int64_t *recv);
+
 static ep_status ep_mpi_exchange_counts(ep_transport *t, const int64_t *send, int64_t *recv)
+{
+    ep_mpi_ctx *m = t->ctx;
+    if (!m->sub_of) return ep_mpi_exchange_counts_comm(t, send, recv);
+    for (int d = 0; d < t->world_size; d++) {
+        const int s = m->sub_of[d];
+        if (s >= 0) {
+            m->cs[s] = send[d];
+        } else if (send[d] != 0) {
+            return ep_errorf(
+                EP_ERR_COMM,
+                "MPI node transport: %lld bytes for rank %d, expected 0 (another node)",
+                (long long)send[d], d);
+        }
+    }
+    ep_status st = ep_mpi_exchange_counts_comm(t, m->cs, m->cr);
+    if (st != EP_OK) return st;
+    for (int d = 0; d < t->world_size; d++)
+        recv[d] = m->sub_of[d] >= 0 ? m->cr[m->sub_of[d]] : 0;
+    return EP_OK;
+}
+
+// One int64 to and from every rank of the communicator.
+static ep_status ep_mpi_exchange_counts_comm(ep_transport *t, const int64_t *send, int64_t *recv)
 {
     ep_mpi_ctx *m = t->ctx;
     if (!ep_cluster_watch_on()) {
@@ -87,11 +125,20 @@ static ep_status ep_mpi_alltoallv_start(ep_transport *t, const void *sendbuf,
     int64_t remote = 0;
     ep_status st;
     for (int d = 0; d < t->world_size; d++) {
-        if ((st = ep_mpi_words(send_bytes[d], "send size", d, &q->scount[d])) != EP_OK) return st;
-        if ((st = ep_mpi_words(send_off[d], "send offset", d, &q->sdispl[d])) != EP_OK) return st;
-        if ((st = ep_mpi_words(recv_bytes[d], "receive size", d, &q->rcount[d])) != EP_OK)
+        const int s = ep_mpi_sub(m, d);
+        if (s < 0) { // another node: nothing to or from it on this communicator
+            if (send_bytes[d] || recv_bytes[d])
+                return ep_errorf(EP_ERR_COMM,
+                                 "MPI node transport: %lld bytes to and %lld from rank %d, "
+                                 "expected 0 (another node)",
+                                 (long long)send_bytes[d], (long long)recv_bytes[d], d);
+            continue;
+        }
+        if ((st = ep_mpi_words(send_bytes[d], "send size", d, &q->scount[s])) != EP_OK) return st;
+        if ((st = ep_mpi_words(send_off[d], "send offset", d, &q->sdispl[s])) != EP_OK) return st;
+        if ((st = ep_mpi_words(recv_bytes[d], "receive size", d, &q->rcount[s])) != EP_OK)
             return st;
-        if ((st = ep_mpi_words(recv_off[d], "receive offset", d, &q->rdispl[d])) != EP_OK)
+        if ((st = ep_mpi_words(recv_off[d], "receive offset", d, &q->rdispl[s])) != EP_OK)
             return st;
         if (d != me) remote += send_bytes[d];
     }
@@ -104,7 +151,7 @@ static ep_status ep_mpi_alltoallv_start(ep_transport *t, const void *sendbuf,
     if (send_bytes[me] > 0)
         memcpy((char *)recvbuf + recv_off[me], (const char *)sendbuf + send_off[me],
                (size_t)send_bytes[me]);
-    q->scount[me] = q->rcount[me] = 0;
+    q->scount[ep_mpi_sub(m, me)] = q->rcount[ep_mpi_sub(m, me)] = 0;
     ep_cluster_watch_enter();
     EP_MPI_CHECK(MPI_Ialltoallv(sendbuf, q->scount, q->sdispl, m->word, recvbuf, q->rcount,
                                 q->rdispl, m->word, m->comm, &q->rq));
@@ -142,6 +189,10 @@ static void ep_mpi_free(ep_transport *t)
     ep_mpi_ctx *m = t->ctx;
     if (m) {
         if (m->word != MPI_DATATYPE_NULL) MPI_Type_free(&m->word);
+        if (m->own_comm && m->comm != MPI_COMM_NULL) MPI_Comm_free(&m->comm);
+        free(m->sub_of);
+        free(m->cs);
+        free(m->cr);
         for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++) {
             ep_transport_req *q = &m->slot[i];
             // Pending only after a wait gave up (the job is ending): do not
@@ -165,7 +216,9 @@ static const ep_transport_vt ep_transport_mpi_vt = {
     .free = ep_mpi_free,
 };
 
-ep_status ep_transport_mpi_init(ep_cluster *c, ep_transport **out)
+// A transport over comm (n ranks; sub_of as in ep_mpi_ctx, taken over).
+static ep_status ep_mpi_open(ep_cluster *c, MPI_Comm comm, bool own, int *sub_of, int n,
+                             ep_transport **out)
 {
     *out = NULL;
     ep_transport *t = ep_xcalloc(1, sizeof *t);
@@ -174,16 +227,20 @@ ep_status ep_transport_mpi_init(ep_cluster *c, ep_transport **out)
     t->ctx = m;
     t->rank = c->rank;
     t->world_size = c->world_size;
-    m->comm = ep_cluster_comm(c);
+    m->comm = comm;
+    m->own_comm = own;
+    m->sub_of = sub_of;
+    m->n = n;
     m->word = MPI_DATATYPE_NULL;
-    size_t w = (size_t)c->world_size;
+    m->cs = ep_xcalloc((size_t)n, sizeof(int64_t));
+    m->cr = ep_xcalloc((size_t)n, sizeof(int64_t));
     for (int i = 0; i < EP_TRANSPORT_MAX_INFLIGHT; i++) {
         ep_transport_req *q = &m->slot[i];
         q->rq = MPI_REQUEST_NULL;
-        q->scount = ep_xcalloc(w, sizeof(int));
-        q->sdispl = ep_xcalloc(w, sizeof(int));
-        q->rcount = ep_xcalloc(w, sizeof(int));
-        q->rdispl = ep_xcalloc(w, sizeof(int));
+        q->scount = ep_xcalloc((size_t)n, sizeof(int));
+        q->sdispl = ep_xcalloc((size_t)n, sizeof(int));
+        q->rcount = ep_xcalloc((size_t)n, sizeof(int));
+        q->rdispl = ep_xcalloc((size_t)n, sizeof(int));
     }
     int rc = MPI_Type_contiguous(EP_MPI_WORD, MPI_BYTE, &m->word);
     if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&m->word);
@@ -195,6 +252,28 @@ ep_status ep_transport_mpi_init(ep_cluster *c, ep_transport **out)
     }
     *out = t;
     return EP_OK;
+}
+
+ep_status ep_transport_mpi_init(ep_cluster *c, ep_transport **out)
+{
+    return ep_mpi_open(c, ep_cluster_comm(c), false, NULL, c->world_size, out);
+}
+
+ep_status ep_transport_mpi_init_node(ep_cluster *c, ep_transport **out)
+{
+    *out = NULL;
+    // Ranks of this (logical) node, in world order: MPI_Comm_split's key.
+    MPI_Comm comm = MPI_COMM_NULL;
+    int rc = MPI_Comm_split(ep_cluster_comm(c), c->node, c->rank, &comm);
+    if (rc != MPI_SUCCESS) return ep_mpi_error(rc, "MPI_Comm_split(node)", __FILE__, __LINE__);
+    int *sub_of = ep_xmalloc((size_t)c->world_size * sizeof(int));
+    int n = 0;
+    for (int d = 0; d < c->world_size; d++)
+        sub_of[d] = c->node_of[d] == c->node ? n++ : -1;
+    int size = 0;
+    MPI_Comm_size(comm, &size);
+    EP_ASSERT(size == n); // node_of is the same on every rank
+    return ep_mpi_open(c, comm, true, sub_of, n, out);
 }
 
 ep_status ep_comm_raw_alltoallv(ep_cluster *c, const void *sendbuf, const int *send_words,

@@ -19,6 +19,26 @@ void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg)
     o->cap_tokens = 256;
     o->max_k = cfg->k_base;
     o->micro_batches = 1;
+    o->dispatch = EP_MOE_DISPATCH_AUTO;
+}
+
+ep_status ep_moe_dispatch_mode(const ep_moe_opts *o, const ep_cluster *cl, ep_dispatch_mode *out)
+{
+    if (o->dispatch == EP_MOE_DISPATCH_AUTO) {
+        *out = cl->n_nodes > 1 && o->backend == EP_MOE_BACKEND_CPU ? EP_DISPATCH_HIER
+                                                                   : EP_DISPATCH_FLAT;
+        return EP_OK;
+    }
+    if (o->dispatch != EP_DISPATCH_FLAT && o->dispatch != EP_DISPATCH_HIER)
+        return ep_errorf(EP_ERR_ARG, "--dispatch: expected flat or hier, found mode %d",
+                         o->dispatch);
+    if (o->dispatch == EP_DISPATCH_HIER && o->backend == EP_MOE_BACKEND_CUDA)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "--dispatch hier: expected --backend cpu (the two-stage dispatch runs "
+                         "on the MPI transport; the cuda backend's NCCL path is flat only), "
+                         "found --backend cuda");
+    *out = (ep_dispatch_mode)o->dispatch;
+    return EP_OK;
 }
 
 ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, const ep_moe_opts *o,
@@ -64,9 +84,12 @@ ep_status ep_moe_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w, co
     // Two micro-batches: each ep_comm sized for half the tokens (a skewed
     // step grows them), so the buffers total what one would hold.
     const int n_mb = m->opts.micro_batches, mb_cap = (cap + n_mb - 1) / n_mb;
+    ep_dispatch_mode mode;
+    if ((st = ep_moe_dispatch_mode(o, cl, &mode))) goto err;
     for (int b = 0; b < n_mb; b++) {
         if ((st = ep_comm_init(cl, m->be.tp, cfg->hidden, o->wire, mb_cap, o->max_k, &m->comm[b])))
             goto err;
+        if ((st = ep_comm_set_mode(m->comm[b], mode))) goto err;
         if (n_mb > 1) m->mb_off[b] = ep_xmalloc((size_t)(cap + 1) * sizeof(int));
     }
     if ((st = ep_router_init(cfg, cap, &m->router))) goto err;
@@ -113,6 +136,19 @@ void ep_moe_free(ep_moe *m)
     free(m->rank_load);
     free(m->visit);
     free(m);
+}
+
+ep_status ep_moe_set_dispatch(ep_moe *m, int dispatch)
+{
+    ep_moe_opts o = m->opts;
+    o.dispatch = dispatch;
+    ep_dispatch_mode mode;
+    ep_status st = ep_moe_dispatch_mode(&o, m->cl, &mode);
+    if (st) return st;
+    for (int b = 0; b < m->opts.micro_batches; b++)
+        if ((st = ep_comm_set_mode(m->comm[b], mode))) return st;
+    m->opts.dispatch = dispatch;
+    return EP_OK;
 }
 
 const ep_placement *ep_moe_placement(const ep_moe *m)

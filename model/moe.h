@@ -50,7 +50,16 @@ typedef struct {
     // rather than the wait for the slowest rank (docs/scale.md §6). Off by
     // default (it costs the overlap of a rank's skew); micro_batches 1 only.
     bool phase_barrier;
+    // EP_MOE_DISPATCH_AUTO (default): hier when the job has more than one
+    // node and the backend is the CPU one, else flat; or an ep_dispatch_mode
+    // (comm/comm.h). Hier with the CUDA backend is refused (its NCCL path
+    // is not tested with two stages). Same value on every rank.
+    int dispatch;
 } ep_moe_opts;
+#define EP_MOE_DISPATCH_AUTO (-1)
+// The mode ep_moe_init resolves o->dispatch to on cluster cl, or EP_ERR_ARG
+// naming --dispatch (hier with the CUDA backend, an unknown value).
+ep_status ep_moe_dispatch_mode(const ep_moe_opts *o, const ep_cluster *cl, ep_dispatch_mode *out);
 void ep_moe_opts_default(ep_moe_opts *o, const ep_model_cfg *cfg);
 
 // Per-layer timings of one forward call on this rank, microseconds.
@@ -59,6 +68,10 @@ typedef struct {
 } ep_moe_times;
 
 typedef struct ep_moe ep_moe;
+// Switches the dispatch mode (and takes the cluster's current node map) for
+// the next forwards: o->dispatch's rules, EP_ERR_ARG/UNSUPPORTED naming
+// --dispatch. Every rank must make the same call.
+ep_status ep_moe_set_dispatch(ep_moe *m, int dispatch);
 // Reads this rank's experts, the replicated gates and shared experts from w.
 // cfg, cluster and w are borrowed and must outlive the ep_moe. Collective.
 // Backend CUDA: EP_ERR_UNSUPPORTED naming EP_CUDA on a CPU-only build, and on

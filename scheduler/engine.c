@@ -1138,6 +1138,10 @@ ep_status ep_engine_metrics_get(ep_engine *e, ep_engine_metrics *m)
         m->combine_bytes += c[4];
         m->base_dispatch_bytes += c[5];
         m->base_combine_bytes += c[6];
+        m->inter_bytes += c[8];
+        m->intra_bytes += c[9];
+        m->base_inter_bytes += c[10];
+        m->base_intra_bytes += c[11];
         m->layer_avg_k[l] = c[0] > 0 ? (double)c[1] / (double)c[0] : 0;
         int64_t mx = 0, sum = 0;
         for (int k = 0; k < W; k++) {

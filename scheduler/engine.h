@@ -166,6 +166,9 @@ typedef struct {
     // MoE, over all ranks and MoE layers since start (ep_comm_stats summed)
     int64_t moe_pairs, moe_base_pairs, moe_token_layers;
     int64_t dispatch_bytes, combine_bytes, base_dispatch_bytes, base_combine_bytes;
+    // The same bytes (dispatch + combine) across and within nodes, actual
+    // and top-k_base (comm/comm.h: hier's stage 1 is inter, stage 2 intra).
+    int64_t inter_bytes, intra_bytes, base_inter_bytes, base_intra_bytes;
     int n_layers, n_experts, world_size;
     double *layer_avg_k;          // [n_layers] pairs / tokens of each layer (0 for dense layers)
     double *layer_load_imbalance; // [n_layers] max/mean over ranks of pairs received

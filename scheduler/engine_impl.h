@@ -17,7 +17,7 @@
 enum { EP_ENG_TAG_READY = 7101, EP_ENG_TAG_RESULT = 7102 };
 enum { EP_ENG_DOMAIN_MAX = 64 }; // bytes of a pick domain name in a plan
 // Counters per MoE layer in a step result (int64 each).
-enum { EP_ENG_LAYER_WORDS = 8 };
+enum { EP_ENG_LAYER_WORDS = 12 };
 enum { EP_ENG_PROF_WORDS = 9 };
 // Words per sequence in a step result: slot, token, pairs, domain found.
 enum { EP_ENG_ENTRY_WORDS = 4 };

@@ -297,7 +297,12 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
                                          c->combine_bytes,
                                          c->base_dispatch_bytes,
                                          c->base_combine_bytes,
-                                         c->recv_pairs};
+                                         c->recv_pairs,
+                                         c->dispatch_bytes_inter + c->combine_bytes_inter,
+                                         c->dispatch_bytes_intra + c->combine_bytes_intra,
+                                         c->base_dispatch_bytes_inter + c->base_combine_bytes_inter,
+                                         c->base_dispatch_bytes_intra +
+                                             c->base_combine_bytes_intra};
         memcpy(r + k, v, sizeof v);
         k += EP_ENG_LAYER_WORDS;
     }

@@ -309,6 +309,18 @@ void ep_metrics_format(ep_sbuf *b, const char *model, const ep_srv_stats *s,
     sample_i(b, "moe_bytes_saved_total", model,
              em->base_dispatch_bytes + em->base_combine_bytes - em->dispatch_bytes -
                  em->combine_bytes);
+    head(b, "moe_inter_node_bytes_total", "counter",
+         "Dispatch + combine bytes that crossed nodes, over all ranks (--dispatch hier: stage 1).");
+    sample_i(b, "moe_inter_node_bytes_total", model, em->inter_bytes);
+    head(b, "moe_intra_node_bytes_total", "counter",
+         "Dispatch + combine bytes between ranks of one node, over all ranks (hier: stage 2).");
+    sample_i(b, "moe_intra_node_bytes_total", model, em->intra_bytes);
+    head(b, "moe_baseline_inter_node_bytes_total", "counter",
+         "Inter-node bytes fixed top-k_base routing would have moved on the same placement.");
+    sample_i(b, "moe_baseline_inter_node_bytes_total", model, em->base_inter_bytes);
+    head(b, "moe_baseline_intra_node_bytes_total", "counter",
+         "Intra-node bytes fixed top-k_base routing would have moved on the same placement.");
+    sample_i(b, "moe_baseline_intra_node_bytes_total", model, em->base_intra_bytes);
     head(b, "moe_load_imbalance", "gauge",
          "Max over mean of the pairs ranks received, per MoE layer.");
     for (int l = 0; l < em->n_layers; l++) {

@@ -299,7 +299,8 @@ static void run_cfg(ep_cluster *cl, ep_transport *t, const cfg *c)
         ep_comm_stats st;
         ep_comm_work w;
         memset(&w, 0, sizeof w);
-        int64_t moved0 = t->bytes_moved;
+        int64_t moved0 = t->bytes_moved + ep_comm_node_bytes_moved(m);
+        int64_t node0 = ep_comm_node_bytes_moved(m);
         ep_status rc = ep_comm_dispatch(m, &mine->r, &p, mine->pair_rank, mine->x, &w, &st);
         CHECK(rc == EP_OK, "%s: dispatch: %s", tag, ep_last_error());
         if (rc != EP_OK) break;
@@ -339,6 +340,9 @@ static void run_cfg(ep_cluster *cl, ep_transport *t, const cfg *c)
                   st.combine_bytes_intra + st.combine_bytes_inter == st.combine_bytes,
               "%s: intra + inter != total", tag);
         if (c->mode == EP_DISPATCH_FLAT) CHECK(st.fwd_sends == 0, "%s: flat forwards", tag);
+        // Hier's stage 2 runs on the node transport, never on the world one.
+        CHECK(ep_comm_mode(m) == EP_DISPATCH_HIER || ep_comm_node_bytes_moved(m) == 0,
+              "%s: a node transport without hier", tag);
         {
             // The same routes priced by the plan alone, in both modes: this
             // dispatch's stats are the plan's; hier never returns more
@@ -363,20 +367,24 @@ static void run_cfg(ep_cluster *cl, ep_transport *t, const cfg *c)
         // Over all ranks: every pair computed once, every (token, rank) group
         // received once, the transports sent exactly the planned bytes, and
         // the bytes decoded where they arrived are the planned ones.
-        int64_t g[10] = {st.pairs,
+        int64_t g[11] = {st.pairs,
                          st.recv_pairs,
                          st.dest_ranks,
                          st.recv_tokens,
                          st.planned_bytes,
-                         t->bytes_moved - moved0,
+                         t->bytes_moved + ep_comm_node_bytes_moved(m) - moved0,
                          st.measured_bytes,
                          st.dispatch_bytes_inter + st.combine_bytes_inter,
                          st.measured_bytes_inter,
-                         st.fwd_sends};
-        CHECK_OK(ep_cluster_allreduce_i64(cl, g, 10, EP_REDUCE_SUM));
+                         st.fwd_sends,
+                         ep_comm_node_bytes_moved(m) - node0};
+        CHECK_OK(ep_cluster_allreduce_i64(cl, g, 11, EP_REDUCE_SUM));
         if (c->mode == EP_DISPATCH_HIER && cl->n_nodes > 1 && c->rpn >= 2 && layer == 1 &&
             !c->replicas)
-            CHECK(g[9] > 0, "%s: hier forwarded nothing (the test would prove nothing)", tag);
+            CHECK(g[9] > 0 && g[10] > 0,
+                  "%s: hier forwarded %lld records, %lld bytes on the node transport (the test "
+                  "would prove nothing)",
+                  tag, (long long)g[9], (long long)g[10]);
         CHECK(g[7] == g[8], "%s: Σ planned inter-node %lld, Σ measured inter-node %lld", tag,
               (long long)g[7], (long long)g[8]);
         CHECK(g[0] == g[1], "%s: Σ pairs %lld, Σ recv_pairs %lld", tag, (long long)g[0],

@@ -10,7 +10,9 @@
 // With an fp8 wire (e4m3 dispatch, bf16 combine; both presets, contiguous,
 // a fixed and a variable-K policy) the output stays within FP8_TOL and
 // FP8_RMS_TOL of the fp32 reference, and the dispatch bytes are the bf16
-// bytes less exactly the row bytes fp8 saves per record.
+// bytes less exactly the row bytes fp8 saves per record. Flat and hier
+// dispatch (comm/comm.h) at 1, 2 and 4 ranks per node, inter-node bytes
+// planned == measured; `--subset` (np 5-8) runs the contiguous f32 cases.
 #include "common/weights.h"
 #include "model/moe.h"
 #include "router/policy.h"
@@ -115,77 +117,93 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, p
     for (int r = 0; r < cl->rank; r++)
         base_offset += tokens_of(r, cl->world_size);
 
-    for (int rpn = rpn_lo; rpn <= 2; rpn++) {
-        ep_cluster_set_ranks_per_node(cl, rpn);
-        for (int p = 0; p < n_pol; p++) {
-            for (int l = 0; l < cfg->n_layers; l++) {
-                if (!ep_model_layer_is_moe(cfg, l)) continue;
-                for (int i = 0; i < T; i++)
-                    ep_synth_hidden(cfg, 7, l, (int)((base_offset + i) % EP_SYNTH_N_DOMAINS),
-                                    base_offset + i, x + (size_t)i * cfg->hidden);
-                ep_comm_stats st;
-                memset(&st, 0, sizeof st);
-                ep_status s = ep_moe_forward(m, pol[p], l, x, T, y, &st, NULL);
-                CHECK(s == EP_OK, "%s %s layer %d: %s", cfg->name, ep_policy_name(pol[p]), l,
-                      ep_last_error());
-                if (s) continue;
-                CHECK_OK(ep_moe_reference(m, pol[p], l, x, T, yref));
-                int64_t wrong = 0;
-                double err = ep_moe_rel_err(y, yref, T, cfg->hidden, tol, &wrong);
-                CHECK(err <= tol, "%s %s %s %s wire rpn %d layer %d rank %d: max rel err %.3e > %g",
-                      cfg->name, ep_policy_name(pol[p]), ep_place_kind_name(kind),
-                      ep_dtype_name(pc.wire), rpn, l, cl->rank, err, tol);
-                if (err > worst_err) worst_err = err;
-                if (pc.wire == EP_DTYPE_F8_E4M3) {
-                    double d2 = 0, r2 = 0;
-                    for (size_t q = 0; q < (size_t)T * cfg->hidden; q++) {
-                        d2 += ((double)y[q] - yref[q]) * ((double)y[q] - yref[q]);
-                        r2 += (double)yref[q] * yref[q];
+    for (int rpn = rpn_lo; rpn <= 4; rpn += rpn == 1 ? 1 : 2) {
+        for (int mode = 0; mode < 2; mode++) {
+            ep_cluster_set_ranks_per_node(cl, rpn);
+            CHECK_OK(ep_moe_set_dispatch(m, mode ? EP_DISPATCH_HIER : EP_DISPATCH_FLAT));
+            for (int p = 0; p < n_pol; p++) {
+                for (int l = 0; l < cfg->n_layers; l++) {
+                    if (!ep_model_layer_is_moe(cfg, l)) continue;
+                    for (int i = 0; i < T; i++)
+                        ep_synth_hidden(cfg, 7, l, (int)((base_offset + i) % EP_SYNTH_N_DOMAINS),
+                                        base_offset + i, x + (size_t)i * cfg->hidden);
+                    ep_comm_stats st;
+                    memset(&st, 0, sizeof st);
+                    ep_status s = ep_moe_forward(m, pol[p], l, x, T, y, &st, NULL);
+                    CHECK(s == EP_OK, "%s %s layer %d: %s", cfg->name, ep_policy_name(pol[p]), l,
+                          ep_last_error());
+                    if (s) continue;
+                    CHECK_OK(ep_moe_reference(m, pol[p], l, x, T, yref));
+                    int64_t wrong = 0;
+                    double err = ep_moe_rel_err(y, yref, T, cfg->hidden, tol, &wrong);
+                    CHECK(err <= tol,
+                          "%s %s %s %s wire %s rpn %d layer %d rank %d: max rel err %.3e > %g",
+                          cfg->name, ep_policy_name(pol[p]), ep_place_kind_name(kind),
+                          ep_dtype_name(pc.wire), mode ? "hier" : "flat", rpn, l, cl->rank, err,
+                          tol);
+                    if (err > worst_err) worst_err = err;
+                    if (pc.wire == EP_DTYPE_F8_E4M3) {
+                        double d2 = 0, r2 = 0;
+                        for (size_t q = 0; q < (size_t)T * cfg->hidden; q++) {
+                            d2 += ((double)y[q] - yref[q]) * ((double)y[q] - yref[q]);
+                            r2 += (double)yref[q] * yref[q];
+                        }
+                        rms[0] += d2;
+                        rms[1] += r2;
                     }
-                    rms[0] += d2;
-                    rms[1] += r2;
-                }
-                const ep_placement *lp = ep_moe_layer_placement(m, l);
-                const ep_routes *rr = ep_moe_last_routes(m);
-                const int *prk = ep_moe_last_pair_rank(m);
-                int bad = 0;
-                for (int j = 0; j < ep_routes_nnz(rr); j++) {
-                    bad += !ep_placement_holds(lp, prk[j], rr->expert[j]);
-                    off_home += prk[j] != lp->rank_of[rr->expert[j]];
-                }
-                CHECK(bad == 0, "layer %d: %d pairs sent to a rank holding no replica", l, bad);
-                CHECK(st.tokens == T, "stats count %lld tokens, routed %d", (long long)st.tokens,
-                      T);
-                // Work conservation: the pairs routed anywhere are the pairs
-                // computed somewhere, and the bytes planned at the senders are
-                // the bytes decoded where they arrived.
-                int64_t v[4] = {st.pairs, st.recv_pairs, st.planned_bytes, st.measured_bytes};
-                CHECK_OK(ep_cluster_allreduce_i64(cl, v, 4, EP_REDUCE_SUM));
-                CHECK(v[0] == v[1], "layer %d: %lld pairs routed, %lld computed", l,
-                      (long long)v[0], (long long)v[1]);
-                CHECK(v[2] == v[3], "%s %s layer %d: Σ planned %lld != Σ measured %lld bytes",
-                      cfg->name, ep_policy_name(pol[p]), l, (long long)v[2], (long long)v[3]);
-                if (cl->world_size == 1)
-                    CHECK(st.planned_bytes == 0, "one rank moves no bytes, planned %lld",
-                          (long long)st.planned_bytes);
-                if (pc.wire == EP_DTYPE_F8_E4M3) {
-                    // The same routes priced with a bf16 wire: fp8 saves
-                    // round4(2H) - (4 ceil(H/128) + round4(H)) per dispatch
-                    // record and nothing on combine (bf16 rows both ways).
-                    ep_comm_stats b;
-                    ep_comm_count(rr, lp, prk, cl->rank, cl->node_of, cfg->hidden, EP_DTYPE_BF16,
-                                  &b);
-                    int64_t H = cfg->hidden;
-                    int64_t saved = ((2 * H + 3) & ~3) - (4 * ((H + 127) / 128) + ((H + 3) & ~3));
-                    CHECK(st.sends == b.sends &&
-                              st.dispatch_bytes == b.dispatch_bytes - st.sends * saved &&
-                              st.combine_bytes == b.combine_bytes,
-                          "%s layer %d: fp8 dispatch %lld bytes, bf16 %lld, %lld records "
-                          "saving %lld each; combine %lld vs %lld",
-                          cfg->name, l, (long long)st.dispatch_bytes, (long long)b.dispatch_bytes,
-                          (long long)st.sends, (long long)saved, (long long)st.combine_bytes,
-                          (long long)b.combine_bytes);
-                    fp8_sends += st.sends;
+                    const ep_placement *lp = ep_moe_layer_placement(m, l);
+                    const ep_routes *rr = ep_moe_last_routes(m);
+                    const int *prk = ep_moe_last_pair_rank(m);
+                    int bad = 0;
+                    for (int j = 0; j < ep_routes_nnz(rr); j++) {
+                        bad += !ep_placement_holds(lp, prk[j], rr->expert[j]);
+                        off_home += prk[j] != lp->rank_of[rr->expert[j]];
+                    }
+                    CHECK(bad == 0, "layer %d: %d pairs sent to a rank holding no replica", l, bad);
+                    CHECK(st.tokens == T, "stats count %lld tokens, routed %d",
+                          (long long)st.tokens, T);
+                    // Work conservation: the pairs routed anywhere are the pairs
+                    // computed somewhere, and the bytes planned at the senders are
+                    // the bytes decoded where they arrived.
+                    int64_t v[6] = {st.pairs,
+                                    st.recv_pairs,
+                                    st.planned_bytes,
+                                    st.measured_bytes,
+                                    st.dispatch_bytes_inter + st.combine_bytes_inter,
+                                    st.measured_bytes_inter};
+                    CHECK_OK(ep_cluster_allreduce_i64(cl, v, 6, EP_REDUCE_SUM));
+                    CHECK(v[4] == v[5],
+                          "%s %s layer %d: Σ planned inter-node %lld != Σ measured %lld", cfg->name,
+                          ep_policy_name(pol[p]), l, (long long)v[4], (long long)v[5]);
+                    CHECK(v[0] == v[1], "layer %d: %lld pairs routed, %lld computed", l,
+                          (long long)v[0], (long long)v[1]);
+                    CHECK(v[2] == v[3], "%s %s layer %d: Σ planned %lld != Σ measured %lld bytes",
+                          cfg->name, ep_policy_name(pol[p]), l, (long long)v[2], (long long)v[3]);
+                    if (cl->world_size == 1)
+                        CHECK(st.planned_bytes == 0, "one rank moves no bytes, planned %lld",
+                              (long long)st.planned_bytes);
+                    if (pc.wire == EP_DTYPE_F8_E4M3) {
+                        // The same routes priced with a bf16 wire: fp8 saves
+                        // round4(2H) - (4 ceil(H/128) + round4(H)) per dispatch
+                        // record and nothing on combine (bf16 rows both ways).
+                        ep_comm_stats b;
+                        ep_comm_count_mode(rr, lp, prk, cl->rank, cl->node_of, cfg->hidden,
+                                           EP_DTYPE_BF16,
+                                           mode ? EP_DISPATCH_HIER : EP_DISPATCH_FLAT, &b);
+                        int64_t H = cfg->hidden;
+                        int64_t saved =
+                            ((2 * H + 3) & ~3) - (4 * ((H + 127) / 128) + ((H + 3) & ~3));
+                        CHECK(st.sends == b.sends && st.fwd_sends == b.fwd_sends &&
+                                  st.dispatch_bytes ==
+                                      b.dispatch_bytes - (st.sends + st.fwd_sends) * saved &&
+                                  st.combine_bytes == b.combine_bytes,
+                              "%s layer %d: fp8 dispatch %lld bytes, bf16 %lld, %lld records "
+                              "saving %lld each; combine %lld vs %lld",
+                              cfg->name, l, (long long)st.dispatch_bytes,
+                              (long long)b.dispatch_bytes, (long long)st.sends, (long long)saved,
+                              (long long)st.combine_bytes, (long long)b.combine_bytes);
+                        fp8_sends += st.sends;
+                    }
                 }
             }
         }
@@ -222,6 +240,35 @@ out:
         ep_policy_free(pol[p]);
 }
 
+// --dispatch resolution (no communication): auto is hier with several
+// nodes on the CPU backend, flat on one node or with cuda; hier with cuda
+// and unknown values are refused naming --dispatch.
+static void test_dispatch_mode(const ep_model_cfg *cfg)
+{
+    ep_cluster fake = {.rank = 0, .world_size = 4, .n_nodes = 2};
+    ep_moe_opts o;
+    ep_moe_opts_default(&o, cfg);
+    ep_dispatch_mode dm = EP_DISPATCH_FLAT;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_OK && dm == EP_DISPATCH_HIER,
+          "auto on 2 nodes: expected hier");
+    fake.n_nodes = 1;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_OK && dm == EP_DISPATCH_FLAT,
+          "auto on 1 node: expected flat");
+    fake.n_nodes = 2;
+    o.backend = EP_MOE_BACKEND_CUDA;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_OK && dm == EP_DISPATCH_FLAT,
+          "auto with cuda: expected flat");
+    o.dispatch = EP_DISPATCH_HIER;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_ERR_UNSUPPORTED &&
+              strstr(ep_last_error(), "--dispatch hier") && strstr(ep_last_error(), "cuda"),
+          "hier with cuda accepted: %s", ep_last_error());
+    o.backend = EP_MOE_BACKEND_CPU;
+    o.dispatch = 5;
+    CHECK(ep_moe_dispatch_mode(&o, &fake, &dm) == EP_ERR_ARG &&
+              strstr(ep_last_error(), "--dispatch"),
+          "dispatch 5 accepted");
+}
+
 int main(int argc, char **argv)
 {
     ep_cluster *cl = NULL;
@@ -229,15 +276,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "cluster init: %s\n", ep_last_error());
         return 1;
     }
+    const bool subset = argc > 1 && !strcmp(argv[1], "--subset");
     for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++) {
         ep_model_cfg cfg;
         ep_status st = ep_model_cfg_load(presets[i], &cfg);
         CHECK(st == EP_OK, "load %s: %s", presets[i], ep_last_error());
         if (st) continue;
+        if (i == 0) test_dispatch_mode(&cfg);
         ep_weights *w = NULL;
         CHECK_OK(ep_weights_open(&cfg, &w));
         if (!w) continue;
         run_config(cl, &cfg, w, (place_case){EP_PLACE_CONTIGUOUS, 0, false, EP_DTYPE_F32});
+        if (subset) { // np 5-8: the uneven node maps, one placement
+            ep_weights_free(w);
+            continue;
+        }
         run_config(cl, &cfg, w, (place_case){EP_PLACE_ROUND_ROBIN, 0, false, EP_DTYPE_F32});
         run_config(cl, &cfg, w, (place_case){EP_PLACE_CONTIGUOUS, 0, false, EP_DTYPE_F8_E4M3});
         if (cfg.n_group > 1)

@@ -12,6 +12,8 @@
 // The phase barrier (ep_moe_opts.phase_barrier, one micro-batch) changes
 // only the timing: same bits and stats as without, ranks with 0 tokens
 // included; with two micro-batches it is refused.
+// Contiguous fp32 steps again with hier dispatch at 2 ranks per node (its
+// stage 2 runs inside dispatch_finish and combine_finish of each half).
 // Also the transport's async exchange with two in flight, waited for in
 // reverse order (with and without the liveness watch), and the order
 // checks of the split dispatch/combine.
@@ -247,60 +249,71 @@ static void run_config(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights *w, e
     // The reference keeps fp32 experts: BF16 ones are within its budget.
     const double ref_tol = expert_dtype == EP_DTYPE_BF16 ? 3e-2 : 1e-4;
     // Big steps: baseline only (Ban's fewer pairs add nothing there).
-    for (int p = 0; p < (big ? 1 : n_pol); p++) {
-        for (int l = 0; l < cfg->n_layers; l++) {
-            if (!ep_model_layer_is_moe(cfg, l)) continue;
-            const int T = tokens_of(cl->rank, cl->world_size, l, big);
-            int64_t base = 1000 * (int64_t)cl->rank + 37 * l;
-            for (int i = 0; i < T; i++)
-                ep_synth_hidden(cfg, 11, l, (int)((base + i) % EP_SYNTH_N_DOMAINS), base + i,
-                                x + (size_t)i * H);
-            ep_comm_stats s1, s2, s3;
-            memset(&s1, 0, sizeof s1);
-            memset(&s2, 0, sizeof s2);
-            memset(&s3, 0, sizeof s3);
-            const char *pn = ep_policy_name(pol[p]), *kn = ep_place_kind_name(kind);
-            ep_status r1 = ep_moe_forward(m1, pol[p], l, x, T, y1, &s1, NULL);
-            ep_status r2 = ep_moe_forward(m2, pol[p], l, x, T, y2, &s2, NULL);
-            ep_moe_times tm3 = {0};
-            ep_status r3 = ep_moe_forward(m3, pol[p], l, x, T, y3, &s3, &tm3);
-            CHECK(r1 == EP_OK && r2 == EP_OK && r3 == EP_OK, "%s %s %s %s layer %d: %s", cfg->name,
-                  dn, pn, kn, l, ep_last_error());
-            if (r1 || r2 || r3) continue;
-            CHECK(memcmp(y1, y3, (size_t)T * H * sizeof(float)) == 0 && stats_equal(&s1, &s3) &&
-                      tm3.dispatch_us >= 0 && tm3.combine_us >= 0,
-                  "%s %s %s %s layer %d rank %d T %d: the phase barrier changed the output or "
-                  "the stats",
-                  cfg->name, dn, pn, kn, l, cl->rank, T);
-            CHECK_OK(ep_moe_reference(m1, pol[p], l, x, T, yref));
-            int diff = 0;
-            size_t first = 0;
-            for (size_t i = 0; i < (size_t)T * H; i++)
-                if (memcmp(&y1[i], &y2[i], sizeof(float)) != 0 && diff++ == 0) first = i;
-            CHECK(diff == 0,
-                  "%s %s %s %s layer %d rank %d T %d: %d of %zu values differ between 1 and 2 "
-                  "micro-batches, first token %zu [%zu]: %.9g vs %.9g",
-                  cfg->name, dn, pn, kn, l, cl->rank, T, diff, (size_t)T * H, first / H, first % H,
-                  diff ? y1[first] : 0.0f, diff ? y2[first] : 0.0f);
-            double err = ep_moe_rel_err(y2, yref, T, (int)H, ref_tol, NULL);
-            CHECK(err <= ref_tol,
-                  "%s %s %s %s layer %d rank %d: 2 micro-batches vs reference: %.3e", cfg->name, dn,
-                  pn, kn, l, cl->rank, err);
-            CHECK(stats_equal(&s1, &s2),
-                  "%s %s %s %s layer %d rank %d: stats differ: pairs %lld/%lld, planned "
-                  "%lld/%lld, measured %lld/%lld, records in %lld/%lld",
-                  cfg->name, dn, pn, kn, l, cl->rank, (long long)s1.pairs, (long long)s2.pairs,
-                  (long long)s1.planned_bytes, (long long)s2.planned_bytes,
-                  (long long)s1.measured_bytes, (long long)s2.measured_bytes,
-                  (long long)s1.recv_tokens, (long long)s2.recv_tokens);
-            int64_t v[2] = {s2.planned_bytes, s2.measured_bytes};
-            CHECK_OK(ep_cluster_allreduce_i64(cl, v, 2, EP_REDUCE_SUM));
-            CHECK(v[0] == v[1] && s2.tokens == T,
-                  "layer %d: 2 micro-batches: Σ planned %lld, Σ measured %lld, tokens %lld of %d",
-                  l, (long long)v[0], (long long)v[1], (long long)s2.tokens, T);
-            crossed += s2.measured_bytes;
+    const bool hier_too = kind == EP_PLACE_CONTIGUOUS && !big && expert_dtype == EP_DTYPE_F32;
+    for (int pass = 0; pass < (hier_too ? 2 : 1); pass++) {
+        if (pass) {
+            ep_cluster_set_ranks_per_node(cl, 2);
+            CHECK_OK(ep_moe_set_dispatch(m1, EP_DISPATCH_HIER));
+            CHECK_OK(ep_moe_set_dispatch(m2, EP_DISPATCH_HIER));
+            CHECK_OK(ep_moe_set_dispatch(m3, EP_DISPATCH_HIER));
+        }
+        for (int p = 0; p < (big ? 1 : n_pol); p++) {
+            for (int l = 0; l < cfg->n_layers; l++) {
+                if (!ep_model_layer_is_moe(cfg, l)) continue;
+                const int T = tokens_of(cl->rank, cl->world_size, l, big);
+                int64_t base = 1000 * (int64_t)cl->rank + 37 * l;
+                for (int i = 0; i < T; i++)
+                    ep_synth_hidden(cfg, 11, l, (int)((base + i) % EP_SYNTH_N_DOMAINS), base + i,
+                                    x + (size_t)i * H);
+                ep_comm_stats s1, s2, s3;
+                memset(&s1, 0, sizeof s1);
+                memset(&s2, 0, sizeof s2);
+                memset(&s3, 0, sizeof s3);
+                const char *pn = ep_policy_name(pol[p]), *kn = ep_place_kind_name(kind);
+                ep_status r1 = ep_moe_forward(m1, pol[p], l, x, T, y1, &s1, NULL);
+                ep_status r2 = ep_moe_forward(m2, pol[p], l, x, T, y2, &s2, NULL);
+                ep_moe_times tm3 = {0};
+                ep_status r3 = ep_moe_forward(m3, pol[p], l, x, T, y3, &s3, &tm3);
+                CHECK(r1 == EP_OK && r2 == EP_OK && r3 == EP_OK, "%s %s %s %s layer %d: %s",
+                      cfg->name, dn, pn, kn, l, ep_last_error());
+                if (r1 || r2 || r3) continue;
+                CHECK(memcmp(y1, y3, (size_t)T * H * sizeof(float)) == 0 && stats_equal(&s1, &s3) &&
+                          tm3.dispatch_us >= 0 && tm3.combine_us >= 0,
+                      "%s %s %s %s layer %d rank %d T %d: the phase barrier changed the output or "
+                      "the stats",
+                      cfg->name, dn, pn, kn, l, cl->rank, T);
+                CHECK_OK(ep_moe_reference(m1, pol[p], l, x, T, yref));
+                int diff = 0;
+                size_t first = 0;
+                for (size_t i = 0; i < (size_t)T * H; i++)
+                    if (memcmp(&y1[i], &y2[i], sizeof(float)) != 0 && diff++ == 0) first = i;
+                CHECK(diff == 0,
+                      "%s %s %s %s layer %d rank %d T %d: %d of %zu values differ between 1 and 2 "
+                      "micro-batches, first token %zu [%zu]: %.9g vs %.9g",
+                      cfg->name, dn, pn, kn, l, cl->rank, T, diff, (size_t)T * H, first / H,
+                      first % H, diff ? y1[first] : 0.0f, diff ? y2[first] : 0.0f);
+                double err = ep_moe_rel_err(y2, yref, T, (int)H, ref_tol, NULL);
+                CHECK(err <= ref_tol,
+                      "%s %s %s %s layer %d rank %d: 2 micro-batches vs reference: %.3e", cfg->name,
+                      dn, pn, kn, l, cl->rank, err);
+                CHECK(stats_equal(&s1, &s2),
+                      "%s %s %s %s layer %d rank %d: stats differ: pairs %lld/%lld, planned "
+                      "%lld/%lld, measured %lld/%lld, records in %lld/%lld",
+                      cfg->name, dn, pn, kn, l, cl->rank, (long long)s1.pairs, (long long)s2.pairs,
+                      (long long)s1.planned_bytes, (long long)s2.planned_bytes,
+                      (long long)s1.measured_bytes, (long long)s2.measured_bytes,
+                      (long long)s1.recv_tokens, (long long)s2.recv_tokens);
+                int64_t v[2] = {s2.planned_bytes, s2.measured_bytes};
+                CHECK_OK(ep_cluster_allreduce_i64(cl, v, 2, EP_REDUCE_SUM));
+                CHECK(
+                    v[0] == v[1] && s2.tokens == T,
+                    "layer %d: 2 micro-batches: Σ planned %lld, Σ measured %lld, tokens %lld of %d",
+                    l, (long long)v[0], (long long)v[1], (long long)s2.tokens, T);
+                crossed += s2.measured_bytes;
+            }
         }
     }
+    if (hier_too) ep_cluster_set_ranks_per_node(cl, 0);
     // Bytes must cross ranks, else the overlap path moved nothing worth checking.
     CHECK_OK(ep_cluster_allreduce_i64(cl, &crossed, 1, EP_REDUCE_SUM));
     if (cl->world_size > 1)

@@ -98,6 +98,10 @@ static void test_page(void **state)
                             .combine_bytes = 900,
                             .base_dispatch_bytes = 1500,
                             .base_combine_bytes = 1300,
+                            .inter_bytes = 1100,
+                            .intra_bytes = 800,
+                            .base_inter_bytes = 1700,
+                            .base_intra_bytes = 1100,
                             .n_layers = L,
                             .n_experts = E,
                             .world_size = 2,
@@ -151,6 +155,12 @@ static void test_page(void **state)
     assert_true(value(p, "epserve:moe_dispatch_bytes_total{model_name=\"q\\\"3\"}") == 1000);
     assert_true(value(p, "epserve:moe_combine_bytes_total{model_name=\"q\\\"3\"}") == 900);
     assert_true(value(p, "epserve:moe_bytes_saved_total{model_name=\"q\\\"3\"}") == 2800 - 1900);
+    assert_true(value(p, "epserve:moe_inter_node_bytes_total{model_name=\"q\\\"3\"}") == 1100);
+    assert_true(value(p, "epserve:moe_intra_node_bytes_total{model_name=\"q\\\"3\"}") == 800);
+    assert_true(value(p, "epserve:moe_baseline_inter_node_bytes_total{model_name=\"q\\\"3\"}") ==
+                1700);
+    assert_true(value(p, "epserve:moe_baseline_intra_node_bytes_total{model_name=\"q\\\"3\"}") ==
+                1100);
     assert_true(value(p, "epserve:moe_avg_k{model_name=\"q\\\"3\",layer=\"1\"}") == 5.5);
     assert_true(value(p, "epserve:moe_avg_k{model_name=\"q\\\"3\",layer=\"2\"}") == 4.25);
     assert_true(value(p, "epserve:moe_load_imbalance{model_name=\"q\\\"3\",layer=\"2\"}") == 1.25);
