@@ -4,8 +4,9 @@
 # `simulate --routes-from FILE --sample-tokens 0` on a cluster of as many
 # GPUs, they give the same K, dispatch, combine and counterfactual bytes as
 # the routed run (tiny Qwen3 with Ban on 2 ranks, tiny DeepSeek with Ban on
-# 3 ranks and an odd token count). An unwritable path is an error naming the
-# option.
+# 3 ranks and an odd token count; flat dispatch throughout: with one rank per
+# node hier's stage-1 records would also carry each pair's rank). An
+# unwritable path is an error naming the option.
 set -euo pipefail
 bin=$1
 root=$2
@@ -15,15 +16,15 @@ trap 'rm -rf "$tmp"' EXIT
 one() { # NAME MODEL NP TOKENS
   local name=$1 model=$2 np=$3 t=$4
   mpirun -np "$np" --oversubscribe "$bin" bench --model "$model" --routing ban --tokens "$t" \
-    --steps 1 --warmup 1 --ranks-per-node 1 --save-routes "$tmp/$name.jsonl" --quiet \
+    --steps 1 --warmup 1 --ranks-per-node 1 --dispatch flat --save-routes "$tmp/$name.jsonl" --quiet \
     --json "$tmp/$name-routed.json" > /dev/null
   mpirun -np "$np" --oversubscribe "$bin" bench --model "$model" --routes-from "$tmp/$name.jsonl" \
-    --tokens "$t" --steps 1 --warmup 0 --ranks-per-node 1 --quiet \
+    --tokens "$t" --steps 1 --warmup 0 --ranks-per-node 1 --dispatch flat --quiet \
     --json "$tmp/$name-replay.json" > /dev/null
   sed -e 's/^nodes: .*/nodes: '"$np"'/' -e 's/^gpus_per_node: .*/gpus_per_node: 1/' \
     "$root/configs/clusters/2x8-h100.yaml" > "$tmp/$name.yaml"
   "$bin" simulate --model "$model" --cluster "$tmp/$name.yaml" --routes-from "$tmp/$name.jsonl" \
-    --tokens "$t" --sample-tokens 0 --layers 0 --wire f32 --quiet --json "$tmp/$name-sim.json" \
+    --tokens "$t" --sample-tokens 0 --layers 0 --wire f32 --dispatch flat --quiet --json "$tmp/$name-sim.json" \
     > /dev/null
 }
 one qwen tiny-qwen3-moe 2 16
