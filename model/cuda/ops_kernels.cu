@@ -208,18 +208,26 @@ static __device__ __forceinline__ bool ep_better(float v, int i, float bv, int b
     return v > bv || (v == bv && i < bi);
 }
 
-#define EP_ARGMAX_THREADS 256
-__global__ void ep_mops_argmax_kernel(const float *logits, int V, int ld, int *ids)
+// Whether (v, i) comes after (pv, pi) in the sampler's order (logit
+// descending, then id ascending).
+static __device__ __forceinline__ bool ep_after(float v, int i, float pv, int pi)
 {
-    __shared__ float rv[EP_ARGMAX_THREADS];
-    __shared__ int ri[EP_ARGMAX_THREADS];
-    const float *l = logits + (int64_t)blockIdx.x * ld;
+    return v < pv || (v == pv && i > pi);
+}
+
+// The best (value, id) of row l (V logits) that comes after (pv, pi), over
+// the whole block: rv / ri are blockDim.x entries of shared scratch, and
+// after the last barrier every thread reads the answer in rv[0] / ri[0]
+// (id V: nothing after (pv, pi)). Every thread of the block must call it.
+static __device__ void ep_block_best_after(const float *l, int V, float pv, int pi, float *rv,
+                                           int *ri)
+{
     const int tid = threadIdx.x;
     float bv = -INFINITY;
     int bi = V; // beaten by any id; stays only for threads without elements
     for (int i = tid; i < V; i += blockDim.x) {
         const float v = isnan(l[i]) ? -INFINITY : l[i];
-        if (ep_better(v, i, bv, bi)) {
+        if (ep_after(v, i, pv, pi) && ep_better(v, i, bv, bi)) {
             bv = v;
             bi = i;
         }
@@ -234,15 +242,17 @@ __global__ void ep_mops_argmax_kernel(const float *logits, int V, int ld, int *i
         }
         __syncthreads();
     }
-    // All -inf or NaN: id 0 wins its ties, as ep_sampler's argmax picks 0.
-    if (tid == 0) ids[blockIdx.x] = ri[0];
 }
 
-// Whether (v, i) comes after (pv, pi) in the sampler's order (logit
-// descending, then id ascending).
-static __device__ __forceinline__ bool ep_after(float v, int i, float pv, int pi)
+#define EP_ARGMAX_THREADS 256
+__global__ void ep_mops_argmax_kernel(const float *logits, int V, int ld, int *ids)
 {
-    return v < pv || (v == pv && i > pi);
+    __shared__ float rv[EP_ARGMAX_THREADS];
+    __shared__ int ri[EP_ARGMAX_THREADS];
+    // (+inf, -1) comes before every element, +inf logits included.
+    ep_block_best_after(logits + (int64_t)blockIdx.x * ld, V, INFINITY, -1, rv, ri);
+    // All -inf or NaN: id 0 wins its ties, as ep_sampler's argmax picks 0.
+    if (threadIdx.x == 0) ids[blockIdx.x] = ri[0];
 }
 
 // Threads of a sampling block: k selections cost k rounds of barriers, and
@@ -278,25 +288,7 @@ __global__ void ep_mops_sample_topk_kernel(const float *logits, int V, int ld,
     float pv = INFINITY;
     int pi = -1; // before every element
     for (int j = 0; j < k; j++) {
-        float bv = -INFINITY;
-        int bi = V;
-        for (int i = tid; i < V; i += blockDim.x) {
-            const float v = isnan(l[i]) ? -INFINITY : l[i];
-            if (ep_after(v, i, pv, pi) && ep_better(v, i, bv, bi)) {
-                bv = v;
-                bi = i;
-            }
-        }
-        rv[tid] = bv;
-        ri[tid] = bi;
-        __syncthreads();
-        for (int s = blockDim.x / 2; s > 0; s /= 2) {
-            if (tid < s && ep_better(rv[tid + s], ri[tid + s], rv[tid], ri[tid])) {
-                rv[tid] = rv[tid + s];
-                ri[tid] = ri[tid + s];
-            }
-            __syncthreads();
-        }
+        ep_block_best_after(l, V, pv, pi, rv, ri);
         pv = rv[0];
         pi = ri[0];
         if (tid == 0) {

@@ -23,40 +23,10 @@
 
 #include "common/dtype.h"
 #include "common/weights.h"
+#include "cuda_test_dev.h"
 #include "cuda_test_util.h"
 #include "model/cuda/ops.h"
 #include "model/kv_cache.h"
-
-#define CK(call) assert_int_equal((int)(call), (int)cudaSuccess)
-#define OK(call) assert_int_equal((int)(call), (int)EP_OK)
-#define NANFILL  0xff // fresh-device-memory poison: every output must be written
-
-static void *dev_upload(const void *src, size_t bytes)
-{
-    void *d = NULL;
-    CK(cudaMalloc(&d, bytes ? bytes : 1));
-    if (bytes) {
-        if (src)
-            CK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
-        else
-            CK(cudaMemset(d, NANFILL, bytes));
-    }
-    return d;
-}
-
-static void download(void *dst, const void *d, size_t bytes)
-{
-    CK(cudaDeviceSynchronize());
-    if (bytes) CK(cudaMemcpy(dst, d, bytes, cudaMemcpyDeviceToHost));
-}
-
-static uint16_t *to_bf16(const float *x, size_t n)
-{
-    uint16_t *b = malloc(n * sizeof *b);
-    for (size_t i = 0; i < n; i++)
-        b[i] = ep_f32_to_bf16(x[i]);
-    return b;
-}
 
 // ---- paged KV cache and attention ---------------------------------------------------------
 
