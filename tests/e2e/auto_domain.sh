@@ -13,25 +13,10 @@
 # detects and equals `none`; profiles without auto report no domain; at two
 # ranks the same holds; `serve` returns "epserve": {"pick_domain": ...} and
 # counts it in /metrics. Bounded: < 90 s.
-set -uo pipefail
 bin=$1
 src=$2
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2> /dev/null; then
-    kill -TERM "$server_pid" 2> /dev/null
-    for _ in $(seq 50); do kill -0 "$server_pid" 2> /dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2> /dev/null
-  fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-failures=0
-check() { # check <0|1> <message>
-  if [[ $1 == 1 ]]; then echo "ok    $2"; else echo "FAIL  $2"; failures=$((failures + 1)); fi
-}
+source "$(dirname "$0")/lib/serve.sh"
+check() { e2e_check "$@"; }
 
 python3 - "$src/configs/routing/calibrated/tiny-qwen3-moe-calibrated.yaml" "$tmp" << 'PY'
 import re, sys
@@ -108,23 +93,7 @@ check "$([[ $detected -ge 2 ]] && echo 1 || echo 0)" "$detected of $n prompts go
 # ---- serve: the response's extension field and /metrics ----
 first=$(head -1 "$tmp/prompts.jsonl" | python3 -c "import json,sys; print(json.load(sys.stdin)['tokens'])")
 want=$(field "$(gen 1 "$tmp/auto.yaml" "$(tr -d '[] ' <<< "$first")")" pick_domain)
-timeout 120 mpirun -np 2 --oversubscribe "$bin" serve --model tiny-qwen3-moe --port 0 \
-  --routing "$tmp/auto.yaml" > "$tmp/serve.out" 2> "$tmp/serve.err" &
-server_pid=$!
-url=
-for _ in $(seq 300); do
-  url=$(grep -o 'http://127.0.0.1:[0-9]*' "$tmp/serve.out" 2> /dev/null | head -1)
-  [[ -n $url ]] && break
-  kill -0 $server_pid 2> /dev/null || break
-  sleep 0.1
-done
-if [[ -z $url ]]; then
-  echo "FAIL  server did not start"; cat "$tmp/serve.err"; exit 1
-fi
-for _ in $(seq 100); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' "$url/health") == 200 ]] && break
-  sleep 0.1
-done
+E2E_SERVE_TIMEOUT=120 e2e_serve_start serve 2 --model tiny-qwen3-moe --routing "$tmp/auto.yaml"
 curl -s -H 'Content-Type: application/json' \
   --data-binary "{\"prompt\": $first, \"max_tokens\": 4}" "$url/v1/completions" > "$tmp/resp.json"
 got=$(python3 -c "import json,sys; e=json.load(open(sys.argv[1]))['epserve']; print('null' if e['pick_domain'] is None else e['pick_domain'])" "$tmp/resp.json" 2> /dev/null)

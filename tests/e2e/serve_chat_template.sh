@@ -11,25 +11,10 @@
 # installed, also that of Jinja2's rendering. Template errors are
 # 400s naming the file and line; a reserved template argument is refused.
 # generate --chat counts the same prompt. Bounded: < 60 s; needs python3.
-set -uo pipefail
 bin=$1
 src=$2
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2> /dev/null; then
-    kill -TERM "$server_pid" 2> /dev/null
-    for _ in $(seq 50); do kill -0 "$server_pid" 2> /dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2> /dev/null
-  fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-failures=0
-check() { # check <0|1> <message>
-  if [[ $1 == 1 ]]; then echo "ok    $2"; else echo "FAIL  $2"; failures=$((failures + 1)); fi
-}
+source "$(dirname "$0")/lib/serve.sh"
+check() { e2e_check "$@"; }
 
 ck=$tmp/ckpt
 "$bin" make-model --preset tiny-qwen3-moe --out "$ck" > /dev/null || { echo "FAIL  make-model"; exit 1; }
@@ -87,19 +72,7 @@ check "$([[ -n $got && $got == "$want" && $want != "$builtin" ]] && echo 1 || ec
   "generate --chat renders the checkpoint's template: $got prompt tokens (chat-template: $want; the built-in template: $builtin)"
 
 # ---- the server ---------------------------------------------------------------
-timeout 120 mpirun -np 1 "$bin" serve --model "$ck" --port 0 --max-model-len 2048 \
-  > "$tmp/serve.out" 2> "$tmp/serve.err" &
-server_pid=$!
-url=
-for _ in $(seq 300); do
-  url=$(grep -o 'http://127.0.0.1:[0-9]*' "$tmp/serve.out" 2> /dev/null | head -1)
-  [[ -n $url ]] && break
-  kill -0 $server_pid 2> /dev/null || break
-  sleep 0.1
-done
-if [[ -z $url ]]; then
-  echo "FAIL  server did not start"; cat "$tmp/serve.err"; exit 1
-fi
+E2E_SERVE_TIMEOUT=120 e2e_serve_start serve 1 --model "$ck" --max-model-len 2048
 check "$(grep -qF "chat template: $ck/tokenizer_config.json 'chat_template'" "$tmp/serve.out" && echo 1 || echo 0)" \
   "the server says it uses $ck/tokenizer_config.json's chat_template"
 

@@ -8,48 +8,17 @@
 # concurrent requests above capacity: each gets 200, 429 or 503, none is
 # dropped, the server stays healthy. Bounded: < 90 s. Without node/npm or the
 # npm registry, every other check runs and the test exits 77 (skipped).
-set -uo pipefail
 bin=$1
 src=$2
-tmp=$(mktemp -d)
-server_pid=
-cleanup() {
-  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2> /dev/null; then
-    kill -TERM "$server_pid" 2> /dev/null
-    for _ in $(seq 50); do kill -0 "$server_pid" 2> /dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2> /dev/null
-  fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-failures=0
+source "$(dirname "$0")/lib/serve.sh"
 skipped=
-check() { # check <0|1> <message>
-  if [[ $1 == 1 ]]; then echo "ok    $2"; else echo "FAIL  $2"; failures=$((failures + 1)); fi
-}
+check() { e2e_check "$@"; }
 key=sekrit-$$
 model=tiny-qwen3-moe
 
 # Port 0: the server takes a free port and prints it.
-timeout 120 mpirun -np 2 --oversubscribe "$bin" serve --model $model --port 0 --api-key "$key" \
-  --max-model-len 2048 --max-num-seqs 8 --max-waiting 4 --routing baseline,banpick \
-  > "$tmp/serve.out" 2> "$tmp/serve.err" &
-server_pid=$!
-url=
-for _ in $(seq 300); do
-  url=$(grep -o 'http://127.0.0.1:[0-9]*' "$tmp/serve.out" 2> /dev/null | head -1)
-  [[ -n $url ]] && break
-  kill -0 $server_pid 2> /dev/null || break
-  sleep 0.1
-done
-if [[ -z $url ]]; then
-  echo "FAIL  server did not start"; cat "$tmp/serve.err"; exit 1
-fi
-for _ in $(seq 100); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' "$url/health") == 200 ]] && break
-  sleep 0.1
-done
+E2E_SERVE_TIMEOUT=120 e2e_serve_start serve 2 --model $model --api-key "$key" \
+  --max-model-len 2048 --max-num-seqs 8 --max-waiting 4 --routing baseline,banpick
 check "$([[ $(curl -s -o /dev/null -w '%{http_code}' "$url/health") == 200 ]] && echo 1 || echo 0)" \
   "/health 200 at $url"
 
