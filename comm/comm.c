@@ -806,21 +806,34 @@ ep_status ep_comm_dispatch(ep_comm *m, const ep_routes *r, const ep_placement *p
 
 // ---- combine ----------------------------------------------------------------------
 
+// The combine's byte offsets: exclusive prefix sums of c_send_bytes and
+// c_recv_bytes into c_send_off and c_recv_off; their totals in *send_total
+// and *recv_total.
+static void ep_comm_combine_offsets(ep_comm *m, int64_t *send_total, int64_t *recv_total)
+{
+    int64_t so = 0, ro = 0;
+    for (int d = 0; d < m->world; d++) {
+        m->c_send_off[d] = so;
+        m->c_recv_off[d] = ro;
+        so += m->c_send_bytes[d];
+        ro += m->c_recv_bytes[d];
+    }
+    *send_total = so;
+    *recv_total = ro;
+}
+
 // Stage A of a hier combine: each stage-2 record's partial sum back to the
 // rank that forwarded it (combine_finish adds them up per stage-1 record).
 static void ep_comm_combine_layout_hier(ep_comm *m, const ep_comm_work *work)
 {
     const size_t H = (size_t)m->hidden;
     const int64_t rb = m->crow_bytes;
-    int64_t so = 0, ro = 0;
     for (int d = 0; d < m->world; d++) {
         m->c_send_bytes[d] = (m->s2_recv_rec_off[d + 1] - m->s2_recv_rec_off[d]) * rb;
         m->c_recv_bytes[d] = (m->s2_dst_off[d + 1] - m->s2_dst_off[d]) * rb;
-        m->c_send_off[d] = so;
-        m->c_recv_off[d] = ro;
-        so += m->c_send_bytes[d];
-        ro += m->c_recv_bytes[d];
     }
+    int64_t so, ro;
+    ep_comm_combine_offsets(m, &so, &ro);
     // The stage-2 payloads are decoded already: their buffers are free.
     ep_comm_grow_bytes(&m->s2_recvbuf, &m->s2_recvbuf_cap, (size_t)so);
     ep_comm_grow_bytes(&m->s2_sendbuf, &m->s2_sendbuf_cap, (size_t)ro);
@@ -851,16 +864,13 @@ ep_status ep_comm_combine_start(ep_comm *m, const ep_comm_work *work)
         if (m->t_node) t = m->t_node;
     } else {
         // Reverse path: one row back per record received, one row in per record sent.
-        int64_t so = 0, ro = 0;
         for (int d = 0; d < m->world; d++) {
             bool self = d == m->rank;
             m->c_send_bytes[d] = self ? 0 : (m->recv_rec_off[d + 1] - m->recv_rec_off[d]) * rb;
             m->c_recv_bytes[d] = self ? 0 : ep_dispatch_plan_n_rec(&m->plan, d) * rb;
-            m->c_send_off[d] = so;
-            m->c_recv_off[d] = ro;
-            so += m->c_send_bytes[d];
-            ro += m->c_recv_bytes[d];
         }
+        int64_t so, ro;
+        ep_comm_combine_offsets(m, &so, &ro);
         // The dispatch payload in recvbuf is decoded into work already, so both
         // buffers are free; they only grow when a combine row outweighs the
         // dispatch record (an fp8 wire) and then stay grown.
@@ -914,15 +924,12 @@ static ep_status ep_comm_combine_hier_return(ep_comm *m, int64_t *incoming)
             for (size_t h = 0; h < H; h++)
                 o[h] += m->row[h];
         }
-    int64_t so = 0, ro = 0;
     for (int d = 0; d < W; d++) {
         m->c_send_bytes[d] = (m->s1_off[d + 1] - m->s1_off[d]) * rb;
         m->c_recv_bytes[d] = d == m->rank ? 0 : ep_dispatch_plan_n_rec(&m->plan, d) * rb;
-        m->c_send_off[d] = so;
-        m->c_recv_off[d] = ro;
-        so += m->c_send_bytes[d];
-        ro += m->c_recv_bytes[d];
     }
+    int64_t so, ro;
+    ep_comm_combine_offsets(m, &so, &ro);
     ep_comm_grow_bytes(&m->recvbuf, &m->recvbuf_cap, (size_t)so);
     ep_comm_grow_bytes(&m->sendbuf, &m->sendbuf_cap, (size_t)ro);
     for (int s = 0; s < W; s++) {
