@@ -35,19 +35,28 @@ size_t ep_gpu_mem_bytes(const ep_gpu *g);       // total device memory
 ep_status ep_gpu_make_current(const ep_gpu *g);
 
 // ---- host <-> device traffic -------------------------------------------------
-// Bytes and calls of the copies made through ep_cuda_copy (cluster/cuda),
-// process-wide, since start or the last reset: what proves that a device
-// step moves no activation through host memory. Copies that other modules
-// make with cudaMemcpy directly (experts, router, dispatch, NCCL staging)
-// are not counted yet; the model's device ops (model/cuda/) copy only
-// through ep_cuda_copy. Device-to-device copies are not host traffic and are
-// not counted.
+// Bytes and calls of the copies made through ep_cuda_copy / ep_cuda_copy_cls
+// (cluster/cuda), process-wide, since start or the last reset, by class:
+// what proves that a device step moves no activation through host memory.
+// ACT: activations (hidden rows, logits) - a device decode step should
+// move none but the logits a host sampler asks for. META: control data
+// (token ids, positions, block tables, routes, counts, sampling parameters,
+// sampled ids). LOAD: weights and tables uploaded once at load. Device-to-
+// device copies are not host traffic and are not counted. Copies made with
+// cudaMemcpy directly are not counted: GPU code moves host data only
+// through these two calls.
+typedef enum { EP_COPY_ACT, EP_COPY_META, EP_COPY_LOAD, EP_COPY_N_CLASSES } ep_copy_class;
+const char *ep_copy_class_name(ep_copy_class c); // "act", "meta", "load"
 typedef struct {
-    uint64_t h2d_bytes, d2h_bytes;   // host -> device, device -> host
-    uint64_t h2d_copies, d2h_copies; // calls
+    uint64_t h2d_bytes, d2h_bytes;   // host -> device, device -> host, every class
+    uint64_t h2d_copies, d2h_copies; // calls, every class
+    uint64_t h2d[EP_COPY_N_CLASSES], d2h[EP_COPY_N_CLASSES]; // bytes by class
 } ep_gpu_copy_stats;
 void ep_gpu_copy_stats_get(ep_gpu_copy_stats *out);
 void ep_gpu_copy_stats_reset(void);
+// after - before, field by field (the traffic of what ran between two gets).
+void ep_gpu_copy_stats_diff(const ep_gpu_copy_stats *after, const ep_gpu_copy_stats *before,
+                            ep_gpu_copy_stats *out);
 
 // ---- NCCL ------------------------------------------------------------------
 typedef struct ep_nccl ep_nccl;

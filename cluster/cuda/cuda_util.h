@@ -46,10 +46,13 @@ ep_status ep_cublas_status(cublasStatus_t rc, const char *call, const char *file
 ep_status ep_cuda_grow(void **p, size_t *cap, size_t need, const char *what);
 
 // cudaMemcpyAsync of `bytes` from src to dst on `stream`, counted in the
-// process's copy statistics (ep_gpu_copy_stats) by direction: the one way
-// the model's device ops move data between host and device. kind must be
+// process's copy statistics (ep_gpu_copy_stats) by direction and class:
+// the one way GPU code moves data between host and device. kind must be
 // cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost or cudaMemcpyDeviceToDevice
 // (the last not counted); `what` names the data in an error. 0 bytes: no-op.
+// ep_cuda_copy counts as EP_COPY_ACT.
+ep_status ep_cuda_copy_cls(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                           cudaStream_t stream, ep_copy_class cls, const char *what);
 ep_status ep_cuda_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                        cudaStream_t stream, const char *what);
 

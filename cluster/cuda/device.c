@@ -190,10 +190,16 @@ ep_status ep_gpu_make_current(const ep_gpu *g)
 // ---- host <-> device traffic ------------------------------------------------------
 // Relaxed atomics: the counts are read between steps, not to order anything.
 
-static _Atomic uint64_t copy_h2d_bytes, copy_d2h_bytes, copy_h2d_calls, copy_d2h_calls;
+static _Atomic uint64_t copy_calls[2], copy_bytes[EP_COPY_N_CLASSES][2]; // [.][0 h2d, 1 d2h]
 
-ep_status ep_cuda_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
-                       cudaStream_t stream, const char *what)
+const char *ep_copy_class_name(ep_copy_class c)
+{
+    static const char *names[EP_COPY_N_CLASSES] = {"act", "meta", "load"};
+    return c >= 0 && c < EP_COPY_N_CLASSES ? names[c] : "?";
+}
+
+ep_status ep_cuda_copy_cls(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                           cudaStream_t stream, ep_copy_class cls, const char *what)
 {
     if (bytes == 0) return EP_OK;
     if (kind != cudaMemcpyHostToDevice && kind != cudaMemcpyDeviceToHost &&
@@ -202,30 +208,56 @@ ep_status ep_cuda_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpy
                          "%s: copy kind %d, expected host to device, device to host or device to "
                          "device",
                          what, (int)kind);
+    if (cls < 0 || cls >= EP_COPY_N_CLASSES)
+        return ep_errorf(EP_ERR_ARG, "%s: copy class %d, expected act, meta or load", what,
+                         (int)cls);
     ep_status st = EP_CUDA_ST(cudaMemcpyAsync(dst, src, bytes, kind, stream));
     if (st) return ep_error_prefix(st, "%s (%zu bytes)", what, bytes);
-    if (kind == cudaMemcpyHostToDevice) {
-        atomic_fetch_add_explicit(&copy_h2d_bytes, bytes, memory_order_relaxed);
-        atomic_fetch_add_explicit(&copy_h2d_calls, 1, memory_order_relaxed);
-    } else if (kind == cudaMemcpyDeviceToHost) {
-        atomic_fetch_add_explicit(&copy_d2h_bytes, bytes, memory_order_relaxed);
-        atomic_fetch_add_explicit(&copy_d2h_calls, 1, memory_order_relaxed);
+    if (kind != cudaMemcpyDeviceToDevice) {
+        int dir = kind == cudaMemcpyDeviceToHost;
+        atomic_fetch_add_explicit(&copy_bytes[cls][dir], bytes, memory_order_relaxed);
+        atomic_fetch_add_explicit(&copy_calls[dir], 1, memory_order_relaxed);
     }
     return EP_OK;
 }
 
+ep_status ep_cuda_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                       cudaStream_t stream, const char *what)
+{
+    return ep_cuda_copy_cls(dst, src, bytes, kind, stream, EP_COPY_ACT, what);
+}
+
 void ep_gpu_copy_stats_get(ep_gpu_copy_stats *out)
 {
-    out->h2d_bytes = atomic_load_explicit(&copy_h2d_bytes, memory_order_relaxed);
-    out->d2h_bytes = atomic_load_explicit(&copy_d2h_bytes, memory_order_relaxed);
-    out->h2d_copies = atomic_load_explicit(&copy_h2d_calls, memory_order_relaxed);
-    out->d2h_copies = atomic_load_explicit(&copy_d2h_calls, memory_order_relaxed);
+    memset(out, 0, sizeof *out);
+    for (int c = 0; c < EP_COPY_N_CLASSES; c++) {
+        out->h2d[c] = atomic_load_explicit(&copy_bytes[c][0], memory_order_relaxed);
+        out->d2h[c] = atomic_load_explicit(&copy_bytes[c][1], memory_order_relaxed);
+        out->h2d_bytes += out->h2d[c];
+        out->d2h_bytes += out->d2h[c];
+    }
+    out->h2d_copies = atomic_load_explicit(&copy_calls[0], memory_order_relaxed);
+    out->d2h_copies = atomic_load_explicit(&copy_calls[1], memory_order_relaxed);
 }
 
 void ep_gpu_copy_stats_reset(void)
 {
-    atomic_store_explicit(&copy_h2d_bytes, 0, memory_order_relaxed);
-    atomic_store_explicit(&copy_d2h_bytes, 0, memory_order_relaxed);
-    atomic_store_explicit(&copy_h2d_calls, 0, memory_order_relaxed);
-    atomic_store_explicit(&copy_d2h_calls, 0, memory_order_relaxed);
+    for (int d = 0; d < 2; d++) {
+        atomic_store_explicit(&copy_calls[d], 0, memory_order_relaxed);
+        for (int c = 0; c < EP_COPY_N_CLASSES; c++)
+            atomic_store_explicit(&copy_bytes[c][d], 0, memory_order_relaxed);
+    }
+}
+
+void ep_gpu_copy_stats_diff(const ep_gpu_copy_stats *after, const ep_gpu_copy_stats *before,
+                            ep_gpu_copy_stats *out)
+{
+    out->h2d_bytes = after->h2d_bytes - before->h2d_bytes;
+    out->d2h_bytes = after->d2h_bytes - before->d2h_bytes;
+    out->h2d_copies = after->h2d_copies - before->h2d_copies;
+    out->d2h_copies = after->d2h_copies - before->d2h_copies;
+    for (int c = 0; c < EP_COPY_N_CLASSES; c++) {
+        out->h2d[c] = after->h2d[c] - before->h2d[c];
+        out->d2h[c] = after->d2h[c] - before->d2h[c];
+    }
 }

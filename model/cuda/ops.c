@@ -74,8 +74,8 @@ ep_status ep_mops_rope_init(ep_mops_rope *r, const ep_rope *host, cudaStream_t s
     const size_t bytes = (size_t)(host->dim / 2) * sizeof(float);
     ep_status st = EP_CUDA_ST(cudaMalloc((void **)&r->inv_freq, bytes));
     if (st) return ep_error_prefix(st, "ep_mops_rope_init: %zu bytes", bytes);
-    st = ep_cuda_copy(r->inv_freq, host->inv_freq, bytes, cudaMemcpyHostToDevice, stream,
-                      "rope inv_freq");
+    st = ep_cuda_copy_cls(r->inv_freq, host->inv_freq, bytes, cudaMemcpyHostToDevice, stream,
+                          EP_COPY_LOAD, "rope inv_freq");
     if (st) {
         ep_mops_rope_free(r);
         return st;

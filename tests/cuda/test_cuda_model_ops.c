@@ -488,6 +488,23 @@ static void test_copy_stats(void **state)
     ep_gpu_copy_stats_get(&st);
     assert_true(st.h2d_bytes == sizeof h && st.h2d_copies == 1);
     assert_true(st.d2h_bytes == 10 * sizeof(float) && st.d2h_copies == 1);
+    assert_true(st.h2d[EP_COPY_ACT] == sizeof h && st.d2h[EP_COPY_ACT] == 10 * sizeof(float));
+    // By class: the totals are the sums; a diff of two gets is the traffic between them.
+    ep_gpu_copy_stats before = st, diff;
+    OK(ep_cuda_copy_cls(d, h, 12, cudaMemcpyHostToDevice, 0, EP_COPY_META, "ids"));
+    OK(ep_cuda_copy_cls(h2, d, 8, cudaMemcpyDeviceToHost, 0, EP_COPY_LOAD, "table"));
+    CK(cudaStreamSynchronize(0));
+    ep_gpu_copy_stats_get(&st);
+    ep_gpu_copy_stats_diff(&st, &before, &diff);
+    assert_true(diff.h2d_bytes == 12 && diff.h2d[EP_COPY_META] == 12 && diff.h2d[EP_COPY_ACT] == 0);
+    assert_true(diff.d2h_bytes == 8 && diff.d2h[EP_COPY_LOAD] == 8 && diff.d2h_copies == 1);
+    assert_int_equal(ep_cuda_copy_cls(d, h, 4, cudaMemcpyHostToDevice, 0, EP_COPY_N_CLASSES, "x"),
+                     EP_ERR_ARG);
+    assert_string_equal(ep_copy_class_name(EP_COPY_META), "meta");
+    ep_gpu_copy_stats_reset();
+    OK(ep_cuda_copy(d, h, sizeof h, cudaMemcpyHostToDevice, 0, "x"));
+    OK(ep_cuda_copy(h2, d2, 10 * sizeof(float), cudaMemcpyDeviceToHost, 0, "x"));
+    CK(cudaStreamSynchronize(0));
     // A failed copy (a host pointer as the device side) counts nothing and
     // names the data.
     assert_int_not_equal(ep_cuda_copy(h2, h, sizeof h, cudaMemcpyHostToDevice, 0, "the ids"),
