@@ -6,7 +6,12 @@
 // BF16 GEMM peak (prefill). One rank, or every rank under mpirun running the
 // same shapes on its own sequences (attention data-parallel, MoE
 // expert-parallel). Token ids are random: no tokenizer, no sampling.
+// With --backend cuda (the MoE experts on the device, as `bench` runs them)
+// each row also reports the host<->device bytes a step copied, by class,
+// and the floor a step's weight reads set on the device's memory bandwidth
+// (app/bench_gpu.c).
 #include "app/args.h"
+#include "app/bench_gpu.h"
 #include "app/bench_limits.h"
 #include "app/commands.h"
 #include "common/dtype.h"
@@ -14,6 +19,7 @@
 #include "common/weights.h"
 #include "experts/kernels.h"
 #include "model/model.h"
+#include "model/moe.h"
 #include "router/policy.h"
 
 #include <cblas.h>
@@ -27,6 +33,7 @@
 
 #define BM_MAX_POLICIES 16
 #define BM_BW_PASSES    5 // bandwidth passes before the rows (median)
+#define BM_DEV_REPS     5 // timed copies of the device bandwidth probe (best of)
 
 typedef struct {
     const char *model, *routing, *json_path;
@@ -37,6 +44,7 @@ typedef struct {
     int steps, prefill_steps, warmup, threads, context, peak_size;
     uint64_t seed;
     bool quiet;
+    ep_moe_backend backend;
 } bm_args;
 
 typedef enum { BM_PREFILL, BM_DECODE } bm_mode;
@@ -58,7 +66,8 @@ typedef struct {
     double peak_gflops; // prefill: BF16 GEMM peak beside this shape's steps, summed over ranks
     double tps, tps_min, gflops, step_ms, flops_sum;
     int64_t pairs_sum;
-    double *rank_tps; // [world]
+    double *rank_tps;         // [world]
+    ep_gpu_copy_stats copies; // host<->device copies of the timed steps; all ranks once reduced
 } bm_row;
 
 // What a token passes through, from the tensor list of cfg (not from the
@@ -85,6 +94,8 @@ typedef struct {
     int *seq, *n_new, *tok;
     ep_bench_bw *bw;
     uint64_t seed;
+    bool cuda;           // --backend cuda: copies counted, device floor
+    ep_bench_device dev; // rank 0's device; dev.gbps summed over ranks
 } bm_ctx;
 
 // ---- arguments -------------------------------------------------------------------
@@ -110,6 +121,9 @@ static void usage(FILE *f)
            "                     default auto)\n"
            "  --expert-dtype D   auto | f32 | bf16: routed experts (moe.expert_dtype; default\n"
            "                     the model's default, f32)\n"
+           "  --backend B        cpu | cuda: where the MoE experts run (default cpu); cuda:\n"
+           "                     BF16 experts on one GPU per rank (EP_CUDA builds), and the\n"
+           "                     rows add the host<->device copies per step and the floor\n"
            "  --threads N        kernel pool and OpenBLAS threads (default EP_NUM_THREADS,\n"
            "                     OPENBLAS_NUM_THREADS or all CPUs)\n"
            "  --peak-size N      N^3 BF16 GEMM of the peak (default 2048)\n"
@@ -123,7 +137,11 @@ static void usage(FILE *f)
            "tokens + expert params x kept pairs + lm_head params x sequences) + attention) /\n"
            "time; attention per (query, key) pair: GQA 4 heads head_dim (QK^T and PV), MLA\n"
            "(absorbed) 2 heads (2 kv_lora + rope) (latent scores, rope scores, latent PV; the\n"
-           "absorption products are kv_b's params, in dense); xpeak = GFLOP/s / BF16 peak.\n");
+           "absorption products are kv_b's params, in dense); xpeak = GFLOP/s / BF16 peak.\n"
+           "--backend cuda adds: floor = MB/step / device bandwidth (device-to-device copies,\n"
+           "best of 5, summed over ranks), xfloor = ms / floor; KB per step copied host->device\n"
+           "(h2d) and device->host (d2h) by class, act (activations) and meta (ids, positions,\n"
+           "routes), all ranks (cluster/gpu.h). On the emulated device these mean nothing.\n");
 }
 
 // A list option: integers >= 1, or "none".
@@ -160,6 +178,7 @@ static int parse_args(int argc, char **argv, bm_args *a)
                                          {"warmup", required_argument, 0, 'w'},
                                          {"dtype", required_argument, 0, 'd'},
                                          {"expert-dtype", required_argument, 0, 'e'},
+                                         {"backend", required_argument, 0, 'B'},
                                          {"threads", required_argument, 0, 't'},
                                          {"peak-size", required_argument, 0, 'k'},
                                          {"seed", required_argument, 0, 'z'},
@@ -226,6 +245,12 @@ static int parse_args(int argc, char **argv, bm_args *a)
             *(c == 'd' ? &a->dtype_set : &a->expert_dtype_set) = true;
             break;
         }
+        case 'B':
+            if (ep_moe_backend_parse(optarg, &a->backend)) {
+                fprintf(stderr, "epserve bench model: --backend: %s\n", ep_last_error());
+                ok = false;
+            }
+            break;
         case 'j':
             a->json_path = optarg;
             break;
@@ -317,12 +342,16 @@ static ep_status run_step(bm_ctx *c, const ep_policy *pol, int n, bm_row *row)
     const ep_batch b = {.n_seqs = n, .seq = c->seq, .n_new = c->n_new, .tokens = c->tok};
     memset(c->load, 0, (LE + 1) * sizeof(int64_t));
     ep_forward_stats fs = {.expert_load = c->load};
+    ep_gpu_copy_stats cp0, cp1;
     ep_status st = ep_cluster_barrier(c->cl);
     if (st) return st;
+    ep_bench_copies_now(&cp0);
     const double t0 = ep_now_us();
     if ((st = ep_model_forward_ex(c->m, pol, &b, c->logits, NULL, &fs))) return st;
     const double us = ep_now_us() - t0;
+    ep_bench_copies_now(&cp1);
     if (!row) return EP_OK;
+    ep_bench_copies_add(&row->copies, &cp0, &cp1);
 
     int64_t T = 0, pairs = 0;
     double qk = 0; // (query, key) pairs: each new token attends to its prefix and itself
@@ -494,13 +523,15 @@ static ep_status reduce_row(bm_ctx *c, bm_row *r)
     if ((st = ep_cluster_allreduce_f64(c->cl, &ms, 1, EP_REDUCE_MAX))) return st;
     r->step_ms = ms;
     r->pairs_sum = r->pairs;
-    return ep_cluster_allreduce_i64(c->cl, &r->pairs_sum, 1, EP_REDUCE_SUM);
+    if ((st = ep_cluster_allreduce_i64(c->cl, &r->pairs_sum, 1, EP_REDUCE_SUM))) return st;
+    return ep_bench_copies_allreduce(c->cl, &r->copies);
 }
 
 // ---- report ---------------------------------------------------------------------------
 
 typedef struct {
     double bpt, limit, frac_limit, frac_peak, avg_k, distinct, speedup, x_bytes;
+    double floor_ms, x_floor; // --backend cuda: weight bytes per step / device bandwidth
 } bm_derived;
 
 static bm_derived derive(const bm_ctx *c, const bm_row *r, const bm_row *base, double peak)
@@ -516,6 +547,10 @@ static bm_derived derive(const bm_ctx *c, const bm_row *r, const bm_row *base, d
     d.speedup = base->tps > 0 ? r->tps / base->tps : 0;
     const double base_bpt = base->tokens_all ? base->bytes / base->tokens_all : 0;
     d.x_bytes = d.bpt > 0 ? base_bpt / d.bpt : 0;
+    if (c->cuda) {
+        d.floor_ms = ep_bench_floor_ms(r->bytes / EP_MAX(r->steps, 1), c->dev.gbps);
+        d.x_floor = ep_bench_x_floor(r->step_ms, d.floor_ms);
+    }
     return d;
 }
 
@@ -548,6 +583,11 @@ static json_t *row_json(const bm_ctx *c, const bm_row *r, const bm_derived *d, c
     json_object_set_new(o, "gflops", json_real(r->gflops));
     json_object_set_new(o, "frac_peak", json_real(d->frac_peak));
     json_object_set_new(o, "speedup", json_real(d->speedup));
+    if (c->cuda) {
+        json_object_set_new(o, "floor_ms", json_real(d->floor_ms));
+        json_object_set_new(o, "x_floor", json_real(d->x_floor));
+        json_object_set_new(o, "copy_bytes_per_step", ep_bench_copy_json(&r->copies, r->steps));
+    }
     return o;
 }
 
@@ -593,22 +633,56 @@ static void print_header(const bm_ctx *c, const bm_args *a, double read, double 
            cfg->arch == EP_ARCH_DEEPSEEK_V2
                ? "2 heads (2 kv_lora + rope) (MLA absorbed: latent and rope scores, latent P.V)"
                : "4 heads head_dim (QK^T and PV)");
-    printf("# %-7s %6s %-12s %5s %9s %9s %9s %8s %6s %9s %6s %6s %8s %6s %7s\n", "mode", "tokens",
+    if (c->cuda) {
+        const ep_bench_device *d = &c->dev;
+        printf("# backend cuda: MoE experts on the device (BF16); attention, dense layers and "
+               "lm_head on the host%s\n",
+               d->emulated ? "" : " (docs/cuda.md)");
+        if (d->emulated)
+            printf("# device: %s -- EMULATED (EP_CUDA_EMU): host memory and host time, no GPU; "
+                   "its bandwidth, floor and xfloor are NOT GPU numbers\n",
+                   d->name);
+        else
+            printf("# device (rank 0): %s\n", d->name);
+        printf("# device bandwidth %.1f GB/s (device-to-device copies of %.0f MiB, 2 x bytes "
+               "each, best of %d, summed over ranks); floor = weight MB/step (as MB/tok x tokens) "
+               "/ it; xfloor = ms / floor\n",
+               d->gbps, (double)d->probe_bytes / (1 << 20), BM_DEV_REPS);
+        printf("# host<->device copies per step, KB, all ranks (cluster/gpu.h copy counter): "
+               "act = activations (hidden rows, logits), meta = ids, positions, routes, counts; "
+               "h2d = host->device, d2h = device->host\n");
+    } else {
+        printf("# backend cpu: no host<->device copies and no device floor (--backend cuda adds "
+               "them)\n");
+    }
+    printf("# %-7s %6s %-12s %5s %9s %9s %9s %8s %6s %9s %6s %6s %8s %6s %7s", "mode", "tokens",
            "policy", "avg_k", "tok/s", "min_rank", "ms", "MB/tok", "read", "limit", "xlimit",
            "xbytes", "GFLOP/s", "xpeak", "speedup");
-    printf("# %-7s %6s %-12s %5s %9s %9s %9s %8s %6s %9s %6s %6s %8s %6s %7s\n", "", "(T|B)",
+    if (c->cuda)
+        printf(" %9s %7s %9s %9s %9s %9s", "floor", "xfloor", "act_h2d", "act_d2h", "meta_h2d",
+               "meta_d2h");
+    printf("\n# %-7s %6s %-12s %5s %9s %9s %9s %8s %6s %9s %6s %6s %8s %6s %7s", "", "(T|B)",
            "(name)", "(K)", "(tok/s)", "(tok/s)", "(ms)", "(MB)", "(GB/s)", "(tok/s)", "", "(x)",
            "", "", "(x)");
+    if (c->cuda) printf(" %9s %7s %9s %9s %9s %9s", "(ms)", "(x)", "(KB)", "(KB)", "(KB)", "(KB)");
+    printf("\n");
     fflush(stdout);
 }
 
-static void print_row(const bm_row *r, const bm_derived *d, const char *label)
+static void print_row(const bm_ctx *c, const bm_row *r, const bm_derived *d, const char *label)
 {
     printf("  %-7s %6d %-12s %5.2f %9.1f %9.1f %9.2f %8.2f %6.1f %9.1f %6.3f %6.2f %8.2f %6.3f "
-           "%7.2f\n",
+           "%7.2f",
            bm_mode_name[r->mode], r->tokens, label, d->avg_k, r->tps, r->tps_min, r->step_ms,
            d->bpt / 1e6, r->read_gbs, d->limit, d->frac_limit, d->x_bytes, r->gflops, d->frac_peak,
            d->speedup);
+    if (c->cuda) {
+        const double kb = 1e-3 / (double)EP_MAX(r->steps, 1);
+        printf(" %9.4f %7.1f %9.1f %9.1f %9.2f %9.2f", d->floor_ms, d->x_floor,
+               (double)r->copies.h2d[EP_COPY_ACT] * kb, (double)r->copies.d2h[EP_COPY_ACT] * kb,
+               (double)r->copies.h2d[EP_COPY_META] * kb, (double)r->copies.d2h[EP_COPY_META] * kb);
+    }
+    printf("\n");
     fflush(stdout);
 }
 
@@ -693,7 +767,7 @@ int ep_cmd_bench_model(int argc, char **argv)
     ep_cluster *cl = NULL;
     ep_weights *w = NULL;
     ep_model_cfg cfg;
-    bm_ctx c = {.cfg = &cfg, .seed = a.seed};
+    bm_ctx c = {.cfg = &cfg, .seed = a.seed, .cuda = a.backend == EP_MOE_BACKEND_CUDA};
     bm_policy pols[BM_MAX_POLICIES] = {0};
     bm_row *rows = NULL;
     int n_pol = 0, n_rows = 0;
@@ -724,6 +798,7 @@ int ep_cmd_bench_model(int argc, char **argv)
         ep_model_opts_default(&mo, &cfg);
         if (a.dtype_set) mo.dtype = a.dtype;
         if (a.expert_dtype_set) mo.moe.expert_dtype = a.expert_dtype;
+        mo.moe.backend = a.backend;
         mo.moe.cap_tokens = cap;
         for (int p = 0; p < n_pol; p++)
             mo.moe.max_k = EP_MAX(mo.moe.max_k, ep_policy_max_k(pols[p].pol));
@@ -770,6 +845,13 @@ int ep_cmd_bench_model(int argc, char **argv)
         if (!st) st = peak_pass(&c, a.peak_size, 5, &peak);
         if (st) goto fail;
     }
+    // The device's bandwidth, every rank its own device at once; summed.
+    if (c.cuda) {
+        if ((st = ep_cluster_barrier(cl)) ||
+            (st = ep_bench_device_probe(cl, BM_DEV_REPS, &c.dev)) ||
+            (st = ep_cluster_allreduce_f64(cl, &c.dev.gbps, 1, EP_REDUCE_SUM)))
+            goto fail;
+    }
     if (root) print_header(&c, &a, read, peak);
 
     json_t *jrows = json_array();
@@ -793,7 +875,7 @@ int ep_cmd_bench_model(int argc, char **argv)
         }
         for (int p = 0; p < n_pol && root; p++) {
             const bm_derived d = derive(&c, &r[p], &r[0], peak);
-            print_row(&r[p], &d, pols[p].label);
+            print_row(&c, &r[p], &d, pols[p].label);
             json_array_append_new(jrows, row_json(&c, &r[p], &d, pols[p].label));
         }
     }
@@ -824,6 +906,27 @@ int ep_cmd_bench_model(int argc, char **argv)
         json_object_set_new(o, "read_gbs", json_real(read));
         json_object_set_new(o, "bf16_gemm_peak_gflops", json_real(peak));
         json_object_set_new(o, "bf16_gemm_peak_size", json_integer(a.peak_size));
+        json_object_set_new(o, "backend", json_string(ep_moe_backend_name(a.backend)));
+        // The copy fields are in the rows only when they were counted.
+        json_object_set_new(o, "copies_counted", json_boolean(c.cuda));
+        if (c.cuda) {
+            json_t *dj = json_object();
+            json_object_set_new(dj, "name", json_string(c.dev.name));
+            json_object_set_new(dj, "emulated", json_boolean(c.dev.emulated));
+            json_object_set_new(dj, "bandwidth_gbs", json_real(c.dev.gbps));
+            json_object_set_new(dj, "probe_bytes", json_integer((json_int_t)c.dev.probe_bytes));
+            json_object_set_new(dj, "probe_reps", json_integer(BM_DEV_REPS));
+            if (c.dev.emulated)
+                json_object_set_new(dj, "note",
+                                    json_string("emulated device (EP_CUDA_EMU): host memory and "
+                                                "host time; bandwidth, floor_ms and x_floor are "
+                                                "not GPU numbers"));
+            json_object_set_new(o, "device", dj);
+        } else {
+            json_object_set_new(o, "copies_note",
+                                json_string("backend cpu: no host<->device copies, no device "
+                                            "floor"));
+        }
         json_t *b = json_object();
         json_object_set_new(b, "dense", json_integer((json_int_t)c.bytes.dense));
         json_object_set_new(b, "embed", json_integer((json_int_t)c.bytes.embed));

@@ -34,6 +34,27 @@ size_t ep_gpu_mem_bytes(const ep_gpu *g);       // total device memory
 // Makes the device current on the calling thread (CUDA state is per thread).
 ep_status ep_gpu_make_current(const ep_gpu *g);
 
+// ---- device memory bandwidth -------------------------------------------------
+// Whether this build runs the CUDA code on the emulated device (EP_CUDA_EMU,
+// tests only): its "device" is host memory and its times are the host's, so
+// a bandwidth or a step time measured there is no GPU number.
+bool ep_gpu_emulated(void);
+// What the bandwidth probe moves per copy by default: far beyond any L2
+// (50 MiB on an H100), so the copies stream from and to HBM. The emulated
+// device gets a small one (its memory is the host's; the number means
+// nothing there anyway).
+#define EP_GPU_BW_BYTES     ((size_t)512 << 20)
+#define EP_GPU_BW_BYTES_EMU ((size_t)8 << 20)
+// Device memory bandwidth of g in GB/s (1e9 B/s): one untimed, then `reps`
+// timed device-to-device copies of `bytes` on a stream of its own, each
+// timed by a pair of cudaEvents; the best of them, counting 2 x bytes per
+// copy (each byte is read once and written once). What a step that streams
+// its weights from device memory can read at most; a read-only kernel may
+// do a little better than a copy. Makes g current; allocates 2 x bytes of
+// device memory for the call. EP_ERR_ARG names bytes or reps when they are
+// 0; EP_ERR_NOMEM names the allocation.
+ep_status ep_gpu_measure_bandwidth(const ep_gpu *g, size_t bytes, int reps, double *gbps);
+
 // ---- host <-> device traffic -------------------------------------------------
 // Bytes and calls of the copies made through ep_cuda_copy / ep_cuda_copy_cls
 // (cluster/cuda), process-wide, since start or the last reset, by class:

@@ -6,7 +6,8 @@
 # pick (no domain profile) equal to baseline, bytes per step and FLOPs per
 # step as the documented formulas give them from the row's own counts, limit
 # and fractions as their definitions, per-rank tokens/s summing to the row's.
-# No timing is asserted; only that times and fractions are positive.
+# The cpu backend's JSON says it counted no host<->device copies. No timing
+# is asserted; only that times and fractions are positive.
 set -euo pipefail
 bin=$1
 tmp=$(mktemp -d)
@@ -53,6 +54,11 @@ for name, world, pols, k_base, n_exp in runs:
     check(d["bench"] == "model" and "bench model" in d["command"], f"{name}: bench/command keys")
     check(d["world_size"] == world and d["k_base"] == k_base, f"{name}: world_size, k_base")
     check(d["read_gbs"] > 0 and d["bf16_gemm_peak_gflops"] > 0, f"{name}: bandwidth and peak > 0")
+    # The cpu backend counts no host<->device copies and says so (the cuda
+    # backend's fields: tests/cuda/bench_model_cuda.sh).
+    check(d["backend"] == "cpu" and d["copies_counted"] is False and "copies_note" in d
+          and "device" not in d and all("copy_bytes_per_step" not in r for r in rows),
+          f"{name}: cpu backend without copy fields")
     shapes = [("prefill", 8), ("decode", 1), ("decode", 2)]
     check(len(rows) == len(shapes) * len(pols), f"{name}: {len(rows)} rows, expected "
           f"{len(shapes) * len(pols)}")

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "emu.h"
@@ -74,6 +75,8 @@ struct CUstream_st {
 
 struct CUevent_st {
     unsigned flags;
+    bool recorded;    // cudaEventRecord was called
+    double record_ms; // host monotonic clock when it was (the work before it is done by then)
     struct CUevent_st *next;
 };
 
@@ -726,6 +729,12 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
                  (void *)event, (void *)stream);
         return emu_err(cudaErrorInvalidResourceHandle);
     }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    pthread_mutex_lock(&emu_mu);
+    event->recorded = true;
+    event->record_ms = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+    pthread_mutex_unlock(&emu_mu);
     return cudaSuccess;
 }
 
@@ -744,6 +753,37 @@ cudaError_t cudaEventQuery(cudaEvent_t event)
 cudaError_t cudaEventSynchronize(cudaEvent_t event)
 {
     return cudaEventQuery(event);
+}
+
+// Host time between the two records: the emulated work runs inside the
+// calls, so this is the host's time for it, not a GPU's. As CUDA: an event
+// made with cudaEventDisableTiming, or never recorded, is an invalid handle.
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
+{
+    cudaError_t e = emu_need_device();
+    if (e) return e;
+    if (!ms) return emu_err(cudaErrorInvalidValue);
+    if (!emu_event_ok(start) || !emu_event_ok(end)) {
+        emu_warn("cudart", "cudaEventElapsedTime(%p, %p): expected two live events", (void *)start,
+                 (void *)end);
+        return emu_err(cudaErrorInvalidResourceHandle);
+    }
+    pthread_mutex_lock(&emu_mu);
+    const bool timed =
+        !(start->flags & cudaEventDisableTiming) && !(end->flags & cudaEventDisableTiming);
+    const bool recorded = start->recorded && end->recorded;
+    const double d = end->record_ms - start->record_ms;
+    pthread_mutex_unlock(&emu_mu);
+    if (!timed || !recorded) {
+        emu_warn("cudart",
+                 "cudaEventElapsedTime(%p, %p): expected two recorded events made "
+                 "without cudaEventDisableTiming, found %s",
+                 (void *)start, (void *)end,
+                 timed ? "one not recorded" : "one made with cudaEventDisableTiming");
+        return emu_err(cudaErrorInvalidResourceHandle);
+    }
+    *ms = (float)d;
+    return cudaSuccess;
 }
 
 // ---- kernel launches ------------------------------------------------------------------------

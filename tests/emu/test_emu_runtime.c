@@ -5,7 +5,9 @@
 // direction or size are refused with the real runtime's errors, the
 // last-error rules, poisoned fresh memory, __syncthreads as a barrier, and
 // the bf16 conversions bit-exact with common/dtype.h except NaN (CUDA makes
-// every NaN 0x7fff, dtype.c keeps sign and payload).
+// every NaN 0x7fff, dtype.c keeps sign and payload), and event timing
+// (host time between records; refused, as CUDA does, for an event never
+// recorded or made with cudaEventDisableTiming).
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -202,6 +204,32 @@ static void test_device_and_launch_config(void **state)
     CK(cudaFree(out));
 }
 
+static void test_event_elapsed(void **state)
+{
+    cudaEvent_t a, b, off;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    CK(cudaEventCreateWithFlags(&off, cudaEventDisableTiming));
+    float ms = -1;
+    // b never recorded yet: an invalid handle, as CUDA says.
+    CK(cudaEventRecord(a, NULL));
+    assert_int_equal(cudaEventElapsedTime(&ms, a, b), cudaErrorInvalidResourceHandle);
+    assert_int_equal(cudaGetLastError(), cudaErrorInvalidResourceHandle);
+    usleep(20000);
+    CK(cudaEventRecord(b, NULL));
+    CK(cudaEventElapsedTime(&ms, a, b));
+    assert_true(ms >= 19.0f && ms < 5000.0f);
+    CK(cudaEventElapsedTime(&ms, b, a)); // the other way round: negative, as CUDA gives
+    assert_true(ms <= -19.0f);
+    CK(cudaEventRecord(off, NULL));
+    assert_int_equal(cudaEventElapsedTime(&ms, a, off), cudaErrorInvalidResourceHandle);
+    assert_int_equal(cudaEventElapsedTime(NULL, a, b), cudaErrorInvalidValue);
+    (void)cudaGetLastError();
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    CK(cudaEventDestroy(off));
+}
+
 static void test_syncthreads(void **state)
 {
     enum { B = 5, T = 64 };
@@ -323,6 +351,7 @@ int main(void)
         cmocka_unit_test(test_memcpy_kinds),
         cmocka_unit_test(test_device_and_launch_config),
         cmocka_unit_test(test_syncthreads),
+        cmocka_unit_test(test_event_elapsed),
         cmocka_unit_test(test_bf16_bit_exact),
         cmocka_unit_test(test_fp8_bit_exact),
     };

@@ -90,6 +90,8 @@ cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
 cudaError_t cudaEventQuery(cudaEvent_t event);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
+// Host time between the two records (the emulated work runs inside the calls).
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
 
 // ---- kernel launches (EP_LAUNCH, cluster/cuda/launch.h) ---------------------
 // Runs grid x block threads of `run(ctx)`: blocks one after another, each
