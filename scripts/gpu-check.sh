@@ -7,19 +7,31 @@
 #   3. bench --backend cuda --check on both tiny presets at np 1, and at np 2
 #      when two GPUs are visible: 0 wrong rows, planned == measured bytes;
 #   4. a short timing table, cpu vs cuda backend (tokens/s, phases per step),
-#      with the device named.
+#      with the device named;
+#   5. the whole forward: `logits --backend cuda` against the cpu backend
+#      (BF16 experts) on both tiny presets at np 1 (and np 2): the greedy
+#      argmax equal at every position, the relative error against its
+#      budget (scripts/logits_cmp.py); `generate --backend cuda` at np 1
+#      and np 2 giving the same tokens (two GPUs needed, NOT RUN otherwise);
+#   6. the floor table: `bench model --backend cuda --dtype bf16` prefill
+#      and decode step times against the floor (weight bytes a step reads /
+#      the device's measured bandwidth), and the host<->device bytes a step
+#      copies, by class.
 # Everything lands in one folder: gpu-check.log (all output), steps/ (one log
 # per step), bench JSON, summary.txt and summary.json. Each step is PASS,
 # FAIL or NOT RUN with a reason; the exit status is 1 when any step FAILed.
 #
 # --emulated builds the emulated device instead (-DEP_CUDA_EMU=ON, no GPU,
 # no nvcc; EP_EMU_DEVICES=2), so the whole script can run on any machine;
-# its timings are not performance numbers and the table says so.
+# its timings are not performance numbers and the tables say so. --only
+# picks groups of steps (scripts/emu.sh runs `--emulated --only
+# forward,floor`, the parts its own steps do not cover).
 set -uo pipefail
 
 usage() {
     cat <<'EOF'
 usage: scripts/gpu-check.sh [--out DIR] [--emulated] [--build DIR] [--budget S]
+                            [--only LIST]
   --out DIR     where the logs, JSON and summary go (default out/gpu-check-<date>/
                 under the repository, which git ignores)
   --emulated    build and run on the emulated device (-DEP_CUDA_EMU=ON,
@@ -28,6 +40,11 @@ usage: scripts/gpu-check.sh [--out DIR] [--emulated] [--build DIR] [--budget S]
   --build DIR   build folder (default build-gpu/, or build-emu/ with --emulated)
   --budget S    seconds for everything (default 570 on a GPU, 1500 emulated);
                 a step that no longer fits is NOT RUN
+  --only LIST   the groups of steps to run, of tests (ctest -R cuda), check
+                (bench --check), time (bench timing), forward (logits and
+                generate, cuda vs cpu), floor (bench model against the
+                bandwidth floor); default all. Without tests only epserve
+                is built.
 EOF
 }
 
@@ -36,16 +53,27 @@ emulated=0
 out=""
 build=""
 budget=""
+only=tests,check,time,forward,floor
 while [ $# -gt 0 ]; do
     case "$1" in
     --out) out=${2:?--out needs a folder}; shift 2 ;;
     --emulated) emulated=1; shift ;;
     --build) build=${2:?--build needs a folder}; shift 2 ;;
     --budget) budget=${2:?--budget needs seconds}; shift 2 ;;
+    --only) only=${2:?--only needs a list}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
+
+for g in ${only//,/ }; do
+    case "$g" in
+    tests | check | time | forward | floor) ;;
+    *) echo "gpu-check: --only: unknown group '$g' (expected tests, check, time, forward, floor)" >&2
+       exit 2 ;;
+    esac
+done
+want() { [[ ",$only," == *",$1,"* ]]; }
 
 stamp=$(date +%Y%m%d-%H%M%S)
 out=${out:-$root/out/gpu-check-$stamp}
@@ -63,6 +91,8 @@ if [ $emulated = 1 ]; then
     check_args=(--tokens 32 --steps 2 --warmup 1)
     time_args=(--tokens 32 --steps 2 --warmup 1)
     time_presets=(tiny-qwen3-moe)
+    floor_args=(--prefill 4 --decode "1,2" --context 4 --steps 1 --peak-size 64)
+    gen_tokens=4
 else
     mode=gpu
     build=${build:-$root/build-gpu}
@@ -70,8 +100,17 @@ else
     check_args=(--tokens 256 --steps 3 --warmup 1)
     time_args=(--tokens 256 --steps 5 --warmup 1)
     time_presets=(tiny-qwen3-moe tiny-deepseek-v2)
+    floor_args=(--prefill "128,512" --decode "1,8,32" --context 64 --steps 8 --peak-size 512)
+    gen_tokens=16
 fi
 check_presets=(tiny-qwen3-moe tiny-deepseek-v2)
+# The whole-forward check: one sequence of these ids, every position's logits.
+fwd_prompt=3,1,4,1,5,9,2,6,5,3,5,8,9,7,9,3
+# Budget of `logits --backend cuda` against the cpu backend with BF16
+# experts, row-wise max|a-b| / max|b| (LOGITS_REF_TOL_BF16 of app/logits.c,
+# docs/cuda.md): the same BF16 weights, only the order of the sums differs.
+fwd_budget=0.05
+py=$(command -v python3 || true)
 reserve=15 # seconds kept for the summary
 
 say() { echo "$*" | tee -a "$log"; }
@@ -177,7 +216,7 @@ json_str() { # a JSON string literal of $1
 say "# epserve gpu-check ($mode) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 say "# repository: $root ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(
     git -C "$root" diff --quiet HEAD 2>/dev/null || echo ', uncommitted changes'))"
-say "# build: $build  out: $out  budget: ${budget}s  cores: $jobs"
+say "# build: $build  out: $out  budget: ${budget}s  cores: $jobs  steps: $only"
 
 mpi=(mpirun)
 if ! command -v mpirun >/dev/null; then
@@ -236,7 +275,9 @@ built=0
 run configure 120 cmake -S "$root" -B "$build" "${cfg[@]}"
 if [ $run_rc = 0 ]; then
     record configure PASS "${cfg[*]}" "$run_secs"
-    run build 420 cmake --build "$build" -j "$jobs"
+    targets=()
+    want tests || targets=(--target epserve) # the tests' binaries only for ctest
+    run build 420 cmake --build "$build" -j "$jobs" "${targets[@]}"
     if [ $run_rc = 0 ]; then
         built=1
         record build PASS "-j $jobs" "$run_secs"
@@ -252,7 +293,9 @@ else
 fi
 
 # ---- 2. the GPU tests --------------------------------------------------------
-if [ $built = 0 ]; then
+if ! want tests; then
+    :
+elif [ $built = 0 ]; then
     record "ctest -R cuda" "NOT RUN" "no build" 0
 else
     run ctest 240 ctest --test-dir "$build" -R cuda -V -j "$jobs"
@@ -294,6 +337,7 @@ fi
 epserve=$build/epserve
 nps=(1 2)
 for np in "${nps[@]}"; do
+    want check || break
     for preset in "${check_presets[@]}"; do
         name="check-$preset-np$np"
         if [ $built = 0 ]; then
@@ -334,6 +378,7 @@ done
 # ---- 4. timing ---------------------------------------------------------------
 timing=() # "preset np backend tokens/s p50 route dispatch experts combine shared"
 for np in "${nps[@]}"; do
+    want time || break
     for preset in "${time_presets[@]}"; do
         for backend in cpu cuda; do
             name="time-$preset-np$np-$backend"
@@ -368,6 +413,131 @@ for np in "${nps[@]}"; do
     done
 done
 
+# gate NAME NP [py]: 0 when step NAME can run at NP ranks (with python3 when
+# asked); otherwise records it NOT RUN with why, and returns 1.
+gate() {
+    if [ $built = 0 ]; then
+        record "$1" "NOT RUN" "no build" 0
+    elif [ ${#mpi[@]} = 0 ]; then
+        record "$1" "NOT RUN" "mpirun not found" 0
+    elif [ "$n_gpus" -lt "$2" ]; then
+        record "$1" "NOT RUN" "needs $2 GPUs, $n_gpus visible" 0
+    elif [ "${3:-}" = py ] && [ -z "$py" ]; then
+        record "$1" "NOT RUN" "python3 not found (it compares the logits and reads the JSON)" 0
+    else
+        return 0
+    fi
+    return 1
+}
+
+# ---- 5. the whole forward: cuda against cpu -----------------------------------
+n_fwd=$(echo "$fwd_prompt" | tr ',' '\n' | grep -c .)
+for preset in "${check_presets[@]}"; do
+    want forward || break
+    # The reference: the cpu backend with BF16 experts, one rank.
+    ref=$out/logits-$preset-cpu-bf16.bin
+    rm -f "$ref"
+    for np in "${nps[@]}"; do
+        name="forward-$preset-np$np"
+        gate "$name" "$np" py || continue
+        if [ ! -s "$ref" ]; then
+            run "$name-cpu" 120 "${mpi[@]}" -np 1 "$epserve" logits --model "$preset" \
+                --tokens "$fwd_prompt" --expert-dtype bf16 --out "$ref"
+            if [ $run_rc = -1 ]; then
+                record "$name" "NOT RUN" "$run_why" 0; continue
+            elif [ $run_rc != 0 ]; then
+                record "$name" FAIL "the cpu reference: $run_why" "$run_secs"; continue
+            fi
+        fi
+        got=$out/logits-$preset-np$np-cuda.bin
+        rm -f "$got"
+        run "$name" 180 "${mpi[@]}" -np "$np" "$epserve" logits --model "$preset" \
+            --tokens "$fwd_prompt" --backend cuda --out "$got"
+        if [ $run_rc = -1 ]; then
+            record "$name" "NOT RUN" "$run_why" 0; continue
+        elif [ $run_rc != 0 ]; then
+            record "$name" FAIL "$run_why" "$run_secs"; continue
+        fi
+        secs=$run_secs
+        run "$name-cmp" 60 "$py" "$root/scripts/logits_cmp.py" "$got" "$ref" "$n_fwd" \
+            "$fwd_budget" "cuda np $np vs cpu-bf16, $n_fwd positions"
+        line=$(tail -n 1 "$run_out")
+        if [ $run_rc = 0 ]; then
+            record "$name" PASS "$line" "$((secs + run_secs))"
+        else
+            record "$name" FAIL "${line:-$run_why}" "$((secs + run_secs))"
+        fi
+    done
+done
+
+# generate --backend cuda: the same greedy tokens at np 1 and np 2.
+for preset in "${check_presets[@]}"; do
+    want forward || break
+    name="generate-$preset-np1-vs-np2"
+    gate "$name" 2 || continue
+    declare -A gen_ids=()
+    secs=0
+    bad=""
+    for np in 1 2; do
+        run "$name-np$np" 180 "${mpi[@]}" -np "$np" "$epserve" generate --model "$preset" \
+            --tokens "$fwd_prompt" --max-tokens "$gen_tokens" --ignore-eos --backend cuda --json
+        secs=$((secs + run_secs))
+        if [ $run_rc != 0 ]; then
+            bad=${run_why:-not run}; break
+        fi
+        gen_ids[$np]=$(sed -n 's/.*"ids":\[\([^]]*\)\].*/\1/p' "$run_out" | head -n 1)
+        [ -n "${gen_ids[$np]}" ] || { bad="np $np: no \"ids\" in its JSON (steps/$name-np$np.log)"; break; }
+    done
+    if [ -n "$bad" ]; then
+        record "$name" FAIL "$bad" "$secs"
+    elif [ "${gen_ids[1]}" = "${gen_ids[2]}" ]; then
+        record "$name" PASS "the same $gen_tokens tokens ($(echo "${gen_ids[1]}" | cut -d, -f1-4),...)" "$secs"
+    else
+        record "$name" FAIL "np 1 gave ${gen_ids[1]}, np 2 gave ${gen_ids[2]}" "$secs"
+    fi
+    unset gen_ids
+done
+
+# ---- 6. the floor: bench model against the device's bandwidth ----------------
+# One line per row of a bench model JSON: mode tokens step_ms floor_ms x_floor
+# MB/step act_h2d act_d2h meta_h2d meta_d2h (KB per step) bandwidth_GB/s.
+floor_rows() {
+    "$py" - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+gbs = d["device"]["bandwidth_gbs"]
+for r in d["rows"]:
+    c = r["copy_bytes_per_step"]
+    print(r["mode"], r["tokens_per_step"], r["step_ms"], r["floor_ms"], r["x_floor"],
+          r["bytes_per_step"] / 1e6, c["act"]["h2d"] / 1e3, c["act"]["d2h"] / 1e3,
+          c["meta"]["h2d"] / 1e3, c["meta"]["d2h"] / 1e3, gbs)
+PY
+}
+floor=() # "preset np mode tokens step_ms floor_ms x_floor MB act_h2d act_d2h meta_h2d meta_d2h GB/s"
+for preset in "${time_presets[@]}"; do
+    want floor || break
+    name="floor-$preset-np1"
+    gate "$name" 1 py || continue
+    json=$out/$name.json
+    rm -f "$json"
+    run "$name" 180 "${mpi[@]}" -np 1 "$epserve" bench model --model "$preset" --backend cuda \
+        --dtype bf16 --routing baseline "${floor_args[@]}" --json "$json" --quiet
+    if [ $run_rc = -1 ]; then
+        record "$name" "NOT RUN" "$run_why" 0; continue
+    elif [ $run_rc != 0 ]; then
+        record "$name" FAIL "$run_why" "$run_secs"; continue
+    fi
+    rows=$(floor_rows "$json" 2>>"$log")
+    if [ -z "$rows" ]; then
+        record "$name" FAIL "no row with floor_ms and copy_bytes_per_step in the JSON" "$run_secs"
+        continue
+    fi
+    while read -r r; do
+        floor+=("$preset 1 $r")
+    done <<<"$rows"
+    record "$name" PASS "$(echo "$rows" | wc -l) rows" "$run_secs"
+done
+
 # ---- summary -----------------------------------------------------------------
 elapsed=$SECONDS
 if [ $n_fail -gt 0 ]; then
@@ -385,20 +555,41 @@ fi
     for i in "${!step_names[@]}"; do
         printf '%-8s %-40s %7s  %s\n' "${step_status[$i]}" "${step_names[$i]}" "${step_secs[$i]}" "${step_reason[$i]}"
     done
-    echo "#"
-    echo "# timing: bench --routing baseline ${time_args[*]}; phases in ms per step"
-    if [ $mode = emulated ]; then
-        echo "# emulated: not a performance number (the cuda rows ran on the emulated device)"
+    if want time; then
+        echo "#"
+        echo "# timing: bench --routing baseline ${time_args[*]}; phases in ms per step"
+        if [ $mode = emulated ]; then
+            echo "# emulated: not a performance number (the cuda rows ran on the emulated device)"
+        fi
+        printf '%-18s %3s %-7s %12s %10s %9s %9s %10s %9s %9s\n' "# model" np backend tokens/s \
+            p50_ms route dispatch experts combine shared
+        if [ ${#timing[@]} = 0 ]; then
+            echo "# (no timing row: see the time-* steps)"
+        fi
+        for r in "${timing[@]}"; do
+            # shellcheck disable=SC2086
+            printf '%-18s %3s %-7s %12.1f %10.3f %9.3f %9.3f %10.3f %9.3f %9.3f\n' $r
+        done
     fi
-    printf '%-18s %3s %-7s %12s %10s %9s %9s %10s %9s %9s\n' "# model" np backend tokens/s p50_ms \
-        route dispatch experts combine shared
-    if [ ${#timing[@]} = 0 ]; then
-        echo "# (no timing row: see the time-* steps)"
+    if want floor; then
+        echo "#"
+        echo "# floor: bench model --backend cuda --dtype bf16 --routing baseline ${floor_args[*]}"
+        echo "#   floor = weight MB a step reads / the device's bandwidth (GB/s: device-to-device"
+        echo "#   copies, best of 5); x = step / floor; copies: KB per step host->device (h2d) and"
+        echo "#   device->host (d2h), act = activations, meta = ids, positions, routes, counts"
+        if [ $mode = emulated ]; then
+            echo "# emulated: not a performance number (host memory, host time)"
+        fi
+        printf '%-18s %3s %-7s %6s %10s %10s %8s %8s %9s %9s %9s %9s %8s\n' "# model" np mode \
+            tokens step_ms floor_ms x MB/step act_h2d act_d2h meta_h2d meta_d2h GB/s
+        if [ ${#floor[@]} = 0 ]; then
+            echo "# (no floor row: see the floor-* steps)"
+        fi
+        for r in "${floor[@]}"; do
+            # shellcheck disable=SC2086
+            printf '%-18s %3s %-7s %6s %10.3f %10.4f %8.1f %8.2f %9.1f %9.1f %9.2f %9.2f %8.1f\n' $r
+        done
     fi
-    for r in "${timing[@]}"; do
-        # shellcheck disable=SC2086
-        printf '%-18s %3s %-7s %12.1f %10.3f %9.3f %9.3f %10.3f %9.3f %9.3f\n' $r
-    done
     echo "#"
     echo "$verdict"
 } >"$out/summary.txt"
@@ -434,6 +625,15 @@ fi
         [ "$i" = $((${#timing[@]} - 1)) ] && sep=""
         read -r p np be tps p50 route disp exp comb shr <<<"${timing[$i]}"
         echo "    {\"model\": $(json_str "$p"), \"np\": $np, \"backend\": $(json_str "$be"), \"tokens_per_s\": $tps, \"step_ms_p50\": $p50, \"phase_ms_per_step\": {\"route\": $route, \"dispatch\": $disp, \"experts\": $exp, \"combine\": $comb, \"shared\": $shr}}$sep"
+    done
+    echo "  ],"
+    echo "  \"floor_args\": $(json_str "--backend cuda --dtype bf16 --routing baseline ${floor_args[*]}"),"
+    echo "  \"floor\": ["
+    for i in "${!floor[@]}"; do
+        sep=","
+        [ "$i" = $((${#floor[@]} - 1)) ] && sep=""
+        read -r p np md tk ms fms xf mb ah ad mh mdd gbs <<<"${floor[$i]}"
+        echo "    {\"model\": $(json_str "$p"), \"np\": $np, \"mode\": $(json_str "$md"), \"tokens\": $tk, \"step_ms\": $ms, \"floor_ms\": $fms, \"x_floor\": $xf, \"weight_mb_per_step\": $mb, \"bandwidth_gbs\": $gbs, \"copy_kb_per_step\": {\"act_h2d\": $ah, \"act_d2h\": $ad, \"meta_h2d\": $mh, \"meta_d2h\": $mdd}}$sep"
     done
     echo "  ]"
     echo "}"
