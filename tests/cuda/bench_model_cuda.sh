@@ -36,20 +36,15 @@ fi
 grep -q -- "--backend" "$tmp/err.txt" || { echo "FAIL: the --backend error does not name it"; exit 1; }
 cat "$tmp/q1.txt"
 
-python3 - "$tmp" <<'PY'
+python3 - "$tmp" "$(dirname "$0")/../e2e/lib" <<'PY'
 import json, sys
 tmp = sys.argv[1]
-failures = 0
-def check(ok, msg):
-    global failures
-    if not ok:
-        print("FAIL  " + msg)
-        failures += 1
-def close(a, b, rel=1e-6):
-    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-30)
+sys.path.insert(0, sys.argv[2])
+import jcheck
+from jcheck import check, close, finish
 
 for name, world, n_rows in (("q1", 1, 6), ("d2", 2, 3)):
-    before = failures
+    before = jcheck.failures
     d = json.load(open(f"{tmp}/{name}.json"))
     table = open(f"{tmp}/{name}.txt").read().splitlines()
     rows = d["rows"]
@@ -87,7 +82,7 @@ for name, world, n_rows in (("q1", 1, 6), ("d2", 2, 3)):
         act_h2d_kb = float(cols[-4])
         check(abs(act_h2d_kb - cp["act"]["h2d"] / 1e3) <= 0.051 + 1e-9,
               f"{tag}: table act_h2d {act_h2d_kb} KB, JSON {cp['act']['h2d']} B")
-    if failures == before:
+    if jcheck.failures == before:
         print(f"ok    {name}: {len(rows)} rows with the device report, device '{dev['name']}'"
               f"{' (emulated)' if emulated else ''}, {dev['bandwidth_gbs']:.1f} GB/s")
 
@@ -99,7 +94,7 @@ check(all(k not in r for r in c["rows"] for k in ("floor_ms", "x_floor", "copy_b
 ctab = open(f"{tmp}/c1.txt").read()
 check("backend cpu: no host<->device copies" in ctab and "act_h2d" not in ctab,
       "cpu: the table says so and has no copy columns")
-if not failures:
+if not jcheck.failures:
     print("ok    cpu: no copy fields, said so")
-sys.exit(1 if failures else 0)
+finish()
 PY

@@ -31,17 +31,11 @@ if "$bin" bench model --model tiny-qwen3-moe --decode 0 2> "$tmp/err.txt"; then
 fi
 grep -q -- "--decode" "$tmp/err.txt" || { echo "FAIL: --decode error does not name it"; exit 1; }
 
-python3 - "$tmp" <<'PY'
+python3 - "$tmp" "$(dirname "$0")/lib" <<'PY'
 import json, sys
 tmp = sys.argv[1]
-failures = 0
-def check(ok, msg):
-    global failures
-    if not ok:
-        print("FAIL  " + msg)
-        failures += 1
-def close(a, b, rel=1e-6):
-    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-30)
+sys.path.insert(0, sys.argv[2])
+from jcheck import check, close, finish
 
 # (file, world, policies in row order, k_base, experts)
 runs = [("q1", 1, ["baseline", "ban", "pick", "banpick"], 8, 64),
@@ -122,5 +116,5 @@ for name, world, pols, k_base, n_exp in runs:
             check(r["avg_k"] == base["avg_k"] and r["bytes_per_token"] == base["bytes_per_token"],
                   f"{tag}: pick without a profile routes as baseline")
     print(f"ok    {name}: {len(rows)} rows consistent")
-sys.exit(1 if failures else 0)
+finish()
 PY
