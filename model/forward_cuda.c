@@ -96,7 +96,8 @@ static ep_status upload_mat(cuda_fwd *d, uint16_t **dst, const ep_mat *m, const 
     *dst = NULL;
     if (!m->data) return EP_OK;
     const size_t n = (size_t)m->rows * (size_t)m->cols;
-    if (m->dtype == EP_DTYPE_BF16) return upload(d, dst, m->data, n * 2, &d->mem.weights_bf16, what);
+    if (m->dtype == EP_DTYPE_BF16)
+        return upload(d, dst, m->data, n * 2, &d->mem.weights_bf16, what);
     uint16_t *tmp = ep_xmalloc(n * 2);
     for (size_t i = 0; i < n; i++)
         tmp[i] = ep_f32_to_bf16(((const float *)m->data)[i]);
@@ -155,11 +156,12 @@ static ep_status check_fits(const ep_model *m, const ep_model_dev_mem *plan)
     TRY(EP_CUDA_ST(cudaMemGetInfo(&free_b, &total_b)));
     if (plan->total <= free_b) return EP_OK;
     return ep_errorf(EP_ERR_NOMEM,
-                     "model: backend cuda: rank %d's GPU is too small for %s: needs %.1f MiB "
+                     "the GPU is too small for %s: needs %.1f MiB "
                      "(weights bf16 %.1f, fp32 %.1f, KV cache %.1f, workspace %.1f), %.1f MiB "
                      "free of %.1f (the experts, %.1f MiB, already loaded); expected a larger "
-                     "device, more ranks, fewer kv blocks (--kv-blocks) or a smaller cap_tokens",
-                     m->cl->rank, m->cfg->name, mib(plan->total), mib(plan->weights_bf16),
+                     "device, more ranks, or fewer KV blocks, sequences or tokens per step "
+                     "(--max-num-seqs, --max-model-len)",
+                     m->cfg->name, mib(plan->total), mib(plan->weights_bf16),
                      mib(plan->weights_f32), mib(plan->kv), mib(plan->workspace), mib(free_b),
                      mib(total_b), mib(ep_moe_expert_bytes(m->moe)));
 }
@@ -359,9 +361,8 @@ static ep_status cuda_begin(ep_model *m, const ep_batch *b, int T)
             slot[t] = i; // the table's row of this step
         }
     }
-    TRY(ep_cuda_copy_cls(d->meta, d->h_meta, (size_t)3 * T * sizeof(int),
-                         cudaMemcpyHostToDevice, d->stream, EP_COPY_META,
-                         "step ids, positions and slots"));
+    TRY(ep_cuda_copy_cls(d->meta, d->h_meta, (size_t)3 * T * sizeof(int), cudaMemcpyHostToDevice,
+                         d->stream, EP_COPY_META, "step ids, positions and slots"));
     TRY(ep_cuda_copy_cls(d->kv.table, d->h_table, (size_t)b->n_seqs * d->max_blocks * sizeof(int),
                          cudaMemcpyHostToDevice, d->stream, EP_COPY_META, "block tables"));
     return ep_mops_embed(d->embed, m->cfg->vocab, m->cfg->hidden, d->meta, T, d->x, d->stream);
@@ -425,7 +426,8 @@ static ep_status mla_attention(ep_model *m, cuda_fwd *d, const dev_layer *L, int
     TRY(ep_mops_rope_apply(&d->rope, d->k, T, row, 1, R, rope, pos, s));
     TRY(ep_mops_rope_apply(&d->rope, d->q, T, m->q_dim, nh, nope, nope + rope, pos, s));
     TRY(ep_mops_kv_write(&d->kv, l, d->k, row, row, 0, T, slot, pos, s));
-    const ep_mops_mla ms = {.heads = nh, .nope = nope, .rope = rope, .v = c->v_head_dim, .kv_lora = R};
+    const ep_mops_mla ms = {
+        .heads = nh, .nope = nope, .rope = rope, .v = c->v_head_dim, .kv_lora = R};
     TRY(ep_mops_mla_absorb_q(d->blas, &ms, T, d->q, L->wkv_b, d->qabs, d->abf, s));
     const ep_mops_attn_shape as = {
         .heads = nh, .group = nh, .dk = row, .dv = R, .scale = m->attn_scale};
@@ -568,8 +570,9 @@ static ep_status cuda_sample(ep_model *m, int rows, ep_sampler *const *samplers,
         } else {
             ids[r] = d->h_ids[r];
             if (ids[r] < 0 || ids[r] >= V)
-                return ep_errorf(EP_ERR_IO, "model: backend cuda: row %d sampled id %d on the "
-                                            "device, expected 0..%d",
+                return ep_errorf(EP_ERR_IO,
+                                 "model: backend cuda: row %d sampled id %d on the "
+                                 "device, expected 0..%d",
                                  r, ids[r], V - 1);
             ep_sampler_accept(samplers[r], ids[r]);
         }
