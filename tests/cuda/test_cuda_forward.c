@@ -88,9 +88,9 @@ static ep_model *open_model(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights 
     if (cl->rank == 0)
         printf("# %s: device bytes measured == planned: bf16 %llu, f32 %llu, kv %llu, workspace "
                "%llu (+ experts %llu)\n",
-               cfg->name, (unsigned long long)got.weights_bf16,
-               (unsigned long long)got.weights_f32, (unsigned long long)got.kv,
-               (unsigned long long)got.workspace, (unsigned long long)got.experts);
+               cfg->name, (unsigned long long)got.weights_bf16, (unsigned long long)got.weights_f32,
+               (unsigned long long)got.kv, (unsigned long long)got.workspace,
+               (unsigned long long)got.experts);
     return m;
 }
 
@@ -98,7 +98,8 @@ static ep_model *open_model(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights 
 static void step(ep_model *m, const ep_policy *pol, bool mine, int seq, const int *tok, int n,
                  bool all, float *logits, ep_sampler *s, int *id)
 {
-    ep_batch b = {.n_seqs = mine ? 1 : 0, .seq = &seq, .n_new = &n, .tokens = tok, .all_logits = all};
+    ep_batch b = {
+        .n_seqs = mine ? 1 : 0, .seq = &seq, .n_new = &n, .tokens = tok, .all_logits = all};
     if (id)
         CHECK_OK(ep_model_forward_sample(m, pol, &b, &s, id, logits, NULL, NULL));
     else
@@ -167,8 +168,8 @@ static void run_preset(ep_cluster *cl, const char *preset)
         worst = fmax(worst, e);
         int ia = -1, ib = -1;
         CHECK(e <= tol, "%s: position %d: max rel err %.4f > %.2f", preset, r, e, tol);
-        CHECK(same_best(ld + (size_t)r * V, lc + (size_t)r * V, V, tol, &ia, &ib),
-              "%s: position %d: device argmax %d, cpu %d", preset, r, ia, ib);
+        const bool same = same_best(ld + (size_t)r * V, lc + (size_t)r * V, V, tol, &ia, &ib);
+        CHECK(same, "%s: position %d: device argmax %d, cpu %d", preset, r, ia, ib);
     }
 
     // Greedy decoding: the device draws (argmax on the device), the CPU
@@ -222,8 +223,9 @@ static void run_preset(ep_cluster *cl, const char *preset)
             mx = fmax(mx, fabs((double)row[i]));
         CHECK(ib >= 0 && ib < V && (ib == ia || row[ia] - row[ib] <= 2 * tol * mx),
               "%s step %d: device picked %d, cpu %d", preset, g, ib, ia);
-        CHECK(ib == ia, "%s step %d: device %d, cpu %d (a near-tie would be allowed above; at "
-                        "this prompt there is none)",
+        CHECK(ib == ia,
+              "%s step %d: device %d, cpu %d (a near-tie would be allowed above; at "
+              "this prompt there is none)",
               preset, g, ib, ia);
         tc = ia;
         td = ia; // both go on from the CPU's token
