@@ -128,6 +128,7 @@ static void cuda_close(ep_model *m)
 {
     cuda_fwd *d = m->dev;
     if (!d) return;
+    if (d->gpu) (void)ep_gpu_make_current(d->gpu); // the frees are the device's
     if (d->blas) cublasDestroy(d->blas);
     for (int i = 0; i < d->n_allocs; i++)
         cudaFree(d->allocs[i]);
@@ -346,6 +347,9 @@ static ep_status cuda_dev_mem(const ep_model *m, ep_model_dev_mem *out)
 static ep_status cuda_begin(ep_model *m, const ep_batch *b, int T)
 {
     cuda_fwd *d = m->dev;
+    // The step may run on another thread than open (serve's engine thread),
+    // and CUDA's current device is per thread.
+    TRY(ep_gpu_make_current(d->gpu));
     d->T = T;
     d->pos = d->meta + T;
     d->slot = d->meta + 2 * T;

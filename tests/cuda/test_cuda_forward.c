@@ -54,9 +54,9 @@ static ep_model *open_model(ep_cluster *cl, const ep_model_cfg *cfg, ep_weights 
     ep_model_opts o;
     ep_model_opts_default(&o, cfg);
     o.moe.cap_tokens = 8;
-    o.max_seqs = 4;
+    o.max_seqs = 9;
     o.max_ctx = 64;
-    o.kv_blocks = 12;
+    o.kv_blocks = 24;
     o.kv_block_tokens = 4; // the prompt and the decode cross block boundaries
     if (cuda) {
         o.moe.backend = EP_MOE_BACKEND_CUDA;
@@ -229,6 +229,54 @@ static void run_preset(ep_cluster *cl, const char *preset)
               preset, g, ib, ia);
         tc = ia;
         td = ia; // both go on from the CPU's token
+    }
+
+    // Top-k / top-p / temperature drawn on the device against ep_sampler
+    // on the host from the same device logits: NS twin pairs of sequences
+    // (same first token, same next token; short, as every token costs on
+    // the emulated device) step in two batches, the host half
+    // with the logits asked for (host sampling), the device half without
+    // (device sampling), with samplers of the same parameters and seed
+    // per pair. The device's logits do not depend on the sequence slot, so
+    // the ids must agree (but for a u within an ulp of a cumulative
+    // boundary).
+    {
+        enum { NS = 4 };
+        int seqs[2 * NS], ids[2 * NS];
+        ep_sampler *smp[2 * NS];
+        for (int k = 0; k < 2 * NS; k++) {
+            ep_sample_params tp;
+            ep_sample_params_default(&tp);
+            const int pair = k % NS;
+            tp.temperature = 0.6f + 0.2f * pair;
+            tp.top_k = 1 + 2 * pair; // k block-wide selections each: kept small
+            tp.top_p = pair % 2 ? 0.9f : 1.0f;
+            tp.seed = 100 + pair;
+            smp[k] = NULL;
+            CHECK_OK(ep_sampler_init(&tp, V, &smp[k]));
+            seqs[k] = -1;
+            CHECK_OK(ep_model_seq_new(dev, &seqs[k]));
+            ids[k] = -1;
+        }
+        const int n = rank == 0 ? NS : 0, next[NS] = {11, 11, 11, 11}, one[NS] = {1, 1, 1, 1};
+        const int first[NS] = {prompt[0], prompt[0], prompt[0], prompt[0]};
+        for (int h = 0; h < 2; h++) { // the first tokens, NS sequences a step
+            ep_batch b = {.n_seqs = n, .seq = seqs + h * NS, .n_new = one, .tokens = first};
+            CHECK_OK(ep_model_forward(dev, pol, &b, ld, NULL));
+        }
+        for (int h = 0; h < 2; h++) { // h 0: host sampling from the logits; 1: on the device
+            ep_batch b = {.n_seqs = n, .seq = seqs + h * NS, .n_new = one, .tokens = next};
+            CHECK_OK(ep_model_forward_sample(dev, pol, &b, smp + h * NS, ids + h * NS,
+                                             h == 0 ? ld : NULL, NULL, NULL));
+        }
+        for (int k = 0; k < NS && rank == 0; k++)
+            CHECK(ids[NS + k] == ids[k] && ids[k] >= 0,
+                  "%s: sampler %d (T %.1f, top_k %d, top_p %.1f): device %d, host %d", preset, k,
+                  0.6 + 0.2 * k, 1 + 2 * k, k % 2 ? 0.9 : 1.0, ids[NS + k], ids[k]);
+        for (int k = 0; k < 2 * NS; k++) {
+            ep_model_seq_free(dev, seqs[k]);
+            ep_sampler_free(smp[k]);
+        }
     }
 
     // A sampler with a logits processor draws on the host from a logits
