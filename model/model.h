@@ -36,8 +36,13 @@ void ep_model_opts_default(ep_model_opts *o, const ep_model_cfg *cfg);
 
 typedef struct ep_model ep_model;
 // Reads the replicated weights (embeddings, norms, attention, dense MLPs,
-// lm_head) in fp32 and builds the MoE layers (this rank's experts). cfg, cl
-// and w are borrowed and must outlive the model.
+// lm_head) in opts.dtype and builds the MoE layers (this rank's experts).
+// opts.moe.backend also picks the model's backend (model/backend.h): cuda
+// stores the matrices BF16 (whatever opts.dtype says), uploads them with
+// the norms, keeps the KV cache and the activations on the device, and
+// frees the host copies unless opts.moe.with_reference; it fails, on every
+// rank, when the device's free memory is below ep_model_dev_mem_plan's
+// total. cfg, cl and w are borrowed and must outlive the model.
 ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
                         const ep_model_opts *o, ep_model **out);
 void ep_model_free(ep_model *m); // NULL ok
