@@ -3,7 +3,7 @@
 // attention on the paged KV cache, residual, norm, dense MLP or EP MoE,
 // residual -> final norm -> lm_head). Attention kernels are in model/attn.c,
 // the reference forward in model/reference.c.
-#include "model/model_impl.h"
+#include "model/backend.h"
 
 #include "cluster/liveness.h"
 
@@ -216,6 +216,11 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
     m->cfg = cfg;
     m->cl = cl;
     m->opts = *o;
+    const bool cuda = o->moe.backend == EP_MOE_BACKEND_CUDA;
+    m->be = cuda ? &ep_model_backend_cuda_table : &ep_model_backend_cpu;
+    // The device holds the replicated matrices in BF16 whatever opts.dtype
+    // says (model/forward_cuda.c); the host reads them so, once.
+    if (cuda) m->opts.dtype = EP_DTYPE_BF16;
     const int H = cfg->hidden, nh = cfg->n_heads, cap = o->moe.cap_tokens;
     bool mla = cfg->arch == EP_ARCH_DEEPSEEK_V2;
     load_progress lp = {.t0_us = ep_now_us(), .tty = isatty(STDERR_FILENO) == 1};
@@ -242,6 +247,7 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
     if ((s = read_m(m, w, &m->embed, cfg->vocab, H, "model.embed_tokens.weight")) ||
         (s = read_w(m, w, &m->final_norm, H, -1, "model.norm.weight")))
         goto err;
+    m->embed_bytes = ep_mat_bytes(&m->embed);
     if (cfg->tie_embeddings) {
         m->lm_head = m->embed;
         m->lm_head.owned = NULL;
@@ -270,13 +276,23 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
                      .n_blocks = o->kv_blocks,
                      .max_seqs = o->max_seqs,
                      .max_seq_tokens = o->max_ctx,
-                     .prefix_caching = o->prefix_caching};
+                     .prefix_caching = o->prefix_caching,
+                     // cuda: the rows live in the device pool only
+                     .no_rows = cuda};
     if ((s = ep_kv_init(&ko, &m->kv))) goto err;
 
     size_t capz = (size_t)cap;
-    m->x = ep_xmalloc(capz * H * sizeof(float));
     m->xn = ep_xmalloc(capz * H * sizeof(float));
     m->y = ep_xmalloc(capz * H * sizeof(float));
+    m->tok_seq = ep_xmalloc(capz * sizeof(int));
+    m->tok_domain = ep_xmalloc(capz * sizeof(int));
+    m->tok_pos = ep_xmalloc(capz * sizeof(int));
+    if (cuda) {
+        if ((s = m->be->open(m))) goto err;
+        *out = m;
+        return EP_OK;
+    }
+    m->x = ep_xmalloc(capz * H * sizeof(float));
     m->q = ep_xmalloc(capz * m->q_dim * sizeof(float));
     int kw = mla ? m->kv_row : cfg->n_kv_heads * cfg->head_dim;
     m->k = ep_xmalloc(capz * kw * sizeof(float));
@@ -287,9 +303,7 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
         m->mg = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
         m->mu = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
     }
-    m->tok_seq = ep_xmalloc(capz * sizeof(int));
-    m->tok_domain = ep_xmalloc(capz * sizeof(int));
-    m->tok_pos = ep_xmalloc(capz * sizeof(int));
+    if ((s = m->be->open(m))) goto err;
     *out = m;
     return EP_OK;
 err:
@@ -304,6 +318,7 @@ err:
 void ep_model_free(ep_model *m)
 {
     if (!m) return;
+    if (m->be) m->be->close(m);
     if (m->L)
         for (int l = 0; l < m->cfg->n_layers; l++)
             free_layer(&m->L[l]);
@@ -320,6 +335,7 @@ void ep_model_free(ep_model *m)
     free(m->tok_seq);
     free(m->tok_domain);
     free(m->tok_pos);
+    free(m->hlogits);
     free(m);
 }
 
@@ -336,6 +352,13 @@ ep_kv *ep_model_kv(ep_model *m)
 size_t ep_model_weight_bytes(const ep_model *m)
 {
     return m->weight_bytes + ep_moe_expert_bytes(m->moe);
+}
+
+ep_status ep_model_dev_mem_get(const ep_model *m, ep_model_dev_mem *out)
+{
+    ep_status s = m->be->dev_mem(m, out);
+    if (!s) out->experts = ep_moe_expert_bytes(m->moe);
+    return s;
 }
 
 ep_status ep_model_seq_new(ep_model *m, int *seq)
@@ -400,22 +423,6 @@ static ep_status check_batch(ep_model *m, const ep_batch *b, int *T)
     return EP_OK;
 }
 
-static void dense_mlp(ep_model *m, int l, int T)
-{
-    const ep_model_cfg *c = m->cfg;
-    const ep_layer_w *L = &m->L[l];
-    ep_dense_mm(T, m->xn, c->hidden, &L->w_gate, 0.0f, m->mg, c->intermediate);
-    ep_dense_mm(T, m->xn, c->hidden, &L->w_up, 0.0f, m->mu, c->intermediate);
-    ep_dense_swiglu((int64_t)T * c->intermediate, m->mg, m->mu, m->mg);
-    ep_dense_mm(T, m->mg, c->intermediate, &L->w_down, 0.0f, m->y, c->hidden);
-}
-
-static void add_rows(float *x, const float *y, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] += y[i];
-}
-
 ep_status ep_model_forward(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,
                            ep_comm_stats *st)
 {
@@ -454,11 +461,12 @@ static void add_route_stats(const ep_model *m, const ep_batch *b, int layer, ep_
     }
 }
 
-ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,
-                              ep_comm_stats *st, ep_forward_stats *fs)
+// Every layer of one step through the backend's table, the KV rows of the
+// new tokens written and committed; *T receives the token count.
+static ep_status forward_layers(ep_model *m, const ep_policy *p, const ep_batch *b,
+                                ep_comm_stats *st, ep_forward_stats *fs, int *T_out)
 {
     const ep_model_cfg *c = m->cfg;
-    const int H = c->hidden;
     int T = 0;
     ep_status s = check_batch(m, b, &T);
     // Every rank learns whether any rank rejected its batch, so all return
@@ -479,60 +487,59 @@ ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b
             m->tok_seq[t] = b->seq[i];
             m->tok_domain[t] = b->pick_domain ? b->pick_domain[i] : -1;
             m->tok_pos[t] = len0 + j;
-            ep_mat_row_f32(&m->embed, b->tokens[t], m->x + (size_t)t * H);
         }
     }
+    if ((s = m->be->begin(m, b, T))) return ep_error_prefix(s, "model: backend %s", m->be->name);
     ep_moe_set_token_domain(m->moe, b->pick_domain ? m->tok_domain : NULL);
-    for (int l = 0; l < c->n_layers; l++) {
-        const ep_layer_w *L = &m->L[l];
-        ep_model_rmsnorm(m->x, L->in_norm, T, H, c->rms_eps, m->xn);
-        ep_model_attention(m, l, T);
-        add_rows(m->x, m->y, (size_t)T * H);
-        ep_model_rmsnorm(m->x, L->post_norm, T, H, c->rms_eps, m->xn);
-        if (ep_model_layer_is_moe(c, l)) {
-            ep_comm_stats ls = {0};
-            const double t0 = fs ? ep_now_us() : 0;
-            if ((s = ep_moe_forward(m->moe, p, l, m->xn, T, m->y, &ls, NULL))) {
-                ep_moe_set_token_domain(m->moe, NULL);
-                return ep_error_prefix(s, "model layer %d", l);
-            }
-            if (fs) fs->moe_us += ep_now_us() - t0;
-            if (st) ep_comm_stats_add(st, &ls);
-            if (fs) {
-                if (fs->layer) ep_comm_stats_add(&fs->layer[l], &ls);
-                add_route_stats(m, b, l, fs);
-            }
-        } else {
-            dense_mlp(m, l, T);
+    int l = 0;
+    for (; l < c->n_layers; l++) {
+        if ((s = m->be->attention(m, l, T))) break;
+        const bool moe = ep_model_layer_is_moe(c, l);
+        ep_comm_stats ls = {0};
+        const double t0 = fs && moe ? ep_now_us() : 0;
+        if ((s = m->be->ffn(m, p, l, T, &ls))) break;
+        if (!moe) continue;
+        if (fs) fs->moe_us += ep_now_us() - t0;
+        if (st) ep_comm_stats_add(st, &ls);
+        if (fs) {
+            if (fs->layer) ep_comm_stats_add(&fs->layer[l], &ls);
+            add_route_stats(m, b, l, fs);
         }
-        add_rows(m->x, m->y, (size_t)T * H);
     }
     ep_moe_set_token_domain(m->moe, NULL);
+    if (s) return ep_error_prefix(s, "model layer %d", l);
     for (int i = 0, t0 = 0; i < b->n_seqs; t0 += b->n_new[i], i++)
         ep_kv_commit(m->kv, b->seq[i], b->n_new[i], b->tokens + t0);
-
-    // Final norm and lm_head on the rows asked for only.
-    int rows = 0;
-    if (b->all_logits) {
-        rows = T;
-        ep_model_rmsnorm(m->x, m->final_norm, T, H, c->rms_eps, m->xn);
-    } else {
-        int end = 0;
-        for (int i = 0; i < b->n_seqs; i++, rows++) {
-            end += b->n_new[i];
-            ep_model_rmsnorm(m->x + (size_t)(end - 1) * H, m->final_norm, 1, H, c->rms_eps,
-                             m->xn + (size_t)rows * H);
-        }
-    }
-    ep_dense_mm(rows, m->xn, H, &m->lm_head, 0.0f, logits, c->vocab);
+    *T_out = T;
     return EP_OK;
+}
+
+ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,
+                              ep_comm_stats *st, ep_forward_stats *fs)
+{
+    int T = 0, rows = 0;
+    ep_status s = forward_layers(m, p, b, st, fs, &T);
+    if (s) return s;
+    // Final norm and lm_head on the rows asked for only.
+    return m->be->final(m, b, T, logits, &rows);
+}
+
+ep_status ep_model_forward_sample(ep_model *m, const ep_policy *p, const ep_batch *b,
+                                  ep_sampler *const *samplers, int *ids, float *logits,
+                                  ep_comm_stats *st, ep_forward_stats *fs)
+{
+    int T = 0, rows = 0;
+    ep_status s = forward_layers(m, p, b, st, fs, &T);
+    if (!s) s = m->be->final(m, b, T, logits, &rows);
+    if (!s) s = m->be->sample(m, rows, samplers, logits, ids);
+    return s;
 }
 
 void ep_model_get_bytes(const ep_model *m, ep_model_bytes *out)
 {
     ep_moe_bytes mb;
     ep_moe_get_bytes(m->moe, &mb);
-    out->embed = ep_mat_bytes(&m->embed);
+    out->embed = m->embed_bytes;
     // weight_bytes holds the embedding once; lm_head adds it again when tied.
     out->dense = m->weight_bytes - out->embed + (m->cfg->tie_embeddings ? out->embed : 0) +
                  mb.shared + mb.gates;

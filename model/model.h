@@ -9,6 +9,7 @@
 
 #include "model/kv_cache.h"
 #include "model/moe.h"
+#include "model/sample.h"
 
 typedef struct {
     ep_moe_opts moe; // MoE layer options; moe.cap_tokens is also the most
@@ -35,8 +36,13 @@ void ep_model_opts_default(ep_model_opts *o, const ep_model_cfg *cfg);
 
 typedef struct ep_model ep_model;
 // Reads the replicated weights (embeddings, norms, attention, dense MLPs,
-// lm_head) in fp32 and builds the MoE layers (this rank's experts). cfg, cl
-// and w are borrowed and must outlive the model.
+// lm_head) in opts.dtype and builds the MoE layers (this rank's experts).
+// opts.moe.backend also picks the model's backend (model/backend.h): cuda
+// stores the matrices BF16 (whatever opts.dtype says), uploads them with
+// the norms, keeps the KV cache and the activations on the device, and
+// frees the host copies unless opts.moe.with_reference; it fails, on every
+// rank, when the device's free memory is below ep_model_dev_mem_plan's
+// total. cfg, cl and w are borrowed and must outlive the model.
 ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
                         const ep_model_opts *o, ep_model **out);
 void ep_model_free(ep_model *m); // NULL ok
@@ -53,6 +59,29 @@ typedef struct {
     uint64_t experts; // every routed expert held, over all MoE layers
 } ep_model_bytes;
 void ep_model_get_bytes(const ep_model *m, ep_model_bytes *out);
+
+// Device memory of the cuda backend (model/forward_cuda.c) on this rank, by
+// part, in bytes. The plan is computed from cfg and opts alone (pure C; a
+// CPU-only build can call it); the measured counterpart counts every
+// allocation the backend made. The cuda backend compares the plan's total
+// with the device's free memory before it allocates anything and fails
+// with both numbers, by part, when it does not fit.
+typedef struct {
+    uint64_t weights_bf16; // replicated matrices (embedding, lm_head, attention, dense MLPs)
+    uint64_t weights_f32;  // norm vectors, the rotary table
+    uint64_t kv;           // the paged KV pool (bf16) and the step's block table
+    uint64_t workspace;    // activations, logits, step metadata, sampling rows
+    uint64_t total;        // the four above
+    // The MoE layers' experts (routed + shared) on the device: not in the
+    // plan (the MoE backend sizes and allocates them before the model
+    // backend opens, so the free memory checked excludes them already);
+    // measured: ep_moe_expert_bytes. Not in total.
+    uint64_t experts;
+} ep_model_dev_mem;
+void ep_model_dev_mem_plan(const ep_model_cfg *cfg, const ep_model_opts *o, ep_model_dev_mem *out);
+// What the model's backend allocated on the device; EP_ERR_UNSUPPORTED
+// naming the backend when it keeps nothing there (cpu).
+ep_status ep_model_dev_mem_get(const ep_model *m, ep_model_dev_mem *out);
 
 // Sequences live in this rank's KV cache (ep_kv_seq_* on ep_model_kv() work too).
 ep_status ep_model_seq_new(ep_model *m, int *seq);
@@ -102,6 +131,17 @@ typedef struct {
 // ep_model_forward plus the detail above (fs may be NULL).
 ep_status ep_model_forward_ex(ep_model *m, const ep_policy *p, const ep_batch *b, float *logits,
                               ep_comm_stats *st, ep_forward_stats *fs);
+
+// ep_model_forward_ex, then the next token of every logits row (ep_batch's
+// rows: one per sequence, or every new token with all_logits): ids[r] =
+// ep_sampler_sample(samplers[r], row r), -1 where samplers[r] is NULL (the
+// RNG of each sampler advances as that call's would). logits: NULL when the
+// caller needs none on the host (the cuda backend then samples on the
+// device when every row's sampler allows it: model/forward_cuda.c), else
+// [rows, vocab] filled as ep_model_forward_ex fills it and sampled from.
+ep_status ep_model_forward_sample(ep_model *m, const ep_policy *p, const ep_batch *b,
+                                  ep_sampler *const *samplers, int *ids, float *logits,
+                                  ep_comm_stats *st, ep_forward_stats *fs);
 
 // The reference (needs opts.moe.with_reference): logits[n, vocab] of one
 // sequence tokens[n] (positions 0..n-1) recomputed from scratch with plain

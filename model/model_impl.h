@@ -8,7 +8,8 @@
 #include "model/model.h"
 #include "model/rope.h"
 
-typedef struct ep_attn ep_attn; // model/attn.c
+typedef struct ep_attn ep_attn;                       // model/attn.c
+typedef struct ep_model_backend_i ep_model_backend_i; // model/backend.h
 
 // One layer's replicated weights, [out, in] as in HF; matrices in the
 // storage opts.dtype gives (ep_mat: fp32 or BF16, maybe mapped from the
@@ -43,11 +44,14 @@ struct ep_model {
     ep_moe *moe;
     ep_kv *kv;
     ep_rope rope;
-    float attn_scale;    // softmax scale of q.k
-    int q_dim;           // per-token q width: nh * hd (Qwen3), nh * (nope + rope) (MLA)
-    int kv_row;          // floats per cached (layer, token)
-    int attn_out;        // per-token attention output width before o_proj
-    size_t weight_bytes; // replicated weights held, as stored (the embedding included)
+    float attn_scale;             // softmax scale of q.k
+    int q_dim;                    // per-token q width: nh * hd (Qwen3), nh * (nope + rope) (MLA)
+    int kv_row;                   // floats per cached (layer, token)
+    int attn_out;                 // per-token attention output width before o_proj
+    size_t weight_bytes;          // replicated weights held, as stored (the embedding included)
+    size_t embed_bytes;           // the embedding's share of them (kept when the host copy goes)
+    const ep_model_backend_i *be; // the step's ops (model/backend.h), from opts.moe.backend
+    void *dev;                    // what be->open made (cuda: struct cuda_fwd), or NULL
 
     ep_mat embed;      // [V, H]
     float *final_norm; // [H]
@@ -55,6 +59,8 @@ struct ep_model {
     ep_layer_w *L;     // [n_layers]
 
     // Per-step scratch, sized for cap tokens once (cap = moe.cap_tokens).
+    // The cuda backend keeps only xn and y (its MoE layers' host side) and
+    // the token arrays; the others are NULL there.
     float *x;        // [cap, H] residual stream
     float *xn;       // [cap, H] normed input of a sublayer
     float *y;        // [cap, H] sublayer output
@@ -66,6 +72,8 @@ struct ep_model {
     int *tok_seq;    // [cap] sequence of each new token
     int *tok_domain; // [cap] Pick domain of each new token (ep_batch.pick_domain)
     int *tok_pos;    // [cap] its position in the sequence
+    float *hlogits;  // [hlogits_rows, vocab] logits when the caller gave no buffer
+    int hlogits_rows;
     // Attention's per-thread scratch and task list (model/attn.c), made on
     // first use and grown when the pool has more threads; NULL before.
     ep_attn *attn;

@@ -215,7 +215,8 @@ ep_status ep_engine_create(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     e->b_slot = ep_xmalloc((size_t)max_seqs * sizeof(int));
     e->b_sample = ep_xmalloc((size_t)max_seqs * sizeof(int));
     e->b_tok = ep_xmalloc((size_t)cap * sizeof(int));
-    e->logits = ep_xmalloc((size_t)max_seqs * cfg->vocab * sizeof(float));
+    e->b_samplers = ep_xmalloc((size_t)max_seqs * sizeof *e->b_samplers);
+    e->b_ids = ep_xmalloc((size_t)max_seqs * sizeof(int));
     e->f_layer = ep_xcalloc((size_t)e->n_layers, sizeof *e->f_layer);
     e->f_seq_pairs = ep_xcalloc((size_t)max_seqs, sizeof(int64_t));
     e->f_expert_load = ep_xcalloc((size_t)e->n_layers * e->n_experts, sizeof(int64_t));
@@ -332,7 +333,8 @@ void ep_engine_free(ep_engine *e)
     free(e->b_slot);
     free(e->b_sample);
     free(e->b_tok);
-    free(e->logits);
+    free(e->b_samplers);
+    free(e->b_ids);
     free(e->f_layer);
     free(e->f_seq_pairs);
     free(e->f_expert_load);

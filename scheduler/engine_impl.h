@@ -81,7 +81,8 @@ struct ep_engine {
     int64_t *res; // [res_cap] this rank's step result
     size_t res_cap;
     int *b_seq, *b_n, *b_tok, *b_slot, *b_sample; // batch of this rank [max_seqs] / [cap tokens]
-    float *logits;                                // [max_seqs, vocab]
+    ep_sampler **b_samplers;                      // [max_seqs] of the batch, NULL: no draw
+    int *b_ids;                                   // [max_seqs] ids drawn
     ep_comm_stats *f_layer;                       // [n_layers]
     int64_t *f_seq_pairs;                         // [max_seqs]
     int64_t *f_expert_load;                       // [n_layers * n_experts]

@@ -264,8 +264,14 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
                   .n_new = e->b_n,
                   .tokens = e->b_tok,
                   .pick_domain = own_domain ? e->b_dom : NULL};
+    for (int i = 0; i < b.n_seqs; i++)
+        e->b_samplers[i] = e->b_sample[i] ? e->slot_sampler[e->b_slot[i]] : NULL;
     const double f0 = ep_now_us();
-    ep_status fst = ep_model_forward_ex(e->m, pol, &b, e->logits, NULL, &fs);
+    // The next tokens without the logits on the host: the cuda backend draws
+    // them on the device when every sampler allows it (a feature that needs
+    // the logits here, e.g. logprobs, would pass a buffer and sample from it).
+    ep_status fst =
+        ep_model_forward_sample(e->m, pol, &b, e->b_samplers, e->b_ids, NULL, NULL, &fs);
     e->f_fwd_us = ep_now_us() - f0; // this rank's forward, and its MoE layers' part
     e->f_moe_us = fs.moe_us;
     if (!fst && !st) auto_domain_detect(e, pol, nb);
@@ -282,9 +288,7 @@ ep_status ep_eng_exec(ep_engine *e, size_t words, ep_eng_plan_head *h)
     for (int i = 0; i < (st ? 0 : nb); i++) {
         int slot = e->b_slot[i];
         r[k++] = slot;
-        r[k++] = e->b_sample[i] ? ep_sampler_sample(e->slot_sampler[slot],
-                                                    e->logits + (size_t)i * e->cfg->vocab)
-                                : -1;
+        r[k++] = e->b_ids[i]; // -1 where nothing was drawn
         r[k++] = e->f_seq_pairs[i];
         r[k++] = e->b_found[i];
     }

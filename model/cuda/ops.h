@@ -1,10 +1,11 @@
 // The model's device ops (issue 20, first layer): what the forward needs
 // besides the experts, on device memory, BF16 storage and fp32 accumulation,
 // each the device form of a CPU routine it is tested against
-// (tests/cuda/test_cuda_model_ops.c). Not wired into the forward yet: the
-// model still runs these steps on the host (docs/cuda.md, "The device
-// forward (in progress)"). Every op only enqueues on `stream`; pointers are
-// device pointers unless said otherwise. Private to ep_model_cuda.
+// (tests/cuda/test_cuda_model_ops.c). model/forward_cuda.c (the model
+// backend cuda, model/backend.h) drives them (docs/cuda.md, "The device
+// forward"). Every op only enqueues on `stream`; pointers are device
+// pointers unless said otherwise. Needs nothing of ep_model (the link goes
+// one way: ep_model -> ep_model_cuda).
 #ifndef EP_MODEL_CUDA_OPS_H
 #define EP_MODEL_CUDA_OPS_H
 
