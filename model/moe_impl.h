@@ -44,6 +44,13 @@ ep_status ep_moe_check_layer(const ep_moe *m, int layer, int T);
 // ep_moe_check_layer, and p keeps no more than max_k experts.
 ep_status ep_moe_check_call(const ep_moe *m, const ep_policy *p, int layer, int T);
 
+// Where each pair of r goes at MoE layer `layer` (the replica choice into
+// m->pair_rank when the layer's placement has replicas and home_only is off:
+// returned; otherwise NULL, every pair to its home rank, m->pair_rank still
+// filled), and r's pairs added to the re-placement window. Every forward
+// calls it once per layer before dispatch.
+const int *ep_moe_choose_ranks(ep_moe *m, int layer, const ep_routes *r);
+
 // One EPLB placement per MoE layer of cfg from load ([n_layers * n_experts],
 // NULL: uniform), with o's redundant_experts and eplb_groups over cl's nodes
 // and ranks, into *layer_place ([n_layers], dense layers zeroed), and their
