@@ -139,6 +139,15 @@ typedef struct {
     uint64_t total;
 } ep_moe_dev_mem;
 ep_status ep_moe_device_bytes(const ep_moe *m, ep_moe_dev_mem *out);
+// The same predicted without a device (pure arithmetic, every build; for
+// `epserve plan`): what a rank holding n_local routed experts per MoE layer
+// allocates once ep_moe_forward_dev has run every MoE layer with steps no
+// larger than the reservations (cap_tokens tokens, cap_tokens * max_k pairs,
+// cap_tokens * min(max_k, world) records in and out); a larger step grows
+// the buffers past it. The NCCL staging of ep_moe_forward (host arrays) is
+// not in it.
+void ep_moe_dev_mem_predict(const ep_model_cfg *cfg, const ep_moe_opts *o, int world, int n_local,
+                            ep_moe_dev_mem *out);
 
 // The routes of the last ep_moe_forward (valid until the next call).
 const ep_routes *ep_moe_last_routes(const ep_moe *m);

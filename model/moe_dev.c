@@ -17,8 +17,11 @@
 #include "comm/cuda/wire_cuda.h"
 #include "comm/dispatch_plan.h"
 #include "model/moe_cuda_impl.h"
+#include "router/cuda/route_token.h"
 #include "router/cuda/router_cuda.h"
 #include "router/policy.h"
+
+_Static_assert(EP_ROUTE_MAX_CAND == 64, "moe_dev_mem.c predicts the router's rows of 64");
 
 // Host arrays grow like the device ones (ep_cuda_grow): by half again at least.
 #define EP_DEV_GROW(p, cap, need)                                                                  \
@@ -73,7 +76,7 @@ struct ep_moe_dev {
     uint8_t *d_send, *d_recv, *d_csend, *d_crecv;
     float *d_wx, *d_wy; // [n_rec, H] work rows in, partial sums out
     int *d_idx, *d_off, *d_ent;
-    size_t cap[9];
+    size_t cap[EP_MOE_DEV_N_BUFS]; // in the order above (ep_moe_dev_reserve's)
 };
 
 // ---- state --------------------------------------------------------------------------------
@@ -152,6 +155,16 @@ static ep_status dev_open(ep_moe *m, ep_moe_cuda_dev *cd, ep_moe_dev **out)
         *per_peer[i] = ep_xcalloc(W, sizeof(int64_t));
     d->src_rec = ep_xcalloc(W + 1, sizeof(int));
     d->src_row = ep_xcalloc(W + 1, sizeof(int));
+    // Reserved for a balanced step once (ep_moe_dev_mem_predict prices it).
+    size_t need[EP_MOE_DEV_N_BUFS];
+    ep_moe_dev_reserve(c, &m->opts, d->W, need);
+    void **bufs[EP_MOE_DEV_N_BUFS] = {
+        (void **)&d->d_send,  (void **)&d->d_recv, (void **)&d->d_csend,
+        (void **)&d->d_crecv, (void **)&d->d_wx,   (void **)&d->d_wy,
+        (void **)&d->d_idx,   (void **)&d->d_off,  (void **)&d->d_ent};
+    for (int i = 0; i < EP_MOE_DEV_N_BUFS; i++)
+        if ((st = ep_cuda_grow(bufs[i], &d->cap[i], need[i], "moe forward_dev reservation")))
+            goto err;
     *out = d;
     return EP_OK;
 err:
@@ -160,17 +173,6 @@ err:
 }
 
 // ---- dispatch -----------------------------------------------------------------------------
-
-static inline void put_i32(uint8_t *p, int32_t v)
-{
-    memcpy(p, &v, 4);
-}
-static inline int32_t get_i32(const uint8_t *p)
-{
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 // Offsets of per-peer sizes; returns the total.
 static int64_t prefix(const int64_t *bytes, int64_t *off, int W)
@@ -207,11 +209,11 @@ static int pack_headers(ep_moe_dev *d, const ep_routes *r)
         if (dst != d->rank)
             for (int c = pl->dest_off[dst]; c < pl->dest_off[dst + 1]; c++) {
                 const int g = pl->dest_grp[c], b = pl->grp_off[g], n = pl->grp_off[g + 1] - b;
-                put_i32(p, pl->grp_tok[g]);
-                put_i32(p + 4, n);
+                ep_put_i32(p, pl->grp_tok[g]);
+                ep_put_i32(p + 4, n);
                 for (int q = 0; q < n; q++) {
                     const int j = pl->grp_pair[b + q];
-                    put_i32(p + EP_COMM_REC_HEADER_BYTES + 4 * (size_t)q, r->expert[j]);
+                    ep_put_i32(p + EP_COMM_REC_HEADER_BYTES + 4 * (size_t)q, r->expert[j]);
                     memcpy(p + EP_COMM_REC_HEADER_BYTES + 4 * (size_t)(n + q), &r->weight[j], 4);
                 }
                 p += EP_COMM_REC_HEADER_BYTES + EP_COMM_REC_PAIR_BYTES * (size_t)n;
@@ -235,8 +237,8 @@ static ep_status walk_headers(const ep_moe_dev *d, const ep_placement *p, const 
     *n_rec = 0;
     *n_pairs = 0;
     while (pos < len) {
-        const int32_t tok = len - pos >= 8 ? get_i32(buf + pos) : -1;
-        const int32_t n = len - pos >= 8 ? get_i32(buf + pos + 4) : 0;
+        const int32_t tok = len - pos >= 8 ? ep_get_i32(buf + pos) : -1;
+        const int32_t n = len - pos >= 8 ? ep_get_i32(buf + pos + 4) : 0;
         const int64_t hb = EP_COMM_REC_HEADER_BYTES + (int64_t)EP_COMM_REC_PAIR_BYTES * n;
         if (tok < 0 || n < 1 || hb > len - pos)
             return ep_errorf(EP_ERR_COMM,
@@ -244,7 +246,7 @@ static ep_status walk_headers(const ep_moe_dev *d, const ep_placement *p, const 
                              "expected token >= 0 and 1 <= n pairs fitting, found token %d, n %d",
                              s, (long long)pos, (long long)len, tok, n);
         for (int q = 0; q < n; q++) {
-            const int e = get_i32(buf + pos + EP_COMM_REC_HEADER_BYTES + 4 * (size_t)q);
+            const int e = ep_get_i32(buf + pos + EP_COMM_REC_HEADER_BYTES + 4 * (size_t)q);
             if (e < 0 || e >= p->n_experts || (!pair_rank && p->rank_of[e] != d->rank))
                 return ep_errorf(EP_ERR_COMM,
                                  "moe forward_dev: headers from rank %d: record %d names expert "
@@ -307,10 +309,10 @@ static ep_status build_work(ep_moe_dev *d, const ep_routes *r, const ep_placemen
         }
         const uint8_t *rec = d->hdr_in + d->h_roff[s];
         for (int i = 0; i < d->src_rec[s + 1] - d->src_rec[s]; i++, k++) {
-            const int n = get_i32(rec + 4);
+            const int n = ep_get_i32(rec + 4);
             d->pair_off[k] = pk;
             for (int q = 0; q < n; q++, pk++) {
-                d->pair_expert[pk] = get_i32(rec + EP_COMM_REC_HEADER_BYTES + 4 * (size_t)q);
+                d->pair_expert[pk] = ep_get_i32(rec + EP_COMM_REC_HEADER_BYTES + 4 * (size_t)q);
                 memcpy(&d->pair_weight[pk], rec + EP_COMM_REC_HEADER_BYTES + 4 * (size_t)(n + q),
                        4);
             }

@@ -51,6 +51,12 @@ ep_status ep_moe_check_call(const ep_moe *m, const ep_policy *p, int layer, int 
 // calls it once per layer before dispatch.
 const int *ep_moe_choose_ranks(ep_moe *m, int layer, const ep_routes *r);
 
+// The device path's exchange buffers (model/moe_dev.c) for a balanced step of
+// cap_tokens tokens: need[i] bytes of each (model/moe_dev_mem.c, pure C).
+#define EP_MOE_DEV_N_BUFS 9
+void ep_moe_dev_reserve(const ep_model_cfg *cfg, const ep_moe_opts *o, int world,
+                        size_t need[EP_MOE_DEV_N_BUFS]);
+
 // One EPLB placement per MoE layer of cfg from load ([n_layers * n_experts],
 // NULL: uniform), with o's redundant_experts and eplb_groups over cl's nodes
 // and ranks, into *layer_place ([n_layers], dense layers zeroed), and their

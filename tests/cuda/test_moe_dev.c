@@ -204,6 +204,66 @@ out_pol:
     ep_weights_free(w);
 }
 
+// A fresh layer that ran only ep_moe_forward_dev over every MoE layer holds
+// on the device exactly what ep_moe_dev_mem_predict says, term by term.
+static void check_memory(ep_cluster *cl, const char *preset)
+{
+    ep_model_cfg cfg;
+    ep_weights *w = NULL;
+    ep_policy *pol = NULL;
+    CHECK_OK(ep_model_cfg_load(preset, &cfg));
+    CHECK_OK(ep_weights_open(&cfg, &w));
+    CHECK_OK(ep_policy_create(&cfg, "ban", &pol));
+    ep_moe_opts o;
+    ep_moe_opts_default(&o, &cfg);
+    o.backend = EP_MOE_BACKEND_CUDA;
+    o.wire = EP_DTYPE_BF16;
+    o.cap_tokens = CAP;
+    o.max_k = EP_MAX(cfg.k_base, ep_policy_max_k(pol));
+    ep_moe *m = NULL;
+    CHECK_OK(ep_moe_init(&cfg, cl, w, &o, &m));
+    const size_t n = (size_t)CAP * cfg.hidden;
+    float *x = ep_xmalloc(n * sizeof(float)), *x_dev = NULL, *y_dev = NULL;
+    cudaMalloc((void **)&x_dev, n * sizeof(float));
+    cudaMalloc((void **)&y_dev, n * sizeof(float));
+    for (int l = 0; m && l < cfg.n_layers; l++) {
+        if (!ep_model_layer_is_moe(&cfg, l)) continue;
+        const int T = tokens_of(cl->rank, cl->world_size, l);
+        for (int i = 0; i < T; i++)
+            ep_synth_hidden(&cfg, 5, l, i % EP_SYNTH_N_DOMAINS, i, x + (size_t)i * cfg.hidden);
+        cudaMemcpy(x_dev, x, n * sizeof(float), cudaMemcpyHostToDevice);
+        CHECK_OK(ep_moe_forward_dev(m, pol, l, x_dev, T, y_dev, NULL, NULL));
+    }
+    if (m) {
+        ep_moe_dev_mem got, want;
+        CHECK_OK(ep_moe_device_bytes(m, &got));
+        ep_moe_dev_mem_predict(&cfg, &o, cl->world_size,
+                               ep_placement_n_local(ep_moe_placement(m), cl->rank), &want);
+        const uint64_t g[] = {got.experts,  got.expert_scratch, got.router,
+                              got.exchange, got.transport,      got.total};
+        const uint64_t p[] = {want.experts,  want.expert_scratch, want.router,
+                              want.exchange, want.transport,      want.total};
+        static const char *name[] = {"experts",  "expert_scratch", "router",
+                                     "exchange", "transport",      "total"};
+        for (size_t i = 0; i < EP_ARRAY_LEN(g); i++)
+            CHECK(g[i] == p[i], "%s rank %d: device bytes %s: measured %llu, predicted %llu",
+                  cfg.name, cl->rank, name[i], (unsigned long long)g[i], (unsigned long long)p[i]);
+        if (cl->rank == 0)
+            printf("# %s, %d GPUs: MoE device bytes on rank 0: %llu measured == predicted "
+                   "(experts %llu, scratch %llu, router %llu, exchange %llu, transport %llu)\n",
+                   cfg.name, cl->world_size, (unsigned long long)got.total,
+                   (unsigned long long)got.experts, (unsigned long long)got.expert_scratch,
+                   (unsigned long long)got.router, (unsigned long long)got.exchange,
+                   (unsigned long long)got.transport);
+    }
+    cudaFree(x_dev);
+    cudaFree(y_dev);
+    free(x);
+    ep_moe_free(m);
+    ep_policy_free(pol);
+    ep_weights_free(w);
+}
+
 // What the device path refuses, by name, before any collective.
 static void check_refusals(ep_cluster *cl)
 {
@@ -272,6 +332,8 @@ int main(int argc, char **argv)
                        presets[i], ep_comm_wire_name(wires[k]), c->world_size, worst,
                        CUDA_TEST_BF16_TOL, (long long)mm);
         }
+    for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++)
+        check_memory(c, presets[i]);
     check_refusals(c);
     int rc = mpi_check_finish(c, "test_moe_dev");
     ep_cluster_free(c);
