@@ -1,5 +1,9 @@
 // The MoE layer with activations on the device (ep_moe_forward_dev) on the
 // emulated or a real device, against
+//  - ep_moe_forward (backend cuda, host arrays, CPU router): the same bits
+//    wherever it routes the same with the same weights, within 1e-5 (f32
+//    wire) or one bf16 ulp (bf16 wire) where only the weights' last bits
+//    differ (the calls of each kind are printed);
 //  - ep_moe_forward_routes with the same routes (backend cuda, host arrays):
 //    the same bits for f32 and bf16 wires (same records, same kernels, the
 //    same per-token order of the combine), and the same stats (tokens, pairs,
@@ -72,7 +76,7 @@ static void check_stats(const char *what, const ep_comm_stats *a, const ep_comm_
 }
 
 static void run_preset(ep_cluster *cl, const char *preset, ep_dtype wire, double *worst,
-                       uint64_t *meta_max)
+                       uint64_t *meta_max, int64_t *routed_apart, int64_t *weights_apart)
 {
     ep_model_cfg cfg;
     ep_weights *w = NULL;
@@ -170,6 +174,37 @@ static void run_preset(ep_cluster *cl, const char *preset, ep_dtype wire, double
             *worst = EP_MAX(*worst, err);
             CHECK(err <= CUDA_TEST_BF16_TOL, "%s: vs reference: rel err %.3e > %.0e", what, err,
                   CUDA_TEST_BF16_TOL);
+
+            // ep_moe_forward itself (CPU gate and router): the device gate
+            // sums in cuBLAS's order, so weights may differ in the last bits
+            // and a near tie may route apart. Same experts and weights: the
+            // same bits; same experts: close (below); else counted.
+            const int nnz = ep_routes_nnz(r);
+            int *ids = ep_xmalloc(((size_t)nnz + 1) * sizeof(int));
+            float *wts = ep_xmalloc(((size_t)nnz + 1) * sizeof(float));
+            int *offs = ep_xmalloc(((size_t)T + 1) * sizeof(int));
+            memcpy(ids, r->expert, (size_t)nnz * sizeof(int));
+            memcpy(wts, r->weight, (size_t)nnz * sizeof(float));
+            memcpy(offs, r->offsets, ((size_t)T + 1) * sizeof(int));
+            CHECK_OK(ep_moe_forward(m, pol[p], l, x, T, yh, NULL, NULL));
+            const ep_routes *rf = ep_moe_last_routes(m);
+            const bool same = ep_routes_nnz(rf) == nnz &&
+                              !memcmp(rf->offsets, offs, ((size_t)T + 1) * sizeof(int)) &&
+                              !memcmp(rf->expert, ids, (size_t)nnz * sizeof(int));
+            const bool same_w = same && !memcmp(rf->weight, wts, (size_t)nnz * sizeof(float));
+            *routed_apart += !same;
+            *weights_apart += same && !same_w;
+            // Weights apart by last bits move a partial sum by about 1e-7; on a
+            // bf16 wire that can cross a rounding boundary: one bf16 ulp, 2^-8.
+            const double tol = wire == EP_DTYPE_BF16 ? 0x1p-8 : 1e-5;
+            const double fe = T ? cuda_test_rel_err(y, yh, T, cfg.hidden) : 0;
+            CHECK(!same ||
+                      (same_w ? !memcmp(y, yh, (size_t)T * cfg.hidden * sizeof(float)) : fe <= tol),
+                  "%s: same routes as ep_moe_forward (weights %s), rel err %.3e (tol %.1e)", what,
+                  same_w ? "equal: expected the same bits" : "apart", fe, tol);
+            free(ids);
+            free(wts);
+            free(offs);
 
             int64_t pm[4] = {st.planned_bytes, st.measured_bytes, st.pairs, st.recv_pairs};
             CHECK_OK(ep_cluster_allreduce_i64(cl, pm, 4, EP_REDUCE_SUM));
@@ -322,15 +357,19 @@ int main(int argc, char **argv)
         for (size_t k = 0; k < EP_ARRAY_LEN(wires); k++) {
             double worst = 0;
             uint64_t meta = 0;
-            run_preset(c, presets[i], wires[k], &worst, &meta);
+            int64_t apart[2] = {0, 0};
+            run_preset(c, presets[i], wires[k], &worst, &meta, &apart[0], &apart[1]);
+            ep_cluster_allreduce_i64(c, apart, 2, EP_REDUCE_SUM);
             ep_cluster_allreduce_f64(c, &worst, 1, EP_REDUCE_MAX);
             int64_t mm = (int64_t)meta;
             ep_cluster_allreduce_i64(c, &mm, 1, EP_REDUCE_MAX);
             if (c->rank == 0)
                 printf("# %s wire %s, %d GPUs: forward_dev == forward_routes bit for bit; vs "
-                       "reference max rel err %.2e (tol %.0e); most META bytes in one call %lld\n",
-                       presets[i], ep_comm_wire_name(wires[k]), c->world_size, worst,
-                       CUDA_TEST_BF16_TOL, (long long)mm);
+                       "ep_moe_forward: %lld calls routed apart, %lld with other weights (within "
+                       "tol); vs reference max rel err %.2e (tol %.0e); most META bytes in "
+                       "one call %lld\n",
+                       presets[i], ep_comm_wire_name(wires[k]), c->world_size, (long long)apart[0],
+                       (long long)apart[1], worst, CUDA_TEST_BF16_TOL, (long long)mm);
         }
     for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++)
         check_memory(c, presets[i]);
