@@ -1,8 +1,9 @@
 // Rows of the MoE all-to-all packed, unpacked and summed on the device (the
 // MoE layer with activations on the device, model/moe_dev.c): hidden rows in
-// the wire dtype of comm/comm.h (fp32, or bf16 rounded to nearest even and
-// padded to 4 bytes with zeros, the bits ep_dtype_from_f32 writes), so a
-// device payload is byte for byte the row part of the host's records.
+// the wire dtype of comm/comm.h (fp32, or bf16 / f16 rounded to nearest even
+// and padded to 4 bytes with zeros, the bits ep_dtype_from_f32 writes: f16
+// through common/dtype_f16.h, the host's own routine), so a device payload
+// is byte for byte the row part of the host's records.
 // Launchers only enqueue on `stream` and return the launch status. Private
 // to GPU code (CUDA types); EP_CUDA=ON builds only.
 #ifndef EP_COMM_WIRE_CUDA_H
@@ -15,8 +16,9 @@
 extern "C" {
 #endif
 
-// The row dtypes the kernels encode (what comm.h's F32 and BF16 wires send).
-typedef enum { EP_WIRE_ROW_F32, EP_WIRE_ROW_BF16 } ep_wire_row;
+// The row dtypes the kernels encode (what comm.h's F32, BF16 and F16 wires
+// send, and the BF16 combine rows of the F8_E4M3 wire).
+typedef enum { EP_WIRE_ROW_F32, EP_WIRE_ROW_BF16, EP_WIRE_ROW_F16 } ep_wire_row;
 
 // dst + i * row_bytes = encode(src[idx[i], :]) for i < n; src [*, H] fp32.
 cudaError_t ep_cuda_wire_pack(const float *src, const int *idx, int n, int H, ep_wire_row wire,

@@ -4,6 +4,7 @@
 
 #include "cluster/cuda/launch.h"
 #include "comm/cuda/wire_cuda.h"
+#include "common/dtype_f16.h"
 
 #define EP_WIRE_THREADS 256
 
@@ -17,14 +18,15 @@ static unsigned ep_wire_blocks(int64_t n)
 static __device__ __forceinline__ float ep_wire_ld(const uint8_t *row, int64_t h, ep_wire_row w)
 {
     if (w == EP_WIRE_ROW_F32) return reinterpret_cast<const float *>(row)[h];
+    if (w == EP_WIRE_ROW_F16) return ep_f16_decode(reinterpret_cast<const uint16_t *>(row)[h]);
     return __bfloat162float(reinterpret_cast<const __nv_bfloat16 *>(row)[h]);
 }
 
-// Element (i, h) of the packed rows; h == H is the bf16 pad of an odd row.
+// Element (i, h) of the packed rows; h == H is the 16-bit pad of an odd row.
 __global__ void ep_wire_pack_kernel(const float *src, const int *idx, int n, int H, ep_wire_row w,
                                     int64_t row_bytes, uint8_t *dst)
 {
-    const int Hp = w == EP_WIRE_ROW_BF16 ? H + (H & 1) : H;
+    const int Hp = w == EP_WIRE_ROW_F32 ? H : H + (H & 1);
     const int64_t total = (int64_t)n * Hp;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -32,6 +34,9 @@ __global__ void ep_wire_pack_kernel(const float *src, const int *idx, int n, int
         uint8_t *row = dst + r * row_bytes;
         if (w == EP_WIRE_ROW_F32) {
             reinterpret_cast<float *>(row)[h] = src[(int64_t)idx[r] * H + h];
+        } else if (w == EP_WIRE_ROW_F16) { // f16(+0.0f) is zero bits too
+            reinterpret_cast<uint16_t *>(row)[h] =
+                ep_f16_encode(h < H ? src[(int64_t)idx[r] * H + h] : 0.0f);
         } else {
             // bf16(+0.0f) is all zero bits: the pad of an odd row.
             reinterpret_cast<__nv_bfloat16 *>(row)[h] =

@@ -2,10 +2,10 @@
 // emulated or a real device, against
 //  - ep_moe_forward (backend cuda, host arrays, CPU router): the same bits
 //    wherever it routes the same with the same weights, within 1e-5 (f32
-//    wire) or one bf16 ulp (bf16 wire) where only the weights' last bits
+//    wire) or one ulp (bf16, f16 wires) where only the weights' last bits
 //    differ (the calls of each kind are printed);
 //  - ep_moe_forward_routes with the same routes (backend cuda, host arrays):
-//    the same bits for f32 and bf16 wires (same records, same kernels, the
+//    the same bits for f32, bf16 and f16 wires (same records, same kernels, the
 //    same per-token order of the combine), and the same stats (tokens, pairs,
 //    sends, planned and measured bytes, records and pairs computed);
 //  - ep_moe_reference_routes (CPU, fp32) within CUDA_TEST_BF16_TOL;
@@ -13,9 +13,9 @@
 //  - the copy counter over the call: no activation byte (EP_COPY_ACT) for the
 //    device-routed policies, exactly the T x n_experts fp32 logits down for a
 //    host-routed one, and META bytes within meta_bound() below.
-// Both tiny presets, baseline, ban, banpick and topp (host-routed), wires f32
-// and bf16, odd token counts and 0 tokens on rank 1. Also the refusals: the
-// cpu backend, an f16 wire, two micro-batches. Run at 1 and 2 ranks; skips
+// Both tiny presets, baseline, ban, banpick and topp (host-routed), wires f32,
+// bf16 and f16, odd token counts and 0 tokens on rank 1. Also the refusals:
+// the cpu backend, an fp8 wire, two micro-batches. Run at 1 and 2 ranks; skips
 // (77 on every rank) unless every rank has a device of its own.
 #include <cuda_runtime.h>
 #include <math.h>
@@ -195,8 +195,11 @@ static void run_preset(ep_cluster *cl, const char *preset, ep_dtype wire, double
             *routed_apart += !same;
             *weights_apart += same && !same_w;
             // Weights apart by last bits move a partial sum by about 1e-7; on a
-            // bf16 wire that can cross a rounding boundary: one bf16 ulp, 2^-8.
-            const double tol = wire == EP_DTYPE_BF16 ? 0x1p-8 : 1e-5;
+            // bf16 or f16 wire that can cross a rounding boundary: one ulp
+            // (2^-8, 2^-11).
+            const double tol = wire == EP_DTYPE_BF16  ? 0x1p-8
+                               : wire == EP_DTYPE_F16 ? 0x1p-11
+                                                      : 1e-5;
             const double fe = T ? cuda_test_rel_err(y, yh, T, cfg.hidden) : 0;
             CHECK(!same ||
                       (same_w ? !memcmp(y, yh, (size_t)T * cfg.hidden * sizeof(float)) : fe <= tol),
@@ -316,7 +319,7 @@ static void check_refusals(ep_cluster *cl)
         const char *names;
     } cases[] = {
         {EP_MOE_BACKEND_CPU, EP_DTYPE_F32, 1, "--backend cpu"},
-        {EP_MOE_BACKEND_CUDA, EP_DTYPE_F16, 1, "--wire f16"},
+        {EP_MOE_BACKEND_CUDA, EP_DTYPE_F8_E4M3, 1, "--wire fp8"},
         {EP_MOE_BACKEND_CUDA, EP_DTYPE_F32, 2, "--micro-batches 2"},
     };
     for (size_t i = 0; i < EP_ARRAY_LEN(cases); i++) {
@@ -352,7 +355,7 @@ int main(int argc, char **argv)
         ep_cluster_free(c);
         return CUDA_TEST_SKIP;
     }
-    const ep_dtype wires[] = {EP_DTYPE_F32, EP_DTYPE_BF16};
+    const ep_dtype wires[] = {EP_DTYPE_F32, EP_DTYPE_BF16, EP_DTYPE_F16};
     for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++)
         for (size_t k = 0; k < EP_ARRAY_LEN(wires); k++) {
             double worst = 0;
