@@ -345,16 +345,8 @@ static void check_refusals(ep_cluster *cl)
 int main(int argc, char **argv)
 {
     ep_cluster *c = NULL;
-    if (ep_cluster_init(&argc, &argv, 0, &c) != EP_OK) {
-        fprintf(stderr, "ep_cluster_init: %s\n", ep_last_error());
-        return 1;
-    }
-    int run = cuda_test_mpi_devices(c, "test_moe_dev");
-    if (run < 0) return 1;
-    if (!run) {
-        ep_cluster_free(c);
-        return CUDA_TEST_SKIP;
-    }
+    const int run = cuda_test_mpi_begin(&argc, &argv, "test_moe_dev", &c);
+    if (run <= 0) return run < 0 ? 1 : CUDA_TEST_SKIP;
     const ep_dtype wires[] = {EP_DTYPE_F32, EP_DTYPE_BF16, EP_DTYPE_F16};
     for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++)
         for (size_t k = 0; k < EP_ARRAY_LEN(wires); k++) {
