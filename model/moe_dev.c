@@ -515,6 +515,11 @@ ep_status ep_moe_forward_dev(ep_moe *m, const ep_policy *p, int layer, const flo
     ep_status s = check_dev_call(m);
     if (s == EP_OK) s = ep_moe_check_call(m, p, layer, T);
     if (s != EP_OK) return s;
+    if (T > 0 && (!x_dev || !y_dev))
+        return ep_errorf(EP_ERR_ARG,
+                         "moe forward_dev: %d tokens, expected device x and y, found "
+                         "x %s, y %s",
+                         T, x_dev ? "set" : "NULL", y_dev ? "set" : "NULL");
     ep_moe_cuda_dev *cd = m->be.dev;
     if (!cd->dev && (s = dev_open(m, cd, &cd->dev))) return s;
     ep_moe_dev *d = cd->dev;
