@@ -277,17 +277,6 @@ static void ep_comm_decode_row(const ep_comm *m, ep_dtype t, const uint8_t *src,
     }
 }
 
-static inline void ep_put_i32(uint8_t *p, int32_t v)
-{
-    memcpy(p, &v, 4);
-}
-static inline int32_t ep_get_i32(const uint8_t *p)
-{
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
 // ---- dispatch ---------------------------------------------------------------------
 
 // Packs every record of the plan at the offset the plan gave it (a hier

@@ -5,6 +5,8 @@
 #ifndef EP_COMM_IMPL_H
 #define EP_COMM_IMPL_H
 
+#include <string.h>
+
 #include "comm/comm.h"
 
 // Bytes of one hidden row in the wire dtype, rounded up to 4 so that every
@@ -15,5 +17,17 @@ int64_t ep_comm_row_bytes(int hidden, ep_dtype wire);
 #define EP_COMM_REC_HEADER_BYTES 8
 // Per pair: int32 expert id + float32 weight.
 #define EP_COMM_REC_PAIR_BYTES 8
+
+// int32 fields of a record, at any alignment.
+static inline void ep_put_i32(uint8_t *p, int32_t v)
+{
+    memcpy(p, &v, 4);
+}
+static inline int32_t ep_get_i32(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
 
 #endif

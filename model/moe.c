@@ -295,14 +295,10 @@ static ep_status run_overlap(ep_moe *m, const ep_routes *r, int layer, const ep_
     return EP_OK;
 }
 
-// Dispatch -> experts -> combine -> shared experts, for routes already made.
 // The replica choice and the window see the whole batch, also with two
 // micro-batches (a policy's or the balancer's view is the batch's).
-static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
-                            ep_comm_stats *st, ep_moe_times *tm)
+const int *ep_moe_choose_ranks(ep_moe *m, int layer, const ep_routes *r)
 {
-    ep_status s;
-    double t1 = ep_now_us();
     const ep_placement *pl = ep_moe_layer_placement(m, layer);
     int nnz = ep_routes_nnz(r);
     if (nnz > m->pair_cap) { // a replayed trace may bring more pairs than cap * max_k
@@ -322,7 +318,17 @@ static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const floa
     for (int j = 0; j < nnz; j++)
         wl[r->expert[j]] += 1;
     if (layer == m->cfg->first_k_dense) m->window_steps++;
+    return pair_rank;
+}
 
+// Dispatch -> experts -> combine -> shared experts, for routes already made.
+static ep_status run_routed(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
+                            ep_comm_stats *st, ep_moe_times *tm)
+{
+    ep_status s;
+    double t1 = ep_now_us();
+    const ep_placement *pl = ep_moe_layer_placement(m, layer);
+    const int *pair_rank = ep_moe_choose_ranks(m, layer, r);
     ep_moe_times mt = {0};
     if (m->opts.micro_batches == 2) {
         if ((s = run_overlap(m, r, layer, pl, pair_rank, x, y, st, &mt, t1))) return s;

@@ -110,6 +110,45 @@ ep_status ep_moe_forward(ep_moe *m, const ep_policy *p, int layer, const float *
 // this rank's T = r->n_tokens tokens; routing is skipped, the rest is as above.
 ep_status ep_moe_forward_routes(ep_moe *m, int layer, const ep_routes *r, const float *x, float *y,
                                 ep_comm_stats *st, ep_moe_times *tm);
+// The same with x [T, hidden] and y [T, hidden] in this rank's device memory
+// (backend cuda only; EP_ERR_UNSUPPORTED naming the backend otherwise, and
+// in a build without CUDA): no hidden row crosses host memory. The gate GEMM
+// and, for baseline, Ban, Pick and Ban&Pick (ep_router_cuda_supports, not
+// comm-aware, no per-token Pick domains), the routing kernel run on the
+// device; the CSR routes come to the host (META) for ep_moe_last_routes and
+// the dispatch plan. Other policies (top-p, DES, laser, comm-aware Ban):
+// the [T, n_experts] fp32 logits come to the host (counted as ACT) and the
+// host router routes them. Dispatch plans on the host with the common plan
+// (the same stats and bytes as ep_moe_forward for the same routes), sends
+// each record's header (token, pairs, ids, weights) over MPI and its row,
+// packed on the device in the wire dtype (f32 or bf16; f16 and fp8 are
+// EP_ERR_UNSUPPORTED naming --wire), over NCCL from device buffers; the
+// experts, the combine (per token in rank order, as the host combine) and
+// the shared experts run on device arrays. micro_batches 2, hier dispatch
+// and phase_barrier are EP_ERR_UNSUPPORTED. x_dev must be ready (no work
+// on it in flight); y_dev is written when it returns. docs/cuda.md.
+ep_status ep_moe_forward_dev(ep_moe *m, const ep_policy *p, int layer, const float *x_dev, int T,
+                             float *y_dev, ep_comm_stats *st, ep_moe_times *tm);
+// Device bytes the MoE part holds on this rank now (backend cuda; zeros and
+// EP_ERR_UNSUPPORTED otherwise): routed + shared expert weights, the experts'
+// step scratch, the device router (scratch and uploaded gates), the device
+// path's exchange and work buffers, the NCCL transport's staging. Grows
+// with the largest step so far; measured, not predicted.
+typedef struct {
+    uint64_t experts, expert_scratch, router, exchange, transport;
+    uint64_t total;
+} ep_moe_dev_mem;
+ep_status ep_moe_device_bytes(const ep_moe *m, ep_moe_dev_mem *out);
+// The same predicted without a device (pure arithmetic, every build; for
+// `epserve plan`): what a rank holding n_local routed experts per MoE layer
+// allocates once ep_moe_forward_dev has run every MoE layer with steps no
+// larger than the reservations (cap_tokens tokens, cap_tokens * max_k pairs,
+// cap_tokens * min(max_k, world) records in and out); a larger step grows
+// the buffers past it. The NCCL staging of ep_moe_forward (host arrays) is
+// not in it.
+void ep_moe_dev_mem_predict(const ep_model_cfg *cfg, const ep_moe_opts *o, int world, int n_local,
+                            ep_moe_dev_mem *out);
+
 // The routes of the last ep_moe_forward (valid until the next call).
 const ep_routes *ep_moe_last_routes(const ep_moe *m);
 

@@ -4,20 +4,13 @@
 // does by hand. Routing, dispatch packing and the reference stay on the
 // host (model/moe.c); see docs/cuda.md. moe_cuda_off.c stands in for it in
 // CPU-only builds.
-#include "model/moe_backend.h"
-
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluster/gpu.h"
 #include "comm/nccl/transport_nccl.h"
-#include "experts/cuda/experts_cuda.h"
+#include "model/moe_cuda_impl.h"
 
-// What the transport and the experts borrow.
-typedef struct {
-    ep_gpu *gpu;
-    ep_nccl *nccl; // communicator over the cluster's ranks (borrows gpu)
-} cuda_dev;
+typedef ep_moe_cuda_dev cuda_dev;
 
 // Every rank learns whether every rank got through a step that can fail on
 // some ranks only; a rank that did not keeps its own message, the others get
@@ -42,6 +35,8 @@ static void cuda_close(ep_moe_parts *parts)
     ep_expert_backend_free(parts->experts);
     ep_transport_free(parts->tp);
     if (d) {
+        ep_moe_dev_free(d->dev);
+        ep_transport_free(d->hdr);
         ep_nccl_free(d->nccl);
         ep_gpu_free(d->gpu);
         free(d);
@@ -66,9 +61,12 @@ static ep_status cuda_open(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *
     if ((st = agree(cl, ep_nccl_init(cl, d->gpu, &d->nccl), "the NCCL bootstrap"))) goto err;
     if ((st = agree(cl, ep_transport_nccl_init(cl, d->nccl, &out->tp), "the NCCL transport")))
         goto err;
+    // ep_moe_forward_dev sends its per-record headers over MPI (control data).
+    if ((st = agree(cl, ep_transport_mpi_init(cl, &d->hdr), "the MPI header transport"))) goto err;
     ep_experts_cuda *x = NULL;
     st = ep_experts_cuda_load(cfg, w, p, cl->rank, d->gpu, &x);
     if (x) out->experts = ep_expert_backend_cuda(x);
+    d->experts = x;
     if (!st) st = ep_experts_cuda_reserve(x, cap_tokens, cap_tokens * o->max_k);
     if ((st = agree(cl, st, "loading the experts onto the GPU"))) goto err;
     return EP_OK;
@@ -83,3 +81,20 @@ const ep_moe_backend_i ep_moe_backend_cuda_table = {
     .open = cuda_open,
     .close = cuda_close,
 };
+
+ep_status ep_moe_device_bytes(const ep_moe *m, ep_moe_dev_mem *out)
+{
+    memset(out, 0, sizeof *out);
+    if (m->opts.backend != EP_MOE_BACKEND_CUDA)
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "moe device bytes: expected --backend cuda, found "
+                         "--backend %s",
+                         ep_moe_backend_name(m->opts.backend));
+    const cuda_dev *d = m->be.dev;
+    out->experts = ep_experts_cuda_bytes(d->experts);
+    out->expert_scratch = ep_experts_cuda_scratch_bytes(d->experts);
+    ep_moe_dev_bytes(d->dev, &out->router, &out->exchange);
+    out->transport = ep_transport_nccl_staging_bytes(m->be.tp);
+    out->total = out->experts + out->expert_scratch + out->router + out->exchange + out->transport;
+    return EP_OK;
+}

@@ -2,6 +2,7 @@
 // it is EP_ERR_UNSUPPORTED naming the build option; nothing here touches
 // CUDA. The real table is in moe_cuda.c.
 #include "model/moe_backend.h"
+#include "model/moe_impl.h"
 
 #include <string.h>
 
@@ -28,3 +29,21 @@ const ep_moe_backend_i ep_moe_backend_cuda_table = {
     .open = cuda_off_open,
     .close = cuda_off_close,
 };
+
+ep_status ep_moe_forward_dev(ep_moe *m, const ep_policy *p, int layer, const float *x_dev, int T,
+                             float *y_dev, ep_comm_stats *st, ep_moe_times *tm)
+{
+    return ep_errorf(EP_ERR_UNSUPPORTED,
+                     "moe forward_dev: expected --backend cuda in a build with EP_CUDA=ON, found "
+                     "--backend %s in a build without CUDA",
+                     ep_moe_backend_name(m->opts.backend));
+}
+
+ep_status ep_moe_device_bytes(const ep_moe *m, ep_moe_dev_mem *out)
+{
+    memset(out, 0, sizeof *out);
+    return ep_errorf(EP_ERR_UNSUPPORTED,
+                     "moe device bytes: expected --backend cuda in a build with EP_CUDA=ON, found "
+                     "--backend %s in a build without CUDA",
+                     ep_moe_backend_name(m->opts.backend));
+}

@@ -44,6 +44,19 @@ ep_status ep_moe_check_layer(const ep_moe *m, int layer, int T);
 // ep_moe_check_layer, and p keeps no more than max_k experts.
 ep_status ep_moe_check_call(const ep_moe *m, const ep_policy *p, int layer, int T);
 
+// Where each pair of r goes at MoE layer `layer` (the replica choice into
+// m->pair_rank when the layer's placement has replicas and home_only is off:
+// returned; otherwise NULL, every pair to its home rank, m->pair_rank still
+// filled), and r's pairs added to the re-placement window. Every forward
+// calls it once per layer before dispatch.
+const int *ep_moe_choose_ranks(ep_moe *m, int layer, const ep_routes *r);
+
+// The device path's exchange buffers (model/moe_dev.c) for a balanced step of
+// cap_tokens tokens: need[i] bytes of each (model/moe_dev_mem.c, pure C).
+#define EP_MOE_DEV_N_BUFS 9
+void ep_moe_dev_reserve(const ep_model_cfg *cfg, const ep_moe_opts *o, int world,
+                        size_t need[EP_MOE_DEV_N_BUFS]);
+
 // One EPLB placement per MoE layer of cfg from load ([n_layers * n_experts],
 // NULL: uniform), with o's redundant_experts and eplb_groups over cl's nodes
 // and ranks, into *layer_place ([n_layers], dense layers zeroed), and their

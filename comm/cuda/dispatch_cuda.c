@@ -238,35 +238,42 @@ ep_status ep_dispatch_cuda_layout(ep_dispatch_cuda *d, const ep_dispatch_shape *
     b.pair_rank = pair_rank ? d->d_prank : NULL;
     cudaStream_t q = d->stream;
     EP_CUDA_CHECK(cudaSetDevice(d->device));
-    EP_CUDA_CHECK(cudaMemcpyAsync(d->d_offsets, r->offsets, ((size_t)T + 1) * sizeof(int),
-                                  cudaMemcpyHostToDevice, q));
-    if (nnz > 0) {
-        EP_CUDA_CHECK(
-            cudaMemcpyAsync(d->d_expert, r->expert, nnz * sizeof(int), cudaMemcpyHostToDevice, q));
-        if (pair_rank)
-            EP_CUDA_CHECK(cudaMemcpyAsync(d->d_prank, pair_rank, nnz * sizeof(int),
-                                          cudaMemcpyHostToDevice, q));
-    }
-    EP_CUDA_CHECK(cudaMemcpyAsync(d->d_rank_of, p->rank_of, (size_t)d->n_experts * sizeof(int),
-                                  cudaMemcpyHostToDevice, q));
+    // Routes up and the layout down are control data (META).
+    const enum cudaMemcpyKind h2d = cudaMemcpyHostToDevice, d2h = cudaMemcpyDeviceToHost;
+    const ep_copy_class meta = EP_COPY_META;
+    if ((st = ep_cuda_copy_cls(d->d_offsets, r->offsets, ((size_t)T + 1) * sizeof(int), h2d, q,
+                               meta, "dispatch layout: route offsets")))
+        return st;
+    if (nnz > 0 && (st = ep_cuda_copy_cls(d->d_expert, r->expert, nnz * sizeof(int), h2d, q, meta,
+                                          "dispatch layout: experts")))
+        return st;
+    if (nnz > 0 && pair_rank &&
+        (st = ep_cuda_copy_cls(d->d_prank, pair_rank, nnz * sizeof(int), h2d, q, meta,
+                               "dispatch layout: pair ranks")))
+        return st;
+    if ((st = ep_cuda_copy_cls(d->d_rank_of, p->rank_of, (size_t)d->n_experts * sizeof(int), h2d, q,
+                               meta, "dispatch layout: placement")))
+        return st;
     EP_CUDA_CHECK(ep_dispatch_layout_launch(&dp, &b, T, q));
     const size_t rows = (size_t)T * s->max_k, cells = (size_t)T * W;
-    EP_CUDA_CHECK(
-        cudaMemcpyAsync(out->n_dest, b.n_dest, (size_t)T * sizeof(int), cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(
-        cudaMemcpyAsync(out->dest, b.dest, rows * sizeof(int), cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(cudaMemcpyAsync(out->dest_pairs, b.dest_pairs, rows * sizeof(int),
-                                  cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(
-        cudaMemcpyAsync(out->rec_idx, b.rec_idx, cells * sizeof(int), cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(cudaMemcpyAsync(out->rec_off, b.rec_off, cells * sizeof(int64_t),
-                                  cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(
-        cudaMemcpyAsync(out->send_rec, b.send_rec, W * sizeof(int), cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(cudaMemcpyAsync(out->send_bytes, b.send_bytes, W * sizeof(int64_t),
-                                  cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(
-        cudaMemcpyAsync(out->send_off, b.send_off, W * sizeof(int64_t), cudaMemcpyDeviceToHost, q));
+    struct {
+        void *dst;
+        const void *src;
+        size_t bytes;
+    } down[] = {
+        {out->n_dest, b.n_dest, (size_t)T * sizeof(int)},
+        {out->dest, b.dest, rows * sizeof(int)},
+        {out->dest_pairs, b.dest_pairs, rows * sizeof(int)},
+        {out->rec_idx, b.rec_idx, cells * sizeof(int)},
+        {out->rec_off, b.rec_off, cells * sizeof(int64_t)},
+        {out->send_rec, b.send_rec, W * sizeof(int)},
+        {out->send_bytes, b.send_bytes, W * sizeof(int64_t)},
+        {out->send_off, b.send_off, W * sizeof(int64_t)},
+    };
+    for (size_t i = 0; i < EP_ARRAY_LEN(down); i++)
+        if ((st = ep_cuda_copy_cls(down[i].dst, down[i].src, down[i].bytes, d2h, q, meta,
+                                   "dispatch layout")))
+            return st;
     EP_CUDA_CHECK(cudaStreamSynchronize(q));
     out->T = T;
     return EP_OK;

@@ -164,12 +164,14 @@ static ep_status ep_nccl_exchange_counts(ep_transport *t, const int64_t *send, i
     // Through pinned memory: a pageable copy would synchronise with the
     // stream and so wait for payloads still in flight there.
     memcpy(m->h_counts, send, (size_t)W * sizeof(int64_t));
-    EP_CUDA_CHECK(cudaMemcpyAsync(m->d_counts, m->h_counts, (size_t)W * sizeof(int64_t),
-                                  cudaMemcpyHostToDevice, m->stream));
+    ep_status st =
+        ep_cuda_copy_cls(m->d_counts, m->h_counts, (size_t)W * sizeof(int64_t),
+                         cudaMemcpyHostToDevice, m->stream, EP_COPY_META, "NCCL transport counts");
+    if (st != EP_OK) return st;
     EP_NCCL_CHECK(ncclGroupStart());
     for (int d = 0; d < W; d++) {
         if (d == me) continue;
-        ep_status st = EP_NCCL_ST(ncclSend(m->d_counts + d, 1, ncclInt64, d, m->comm, m->stream));
+        st = EP_NCCL_ST(ncclSend(m->d_counts + d, 1, ncclInt64, d, m->comm, m->stream));
         if (st == EP_OK)
             st = EP_NCCL_ST(ncclRecv(m->d_counts + W + d, 1, ncclInt64, d, m->comm, m->stream));
         if (st != EP_OK) {
@@ -178,11 +180,13 @@ static ep_status ep_nccl_exchange_counts(ep_transport *t, const int64_t *send, i
         }
     }
     EP_NCCL_CHECK(ncclGroupEnd());
-    EP_CUDA_CHECK(cudaMemcpyAsync(m->h_counts + W, m->d_counts + W, (size_t)W * sizeof(int64_t),
-                                  cudaMemcpyDeviceToHost, m->stream));
+    if ((st = ep_cuda_copy_cls(m->h_counts + W, m->d_counts + W, (size_t)W * sizeof(int64_t),
+                               cudaMemcpyDeviceToHost, m->stream, EP_COPY_META,
+                               "NCCL transport counts")))
+        return st;
     EP_CUDA_CHECK(cudaEventRecord(m->counts_done, m->stream));
     ep_cluster_watch_enter();
-    ep_status st = ep_nccl_wait_event(m, m->counts_done, "NCCL group (counts)");
+    st = ep_nccl_wait_event(m, m->counts_done, "NCCL group (counts)");
     if (st != EP_OK) return ep_error_prefix(st, "NCCL transport: exchanging counts");
     memcpy(recv, m->h_counts + W, (size_t)W * sizeof(int64_t));
     recv[me] = send[me];
@@ -237,8 +241,10 @@ static ep_status ep_nccl_alltoallv_start(ep_transport *t, const void *sendbuf,
             if (d != me && send_bytes[d] > 0)
                 memcpy((char *)q->h_send + send_off[d], (const char *)sendbuf + send_off[d],
                        (size_t)send_bytes[d]);
-        EP_CUDA_CHECK(
-            cudaMemcpyAsync(q->d_send, q->h_send, send_ext, cudaMemcpyHostToDevice, m->stream));
+        // Host payloads are activations (rows): counted as ACT.
+        if ((st = ep_cuda_copy_cls(q->d_send, q->h_send, send_ext, cudaMemcpyHostToDevice,
+                                   m->stream, EP_COPY_ACT, "NCCL transport send staging")))
+            return st;
         sbase = q->d_send;
     }
     q->recv_host = !recv_dev && recv_ext > 0;
@@ -270,18 +276,23 @@ static ep_status ep_nccl_alltoallv_start(ep_transport *t, const void *sendbuf,
         }
     }
     EP_NCCL_CHECK(ncclGroupEnd());
-    if (q->recv_host)
-        EP_CUDA_CHECK(
-            cudaMemcpyAsync(q->h_recv, q->d_recv, recv_ext, cudaMemcpyDeviceToHost, m->stream));
+    if (q->recv_host &&
+        (st = ep_cuda_copy_cls(q->h_recv, q->d_recv, recv_ext, cudaMemcpyDeviceToHost, m->stream,
+                               EP_COPY_ACT, "NCCL transport receive staging")))
+        return st;
     // The self part never touches NCCL (and is not counted as moved).
     if (send_bytes[me] > 0) {
         if (!send_dev && !recv_dev)
             memcpy((char *)recvbuf + recv_off[me], (const char *)sendbuf + send_off[me],
                    (size_t)send_bytes[me]);
-        else
-            EP_CUDA_CHECK(cudaMemcpyAsync((char *)recvbuf + recv_off[me],
-                                          (const char *)sendbuf + send_off[me],
-                                          (size_t)send_bytes[me], cudaMemcpyDefault, m->stream));
+        else if ((st =
+                      ep_cuda_copy_cls((char *)recvbuf + recv_off[me],
+                                       (const char *)sendbuf + send_off[me], (size_t)send_bytes[me],
+                                       !send_dev  ? cudaMemcpyHostToDevice
+                                       : recv_dev ? cudaMemcpyDeviceToDevice
+                                                  : cudaMemcpyDeviceToHost,
+                                       m->stream, EP_COPY_ACT, "NCCL transport self part")))
+            return st;
     }
     EP_CUDA_CHECK(cudaEventRecord(q->done, m->stream));
     ep_cluster_watch_enter();

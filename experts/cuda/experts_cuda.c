@@ -71,8 +71,10 @@ static ep_status upload_bf16(uint16_t *dst, const float *src, size_t n, uint16_t
 {
     for (size_t i = 0; i < n; i++)
         stage[i] = ep_f32_to_bf16(src[i]);
-    EP_CUDA_CHECK(cudaMemcpy(dst, stage, n * sizeof(uint16_t), cudaMemcpyHostToDevice));
-    return EP_OK;
+    ep_status st = ep_cuda_copy_cls(dst, stage, n * sizeof(uint16_t), cudaMemcpyHostToDevice, 0,
+                                    EP_COPY_LOAD, "expert weights");
+    if (st == EP_OK) st = EP_CUDA_ST(cudaStreamSynchronize(0)); // stage is reused at once
+    return st;
 }
 
 static ep_status dev_alloc(void **p, size_t bytes, const char *what, int layer)
@@ -365,8 +367,10 @@ static ep_status run_gemms(ep_experts_cuda *e, int slot, int N, int K, const uin
 #if EP_HAVE_GROUPED_GEMM
     if (e->mode != EP_CUDA_GEMM_LOOP) {
         void **d_ptr = e->s.ptr + (size_t)slot * 3 * e->grp_cap;
-        EP_CUDA_CHECK(cudaMemcpyAsync(d_ptr, g->ptr, 3 * (size_t)n * sizeof(void *),
-                                      cudaMemcpyHostToDevice, e->stream));
+        ep_status st =
+            ep_cuda_copy_cls(d_ptr, g->ptr, 3 * (size_t)n * sizeof(void *), cudaMemcpyHostToDevice,
+                             e->stream, EP_COPY_META, "grouped GEMM pointers");
+        if (st != EP_OK) return st;
         cublasStatus_t rc = cublasGemmGroupedBatchedEx(
             e->blas, e->op_a, e->op_b, g->m, g->nn, g->k, e->alpha, (const void *const *)d_ptr,
             CUDA_R_16BF, g->lda, (const void *const *)(d_ptr + n), CUDA_R_16BF, g->ldb, e->beta,
@@ -423,18 +427,19 @@ static ep_status check_layer(const ep_experts_cuda *e, int layer, const char *wh
     return EP_OK;
 }
 
-ep_status ep_experts_cuda_forward(ep_experts_cuda *e, int layer, int n_rec, const int *pair_off,
-                                  const int *pair_expert, const float *pair_weight, const float *x,
-                                  float *y)
+// The routed experts over records already in device memory: x_dev [n_rec, H]
+// fp32 in, y_dev [n_rec, H] fp32 out (written whole). The pair metadata is
+// the host's (its plan is built here) and goes up as META. Returns when y_dev
+// is filled.
+static ep_status forward_dev(ep_experts_cuda *e, int layer, int n_rec, const int *pair_off,
+                             const int *pair_expert, const float *pair_weight, const float *x_dev,
+                             float *y_dev)
 {
-    ep_status st = check_layer(e, layer, "forward");
-    if (st != EP_OK) return st;
     const ep_cuda_layer *L = &e->layers[layer];
     const int H = e->hidden, I = e->inter;
-    if ((st = ep_cuda_plan_build(&e->plan, layer, e->cfg.n_experts, L->n_local, L->local_of, n_rec,
-                                 pair_off, pair_expert)) != EP_OK)
-        return st;
-    if (n_rec == 0) return EP_OK;
+    ep_status st = ep_cuda_plan_build(&e->plan, layer, e->cfg.n_experts, L->n_local, L->local_of,
+                                      n_rec, pair_off, pair_expert);
+    if (st != EP_OK || n_rec == 0) return st;
     const ep_cuda_plan *pl = &e->plan;
     const size_t rows = (size_t)pl->n_rows;
 
@@ -442,54 +447,119 @@ ep_status ep_experts_cuda_forward(ep_experts_cuda *e, int layer, int n_rec, cons
     if ((st = grow_scratch(e, (size_t)n_rec, rows, (size_t)pl->n_groups)) != EP_OK) return st;
     ep_cuda_scratch *s = &e->s;
     cudaStream_t q = e->stream;
-    EP_CUDA_CHECK(
-        cudaMemcpyAsync(s->x, x, (size_t)n_rec * H * sizeof(float), cudaMemcpyHostToDevice, q));
-    EP_CUDA_CHECK(cudaMemcpyAsync(s->rec_off, pl->rec_off, (size_t)(n_rec + 1) * sizeof(int),
-                                  cudaMemcpyHostToDevice, q));
+    const ep_copy_class meta = EP_COPY_META;
+    if ((st = ep_cuda_copy_cls(s->rec_off, pl->rec_off, (size_t)(n_rec + 1) * sizeof(int),
+                               cudaMemcpyHostToDevice, q, meta, "expert record offsets")))
+        return st;
     if (rows > 0) {
-        EP_CUDA_CHECK(cudaMemcpyAsync(s->row_rec, pl->row_rec, rows * sizeof(int),
-                                      cudaMemcpyHostToDevice, q));
-        EP_CUDA_CHECK(cudaMemcpyAsync(s->pair_row, pl->pair_row, rows * sizeof(int),
-                                      cudaMemcpyHostToDevice, q));
-        EP_CUDA_CHECK(cudaMemcpyAsync(s->pair_w, pair_weight + pair_off[0], rows * sizeof(float),
-                                      cudaMemcpyHostToDevice, q));
-        EP_CUDA_CHECK(ep_cuda_gather_bf16(s->x, s->row_rec, pl->n_rows, H, s->xg, q));
+        if ((st = ep_cuda_copy_cls(s->row_rec, pl->row_rec, rows * sizeof(int),
+                                   cudaMemcpyHostToDevice, q, meta, "expert row records")) ||
+            (st = ep_cuda_copy_cls(s->pair_row, pl->pair_row, rows * sizeof(int),
+                                   cudaMemcpyHostToDevice, q, meta, "expert pair rows")) ||
+            (st = ep_cuda_copy_cls(s->pair_w, pair_weight + pair_off[0], rows * sizeof(float),
+                                   cudaMemcpyHostToDevice, q, meta, "expert pair weights")))
+            return st;
+        EP_CUDA_CHECK(ep_cuda_gather_bf16(x_dev, s->row_rec, pl->n_rows, H, s->xg, q));
         if ((st = run_gemms(e, 0, 2 * I, H, L->gate_up, s->xg, s->gu)) != EP_OK) return st;
         EP_CUDA_CHECK(ep_cuda_swiglu_bf16(s->gu, pl->n_rows, I, s->act, q));
         if ((st = run_gemms(e, 1, H, I, L->down, s->act, s->og)) != EP_OK) return st;
     }
     EP_CUDA_CHECK(
-        ep_cuda_combine_rows(s->og, H, s->rec_off, s->pair_row, s->pair_w, n_rec, s->y, q));
-    EP_CUDA_CHECK(
-        cudaMemcpyAsync(y, s->y, (size_t)n_rec * H * sizeof(float), cudaMemcpyDeviceToHost, q));
+        ep_cuda_combine_rows(s->og, H, s->rec_off, s->pair_row, s->pair_w, n_rec, y_dev, q));
     EP_CUDA_CHECK(cudaStreamSynchronize(q));
     return EP_OK;
+}
+
+ep_status ep_experts_cuda_forward_dev(ep_experts_cuda *e, int layer, int n_rec, const int *pair_off,
+                                      const int *pair_expert, const float *pair_weight,
+                                      const float *x_dev, float *y_dev)
+{
+    ep_status st = check_layer(e, layer, "forward");
+    if (st != EP_OK) return st;
+    return forward_dev(e, layer, n_rec, pair_off, pair_expert, pair_weight, x_dev, y_dev);
+}
+
+// The host-array form: the records go up into the scratch, the partial
+// sums come down (both ACT), the rest is forward_dev.
+ep_status ep_experts_cuda_forward(ep_experts_cuda *e, int layer, int n_rec, const int *pair_off,
+                                  const int *pair_expert, const float *pair_weight, const float *x,
+                                  float *y)
+{
+    ep_status st = check_layer(e, layer, "forward");
+    if (st != EP_OK || n_rec == 0) {
+        if (st == EP_OK) // still checks and builds the (empty) plan, as before
+            st = forward_dev(e, layer, 0, pair_off, pair_expert, pair_weight, NULL, NULL);
+        return st;
+    }
+    const size_t n = (size_t)n_rec * e->hidden * sizeof(float);
+    EP_CUDA_CHECK(cudaSetDevice(e->device));
+    if ((st = grow_scratch(e, (size_t)n_rec, 0, 0)) != EP_OK) return st;
+    if ((st = ep_cuda_copy_cls(e->s.x, x, n, cudaMemcpyHostToDevice, e->stream, EP_COPY_ACT,
+                               "expert records")))
+        return st;
+    if ((st = forward_dev(e, layer, n_rec, pair_off, pair_expert, pair_weight, e->s.x, e->s.y)))
+        return st;
+    if ((st = ep_cuda_copy_cls(y, e->s.y, n, cudaMemcpyDeviceToHost, e->stream, EP_COPY_ACT,
+                               "expert partial sums")))
+        return st;
+    EP_CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    return EP_OK;
+}
+
+// y_dev[T, H] += shared experts(x_dev[T, H]), device arrays, synchronous.
+static ep_status shared_dev(ep_experts_cuda *e, int layer, const float *x_dev, int T, float *y_dev)
+{
+    const ep_cuda_layer *L = &e->layers[layer];
+    const int H = e->hidden, S = e->shared_inter;
+    const size_t n = (size_t)T * H;
+    ep_status st;
+    if ((st = grow_scratch(e, (size_t)T, (size_t)T, 0)) != EP_OK) return st;
+    ep_cuda_scratch *s = &e->s;
+    cudaStream_t q = e->stream;
+    EP_CUDA_CHECK(ep_cuda_gather_bf16(x_dev, NULL, T, H, s->xg, q));
+    if ((st = run_dense(e, 2 * S, H, L->sh_gate_up, s->xg, s->gu, T)) != EP_OK) return st;
+    EP_CUDA_CHECK(ep_cuda_swiglu_bf16(s->gu, T, S, s->act, q));
+    if ((st = run_dense(e, H, S, L->sh_down, s->act, s->og, T)) != EP_OK) return st;
+    EP_CUDA_CHECK(ep_cuda_add_bf16(s->og, (int64_t)n, y_dev, q));
+    EP_CUDA_CHECK(cudaStreamSynchronize(q));
+    return EP_OK;
+}
+
+static ep_status check_shared(const ep_experts_cuda *e, int layer, int T)
+{
+    ep_status st = check_layer(e, layer, "shared forward");
+    if (st == EP_OK && T < 0)
+        return ep_errorf(EP_ERR_ARG, "cuda experts shared forward: T = %d, expected >= 0", T);
+    return st;
+}
+
+ep_status ep_experts_cuda_shared_forward_dev(ep_experts_cuda *e, int layer, const float *x_dev,
+                                             int T, float *y_dev)
+{
+    ep_status st = check_shared(e, layer, T);
+    if (st != EP_OK || e->shared_inter == 0 || T == 0) return st;
+    EP_CUDA_CHECK(cudaSetDevice(e->device));
+    return shared_dev(e, layer, x_dev, T, y_dev);
 }
 
 ep_status ep_experts_cuda_shared_forward(ep_experts_cuda *e, int layer, const float *x, int T,
                                          float *y)
 {
-    ep_status st = check_layer(e, layer, "shared forward");
-    if (st != EP_OK) return st;
-    if (T < 0)
-        return ep_errorf(EP_ERR_ARG, "cuda experts shared forward: T = %d, expected >= 0", T);
-    if (e->shared_inter == 0 || T == 0) return EP_OK;
-    const ep_cuda_layer *L = &e->layers[layer];
-    const int H = e->hidden, S = e->shared_inter;
-    const size_t n = (size_t)T * H;
-
+    ep_status st = check_shared(e, layer, T);
+    if (st != EP_OK || e->shared_inter == 0 || T == 0) return st;
+    const size_t n = (size_t)T * e->hidden * sizeof(float);
     EP_CUDA_CHECK(cudaSetDevice(e->device));
     if ((st = grow_scratch(e, (size_t)T, (size_t)T, 0)) != EP_OK) return st;
     ep_cuda_scratch *s = &e->s;
-    cudaStream_t q = e->stream;
-    EP_CUDA_CHECK(cudaMemcpyAsync(s->x, x, n * sizeof(float), cudaMemcpyHostToDevice, q));
-    EP_CUDA_CHECK(cudaMemcpyAsync(s->y, y, n * sizeof(float), cudaMemcpyHostToDevice, q));
-    EP_CUDA_CHECK(ep_cuda_gather_bf16(s->x, NULL, T, H, s->xg, q));
-    if ((st = run_dense(e, 2 * S, H, L->sh_gate_up, s->xg, s->gu, T)) != EP_OK) return st;
-    EP_CUDA_CHECK(ep_cuda_swiglu_bf16(s->gu, T, S, s->act, q));
-    if ((st = run_dense(e, H, S, L->sh_down, s->act, s->og, T)) != EP_OK) return st;
-    EP_CUDA_CHECK(ep_cuda_add_bf16(s->og, (int64_t)n, s->y, q));
-    EP_CUDA_CHECK(cudaMemcpyAsync(y, s->y, n * sizeof(float), cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(cudaStreamSynchronize(q));
+    if ((st = ep_cuda_copy_cls(s->x, x, n, cudaMemcpyHostToDevice, e->stream, EP_COPY_ACT,
+                               "shared expert input")) ||
+        (st = ep_cuda_copy_cls(s->y, y, n, cudaMemcpyHostToDevice, e->stream, EP_COPY_ACT,
+                               "shared expert output")))
+        return st;
+    if ((st = shared_dev(e, layer, s->x, T, s->y)) != EP_OK) return st;
+    if ((st = ep_cuda_copy_cls(y, s->y, n, cudaMemcpyDeviceToHost, e->stream, EP_COPY_ACT,
+                               "shared expert output")))
+        return st;
+    EP_CUDA_CHECK(cudaStreamSynchronize(e->stream));
     return EP_OK;
 }

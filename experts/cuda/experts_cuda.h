@@ -47,6 +47,15 @@ ep_status ep_experts_cuda_forward(ep_experts_cuda *e, int layer, int n_rec, cons
 ep_status ep_experts_cuda_shared_forward(ep_experts_cuda *e, int layer, const float *x, int T,
                                          float *y);
 
+// The same on device arrays of this expert set's device (the MoE layer with
+// activations on the device, ep_moe_forward_dev): x_dev and y_dev are device
+// memory; only the pair metadata (host arrays) goes up, counted as META.
+ep_status ep_experts_cuda_forward_dev(ep_experts_cuda *e, int layer, int n_rec, const int *pair_off,
+                                      const int *pair_expert, const float *pair_weight,
+                                      const float *x_dev, float *y_dev);
+ep_status ep_experts_cuda_shared_forward_dev(ep_experts_cuda *e, int layer, const float *x_dev,
+                                             int T, float *y_dev);
+
 // The cuda table of the expert backend over e (taken over: freed with the
 // backend). Its experts cannot move between ranks yet (experts/backend.h
 // refuses re-placement naming it). Defined in backend_cuda.c.

@@ -259,16 +259,21 @@ static ep_status route_device(ep_router_cuda *r, const ep_route_params *rp, int 
     cudaStream_t q = r->stream;
     EP_CUDA_CHECK(ep_route_tokens_launch(rp, r->d_logits, T, r->d_k, r->d_kept, r->d_w, r->d_base,
                                          r->d_base_w, q));
-    EP_CUDA_CHECK(
-        cudaMemcpyAsync(r->h_k, r->d_k, (size_t)T * sizeof(int), cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(cudaMemcpyAsync(r->h_kept, r->d_kept, (size_t)T * rk * sizeof(int),
-                                  cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(
-        cudaMemcpyAsync(r->h_w, r->d_w, (size_t)T * rk * sizeof(float), cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(cudaMemcpyAsync(out->base_expert, r->d_base, (size_t)T * kb * sizeof(int),
-                                  cudaMemcpyDeviceToHost, q));
-    EP_CUDA_CHECK(cudaMemcpyAsync(out->base_weight, r->d_base_w, (size_t)T * kb * sizeof(float),
-                                  cudaMemcpyDeviceToHost, q));
+    // The routes are control data (META): the host plans the dispatch from them.
+    const enum cudaMemcpyKind d2h = cudaMemcpyDeviceToHost;
+    const ep_copy_class meta = EP_COPY_META;
+    ep_status st;
+    if ((st = ep_cuda_copy_cls(r->h_k, r->d_k, (size_t)T * sizeof(int), d2h, q, meta,
+                               "routes: experts per token")) ||
+        (st = ep_cuda_copy_cls(r->h_kept, r->d_kept, (size_t)T * rk * sizeof(int), d2h, q, meta,
+                               "routes: kept experts")) ||
+        (st = ep_cuda_copy_cls(r->h_w, r->d_w, (size_t)T * rk * sizeof(float), d2h, q, meta,
+                               "routes: weights")) ||
+        (st = ep_cuda_copy_cls(out->base_expert, r->d_base, (size_t)T * kb * sizeof(int), d2h, q,
+                               meta, "routes: top-k_base experts")) ||
+        (st = ep_cuda_copy_cls(out->base_weight, r->d_base_w, (size_t)T * kb * sizeof(float), d2h,
+                               q, meta, "routes: top-k_base weights")))
+        return st;
     EP_CUDA_CHECK(cudaStreamSynchronize(q));
     compact(r->h_k, r->h_kept, r->h_w, T, (int)rk, out);
     return EP_OK;
@@ -281,8 +286,9 @@ ep_status ep_router_cuda_route_logits(ep_router_cuda *r, const ep_policy *p, int
     bool done = false;
     ep_status st = begin_call(r, p, layer, T, out, &rp, &done);
     if (st != EP_OK || done) return st;
-    EP_CUDA_CHECK(cudaMemcpyAsync(r->d_logits, logits, (size_t)T * r->cfg.n_experts * sizeof(float),
-                                  cudaMemcpyHostToDevice, r->stream));
+    if ((st = ep_cuda_copy_cls(r->d_logits, logits, (size_t)T * r->cfg.n_experts * sizeof(float),
+                               cudaMemcpyHostToDevice, r->stream, EP_COPY_ACT, "router logits")))
+        return st;
     return route_device(r, &rp, T, out);
 }
 
@@ -322,9 +328,27 @@ ep_status ep_router_cuda_set_gate(ep_router_cuda *r, int layer, const float *gat
     if (!r->d_x) EP_CUDA_CHECK(cudaMalloc((void **)&r->d_x, cap * H * sizeof(float)));
     if (!r->d_gate[layer])
         EP_CUDA_CHECK(cudaMalloc((void **)&r->d_gate[layer], E * H * sizeof(float)));
-    EP_CUDA_CHECK(cudaMemcpyAsync(r->d_gate[layer], gate_w, E * H * sizeof(float),
-                                  cudaMemcpyHostToDevice, r->stream));
+    ep_status st = ep_cuda_copy_cls(r->d_gate[layer], gate_w, E * H * sizeof(float),
+                                    cudaMemcpyHostToDevice, r->stream, EP_COPY_LOAD, "router gate");
+    if (st != EP_OK) return st;
     EP_CUDA_CHECK(cudaStreamSynchronize(r->stream)); // gate_w is the caller's again
+    return EP_OK;
+}
+
+// logits [T, E] = x_dev . gate^T into d_logits, on the router's stream.
+static ep_status gate_gemm(ep_router_cuda *r, int layer, const float *x_dev, int T)
+{
+    if (!r->d_gate[layer])
+        return ep_errorf(EP_ERR_ARG,
+                         "cuda router: the gate of layer %d was not uploaded "
+                         "(ep_router_cuda_set_gate)",
+                         layer);
+    if (T == 0) return EP_OK;
+    const ep_model_cfg *c = &r->cfg;
+    const ep_router_gate_gemm g = ep_router_cuda_gate_gemm(T, c->hidden, c->n_experts);
+    const float one = 1.0f, zero = 0.0f;
+    EP_CUBLAS_CHECK(cublasSgemm(r->blas, CUBLAS_OP_T, CUBLAS_OP_N, g.m, g.n, g.k, &one,
+                                r->d_gate[layer], g.lda, x_dev, g.ldb, &zero, r->d_logits, g.ldc));
     return EP_OK;
 }
 
@@ -334,19 +358,57 @@ ep_status ep_router_cuda_route(ep_router_cuda *r, const ep_policy *p, int layer,
     ep_route_params rp;
     bool done = false;
     ep_status st = begin_call(r, p, layer, T, out, &rp, &done);
-    if (st != EP_OK) return st;
-    if (!r->d_gate[layer])
-        return ep_errorf(EP_ERR_ARG,
-                         "cuda router: the gate of layer %d was not uploaded "
-                         "(ep_router_cuda_set_gate)",
-                         layer);
-    if (done) return EP_OK;
-    const ep_model_cfg *c = &r->cfg;
-    const ep_router_gate_gemm g = ep_router_cuda_gate_gemm(T, c->hidden, c->n_experts);
-    const float one = 1.0f, zero = 0.0f;
-    EP_CUDA_CHECK(cudaMemcpyAsync(r->d_x, x, (size_t)T * c->hidden * sizeof(float),
-                                  cudaMemcpyHostToDevice, r->stream));
-    EP_CUBLAS_CHECK(cublasSgemm(r->blas, CUBLAS_OP_T, CUBLAS_OP_N, g.m, g.n, g.k, &one,
-                                r->d_gate[layer], g.lda, r->d_x, g.ldb, &zero, r->d_logits, g.ldc));
+    if (st == EP_OK) st = gate_gemm(r, layer, NULL, 0); // names a missing gate, computes nothing
+    if (st != EP_OK || done) return st;
+    if ((st = ep_cuda_copy_cls(r->d_x, x, (size_t)T * r->cfg.hidden * sizeof(float),
+                               cudaMemcpyHostToDevice, r->stream, EP_COPY_ACT, "router input")))
+        return st;
+    if ((st = gate_gemm(r, layer, r->d_x, T))) return st;
     return route_device(r, &rp, T, out);
+}
+
+ep_status ep_router_cuda_route_dev(ep_router_cuda *r, const ep_policy *p, int layer,
+                                   const float *x_dev, int T, ep_routes *out)
+{
+    ep_route_params rp;
+    bool done = false;
+    ep_status st = begin_call(r, p, layer, T, out, &rp, &done);
+    if (st == EP_OK) st = gate_gemm(r, layer, x_dev, done ? 0 : T);
+    if (st != EP_OK || done) return st;
+    return route_device(r, &rp, T, out);
+}
+
+ep_status ep_router_cuda_logits_dev(ep_router_cuda *r, int layer, const float *x_dev, int T,
+                                    float *logits)
+{
+    const ep_model_cfg *c = &r->cfg;
+    if (layer < 0 || layer >= c->n_layers || !ep_model_layer_is_moe(c, layer))
+        return ep_errorf(EP_ERR_ARG, "cuda router: logits of layer %d: not a MoE layer of %s",
+                         layer, c->name);
+    if (T < 0 || T > r->cap_tokens)
+        return ep_errorf(EP_ERR_ARG, "cuda router: %d tokens, capacity is %d (cap_tokens)", T,
+                         r->cap_tokens);
+    EP_CUDA_CHECK(cudaSetDevice(r->device));
+    ep_status st = gate_gemm(r, layer, x_dev, T);
+    if (st != EP_OK || T == 0) return st;
+    // Logits are activations (ACT): a host policy needs them whole.
+    if ((st = ep_cuda_copy_cls(logits, r->d_logits, (size_t)T * c->n_experts * sizeof(float),
+                               cudaMemcpyDeviceToHost, r->stream, EP_COPY_ACT, "router logits")))
+        return st;
+    EP_CUDA_CHECK(cudaStreamSynchronize(r->stream));
+    return EP_OK;
+}
+
+size_t ep_router_cuda_device_bytes(const ep_router_cuda *r)
+{
+    if (!r) return 0;
+    const ep_model_cfg *c = &r->cfg;
+    const size_t cap = (size_t)(r->cap_tokens > 0 ? r->cap_tokens : 1), E = (size_t)c->n_experts;
+    const size_t rk = (size_t)r->row_k, kb = (size_t)c->k_base;
+    size_t b = cap * (E * sizeof(float) + sizeof(int) + rk * (sizeof(int) + sizeof(float)) +
+                      kb * (sizeof(int) + sizeof(float)));
+    if (r->d_x) b += cap * (size_t)c->hidden * sizeof(float);
+    for (int l = 0; l < c->n_layers; l++)
+        if (r->d_gate[l]) b += E * (size_t)c->hidden * sizeof(float);
+    return b;
 }

@@ -38,6 +38,17 @@ ep_status ep_router_cuda_set_gate(ep_router_cuda *r, int layer, const float *gat
 ep_status ep_router_cuda_route(ep_router_cuda *r, const ep_policy *p, int layer, const float *x,
                                int T, ep_routes *out);
 
+// The same from x_dev [T, hidden] fp32 in device memory (nothing of it crosses
+// to the host; the routes come down as META).
+ep_status ep_router_cuda_route_dev(ep_router_cuda *r, const ep_policy *p, int layer,
+                                   const float *x_dev, int T, ep_routes *out);
+// Only the gate GEMM from x_dev, its logits [T, n_experts] copied to the
+// host (ACT: a policy the device cannot run routes them there).
+ep_status ep_router_cuda_logits_dev(ep_router_cuda *r, int layer, const float *x_dev, int T,
+                                    float *logits);
+// Device bytes the router holds now (scratch, uploaded gates, input rows).
+size_t ep_router_cuda_device_bytes(const ep_router_cuda *r);
+
 // That GEMM as one column-major cuBLAS call, op(A) = T, op(B) = N:
 // C (m = n_experts x n = T, ldc = n_experts) is row-major logits [T, E];
 // A (k = hidden x m, lda = hidden) is the row-major gate [E, H]; B (k x n,

@@ -38,6 +38,25 @@ int cuda_test_mpi_devices(ep_cluster *c, const char *test)
     return all_can ? 1 : 0;
 }
 
+int cuda_test_mpi_begin(int *argc, char ***argv, const char *test, ep_cluster **out)
+{
+    *out = NULL;
+    ep_cluster *c = NULL;
+    if (ep_cluster_init(argc, argv, 0, &c) != EP_OK) {
+        fprintf(stderr, "ep_cluster_init: %s\n", ep_last_error());
+        return -1;
+    }
+    // The skip is collective: one rank without a device of its own skips all.
+    int run = cuda_test_mpi_devices(c, test);
+    if (run < 0) return -1;
+    if (!run) {
+        ep_cluster_free(c);
+        return 0;
+    }
+    *out = c;
+    return 1;
+}
+
 void cuda_test_cfg_qwen(ep_model_cfg *c)
 {
     memset(c, 0, sizeof *c);

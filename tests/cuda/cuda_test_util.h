@@ -25,6 +25,11 @@ int cuda_test_devices(const char *test);
 // (NCCL refuses two ranks on one GPU); otherwise 0, each rank lacking one
 // printing "# SKIP <test> (rank r of n): <why>"; -1 when the agreement failed.
 int cuda_test_mpi_devices(ep_cluster *c, const char *test);
+// The start of an MPI GPU test's main: ep_cluster_init, then the collective
+// skip. Returns -1 (exit 1: the cluster or the agreement failed; the reason
+// printed), 0 with the cluster freed (exit CUDA_TEST_SKIP on every rank) or
+// 1 with *out the cluster to run on.
+int cuda_test_mpi_begin(int *argc, char ***argv, const char *test, ep_cluster **out);
 
 // Qwen3-like: 2 MoE layers, hidden 13, moe_inter 7, 11 experts, top-3.
 void cuda_test_cfg_qwen(ep_model_cfg *c);

@@ -359,17 +359,8 @@ static void test_ep_layer(ep_cluster *c, ep_transport *nccl, ep_gpu *gpu,
 int main(int argc, char **argv)
 {
     ep_cluster *c = NULL;
-    if (ep_cluster_init(&argc, &argv, 0, &c) != EP_OK) {
-        fprintf(stderr, "ep_cluster_init: %s\n", ep_last_error());
-        return 1;
-    }
-    // The skip is collective: one rank without a device of its own skips all.
-    int run = cuda_test_mpi_devices(c, "test_mpi_nccl");
-    if (run < 0) return 1;
-    if (!run) {
-        ep_cluster_free(c);
-        return CUDA_TEST_SKIP;
-    }
+    const int run = cuda_test_mpi_begin(&argc, &argv, "test_mpi_nccl", &c);
+    if (run <= 0) return run < 0 ? 1 : CUDA_TEST_SKIP;
 
     ep_gpu *gpu = NULL;
     ep_nccl *nc = NULL;
