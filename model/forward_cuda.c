@@ -6,8 +6,8 @@
 // rows: every write goes to the device pool, so prefix caching works as on
 // the host), and the workspace is sized for cap tokens. A step then moves,
 // host -> device, only its token ids, positions, sequence slots and block
-// tables (EP_COPY_META); activations stay on the device except around the
-// MoE layers (moe_stand_in below) and the logits a host sampler or a caller
+// tables (EP_COPY_META); activations stay on the device (the MoE layers
+// too: ep_moe_forward_dev) except the logits a host sampler or a caller
 // asks for (EP_COPY_ACT). Every device allocation goes through dev_alloc,
 // which counts it by part (ep_model_dev_mem, planned by model/dev_mem.c).
 // docs/cuda.md, "The device forward". forward_cuda_off.c stands in for it
@@ -452,20 +452,16 @@ static ep_status cuda_attention(ep_model *m, int l, int T)
     return qwen3_attention(m, d, L, l, T);
 }
 
-// The stand-in for ep_moe_forward_dev (device in and out; another helper's
-// work): xn down to the host, the host-driven MoE layer, y back up, both
-// counted as EP_COPY_ACT (2 x T x hidden x 4 bytes per MoE layer). The
-// integrator swaps this one function for the device call.
-static ep_status moe_stand_in(ep_model *m, cuda_fwd *d, const ep_policy *p, int l, int T,
-                              ep_comm_stats *ls)
+// One MoE layer on device arrays (ep_moe_forward_dev, model/moe_dev.c):
+// routing, dispatch packing, NCCL, the experts and combine on the device;
+// only control data (routes, counts, record headers) crosses PCIe. It runs
+// on the MoE part's own streams, so the forward's work on xn must be done
+// first; y is written when it returns.
+static ep_status moe_layer(ep_model *m, cuda_fwd *d, const ep_policy *p, int l, int T,
+                           ep_comm_stats *ls)
 {
-    const size_t bytes = (size_t)T * m->cfg->hidden * sizeof(float);
-    TRY(ep_cuda_copy_cls(m->xn, d->xn, bytes, cudaMemcpyDeviceToHost, d->stream, EP_COPY_ACT,
-                         "MoE input"));
     TRY(EP_CUDA_ST(cudaStreamSynchronize(d->stream)));
-    TRY(ep_moe_forward(m->moe, p, l, m->xn, T, m->y, ls, NULL));
-    return ep_cuda_copy_cls(d->y, m->y, bytes, cudaMemcpyHostToDevice, d->stream, EP_COPY_ACT,
-                            "MoE output");
+    return ep_moe_forward_dev(m->moe, p, l, T > 0 ? d->xn : NULL, T, T > 0 ? d->y : NULL, ls, NULL);
 }
 
 static ep_status cuda_ffn(ep_model *m, const ep_policy *p, int l, int T, ep_comm_stats *ls)
@@ -478,7 +474,7 @@ static ep_status cuda_ffn(ep_model *m, const ep_policy *p, int l, int T, ep_comm
     if (T > 0) TRY(ep_mops_rmsnorm(d->x, H, L->post_norm, T, H, c->rms_eps, d->xn, H, s));
     if (ep_model_layer_is_moe(c, l)) {
         // Joined even with T == 0: the layer's collectives need every rank.
-        TRY(moe_stand_in(m, d, p, l, T, ls));
+        TRY(moe_layer(m, d, p, l, T, ls));
         return T > 0 ? ep_mops_add(d->x, d->y, (int64_t)T * H, s) : EP_OK;
     }
     if (T == 0) return EP_OK;
