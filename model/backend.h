@@ -17,9 +17,13 @@
 struct ep_model_backend_i {
     const char *name; // as ep_moe_backend_name
     bool built;       // in this build
+    // How ep_model_init reads the replicated matrices: EP_DTYPE_AUTO keeps
+    // opts.dtype; else this storage whatever opts.dtype says (cuda: BF16).
+    ep_dtype dtype;
+    bool host_kv_rows; // the host ep_kv holds the rows (else bookkeeping only)
     // After the host weights are read, the MoE layers and the KV
-    // bookkeeping are made; makes what the steps need (cuda: uploads the
-    // weights, sizes device memory). On failure the message names the
+    // bookkeeping are made; makes what the steps need (cpu: the host
+    // scratch; cuda: uploads the weights, sizes device memory). On failure the message names the
     // backend and the step; close is still called.
     ep_status (*open)(ep_model *m);
     void (*close)(ep_model *m); // frees what open made; safe after a failed or no open

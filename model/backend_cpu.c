@@ -7,15 +7,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+// The host scratch of a step besides xn and y (ep_model_init's), for cap
+// tokens.
 static ep_status cpu_open(ep_model *m)
 {
-    (void)m;
+    const ep_model_cfg *c = m->cfg;
+    const size_t cap = (size_t)m->opts.moe.cap_tokens, F = sizeof(float);
+    const bool mla = c->arch == EP_ARCH_DEEPSEEK_V2;
+    m->x = ep_xmalloc(cap * c->hidden * F);
+    m->q = ep_xmalloc(cap * m->q_dim * F);
+    const int kw = mla ? m->kv_row : c->n_kv_heads * c->head_dim;
+    m->k = ep_xmalloc(cap * kw * F);
+    if (!mla) m->v = ep_xmalloc(cap * kw * F);
+    if (mla && c->q_lora_rank > 0) m->qa = ep_xmalloc(cap * c->q_lora_rank * F);
+    m->att = ep_xmalloc(cap * m->attn_out * F);
+    if (c->first_k_dense > 0 || c->n_experts == 0) {
+        m->mg = ep_xmalloc(cap * c->intermediate * F);
+        m->mu = ep_xmalloc(cap * c->intermediate * F);
+    }
     return EP_OK;
 }
 
 static void cpu_close(ep_model *m)
 {
-    (void)m;
+    float **bufs[] = {&m->x, &m->q, &m->k, &m->v, &m->qa, &m->att, &m->mg, &m->mu};
+    for (size_t i = 0; i < EP_ARRAY_LEN(bufs); i++) {
+        free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
 }
 
 static void add_rows(float *x, const float *y, size_t n)
@@ -124,6 +143,8 @@ static ep_status cpu_dev_mem(const ep_model *m, ep_model_dev_mem *out)
 const ep_model_backend_i ep_model_backend_cpu = {
     .name = "cpu",
     .built = true,
+    .dtype = EP_DTYPE_AUTO,
+    .host_kv_rows = true,
     .open = cpu_open,
     .close = cpu_close,
     .begin = cpu_begin,

@@ -583,6 +583,8 @@ static ep_status cuda_sample(ep_model *m, int rows, ep_sampler *const *samplers,
 const ep_model_backend_i ep_model_backend_cuda_table = {
     .name = "cuda",
     .built = true,
+    .dtype = EP_DTYPE_BF16,
+    .host_kv_rows = false,
     .open = cuda_open,
     .close = cuda_close,
     .begin = cuda_begin,

@@ -62,6 +62,8 @@ static ep_status off_dev_mem(const ep_model *m, ep_model_dev_mem *out)
 const ep_model_backend_i ep_model_backend_cuda_table = {
     .name = "cuda",
     .built = false,
+    .dtype = EP_DTYPE_BF16,
+    .host_kv_rows = false,
     .open = off_open,
     .close = off_close,
     .begin = off_begin,

@@ -216,11 +216,11 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
     m->cfg = cfg;
     m->cl = cl;
     m->opts = *o;
-    const bool cuda = o->moe.backend == EP_MOE_BACKEND_CUDA;
-    m->be = cuda ? &ep_model_backend_cuda_table : &ep_model_backend_cpu;
-    // The device holds the replicated matrices in BF16 whatever opts.dtype
-    // says (model/forward_cuda.c); the host reads them so, once.
-    if (cuda) m->opts.dtype = EP_DTYPE_BF16;
+    m->be = o->moe.backend == EP_MOE_BACKEND_CUDA ? &ep_model_backend_cuda_table
+                                                  : &ep_model_backend_cpu;
+    // The cuda table holds the replicated matrices in BF16 whatever
+    // opts.dtype says; the host reads them so, once.
+    if (m->be->dtype != EP_DTYPE_AUTO) m->opts.dtype = m->be->dtype;
     const int H = cfg->hidden, nh = cfg->n_heads, cap = o->moe.cap_tokens;
     bool mla = cfg->arch == EP_ARCH_DEEPSEEK_V2;
     load_progress lp = {.t0_us = ep_now_us(), .tty = isatty(STDERR_FILENO) == 1};
@@ -278,7 +278,7 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
                      .max_seq_tokens = o->max_ctx,
                      .prefix_caching = o->prefix_caching,
                      // cuda: the rows live in the device pool only
-                     .no_rows = cuda};
+                     .no_rows = !m->be->host_kv_rows};
     if ((s = ep_kv_init(&ko, &m->kv))) goto err;
 
     size_t capz = (size_t)cap;
@@ -287,22 +287,6 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
     m->tok_seq = ep_xmalloc(capz * sizeof(int));
     m->tok_domain = ep_xmalloc(capz * sizeof(int));
     m->tok_pos = ep_xmalloc(capz * sizeof(int));
-    if (cuda) {
-        if ((s = m->be->open(m))) goto err;
-        *out = m;
-        return EP_OK;
-    }
-    m->x = ep_xmalloc(capz * H * sizeof(float));
-    m->q = ep_xmalloc(capz * m->q_dim * sizeof(float));
-    int kw = mla ? m->kv_row : cfg->n_kv_heads * cfg->head_dim;
-    m->k = ep_xmalloc(capz * kw * sizeof(float));
-    if (!mla) m->v = ep_xmalloc(capz * kw * sizeof(float));
-    if (mla && cfg->q_lora_rank > 0) m->qa = ep_xmalloc(capz * cfg->q_lora_rank * sizeof(float));
-    m->att = ep_xmalloc(capz * m->attn_out * sizeof(float));
-    if (cfg->first_k_dense > 0 || cfg->n_experts == 0) {
-        m->mg = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
-        m->mu = ep_xmalloc(capz * cfg->intermediate * sizeof(float));
-    }
     if ((s = m->be->open(m))) goto err;
     *out = m;
     return EP_OK;
@@ -329,9 +313,8 @@ void ep_model_free(ep_model *m)
     ep_kv_free(m->kv);
     ep_moe_free(m->moe);
     ep_model_attn_free(m);
-    float *bufs[] = {m->x, m->xn, m->y, m->q, m->k, m->v, m->qa, m->att, m->mg, m->mu};
-    for (size_t i = 0; i < EP_ARRAY_LEN(bufs); i++)
-        free(bufs[i]);
+    free(m->xn);
+    free(m->y);
     free(m->tok_seq);
     free(m->tok_domain);
     free(m->tok_pos);

@@ -59,8 +59,8 @@ struct ep_model {
     ep_layer_w *L;     // [n_layers]
 
     // Per-step scratch, sized for cap tokens once (cap = moe.cap_tokens).
-    // The cuda backend keeps only xn and y (its MoE layers' host side) and
-    // the token arrays; the others are NULL there.
+    // ep_model_init makes xn, y (the MoE layers' host side) and the token
+    // arrays; the cpu backend's open the others (NULL with backend cuda).
     float *x;        // [cap, H] residual stream
     float *xn;       // [cap, H] normed input of a sublayer
     float *y;        // [cap, H] sublayer output
