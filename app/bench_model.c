@@ -89,8 +89,12 @@ typedef struct {
     double dense_all_bytes; // Σ over ranks of bytes.dense: every rank reads its copy
     bm_params par;
     int n_moe;
-    float *logits; // [max rows, vocab]
-    int64_t *load; // [n_layers * n_experts + 1]: pairs per expert, then the step's tokens
+    // Greedy samplers, one per sequence, and the ids they pick: a step ends
+    // as a serving step does (ep_model_forward_sample; the cuda backend
+    // takes the argmax on the device and moves only the ids).
+    ep_sampler **samplers; // [max rows]
+    int *ids;              // [max rows]
+    int64_t *load;         // [n_layers * n_experts + 1]: pairs per expert, then the step's tokens
     int *seq, *n_new, *tok;
     ep_bench_bw *bw;
     uint64_t seed;
@@ -347,7 +351,8 @@ static ep_status run_step(bm_ctx *c, const ep_policy *pol, int n, bm_row *row)
     if (st) return st;
     ep_bench_copies_now(&cp0);
     const double t0 = ep_now_us();
-    if ((st = ep_model_forward_ex(c->m, pol, &b, c->logits, NULL, &fs))) return st;
+    if ((st = ep_model_forward_sample(c->m, pol, &b, c->samplers, c->ids, NULL, NULL, &fs)))
+        return st;
     const double us = ep_now_us() - t0;
     ep_bench_copies_now(&cp1);
     if (!row) return EP_OK;
@@ -824,7 +829,14 @@ int ep_cmd_bench_model(int argc, char **argv)
     if ((st = ep_cluster_allreduce_f64(cl, &c.dense_all_bytes, 1, EP_REDUCE_SUM))) goto fail;
     count_params(&cfg, &c.par);
     c.n_moe = ep_model_n_moe_layers(&cfg);
-    c.logits = ep_xmalloc((size_t)EP_MAX(B_max, 1) * cfg.vocab * sizeof(float));
+    c.samplers = ep_xcalloc((size_t)EP_MAX(B_max, 1), sizeof *c.samplers);
+    c.ids = ep_xmalloc((size_t)EP_MAX(B_max, 1) * sizeof(int));
+    {
+        ep_sample_params sp;
+        ep_sample_params_default(&sp); // temperature 0: greedy
+        for (int i = 0; i < EP_MAX(B_max, 1); i++)
+            if ((st = ep_sampler_init(&sp, cfg.vocab, &c.samplers[i]))) goto fail;
+    }
     c.load = ep_xmalloc(((size_t)cfg.n_layers * cfg.n_experts + 1) * sizeof(int64_t));
     c.seq = ep_xmalloc((size_t)EP_MAX(B_max, 1) * sizeof(int));
     c.n_new = ep_xmalloc((size_t)EP_MAX(B_max, 1) * sizeof(int));
@@ -961,7 +973,10 @@ done:
     for (int p = 0; p < n_pol; p++)
         ep_policy_free(pols[p].pol);
     ep_bench_bw_free(c.bw);
-    free(c.logits);
+    for (int i = 0; c.samplers && i < EP_MAX(B_max, 1); i++)
+        ep_sampler_free(c.samplers[i]);
+    free(c.samplers);
+    free(c.ids);
     free(c.load);
     free(c.seq);
     free(c.n_new);

@@ -7,9 +7,11 @@
 # bytes_per_step / bandwidth and x_floor = step_ms / floor_ms, the copy
 # bytes per step by class (act, meta, load; h2d, d2h) non-negative with
 # totals equal to the sum of the classes, no weight loading inside a timed
-# step; and that --backend cpu says it counted no copies. The sizes of the
-# copies are not asserted (today's cuda backend runs only the experts on
-# the device). Skips (77) when no device is visible.
+# step, and no activation byte either way in any step (the whole forward
+# runs on the device and a step ends with the greedy ids drawn there; meta
+# carries ids, positions, tables and the MoE layers' routes); and that
+# --backend cpu says it counted no copies. Skips (77) when no device is
+# visible.
 #   bench_model_cuda.sh EPSERVE
 set -euo pipefail
 bin=$1
@@ -77,6 +79,9 @@ for name, world, n_rows in (("q1", 1, 6), ("d2", 2, 3)):
             s = sum(cp[k][dr] for k in ("act", "meta", "load"))
             check(close(cp[dr], s) or cp[dr] == s == 0, f"{tag}: {dr} total {cp[dr]} != {s}")
         check(cp["load"]["h2d"] == 0, f"{tag}: a timed step loaded {cp['load']['h2d']} B of weights")
+        check(cp["act"]["h2d"] == 0 and cp["act"]["d2h"] == 0,
+              f"{tag}: {cp['act']['h2d']} B of activations up, {cp['act']['d2h']} down in a step")
+        check(cp["meta"]["h2d"] > 0 and cp["meta"]["d2h"] > 0, f"{tag}: no meta bytes")
         check(cp["h2d_calls"] >= 0 and cp["d2h_calls"] >= 0, f"{tag}: calls")
         cols = body[i].split()
         act_h2d_kb = float(cols[-4])
