@@ -14,8 +14,8 @@
 //    device-routed policies, exactly the T x n_experts fp32 logits down for a
 //    host-routed one, and META bytes within meta_bound() below.
 // Both tiny presets, baseline, ban, banpick and topp (host-routed), wires f32
-// and bf16 (and f16 on tiny-qwen3-moe), odd token counts and 0 tokens on rank 1. Also the refusals:
-// the cpu backend, an fp8 wire, two micro-batches, tokens without device
+// and bf16 (and f16, and EPLB with 3 replicas, on tiny-qwen3-moe), odd token counts and 0 tokens on
+// rank 1. Also the refusals: the cpu backend, an fp8 wire, two micro-batches, tokens without device
 // arrays. Run at 1 and 2 ranks; skips
 // (77 on every rank) unless every rank has a device of its own.
 #include <cuda_runtime.h>
@@ -76,8 +76,9 @@ static void check_stats(const char *what, const ep_comm_stats *a, const ep_comm_
               (long long)va[i], (long long)vb[i]);
 }
 
-static void run_preset(ep_cluster *cl, const char *preset, ep_dtype wire, double *worst,
-                       uint64_t *meta_max, int64_t *routed_apart, int64_t *weights_apart)
+static void run_preset(ep_cluster *cl, const char *preset, ep_dtype wire, int redundant,
+                       double *worst, uint64_t *meta_max, int64_t *routed_apart,
+                       int64_t *weights_apart)
 {
     ep_model_cfg cfg;
     ep_weights *w = NULL;
@@ -99,6 +100,10 @@ static void run_preset(ep_cluster *cl, const char *preset, ep_dtype wire, double
     o.cap_tokens = CAP;
     o.max_k = max_k;
     o.with_reference = true;
+    if (redundant > 0) { // EPLB with replicas: the replica choice's pair ranks
+        o.placement = EP_PLACE_EPLB;
+        o.redundant_experts = redundant;
+    }
     ep_moe *m = NULL;
     ep_status s = ep_moe_init(&cfg, cl, w, &o, &m);
     CHECK(s == EP_OK, "%s: ep_moe_init with backend cuda: %s", cfg.name, ep_last_error());
@@ -350,26 +355,37 @@ int main(int argc, char **argv)
     ep_cluster *c = NULL;
     const int run = cuda_test_mpi_begin(&argc, &argv, "test_moe_dev", &c);
     if (run <= 0) return run < 0 ? 1 : CUDA_TEST_SKIP;
-    // f16 shares bf16's code but its encoder: one preset is enough (time).
-    const ep_dtype wires[] = {EP_DTYPE_F32, EP_DTYPE_BF16, EP_DTYPE_F16};
-    for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++)
-        for (size_t k = 0; k < EP_ARRAY_LEN(wires) - (i > 0); k++) {
-            double worst = 0;
-            uint64_t meta = 0;
-            int64_t apart[2] = {0, 0};
-            run_preset(c, presets[i], wires[k], &worst, &meta, &apart[0], &apart[1]);
-            ep_cluster_allreduce_i64(c, apart, 2, EP_REDUCE_SUM);
-            ep_cluster_allreduce_f64(c, &worst, 1, EP_REDUCE_MAX);
-            int64_t mm = (int64_t)meta;
-            ep_cluster_allreduce_i64(c, &mm, 1, EP_REDUCE_MAX);
-            if (c->rank == 0)
-                printf("# %s wire %s, %d GPUs: forward_dev == forward_routes bit for bit; vs "
-                       "ep_moe_forward: %lld calls routed apart, %lld with other weights (within "
-                       "tol); vs reference max rel err %.2e (tol %.0e); most META bytes in "
-                       "one call %lld\n",
-                       presets[i], ep_comm_wire_name(wires[k]), c->world_size, (long long)apart[0],
-                       (long long)apart[1], worst, CUDA_TEST_BF16_TOL, (long long)mm);
-        }
+    // f16 shares bf16's code but its encoder, EPLB with replicas only the
+    // replica choice: one preset each is enough (time).
+    const struct {
+        int preset;
+        ep_dtype wire;
+        int redundant;
+    } rounds[] = {
+        {0, EP_DTYPE_F32, 0}, {0, EP_DTYPE_BF16, 0}, {0, EP_DTYPE_F16, 0},
+        {0, EP_DTYPE_F32, 3}, {1, EP_DTYPE_F32, 0},  {1, EP_DTYPE_BF16, 0},
+    };
+    for (size_t i = 0; i < EP_ARRAY_LEN(rounds); i++) {
+        double worst = 0;
+        uint64_t meta = 0;
+        int64_t apart[2] = {0, 0};
+        const char *preset = presets[rounds[i].preset];
+        run_preset(c, preset, rounds[i].wire, rounds[i].redundant, &worst, &meta, &apart[0],
+                   &apart[1]);
+        ep_cluster_allreduce_f64(c, &worst, 1, EP_REDUCE_MAX);
+        int64_t mm = (int64_t)meta;
+        ep_cluster_allreduce_i64(c, &mm, 1, EP_REDUCE_MAX);
+        ep_cluster_allreduce_i64(c, apart, 2, EP_REDUCE_SUM);
+        if (c->rank == 0)
+            printf("# %s wire %s%s, %d GPUs: forward_dev == forward_routes bit for bit; vs "
+                   "ep_moe_forward: %lld calls routed apart, %lld with other weights (within "
+                   "tol); vs reference max rel err %.2e (tol %.0e); most META bytes in one "
+                   "call %lld\n",
+                   preset, ep_comm_wire_name(rounds[i].wire),
+                   rounds[i].redundant ? ", eplb + 3 replicas" : "", c->world_size,
+                   (long long)apart[0], (long long)apart[1], worst, CUDA_TEST_BF16_TOL,
+                   (long long)mm);
+    }
     for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++)
         check_memory(c, presets[i]);
     check_refusals(c);
