@@ -2,7 +2,7 @@
 // fp32 and bf16 / fp16 / fp8 (e4m3, e5m2), rounding to nearest even.
 // Integer and bool tensors are only described here, never converted.
 #include "common/dtype.h"
-#include "common/dtype_f16.h"
+#include "common/dtype_hd.h"
 
 #include <float.h>
 #include <math.h>
@@ -152,42 +152,6 @@ float ep_fp8_e5m2_to_f32(uint8_t v)
 #pragma GCC push_options
 #pragma GCC optimize("vect-cost-model=dynamic")
 #endif
-
-// e4m3 code of q: round to nearest even; |q| >= 448 saturates to 448 (0x7e),
-// NaN and +-Inf become NaN (0x7f with q's sign). Normal range (|q| >= 2^-6):
-// adding 0x7ffff plus the lowest kept bit to the fp32 bits rounds the 23-bit
-// mantissa to 3 bits, a carry bumping the exponent; rebiasing 127 -> 7 is a
-// subtraction of 120 << 3. Subnormal range: adding 2^14, whose ulp is e4m3's
-// subnormal step 2^-9, lets the FPU round (default round-to-nearest-even)
-// and leaves the code (0..8, 8 being 2^-6) in the low mantissa bits.
-static inline uint8_t ep_e4m3_code(float q)
-{
-    // Both roundings are computed and one selected with masks, no branches,
-    // so the loop over a group vectorizes (each is garbage outside its range).
-    uint32_t u = ep_f32_bits(q), a = u & 0x7fffffffu;
-    uint32_t normal = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
-    uint32_t sub = ep_f32_bits(ep_bits_f32(a) + 0x1p14f) - 0x46800000u; // bits of 2^14
-    uint32_t is_sub = 0u - (uint32_t)(a < 0x3c800000u);                 // below 2^-6
-    uint32_t c = (sub & is_sub) | (normal & ~is_sub);
-    uint32_t sat = 0u - (uint32_t)(a >= 0x43e00000u); // 448 and above
-    c = (c & ~sat) | (0x7eu & sat);
-    c |= 0x7fu & (0u - (uint32_t)(a >= 0x7f800000u)); // Inf, NaN: 0x7e | 0x7f
-    return (uint8_t)(((u >> 24) & 0x80u) | c);
-}
-
-// Value of an e4m3 code: the exponent and mantissa fields moved into fp32
-// position and rebiased. A subnormal (exponent field 0), m * 2^-9, is read
-// with exponent field 1 as 2^-6 + m * 2^-9 and 2^-6 subtracted (exact), so
-// every code takes the same branch-free path.
-static inline float ep_e4m3_value(uint8_t c)
-{
-    uint32_t m = c & 0x7fu, is_sub = 0u - (uint32_t)(m < 8);
-    float v = ep_bits_f32((m << 20) + (120u << 23) + (is_sub & (1u << 23))) -
-              ep_bits_f32(is_sub & 0x3c800000u); // 2^-6 or 0
-    uint32_t nan = 0u - (uint32_t)(m == 0x7fu);
-    uint32_t b = (ep_f32_bits(v) & ~nan) | (0x7fc00000u & nan);
-    return ep_bits_f32(b | ((uint32_t)(c & 0x80u) << 24));
-}
 
 int64_t ep_fp8_row_bytes(int hidden)
 {

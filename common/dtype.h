@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "common/dtype_hd.h"
 #include "common/ep.h"
 
 typedef enum {
@@ -71,8 +72,7 @@ static inline float ep_bf16_round(float f)
 // the scale) saturate to 448. Error per finite element, s its group's scale
 // (docs/wire-format.md): |decoded - x| <= (2^-4 + 2^-20) |x| + 2^-10 s,
 // with 2^-10 s < 2^-18 amax; at most about amax / 16.
-#define EP_FP8_GROUP    128
-#define EP_FP8_E4M3_MAX 448.0f
+// EP_FP8_GROUP (128) and EP_FP8_E4M3_MAX (448) are common/dtype_hd.h's.
 static inline int ep_fp8_row_groups(int hidden)
 {
     return (hidden + EP_FP8_GROUP - 1) / EP_FP8_GROUP;

@@ -112,19 +112,27 @@ void ep_moe_dev_bytes(const ep_moe_dev *d, uint64_t *router, uint64_t *exchange)
         *exchange += d->cap[i];
 }
 
-// The wire rows the kernels encode; fp8 is refused by name.
+// The wire rows the kernels encode (comm_init admits no other wire).
 static ep_status wire_row(ep_dtype t, ep_wire_row *out)
 {
-    if (t == EP_DTYPE_F32 || t == EP_DTYPE_BF16 || t == EP_DTYPE_F16) {
-        *out = t == EP_DTYPE_F32    ? EP_WIRE_ROW_F32
-               : t == EP_DTYPE_BF16 ? EP_WIRE_ROW_BF16
-                                    : EP_WIRE_ROW_F16;
+    switch (t) {
+    case EP_DTYPE_F32:
+        *out = EP_WIRE_ROW_F32;
         return EP_OK;
+    case EP_DTYPE_BF16:
+        *out = EP_WIRE_ROW_BF16;
+        return EP_OK;
+    case EP_DTYPE_F16:
+        *out = EP_WIRE_ROW_F16;
+        return EP_OK;
+    case EP_DTYPE_F8_E4M3:
+        *out = EP_WIRE_ROW_FP8;
+        return EP_OK;
+    default:
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "moe forward_dev: --wire %s: expected f32, bf16, f16 or fp8",
+                         ep_comm_wire_name(t));
     }
-    return ep_errorf(EP_ERR_UNSUPPORTED,
-                     "moe forward_dev: --wire %s: expected f32, bf16 or f16 (the device packs "
-                     "only those rows; use ep_moe_forward for fp8)",
-                     ep_comm_wire_name(t));
 }
 
 static ep_status dev_open(ep_moe *m, ep_moe_cuda_dev *cd, ep_moe_dev **out)

@@ -2,8 +2,10 @@
 // MoE layer with activations on the device, model/moe_dev.c): hidden rows in
 // the wire dtype of comm/comm.h (fp32, or bf16 / f16 rounded to nearest even
 // and padded to 4 bytes with zeros, the bits ep_dtype_from_f32 writes: f16
-// through common/dtype_f16.h, the host's own routine), so a device payload
-// is byte for byte the row part of the host's records.
+// through common/dtype_hd.h, the host's own routine; or the fp8 row of
+// common/dtype.h, one fp32 scale per 128 channels then the e4m3 codes, as
+// ep_fp8_row_encode writes it, with dtype_hd.h's code and value), so a
+// device payload is byte for byte the row part of the host's records.
 // Launchers only enqueue on `stream` and return the launch status. Private
 // to GPU code (CUDA types); EP_CUDA=ON builds only.
 #ifndef EP_COMM_WIRE_CUDA_H
@@ -16,9 +18,9 @@
 extern "C" {
 #endif
 
-// The row dtypes the kernels encode (what comm.h's F32, BF16 and F16 wires
-// send, and the BF16 combine rows of the F8_E4M3 wire).
-typedef enum { EP_WIRE_ROW_F32, EP_WIRE_ROW_BF16, EP_WIRE_ROW_F16 } ep_wire_row;
+// The row dtypes the kernels encode (what comm.h's F32, BF16, F16 and
+// F8_E4M3 wires send; an F8_E4M3 wire's combine rows are BF16).
+typedef enum { EP_WIRE_ROW_F32, EP_WIRE_ROW_BF16, EP_WIRE_ROW_F16, EP_WIRE_ROW_FP8 } ep_wire_row;
 
 // dst + i * row_bytes = encode(src[idx[i], :]) for i < n; src [*, H] fp32.
 cudaError_t ep_cuda_wire_pack(const float *src, const int *idx, int n, int H, ep_wire_row wire,
