@@ -104,5 +104,7 @@ void ep_model_dev_mem_plan(const ep_model_cfg *c, const ep_model_opts *o, ep_mod
         kmax = max64(kmax, s.inter);
     }
     out->workspace = (uint64_t)(cap * ws * 4 + cap * kmax * 2 + cap * 4 * 4 + cap * 24);
+    // cuda_graph 2: cuBLAS's workspace for capture (forward_cuda.c's EP_CUDA_GRAPH_BLAS_WS).
+    if (o->cuda_graph == 2) out->workspace += (uint64_t)32 << 20;
     out->total = out->weights_bf16 + out->weights_f32 + out->kv + out->workspace;
 }

@@ -22,6 +22,10 @@
 
 _Static_assert(sizeof(ep_mops_sample_row) == 24, "model/dev_mem.c plans 24 bytes per row");
 
+// cuBLAS's workspace under capture (cuda_graph 2): 32 MiB, what the cuBLAS
+// docs recommend for Hopper (4 MiB before it).
+#define EP_CUDA_GRAPH_BLAS_WS ((size_t)32 << 20)
+
 #define TRY(call)                                                                                  \
     do {                                                                                           \
         ep_status try_st_ = (call);                                                                \
@@ -69,6 +73,16 @@ typedef struct {
     int B;         // rows the dense ops run on: T, or the bucket of a decode step
     int scratch;   // the block table's row for padding (max_seqs), -1 when graph is 0
     bool bucketed; // this step runs at a bucket (B >= T)
+    // Capture (cuda_graph 2, real CUDA only): one graph per (bucket,
+    // segment); segment k of a step is the dense work after MoE layer k - 1
+    // up to MoE layer k's input (k 0 starts at the embedding, the last ends
+    // at the logits). A replayed segment's ops are skipped (replay).
+    int n_segs, n_buckets, seg;
+    bool replay, capturing;
+    void *blas_ws; // cuBLAS workspace set for capture
+#if !defined(EP_CUDA_EMU)
+    cudaGraphExec_t *exec; // [n_buckets * n_segs], NULL until captured
+#endif
 } cuda_fwd;
 
 // ---- device memory -------------------------------------------------------------------
@@ -138,6 +152,12 @@ static void cuda_close(ep_model *m)
     if (!d) return;
     if (d->gpu) (void)ep_gpu_make_current(d->gpu); // the frees are the device's
     if (d->blas) cublasDestroy(d->blas);
+#if !defined(EP_CUDA_EMU)
+    for (int i = 0; d->exec && i < d->n_buckets * d->n_segs; i++)
+        if (d->exec[i]) cudaGraphExecDestroy(d->exec[i]);
+    free(d->exec);
+    if (d->stream) cudaStreamDestroy(d->stream);
+#endif
     for (int i = 0; i < d->n_allocs; i++)
         cudaFree(d->allocs[i]);
     free(d->allocs);
@@ -255,6 +275,23 @@ static ep_status open_local(ep_model *m, cuda_fwd *d)
     ep_model_dev_mem_plan(c, o, &plan);
     TRY(check_fits(m, &plan));
     TRY(EP_CUBLAS_ST(cublasCreate(&d->blas)));
+#if !defined(EP_CUDA_EMU)
+    if (o->cuda_graph == 2) {
+        // Capture needs a stream of its own (not the legacy default one)
+        // and cuBLAS a workspace of ours (no allocation inside a capture).
+        const int n_moe = ep_model_n_moe_layers(c);
+        d->n_segs = n_moe + 1;
+        d->n_buckets = 1;
+        while ((1 << (d->n_buckets - 1)) < o->moe.cap_tokens)
+            d->n_buckets++;
+        d->exec = ep_xcalloc((size_t)d->n_buckets * d->n_segs, sizeof *d->exec);
+        TRY(EP_CUDA_ST(cudaStreamCreate(&d->stream)));
+        TRY(dev_alloc(d, &d->blas_ws, EP_CUDA_GRAPH_BLAS_WS, &d->mem.workspace,
+                      "cuBLAS workspace for capture"));
+        TRY(EP_CUBLAS_ST(cublasSetStream(d->blas, d->stream)));
+        TRY(EP_CUBLAS_ST(cublasSetWorkspace(d->blas, d->blas_ws, EP_CUDA_GRAPH_BLAS_WS)));
+    }
+#endif
 
     // Weights.
     TRY(upload_mat(d, &d->embed, &m->embed, "embed_tokens"));
@@ -396,6 +433,59 @@ static bool bucketed(const cuda_fwd *d, const ep_batch *b, int T)
     return true;
 }
 
+#if !defined(EP_CUDA_EMU)
+// The bucket's index: log2 B, or the last for a cap that is no power of two.
+static int bucket_index(const cuda_fwd *d)
+{
+    int i = 0;
+    while ((1 << i) < d->B)
+        i++;
+    return EP_MIN(i, d->n_buckets - 1);
+}
+#endif
+
+// Starts segment d->seg of a bucketed step with capture on: replays its
+// graph (the segment's ops are then skipped: d->replay) or begins its
+// capture on the forward's stream. Nothing inside a segment syncs with the
+// host. Off, on the emulated device, or for an unbucketed step: nothing.
+static ep_status seg_begin(cuda_fwd *d)
+{
+    d->replay = d->capturing = false;
+#if !defined(EP_CUDA_EMU)
+    if (!d->exec || !d->bucketed) return EP_OK;
+    cudaGraphExec_t g = d->exec[bucket_index(d) * d->n_segs + d->seg];
+    if (g) {
+        d->replay = true;
+        return EP_CUDA_ST(cudaGraphLaunch(g, d->stream));
+    }
+    d->capturing = true;
+    return EP_CUDA_ST(cudaStreamBeginCapture(d->stream, cudaStreamCaptureModeThreadLocal));
+#else
+    return EP_OK;
+#endif
+}
+
+// Ends the segment: a capture becomes the bucket's graph, launched now (the
+// captured ops did not run). Then the next segment's index.
+static ep_status seg_end(cuda_fwd *d)
+{
+    ep_status st = EP_OK;
+#if !defined(EP_CUDA_EMU)
+    if (d->capturing) {
+        cudaGraph_t g = NULL;
+        cudaGraphExec_t *e = &d->exec[bucket_index(d) * d->n_segs + d->seg];
+        st = EP_CUDA_ST(cudaStreamEndCapture(d->stream, &g));
+        if (!st) st = EP_CUDA_ST(cudaGraphInstantiate(e, g, 0));
+        if (g) cudaGraphDestroy(g);
+        if (!st) st = EP_CUDA_ST(cudaGraphLaunch(*e, d->stream));
+        if (st) st = ep_error_prefix(st, "CUDA Graph of bucket %d, segment %d", d->B, d->seg);
+    }
+#endif
+    d->replay = d->capturing = false;
+    d->seg++;
+    return st;
+}
+
 // Host syncs of a step (none inside a segment, see seg_begin): the MoE
 // layers (moe_layer: routes and counts to the host) and the end (the
 // logits or sampled ids to the host).
@@ -434,6 +524,10 @@ static ep_status cuda_begin(ep_model *m, const ep_batch *b, int T)
                              EP_COPY_META, "step ids, positions and slots"));
     TRY(ep_cuda_copy_cls(d->kv.table, d->h_table, (size_t)b->n_seqs * d->max_blocks * sizeof(int),
                          cudaMemcpyHostToDevice, d->stream, EP_COPY_META, "block tables"));
+    // Segment 0 starts after the step's inputs are in their fixed buffers.
+    d->seg = 0;
+    TRY(seg_begin(d));
+    if (d->replay) return EP_OK;
     return ep_mops_embed(d->embed, m->cfg->vocab, m->cfg->hidden, d->meta, B, d->x, d->stream);
 }
 
@@ -512,7 +606,7 @@ static ep_status cuda_attention(ep_model *m, int l, int T_real)
     const ep_model_cfg *c = m->cfg;
     const dev_layer *L = &d->L[l];
     const int T = d->B;
-    if (T_real == 0) return EP_OK;
+    if (T_real == 0 || d->replay) return EP_OK;
     TRY(ep_mops_rmsnorm(d->x, c->hidden, L->in_norm, T, c->hidden, c->rms_eps, d->xn, c->hidden,
                         d->stream));
     if (c->arch == EP_ARCH_DEEPSEEK_V2) return mla_attention(m, d, L, l, T);
@@ -541,13 +635,17 @@ static ep_status cuda_ffn(ep_model *m, const ep_policy *p, int l, int T_real, ep
     const dev_layer *L = &d->L[l];
     const int H = c->hidden, I = c->intermediate, T = d->B;
     cudaStream_t s = d->stream;
-    if (T > 0) TRY(ep_mops_rmsnorm(d->x, H, L->post_norm, T, H, c->rms_eps, d->xn, H, s));
+    if (T > 0 && !d->replay)
+        TRY(ep_mops_rmsnorm(d->x, H, L->post_norm, T, H, c->rms_eps, d->xn, H, s));
     if (ep_model_layer_is_moe(c, l)) {
+        // The segment ends at the MoE input and the next starts at the add.
+        TRY(seg_end(d));
         // Joined even with T == 0: the layer's collectives need every rank.
         TRY(moe_layer(m, d, p, l, T_real, ls));
-        return T > 0 ? ep_mops_add(d->x, d->y, (int64_t)T * H, s) : EP_OK;
+        TRY(seg_begin(d));
+        return T > 0 && !d->replay ? ep_mops_add(d->x, d->y, (int64_t)T * H, s) : EP_OK;
     }
-    if (T == 0) return EP_OK;
+    if (T == 0 || d->replay) return EP_OK;
     TRY(ep_mops_linear(d->blas, T, I, H, d->xn, L->w_gate, 0.0f, d->mg, I, d->abf, s));
     TRY(ep_mops_linear(d->blas, T, I, H, d->xn, L->w_up, 0.0f, d->mu, I, d->abf, s));
     TRY(ep_mops_silu_mul(d->mg, d->mu, (int64_t)T * I, d->mg, s));
@@ -565,9 +663,12 @@ static ep_status cuda_final(ep_model *m, const ep_batch *b, int T, float *logits
         // A bucketed decode step: one row per sequence, the first T of the
         // B the norm and lm_head run on (padding rows' logits dropped).
         rows = T;
-        TRY(ep_mops_rmsnorm(d->x, H, d->final_norm, d->B, H, c->rms_eps, d->xn, H, s));
-        TRY(ep_mops_linear(d->blas, d->B, c->vocab, H, d->xn, d->lm_head, 0.0f, d->logits, c->vocab,
-                           d->abf, s));
+        if (!d->replay) {
+            TRY(ep_mops_rmsnorm(d->x, H, d->final_norm, d->B, H, c->rms_eps, d->xn, H, s));
+            TRY(ep_mops_linear(d->blas, d->B, c->vocab, H, d->xn, d->lm_head, 0.0f, d->logits,
+                               c->vocab, d->abf, s));
+        }
+        TRY(seg_end(d)); // the last segment ends at the logits
     } else if (b->all_logits) {
         rows = T;
         if (T > 0) TRY(ep_mops_rmsnorm(d->x, H, d->final_norm, T, H, c->rms_eps, d->xn, H, s));

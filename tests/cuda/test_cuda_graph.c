@@ -144,8 +144,8 @@ static void run_preset(ep_cluster *cl, const char *preset)
         decode(ref, pol, sr, 3, tok, NULL, smp, ir);
         decode(bkt, pol, sb, 3, tok, NULL, smp, ib);
         for (int i = 0; i < 3; i++)
-            CHECK(ir[i] == ib[i] && ir[i] >= 0, "%s: row %d: bucketed id %d, unpadded %d",
-                  preset, i, ib[i], ir[i]);
+            CHECK(ir[i] == ib[i] && ir[i] >= 0, "%s: row %d: bucketed id %d, unpadded %d", preset,
+                  i, ib[i], ir[i]);
         for (int i = 0; i < NS; i++)
             ep_sampler_free(smp[i]);
     }
