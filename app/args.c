@@ -76,3 +76,14 @@ void ep_arg_policy_label(const char *spec, char *out, size_t n)
     if (dot && (!strcmp(dot, ".yaml") || !strcmp(dot, ".yml"))) len = (size_t)(dot - base);
     snprintf(out, n, "%.*s", (int)len, base);
 }
+
+bool ep_arg_cuda_graph(const char *s, int *out)
+{
+    static const char *names[] = {"off", "buckets", "capture"};
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(s, names[i])) {
+            *out = i;
+            return true;
+        }
+    return ep_arg_int(s, 0, 2, out);
+}

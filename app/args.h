@@ -17,5 +17,13 @@ ep_status ep_arg_ids(const char *opt, const char *s, long lo, int **ids, int *n)
 // Row name of a --routing entry: the policy name, or a routing file's base
 // name without .yaml/.yml (two files of one policy kind stay apart).
 void ep_arg_policy_label(const char *spec, char *out, size_t n);
+// --cuda-graph (generate, serve, bench model; ep_model_opts.cuda_graph): off
+// | buckets | capture, or 0 | 1 | 2.
+#define EP_ARG_CUDA_GRAPH 0x4347 // getopt_long's value for it
+bool ep_arg_cuda_graph(const char *s, int *out);
+#define EP_ARG_CUDA_GRAPH_HELP                                                                     \
+    "  --cuda-graph M       backend cuda: off (default) | buckets: a decode step runs at\n"        \
+    "                       its batch bucket (1, 2, 4, ...) | capture: also replays each\n"        \
+    "                       dense segment as a CUDA Graph (real GPUs only; docs/cuda.md)\n"
 
 #endif

@@ -45,6 +45,7 @@ typedef struct {
     uint64_t seed;
     bool quiet;
     ep_moe_backend backend;
+    int cuda_graph; // --cuda-graph: ep_model_opts.cuda_graph
 } bm_args;
 
 typedef enum { BM_PREFILL, BM_DECODE } bm_mode;
@@ -128,6 +129,8 @@ static void usage(FILE *f)
            "  --backend B        cpu | cuda: where the MoE experts run (default cpu); cuda:\n"
            "                     BF16 experts on one GPU per rank (EP_CUDA builds), and the\n"
            "                     rows add the host<->device copies per step and the floor\n"
+           "  --cuda-graph M     backend cuda: off (default) | buckets | capture\n"
+           "                     (docs/cuda.md \"CUDA Graph buckets\")\n"
            "  --threads N        kernel pool and OpenBLAS threads (default EP_NUM_THREADS,\n"
            "                     OPENBLAS_NUM_THREADS or all CPUs)\n"
            "  --peak-size N      N^3 BF16 GEMM of the peak (default 2048)\n"
@@ -183,6 +186,7 @@ static int parse_args(int argc, char **argv, bm_args *a)
                                          {"dtype", required_argument, 0, 'd'},
                                          {"expert-dtype", required_argument, 0, 'e'},
                                          {"backend", required_argument, 0, 'B'},
+                                         {"cuda-graph", required_argument, 0, EP_ARG_CUDA_GRAPH},
                                          {"threads", required_argument, 0, 't'},
                                          {"peak-size", required_argument, 0, 'k'},
                                          {"seed", required_argument, 0, 'z'},
@@ -252,6 +256,15 @@ static int parse_args(int argc, char **argv, bm_args *a)
         case 'B':
             if (ep_moe_backend_parse(optarg, &a->backend)) {
                 fprintf(stderr, "epserve bench model: --backend: %s\n", ep_last_error());
+                ok = false;
+            }
+            break;
+        case EP_ARG_CUDA_GRAPH:
+            if (!ep_arg_cuda_graph(optarg, &a->cuda_graph)) {
+                fprintf(stderr,
+                        "epserve bench model: --cuda-graph '%s', expected off, buckets or "
+                        "capture\n",
+                        optarg);
                 ok = false;
             }
             break;
@@ -804,6 +817,7 @@ int ep_cmd_bench_model(int argc, char **argv)
         if (a.dtype_set) mo.dtype = a.dtype;
         if (a.expert_dtype_set) mo.moe.expert_dtype = a.expert_dtype;
         mo.moe.backend = a.backend;
+        mo.cuda_graph = a.cuda_graph;
         mo.moe.cap_tokens = cap;
         for (int p = 0; p < n_pol; p++)
             mo.moe.max_k = EP_MAX(mo.moe.max_k, ep_policy_max_k(pols[p].pol));

@@ -46,7 +46,7 @@ static void usage(FILE *f)
                "  --ranks-per-node N   ranks per logical node (default: from hostnames)\n"
                "  --backend B          cpu | cuda: where the MoE experts run (default cpu);\n"
                "                       cuda: BF16 experts on one GPU per rank, NCCL\n"
-               "                       (builds with EP_CUDA=ON)\n"
+               "                       (builds with EP_CUDA=ON)\n" EP_ARG_CUDA_GRAPH_HELP
                "  --dtype D            auto | f32 | bf16: storage of the replicated weights\n"
                "                       (default auto: the checkpoint's when BF16, BF16 for\n"
                "                       FP8, else f32)\n"
@@ -187,6 +187,7 @@ int ep_cmd_generate(int argc, char **argv)
         {"ranks-per-node", required_argument, 0, 'R'},
         {"step-timeout", required_argument, 0, 'w'},
         {"backend", required_argument, 0, 'b'},
+        {"cuda-graph", required_argument, 0, EP_ARG_CUDA_GRAPH},
         {"expert-dtype", required_argument, 0, 'D'},
         {"dtype", required_argument, 0, 'Y'},
         {"wire", required_argument, 0, 'W'},
@@ -199,6 +200,7 @@ int ep_cmd_generate(int argc, char **argv)
     const char *model = NULL, *prompt = NULL, *chat = NULL, *tokens = NULL, *routing = "baseline";
     const char *chat_kwargs = NULL;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
+    int cuda_graph = 0; // --cuda-graph
     ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO, wire = EP_DTYPE_F32;
     int max_tokens = 16, rpn = 0, micro_batches = 1, dispatch = EP_MOE_DISPATCH_AUTO;
     // Which sampling options were given: those win over generation_config.json.
@@ -270,6 +272,9 @@ int ep_cmd_generate(int argc, char **argv)
             break;
         case 'b':
             ok = ep_moe_backend_parse(optarg, &backend) == EP_OK;
+            break;
+        case EP_ARG_CUDA_GRAPH:
+            ok = ep_arg_cuda_graph(optarg, &cuda_graph);
             break;
         case 'D':
             ok = ep_weight_dtype_parse(optarg, &expert_dtype) == EP_OK;
@@ -404,6 +409,7 @@ int ep_cmd_generate(int argc, char **argv)
     eo.exit_when_idle = true;
     eo.step_timeout_s = timeout;
     eo.model.moe.backend = backend;
+    eo.model.cuda_graph = cuda_graph;
     eo.model.moe.expert_dtype = expert_dtype;
     eo.model.dtype = dense_dtype;
     eo.model.moe.wire = wire;

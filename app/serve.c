@@ -43,6 +43,8 @@ static void serve_usage(FILE *f)
                "  --max-body-bytes B        largest request body (default 1048576)\n"
                "  --backend B               cpu | cuda: where the MoE experts run (default cpu;\n"
                "                            cuda: BF16 experts on one GPU per rank, NCCL)\n"
+               "  --cuda-graph M            backend cuda: off (default) | buckets | capture\n"
+               "                            (docs/cuda.md \"CUDA Graph buckets\")\n"
                "  --dtype D                 auto | f32 | bf16: storage of the replicated weights\n"
                "                            (default auto: the checkpoint's when BF16, BF16 for\n"
                "                            FP8, else f32)\n"
@@ -130,6 +132,7 @@ int ep_cmd_serve(int argc, char **argv)
         {"ranks-per-node", required_argument, 0, 'N'},
         {"max-body-bytes", required_argument, 0, 'B'},
         {"backend", required_argument, 0, 'b'},
+        {"cuda-graph", required_argument, 0, EP_ARG_CUDA_GRAPH},
         {"expert-dtype", required_argument, 0, 'D'},
         {"dtype", required_argument, 0, 'Y'},
         {"wire", required_argument, 0, 'W'},
@@ -160,6 +163,7 @@ int ep_cmd_serve(int argc, char **argv)
     double step_timeout = 0;
     bool prefix_caching = true;
     ep_moe_backend backend = EP_MOE_BACKEND_CPU;
+    int cuda_graph = 0; // --cuda-graph
     ep_dtype expert_dtype = EP_DTYPE_AUTO, dense_dtype = EP_DTYPE_AUTO, wire = EP_DTYPE_F32;
     optind = 1;
     int c;
@@ -218,6 +222,14 @@ int ep_cmd_serve(int argc, char **argv)
         case 'b':
             if (ep_moe_backend_parse(optarg, &backend)) {
                 fprintf(stderr, "epserve serve: --%s\n", ep_last_error());
+                return 2;
+            }
+            break;
+        case EP_ARG_CUDA_GRAPH:
+            if (!ep_arg_cuda_graph(optarg, &cuda_graph)) {
+                fprintf(stderr,
+                        "epserve serve: --cuda-graph '%s', expected off, buckets or capture\n",
+                        optarg);
                 return 2;
             }
             break;
@@ -386,6 +398,7 @@ int ep_cmd_serve(int argc, char **argv)
         if (max_waiting >= 0) eo.max_waiting = (int)max_waiting;
         if (step_timeout > 0) eo.step_timeout_s = step_timeout;
         eo.model.moe.backend = backend;
+        eo.model.cuda_graph = cuda_graph;
         eo.model.moe.expert_dtype = expert_dtype;
         eo.model.dtype = dense_dtype;
         eo.model.moe.wire = wire;

@@ -81,8 +81,10 @@ void ep_model_dev_mem_plan(const ep_model_cfg *c, const ep_model_opts *o, ep_mod
     // step's block table ([max_seqs][blocks per sequence] ints).
     const int64_t row = s.mla ? s.kvw : 2 * s.kvw;
     const int64_t per_seq = (o->max_ctx + o->kv_block_tokens - 1) / o->kv_block_tokens;
-    out->kv = (uint64_t)o->kv_blocks * c->n_layers * o->kv_block_tokens * row * 2 +
-              (uint64_t)o->max_seqs * per_seq * 4;
+    // With cuda_graph one more block and table row: the padding rows' scratch sequence.
+    const int64_t extra = o->cuda_graph > 0;
+    out->kv = (uint64_t)(o->kv_blocks + extra) * c->n_layers * o->kv_block_tokens * row * 2 +
+              (uint64_t)(o->max_seqs + extra) * per_seq * 4;
 
     // Workspace, all for cap tokens: fp32 x, xn, y, q, k (+ v for GQA), the
     // attention output, MLA's q_a, absorbed q and output latent, the dense
@@ -102,5 +104,7 @@ void ep_model_dev_mem_plan(const ep_model_cfg *c, const ep_model_opts *o, ep_mod
         kmax = max64(kmax, s.inter);
     }
     out->workspace = (uint64_t)(cap * ws * 4 + cap * kmax * 2 + cap * 4 * 4 + cap * 24);
+    // cuda_graph 2: cuBLAS's workspace for capture (forward_cuda.c's EP_CUDA_GRAPH_BLAS_WS).
+    if (o->cuda_graph == 2) out->workspace += (uint64_t)32 << 20;
     out->total = out->weights_bf16 + out->weights_f32 + out->kv + out->workspace;
 }

@@ -22,6 +22,10 @@
 
 _Static_assert(sizeof(ep_mops_sample_row) == 24, "model/dev_mem.c plans 24 bytes per row");
 
+// cuBLAS's workspace under capture (cuda_graph 2): 32 MiB, what the cuBLAS
+// docs recommend for Hopper (4 MiB before it).
+#define EP_CUDA_GRAPH_BLAS_WS ((size_t)32 << 20)
+
 #define TRY(call)                                                                                  \
     do {                                                                                           \
         ep_status try_st_ = (call);                                                                \
@@ -50,9 +54,10 @@ typedef struct {
     // Workspace for cap tokens (model_impl.h names the same buffers on the host).
     float *x, *xn, *y, *q, *k, *v, *qa, *att, *qabs, *olat, *mg, *mu, *logits;
     uint16_t *abf;           // a product's input rounded to BF16
-    int *meta;               // [3 cap]: ids | positions | sequence slots of the step's T
-                             // tokens, packed at 0, T and 2 T
-    const int *pos, *slot;   // meta + T, meta + 2 T of the current step
+    int *meta;               // [3 cap]: ids | positions | sequence slots of the step's
+                             // rows at 0, cap and 2 cap (fixed, so a captured segment's
+                             // pointers hold every step)
+    const int *pos, *slot;   // meta + cap, meta + 2 cap
     int *ids_out;            // [cap] sampled ids
     ep_mops_sample_row *prm; // [cap] sampling rows
     int *h_meta;             // [3 cap] host staging of meta
@@ -61,6 +66,23 @@ typedef struct {
     int *h_ids;
     bool *h_host_row; // [cap] rows sampled on the host
     int T;            // tokens of the current step
+    // opts.cuda_graph (docs/cuda.md "CUDA Graph buckets"): 0 off; 1 a decode
+    // step runs at its bucket's row count B (rows [T, B) padding on the
+    // scratch slot); 2 also captures the dense segments per bucket.
+    int graph;
+    int B;         // rows the dense ops run on: T, or the bucket of a decode step
+    int scratch;   // the block table's row for padding (max_seqs), -1 when graph is 0
+    bool bucketed; // this step runs at a bucket (B >= T)
+    // Capture (cuda_graph 2, real CUDA only): one graph per (bucket,
+    // segment); segment k of a step is the dense work after MoE layer k - 1
+    // up to MoE layer k's input (k 0 starts at the embedding, the last ends
+    // at the logits). A replayed segment's ops are skipped (replay).
+    int n_segs, n_buckets, seg;
+    bool replay, capturing;
+    void *blas_ws; // cuBLAS workspace set for capture
+#if !defined(EP_CUDA_EMU)
+    cudaGraphExec_t *exec; // [n_buckets * n_segs], NULL until captured
+#endif
 } cuda_fwd;
 
 // ---- device memory -------------------------------------------------------------------
@@ -130,6 +152,12 @@ static void cuda_close(ep_model *m)
     if (!d) return;
     if (d->gpu) (void)ep_gpu_make_current(d->gpu); // the frees are the device's
     if (d->blas) cublasDestroy(d->blas);
+#if !defined(EP_CUDA_EMU)
+    for (int i = 0; d->exec && i < d->n_buckets * d->n_segs; i++)
+        if (d->exec[i]) cudaGraphExecDestroy(d->exec[i]);
+    free(d->exec);
+    if (d->stream) cudaStreamDestroy(d->stream);
+#endif
     for (int i = 0; i < d->n_allocs; i++)
         cudaFree(d->allocs[i]);
     free(d->allocs);
@@ -238,11 +266,32 @@ static ep_status open_local(ep_model *m, cuda_fwd *d)
     const ep_model_cfg *c = m->cfg;
     const ep_model_opts *o = &m->opts;
     const bool mla = c->arch == EP_ARCH_DEEPSEEK_V2;
+    if (o->cuda_graph == 2 && ep_gpu_emulated())
+        return ep_errorf(EP_ERR_UNSUPPORTED,
+                         "cuda_graph 2 (capture) needs a real GPU: the emulated device has no "
+                         "CUDA Graph API; expected cuda_graph 0 or 1 (buckets only)");
     TRY(ep_gpu_init(m->cl, &d->gpu));
     ep_model_dev_mem plan;
     ep_model_dev_mem_plan(c, o, &plan);
     TRY(check_fits(m, &plan));
     TRY(EP_CUBLAS_ST(cublasCreate(&d->blas)));
+#if !defined(EP_CUDA_EMU)
+    if (o->cuda_graph == 2) {
+        // Capture needs a stream of its own (not the legacy default one)
+        // and cuBLAS a workspace of ours (no allocation inside a capture).
+        const int n_moe = ep_model_n_moe_layers(c);
+        d->n_segs = n_moe + 1;
+        d->n_buckets = 1;
+        while ((1 << (d->n_buckets - 1)) < o->moe.cap_tokens)
+            d->n_buckets++;
+        d->exec = ep_xcalloc((size_t)d->n_buckets * d->n_segs, sizeof *d->exec);
+        TRY(EP_CUDA_ST(cudaStreamCreate(&d->stream)));
+        TRY(dev_alloc(d, &d->blas_ws, EP_CUDA_GRAPH_BLAS_WS, &d->mem.workspace,
+                      "cuBLAS workspace for capture"));
+        TRY(EP_CUBLAS_ST(cublasSetStream(d->blas, d->stream)));
+        TRY(EP_CUBLAS_ST(cublasSetWorkspace(d->blas, d->blas_ws, EP_CUDA_GRAPH_BLAS_WS)));
+    }
+#endif
 
     // Weights.
     TRY(upload_mat(d, &d->embed, &m->embed, "embed_tokens"));
@@ -267,13 +316,19 @@ static ep_status open_local(ep_model *m, cuda_fwd *d)
     kv->n_layers = ko->n_layers;
     kv->row = ko->row_floats;
     kv->block_tokens = ko->block_tokens;
-    kv->n_blocks = ko->n_blocks;
-    kv->max_seqs = ko->max_seqs;
+    // With buckets one more block and one more table row: the scratch
+    // sequence the padding rows of a decode step write and attend to, so
+    // they touch no real sequence's KV.
+    d->graph = o->cuda_graph;
+    const int extra = d->graph > 0;
+    d->scratch = extra ? ko->max_seqs : -1;
+    kv->n_blocks = ko->n_blocks + extra;
+    kv->max_seqs = ko->max_seqs + extra;
     kv->max_blocks = d->max_blocks;
     TRY(dev_alloc(d, &kv->pool,
-                  (size_t)ko->n_blocks * ko->n_layers * ko->block_tokens * ko->row_floats * 2,
+                  (size_t)kv->n_blocks * ko->n_layers * ko->block_tokens * ko->row_floats * 2,
                   &d->mem.kv, "KV pool"));
-    TRY(dev_alloc(d, &kv->table, (size_t)ko->max_seqs * d->max_blocks * sizeof(int), &d->mem.kv,
+    TRY(dev_alloc(d, &kv->table, (size_t)kv->max_seqs * d->max_blocks * sizeof(int), &d->mem.kv,
                   "KV block table"));
 
     // Workspace.
@@ -308,10 +363,24 @@ static ep_status open_local(ep_model *m, cuda_fwd *d)
     TRY(dev_alloc(d, &d->ids_out, cap * sizeof(int), ws, "sampled ids"));
     TRY(dev_alloc(d, &d->prm, cap * sizeof(ep_mops_sample_row), ws, "sampling rows"));
     d->h_meta = ep_xmalloc(3 * cap * sizeof(int));
-    d->h_table = ep_xmalloc((size_t)ko->max_seqs * d->max_blocks * sizeof(int));
+    d->h_table = ep_xmalloc((size_t)kv->max_seqs * d->max_blocks * sizeof(int));
     d->h_prm = ep_xmalloc(cap * sizeof *d->h_prm);
     d->h_ids = ep_xmalloc(cap * sizeof(int));
     d->h_host_row = ep_xmalloc(cap * sizeof(bool));
+    d->pos = d->meta + cap;
+    d->slot = d->meta + 2 * cap;
+    if (extra) {
+        // The scratch row: every entry the scratch block (the pool's last).
+        int *row = d->h_table + (size_t)d->scratch * d->max_blocks;
+        for (int j = 0; j < d->max_blocks; j++)
+            row[j] = ko->n_blocks;
+        TRY(ep_cuda_copy_cls(kv->table + (size_t)d->scratch * d->max_blocks, row,
+                             (size_t)d->max_blocks * sizeof(int), cudaMemcpyHostToDevice, d->stream,
+                             EP_COPY_META, "scratch block table row"));
+        // y's padding rows are never written by a MoE layer; zero, so the
+        // padding rows stay finite.
+        TRY(EP_CUDA_ST(cudaMemsetAsync(d->y, 0, cap * H * F, d->stream)));
+    }
     TRY(EP_CUDA_ST(cudaStreamSynchronize(d->stream)));
     return EP_OK;
 }
@@ -344,17 +413,95 @@ static ep_status cuda_dev_mem(const ep_model *m, ep_model_dev_mem *out)
 
 // ---- one step ------------------------------------------------------------------------
 
+// The bucket of a decode step of T tokens: the smallest of 1, 2, 4, ...
+// at least T, at most cap (cap itself when it is no power of two).
+static int bucket_rows(int T, int cap)
+{
+    int B = 1;
+    while (B < T)
+        B *= 2;
+    return EP_MIN(B, cap);
+}
+
+// Whether the step runs at a bucket: buckets on and a decode step (every
+// sequence adds one token); prefill and mixed steps run at T rows.
+static bool bucketed(const cuda_fwd *d, const ep_batch *b, int T)
+{
+    if (d->graph == 0 || T == 0) return false;
+    for (int i = 0; i < b->n_seqs; i++)
+        if (b->n_new[i] != 1) return false;
+    return true;
+}
+
+#if !defined(EP_CUDA_EMU)
+// The bucket's index: log2 B, or the last for a cap that is no power of two.
+static int bucket_index(const cuda_fwd *d)
+{
+    int i = 0;
+    while ((1 << i) < d->B)
+        i++;
+    return EP_MIN(i, d->n_buckets - 1);
+}
+#endif
+
+// Starts segment d->seg of a bucketed step with capture on: replays its
+// graph (the segment's ops are then skipped: d->replay) or begins its
+// capture on the forward's stream. Nothing inside a segment syncs with the
+// host. Off, on the emulated device, or for an unbucketed step: nothing.
+static ep_status seg_begin(cuda_fwd *d)
+{
+    d->replay = d->capturing = false;
+#if !defined(EP_CUDA_EMU)
+    if (!d->exec || !d->bucketed) return EP_OK;
+    cudaGraphExec_t g = d->exec[bucket_index(d) * d->n_segs + d->seg];
+    if (g) {
+        d->replay = true;
+        return EP_CUDA_ST(cudaGraphLaunch(g, d->stream));
+    }
+    d->capturing = true;
+    return EP_CUDA_ST(cudaStreamBeginCapture(d->stream, cudaStreamCaptureModeThreadLocal));
+#else
+    return EP_OK;
+#endif
+}
+
+// Ends the segment: a capture becomes the bucket's graph, launched now (the
+// captured ops did not run). Then the next segment's index.
+static ep_status seg_end(cuda_fwd *d)
+{
+    ep_status st = EP_OK;
+#if !defined(EP_CUDA_EMU)
+    if (d->capturing) {
+        cudaGraph_t g = NULL;
+        cudaGraphExec_t *e = &d->exec[bucket_index(d) * d->n_segs + d->seg];
+        st = EP_CUDA_ST(cudaStreamEndCapture(d->stream, &g));
+        if (!st) st = EP_CUDA_ST(cudaGraphInstantiate(e, g, 0));
+        if (g) cudaGraphDestroy(g);
+        if (!st) st = EP_CUDA_ST(cudaGraphLaunch(*e, d->stream));
+        if (st) st = ep_error_prefix(st, "CUDA Graph of bucket %d, segment %d", d->B, d->seg);
+    }
+#endif
+    d->replay = d->capturing = false;
+    d->seg++;
+    return st;
+}
+
+// Host syncs of a step (none inside a segment, see seg_begin): the MoE
+// layers (moe_layer: routes and counts to the host) and the end (the
+// logits or sampled ids to the host).
 static ep_status cuda_begin(ep_model *m, const ep_batch *b, int T)
 {
     cuda_fwd *d = m->dev;
+    const int cap = m->opts.moe.cap_tokens;
     // The step may run on another thread than open (serve's engine thread),
     // and CUDA's current device is per thread.
     TRY(ep_gpu_make_current(d->gpu));
     d->T = T;
-    d->pos = d->meta + T;
-    d->slot = d->meta + 2 * T;
+    d->bucketed = bucketed(d, b, T);
+    d->B = d->bucketed ? bucket_rows(T, cap) : T;
     if (T == 0) return EP_OK;
-    int *ids = d->h_meta, *pos = d->h_meta + T, *slot = d->h_meta + 2 * T;
+    const int B = d->B;
+    int *ids = d->h_meta, *pos = d->h_meta + cap, *slot = d->h_meta + 2 * cap;
     for (int i = 0, t = 0; i < b->n_seqs; i++) {
         const int n = ep_kv_seq_blocks(m->kv, b->seq[i]);
         for (int j = 0; j < n; j++)
@@ -365,11 +512,23 @@ static ep_status cuda_begin(ep_model *m, const ep_batch *b, int T)
             slot[t] = i; // the table's row of this step
         }
     }
-    TRY(ep_cuda_copy_cls(d->meta, d->h_meta, (size_t)3 * T * sizeof(int), cudaMemcpyHostToDevice,
-                         d->stream, EP_COPY_META, "step ids, positions and slots"));
+    // Padding rows: token 0 at position 0 of the scratch sequence.
+    for (int t = T; t < B; t++) {
+        ids[t] = 0;
+        pos[t] = 0;
+        slot[t] = d->scratch;
+    }
+    for (int k = 0; k < 3; k++)
+        TRY(ep_cuda_copy_cls(d->meta + (size_t)k * cap, d->h_meta + (size_t)k * cap,
+                             (size_t)B * sizeof(int), cudaMemcpyHostToDevice, d->stream,
+                             EP_COPY_META, "step ids, positions and slots"));
     TRY(ep_cuda_copy_cls(d->kv.table, d->h_table, (size_t)b->n_seqs * d->max_blocks * sizeof(int),
                          cudaMemcpyHostToDevice, d->stream, EP_COPY_META, "block tables"));
-    return ep_mops_embed(d->embed, m->cfg->vocab, m->cfg->hidden, d->meta, T, d->x, d->stream);
+    // Segment 0 starts after the step's inputs are in their fixed buffers.
+    d->seg = 0;
+    TRY(seg_begin(d));
+    if (d->replay) return EP_OK;
+    return ep_mops_embed(d->embed, m->cfg->vocab, m->cfg->hidden, d->meta, B, d->x, d->stream);
 }
 
 static ep_status qwen3_attention(ep_model *m, cuda_fwd *d, const dev_layer *L, int l, int T)
@@ -440,12 +599,14 @@ static ep_status mla_attention(ep_model *m, cuda_fwd *d, const dev_layer *L, int
     return ep_mops_linear(d->blas, T, H, m->attn_out, d->att, L->wo, 1.0f, d->x, H, d->abf, s);
 }
 
-static ep_status cuda_attention(ep_model *m, int l, int T)
+// Runs at d->B rows (T, or the decode step's bucket).
+static ep_status cuda_attention(ep_model *m, int l, int T_real)
 {
     cuda_fwd *d = m->dev;
     const ep_model_cfg *c = m->cfg;
     const dev_layer *L = &d->L[l];
-    if (T == 0) return EP_OK;
+    const int T = d->B;
+    if (T_real == 0 || d->replay) return EP_OK;
     TRY(ep_mops_rmsnorm(d->x, c->hidden, L->in_norm, T, c->hidden, c->rms_eps, d->xn, c->hidden,
                         d->stream));
     if (c->arch == EP_ARCH_DEEPSEEK_V2) return mla_attention(m, d, L, l, T);
@@ -464,20 +625,27 @@ static ep_status moe_layer(ep_model *m, cuda_fwd *d, const ep_policy *p, int l, 
     return ep_moe_forward_dev(m->moe, p, l, T > 0 ? d->xn : NULL, T, T > 0 ? d->y : NULL, ls, NULL);
 }
 
-static ep_status cuda_ffn(ep_model *m, const ep_policy *p, int l, int T, ep_comm_stats *ls)
+// The dense ops at d->B rows; the MoE layer sees the T real rows only (x,
+// y rows [0, T)), and the residual add after it runs at B rows again (y's
+// padding rows are zero or an earlier step's: finite, read by padding only).
+static ep_status cuda_ffn(ep_model *m, const ep_policy *p, int l, int T_real, ep_comm_stats *ls)
 {
     cuda_fwd *d = m->dev;
     const ep_model_cfg *c = m->cfg;
     const dev_layer *L = &d->L[l];
-    const int H = c->hidden, I = c->intermediate;
+    const int H = c->hidden, I = c->intermediate, T = d->B;
     cudaStream_t s = d->stream;
-    if (T > 0) TRY(ep_mops_rmsnorm(d->x, H, L->post_norm, T, H, c->rms_eps, d->xn, H, s));
+    if (T > 0 && !d->replay)
+        TRY(ep_mops_rmsnorm(d->x, H, L->post_norm, T, H, c->rms_eps, d->xn, H, s));
     if (ep_model_layer_is_moe(c, l)) {
+        // The segment ends at the MoE input and the next starts at the add.
+        TRY(seg_end(d));
         // Joined even with T == 0: the layer's collectives need every rank.
-        TRY(moe_layer(m, d, p, l, T, ls));
-        return T > 0 ? ep_mops_add(d->x, d->y, (int64_t)T * H, s) : EP_OK;
+        TRY(moe_layer(m, d, p, l, T_real, ls));
+        TRY(seg_begin(d));
+        return T > 0 && !d->replay ? ep_mops_add(d->x, d->y, (int64_t)T * H, s) : EP_OK;
     }
-    if (T == 0) return EP_OK;
+    if (T == 0 || d->replay) return EP_OK;
     TRY(ep_mops_linear(d->blas, T, I, H, d->xn, L->w_gate, 0.0f, d->mg, I, d->abf, s));
     TRY(ep_mops_linear(d->blas, T, I, H, d->xn, L->w_up, 0.0f, d->mu, I, d->abf, s));
     TRY(ep_mops_silu_mul(d->mg, d->mu, (int64_t)T * I, d->mg, s));
@@ -491,7 +659,17 @@ static ep_status cuda_final(ep_model *m, const ep_batch *b, int T, float *logits
     const int H = c->hidden;
     cudaStream_t s = d->stream;
     int rows = 0;
-    if (b->all_logits) {
+    if (d->bucketed) {
+        // A bucketed decode step: one row per sequence, the first T of the
+        // B the norm and lm_head run on (padding rows' logits dropped).
+        rows = T;
+        if (!d->replay) {
+            TRY(ep_mops_rmsnorm(d->x, H, d->final_norm, d->B, H, c->rms_eps, d->xn, H, s));
+            TRY(ep_mops_linear(d->blas, d->B, c->vocab, H, d->xn, d->lm_head, 0.0f, d->logits,
+                               c->vocab, d->abf, s));
+        }
+        TRY(seg_end(d)); // the last segment ends at the logits
+    } else if (b->all_logits) {
         rows = T;
         if (T > 0) TRY(ep_mops_rmsnorm(d->x, H, d->final_norm, T, H, c->rms_eps, d->xn, H, s));
     } else {
@@ -502,8 +680,9 @@ static ep_status cuda_final(ep_model *m, const ep_batch *b, int T, float *logits
         }
     }
     *rows_out = rows;
-    TRY(ep_mops_linear(d->blas, rows, c->vocab, H, d->xn, d->lm_head, 0.0f, d->logits, c->vocab,
-                       d->abf, s));
+    if (!d->bucketed)
+        TRY(ep_mops_linear(d->blas, rows, c->vocab, H, d->xn, d->lm_head, 0.0f, d->logits, c->vocab,
+                           d->abf, s));
     if (!logits) return EP_OK;
     TRY(ep_cuda_copy_cls(logits, d->logits, (size_t)rows * c->vocab * sizeof(float),
                          cudaMemcpyDeviceToHost, s, EP_COPY_ACT, "logits"));

@@ -188,6 +188,14 @@ static ep_status check_opts(const ep_model_cfg *c, const ep_model_opts *o)
         return ep_errorf(EP_ERR_ARG,
                          "model %s: max_ctx %d, expected 1..%d (max_position_embeddings)", c->name,
                          o->max_ctx, c->max_pos);
+    if (o->cuda_graph < 0 || o->cuda_graph > 2)
+        return ep_errorf(EP_ERR_ARG,
+                         "model %s: cuda_graph %d, expected 0 (off), 1 (buckets) or 2 "
+                         "(buckets + capture)",
+                         c->name, o->cuda_graph);
+    if (o->cuda_graph > 0 && o->moe.backend != EP_MOE_BACKEND_CUDA)
+        return ep_errorf(EP_ERR_ARG, "model %s: cuda_graph %d needs backend cuda, found %s",
+                         c->name, o->cuda_graph, ep_moe_backend_name(o->moe.backend));
     if (o->moe.cap_tokens < 1)
         return ep_errorf(EP_ERR_ARG, "model %s: moe.cap_tokens %d, expected >= 1", c->name,
                          o->moe.cap_tokens);

@@ -29,6 +29,13 @@ typedef struct {
     bool progress;       // rank 0 prints a loading line on stderr (bytes, MB/s) while
                          // ep_model_init reads weights; default false (callers set
                          // it, e.g. when stderr is a terminal)
+    // Backend cuda only (docs/cuda.md "CUDA Graph buckets"): 0 off (default);
+    // 1 a decode step runs at its batch bucket (1, 2, 4, ... up to
+    // moe.cap_tokens rows, padding on a scratch KV block), fixed device
+    // buffers, no host sync inside a dense segment; 2 also captures each
+    // dense segment per bucket as a CUDA Graph and replays it (real CUDA
+    // only: refused on the emulated device).
+    int cuda_graph;
 } ep_model_opts;
 // cap 256 tokens, blocks of 16 tokens, 64 sequences, context min(max_pos, 4096),
 // enough blocks for every sequence at a quarter of the context, prefix caching on.

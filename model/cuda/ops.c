@@ -111,6 +111,20 @@ ep_status ep_mops_rope_apply(const ep_mops_rope *r, float *x, int T, int ld, int
 
 // ---- dense products ------------------------------------------------------------------------
 
+// cublasSetStream only when the handle is on another stream: the call
+// resets a workspace set with cublasSetWorkspace, which CUDA Graph capture
+// needs (model/forward_cuda.c, cuda_graph 2). The emulated cuBLAS has no
+// cublasGetStream and no capture.
+static cublasStatus_t blas_stream(cublasHandle_t blas, cudaStream_t stream)
+{
+#if !defined(EP_CUDA_EMU)
+    cudaStream_t cur = NULL;
+    if (cublasGetStream(blas, &cur) == CUBLAS_STATUS_SUCCESS && cur == stream)
+        return CUBLAS_STATUS_SUCCESS;
+#endif
+    return cublasSetStream(blas, stream);
+}
+
 ep_status ep_mops_linear(cublasHandle_t blas, int M, int N, int K, const float *A,
                          const uint16_t *W, float beta, float *C, int ldc, uint16_t *a_bf16,
                          cudaStream_t stream)
@@ -123,7 +137,7 @@ ep_status ep_mops_linear(cublasHandle_t blas, int M, int N, int K, const float *
     if (M == 0) return EP_OK;
     // A rounded to BF16 as ep_dense_mm rounds it for a BF16 matrix.
     LAUNCH_ST(ep_cuda_f32_to_bf16(A, (int64_t)M * K, a_bf16, stream), "ep_mops_linear: A to bf16");
-    EP_CUBLAS_CHECK(cublasSetStream(blas, stream));
+    EP_CUBLAS_CHECK(blas_stream(blas, stream));
     // Column-major: C^T [N, M] = W [N, K] (stored as W^T [K, N]) op T times
     // A^T [K, M]; so row t of C is A[t] . W^T.
     const float one = 1.0f;
@@ -250,7 +264,7 @@ ep_status ep_mops_mla_absorb_q(cublasHandle_t blas, const ep_mops_mla *s, int T,
     const int R = s->kv_lora, qhd = s->nope + s->rope, qw = R + s->rope, kvb = s->nope + s->v;
     LAUNCH_ST(ep_cuda_f32_to_bf16(q, (int64_t)T * s->heads * qhd, q_bf16, stream),
               "ep_mops_mla_absorb_q: q to bf16");
-    EP_CUBLAS_CHECK(cublasSetStream(blas, stream));
+    EP_CUBLAS_CHECK(blas_stream(blas, stream));
     // Column-major, head h: qa_h^T [R, T] (ld heads * qw) = W_UK_h^T [R,
     // nope] (W_UK_h row-major [nope, R] read as column-major, ld R) times
     // q_nope_h^T [nope, T] (ld heads * qhd).
@@ -281,7 +295,7 @@ ep_status ep_mops_mla_unabsorb(cublasHandle_t blas, const ep_mops_mla *s, int T,
     const int R = s->kv_lora, kvb = s->nope + s->v;
     LAUNCH_ST(ep_cuda_f32_to_bf16(o_lat, (int64_t)T * s->heads * R, o_bf16, stream),
               "ep_mops_mla_unabsorb: latent to bf16");
-    EP_CUBLAS_CHECK(cublasSetStream(blas, stream));
+    EP_CUBLAS_CHECK(blas_stream(blas, stream));
     // Column-major, head h: out_h^T [v, T] (ld ldo) = W_UV_h [v, R] (row-major
     // [v, R] is column-major [R, v], ld R, taken transposed) times o_h^T [R,
     // T] (ld heads * R).
