@@ -1,7 +1,9 @@
 // `epserve plan`: memory per GPU of a model on a cluster preset (replicated
 // weights, routed-expert shard, KV cache, workspace), whether it fits, and
 // the smallest preset in configs/clusters that fits. Sizes only (sim/cost.c);
-// throughput is `epserve simulate`'s.
+// throughput is `epserve simulate`'s. --backend cuda adds, per preset, the
+// exact bytes the device path allocates on the fullest rank, by part
+// (ep_model_dev_footprint: what ep_model_init checks at start-up).
 #include "app/commands.h"
 #include "common/json_util.h"
 #include "model/model.h"

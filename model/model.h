@@ -42,7 +42,8 @@ typedef struct ep_model ep_model;
 // the norms, keeps the KV cache and the activations on the device, and
 // frees the host copies unless opts.moe.with_reference; it fails, on every
 // rank, before anything is allocated on the device, when the device's free
-// memory is below the whole footprint (ep_model_dev_check). cfg, cl and w are borrowed and must outlive the model.
+// memory is below the whole footprint (ep_model_dev_check). cfg, cl and w
+// are borrowed and must outlive the model.
 ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
                         const ep_model_opts *o, ep_model **out);
 void ep_model_free(ep_model *m); // NULL ok
