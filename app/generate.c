@@ -21,6 +21,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+// What backend cuda holds on rank 0's device after the run, by part (the
+// parts of ep_model_dev_mem and ep_moe_dev_mem, bytes): the measured side of
+// `epserve plan --backend cuda` (tests/e2e/plan_cuda.sh compares them).
+static json_t *dev_bytes_json(const ep_model *m)
+{
+    ep_model_dev_mem a;
+    ep_moe_dev_mem b;
+    if (ep_model_dev_mem_get(m, &a) || ep_moe_device_bytes(ep_model_moe((ep_model *)m), &b))
+        return json_null();
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "weights_bf16",
+                     (json_int_t)a.weights_bf16, "weights_f32", (json_int_t)a.weights_f32, "kv",
+                     (json_int_t)a.kv, "workspace", (json_int_t)a.workspace, "experts",
+                     (json_int_t)b.experts, "expert_scratch", (json_int_t)b.expert_scratch,
+                     "router", (json_int_t)b.router, "exchange", (json_int_t)b.exchange,
+                     "transport", (json_int_t)b.transport, "total",
+                     (json_int_t)(a.total + b.total));
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: mpirun -np N epserve generate --model M (--prompt TEXT | --chat TEXT |\n"
@@ -58,7 +76,8 @@ static void usage(FILE *f)
                "  --dispatch MODE      hier | flat all-to-all (default hier with more than one\n"
                "                       node on the cpu backend, else flat; docs/cluster.md)\n"
                "  --step-timeout S     seconds before a step counts as failed (default 30)\n"
-               "  --json               print one JSON object\n");
+               "  --json               print one JSON object (backend cuda: with device_bytes,\n"
+               "                       what rank 0's device holds after the run, by part)\n");
 }
 
 typedef struct {
@@ -504,6 +523,8 @@ done:;
             if (g.has_domain) // the automatic Pick domain (pick.domain auto), null: none clear
                 json_object_set_new(o, "pick_domain",
                                     g.domain[0] ? json_string(g.domain) : json_null());
+            if (backend == EP_MOE_BACKEND_CUDA) // measured; `epserve plan --backend cuda` plans it
+                json_object_set_new(o, "device_bytes", dev_bytes_json(ep_engine_model(e)));
             char *s = json_dumps(o, JSON_COMPACT);
             printf("%s\n", s ? s : "{}");
             free(s);

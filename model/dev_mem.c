@@ -108,3 +108,19 @@ void ep_model_dev_mem_plan(const ep_model_cfg *c, const ep_model_opts *o, ep_mod
     if (o->cuda_graph == 2) out->workspace += (uint64_t)32 << 20;
     out->total = out->weights_bf16 + out->weights_f32 + out->kv + out->workspace;
 }
+
+int ep_model_dev_n_local(const ep_model_cfg *cfg, const ep_moe_opts *o, int world)
+{
+    const int E = cfg->n_experts, W = world > 0 ? world : 1;
+    return E > 0 ? (E + EP_MAX(o->redundant_experts, 0) + W - 1) / W : 0;
+}
+
+void ep_model_dev_footprint(const ep_model_cfg *cfg, const ep_model_opts *o, int world,
+                            ep_model_dev_mem *model, ep_moe_dev_mem *moe)
+{
+    ep_model_dev_mem_plan(cfg, o, model);
+    ep_moe_dev_mem_predict(cfg, &o->moe, world, ep_model_dev_n_local(cfg, &o->moe, world), moe);
+    // The MoE part's experts are in moe->total; the model's experts field
+    // restates them for the reader (not in model->total).
+    model->experts = moe->experts;
+}

@@ -239,6 +239,9 @@ ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
         ep_weights_set_read_hook(w, progress_hook, &lp, &lp.prev, &lp.prev_user);
     }
 
+    // Backend cuda: the whole device footprint against each rank's free
+    // memory before the MoE part uploads its experts (every rank alike).
+    if ((s = ep_model_dev_check(cfg, cl, o))) goto err;
     if ((s = ep_rope_init(&m->rope, cfg))) goto err;
     if (mla) {
         m->q_dim = nh * (cfg->qk_nope_dim + cfg->qk_rope_dim);

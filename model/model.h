@@ -48,8 +48,9 @@ typedef struct ep_model ep_model;
 // stores the matrices BF16 (whatever opts.dtype says), uploads them with
 // the norms, keeps the KV cache and the activations on the device, and
 // frees the host copies unless opts.moe.with_reference; it fails, on every
-// rank, when the device's free memory is below ep_model_dev_mem_plan's
-// total. cfg, cl and w are borrowed and must outlive the model.
+// rank, before anything is allocated on the device, when the device's free
+// memory is below the whole footprint (ep_model_dev_check). cfg, cl and w
+// are borrowed and must outlive the model.
 ep_status ep_model_init(const ep_model_cfg *cfg, ep_cluster *cl, ep_weights *w,
                         const ep_model_opts *o, ep_model **out);
 void ep_model_free(ep_model *m); // NULL ok
@@ -79,13 +80,27 @@ typedef struct {
     uint64_t kv;           // the paged KV pool (bf16) and the step's block table
     uint64_t workspace;    // activations, logits, step metadata, sampling rows
     uint64_t total;        // the four above
-    // The MoE layers' experts (routed + shared) on the device: not in the
-    // plan (the MoE backend sizes and allocates them before the model
-    // backend opens, so the free memory checked excludes them already);
-    // measured: ep_moe_expert_bytes. Not in total.
+    // The MoE layers' experts (routed + shared) on the device, not in
+    // total (they are the MoE part's: ep_moe_dev_mem); ep_model_dev_mem_plan
+    // leaves it 0, ep_model_dev_footprint copies the MoE prediction's;
+    // measured: ep_moe_expert_bytes.
     uint64_t experts;
 } ep_model_dev_mem;
 void ep_model_dev_mem_plan(const ep_model_cfg *cfg, const ep_model_opts *o, ep_model_dev_mem *out);
+// Routed experts per MoE layer on the fullest rank of `world`: the slots
+// (n_experts + redundant_experts) spread as evenly as placement can (ceil).
+int ep_model_dev_n_local(const ep_model_cfg *cfg, const ep_moe_opts *o, int world);
+// The whole device footprint of backend cuda on the fullest rank: the model
+// backend's plan and the MoE part's prediction (ep_moe_dev_mem_predict with
+// ep_model_dev_n_local experts). Pure C; `epserve plan --backend cuda`.
+void ep_model_dev_footprint(const ep_model_cfg *cfg, const ep_model_opts *o, int world,
+                            ep_model_dev_mem *model, ep_moe_dev_mem *moe);
+// Backend cuda, collective: before ep_model_init allocates anything on the
+// device, every rank compares ep_model_dev_footprint's total with its
+// device's free memory; when one does not fit, every rank fails (that one
+// with needed vs free by part and the options to lower, the others naming
+// it). EP_OK without asking the device for other backends.
+ep_status ep_model_dev_check(const ep_model_cfg *cfg, ep_cluster *cl, const ep_model_opts *o);
 // What the model's backend allocated on the device; EP_ERR_UNSUPPORTED
 // naming the backend when it keeps nothing there (cpu).
 ep_status ep_model_dev_mem_get(const ep_model *m, ep_model_dev_mem *out);

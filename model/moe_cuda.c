@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster/cuda/cuda_util.h"
 #include "comm/nccl/transport_nccl.h"
+#include "model/model.h"
 #include "model/moe_cuda_impl.h"
 
 typedef ep_moe_cuda_dev cuda_dev;
@@ -97,4 +99,46 @@ ep_status ep_moe_device_bytes(const ep_moe *m, ep_moe_dev_mem *out)
     out->transport = ep_transport_nccl_staging_bytes(m->be.tp);
     out->total = out->experts + out->expert_scratch + out->router + out->exchange + out->transport;
     return EP_OK;
+}
+
+static double mib(uint64_t b)
+{
+    return (double)b / (1024.0 * 1024.0);
+}
+
+// This rank's part of ep_model_dev_check: opens the device only to ask its
+// free memory (nothing is allocated), closes it again.
+static ep_status fits_here(const ep_model_cfg *cfg, ep_cluster *cl, const ep_model_opts *o)
+{
+    ep_model_dev_mem a;
+    ep_moe_dev_mem b;
+    ep_model_dev_footprint(cfg, o, cl->world_size, &a, &b);
+    ep_gpu *gpu = NULL;
+    ep_status st = ep_gpu_init(cl, &gpu);
+    if (st) return st;
+    size_t free_b = 0, total_b = 0;
+    st = EP_CUDA_ST(cudaMemGetInfo(&free_b, &total_b));
+    ep_gpu_free(gpu);
+    if (st) return st;
+    const uint64_t need = a.total + b.total;
+    if (need <= free_b) return EP_OK;
+    return ep_errorf(
+        EP_ERR_NOMEM,
+        "rank %d: the GPU is too small for %s: needs %.1f MiB (weights bf16 %.1f, fp32 %.1f, KV "
+        "cache "
+        "%.1f, workspace %.1f, experts %.1f (%d per MoE layer), expert scratch %.1f, router "
+        "%.1f, exchange %.1f, NCCL %.1f), %.1f MiB free of %.1f before anything is allocated; "
+        "expected a larger device, more ranks (fewer experts each), or a smaller KV pool or "
+        "step (serve: --max-model-len, --max-num-batched-tokens; `epserve plan --backend "
+        "cuda` prices it)",
+        cl->rank, cfg->name, mib(need), mib(a.weights_bf16), mib(a.weights_f32), mib(a.kv),
+        mib(a.workspace), mib(b.experts), ep_model_dev_n_local(cfg, &o->moe, cl->world_size),
+        mib(b.expert_scratch), mib(b.router), mib(b.exchange), mib(b.transport), mib(free_b),
+        mib(total_b));
+}
+
+ep_status ep_model_dev_check(const ep_model_cfg *cfg, ep_cluster *cl, const ep_model_opts *o)
+{
+    if (o->moe.backend != EP_MOE_BACKEND_CUDA) return EP_OK;
+    return agree(cl, fits_here(cfg, cl, o), "checking device memory at start-up");
 }

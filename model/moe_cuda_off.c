@@ -1,6 +1,7 @@
 // The MoE layer's cuda backend in a CPU-only build (EP_CUDA=OFF): asking for
 // it is EP_ERR_UNSUPPORTED naming the build option; nothing here touches
 // CUDA. The real table is in moe_cuda.c.
+#include "model/model.h"
 #include "model/moe_backend.h"
 #include "model/moe_impl.h"
 
@@ -46,4 +47,10 @@ ep_status ep_moe_device_bytes(const ep_moe *m, ep_moe_dev_mem *out)
                      "moe device bytes: expected --backend cuda in a build with EP_CUDA=ON, found "
                      "--backend %s in a build without CUDA",
                      ep_moe_backend_name(m->opts.backend));
+}
+
+// Backend cuda cannot open here (cuda_off_open says why); nothing to check.
+ep_status ep_model_dev_check(const ep_model_cfg *cfg, ep_cluster *cl, const ep_model_opts *o)
+{
+    return EP_OK;
 }
