@@ -343,16 +343,8 @@ out:
 int main(int argc, char **argv)
 {
     ep_cluster *c = NULL;
-    if (ep_cluster_init(&argc, &argv, 0, &c) != EP_OK) {
-        fprintf(stderr, "ep_cluster_init: %s\n", ep_last_error());
-        return 1;
-    }
-    int run = cuda_test_mpi_devices(c, "test_cuda_forward");
-    if (run < 0) return 1;
-    if (!run) {
-        ep_cluster_free(c);
-        return CUDA_TEST_SKIP;
-    }
+    const int run = cuda_test_mpi_begin(&argc, &argv, "test_cuda_forward", &c);
+    if (run <= 0) return run < 0 ? 1 : CUDA_TEST_SKIP;
     for (size_t i = 0; i < EP_ARRAY_LEN(presets); i++)
         run_preset(c, presets[i]);
     int rc = mpi_check_finish(c, "test_cuda_forward");
