@@ -3,8 +3,12 @@
 
 A file is [rows, vocab] float32 little-endian, one row per position. The
 check the device path is held to (issue 20; docs/cuda.md): the greedy
-argmax equal at every position, and the relative error (row-wise
-max|a - b| / max|b|, the worst row) within the budget; b is the reference.
+argmax equal at every position where the reference's best two logits are
+more than 2 x BUDGET of its row's largest apart (closer is a near-tie that
+BF16 rounding may break either way, as tests/cuda/test_cuda_forward.c
+allows; such positions are counted and named), and the relative error
+(row-wise max|a - b| / max|b|, the worst row) within the budget; b is the
+reference.
 
     logits_cmp.py A B ROWS BUDGET [LABEL]
 
@@ -61,9 +65,13 @@ def main(argv):
         return 2
     err = rel_err(a, b)
     same = [argmax(x) == argmax(y) for x, y in zip(a, b)]
-    ok = err <= budget and all(same)
+    # A differing argmax is a near-tie when b's own logit there is within
+    # 2 x budget of the row's largest |b| of b's best.
+    tie = [not s and (y[argmax(y)] - y[argmax(x)]) <= 2 * budget * max(abs(v) for v in y)
+           for s, x, y in zip(same, a, b)]
+    ok = err <= budget and all(s or t for s, t in zip(same, tie))
     diff = "" if all(same) else " (differs at " + ",".join(
-        str(i) for i, s in enumerate(same) if not s) + ")"
+        f"{i}{' near-tie' if tie[i] else ''}" for i, s in enumerate(same) if not s) + ")"
     print(f"{label}: max rel err {err:.4g} (budget {budget:g}), argmax equal at "
           f"{sum(same)}/{n} positions{diff} {'ok' if ok else 'FAIL'}")
     return 0 if ok else 1
