@@ -110,6 +110,12 @@ fwd_prompt=3,1,4,1,5,9,2,6,5,3,5,8,9,7,9,3
 # experts, row-wise max|a-b| / max|b| (LOGITS_REF_TOL_BF16 of app/logits.c,
 # docs/cuda.md): the same BF16 weights, only the order of the sums differs.
 fwd_budget=0.05
+# tiny-deepseek-v2's group-limited routing (routed_scaling_factor 16) turns
+# BF16-sized differences into another expert at near-ties: with the whole
+# forward on the device this prompt's worst row moved 5.4 % (argmax equal
+# at 16/16), as the CPU's own fp32 and BF16 runs differ by up to 44 % at a
+# position of a 20-token prompt (docs/cuda.md, "The device forward").
+fwd_budget_deepseek=0.08
 py=$(command -v python3 || true)
 reserve=15 # seconds kept for the summary
 
@@ -460,7 +466,8 @@ for preset in "${check_presets[@]}"; do
         fi
         secs=$run_secs
         run "$name-cmp" 60 "$py" "$root/scripts/logits_cmp.py" "$got" "$ref" "$n_fwd" \
-            "$fwd_budget" "cuda np $np vs cpu-bf16, $n_fwd positions"
+            "$([ "$preset" = tiny-deepseek-v2 ] && echo "$fwd_budget_deepseek" || echo "$fwd_budget")" \
+            "cuda np $np vs cpu-bf16, $n_fwd positions"
         line=$(tail -n 1 "$run_out")
         if [ $run_rc = 0 ]; then
             record "$name" PASS "$line" "$((secs + run_secs))"
