@@ -140,7 +140,7 @@ source "$root/tests/e2e/lib/serve.sh"
 set -e
 key=emu-$$
 e2e_serve_start cuda 2 --model tiny-qwen3-moe --backend cuda --routing baseline,banpick \
-  --api-key "$key" --max-model-len 512
+  --api-key "$key" --max-model-len 512 --step-timeout 300
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "emu.sh: node/npm missing (scripts/deps.sh installs them)" >&2
   exit 1
