@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "emu.h"
@@ -790,14 +792,119 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
 
 __thread uint3 emu_thread_idx, emu_block_idx, emu_block_dim, emu_grid_dim;
 
-// One block's threads: `live` have not returned from the kernel yet,
-// `waiting` of them sit in __syncthreads (released when all live ones do),
-// `done` have finished the block (the next block starts when all have).
-struct emu_block_sync {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    unsigned n, live, waiting, done;
-    unsigned long long sync_gen, block_gen;
+// A launch runs on the calling thread: each CUDA thread of a block is a
+// fiber with a stack of its own, and the block's fibers take turns. A
+// round resumes every fiber that has not finished the block; each runs
+// until its next __syncthreads or until it returns from the kernel, so when
+// a round ends every live thread sits at the same barrier, which the next
+// round releases (the barrier waits only for threads that have not
+// returned, as before). No host thread is created and nothing waits on a
+// futex: a block costs two context switches per thread (one thread per
+// CUDA thread cost a thread start per launch and a wake-up per thread per
+// block and barrier, 4x the time of a whole forward step).
+//
+// The switch: on x86-64 a few instructions of our own (the callee-saved
+// registers, the SSE and x87 control words, the stack pointer), as
+// swapcontext's signal-mask system call per switch took most of the time;
+// elsewhere, or with -DEP_EMU_UCONTEXT, ucontext. The x86-64 switch does
+// not support a CET shadow stack (not enabled for user programs on the
+// systems this runs on; glibc's swapcontext does).
+#define EMU_STACK     (128u << 10) // per CUDA thread: kernels keep small locals
+#define EMU_MAX_FIBER 1024u
+
+enum { EMU_FIB_RUN, EMU_FIB_BARRIER, EMU_FIB_DONE };
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
+#endif
+#endif
+#if defined(__x86_64__) && !defined(EP_EMU_UCONTEXT)
+struct emu_ctx {
+    void *sp; // where the switch saved the registers
+};
+// Saves the callee-saved registers on the current stack, *save = the stack
+// pointer, then restores those of `to` and returns into it.
+void ep_emu_ctx_switch(void **save, void *to) __attribute__((visibility("hidden")));
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".globl ep_emu_ctx_switch\n"
+        ".hidden ep_emu_ctx_switch\n"
+        ".type ep_emu_ctx_switch, @function\n"
+        "ep_emu_ctx_switch:\n"
+        "    pushq %rbp\n"
+        "    pushq %rbx\n"
+        "    pushq %r12\n"
+        "    pushq %r13\n"
+        "    pushq %r14\n"
+        "    pushq %r15\n"
+        "    subq $8, %rsp\n"
+        "    stmxcsr (%rsp)\n"
+        "    fnstcw 4(%rsp)\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    ldmxcsr (%rsp)\n"
+        "    fldcw 4(%rsp)\n"
+        "    addq $8, %rsp\n"
+        "    popq %r15\n"
+        "    popq %r14\n"
+        "    popq %r13\n"
+        "    popq %r12\n"
+        "    popq %rbx\n"
+        "    popq %rbp\n"
+        "    ret\n"
+        ".size ep_emu_ctx_switch, .-ep_emu_ctx_switch\n");
+
+// A context that starts fn on [stack, stack + size): the frame
+// ep_emu_ctx_switch pops (control words as now, registers 0), fn as the
+// return address and a null one above it, so fn starts with the stack
+// aligned as after a call.
+static void emu_ctx_make(struct emu_ctx *c, char *stack, size_t size, void (*fn)(void))
+{
+    uint64_t *p = (uint64_t *)(((uintptr_t)(stack + size)) & ~(uintptr_t)15);
+    *--p = 0;
+    *--p = (uint64_t)(uintptr_t)fn;
+    for (int i = 0; i < 6; i++)
+        *--p = 0;
+    uint32_t csr;
+    uint16_t cw;
+    __asm__ volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(csr), "=m"(cw));
+    *--p = 0;
+    memcpy(p, &csr, 4);
+    memcpy((char *)p + 4, &cw, 2);
+    c->sp = p;
+}
+
+static void emu_ctx_swap(struct emu_ctx *save, struct emu_ctx *to)
+{
+    ep_emu_ctx_switch(&save->sp, to->sp);
+}
+#else
+struct emu_ctx {
+    ucontext_t uc;
+};
+
+static void emu_ctx_make(struct emu_ctx *c, char *stack, size_t size, void (*fn)(void))
+{
+    if (getcontext(&c->uc)) emu_fault("getcontext: %s", strerror(errno));
+    c->uc.uc_stack.ss_sp = stack;
+    c->uc.uc_stack.ss_size = size;
+    c->uc.uc_link = NULL; // fn never returns
+    makecontext(&c->uc, fn, 0);
+}
+
+static void emu_ctx_swap(struct emu_ctx *save, struct emu_ctx *to)
+{
+    if (swapcontext(&save->uc, &to->uc)) emu_fault("swapcontext: %s", strerror(errno));
+}
+#endif
+
+struct emu_fiber {
+    struct emu_ctx ctx;
+    char *stack; // EMU_STACK bytes above a guard page
+    int state;
 };
 
 struct emu_launch {
@@ -806,76 +913,128 @@ struct emu_launch {
     unsigned long long n_blocks;
     void (*run)(void *);
     void *ctx;
-    struct emu_block_sync bs;
+    unsigned n;   // threads per block
+    unsigned cur; // the fiber running
 };
 
 static pthread_mutex_t emu_launch_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct emu_launch *emu_cur_launch;   // the one running (launches are serialized)
 static volatile const char *emu_cur_kernel; // for the SIGSEGV message
+static struct emu_ctx emu_sched;            // the launching thread's context
+static struct emu_fiber *emu_fibers;        // EMU_MAX_FIBER, stacks mapped on first use
+static char *emu_stacks;
+static unsigned long long emu_rounds; // rounds run, all launches
+
+#ifdef EMU_ASAN
+// AddressSanitizer's fiber annotations (sanitizer/common_interface_defs.h):
+// told of each switch, it keeps the right stack bounds and fake stacks.
+void __sanitizer_start_switch_fiber(void **fake_stack_save, const void *bottom, size_t size);
+void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_old,
+                                     size_t *size_old);
+static const void *emu_sched_bottom;
+static size_t emu_sched_size;
+#define EMU_TO_FIBER(f)                                                                            \
+    void *fake_;                                                                                   \
+    __sanitizer_start_switch_fiber(&fake_, (f)->stack, EMU_STACK)
+#define EMU_BACK_FROM_FIBER() __sanitizer_finish_switch_fiber(fake_, NULL, NULL)
+#define EMU_TO_SCHED()                                                                             \
+    void *fake_;                                                                                   \
+    __sanitizer_start_switch_fiber(&fake_, emu_sched_bottom, emu_sched_size)
+#define EMU_IN_FIBER() __sanitizer_finish_switch_fiber(NULL, &emu_sched_bottom, &emu_sched_size)
+#define EMU_RESUMED_FIBER()                                                                        \
+    __sanitizer_finish_switch_fiber(fake_, &emu_sched_bottom, &emu_sched_size)
+#else
+#define EMU_TO_FIBER(f)       (void)0
+#define EMU_BACK_FROM_FIBER() (void)0
+#define EMU_TO_SCHED()        (void)0
+#define EMU_IN_FIBER()        (void)0
+#define EMU_RESUMED_FIBER()   (void)0
+#endif
 
 void emu_syncthreads(void)
 {
-    struct emu_block_sync *b = &emu_cur_launch->bs;
-    pthread_mutex_lock(&b->mu);
-    if (++b->waiting == b->live) {
-        b->waiting = 0;
-        b->sync_gen++;
-        pthread_cond_broadcast(&b->cv);
-    } else {
-        unsigned long long g = b->sync_gen;
-        while (g == b->sync_gen)
-            pthread_cond_wait(&b->cv, &b->mu);
-    }
-    pthread_mutex_unlock(&b->mu);
+    struct emu_launch *l = emu_cur_launch;
+    if (!l) emu_fault("__syncthreads outside a kernel");
+    struct emu_fiber *f = &emu_fibers[l->cur];
+    f->state = EMU_FIB_BARRIER;
+    EMU_TO_SCHED();
+    emu_ctx_swap(&f->ctx, &emu_sched);
+    EMU_RESUMED_FIBER();
 }
 
-// The calling thread has returned from the kernel for this block. Wakes
-// the others only when that releases someone (a barrier now met by all
-// live threads, or the block done), not once per thread.
-static void emu_block_end(struct emu_block_sync *b)
+// A fiber's life: the kernel for each block of each launch it is resumed
+// for, back to the scheduler after each. Fibers live as long as the
+// process (made once, parked between launches), so AddressSanitizer's
+// per-fiber state is made once too.
+static void emu_fiber_main(void)
 {
-    pthread_mutex_lock(&b->mu);
-    bool wake = false;
-    b->live--;
-    if (b->waiting && b->waiting == b->live) { // the rest wait only for those gone
-        b->waiting = 0;
-        b->sync_gen++;
-        wake = true;
+    EMU_IN_FIBER();
+    for (;;) {
+        struct emu_launch *l = emu_cur_launch;
+        struct emu_fiber *f = &emu_fibers[l->cur];
+        l->run(l->ctx);
+        f->state = EMU_FIB_DONE;
+        EMU_TO_SCHED();
+        emu_ctx_swap(&f->ctx, &emu_sched);
+        EMU_RESUMED_FIBER();
     }
-    if (++b->done == b->n) {
-        b->done = 0;
-        b->live = b->n;
-        b->block_gen++;
-        wake = true;
-    }
-    const unsigned long long g = b->block_gen;
-    if (wake) pthread_cond_broadcast(&b->cv);
-    if (b->done) // not the last: wait for the block's other threads
-        while (g == b->block_gen)
-            pthread_cond_wait(&b->cv, &b->mu);
-    pthread_mutex_unlock(&b->mu);
 }
 
-struct emu_worker {
-    struct emu_launch *l;
-    unsigned tid; // linear thread index in the block
-};
-
-static void *emu_worker_main(void *arg)
+// Maps the fibers' stacks once, each above a PROT_NONE page (an overflow
+// faults instead of writing into the next stack).
+static void emu_fibers_init(void)
 {
-    const struct emu_worker *w = arg;
-    struct emu_launch *l = w->l;
+    if (emu_fibers) return;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), one = EMU_STACK + page;
+    emu_fibers = calloc(EMU_MAX_FIBER, sizeof *emu_fibers);
+    void *m = mmap(NULL, one * EMU_MAX_FIBER, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (!emu_fibers || m == MAP_FAILED)
+        emu_fault("out of host memory for %u kernel thread stacks of %u KiB", EMU_MAX_FIBER,
+                  EMU_STACK >> 10);
+    emu_stacks = m;
+    for (unsigned i = 0; i < EMU_MAX_FIBER; i++) {
+        char *g = emu_stacks + (size_t)i * one;
+        if (mprotect(g, page, PROT_NONE))
+            emu_fault("mprotect of a kernel thread stack's guard page: %s", strerror(errno));
+        emu_fibers[i].stack = g + page;
+        emu_ctx_make(&emu_fibers[i].ctx, emu_fibers[i].stack, EMU_STACK, emu_fiber_main);
+    }
+}
+
+// Runs the launch's blocks one after another, each as rounds of its fibers.
+static void emu_run_blocks(struct emu_launch *l)
+{
+    emu_fibers_init();
     emu_block_dim = l->block;
     emu_grid_dim = l->grid;
-    emu_thread_idx = (uint3){w->tid % l->block.x, w->tid / l->block.x % l->block.y,
-                             w->tid / (l->block.x * l->block.y)};
     for (unsigned long long b = 0; b < l->n_blocks; b++) {
         emu_block_idx = (uint3){(unsigned)(b % l->grid.x), (unsigned)(b / l->grid.x % l->grid.y),
                                 (unsigned)(b / ((unsigned long long)l->grid.x * l->grid.y))};
-        l->run(l->ctx);
-        emu_block_end(&l->bs);
+        for (unsigned i = 0; i < l->n; i++)
+            emu_fibers[i].state = EMU_FIB_RUN;
+        for (bool again = true; again;) {
+            again = false;
+            // Rounds alternate between ascending and descending thread
+            // index, so a thread that reads what another writes without a
+            // barrier between them runs before the writer in one of two
+            // rounds (or launches) and sees the stale value.
+            const bool down = emu_rounds++ & 1;
+            for (unsigned k = 0; k < l->n; k++) {
+                const unsigned i = down ? l->n - 1 - k : k;
+                struct emu_fiber *f = &emu_fibers[i];
+                if (f->state == EMU_FIB_DONE) continue;
+                f->state = EMU_FIB_RUN;
+                l->cur = i;
+                emu_thread_idx = (uint3){i % l->block.x, i / l->block.x % l->block.y,
+                                         i / (l->block.x * l->block.y)};
+                EMU_TO_FIBER(f);
+                emu_ctx_swap(&emu_sched, &f->ctx);
+                EMU_BACK_FROM_FIBER();
+                if (f->state == EMU_FIB_BARRIER) again = true;
+            }
+        }
     }
-    return NULL;
 }
 
 static void emu_segv(int sig)
@@ -946,41 +1105,19 @@ void emu_launch_grid(const char *kernel, dim3 grid, dim3 block, size_t smem, cud
                            (unsigned long long)grid.x * grid.y * grid.z,
                            run,
                            ctx,
-                           {.n = (unsigned)nt, .live = (unsigned)nt}};
-    pthread_mutex_init(&l.bs.mu, NULL);
-    pthread_cond_init(&l.bs.cv, NULL);
+                           (unsigned)nt,
+                           0};
     emu_cur_launch = &l;
     emu_cur_kernel = kernel;
     struct sigaction old_sig[2];
     emu_segv_swap(true, old_sig);
 
-    struct emu_worker *w = calloc(nt, sizeof *w);
-    pthread_t *th = calloc(nt, sizeof *th);
-    if (!w || !th) emu_fault("launch of %s: out of host memory for %llu threads", kernel, nt);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    // 128 KiB: kernels keep small locals, and 256 such stacks fit glibc's
-    // cache of thread stacks (bigger ones are mapped and unmapped per launch).
-    pthread_attr_setstacksize(&attr, 128 << 10);
-    for (unsigned i = 0; i < nt; i++) {
-        w[i] = (struct emu_worker){&l, i};
-        int rc = pthread_create(&th[i], &attr, emu_worker_main, &w[i]);
-        if (rc)
-            emu_fault("launch of %s: pthread_create for thread %u of %llu: %s", kernel, i, nt,
-                      strerror(rc));
-    }
-    for (unsigned i = 0; i < nt; i++)
-        pthread_join(th[i], NULL);
-    pthread_attr_destroy(&attr);
-    free(th);
-    free(w);
+    emu_run_blocks(&l);
 
     emu_segv_swap(false, old_sig);
     snprintf(when, sizeof when, "kernel %s", kernel);
     emu_check_all(when);
     emu_cur_kernel = NULL;
     emu_cur_launch = NULL;
-    pthread_cond_destroy(&l.bs.cv);
-    pthread_mutex_destroy(&l.bs.mu);
     pthread_mutex_unlock(&emu_launch_mu);
 }

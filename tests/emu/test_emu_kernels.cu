@@ -1,6 +1,6 @@
 // Kernels for the emulation's own test (test_emu_runtime.c): one that
 // writes past its buffer, one that reads through an index it was given
-// (a wild one faults), one that needs its barrier.
+// (a wild one faults), one that needs its barrier and one that lacks it.
 #include "cluster/cuda/launch.h"
 #include "test_emu_kernels.h"
 
@@ -31,6 +31,17 @@ __global__ void emu_test_barrier_kernel(int *out, int quit)
     out[blockIdx.x * n + t] = sh[(t + 1) % quit];
 }
 
+// The barrier kernel's exchange without a barrier, through global memory
+// set to -1 first: a race on a GPU. Each thread writes its slot, then
+// reads both neighbours' (-1: not written yet).
+__global__ void emu_test_race_kernel(int *buf, int *out)
+{
+    const int t = threadIdx.x, n = blockDim.x;
+    buf[t] = t;
+    out[2 * t] = buf[(t + 1) % n];
+    out[2 * t + 1] = buf[(t + n - 1) % n];
+}
+
 extern "C" cudaError_t emu_test_past_end(float *p, int n)
 {
     EP_LAUNCH(emu_test_past_end_kernel, (n + 32) / 32, 32, 0, 0, p, n);
@@ -46,5 +57,11 @@ extern "C" cudaError_t emu_test_gather(const float *x, const int *idx, float *y,
 extern "C" cudaError_t emu_test_barrier(int *out, int blocks, int threads, int quit)
 {
     EP_LAUNCH(emu_test_barrier_kernel, blocks, threads, 0, 0, out, quit);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t emu_test_race(int *buf, int *out, int threads)
+{
+    EP_LAUNCH(emu_test_race_kernel, 1, threads, 0, 0, buf, out);
     return cudaGetLastError();
 }

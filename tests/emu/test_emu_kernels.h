@@ -14,6 +14,9 @@ cudaError_t emu_test_past_end(float *p, int n);
 cudaError_t emu_test_gather(const float *x, const int *idx, float *y, int n);
 // out[b * threads + t] = (neighbour's id) for t < quit, else -1; threads <= 64.
 cudaError_t emu_test_barrier(int *out, int blocks, int threads, int quit);
+// buf[t] = t, then out[2t], out[2t + 1] = buf[t + 1], buf[t - 1] (mod
+// threads), with no barrier between: one block of `threads`.
+cudaError_t emu_test_race(int *buf, int *out, int threads);
 
 #ifdef __cplusplus
 }

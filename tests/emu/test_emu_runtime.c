@@ -3,7 +3,8 @@
 // does one that reads through a wild index,
 // a host write past a buffer is caught at cudaFree, copies of the wrong
 // direction or size are refused with the real runtime's errors, the
-// last-error rules, poisoned fresh memory, __syncthreads as a barrier, and
+// last-error rules, poisoned fresh memory, __syncthreads as a barrier, a
+// missing barrier shown by a stale read, and
 // the bf16 conversions bit-exact with common/dtype.h except NaN (CUDA makes
 // every NaN 0x7fff, dtype.c keeps sign and payload), and event timing
 // (host time between records; refused, as CUDA does, for an event never
@@ -245,6 +246,38 @@ static void test_syncthreads(void **state)
     CK(cudaFree(dout));
 }
 
+// A kernel that reads its neighbours' slots without a barrier after
+// writing its own: the emulator runs a block's threads in turns, ascending
+// and descending from one round to the next, so in one launch every thread
+// but the last to run reads its upper neighbour's slot before it is
+// written, and in the next the lower one's (on a GPU some thread may; the stale value
+// shows the missing barrier here every time).
+static void test_race_shows(void **state)
+{
+    enum { T = 32 };
+    int *dbuf, *dout, out[2 * T], stale_up[2] = {0}, stale_down[2] = {0};
+    CK(cudaMalloc((void **)&dbuf, T * sizeof(int)));
+    CK(cudaMalloc((void **)&dout, sizeof out));
+    for (int r = 0; r < 2; r++) {
+        CK(cudaMemset(dbuf, 0xFF, T * sizeof(int))); // -1
+        CK(emu_test_race(dbuf, dout, T));
+        CK(cudaMemcpy(out, dout, sizeof out, cudaMemcpyDeviceToHost));
+        for (int t = 0; t < T; t++) {
+            const int up = out[2 * t], down = out[2 * t + 1];
+            assert_true(up == -1 || up == (t + 1) % T);
+            assert_true(down == -1 || down == (t + T - 1) % T);
+            stale_up[r] += up == -1;
+            stale_down[r] += down == -1;
+        }
+        // T - 1 one way, and the wrap-around read of the first thread to run
+        assert_int_equal(stale_up[r] + stale_down[r], T);
+        assert_true(stale_up[r] == 1 || stale_up[r] == T - 1);
+    }
+    assert_int_not_equal(stale_up[0], stale_up[1]); // one launch each way
+    CK(cudaFree(dbuf));
+    CK(cudaFree(dout));
+}
+
 static uint32_t f32_bits(float f)
 {
     uint32_t u;
@@ -351,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_memcpy_kinds),
         cmocka_unit_test(test_device_and_launch_config),
         cmocka_unit_test(test_syncthreads),
+        cmocka_unit_test(test_race_shows),
         cmocka_unit_test(test_event_elapsed),
         cmocka_unit_test(test_bf16_bit_exact),
         cmocka_unit_test(test_fp8_bit_exact),

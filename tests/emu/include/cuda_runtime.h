@@ -95,7 +95,8 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
 
 // ---- kernel launches (EP_LAUNCH, cluster/cuda/launch.h) ---------------------
 // Runs grid x block threads of `run(ctx)`: blocks one after another, each
-// block's threads as real threads; checks every guard zone afterwards and
+// block's threads as fibers taking turns between barriers, on the calling
+// thread; checks every guard zone afterwards and
 // faults naming `kernel`. A bad configuration or stream sets the last error
 // (cudaGetLastError) and runs nothing, as a real launch does.
 void emu_launch_grid(const char *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,

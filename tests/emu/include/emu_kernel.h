@@ -3,11 +3,13 @@
 // The build force-includes this header (-include) into every .cu file.
 //
 // How a launch runs (tests/emu/runtime.c): the grid's blocks one after
-// another; within a block, one real thread (pthread) per CUDA thread, so
-// __syncthreads is a real barrier and shared memory is really shared. As
-// only one block runs at a time (and launches are serialized), __shared__
-// is plain `static` storage: one instance, reused by each block in turn,
-// not zeroed between blocks (on a GPU it is uninitialised too).
+// another, on the launching host thread; within a block, each CUDA thread
+// is a fiber with its own stack, and they take turns from one
+// __syncthreads to the next (ascending and descending thread order in
+// turn), so __syncthreads is a real barrier and shared memory is really
+// shared. As only one block runs at a time (and launches are serialized),
+// __shared__ is plain `static` storage: one instance, reused by each block
+// in turn, not zeroed between blocks (on a GPU it is uninitialised too).
 //
 // Not emulated: warps (no lock-step, no warp intrinsics), atomics, memory
 // ordering beyond the barrier, and __expf's reduced precision (it is expf
