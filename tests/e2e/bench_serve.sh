@@ -67,7 +67,7 @@ $check "$([[ $rc == 2 ]] && grep -q "policies" "$tmp/mb.err" && echo 1 || echo 0
 req='{"prompt":[5,17,29,41,53,65,77],"max_tokens":8,"temperature":0,"ignore_eos":true}'
 curl -s -H 'Content-Type: application/json' -d "$req" "$url/v1/completions" \
   | $py -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"])' > "$tmp/a.txt"
-e2e_serve_stop "$server_pid"
+e2e_serve_stop_clean "$server_pid" 60 # the loads are written at a normal stop
 rows=$($py -c 'import json,sys; c=json.load(open(sys.argv[1]))["logical_count"]; print(len(c), len(c[0]), sum(map(sum, c)))' "$tmp/load.json" 2> /dev/null)
 read -r nl ne total <<< "$rows"
 $check "$([[ $nl == 4 && $ne == 64 && ${total:-0} -gt 0 ]] && echo 1 || echo 0)" \

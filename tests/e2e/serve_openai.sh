@@ -182,18 +182,8 @@ check "$([[ $(curl -s -o /dev/null -w '%{http_code}' "$url/health") == 200 ]] &&
 
 # ---- clean stop: SIGTERM to rank 0 stops every rank, exit 0 ----
 # (SIGTERM to mpirun itself makes Open MPI abort the job with its own status.)
-rank0=
-for mp in $(pgrep -P $server_pid); do
-  for p in $(pgrep -P "$mp"); do
-    tr '\0' '\n' < /proc/$p/environ 2> /dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=0' && rank0=$p
-  done
-done
-[[ -n $rank0 ]] && kill -TERM "$rank0"
-stopped=0
-for _ in $(seq 100); do kill -0 $server_pid 2> /dev/null || { stopped=1; break; }; sleep 0.1; done
-wait $server_pid 2> /dev/null
-rc=$?
-check "$([[ -n $rank0 && $stopped == 1 && $rc == 0 ]] && echo 1 || echo 0)" "SIGTERM to rank 0 stops every rank (exit $rc)"
+e2e_serve_stop_clean "$server_pid" 10
+check "$([[ $stop_rc == 0 ]] && echo 1 || echo 0)" "SIGTERM to rank 0 stops every rank (exit $stop_rc)"
 server_pid=
 if [[ $failures != 0 ]]; then
   echo "--- server stderr"; tail -20 "$tmp/serve.err"

@@ -41,13 +41,41 @@ e2e_serve_start() {
   echo "$url" > "$tmp/$name.url"
 }
 
-# e2e_serve_stop <pid>: SIGTERM, 5 s to exit, then SIGKILL.
+# e2e_serve_stop <pid>: SIGTERM, 5 s to exit, then SIGKILL. The signal goes
+# to mpirun, which ends the job its own way (it may kill the ranks before
+# they finish): a test that needs a normal stop uses e2e_serve_stop_clean.
 e2e_serve_stop() {
   local p=$1
   kill -0 "$p" 2> /dev/null || return 0
   kill -TERM "$p" 2> /dev/null || true
   for _ in $(seq 50); do kill -0 "$p" 2> /dev/null || break; sleep 0.1; done
   kill -KILL "$p" 2> /dev/null || true
+}
+
+# e2e_serve_stop_clean <pid> [seconds]: the user's stop, SIGTERM to rank 0
+# (found by OMPI_COMM_WORLD_RANK among mpirun's children), which stops every
+# rank and lets serve write what it writes at a normal stop; waits that long
+# (default 10) for the job to end, then e2e_serve_stop. Sets $stop_rc to the
+# job's exit status (-1: rank 0 not found or the job did not end in time).
+e2e_serve_stop_clean() {
+  local p=$1 secs=${2:-10} rank0= mp q
+  stop_rc=-1
+  for mp in $(pgrep -P "$p"); do
+    for q in $(pgrep -P "$mp"); do
+      tr '\0' '\n' < /proc/$q/environ 2> /dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=0' && rank0=$q
+    done
+  done
+  [[ -n $rank0 ]] || { e2e_serve_stop "$p"; return 0; }
+  kill -TERM "$rank0"
+  for _ in $(seq $((secs * 10))); do
+    if ! kill -0 "$p" 2> /dev/null; then
+      wait "$p" 2> /dev/null
+      stop_rc=$?
+      return 0
+    fi
+    sleep 0.1
+  done
+  e2e_serve_stop "$p"
 }
 
 # Stops every server this test started and removes $tmp (trap it on EXIT).
