@@ -17,4 +17,10 @@ cmake --build "$build" -j "$jobs"
 . "$root/scripts/sanitize_env.sh"
 ep_sanitize_env "$build"
 cd "$build"
-ctest --output-on-failure -j "$jobs" -R '^(unit|mpi)\.' "$@"
+# The widest rank counts of three MPI tests run in the normal pass only
+# (scripts/test.sh): under ASan they repeat the code paths of the runs at
+# fewer ranks (uneven splits included) at over 5 of this job's 20 minutes
+# on 2 cores (test_moe_invariant at 5 to 8 ranks, test_overlap and
+# test_engine_kv at 4).
+ctest --output-on-failure -j "$jobs" -R '^(unit|mpi)\.' \
+  -E '^mpi\.(test_moe_invariant\.np[5-8]|test_overlap\.np4|test_engine_kv\.np4)$' "$@"
