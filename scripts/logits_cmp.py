@@ -65,8 +65,8 @@ def main(argv):
         return 2
     err = rel_err(a, b)
     same = [argmax(x) == argmax(y) for x, y in zip(a, b)]
-    # A differing argmax is a near-tie when b's own logit there is within
-    # 2 x budget of the row's largest |b| of b's best.
+    # A differing argmax is a near-tie when b's logit at a's argmax is within
+    # 2 x budget x max|b| (of the row) of b's best.
     tie = [not s and (y[argmax(y)] - y[argmax(x)]) <= 2 * budget * max(abs(v) for v in y)
            for s, x, y in zip(same, a, b)]
     ok = err <= budget and all(s or t for s, t in zip(same, tie))

@@ -250,8 +250,8 @@ static void test_syncthreads(void **state)
 // writing its own: the emulator runs a block's threads in turns, ascending
 // and descending from one round to the next, so in one launch every thread
 // but the last to run reads its upper neighbour's slot before it is
-// written, and in the next the lower one's (on a GPU some thread may; the stale value
-// shows the missing barrier here every time).
+// written, and in the next the lower one's (on a GPU some thread may; here
+// the stale value shows the missing barrier every time).
 static void test_race_shows(void **state)
 {
     enum { T = 32 };
